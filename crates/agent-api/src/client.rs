@@ -1,0 +1,154 @@
+//! Typed HTTP client of the agent API, used by the controller.
+
+use crate::{
+    AgentError, AgentErrorBody, ConsoleChunk, ExecRequest, ExecResult, HostInventory, StopRequest,
+    VmSpec, VmStatus, AGENT_API_PREFIX,
+};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Client of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AgentClient {
+    /// `base_url` is the agent's URL as registered, e.g. `http://10.88.0.11:7701`.
+    pub fn new(base_url: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        }
+    }
+
+    /// Base URL of the agent.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// URL of a route under the agent API prefix (also used for the console websocket).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}{}", self.base, AGENT_API_PREFIX, path)
+    }
+
+    /// The bearer token the agent expects.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, AgentError> {
+        let resp = self.send_raw(req).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| AgentError::Decode(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Decode(e.to_string()))
+    }
+
+    async fn send_raw(&self, req: RequestBuilder) -> Result<Response, AgentError> {
+        let resp = req.send().await.map_err(|source| AgentError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: AgentErrorBody = serde_json::from_str(&text).unwrap_or_else(|_| AgentErrorBody {
+            code: "unknown".into(),
+            message: text,
+        });
+        Err(AgentError::Api {
+            status,
+            code: body.code,
+            message: body.message,
+        })
+    }
+
+    pub async fn host(&self) -> Result<HostInventory, AgentError> {
+        self.send(self.request(Method::GET, "/host")).await
+    }
+
+    pub async fn list_vms(&self) -> Result<Vec<VmStatus>, AgentError> {
+        self.send(self.request(Method::GET, "/vms")).await
+    }
+
+    pub async fn define_vm(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
+        let path = format!("/vms/{}", spec.id);
+        self.send(self.request(Method::PUT, &path).json(spec)).await
+    }
+
+    pub async fn vm(&self, id: Uuid) -> Result<VmStatus, AgentError> {
+        self.send(self.request(Method::GET, &format!("/vms/{id}")))
+            .await
+    }
+
+    pub async fn start_vm(&self, id: Uuid) -> Result<VmStatus, AgentError> {
+        self.send(self.request(Method::POST, &format!("/vms/{id}/start")))
+            .await
+    }
+
+    pub async fn stop_vm(&self, id: Uuid, req: &StopRequest) -> Result<VmStatus, AgentError> {
+        let path = format!("/vms/{id}/stop");
+        let req_builder = self
+            .request(Method::POST, &path)
+            .timeout(answer_timeout(req.timeout_secs))
+            .json(req);
+        self.send(req_builder).await
+    }
+
+    pub async fn reboot_vm(&self, id: Uuid) -> Result<VmStatus, AgentError> {
+        self.send(self.request(Method::POST, &format!("/vms/{id}/reboot")))
+            .await
+    }
+
+    /// Deletes the VM; a VM the agent does not know counts as deleted.
+    pub async fn delete_vm(&self, id: Uuid) -> Result<(), AgentError> {
+        match self
+            .send_raw(self.request(Method::DELETE, &format!("/vms/{id}")))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn console_log(&self, id: Uuid, offset: u64) -> Result<ConsoleChunk, AgentError> {
+        let path = format!("/vms/{id}/console/log?offset={offset}");
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    pub async fn exec(&self, id: Uuid, req: &ExecRequest) -> Result<ExecResult, AgentError> {
+        let path = format!("/vms/{id}/exec");
+        let req_builder = self
+            .request(Method::POST, &path)
+            .timeout(answer_timeout(req.timeout_secs))
+            .json(req);
+        self.send(req_builder).await
+    }
+}
+
+/// How long to wait for the answer to a request that may take `secs` on the agent: that
+/// plus a margin, and never less than the client's default.
+fn answer_timeout(secs: u64) -> Duration {
+    Duration::from_secs(secs.saturating_add(30).max(120))
+}

@@ -1,0 +1,45 @@
+//! Host inventory and registration.
+
+use serde::{Deserialize, Serialize};
+
+/// How a host runs guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// Hardware virtualization (a real tiny boot succeeded).
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl std::fmt::Display for Accelerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        })
+    }
+}
+
+/// What a host offers, as reported by its agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInventory {
+    /// Host name, unique in the cloud.
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// Space available for instance disks in the agent's state directory.
+    pub disk_gib: u64,
+    pub accelerator: Accelerator,
+    /// e.g. "10.0.2".
+    pub qemu_version: String,
+    pub agent_version: String,
+}
+
+/// Sent by an agent to the controller at start and then periodically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterHost {
+    /// Base URL the controller reaches the agent at, e.g. `http://10.88.0.11:7701`.
+    pub agent_url: String,
+    pub inventory: HostInventory,
+}

@@ -1,0 +1,138 @@
+//! VM specification and runtime status as exchanged with an agent.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// Everything an agent needs to run one VM. Written once at define time; the agent keeps it in
+/// the VM's state directory so that it can relaunch or re-adopt the VM without the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// The instance id; also the name of the VM's state directory on the host.
+    pub id: Uuid,
+    /// Human name, used as the guest hostname.
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub image: GuestImage,
+    pub disk: DiskSpec,
+}
+
+/// How to boot the guest. Paths are absolute paths on the host (images live in a directory
+/// every agent can read; see docs/images.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestImage {
+    pub name: String,
+    /// Kernel for direct boot; `None` boots from the disk.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    /// Read-only base disk the instance disk is a copy-on-write overlay of.
+    pub base_disk: Option<PathBuf>,
+    /// A console line the guest prints when its userspace is up (e.g. `nimbus-guest ready`).
+    pub ready_marker: Option<String>,
+}
+
+/// The instance's own disk: a qcow2 overlay on the image's base disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// Virtual size of the instance disk.
+    pub size_gib: u64,
+}
+
+/// What the agent knows of a VM right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmRunState {
+    /// Defined (disk created), not running.
+    Stopped,
+    /// QEMU is being launched.
+    Starting,
+    /// QEMU runs the guest.
+    Running,
+    /// A graceful stop is in progress.
+    Stopping,
+    /// QEMU exited without being asked to, or failed to start; see `reason`.
+    Crashed,
+}
+
+/// Runtime status of one VM, owned by the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub id: Uuid,
+    pub state: VmRunState,
+    /// Bumped by the agent on every change of this status.
+    pub generation: u64,
+    /// Why the VM is in `crashed` (QEMU's stderr tail, exit reason).
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+    /// The guest printed its image's ready marker since its last (re)boot.
+    pub guest_ready: bool,
+    /// When the current QEMU process was started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Milliseconds since the last heartbeat line from the guest, if any arrived.
+    pub heartbeat_age_ms: Option<u64>,
+    /// CPU time consumed by the QEMU process, in nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Resident memory of the QEMU process, in bytes.
+    pub rss_bytes: u64,
+    /// Bytes the instance disk occupies on the host (copy-on-write overlay only).
+    pub disk_allocated_bytes: u64,
+}
+
+/// Parameters of a stop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Skip the graceful power-off and end QEMU at once.
+    #[serde(default)]
+    pub force: bool,
+    /// How long the guest may take to power off before it is forced.
+    #[serde(default = "default_stop_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_stop_timeout() -> u64 {
+    20
+}
+
+impl Default for StopRequest {
+    fn default() -> Self {
+        Self {
+            force: false,
+            timeout_secs: default_stop_timeout(),
+        }
+    }
+}
+
+/// A piece of the serial console log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleChunk {
+    /// Offset of `data` in the log.
+    pub offset: u64,
+    /// Offset to ask for next.
+    pub next_offset: u64,
+    /// Console output, lossily decoded as UTF-8.
+    pub data: String,
+}
+
+/// A command to run inside the guest (through the guest's exec channel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Shell command line, run with `sh -c`.
+    pub command: String,
+    #[serde(default = "default_exec_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_exec_timeout() -> u64 {
+    30
+}
+
+/// Outcome of a command run inside the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    /// Standard output and error, interleaved.
+    pub output: String,
+}

@@ -1,0 +1,165 @@
+//! The agent: host facts decided at start (QEMU version, accelerator) and the VMs.
+
+use crate::error::Result as AgentResult;
+use crate::manager::Manager;
+use crate::{host, AgentConfig};
+use anyhow::Context;
+use nimbus_agent_api::{Accelerator, HostInventory};
+use nimbus_qemu::probe::{self, ProbeBoot, ProbeOptions};
+use nimbus_qemu::Accel;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the accelerator probe's tiny boot may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The line the default guest prints when its userspace is up.
+const PROBE_MARKER: &str = "nimbus-guest ready";
+
+/// A started agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    token: String,
+    advertise_url: String,
+    state_dir: PathBuf,
+    accelerator: Accelerator,
+    qemu_version: String,
+    manager: Manager,
+}
+
+impl Agent {
+    /// Checks QEMU (>= 9.0), chooses the accelerator (override, else probe), and loads the
+    /// VMs of `state_dir`, re-adopting those whose QEMU still runs.
+    pub async fn start(config: &AgentConfig) -> anyhow::Result<Self> {
+        let program = nimbus_qemu::qemu_binary();
+        let version = probe::qemu_version(&program).await?;
+        probe::check_min_version(version)?;
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+        let state_dir = std::path::absolute(&config.state_dir)?;
+        let accel = choose_accel(config, &program, &state_dir).await?;
+        let manager = Manager::load(&state_dir, accel)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        tracing::info!(
+            name = config.name,
+            qemu = %version,
+            accelerator = %accel,
+            vms = manager.list().len(),
+            "agent started"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: config.name.clone(),
+                token: config.token.clone(),
+                advertise_url: config.advertise_url.clone(),
+                state_dir,
+                accelerator: to_api(accel),
+                qemu_version: version.to_string(),
+                manager,
+            }),
+        })
+    }
+
+    /// The VMs.
+    pub fn manager(&self) -> &Manager {
+        &self.inner.manager
+    }
+
+    /// The bearer token requests must carry.
+    pub fn token(&self) -> &str {
+        &self.inner.token
+    }
+
+    /// The URL the controller reaches this agent at.
+    pub fn advertise_url(&self) -> &str {
+        &self.inner.advertise_url
+    }
+
+    /// The accelerator VMs run with.
+    pub fn accelerator(&self) -> Accelerator {
+        self.inner.accelerator
+    }
+
+    /// The agent's state directory (absolute).
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// What this host offers, measured now.
+    pub fn inventory(&self) -> HostInventory {
+        HostInventory {
+            name: self.inner.name.clone(),
+            cpus: host::cpus(),
+            memory_mib: host::memory_mib(),
+            disk_gib: host::disk_free_gib(&self.inner.state_dir),
+            accelerator: self.inner.accelerator,
+            qemu_version: self.inner.qemu_version.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Lets go of every VM; their QEMU processes keep running for the next agent to adopt.
+    pub async fn shutdown(&self) {
+        self.inner.manager.detach_all().await;
+        tracing::info!("agent stopped; VMs keep running");
+    }
+
+    /// Validated access for handlers: the VM or `not_found`.
+    pub(crate) fn vm(&self, id: uuid::Uuid) -> AgentResult<Arc<crate::instance::VmHandle>> {
+        self.inner.manager.get(id)
+    }
+}
+
+async fn choose_accel(
+    config: &AgentConfig,
+    program: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Accel> {
+    if let Some(a) = config.accelerator {
+        tracing::info!(accelerator = %a, "accelerator set by configuration");
+        return Ok(from_api(a));
+    }
+    if let Some(a) = probe::accel_override_from_env()? {
+        tracing::info!(accelerator = %a, "accelerator set by NIMBUS_ACCEL");
+        return Ok(a);
+    }
+    let opts = ProbeOptions {
+        program: program.to_string(),
+        boot: config
+            .probe_image
+            .as_ref()
+            .map(|(kernel, initrd, cmdline)| ProbeBoot {
+                kernel: kernel.clone(),
+                initrd: Some(initrd.clone()),
+                cmdline: cmdline.clone(),
+                markers: vec![PROBE_MARKER.to_string()],
+            }),
+        timeout: PROBE_TIMEOUT,
+        scratch_parent: state_dir.to_path_buf(),
+    };
+    let outcome = probe::probe_accel(&opts).await;
+    tracing::info!(accelerator = %outcome.accel, detail = outcome.detail, "accelerator probed");
+    Ok(outcome.accel)
+}
+
+/// The contract's accelerator for QEMU's.
+pub fn to_api(a: Accel) -> Accelerator {
+    match a {
+        Accel::Kvm => Accelerator::Kvm,
+        Accel::Tcg => Accelerator::Tcg,
+    }
+}
+
+/// QEMU's accelerator for the contract's.
+pub fn from_api(a: Accelerator) -> Accel {
+    match a {
+        Accelerator::Kvm => Accel::Kvm,
+        Accelerator::Tcg => Accel::Tcg,
+    }
+}

@@ -1,0 +1,90 @@
+//! The agent API over HTTP: thin handlers under [`AGENT_API_PREFIX`], bearer-token auth,
+//! JSON errors ([`nimbus_agent_api::AgentErrorBody`]) with stable codes.
+
+mod console;
+mod vms;
+
+use crate::agent::Agent;
+use crate::error::Error;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use nimbus_agent_api::AGENT_API_PREFIX;
+
+/// The agent's routes, ready to serve (no socket needed: tests call it directly).
+pub fn router(agent: Agent) -> Router {
+    let api = Router::new()
+        .route("/host", get(vms::host))
+        .route("/vms", get(vms::list))
+        .route(
+            "/vms/{id}",
+            get(vms::show).put(vms::define).delete(vms::delete),
+        )
+        .route("/vms/{id}/start", post(vms::start))
+        .route("/vms/{id}/stop", post(vms::stop))
+        .route("/vms/{id}/reboot", post(vms::reboot))
+        .route("/vms/{id}/exec", post(vms::exec))
+        .route("/vms/{id}/console", get(console::websocket))
+        .route("/vms/{id}/console/log", get(console::log))
+        .fallback(|| async { Error::NoRoute })
+        .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
+        .with_state(agent);
+    Router::new().nest(AGENT_API_PREFIX, api)
+}
+
+/// Rejects requests without `Authorization: Bearer <token>`.
+async fn auth(State(agent): State<Agent>, req: Request, next: Next) -> Result<Response, Error> {
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), agent.token().as_bytes()) {
+        return Err(Error::Unauthorized);
+    }
+    Ok(next.run(req).await)
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `axum::Json` whose rejection is the agent's JSON error.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(Error))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` whose rejection is the agent's JSON error.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Error))]
+pub struct Path<T>(pub T);
+
+impl From<JsonRejection> for Error {
+    fn from(r: JsonRejection) -> Self {
+        Error::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(r: PathRejection) -> Self {
+        Error::BadRequest(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests;

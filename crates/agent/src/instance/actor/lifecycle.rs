@@ -1,0 +1,268 @@
+//! Launching, adopting, stopping, rebooting and killing: the lifecycle half of the actor.
+
+use super::{Actor, PendingStop, Run, LAUNCH_TIMEOUT, QMP_TIMEOUT};
+use crate::error::{error_chain, Error, Result};
+use crate::instance::heartbeat;
+use crate::instance::marker::MarkerFollower;
+use crate::instance::state::{self, Intent, StartAction};
+use crate::instance::{disk, launch, Reply};
+use chrono::Utc;
+use nimbus_agent_api::{StopRequest, VmRunState};
+use nimbus_qemu::{QemuProcess, Qmp};
+use std::time::Duration;
+use tokio::time::Instant;
+
+impl Actor {
+    pub(super) async fn start(&mut self) -> Result<()> {
+        let current = self.status.borrow().state;
+        match state::on_start(current) {
+            StartAction::AlreadyRunning if self.run.is_some() => return Ok(()),
+            StartAction::Refuse => {
+                return Err(Error::Conflict(format!("VM {} is stopping", self.id)))
+            }
+            _ => {}
+        }
+        if let Some(qemu) = QemuProcess::adopt(self.dir.paths()) {
+            tracing::warn!(
+                pid = qemu.pid(),
+                "a QEMU already runs for this VM: adopting it"
+            );
+            self.attach(qemu, None, false).await;
+            return Ok(());
+        }
+        disk::check_image(&self.spec)?;
+        let disk = self.dir.disk();
+        if !disk.is_file() {
+            return Err(Error::Internal(format!(
+                "instance disk {} is missing",
+                disk.display()
+            )));
+        }
+        let offset = self.dir.console_len();
+        self.update(|s| {
+            s.state = VmRunState::Starting;
+            s.reason = None;
+            s.intent = Intent::Run;
+            s.console_offset = offset;
+            s.guest_ready = false;
+            s.pid = None;
+            s.started_at = None;
+        });
+        let config = launch::qemu_config(&self.spec, &self.dir, self.accel);
+        let program = nimbus_qemu::qemu_binary();
+        let launched = match QemuProcess::spawn(&program, &config, self.dir.paths()) {
+            Ok(mut qemu) => {
+                let pid = qemu.pid();
+                self.update(|s| s.pid = Some(pid));
+                match qemu.wait_for_qmp(LAUNCH_TIMEOUT).await {
+                    Ok(qmp) => Ok((qemu, qmp)),
+                    Err(e) => {
+                        let _ = qemu.kill(Duration::ZERO).await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match launched {
+            Ok((qemu, qmp)) => {
+                self.last_beat.clear();
+                self.attach(qemu, Some(qmp), true).await;
+                tracing::info!("VM started");
+                Ok(())
+            }
+            Err(e) => {
+                let msg = error_chain(&e);
+                tracing::warn!(error = msg, "QEMU failed to start");
+                self.update(|s| {
+                    s.state = VmRunState::Crashed;
+                    s.reason = Some(msg.clone());
+                    s.pid = None;
+                });
+                Err(Error::QemuFailed(msg))
+            }
+        }
+    }
+
+    /// Takes charge of a running QEMU: QMP (connected here unless given), heartbeat, ready
+    /// marker. `fresh` when we just launched it (rather than adopted it).
+    pub(super) async fn attach(&mut self, qemu: QemuProcess, qmp: Option<Qmp>, fresh: bool) {
+        let paths = self.dir.paths().clone();
+        let qmp = match qmp {
+            Some(q) => Ok(q),
+            None => Qmp::connect(&paths.qmp_sock(), QMP_TIMEOUT).await,
+        };
+        let qmp = match qmp {
+            Ok(q) => Some(q),
+            Err(e) => {
+                tracing::warn!(
+                    error = error_chain(&e),
+                    "cannot connect to QMP; will retry on demand"
+                );
+                None
+            }
+        };
+        let pid = qemu.pid();
+        let (offset, started_at) = {
+            let s = self.status.borrow();
+            (s.console_offset, s.started_at)
+        };
+        let started_at = if fresh { None } else { started_at };
+        self.run = Some(Run {
+            events: qmp.as_ref().map(Qmp::events),
+            qmp,
+            heartbeat: heartbeat::spawn(
+                self.id,
+                paths.heartbeat_sock(),
+                self.dir.heartbeat_log(),
+                self.last_beat.clone(),
+            ),
+            marker: MarkerFollower::new(
+                paths.console_log(),
+                self.spec.image.ready_marker.clone(),
+                offset,
+            ),
+            qemu,
+            stop_requested: false,
+            guest_powered_off: false,
+        });
+        self.update(|s| {
+            s.state = VmRunState::Running;
+            s.reason = None;
+            s.pid = Some(pid);
+            s.intent = Intent::Run;
+            s.started_at = Some(started_at.unwrap_or_else(Utc::now));
+            if fresh {
+                s.guest_ready = false;
+            }
+        });
+        self.poll_marker();
+    }
+
+    pub(super) async fn stop(&mut self, req: StopRequest, reply: Reply) {
+        let Some(run) = &mut self.run else {
+            // Nothing runs: the VM is stopped (a crashed one is acknowledged as stopped).
+            let s = self.status.borrow().clone();
+            if s.state != VmRunState::Stopped || s.intent != Intent::Stop {
+                self.update(|s| {
+                    s.state = VmRunState::Stopped;
+                    s.reason = None;
+                    s.pid = None;
+                    s.intent = Intent::Stop;
+                });
+            }
+            let _ = reply.send(Ok(()));
+            return;
+        };
+        run.stop_requested = true;
+        if let Some(stop) = &mut self.stop {
+            stop.replies.push(reply);
+            if req.force {
+                self.escalate_stop(true).await;
+            }
+            return;
+        }
+        self.stop = Some(PendingStop {
+            deadline: Instant::now() + Duration::from_secs(req.timeout_secs),
+            replies: vec![reply],
+            escalated: false,
+        });
+        self.update(|s| {
+            s.state = VmRunState::Stopping;
+            s.intent = Intent::Stop;
+        });
+        if req.force {
+            self.escalate_stop(true).await;
+            return;
+        }
+        tracing::info!(timeout_secs = req.timeout_secs, "powering the guest down");
+        let pressed = match self.qmp().await {
+            Some(qmp) => qmp.system_powerdown().await.map_err(|e| error_chain(&e)),
+            None => Err("QMP unavailable".to_string()),
+        };
+        if let Err(e) = pressed {
+            tracing::warn!(error = e, "power button failed; ending QEMU");
+            self.escalate_stop(false).await;
+        }
+    }
+
+    /// Ends QEMU without the guest's cooperation: `quit` (unless `kill`), then signals.
+    pub(super) async fn escalate_stop(&mut self, kill: bool) {
+        if let Some(stop) = &mut self.stop {
+            stop.escalated = true;
+        }
+        if !kill {
+            if let Some(qmp) = self.qmp().await {
+                tracing::info!("guest did not power off in time: quitting QEMU");
+                if let Err(e) = qmp.quit().await {
+                    tracing::warn!(error = error_chain(&e), "QMP quit failed");
+                }
+            }
+        }
+        let Some(run) = &mut self.run else { return };
+        let grace = if kill {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3)
+        };
+        if let Err(e) = run.qemu.kill(grace).await {
+            let msg = error_chain(&e);
+            tracing::error!(error = msg, "cannot end QEMU");
+            if let Some(stop) = self.stop.take() {
+                for reply in stop.replies {
+                    let _ = reply.send(Err(Error::QemuFailed(msg.clone())));
+                }
+            }
+        }
+    }
+
+    pub(super) async fn reboot(&mut self) -> Result<()> {
+        if self.run.is_none() || self.stop.is_some() {
+            return Err(Error::Conflict(format!("VM {} is not running", self.id)));
+        }
+        let qmp = self
+            .qmp()
+            .await
+            .ok_or_else(|| Error::QemuFailed("QMP is unavailable".into()))?;
+        qmp.system_reset().await?;
+        tracing::info!("VM reset");
+        self.restart_marker();
+        Ok(())
+    }
+
+    /// Delete: QEMU dies now, whatever it was doing.
+    pub(super) async fn kill_now(&mut self) {
+        let killed = match (&mut self.run, QemuProcess::adopt(self.dir.paths())) {
+            (Some(run), _) => Some(run.qemu.kill(Duration::ZERO).await),
+            (None, Some(mut orphan)) => Some(orphan.kill(Duration::ZERO).await),
+            (None, None) => None,
+        };
+        if let Some(Err(e)) = killed {
+            tracing::error!(error = error_chain(&e), "cannot kill QEMU");
+        }
+        self.run = None;
+        if let Some(stop) = self.stop.take() {
+            for reply in stop.replies {
+                let _ = reply.send(Err(Error::Conflict(format!("VM {} was deleted", self.id))));
+            }
+        }
+        self.status.send_modify(|s| {
+            s.state = VmRunState::Stopped;
+            s.pid = None;
+            s.guest_ready = false;
+            s.generation += 1;
+        });
+        tracing::info!("VM killed for deletion");
+    }
+
+    /// Agent shutdown: let go of QEMU, which keeps running.
+    pub(super) fn detach(&mut self) {
+        self.run = None;
+        if let Some(stop) = self.stop.take() {
+            for reply in stop.replies {
+                let _ = reply.send(Err(Error::Internal("the agent is shutting down".into())));
+            }
+        }
+        tracing::debug!("VM actor detached");
+    }
+}

@@ -1,0 +1,129 @@
+//! The agent's files in a VM directory, next to QEMU's ([`nimbus_qemu::VmPaths`]):
+//!
+//! ```text
+//! <state_dir>/vms/<id>/spec.json      the VmSpec, written at define
+//! <state_dir>/vms/<id>/state.json     the persisted CoreStatus, rewritten on every change
+//! <state_dir>/vms/<id>/disk.qcow2     the instance disk (overlay on the image's base disk)
+//! <state_dir>/vms/<id>/heartbeat.log  `<unix_ms_host> <line>` per heartbeat (rotated)
+//! ```
+
+use super::state::CoreStatus;
+use crate::error::{Error, Result};
+use nimbus_agent_api::VmSpec;
+use nimbus_qemu::VmPaths;
+use std::path::{Path, PathBuf};
+
+/// One VM's directory.
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    paths: VmPaths,
+}
+
+impl VmDir {
+    /// The directory `dir` (absolute).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            paths: VmPaths::new(dir),
+        }
+    }
+
+    /// QEMU's paths in this directory.
+    pub fn paths(&self) -> &VmPaths {
+        &self.paths
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        self.paths.dir()
+    }
+
+    /// `spec.json`.
+    pub fn spec_file(&self) -> PathBuf {
+        self.dir().join("spec.json")
+    }
+
+    /// `state.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir().join("state.json")
+    }
+
+    /// The instance disk.
+    pub fn disk(&self) -> PathBuf {
+        self.dir().join("disk.qcow2")
+    }
+
+    /// The heartbeat log.
+    pub fn heartbeat_log(&self) -> PathBuf {
+        self.dir().join("heartbeat.log")
+    }
+
+    /// Reads `spec.json`; `None` if absent (a define that did not complete).
+    pub fn read_spec(&self) -> Result<Option<VmSpec>> {
+        read_json(&self.spec_file())
+    }
+
+    /// Writes `spec.json` atomically.
+    pub fn write_spec(&self, spec: &VmSpec) -> Result<()> {
+        write_json(&self.spec_file(), spec)
+    }
+
+    /// Reads `state.json`; `None` if absent.
+    pub fn read_state(&self) -> Result<Option<CoreStatus>> {
+        read_json(&self.state_file())
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn write_state(&self, state: &CoreStatus) -> Result<()> {
+        write_json(&self.state_file(), state)
+    }
+
+    /// Current length of `console.log` (0 if it does not exist yet).
+    pub fn console_len(&self) -> u64 {
+        std::fs::metadata(self.paths.console_log()).map_or(0, |m| m.len())
+    }
+
+    /// Bytes the instance disk occupies on the host.
+    pub fn disk_allocated_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.disk()).map_or(0, |m| m.blocks() * 512)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("{} is not valid: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path)(e)),
+    }
+}
+
+/// Writes a file through a temporary file and a rename, so a reader never sees half of it.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Internal(format!("cannot serialize {}: {e}", path.display())))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(Error::io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io("rename", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trip_and_absent_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = VmDir::new(tmp.path().to_path_buf());
+        assert!(dir.read_spec().expect("read").is_none());
+        assert!(dir.read_state().expect("read").is_none());
+        let state = CoreStatus::defined();
+        dir.write_state(&state).expect("write");
+        assert_eq!(dir.read_state().expect("read"), Some(state));
+        std::fs::write(dir.spec_file(), b"{").expect("write");
+        assert!(dir.read_spec().is_err());
+        assert_eq!(dir.console_len(), 0);
+        assert_eq!(dir.disk_allocated_bytes(), 0);
+    }
+}

@@ -1,0 +1,78 @@
+//! The nimbus host agent: runs the VMs of one host and serves the agent API
+//! ([`nimbus_agent_api`]) to the controller.
+//!
+//! - [`agent`]: start-up (QEMU version, accelerator probe, re-adoption) and host facts.
+//! - [`manager`]: the VMs by id; define and delete.
+//! - [`instance`]: one actor task per VM (state machine in its module doc).
+//! - [`http`]: the routes, auth and JSON errors.
+//! - [`register`]: periodic registration with the controller.
+//!
+//! QEMU processes outlive the agent: stopping the agent leaves them running, and the next
+//! agent on the same state directory adopts them.
+
+pub mod agent;
+pub mod error;
+pub mod host;
+pub mod http;
+pub mod image;
+pub mod instance;
+pub mod manager;
+pub mod register;
+
+pub use agent::Agent;
+pub use error::Error;
+pub use http::router;
+pub use image::{default_probe_image, ImageManifest};
+pub use nimbus_agent_api::Accelerator;
+
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How to run an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Host name, unique in the cloud.
+    pub name: String,
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// URL the controller reaches this agent at (sent when registering).
+    pub advertise_url: String,
+    /// Controller to register with; `None` runs standalone.
+    pub controller_url: Option<String>,
+    /// Bearer token of the agent API (also presented to the controller when registering).
+    pub token: String,
+    /// Where VM directories live (`<state_dir>/vms/<id>/`).
+    pub state_dir: PathBuf,
+    /// Forces the accelerator (skips the probe); `NIMBUS_ACCEL` does the same.
+    pub accelerator: Option<Accelerator>,
+    /// Kernel, initrd and command line the accelerator probe boots (see
+    /// [`default_probe_image`]); without it the probe only runs the firmware.
+    pub probe_image: Option<(PathBuf, PathBuf, String)>,
+}
+
+/// Runs the agent until `shutdown` completes. The VMs keep running afterwards.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Bind first: an agent that cannot serve must not touch the VMs.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let agent = Agent::start(&config).await?;
+    tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
+    let registration = config
+        .controller_url
+        .clone()
+        .map(|url| tokio::spawn(register::register_loop(agent.clone(), url)));
+    let served = axum::serve(listener, router(agent.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Some(task) = registration {
+        task.abort();
+    }
+    agent.shutdown().await;
+    served.context("agent API server failed")
+}

@@ -1,0 +1,299 @@
+//! The instance manager: the VMs of this host, by id, each run by its own actor.
+//!
+//! At start it scans `<state_dir>/vms/<id>/` and re-adopts every VM whose QEMU is alive;
+//! a VM whose QEMU is gone is `stopped` or `crashed` (see [`state::after_agent_restart`]).
+
+use crate::error::{Error, Result};
+use crate::instance::files::VmDir;
+use crate::instance::state::{self, CoreStatus};
+use crate::instance::{disk, ActorSetup, VmHandle};
+use nimbus_agent_api::{VmSpec, VmStatus};
+use nimbus_qemu::{Accel, QemuProcess};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// The VMs of this host.
+pub struct Manager {
+    vms_dir: PathBuf,
+    accel: Accel,
+    vms: Mutex<HashMap<Uuid, Arc<VmHandle>>>,
+    /// Serializes define and delete (disk creation, directory removal).
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl Manager {
+    /// Loads every VM under `<state_dir>/vms`, adopting the running ones.
+    pub async fn load(state_dir: &Path, accel: Accel) -> Result<Self> {
+        let vms_dir = state_dir.join("vms");
+        std::fs::create_dir_all(&vms_dir).map_err(Error::io("create", &vms_dir))?;
+        let manager = Self {
+            vms_dir: vms_dir.clone(),
+            accel,
+            vms: Mutex::default(),
+            lifecycle: tokio::sync::Mutex::new(()),
+        };
+        let entries = std::fs::read_dir(&vms_dir).map_err(Error::io("list", &vms_dir))?;
+        let mut attached = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Uuid::parse_str(n).ok())
+            else {
+                continue;
+            };
+            match manager.load_one(id) {
+                Ok(Some(ready)) => attached.push(ready),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(instance_id = %id, error = %e.chain(), "cannot load VM; skipped")
+                }
+            }
+        }
+        // Report current statuses from the first request on: wait (bounded) until every
+        // actor has taken charge of its adopted QEMU.
+        let all = futures::future::join_all(attached);
+        if tokio::time::timeout(std::time::Duration::from_secs(15), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some VMs are still being adopted");
+        }
+        Ok(manager)
+    }
+
+    fn load_one(&self, id: Uuid) -> Result<Option<tokio::sync::oneshot::Receiver<()>>> {
+        let dir = VmDir::new(self.vms_dir.join(id.to_string()));
+        let Some(spec) = dir.read_spec()? else {
+            tracing::info!(instance_id = %id, "VM directory without spec.json (define did not complete)");
+            return Ok(None);
+        };
+        let mut status = dir.read_state()?.unwrap_or_else(CoreStatus::defined);
+        let adopt = QemuProcess::adopt(dir.paths());
+        if adopt.is_none() {
+            let (state, reason) = state::after_agent_restart(&status);
+            if (state, &reason) != (status.state, &status.reason) || status.pid.is_some() {
+                tracing::info!(instance_id = %id, ?state, reason, "QEMU is gone");
+                status.state = state;
+                status.reason = reason;
+                status.pid = None;
+                status.guest_ready = false;
+                status.started_at = None;
+                status.generation += 1;
+                dir.write_state(&status)?;
+            }
+        }
+        let (handle, ready) = VmHandle::spawn(ActorSetup {
+            id,
+            spec,
+            dir,
+            accel: self.accel,
+            status,
+            adopt,
+        });
+        self.lock().insert(id, handle);
+        Ok(Some(ready))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<VmHandle>>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VM `id`.
+    pub fn get(&self, id: Uuid) -> Result<Arc<VmHandle>> {
+        self.lock().get(&id).cloned().ok_or(Error::NotFound(id))
+    }
+
+    /// Status of every VM.
+    pub fn list(&self) -> Vec<VmStatus> {
+        let handles: Vec<_> = self.lock().values().cloned().collect();
+        let mut list: Vec<VmStatus> = handles.iter().map(|h| h.status()).collect();
+        list.sort_by_key(|s| s.id);
+        list
+    }
+
+    /// Defines a VM: writes its spec and creates its disk. Idempotent for the same spec; a
+    /// different spec for an existing id is a conflict.
+    pub async fn define(&self, id: Uuid, spec: VmSpec) -> Result<VmStatus> {
+        validate(id, &spec)?;
+        let _serial = self.lifecycle.lock().await;
+        if let Ok(existing) = self.get(id) {
+            if existing.spec() == &spec {
+                return Ok(existing.status());
+            }
+            return Err(Error::Conflict(format!(
+                "VM {id} is already defined with a different spec"
+            )));
+        }
+        disk::check_image(&spec)?;
+        let dir = VmDir::new(self.vms_dir.join(id.to_string()));
+        std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
+        disk::ensure_disk(&dir, &spec).await?;
+        let status = CoreStatus::defined();
+        dir.write_state(&status)?;
+        // spec.json last: its presence means the define completed.
+        dir.write_spec(&spec)?;
+        tracing::info!(instance_id = %id, name = spec.name, "VM defined");
+        let (handle, _ready) = VmHandle::spawn(ActorSetup {
+            id,
+            spec,
+            dir,
+            accel: self.accel,
+            status,
+            adopt: None,
+        });
+        let status = handle.status();
+        self.lock().insert(id, handle);
+        Ok(status)
+    }
+
+    /// Deletes a VM: kills its QEMU and removes its directory. A directory left by an
+    /// incomplete define is removed too; an unknown id is `not_found`.
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        let _serial = self.lifecycle.lock().await;
+        let dir = VmDir::new(self.vms_dir.join(id.to_string()));
+        let handle = self.get(id).ok();
+        match &handle {
+            Some(h) => h.kill().await,
+            None if dir.dir().exists() => {
+                if let Some(mut qemu) = QemuProcess::adopt(dir.paths()) {
+                    let _ = qemu.kill(std::time::Duration::ZERO).await;
+                }
+            }
+            None => return Err(Error::NotFound(id)),
+        }
+        match std::fs::remove_dir_all(dir.dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove", dir.dir())(e));
+            }
+            _ => {}
+        }
+        self.lock().remove(&id);
+        tracing::info!(instance_id = %id, "VM deleted");
+        Ok(())
+    }
+
+    /// Ends every actor and leaves the QEMU processes running (agent shutdown).
+    pub async fn detach_all(&self) {
+        let handles: Vec<_> = self.lock().drain().map(|(_, h)| h).collect();
+        for h in handles {
+            h.detach().await;
+        }
+    }
+}
+
+/// Checks a spec before anything is written.
+pub fn validate(id: Uuid, spec: &VmSpec) -> Result<()> {
+    let bad = |m: String| Err(Error::BadRequest(m));
+    if spec.id != id {
+        return bad(format!(
+            "spec id {} does not match the path id {id}",
+            spec.id
+        ));
+    }
+    if spec.name.trim().is_empty() {
+        return bad("the name must not be empty".into());
+    }
+    if spec.vcpus == 0 || spec.vcpus > 256 {
+        return bad(format!("vcpus must be 1..=256, not {}", spec.vcpus));
+    }
+    if spec.memory_mib < 16 {
+        return bad(format!(
+            "memory_mib must be at least 16, not {}",
+            spec.memory_mib
+        ));
+    }
+    if spec.disk.size_gib == 0 {
+        return bad("disk.size_gib must be at least 1".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_agent_api::{DiskSpec, GuestImage};
+
+    fn spec(id: Uuid) -> VmSpec {
+        VmSpec {
+            id,
+            name: "t".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            image: GuestImage {
+                name: "none".into(),
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                base_disk: None,
+                ready_marker: None,
+            },
+            disk: DiskSpec { size_gib: 1 },
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let id = Uuid::new_v4();
+        assert!(validate(id, &spec(id)).is_ok());
+        assert_eq!(
+            validate(Uuid::nil(), &spec(id))
+                .expect_err("must fail")
+                .code(),
+            "bad_request"
+        );
+        let mut s = spec(id);
+        s.vcpus = 0;
+        assert!(validate(id, &s).is_err());
+    }
+
+    #[tokio::test]
+    async fn define_is_idempotent_and_conflicts_on_change() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base.qcow2");
+        nimbus_qemu::img::create_blank(&base, 64 << 20)
+            .await
+            .expect("base");
+        let mgr = Manager::load(tmp.path(), Accel::Tcg).await.expect("load");
+        let id = Uuid::new_v4();
+        let mut s = spec(id);
+        s.image.base_disk = Some(base.clone());
+        s.image.kernel = Some(tmp.path().join("missing-vmlinuz"));
+        assert_eq!(
+            mgr.define(id, s.clone())
+                .await
+                .expect_err("must fail")
+                .code(),
+            "image_missing"
+        );
+        s.image.kernel = None;
+        let first = mgr.define(id, s.clone()).await.expect("define");
+        assert_eq!(first.state, nimbus_agent_api::VmRunState::Stopped);
+        assert!(first.disk_allocated_bytes > 0);
+        let again = mgr.define(id, s.clone()).await.expect("define again");
+        assert_eq!(again.generation, first.generation);
+        let info = nimbus_qemu::img::info(&tmp.path().join(format!("vms/{id}/disk.qcow2")))
+            .await
+            .expect("info");
+        assert_eq!(info.top().map(|t| t.virtual_size), Some(1 << 30));
+        assert_eq!(info.chain.len(), 2);
+        s.vcpus = 2;
+        assert_eq!(
+            mgr.define(id, s).await.expect_err("must fail").code(),
+            "conflict"
+        );
+
+        // A new manager on the same directory knows the VM.
+        mgr.detach_all().await;
+        let mgr = Manager::load(tmp.path(), Accel::Tcg).await.expect("reload");
+        assert_eq!(mgr.list().len(), 1);
+        mgr.delete(id).await.expect("delete");
+        assert!(!tmp.path().join(format!("vms/{id}")).exists());
+        assert_eq!(
+            mgr.delete(id).await.expect_err("must fail").code(),
+            "not_found"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! `nimbus_agent::run` as the CLI calls it: listens, serves, registers with the controller
+//! (bearer token = the agent token), and returns on shutdown.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use nimbus_agent::{run, AgentConfig};
+use nimbus_agent_api::{Accelerator, AgentClient, RegisterHost};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Seen = Arc<Mutex<Vec<(String, RegisterHost)>>>;
+
+async fn register(State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<RegisterHost>) {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    seen.lock().expect("lock").push((auth, body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_registers_and_stops() {
+    let seen: Seen = Arc::default();
+    let controller = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let controller_url = format!("http://{}", controller.local_addr().expect("addr"));
+    let app = Router::new()
+        .route("/v1/internal/hosts/register", post(register))
+        .with_state(seen.clone());
+    let fake_controller = tokio::spawn(async move {
+        let _ = axum::serve(controller, app).await;
+    });
+
+    // A free port for the agent (bound and released; the race is harmless here).
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = AgentConfig {
+        name: "run-test".into(),
+        listen,
+        advertise_url: format!("http://{listen}"),
+        controller_url: Some(controller_url),
+        token: "tok".into(),
+        state_dir: tmp.path().join("state"),
+        accelerator: Some(Accelerator::Tcg),
+        probe_image: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(config, async {
+        let _ = stopped.await;
+    }));
+
+    let client = AgentClient::new(&format!("http://{listen}"), "tok");
+    let mut inventory = None;
+    for _ in 0..100 {
+        if let Ok(inv) = client.host().await {
+            inventory = Some(inv);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let inventory = inventory.expect("agent API answers");
+    assert_eq!(inventory.name, "run-test");
+
+    for _ in 0..100 {
+        if !seen.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (auth, body) = seen
+        .lock()
+        .expect("lock")
+        .first()
+        .cloned()
+        .expect("registered");
+    assert_eq!(auth, "Bearer tok");
+    assert_eq!(body.agent_url, format!("http://{listen}"));
+    assert_eq!(body.inventory.name, "run-test");
+    assert_eq!(body.inventory.accelerator, Accelerator::Tcg);
+
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("run returns on shutdown")
+        .expect("join");
+    assert!(result.is_ok(), "{result:?}");
+    fake_controller.abort();
+}

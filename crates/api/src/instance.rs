@@ -1,0 +1,118 @@
+//! Instances: the tenants' virtual machines.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Lifecycle state of an instance.
+///
+/// ```text
+///  create ─▶ building ─▶ running ◀──────────── starting ◀─┐
+///                 │        │  │ reboot ▶ rebooting ─▶ running
+///                 │        │  └─ stop ▶ stopping ─▶ stopped ─┘ start
+///                 ▼        ▼
+///               error    (QEMU died) error     delete (any state) ▶ deleting ▶ gone
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Building,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Rebooting,
+    Deleting,
+    Error,
+}
+
+impl InstanceState {
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Building => "building",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Rebooting => "rebooting",
+            InstanceState::Deleting => "deleting",
+            InstanceState::Error => "error",
+        }
+    }
+
+    /// Parses a stored state.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "building" => InstanceState::Building,
+            "starting" => InstanceState::Starting,
+            "running" => InstanceState::Running,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            "rebooting" => InstanceState::Rebooting,
+            "deleting" => InstanceState::Deleting,
+            "error" => InstanceState::Error,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceView {
+    pub id: Uuid,
+    pub name: String,
+    pub state: InstanceState,
+    /// The host it runs on; none before placement.
+    pub host: Option<String>,
+    pub flavor: String,
+    pub image: String,
+    pub project: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    /// Why the instance is in `error`.
+    pub reason: Option<String>,
+    /// The operation currently acting on the instance, if any.
+    pub operation: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/instances`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateInstance {
+    pub name: String,
+    pub flavor: String,
+    pub image: String,
+}
+
+/// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecInstance {
+    pub command: String,
+    /// Seconds before the call gives up (default 30).
+    pub timeout_secs: Option<u64>,
+}
+
+/// Result of a command run inside the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub output: String,
+}
+
+/// A piece of an instance's serial console log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleLog {
+    pub offset: u64,
+    pub next_offset: u64,
+    pub data: String,
+}

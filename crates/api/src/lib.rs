@@ -1,0 +1,26 @@
+//! Public REST types of nimbus.
+//!
+//! Everything a client sends to or receives from `/v1/` is defined here, shared by the
+//! controller (server), the typed client, the CLI and the end-to-end tests, so the three can
+//! never disagree. The crate does no I/O.
+
+pub mod error;
+pub mod flavor;
+pub mod host;
+pub mod image;
+pub mod instance;
+pub mod name;
+pub mod operation;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use flavor::{CreateFlavor, FlavorView};
+pub use host::{HostState, HostView};
+pub use image::{ImageView, ImportImage};
+pub use instance::{
+    ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
+};
+pub use name::{validate_name, NameError};
+pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+
+/// The project every resource belongs to until tenancy lands.
+pub const DEFAULT_PROJECT: &str = "default";

@@ -1,0 +1,155 @@
+//! Operations: durable multi-step actions (create, start, stop, reboot, delete, ...).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// What an operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    InstanceCreate,
+    InstanceStart,
+    InstanceStop,
+    InstanceReboot,
+    InstanceDelete,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::InstanceCreate => "instance_create",
+            OperationKind::InstanceStart => "instance_start",
+            OperationKind::InstanceStop => "instance_stop",
+            OperationKind::InstanceReboot => "instance_reboot",
+            OperationKind::InstanceDelete => "instance_delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "instance_create" => OperationKind::InstanceCreate,
+            "instance_start" => OperationKind::InstanceStart,
+            "instance_stop" => OperationKind::InstanceStop,
+            "instance_reboot" => OperationKind::InstanceReboot,
+            "instance_delete" => OperationKind::InstanceDelete,
+            _ => return None,
+        })
+    }
+}
+
+/// Where an operation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    /// Running its steps forward.
+    Running,
+    /// Undoing the steps it did, after a failure or a cancel.
+    Unwinding,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl OperationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationState::Running => "running",
+            OperationState::Unwinding => "unwinding",
+            OperationState::Succeeded => "succeeded",
+            OperationState::Failed => "failed",
+            OperationState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => OperationState::Running,
+            "unwinding" => OperationState::Unwinding,
+            "succeeded" => OperationState::Succeeded,
+            "failed" => OperationState::Failed,
+            "cancelled" => OperationState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// The operation will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled
+        )
+    }
+}
+
+/// State of one step of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Undone,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Done => "done",
+            StepState::Failed => "failed",
+            StepState::Undone => "undone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => StepState::Pending,
+            "running" => StepState::Running,
+            "done" => StepState::Done,
+            "failed" => StepState::Failed,
+            "undone" => StepState::Undone,
+            _ => return None,
+        })
+    }
+}
+
+/// One step of an operation, as recorded in its step log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    pub name: String,
+    pub state: StepState,
+    /// What the step reported (e.g. the chosen host), free-form JSON.
+    #[schema(value_type = Object)]
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An operation as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OperationView {
+    pub id: Uuid,
+    pub kind: OperationKind,
+    pub state: OperationState,
+    /// Id of the resource the operation acts on.
+    pub target_id: Uuid,
+    /// Name of that resource when the operation began.
+    pub target_name: String,
+    pub project: String,
+    /// Latest progress line, e.g. "waiting for the guest to boot".
+    pub message: Option<String>,
+    pub steps_done: u32,
+    pub steps_total: u32,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The user asked to cancel it.
+    pub cancel_requested: bool,
+    pub steps: Vec<StepView>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

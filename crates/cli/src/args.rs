@@ -1,0 +1,296 @@
+//! The command line, as clap definitions.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// nimbus: an IaaS cloud in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "nimbus", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Output format of listings and shows.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which cloud to talk to (defaults to the one `nimbus up` started on this machine).
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Controller URL.
+    #[arg(long, env = "NIMBUS_API", global = true)]
+    pub api: Option<String>,
+    /// Bearer token.
+    #[arg(long, env = "NIMBUS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory of the local cloud (to find its API address and admin token).
+    #[arg(long, env = "NIMBUS_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an all-in-one cloud on this machine: controller plus N host agents.
+    Up(UpArgs),
+    /// Run the controller alone (multi-machine setups).
+    Controller(ControllerArgs),
+    /// Run a host agent alone (multi-machine setups).
+    Agent(AgentArgs),
+    /// Hosts of the pool.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Flavors: the machine sizes tenants can ask for.
+    #[command(subcommand)]
+    Flavor(FlavorCmd),
+    /// Images instances boot from.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Long-running actions and their progress.
+    #[command(subcommand)]
+    Operation(OperationCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the database, tokens and host state live [default: /var/lib/nimbus as root,
+    /// ~/.local/share/nimbus otherwise].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Number of host agents to run.
+    #[arg(long, default_value_t = 2)]
+    pub hosts: u32,
+    /// API address for the CLI.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Database URL [default: SQLite in the data directory].
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Run agents as plain processes on loopback instead of one network namespace each.
+    #[arg(long)]
+    pub no_netns: bool,
+    /// Prefix of the bridge and namespace names (at most 8 characters).
+    #[arg(long, default_value = "nimbus")]
+    pub net_name: String,
+    /// Third octet of the hosts' 10.249.X.0/24 network.
+    #[arg(long, default_value_t = 0)]
+    pub net_index: u8,
+    /// Force an accelerator instead of probing (kvm or tcg).
+    #[arg(long)]
+    pub accel: Option<String>,
+    /// vCPU allocation ratio (overcommit).
+    #[arg(long, default_value_t = 4.0)]
+    pub cpu_ratio: f64,
+    /// RAM allocation ratio.
+    #[arg(long, default_value_t = 1.0)]
+    pub ram_ratio: f64,
+    /// Placement strategy.
+    #[arg(long, value_enum, default_value = "spread")]
+    pub strategy: StrategyArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    Spread,
+    Pack,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Addresses to listen on (repeatable).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: Vec<SocketAddr>,
+    #[arg(long)]
+    pub database_url: Option<String>,
+    #[arg(long, default_value_t = 4.0)]
+    pub cpu_ratio: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub ram_ratio: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub disk_ratio: f64,
+    #[arg(long, value_enum, default_value = "spread")]
+    pub strategy: StrategyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Host name (unique in the cloud).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "0.0.0.0:7701")]
+    pub listen: SocketAddr,
+    /// URL the controller reaches this agent at [default: http://<listen>].
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Controller URL to register with.
+    #[arg(long)]
+    pub controller: Option<String>,
+    /// Shared agent token (from the controller's data dir, file agent.token).
+    #[arg(long, env = "NIMBUS_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: String,
+    /// Where VM state (disks, sockets, logs) lives.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Force an accelerator instead of probing (kvm or tcg).
+    #[arg(long, env = "NIMBUS_ACCEL")]
+    pub accel: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// List hosts with capacity and allocation.
+    List,
+    /// Show one host.
+    Show { host: String },
+    /// Return a host to the pool.
+    Enable { host: String },
+    /// Take a host out of placement (its VMs keep running).
+    Disable { host: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlavorCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        memory_mib: u64,
+        #[arg(long)]
+        disk_gib: u64,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    List,
+    /// Register image files (absolute paths every host can read).
+    Import {
+        name: String,
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        #[arg(long)]
+        cmdline: Option<String>,
+        #[arg(long)]
+        disk: Option<String>,
+        /// Console line the guest prints when ready.
+        #[arg(long)]
+        ready_marker: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// `--wait` and its bound.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait for the operation to finish, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// Create (and boot) an instance.
+    Create {
+        name: String,
+        #[arg(long)]
+        flavor: String,
+        #[arg(long)]
+        image: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    List,
+    Show {
+        instance: String,
+    },
+    Start {
+        instance: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    Stop {
+        instance: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    Reboot {
+        instance: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    Delete {
+        instance: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Print the serial console log.
+    Log {
+        instance: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Attach to the serial console (detach with Ctrl-]).
+    Console {
+        instance: String,
+    },
+    /// Run a command inside the guest and print its output.
+    Exec {
+        instance: String,
+        /// The command line (run with sh -c).
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperationCmd {
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    Show {
+        id: String,
+    },
+    /// Wait for an operation to finish.
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Cancel an operation (it undoes what it did).
+    Cancel {
+        id: String,
+    },
+}

@@ -1,0 +1,138 @@
+//! `nimbus instance ...`
+
+use super::follow;
+use crate::args::{Connection, InstanceCmd, Output};
+use crate::{context, output};
+use nimbus_api::{CreateInstance, InstanceView};
+use std::io::Write;
+use std::time::Duration;
+
+fn row(i: &InstanceView) -> Vec<String> {
+    vec![
+        i.name.clone(),
+        i.state.to_string(),
+        output::opt(&i.host),
+        i.flavor.clone(),
+        i.image.clone(),
+        i.id.to_string(),
+    ]
+}
+
+const HEADERS: &[&str] = &["name", "state", "host", "flavor", "image", "id"];
+
+fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
+    match out {
+        Output::Json => output::json(i),
+        Output::Table => {
+            output::fields(&[
+                ("id", i.id.to_string()),
+                ("name", i.name.clone()),
+                ("state", i.state.to_string()),
+                ("reason", output::opt(&i.reason)),
+                ("host", output::opt(&i.host)),
+                (
+                    "flavor",
+                    format!(
+                        "{} ({} vCPU, {} MiB, {} GiB)",
+                        i.flavor, i.vcpus, i.memory_mib, i.disk_gib
+                    ),
+                ),
+                ("image", i.image.clone()),
+                ("project", i.project.clone()),
+                ("operation", output::opt(&i.operation)),
+                ("created", i.created_at.to_rfc3339()),
+                ("updated", i.updated_at.to_rfc3339()),
+            ]);
+            Ok(())
+        }
+    }
+}
+
+pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Result<()> {
+    let client = context::client(conn)?;
+    match cmd {
+        InstanceCmd::Create {
+            name,
+            flavor,
+            image,
+            wait,
+        } => {
+            let op = client
+                .create_instance(&CreateInstance {
+                    name,
+                    flavor,
+                    image,
+                })
+                .await?;
+            follow(&client, out, op, &wait).await
+        }
+        InstanceCmd::List => output::list(out, &client.list_instances().await?, HEADERS, row),
+        InstanceCmd::Show { instance } => show(out, &client.instance(&instance).await?),
+        InstanceCmd::Start { instance, wait } => {
+            follow(
+                &client,
+                out,
+                client.instance_action(&instance, "start").await?,
+                &wait,
+            )
+            .await
+        }
+        InstanceCmd::Stop { instance, wait } => {
+            follow(
+                &client,
+                out,
+                client.instance_action(&instance, "stop").await?,
+                &wait,
+            )
+            .await
+        }
+        InstanceCmd::Reboot { instance, wait } => {
+            follow(
+                &client,
+                out,
+                client.instance_action(&instance, "reboot").await?,
+                &wait,
+            )
+            .await
+        }
+        InstanceCmd::Delete { instance, wait } => {
+            follow(
+                &client,
+                out,
+                client.delete_instance(&instance).await?,
+                &wait,
+            )
+            .await
+        }
+        InstanceCmd::Log { instance, follow } => log(&client, &instance, follow).await,
+        InstanceCmd::Console { instance } => super::console::attach(&client, &instance).await,
+        InstanceCmd::Exec { instance, command } => {
+            let res = client.exec(&instance, &command.join(" ")).await?;
+            match out {
+                Output::Json => output::json(&res)?,
+                Output::Table => print!("{}", res.output),
+            }
+            if res.exit_code != 0 {
+                std::process::exit(res.exit_code.clamp(1, 255));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn log(client: &nimbus_client::Client, instance: &str, follow: bool) -> anyhow::Result<()> {
+    let mut offset = 0;
+    loop {
+        let chunk = client.console_log(instance, offset).await?;
+        print!("{}", chunk.data);
+        std::io::stdout().flush()?;
+        let more = chunk.next_offset > offset;
+        offset = chunk.next_offset;
+        if !more {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `nimbus controller` and `nimbus agent`: the parts of the cloud, run separately.
+
+use crate::args::{AgentArgs, ControllerArgs, StrategyArg};
+use crate::context::default_data_dir;
+use anyhow::{bail, Context};
+use nimbus_agent::{Accelerator, AgentConfig};
+use nimbus_controller::ControllerConfig;
+use nimbus_scheduler::{AllocationRatios, Strategy};
+use std::path::Path;
+
+/// SIGINT and SIGTERM, caught from the moment [`ShutdownSignal::install`] runs (a signal
+/// that arrives earlier would kill the process without cleanup).
+pub struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+        })
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM.
+    pub async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
+}
+
+pub fn strategy(s: StrategyArg) -> Strategy {
+    match s {
+        StrategyArg::Spread => Strategy::Spread,
+        StrategyArg::Pack => Strategy::Pack,
+    }
+}
+
+pub fn parse_accel(s: Option<&str>) -> anyhow::Result<Option<Accelerator>> {
+    Ok(match s {
+        None | Some("") | Some("auto") => None,
+        Some("kvm") => Some(Accelerator::Kvm),
+        Some("tcg") => Some(Accelerator::Tcg),
+        Some(other) => bail!("unknown accelerator {other:?}: use kvm, tcg or auto"),
+    })
+}
+
+/// The agents' shared token: read from `<data dir>/agent.token`, created at first start.
+pub fn agent_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("agent.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    let token = nimbus_controller::app::auth::generate_token();
+    nimbus_controller::app::bootstrap::write_secret(&path, &token)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let mut config = ControllerConfig::new(data_dir.clone(), agent_token(&data_dir)?);
+    config.listen = args.listen;
+    if let Some(url) = args.database_url {
+        config.database_url = url;
+    }
+    config.ratios = AllocationRatios {
+        cpu: args.cpu_ratio,
+        ram: args.ram_ratio,
+        disk: args.disk_ratio,
+    };
+    config.strategy = strategy(args.strategy);
+    nimbus_controller::run(config, ShutdownSignal::install()?.recv()).await
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let advertise_url = args
+        .advertise_url
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let config = AgentConfig {
+        name: args.name,
+        listen: args.listen,
+        advertise_url,
+        controller_url: args.controller,
+        token: args.agent_token,
+        state_dir: args.state_dir,
+        accelerator: parse_accel(args.accel.as_deref())?,
+        probe_image: nimbus_agent::default_probe_image(),
+    };
+    nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
+}

@@ -1,0 +1,181 @@
+//! The host agents of `nimbus up`: child processes, supervised (restarted when they die, as
+//! systemd would on a real host). Each writes its pid to `<state dir>/agent.pid` and its log
+//! to `<state dir>/agent.log`.
+
+use super::network::HostNetwork;
+use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What to run.
+pub struct AgentsPlan {
+    pub data_dir: PathBuf,
+    pub hosts: u32,
+    pub net: Option<HostNetwork>,
+    pub controller_url: String,
+    pub token: String,
+    pub accel: Option<String>,
+}
+
+/// Supervises the agents until stopped.
+pub struct Supervisor {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The first agent API port on loopback (without namespaces): host i listens on base + i.
+const LOOPBACK_BASE_PORT: u16 = 7710;
+const AGENT_PORT: u16 = 7701;
+
+impl Supervisor {
+    pub fn start(plan: AgentsPlan) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the nimbus executable")?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for i in 1..=plan.hosts {
+            let name = format!("host{i}");
+            let state_dir = plan.data_dir.join("hosts").join(&name);
+            std::fs::create_dir_all(&state_dir)
+                .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            let (listen, netns) = match &plan.net {
+                Some(n) => {
+                    let h = &n.hosts[(i - 1) as usize];
+                    (format!("{}:{AGENT_PORT}", h.ip), Some(h.netns.clone()))
+                }
+                None => (format!("127.0.0.1:{}", LOOPBACK_BASE_PORT + i as u16), None),
+            };
+            let mut args: Vec<String> = Vec::new();
+            if let Some(ns) = &netns {
+                args.extend(["netns".into(), "exec".into(), ns.clone()]);
+                args.push(exe.display().to_string());
+            }
+            args.extend([
+                "agent".into(),
+                "--name".into(),
+                name.clone(),
+                "--listen".into(),
+                listen.clone(),
+                "--advertise-url".into(),
+                format!("http://{listen}"),
+                "--controller".into(),
+                plan.controller_url.clone(),
+                "--state-dir".into(),
+                state_dir.display().to_string(),
+            ]);
+            if let Some(a) = &plan.accel {
+                args.extend(["--accel".into(), a.clone()]);
+            }
+            let program = if netns.is_some() {
+                PathBuf::from("ip")
+            } else {
+                exe.clone()
+            };
+            let spec = ChildSpec {
+                name,
+                program,
+                args,
+                state_dir,
+                token: plan.token.clone(),
+            };
+            tasks.push(tokio::spawn(supervise(spec, stop_rx.clone())));
+        }
+        Ok(Self { stop, tasks })
+    }
+
+    /// Stops every agent (SIGTERM, then SIGKILL after 10 s). VMs keep running.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct ChildSpec {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    state_dir: PathBuf,
+    token: String,
+}
+
+async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let stopping = *stop.borrow();
+        if stopping {
+            return;
+        }
+        let mut child = match spawn(&spec) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(host = %spec.name, error = %e, "cannot start agent");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let pid = child.id();
+        if let Some(pid) = pid {
+            let _ = std::fs::write(spec.state_dir.join("agent.pid"), pid.to_string());
+        }
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!(host = %spec.name, ?status, "agent exited; restarting it");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            _ = stopped(&mut stop) => {
+                if let Some(pid) = pid {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves once stop is requested (or the sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn spawn(spec: &ChildSpec) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.state_dir.join("agent.log"))?;
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    // An agent must not outlive the `nimbus up` that supervises it (its QEMUs do).
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd
+        .args(&spec.args)
+        .env("NIMBUS_AGENT_TOKEN", &spec.token)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot run {}", spec.program.display()))?;
+    Ok(child)
+}

@@ -1,0 +1,159 @@
+//! `nimbus up`: an all-in-one cloud on this machine.
+//!
+//! The controller runs in this process; each host agent runs as a child process, in a
+//! network namespace of its own when run as root (so every "host" has its own address, as on
+//! a real network), supervised and restarted if it dies. QEMU processes outlive the agents:
+//! stopping `nimbus up` leaves the VMs running, and the next `nimbus up` re-adopts them.
+
+mod agents;
+mod image;
+mod network;
+
+use crate::args::UpArgs;
+use crate::commands::server::{agent_token, strategy, ShutdownSignal};
+use crate::context::{default_data_dir, local_cloud_path, LocalCloud};
+use anyhow::{bail, Context};
+use nimbus_controller::app::bootstrap::admin_token_path;
+use nimbus_controller::ControllerConfig;
+use nimbus_scheduler::AllocationRatios;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.hosts == 0 || args.hosts > 32 {
+        bail!("--hosts must be between 1 and 32");
+    }
+    if args.net_name.len() > 8 || args.net_name.is_empty() {
+        bail!("--net-name must have 1 to 8 characters (it prefixes interface names)");
+    }
+    let shutdown = ShutdownSignal::install()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let data_dir = std::path::absolute(&data_dir)?;
+    let token = agent_token(&data_dir)?;
+    let default_image = image::ensure_default_image(&data_dir).await?;
+
+    let use_netns = !args.no_netns && nix::unistd::geteuid().is_root();
+    let net = if use_netns {
+        Some(network::HostNetwork::setup(&args.net_name, args.net_index, args.hosts).await?)
+    } else {
+        None
+    };
+    let mut config = ControllerConfig::new(data_dir.clone(), token.clone());
+    config.listen = vec![args.listen];
+    let controller_url = match &net {
+        Some(n) => {
+            let bridge_addr = SocketAddr::new(n.bridge_ip.into(), args.listen.port());
+            if !args.listen.ip().is_unspecified() {
+                config.listen.push(bridge_addr);
+            }
+            format!("http://{bridge_addr}")
+        }
+        None => format!("http://{}", loopback_of(args.listen)),
+    };
+    if let Some(url) = &args.database_url {
+        config.database_url = url.clone();
+    }
+    config.ratios = AllocationRatios {
+        cpu: args.cpu_ratio,
+        ram: args.ram_ratio,
+        disk: 1.0,
+    };
+    config.strategy = strategy(args.strategy);
+    config.default_image = Some(default_image);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut rx = stop_rx.clone();
+    let controller = tokio::spawn(nimbus_controller::run(config, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let api = format!("http://{}", loopback_of(args.listen));
+    let supervisor = agents::Supervisor::start(agents::AgentsPlan {
+        data_dir: data_dir.clone(),
+        hosts: args.hosts,
+        net: net.clone(),
+        controller_url,
+        token,
+        accel: args.accel.clone(),
+    })?;
+
+    let local = LocalCloud {
+        api: api.clone(),
+        token_file: admin_token_path(&data_dir),
+    };
+    std::fs::write(
+        local_cloud_path(&data_dir),
+        serde_json::to_vec_pretty(&local)?,
+    )?;
+    announce(&api, &data_dir, args.hosts).await;
+
+    tokio::select! {
+        _ = shutdown.recv() => {}
+        res = controller_done(&controller) => {
+            supervisor.stop().await;
+            return res;
+        }
+    }
+    eprintln!("stopping nimbus (VMs keep running; the next `nimbus up` re-adopts them)");
+    supervisor.stop().await;
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), controller).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => Err(anyhow::anyhow!("controller task failed: {e}")),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Resolves when the controller task ends by itself (an error at start, e.g. a busy port).
+async fn controller_done(task: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    while !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the controller stopped; see the messages above")
+}
+
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// Waits (bounded) for the API and the hosts, then tells the user what to do next.
+async fn announce(api: &str, data_dir: &std::path::Path, hosts: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut ready = Vec::new();
+    while std::time::Instant::now() < deadline {
+        // The controller writes the token at its first start: read it on every try.
+        let token = std::fs::read_to_string(admin_token_path(data_dir)).ok();
+        let client = nimbus_client::Client::new(api, token.map(|t| t.trim().to_string()));
+        if let Ok(h) = client.list_hosts().await {
+            ready = h;
+            if ready.len() as u32 >= hosts {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("nimbus is up");
+    eprintln!("  API:         {api}   (OpenAPI: {api}/v1/openapi.json)");
+    eprintln!("  data:        {}", data_dir.display());
+    eprintln!("  admin token: {}", admin_token_path(data_dir).display());
+    for h in &ready {
+        eprintln!(
+            "  host {}: {} ({} CPUs, {} MiB, {})",
+            h.name, h.agent_url, h.cpus, h.memory_mib, h.accelerator
+        );
+    }
+    if (ready.len() as u32) < hosts {
+        eprintln!(
+            "  warning: only {} of {hosts} hosts registered so far; see {}/hosts/*/agent.log",
+            ready.len(),
+            data_dir.display()
+        );
+    }
+    eprintln!("try:  nimbus instance create web1 --flavor small --image default --wait");
+    eprintln!("stop with Ctrl-C");
+}

@@ -1,0 +1,266 @@
+//! Typed client of the nimbus REST API.
+
+mod error;
+
+pub use error::ClientError;
+
+use nimbus_api::{
+    ConsoleLog, CreateFlavor, CreateInstance, ErrorBody, ErrorCode, ExecInstance, ExecOutput,
+    FlavorView, HostView, ImageView, ImportImage, InstanceView, OperationView,
+};
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// A client of one cloud.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `api` is the controller URL, e.g. `http://127.0.0.1:7700`.
+    pub fn new(api: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: api.trim_end_matches('/').to_string(),
+            token,
+            http,
+        }
+    }
+
+    /// The controller URL.
+    pub fn api(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        let r = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, r: RequestBuilder) -> Result<T, ClientError> {
+        let resp = r.send().await.map_err(|e| ClientError::Transport {
+            api: self.base.clone(),
+            source: e,
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
+            api: self.base.clone(),
+            source: e,
+        })?;
+        if !status.is_success() {
+            let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                code: ErrorCode::Internal,
+                message: format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ),
+            });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.req(Method::GET, path)).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.req(Method::POST, path).json(body)).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.req(Method::DELETE, path)).await
+    }
+
+    /// Raw request, for tests of malformed input.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String), ClientError> {
+        let mut r = self.req(method, path);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.map_err(|e| ClientError::Transport {
+            api: self.base.clone(),
+            source: e,
+        })?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
+    // Instances
+
+    pub async fn list_instances(&self) -> Result<Vec<InstanceView>, ClientError> {
+        self.get("/v1/instances").await
+    }
+
+    pub async fn create_instance(
+        &self,
+        req: &CreateInstance,
+    ) -> Result<OperationView, ClientError> {
+        self.post("/v1/instances", req).await
+    }
+
+    pub async fn instance(&self, name: &str) -> Result<InstanceView, ClientError> {
+        self.get(&format!("/v1/instances/{name}")).await
+    }
+
+    /// `action` is `start`, `stop` or `reboot`.
+    pub async fn instance_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<OperationView, ClientError> {
+        self.post(
+            &format!("/v1/instances/{name}/{action}"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn delete_instance(&self, name: &str) -> Result<OperationView, ClientError> {
+        self.delete(&format!("/v1/instances/{name}")).await
+    }
+
+    pub async fn exec(&self, name: &str, command: &str) -> Result<ExecOutput, ClientError> {
+        let req = ExecInstance {
+            command: command.to_string(),
+            timeout_secs: None,
+        };
+        self.post(&format!("/v1/instances/{name}/exec"), &req).await
+    }
+
+    pub async fn console_log(&self, name: &str, offset: u64) -> Result<ConsoleLog, ClientError> {
+        self.get(&format!("/v1/instances/{name}/console/log?offset={offset}"))
+            .await
+    }
+
+    /// Websocket URL of the instance's console.
+    pub fn console_url(&self, name: &str) -> String {
+        format!(
+            "{}/v1/instances/{name}/console",
+            self.base.replacen("http", "ws", 1)
+        )
+    }
+
+    // Flavors, images, hosts
+
+    pub async fn list_flavors(&self) -> Result<Vec<FlavorView>, ClientError> {
+        self.get("/v1/flavors").await
+    }
+
+    pub async fn create_flavor(&self, req: &CreateFlavor) -> Result<FlavorView, ClientError> {
+        self.post("/v1/flavors", req).await
+    }
+
+    pub async fn delete_flavor(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/flavors/{name}")).await
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<ImageView>, ClientError> {
+        self.get("/v1/images").await
+    }
+
+    pub async fn import_image(&self, req: &ImportImage) -> Result<ImageView, ClientError> {
+        self.post("/v1/images", req).await
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/images/{name}")).await
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostView>, ClientError> {
+        self.get("/v1/hosts").await
+    }
+
+    pub async fn host(&self, name: &str) -> Result<HostView, ClientError> {
+        self.get(&format!("/v1/hosts/{name}")).await
+    }
+
+    /// `enable` or `disable`.
+    pub async fn host_action(&self, name: &str, action: &str) -> Result<HostView, ClientError> {
+        self.post(
+            &format!("/v1/hosts/{name}/{action}"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    // Operations
+
+    pub async fn list_operations(&self, limit: u32) -> Result<Vec<OperationView>, ClientError> {
+        self.get(&format!("/v1/operations?limit={limit}")).await
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<OperationView, ClientError> {
+        self.get(&format!("/v1/operations/{id}")).await
+    }
+
+    pub async fn cancel_operation(&self, id: &str) -> Result<OperationView, ClientError> {
+        self.post(
+            &format!("/v1/operations/{id}/cancel"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Polls an operation until it is final, calling `on_progress` at each poll; gives up
+    /// after `timeout` with [`ClientError::Timeout`].
+    pub async fn wait_operation(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut on_progress: impl FnMut(&OperationView),
+    ) -> Result<OperationView, ClientError> {
+        let start = Instant::now();
+        loop {
+            let op = self.operation(id).await?;
+            on_progress(&op);
+            if op.state.is_final() {
+                return Ok(op);
+            }
+            if start.elapsed() > timeout {
+                return Err(ClientError::Timeout {
+                    what: format!("operation {id}"),
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

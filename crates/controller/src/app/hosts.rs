@@ -1,0 +1,114 @@
+//! Hosts: registration by agents, views with capacity, enable/disable.
+
+use crate::app::{App, AppError};
+use chrono::Utc;
+use nimbus_agent_api::RegisterHost;
+use nimbus_api::{validate_name, HostState, HostView};
+use nimbus_scheduler::{HostCapacity, Resources};
+use nimbus_store::HostRecord;
+
+/// A host whose agent has not reported for this long is `down`.
+pub const HOST_DOWN_AFTER_SECS: i64 = 30;
+
+fn is_up(h: &HostRecord) -> bool {
+    (Utc::now() - h.last_seen).num_seconds() < HOST_DOWN_AFTER_SECS
+}
+
+impl App {
+    /// Records (or refreshes) a host from its agent's registration.
+    pub async fn register_host(&self, req: &RegisterHost) -> Result<(), AppError> {
+        let inv = &req.inventory;
+        validate_name(&inv.name)
+            .map_err(|e| AppError::bad_request(format!("invalid host name {:?}: {e}", inv.name)))?;
+        let rec = HostRecord {
+            name: inv.name.clone(),
+            agent_url: req.agent_url.clone(),
+            enabled: true,
+            cpus: inv.cpus,
+            memory_mib: inv.memory_mib,
+            disk_gib: inv.disk_gib,
+            accelerator: inv.accelerator.to_string(),
+            qemu_version: inv.qemu_version.clone(),
+            agent_version: inv.agent_version.clone(),
+            last_seen: Utc::now(),
+        };
+        self.store().upsert_host(&rec).await?;
+        Ok(())
+    }
+
+    /// The pool as the scheduler sees it.
+    pub async fn host_capacities(&self) -> Result<Vec<HostCapacity>, AppError> {
+        let hosts = self.store().list_hosts().await?;
+        let alloc = self.store().allocations().await?;
+        Ok(hosts
+            .iter()
+            .map(|h| {
+                let a = alloc.get(&h.name).copied().unwrap_or_default();
+                HostCapacity {
+                    name: h.name.clone(),
+                    schedulable: h.enabled && is_up(h),
+                    physical: Resources {
+                        vcpus: h.cpus as u64,
+                        memory_mib: h.memory_mib,
+                        disk_gib: h.disk_gib,
+                    },
+                    allocated: Resources {
+                        vcpus: a.vcpus,
+                        memory_mib: a.memory_mib,
+                        disk_gib: a.disk_gib,
+                    },
+                    ratios: self.config().ratios,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostView>, AppError> {
+        let hosts = self.store().list_hosts().await?;
+        let alloc = self.store().allocations().await?;
+        let r = self.config().ratios;
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let a = alloc.get(&h.name).copied().unwrap_or_default();
+                HostView {
+                    state: if is_up(&h) {
+                        HostState::Up
+                    } else {
+                        HostState::Down
+                    },
+                    name: h.name,
+                    enabled: h.enabled,
+                    agent_url: h.agent_url,
+                    accelerator: h.accelerator,
+                    qemu_version: h.qemu_version,
+                    cpus: h.cpus,
+                    memory_mib: h.memory_mib,
+                    disk_gib: h.disk_gib,
+                    cpu_allocation_ratio: r.cpu,
+                    ram_allocation_ratio: r.ram,
+                    disk_allocation_ratio: r.disk,
+                    vcpus_allocated: a.vcpus as u32,
+                    memory_mib_allocated: a.memory_mib,
+                    disk_gib_allocated: a.disk_gib,
+                    instances: a.instances,
+                    last_seen: Some(h.last_seen),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn get_host(&self, name: &str) -> Result<HostView, AppError> {
+        self.list_hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| AppError::not_found(format!("host {name:?} not found")))
+    }
+
+    /// Enables or disables a host for placement.
+    pub async fn set_host_enabled(&self, name: &str, enabled: bool) -> Result<HostView, AppError> {
+        self.store().set_host_enabled(name, enabled).await?;
+        self.get_host(name).await
+    }
+}

@@ -1,0 +1,237 @@
+//! Instances: validation, capacity checks, and starting their operations.
+
+use crate::app::{App, AppError, Caller};
+use crate::ops;
+use nimbus_agent_api::{DiskSpec, ExecRequest, GuestImage, VmSpec};
+use nimbus_api::{
+    validate_name, ConsoleLog, CreateInstance, ErrorCode, ExecInstance, ExecOutput, InstanceState,
+    InstanceView, OperationKind, OperationView,
+};
+use nimbus_scheduler::{place, Resources};
+use nimbus_store::{InstanceRecord, NewInstance, NewOperation, StoreError};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+impl App {
+    /// Validates the request, checks that some host can take it, records the instance and
+    /// starts its create operation.
+    pub async fn create_instance(
+        &self,
+        caller: &Caller,
+        req: &CreateInstance,
+    ) -> Result<OperationView, AppError> {
+        validate_name(&req.name).map_err(|e| {
+            AppError::bad_request(format!("invalid instance name {:?}: {e}", req.name))
+        })?;
+        let flavor = self
+            .store()
+            .get_flavor(&req.flavor)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::not_found(format!(
+                    "flavor {:?} not found; `nimbus flavor list` shows the flavors",
+                    req.flavor
+                )),
+                e => e.into(),
+            })?;
+        self.store()
+            .get_image(&req.image)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::not_found(format!(
+                    "image {:?} not found; `nimbus image list` shows the images",
+                    req.image
+                )),
+                e => e.into(),
+            })?;
+        let want = Resources {
+            vcpus: flavor.vcpus as u64,
+            memory_mib: flavor.memory_mib,
+            disk_gib: flavor.disk_gib,
+        };
+        // Refuse at once what cannot fit anywhere; the create operation places for real.
+        let pool = self.host_capacities().await?;
+        place(&pool, &want, self.config().strategy)
+            .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()))?;
+        let id = Uuid::new_v4();
+        let op = NewOperation {
+            id: Uuid::new_v4(),
+            kind: OperationKind::InstanceCreate,
+            project: caller.project.clone(),
+            target_id: id,
+            target_name: req.name.clone(),
+            params: serde_json::json!({ "flavor": req.flavor, "image": req.image }),
+        };
+        let new = NewInstance {
+            id,
+            project: caller.project.clone(),
+            name: req.name.clone(),
+            flavor: flavor.name,
+            image: req.image.clone(),
+            vcpus: flavor.vcpus,
+            memory_mib: flavor.memory_mib,
+            disk_gib: flavor.disk_gib,
+        };
+        self.store().insert_instance(&new, &op).await?;
+        tracing::info!(instance_id = %id, operation_id = %op.id, name = %req.name, "instance create accepted");
+        ops::spawn(self.clone(), op.id);
+        Ok(self.store().get_operation(op.id).await?)
+    }
+
+    /// Finds an instance of the caller's project by id or name.
+    pub async fn find_instance(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<InstanceRecord, AppError> {
+        self.store()
+            .get_instance(&caller.project, id_or_name)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => {
+                    AppError::not_found(format!("instance {id_or_name:?} not found"))
+                }
+                e => e.into(),
+            })
+    }
+
+    pub async fn list_instances(&self, caller: &Caller) -> Result<Vec<InstanceView>, AppError> {
+        let all = self.store().list_instances(Some(&caller.project)).await?;
+        Ok(all.iter().map(InstanceRecord::view).collect())
+    }
+
+    /// Starts an operation of `kind` on an existing instance, after checking that its state
+    /// allows it.
+    pub async fn act_on_instance(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+        kind: OperationKind,
+    ) -> Result<OperationView, AppError> {
+        let inst = self.find_instance(caller, id_or_name).await?;
+        check_transition(&inst, kind)?;
+        let op = NewOperation {
+            id: Uuid::new_v4(),
+            kind,
+            project: inst.project.clone(),
+            target_id: inst.id,
+            target_name: inst.name.clone(),
+            params: serde_json::json!({}),
+        };
+        self.store().begin_instance_operation(inst.id, &op).await?;
+        tracing::info!(instance_id = %inst.id, operation_id = %op.id, kind = kind.as_str(), "operation accepted");
+        ops::spawn(self.clone(), op.id);
+        Ok(self.store().get_operation(op.id).await?)
+    }
+
+    /// Reads the instance's serial console log from `offset`.
+    pub async fn console_log(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+        offset: u64,
+    ) -> Result<ConsoleLog, AppError> {
+        let inst = self.find_instance(caller, id_or_name).await?;
+        let host = placed_host(&inst)?;
+        let chunk = self
+            .agent_of(host)
+            .await?
+            .console_log(inst.id, offset)
+            .await?;
+        Ok(ConsoleLog {
+            offset: chunk.offset,
+            next_offset: chunk.next_offset,
+            data: chunk.data,
+        })
+    }
+
+    /// Runs a command inside the guest.
+    pub async fn exec_in_instance(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+        req: &ExecInstance,
+    ) -> Result<ExecOutput, AppError> {
+        let inst = self.find_instance(caller, id_or_name).await?;
+        if inst.state != InstanceState::Running {
+            return Err(AppError::conflict(format!(
+                "instance {} is {}, not running",
+                inst.name, inst.state
+            )));
+        }
+        let host = placed_host(&inst)?;
+        let out = self
+            .agent_of(host)
+            .await?
+            .exec(
+                inst.id,
+                &ExecRequest {
+                    command: req.command.clone(),
+                    timeout_secs: req.timeout_secs.unwrap_or(30),
+                },
+            )
+            .await?;
+        Ok(ExecOutput {
+            exit_code: out.exit_code,
+            output: out.output,
+        })
+    }
+
+    /// The VM spec an agent needs for this instance.
+    pub async fn vm_spec(&self, inst: &InstanceRecord) -> Result<VmSpec, AppError> {
+        let img = self.store().get_image(&inst.image).await?;
+        Ok(VmSpec {
+            id: inst.id,
+            name: inst.name.clone(),
+            vcpus: inst.vcpus,
+            memory_mib: inst.memory_mib,
+            image: GuestImage {
+                name: img.name,
+                kernel: img.kernel.map(PathBuf::from),
+                initrd: img.initrd.map(PathBuf::from),
+                cmdline: img
+                    .cmdline
+                    .map(|c| format!("{c} nimbus.hostname={}", inst.name)),
+                base_disk: img.disk.map(PathBuf::from),
+                ready_marker: img.ready_marker,
+            },
+            disk: DiskSpec {
+                size_gib: inst.disk_gib,
+            },
+        })
+    }
+}
+
+/// The host an instance is placed on, or a conflict error if it has none.
+pub fn placed_host(inst: &InstanceRecord) -> Result<&str, AppError> {
+    inst.host.as_deref().ok_or_else(|| {
+        AppError::conflict(format!("instance {} is not placed on any host", inst.name))
+    })
+}
+
+/// Which actions each state allows.
+fn check_transition(inst: &InstanceRecord, kind: OperationKind) -> Result<(), AppError> {
+    use InstanceState as S;
+    use OperationKind as K;
+    let ok = match kind {
+        K::InstanceStart => matches!(inst.state, S::Stopped | S::Error) && inst.host.is_some(),
+        K::InstanceStop => matches!(inst.state, S::Running | S::Error) && inst.host.is_some(),
+        K::InstanceReboot => inst.state == S::Running,
+        K::InstanceDelete => true,
+        K::InstanceCreate => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let verb = kind.as_str().trim_start_matches("instance_");
+    Err(AppError::conflict(format!(
+        "cannot {verb} instance {}: it is {}{}",
+        inst.name,
+        inst.state,
+        if inst.host.is_none() {
+            " and not placed on a host"
+        } else {
+            ""
+        }
+    )))
+}

@@ -1,0 +1,92 @@
+//! Application logic, one module per resource. Handlers in `http/` call these; so do the
+//! operations and the reconciler.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod error;
+pub mod flavors;
+pub mod hosts;
+pub mod images;
+pub mod instances;
+pub mod operations;
+
+pub use auth::Caller;
+pub use error::AppError;
+
+use crate::ControllerConfig;
+use nimbus_agent_api::AgentClient;
+use nimbus_store::Store;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Shared state of the controller; cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ControllerConfig,
+    store: Store,
+    /// Serialises placement decisions of this controller so that two concurrent creates
+    /// cannot both take the last free slot of a host.
+    placement: tokio::sync::Mutex<()>,
+    /// Operations this controller is running now (so a resume does not start them twice).
+    running_ops: Mutex<HashSet<Uuid>>,
+}
+
+impl App {
+    /// Opens the store (running migrations).
+    pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
+        let store = Store::connect(&config.database_url).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                placement: tokio::sync::Mutex::new(()),
+                running_ops: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.inner.config
+    }
+
+    /// A client of the agent at `agent_url`.
+    pub fn agent(&self, agent_url: &str) -> AgentClient {
+        AgentClient::new(agent_url, &self.inner.config.agent_token)
+    }
+
+    /// A client of the agent of host `name`.
+    pub async fn agent_of(&self, host: &str) -> Result<AgentClient, AppError> {
+        let h = self.store().get_host(host).await?;
+        Ok(self.agent(&h.agent_url))
+    }
+
+    pub(crate) async fn placement_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.placement.lock().await
+    }
+
+    /// Marks an operation as running here; false if it already is.
+    pub(crate) fn claim_operation(&self, id: Uuid) -> bool {
+        self.inner
+            .running_ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    pub(crate) fn release_operation(&self, id: Uuid) {
+        self.inner
+            .running_ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}

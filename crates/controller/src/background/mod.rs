@@ -1,0 +1,3 @@
+//! Background tasks of the controller.
+
+pub mod reconciler;

@@ -1,0 +1,45 @@
+//! Controller configuration.
+
+use nimbus_scheduler::{AllocationRatios, Strategy};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Addresses the API listens on (e.g. loopback for the CLI, a bridge address for agents).
+    pub listen: Vec<SocketAddr>,
+    /// `sqlite://PATH` (default) or `postgres://...`.
+    pub database_url: String,
+    /// Where the admin token file and the agent token live.
+    pub data_dir: PathBuf,
+    /// Shared secret between controller and agents.
+    pub agent_token: String,
+    pub ratios: AllocationRatios,
+    pub strategy: Strategy,
+    /// How long a guest may take from launch to its ready marker.
+    pub boot_timeout: Duration,
+    /// How often the reconciler polls agents.
+    pub reconcile_interval: Duration,
+    /// An image registered at start unless one of its name exists (`nimbus up` passes the
+    /// default image here).
+    pub default_image: Option<nimbus_api::ImportImage>,
+}
+
+impl ControllerConfig {
+    /// Defaults for a data directory: SQLite inside it, loopback listen address.
+    pub fn new(data_dir: PathBuf, agent_token: String) -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 7700))],
+            database_url: format!("sqlite://{}/nimbus.db", data_dir.display()),
+            data_dir,
+            agent_token,
+            ratios: AllocationRatios::default(),
+            strategy: Strategy::Spread,
+            boot_timeout: Duration::from_secs(300),
+            reconcile_interval: Duration::from_secs(2),
+            default_image: None,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `/v1/flavors`.
+
+use super::error::{ApiJson, ApiPath};
+use super::ApiError;
+use crate::app::{App, AppError, Caller};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use nimbus_api::{CreateFlavor, ErrorBody, ErrorCode, FlavorView};
+
+pub(super) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role == "admin" {
+        Ok(())
+    } else {
+        Err(AppError::new(ErrorCode::Forbidden, "this needs an admin token").into())
+    }
+}
+
+/// Lists flavors, smallest first.
+#[utoipa::path(get, path = "/v1/flavors", tag = "flavors", responses((status = 200, body = [FlavorView])))]
+pub async fn list(
+    State(app): State<App>,
+    _caller: Caller,
+) -> Result<Json<Vec<FlavorView>>, ApiError> {
+    Ok(Json(app.list_flavors().await?))
+}
+
+/// Creates a flavor (admin).
+#[utoipa::path(post, path = "/v1/flavors", tag = "flavors", request_body = CreateFlavor,
+    responses((status = 201, body = FlavorView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(app): State<App>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateFlavor>,
+) -> Result<(StatusCode, Json<FlavorView>), ApiError> {
+    require_admin(&caller)?;
+    Ok((StatusCode::CREATED, Json(app.create_flavor(&req).await?)))
+}
+
+/// Shows a flavor.
+#[utoipa::path(get, path = "/v1/flavors/{flavor}", tag = "flavors",
+    responses((status = 200, body = FlavorView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(app): State<App>,
+    _caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<FlavorView>, ApiError> {
+    Ok(Json(app.get_flavor(&name).await?))
+}
+
+/// Deletes a flavor (admin); existing instances keep their sizes.
+#[utoipa::path(delete, path = "/v1/flavors/{flavor}", tag = "flavors",
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&caller)?;
+    app.delete_flavor(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

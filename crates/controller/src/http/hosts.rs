@@ -1,0 +1,52 @@
+//! `/v1/hosts`.
+
+use super::error::ApiPath;
+use super::flavors::require_admin;
+use super::ApiError;
+use crate::app::{App, Caller};
+use axum::extract::State;
+use axum::Json;
+use nimbus_api::{ErrorBody, HostView};
+
+/// Lists hosts with capacity and allocation (admin).
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
+pub async fn list(State(app): State<App>, caller: Caller) -> Result<Json<Vec<HostView>>, ApiError> {
+    require_admin(&caller)?;
+    Ok(Json(app.list_hosts().await?))
+}
+
+/// Shows a host (admin).
+#[utoipa::path(get, path = "/v1/hosts/{host}", tag = "hosts",
+    responses((status = 200, body = HostView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    require_admin(&caller)?;
+    Ok(Json(app.get_host(&name).await?))
+}
+
+/// Returns a host to the pool (admin).
+#[utoipa::path(post, path = "/v1/hosts/{host}/enable", tag = "hosts",
+    responses((status = 200, body = HostView), (status = 404, body = ErrorBody)))]
+pub async fn enable(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    require_admin(&caller)?;
+    Ok(Json(app.set_host_enabled(&name, true).await?))
+}
+
+/// Takes a host out of placement; its VMs keep running (admin).
+#[utoipa::path(post, path = "/v1/hosts/{host}/disable", tag = "hosts",
+    responses((status = 200, body = HostView), (status = 404, body = ErrorBody)))]
+pub async fn disable(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    require_admin(&caller)?;
+    Ok(Json(app.set_host_enabled(&name, false).await?))
+}

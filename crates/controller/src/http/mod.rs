@@ -1,0 +1,81 @@
+//! HTTP layer: thin handlers that parse, authenticate and call one `app/` function.
+
+mod auth;
+mod console;
+mod error;
+mod flavors;
+mod hosts;
+mod images;
+mod instances;
+mod internal;
+mod metrics;
+pub mod openapi;
+mod operations;
+
+pub use error::ApiError;
+
+use crate::app::App;
+use axum::routing::{get, post};
+use axum::Router;
+
+/// Largest request body accepted (JSON bodies are small).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The whole API, ready to serve (tests call it without a socket).
+pub fn router(app: App) -> Router {
+    let v1 = Router::new()
+        .route("/instances", get(instances::list).post(instances::create))
+        .route(
+            "/instances/{instance}",
+            get(instances::show).delete(instances::delete),
+        )
+        .route("/instances/{instance}/start", post(instances::start))
+        .route("/instances/{instance}/stop", post(instances::stop))
+        .route("/instances/{instance}/reboot", post(instances::reboot))
+        .route("/instances/{instance}/exec", post(instances::exec))
+        .route(
+            "/instances/{instance}/console/log",
+            get(instances::console_log),
+        )
+        .route("/instances/{instance}/console", get(console::attach))
+        .route("/flavors", get(flavors::list).post(flavors::create))
+        .route(
+            "/flavors/{flavor}",
+            get(flavors::show).delete(flavors::delete),
+        )
+        .route("/images", get(images::list).post(images::import))
+        .route("/images/{image}", get(images::show).delete(images::delete))
+        .route("/hosts", get(hosts::list))
+        .route("/hosts/{host}", get(hosts::show))
+        .route("/hosts/{host}/enable", post(hosts::enable))
+        .route("/hosts/{host}/disable", post(hosts::disable))
+        .route("/operations", get(operations::list))
+        .route("/operations/{operation}", get(operations::show))
+        .route("/operations/{operation}/cancel", post(operations::cancel))
+        .route("/internal/hosts/register", post(internal::register_host))
+        .route("/openapi.json", get(openapi::serve));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::serve))
+        .fallback(error::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Liveness: the process serves requests and its database answers.
+async fn healthz(
+    axum::extract::State(app): axum::extract::State<App>,
+) -> Result<&'static str, ApiError> {
+    sqlx_ping(&app).await?;
+    Ok("ok\n")
+}
+
+async fn sqlx_ping(app: &App) -> Result<(), ApiError> {
+    app.store()
+        .list_flavors()
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::from(crate::app::AppError::from(e)))
+}

@@ -1,0 +1,59 @@
+//! The nimbus controller: the control plane of the cloud.
+//!
+//! - `http/`: thin axum handlers (parse, authenticate, call one `app/` function), the error
+//!   mapping, OpenAPI, metrics, the console proxy;
+//! - `app/`: the logic per resource (instances, flavors, images, hosts, operations, auth);
+//! - `ops/`: one file per durable operation (create, start, stop, reboot, delete) and the
+//!   runner that starts and resumes them;
+//! - `background/`: the reconciler that applies agents' reports and repairs drift.
+
+pub mod app;
+pub mod background;
+pub mod config;
+pub mod http;
+pub mod ops;
+
+pub use app::App;
+pub use config::ControllerConfig;
+
+use anyhow::Context;
+use std::future::Future;
+
+/// Runs the controller until `shutdown` resolves: opens the store, bootstraps (admin token,
+/// default flavors), resumes unfinished operations, starts the reconciler and serves the API
+/// on every listen address.
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = App::open(config.clone()).await?;
+    app.bootstrap().await?;
+    ops::resume_unfinished(&app).await?;
+    let reconciler = tokio::spawn(background::reconciler::run(app.clone()));
+    let router = http::router(app.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for addr in &config.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (is another nimbus running?)"))?;
+        tracing::info!(%addr, "controller API listening");
+        let mut rx = stop_rx.clone();
+        let router = router.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        }));
+    }
+    shutdown.await;
+    tracing::info!("controller shutting down");
+    let _ = stop_tx.send(true);
+    reconciler.abort();
+    for s in servers {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Durable operations of the controller, one file per operation, built from the shared steps
+//! in [`steps`]. The engine (crate `nimbus-ops`) persists every step in the store, so an
+//! operation interrupted by a controller restart is resumed by [`resume_unfinished`].
+
+pub mod instance_create;
+pub mod instance_delete;
+pub mod instance_reboot;
+pub mod instance_start;
+pub mod instance_stop;
+pub mod steps;
+
+use crate::app::{App, AppError};
+use nimbus_api::{InstanceState, OperationKind, OperationState};
+use nimbus_ops::{Outcome, RetryPolicy, Step};
+use uuid::Uuid;
+
+/// What an operation kind consists of: its steps and the instance states around it.
+pub struct Plan {
+    pub steps: Vec<Box<dyn Step<App>>>,
+    /// State shown while the operation runs.
+    pub during: InstanceState,
+    /// State after success (`None`: the instance is gone).
+    pub after: Option<InstanceState>,
+}
+
+fn plan(kind: OperationKind, instance: Uuid) -> Plan {
+    match kind {
+        OperationKind::InstanceCreate => instance_create::plan(instance),
+        OperationKind::InstanceStart => instance_start::plan(instance),
+        OperationKind::InstanceStop => instance_stop::plan(instance),
+        OperationKind::InstanceReboot => instance_reboot::plan(instance),
+        OperationKind::InstanceDelete => instance_delete::plan(instance),
+    }
+}
+
+/// Runs operation `id` in the background.
+pub fn spawn(app: App, id: Uuid) {
+    if !app.claim_operation(id) {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Err(e) = run_operation(&app, id).await {
+            tracing::error!(operation_id = %id, error = %e, "operation runner failed; it resumes at the next controller start");
+        }
+        app.release_operation(id);
+    });
+}
+
+async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
+    let op = app.store().get_operation(id).await?;
+    let instance = op.target_id;
+    let plan = plan(op.kind, instance);
+    if op.state == OperationState::Running {
+        app.store()
+            .set_instance_state(instance, plan.during, None)
+            .await?;
+    }
+    let outcome = nimbus_ops::run(id, &plan.steps, app, app.store(), RetryPolicy::default())
+        .await
+        .map_err(|e| AppError::internal(e.to_string()))?;
+    tracing::info!(operation_id = %id, instance_id = %instance, kind = op.kind.as_str(), ?outcome, "operation ended");
+    finish(app, id, instance, op.kind, &outcome, plan.after).await
+}
+
+/// Applies the end of an operation to its instance. Idempotent.
+async fn finish(
+    app: &App,
+    op: Uuid,
+    instance: Uuid,
+    kind: OperationKind,
+    outcome: &Outcome,
+    after: Option<InstanceState>,
+) -> Result<(), AppError> {
+    match (outcome, after) {
+        (Outcome::Succeeded, None) => return Ok(()),
+        (Outcome::Succeeded, Some(state)) => {
+            app.store()
+                .set_instance_state(instance, state, None)
+                .await?;
+        }
+        (Outcome::Failed { error, .. }, _) => {
+            let verb = kind.as_str().trim_start_matches("instance_");
+            let reason = format!("{verb} failed: {error}");
+            app.store()
+                .set_instance_state(instance, InstanceState::Error, Some(&reason))
+                .await?;
+        }
+        (Outcome::Cancelled, _) => {
+            let state = if kind == OperationKind::InstanceCreate {
+                InstanceState::Error
+            } else {
+                steps::state_from_agent(app, instance).await
+            };
+            app.store()
+                .set_instance_state(instance, state, Some("operation cancelled"))
+                .await?;
+        }
+    }
+    app.store().end_instance_operation(instance, op).await?;
+    Ok(())
+}
+
+/// Resumes, after a controller start, every operation that had not ended, and completes the
+/// bookkeeping of those that ended just before a crash.
+pub async fn resume_unfinished(app: &App) -> Result<(), AppError> {
+    for op in app.store().unfinished_operations().await? {
+        tracing::info!(operation_id = %op.id, kind = op.kind.as_str(), "resuming operation");
+        spawn(app.clone(), op.id);
+    }
+    for inst in app.store().list_instances(None).await? {
+        let Some(op_id) = inst.operation_id else {
+            continue;
+        };
+        let op = app.store().get_operation(op_id).await?;
+        if op.state.is_final() {
+            let outcome = match op.state {
+                OperationState::Succeeded => Outcome::Succeeded,
+                OperationState::Cancelled => Outcome::Cancelled,
+                _ => Outcome::Failed {
+                    error: op.error.unwrap_or_default(),
+                    unwound: false,
+                },
+            };
+            let after = plan(op.kind, inst.id).after;
+            finish(app, op_id, inst.id, op.kind, &outcome, after).await?;
+        }
+    }
+    Ok(())
+}

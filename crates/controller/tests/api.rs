@@ -1,0 +1,258 @@
+//! API behaviour without agents: the real router and a real SQLite store, no socket. The
+//! hosts here are registered through the internal route but no agent answers (nothing in
+//! these tests needs one: they check validation, auth, errors and placement refusals).
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
+use nimbus_api::{ErrorBody, ErrorCode, FlavorView};
+use nimbus_controller::{http::router, App, ControllerConfig};
+use tower::ServiceExt;
+
+struct Fixture {
+    app: App,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
+    let app = App::open(config).await.expect("open");
+    app.bootstrap().await.expect("bootstrap");
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token");
+    Fixture {
+        app,
+        token,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    f: &Fixture,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .expect("request");
+    let resp = router(f.app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).to_string())
+}
+
+fn error(body: &str) -> ErrorBody {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
+}
+
+async fn register(f: &Fixture, name: &str, memory_mib: u64) {
+    let reg = RegisterHost {
+        agent_url: "http://127.0.0.1:9".into(),
+        inventory: HostInventory {
+            name: name.into(),
+            cpus: 2,
+            memory_mib,
+            disk_gib: 50,
+            accelerator: Accelerator::Tcg,
+            qemu_version: "10.0.2".into(),
+            agent_version: "test".into(),
+        },
+    };
+    let body = serde_json::to_string(&reg).expect("json");
+    let (s, b) = call(
+        f,
+        "POST",
+        "/v1/internal/hosts/register",
+        Some("agent-secret"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+}
+
+#[tokio::test]
+async fn health_and_openapi_need_no_token() {
+    let f = fixture().await;
+    assert_eq!(
+        call(&f, "GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    let (s, body) = call(&f, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("/v1/instances"));
+}
+
+#[tokio::test]
+async fn missing_or_wrong_token_is_401_json() {
+    let f = fixture().await;
+    for token in [None, Some("nmb_nope")] {
+        let (s, body) = call(&f, "GET", "/v1/instances", token, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(error(&body).code, ErrorCode::Unauthorized);
+    }
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/v1/internal/hosts/register",
+        Some(&f.token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the admin token is not the agent token"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_and_unknown_routes_get_error_bodies() {
+    let f = fixture().await;
+    let (s, body) = call(&f, "POST", "/v1/flavors", Some(&f.token), Some("{not json")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error(&body).message.contains("invalid JSON"), "{body}");
+    let (s, body) = call(
+        &f,
+        "POST",
+        "/v1/flavors",
+        Some(&f.token),
+        Some("{\"name\": \"x\"}"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "missing fields: {body}");
+    let (s, body) = call(&f, "GET", "/v1/nothing", Some(&f.token), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error(&body).code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn default_flavors_and_flavor_validation() {
+    let f = fixture().await;
+    let (_, body) = call(&f, "GET", "/v1/flavors", Some(&f.token), None).await;
+    let flavors: Vec<FlavorView> = serde_json::from_str(&body).expect("flavors");
+    let names: Vec<&str> = flavors.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["tiny", "small", "medium", "large"]);
+    let bad = [
+        r#"{"name":"Big","vcpus":1,"memory_mib":512,"disk_gib":1}"#,
+        r#"{"name":"big","vcpus":0,"memory_mib":512,"disk_gib":1}"#,
+        r#"{"name":"big","vcpus":1,"memory_mib":1,"disk_gib":1}"#,
+    ];
+    for b in bad {
+        let (s, body) = call(&f, "POST", "/v1/flavors", Some(&f.token), Some(b)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}: {body}");
+    }
+    let (s, body) = call(
+        &f,
+        "POST",
+        "/v1/flavors",
+        Some(&f.token),
+        Some(r#"{"name":"small","vcpus":1,"memory_mib":512,"disk_gib":1}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn create_without_hosts_or_capacity_is_refused_and_leaves_nothing() {
+    let f = fixture().await;
+    // An image needs real files; use this test binary as a stand-in kernel file.
+    let exe = std::env::current_exe().expect("exe").display().to_string();
+    let img = format!(r#"{{"name":"img","kernel":"{exe}"}}"#);
+    let (s, body) = call(&f, "POST", "/v1/images", Some(&f.token), Some(&img)).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = call(
+        &f,
+        "POST",
+        "/v1/images",
+        Some(&f.token),
+        Some(r#"{"name":"img2","kernel":"relative/path"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+
+    let create = r#"{"name":"web1","flavor":"small","image":"img"}"#;
+    let (s, body) = call(&f, "POST", "/v1/instances", Some(&f.token), Some(create)).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let e = error(&body);
+    assert_eq!(e.code, ErrorCode::NoCapacity);
+    assert!(
+        e.message.contains("no host is up and enabled"),
+        "{}",
+        e.message
+    );
+
+    register(&f, "host1", 1024).await;
+    let big = r#"{"name":"web1","flavor":"large","image":"img"}"#;
+    let (s, body) = call(&f, "POST", "/v1/instances", Some(&f.token), Some(big)).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let msg = error(&body).message;
+    assert!(
+        msg.contains("no host has 4096 MiB of memory free; largest free: 8 vCPUs, 1024 MiB memory"),
+        "{msg}"
+    );
+
+    let (s, body) = call(&f, "POST", "/v1/hosts/host1/disable", Some(&f.token), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = call(&f, "POST", "/v1/instances", Some(&f.token), Some(create)).await;
+    assert_eq!(
+        (s, error(&body).code),
+        (StatusCode::CONFLICT, ErrorCode::NoCapacity)
+    );
+
+    let (_, body) = call(&f, "GET", "/v1/instances", Some(&f.token), None).await;
+    assert_eq!(body, "[]");
+    let (_, body) = call(&f, "GET", "/v1/operations", Some(&f.token), None).await;
+    assert_eq!(body, "[]");
+}
+
+#[tokio::test]
+async fn unknown_flavor_image_and_bad_names() {
+    let f = fixture().await;
+    let cases = [
+        (
+            r#"{"name":"web1","flavor":"nope","image":"img"}"#,
+            StatusCode::NOT_FOUND,
+            "flavor \"nope\" not found",
+        ),
+        (
+            r#"{"name":"web1","flavor":"small","image":"nope"}"#,
+            StatusCode::NOT_FOUND,
+            "image \"nope\" not found",
+        ),
+        (
+            r#"{"name":"-x","flavor":"small","image":"nope"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid instance name",
+        ),
+    ];
+    for (body, status, text) in cases {
+        let (s, resp) = call(&f, "POST", "/v1/instances", Some(&f.token), Some(body)).await;
+        assert_eq!(s, status, "{resp}");
+        assert!(error(&resp).message.contains(text), "{resp}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let f = fixture().await;
+    register(&f, "host1", 2048).await;
+    let (s, body) = call(&f, "GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("nimbus_host_up{host=\"host1\"} 1"), "{body}");
+    assert!(
+        body.contains("nimbus_host_memory_mib{host=\"host1\"} 2048"),
+        "{body}"
+    );
+}

@@ -1,0 +1,199 @@
+//! Runs an operation's steps forward, and unwinds them on failure or cancel.
+
+use crate::{LogError, OperationLog, Step, StepContext, StepError};
+use nimbus_api::{OperationState, StepState};
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How transient step failures are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per action or undo, including the first.
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// About 45 s of retries: long enough to ride out an agent restart.
+    fn default() -> Self {
+        Self {
+            attempts: 10,
+            first_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    /// Failed; `unwound` says whether every done step was undone.
+    Failed {
+        error: String,
+        unwound: bool,
+    },
+    Cancelled,
+}
+
+/// Runs (or resumes) operation `op` to a final state. Safe to call again after a crash at any
+/// point: the log says where to continue.
+pub async fn run<C: Send + Sync>(
+    op: Uuid,
+    steps: &[Box<dyn Step<C>>],
+    ctx: &C,
+    log: &dyn OperationLog,
+    retry: RetryPolicy,
+) -> Result<Outcome, LogError> {
+    let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
+    log.init_steps(op, &names).await?;
+    let snap = log.load(op).await?;
+    match snap.state {
+        OperationState::Succeeded => return Ok(Outcome::Succeeded),
+        OperationState::Cancelled => return Ok(Outcome::Cancelled),
+        OperationState::Failed => {
+            return Ok(Outcome::Failed {
+                error: snap.error.unwrap_or_default(),
+                unwound: false,
+            })
+        }
+        OperationState::Unwinding => {
+            let cancelled = log.cancel_requested(op).await?;
+            let error = snap.error.unwrap_or_else(|| "cancelled".into());
+            return unwind(op, steps, ctx, log, retry, error, cancelled).await;
+        }
+        OperationState::Running => {}
+    }
+    let mut outputs: Vec<Option<Value>> = snap.steps.iter().map(|s| s.output.clone()).collect();
+    outputs.resize(steps.len(), None);
+    let mut past_no_return = false;
+    for (i, step) in steps.iter().enumerate() {
+        let recorded = snap.steps.get(i).map(|s| s.state);
+        if recorded == Some(StepState::Done) {
+            past_no_return |= step.is_point_of_no_return();
+            continue;
+        }
+        if !past_no_return && log.cancel_requested(op).await? {
+            log.set_state(op, OperationState::Unwinding, Some("cancelled"))
+                .await?;
+            return unwind(op, steps, ctx, log, retry, "cancelled".into(), true).await;
+        }
+        log.set_step(op, i, StepState::Running, None, None).await?;
+        let sctx = StepContext {
+            operation_id: op,
+            log,
+            outputs: outputs.clone(),
+        };
+        let result = with_retries(retry, || step.action(ctx, &sctx)).await;
+        match result {
+            Ok(out) => {
+                log.set_step(op, i, StepState::Done, Some(&out), None)
+                    .await?;
+                outputs[i] = Some(out);
+                past_no_return |= step.is_point_of_no_return();
+            }
+            Err(err) => {
+                let cancelled = err == StepError::Cancelled && !past_no_return;
+                let msg = if cancelled {
+                    "cancelled".to_string()
+                } else {
+                    format!("{}: {err}", step.name())
+                };
+                log.set_step(op, i, StepState::Failed, None, Some(&err.to_string()))
+                    .await?;
+                if past_no_return {
+                    tracing::error!(operation_id = %op, step = step.name(), error = %err,
+                        "step failed after the point of no return");
+                    log.set_state(op, OperationState::Failed, Some(&msg))
+                        .await?;
+                    return Ok(Outcome::Failed {
+                        error: msg,
+                        unwound: false,
+                    });
+                }
+                tracing::warn!(operation_id = %op, step = step.name(), error = %err, "step failed; unwinding");
+                log.set_state(op, OperationState::Unwinding, Some(&msg))
+                    .await?;
+                return unwind(op, steps, ctx, log, retry, msg, cancelled).await;
+            }
+        }
+    }
+    log.set_state(op, OperationState::Succeeded, None).await?;
+    Ok(Outcome::Succeeded)
+}
+
+/// Undoes, in reverse order, every step that is done, failed or was in flight.
+async fn unwind<C: Send + Sync>(
+    op: Uuid,
+    steps: &[Box<dyn Step<C>>],
+    ctx: &C,
+    log: &dyn OperationLog,
+    retry: RetryPolicy,
+    error: String,
+    cancelled: bool,
+) -> Result<Outcome, LogError> {
+    let snap = log.load(op).await?;
+    let outputs: Vec<Option<Value>> = snap.steps.iter().map(|s| s.output.clone()).collect();
+    let sctx = StepContext {
+        operation_id: op,
+        log,
+        outputs,
+    };
+    for (i, step) in steps.iter().enumerate().rev() {
+        let state = snap.steps.get(i).map(|s| s.state);
+        if !matches!(
+            state,
+            Some(StepState::Done | StepState::Failed | StepState::Running)
+        ) {
+            continue;
+        }
+        if let Err(err) = with_retries(retry, || step.undo(ctx, &sctx)).await {
+            let msg = format!("{error}; undo of {} also failed: {err}", step.name());
+            tracing::error!(operation_id = %op, step = step.name(), error = %err, "undo failed");
+            log.set_state(op, OperationState::Failed, Some(&msg))
+                .await?;
+            return Ok(Outcome::Failed {
+                error: msg,
+                unwound: false,
+            });
+        }
+        log.set_step(op, i, StepState::Undone, None, None).await?;
+    }
+    if cancelled {
+        log.set_state(op, OperationState::Cancelled, Some("cancelled"))
+            .await?;
+        Ok(Outcome::Cancelled)
+    } else {
+        log.set_state(op, OperationState::Failed, Some(&error))
+            .await?;
+        Ok(Outcome::Failed {
+            error,
+            unwound: true,
+        })
+    }
+}
+
+async fn with_retries<F, Fut, T>(policy: RetryPolicy, mut f: F) -> Result<T, StepError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StepError>>,
+{
+    let mut backoff = policy.first_backoff;
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(StepError::Transient(msg)) if attempt < policy.attempts => {
+                tracing::debug!(attempt, error = %msg, "transient step failure; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

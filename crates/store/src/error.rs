@@ -1,0 +1,48 @@
+//! Store errors.
+
+/// What a store call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        StoreError::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// Maps a unique-constraint violation to `Conflict(msg)`.
+    pub(crate) fn unique_or(e: sqlx::Error, msg: impl FnOnce() -> String) -> Self {
+        let is_unique = match &e {
+            sqlx::Error::Database(db) => {
+                db.is_unique_violation()
+                    || db.message().contains("UNIQUE")
+                    || db.message().contains("duplicate key")
+            }
+            _ => false,
+        };
+        if is_unique {
+            StoreError::Conflict(msg())
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Hosts, as registered by their agents.
+
+use crate::{time, Store, StoreError};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+/// A host row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    pub name: String,
+    pub agent_url: String,
+    pub enabled: bool,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub accelerator: String,
+    pub qemu_version: String,
+    pub agent_version: String,
+    pub last_seen: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
+                       qemu_version, agent_version, last_seen";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
+    Ok(HostRecord {
+        name: r.try_get("name")?,
+        agent_url: r.try_get("agent_url")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
+        cpus: r.try_get::<i64, _>("cpus")? as u32,
+        memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
+        disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
+        accelerator: r.try_get("accelerator")?,
+        qemu_version: r.try_get("qemu_version")?,
+        agent_version: r.try_get("agent_version")?,
+        last_seen: time::parse(&r.try_get::<String, _>("last_seen")?)?,
+    })
+}
+
+impl Store {
+    /// Inserts or refreshes a host from its agent's registration; keeps `enabled` as set by
+    /// the operator.
+    pub async fn upsert_host(&self, h: &HostRecord) -> Result<(), StoreError> {
+        let now = time::now();
+        let updated = sqlx::query(
+            "UPDATE hosts SET agent_url = $1, cpus = $2, memory_mib = $3, disk_gib = $4, \
+             accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8 \
+             WHERE name = $9",
+        )
+        .bind(&h.agent_url)
+        .bind(h.cpus as i64)
+        .bind(h.memory_mib as i64)
+        .bind(h.disk_gib as i64)
+        .bind(&h.accelerator)
+        .bind(&h.qemu_version)
+        .bind(&h.agent_version)
+        .bind(&now)
+        .bind(&h.name)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() > 0 {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&h.name)
+        .bind(&h.agent_url)
+        .bind(1i64)
+        .bind(h.cpus as i64)
+        .bind(h.memory_mib as i64)
+        .bind(h.disk_gib as i64)
+        .bind(&h.accelerator)
+        .bind(&h.qemu_version)
+        .bind(&h.agent_version)
+        .bind(&now)
+        .bind(&now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::unique_or(e, || format!("host {} registered twice", h.name)))?;
+        Ok(())
+    }
+
+    pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM hosts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn get_host(&self, name: &str) -> Result<HostRecord, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hosts WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("host", name))?;
+        from_row(&row)
+    }
+
+    /// Enables or disables a host for placement.
+    pub async fn set_host_enabled(&self, name: &str, enabled: bool) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE hosts SET enabled = $1 WHERE name = $2")
+            .bind(enabled as i64)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::not_found("host", name));
+        }
+        Ok(())
+    }
+}

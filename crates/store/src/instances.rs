@@ -1,0 +1,485 @@
+//! Instances: their desired state, placement and the operation acting on them.
+
+use crate::{operations::insert_operation, time, NewOperation, Store, StoreError};
+use chrono::{DateTime, Utc};
+use nimbus_api::{InstanceState, InstanceView};
+use sqlx::Row;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// An instance row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    pub id: Uuid,
+    pub project: String,
+    pub name: String,
+    pub flavor: String,
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    /// Where it is placed; holding a host is what reserves capacity there.
+    pub host: Option<String>,
+    pub state: InstanceState,
+    pub reason: Option<String>,
+    /// The operation acting on it; at most one at a time.
+    pub operation_id: Option<Uuid>,
+    /// Bumped by every change (compare-and-swap token).
+    pub generation: i64,
+    /// Highest agent status generation applied.
+    pub agent_generation: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl InstanceRecord {
+    /// The public view.
+    pub fn view(&self) -> InstanceView {
+        InstanceView {
+            id: self.id,
+            name: self.name.clone(),
+            state: self.state,
+            host: self.host.clone(),
+            flavor: self.flavor.clone(),
+            image: self.image.clone(),
+            project: self.project.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+            reason: self.reason.clone(),
+            operation: self.operation_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// A new instance, sized from its flavor at creation time.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub id: Uuid,
+    pub project: String,
+    pub name: String,
+    pub flavor: String,
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+/// Per-host sums of what instances hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub instances: u32,
+}
+
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
+    let state: String = r.try_get("state")?;
+    Ok(InstanceRecord {
+        id: parse_uuid(&r.try_get::<String, _>("id")?)?,
+        project: r.try_get("project")?,
+        name: r.try_get("name")?,
+        flavor: r.try_get("flavor")?,
+        image: r.try_get("image")?,
+        vcpus: r.try_get::<i64, _>("vcpus")? as u32,
+        memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
+        disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
+        host: r.try_get("host")?,
+        state: InstanceState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("instance state {state:?}")))?,
+        reason: r.try_get("reason")?,
+        operation_id: r
+            .try_get::<Option<String>, _>("operation_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
+        generation: r.try_get("generation")?,
+        agent_generation: r.try_get("agent_generation")?,
+        created_at: time::parse(&r.try_get::<String, _>("created_at")?)?,
+        updated_at: time::parse(&r.try_get::<String, _>("updated_at")?)?,
+    })
+}
+
+impl Store {
+    /// Inserts a new instance in `building`, together with the operation that creates it.
+    pub async fn insert_instance(
+        &self,
+        new: &NewInstance,
+        op: &NewOperation,
+    ) -> Result<InstanceRecord, StoreError> {
+        let now = time::now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
+             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12)",
+        )
+        .bind(new.id.to_string())
+        .bind(&new.project)
+        .bind(&new.name)
+        .bind(&new.flavor)
+        .bind(&new.image)
+        .bind(new.vcpus as i64)
+        .bind(new.memory_mib as i64)
+        .bind(new.disk_gib as i64)
+        .bind(InstanceState::Building.as_str())
+        .bind(op.id.to_string())
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            StoreError::unique_or(e, || {
+                format!("an instance named {:?} already exists in project {:?}", new.name, new.project)
+            })
+        })?;
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        self.get_instance_by_id(new.id).await
+    }
+
+    pub async fn get_instance_by_id(&self, id: Uuid) -> Result<InstanceRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("instance", id.to_string()))?;
+        from_row(&row)
+    }
+
+    /// Finds an instance of `project` by id or by name.
+    pub async fn get_instance(
+        &self,
+        project: &str,
+        id_or_name: &str,
+    ) -> Result<InstanceRecord, StoreError> {
+        let row = match Uuid::parse_str(id_or_name) {
+            Ok(id) => sqlx::query("SELECT * FROM instances WHERE project = $1 AND id = $2")
+                .bind(project)
+                .bind(id.to_string()),
+            Err(_) => sqlx::query("SELECT * FROM instances WHERE project = $1 AND name = $2")
+                .bind(project)
+                .bind(id_or_name),
+        }
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("instance", id_or_name))?;
+        from_row(&row)
+    }
+
+    /// Instances of a project (all projects when `None`), by creation time.
+    pub async fn list_instances(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = match project {
+            Some(p) => {
+                sqlx::query("SELECT * FROM instances WHERE project = $1 ORDER BY created_at, name")
+                    .bind(p)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM instances ORDER BY created_at, name")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Sum of what instances hold, per host.
+    pub async fn allocations(&self) -> Result<HashMap<String, Allocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host, CAST(SUM(vcpus) AS BIGINT) AS vcpus, CAST(SUM(memory_mib) AS BIGINT) AS memory_mib, \
+             CAST(SUM(disk_gib) AS BIGINT) AS disk_gib, COUNT(*) AS n FROM instances \
+             WHERE host IS NOT NULL GROUP BY host",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let host: String = r.try_get("host")?;
+            out.insert(
+                host,
+                Allocation {
+                    vcpus: r.try_get::<i64, _>("vcpus")? as u64,
+                    memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
+                    disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
+                    instances: r.try_get::<i64, _>("n")? as u32,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Sets the state (and reason) of an instance.
+    pub async fn set_instance_state(
+        &self,
+        id: Uuid,
+        state: InstanceState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET state = $1, reason = $2, generation = generation + 1, \
+             updated_at = $3 WHERE id = $4",
+        )
+        .bind(state.as_str())
+        .bind(reason.map(str::to_string))
+        .bind(time::now())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Places the instance on `host` only if it is not placed yet or already there
+    /// (compare-and-swap: two schedulers cannot both place it).
+    pub async fn reserve_host(&self, id: Uuid, host: &str) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE instances SET host = $1, generation = generation + 1, updated_at = $2 \
+             WHERE id = $3 AND (host IS NULL OR host = $4)",
+        )
+        .bind(host)
+        .bind(time::now())
+        .bind(id.to_string())
+        .bind(host)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "instance {id} is already placed on another host"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Releases the instance's placement (and so its capacity reservation).
+    pub async fn release_host(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET host = NULL, generation = generation + 1, updated_at = $1 WHERE id = $2",
+        )
+        .bind(time::now())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Starts an operation on an existing instance; refused while another one runs.
+    pub async fn begin_instance_operation(
+        &self,
+        id: Uuid,
+        op: &NewOperation,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE instances SET operation_id = $1, generation = generation + 1, updated_at = $2 \
+             WHERE id = $3 AND operation_id IS NULL",
+        )
+        .bind(op.id.to_string())
+        .bind(time::now())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            let busy: Option<String> =
+                sqlx::query("SELECT operation_id FROM instances WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get::<Option<String>, _>("operation_id"))
+                    .transpose()?
+                    .flatten();
+            return Err(match busy {
+                Some(other) => StoreError::Conflict(format!(
+                    "instance is busy with operation {other}; wait for it (`nimbus operation wait {other}`) or cancel it"
+                )),
+                None => StoreError::not_found("instance", id.to_string()),
+            });
+        }
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Detaches a finished operation from its instance (no-op if another one is attached).
+    pub async fn end_instance_operation(&self, id: Uuid, op: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET operation_id = NULL, generation = generation + 1, updated_at = $1 \
+             WHERE id = $2 AND operation_id = $3",
+        )
+        .bind(time::now())
+        .bind(id.to_string())
+        .bind(op.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies an agent's status report, compare-and-swap on the instance generation the
+    /// caller read, and only while no operation owns the instance and the report is newer
+    /// than the last applied. Returns whether it was applied.
+    pub async fn apply_agent_report(
+        &self,
+        id: Uuid,
+        expected_generation: i64,
+        agent_generation: i64,
+        state: InstanceState,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE instances SET state = $1, reason = $2, agent_generation = $3, \
+             generation = generation + 1, updated_at = $4 \
+             WHERE id = $5 AND generation = $6 AND operation_id IS NULL AND agent_generation < $7",
+        )
+        .bind(state.as_str())
+        .bind(reason.map(str::to_string))
+        .bind(agent_generation)
+        .bind(time::now())
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .bind(agent_generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Records the agent generation seen without changing anything else.
+    pub async fn note_agent_generation(
+        &self,
+        id: Uuid,
+        agent_generation: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET agent_generation = $1 WHERE id = $2 AND agent_generation < $3",
+        )
+        .bind(agent_generation)
+        .bind(id.to_string())
+        .bind(agent_generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the instance row (the last step of a delete).
+    pub async fn delete_instance_row(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::store;
+    use nimbus_api::OperationKind;
+
+    fn new(name: &str) -> (NewInstance, NewOperation) {
+        let id = Uuid::new_v4();
+        (
+            NewInstance {
+                id,
+                project: "default".into(),
+                name: name.into(),
+                flavor: "small".into(),
+                image: "default".into(),
+                vcpus: 1,
+                memory_mib: 512,
+                disk_gib: 2,
+            },
+            NewOperation {
+                id: Uuid::new_v4(),
+                kind: OperationKind::InstanceCreate,
+                project: "default".into(),
+                target_id: id,
+                target_name: name.into(),
+                params: serde_json::json!({}),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_conflict_and_leave_no_operation() {
+        let (s, _d) = store().await;
+        let (a, op) = new("web1");
+        s.insert_instance(&a, &op).await.expect("insert");
+        let (b, op2) = new("web1");
+        let err = s.insert_instance(&b, &op2).await;
+        assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+        assert!(s.get_operation(op2.id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn one_operation_at_a_time_and_allocations() {
+        let (s, _d) = store().await;
+        let (a, op) = new("web1");
+        let rec = s.insert_instance(&a, &op).await.expect("insert");
+        s.reserve_host(rec.id, "host1").await.expect("reserve");
+        assert!(s.reserve_host(rec.id, "host2").await.is_err());
+        let alloc = s.allocations().await.expect("alloc");
+        assert_eq!(alloc["host1"].memory_mib, 512);
+        let (_, mut op2) = new("x");
+        op2.target_id = rec.id;
+        let busy = s.begin_instance_operation(rec.id, &op2).await;
+        assert!(matches!(busy, Err(StoreError::Conflict(_))), "{busy:?}");
+        s.end_instance_operation(rec.id, op.id).await.expect("end");
+        s.begin_instance_operation(rec.id, &op2)
+            .await
+            .expect("begin");
+        s.release_host(rec.id).await.expect("release");
+        assert!(s.allocations().await.expect("alloc").is_empty());
+    }
+
+    #[tokio::test]
+    async fn agent_reports_apply_once_and_not_during_operations() {
+        let (s, _d) = store().await;
+        let (a, op) = new("web1");
+        let rec = s.insert_instance(&a, &op).await.expect("insert");
+        let changed = s
+            .apply_agent_report(
+                rec.id,
+                rec.generation,
+                3,
+                InstanceState::Error,
+                Some("died"),
+            )
+            .await
+            .expect("apply");
+        assert!(!changed, "an operation owns the instance");
+        s.end_instance_operation(rec.id, op.id).await.expect("end");
+        let rec = s.get_instance_by_id(rec.id).await.expect("get");
+        let stale = s.apply_agent_report(rec.id, rec.generation - 1, 3, InstanceState::Error, None);
+        assert!(!stale.await.expect("apply"), "stale generation");
+        assert!(s
+            .apply_agent_report(
+                rec.id,
+                rec.generation,
+                3,
+                InstanceState::Error,
+                Some("died")
+            )
+            .await
+            .expect("apply"));
+        let rec = s.get_instance_by_id(rec.id).await.expect("get");
+        assert!(
+            !s.apply_agent_report(rec.id, rec.generation, 3, InstanceState::Running, None)
+                .await
+                .expect("apply"),
+            "old agent generation"
+        );
+        let got = s.get_instance("default", "web1").await.expect("get");
+        assert_eq!(got.state, InstanceState::Error);
+        assert_eq!(got.reason.as_deref(), Some("died"));
+    }
+}

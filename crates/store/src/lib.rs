@@ -1,0 +1,90 @@
+//! Persistence of nimbus's desired state.
+//!
+//! One [`Store`] over sqlx's `Any` driver, so the same queries run on embedded SQLite (the
+//! default, `sqlite:///var/lib/nimbus/nimbus.db`) and on PostgreSQL (`postgres://...`, for
+//! several controllers over one database). Queries therefore stick to portable SQL with `$N`
+//! parameters in order. State changes of instances are compare-and-swap on their
+//! `generation`, so no in-memory lock is needed across controllers.
+
+mod error;
+mod flavors;
+mod hosts;
+mod images;
+mod instances;
+mod operations;
+mod time;
+mod tokens;
+
+pub use error::StoreError;
+pub use hosts::HostRecord;
+pub use instances::{InstanceRecord, NewInstance};
+pub use operations::NewOperation;
+pub use tokens::TokenRecord;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::AnyPool;
+use std::str::FromStr;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if
+    /// needed, and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let opts = AnyConnectOptions::from_str(&url).map_err(|e| StoreError::Connect {
+            url: url.clone(),
+            source: e,
+        })?;
+        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Connect {
+                url: url.clone(),
+                source: e,
+            })?;
+        if url.starts_with("sqlite:") {
+            // WAL lets readers proceed during writes; busy_timeout rides out short locks.
+            for pragma in [
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA busy_timeout=5000",
+                "PRAGMA synchronous=NORMAL",
+            ] {
+                sqlx::query(pragma).execute(&pool).await?;
+            }
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for health checks.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+
+    /// A fresh SQLite store in a temporary directory.
+    pub async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/test.db", dir.path().display());
+        let store = Store::connect(&url).await.expect("connect");
+        (store, dir)
+    }
+}

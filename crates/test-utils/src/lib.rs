@@ -1,0 +1,13 @@
+//! Harness for end-to-end tests: a real cloud started through the real `nimbus` binary.
+//!
+//! [`Cloud::start`] runs `nimbus up` in a temporary data directory, with its hosts in network
+//! namespaces of their own when run as root (names and subnet unique per test process), and
+//! waits (bounded) until every host has registered. Dropping the [`Cloud`] stops it and
+//! removes everything it made: VMs (by the pids in their state directories: only processes
+//! this cloud started), namespaces, the bridge and the temporary directory.
+
+mod cloud;
+mod wait;
+
+pub use cloud::{Cloud, CloudOptions};
+pub use wait::wait_until;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it and CI runs it: installs what is missing
+# (QEMU >= 9, busybox, ...), builds the default guest image once (cached), then runs every
+# unit and end-to-end test. End-to-end tests boot real QEMU guests; as root, each test's
+# hosts run in network namespaces of their own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then
+    bash scripts/install-deps.sh
+else
+    echo "[test] not root: skipping dependency install; hosts will run without network namespaces" >&2
+fi
+bash guest/build.sh
+cargo test --workspace --locked "$@"
