@@ -57,7 +57,7 @@ main() {
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    local pkgs=(busybox-static cpio e2fsprogs iproute2 nftables xz-utils zstd socat)
+    local pkgs=(busybox-static cpio e2fsprogs iproute2 nftables xz-utils zstd lz4 socat)
     local need_apt=0
     for p in "${pkgs[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || need_apt=1

@@ -1,8 +1,9 @@
 //! Typed HTTP client of the agent API, used by the controller.
 
 use crate::{
-    AgentError, AgentErrorBody, ConsoleChunk, ExecRequest, ExecResult, HostInventory, StopRequest,
-    VmSpec, VmStatus, AGENT_API_PREFIX,
+    AgentError, AgentErrorBody, ConsoleChunk, ExecRequest, ExecResult, HostInventory,
+    IncomingReady, IncomingRequest, MigrateRequest, MigrationProgress, StopRequest, VmSpec,
+    VmStatus, AGENT_API_PREFIX,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -130,6 +131,49 @@ impl AgentClient {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Deletes the VM but keeps its disk file (shared storage another host now uses).
+    pub async fn delete_vm_keep_disk(&self, id: Uuid) -> Result<(), AgentError> {
+        match self
+            .send_raw(self.request(Method::DELETE, &format!("/vms/{id}?keep_disk=true")))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Target side: prepare to receive the VM.
+    pub async fn migration_incoming(
+        &self,
+        req: &IncomingRequest,
+    ) -> Result<IncomingReady, AgentError> {
+        let path = format!("/vms/{}/migration/incoming", req.spec.id);
+        self.send(self.request(Method::POST, &path).json(req)).await
+    }
+
+    /// Source side: start sending the VM.
+    pub async fn migration_start(
+        &self,
+        id: Uuid,
+        req: &MigrateRequest,
+    ) -> Result<MigrationProgress, AgentError> {
+        let path = format!("/vms/{id}/migration/start");
+        self.send(self.request(Method::POST, &path).json(req)).await
+    }
+
+    /// Source side: progress of the current (or last) migration.
+    pub async fn migration(&self, id: Uuid) -> Result<MigrationProgress, AgentError> {
+        self.send(self.request(Method::GET, &format!("/vms/{id}/migration")))
+            .await
+    }
+
+    /// Source side: cancel; the VM keeps (or resumes) running on the source.
+    pub async fn migration_cancel(&self, id: Uuid) -> Result<MigrationProgress, AgentError> {
+        self.send(self.request(Method::POST, &format!("/vms/{id}/migration/cancel")))
+            .await
     }
 
     pub async fn console_log(&self, id: Uuid, offset: u64) -> Result<ConsoleChunk, AgentError> {

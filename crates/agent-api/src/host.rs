@@ -43,3 +43,20 @@ pub struct RegisterHost {
     pub agent_url: String,
     pub inventory: HostInventory,
 }
+
+/// The controller's answer to a registration: what the agent must set up on its host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub network: Option<NetworkConfig>,
+}
+
+/// The cloud's default network: one bridge per host, joined by VXLAN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Underlay addresses of the other hosts (VXLAN peers).
+    pub peers: Vec<String>,
+    /// The network's prefix, e.g. `10.200.0.0/16`.
+    pub cidr: String,
+}

@@ -17,21 +17,32 @@
 //! GET    /vms/{id}/console/log?offset=N -> ConsoleChunk
 //! GET    /vms/{id}/console          websocket: raw bytes to and from the serial console
 //! POST   /vms/{id}/exec   ExecRequest -> ExecResult  run a command inside the guest
+//! DELETE /vms/{id}?keep_disk=true   -> 204        same, but the disk file stays (shared storage)
+//! POST   /vms/{id}/migration/incoming IncomingRequest -> IncomingReady   (target side)
+//! POST   /vms/{id}/migration/start    MigrateRequest  -> MigrationProgress (source side)
+//! GET    /vms/{id}/migration          -> MigrationProgress                (source side)
+//! POST   /vms/{id}/migration/cancel   -> MigrationProgress  cancel; the VM runs on at the source
 //! ```
+//! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
 //! which agents call at start and periodically, so a restarted controller relearns its hosts.
 
 pub mod client;
 pub mod error;
 pub mod host;
+pub mod migration;
 pub mod vm;
 
 pub use client::AgentClient;
 pub use error::{AgentError, AgentErrorBody};
-pub use host::{Accelerator, HostInventory, RegisterHost};
+pub use host::{Accelerator, HostInventory, NetworkConfig, RegisterHost, RegisterResponse};
+pub use migration::{
+    DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
+    MigrationProgress, NbdTarget,
+};
 pub use vm::{
-    ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, StopRequest, VmRunState, VmSpec,
-    VmStatus,
+    ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec, StopRequest, VmRunState,
+    VmSpec, VmStatus,
 };
 
 /// Path prefix of every agent route.

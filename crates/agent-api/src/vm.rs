@@ -17,6 +17,21 @@ pub struct VmSpec {
     pub memory_mib: u64,
     pub image: GuestImage,
     pub disk: DiskSpec,
+    /// Network interfaces, on the cloud's default network.
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+}
+
+/// A virtio NIC on the cloud network. MAC and IP belong to the instance and move with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NicSpec {
+    /// e.g. `52:54:00:12:34:56`.
+    pub mac: String,
+    /// Address with prefix, e.g. `10.200.0.5/16`; the guest configures it from its kernel
+    /// command line (`nimbus.ip=`), so it needs no DHCP server.
+    pub ip: String,
+    /// Default gateway of the network, if any.
+    pub gateway: Option<String>,
 }
 
 /// How to boot the guest. Paths are absolute paths on the host (images live in a directory
@@ -79,6 +94,19 @@ pub struct VmStatus {
     pub rss_bytes: u64,
     /// Bytes the instance disk occupies on the host (copy-on-write overlay only).
     pub disk_allocated_bytes: u64,
+    /// Path of the instance disk on this host.
+    #[serde(default)]
+    pub disk_path: Option<PathBuf>,
+    /// QEMU waits for an incoming migration (target side).
+    #[serde(default)]
+    pub incoming: bool,
+    /// Unix time (ms) of the RESUME event of the current QEMU (on a migration target: when the
+    /// guest started running here).
+    #[serde(default)]
+    pub resumed_unix_ms: Option<u64>,
+    /// Unix time (ms) of the first heartbeat line received from the current QEMU.
+    #[serde(default)]
+    pub first_heartbeat_unix_ms: Option<u64>,
 }
 
 /// Parameters of a stop.

@@ -231,6 +231,7 @@ mod tests {
                 ready_marker: None,
             },
             disk: DiskSpec { size_gib: 1 },
+            nics: Vec::new(),
         }
     }
 

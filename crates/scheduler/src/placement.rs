@@ -189,8 +189,7 @@ mod tests {
             memory_mib: 65536,
             disk_gib: 1,
         };
-        let err = place(&hosts, &want, Strategy::Spread)
-            .expect_err("must not fit");
+        let err = place(&hosts, &want, Strategy::Spread).expect_err("must not fit");
         assert_eq!(err.largest_free.memory_mib, 7168);
         let msg = err.to_string();
         assert!(
@@ -206,8 +205,7 @@ mod tests {
     #[test]
     fn no_schedulable_host_says_so() {
         let hosts = [host("a", 0, false)];
-        let err = place(&hosts, &small(), Strategy::Spread)
-            .expect_err("must not fit");
+        let err = place(&hosts, &small(), Strategy::Spread).expect_err("must not fit");
         assert!(err.to_string().contains("no host is up and enabled"));
     }
 }

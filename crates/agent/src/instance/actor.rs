@@ -25,7 +25,7 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting and negotiating QMP may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the console log is checked for the ready marker.
-const MARKER_POLL: Duration = Duration::from_millis(200);
+const MARKER_POLL: Duration = Duration::from_millis(25);
 
 pub(super) fn spawn(
     setup: ActorSetup,

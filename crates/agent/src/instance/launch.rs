@@ -78,6 +78,7 @@ mod tests {
                 ready_marker: Some("nimbus-guest ready".into()),
             },
             disk: DiskSpec { size_gib: 2 },
+            nics: Vec::new(),
         };
         let dir = VmDir::new("/s/vms/1".into());
         let argv = qemu_config(&spec, &dir, Accel::Tcg).argv().join(" ");

@@ -159,6 +159,10 @@ impl VmHandle {
             cpu_time_ns: stat.map_or(0, |s| s.cpu_time_ns()),
             rss_bytes: core.pid.map_or(0, procfs::read_rss_bytes),
             disk_allocated_bytes: self.dir.disk_allocated_bytes(),
+            disk_path: None,
+            incoming: false,
+            resumed_unix_ms: None,
+            first_heartbeat_unix_ms: None,
         }
     }
 

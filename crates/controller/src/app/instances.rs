@@ -198,6 +198,7 @@ impl App {
             disk: DiskSpec {
                 size_gib: inst.disk_gib,
             },
+            nics: Vec::new(),
         })
     }
 }

@@ -1,0 +1,153 @@
+//! Live migration between two agents, driven by the controller.
+//!
+//! ```text
+//! controller                 target agent                         source agent
+//!   │ POST /vms/{id}/migration/incoming (IncomingRequest)
+//!   │──────────────────────────▶ define VM dir (disk: shared path, or a fresh overlay
+//!   │                            exported over NBD for the mirror), launch QEMU with
+//!   │                            -incoming defer, migrate-incoming on a TCP port
+//!   │◀── IncomingReady { migration_uri, nbd } ──
+//!   │ POST /vms/{id}/migration/start (MigrateRequest) ─────────────────▶ set capabilities and
+//!   │                                                                    parameters (policy),
+//!   │                                                                    mirror disk if asked,
+//!   │                                                                    `migrate`; escalate
+//!   │ GET  /vms/{id}/migration (poll) ────────────────────────────────▶ MigrationProgress
+//!   │   ... phase = completed: source paused (postmigrate), target running
+//!   │ GET  /vms/{id} on target: running, heartbeat fresh  (only then is it done)
+//!   │ commit in the store (point of no return)
+//!   │ DELETE /vms/{id}?keep_disk=<shared> on source ──────────────────▶ tear down
+//! On any failure before commit: POST /vms/{id}/migration/cancel on the source (resumes the
+//! VM there), DELETE /vms/{id}?keep_disk=<shared> on the target.
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// How the target gets the instance's disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DiskTransfer {
+    /// The disk file is visible on both hosts at `path` (shared storage): nothing to copy.
+    Shared { path: PathBuf },
+    /// The target creates its own overlay on the same base image and serves it over NBD;
+    /// the source mirrors the disk into it while memory is copied.
+    Mirror,
+}
+
+/// Sent to the target agent: prepare to receive the VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncomingRequest {
+    pub spec: crate::VmSpec,
+    pub disk: DiskTransfer,
+}
+
+/// Where the source must send the VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncomingReady {
+    /// QEMU migration URI, e.g. `tcp:10.249.0.12:49152`.
+    pub migration_uri: String,
+    /// NBD server for the disk mirror (only with [`DiskTransfer::Mirror`]).
+    pub nbd: Option<NbdTarget>,
+}
+
+/// An NBD export on the target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NbdTarget {
+    pub host: String,
+    pub port: u16,
+    pub export: String,
+}
+
+/// How a migration should converge. nimbus chooses these; users may set the downtime budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationPolicy {
+    /// Longest acceptable pause of the guest at switch-over.
+    pub max_downtime_ms: u64,
+    /// Bandwidth cap; `None` means uncapped (QEMU's default cap of 128 MiB/s is what keeps
+    /// busy guests from converging).
+    pub max_bandwidth_mib_s: Option<u64>,
+    /// Throttle the guest's vCPUs when rounds stop shrinking.
+    pub auto_converge: bool,
+    /// Switch to post-copy when pre-copy cannot converge even throttled.
+    pub allow_postcopy: bool,
+    /// Parallel migration channels (multifd); `None` for one stream.
+    pub multifd_channels: Option<u8>,
+    /// Give up (cancel, VM keeps running on the source) after this long.
+    pub timeout_secs: u64,
+}
+
+impl Default for MigrationPolicy {
+    fn default() -> Self {
+        Self {
+            max_downtime_ms: 50,
+            max_bandwidth_mib_s: None,
+            auto_converge: true,
+            allow_postcopy: false,
+            multifd_channels: None,
+            timeout_secs: 300,
+        }
+    }
+}
+
+/// Sent to the source agent: send the VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub target: IncomingReady,
+    pub policy: MigrationPolicy,
+}
+
+/// Where a migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// No migration has run on this VM since the agent started.
+    None,
+    Setup,
+    /// Copying the disk to the target (block mirror) before memory.
+    MirroringDisk,
+    /// Copying memory while the guest runs.
+    PreCopy,
+    /// The guest runs on the target; remaining pages are pulled on demand.
+    PostCopy,
+    /// The source is paused and the target has everything.
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl MigrationPhase {
+    /// The migration will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MigrationPhase::Completed | MigrationPhase::Failed | MigrationPhase::Cancelled
+        )
+    }
+}
+
+/// Progress and, at the end, the record of a migration, as the source agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    pub phase: MigrationPhase,
+    /// Pre-copy round (QEMU's dirty-sync count).
+    pub round: u64,
+    pub transferred_bytes: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
+    /// Rate at which the guest dirties memory.
+    pub dirty_rate_bytes_per_s: u64,
+    /// QEMU's estimate of the switch-over pause.
+    pub expected_downtime_ms: Option<u64>,
+    /// vCPU throttle applied by auto-converge, in percent.
+    pub throttle_pct: u64,
+    /// Disk bytes still to mirror.
+    pub disk_remaining_bytes: u64,
+    pub elapsed_ms: u64,
+    /// Unix time (ms) of the source's STOP event at switch-over (downtime starts here).
+    pub stopped_unix_ms: Option<u64>,
+    /// Unix time (ms) of the last heartbeat line the source received from the guest.
+    pub last_heartbeat_unix_ms: Option<u64>,
+    /// What nimbus did to make it converge, in order ("auto-converge at round 6", ...).
+    pub escalations: Vec<String>,
+    pub error: Option<String>,
+}
