@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # Builds nimbus's default guest image: Debian's cloud kernel, an initramfs with a
 # static busybox userspace (see guest/rootfs and guest/README.md), and a small ext4
-# base disk, into OUT_DIR:
-#   vmlinux     the kernel, uncompressed, booted by QEMU through its PVH entry point
-#   vmlinuz     the same kernel as Debian ships it (bzImage), for other boot paths
-#   initrd.img  busybox userspace + modules (gzip'd newc cpio)
-#   disk.qcow2  1 GiB ext4 base disk, the backing file of instance disks
-#   image.json  what the platform reads: file names, kernel cmdline, ready marker
+# base disk. Each version of the image goes into a directory of its own:
+#   OUT_DIR/<version>/vmlinux     the kernel, uncompressed, booted through its PVH entry
+#   OUT_DIR/<version>/vmlinuz     the same kernel as Debian ships it (bzImage)
+#   OUT_DIR/<version>/initrd.img  busybox userspace, memcheck, modules (gzip'd newc cpio)
+#   OUT_DIR/<version>/disk.qcow2  1 GiB ext4 base disk, the backing file of instance disks
+#   OUT_DIR/<version>/image.json  that version's manifest, names relative to its directory
+#   OUT_DIR/image.json            what the platform reads: the current version's files,
+#                                 relative to OUT_DIR ("<version>/vmlinux", ...), kernel
+#                                 cmdline, ready marker
+# A version directory is never changed or removed once in place (instance disks are
+# qcow2 overlays on its disk.qcow2, running VMs use its kernel and initrd): a rebuild
+# adds a directory, then replaces OUT_DIR/image.json, last and atomically.
 #
 # Usage: guest/build.sh [OUT_DIR]
 #   OUT_DIR defaults to ${NIMBUS_IMAGE_CACHE:-/var/cache/nimbus}/images/default.
 #   NIMBUS_DEB_CACHE overrides where the kernel .deb is kept (default OUT_DIR/../../debs).
 #
 # Idempotent: when OUT_DIR/image.json already carries this recipe's version, nothing is
-# done. The version changes by itself whenever this script or anything under rootfs/
-# changes (it includes a hash of them); bump RECIPE_VERSION for changes outside those
-# files (e.g. to force a newer kernel in).
+# done. The version changes by itself whenever this script or anything under rootfs/ or
+# src/ changes (it includes a hash of them); bump RECIPE_VERSION for changes outside
+# those files (e.g. to force a newer kernel in).
 #
 # Needs (from scripts/install-deps.sh): busybox-static, cpio, e2fsprogs, qemu-utils,
-# apt, and lz4 (or whatever decompressor Debian's kernel image uses) to unpack the
-# kernel for PVH boot; without it the image falls back to the slower bzImage boot.
+# gcc and libc6-dev (for the static src/memcheck.c), apt, and lz4 (or whatever
+# decompressor Debian's kernel image uses) to unpack the kernel for PVH boot; without
+# it the image falls back to the slower bzImage boot.
 # The only thing downloaded is the kernel package, with apt-get download.
 set -euo pipefail
 
@@ -54,30 +61,34 @@ die() {
 }
 
 # The version string: recipe number plus a hash of every input file of the recipe.
+# It names the version's directory, so it must stay a plain file name.
 recipe_version() {
     local hash
-    hash=$(cd "$HERE" && find build.sh rootfs -type f -print0 | LC_ALL=C sort -z |
+    hash=$(cd "$HERE" && find build.sh rootfs src -type f -print0 | LC_ALL=C sort -z |
         xargs -0 sha256sum | sha256sum | cut -c1-12)
     echo "${RECIPE_VERSION}-${hash}"
 }
 
-# A string field of OUT_DIR/image.json (written by write_image_json: one per line).
-image_field() {
-    [ -f "$OUT_DIR/image.json" ] || return 0
-    sed -n "s/^ *\"$1\": *\"\\([^\"]*\\)\".*/\\1/p" "$OUT_DIR/image.json" | head -1
+# A string field of a manifest written by write_image_json (one field per line).
+manifest_field() {
+    [ -f "$1" ] || return 0
+    sed -n "s/^ *\"$2\": *\"\\([^\"]*\\)\".*/\\1/p" "$1" | head -1
 }
 
+image_field() { manifest_field "$OUT_DIR/image.json" "$1"; }
+
 is_up_to_date() {
-    local kernel
+    local field name
     [ "$(image_field version)" = "$VERSION" ] || return 1
-    kernel=$(image_field kernel)
-    [ -n "$kernel" ] && [ -f "$OUT_DIR/$kernel" ] &&
-        [ -f "$OUT_DIR/initrd.img" ] && [ -f "$OUT_DIR/disk.qcow2" ]
+    for field in kernel initrd disk; do
+        name=$(image_field "$field")
+        [ -n "$name" ] && [ -f "$OUT_DIR/$name" ] || return 1
+    done
 }
 
 check_tools() {
     local missing=() t
-    for t in busybox cpio gzip mkfs.ext4 debugfs qemu-img apt-get apt-cache dpkg-deb sha256sum flock; do
+    for t in busybox cpio gzip mkfs.ext4 debugfs qemu-img apt-get apt-cache dpkg-deb sha256sum flock gcc; do
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run scripts/install-deps.sh)"
@@ -308,6 +319,11 @@ build_initramfs() {
     chmod 1777 "$stage/tmp"
     chmod 700 "$stage/root"
 
+    # The memory integrity checker (also behind dirty-mem), static like busybox.
+    gcc -O2 -static -s -Wall -Wextra -o "$stage/bin/memcheck" "$HERE/src/memcheck.c" ||
+        die "cannot compile src/memcheck.c (needs gcc and libc6-dev)"
+    chmod 755 "$stage/bin/memcheck"
+
     install_modules "$moddir" "$stage" "$kver"
 
     cat >"$stage/etc/nimbus-release" <<EOF
@@ -345,15 +361,17 @@ build_disk() {
     rm -f "$work/disk.raw"
 }
 
+# Writes a manifest naming the files as PREFIX<name>: PREFIX is "" for the version's
+# own image.json and "<version>/" for OUT_DIR/image.json.
 write_image_json() {
-    local out=$1 kver=$2 kernel=$3
+    local out=$1 kver=$2 kernel=$3 prefix=$4
     cat >"$out" <<EOF
 {
   "name": "default",
   "version": "$VERSION",
-  "kernel": "$kernel",
-  "initrd": "initrd.img",
-  "disk": "disk.qcow2",
+  "kernel": "$prefix$kernel",
+  "initrd": "${prefix}initrd.img",
+  "disk": "${prefix}disk.qcow2",
   "cmdline": "$CMDLINE",
   "ready_marker": "$READY_MARKER",
   "os": "debian-cloud-kernel+busybox",
@@ -362,34 +380,12 @@ write_image_json() {
 EOF
 }
 
-main() {
-    VERSION=$(recipe_version)
-    if is_up_to_date; then
-        log "$OUT_DIR is up to date (version $VERSION)"
-        return 0
-    fi
-    check_tools
-
-    local parent
-    parent=$(dirname "$OUT_DIR")
-    mkdir -p "$parent"
-    OUT_DIR=$(cd "$parent" && pwd)/$(basename "$OUT_DIR")
-    DEB_CACHE=${NIMBUS_DEB_CACHE:-$(dirname "$(dirname "$OUT_DIR")")/debs}
-    mkdir -p "$DEB_CACHE"
-
-    # Concurrent builds (parallel tests, several agents) wait for each other; the
-    # second then finds the image up to date.
-    exec 9>"$parent/.$(basename "$OUT_DIR").lock"
-    flock 9
-    if is_up_to_date; then
-        log "$OUT_DIR is up to date (version $VERSION)"
-        return 0
-    fi
-
-    log "building version $VERSION into $OUT_DIR"
-    # Build next to OUT_DIR (same file system) and swap it in at the end, so a failed or
-    # interrupted build never leaves a half-written image behind.
-    WORK=$(mktemp -d "$parent/.$(basename "$OUT_DIR").build.XXXXXX")
+# Builds this version into a new directory DEST (which must not exist yet): in a
+# temporary directory inside OUT_DIR (same file system), renamed to DEST when complete,
+# so a failed or interrupted build leaves nothing that looks like a version behind.
+build_version() {
+    local dest=$1
+    WORK=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
     trap 'rm -rf "$WORK"' EXIT
     local new=$WORK/out
     mkdir -p "$new"
@@ -415,16 +411,62 @@ main() {
 
     build_initramfs "$WORK/initramfs" "$moddir" "$kver" "$new/initrd.img"
     build_disk "$WORK" "$new/disk.qcow2"
-    # image.json last: its presence means the image is complete.
-    write_image_json "$new/image.json" "$kver" "$kernel_file"
+    # The version's own manifest last: its presence means the version is complete.
+    write_image_json "$new/image.json" "$kver" "$kernel_file" ""
     chmod 755 "$new"
     chmod 644 "$new"/*
+    mv -T "$new" "$dest"
+    rm -rf "$WORK"
+    trap - EXIT
+    log "built $dest ($(du -sh "$dest" | cut -f1), kernel $kver)"
+}
 
-    if [ -e "$OUT_DIR" ]; then
-        mv "$OUT_DIR" "$WORK/old"
+main() {
+    VERSION=$(recipe_version)
+    if is_up_to_date; then
+        log "$OUT_DIR is up to date (version $VERSION)"
+        return 0
     fi
-    mv "$new" "$OUT_DIR"
-    log "done: $OUT_DIR ($(du -sh "$OUT_DIR" | cut -f1), kernel $kver)"
+    check_tools
+
+    mkdir -p "$OUT_DIR"
+    OUT_DIR=$(cd "$OUT_DIR" && pwd)
+    DEB_CACHE=${NIMBUS_DEB_CACHE:-$(dirname "$(dirname "$OUT_DIR")")/debs}
+    mkdir -p "$DEB_CACHE"
+
+    # Concurrent builds (parallel tests, several agents) wait for each other; the
+    # second then finds the image up to date.
+    exec 9>"$(dirname "$OUT_DIR")/.$(basename "$OUT_DIR").lock"
+    flock 9
+    if is_up_to_date; then
+        log "$OUT_DIR is up to date (version $VERSION)"
+        return 0
+    fi
+
+    # Left by a build that was killed (we hold the lock, so none is running).
+    rm -rf "$OUT_DIR"/.build.* "$OUT_DIR/.image.json.tmp"
+
+    local dir=$OUT_DIR/$VERSION
+    if [ -f "$dir/image.json" ]; then
+        # Built before and since superseded (e.g. the recipe went back to this version):
+        # its files never change once in place, so it is used as it is.
+        log "version $VERSION is already built in $dir"
+    elif [ -e "$dir" ]; then
+        die "$dir exists but holds no image.json (not made by this script?); remove it"
+    else
+        log "building version $VERSION into $dir"
+        build_version "$dir"
+    fi
+
+    # Make it the current version: OUT_DIR/image.json is replaced by a rename, so a
+    # reader sees the old manifest or the new one, never a mix. Older versions stay.
+    local tmp=$OUT_DIR/.image.json.tmp
+    write_image_json "$tmp" "$(manifest_field "$dir/image.json" kernel_version)" \
+        "$(manifest_field "$dir/image.json" kernel)" "$VERSION/"
+    chmod 644 "$tmp"
+    chmod 755 "$OUT_DIR"
+    mv -f "$tmp" "$OUT_DIR/image.json"
+    log "done: $OUT_DIR/image.json -> version $VERSION"
 }
 
 main "$@"

@@ -4,6 +4,11 @@
 #   - "nimbus-guest ready" on the console within 60 s,
 #   - heartbeat lines on the second serial port,
 #   - the exec channel on the third serial port (cat /data/hello.txt, exit codes),
+#   - the static network configuration from the kernel command line (nimbus.ip=,
+#     nimbus.gw=, nimbus.mtu=) on a virtio NIC of QEMU user networking, reachable from
+#     the host through a port forward,
+#   - memcheck (stale=0 after 3 s at 100 MiB/s; its self-test of a corrupted page),
+#     dirty-mem and burn-cpu,
 #   - ACPI power button (QMP system_powerdown) -> QEMU exits within 20 s,
 #   - /data was unmounted cleanly (no ext4 journal recovery pending in the overlay).
 # Exits non-zero on the first failure. Leaves nothing behind.
@@ -52,6 +57,13 @@ INITRD=$IMAGE_DIR/$(json_field initrd)
 DISK=$IMAGE_DIR/$(json_field disk)
 CMDLINE=$(json_field cmdline)
 READY=$(json_field ready_marker)
+# Static network configuration, on a QEMU user-mode network (10.0.2.0/24, gateway
+# 10.0.2.2). Not 10.0.2.15, the address its DHCP server hands out, so that only the
+# static configuration can give the guest this address.
+GUEST_IP=10.0.2.42
+NET_ARGS="nimbus.ip=$GUEST_IP/24 nimbus.gw=10.0.2.2 nimbus.mtu=1400"
+# A free TCP port on the host, forwarded to port 8080 of the guest.
+FWD_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 cd "$TMP"
 qemu-img create -q -f qcow2 -F qcow2 -b "$DISK" overlay.qcow2 2G
@@ -59,7 +71,7 @@ qemu-img create -q -f qcow2 -F qcow2 -b "$DISK" overlay.qcow2 2G
 START=$(date +%s.%N)
 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 1 -m 256 \
     -nodefaults -no-user-config -display none -vga none \
-    -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" \
+    -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE $NET_ARGS" \
     -blockdev driver=file,filename=overlay.qcow2,node-name=disk0-file \
     -blockdev driver=qcow2,file=disk0-file,node-name=disk0 \
     -device virtio-blk-pci,drive=disk0,id=vda \
@@ -67,16 +79,18 @@ qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 1 -m 256 \
     -serial chardev:console \
     -chardev socket,id=heartbeat,path=hb.sock,server=on,wait=off -serial chardev:heartbeat \
     -chardev socket,id=exec,path=exec.sock,server=on,wait=off -serial chardev:exec \
-    -qmp unix:qmp.sock,server=on,wait=off -nic none \
+    -qmp unix:qmp.sock,server=on,wait=off \
+    -nic "user,model=virtio-net-pci,mac=52:54:00:12:34:56,hostfwd=tcp:127.0.0.1:$FWD_PORT-$GUEST_IP:8080" \
     >qemu.out 2>&1 &
 QEMU_PID=$!
 log "qemu pid $QEMU_PID, tmp $TMP"
 
 # The socket conversations are easier in Python (stdlib only).
-if ! python3 - "$START" "$READY" "$QEMU_PID" <<'PY'; then
+if ! python3 - "$START" "$READY" "$QEMU_PID" "$GUEST_IP" "$FWD_PORT" <<'PY'; then
 import base64, json, os, re, socket, sys, time
 
 start, ready, qemu_pid = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+guest_ip, fwd_port = sys.argv[4], int(sys.argv[5])
 
 def say(msg):
     print(f"[guest/test-boot] {msg}", file=sys.stderr, flush=True)
@@ -186,9 +200,77 @@ say(f"exec ok: exit codes, stderr, {len(out)}-byte output on one line")
 rc, out = run("4", "echo data > /data/written.txt && sync && cat /data/written.txt")
 if (rc, out) != (0, b"data\n"):
     fail(f"write to /data gave rc={rc} out={out!r}")
+
+# 4. Static network configuration: address, MTU and default route on eth0, no DHCP
+# client, and the address reachable: the host connects through QEMU's port forward
+# to the guest address and reads what a listener in the guest sends.
+rc, out = run("net-1", "ip addr show eth0; ip route; ps")
+text = out.decode(errors="replace")
+if rc != 0:
+    fail(f"ip addr/route gave rc={rc}: {text}")
+for want in (f"inet {guest_ip}/24 brd 10.0.2.255", "mtu 1400", "default via 10.0.2.2 dev eth0"):
+    if want not in text:
+        fail(f"{want!r} missing from the guest's network configuration:\n{text}")
+if "udhcpc" in text:
+    fail(f"a DHCP client runs despite nimbus.ip=:\n{text}")
+rc, out = run("net-2", "echo nimbus-net-ok | nc -l -p 8080 >/dev/null 2>&1 &")
+deadline = time.monotonic() + 10
+while True:
+    # Until the guest listens, QEMU accepts the connection and closes it at once.
+    with socket.create_connection(("127.0.0.1", fwd_port), timeout=5) as c:
+        got = b""
+        while (data := c.recv(100)):
+            got += data
+    if got == b"nimbus-net-ok\n":
+        break
+    if time.monotonic() > deadline:
+        fail(f"no answer from {guest_ip}:8080 through the port forward (got {got!r})")
+    time.sleep(0.2)
+say(f"network ok: eth0 {guest_ip}/24 mtu 1400, default via 10.0.2.2, reachable from the host")
+
+# 5. memcheck: 64 MiB checked at 100 MiB/s for 3 s without a stale page; its self-test
+# (a flipped bit after the first pass, a lost write after the second) counts exactly 2.
+def status(path):
+    rc, out = run("st", f"cat {path}")
+    m = re.fullmatch(rb"pages=(\d+) verified=(\d+) stale=(\d+) rounds=(\d+) rate_mib_s=([\d.]+)\n", out)
+    if rc != 0 or not m:
+        fail(f"bad memcheck status in {path}: rc={rc} {out!r}")
+    return dict(zip(("pages", "verified", "stale", "rounds", "rate"),
+                    (int(m[1]), int(m[2]), int(m[3]), int(m[4]), float(m[5]))))
+
+rc, out = run("mc-1", "memcheck 64 100 /run/mc.status >/run/mc.err 2>&1 & echo $!")
+mc_pid = out.decode().strip()
+time.sleep(3)
+st = status("/run/mc.status")
+run("mc-2", f"kill {mc_pid}")
+if st["pages"] != 16384 or st["verified"] == 0 or st["stale"] != 0:
+    fail(f"memcheck 64 100: {st}")
+say(f"memcheck ok: {st['verified']} pages verified in 3 s, stale=0, {st['rate']} MiB/s")
+rc, out = run("mc-3", "memcheck --selftest-corrupt 4 0 /run/mc2.status >/run/mc2.err 2>&1 & echo $!")
+mc_pid = out.decode().strip()
+deadline = time.monotonic() + 30
+while (st := status("/run/mc2.status"))["rounds"] < 3:
+    if time.monotonic() > deadline:
+        fail(f"memcheck --selftest-corrupt made no 3 passes in 30 s: {st}")
+    time.sleep(0.5)
+run("mc-4", f"kill {mc_pid}")
+rc, err = run("mc-5", "cat /run/mc2.err")
+if st["stale"] != 2 or b"lost write" not in err:
+    fail(f"memcheck self-test: expected stale=2, got {st}; stderr {err!r}")
+say(f"memcheck self-test ok: corrupted pages found, stale={st['stale']}")
+
+# 6. The other load helpers end on time with exit code 0.
+t0 = time.monotonic()
+rc, out = run("dm", "dirty-mem 16 50 1 && cat /run/dirty-mem.*.status")
+if rc != 0 or b" rate_mib_s=" not in out:
+    fail(f"dirty-mem 16 50 1 gave rc={rc} out={out!r}")
+rc, out = run("cpu", "burn-cpu 1")
+if rc != 0:
+    fail(f"burn-cpu 1 gave rc={rc} out={out!r}")
+say(f"dirty-mem and burn-cpu ok ({time.monotonic() - t0:.1f} s)")
 ex.close()
 
-# 4. ACPI power button through QMP; QEMU must exit by itself within 20 s.
+# 7. ACPI power button through QMP; QEMU must exit by itself within 20 s.
 q = connect("qmp.sock")
 qf = q.makefile("rwb")
 json.loads(qf.readline())  # greeting

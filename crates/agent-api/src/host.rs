@@ -34,6 +34,11 @@ pub struct HostInventory {
     /// e.g. "10.0.2".
     pub qemu_version: String,
     pub agent_version: String,
+    /// Directory of shared storage (e.g. an NFS mount at the same path on every host) where
+    /// this agent keeps instance disks; hosts reporting the same one migrate without copying
+    /// disks. `None`: disks are local to the host.
+    #[serde(default)]
+    pub shared_storage: Option<String>,
 }
 
 /// Sent by an agent to the controller at start and then periodically.

@@ -12,13 +12,16 @@
 //!   │                                                                    mirror disk if asked,
 //!   │                                                                    `migrate`; escalate
 //!   │ GET  /vms/{id}/migration (poll) ────────────────────────────────▶ MigrationProgress
-//!   │   ... phase = completed: source paused (postmigrate), target running
+//!   │   ... phase = completed: source paused (postmigrate, VM state `migrated`), target running
 //!   │ GET  /vms/{id} on target: running, heartbeat fresh  (only then is it done)
 //!   │ commit in the store (point of no return)
 //!   │ DELETE /vms/{id}?keep_disk=<shared> on source ──────────────────▶ tear down
 //! On any failure before commit: POST /vms/{id}/migration/cancel on the source (resumes the
 //! VM there), DELETE /vms/{id}?keep_disk=<shared> on the target.
 //! ```
+//! Once the phase is `completed` the guest has run on the target: undo by deleting the
+//! target first, then cancelling on the source (QEMU `cont`s the paused source; with a
+//! shared disk QEMU's image lock refuses, `conflict`, while the target still holds it).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -39,6 +42,10 @@ pub enum DiskTransfer {
 pub struct IncomingRequest {
     pub spec: crate::VmSpec,
     pub disk: DiskTransfer,
+    /// The policy the source will be given: the target enables the migration features
+    /// both ends must agree on (multifd and its channel count). Absent: the default.
+    #[serde(default)]
+    pub policy: MigrationPolicy,
 }
 
 /// Where the source must send the VM.
@@ -94,6 +101,10 @@ impl Default for MigrationPolicy {
 pub struct MigrateRequest {
     pub target: IncomingReady,
     pub policy: MigrationPolicy,
+    /// The controller's id for this migration, echoed in [`MigrationProgress`] so that a
+    /// resumed controller can tell its own migration from an earlier one of the same VM.
+    #[serde(default)]
+    pub migration_id: Option<uuid::Uuid>,
 }
 
 /// Where a migration is.
@@ -128,6 +139,9 @@ impl MigrationPhase {
 /// Progress and, at the end, the record of a migration, as the source agent sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrationProgress {
+    /// The id the controller gave this migration ([`MigrateRequest::migration_id`]).
+    #[serde(default)]
+    pub migration_id: Option<uuid::Uuid>,
     pub phase: MigrationPhase,
     /// Pre-copy round (QEMU's dirty-sync count).
     pub round: u64,

@@ -70,6 +70,10 @@ pub enum VmRunState {
     Stopping,
     /// QEMU exited without being asked to, or failed to start; see `reason`.
     Crashed,
+    /// A live migration away from this host completed: QEMU is paused here (`postmigrate`)
+    /// and the guest runs on the target. Not a crash: the source copy waits to be deleted
+    /// (`DELETE /vms/{id}`) or resumed here (`POST /vms/{id}/migration/cancel`).
+    Migrated,
 }
 
 /// Runtime status of one VM, owned by the agent.

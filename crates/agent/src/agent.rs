@@ -2,6 +2,7 @@
 
 use crate::error::Result as AgentResult;
 use crate::manager::Manager;
+use crate::network::HostNetwork;
 use crate::{host, AgentConfig};
 use anyhow::Context;
 use nimbus_agent_api::{Accelerator, HostInventory};
@@ -30,6 +31,7 @@ struct Inner {
     accelerator: Accelerator,
     qemu_version: String,
     manager: Manager,
+    network: Arc<HostNetwork>,
 }
 
 impl Agent {
@@ -43,7 +45,8 @@ impl Agent {
             .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
         let state_dir = std::path::absolute(&config.state_dir)?;
         let accel = choose_accel(config, &program, &state_dir).await?;
-        let manager = Manager::load(&state_dir, accel)
+        let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
+        let manager = Manager::load(&state_dir, accel, network.clone())
             .await
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
         tracing::info!(
@@ -62,6 +65,7 @@ impl Agent {
                 accelerator: to_api(accel),
                 qemu_version: version.to_string(),
                 manager,
+                network,
             }),
         })
     }
@@ -69,6 +73,11 @@ impl Agent {
     /// The VMs.
     pub fn manager(&self) -> &Manager {
         &self.inner.manager
+    }
+
+    /// The host's side of the cloud network.
+    pub fn network(&self) -> &HostNetwork {
+        &self.inner.network
     }
 
     /// The bearer token requests must carry.
@@ -79,6 +88,13 @@ impl Agent {
     /// The URL the controller reaches this agent at.
     pub fn advertise_url(&self) -> &str {
         &self.inner.advertise_url
+    }
+
+    /// The address migration endpoints (QEMU's listener, the NBD server) bind on: the host
+    /// of the advertised URL, which the other agents already reach.
+    pub fn migration_host(&self) -> AgentResult<String> {
+        crate::migration::endpoint::agent_host(&self.inner.advertise_url)
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))
     }
 
     /// The accelerator VMs run with.
@@ -101,6 +117,7 @@ impl Agent {
             accelerator: self.inner.accelerator,
             qemu_version: self.inner.qemu_version.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            shared_storage: None,
         }
     }
 

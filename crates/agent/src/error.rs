@@ -37,6 +37,8 @@ pub enum Error {
     Img(#[from] nimbus_qemu::img::ImgError),
     #[error("QMP command failed")]
     Qmp(#[from] nimbus_qemu::QmpError),
+    #[error("host networking failed")]
+    Network(#[from] crate::network::NetError),
     #[error("{0}")]
     Internal(String),
 }
@@ -52,6 +54,7 @@ impl Error {
             Error::ImageMissing { .. } => "image_missing",
             Error::QemuFailed(_) | Error::Qmp(_) => "qemu_failed",
             Error::Timeout(_) => "timeout",
+            Error::Network(_) => "network_failed",
             Error::Io { .. } | Error::Img(_) | Error::Internal(_) => "internal",
         }
     }
@@ -67,6 +70,7 @@ impl Error {
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::QemuFailed(_)
             | Error::Qmp(_)
+            | Error::Network(_)
             | Error::Io { .. }
             | Error::Img(_)
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

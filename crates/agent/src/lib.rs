@@ -6,6 +6,8 @@
 //! - [`instance`]: one actor task per VM (state machine in its module doc).
 //! - [`http`]: the routes, auth and JSON errors.
 //! - [`register`]: periodic registration with the controller.
+//! - [`migration`]: live migration, both ends (target: incoming; source: outgoing, policy).
+//! - [`network`]: host networking (bridge, VXLAN to the other hosts, the VMs' taps).
 //!
 //! QEMU processes outlive the agent: stopping the agent leaves them running, and the next
 //! agent on the same state directory adopts them.
@@ -17,6 +19,8 @@ pub mod http;
 pub mod image;
 pub mod instance;
 pub mod manager;
+pub mod migration;
+pub mod network;
 pub mod register;
 
 pub use agent::Agent;

@@ -7,7 +7,10 @@ use crate::error::{Error, Result};
 use crate::instance::files::VmDir;
 use crate::instance::state::{self, CoreStatus};
 use crate::instance::{disk, ActorSetup, VmHandle};
-use nimbus_agent_api::{VmSpec, VmStatus};
+use crate::migration::incoming::{self, IncomingPlan};
+use crate::migration::role::{self, IncomingRecord, MigrationRole};
+use crate::network::{guest, HostNetwork};
+use nimbus_agent_api::{DiskTransfer, IncomingReady, IncomingRequest, VmSpec, VmStatus};
 use nimbus_qemu::{Accel, QemuProcess};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,19 +22,22 @@ pub struct Manager {
     vms_dir: PathBuf,
     accel: Accel,
     vms: Mutex<HashMap<Uuid, Arc<VmHandle>>>,
+    /// The host's side of the cloud network (the VMs' taps).
+    network: Arc<HostNetwork>,
     /// Serializes define and delete (disk creation, directory removal).
     lifecycle: tokio::sync::Mutex<()>,
 }
 
 impl Manager {
     /// Loads every VM under `<state_dir>/vms`, adopting the running ones.
-    pub async fn load(state_dir: &Path, accel: Accel) -> Result<Self> {
+    pub async fn load(state_dir: &Path, accel: Accel, network: Arc<HostNetwork>) -> Result<Self> {
         let vms_dir = state_dir.join("vms");
         std::fs::create_dir_all(&vms_dir).map_err(Error::io("create", &vms_dir))?;
         let manager = Self {
             vms_dir: vms_dir.clone(),
             accel,
             vms: Mutex::default(),
+            network,
             lifecycle: tokio::sync::Mutex::new(()),
         };
         let entries = std::fs::read_dir(&vms_dir).map_err(Error::io("list", &vms_dir))?;
@@ -90,6 +96,7 @@ impl Manager {
             spec,
             dir,
             accel: self.accel,
+            network: self.network.clone(),
             status,
             adopt,
         });
@@ -141,6 +148,7 @@ impl Manager {
             spec,
             dir,
             accel: self.accel,
+            network: self.network.clone(),
             status,
             adopt: None,
         });
@@ -149,29 +157,126 @@ impl Manager {
         Ok(status)
     }
 
+    /// Target side of a live migration: defines the VM with the disk the request names
+    /// (see [`incoming`]), launches QEMU waiting for it, and answers where the source must
+    /// send it. Idempotent while QEMU waits; any other VM with this id is a conflict. On
+    /// failure nothing is left behind (a shared disk is never touched).
+    pub async fn incoming(
+        &self,
+        id: Uuid,
+        req: IncomingRequest,
+        host: &str,
+    ) -> Result<IncomingReady> {
+        validate(id, &req.spec)?;
+        crate::migration::policy::validate(&req.policy).map_err(Error::BadRequest)?;
+        let plan = IncomingPlan {
+            host: host.to_string(),
+            mirror: req.disk == DiskTransfer::Mirror,
+            policy: req.policy.clone(),
+        };
+        let (handle, fresh) = {
+            let _serial = self.lifecycle.lock().await;
+            match self.get(id) {
+                Ok(existing) if existing.spec() == &req.spec => (existing, false),
+                Ok(_) => {
+                    return Err(Error::Conflict(format!(
+                        "VM {id} is already defined with a different spec"
+                    )))
+                }
+                Err(_) => (self.define_incoming(id, &req).await?, true),
+            }
+        };
+        match handle.receive(plan).await {
+            Ok(ready) => Ok(ready),
+            Err(e) => {
+                if fresh {
+                    let shared = matches!(req.disk, DiskTransfer::Shared { .. });
+                    if let Err(undo) = self.remove(id, shared).await {
+                        tracing::warn!(instance_id = %id, error = %undo.chain(), "cannot clean up the failed target");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn define_incoming(&self, id: Uuid, req: &IncomingRequest) -> Result<Arc<VmHandle>> {
+        disk::check_image(&req.spec)?;
+        let dir = VmDir::new(self.vms_dir.join(id.to_string()));
+        std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
+        if let Err(e) = incoming::prepare_disk(&dir, &req.spec, &req.disk).await {
+            // Only an empty directory goes (one left by an earlier migration keeps its disk).
+            let _ = std::fs::remove_dir(dir.dir());
+            return Err(e);
+        }
+        let status = CoreStatus::defined();
+        dir.write_state(&status)?;
+        let record = IncomingRecord {
+            disk: req.disk.clone(),
+            policy: req.policy.clone(),
+            ready: None,
+            resumed: false,
+        };
+        role::write(&dir, &MigrationRole::Incoming(record))?;
+        dir.write_spec(&req.spec)?;
+        tracing::info!(instance_id = %id, disk = ?req.disk, "VM defined for an incoming migration");
+        let (handle, _ready) = VmHandle::spawn(ActorSetup {
+            id,
+            spec: req.spec.clone(),
+            dir,
+            accel: self.accel,
+            network: self.network.clone(),
+            status,
+            adopt: None,
+        });
+        self.lock().insert(id, handle.clone());
+        Ok(handle)
+    }
+
     /// Deletes a VM: kills its QEMU and removes its directory. A directory left by an
     /// incomplete define is removed too; an unknown id is `not_found`.
     pub async fn delete(&self, id: Uuid) -> Result<()> {
+        self.remove(id, false).await
+    }
+
+    /// Deletes a VM but leaves its own disk file in place (shared storage that another
+    /// host now uses); a link to a shared disk goes, its target stays.
+    pub async fn delete_keep_disk(&self, id: Uuid) -> Result<()> {
+        self.remove(id, true).await
+    }
+
+    async fn remove(&self, id: Uuid, keep_disk: bool) -> Result<()> {
         let _serial = self.lifecycle.lock().await;
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         let handle = self.get(id).ok();
-        match &handle {
-            Some(h) => h.kill().await,
+        let spec = match &handle {
+            Some(h) => {
+                h.kill().await;
+                Some(h.spec().clone())
+            }
             None if dir.dir().exists() => {
                 if let Some(mut qemu) = QemuProcess::adopt(dir.paths()) {
                     let _ = qemu.kill(std::time::Duration::ZERO).await;
                 }
+                dir.read_spec().ok().flatten()
             }
             None => return Err(Error::NotFound(id)),
+        };
+        if let Some(spec) = &spec {
+            self.network.unplug(spec).await?;
         }
-        match std::fs::remove_dir_all(dir.dir()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io("remove", dir.dir())(e));
+        if keep_disk {
+            dir.remove_all_but_disk()?;
+        } else {
+            match std::fs::remove_dir_all(dir.dir()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("remove", dir.dir())(e));
+                }
+                _ => {}
             }
-            _ => {}
         }
         self.lock().remove(&id);
-        tracing::info!(instance_id = %id, "VM deleted");
+        tracing::info!(instance_id = %id, keep_disk, "VM deleted");
         Ok(())
     }
 
@@ -208,6 +313,7 @@ pub fn validate(id: Uuid, spec: &VmSpec) -> Result<()> {
     if spec.disk.size_gib == 0 {
         return bad("disk.size_gib must be at least 1".into());
     }
+    guest::validate(&spec.nics).map_err(Error::BadRequest)?;
     Ok(())
 }
 
@@ -235,6 +341,10 @@ mod tests {
         }
     }
 
+    fn no_network() -> Arc<HostNetwork> {
+        Arc::new(HostNetwork::disabled("unit test"))
+    }
+
     #[test]
     fn validation() {
         let id = Uuid::new_v4();
@@ -248,6 +358,16 @@ mod tests {
         let mut s = spec(id);
         s.vcpus = 0;
         assert!(validate(id, &s).is_err());
+        let mut s = spec(id);
+        s.nics.push(nimbus_agent_api::NicSpec {
+            mac: "52:54:00:00:00:01".into(),
+            ip: "10.200.0.10".into(),
+            gateway: None,
+        });
+        assert_eq!(
+            validate(id, &s).expect_err("must fail").code(),
+            "bad_request"
+        );
     }
 
     #[tokio::test]
@@ -257,7 +377,9 @@ mod tests {
         nimbus_qemu::img::create_blank(&base, 64 << 20)
             .await
             .expect("base");
-        let mgr = Manager::load(tmp.path(), Accel::Tcg).await.expect("load");
+        let mgr = Manager::load(tmp.path(), Accel::Tcg, no_network())
+            .await
+            .expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base.clone());
@@ -288,7 +410,9 @@ mod tests {
 
         // A new manager on the same directory knows the VM.
         mgr.detach_all().await;
-        let mgr = Manager::load(tmp.path(), Accel::Tcg).await.expect("reload");
+        let mgr = Manager::load(tmp.path(), Accel::Tcg, no_network())
+            .await
+            .expect("reload");
         assert_eq!(mgr.list().len(), 1);
         mgr.delete(id).await.expect("delete");
         assert!(!tmp.path().join(format!("vms/{id}")).exists());

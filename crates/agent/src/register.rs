@@ -1,12 +1,16 @@
 //! Registration with the controller: at start and every [`REGISTER_INTERVAL`], so that a
 //! restarted controller relearns its hosts. Failures are logged and retried.
+//!
+//! The answer ([`RegisterResponse`], or no body from an older controller) says what the host
+//! must set up: the cloud network is applied (and repaired) after every registration.
 
 use crate::agent::Agent;
-use nimbus_agent_api::RegisterHost;
+use crate::error::error_chain;
+use nimbus_agent_api::{NetworkConfig, RegisterHost, RegisterResponse};
 use std::time::Duration;
 
 /// How often the agent registers.
-pub const REGISTER_INTERVAL: Duration = Duration::from_secs(10);
+pub const REGISTER_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Registers forever (abort the task to stop).
 pub async fn register_loop(agent: Agent, controller_url: String) {
@@ -26,6 +30,7 @@ pub async fn register_loop(agent: Agent, controller_url: String) {
         }
     };
     let mut ok = None;
+    let mut network_error: Option<String> = None;
     let mut tick = tokio::time::interval(REGISTER_INTERVAL);
     loop {
         tick.tick().await;
@@ -41,10 +46,16 @@ pub async fn register_loop(agent: Agent, controller_url: String) {
             .await
             .and_then(|r| r.error_for_status());
         match (result, ok) {
-            (Ok(_), Some(true)) => tracing::debug!(url, "registered"),
-            (Ok(_), _) => {
-                tracing::info!(url, "registered with the controller");
-                ok = Some(true);
+            (Ok(response), seen) => {
+                if seen == Some(true) {
+                    tracing::debug!(url, "registered");
+                } else {
+                    tracing::info!(url, "registered with the controller");
+                    ok = Some(true);
+                }
+                if let Some(network) = read_answer(response).await {
+                    apply_network(&agent, &network, &mut network_error).await;
+                }
             }
             (Err(e), Some(false)) => tracing::debug!(url, error = %e, "registration failed"),
             (Err(e), _) => {
@@ -52,5 +63,71 @@ pub async fn register_loop(agent: Agent, controller_url: String) {
                 ok = Some(false);
             }
         }
+    }
+}
+
+/// The network of the controller's answer; no body (an older controller) means none.
+async fn read_answer(response: reqwest::Response) -> Option<NetworkConfig> {
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the registration answer");
+            return None;
+        }
+    };
+    parse_answer(&body)
+}
+
+/// Parses a registration answer (empty: no network).
+fn parse_answer(body: &[u8]) -> Option<NetworkConfig> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match serde_json::from_slice::<RegisterResponse>(body) {
+        Ok(answer) => answer.network,
+        Err(e) => {
+            tracing::warn!(error = %e, "the registration answer is not a RegisterResponse");
+            None
+        }
+    }
+}
+
+/// Applies the cloud network; a failure is logged when it first occurs or changes.
+async fn apply_network(agent: &Agent, network: &NetworkConfig, last_error: &mut Option<String>) {
+    match agent.network().apply(network).await {
+        Ok(_) => {
+            if last_error.take().is_some() {
+                tracing::info!("cloud network set up after earlier failures");
+            }
+        }
+        Err(e) => {
+            let msg = error_chain(&e);
+            if last_error.as_deref() != Some(msg.as_str()) {
+                tracing::error!(error = msg, "cannot set up the cloud network; retrying");
+            }
+            *last_error = Some(msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_with_and_without_network() {
+        assert_eq!(parse_answer(b""), None);
+        assert_eq!(parse_answer(b"{}"), None);
+        assert_eq!(parse_answer(br#"{"network":null}"#), None);
+        assert_eq!(parse_answer(b"<html>"), None);
+        let body = br#"{"network":{"vni":42,"peers":["10.249.0.12"],"cidr":"10.200.0.0/16"}}"#;
+        assert_eq!(
+            parse_answer(body),
+            Some(NetworkConfig {
+                vni: 42,
+                peers: vec!["10.249.0.12".into()],
+                cidr: "10.200.0.0/16".into(),
+            })
+        );
     }
 }

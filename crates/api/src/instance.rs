@@ -10,7 +10,8 @@ use uuid::Uuid;
 /// ```text
 ///  create ─▶ building ─▶ running ◀──────────── starting ◀─┐
 ///                 │        │  │ reboot ▶ rebooting ─▶ running
-///                 │        │  └─ stop ▶ stopping ─▶ stopped ─┘ start
+///                 │        │  ├─ stop ▶ stopping ─▶ stopped ─┘ start
+///                 │        │  └─ migrate ▶ migrating ─▶ running (on another host)
 ///                 ▼        ▼
 ///               error    (QEMU died) error     delete (any state) ▶ deleting ▶ gone
 /// ```
@@ -23,6 +24,8 @@ pub enum InstanceState {
     Stopping,
     Stopped,
     Rebooting,
+    /// Moving to another host while it runs (live migration).
+    Migrating,
     Deleting,
     Error,
 }
@@ -37,6 +40,7 @@ impl InstanceState {
             InstanceState::Stopping => "stopping",
             InstanceState::Stopped => "stopped",
             InstanceState::Rebooting => "rebooting",
+            InstanceState::Migrating => "migrating",
             InstanceState::Deleting => "deleting",
             InstanceState::Error => "error",
         }
@@ -51,6 +55,7 @@ impl InstanceState {
             "stopping" => InstanceState::Stopping,
             "stopped" => InstanceState::Stopped,
             "rebooting" => InstanceState::Rebooting,
+            "migrating" => InstanceState::Migrating,
             "deleting" => InstanceState::Deleting,
             "error" => InstanceState::Error,
             _ => return None,
@@ -80,6 +85,10 @@ pub struct InstanceView {
     pub disk_gib: u64,
     /// Why the instance is in `error`.
     pub reason: Option<String>,
+    /// Address on the cloud network (kept across migrations).
+    pub ip: Option<String>,
+    /// MAC address of its NIC (kept across migrations).
+    pub mac: Option<String>,
     /// The operation currently acting on the instance, if any.
     pub operation: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -115,4 +124,15 @@ pub struct ConsoleLog {
     pub offset: u64,
     pub next_offset: u64,
     pub data: String,
+}
+
+/// Body of `POST /v1/instances/{instance}/migrate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MigrateInstance {
+    /// Target host; the scheduler chooses when absent.
+    pub to: Option<String>,
+    /// Longest acceptable pause at switch-over (default 50 ms).
+    pub max_downtime_ms: Option<u64>,
+    /// Allow post-copy when pre-copy cannot converge (default false: abort instead).
+    pub allow_postcopy: Option<bool>,
 }

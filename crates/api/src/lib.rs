@@ -9,6 +9,7 @@ pub mod flavor;
 pub mod host;
 pub mod image;
 pub mod instance;
+pub mod migration;
 pub mod name;
 pub mod operation;
 
@@ -18,7 +19,9 @@ pub use host::{HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
+    MigrateInstance,
 };
+pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
 

@@ -14,6 +14,8 @@ pub enum OperationKind {
     InstanceStop,
     InstanceReboot,
     InstanceDelete,
+    InstanceMigrate,
+    HostDrain,
 }
 
 impl OperationKind {
@@ -24,6 +26,8 @@ impl OperationKind {
             OperationKind::InstanceStop => "instance_stop",
             OperationKind::InstanceReboot => "instance_reboot",
             OperationKind::InstanceDelete => "instance_delete",
+            OperationKind::InstanceMigrate => "instance_migrate",
+            OperationKind::HostDrain => "host_drain",
         }
     }
 
@@ -34,6 +38,8 @@ impl OperationKind {
             "instance_stop" => OperationKind::InstanceStop,
             "instance_reboot" => OperationKind::InstanceReboot,
             "instance_delete" => OperationKind::InstanceDelete,
+            "instance_migrate" => OperationKind::InstanceMigrate,
+            "host_drain" => OperationKind::HostDrain,
             _ => return None,
         })
     }

@@ -129,6 +129,10 @@ pub struct ControllerArgs {
     pub disk_ratio: f64,
     #[arg(long, value_enum, default_value = "spread")]
     pub strategy: StrategyArg,
+    /// The cloud network instances get a NIC on (agents must run as root); `none` to run
+    /// instances without network.
+    #[arg(long, default_value = "10.200.0.0/16")]
+    pub network: String,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +169,12 @@ pub enum HostCmd {
     Enable { host: String },
     /// Take a host out of placement (its VMs keep running).
     Disable { host: String },
+    /// Take a host out of placement and live-migrate every running instance off it.
+    Drain {
+        host: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +261,21 @@ pub enum InstanceCmd {
     },
     Delete {
         instance: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Live-migrate a running instance to another host.
+    Migrate {
+        instance: String,
+        /// Target host (default: the scheduler chooses).
+        #[arg(long)]
+        to: Option<String>,
+        /// Longest acceptable pause at switch-over.
+        #[arg(long)]
+        max_downtime_ms: Option<u64>,
+        /// Allow post-copy when pre-copy cannot converge (otherwise abort with the reason).
+        #[arg(long)]
+        allow_postcopy: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -225,6 +225,42 @@ async fn guests_boot_and_run_commands(cloud: &Cloud, client: &Client, names: &[S
     }
     let out = client.exec("web1", "exit 3").await.expect("exec");
     assert_eq!(out.exit_code, 3);
+    console_is_interactive(client).await;
+}
+
+/// The serial console through the API's websocket (what `nimbus instance console` uses):
+/// a command typed there runs in the guest's shell.
+async fn console_is_interactive(client: &Client) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = client
+        .console_url("web1")
+        .into_client_request()
+        .expect("request");
+    let auth = format!("Bearer {}", client.token().expect("token"))
+        .parse()
+        .expect("header");
+    req.headers_mut().insert("authorization", auth);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("console websocket");
+    ws.send(Message::Binary(b"echo console-$((6*7))\n".to_vec().into()))
+        .await
+        .expect("send");
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Binary(b) = msg {
+                seen.push_str(&String::from_utf8_lossy(&b));
+                if seen.contains("console-42") {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "console output: {seen:?}");
 }
 
 async fn lifecycle_stop_start_reboot(cloud: &Cloud, client: &Client) {

@@ -6,7 +6,8 @@ pub use error::ClientError;
 
 use nimbus_api::{
     ConsoleLog, CreateFlavor, CreateInstance, ErrorBody, ErrorCode, ExecInstance, ExecOutput,
-    FlavorView, HostView, ImageView, ImportImage, InstanceView, OperationView,
+    FlavorView, HostView, ImageView, ImportImage, InstanceView, MigrateInstance, MigrationView,
+    OperationView,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -176,6 +177,27 @@ impl Client {
             "{}/v1/instances/{name}/console",
             self.base.replacen("http", "ws", 1)
         )
+    }
+
+    /// Starts a live migration.
+    pub async fn migrate_instance(
+        &self,
+        name: &str,
+        req: &MigrateInstance,
+    ) -> Result<OperationView, ClientError> {
+        self.post(&format!("/v1/instances/{name}/migrate"), req)
+            .await
+    }
+
+    /// A migration record (its id is its operation's id).
+    pub async fn migration(&self, id: &str) -> Result<MigrationView, ClientError> {
+        self.get(&format!("/v1/migrations/{id}")).await
+    }
+
+    /// Drains a host (disable + migrate everything off).
+    pub async fn drain_host(&self, name: &str) -> Result<OperationView, ClientError> {
+        self.post(&format!("/v1/hosts/{name}/drain"), &serde_json::json!({}))
+            .await
     }
 
     // Flavors, images, hosts

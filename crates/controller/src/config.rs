@@ -25,6 +25,28 @@ pub struct ControllerConfig {
     /// An image registered at start unless one of its name exists (`nimbus up` passes the
     /// default image here).
     pub default_image: Option<nimbus_api::ImportImage>,
+    /// The cloud network every instance gets a NIC on; `None` runs instances without NICs
+    /// (hosts that cannot create bridges and taps, e.g. agents not run as root).
+    pub network: Option<NetworkSettings>,
+}
+
+/// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkSettings {
+    /// Network address, e.g. 10.200.0.0.
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub vni: u32,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Self {
+            address: std::net::Ipv4Addr::new(10, 200, 0, 0),
+            prefix_len: 16,
+            vni: 4200,
+        }
+    }
 }
 
 impl ControllerConfig {
@@ -40,6 +62,7 @@ impl ControllerConfig {
             boot_timeout: Duration::from_secs(300),
             reconcile_interval: Duration::from_secs(2),
             default_image: None,
+            network: None,
         }
     }
 }

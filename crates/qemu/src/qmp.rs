@@ -14,10 +14,12 @@
 //! Each request has a timeout; a reply that arrives after it is dropped. When the
 //! connection ends every waiting caller gets [`QmpError::Disconnected`].
 
+mod block;
 mod commands;
 mod events;
 
-pub use commands::{MigrateParameters, MigrationInfo, MigrationRam, StatusInfo};
+pub use block::BlockJobInfo;
+pub use commands::{MigrateParameters, MigrationInfo, MigrationRam, SocketAddress, StatusInfo};
 pub use events::{EventKind, QmpEvent, QmpTimestamp};
 
 use serde_json::{json, Map, Value};

@@ -16,11 +16,13 @@ pub struct HostRecord {
     pub accelerator: String,
     pub qemu_version: String,
     pub agent_version: String,
+    /// Shared storage directory the host keeps disks in, if any.
+    pub shared_storage: Option<String>,
     pub last_seen: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
-                       qemu_version, agent_version, last_seen";
+                       qemu_version, agent_version, last_seen, shared_storage";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
@@ -34,6 +36,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         qemu_version: r.try_get("qemu_version")?,
         agent_version: r.try_get("agent_version")?,
         last_seen: time::parse(&r.try_get::<String, _>("last_seen")?)?,
+        shared_storage: r.try_get("shared_storage")?,
     })
 }
 
@@ -44,8 +47,8 @@ impl Store {
         let now = time::now();
         let updated = sqlx::query(
             "UPDATE hosts SET agent_url = $1, cpus = $2, memory_mib = $3, disk_gib = $4, \
-             accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8 \
-             WHERE name = $9",
+             accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8, \
+             shared_storage = $9 WHERE name = $10",
         )
         .bind(&h.agent_url)
         .bind(h.cpus as i64)
@@ -55,6 +58,7 @@ impl Store {
         .bind(&h.qemu_version)
         .bind(&h.agent_version)
         .bind(&now)
+        .bind(h.shared_storage.clone())
         .bind(&h.name)
         .execute(&self.pool)
         .await?;
@@ -62,7 +66,7 @@ impl Store {
             return Ok(());
         }
         sqlx::query(&format!(
-            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&h.name)
         .bind(&h.agent_url)
@@ -74,6 +78,7 @@ impl Store {
         .bind(&h.qemu_version)
         .bind(&h.agent_version)
         .bind(&now)
+        .bind(h.shared_storage.clone())
         .bind(&now)
         .execute(&self.pool)
         .await

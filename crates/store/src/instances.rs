@@ -4,7 +4,7 @@ use crate::{operations::insert_operation, time, NewOperation, Store, StoreError}
 use chrono::{DateTime, Utc};
 use nimbus_api::{InstanceState, InstanceView};
 use sqlx::Row;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// An instance row.
@@ -22,6 +22,9 @@ pub struct InstanceRecord {
     pub host: Option<String>,
     pub state: InstanceState,
     pub reason: Option<String>,
+    /// Address on the cloud network, with prefix (e.g. `10.200.0.10/16`).
+    pub ip: Option<String>,
+    pub mac: Option<String>,
     /// The operation acting on it; at most one at a time.
     pub operation_id: Option<Uuid>,
     /// Bumped by every change (compare-and-swap token).
@@ -47,6 +50,8 @@ impl InstanceRecord {
             memory_mib: self.memory_mib,
             disk_gib: self.disk_gib,
             reason: self.reason.clone(),
+            ip: self.ip.clone(),
+            mac: self.mac.clone(),
             operation: self.operation_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -95,6 +100,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
         state: InstanceState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("instance state {state:?}")))?,
         reason: r.try_get("reason")?,
+        ip: r.try_get("ip")?,
+        mac: r.try_get("mac")?,
         operation_id: r
             .try_get::<Option<String>, _>("operation_id")?
             .as_deref()
@@ -109,17 +116,29 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
 
 impl Store {
     /// Inserts a new instance in `building`, together with the operation that creates it.
+    /// `pick_address` chooses its (ip, mac) given the addresses in use, inside the same
+    /// transaction.
     pub async fn insert_instance(
         &self,
         new: &NewInstance,
         op: &NewOperation,
+        pick_address: impl FnOnce(&HashSet<String>) -> Option<(String, String)>,
     ) -> Result<InstanceRecord, StoreError> {
         let now = time::now();
         let mut tx = self.pool.begin().await?;
+        let used: HashSet<String> = sqlx::query("SELECT ip FROM instances WHERE ip IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("ip"))
+            .collect::<Result<_, _>>()?;
+        let (ip, mac) = pick_address(&used).ok_or_else(|| {
+            StoreError::Conflict("the cloud network has no free address left".into())
+        })?;
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
-             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12)",
+             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -133,6 +152,8 @@ impl Store {
         .bind(op.id.to_string())
         .bind(&now)
         .bind(&now)
+        .bind(&ip)
+        .bind(&mac)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -217,6 +238,19 @@ impl Store {
                 },
             );
         }
+        // A running migration holds the instance's size on its target too.
+        let rows = sqlx::query(
+            "SELECT target, CAST(SUM(vcpus) AS BIGINT) AS vcpus, CAST(SUM(memory_mib) AS BIGINT) AS memory_mib, \
+             CAST(SUM(disk_gib) AS BIGINT) AS disk_gib FROM migrations WHERE state = 'running' GROUP BY target",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let a = out.entry(r.try_get::<String, _>("target")?).or_default();
+            a.vcpus += r.try_get::<i64, _>("vcpus")? as u64;
+            a.memory_mib += r.try_get::<i64, _>("memory_mib")? as u64;
+            a.disk_gib += r.try_get::<i64, _>("disk_gib")? as u64;
+        }
         Ok(out)
     }
 
@@ -256,6 +290,33 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
                 "instance {id} is already placed on another host"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves the instance to `target` (the commit of a live migration), only if it is still
+    /// on `source`.
+    pub async fn move_instance(
+        &self,
+        id: Uuid,
+        source: &str,
+        target: &str,
+    ) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE instances SET host = $1, generation = generation + 1, updated_at = $2 \
+             WHERE id = $3 AND (host = $4 OR host = $5)",
+        )
+        .bind(target)
+        .bind(time::now())
+        .bind(id.to_string())
+        .bind(source)
+        .bind(target)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "instance {id} is no longer on host {source}"
             )));
         }
         Ok(())
@@ -385,6 +446,13 @@ mod tests {
     use crate::testing::store;
     use nimbus_api::OperationKind;
 
+    fn pick(used: &HashSet<String>) -> Option<(String, String)> {
+        (10..250)
+            .map(|i| format!("10.200.0.{i}/16"))
+            .find(|ip| !used.contains(ip))
+            .map(|ip| (ip, "52:54:00:00:00:01".to_string()))
+    }
+
     fn new(name: &str) -> (NewInstance, NewOperation) {
         let id = Uuid::new_v4();
         (
@@ -413,9 +481,9 @@ mod tests {
     async fn duplicate_names_conflict_and_leave_no_operation() {
         let (s, _d) = store().await;
         let (a, op) = new("web1");
-        s.insert_instance(&a, &op).await.expect("insert");
+        s.insert_instance(&a, &op, pick).await.expect("insert");
         let (b, op2) = new("web1");
-        let err = s.insert_instance(&b, &op2).await;
+        let err = s.insert_instance(&b, &op2, pick).await;
         assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
         assert!(s.get_operation(op2.id).await.is_err());
     }
@@ -424,7 +492,7 @@ mod tests {
     async fn one_operation_at_a_time_and_allocations() {
         let (s, _d) = store().await;
         let (a, op) = new("web1");
-        let rec = s.insert_instance(&a, &op).await.expect("insert");
+        let rec = s.insert_instance(&a, &op, pick).await.expect("insert");
         s.reserve_host(rec.id, "host1").await.expect("reserve");
         assert!(s.reserve_host(rec.id, "host2").await.is_err());
         let alloc = s.allocations().await.expect("alloc");
@@ -445,7 +513,7 @@ mod tests {
     async fn agent_reports_apply_once_and_not_during_operations() {
         let (s, _d) = store().await;
         let (a, op) = new("web1");
-        let rec = s.insert_instance(&a, &op).await.expect("insert");
+        let rec = s.insert_instance(&a, &op, pick).await.expect("insert");
         let changed = s
             .apply_agent_report(
                 rec.id,

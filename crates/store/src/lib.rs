@@ -11,13 +11,15 @@ mod flavors;
 mod hosts;
 mod images;
 mod instances;
+mod migrations;
 mod operations;
 mod time;
 mod tokens;
 
 pub use error::StoreError;
 pub use hosts::HostRecord;
-pub use instances::{InstanceRecord, NewInstance};
+pub use instances::{Allocation, InstanceRecord, NewInstance};
+pub use migrations::NewMigration;
 pub use operations::NewOperation;
 pub use tokens::TokenRecord;
 

@@ -106,6 +106,14 @@ impl Store {
         op_from_row(&row, steps)
     }
 
+    /// Records an operation that acts on no instance (e.g. a host drain).
+    pub async fn insert_operation(&self, op: &NewOperation) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The parameters an operation was started with.
     pub async fn operation_params(&self, id: Uuid) -> Result<Value, StoreError> {
         let row = sqlx::query("SELECT params FROM operations WHERE id = $1")

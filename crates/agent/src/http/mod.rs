@@ -2,11 +2,12 @@
 //! JSON errors ([`nimbus_agent_api::AgentErrorBody`]) with stable codes.
 
 mod console;
+mod migration;
 mod vms;
 
 use crate::agent::Agent;
 use crate::error::Error;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
@@ -30,6 +31,10 @@ pub fn router(agent: Agent) -> Router {
         .route("/vms/{id}/exec", post(vms::exec))
         .route("/vms/{id}/console", get(console::websocket))
         .route("/vms/{id}/console/log", get(console::log))
+        .route("/vms/{id}/migration", get(migration::progress))
+        .route("/vms/{id}/migration/incoming", post(migration::incoming))
+        .route("/vms/{id}/migration/start", post(migration::start))
+        .route("/vms/{id}/migration/cancel", post(migration::cancel))
         .fallback(|| async { Error::NoRoute })
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);
@@ -73,6 +78,17 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(Error))]
 pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` whose rejection is the agent's JSON error.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Error))]
+pub struct Query<T>(pub T);
+
+impl From<QueryRejection> for Error {
+    fn from(r: QueryRejection) -> Self {
+        Error::BadRequest(r.body_text())
+    }
+}
 
 impl From<JsonRejection> for Error {
     fn from(r: JsonRejection) -> Self {

@@ -1,6 +1,6 @@
 //! Host and VM handlers: parse, call the manager or the VM's handle, answer.
 
-use super::{Json, Path};
+use super::{Json, Path, Query};
 use crate::agent::Agent;
 use crate::error::{Error, Result};
 use axum::body::Bytes;
@@ -29,8 +29,24 @@ pub async fn define(
     Ok(Json(agent.manager().define(id, spec).await?))
 }
 
-pub async fn delete(State(agent): State<Agent>, Path(id): Path<Uuid>) -> Result<StatusCode> {
-    agent.manager().delete(id).await?;
+/// Query of `DELETE /vms/{id}`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeleteQuery {
+    /// Leave the disk file (shared storage another host now uses).
+    #[serde(default)]
+    pub keep_disk: bool,
+}
+
+pub async fn delete(
+    State(agent): State<Agent>,
+    Path(id): Path<Uuid>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode> {
+    if q.keep_disk {
+        agent.manager().delete_keep_disk(id).await?;
+    } else {
+        agent.manager().delete(id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,6 +1,7 @@
 //! The actor task of one VM; see the parent module for the state machine.
 
 mod lifecycle;
+mod migrate;
 
 use super::files::VmDir;
 use super::heartbeat::LastBeat;
@@ -8,7 +9,9 @@ use super::marker::MarkerFollower;
 use super::state::{self, CoreStatus, Intent};
 use super::{ActorSetup, Command, Priority, Reply};
 use crate::error::error_chain;
-use nimbus_agent_api::{VmRunState, VmSpec};
+use crate::network::HostNetwork;
+use migrate::MigrationSlot;
+use nimbus_agent_api::{MigrationProgress, VmRunState, VmSpec};
 use nimbus_qemu::process::log_tail;
 use nimbus_qemu::qmp::EventKind;
 use nimbus_qemu::{Accel, ExitInfo, QemuProcess, Qmp, QmpEvent};
@@ -30,6 +33,7 @@ const MARKER_POLL: Duration = Duration::from_millis(25);
 pub(super) fn spawn(
     setup: ActorSetup,
     status: watch::Sender<CoreStatus>,
+    migration: Arc<watch::Sender<MigrationProgress>>,
     last_beat: Arc<LastBeat>,
     commands: mpsc::Receiver<Command>,
     priority: mpsc::UnboundedReceiver<Priority>,
@@ -41,12 +45,14 @@ pub(super) fn spawn(
         spec: setup.spec,
         dir: setup.dir,
         accel: setup.accel,
+        network: setup.network,
         status,
         last_beat,
         commands,
         priority,
         run: None,
         stop: None,
+        migration: MigrationSlot::new(migration),
     };
     tokio::spawn(actor.run(setup.adopt, ready).instrument(span))
 }
@@ -56,6 +62,7 @@ struct Actor {
     spec: VmSpec,
     dir: VmDir,
     accel: Accel,
+    network: Arc<HostNetwork>,
     status: watch::Sender<CoreStatus>,
     last_beat: Arc<LastBeat>,
     commands: mpsc::Receiver<Command>,
@@ -64,6 +71,8 @@ struct Actor {
     run: Option<Run>,
     /// A stop in progress.
     stop: Option<PendingStop>,
+    /// Live migration: progress, the outgoing task, the persisted role.
+    migration: MigrationSlot,
 }
 
 struct Run {
@@ -131,6 +140,7 @@ impl Actor {
         if let Some(qemu) = adopt {
             self.attach(qemu, None, false).await;
         }
+        self.reconcile_migration().await;
         let _ = ready.send(());
         let mut tick = tokio::time::interval(MARKER_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -161,6 +171,9 @@ impl Actor {
                     }
                 },
                 () = stop_deadline(&self.stop) => self.escalate_stop(false).await,
+                outcome = migrate::outgoing_end(&mut self.migration) => {
+                    self.on_outgoing_end(outcome).await;
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Start(reply)) => {
                         let r = self.start().await;
@@ -171,12 +184,24 @@ impl Actor {
                         let r = self.reboot().await;
                         let _ = reply.send(r);
                     }
+                    Some(Command::Receive(plan, reply)) => {
+                        let r = self.receive(plan).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Migrate(req, reply)) => {
+                        let r = self.migrate_start(req).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::CancelMigration(reply)) => self.migrate_cancel(reply).await,
                     None => {
                         self.detach();
                         return;
                     }
                 },
-                _ = tick.tick() => self.poll_marker(),
+                _ = tick.tick() => {
+                    self.poll_marker();
+                    self.poll_heartbeat();
+                }
             }
         }
     }
@@ -213,6 +238,8 @@ impl Actor {
                     run.guest_powered_off |= guest;
                 }
             }
+            EventKind::Resume => self.on_resume(ev.timestamp),
+            EventKind::Migration { status } => self.on_migration_status(&status),
             _ => tracing::debug!(event = ev.name(), "QMP event"),
         }
     }
@@ -233,7 +260,10 @@ impl Actor {
         let Some(run) = self.run.take() else { return };
         let tail = log_tail(&self.dir.paths().qemu_log());
         let (new_state, reason) =
-            state::after_exit(run.stop_requested, run.guest_powered_off, exit, &tail);
+            crate::migration::after_exit(&self.status.borrow(), run.stop_requested, exit, &tail)
+                .unwrap_or_else(|| {
+                    state::after_exit(run.stop_requested, run.guest_powered_off, exit, &tail)
+                });
         drop(run);
         if new_state == VmRunState::Crashed {
             tracing::warn!(reason = reason.as_deref().unwrap_or(""), "VM crashed");
@@ -246,6 +276,7 @@ impl Actor {
             s.pid = None;
             s.guest_ready = false;
             s.started_at = None;
+            s.incoming = false;
             if new_state == VmRunState::Stopped {
                 s.intent = Intent::Stop;
             }

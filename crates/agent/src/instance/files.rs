@@ -3,7 +3,9 @@
 //! ```text
 //! <state_dir>/vms/<id>/spec.json      the VmSpec, written at define
 //! <state_dir>/vms/<id>/state.json     the persisted CoreStatus, rewritten on every change
-//! <state_dir>/vms/<id>/disk.qcow2     the instance disk (overlay on the image's base disk)
+//! <state_dir>/vms/<id>/disk.qcow2     the instance disk (overlay on the image's base disk),
+//!                                     or a link to a shared disk (an arrived migration)
+//! <state_dir>/vms/<id>/migration.json the VM's part in a migration (crate::migration::role)
 //! <state_dir>/vms/<id>/heartbeat.log  `<unix_ms_host> <line>` per heartbeat (rotated)
 //! ```
 
@@ -82,6 +84,46 @@ impl VmDir {
         std::fs::metadata(self.paths.console_log()).map_or(0, |m| m.len())
     }
 
+    /// Where the instance disk really is: the target of `disk.qcow2` when that is a link to
+    /// a shared disk (an arrived migration), else `disk.qcow2` itself.
+    pub fn disk_path(&self) -> PathBuf {
+        let disk = self.disk();
+        std::fs::read_link(&disk).unwrap_or(disk)
+    }
+
+    /// Removes everything in the directory but a disk file of its own (`disk.qcow2` when it
+    /// is not a link), which another host may be using from shared storage.
+    pub fn remove_all_but_disk(&self) -> Result<()> {
+        let disk = self.disk();
+        let keep = disk.symlink_metadata().is_ok_and(|m| m.is_file());
+        let entries = match std::fs::read_dir(self.dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("list", self.dir())(e)),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if keep && path == disk {
+                continue;
+            }
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("remove", &path)(e))
+                }
+                _ => {}
+            }
+        }
+        if !keep {
+            let _ = std::fs::remove_dir(self.dir());
+        }
+        Ok(())
+    }
+
     /// Bytes the instance disk occupies on the host.
     pub fn disk_allocated_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -89,7 +131,7 @@ impl VmDir {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -125,5 +167,29 @@ mod tests {
         assert!(dir.read_spec().is_err());
         assert_eq!(dir.console_len(), 0);
         assert_eq!(dir.disk_allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn keeping_the_disk_removes_the_rest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = VmDir::new(tmp.path().join("vm"));
+        std::fs::create_dir_all(dir.dir().join("sub")).expect("mkdir");
+        std::fs::write(dir.disk(), b"disk").expect("disk");
+        dir.write_state(&CoreStatus::defined()).expect("state");
+        assert_eq!(dir.disk_path(), dir.disk());
+        dir.remove_all_but_disk().expect("remove");
+        let left: Vec<_> = std::fs::read_dir(dir.dir())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("disk.qcow2")]);
+        // A link to a shared disk is not a disk of its own: all goes, the target stays.
+        let shared = tmp.path().join("shared.qcow2");
+        std::fs::rename(dir.disk(), &shared).expect("move");
+        std::os::unix::fs::symlink(&shared, dir.disk()).expect("link");
+        assert_eq!(dir.disk_path(), shared);
+        dir.remove_all_but_disk().expect("remove");
+        assert!(!dir.dir().exists() && shared.is_file());
     }
 }

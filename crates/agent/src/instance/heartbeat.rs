@@ -17,25 +17,51 @@ use uuid::Uuid;
 /// Size at which `heartbeat.log` is rotated.
 pub const LOG_LIMIT: u64 = 4 << 20;
 
-/// Arrival time of the last heartbeat line, shared with status readers.
+/// Arrival times of heartbeat lines, shared with status readers: the last one (monotonic,
+/// and host Unix ms) and the first since the current QEMU started (host Unix ms).
 #[derive(Debug, Default)]
-pub struct LastBeat(Mutex<Option<Instant>>);
+pub struct LastBeat(Mutex<Beats>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Beats {
+    last: Option<Instant>,
+    last_unix_ms: Option<u64>,
+    first_unix_ms: Option<u64>,
+}
 
 impl LastBeat {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Beats> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records a line that arrived now.
     pub fn beat(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let ms = u64::try_from(chrono::Utc::now().timestamp_millis()).ok();
+        let mut b = self.lock();
+        b.last = Some(Instant::now());
+        b.last_unix_ms = ms;
+        b.first_unix_ms = b.first_unix_ms.or(ms);
     }
 
     /// Milliseconds since the last line, if any arrived.
     pub fn age_ms(&self) -> Option<u64> {
-        let last = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.lock().last;
         last.map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// Forgets the last line (a new QEMU process starts).
+    /// Host Unix time (ms) of the last line.
+    pub fn last_unix_ms(&self) -> Option<u64> {
+        self.lock().last_unix_ms
+    }
+
+    /// Host Unix time (ms) of the first line since [`LastBeat::clear`].
+    pub fn first_unix_ms(&self) -> Option<u64> {
+        self.lock().first_unix_ms
+    }
+
+    /// Forgets every line (a new QEMU process starts).
     pub fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.lock() = Beats::default();
     }
 }
 
@@ -189,6 +215,10 @@ mod tests {
         }
         task.abort();
         assert!(last.age_ms().is_some_and(|a| a < 5000));
+        let (first, latest) = (last.first_unix_ms(), last.last_unix_ms());
+        assert!(first.is_some() && first <= latest, "{first:?} {latest:?}");
+        last.clear();
+        assert_eq!((last.age_ms(), last.first_unix_ms()), (None, None));
         let text = std::fs::read_to_string(&log).expect("log");
         assert!(text.ends_with(" hb 1.05 2\n"), "{text}");
     }

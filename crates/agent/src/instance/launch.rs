@@ -1,6 +1,7 @@
 //! How a [`VmSpec`] becomes a QEMU configuration.
 
 use super::files::VmDir;
+use crate::network::{HostNetwork, NetError};
 use nimbus_agent_api::VmSpec;
 use nimbus_qemu::config::{DirectBoot, DiskSection, MachineSection};
 use nimbus_qemu::{Accel, QemuConfig};
@@ -28,6 +29,20 @@ pub fn qemu_config(spec: &VmSpec, dir: &VmDir, accel: Accel) -> QemuConfig {
         format: "qcow2".into(),
     });
     config
+}
+
+/// The configuration of a launch with the host made ready for it: the VM's taps exist and its
+/// NICs (with `nimbus.ip=`/`nimbus.gw=` on the kernel command line) are in the configuration.
+/// Every QEMU launch goes through here (a start, a migration target).
+pub async fn prepare(
+    spec: &VmSpec,
+    dir: &VmDir,
+    accel: Accel,
+    network: &HostNetwork,
+) -> Result<QemuConfig, NetError> {
+    let mut config = qemu_config(spec, dir, accel);
+    network.plug(spec, &mut config).await?;
+    Ok(config)
 }
 
 /// The image's kernel command line plus `nimbus.hostname=<name>` (the default guest sets its

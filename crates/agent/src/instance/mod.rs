@@ -18,6 +18,10 @@
 //!   |
 //!   +-- delete from any state: kill QEMU at once, remove the VM directory
 //! ```
+//! Live migration ([`crate::migration`]) adds: a target waits in `Starting` with `incoming`
+//! until its guest resumes (then `Running`; if QEMU exits first: `Crashed`), and a source
+//! whose migration completed is `Migrated` (QEMU paused) until it is deleted or a cancel
+//! resumes it (`Running`).
 //! Commands reach the actor over a bounded channel and are answered on oneshots. Kill
 //! (for delete) and detach (agent shutdown: QEMU keeps running) use a separate priority
 //! channel that the actor polls first, and a stop in progress is a state of the actor, not a
@@ -38,9 +42,13 @@ pub mod marker;
 pub mod state;
 
 use crate::error::{Error, Result};
+use crate::migration::incoming::IncomingPlan;
 use files::VmDir;
 use heartbeat::LastBeat;
-use nimbus_agent_api::{ConsoleChunk, ExecRequest, ExecResult, StopRequest, VmSpec, VmStatus};
+use nimbus_agent_api::{
+    ConsoleChunk, ExecRequest, ExecResult, IncomingReady, MigrateRequest, MigrationProgress,
+    StopRequest, VmSpec, VmStatus,
+};
 use nimbus_qemu::{procfs, Accel, QemuProcess};
 use state::CoreStatus;
 use std::io::{Read, Seek, SeekFrom};
@@ -53,13 +61,19 @@ use uuid::Uuid;
 /// Most console bytes returned per call.
 pub const CONSOLE_CHUNK_MAX: u64 = 256 * 1024;
 
-type Reply = oneshot::Sender<Result<()>>;
+type Reply<T = ()> = oneshot::Sender<Result<T>>;
 
 /// Requests the actor handles in turn.
 enum Command {
     Start(Reply),
     Stop(StopRequest, Reply),
     Reboot(Reply),
+    /// Launch QEMU waiting for an incoming migration (target side).
+    Receive(IncomingPlan, Reply<IncomingReady>),
+    /// Send the VM to a prepared target (source side).
+    Migrate(MigrateRequest, Reply<MigrationProgress>),
+    /// Cancel the migration; the VM runs on here.
+    CancelMigration(Reply<MigrationProgress>),
 }
 
 /// Requests the actor handles before anything else.
@@ -76,6 +90,8 @@ pub(crate) struct ActorSetup {
     pub spec: VmSpec,
     pub dir: VmDir,
     pub accel: Accel,
+    /// The host network every launch plugs the VM's NICs into.
+    pub network: Arc<crate::network::HostNetwork>,
     pub status: CoreStatus,
     /// A running QEMU found at agent start.
     pub adopt: Option<QemuProcess>,
@@ -89,6 +105,7 @@ pub struct VmHandle {
     commands: mpsc::Sender<Command>,
     priority: mpsc::UnboundedSender<Priority>,
     status: watch::Receiver<CoreStatus>,
+    migration: watch::Receiver<MigrationProgress>,
     last_beat: Arc<LastBeat>,
     exec_lock: tokio::sync::Mutex<()>,
     console_busy: Arc<AtomicBool>,
@@ -102,6 +119,8 @@ impl VmHandle {
         let (commands, command_rx) = mpsc::channel(16);
         let (priority, priority_rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(setup.status.clone());
+        let (migration_tx, migration) =
+            watch::channel(crate::migration::initial_progress(&setup.dir));
         let last_beat = Arc::new(LastBeat::default());
         let handle = Arc::new(Self {
             id: setup.id,
@@ -110,6 +129,7 @@ impl VmHandle {
             commands,
             priority,
             status,
+            migration,
             last_beat: last_beat.clone(),
             exec_lock: tokio::sync::Mutex::new(()),
             console_busy: Arc::default(),
@@ -119,6 +139,7 @@ impl VmHandle {
         let task = actor::spawn(
             setup,
             status_tx,
+            Arc::new(migration_tx),
             last_beat,
             command_rx,
             priority_rx,
@@ -159,22 +180,48 @@ impl VmHandle {
             cpu_time_ns: stat.map_or(0, |s| s.cpu_time_ns()),
             rss_bytes: core.pid.map_or(0, procfs::read_rss_bytes),
             disk_allocated_bytes: self.dir.disk_allocated_bytes(),
-            disk_path: None,
-            incoming: false,
-            resumed_unix_ms: None,
-            first_heartbeat_unix_ms: None,
+            disk_path: Some(self.dir.disk_path()),
+            incoming: core.incoming,
+            resumed_unix_ms: core.resumed_unix_ms,
+            first_heartbeat_unix_ms: core
+                .first_heartbeat_unix_ms
+                .or_else(|| core.pid.and(self.last_beat.first_unix_ms())),
         }
     }
 
     async fn call(&self, make: impl FnOnce(Reply) -> Command) -> Result<VmStatus> {
+        self.ask(make).await?;
+        Ok(self.status())
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
             .map_err(|_| Error::Conflict(format!("VM {} is being deleted", self.id)))?;
         rx.await
-            .map_err(|_| Error::Conflict(format!("VM {} is being deleted", self.id)))??;
-        Ok(self.status())
+            .map_err(|_| Error::Conflict(format!("VM {} is being deleted", self.id)))?
+    }
+
+    /// Target side: launches QEMU waiting for the VM and opens its endpoints.
+    pub async fn receive(&self, plan: IncomingPlan) -> Result<IncomingReady> {
+        self.ask(|r| Command::Receive(plan, r)).await
+    }
+
+    /// Source side: starts sending the VM; answers at once with the first progress.
+    pub async fn migrate(&self, req: MigrateRequest) -> Result<MigrationProgress> {
+        self.ask(|r| Command::Migrate(req, r)).await
+    }
+
+    /// Cancels the migration (idempotent): the VM runs on here.
+    pub async fn cancel_migration(&self) -> Result<MigrationProgress> {
+        self.ask(Command::CancelMigration).await
+    }
+
+    /// Progress of the current or last outgoing migration.
+    pub fn migration(&self) -> MigrationProgress {
+        self.migration.borrow().clone()
     }
 
     /// Launches QEMU (nothing to do when running).

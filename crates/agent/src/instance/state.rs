@@ -28,6 +28,15 @@ pub struct CoreStatus {
     /// log when QEMU was launched or the guest last reset).
     #[serde(default)]
     pub console_offset: u64,
+    /// QEMU waits for an incoming migration (until its RESUME event).
+    #[serde(default)]
+    pub incoming: bool,
+    /// Unix ms of the last RESUME event of the current QEMU.
+    #[serde(default)]
+    pub resumed_unix_ms: Option<u64>,
+    /// Unix ms (host) of the first heartbeat line from the current QEMU.
+    #[serde(default)]
+    pub first_heartbeat_unix_ms: Option<u64>,
 }
 
 impl CoreStatus {
@@ -42,6 +51,9 @@ impl CoreStatus {
             started_at: None,
             intent: Intent::Stop,
             console_offset: 0,
+            incoming: false,
+            resumed_unix_ms: None,
+            first_heartbeat_unix_ms: None,
         }
     }
 }
@@ -85,6 +97,10 @@ pub fn after_exit(
 pub fn after_agent_restart(persisted: &CoreStatus) -> (VmRunState, Option<String>) {
     match persisted.state {
         VmRunState::Stopped | VmRunState::Crashed => (persisted.state, persisted.reason.clone()),
+        VmRunState::Migrated => (
+            VmRunState::Stopped,
+            Some(crate::migration::MIGRATED_AWAY.to_string()),
+        ),
         VmRunState::Starting | VmRunState::Running | VmRunState::Stopping => {
             if persisted.intent == Intent::Stop {
                 (VmRunState::Stopped, None)
@@ -102,7 +118,7 @@ pub enum StartAction {
     AlreadyRunning,
     /// Launch QEMU.
     Launch,
-    /// A stop is in progress.
+    /// A stop is in progress, or the VM migrated away.
     Refuse,
 }
 
@@ -110,7 +126,8 @@ pub enum StartAction {
 pub fn on_start(state: VmRunState) -> StartAction {
     match state {
         VmRunState::Running | VmRunState::Starting => StartAction::AlreadyRunning,
-        VmRunState::Stopping => StartAction::Refuse,
+        // A migrated VM runs elsewhere: resume it here with a migration cancel instead.
+        VmRunState::Stopping | VmRunState::Migrated => StartAction::Refuse,
         VmRunState::Stopped | VmRunState::Crashed => StartAction::Launch,
     }
 }
@@ -167,6 +184,14 @@ mod tests {
         s.state = VmRunState::Stopping;
         s.intent = Intent::Stop;
         assert_eq!(after_agent_restart(&s), (VmRunState::Stopped, None));
+        s.state = VmRunState::Migrated;
+        assert_eq!(
+            after_agent_restart(&s),
+            (
+                VmRunState::Stopped,
+                Some(crate::migration::MIGRATED_AWAY.into())
+            )
+        );
         s.state = VmRunState::Crashed;
         s.reason = Some("earlier".into());
         assert_eq!(
@@ -181,6 +206,7 @@ mod tests {
         assert_eq!(on_start(VmRunState::Stopping), StartAction::Refuse);
         assert_eq!(on_start(VmRunState::Crashed), StartAction::Launch);
         assert_eq!(on_start(VmRunState::Stopped), StartAction::Launch);
+        assert_eq!(on_start(VmRunState::Migrated), StartAction::Refuse);
     }
 
     #[test]

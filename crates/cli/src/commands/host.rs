@@ -87,5 +87,9 @@ pub async fn run(conn: &Connection, out: Output, cmd: HostCmd) -> anyhow::Result
         HostCmd::Show { host } => show(out, &client.host(&host).await?),
         HostCmd::Enable { host } => show(out, &client.host_action(&host, "enable").await?),
         HostCmd::Disable { host } => show(out, &client.host_action(&host, "disable").await?),
+        HostCmd::Drain { host, wait } => {
+            let op = client.drain_host(&host).await?;
+            super::follow(&client, out, op, &wait).await
+        }
     }
 }

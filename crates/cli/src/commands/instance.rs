@@ -3,7 +3,7 @@
 use super::follow;
 use crate::args::{Connection, InstanceCmd, Output};
 use crate::{context, output};
-use nimbus_api::{CreateInstance, InstanceView};
+use nimbus_api::{CreateInstance, InstanceView, MigrateInstance, MigrationView};
 use std::io::Write;
 use std::time::Duration;
 
@@ -104,6 +104,26 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             )
             .await
         }
+        InstanceCmd::Migrate {
+            instance,
+            to,
+            max_downtime_ms,
+            allow_postcopy,
+            wait,
+        } => {
+            let req = MigrateInstance {
+                to,
+                max_downtime_ms,
+                allow_postcopy: Some(allow_postcopy),
+            };
+            let op = client.migrate_instance(&instance, &req).await?;
+            let id = op.id.to_string();
+            follow(&client, out, op, &wait).await?;
+            if wait.wait && out == Output::Table {
+                print_migration(&client.migration(&id).await?);
+            }
+            Ok(())
+        }
         InstanceCmd::Log { instance, follow } => log(&client, &instance, follow).await,
         InstanceCmd::Console { instance } => super::console::attach(&client, &instance).await,
         InstanceCmd::Exec { instance, command } => {
@@ -135,4 +155,32 @@ async fn log(client: &nimbus_client::Client, instance: &str, follow: bool) -> an
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+}
+
+fn print_migration(m: &MigrationView) {
+    let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+    output::fields(&[
+        ("moved", format!("{} -> {}", m.source, m.target)),
+        ("disk", m.stats.disk_transfer.clone()),
+        ("rounds", m.stats.rounds.to_string()),
+        (
+            "sent",
+            format!(
+                "{:.1} MiB of {:.0} MiB",
+                m.stats.transferred_bytes as f64 / 1048576.0,
+                m.stats.total_bytes as f64 / 1048576.0
+            ),
+        ),
+        ("total time", format!("{} ms", m.stats.total_ms)),
+        ("downtime", ms(m.stats.downtime_ms)),
+        ("guest-visible pause", ms(m.stats.guest_pause_ms)),
+        (
+            "escalations",
+            if m.stats.escalations.is_empty() {
+                "none".into()
+            } else {
+                m.stats.escalations.join("; ")
+            },
+        ),
+    ]);
 }

@@ -76,6 +76,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         disk: args.disk_ratio,
     };
     config.strategy = strategy(args.strategy);
+    config.network = parse_network(&args.network)?;
     nimbus_controller::run(config, ShutdownSignal::install()?.recv()).await
 }
 
@@ -94,4 +95,30 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         probe_image: nimbus_agent::default_probe_image(),
     };
     nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
+}
+
+/// `10.200.0.0/16` -> network settings; `none` -> no network.
+pub fn parse_network(
+    s: &str,
+) -> anyhow::Result<Option<nimbus_controller::config::NetworkSettings>> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("network {s:?} must look like 10.200.0.0/16"))?;
+    let address: std::net::Ipv4Addr = addr
+        .parse()
+        .with_context(|| format!("bad address in {s:?}"))?;
+    let prefix_len: u8 = len
+        .parse()
+        .with_context(|| format!("bad prefix length in {s:?}"))?;
+    if !(8..=28).contains(&prefix_len) {
+        bail!("the network prefix length must be between 8 and 28");
+    }
+    Ok(Some(nimbus_controller::config::NetworkSettings {
+        address,
+        prefix_len,
+        ..Default::default()
+    }))
 }

@@ -62,6 +62,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     config.strategy = strategy(args.strategy);
     config.default_image = Some(default_image);
+    // Instances get NICs on the cloud network when hosts can create bridges and taps.
+    if use_netns {
+        config.network = Some(nimbus_controller::config::NetworkSettings::default());
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx = stop_rx.clone();

@@ -2,7 +2,7 @@
 
 use crate::app::{App, AppError};
 use chrono::Utc;
-use nimbus_agent_api::RegisterHost;
+use nimbus_agent_api::{NetworkConfig, RegisterHost, RegisterResponse};
 use nimbus_api::{validate_name, HostState, HostView};
 use nimbus_scheduler::{HostCapacity, Resources};
 use nimbus_store::HostRecord;
@@ -15,8 +15,9 @@ fn is_up(h: &HostRecord) -> bool {
 }
 
 impl App {
-    /// Records (or refreshes) a host from its agent's registration.
-    pub async fn register_host(&self, req: &RegisterHost) -> Result<(), AppError> {
+    /// Records (or refreshes) a host from its agent's registration, and answers what the
+    /// agent must set up (the cloud network and its VXLAN peers).
+    pub async fn register_host(&self, req: &RegisterHost) -> Result<RegisterResponse, AppError> {
         let inv = &req.inventory;
         validate_name(&inv.name)
             .map_err(|e| AppError::bad_request(format!("invalid host name {:?}: {e}", inv.name)))?;
@@ -30,10 +31,28 @@ impl App {
             accelerator: inv.accelerator.to_string(),
             qemu_version: inv.qemu_version.clone(),
             agent_version: inv.agent_version.clone(),
+            shared_storage: inv.shared_storage.clone(),
             last_seen: Utc::now(),
         };
         self.store().upsert_host(&rec).await?;
-        Ok(())
+        let Some(net) = &self.config().network else {
+            return Ok(RegisterResponse::default());
+        };
+        let peers = self
+            .store()
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| h.name != inv.name)
+            .filter_map(|h| url_host(&h.agent_url))
+            .collect();
+        Ok(RegisterResponse {
+            network: Some(NetworkConfig {
+                vni: net.vni,
+                peers,
+                cidr: format!("{}/{}", net.address, net.prefix_len),
+            }),
+        })
     }
 
     /// The pool as the scheduler sees it.
@@ -110,5 +129,36 @@ impl App {
     pub async fn set_host_enabled(&self, name: &str, enabled: bool) -> Result<HostView, AppError> {
         self.store().set_host_enabled(name, enabled).await?;
         self.get_host(name).await
+    }
+}
+
+/// The host part of an agent URL (`http://10.249.0.11:7701` -> `10.249.0.11`).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split("://").nth(1)?;
+    let authority = rest.split('/').next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_host_takes_the_address() {
+        assert_eq!(
+            super::url_host("http://10.249.0.11:7701").as_deref(),
+            Some("10.249.0.11")
+        );
+        assert_eq!(
+            super::url_host("http://agent.example/").as_deref(),
+            Some("agent.example")
+        );
+        assert_eq!(super::url_host("nonsense"), None);
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::app::{App, AppError, Caller};
 use crate::ops;
-use nimbus_agent_api::{DiskSpec, ExecRequest, GuestImage, VmSpec};
+use nimbus_agent_api::{DiskSpec, ExecRequest, GuestImage, NicSpec, VmSpec};
 use nimbus_api::{
     validate_name, ConsoleLog, CreateInstance, ErrorCode, ExecInstance, ExecOutput, InstanceState,
     InstanceView, OperationKind, OperationView,
@@ -72,7 +72,10 @@ impl App {
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
         };
-        self.store().insert_instance(&new, &op).await?;
+        let net = self.config().network.clone().unwrap_or_default();
+        self.store()
+            .insert_instance(&new, &op, |used| super::network::pick_address(&net, used))
+            .await?;
         tracing::info!(instance_id = %id, operation_id = %op.id, name = %req.name, "instance create accepted");
         ops::spawn(self.clone(), op.id);
         Ok(self.store().get_operation(op.id).await?)
@@ -198,7 +201,14 @@ impl App {
             disk: DiskSpec {
                 size_gib: inst.disk_gib,
             },
-            nics: Vec::new(),
+            nics: match (&self.config().network, &inst.ip, &inst.mac) {
+                (Some(_), Some(ip), Some(mac)) => vec![NicSpec {
+                    mac: mac.clone(),
+                    ip: ip.clone(),
+                    gateway: None,
+                }],
+                _ => Vec::new(),
+            },
         })
     }
 }
@@ -219,7 +229,7 @@ fn check_transition(inst: &InstanceRecord, kind: OperationKind) -> Result<(), Ap
         K::InstanceStop => matches!(inst.state, S::Running | S::Error) && inst.host.is_some(),
         K::InstanceReboot => inst.state == S::Running,
         K::InstanceDelete => true,
-        K::InstanceCreate => false,
+        K::InstanceCreate | K::InstanceMigrate | K::HostDrain => false,
     };
     if ok {
         return Ok(());

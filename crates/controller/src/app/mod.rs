@@ -8,6 +8,8 @@ pub mod flavors;
 pub mod hosts;
 pub mod images;
 pub mod instances;
+pub mod migrations;
+pub mod network;
 pub mod operations;
 
 pub use auth::Caller;

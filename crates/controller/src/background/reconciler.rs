@@ -59,7 +59,9 @@ async fn reconcile_host(
             Some(inst) if inst.host.as_deref() == Some(host.name.as_str()) => {
                 apply_report(app, inst, vm).await?
             }
-            Some(_) => {} // placed elsewhere: a move in progress or a leftover; left to its operation
+            // Placed elsewhere: a migration in flight (left to it), or a copy it left behind.
+            Some(inst) if inst.operation_id.is_none() => delete_stale_copy(app, host, inst).await,
+            Some(_) => {}
         }
     }
     for inst in instances {
@@ -130,5 +132,20 @@ async fn delete_orphan(app: &App, host: &HostRecord, id: Uuid) {
     tracing::warn!(instance_id = %id, host = %host.name, "deleting orphan VM (no such instance)");
     if let Err(e) = app.agent(&host.agent_url).delete_vm(id).await {
         tracing::warn!(instance_id = %id, host = %host.name, error = %e, "could not delete orphan VM");
+    }
+}
+
+/// Deletes the copy of an instance on a host it no longer runs on (e.g. a source a migration
+/// could not clean up). A shared disk stays: the instance uses it on its current host.
+async fn delete_stale_copy(app: &App, host: &HostRecord, inst: &InstanceRecord) {
+    tracing::warn!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "deleting stale copy of a moved instance");
+    let agent = app.agent(&host.agent_url);
+    let res = if host.shared_storage.is_some() {
+        agent.delete_vm_keep_disk(inst.id).await
+    } else {
+        agent.delete_vm(inst.id).await
+    };
+    if let Err(e) = res {
+        tracing::warn!(instance_id = %inst.id, host = %host.name, error = %e, "could not delete stale copy");
     }
 }

@@ -9,6 +9,7 @@ mod images;
 mod instances;
 mod internal;
 mod metrics;
+mod migrations;
 pub mod openapi;
 mod operations;
 
@@ -33,6 +34,9 @@ pub fn router(app: App) -> Router {
         .route("/instances/{instance}/stop", post(instances::stop))
         .route("/instances/{instance}/reboot", post(instances::reboot))
         .route("/instances/{instance}/exec", post(instances::exec))
+        .route("/instances/{instance}/migrate", post(migrations::migrate))
+        .route("/migrations/{migration}", get(migrations::show))
+        .route("/hosts/{host}/drain", post(migrations::drain))
         .route(
             "/instances/{instance}/console/log",
             get(instances::console_log),

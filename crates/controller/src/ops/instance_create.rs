@@ -15,7 +15,7 @@ pub fn plan(instance: Uuid) -> Plan {
             Box::new(Boot(instance)),
             Box::new(WaitReady(instance)),
         ],
-        during: InstanceState::Building,
+        during: Some(InstanceState::Building),
         after: Some(InstanceState::Running),
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub fn plan(instance: Uuid) -> Plan {
     Plan {
         steps: vec![Box::new(Destroy(instance)), Box::new(Forget(instance))],
-        during: InstanceState::Deleting,
+        during: Some(InstanceState::Deleting),
         after: None,
     }
 }

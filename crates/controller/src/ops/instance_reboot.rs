@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub fn plan(instance: Uuid) -> Plan {
     Plan {
         steps: vec![Box::new(Reset(instance)), Box::new(WaitReady(instance))],
-        during: InstanceState::Rebooting,
+        during: Some(InstanceState::Rebooting),
         after: Some(InstanceState::Running),
     }
 }

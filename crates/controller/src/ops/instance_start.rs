@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub fn plan(instance: Uuid) -> Plan {
     Plan {
         steps: vec![Box::new(Boot(instance)), Box::new(WaitReady(instance))],
-        during: InstanceState::Starting,
+        during: Some(InstanceState::Starting),
         after: Some(InstanceState::Running),
     }
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 pub fn plan(instance: Uuid) -> Plan {
     Plan {
         steps: vec![Box::new(PowerOff(instance))],
-        during: InstanceState::Stopping,
+        during: Some(InstanceState::Stopping),
         after: Some(InstanceState::Stopped),
     }
 }

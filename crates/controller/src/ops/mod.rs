@@ -2,11 +2,14 @@
 //! in [`steps`]. The engine (crate `nimbus-ops`) persists every step in the store, so an
 //! operation interrupted by a controller restart is resumed by [`resume_unfinished`].
 
+pub mod host_drain;
 pub mod instance_create;
 pub mod instance_delete;
+pub mod instance_migrate;
 pub mod instance_reboot;
 pub mod instance_start;
 pub mod instance_stop;
+pub mod migrate_steps;
 pub mod steps;
 
 use crate::app::{App, AppError};
@@ -17,14 +20,17 @@ use uuid::Uuid;
 /// What an operation kind consists of: its steps and the instance states around it.
 pub struct Plan {
     pub steps: Vec<Box<dyn Step<App>>>,
-    /// State shown while the operation runs.
-    pub during: InstanceState,
-    /// State after success (`None`: the instance is gone).
+    /// State shown while the operation runs (`None`: the operation acts on no instance).
+    pub during: Option<InstanceState>,
+    /// State after success (`None`: the instance is gone, or there is none).
     pub after: Option<InstanceState>,
 }
 
-fn plan(kind: OperationKind, instance: Uuid) -> Plan {
+fn plan(kind: OperationKind, target: Uuid, target_name: &str) -> Plan {
+    let instance = target;
     match kind {
+        OperationKind::InstanceMigrate => instance_migrate::plan(instance),
+        OperationKind::HostDrain => host_drain::plan(target_name),
         OperationKind::InstanceCreate => instance_create::plan(instance),
         OperationKind::InstanceStart => instance_start::plan(instance),
         OperationKind::InstanceStop => instance_stop::plan(instance),
@@ -49,16 +55,21 @@ pub fn spawn(app: App, id: Uuid) {
 async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
     let op = app.store().get_operation(id).await?;
     let instance = op.target_id;
-    let plan = plan(op.kind, instance);
+    let plan = plan(op.kind, instance, &op.target_name);
     if op.state == OperationState::Running {
-        app.store()
-            .set_instance_state(instance, plan.during, None)
-            .await?;
+        if let Some(during) = plan.during {
+            app.store()
+                .set_instance_state(instance, during, None)
+                .await?;
+        }
     }
     let outcome = nimbus_ops::run(id, &plan.steps, app, app.store(), RetryPolicy::default())
         .await
         .map_err(|e| AppError::internal(e.to_string()))?;
     tracing::info!(operation_id = %id, instance_id = %instance, kind = op.kind.as_str(), ?outcome, "operation ended");
+    if plan.during.is_none() {
+        return Ok(());
+    }
     finish(app, id, instance, op.kind, &outcome, plan.after).await
 }
 
@@ -71,8 +82,20 @@ async fn finish(
     outcome: &Outcome,
     after: Option<InstanceState>,
 ) -> Result<(), AppError> {
+    if kind == OperationKind::InstanceMigrate {
+        migrate_steps::end_record(app, op, outcome).await?;
+    }
     match (outcome, after) {
         (Outcome::Succeeded, None) => return Ok(()),
+        // A failed migration leaves the VM where the host's agent says it runs.
+        (Outcome::Failed { .. } | Outcome::Cancelled, _)
+            if kind == OperationKind::InstanceMigrate =>
+        {
+            let state = steps::state_from_agent(app, instance).await;
+            app.store()
+                .set_instance_state(instance, state, None)
+                .await?;
+        }
         (Outcome::Succeeded, Some(state)) => {
             app.store()
                 .set_instance_state(instance, state, None)
@@ -121,7 +144,7 @@ pub async fn resume_unfinished(app: &App) -> Result<(), AppError> {
                     unwound: false,
                 },
             };
-            let after = plan(op.kind, inst.id).after;
+            let after = plan(op.kind, inst.id, &inst.name).after;
             finish(app, op_id, inst.id, op.kind, &outcome, after).await?;
         }
     }

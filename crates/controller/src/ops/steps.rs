@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-fn agent_err(e: AgentError) -> StepError {
+pub(crate) fn agent_err(e: AgentError) -> StepError {
     if e.is_transient() {
         StepError::transient(e.to_string())
     } else {
@@ -19,18 +19,18 @@ fn agent_err(e: AgentError) -> StepError {
     }
 }
 
-fn app_err(e: AppError) -> StepError {
+pub(crate) fn app_err(e: AppError) -> StepError {
     match e.code {
         ErrorCode::Unavailable | ErrorCode::Internal => StepError::transient(e.message),
         _ => StepError::permanent(e.message),
     }
 }
 
-fn store_err(e: StoreError) -> StepError {
+pub(crate) fn store_err(e: StoreError) -> StepError {
     app_err(e.into())
 }
 
-async fn instance(app: &App, id: Uuid) -> Result<InstanceRecord, StepError> {
+pub(crate) async fn instance(app: &App, id: Uuid) -> Result<InstanceRecord, StepError> {
     app.store().get_instance_by_id(id).await.map_err(store_err)
 }
 
@@ -303,6 +303,6 @@ pub fn instance_state_of(vm: VmRunState) -> Option<InstanceState> {
         VmRunState::Running => Some(InstanceState::Running),
         VmRunState::Stopped => Some(InstanceState::Stopped),
         VmRunState::Crashed => Some(InstanceState::Error),
-        VmRunState::Starting | VmRunState::Stopping => None,
+        VmRunState::Starting | VmRunState::Stopping | VmRunState::Migrated => None,
     }
 }

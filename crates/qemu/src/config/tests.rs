@@ -106,7 +106,9 @@ fn nics_replace_nic_none_and_incoming_is_last() {
         mac: "52:54:00:00:00:01".into(),
         backend: NicBackend::Tap {
             ifname: "nb-tap0".into(),
+            vhost: false,
         },
+        mtu: Some(1450),
     });
     cfg.incoming = Some("defer".into());
     let argv = cfg.argv();
@@ -118,9 +120,9 @@ fn nics_replace_nic_none_and_incoming_is_last() {
         tail,
         [
             "-netdev",
-            "tap,id=net0,ifname=nb-tap0,script=no,downscript=no",
+            "tap,id=net0,ifname=nb-tap0,script=no,downscript=no,vhost=off",
             "-device",
-            "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+            "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile=,host_mtu=1450",
             "-incoming",
             "defer",
         ]

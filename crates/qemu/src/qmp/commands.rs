@@ -29,6 +29,9 @@ pub struct MigrationRam {
     pub dirty_sync_count: u64,
     #[serde(default)]
     pub mbps: f64,
+    /// Size of a guest page, in bytes (`dirty-pages-rate` counts pages).
+    #[serde(default)]
+    pub page_size: u64,
 }
 
 /// Reply of `query-migrate`. Fields are absent before a migration started; statistics may
@@ -45,6 +48,21 @@ pub struct MigrationInfo {
     pub expected_downtime: Option<u64>,
     pub setup_time: Option<u64>,
     pub error_desc: Option<String>,
+    /// vCPU throttle applied by auto-converge, in percent (absent when not throttling).
+    pub cpu_throttle_percentage: Option<u64>,
+    /// Where an incoming migration listens (target side), with the port actually bound.
+    pub socket_address: Option<Vec<SocketAddress>>,
+}
+
+/// A socket address as QMP reports it (`SocketAddress`, flat form).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SocketAddress {
+    /// `inet`, `unix`, `vsock` or `fd`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: Option<String>,
+    /// The port, as a string (QMP's `InetSocketAddress`).
+    pub port: Option<String>,
 }
 
 /// Parameters for `migrate-set-parameters`; unset fields are left as they are.
@@ -63,6 +81,9 @@ pub struct MigrateParameters {
     pub cpu_throttle_increment: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multifd_channels: Option<u8>,
+    /// Highest vCPU throttle auto-converge may apply, in percent (QEMU's default is 99).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cpu_throttle: Option<u8>,
 }
 
 fn decode<T: DeserializeOwned>(command: &str, value: Value) -> Result<T, QmpError> {
@@ -150,5 +171,25 @@ impl Qmp {
     /// `migrate_cancel`.
     pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
         self.run("migrate_cancel", None).await
+    }
+
+    /// `migrate-start-postcopy`: the target starts running and pulls the remaining pages
+    /// (both sides must have the `postcopy-ram` capability).
+    pub async fn migrate_start_postcopy(&self) -> Result<(), QmpError> {
+        self.run("migrate-start-postcopy", None).await
+    }
+
+    /// `migrate-continue` from the paused `state` (e.g. `pre-switchover`, with the
+    /// `pause-before-switchover` capability).
+    pub async fn migrate_continue(&self, state: &str) -> Result<(), QmpError> {
+        self.run("migrate-continue", Some(json!({ "state": state })))
+            .await
+    }
+
+    /// `announce-self` with QEMU's default timing (50 ms, then +100 ms, 5 rounds): the
+    /// NICs send gratuitous ARP/RARP so that the network learns where the VM now is.
+    pub async fn announce_self(&self) -> Result<(), QmpError> {
+        let args = json!({"initial": 50, "max": 550, "rounds": 5, "step": 100});
+        self.run("announce-self", Some(args)).await
     }
 }

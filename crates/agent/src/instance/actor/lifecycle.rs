@@ -14,11 +14,17 @@ use tokio::time::Instant;
 
 impl Actor {
     pub(super) async fn start(&mut self) -> Result<()> {
+        self.launch(false).await
+    }
+
+    /// Launches QEMU; `incoming` makes it wait for a migration (`-incoming defer`) in state
+    /// `starting` until the guest resumes.
+    pub(super) async fn launch(&mut self, incoming: bool) -> Result<()> {
         let current = self.status.borrow().state;
         match state::on_start(current) {
             StartAction::AlreadyRunning if self.run.is_some() => return Ok(()),
             StartAction::Refuse => {
-                return Err(Error::Conflict(format!("VM {} is stopping", self.id)))
+                return Err(Error::Conflict(format!("VM {} is {current:?}", self.id)))
             }
             _ => {}
         }
@@ -38,6 +44,8 @@ impl Actor {
                 disk.display()
             )));
         }
+        let mut config = launch::prepare(&self.spec, &self.dir, self.accel, &self.network).await?;
+        config.incoming = incoming.then(|| "defer".to_string());
         let offset = self.dir.console_len();
         self.update(|s| {
             s.state = VmRunState::Starting;
@@ -47,8 +55,10 @@ impl Actor {
             s.guest_ready = false;
             s.pid = None;
             s.started_at = None;
+            s.incoming = incoming;
+            s.resumed_unix_ms = None;
+            s.first_heartbeat_unix_ms = None;
         });
-        let config = launch::qemu_config(&self.spec, &self.dir, self.accel);
         let program = nimbus_qemu::qemu_binary();
         let launched = match QemuProcess::spawn(&program, &config, self.dir.paths()) {
             Ok(mut qemu) => {
@@ -127,7 +137,12 @@ impl Actor {
             guest_powered_off: false,
         });
         self.update(|s| {
-            s.state = VmRunState::Running;
+            // A QEMU waiting for an incoming migration runs no guest yet.
+            s.state = if s.incoming {
+                VmRunState::Starting
+            } else {
+                VmRunState::Running
+            };
             s.reason = None;
             s.pid = Some(pid);
             s.intent = Intent::Run;
@@ -217,7 +232,10 @@ impl Actor {
     }
 
     pub(super) async fn reboot(&mut self) -> Result<()> {
-        if self.run.is_none() || self.stop.is_some() {
+        if self.run.is_none()
+            || self.stop.is_some()
+            || self.status.borrow().state != VmRunState::Running
+        {
             return Err(Error::Conflict(format!("VM {} is not running", self.id)));
         }
         let qmp = self

@@ -1,0 +1,233 @@
+//! Target side: the VM directory and disk of a VM about to arrive, the endpoints its QEMU
+//! opens while it waits (`-incoming defer`), and what is done once the guest resumed.
+//!
+//! The disk:
+//! - `Shared { path }`: `disk.qcow2` is a symbolic link to `path`. The agent never creates
+//!   or owns that file: deleting the VM removes the link only. (If `path` *is* this VM's
+//!   `disk.qcow2`, a copy left here by an earlier migration away, it is used in place.)
+//! - `Mirror`: a fresh overlay on the same base image with the same virtual size as the
+//!   source's (both are made from the spec by [`crate::instance::disk::ensure_disk`]),
+//!   exported writable over NBD for the source to mirror into.
+
+use super::endpoint::{free_port, tcp_uri};
+use super::{policy, MigrationError};
+use crate::error::{Error, Result};
+use crate::instance::disk;
+use crate::instance::files::VmDir;
+use nimbus_agent_api::{DiskTransfer, IncomingReady, MigrationPolicy, NbdTarget, VmSpec};
+use nimbus_qemu::Qmp;
+use std::path::Path;
+use uuid::Uuid;
+
+/// Id of the NBD export of the disk on the target.
+pub const EXPORT_ID: &str = "migration-export";
+/// How many ports are tried for the NBD server (a free port may be taken meanwhile).
+const NBD_PORT_TRIES: usize = 5;
+
+/// What the target's QEMU must open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingPlan {
+    /// The agent's address (host of its advertised URL).
+    pub host: String,
+    /// Serve the disk over NBD for a mirror.
+    pub mirror: bool,
+    pub policy: MigrationPolicy,
+}
+
+/// Creates the disk of an arriving VM in `dir` (see the module doc).
+pub async fn prepare_disk(dir: &VmDir, spec: &VmSpec, transfer: &DiskTransfer) -> Result<()> {
+    let own = dir.disk();
+    match transfer {
+        DiskTransfer::Shared { path } => {
+            if !path.is_absolute() {
+                return Err(Error::BadRequest(format!(
+                    "shared disk path {} must be absolute",
+                    path.display()
+                )));
+            }
+            if !path.is_file() {
+                return Err(Error::BadRequest(format!(
+                    "shared disk {} does not exist on this host",
+                    path.display()
+                )));
+            }
+            if is_same_file(path, &own) {
+                return Ok(());
+            }
+            if own.symlink_metadata().is_ok() {
+                return Err(Error::Conflict(format!(
+                    "{} already exists and is not the shared disk {}",
+                    own.display(),
+                    path.display()
+                )));
+            }
+            std::os::unix::fs::symlink(path, &own).map_err(Error::io("link", &own))
+        }
+        DiskTransfer::Mirror => {
+            if own.symlink_metadata().is_ok() {
+                // Possibly a shared disk another host uses: never overwrite it.
+                return Err(Error::Conflict(format!(
+                    "a disk already exists at {}; it cannot receive a mirror",
+                    own.display()
+                )));
+            }
+            disk::ensure_disk(dir, spec).await
+        }
+    }
+}
+
+fn is_same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
+/// Opens the endpoints on a QEMU launched with `-incoming defer`: capabilities, the NBD
+/// export of the disk for a mirror, and the migration listener (port chosen by the kernel).
+pub async fn listen(
+    qmp: &Qmp,
+    plan: &IncomingPlan,
+    export: &str,
+) -> Result<IncomingReady, MigrationError> {
+    set_capabilities(qmp, &plan.policy).await?;
+    if let Some(params) = policy::target_parameters(&plan.policy) {
+        qmp.migrate_set_parameters(&params)
+            .await
+            .map_err(MigrationError::qmp("migrate-set-parameters"))?;
+    }
+    let nbd = if plan.mirror {
+        Some(serve_disk(qmp, &plan.host, export).await?)
+    } else {
+        None
+    };
+    qmp.migrate_incoming(&tcp_uri(&plan.host, 0))
+        .await
+        .map_err(MigrationError::qmp("migrate-incoming"))?;
+    let info = qmp
+        .query_migrate()
+        .await
+        .map_err(MigrationError::qmp("query-migrate"))?;
+    let port = info
+        .socket_address
+        .unwrap_or_default()
+        .iter()
+        .find_map(|a| a.port.as_deref().and_then(|p| p.parse::<u16>().ok()))
+        .ok_or_else(|| MigrationError::Setup("QEMU did not report its listening port".into()))?;
+    Ok(IncomingReady {
+        migration_uri: tcp_uri(&plan.host, port),
+        nbd,
+    })
+}
+
+/// Both ends must agree on post-copy; the target enables it whenever the host can
+/// (it needs userfaultfd), so the source alone decides whether to use it.
+async fn set_capabilities(qmp: &Qmp, policy: &MigrationPolicy) -> Result<(), MigrationError> {
+    let with_postcopy = policy::target_capabilities(policy, true);
+    if let Err(e) = qmp.migrate_set_capabilities(&with_postcopy).await {
+        tracing::info!(error = %e, "post-copy unavailable on this host");
+        qmp.migrate_set_capabilities(&policy::target_capabilities(policy, false))
+            .await
+            .map_err(MigrationError::qmp("migrate-set-capabilities"))?;
+    }
+    Ok(())
+}
+
+/// Starts the NBD server on a free port of `host` and exports the disk, writable.
+async fn serve_disk(qmp: &Qmp, host: &str, export: &str) -> Result<NbdTarget, MigrationError> {
+    let mut last = None;
+    for _ in 0..NBD_PORT_TRIES {
+        let port = free_port(host)?;
+        match qmp.nbd_server_start(host, port).await {
+            Ok(()) => {
+                qmp.nbd_export_add(EXPORT_ID, super::disk_mirror::DISK_NODE, export, true)
+                    .await
+                    .map_err(MigrationError::qmp("block-export-add"))?;
+                return Ok(NbdTarget {
+                    host: host.to_string(),
+                    port,
+                    export: export.to_string(),
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(MigrationError::Setup(format!(
+        "cannot start the NBD server on {host}: {}",
+        last.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// Name of the NBD export of VM `id`.
+pub fn export_name(id: Uuid) -> String {
+    format!("disk-{id}")
+}
+
+/// After the guest resumed here: close the NBD server (and with it the export) and make
+/// the network learn the VM's new location. Best effort: each step is logged.
+pub async fn finish(qmp: Qmp, mirror: bool) {
+    if mirror {
+        if let Err(e) = qmp.nbd_server_stop().await {
+            tracing::warn!(error = %e, "cannot stop the NBD server");
+        }
+    }
+    if let Err(e) = qmp.announce_self().await {
+        tracing::warn!(error = %e, "announce-self failed");
+    }
+    tracing::info!("incoming migration finished");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_agent_api::{DiskSpec, GuestImage};
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: Uuid::nil(),
+            name: "t".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            image: GuestImage {
+                name: "none".into(),
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                base_disk: None,
+                ready_marker: None,
+            },
+            disk: DiskSpec { size_gib: 1 },
+            nics: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_disks_are_linked_never_owned() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shared = tmp.path().join("shared.qcow2");
+        std::fs::write(&shared, b"disk").expect("write");
+        let dir = VmDir::new(tmp.path().join("vm"));
+        std::fs::create_dir_all(dir.dir()).expect("mkdir");
+        let transfer = DiskTransfer::Shared {
+            path: shared.clone(),
+        };
+        prepare_disk(&dir, &spec(), &transfer).await.expect("link");
+        assert_eq!(std::fs::read_link(dir.disk()).expect("link"), shared);
+        assert_eq!(dir.disk_path(), shared);
+        // Again (the same file): fine. A mirror onto it: refused.
+        prepare_disk(&dir, &spec(), &transfer)
+            .await
+            .expect("idempotent");
+        let err = prepare_disk(&dir, &spec(), &DiskTransfer::Mirror)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), "conflict");
+        std::fs::remove_dir_all(dir.dir()).expect("remove");
+        assert!(shared.is_file(), "the shared disk survives");
+        let relative = DiskTransfer::Shared {
+            path: "disk.qcow2".into(),
+        };
+        assert!(prepare_disk(&dir, &spec(), &relative).await.is_err());
+    }
+}

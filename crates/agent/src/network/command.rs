@@ -1,0 +1,163 @@
+//! Running iproute2 (`ip`, `bridge`) in the agent's network namespace, or in a named one
+//! (`-n <netns>`, which the integration tests use to play several hosts on one machine).
+
+use super::error::NetError;
+use std::time::Duration;
+
+/// How long one command may take; they normally take milliseconds.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where network commands run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shell {
+    netns: Option<String>,
+}
+
+impl Shell {
+    /// The namespace of the agent process.
+    pub fn here() -> Self {
+        Self { netns: None }
+    }
+
+    /// The named namespace (`ip netns` name).
+    pub fn in_netns(name: impl Into<String>) -> Self {
+        Self {
+            netns: Some(name.into()),
+        }
+    }
+
+    /// `ip [-n NS] <args>`.
+    pub fn ip<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
+        self.cmd("ip", args)
+    }
+
+    /// `bridge [-n NS] <args>`.
+    pub fn bridge<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
+        self.cmd("bridge", args)
+    }
+
+    fn cmd<S: AsRef<str>>(&self, program: &'static str, args: &[S]) -> Cmd {
+        let mut all = Vec::with_capacity(args.len() + 2);
+        if let Some(ns) = &self.netns {
+            all.push("-n".to_string());
+            all.push(ns.clone());
+        }
+        all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        Cmd { program, args: all }
+    }
+}
+
+/// One command line, built before it runs so that tests can check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: &'static str,
+    pub args: Vec<String>,
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.program)?;
+        for a in &self.args {
+            write!(f, " {a}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Cmd {
+    /// Runs the command and returns its standard output; a non-zero exit is an error carrying
+    /// the command and its standard error.
+    pub async fn run(&self) -> Result<String, NetError> {
+        let done = self.output().await?;
+        if !done.success {
+            return Err(self.failed(&done));
+        }
+        Ok(done.stdout)
+    }
+
+    /// Runs the command; the caller interprets a failure (e.g. "does not exist").
+    pub async fn output(&self) -> Result<Finished, NetError> {
+        tracing::debug!(command = %self, "network command");
+        let child = tokio::process::Command::new(self.program)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
+            .await
+            .map_err(|_| NetError::Timeout {
+                command: self.to_string(),
+                secs: COMMAND_TIMEOUT.as_secs(),
+            })?
+            .map_err(|source| NetError::Spawn {
+                command: self.to_string(),
+                source,
+            })?;
+        Ok(Finished {
+            success: out.status.success(),
+            status: out.status.to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
+    /// The error for a failed run.
+    pub fn failed(&self, done: &Finished) -> NetError {
+        NetError::Failed {
+            command: self.to_string(),
+            status: done.status.clone(),
+            stderr: done.stderr.clone(),
+        }
+    }
+}
+
+/// Whether iproute2's complaint means the named device is absent.
+pub fn no_such_device(stderr: &str) -> bool {
+    stderr.contains("does not exist") || stderr.contains("Cannot find device")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_prefix_goes_before_the_arguments() {
+        let cmd = Shell::in_netns("h1").bridge(&["fdb", "show", "dev", "nimbus-vx"]);
+        assert_eq!(cmd.to_string(), "bridge -n h1 fdb show dev nimbus-vx");
+        let cmd = Shell::here().ip(&["link", "show"]);
+        assert_eq!(cmd.args, ["link", "show"]);
+    }
+
+    #[test]
+    fn absent_device_messages() {
+        assert!(no_such_device("Device \"nimbus0\" does not exist."));
+        assert!(no_such_device("Cannot find device \"nt0123456789\""));
+        assert!(!no_such_device(
+            "RTNETLINK answers: Operation not permitted"
+        ));
+    }
+
+    #[tokio::test]
+    async fn failures_carry_the_command_and_stderr() {
+        let err = Shell::here()
+            .ip(&["link", "show", "dev", "nimbus-no-such-device"])
+            .run()
+            .await
+            .expect_err("must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`ip link show dev nimbus-no-such-device` failed"),
+            "{msg}"
+        );
+        assert!(msg.contains("does not exist"), "{msg}");
+    }
+}

@@ -1,0 +1,287 @@
+//! Host networking: the cloud's default network, one layer-2 segment that spans every host,
+//! so a VM keeps its MAC and IP wherever it runs and reaches every other VM directly.
+//!
+//! ```text
+//!   host A (a machine, or a netns of `nimbus up`)      host B
+//!  ┌──────────────────────────────────────────┐      ┌──────────────────────────────┐
+//!  │  VM 1: eth0 10.200.0.10/16, mtu 1450     │      │  VM 2: eth0 10.200.0.11/16   │
+//!  │    │ virtio-net, host_mtu=1450           │      │    │                         │
+//!  │  tap nt<10 hex of id> ─┐                 │      │  tap nt<...> ─┐              │
+//!  │                        ├─ bridge nimbus0 │      │               ├─ nimbus0     │
+//!  │  nimbus-vx ────────────┘  (no address)   │      │  nimbus-vx ───┘              │
+//!  │   vxlan id <vni>, local <A>, port 4789,  │      │   local <B>                  │
+//!  │   learning; flood: 00:00:00:00:00:00 → B │      │   flood → A                  │
+//!  │                                          │      │                              │
+//!  │  underlay <A> (host of the advertise URL)│═UDP═▶│  underlay <B>                │
+//!  └──────────────────────────────────────────┘ 4789 └──────────────────────────────┘
+//! ```
+//! - Registration ([`HostNetwork::apply`]): the controller's [`NetworkConfig`] (VNI, peers)
+//!   makes the bridge, the VXLAN device and its flood list; run at every registration, it
+//!   adds new peers and removes gone ones. An answer without a network changes nothing.
+//! - Launch ([`HostNetwork::plug`]): every QEMU start goes through it, a migration target's
+//!   too: the bridge (if registration has not made it yet) and one tap per NIC, then the
+//!   NICs and `nimbus.ip=`/`nimbus.gw=` in the QEMU configuration ([`guest`]).
+//! - Delete ([`HostNetwork::unplug`]) removes the taps; a stopped VM keeps them, and a
+//!   restarted agent leaves everything as it is (running VMs keep their taps).
+//! - MTU: the underlay has 1500 bytes and VXLAN costs 50, so the bridge, the VXLAN device,
+//!   the taps and the guests use [`NIC_MTU`] (1450). The guest learns it from the virtio
+//!   device (`host_mtu`) and needs no configuration for it.
+//! - During a migration both hosts briefly have a tap for the VM; when the VM resumes on
+//!   the target, QEMU announces its MAC (RARP) and the learning VXLAN devices of the
+//!   other hosts point it at the new host.
+//!
+//! Host networking is off (VMs start without their NICs, with a warning) for an agent that
+//! is not root, or that advertises a loopback address: such agents may share one namespace
+//! (`nimbus up --no-netns`), where one VM's tap would serve two hosts during a migration.
+//! An advertised name that does not resolve gives bridge and taps, but no VXLAN.
+//! Everything runs `ip`/`bridge` (iproute2): plain, inspectable, and every step checks
+//! before it changes, so all of it is idempotent.
+
+pub mod bridge;
+pub mod command;
+pub mod error;
+pub mod guest;
+pub mod link;
+pub mod tap;
+pub mod underlay;
+pub mod vxlan;
+
+pub use command::Shell;
+pub use error::NetError;
+pub use guest::NIC_MTU;
+
+use nimbus_agent_api::{NetworkConfig, VmSpec};
+use nimbus_qemu::QemuConfig;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use vxlan::{PeerChanges, VxlanParams};
+
+/// The host's side of the cloud network.
+#[derive(Debug)]
+pub struct HostNetwork {
+    shell: Shell,
+    /// Why this agent cannot manage network devices, if it cannot.
+    disabled: Option<String>,
+    /// This host's underlay address (`None`: no VXLAN).
+    underlay: Option<IpAddr>,
+    /// Serializes every change (registration, launches and deletes run concurrently).
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Warnings already given, so a registration every 10 s does not repeat them.
+    warned: BTreeSet<String>,
+}
+
+/// What [`HostNetwork::apply`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub bridge_created: bool,
+    pub vxlan_created: bool,
+    pub peers: PeerChanges,
+}
+
+impl Applied {
+    fn changed(&self) -> bool {
+        self.bridge_created || self.vxlan_created || self.peers != PeerChanges::default()
+    }
+}
+
+impl HostNetwork {
+    /// Devices managed through `shell`; VXLAN traffic leaves from `underlay`.
+    pub fn new(shell: Shell, underlay: Option<IpAddr>) -> Self {
+        Self {
+            shell,
+            disabled: None,
+            underlay,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// No host networking: VMs start without NICs.
+    pub fn disabled(reason: impl Into<String>) -> Self {
+        Self {
+            disabled: Some(reason.into()),
+            ..Self::new(Shell::here(), None)
+        }
+    }
+
+    /// The agent's network: its own namespace, the host of its advertised URL as underlay
+    /// address; disabled unless the agent runs as root and advertises a non-loopback address.
+    pub async fn for_agent(advertise_url: &str) -> Self {
+        let network = Self::for_agent_quiet(advertise_url).await;
+        match (&network.disabled, network.underlay) {
+            (Some(reason), _) => tracing::warn!(reason, "host networking is off"),
+            (None, Some(underlay)) => tracing::info!(%underlay, "host networking is on"),
+            (None, None) => tracing::info!("host networking is on, without VXLAN"),
+        }
+        network
+    }
+
+    async fn for_agent_quiet(advertise_url: &str) -> Self {
+        if !nix::unistd::geteuid().is_root() {
+            return Self::disabled("the agent does not run as root");
+        }
+        match underlay::local_address(advertise_url).await {
+            Ok(Some(underlay)) => Self::new(Shell::here(), Some(underlay)),
+            Ok(None) => Self::disabled(
+                "the agent advertises a loopback address: agents may share this network \
+                 namespace, so none of them owns its devices",
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "no underlay address: VMs get the bridge, but no VXLAN");
+                Self::new(Shell::here(), None)
+            }
+        }
+    }
+
+    /// This host's underlay address.
+    pub fn underlay(&self) -> Option<IpAddr> {
+        self.underlay
+    }
+
+    /// Why host networking is off, if it is.
+    pub fn disabled_reason(&self) -> Option<&str> {
+        self.disabled.as_deref()
+    }
+
+    /// Sets up (or repairs) the bridge, the VXLAN device and its peers for `config`.
+    pub async fn apply(&self, config: &NetworkConfig) -> Result<Applied, NetError> {
+        if let Some(reason) = &self.disabled {
+            tracing::debug!(reason, "host networking is off: cloud network not set up");
+            return Ok(Applied::default());
+        }
+        let mut state = self.state.lock().await;
+        let mut applied = Applied {
+            bridge_created: bridge::ensure(&self.shell, NIC_MTU).await?,
+            ..Applied::default()
+        };
+        let Some(local) = self.underlay else {
+            warn_once(
+                &mut state,
+                "no underlay",
+                "no underlay address: this host's VMs reach no other host",
+            );
+            return Ok(applied);
+        };
+        let params = VxlanParams {
+            vni: config.vni,
+            local,
+        };
+        applied.vxlan_created = vxlan::ensure(&self.shell, params, NIC_MTU).await?;
+        let mut peers = BTreeSet::new();
+        for peer in &config.peers {
+            match underlay::peer_address(peer, local).await {
+                Some(addr) if addr != local => {
+                    peers.insert(addr);
+                }
+                Some(_) => {}
+                None => warn_once(&mut state, peer, "cannot resolve VXLAN peer; skipped"),
+            }
+        }
+        applied.peers = vxlan::reconcile_peers(&self.shell, &peers).await?;
+        if applied.changed() {
+            tracing::info!(
+                vni = config.vni,
+                %local,
+                bridge_created = applied.bridge_created,
+                vxlan_created = applied.vxlan_created,
+                peers_added = ?applied.peers.added,
+                peers_removed = ?applied.peers.removed,
+                "cloud network set up"
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Creates the taps of `spec`'s NICs (and the bridge, if needed) and adds the NICs to
+    /// `config`. Every QEMU launch calls this; nothing happens for a VM without NICs.
+    pub async fn plug(&self, spec: &VmSpec, config: &mut QemuConfig) -> Result<(), NetError> {
+        if spec.nics.is_empty() {
+            return Ok(());
+        }
+        let _serial = self.state.lock().await;
+        if let Some(reason) = &self.disabled {
+            tracing::warn!(
+                instance_id = %spec.id,
+                reason,
+                "host networking is off: the VM starts without its NICs"
+            );
+            return Ok(());
+        }
+        bridge::ensure(&self.shell, NIC_MTU).await?;
+        for i in 0..spec.nics.len() {
+            let name = tap::tap_name(spec.id, i);
+            if tap::ensure(&self.shell, &name, NIC_MTU).await? {
+                tracing::info!(instance_id = %spec.id, tap = name, "tap created");
+            }
+        }
+        guest::add_to_config(spec, config);
+        Ok(())
+    }
+
+    /// Removes the taps of `spec`'s NICs (absent ones are fine).
+    pub async fn unplug(&self, spec: &VmSpec) -> Result<(), NetError> {
+        if spec.nics.is_empty() || self.disabled.is_some() {
+            return Ok(());
+        }
+        let _serial = self.state.lock().await;
+        for i in 0..spec.nics.len() {
+            let name = tap::tap_name(spec.id, i);
+            if tap::remove(&self.shell, &name).await? {
+                tracing::info!(instance_id = %spec.id, tap = name, "tap removed");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn warn_once(state: &mut State, key: &str, message: &str) {
+    if state.warned.insert(key.to_string()) {
+        tracing::warn!(detail = key, "{message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest::tests::{config, nic, spec};
+    use super::*;
+
+    fn network() -> NetworkConfig {
+        NetworkConfig {
+            vni: 42,
+            peers: vec!["10.0.0.2".into()],
+            cidr: "10.200.0.0/16".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disabled_network_starts_vms_without_nics() {
+        let net = HostNetwork::disabled("unit test");
+        assert_eq!(net.disabled_reason(), Some("unit test"));
+        let s = spec(vec![nic("52:54:00:00:00:01", "10.200.0.10/16", None)]);
+        let mut cfg = config();
+        net.plug(&s, &mut cfg).await.expect("plug");
+        assert!(cfg.nics.is_empty());
+        net.unplug(&s).await.expect("unplug");
+        assert_eq!(
+            net.apply(&network()).await.expect("apply"),
+            Applied::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_vm_without_nics_runs_no_command() {
+        // Any command would fail: the namespace does not exist.
+        let net = HostNetwork::new(Shell::in_netns("nimbus-no-such-netns"), None);
+        let s = spec(Vec::new());
+        let mut cfg = config();
+        net.plug(&s, &mut cfg).await.expect("plug");
+        net.unplug(&s).await.expect("unplug");
+        assert_eq!(cfg, config());
+        let with_nic = spec(vec![nic("52:54:00:00:00:01", "10.200.0.10/16", None)]);
+        let err = net.plug(&with_nic, &mut cfg).await.expect_err("must fail");
+        assert!(err.to_string().contains("nimbus-no-such-netns"), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! Live migration and host drain, as the API starts them.
+
+use crate::app::{App, AppError, Caller};
+use crate::ops;
+use nimbus_api::{
+    ErrorCode, InstanceState, MigrateInstance, MigrationView, OperationKind, OperationView,
+};
+use nimbus_scheduler::{place, Resources};
+use nimbus_store::{NewOperation, StoreError};
+use uuid::Uuid;
+
+/// Downtime budget when the user sets none.
+pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 50;
+
+impl App {
+    /// Starts the live migration of a running instance.
+    pub async fn migrate_instance(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+        req: &MigrateInstance,
+    ) -> Result<OperationView, AppError> {
+        let inst = self.find_instance(caller, id_or_name).await?;
+        if inst.state != InstanceState::Running {
+            return Err(AppError::conflict(format!(
+                "cannot migrate instance {}: it is {}, and only running instances move live",
+                inst.name, inst.state
+            )));
+        }
+        let source = inst
+            .host
+            .clone()
+            .ok_or_else(|| AppError::conflict(format!("instance {} has no host", inst.name)))?;
+        if let Some(ms) = req.max_downtime_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(AppError::bad_request(
+                    "max_downtime_ms must be between 1 and 60000",
+                ));
+            }
+        }
+        // Refuse at once what cannot work; the operation chooses for real.
+        self.choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+            .await?;
+        let op = NewOperation {
+            id: Uuid::new_v4(),
+            kind: OperationKind::InstanceMigrate,
+            project: inst.project.clone(),
+            target_id: inst.id,
+            target_name: inst.name.clone(),
+            params: serde_json::to_value(req).unwrap_or_default(),
+        };
+        self.store().begin_instance_operation(inst.id, &op).await?;
+        tracing::info!(instance_id = %inst.id, operation_id = %op.id, %source, to = ?req.to, "migration accepted");
+        ops::spawn(self.clone(), op.id);
+        Ok(self.store().get_operation(op.id).await?)
+    }
+
+    /// The host an instance on `source` should move to: `to` if given (it must be up,
+    /// enabled and have room), else the scheduler's choice among the other hosts.
+    pub async fn choose_migration_target(
+        &self,
+        source: &str,
+        to: Option<&str>,
+        want: &Resources,
+    ) -> Result<String, AppError> {
+        let pool: Vec<_> = self
+            .host_capacities()
+            .await?
+            .into_iter()
+            .filter(|h| h.name != source)
+            .collect();
+        if let Some(to) = to {
+            if to == source {
+                return Err(AppError::bad_request(format!(
+                    "the instance already runs on {to}"
+                )));
+            }
+            let host = pool
+                .iter()
+                .find(|h| h.name == to)
+                .ok_or_else(|| AppError::not_found(format!("host {to:?} not found")))?;
+            if !host.schedulable {
+                return Err(AppError::conflict(format!(
+                    "host {to} is down or disabled; `nimbus host list` shows which"
+                )));
+            }
+            let one = std::slice::from_ref(host);
+            return place(one, want, self.config().strategy)
+                .map(|h| h.name.clone())
+                .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()));
+        }
+        place(&pool, want, self.config().strategy)
+            .map(|h| h.name.clone())
+            .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()))
+    }
+
+    /// A migration record (its id is its operation's id).
+    pub async fn get_migration(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<MigrationView, AppError> {
+        let op = self.get_operation(caller, id).await?;
+        self.store()
+            .get_migration(op.id)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => {
+                    AppError::not_found(format!("migration {id} not found"))
+                }
+                e => e.into(),
+            })
+    }
+
+    /// Starts draining a host: it takes no new instances and every running instance on it
+    /// moves live to other hosts.
+    pub async fn drain_host(&self, caller: &Caller, name: &str) -> Result<OperationView, AppError> {
+        let host = self.get_host(name).await?;
+        let busy = self
+            .store()
+            .list_operations(None, 200)
+            .await?
+            .into_iter()
+            .find(|o| {
+                o.kind == OperationKind::HostDrain
+                    && o.target_name == host.name
+                    && !o.state.is_final()
+            });
+        if let Some(op) = busy {
+            return Err(AppError::conflict(format!(
+                "host {name} is already draining (operation {})",
+                op.id
+            )));
+        }
+        let op = NewOperation {
+            id: Uuid::new_v4(),
+            kind: OperationKind::HostDrain,
+            project: caller.project.clone(),
+            target_id: Uuid::nil(),
+            target_name: host.name.clone(),
+            params: serde_json::json!({ "host": host.name }),
+        };
+        self.store().insert_operation(&op).await?;
+        tracing::info!(operation_id = %op.id, host = %host.name, "drain accepted");
+        ops::spawn(self.clone(), op.id);
+        Ok(self.store().get_operation(op.id).await?)
+    }
+}
+
+/// What an instance holds.
+pub fn resources_of(inst: &nimbus_store::InstanceRecord) -> Resources {
+    Resources {
+        vcpus: inst.vcpus as u64,
+        memory_mib: inst.memory_mib,
+        disk_gib: inst.disk_gib,
+    }
+}

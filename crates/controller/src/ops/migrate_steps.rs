@@ -1,0 +1,572 @@
+//! The steps of a live migration and of a host drain.
+
+use super::steps::{agent_err, app_err, instance, store_err};
+use crate::app::migrations::{resources_of, DEFAULT_MAX_DOWNTIME_MS};
+use crate::app::App;
+use async_trait::async_trait;
+use chrono::Utc;
+use nimbus_agent_api::{
+    DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
+    MigrationProgress, VmRunState,
+};
+use nimbus_api::{InstanceState, MigrateInstance, MigrationStats};
+use nimbus_ops::{Outcome, Step, StepContext, StepError};
+use nimbus_store::NewMigration;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long the target may take to show a healthy guest after switch-over.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A heartbeat older than this means the guest is not running.
+const HEARTBEAT_FRESH_MS: u64 = 2_000;
+
+fn from_output<T: serde::de::DeserializeOwned>(
+    s: &StepContext<'_>,
+    step: usize,
+    key: &str,
+) -> Result<T, StepError> {
+    let v = s
+        .output(step)
+        .and_then(|o| o.get(key))
+        .cloned()
+        .ok_or_else(|| StepError::permanent(format!("missing output {key:?} of step {step}")))?;
+    serde_json::from_value(v).map_err(|e| StepError::permanent(format!("bad output {key:?}: {e}")))
+}
+
+struct Route {
+    source: String,
+    target: String,
+    shared: bool,
+}
+
+fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
+    Ok(Route {
+        source: from_output(s, 0, "source")?,
+        target: from_output(s, 0, "target")?,
+        shared: s
+            .output(1)
+            .and_then(|o| o.get("disk_transfer"))
+            .and_then(|v| v.as_str())
+            .map(|t| t == "shared")
+            .unwrap_or(false),
+    })
+}
+
+async fn params(app: &App, op: Uuid) -> Result<MigrateInstance, StepError> {
+    let v = app.store().operation_params(op).await.map_err(store_err)?;
+    serde_json::from_value(v).map_err(|e| StepError::permanent(format!("bad parameters: {e}")))
+}
+
+/// The convergence policy nimbus gives both ends (see docs/live_migration.md).
+fn policy(req: &MigrateInstance) -> MigrationPolicy {
+    MigrationPolicy {
+        max_downtime_ms: req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
+        allow_postcopy: req.allow_postcopy.unwrap_or(false),
+        ..MigrationPolicy::default()
+    }
+}
+
+/// Reserves room on the target (the scheduler's choice, or the requested host).
+pub struct ChooseTarget(pub Uuid);
+
+#[async_trait]
+impl Step<App> for ChooseTarget {
+    fn name(&self) -> &'static str {
+        "choose_target"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        if let Ok(m) = app.store().get_migration(s.operation_id).await {
+            return Ok(json!({ "source": m.source, "target": m.target }));
+        }
+        let req = params(app, s.operation_id).await?;
+        let inst = instance(app, self.0).await?;
+        let source = inst
+            .host
+            .clone()
+            .ok_or_else(|| StepError::permanent("the instance has no host"))?;
+        let _guard = app.placement_lock().await;
+        let target = app
+            .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+            .await
+            .map_err(|e| StepError::permanent(e.message))?;
+        app.store()
+            .insert_migration(&NewMigration {
+                id: s.operation_id,
+                instance_id: self.0,
+                source: source.clone(),
+                target: target.clone(),
+                vcpus: inst.vcpus,
+                memory_mib: inst.memory_mib,
+                disk_gib: inst.disk_gib,
+                max_downtime_ms: req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
+            })
+            .await
+            .map_err(store_err)?;
+        tracing::info!(instance_id = %self.0, %source, %target, "migration target reserved");
+        Ok(json!({ "source": source, "target": target }))
+    }
+
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        match app.store().get_migration(s.operation_id).await {
+            Ok(m) if m.state == "running" => app
+                .store()
+                .end_migration(s.operation_id, "failed")
+                .await
+                .map_err(store_err),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Starts the target QEMU waiting for the VM (with an NBD export when the disk is local).
+pub struct PrepareTarget(pub Uuid);
+
+#[async_trait]
+impl Step<App> for PrepareTarget {
+    fn name(&self) -> &'static str {
+        "prepare_target"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        s.progress("starting the target QEMU").await;
+        let r = route(s)?;
+        let inst = instance(app, self.0).await?;
+        let spec = app.vm_spec(&inst).await.map_err(app_err)?;
+        let (src_host, dst_host) = (
+            app.store().get_host(&r.source).await.map_err(store_err)?,
+            app.store().get_host(&r.target).await.map_err(store_err)?,
+        );
+        let source_vm = app
+            .agent(&src_host.agent_url)
+            .vm(self.0)
+            .await
+            .map_err(agent_err)?;
+        let shared_dir = match (&src_host.shared_storage, &dst_host.shared_storage) {
+            (Some(a), Some(b)) if a == b => Some(a.clone()),
+            _ => None,
+        };
+        let disk = match (shared_dir, source_vm.disk_path) {
+            (Some(_), Some(path)) => DiskTransfer::Shared { path },
+            _ => DiskTransfer::Mirror,
+        };
+        let kind = if matches!(disk, DiskTransfer::Shared { .. }) {
+            "shared"
+        } else {
+            "mirror"
+        };
+        let policy = policy(&params(app, s.operation_id).await?);
+        let ready = app
+            .agent(&dst_host.agent_url)
+            .migration_incoming(&IncomingRequest { spec, disk, policy })
+            .await
+            .map_err(agent_err)?;
+        Ok(json!({ "ready": ready, "disk_transfer": kind }))
+    }
+
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        let r = route(s)?;
+        let agent = app.agent_of(&r.target).await.map_err(app_err)?;
+        let res = if r.shared {
+            agent.delete_vm_keep_disk(self.0).await
+        } else {
+            agent.delete_vm(self.0).await
+        };
+        res.map_err(agent_err)
+    }
+}
+
+/// Copies memory (and a local disk) while the VM runs, until the source pauses and the
+/// target has everything.
+pub struct Transfer(pub Uuid);
+
+fn progress_line(p: &MigrationProgress) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    match p.phase {
+        MigrationPhase::MirroringDisk => format!("mirroring disk: {:.0} MiB left", mib(p.disk_remaining_bytes)),
+        _ => format!(
+            "{:?} round {}: {:.0}/{:.0} MiB sent, {:.0} MiB left, dirty {:.1} MiB/s, expected downtime {}{}",
+            p.phase,
+            p.round,
+            mib(p.transferred_bytes),
+            mib(p.total_bytes),
+            mib(p.remaining_bytes),
+            mib(p.dirty_rate_bytes_per_s),
+            p.expected_downtime_ms.map(|d| format!("{d} ms")).unwrap_or_else(|| "-".into()),
+            if p.throttle_pct > 0 { format!(", throttle {}%", p.throttle_pct) } else { String::new() },
+        )
+        .to_lowercase(),
+    }
+}
+
+#[async_trait]
+impl Step<App> for Transfer {
+    fn name(&self) -> &'static str {
+        "transfer"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let r = route(s)?;
+        let ready: IncomingReady = from_output(s, 1, "ready")?;
+        let req = params(app, s.operation_id).await?;
+        let source = app.agent_of(&r.source).await.map_err(app_err)?;
+        let current = source.migration(self.0).await.map_err(agent_err)?;
+        if current.migration_id != Some(s.operation_id) {
+            let request = MigrateRequest {
+                target: ready,
+                policy: policy(&req),
+                migration_id: Some(s.operation_id),
+            };
+            source
+                .migration_start(self.0, &request)
+                .await
+                .map_err(agent_err)?;
+        } else if matches!(
+            current.phase,
+            MigrationPhase::Failed | MigrationPhase::Cancelled
+        ) {
+            // Resumed after a controller restart: this migration already ended on the source.
+            return Err(StepError::permanent(format!(
+                "the migration ended on the source: {}",
+                current
+                    .error
+                    .unwrap_or_else(|| format!("{:?}", current.phase))
+            )));
+        }
+        let mut last_stats = Instant::now();
+        loop {
+            if s.cancel_requested().await {
+                source.migration_cancel(self.0).await.map_err(agent_err)?;
+                return Err(StepError::Cancelled);
+            }
+            let p = match source.migration(self.0).await {
+                Ok(p) => p,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(agent_err(e)),
+            };
+            s.progress(&progress_line(&p)).await;
+            if last_stats.elapsed() > Duration::from_secs(1) || p.phase.is_final() {
+                record_progress(app, s.operation_id, &p, r.shared).await;
+                last_stats = Instant::now();
+            }
+            match p.phase {
+                MigrationPhase::Completed => return Ok(json!({ "progress": p })),
+                MigrationPhase::Failed => {
+                    return Err(StepError::permanent(format!(
+                        "the migration failed: {}",
+                        p.error.unwrap_or_else(|| "no reason given".into())
+                    )))
+                }
+                MigrationPhase::Cancelled => return Err(StepError::Cancelled),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Resumes the VM on the source. The target copy goes first: while it holds the disk
+    /// (shared storage keeps an image lock), the source could not resume. After a completed
+    /// switch-over with a shared disk, the target may already have written to the disk, so
+    /// resuming the older source memory over it could corrupt the guest's file systems:
+    /// then the source stays paused and the instance shows `error` (see docs).
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        let r = route(s)?;
+        let source = app.agent_of(&r.source).await.map_err(app_err)?;
+        let phase = source.migration(self.0).await.map(|p| p.phase);
+        if r.shared && matches!(phase, Ok(MigrationPhase::Completed)) {
+            tracing::error!(instance_id = %self.0, "switch-over completed on shared storage but the target failed; not resuming the stale source copy");
+            return Ok(());
+        }
+        PrepareTarget(self.0).undo(app, s).await?;
+        match source.migration_cancel(self.0).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(agent_err(e)),
+        }
+    }
+}
+
+async fn record_progress(app: &App, op: Uuid, p: &MigrationProgress, shared: bool) {
+    let Ok(mut m) = app.store().get_migration(op).await else {
+        return;
+    };
+    m.stats.disk_transfer = if shared { "shared" } else { "mirror" }.into();
+    m.stats.rounds = p.round;
+    m.stats.transferred_bytes = p.transferred_bytes;
+    m.stats.total_bytes = p.total_bytes;
+    m.stats.escalations = p.escalations.clone();
+    m.stats.total_ms = (Utc::now() - m.created_at).num_milliseconds().max(0) as u64;
+    let _ = app.store().set_migration_stats(op, &m.stats).await;
+}
+
+/// Waits until the guest runs on the target and its heartbeat continues there: a migration
+/// is done only when the guest is seen healthy, never on QEMU's word alone.
+pub struct VerifyTarget(pub Uuid);
+
+#[async_trait]
+impl Step<App> for VerifyTarget {
+    fn name(&self) -> &'static str {
+        "verify_target"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        s.progress("waiting for the guest's heartbeat on the target")
+            .await;
+        let r = route(s)?;
+        let progress: MigrationProgress = from_output(s, 2, "progress")?;
+        let target = app.agent_of(&r.target).await.map_err(app_err)?;
+        let start = Instant::now();
+        loop {
+            match target.vm(self.0).await {
+                Ok(st) if st.state == VmRunState::Crashed => {
+                    return Err(StepError::permanent(format!(
+                        "the VM failed on the target: {}",
+                        st.reason.unwrap_or_default()
+                    )))
+                }
+                Ok(st)
+                    if st.state == VmRunState::Running
+                        && !st.incoming
+                        && st.first_heartbeat_unix_ms.is_some()
+                        && st.heartbeat_age_ms.is_some_and(|a| a < HEARTBEAT_FRESH_MS) =>
+                {
+                    let downtime = match (progress.stopped_unix_ms, st.resumed_unix_ms) {
+                        (Some(stop), Some(resume)) => Some(resume.saturating_sub(stop)),
+                        _ => None,
+                    };
+                    let pause = match (progress.last_heartbeat_unix_ms, st.first_heartbeat_unix_ms)
+                    {
+                        (Some(last), Some(first)) => Some(first.saturating_sub(last)),
+                        _ => None,
+                    };
+                    return Ok(json!({ "downtime_ms": downtime, "guest_pause_ms": pause }));
+                }
+                Ok(_) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(agent_err(e)),
+            }
+            if start.elapsed() > VERIFY_TIMEOUT {
+                return Err(StepError::permanent(format!(
+                    "the guest showed no heartbeat on {} within {} s",
+                    r.target,
+                    VERIFY_TIMEOUT.as_secs()
+                )));
+            }
+            s.sleep_or_cancel(Duration::from_millis(50)).await?;
+        }
+    }
+}
+
+/// Moves the instance to the target in the store. The point of no return.
+pub struct Commit(pub Uuid);
+
+#[async_trait]
+impl Step<App> for Commit {
+    fn name(&self) -> &'static str {
+        "commit"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let r = route(s)?;
+        let progress: MigrationProgress = from_output(s, 2, "progress")?;
+        let verified = s.output(3).cloned().unwrap_or_default();
+        app.store()
+            .move_instance(self.0, &r.source, &r.target)
+            .await
+            .map_err(store_err)?;
+        let mut m = app
+            .store()
+            .get_migration(s.operation_id)
+            .await
+            .map_err(store_err)?;
+        m.stats = MigrationStats {
+            disk_transfer: if r.shared { "shared" } else { "mirror" }.into(),
+            rounds: progress.round,
+            transferred_bytes: progress.transferred_bytes,
+            total_bytes: progress.total_bytes,
+            total_ms: (Utc::now() - m.created_at).num_milliseconds().max(0) as u64,
+            downtime_ms: verified.get("downtime_ms").and_then(Value::as_u64),
+            guest_pause_ms: verified.get("guest_pause_ms").and_then(Value::as_u64),
+            escalations: progress.escalations.clone(),
+        };
+        app.store()
+            .set_migration_stats(s.operation_id, &m.stats)
+            .await
+            .map_err(store_err)?;
+        app.store()
+            .end_migration(s.operation_id, "succeeded")
+            .await
+            .map_err(store_err)?;
+        tracing::info!(instance_id = %self.0, source = %r.source, target = %r.target, stats = ?m.stats, "migration committed");
+        Ok(json!({ "stats": m.stats }))
+    }
+
+    fn is_point_of_no_return(&self) -> bool {
+        true
+    }
+}
+
+/// Deletes the paused source copy (keeping a shared disk, which the target now uses).
+pub struct CleanupSource(pub Uuid);
+
+#[async_trait]
+impl Step<App> for CleanupSource {
+    fn name(&self) -> &'static str {
+        "cleanup_source"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let r = route(s)?;
+        let agent = app.agent_of(&r.source).await.map_err(app_err)?;
+        let res = if r.shared {
+            agent.delete_vm_keep_disk(self.0).await
+        } else {
+            agent.delete_vm(self.0).await
+        };
+        res.map_err(agent_err)?;
+        Ok(json!({}))
+    }
+}
+
+/// Closes the migration record when its operation ends (the commit closes it on success).
+pub async fn end_record(
+    app: &App,
+    op: Uuid,
+    outcome: &Outcome,
+) -> Result<(), crate::app::AppError> {
+    let state = match outcome {
+        Outcome::Succeeded => return Ok(()),
+        Outcome::Cancelled => "cancelled",
+        Outcome::Failed { .. } => "failed",
+    };
+    match app.store().get_migration(op).await {
+        Ok(m) if m.state == "running" || (state == "cancelled" && m.state == "failed") => {
+            app.store().end_migration(op, state).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Takes a host out of placement.
+pub struct DisableHost(pub String);
+
+#[async_trait]
+impl Step<App> for DisableHost {
+    fn name(&self) -> &'static str {
+        "disable_host"
+    }
+
+    async fn action(&self, app: &App, _s: &StepContext<'_>) -> Result<Value, StepError> {
+        app.store()
+            .set_host_enabled(&self.0, false)
+            .await
+            .map_err(store_err)?;
+        Ok(json!({ "host": self.0 }))
+    }
+}
+
+/// How many instances a drain moves at once.
+const DRAIN_PARALLELISM: usize = 2;
+
+/// Moves every running instance off the host, largest first, a few at a time.
+pub struct Evacuate(pub String);
+
+#[async_trait]
+impl Step<App> for Evacuate {
+    fn name(&self) -> &'static str {
+        "evacuate"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let mut moved = Vec::new();
+        let mut failed = Vec::new();
+        let mut skipped = Vec::new();
+        let mut in_flight: Vec<(String, Uuid)> = Vec::new();
+        loop {
+            let all = app.store().list_instances(None).await.map_err(store_err)?;
+            let mut here: Vec<_> = all
+                .into_iter()
+                .filter(|i| i.host.as_deref() == Some(self.0.as_str()))
+                .collect();
+            // Largest first: they take longest and free the most room for the rest.
+            here.sort_by(|a, b| b.memory_mib.cmp(&a.memory_mib).then(a.name.cmp(&b.name)));
+            // Reap finished migrations.
+            let mut still = Vec::new();
+            for (name, op) in in_flight.drain(..) {
+                let view = app.store().get_operation(op).await.map_err(store_err)?;
+                if !view.state.is_final() {
+                    still.push((name, op));
+                } else if view.state == nimbus_api::OperationState::Succeeded {
+                    moved.push(name);
+                } else {
+                    failed.push(format!("{name}: {}", view.error.unwrap_or_default()));
+                }
+            }
+            in_flight = still;
+            let busy: Vec<Uuid> = in_flight.iter().map(|(_, o)| *o).collect();
+            let candidates: Vec<_> = here
+                .iter()
+                .filter(|i| i.operation_id.map(|o| !busy.contains(&o)).unwrap_or(true))
+                .filter(|i| {
+                    !failed
+                        .iter()
+                        .any(|f| f.starts_with(&format!("{}:", i.name)))
+                })
+                .filter(|i| !skipped.contains(&i.name))
+                .collect();
+            for inst in candidates {
+                if in_flight.len() >= DRAIN_PARALLELISM {
+                    break;
+                }
+                if let Some(op) = inst.operation_id {
+                    // Another operation acts on it (e.g. a migration started before a restart).
+                    in_flight.push((inst.name.clone(), op));
+                    continue;
+                }
+                if inst.state != InstanceState::Running {
+                    skipped.push(inst.name.clone());
+                    continue;
+                }
+                let caller = crate::app::Caller {
+                    token_id: "drain".into(),
+                    role: "admin".into(),
+                    project: inst.project.clone(),
+                };
+                match app
+                    .migrate_instance(&caller, &inst.id.to_string(), &MigrateInstance::default())
+                    .await
+                {
+                    Ok(op) => in_flight.push((inst.name.clone(), op.id)),
+                    Err(e) => failed.push(format!("{}: {}", inst.name, e.message)),
+                }
+            }
+            s.progress(&format!(
+                "{} moved, {} moving, {} failed, {} stopped instance(s) left in place",
+                moved.len(),
+                in_flight.len(),
+                failed.len(),
+                skipped.len()
+            ))
+            .await;
+            if in_flight.is_empty() {
+                break;
+            }
+            if s.cancel_requested().await {
+                return Err(StepError::Cancelled);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if !failed.is_empty() {
+            return Err(StepError::permanent(format!(
+                "{} instance(s) could not move: {}",
+                failed.len(),
+                failed.join("; ")
+            )));
+        }
+        Ok(json!({ "moved": moved, "skipped_not_running": skipped }))
+    }
+}
