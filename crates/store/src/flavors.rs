@@ -68,19 +68,20 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::store;
+    use crate::testing::stores;
 
     #[tokio::test]
     async fn flavor_roundtrip_and_duplicate() {
-        let (s, _d) = store().await;
-        let f = s.create_flavor("small", 1, 512, 2).await.expect("create");
-        assert_eq!((f.vcpus, f.memory_mib, f.disk_gib), (1, 512, 2));
-        let dup = s.create_flavor("small", 1, 512, 2).await;
-        assert!(
-            matches!(dup, Err(crate::StoreError::Conflict(_))),
-            "{dup:?}"
-        );
-        s.delete_flavor("small").await.expect("delete");
-        assert!(s.get_flavor("small").await.is_err());
+        for (s, _d) in stores().await {
+            let f = s.create_flavor("small", 1, 512, 2).await.expect("create");
+            assert_eq!((f.vcpus, f.memory_mib, f.disk_gib), (1, 512, 2));
+            let dup = s.create_flavor("small", 1, 512, 2).await;
+            assert!(
+                matches!(dup, Err(crate::StoreError::Conflict(_))),
+                "{dup:?}"
+            );
+            s.delete_flavor("small").await.expect("delete");
+            assert!(s.get_flavor("small").await.is_err());
+        }
     }
 }

@@ -4,7 +4,7 @@ use crate::{operations::insert_operation, time, NewOperation, Store, StoreError}
 use chrono::{DateTime, Utc};
 use nimbus_api::{InstanceState, InstanceView};
 use sqlx::Row;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 /// An instance row.
@@ -70,15 +70,6 @@ pub struct NewInstance {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
-}
-
-/// Per-host sums of what instances hold.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Allocation {
-    pub vcpus: u64,
-    pub memory_mib: u64,
-    pub disk_gib: u64,
-    pub instances: u32,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -216,44 +207,6 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// Sum of what instances hold, per host.
-    pub async fn allocations(&self) -> Result<HashMap<String, Allocation>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT host, CAST(SUM(vcpus) AS BIGINT) AS vcpus, CAST(SUM(memory_mib) AS BIGINT) AS memory_mib, \
-             CAST(SUM(disk_gib) AS BIGINT) AS disk_gib, COUNT(*) AS n FROM instances \
-             WHERE host IS NOT NULL GROUP BY host",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = HashMap::new();
-        for r in rows {
-            let host: String = r.try_get("host")?;
-            out.insert(
-                host,
-                Allocation {
-                    vcpus: r.try_get::<i64, _>("vcpus")? as u64,
-                    memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
-                    disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
-                    instances: r.try_get::<i64, _>("n")? as u32,
-                },
-            );
-        }
-        // A running migration holds the instance's size on its target too.
-        let rows = sqlx::query(
-            "SELECT target, CAST(SUM(vcpus) AS BIGINT) AS vcpus, CAST(SUM(memory_mib) AS BIGINT) AS memory_mib, \
-             CAST(SUM(disk_gib) AS BIGINT) AS disk_gib FROM migrations WHERE state = 'running' GROUP BY target",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            let a = out.entry(r.try_get::<String, _>("target")?).or_default();
-            a.vcpus += r.try_get::<i64, _>("vcpus")? as u64;
-            a.memory_mib += r.try_get::<i64, _>("memory_mib")? as u64;
-            a.disk_gib += r.try_get::<i64, _>("disk_gib")? as u64;
-        }
-        Ok(out)
-    }
-
     /// Sets the state (and reason) of an instance.
     pub async fn set_instance_state(
         &self,
@@ -267,66 +220,6 @@ impl Store {
         )
         .bind(state.as_str())
         .bind(reason.map(str::to_string))
-        .bind(time::now())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Places the instance on `host` only if it is not placed yet or already there
-    /// (compare-and-swap: two schedulers cannot both place it).
-    pub async fn reserve_host(&self, id: Uuid, host: &str) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "UPDATE instances SET host = $1, generation = generation + 1, updated_at = $2 \
-             WHERE id = $3 AND (host IS NULL OR host = $4)",
-        )
-        .bind(host)
-        .bind(time::now())
-        .bind(id.to_string())
-        .bind(host)
-        .execute(&self.pool)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "instance {id} is already placed on another host"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Moves the instance to `target` (the commit of a live migration), only if it is still
-    /// on `source`.
-    pub async fn move_instance(
-        &self,
-        id: Uuid,
-        source: &str,
-        target: &str,
-    ) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "UPDATE instances SET host = $1, generation = generation + 1, updated_at = $2 \
-             WHERE id = $3 AND (host = $4 OR host = $5)",
-        )
-        .bind(target)
-        .bind(time::now())
-        .bind(id.to_string())
-        .bind(source)
-        .bind(target)
-        .execute(&self.pool)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "instance {id} is no longer on host {source}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Releases the instance's placement (and so its capacity reservation).
-    pub async fn release_host(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE instances SET host = NULL, generation = generation + 1, updated_at = $1 WHERE id = $2",
-        )
         .bind(time::now())
         .bind(id.to_string())
         .execute(&self.pool)
@@ -443,7 +336,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::store;
+    use crate::testing::stores;
     use nimbus_api::OperationKind;
 
     fn pick(used: &HashSet<String>) -> Option<(String, String)> {
@@ -479,75 +372,79 @@ mod tests {
 
     #[tokio::test]
     async fn duplicate_names_conflict_and_leave_no_operation() {
-        let (s, _d) = store().await;
-        let (a, op) = new("web1");
-        s.insert_instance(&a, &op, pick).await.expect("insert");
-        let (b, op2) = new("web1");
-        let err = s.insert_instance(&b, &op2, pick).await;
-        assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
-        assert!(s.get_operation(op2.id).await.is_err());
+        for (s, _d) in stores().await {
+            let (a, op) = new("web1");
+            s.insert_instance(&a, &op, pick).await.expect("insert");
+            let (b, op2) = new("web1");
+            let err = s.insert_instance(&b, &op2, pick).await;
+            assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+            assert!(s.get_operation(op2.id).await.is_err());
+        }
     }
 
     #[tokio::test]
     async fn one_operation_at_a_time_and_allocations() {
-        let (s, _d) = store().await;
-        let (a, op) = new("web1");
-        let rec = s.insert_instance(&a, &op, pick).await.expect("insert");
-        s.reserve_host(rec.id, "host1").await.expect("reserve");
-        assert!(s.reserve_host(rec.id, "host2").await.is_err());
-        let alloc = s.allocations().await.expect("alloc");
-        assert_eq!(alloc["host1"].memory_mib, 512);
-        let (_, mut op2) = new("x");
-        op2.target_id = rec.id;
-        let busy = s.begin_instance_operation(rec.id, &op2).await;
-        assert!(matches!(busy, Err(StoreError::Conflict(_))), "{busy:?}");
-        s.end_instance_operation(rec.id, op.id).await.expect("end");
-        s.begin_instance_operation(rec.id, &op2)
-            .await
-            .expect("begin");
-        s.release_host(rec.id).await.expect("release");
-        assert!(s.allocations().await.expect("alloc").is_empty());
+        for (s, _d) in stores().await {
+            let (a, op) = new("web1");
+            let rec = s.insert_instance(&a, &op, pick).await.expect("insert");
+            s.reserve_host(rec.id, "host1").await.expect("reserve");
+            assert!(s.reserve_host(rec.id, "host2").await.is_err());
+            let alloc = s.allocations().await.expect("alloc");
+            assert_eq!(alloc["host1"].memory_mib, 512);
+            let (_, mut op2) = new("x");
+            op2.target_id = rec.id;
+            let busy = s.begin_instance_operation(rec.id, &op2).await;
+            assert!(matches!(busy, Err(StoreError::Conflict(_))), "{busy:?}");
+            s.end_instance_operation(rec.id, op.id).await.expect("end");
+            s.begin_instance_operation(rec.id, &op2)
+                .await
+                .expect("begin");
+            s.release_host(rec.id).await.expect("release");
+            assert!(s.allocations().await.expect("alloc").is_empty());
+        }
     }
 
     #[tokio::test]
     async fn agent_reports_apply_once_and_not_during_operations() {
-        let (s, _d) = store().await;
-        let (a, op) = new("web1");
-        let rec = s.insert_instance(&a, &op, pick).await.expect("insert");
-        let changed = s
-            .apply_agent_report(
-                rec.id,
-                rec.generation,
-                3,
-                InstanceState::Error,
-                Some("died"),
-            )
-            .await
-            .expect("apply");
-        assert!(!changed, "an operation owns the instance");
-        s.end_instance_operation(rec.id, op.id).await.expect("end");
-        let rec = s.get_instance_by_id(rec.id).await.expect("get");
-        let stale = s.apply_agent_report(rec.id, rec.generation - 1, 3, InstanceState::Error, None);
-        assert!(!stale.await.expect("apply"), "stale generation");
-        assert!(s
-            .apply_agent_report(
-                rec.id,
-                rec.generation,
-                3,
-                InstanceState::Error,
-                Some("died")
-            )
-            .await
-            .expect("apply"));
-        let rec = s.get_instance_by_id(rec.id).await.expect("get");
-        assert!(
-            !s.apply_agent_report(rec.id, rec.generation, 3, InstanceState::Running, None)
+        for (s, _d) in stores().await {
+            let (a, op) = new("web1");
+            let rec = s.insert_instance(&a, &op, pick).await.expect("insert");
+            let changed = s
+                .apply_agent_report(
+                    rec.id,
+                    rec.generation,
+                    3,
+                    InstanceState::Error,
+                    Some("died"),
+                )
                 .await
-                .expect("apply"),
-            "old agent generation"
-        );
-        let got = s.get_instance("default", "web1").await.expect("get");
-        assert_eq!(got.state, InstanceState::Error);
-        assert_eq!(got.reason.as_deref(), Some("died"));
+                .expect("apply");
+            assert!(!changed, "an operation owns the instance");
+            s.end_instance_operation(rec.id, op.id).await.expect("end");
+            let rec = s.get_instance_by_id(rec.id).await.expect("get");
+            let stale =
+                s.apply_agent_report(rec.id, rec.generation - 1, 3, InstanceState::Error, None);
+            assert!(!stale.await.expect("apply"), "stale generation");
+            assert!(s
+                .apply_agent_report(
+                    rec.id,
+                    rec.generation,
+                    3,
+                    InstanceState::Error,
+                    Some("died")
+                )
+                .await
+                .expect("apply"));
+            let rec = s.get_instance_by_id(rec.id).await.expect("get");
+            assert!(
+                !s.apply_agent_report(rec.id, rec.generation, 3, InstanceState::Running, None)
+                    .await
+                    .expect("apply"),
+                "old agent generation"
+            );
+            let got = s.get_instance("default", "web1").await.expect("get");
+            assert_eq!(got.state, InstanceState::Error);
+            assert_eq!(got.reason.as_deref(), Some("died"));
+        }
     }
 }

@@ -13,14 +13,16 @@ mod images;
 mod instances;
 mod migrations;
 mod operations;
+mod placement;
 mod time;
 mod tokens;
 
 pub use error::StoreError;
 pub use hosts::HostRecord;
-pub use instances::{Allocation, InstanceRecord, NewInstance};
+pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
 pub use operations::NewOperation;
+pub use placement::Allocation;
 pub use tokens::TokenRecord;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -82,11 +84,29 @@ impl Store {
 pub(crate) mod testing {
     use super::Store;
 
-    /// A fresh SQLite store in a temporary directory.
-    pub async fn store() -> (Store, tempfile::TempDir) {
+    /// A fresh store on every backend available: SQLite in a temporary directory, and a new
+    /// PostgreSQL database when `NIMBUS_TEST_POSTGRES_URL` names a server (CI sets it), so
+    /// each test proves its queries on both.
+    pub async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/test.db", dir.path().display());
-        let store = Store::connect(&url).await.expect("connect");
-        (store, dir)
+        let mut out = vec![(
+            Store::connect(&url).await.expect("connect sqlite"),
+            Some(dir),
+        )];
+        if let Ok(admin_url) = std::env::var("NIMBUS_TEST_POSTGRES_URL") {
+            let admin = Store::connect(&admin_url).await.expect("connect postgres");
+            let name = format!("nimbus_test_{}", uuid::Uuid::new_v4().simple());
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(admin.pool())
+                .await
+                .expect("create database");
+            let (base, _) = admin_url.rsplit_once('/').expect("url with a database");
+            let store = Store::connect(&format!("{base}/{name}"))
+                .await
+                .expect("connect");
+            out.push((store, None));
+        }
+        out
     }
 }

@@ -9,7 +9,7 @@ use nimbus_agent_api::{
     DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
     MigrationProgress, VmRunState,
 };
-use nimbus_api::{InstanceState, MigrateInstance, MigrationStats};
+use nimbus_api::{MigrateInstance, MigrationStats};
 use nimbus_ops::{Outcome, Step, StepContext, StepError};
 use nimbus_store::NewMigration;
 use serde_json::{json, Value};
@@ -147,8 +147,10 @@ impl Step<App> for PrepareTarget {
             (Some(a), Some(b)) if a == b => Some(a.clone()),
             _ => None,
         };
+        // Nothing to copy when both hosts see the same shared storage and the disk lives
+        // there (one made before the host had shared storage is local: it is mirrored).
         let disk = match (shared_dir, source_vm.disk_path) {
-            (Some(_), Some(path)) => DiskTransfer::Shared { path },
+            (Some(dir), Some(path)) if path.starts_with(&dir) => DiskTransfer::Shared { path },
             _ => DiskTransfer::Mirror,
         };
         let kind = if matches!(disk, DiskTransfer::Shared { .. }) {
@@ -449,124 +451,4 @@ pub async fn end_record(
         _ => {}
     }
     Ok(())
-}
-
-/// Takes a host out of placement.
-pub struct DisableHost(pub String);
-
-#[async_trait]
-impl Step<App> for DisableHost {
-    fn name(&self) -> &'static str {
-        "disable_host"
-    }
-
-    async fn action(&self, app: &App, _s: &StepContext<'_>) -> Result<Value, StepError> {
-        app.store()
-            .set_host_enabled(&self.0, false)
-            .await
-            .map_err(store_err)?;
-        Ok(json!({ "host": self.0 }))
-    }
-}
-
-/// How many instances a drain moves at once.
-const DRAIN_PARALLELISM: usize = 2;
-
-/// Moves every running instance off the host, largest first, a few at a time.
-pub struct Evacuate(pub String);
-
-#[async_trait]
-impl Step<App> for Evacuate {
-    fn name(&self) -> &'static str {
-        "evacuate"
-    }
-
-    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
-        let mut moved = Vec::new();
-        let mut failed = Vec::new();
-        let mut skipped = Vec::new();
-        let mut in_flight: Vec<(String, Uuid)> = Vec::new();
-        loop {
-            let all = app.store().list_instances(None).await.map_err(store_err)?;
-            let mut here: Vec<_> = all
-                .into_iter()
-                .filter(|i| i.host.as_deref() == Some(self.0.as_str()))
-                .collect();
-            // Largest first: they take longest and free the most room for the rest.
-            here.sort_by(|a, b| b.memory_mib.cmp(&a.memory_mib).then(a.name.cmp(&b.name)));
-            // Reap finished migrations.
-            let mut still = Vec::new();
-            for (name, op) in in_flight.drain(..) {
-                let view = app.store().get_operation(op).await.map_err(store_err)?;
-                if !view.state.is_final() {
-                    still.push((name, op));
-                } else if view.state == nimbus_api::OperationState::Succeeded {
-                    moved.push(name);
-                } else {
-                    failed.push(format!("{name}: {}", view.error.unwrap_or_default()));
-                }
-            }
-            in_flight = still;
-            let busy: Vec<Uuid> = in_flight.iter().map(|(_, o)| *o).collect();
-            let candidates: Vec<_> = here
-                .iter()
-                .filter(|i| i.operation_id.map(|o| !busy.contains(&o)).unwrap_or(true))
-                .filter(|i| {
-                    !failed
-                        .iter()
-                        .any(|f| f.starts_with(&format!("{}:", i.name)))
-                })
-                .filter(|i| !skipped.contains(&i.name))
-                .collect();
-            for inst in candidates {
-                if in_flight.len() >= DRAIN_PARALLELISM {
-                    break;
-                }
-                if let Some(op) = inst.operation_id {
-                    // Another operation acts on it (e.g. a migration started before a restart).
-                    in_flight.push((inst.name.clone(), op));
-                    continue;
-                }
-                if inst.state != InstanceState::Running {
-                    skipped.push(inst.name.clone());
-                    continue;
-                }
-                let caller = crate::app::Caller {
-                    token_id: "drain".into(),
-                    role: "admin".into(),
-                    project: inst.project.clone(),
-                };
-                match app
-                    .migrate_instance(&caller, &inst.id.to_string(), &MigrateInstance::default())
-                    .await
-                {
-                    Ok(op) => in_flight.push((inst.name.clone(), op.id)),
-                    Err(e) => failed.push(format!("{}: {}", inst.name, e.message)),
-                }
-            }
-            s.progress(&format!(
-                "{} moved, {} moving, {} failed, {} stopped instance(s) left in place",
-                moved.len(),
-                in_flight.len(),
-                failed.len(),
-                skipped.len()
-            ))
-            .await;
-            if in_flight.is_empty() {
-                break;
-            }
-            if s.cancel_requested().await {
-                return Err(StepError::Cancelled);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        if !failed.is_empty() {
-            return Err(StepError::permanent(format!(
-                "{} instance(s) could not move: {}",
-                failed.len(),
-                failed.join("; ")
-            )));
-        }
-        Ok(json!({ "moved": moved, "skipped_not_running": skipped }))
-    }
 }

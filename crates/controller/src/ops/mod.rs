@@ -2,6 +2,7 @@
 //! in [`steps`]. The engine (crate `nimbus-ops`) persists every step in the store, so an
 //! operation interrupted by a controller restart is resumed by [`resume_unfinished`].
 
+pub mod drain_steps;
 pub mod host_drain;
 pub mod instance_create;
 pub mod instance_delete;
