@@ -28,7 +28,8 @@ pub struct HostInventory {
     pub name: String,
     pub cpus: u32,
     pub memory_mib: u64,
-    /// Space available for instance disks in the agent's state directory.
+    /// Space available for instance disks where the agent keeps them (its shared storage,
+    /// else its state directory).
     pub disk_gib: u64,
     pub accelerator: Accelerator,
     /// e.g. "10.0.2".

@@ -8,16 +8,18 @@
 //! ```text
 //! GET    /host                      -> HostInventory
 //! GET    /vms                       -> Vec<VmStatus>
-//! PUT    /vms/{id}        VmSpec    -> VmStatus   define: write spec, create the disk (idempotent)
+//! PUT    /vms/{id}        VmSpec    -> VmStatus   define: write spec, create the disk (idempotent;
+//!                                                 with shared storage in <dir>/<id>/, linked)
 //! GET    /vms/{id}                  -> VmStatus
 //! POST   /vms/{id}/start            -> VmStatus   launch QEMU (idempotent when running)
 //! POST   /vms/{id}/stop   StopRequest -> VmStatus graceful power-off, then forced after timeout
 //! POST   /vms/{id}/reboot           -> VmStatus
-//! DELETE /vms/{id}                  -> 204        kill QEMU, remove disk and state (idempotent)
+//! DELETE /vms/{id}                  -> 204        kill QEMU, remove disk and state (idempotent;
+//!                                                 on shared storage also <dir>/<id>/)
 //! GET    /vms/{id}/console/log?offset=N -> ConsoleChunk
 //! GET    /vms/{id}/console          websocket: raw bytes to and from the serial console
 //! POST   /vms/{id}/exec   ExecRequest -> ExecResult  run a command inside the guest
-//! DELETE /vms/{id}?keep_disk=true   -> 204        same, but the disk file stays (shared storage)
+//! DELETE /vms/{id}?keep_disk=true   -> 204        same, but the disk stays (shared storage)
 //! POST   /vms/{id}/migration/incoming IncomingRequest -> IncomingReady   (target side)
 //! POST   /vms/{id}/migration/start    MigrateRequest  -> MigrationProgress (source side)
 //! GET    /vms/{id}/migration          -> MigrationProgress                (source side)

@@ -1,8 +1,10 @@
-//! The agent: host facts decided at start (QEMU version, accelerator) and the VMs.
+//! The agent: host facts decided at start (QEMU version, accelerator, disk storage) and the
+//! VMs.
 
 use crate::error::Result as AgentResult;
 use crate::manager::Manager;
 use crate::network::HostNetwork;
+use crate::storage::DiskStore;
 use crate::{host, AgentConfig};
 use anyhow::Context;
 use nimbus_agent_api::{Accelerator, HostInventory};
@@ -28,6 +30,7 @@ struct Inner {
     token: String,
     advertise_url: String,
     state_dir: PathBuf,
+    store: DiskStore,
     accelerator: Accelerator,
     qemu_version: String,
     manager: Manager,
@@ -35,8 +38,9 @@ struct Inner {
 }
 
 impl Agent {
-    /// Checks QEMU (>= 9.0), chooses the accelerator (override, else probe), and loads the
-    /// VMs of `state_dir`, re-adopting those whose QEMU still runs.
+    /// Checks QEMU (>= 9.0) and the shared storage (if any), chooses the accelerator
+    /// (override, else probe), and loads the VMs of `state_dir`, re-adopting those whose QEMU
+    /// still runs.
     pub async fn start(config: &AgentConfig) -> anyhow::Result<Self> {
         let program = nimbus_qemu::qemu_binary();
         let version = probe::qemu_version(&program).await?;
@@ -44,15 +48,20 @@ impl Agent {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
         let state_dir = std::path::absolute(&config.state_dir)?;
+        let store = match &config.shared_storage {
+            Some(dir) => DiskStore::shared(dir)?,
+            None => DiskStore::Local,
+        };
         let accel = choose_accel(config, &program, &state_dir).await?;
         let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
-        let manager = Manager::load(&state_dir, accel, network.clone())
+        let manager = Manager::load(&state_dir, accel, store.clone(), network.clone())
             .await
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
         tracing::info!(
             name = config.name,
             qemu = %version,
             accelerator = %accel,
+            shared_storage = ?store.shared_dir(),
             vms = manager.list().len(),
             "agent started"
         );
@@ -62,6 +71,7 @@ impl Agent {
                 token: config.token.clone(),
                 advertise_url: config.advertise_url.clone(),
                 state_dir,
+                store,
                 accelerator: to_api(accel),
                 qemu_version: version.to_string(),
                 manager,
@@ -113,11 +123,15 @@ impl Agent {
             name: self.inner.name.clone(),
             cpus: host::cpus(),
             memory_mib: host::memory_mib(),
-            disk_gib: host::disk_free_gib(&self.inner.state_dir),
+            disk_gib: self.inner.store.free_gib(&self.inner.state_dir),
             accelerator: self.inner.accelerator,
             qemu_version: self.inner.qemu_version.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            shared_storage: None,
+            shared_storage: self
+                .inner
+                .store
+                .shared_dir()
+                .map(|d| d.display().to_string()),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`agent`]: start-up (QEMU version, accelerator probe, re-adoption) and host facts.
 //! - [`manager`]: the VMs by id; define and delete.
+//! - [`storage`]: where instance disks live (the VM directory, or shared storage).
 //! - [`instance`]: one actor task per VM (state machine in its module doc).
 //! - [`http`]: the routes, auth and JSON errors.
 //! - [`register`]: periodic registration with the controller.
@@ -22,6 +23,7 @@ pub mod manager;
 pub mod migration;
 pub mod network;
 pub mod register;
+pub mod storage;
 
 pub use agent::Agent;
 pub use error::Error;
@@ -49,6 +51,10 @@ pub struct AgentConfig {
     pub token: String,
     /// Where VM directories live (`<state_dir>/vms/<id>/`).
     pub state_dir: PathBuf,
+    /// Directory of shared storage (e.g. an NFS mount at the same path on every host) for
+    /// instance disks (`<dir>/<id>/disk.qcow2`); it must exist and be writable. `None`:
+    /// disks stay in the VM directories.
+    pub shared_storage: Option<PathBuf>,
     /// Forces the accelerator (skips the probe); `NIMBUS_ACCEL` does the same.
     pub accelerator: Option<Accelerator>,
     /// Kernel, initrd and command line the accelerator probe boots (see

@@ -2,6 +2,8 @@
 //!
 //! At start it scans `<state_dir>/vms/<id>/` and re-adopts every VM whose QEMU is alive;
 //! a VM whose QEMU is gone is `stopped` or `crashed` (see [`state::after_agent_restart`]).
+//! Disks are created where the host keeps them ([`DiskStore`]: the VM directory, or shared
+//! storage linked from it).
 
 use crate::error::{Error, Result};
 use crate::instance::files::VmDir;
@@ -10,6 +12,7 @@ use crate::instance::{disk, ActorSetup, VmHandle};
 use crate::migration::incoming::{self, IncomingPlan};
 use crate::migration::role::{self, IncomingRecord, MigrationRole};
 use crate::network::{guest, HostNetwork};
+use crate::storage::DiskStore;
 use nimbus_agent_api::{DiskTransfer, IncomingReady, IncomingRequest, VmSpec, VmStatus};
 use nimbus_qemu::{Accel, QemuProcess};
 use std::collections::HashMap;
@@ -21,6 +24,8 @@ use uuid::Uuid;
 pub struct Manager {
     vms_dir: PathBuf,
     accel: Accel,
+    /// Where instance disks are created.
+    store: DiskStore,
     vms: Mutex<HashMap<Uuid, Arc<VmHandle>>>,
     /// The host's side of the cloud network (the VMs' taps).
     network: Arc<HostNetwork>,
@@ -30,12 +35,18 @@ pub struct Manager {
 
 impl Manager {
     /// Loads every VM under `<state_dir>/vms`, adopting the running ones.
-    pub async fn load(state_dir: &Path, accel: Accel, network: Arc<HostNetwork>) -> Result<Self> {
+    pub async fn load(
+        state_dir: &Path,
+        accel: Accel,
+        store: DiskStore,
+        network: Arc<HostNetwork>,
+    ) -> Result<Self> {
         let vms_dir = state_dir.join("vms");
         std::fs::create_dir_all(&vms_dir).map_err(Error::io("create", &vms_dir))?;
         let manager = Self {
             vms_dir: vms_dir.clone(),
             accel,
+            store,
             vms: Mutex::default(),
             network,
             lifecycle: tokio::sync::Mutex::new(()),
@@ -121,8 +132,8 @@ impl Manager {
         list
     }
 
-    /// Defines a VM: writes its spec and creates its disk. Idempotent for the same spec; a
-    /// different spec for an existing id is a conflict.
+    /// Defines a VM: writes its spec and creates its disk (in shared storage if the host has
+    /// one). Idempotent for the same spec; a different spec for an existing id is a conflict.
     pub async fn define(&self, id: Uuid, spec: VmSpec) -> Result<VmStatus> {
         validate(id, &spec)?;
         let _serial = self.lifecycle.lock().await;
@@ -137,7 +148,11 @@ impl Manager {
         disk::check_image(&spec)?;
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
-        disk::ensure_disk(&dir, &spec).await?;
+        if let Err(e) = disk::ensure_disk(&dir, &spec, &self.store).await {
+            // Only an empty directory goes: a delete removes whatever else was made.
+            let _ = std::fs::remove_dir(dir.dir());
+            return Err(e);
+        }
         let status = CoreStatus::defined();
         dir.write_state(&status)?;
         // spec.json last: its presence means the define completed.
@@ -204,7 +219,7 @@ impl Manager {
         disk::check_image(&req.spec)?;
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
-        if let Err(e) = incoming::prepare_disk(&dir, &req.spec, &req.disk).await {
+        if let Err(e) = incoming::prepare_disk(&dir, &req.spec, &req.disk, &self.store).await {
             // Only an empty directory goes (one left by an earlier migration keeps its disk).
             let _ = std::fs::remove_dir(dir.dir());
             return Err(e);
@@ -233,8 +248,9 @@ impl Manager {
         Ok(handle)
     }
 
-    /// Deletes a VM: kills its QEMU and removes its directory. A directory left by an
-    /// incomplete define is removed too; an unknown id is `not_found`.
+    /// Deletes a VM: kills its QEMU and removes its directory and the disk directory it owns
+    /// in shared storage. A directory left by an incomplete define is removed too; an unknown
+    /// id is `not_found`.
     pub async fn delete(&self, id: Uuid) -> Result<()> {
         self.remove(id, false).await
     }
@@ -268,12 +284,11 @@ impl Manager {
         if keep_disk {
             dir.remove_all_but_disk()?;
         } else {
-            match std::fs::remove_dir_all(dir.dir()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io("remove", dir.dir())(e));
-                }
-                _ => {}
+            // The shared disk first: while the link remains, a retry finds what is left.
+            if let Some(shared) = self.store.owned_dir(id, &dir) {
+                remove_dir(&shared)?;
             }
+            remove_dir(dir.dir())?;
         }
         self.lock().remove(&id);
         tracing::info!(instance_id = %id, keep_disk, "VM deleted");
@@ -286,6 +301,14 @@ impl Manager {
         for h in handles {
             h.detach().await;
         }
+    }
+}
+
+/// Removes `dir` and everything in it; an absent one is fine.
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", dir)(e)),
+        _ => Ok(()),
     }
 }
 
@@ -370,6 +393,69 @@ mod tests {
         );
     }
 
+    /// Shared storage: the disk is made in `<shared>/<id>/` and linked; the VM is re-adopted
+    /// like any other; whatever an interrupted define left is removed by a delete.
+    #[tokio::test]
+    async fn shared_disks_are_made_linked_and_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base.qcow2");
+        nimbus_qemu::img::create_blank(&base, 64 << 20)
+            .await
+            .expect("base");
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        let store = DiskStore::shared(&shared).expect("shared storage");
+        let state = tmp.path().join("state");
+        let mgr = Manager::load(&state, Accel::Tcg, store.clone(), no_network())
+            .await
+            .expect("load");
+        let id = Uuid::new_v4();
+        let mut s = spec(id);
+        s.image.base_disk = Some(base);
+        let defined = mgr.define(id, s.clone()).await.expect("define");
+        let disk = shared.join(id.to_string()).join("disk.qcow2");
+        assert_eq!(defined.disk_path.as_deref(), Some(disk.as_path()));
+        let again = mgr.define(id, s).await.expect("define again");
+        assert_eq!(again.generation, defined.generation);
+
+        // A new manager on the same directories knows the VM and its shared disk.
+        mgr.detach_all().await;
+        let mgr = Manager::load(&state, Accel::Tcg, store.clone(), no_network())
+            .await
+            .expect("reload");
+        let listed = mgr.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].disk_path.as_deref(), Some(disk.as_path()));
+        mgr.delete(id).await.expect("delete");
+        assert!(!shared.join(id.to_string()).exists() && !state.join(format!("vms/{id}")).exists());
+
+        // A define interrupted after the link (no spec, a half-made disk): a delete cleans up.
+        let id = Uuid::new_v4();
+        let dir = VmDir::new(state.join(format!("vms/{id}")));
+        std::fs::create_dir_all(dir.dir()).expect("mkdir");
+        let half = store.shared_disk(id).expect("shared disk");
+        dir.link_disk(&half).expect("link");
+        std::fs::create_dir_all(half.parent().expect("parent")).expect("mkdir");
+        std::fs::write(half.with_extension("qcow2.tmp"), b"half").expect("write");
+        mgr.delete(id).await.expect("delete");
+        assert!(!shared.join(id.to_string()).exists() && !dir.dir().exists());
+        let left: Vec<_> = std::fs::read_dir(&shared).expect("list").collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // A define that fails (qemu-img refuses the size) leaves nothing anywhere.
+        let id = Uuid::new_v4();
+        let mut s = spec(id);
+        s.image.base_disk = Some(tmp.path().join("base.qcow2"));
+        s.disk.size_gib = 1 << 40;
+        assert_eq!(
+            mgr.define(id, s).await.expect_err("too big").code(),
+            "internal"
+        );
+        assert!(!state.join(format!("vms/{id}")).exists());
+        let left: Vec<_> = std::fs::read_dir(&shared).expect("list").collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     #[tokio::test]
     async fn define_is_idempotent_and_conflicts_on_change() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -377,7 +463,7 @@ mod tests {
         nimbus_qemu::img::create_blank(&base, 64 << 20)
             .await
             .expect("base");
-        let mgr = Manager::load(tmp.path(), Accel::Tcg, no_network())
+        let mgr = Manager::load(tmp.path(), Accel::Tcg, DiskStore::Local, no_network())
             .await
             .expect("load");
         let id = Uuid::new_v4();
@@ -410,7 +496,7 @@ mod tests {
 
         // A new manager on the same directory knows the VM.
         mgr.detach_all().await;
-        let mgr = Manager::load(tmp.path(), Accel::Tcg, no_network())
+        let mgr = Manager::load(tmp.path(), Accel::Tcg, DiskStore::Local, no_network())
             .await
             .expect("reload");
         assert_eq!(mgr.list().len(), 1);

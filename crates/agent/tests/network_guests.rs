@@ -46,6 +46,7 @@ impl HostAgent {
             controller_url: Some(controller.to_string()),
             token: TOKEN.into(),
             state_dir,
+            shared_storage: None,
             accelerator: Some(Accelerator::Tcg),
             probe_image: None,
         };

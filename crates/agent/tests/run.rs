@@ -47,6 +47,7 @@ async fn run_serves_registers_and_stops() {
         controller_url: Some(controller_url),
         token: "tok".into(),
         state_dir: tmp.path().join("state"),
+        shared_storage: None,
         accelerator: Some(Accelerator::Tcg),
         probe_image: None,
     };

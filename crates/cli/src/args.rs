@@ -104,6 +104,11 @@ pub struct UpArgs {
     /// Placement strategy.
     #[arg(long, value_enum, default_value = "spread")]
     pub strategy: StrategyArg,
+    /// Keep every host's instance disks in `<data dir>/shared`, one directory all hosts see
+    /// (as an NFS mount at the same path would be): live migration then copies no disk.
+    /// Without it each host's disks are local and migration mirrors them.
+    #[arg(long)]
+    pub shared_storage: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -154,6 +159,11 @@ pub struct AgentArgs {
     /// Where VM state (disks, sockets, logs) lives.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Keep instance disks in this directory of shared storage (e.g. an NFS mount at the same
+    /// path on every host; it must exist and be writable). Hosts with the same one migrate
+    /// VMs without copying disks.
+    #[arg(long, env = "NIMBUS_SHARED_STORAGE", value_name = "DIR")]
+    pub shared_storage: Option<PathBuf>,
     /// Force an accelerator instead of probing (kvm or tcg).
     #[arg(long, env = "NIMBUS_ACCEL")]
     pub accel: Option<String>,

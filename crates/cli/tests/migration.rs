@@ -289,16 +289,34 @@ async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
 /// A guest dirtying memory as fast as it can (far beyond what one migration stream moves
 /// under TCG): with post-copy allowed, nimbus's policy must still finish the move.
 async fn faster_than_the_link_still_converges(cloud: &Cloud, client: &Client) {
-    exec(client, "busy1", "killall memcheck; memcheck 128 0 </dev/null >/dev/null 2>&1 &").await;
+    exec(
+        client,
+        "busy1",
+        "killall memcheck; memcheck 128 0 </dev/null >/dev/null 2>&1 &",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let src = instance(client, "busy1").await.host;
-    let req = MigrateInstance { allow_postcopy: Some(true), max_downtime_ms: Some(20), ..Default::default() };
+    let req = MigrateInstance {
+        allow_postcopy: Some(true),
+        max_downtime_ms: Some(20),
+        ..Default::default()
+    };
     let (op, m) = migrate_and_wait(client, "busy1", req).await;
-    assert_eq!(op.state, OperationState::Succeeded, "{:?}\n{}", op.error, cloud.log_tail(40));
+    assert_eq!(
+        op.state,
+        OperationState::Succeeded,
+        "{:?}\n{}",
+        op.error,
+        cloud.log_tail(40)
+    );
     assert_ne!(instance(client, "busy1").await.host, src);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, stale) = memcheck(client, "busy1").await;
-    assert_eq!(stale, 0, "no stale page after a migration of a guest dirtying at full speed");
+    assert_eq!(
+        stale, 0,
+        "no stale page after a migration of a guest dirtying at full speed"
+    );
     eprintln!("fast dirtier migration: {:?}", m.map(|m| m.stats));
     exec(client, "busy1", "killall memcheck; true").await;
 }

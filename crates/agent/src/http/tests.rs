@@ -1,4 +1,5 @@
-//! Router tests without sockets: auth, error bodies, host inventory, define validation.
+//! Router tests without sockets: auth, error bodies, host inventory, define validation,
+//! define and delete with shared storage.
 
 use super::*;
 use crate::AgentConfig;
@@ -9,17 +10,21 @@ use nimbus_agent_api::{AgentErrorBody, HostInventory};
 use tower::ServiceExt;
 
 async fn test_agent(dir: &std::path::Path) -> Agent {
-    let config = AgentConfig {
+    Agent::start(&config(dir)).await.expect("agent")
+}
+
+fn config(dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
         name: "h1".into(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise_url: "http://127.0.0.1:1".into(),
         controller_url: None,
         token: "secret".into(),
         state_dir: dir.to_path_buf(),
+        shared_storage: None,
         accelerator: Some(nimbus_agent_api::Accelerator::Tcg),
         probe_image: None,
-    };
-    Agent::start(&config).await.expect("agent")
+    }
 }
 
 async fn call(
@@ -107,6 +112,81 @@ async fn auth_errors_and_inventory() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_body(&body).code, "not_found");
 
+    agent.shutdown().await;
+}
+
+/// With shared storage the disk lives in `<shared>/<id>/`, linked from the VM directory; a
+/// delete keeping the disk leaves it there, a plain delete removes it.
+#[tokio::test]
+async fn shared_storage_define_and_delete() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shared = tmp.path().join("shared");
+    let mut cfg = config(&tmp.path().join("state"));
+    cfg.shared_storage = Some(shared.clone());
+    let err = Agent::start(&cfg)
+        .await
+        .err()
+        .expect("missing directory refused");
+    assert!(
+        format!("{err:#}").contains(&shared.display().to_string()),
+        "{err:#}"
+    );
+    std::fs::create_dir(&shared).expect("mkdir");
+    let agent = Agent::start(&cfg).await.expect("agent");
+    let app = router(agent.clone());
+    assert_eq!(
+        agent.inventory().shared_storage,
+        Some(shared.display().to_string())
+    );
+
+    let base = tmp.path().join("base.qcow2");
+    nimbus_qemu::img::create_blank(&base, 64 << 20)
+        .await
+        .expect("base");
+    let define = |id: uuid::Uuid| {
+        serde_json::json!({
+            "id": id, "name": "t", "vcpus": 1, "memory_mib": 64,
+            "image": { "name": "b", "base_disk": base },
+            "disk": { "size_gib": 1 }, "nics": []
+        })
+        .to_string()
+    };
+    let vm_disk = |id: uuid::Uuid| tmp.path().join(format!("state/vms/{id}/disk.qcow2"));
+    for keep_disk in [true, false] {
+        let id = uuid::Uuid::new_v4();
+        let path = format!("/vms/{id}");
+        let (status, body) = call(&app, "PUT", &path, Some("secret"), &define(id)).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let status: nimbus_agent_api::VmStatus = serde_json::from_slice(&body).expect("status");
+        let disk = shared.join(id.to_string()).join("disk.qcow2");
+        assert_eq!(status.disk_path.as_deref(), Some(disk.as_path()));
+        assert!(disk.is_file() && status.disk_allocated_bytes > 0);
+        assert_eq!(std::fs::read_link(vm_disk(id)).expect("link"), disk);
+        let info = nimbus_qemu::img::info(&disk).await.expect("info");
+        assert_eq!(info.chain.len(), 2, "an overlay on the base");
+
+        let query = if keep_disk { "?keep_disk=true" } else { "" };
+        let (status, _) = call(
+            &app,
+            "DELETE",
+            &format!("{path}{query}"),
+            Some("secret"),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(!tmp.path().join(format!("state/vms/{id}")).exists());
+        assert_eq!(disk.is_file(), keep_disk, "keep_disk={keep_disk}");
+        assert_eq!(shared.join(id.to_string()).exists(), keep_disk);
+        if keep_disk {
+            // A disk in shared storage that no VM here links to may be another host's.
+            let (status, body) = call(&app, "PUT", &path, Some("secret"), &define(id)).await;
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert_eq!(error_body(&body).code, "conflict");
+            assert!(disk.is_file(), "left alone");
+            assert!(!tmp.path().join(format!("state/vms/{id}")).exists());
+        }
+    }
     agent.shutdown().await;
 }
 

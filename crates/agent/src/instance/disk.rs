@@ -1,7 +1,9 @@
-//! The instance disk: a qcow2 overlay on the image's base disk (or a blank qcow2).
+//! The instance disk: a qcow2 overlay on the image's base disk (or a blank qcow2), in the VM
+//! directory or on shared storage ([`crate::storage`]).
 
 use super::files::VmDir;
 use crate::error::{Error, Result};
+use crate::storage::DiskStore;
 use nimbus_agent_api::VmSpec;
 use nimbus_qemu::img;
 use std::path::Path;
@@ -40,11 +42,47 @@ fn check_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the instance disk of `spec` in `dir` unless it exists. The overlay names its base
-/// disk by absolute path with the base's own format, and is grown to `disk.size_gib` when that
-/// is bigger than the base. Built under a temporary name, so a crash leaves no half disk.
-pub async fn ensure_disk(dir: &VmDir, spec: &VmSpec) -> Result<()> {
-    let disk = dir.disk();
+/// Creates the instance disk of `spec` unless it exists: `disk.qcow2` in `dir`, or with
+/// shared storage `<DIR>/<id>/disk.qcow2` linked from `dir` (see [`crate::storage`]).
+/// Idempotent: a define that crashed half-way is completed by the next one.
+pub async fn ensure_disk(dir: &VmDir, spec: &VmSpec, store: &DiskStore) -> Result<()> {
+    let Some(shared) = store.shared_disk(spec.id) else {
+        return create(&dir.disk(), spec).await;
+    };
+    let new_link = !dir.links_to(&shared);
+    if new_link && shared.symlink_metadata().is_ok() {
+        return Err(Error::Conflict(format!(
+            "the shared disk {} already exists (another host may run it); not reusing it",
+            shared.display()
+        )));
+    }
+    let parent = shared
+        .parent()
+        .ok_or_else(|| Error::Internal(format!("{} has no parent", shared.display())))?;
+    // What this call makes (the link, the directory) it undoes if it fails.
+    let new_dir = !parent.exists();
+    // The link first: whatever a crash leaves in shared storage, the VM directory points to
+    // it, so deleting the VM removes it.
+    dir.link_disk(&shared)?;
+    let created = match std::fs::create_dir_all(parent) {
+        Ok(()) => create(&shared, spec).await,
+        Err(e) => Err(Error::io("create", parent)(e)),
+    };
+    if created.is_err() {
+        if new_dir {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+        if new_link {
+            let _ = std::fs::remove_file(dir.disk());
+        }
+    }
+    created
+}
+
+/// Creates the disk file `disk` of `spec` unless it exists. The overlay names its base disk
+/// by absolute path with the base's own format, and is grown to `disk.size_gib` when that is
+/// bigger than the base. Built under a temporary name, so a crash leaves no half disk.
+async fn create(disk: &Path, spec: &VmSpec) -> Result<()> {
     if disk.exists() {
         return Ok(());
     }
@@ -66,5 +104,5 @@ pub async fn ensure_disk(dir: &VmDir, spec: &VmSpec) -> Result<()> {
         }
         None => img::create_blank(&tmp, wanted.max(GIB)).await?,
     }
-    std::fs::rename(&tmp, &disk).map_err(Error::io("rename", &disk))
+    std::fs::rename(&tmp, disk).map_err(Error::io("rename", disk))
 }

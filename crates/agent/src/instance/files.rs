@@ -4,7 +4,8 @@
 //! <state_dir>/vms/<id>/spec.json      the VmSpec, written at define
 //! <state_dir>/vms/<id>/state.json     the persisted CoreStatus, rewritten on every change
 //! <state_dir>/vms/<id>/disk.qcow2     the instance disk (overlay on the image's base disk),
-//!                                     or a link to a shared disk (an arrived migration)
+//!                                     or a link to a disk elsewhere ([`VmDir::link_disk`]:
+//!                                     shared storage, an arrived migration)
 //! <state_dir>/vms/<id>/migration.json the VM's part in a migration (crate::migration::role)
 //! <state_dir>/vms/<id>/heartbeat.log  `<unix_ms_host> <line>` per heartbeat (rotated)
 //! ```
@@ -85,10 +86,43 @@ impl VmDir {
     }
 
     /// Where the instance disk really is: the target of `disk.qcow2` when that is a link to
-    /// a shared disk (an arrived migration), else `disk.qcow2` itself.
+    /// a disk elsewhere, else `disk.qcow2` itself.
     pub fn disk_path(&self) -> PathBuf {
         let disk = self.disk();
         std::fs::read_link(&disk).unwrap_or(disk)
+    }
+
+    /// Makes `disk.qcow2` a symbolic link to `target` (absolute): the one way a VM references
+    /// a disk outside its directory (on shared storage, or shared with a migration source).
+    /// QEMU opens the link; deleting the VM removes the link, and its target only when that
+    /// is the VM's own disk on this host's shared storage ([`crate::storage`]). The target
+    /// need not exist yet.
+    /// Idempotent when `disk.qcow2` already is that link or that very file; anything else
+    /// there is a conflict.
+    pub fn link_disk(&self, target: &Path) -> Result<()> {
+        if !target.is_absolute() {
+            return Err(Error::BadRequest(format!(
+                "disk path {} must be absolute",
+                target.display()
+            )));
+        }
+        let own = self.disk();
+        if self.links_to(target) || is_same_file(target, &own) {
+            return Ok(());
+        }
+        if own.symlink_metadata().is_ok() {
+            return Err(Error::Conflict(format!(
+                "{} already exists and is not the disk {}",
+                own.display(),
+                target.display()
+            )));
+        }
+        std::os::unix::fs::symlink(target, &own).map_err(Error::io("link", &own))
+    }
+
+    /// `disk.qcow2` is a link to `target`.
+    pub fn links_to(&self, target: &Path) -> bool {
+        std::fs::read_link(self.disk()).is_ok_and(|t| t == target)
     }
 
     /// Removes everything in the directory but a disk file of its own (`disk.qcow2` when it
@@ -128,6 +162,15 @@ impl VmDir {
     pub fn disk_allocated_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(self.disk()).map_or(0, |m| m.blocks() * 512)
+    }
+}
+
+/// `a` and `b` (links followed) are the same existing file.
+fn is_same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
     }
 }
 

@@ -2,21 +2,25 @@
 //! opens while it waits (`-incoming defer`), and what is done once the guest resumed.
 //!
 //! The disk:
-//! - `Shared { path }`: `disk.qcow2` is a symbolic link to `path`. The agent never creates
-//!   or owns that file: deleting the VM removes the link only. (If `path` *is* this VM's
-//!   `disk.qcow2`, a copy left here by an earlier migration away, it is used in place.)
+//! - `Shared { path }`: `disk.qcow2` is a symbolic link to `path` ([`VmDir::link_disk`]).
+//!   The target never creates that file; deleting the VM with `keep_disk` (a failed or
+//!   cancelled migration) removes the link only; deleting the instance for good removes the
+//!   disk's directory when it is this host's shared storage (see [`crate::storage`]). (If
+//!   `path` *is* this VM's `disk.qcow2`, a copy left here by an earlier migration away, it
+//!   is used in place.)
 //! - `Mirror`: a fresh overlay on the same base image with the same virtual size as the
-//!   source's (both are made from the spec by [`crate::instance::disk::ensure_disk`]),
-//!   exported writable over NBD for the source to mirror into.
+//!   source's (both are made from the spec by [`crate::instance::disk::ensure_disk`]), where
+//!   this host keeps disks (its shared storage, if any), exported writable over NBD for the
+//!   source to mirror into.
 
 use super::endpoint::{free_port, tcp_uri};
 use super::{policy, MigrationError};
 use crate::error::{Error, Result};
 use crate::instance::disk;
 use crate::instance::files::VmDir;
+use crate::storage::DiskStore;
 use nimbus_agent_api::{DiskTransfer, IncomingReady, MigrationPolicy, NbdTarget, VmSpec};
 use nimbus_qemu::Qmp;
-use std::path::Path;
 use uuid::Uuid;
 
 /// Id of the NBD export of the disk on the target.
@@ -35,35 +39,25 @@ pub struct IncomingPlan {
 }
 
 /// Creates the disk of an arriving VM in `dir` (see the module doc).
-pub async fn prepare_disk(dir: &VmDir, spec: &VmSpec, transfer: &DiskTransfer) -> Result<()> {
-    let own = dir.disk();
+pub async fn prepare_disk(
+    dir: &VmDir,
+    spec: &VmSpec,
+    transfer: &DiskTransfer,
+    store: &DiskStore,
+) -> Result<()> {
     match transfer {
         DiskTransfer::Shared { path } => {
-            if !path.is_absolute() {
-                return Err(Error::BadRequest(format!(
-                    "shared disk path {} must be absolute",
-                    path.display()
-                )));
-            }
-            if !path.is_file() {
+            // The source runs on it: it must be there (a relative path is refused by the link).
+            if path.is_absolute() && !path.is_file() {
                 return Err(Error::BadRequest(format!(
                     "shared disk {} does not exist on this host",
                     path.display()
                 )));
             }
-            if is_same_file(path, &own) {
-                return Ok(());
-            }
-            if own.symlink_metadata().is_ok() {
-                return Err(Error::Conflict(format!(
-                    "{} already exists and is not the shared disk {}",
-                    own.display(),
-                    path.display()
-                )));
-            }
-            std::os::unix::fs::symlink(path, &own).map_err(Error::io("link", &own))
+            dir.link_disk(path)
         }
         DiskTransfer::Mirror => {
+            let own = dir.disk();
             if own.symlink_metadata().is_ok() {
                 // Possibly a shared disk another host uses: never overwrite it.
                 return Err(Error::Conflict(format!(
@@ -71,16 +65,8 @@ pub async fn prepare_disk(dir: &VmDir, spec: &VmSpec, transfer: &DiskTransfer) -
                     own.display()
                 )));
             }
-            disk::ensure_disk(dir, spec).await
+            disk::ensure_disk(dir, spec, store).await
         }
-    }
-}
-
-fn is_same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
     }
 }
 
@@ -212,14 +198,16 @@ mod tests {
         let transfer = DiskTransfer::Shared {
             path: shared.clone(),
         };
-        prepare_disk(&dir, &spec(), &transfer).await.expect("link");
+        prepare_disk(&dir, &spec(), &transfer, &DiskStore::Local)
+            .await
+            .expect("link");
         assert_eq!(std::fs::read_link(dir.disk()).expect("link"), shared);
         assert_eq!(dir.disk_path(), shared);
         // Again (the same file): fine. A mirror onto it: refused.
-        prepare_disk(&dir, &spec(), &transfer)
+        prepare_disk(&dir, &spec(), &transfer, &DiskStore::Local)
             .await
             .expect("idempotent");
-        let err = prepare_disk(&dir, &spec(), &DiskTransfer::Mirror)
+        let err = prepare_disk(&dir, &spec(), &DiskTransfer::Mirror, &DiskStore::Local)
             .await
             .expect_err("refused");
         assert_eq!(err.code(), "conflict");
@@ -228,6 +216,36 @@ mod tests {
         let relative = DiskTransfer::Shared {
             path: "disk.qcow2".into(),
         };
-        assert!(prepare_disk(&dir, &spec(), &relative).await.is_err());
+        assert!(prepare_disk(&dir, &spec(), &relative, &DiskStore::Local)
+            .await
+            .is_err());
+        let absent = DiskTransfer::Shared {
+            path: tmp.path().join("absent.qcow2"),
+        };
+        std::fs::create_dir_all(dir.dir()).expect("mkdir");
+        let err = prepare_disk(&dir, &spec(), &absent, &DiskStore::Local)
+            .await
+            .expect_err("absent");
+        assert_eq!(err.code(), "bad_request");
+        assert!(dir.disk().symlink_metadata().is_err(), "nothing linked");
+    }
+
+    #[tokio::test]
+    async fn a_mirror_target_with_shared_storage_makes_its_disk_there() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(tmp.path().join("shared")).expect("mkdir");
+        let store = DiskStore::shared(&tmp.path().join("shared")).expect("shared storage");
+        let dir = VmDir::new(tmp.path().join("vm"));
+        std::fs::create_dir_all(dir.dir()).expect("mkdir");
+        prepare_disk(&dir, &spec(), &DiskTransfer::Mirror, &store)
+            .await
+            .expect("mirror target");
+        let disk = store.shared_disk(spec().id).expect("shared disk");
+        assert!(disk.is_file());
+        assert_eq!(dir.disk_path(), disk);
+        assert_eq!(
+            store.owned_dir(spec().id, &dir),
+            disk.parent().map(Into::into)
+        );
     }
 }

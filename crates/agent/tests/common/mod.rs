@@ -32,6 +32,7 @@ impl TestAgent {
             controller_url: None,
             token: TOKEN.into(),
             state_dir: state_dir.to_path_buf(),
+            shared_storage: None,
             accelerator: Some(Accelerator::Tcg),
             probe_image: None,
         };

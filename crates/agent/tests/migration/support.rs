@@ -200,8 +200,15 @@ pub async fn migrate_with(
 
 /// Checks the target after switch-over and prints the figures.
 pub async fn check_arrival(pair: &Pair, id: Uuid, done: &MigrationProgress) -> VmStatus {
-    let source = pair.a.client.vm(id).await.expect("status on A");
-    assert_eq!(source.state, VmRunState::Migrated, "{source:?}");
+    // The transfer task publishes `completed` just before the VM's actor records the state.
+    wait_for(
+        &pair.a.client,
+        id,
+        Duration::from_secs(10),
+        "the source to be migrated",
+        |s| s.state == VmRunState::Migrated,
+    )
+    .await;
     let arrived = wait_for(
         &pair.b.client,
         id,

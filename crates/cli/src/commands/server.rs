@@ -91,6 +91,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         controller_url: args.controller,
         token: args.agent_token,
         state_dir: args.state_dir,
+        shared_storage: args.shared_storage,
         accelerator: parse_accel(args.accel.as_deref())?,
         probe_image: nimbus_agent::default_probe_image(),
     };

@@ -20,6 +20,8 @@ pub struct AgentsPlan {
     pub controller_url: String,
     pub token: String,
     pub accel: Option<String>,
+    /// Shared storage directory every agent keeps instance disks in.
+    pub shared_storage: Option<PathBuf>,
 }
 
 /// Supervises the agents until stopped.
@@ -69,6 +71,9 @@ impl Supervisor {
             ]);
             if let Some(a) = &plan.accel {
                 args.extend(["--accel".into(), a.clone()]);
+            }
+            if let Some(dir) = &plan.shared_storage {
+                args.extend(["--shared-storage".into(), dir.display().to_string()]);
             }
             let program = if netns.is_some() {
                 PathBuf::from("ip")
@@ -172,6 +177,8 @@ fn spawn(spec: &ChildSpec) -> anyhow::Result<tokio::process::Child> {
     let child = cmd
         .args(&spec.args)
         .env("NIMBUS_AGENT_TOKEN", &spec.token)
+        // `nimbus up --shared-storage` alone decides where the agents keep disks.
+        .env_remove("NIMBUS_SHARED_STORAGE")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -4,6 +4,8 @@
 //! network namespace of its own when run as root (so every "host" has its own address, as on
 //! a real network), supervised and restarted if it dies. QEMU processes outlive the agents:
 //! stopping `nimbus up` leaves the VMs running, and the next `nimbus up` re-adopts them.
+//! With `--shared-storage` every agent keeps its instance disks in `<data dir>/shared`: the
+//! hosts of one machine see one filesystem, as hosts with an NFS mount at the same path do.
 
 mod agents;
 mod image;
@@ -32,6 +34,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let data_dir = std::path::absolute(&data_dir)?;
     let token = agent_token(&data_dir)?;
+    let shared_storage = if args.shared_storage {
+        let dir = data_dir.join("shared");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the shared storage {}", dir.display()))?;
+        Some(dir)
+    } else {
+        None
+    };
     let default_image = image::ensure_default_image(&data_dir).await?;
 
     let use_netns = !args.no_netns && nix::unistd::geteuid().is_root();
@@ -80,6 +90,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         controller_url,
         token,
         accel: args.accel.clone(),
+        shared_storage: shared_storage.clone(),
     })?;
 
     let local = LocalCloud {
@@ -90,7 +101,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         local_cloud_path(&data_dir),
         serde_json::to_vec_pretty(&local)?,
     )?;
-    announce(&api, &data_dir, args.hosts).await;
+    announce(&api, &data_dir, args.hosts, shared_storage.as_deref()).await;
 
     tokio::select! {
         _ = shutdown.recv() => {}
@@ -126,7 +137,12 @@ fn loopback_of(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Waits (bounded) for the API and the hosts, then tells the user what to do next.
-async fn announce(api: &str, data_dir: &std::path::Path, hosts: u32) {
+async fn announce(
+    api: &str,
+    data_dir: &std::path::Path,
+    hosts: u32,
+    shared_storage: Option<&std::path::Path>,
+) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut ready = Vec::new();
     while std::time::Instant::now() < deadline {
@@ -145,6 +161,9 @@ async fn announce(api: &str, data_dir: &std::path::Path, hosts: u32) {
     eprintln!("  API:         {api}   (OpenAPI: {api}/v1/openapi.json)");
     eprintln!("  data:        {}", data_dir.display());
     eprintln!("  admin token: {}", admin_token_path(data_dir).display());
+    if let Some(dir) = shared_storage {
+        eprintln!("  disks:       {} (shared by every host)", dir.display());
+    }
     for h in &ready {
         eprintln!(
             "  host {}: {} ({} CPUs, {} MiB, {})",
