@@ -3,100 +3,14 @@
 //! content, and a memory workload that verifies every page it wrote (QEMU can report success
 //! for a migration that corrupted the guest, so a migration counts only if the guest agrees).
 
-use nimbus_api::{
-    InstanceState, InstanceView, MigrateInstance, MigrationView, OperationState, StepState,
-};
+use nimbus_api::{InstanceState, MigrateInstance, OperationState, StepState};
 use nimbus_client::Client;
+use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
 use std::path::Path;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
-
-fn cli_ok(cloud: &Cloud, args: &[&str]) -> String {
-    let out = cloud.cli(args).expect("run nimbus");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "nimbus {args:?} failed: {}\n{stdout}\n--- nimbus up log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cloud.log_tail(40)
-    );
-    stdout
-}
-
-async fn instance(client: &Client, name: &str) -> InstanceView {
-    client.instance(name).await.expect("get instance")
-}
-
-async fn exec(client: &Client, name: &str, cmd: &str) -> String {
-    let out = client
-        .exec(name, cmd)
-        .await
-        .unwrap_or_else(|e| panic!("exec {cmd:?} in {name}: {e}"));
-    assert_eq!(out.exit_code, 0, "{cmd}: {}", out.output);
-    out.output
-}
-
-async fn uptime(client: &Client, name: &str) -> f64 {
-    exec(client, name, "cut -d' ' -f1 /proc/uptime")
-        .await
-        .trim()
-        .parse()
-        .expect("uptime")
-}
-
-/// Parses memcheck's status line into (verified, stale).
-async fn memcheck(client: &Client, name: &str) -> (u64, u64) {
-    let line = exec(client, name, "cat /run/memcheck.status").await;
-    let field = |k: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-    };
-    (field("verified"), field("stale"))
-}
-
-async fn migrate_and_wait(
-    client: &Client,
-    name: &str,
-    req: MigrateInstance,
-) -> (nimbus_api::OperationView, Option<MigrationView>) {
-    let op = client.migrate_instance(name, &req).await.expect("migrate");
-    let id = op.id.to_string();
-    let done = client
-        .wait_operation(&id, Duration::from_secs(300), |_| {})
-        .await
-        .expect("wait");
-    (done, client.migration(&id).await.ok())
-}
-
-async fn create(cloud: &Cloud, names: &[&str], flavor: &str) {
-    let client = cloud.client().expect("client");
-    let mut ops = Vec::new();
-    for n in names {
-        let req = nimbus_api::CreateInstance {
-            name: n.to_string(),
-            flavor: flavor.into(),
-            image: "default".into(),
-        };
-        ops.push(client.create_instance(&req).await.expect("create"));
-    }
-    for op in ops {
-        let done = client
-            .wait_operation(&op.id.to_string(), Duration::from_secs(240), |_| {})
-            .await
-            .expect("wait");
-        assert_eq!(
-            done.state,
-            OperationState::Succeeded,
-            "{:?}\n{}",
-            done.error,
-            cloud.log_tail(30)
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migration_end_to_end() {
@@ -104,7 +18,7 @@ async fn live_migration_end_to_end() {
         .await
         .expect("start the cloud");
     let client = cloud.client().expect("client");
-    create(&cloud, &["idle1", "busy1"], "small").await;
+    create_instances(&cloud, &["idle1", "busy1"], "small").await;
 
     idle_guest_moves_with_its_disk_and_state(&cloud, &client).await;
     busy_guest_memory_stays_intact(&cloud, &client).await;
@@ -260,7 +174,7 @@ async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
                 .await
                 .ok()?;
             out.output.contains("verified=").then_some(())?;
-            let (v, s) = memcheck(client, "busy1").await;
+            let (v, s) = memcheck(client, "busy1").await.expect("memcheck status");
             (v > 0).then_some((v, s))
         },
     )
@@ -277,7 +191,7 @@ async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
     );
     assert_ne!(instance(client, "busy1").await.host, src);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (v1, stale) = memcheck(client, "busy1").await;
+    let (v1, stale) = memcheck(client, "busy1").await.expect("memcheck status");
     assert_eq!(stale, 0, "the guest found stale pages after migration");
     assert!(
         v1 > v0,
@@ -312,7 +226,7 @@ async fn faster_than_the_link_still_converges(cloud: &Cloud, client: &Client) {
     );
     assert_ne!(instance(client, "busy1").await.host, src);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (_, stale) = memcheck(client, "busy1").await;
+    let (_, stale) = memcheck(client, "busy1").await.expect("memcheck status");
     assert_eq!(
         stale, 0,
         "no stale page after a migration of a guest dirtying at full speed"
@@ -364,7 +278,7 @@ async fn cancel_leaves_the_vm_on_its_source(cloud: &Cloud, client: &Client) {
         (after.state, after.host.clone()),
         (InstanceState::Running, before.host.clone())
     );
-    let (_, stale) = memcheck(client, "busy1").await;
+    let (_, stale) = memcheck(client, "busy1").await.expect("memcheck status");
     assert_eq!(stale, 0);
     assert_eq!(
         cloud
@@ -446,7 +360,7 @@ async fn killed_target_leaves_the_vm_on_its_source(cloud: &Cloud, client: &Clien
         (after.state, after.host.clone()),
         (InstanceState::Running, before.host.clone())
     );
-    let (_, stale) = memcheck(client, "busy1").await;
+    let (_, stale) = memcheck(client, "busy1").await.expect("memcheck status");
     assert_eq!(stale, 0);
     assert_eq!(
         cloud
@@ -516,7 +430,7 @@ async fn controller_restart_mid_migration_ends_in_one_place(cloud: &mut Cloud) {
 }
 
 async fn drain_moves_everything_off_a_host(cloud: &Cloud, client: &Client) {
-    create(cloud, &["extra1"], "tiny").await;
+    create_instances(cloud, &["extra1"], "tiny").await;
     let host = "host1";
     // Put everything on host1 first so that the drain has three instances to move.
     for i in client.list_instances().await.expect("list") {

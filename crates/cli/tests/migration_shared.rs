@@ -4,61 +4,13 @@
 //! links to the same file. A real guest checks its own health across the move: uptime, disk
 //! content, writes, and a memory workload that verifies every page it wrote.
 
-use nimbus_api::{CreateInstance, InstanceView, OperationState, OperationView};
-use nimbus_client::Client;
+use nimbus_api::{OperationState, OperationView};
+use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
-
-fn cli_ok(cloud: &Cloud, args: &[&str]) -> String {
-    let out = cloud.cli(args).expect("run nimbus");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "nimbus {args:?} failed: {}\n{stdout}\n--- nimbus up log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cloud.log_tail(40)
-    );
-    stdout
-}
-
-async fn instance(client: &Client, name: &str) -> InstanceView {
-    client.instance(name).await.expect("get instance")
-}
-
-async fn exec(client: &Client, name: &str, cmd: &str) -> String {
-    let out = client
-        .exec(name, cmd)
-        .await
-        .unwrap_or_else(|e| panic!("exec {cmd:?} in {name}: {e}"));
-    assert_eq!(out.exit_code, 0, "{cmd}: {}", out.output);
-    out.output
-}
-
-async fn uptime(client: &Client, name: &str) -> f64 {
-    exec(client, name, "cut -d' ' -f1 /proc/uptime")
-        .await
-        .trim()
-        .parse()
-        .expect("uptime")
-}
-
-/// memcheck's status line as (verified, stale); `None` before its first report.
-async fn memcheck(client: &Client, name: &str) -> Option<(u64, u64)> {
-    let line = client
-        .exec(name, "cat /run/memcheck.status")
-        .await
-        .ok()?
-        .output;
-    let field = |k: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("verified")?, field("stale")?))
-}
 
 /// The VM directories of the instance `id` on every host, and the QEMUs running for it.
 fn copies(cloud: &Cloud, id: &str) -> (Vec<PathBuf>, usize) {
@@ -88,23 +40,7 @@ async fn shared_storage_migration_copies_no_disk() {
     let shared = cloud.data_dir().join("shared");
 
     // Created on shared storage, linked from its host's VM directory.
-    let req = CreateInstance {
-        name: "shared1".into(),
-        flavor: "small".into(),
-        image: "default".into(),
-    };
-    let op = client.create_instance(&req).await.expect("create");
-    let done = client
-        .wait_operation(&op.id.to_string(), Duration::from_secs(240), |_| {})
-        .await
-        .expect("wait");
-    assert_eq!(
-        done.state,
-        OperationState::Succeeded,
-        "{:?}\n{}",
-        done.error,
-        cloud.log_tail(30)
-    );
+    create_instances(&cloud, &["shared1"], "small").await;
     let before = instance(&client, "shared1").await;
     let id = before.id.to_string();
     let src = before.host.clone().expect("placed");

@@ -7,6 +7,7 @@
 //! this cloud started), namespaces, the bridge and the temporary directory.
 
 mod cloud;
+pub mod guest;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};

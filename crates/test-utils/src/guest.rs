@@ -1,0 +1,112 @@
+//! What end-to-end tests ask of a cloud and its guests, the way a user would: the CLI, the
+//! API, and commands run inside the guests.
+
+use crate::Cloud;
+use nimbus_api::{
+    CreateInstance, InstanceView, MigrateInstance, MigrationView, OperationState, OperationView,
+};
+use nimbus_client::Client;
+use std::time::Duration;
+
+/// Runs the CLI and returns its standard output; panics (with the cloud's log) if it fails.
+pub fn cli_ok(cloud: &Cloud, args: &[&str]) -> String {
+    let out = cloud.cli(args).expect("run nimbus");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "nimbus {args:?} failed: {}\n{stdout}\n--- nimbus up log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cloud.log_tail(40)
+    );
+    stdout
+}
+
+/// Runs the CLI expecting a failure; returns its standard error.
+pub fn cli_err(cloud: &Cloud, args: &[&str]) -> String {
+    let out = cloud.cli(args).expect("run nimbus");
+    assert!(!out.status.success(), "nimbus {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The instance as the API shows it.
+pub async fn instance(client: &Client, name: &str) -> InstanceView {
+    client.instance(name).await.expect("get instance")
+}
+
+/// Runs a command inside the guest; panics unless it exits 0. Returns its output.
+pub async fn exec(client: &Client, name: &str, cmd: &str) -> String {
+    let out = client
+        .exec(name, cmd)
+        .await
+        .unwrap_or_else(|e| panic!("exec {cmd:?} in {name}: {e}"));
+    assert_eq!(out.exit_code, 0, "{cmd}: {}", out.output);
+    out.output
+}
+
+/// The guest's uptime in seconds.
+pub async fn uptime(client: &Client, name: &str) -> f64 {
+    exec(client, name, "cut -d' ' -f1 /proc/uptime")
+        .await
+        .trim()
+        .parse()
+        .expect("uptime")
+}
+
+/// The guest's memory checker status as (pages verified, stale pages found); `None` before
+/// its first report (see guest/README.md, `memcheck`).
+pub async fn memcheck(client: &Client, name: &str) -> Option<(u64, u64)> {
+    let line = client
+        .exec(name, "cat /run/memcheck.status")
+        .await
+        .ok()?
+        .output;
+    let field = |k: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("verified")?, field("stale")?))
+}
+
+/// Creates instances of one flavor from the default image, concurrently, and waits until
+/// every one runs.
+pub async fn create_instances(cloud: &Cloud, names: &[&str], flavor: &str) {
+    let client = cloud.client().expect("client");
+    let mut ops = Vec::new();
+    for n in names {
+        let req = CreateInstance {
+            name: n.to_string(),
+            flavor: flavor.into(),
+            image: "default".into(),
+        };
+        ops.push(client.create_instance(&req).await.expect("create"));
+    }
+    for op in ops {
+        let done = client
+            .wait_operation(&op.id.to_string(), Duration::from_secs(240), |_| {})
+            .await
+            .expect("wait");
+        assert_eq!(
+            done.state,
+            OperationState::Succeeded,
+            "{:?}\n{}",
+            done.error,
+            cloud.log_tail(30)
+        );
+    }
+}
+
+/// Migrates an instance and waits for the end; returns the operation and its record.
+pub async fn migrate_and_wait(
+    client: &Client,
+    name: &str,
+    req: MigrateInstance,
+) -> (OperationView, Option<MigrationView>) {
+    let op = client.migrate_instance(name, &req).await.expect("migrate");
+    let id = op.id.to_string();
+    let done = client
+        .wait_operation(&id, Duration::from_secs(300), |_| {})
+        .await
+        .expect("wait");
+    (done, client.migration(&id).await.ok())
+}
