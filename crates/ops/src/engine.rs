@@ -47,22 +47,75 @@ pub async fn run<C: Send + Sync>(
     log: &dyn OperationLog,
     retry: RetryPolicy,
 ) -> Result<Outcome, LogError> {
+    run_then(op, steps, ctx, log, retry, |_| async {}).await
+}
+
+/// Like [`run`], and calls `finalize` with the outcome *before* the final state is written,
+/// so that whoever sees the operation ended also sees its effects (e.g. the instance's new
+/// state). After a crash between the two, the resumed run calls `finalize` again: it must be
+/// idempotent. Not called when the operation had already ended.
+pub async fn run_then<C, F, Fut>(
+    op: Uuid,
+    steps: &[Box<dyn Step<C>>],
+    ctx: &C,
+    log: &dyn OperationLog,
+    retry: RetryPolicy,
+    finalize: F,
+) -> Result<Outcome, LogError>
+where
+    C: Send + Sync,
+    F: FnOnce(Outcome) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (outcome, already_final) = drive(op, steps, ctx, log, retry).await?;
+    if already_final {
+        return Ok(outcome);
+    }
+    finalize(outcome.clone()).await;
+    match &outcome {
+        Outcome::Succeeded => log.set_state(op, OperationState::Succeeded, None).await?,
+        Outcome::Cancelled => {
+            log.set_state(op, OperationState::Cancelled, Some("cancelled"))
+                .await?
+        }
+        Outcome::Failed { error, .. } => {
+            log.set_state(op, OperationState::Failed, Some(error))
+                .await?
+        }
+    }
+    Ok(outcome)
+}
+
+/// Runs the steps (or the unwinding); returns the outcome and whether the operation had
+/// already ended before this call. Writes every state but the final one.
+async fn drive<C: Send + Sync>(
+    op: Uuid,
+    steps: &[Box<dyn Step<C>>],
+    ctx: &C,
+    log: &dyn OperationLog,
+    retry: RetryPolicy,
+) -> Result<(Outcome, bool), LogError> {
     let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
     log.init_steps(op, &names).await?;
     let snap = log.load(op).await?;
     match snap.state {
-        OperationState::Succeeded => return Ok(Outcome::Succeeded),
-        OperationState::Cancelled => return Ok(Outcome::Cancelled),
+        OperationState::Succeeded => return Ok((Outcome::Succeeded, true)),
+        OperationState::Cancelled => return Ok((Outcome::Cancelled, true)),
         OperationState::Failed => {
-            return Ok(Outcome::Failed {
-                error: snap.error.unwrap_or_default(),
-                unwound: false,
-            })
+            let error = snap.error.unwrap_or_default();
+            return Ok((
+                Outcome::Failed {
+                    error,
+                    unwound: false,
+                },
+                true,
+            ));
         }
         OperationState::Unwinding => {
             let cancelled = log.cancel_requested(op).await?;
             let error = snap.error.unwrap_or_else(|| "cancelled".into());
-            return unwind(op, steps, ctx, log, retry, error, cancelled).await;
+            let outcome = unwind(op, steps, ctx, log, retry, error, cancelled).await?;
+            return Ok((outcome, false));
         }
         OperationState::Running => {}
     }
@@ -78,7 +131,8 @@ pub async fn run<C: Send + Sync>(
         if !past_no_return && log.cancel_requested(op).await? {
             log.set_state(op, OperationState::Unwinding, Some("cancelled"))
                 .await?;
-            return unwind(op, steps, ctx, log, retry, "cancelled".into(), true).await;
+            let outcome = unwind(op, steps, ctx, log, retry, "cancelled".into(), true).await?;
+            return Ok((outcome, false));
         }
         log.set_step(op, i, StepState::Running, None, None).await?;
         let sctx = StepContext {
@@ -106,25 +160,25 @@ pub async fn run<C: Send + Sync>(
                 if past_no_return {
                     tracing::error!(operation_id = %op, step = step.name(), error = %err,
                         "step failed after the point of no return");
-                    log.set_state(op, OperationState::Failed, Some(&msg))
-                        .await?;
-                    return Ok(Outcome::Failed {
+                    let outcome = Outcome::Failed {
                         error: msg,
                         unwound: false,
-                    });
+                    };
+                    return Ok((outcome, false));
                 }
                 tracing::warn!(operation_id = %op, step = step.name(), error = %err, "step failed; unwinding");
                 log.set_state(op, OperationState::Unwinding, Some(&msg))
                     .await?;
-                return unwind(op, steps, ctx, log, retry, msg, cancelled).await;
+                let outcome = unwind(op, steps, ctx, log, retry, msg, cancelled).await?;
+                return Ok((outcome, false));
             }
         }
     }
-    log.set_state(op, OperationState::Succeeded, None).await?;
-    Ok(Outcome::Succeeded)
+    Ok((Outcome::Succeeded, false))
 }
 
-/// Undoes, in reverse order, every step that is done, failed or was in flight.
+/// Undoes, in reverse order, every step that is done, failed or was in flight; the caller
+/// writes the final state.
 async fn unwind<C: Send + Sync>(
     op: Uuid,
     steps: &[Box<dyn Step<C>>],
@@ -152,8 +206,6 @@ async fn unwind<C: Send + Sync>(
         if let Err(err) = with_retries(retry, || step.undo(ctx, &sctx)).await {
             let msg = format!("{error}; undo of {} also failed: {err}", step.name());
             tracing::error!(operation_id = %op, step = step.name(), error = %err, "undo failed");
-            log.set_state(op, OperationState::Failed, Some(&msg))
-                .await?;
             return Ok(Outcome::Failed {
                 error: msg,
                 unwound: false,
@@ -162,12 +214,8 @@ async fn unwind<C: Send + Sync>(
         log.set_step(op, i, StepState::Undone, None, None).await?;
     }
     if cancelled {
-        log.set_state(op, OperationState::Cancelled, Some("cancelled"))
-            .await?;
         Ok(Outcome::Cancelled)
     } else {
-        log.set_state(op, OperationState::Failed, Some(&error))
-            .await?;
         Ok(Outcome::Failed {
             error,
             unwound: true,

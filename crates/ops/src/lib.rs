@@ -23,7 +23,7 @@ mod engine;
 mod log;
 mod step;
 
-pub use engine::{run, Outcome, RetryPolicy};
+pub use engine::{run, run_then, Outcome, RetryPolicy};
 pub use log::{LogError, LogSnapshot, MemoryLog, OperationLog, StepRecord};
 pub use step::{Step, StepContext, StepError};
 

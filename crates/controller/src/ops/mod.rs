@@ -64,14 +64,22 @@ async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
                 .await?;
         }
     }
-    let outcome = nimbus_ops::run(id, &plan.steps, app, app.store(), RetryPolicy::default())
-        .await
-        .map_err(|e| AppError::internal(e.to_string()))?;
-    tracing::info!(operation_id = %id, instance_id = %instance, kind = op.kind.as_str(), ?outcome, "operation ended");
-    if plan.during.is_none() {
-        return Ok(());
-    }
-    finish(app, id, instance, op.kind, &outcome, plan.after).await
+    // The instance's new state is written before the operation shows as ended, so that a
+    // client waiting for the operation sees its effect at once.
+    let kind = op.kind;
+    let after = plan.after;
+    let instance_op = plan.during.is_some();
+    let outcome = nimbus_ops::run_then(id, &plan.steps, app, app.store(), RetryPolicy::default(), |outcome| async move {
+        if instance_op {
+            if let Err(e) = finish(app, id, instance, kind, &outcome, after).await {
+                tracing::error!(operation_id = %id, error = %e, "could not apply the end of the operation; retried at the next start");
+            }
+        }
+    })
+    .await
+    .map_err(|e| AppError::internal(e.to_string()))?;
+    tracing::info!(operation_id = %id, instance_id = %instance, kind = kind.as_str(), ?outcome, "operation ended");
+    Ok(())
 }
 
 /// Applies the end of an operation to its instance. Idempotent.

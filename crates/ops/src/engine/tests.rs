@@ -244,3 +244,36 @@ async fn failure_after_point_of_no_return_does_not_unwind() {
         .collect();
     assert_eq!(left, vec!["a".to_string(), "b".to_string()]);
 }
+
+#[tokio::test]
+async fn finalize_runs_before_the_end_is_visible() {
+    for fail_at in [None, Some(2)] {
+        let world = World {
+            fail_at,
+            ..World::default()
+        };
+        let log = MemoryLog::default();
+        let op = Uuid::new_v4();
+        log.create(op);
+        let seen = std::sync::Mutex::new(None);
+        let out = run_then(op, &steps(&world), &world, &log, fast(), |outcome| {
+            let state = state_of(&log, op);
+            async {
+                *seen.lock().expect("lock") = Some((outcome, state.await));
+            }
+        })
+        .await
+        .expect("log");
+        let (outcome, state_then) = seen.lock().expect("lock").clone().expect("finalized");
+        assert_eq!(outcome, out);
+        assert!(
+            !state_then.is_final(),
+            "final state written before finalize: {state_then:?}"
+        );
+        assert!(log.load(op).await.expect("load").state.is_final());
+    }
+}
+
+async fn state_of(log: &MemoryLog, op: Uuid) -> OperationState {
+    log.load(op).await.expect("load").state
+}
