@@ -121,24 +121,20 @@ impl AgentClient {
             .await
     }
 
-    /// Deletes the VM; a VM the agent does not know counts as deleted.
+    /// Deletes the VM and its disk; a VM the agent does not know counts as deleted.
     pub async fn delete_vm(&self, id: Uuid) -> Result<(), AgentError> {
-        match self
-            .send_raw(self.request(Method::DELETE, &format!("/vms/{id}")))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.remove_vm(id, false).await
     }
 
-    /// Deletes the VM but keeps its disk file (shared storage another host now uses).
-    pub async fn delete_vm_keep_disk(&self, id: Uuid) -> Result<(), AgentError> {
-        match self
-            .send_raw(self.request(Method::DELETE, &format!("/vms/{id}?keep_disk=true")))
-            .await
-        {
+    /// Deletes the VM; with `keep_disk` its disk file stays (shared storage that another host
+    /// now uses). A VM the agent does not know counts as deleted.
+    pub async fn remove_vm(&self, id: Uuid, keep_disk: bool) -> Result<(), AgentError> {
+        let path = if keep_disk {
+            format!("/vms/{id}?keep_disk=true")
+        } else {
+            format!("/vms/{id}")
+        };
+        match self.send_raw(self.request(Method::DELETE, &path)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),

@@ -86,3 +86,30 @@ pub async fn run(
     agent.shutdown().await;
     served.context("agent API server failed")
 }
+
+/// Fixtures shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
+    use uuid::Uuid;
+
+    /// A VM spec with no kernel, base disk or ready marker: enough for code that never boots.
+    pub fn blank_spec(id: Uuid, nics: Vec<NicSpec>) -> VmSpec {
+        VmSpec {
+            id,
+            name: "vm".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            image: GuestImage {
+                name: "none".into(),
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                base_disk: None,
+                ready_marker: None,
+            },
+            disk: DiskSpec { size_gib: 1 },
+            nics,
+        }
+    }
+}

@@ -343,25 +343,9 @@ pub fn validate(id: Uuid, spec: &VmSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nimbus_agent_api::{DiskSpec, GuestImage};
 
     fn spec(id: Uuid) -> VmSpec {
-        VmSpec {
-            id,
-            name: "t".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            image: GuestImage {
-                name: "none".into(),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                base_disk: None,
-                ready_marker: None,
-            },
-            disk: DiskSpec { size_gib: 1 },
-            nics: Vec::new(),
-        }
+        crate::test_support::blank_spec(id, Vec::new())
     }
 
     fn no_network() -> Arc<HostNetwork> {

@@ -230,11 +230,7 @@ async fn lifecycle_stop_start_reboot(cloud: &Cloud, client: &Client) {
     cli_ok(cloud, &["instance", "stop", "web2", "--wait"]);
     assert_eq!(instance(client, "web2").await.state, InstanceState::Stopped);
     let web2_id = instance(client, "web2").await.id.to_string();
-    let running = cloud
-        .qemu_pids()
-        .iter()
-        .filter(|(d, _)| d.ends_with(&web2_id))
-        .count();
+    let running = cloud.qemu_count(&web2_id);
     assert_eq!(running, 0, "stopped instance has no QEMU");
     let err = client
         .exec("web2", "true")
@@ -323,20 +319,10 @@ async fn controller_restart_mid_create_completes(cloud: &mut Cloud) {
         .await
         .expect("create");
     let id = op.id.to_string();
-    wait_until(
-        "the create to reach the boot wait",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || async {
-            let op = client.operation(&id).await.ok()?;
-            op.steps
-                .iter()
-                .any(|s| s.name == "wait_ready" && s.state == nimbus_api::StepState::Running)
-                .then_some(())
-        },
-    )
-    .await
-    .expect("create in flight");
+    wait_for_step(&client, &id, "wait_ready", |s| {
+        s == nimbus_api::StepState::Running
+    })
+    .await;
     cloud.kill_up().expect("kill nimbus up");
     cloud.restart_up().await.expect("restart");
     let client = cloud.client().expect("client");
@@ -353,14 +339,7 @@ async fn controller_restart_mid_create_completes(cloud: &mut Cloud) {
     );
     let web4 = instance(&client, "web4").await;
     assert_eq!(web4.state, InstanceState::Running);
-    assert_eq!(
-        cloud
-            .qemu_pids()
-            .iter()
-            .filter(|(d, _)| d.ends_with(web4.id.to_string()))
-            .count(),
-        1
-    );
+    assert_eq!(cloud.qemu_count(&web4.id.to_string()), 1);
     let out = client.exec("web4", "echo ok").await.expect("exec");
     assert!(out.output.contains("ok"));
 }

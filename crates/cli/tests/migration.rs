@@ -129,15 +129,7 @@ async fn idle_guest_moves_with_its_disk_and_state(cloud: &Cloud, client: &Client
     );
     let hosts = client.list_hosts().await.expect("hosts");
     let on = |h: &str| hosts.iter().find(|x| x.name == h).expect("host").instances;
-    assert_eq!(
-        cloud
-            .qemu_pids()
-            .iter()
-            .filter(|(d, _)| d.ends_with(after.id.to_string()))
-            .count(),
-        1,
-        "one QEMU"
-    );
+    assert_eq!(cloud.qemu_count(&after.id.to_string()), 1, "one QEMU");
     assert!(on(&dst) >= 1);
     let ops = client.list_operations(5).await.expect("ops");
     let op = ops
@@ -158,28 +150,7 @@ async fn idle_guest_moves_with_its_disk_and_state(cloud: &Cloud, client: &Client
 }
 
 async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
-    exec(
-        client,
-        "busy1",
-        "memcheck 64 50 </dev/null >/dev/null 2>&1 &",
-    )
-    .await;
-    let (v0, _) = wait_until(
-        "memcheck to verify pages",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            let out = client
-                .exec("busy1", "cat /run/memcheck.status")
-                .await
-                .ok()?;
-            out.output.contains("verified=").then_some(())?;
-            let (v, s) = memcheck(client, "busy1").await.expect("memcheck status");
-            (v > 0).then_some((v, s))
-        },
-    )
-    .await
-    .expect("memcheck runs");
+    let (v0, _) = start_memcheck(client, "busy1", 64, 50).await;
     let src = instance(client, "busy1").await.host;
     let (op, m) = migrate_and_wait(client, "busy1", MigrateInstance::default()).await;
     assert_eq!(
@@ -253,20 +224,7 @@ async fn cancel_leaves_the_vm_on_its_source(cloud: &Cloud, client: &Client) {
         .await
         .expect("migrate");
     let id = op.id.to_string();
-    wait_until(
-        "the transfer to start",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || async {
-            let op = client.operation(&id).await.ok()?;
-            op.steps
-                .iter()
-                .any(|s| s.name == "transfer" && s.state == StepState::Running)
-                .then_some(())
-        },
-    )
-    .await
-    .expect("transfer");
+    wait_for_step(client, &id, "transfer", |s| s == StepState::Running).await;
     cli_ok(cloud, &["operation", "cancel", &id]);
     let done = client
         .wait_operation(&id, Duration::from_secs(120), |_| {})
@@ -281,11 +239,7 @@ async fn cancel_leaves_the_vm_on_its_source(cloud: &Cloud, client: &Client) {
     let (_, stale) = memcheck(client, "busy1").await.expect("memcheck status");
     assert_eq!(stale, 0);
     assert_eq!(
-        cloud
-            .qemu_pids()
-            .iter()
-            .filter(|(d, _)| d.ends_with(after.id.to_string()))
-            .count(),
+        cloud.qemu_count(&after.id.to_string()),
         1,
         "target copy removed"
     );
@@ -326,20 +280,7 @@ async fn killed_target_leaves_the_vm_on_its_source(cloud: &Cloud, client: &Clien
     )
     .await
     .expect("target");
-    wait_until(
-        "the transfer to start",
-        Duration::from_secs(60),
-        Duration::from_millis(20),
-        || async {
-            let op = client.operation(&id).await.ok()?;
-            op.steps
-                .iter()
-                .any(|s| s.name == "transfer" && s.state == StepState::Running)
-                .then_some(())
-        },
-    )
-    .await
-    .expect("transfer");
+    wait_for_step(client, &id, "transfer", |s| s == StepState::Running).await;
     if let Err(e) = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(target_pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -362,14 +303,7 @@ async fn killed_target_leaves_the_vm_on_its_source(cloud: &Cloud, client: &Clien
     );
     let (_, stale) = memcheck(client, "busy1").await.expect("memcheck status");
     assert_eq!(stale, 0);
-    assert_eq!(
-        cloud
-            .qemu_pids()
-            .iter()
-            .filter(|(d, _)| d.ends_with(after.id.to_string()))
-            .count(),
-        1
-    );
+    assert_eq!(cloud.qemu_count(&after.id.to_string()), 1);
     exec(client, "busy1", "killall memcheck; true").await;
 }
 
@@ -381,20 +315,7 @@ async fn controller_restart_mid_migration_ends_in_one_place(cloud: &mut Cloud) {
         .await
         .expect("migrate");
     let id = op.id.to_string();
-    wait_until(
-        "the migration to prepare its target",
-        Duration::from_secs(60),
-        Duration::from_millis(20),
-        || async {
-            let op = client.operation(&id).await.ok()?;
-            op.steps
-                .iter()
-                .any(|s| s.name == "prepare_target" && s.state != StepState::Pending)
-                .then_some(())
-        },
-    )
-    .await
-    .expect("in flight");
+    wait_for_step(&client, &id, "prepare_target", |s| s != StepState::Pending).await;
     cloud.kill_up().expect("kill");
     cloud.restart_up().await.expect("restart");
     let client = cloud.client().expect("client");
@@ -414,15 +335,7 @@ async fn controller_restart_mid_migration_ends_in_one_place(cloud: &mut Cloud) {
         "exactly one QEMU for the instance",
         Duration::from_secs(30),
         Duration::from_millis(300),
-        || async {
-            (cloud
-                .qemu_pids()
-                .iter()
-                .filter(|(d, _)| d.ends_with(after.id.to_string()))
-                .count()
-                == 1)
-                .then_some(())
-        },
+        || async { (cloud.qemu_count(&after.id.to_string()) == 1).then_some(()) },
     )
     .await
     .expect("one copy");

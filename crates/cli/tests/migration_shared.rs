@@ -19,11 +19,7 @@ fn copies(cloud: &Cloud, id: &str) -> (Vec<PathBuf>, usize) {
         .map(|h| cloud.host_dir(h).join("vms").join(id))
         .filter(|d| d.exists())
         .collect();
-    let qemus = cloud
-        .qemu_pids()
-        .iter()
-        .filter(|(d, _)| d.ends_with(id))
-        .count();
+    let qemus = cloud.qemu_count(id);
     (dirs, qemus)
 }
 
@@ -59,24 +55,7 @@ async fn shared_storage_migration_copies_no_disk() {
         "echo shared-data > /data/before && sync",
     )
     .await;
-    exec(
-        &client,
-        "shared1",
-        "memcheck 64 20 </dev/null >/dev/null 2>&1 &",
-    )
-    .await;
-    let (verified_before, _) = wait_until(
-        "memcheck to verify pages",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            memcheck(&client, "shared1")
-                .await
-                .filter(|(verified, _)| *verified > 0)
-        },
-    )
-    .await
-    .expect("memcheck runs");
+    let (verified_before, _) = start_memcheck(&client, "shared1", 64, 20).await;
     let up_before = uptime(&client, "shared1").await;
 
     // Through the CLI; `-o json` prints the finished operation.

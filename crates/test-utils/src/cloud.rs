@@ -197,6 +197,14 @@ impl Cloud {
         out
     }
 
+    /// How many live QEMU processes this cloud runs for the instance `id` (on any host).
+    pub fn qemu_count(&self, id: &str) -> usize {
+        self.qemu_pids()
+            .iter()
+            .filter(|(d, _)| d.ends_with(id))
+            .count()
+    }
+
     /// Kills `nimbus up` hard (controller and, through their parent-death signal, agents),
     /// as a crash would. VMs keep running.
     pub fn kill_up(&mut self) -> anyhow::Result<()> {

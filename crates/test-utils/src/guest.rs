@@ -1,9 +1,10 @@
 //! What end-to-end tests ask of a cloud and its guests, the way a user would: the CLI, the
 //! API, and commands run inside the guests.
 
-use crate::Cloud;
+use crate::{wait_until, Cloud};
 use nimbus_api::{
     CreateInstance, InstanceView, MigrateInstance, MigrationView, OperationState, OperationView,
+    StepState,
 };
 use nimbus_client::Client;
 use std::time::Duration;
@@ -109,4 +110,46 @@ pub async fn migrate_and_wait(
         .await
         .expect("wait");
     (done, client.migration(&id).await.ok())
+}
+
+/// Starts the guest's memory checker (`memcheck MIB RATE` in the background) and waits until
+/// it verified pages; returns its first (verified, stale) report.
+pub async fn start_memcheck(client: &Client, name: &str, mib: u32, rate: u32) -> (u64, u64) {
+    let cmd = format!("memcheck {mib} {rate} </dev/null >/dev/null 2>&1 &");
+    exec(client, name, &cmd).await;
+    wait_until(
+        "memcheck to verify pages",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            memcheck(client, name)
+                .await
+                .filter(|(verified, _)| *verified > 0)
+        },
+    )
+    .await
+    .expect("memcheck runs")
+}
+
+/// Waits until step `step` of operation `op` is in a state `reached` accepts.
+pub async fn wait_for_step(
+    client: &Client,
+    op: &str,
+    step: &str,
+    reached: impl Fn(StepState) -> bool,
+) {
+    wait_until(
+        &format!("step {step} of operation {op}"),
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            let view = client.operation(op).await.ok()?;
+            view.steps
+                .iter()
+                .any(|s| s.name == step && reached(s.state))
+                .then_some(())
+        },
+    )
+    .await
+    .expect("operation step");
 }

@@ -167,25 +167,9 @@ pub async fn finish(qmp: Qmp, mirror: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nimbus_agent_api::{DiskSpec, GuestImage};
 
     fn spec() -> VmSpec {
-        VmSpec {
-            id: Uuid::nil(),
-            name: "t".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            image: GuestImage {
-                name: "none".into(),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                base_disk: None,
-                ready_marker: None,
-            },
-            disk: DiskSpec { size_gib: 1 },
-            nics: Vec::new(),
-        }
+        crate::test_support::blank_spec(Uuid::nil(), Vec::new())
     }
 
     #[tokio::test]

@@ -117,7 +117,6 @@ fn validate_cidr(cidr: &str) -> Result<(), String> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use nimbus_agent_api::{DiskSpec, GuestImage};
     use nimbus_qemu::config::{DirectBoot, MachineSection};
     use nimbus_qemu::{Accel, VmPaths};
 
@@ -130,22 +129,8 @@ pub(super) mod tests {
     }
 
     pub fn spec(nics: Vec<NicSpec>) -> VmSpec {
-        VmSpec {
-            id: uuid::Uuid::parse_str("0a1b2c3d-4e5f-6789-abcd-ef0123456789").expect("uuid"),
-            name: "vm".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            image: GuestImage {
-                name: "i".into(),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                base_disk: None,
-                ready_marker: None,
-            },
-            disk: DiskSpec { size_gib: 1 },
-            nics,
-        }
+        let id = uuid::Uuid::parse_str("0a1b2c3d-4e5f-6789-abcd-ef0123456789").expect("uuid");
+        crate::test_support::blank_spec(id, nics)
     }
 
     pub fn config() -> QemuConfig {

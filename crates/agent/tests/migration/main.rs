@@ -68,7 +68,7 @@ async fn shared_disk_migration() {
     let a_pid = source.pid.expect("pid on A");
     pair.a
         .client
-        .delete_vm_keep_disk(id)
+        .remove_vm(id, true)
         .await
         .expect("delete on A");
     wait_pid_gone(a_pid).await;

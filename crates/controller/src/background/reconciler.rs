@@ -140,11 +140,9 @@ async fn delete_orphan(app: &App, host: &HostRecord, id: Uuid) {
 async fn delete_stale_copy(app: &App, host: &HostRecord, inst: &InstanceRecord) {
     tracing::warn!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "deleting stale copy of a moved instance");
     let agent = app.agent(&host.agent_url);
-    let res = if host.shared_storage.is_some() {
-        agent.delete_vm_keep_disk(inst.id).await
-    } else {
-        agent.delete_vm(inst.id).await
-    };
+    let res = agent
+        .remove_vm(inst.id, host.shared_storage.is_some())
+        .await;
     if let Err(e) = res {
         tracing::warn!(instance_id = %inst.id, host = %host.name, error = %e, "could not delete stale copy");
     }

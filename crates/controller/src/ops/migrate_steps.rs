@@ -177,11 +177,7 @@ impl Step<App> for PrepareTarget {
     async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
         let r = route(s)?;
         let agent = app.agent_of(&r.target).await.map_err(app_err)?;
-        let res = if r.shared {
-            agent.delete_vm_keep_disk(self.0).await
-        } else {
-            agent.delete_vm(self.0).await
-        };
+        let res = agent.remove_vm(self.0, r.shared).await;
         res.map_err(agent_err)
     }
 }
@@ -430,11 +426,7 @@ impl Step<App> for CleanupSource {
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
         let agent = app.agent_of(&r.source).await.map_err(app_err)?;
-        let res = if r.shared {
-            agent.delete_vm_keep_disk(self.0).await
-        } else {
-            agent.delete_vm(self.0).await
-        };
+        let res = agent.remove_vm(self.0, r.shared).await;
         res.map_err(agent_err)?;
         Ok(json!({}))
     }
