@@ -99,8 +99,17 @@ pub struct InstanceView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CreateInstance {
     pub name: String,
-    pub flavor: String,
-    pub image: String,
+    /// Required unless `from_snapshot` is given (a clone has its source's flavor).
+    #[serde(default)]
+    pub flavor: Option<String>,
+    /// Required unless `from_snapshot` is given (a clone has its source's image).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Start the instance as a clone resuming from this snapshot (id or name): same flavor
+    /// and image as the snapshot's instance, a new identity (id, MAC, IP), on the snapshot's
+    /// host.
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
 }
 
 /// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.

@@ -12,6 +12,7 @@ pub mod instance;
 pub mod migration;
 pub mod name;
 pub mod operation;
+pub mod snapshot;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
@@ -24,6 +25,9 @@ pub use instance::{
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+pub use snapshot::{
+    CreateSnapshot, SnapshotDeleted, SnapshotFilter, SnapshotRestored, SnapshotState, SnapshotView,
+};
 
 /// The project every resource belongs to until tenancy lands.
 pub const DEFAULT_PROJECT: &str = "default";

@@ -16,6 +16,11 @@ pub enum OperationKind {
     InstanceDelete,
     InstanceMigrate,
     HostDrain,
+    /// A new instance resumed from another instance's snapshot.
+    InstanceClone,
+    SnapshotCreate,
+    SnapshotRestore,
+    SnapshotDelete,
 }
 
 impl OperationKind {
@@ -28,6 +33,10 @@ impl OperationKind {
             OperationKind::InstanceDelete => "instance_delete",
             OperationKind::InstanceMigrate => "instance_migrate",
             OperationKind::HostDrain => "host_drain",
+            OperationKind::InstanceClone => "instance_clone",
+            OperationKind::SnapshotCreate => "snapshot_create",
+            OperationKind::SnapshotRestore => "snapshot_restore",
+            OperationKind::SnapshotDelete => "snapshot_delete",
         }
     }
 
@@ -40,6 +49,10 @@ impl OperationKind {
             "instance_delete" => OperationKind::InstanceDelete,
             "instance_migrate" => OperationKind::InstanceMigrate,
             "host_drain" => OperationKind::HostDrain,
+            "instance_clone" => OperationKind::InstanceClone,
+            "snapshot_create" => OperationKind::SnapshotCreate,
+            "snapshot_restore" => OperationKind::SnapshotRestore,
+            "snapshot_delete" => OperationKind::SnapshotDelete,
             _ => return None,
         })
     }

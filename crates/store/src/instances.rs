@@ -3,7 +3,7 @@
 use crate::{operations::insert_operation, time, NewOperation, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::{InstanceState, InstanceView};
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -234,31 +234,7 @@ impl Store {
         op: &NewOperation,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "UPDATE instances SET operation_id = $1, generation = generation + 1, updated_at = $2 \
-             WHERE id = $3 AND operation_id IS NULL",
-        )
-        .bind(op.id.to_string())
-        .bind(time::now())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            let busy: Option<String> =
-                sqlx::query("SELECT operation_id FROM instances WHERE id = $1")
-                    .bind(id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| row.try_get::<Option<String>, _>("operation_id"))
-                    .transpose()?
-                    .flatten();
-            return Err(match busy {
-                Some(other) => StoreError::Conflict(format!(
-                    "instance is busy with operation {other}; wait for it (`nimbus operation wait {other}`) or cancel it"
-                )),
-                None => StoreError::not_found("instance", id.to_string()),
-            });
-        }
+        claim_instance(&mut tx, id, op).await?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         Ok(())
@@ -331,6 +307,39 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Attaches operation `op` to instance `id` inside `tx`; refused while another one runs.
+pub(crate) async fn claim_instance(
+    tx: &mut Transaction<'_, Any>,
+    id: Uuid,
+    op: &NewOperation,
+) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "UPDATE instances SET operation_id = $1, generation = generation + 1, updated_at = $2 \
+         WHERE id = $3 AND operation_id IS NULL",
+    )
+    .bind(op.id.to_string())
+    .bind(time::now())
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() > 0 {
+        return Ok(());
+    }
+    let busy: Option<String> = sqlx::query("SELECT operation_id FROM instances WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| row.try_get::<Option<String>, _>("operation_id"))
+        .transpose()?
+        .flatten();
+    Err(match busy {
+        Some(other) => StoreError::Conflict(format!(
+            "instance is busy with operation {other}; wait for it (`nimbus operation wait {other}`) or cancel it"
+        )),
+        None => StoreError::not_found("instance", id.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod instances;
 mod migrations;
 mod operations;
 mod placement;
+mod snapshots;
 mod time;
 mod tokens;
 
@@ -23,6 +24,7 @@ pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
 pub use operations::NewOperation;
 pub use placement::Allocation;
+pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
 pub use tokens::TokenRecord;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
