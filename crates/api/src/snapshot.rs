@@ -112,7 +112,8 @@ pub struct CreateSnapshot {
 }
 
 /// Query of `GET /v1/snapshots`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SnapshotFilter {
     /// Only the snapshots of this instance (id or name).
     #[serde(default)]

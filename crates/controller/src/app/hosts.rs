@@ -125,6 +125,33 @@ impl App {
             .ok_or_else(|| AppError::not_found(format!("host {name:?} not found")))
     }
 
+    /// Refuses (503 `unavailable`) to act on a host whose agent is not reporting.
+    pub async fn require_host_up(&self, name: &str, why: &str) -> Result<(), AppError> {
+        let host = self.get_host(name).await?;
+        if host.state == HostState::Up {
+            return Ok(());
+        }
+        let seen = host
+            .last_seen
+            .map(|t| format!(" (last report {} s ago)", (Utc::now() - t).num_seconds()))
+            .unwrap_or_default();
+        Err(AppError::unavailable(format!(
+            "host {name}, {why}, is down{seen}; try again once it is back (`nimbus host list`)"
+        )))
+    }
+
+    /// Refuses (409 `no_capacity`) when host `name` cannot take `want` now.
+    pub async fn check_room_on(&self, name: &str, want: &Resources) -> Result<(), AppError> {
+        let pool = self.host_capacities().await?;
+        let host = pool
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| AppError::not_found(format!("host {name:?} not found")))?;
+        nimbus_scheduler::place(std::slice::from_ref(host), want, self.config().strategy)
+            .map(|_| ())
+            .map_err(|e| AppError::new(nimbus_api::ErrorCode::NoCapacity, e.to_string()))
+    }
+
     /// Enables or disables a host for placement.
     pub async fn set_host_enabled(&self, name: &str, enabled: bool) -> Result<HostView, AppError> {
         self.store().set_host_enabled(name, enabled).await?;

@@ -23,27 +23,31 @@ impl App {
         validate_name(&req.name).map_err(|e| {
             AppError::bad_request(format!("invalid instance name {:?}: {e}", req.name))
         })?;
+        if let Some(snapshot) = &req.from_snapshot {
+            return self.clone_instance(caller, req, snapshot).await;
+        }
+        let (Some(flavor_name), Some(image)) = (&req.flavor, &req.image) else {
+            return Err(AppError::bad_request(
+                "an instance needs a flavor and an image (or from_snapshot to clone one); \
+                 `nimbus flavor list` and `nimbus image list` show them",
+            ));
+        };
         let flavor = self
             .store()
-            .get_flavor(&req.flavor)
+            .get_flavor(flavor_name)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => AppError::not_found(format!(
-                    "flavor {:?} not found; `nimbus flavor list` shows the flavors",
-                    req.flavor
+                    "flavor {flavor_name:?} not found; `nimbus flavor list` shows the flavors"
                 )),
                 e => e.into(),
             })?;
-        self.store()
-            .get_image(&req.image)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::not_found(format!(
-                    "image {:?} not found; `nimbus image list` shows the images",
-                    req.image
-                )),
-                e => e.into(),
-            })?;
+        self.store().get_image(image).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => AppError::not_found(format!(
+                "image {image:?} not found; `nimbus image list` shows the images"
+            )),
+            e => e.into(),
+        })?;
         let want = Resources {
             vcpus: flavor.vcpus as u64,
             memory_mib: flavor.memory_mib,
@@ -60,14 +64,14 @@ impl App {
             project: caller.project.clone(),
             target_id: id,
             target_name: req.name.clone(),
-            params: serde_json::json!({ "flavor": req.flavor, "image": req.image }),
+            params: serde_json::json!({ "flavor": flavor_name, "image": image }),
         };
         let new = NewInstance {
             id,
             project: caller.project.clone(),
             name: req.name.clone(),
             flavor: flavor.name,
-            image: req.image.clone(),
+            image: image.clone(),
             vcpus: flavor.vcpus,
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
@@ -229,7 +233,13 @@ fn check_transition(inst: &InstanceRecord, kind: OperationKind) -> Result<(), Ap
         K::InstanceStop => matches!(inst.state, S::Running | S::Error) && inst.host.is_some(),
         K::InstanceReboot => inst.state == S::Running,
         K::InstanceDelete => true,
-        K::InstanceCreate | K::InstanceMigrate | K::HostDrain => false,
+        K::InstanceCreate
+        | K::InstanceClone
+        | K::InstanceMigrate
+        | K::HostDrain
+        | K::SnapshotCreate
+        | K::SnapshotRestore
+        | K::SnapshotDelete => false,
     };
     if ok {
         return Ok(());

@@ -39,7 +39,10 @@ impl App {
             }
         }
         // Refuse at once what cannot work; the operation chooses for real.
-        self.choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+        let target = self
+            .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+            .await?;
+        self.check_snapshots_can_move(&inst, &source, &target)
             .await?;
         let op = NewOperation {
             id: Uuid::new_v4(),
@@ -53,6 +56,33 @@ impl App {
         tracing::info!(instance_id = %inst.id, operation_id = %op.id, %source, to = ?req.to, "migration accepted");
         ops::spawn(self.clone(), op.id);
         Ok(self.store().get_operation(op.id).await?)
+    }
+
+    /// Snapshots live on their instance's host: an instance that has some moves only between
+    /// hosts that share storage.
+    pub(crate) async fn check_snapshots_can_move(
+        &self,
+        inst: &nimbus_store::InstanceRecord,
+        source: &str,
+        target: &str,
+    ) -> Result<(), AppError> {
+        let count = self.store().count_snapshots_of(inst.id).await?;
+        if count == 0 {
+            return Ok(());
+        }
+        let (src, dst) = (
+            self.store().get_host(source).await?,
+            self.store().get_host(target).await?,
+        );
+        match (&src.shared_storage, &dst.shared_storage) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            _ => Err(AppError::conflict(format!(
+                "{} has {count} snapshot{}, which live on {source}; delete them or use shared \
+                 storage to migrate",
+                inst.name,
+                if count == 1 { "" } else { "s" }
+            ))),
+        }
     }
 
     /// The host an instance on `source` should move to: `to` if given (it must be up,

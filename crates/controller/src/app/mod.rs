@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod clones;
 pub mod error;
 pub mod flavors;
 pub mod hosts;
@@ -11,6 +12,7 @@ pub mod instances;
 pub mod migrations;
 pub mod network;
 pub mod operations;
+pub mod snapshots;
 
 pub use auth::Caller;
 pub use error::AppError;

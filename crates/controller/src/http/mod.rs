@@ -12,6 +12,7 @@ mod metrics;
 mod migrations;
 pub mod openapi;
 mod operations;
+mod snapshots;
 
 pub use error::ApiError;
 
@@ -53,6 +54,12 @@ pub fn router(app: App) -> Router {
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))
         .route("/hosts/{host}/disable", post(hosts::disable))
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{snapshot}",
+            get(snapshots::show).delete(snapshots::delete),
+        )
+        .route("/snapshots/{snapshot}/restore", post(snapshots::restore))
         .route("/operations", get(operations::list))
         .route("/operations/{operation}", get(operations::show))
         .route("/operations/{operation}/cancel", post(operations::cancel))

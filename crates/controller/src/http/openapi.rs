@@ -1,7 +1,7 @@
 //! The OpenAPI document of `/v1`. A committed copy lives in `docs/openapi.json`; a test fails
 //! when it is stale.
 
-use super::{flavors, hosts, images, instances, migrations, operations};
+use super::{flavors, hosts, images, instances, migrations, operations, snapshots};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -17,7 +17,9 @@ use utoipa::{Modify, OpenApi};
         hosts::list, hosts::show, hosts::enable, hosts::disable,
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,
+        snapshots::create, snapshots::list, snapshots::show, snapshots::restore, snapshots::delete,
     ),
+    components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

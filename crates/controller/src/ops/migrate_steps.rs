@@ -1,6 +1,6 @@
 //! The steps of a live migration and of a host drain.
 
-use super::steps::{agent_err, app_err, instance, store_err};
+use super::steps::{agent_err, app_err, instance, op_params, store_err};
 use crate::app::migrations::{resources_of, DEFAULT_MAX_DOWNTIME_MS};
 use crate::app::App;
 use async_trait::async_trait;
@@ -54,8 +54,7 @@ fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
 }
 
 async fn params(app: &App, op: Uuid) -> Result<MigrateInstance, StepError> {
-    let v = app.store().operation_params(op).await.map_err(store_err)?;
-    serde_json::from_value(v).map_err(|e| StepError::permanent(format!("bad parameters: {e}")))
+    op_params(app, op).await
 }
 
 /// Parallel memory streams (multifd) of a migration without post-copy: measured 1.1-1.7x
@@ -98,6 +97,9 @@ impl Step<App> for ChooseTarget {
             .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
             .await
             .map_err(|e| StepError::permanent(e.message))?;
+        app.check_snapshots_can_move(&inst, &source, &target)
+            .await
+            .map_err(app_err)?;
         app.store()
             .insert_migration(&NewMigration {
                 id: s.operation_id,

@@ -4,6 +4,7 @@
 
 pub mod drain_steps;
 pub mod host_drain;
+pub mod instance_clone;
 pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
@@ -11,7 +12,13 @@ pub mod instance_reboot;
 pub mod instance_start;
 pub mod instance_stop;
 pub mod migrate_steps;
+pub mod snapshot_create;
+pub mod snapshot_delete;
+pub mod snapshot_restore;
+pub mod snapshot_steps;
 pub mod steps;
+
+pub use snapshot_steps::SnapshotParams;
 
 use crate::app::{App, AppError};
 use nimbus_api::{InstanceState, OperationKind, OperationState};
@@ -21,7 +28,8 @@ use uuid::Uuid;
 /// What an operation kind consists of: its steps and the instance states around it.
 pub struct Plan {
     pub steps: Vec<Box<dyn Step<App>>>,
-    /// State shown while the operation runs (`None`: the operation acts on no instance).
+    /// State shown while the operation runs (`None`: the operation acts on no instance, or
+    /// is a snapshot operation, which leaves the instance's state to its steps).
     pub during: Option<InstanceState>,
     /// State after success (`None`: the instance is gone, or there is none).
     pub after: Option<InstanceState>,
@@ -37,7 +45,23 @@ fn plan(kind: OperationKind, target: Uuid, target_name: &str) -> Plan {
         OperationKind::InstanceStop => instance_stop::plan(instance),
         OperationKind::InstanceReboot => instance_reboot::plan(instance),
         OperationKind::InstanceDelete => instance_delete::plan(instance),
+        OperationKind::InstanceClone => instance_clone::plan(instance),
+        OperationKind::SnapshotCreate => snapshot_create::plan(instance),
+        OperationKind::SnapshotRestore => snapshot_restore::plan(instance),
+        OperationKind::SnapshotDelete => snapshot_delete::plan(instance),
     }
+}
+
+/// Snapshot operations hold their instance (one operation at a time) without changing its
+/// state: the VM runs on through a snapshot or a delete, a restore sets the state the host
+/// reports, and a failure leaves the VM as it was.
+fn is_snapshot_op(kind: OperationKind) -> bool {
+    matches!(
+        kind,
+        OperationKind::SnapshotCreate
+            | OperationKind::SnapshotRestore
+            | OperationKind::SnapshotDelete
+    )
 }
 
 /// Runs operation `id` in the background.
@@ -68,7 +92,7 @@ async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
     // client waiting for the operation sees its effect at once.
     let kind = op.kind;
     let after = plan.after;
-    let instance_op = plan.during.is_some();
+    let instance_op = plan.during.is_some() || is_snapshot_op(kind);
     let outcome = nimbus_ops::run_then(id, &plan.steps, app, app.store(), RetryPolicy::default(), |outcome| async move {
         if instance_op {
             if let Err(e) = finish(app, id, instance, kind, &outcome, after).await {
@@ -94,6 +118,10 @@ async fn finish(
     if kind == OperationKind::InstanceMigrate {
         migrate_steps::end_record(app, op, outcome).await?;
     }
+    if is_snapshot_op(kind) {
+        app.store().end_instance_operation(instance, op).await?;
+        return Ok(());
+    }
     match (outcome, after) {
         (Outcome::Succeeded, None) => return Ok(()),
         // A failed migration leaves the VM where the host's agent says it runs.
@@ -118,7 +146,10 @@ async fn finish(
                 .await?;
         }
         (Outcome::Cancelled, _) => {
-            let state = if kind == OperationKind::InstanceCreate {
+            let state = if matches!(
+                kind,
+                OperationKind::InstanceCreate | OperationKind::InstanceClone
+            ) {
                 InstanceState::Error
             } else {
                 steps::state_from_agent(app, instance).await

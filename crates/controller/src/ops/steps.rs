@@ -30,6 +30,15 @@ pub(crate) fn store_err(e: StoreError) -> StepError {
     app_err(e.into())
 }
 
+/// The parameters operation `op` was started with.
+pub(crate) async fn op_params<T: serde::de::DeserializeOwned>(
+    app: &App,
+    op: Uuid,
+) -> Result<T, StepError> {
+    let v = app.store().operation_params(op).await.map_err(store_err)?;
+    serde_json::from_value(v).map_err(|e| StepError::permanent(format!("bad parameters: {e}")))
+}
+
 pub(crate) async fn instance(app: &App, id: Uuid) -> Result<InstanceRecord, StepError> {
     app.store().get_instance_by_id(id).await.map_err(store_err)
 }
@@ -112,7 +121,7 @@ impl Step<App> for Define {
 }
 
 /// Removes the VM and its disk from its host (idempotent; nothing to do if never placed).
-async fn destroy(app: &App, id: Uuid) -> Result<(), StepError> {
+pub(crate) async fn destroy(app: &App, id: Uuid) -> Result<(), StepError> {
     let inst = match app.store().get_instance_by_id(id).await {
         Ok(i) => i,
         Err(StoreError::NotFound { .. }) => return Ok(()),
@@ -265,7 +274,8 @@ impl Step<App> for Destroy {
     }
 }
 
-/// Removes the instance record, which releases its capacity.
+/// Removes the instance record, which releases its capacity, and the records of its
+/// snapshots (their files went with the VM on its host).
 pub struct Forget(pub Uuid);
 
 #[async_trait]
@@ -275,11 +285,16 @@ impl Step<App> for Forget {
     }
 
     async fn action(&self, app: &App, _s: &StepContext<'_>) -> Result<Value, StepError> {
+        let snapshots = app
+            .store()
+            .delete_snapshots_of(self.0)
+            .await
+            .map_err(store_err)?;
         app.store()
             .delete_instance_row(self.0)
             .await
             .map_err(store_err)?;
-        Ok(json!({}))
+        Ok(json!({ "snapshots_deleted": snapshots }))
     }
 }
 
