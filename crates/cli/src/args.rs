@@ -66,6 +66,9 @@ pub enum Command {
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
+    /// Checkpoints of instances (CPU, memory, disk), kept as a tree per instance.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
 }
 
 #[derive(Debug, Args)]
@@ -240,13 +243,19 @@ pub struct WaitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum InstanceCmd {
-    /// Create (and boot) an instance.
+    /// Create (and boot) an instance, or clone one from a snapshot.
     Create {
         name: String,
-        #[arg(long)]
-        flavor: String,
-        #[arg(long)]
-        image: String,
+        /// Machine size (`nimbus flavor list`); not with --from-snapshot.
+        #[arg(long, required_unless_present = "from_snapshot")]
+        flavor: Option<String>,
+        /// Image to boot (`nimbus image list`); not with --from-snapshot.
+        #[arg(long, required_unless_present = "from_snapshot")]
+        image: Option<String>,
+        /// Start a clone resuming from this snapshot: the source's flavor and image, a new
+        /// identity (MAC, IP), on the host the snapshot lives on.
+        #[arg(long, conflicts_with_all = ["flavor", "image"])]
+        from_snapshot: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -327,5 +336,41 @@ pub enum OperationCmd {
     /// Cancel an operation (it undoes what it did).
     Cancel {
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot an instance: memory, CPU and disk while it runs (a pause of milliseconds).
+    Create {
+        instance: String,
+        /// Name of the snapshot [default: <instance>-<yyyymmdd-hhmmss>].
+        #[arg(long)]
+        name: Option<String>,
+        /// Capture the disk only (no memory); works on a stopped instance too.
+        #[arg(long)]
+        disk_only: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List snapshots as trees (parent of each; `*` marks an instance's current one).
+    List {
+        /// Only the snapshots of this instance.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Show one snapshot.
+    Show { snapshot: String },
+    /// Return the snapshot's instance to exactly that instant (memory, processes, disk).
+    Restore {
+        snapshot: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Delete a snapshot and free its space (the others stay restorable).
+    Delete {
+        snapshot: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }

@@ -62,3 +62,29 @@ pub fn opt<T: ToString>(v: &Option<T>) -> String {
         .map(|x| x.to_string())
         .unwrap_or_else(|| "-".into())
 }
+
+/// A byte count for people: `512 B`, `3.2 KiB`, `12.4 MiB`, `1.50 GiB`.
+pub fn bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let f = n as f64;
+    if f < KIB {
+        format!("{n} B")
+    } else if f < KIB * KIB {
+        format!("{:.1} KiB", f / KIB)
+    } else if f < KIB * KIB * KIB {
+        format!("{:.1} MiB", f / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", f / (KIB * KIB * KIB))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes_pick_a_readable_unit() {
+        assert_eq!(super::bytes(512), "512 B");
+        assert_eq!(super::bytes(3 * 1024 + 205), "3.2 KiB");
+        assert_eq!(super::bytes(13_002_342), "12.4 MiB");
+        assert_eq!(super::bytes(3 << 29), "1.50 GiB");
+    }
+}

@@ -86,8 +86,9 @@ async fn bad_input_is_refused_cleanly(cloud: &Cloud, client: &Client) {
     let err = client
         .create_instance(&nimbus_api::CreateInstance {
             name: "x1".into(),
-            flavor: "huge".into(),
-            image: "default".into(),
+            flavor: Some("huge".into()),
+            image: Some("default".into()),
+            from_snapshot: None,
         })
         .await
         .expect_err("cannot fit");
@@ -313,8 +314,9 @@ async fn controller_restart_mid_create_completes(cloud: &mut Cloud) {
     let op = client
         .create_instance(&nimbus_api::CreateInstance {
             name: "web4".into(),
-            flavor: "tiny".into(),
-            image: "default".into(),
+            flavor: Some("tiny".into()),
+            image: Some("default".into()),
+            from_snapshot: None,
         })
         .await
         .expect("create");

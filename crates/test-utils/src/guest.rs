@@ -77,8 +77,9 @@ pub async fn create_instances(cloud: &Cloud, names: &[&str], flavor: &str) {
     for n in names {
         let req = CreateInstance {
             name: n.to_string(),
-            flavor: flavor.into(),
-            image: "default".into(),
+            flavor: Some(flavor.into()),
+            image: Some("default".into()),
+            from_snapshot: None,
         };
         ops.push(client.create_instance(&req).await.expect("create"));
     }

@@ -1,6 +1,6 @@
 //! `nimbus instance ...`
 
-use super::follow;
+use super::{follow, follow_then, step_output};
 use crate::args::{Connection, InstanceCmd, Output};
 use crate::{context, output};
 use nimbus_api::{CreateInstance, InstanceView, MigrateInstance, MigrationView};
@@ -55,6 +55,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             name,
             flavor,
             image,
+            from_snapshot,
             wait,
         } => {
             let op = client
@@ -62,6 +63,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     name,
                     flavor,
                     image,
+                    from_snapshot,
                 })
                 .await?;
             follow(&client, out, op, &wait).await
@@ -96,13 +98,15 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             .await
         }
         InstanceCmd::Delete { instance, wait } => {
-            follow(
-                &client,
-                out,
-                client.delete_instance(&instance).await?,
-                &wait,
-            )
-            .await
+            let op = client.delete_instance(&instance).await?;
+            let op = follow_then(&client, out, op, &wait).await?;
+            let snapshots = step_output::<serde_json::Value>(&op, "remove_record")
+                .and_then(|o| o.get("snapshots_deleted")?.as_u64())
+                .unwrap_or(0);
+            if snapshots > 0 && out == Output::Table {
+                println!("deleted its {snapshots} snapshot(s) too");
+            }
+            Ok(())
         }
         InstanceCmd::Migrate {
             instance,

@@ -7,6 +7,7 @@ pub mod image;
 pub mod instance;
 pub mod operation;
 pub mod server;
+pub mod snapshot;
 
 use crate::args::{Output, WaitArgs};
 use crate::{output, progress};
@@ -20,13 +21,24 @@ pub async fn follow(
     op: OperationView,
     wait: &WaitArgs,
 ) -> anyhow::Result<()> {
+    follow_then(client, out, op, wait).await.map(drop)
+}
+
+/// Like [`follow`], and answers the operation as it ended (or as accepted, without
+/// `--wait`), for commands that print a summary of what it did.
+pub async fn follow_then(
+    client: &Client,
+    out: Output,
+    op: OperationView,
+    wait: &WaitArgs,
+) -> anyhow::Result<OperationView> {
     let op = if wait.wait {
         progress::wait(client, &op, wait.timeout).await?
     } else {
         op
     };
     match out {
-        Output::Json => output::json(&op),
+        Output::Json => output::json(&op)?,
         Output::Table => {
             if wait.wait {
                 println!(
@@ -44,7 +56,13 @@ pub async fn follow(
                     op.id
                 );
             }
-            Ok(())
         }
     }
+    Ok(op)
+}
+
+/// What step `name` of a finished operation reported, decoded.
+pub fn step_output<T: serde::de::DeserializeOwned>(op: &OperationView, name: &str) -> Option<T> {
+    let step = op.steps.iter().find(|s| s.name == name)?;
+    serde_json::from_value(step.output.clone()?).ok()
 }
