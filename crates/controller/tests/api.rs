@@ -257,3 +257,69 @@ async fn metrics_are_prometheus_text() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn snapshot_routes_answer_with_error_bodies() {
+    let f = fixture().await;
+    let (s, body) = call(&f, "GET", "/v1/snapshots", Some(&f.token), None).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "[]"));
+    let cases = [
+        (
+            "POST",
+            "/v1/snapshots",
+            Some(r#"{"instance":"nope"}"#),
+            StatusCode::NOT_FOUND,
+            "instance \"nope\" not found",
+        ),
+        (
+            "GET",
+            "/v1/snapshots?instance=nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "instance \"nope\" not found",
+        ),
+        (
+            "GET",
+            "/v1/snapshots/s1",
+            None,
+            StatusCode::NOT_FOUND,
+            "nimbus snapshot list",
+        ),
+        (
+            "POST",
+            "/v1/snapshots/s1/restore",
+            None,
+            StatusCode::NOT_FOUND,
+            "snapshot \"s1\" not found",
+        ),
+        (
+            "DELETE",
+            "/v1/snapshots/s1",
+            None,
+            StatusCode::NOT_FOUND,
+            "snapshot \"s1\" not found",
+        ),
+        (
+            "POST",
+            "/v1/instances",
+            Some(r#"{"name":"web2","from_snapshot":"s1"}"#),
+            StatusCode::NOT_FOUND,
+            "snapshot \"s1\" not found",
+        ),
+        (
+            "POST",
+            "/v1/instances",
+            Some(r#"{"name":"web2"}"#),
+            StatusCode::BAD_REQUEST,
+            "needs a flavor and an image",
+        ),
+    ];
+    for (method, uri, body, status, text) in cases {
+        let (s, resp) = call(&f, method, uri, Some(&f.token), body).await;
+        assert_eq!(s, status, "{method} {uri}: {resp}");
+        assert!(
+            error(&resp).message.contains(text),
+            "{method} {uri}: {resp}"
+        );
+    }
+}

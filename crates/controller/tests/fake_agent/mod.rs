@@ -1,0 +1,183 @@
+//! A stand-in for a host agent, for the controller's operation tests: it serves the agent
+//! routes the snapshot operations call, keeps what a host would hold (VMs, snapshots), logs
+//! every call, and fails a route on demand. The controller under test is real.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nimbus_agent_api::{
+    AgentErrorBody, CloneRequest, DeleteSnapshotResult, RestoreResult, SnapshotRequest,
+    SnapshotResult, VmRunState, VmSpec, VmStatus,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// What the fake host holds.
+#[derive(Default)]
+pub struct HostState {
+    pub vms: HashMap<Uuid, VmRunState>,
+    /// (vm, snapshot) pairs stored.
+    pub snapshots: HashSet<(Uuid, Uuid)>,
+    /// Specs of the clones started.
+    pub clones: Vec<VmSpec>,
+    /// `"<route> <vm> [<snapshot>]"` for every call, in order.
+    pub calls: Vec<String>,
+    /// Route name (`snapshot`, `restore`, `delete_snapshot`, `clone`) -> (status, message)
+    /// to fail it with.
+    pub fail: HashMap<&'static str, (u16, String)>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeAgent(pub Arc<Mutex<HostState>>);
+
+impl FakeAgent {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, HostState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves on a free loopback port; answers the agent URL.
+    pub async fn serve(&self) -> String {
+        let app = Router::new()
+            .route("/vms/{id}", get(vm).delete(delete_vm))
+            .route("/vms/{id}/snapshots", post(snapshot))
+            .route("/vms/{id}/snapshots/{sid}/restore", post(restore))
+            .route(
+                "/vms/{id}/snapshots/{sid}",
+                axum::routing::delete(delete_snapshot),
+            )
+            .route("/vms/{id}/clone", post(clone))
+            .with_state(self.clone());
+        let app = Router::new().nest(nimbus_agent_api::AGENT_API_PREFIX, app);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn call(&self, route: &'static str, what: String) -> Result<(), Response> {
+        let mut st = self.state();
+        st.calls.push(format!("{route} {what}"));
+        match st.fail.get(route) {
+            Some((status, message)) => Err(error(*status, message)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn error(status: u16, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = AgentErrorBody {
+        code: "injected".into(),
+        message: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+pub fn status(id: Uuid, state: VmRunState) -> VmStatus {
+    VmStatus {
+        id,
+        state,
+        generation: 1,
+        reason: None,
+        pid: Some(4242),
+        guest_ready: true,
+        started_at: None,
+        heartbeat_age_ms: Some(100),
+        cpu_time_ns: 0,
+        rss_bytes: 0,
+        disk_allocated_bytes: 0,
+        disk_path: None,
+        incoming: false,
+        resumed_unix_ms: None,
+        first_heartbeat_unix_ms: Some(1),
+    }
+}
+
+async fn vm(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response {
+    match f.state().vms.get(&id) {
+        Some(s) => Json(status(id, *s)).into_response(),
+        None => error(404, "no such VM"),
+    }
+}
+
+async fn delete_vm(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response {
+    let mut st = f.state();
+    st.calls.push(format!("delete_vm {id}"));
+    st.vms.remove(&id);
+    st.snapshots.retain(|(vm, _)| *vm != id);
+    Json(serde_json::json!({})).into_response()
+}
+
+async fn snapshot(
+    State(f): State<FakeAgent>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<SnapshotRequest>,
+) -> Response {
+    if let Err(e) = f.call("snapshot", format!("{id} {}", req.snapshot_id)) {
+        return e;
+    }
+    f.state().snapshots.insert((id, req.snapshot_id));
+    Json(SnapshotResult {
+        snapshot_id: req.snapshot_id,
+        memory: req.memory,
+        vm_pause_ms: 3.5,
+        total_ms: 40,
+        disk_layer_bytes: 1000,
+        memory_bytes: if req.memory { 5000 } else { 0 },
+        memory_new_bytes: if req.memory { 2000 } else { 0 },
+        stored_bytes: if req.memory { 3000 } else { 1000 },
+    })
+    .into_response()
+}
+
+async fn restore(State(f): State<FakeAgent>, Path((id, sid)): Path<(Uuid, Uuid)>) -> Response {
+    if let Err(e) = f.call("restore", format!("{id} {sid}")) {
+        return e;
+    }
+    if !f.state().snapshots.contains(&(id, sid)) {
+        return error(404, "no such snapshot");
+    }
+    f.state().vms.insert(id, VmRunState::Running);
+    Json(RestoreResult {
+        snapshot_id: sid,
+        running_ms: 420,
+        first_heartbeat_ms: Some(610),
+        status: status(id, VmRunState::Running),
+    })
+    .into_response()
+}
+
+async fn delete_snapshot(
+    State(f): State<FakeAgent>,
+    Path((id, sid)): Path<(Uuid, Uuid)>,
+) -> Response {
+    if let Err(e) = f.call("delete_snapshot", format!("{id} {sid}")) {
+        return e;
+    }
+    f.state().snapshots.remove(&(id, sid));
+    Json(DeleteSnapshotResult {
+        snapshot_id: sid,
+        freed_bytes: 3000,
+    })
+    .into_response()
+}
+
+async fn clone(State(f): State<FakeAgent>, Json(req): Json<CloneRequest>) -> Response {
+    if let Err(e) = f.call("clone", format!("{} {}", req.spec.id, req.snapshot_id)) {
+        return e;
+    }
+    let mut st = f.state();
+    if !st.snapshots.contains(&(req.source_vm, req.snapshot_id)) {
+        return error(404, "no such snapshot");
+    }
+    st.vms.insert(req.spec.id, VmRunState::Running);
+    st.clones.push(req.spec.clone());
+    Json(status(req.spec.id, VmRunState::Running)).into_response()
+}

@@ -1,0 +1,543 @@
+//! Snapshot operations of the real controller (store, engine, steps) against a fake host
+//! agent that fails on demand: the tree and current pointer they maintain, and that a
+//! failure in a step leaves nothing behind.
+
+mod fake_agent;
+
+use fake_agent::FakeAgent;
+use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost, VmRunState};
+use nimbus_api::{
+    CreateInstance, CreateSnapshot, ErrorCode, ImportImage, InstanceState, MigrateInstance,
+    OperationKind, OperationState, OperationView, SnapshotState,
+};
+use nimbus_controller::app::Caller;
+use nimbus_controller::{App, ControllerConfig};
+use nimbus_store::{NewInstance, NewOperation};
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Fixture {
+    app: App,
+    agent: FakeAgent,
+    caller: Caller,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
+    let app = App::open(config).await.expect("open");
+    app.bootstrap().await.expect("bootstrap");
+    let agent = FakeAgent::default();
+    let url = agent.serve().await;
+    for host in ["host1", "host2"] {
+        app.register_host(&RegisterHost {
+            agent_url: url.clone(),
+            inventory: HostInventory {
+                name: host.into(),
+                cpus: 4,
+                memory_mib: 4096,
+                disk_gib: 50,
+                accelerator: Accelerator::Tcg,
+                qemu_version: "10.0.2".into(),
+                agent_version: "test".into(),
+                shared_storage: None,
+            },
+        })
+        .await
+        .expect("register");
+    }
+    // Any existing file stands in for a kernel: nothing boots here.
+    let exe = std::env::current_exe().expect("exe").display().to_string();
+    app.import_image(&ImportImage {
+        name: "default".into(),
+        kernel: Some(exe),
+        initrd: None,
+        cmdline: None,
+        disk: None,
+        ready_marker: None,
+    })
+    .await
+    .expect("image");
+    Fixture {
+        app,
+        agent,
+        caller: Caller {
+            token_id: "test".into(),
+            role: "admin".into(),
+            project: "default".into(),
+        },
+        _dir: dir,
+    }
+}
+
+/// An instance running on host1, as a finished create leaves it.
+async fn running_instance(f: &Fixture, name: &str) -> Uuid {
+    instance_on_host1(f, name, 512).await
+}
+
+async fn instance_on_host1(f: &Fixture, name: &str, memory_mib: u64) -> Uuid {
+    let id = Uuid::new_v4();
+    let new = NewInstance {
+        id,
+        project: "default".into(),
+        name: name.into(),
+        flavor: "small".into(),
+        image: "default".into(),
+        vcpus: 1,
+        memory_mib,
+        disk_gib: 2,
+    };
+    let op = NewOperation {
+        id: Uuid::new_v4(),
+        kind: OperationKind::InstanceCreate,
+        project: "default".into(),
+        target_id: id,
+        target_name: name.into(),
+        params: serde_json::json!({}),
+    };
+    let net = nimbus_controller::config::NetworkSettings::default();
+    let store = f.app.store();
+    store
+        .insert_instance(&new, &op, |used| {
+            nimbus_controller::app::network::pick_address(&net, used)
+        })
+        .await
+        .expect("insert");
+    store.reserve_host(id, "host1").await.expect("reserve");
+    store
+        .set_instance_state(id, InstanceState::Running, None)
+        .await
+        .expect("state");
+    store.end_instance_operation(id, op.id).await.expect("end");
+    f.agent.state().vms.insert(id, VmRunState::Running);
+    id
+}
+
+async fn wait(f: &Fixture, op: &OperationView) -> OperationView {
+    for _ in 0..200 {
+        let now = f.app.store().get_operation(op.id).await.expect("op");
+        if now.state.is_final() {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("operation {} did not end", op.id);
+}
+
+async fn snapshot(f: &Fixture, instance: &str, name: &str) -> OperationView {
+    let req = CreateSnapshot {
+        instance: instance.into(),
+        name: Some(name.into()),
+        disk_only: false,
+    };
+    let op = f
+        .app
+        .create_snapshot(&f.caller, &req)
+        .await
+        .expect("accepted");
+    wait(f, &op).await
+}
+
+async fn parent(f: &Fixture, name: &str) -> Option<String> {
+    f.app
+        .find_snapshot(&f.caller, name)
+        .await
+        .expect("snapshot")
+        .parent_name
+}
+
+async fn current(f: &Fixture, instance: Uuid) -> Option<String> {
+    let id = f
+        .app
+        .store()
+        .current_snapshot(instance)
+        .await
+        .expect("current")?;
+    Some(
+        f.app
+            .store()
+            .get_snapshot_by_id(id)
+            .await
+            .expect("get")
+            .name,
+    )
+}
+
+#[tokio::test]
+async fn snapshots_form_a_tree_and_a_failed_one_leaves_nothing() {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    let op = snapshot(&f, "web1", "s1").await;
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    let s1 = f
+        .app
+        .find_snapshot(&f.caller, "s1")
+        .await
+        .expect("s1")
+        .view();
+    assert_eq!(s1.state, SnapshotState::Available);
+    assert_eq!(
+        (s1.vm_pause_ms, s1.stored_bytes, s1.memory_bytes),
+        (3.5, 3000, 5000)
+    );
+    assert!(s1.current && s1.memory && s1.parent.is_none());
+    assert_eq!(
+        snapshot(&f, "web1", "s2").await.state,
+        OperationState::Succeeded
+    );
+    assert_eq!(parent(&f, "s2").await.as_deref(), Some("s1"));
+
+    f.agent
+        .state()
+        .fail
+        .insert("snapshot", (400, "no room for the memory image".into()));
+    let failed = snapshot(&f, "web1", "s3").await;
+    assert_eq!(failed.state, OperationState::Failed);
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no room for the memory image"),
+        "{:?}",
+        failed.error
+    );
+    // Nothing left: no row, the host was told to delete it, the instance is free and as it was.
+    assert!(f.app.find_snapshot(&f.caller, "s3").await.is_err());
+    let calls = f.agent.state().calls.clone();
+    let tried = calls
+        .iter()
+        .rfind(|c| c.starts_with("snapshot "))
+        .expect("tried");
+    let sid = tried.rsplit(' ').next().expect("sid");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == &format!("delete_snapshot {web} {sid}")),
+        "the undo deletes the snapshot on the host: {calls:?}"
+    );
+    let inst = f.app.store().get_instance_by_id(web).await.expect("inst");
+    assert_eq!(
+        (inst.state, inst.operation_id),
+        (InstanceState::Running, None)
+    );
+    assert_eq!(current(&f, web).await.as_deref(), Some("s2"));
+    assert_eq!(
+        f.app.store().count_snapshots_of(web).await.expect("count"),
+        2
+    );
+}
+
+#[tokio::test]
+async fn restore_moves_the_current_mark_and_a_refused_restore_changes_nothing() {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    for name in ["s1", "s2"] {
+        assert_eq!(
+            snapshot(&f, "web1", name).await.state,
+            OperationState::Succeeded
+        );
+    }
+    let op = f
+        .app
+        .restore_snapshot(&f.caller, "s1")
+        .await
+        .expect("accepted");
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    let restored = op.steps.iter().find(|s| s.name == "restore").expect("step");
+    let out: nimbus_api::SnapshotRestored =
+        serde_json::from_value(restored.output.clone().expect("output")).expect("summary");
+    assert_eq!((out.running_ms, out.first_heartbeat_ms), (420, Some(610)));
+    assert_eq!(current(&f, web).await.as_deref(), Some("s1"));
+    // The next snapshot branches from s1, beside s2.
+    assert_eq!(
+        snapshot(&f, "web1", "s3").await.state,
+        OperationState::Succeeded
+    );
+    assert_eq!(parent(&f, "s3").await.as_deref(), Some("s1"));
+
+    f.agent.state().fail.insert(
+        "restore",
+        (
+            422,
+            "checksum mismatch in memory chunk 17 of snapshot s2".into(),
+        ),
+    );
+    let op = f
+        .app
+        .restore_snapshot(&f.caller, "s2")
+        .await
+        .expect("accepted");
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Failed);
+    assert!(
+        op.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("checksum mismatch"),
+        "{:?}",
+        op.error
+    );
+    let s2 = f.app.find_snapshot(&f.caller, "s2").await.expect("s2");
+    assert_eq!(
+        (s2.state, s2.operation_id),
+        (SnapshotState::Available, None)
+    );
+    let inst = f.app.store().get_instance_by_id(web).await.expect("inst");
+    assert_eq!(
+        (inst.state, inst.operation_id),
+        (InstanceState::Running, None)
+    );
+    assert_eq!(current(&f, web).await.as_deref(), Some("s3"));
+}
+
+#[tokio::test]
+async fn deleting_the_middle_of_a_chain_hands_its_children_to_its_parent() {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    for name in ["s1", "s2", "s3"] {
+        assert_eq!(
+            snapshot(&f, "web1", name).await.state,
+            OperationState::Succeeded
+        );
+    }
+    let s2 = f.app.find_snapshot(&f.caller, "s2").await.expect("s2").id;
+    let op = f
+        .app
+        .delete_snapshot(&f.caller, "s2")
+        .await
+        .expect("accepted");
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    let freed = op
+        .steps
+        .iter()
+        .find(|s| s.name == "delete_on_host")
+        .expect("step");
+    let out: nimbus_api::SnapshotDeleted =
+        serde_json::from_value(freed.output.clone().expect("output")).expect("summary");
+    assert_eq!(out.freed_bytes, 3000);
+    assert!(!f.agent.state().snapshots.contains(&(web, s2)));
+    assert_eq!(parent(&f, "s3").await.as_deref(), Some("s1"));
+    assert_eq!(current(&f, web).await.as_deref(), Some("s3"));
+    // Deleting the current one makes its parent current.
+    let op = f
+        .app
+        .delete_snapshot(&f.caller, "s3")
+        .await
+        .expect("accepted");
+    assert_eq!(wait(&f, &op).await.state, OperationState::Succeeded);
+    assert_eq!(current(&f, web).await.as_deref(), Some("s1"));
+}
+
+#[tokio::test]
+async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    assert_eq!(
+        snapshot(&f, "web1", "s1").await.state,
+        OperationState::Succeeded
+    );
+    let req = CreateInstance {
+        name: "web2".into(),
+        flavor: None,
+        image: None,
+        from_snapshot: Some("s1".into()),
+    };
+    let op = f
+        .app
+        .create_instance(&f.caller, &req)
+        .await
+        .expect("accepted");
+    assert_eq!(op.kind, OperationKind::InstanceClone);
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    let (a, b) = (
+        f.app.store().get_instance_by_id(web).await.expect("web1"),
+        f.app.find_instance(&f.caller, "web2").await.expect("web2"),
+    );
+    assert_eq!(b.state, InstanceState::Running);
+    assert_eq!(
+        b.host.as_deref(),
+        Some("host1"),
+        "clones run where the snapshot lives"
+    );
+    assert_eq!(
+        (b.flavor.as_str(), b.vcpus, b.memory_mib),
+        ("small", 1, 512)
+    );
+    assert_ne!(a.mac, b.mac);
+    assert_ne!(a.ip, b.ip);
+    assert_eq!(
+        f.agent
+            .state()
+            .clones
+            .iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>(),
+        vec![b.id]
+    );
+
+    // A clone of a snapshot whose host is full is refused, naming the host (host2 has room
+    // but does not hold the snapshot).
+    instance_on_host1(&f, "filler", 3000).await;
+    let req = CreateInstance {
+        name: "web3".into(),
+        ..req
+    };
+    let e = f
+        .app
+        .create_instance(&f.caller, &req)
+        .await
+        .expect_err("full");
+    assert_eq!(e.code, ErrorCode::NoCapacity);
+    assert!(
+        e.message.starts_with(
+            "snapshot s1 lives on host host1 (snapshots stay on their host), which has no room"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(
+        f.app.find_instance(&f.caller, "web3").await.is_err(),
+        "nothing recorded"
+    );
+}
+
+#[tokio::test]
+async fn refusals_name_the_way_out() {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    assert_eq!(
+        snapshot(&f, "web1", "s1").await.state,
+        OperationState::Succeeded
+    );
+
+    let dup = CreateSnapshot {
+        instance: "web1".into(),
+        name: Some("s1".into()),
+        disk_only: false,
+    };
+    let e = f
+        .app
+        .create_snapshot(&f.caller, &dup)
+        .await
+        .expect_err("duplicate");
+    assert_eq!(e.code, ErrorCode::Conflict, "{}", e.message);
+    let unknown = CreateSnapshot {
+        instance: "nope".into(),
+        ..dup.clone()
+    };
+    let e = f
+        .app
+        .create_snapshot(&f.caller, &unknown)
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let e = f
+        .app
+        .restore_snapshot(&f.caller, "nope")
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("nimbus snapshot list"), "{}", e.message);
+
+    // Migration is refused while the instance has snapshots on its host.
+    let e = f
+        .app
+        .migrate_instance(&f.caller, "web1", &MigrateInstance::default())
+        .await
+        .expect_err("has snapshots");
+    assert_eq!(
+        e.message,
+        "web1 has 1 snapshot, which live on host1; delete them or use shared storage to migrate"
+    );
+
+    // A stopped instance: memory snapshots are refused with the way out, disk-only works.
+    f.app
+        .store()
+        .set_instance_state(web, InstanceState::Stopped, None)
+        .await
+        .expect("stop");
+    let e = f
+        .app
+        .create_snapshot(
+            &f.caller,
+            &CreateSnapshot {
+                instance: "web1".into(),
+                name: None,
+                disk_only: false,
+            },
+        )
+        .await
+        .expect_err("stopped");
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert!(e.message.contains("--disk-only"), "{}", e.message);
+    let op = f
+        .app
+        .create_snapshot(
+            &f.caller,
+            &CreateSnapshot {
+                instance: "web1".into(),
+                name: None,
+                disk_only: true,
+            },
+        )
+        .await
+        .expect("disk only");
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    let all = f
+        .app
+        .list_snapshots(&f.caller, Some("web1"))
+        .await
+        .expect("list");
+    let disk_only = all.iter().find(|s| !s.memory).expect("disk-only snapshot");
+    assert!(
+        disk_only.name.starts_with("web1-2"),
+        "default name: {}",
+        disk_only.name
+    );
+    assert_eq!(disk_only.parent.as_deref(), Some("s1"));
+
+    // While an operation holds the instance, restore and delete are refused as busy, and
+    // leave the snapshot as it was.
+    let other = NewOperation {
+        id: Uuid::new_v4(),
+        kind: OperationKind::InstanceReboot,
+        project: "default".into(),
+        target_id: web,
+        target_name: "web1".into(),
+        params: serde_json::json!({}),
+    };
+    f.app
+        .store()
+        .begin_instance_operation(web, &other)
+        .await
+        .expect("hold");
+    for e in [
+        f.app
+            .restore_snapshot(&f.caller, "s1")
+            .await
+            .expect_err("busy"),
+        f.app
+            .delete_snapshot(&f.caller, "s1")
+            .await
+            .expect_err("busy"),
+    ] {
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert!(
+            e.message
+                .contains(&format!("busy with operation {}", other.id)),
+            "{}",
+            e.message
+        );
+    }
+    let s1 = f.app.find_snapshot(&f.caller, "s1").await.expect("s1");
+    assert_eq!(
+        (s1.state, s1.operation_id),
+        (SnapshotState::Available, None)
+    );
+}
