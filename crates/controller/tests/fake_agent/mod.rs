@@ -61,13 +61,13 @@ impl FakeAgent {
         format!("http://{addr}")
     }
 
-    fn call(&self, route: &'static str, what: String) -> Result<(), Response> {
+    /// Logs a call; answers the failure injected for its route, if any.
+    fn call(&self, route: &'static str, what: String) -> Option<Response> {
         let mut st = self.state();
         st.calls.push(format!("{route} {what}"));
-        match st.fail.get(route) {
-            Some((status, message)) => Err(error(*status, message)),
-            None => Ok(()),
-        }
+        st.fail
+            .get(route)
+            .map(|(status, message)| error(*status, message))
     }
 }
 
@@ -120,7 +120,7 @@ async fn snapshot(
     Path(id): Path<Uuid>,
     Json(req): Json<SnapshotRequest>,
 ) -> Response {
-    if let Err(e) = f.call("snapshot", format!("{id} {}", req.snapshot_id)) {
+    if let Some(e) = f.call("snapshot", format!("{id} {}", req.snapshot_id)) {
         return e;
     }
     f.state().snapshots.insert((id, req.snapshot_id));
@@ -138,7 +138,7 @@ async fn snapshot(
 }
 
 async fn restore(State(f): State<FakeAgent>, Path((id, sid)): Path<(Uuid, Uuid)>) -> Response {
-    if let Err(e) = f.call("restore", format!("{id} {sid}")) {
+    if let Some(e) = f.call("restore", format!("{id} {sid}")) {
         return e;
     }
     if !f.state().snapshots.contains(&(id, sid)) {
@@ -158,7 +158,7 @@ async fn delete_snapshot(
     State(f): State<FakeAgent>,
     Path((id, sid)): Path<(Uuid, Uuid)>,
 ) -> Response {
-    if let Err(e) = f.call("delete_snapshot", format!("{id} {sid}")) {
+    if let Some(e) = f.call("delete_snapshot", format!("{id} {sid}")) {
         return e;
     }
     f.state().snapshots.remove(&(id, sid));
@@ -170,7 +170,7 @@ async fn delete_snapshot(
 }
 
 async fn clone(State(f): State<FakeAgent>, Json(req): Json<CloneRequest>) -> Response {
-    if let Err(e) = f.call("clone", format!("{} {}", req.spec.id, req.snapshot_id)) {
+    if let Some(e) = f.call("clone", format!("{} {}", req.spec.id, req.snapshot_id)) {
         return e;
     }
     let mut st = f.state();
