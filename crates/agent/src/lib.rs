@@ -23,6 +23,7 @@ pub mod manager;
 pub mod migration;
 pub mod network;
 pub mod register;
+pub mod snapshot;
 pub mod storage;
 
 pub use agent::Agent;
