@@ -224,26 +224,72 @@ async fn clone_runs_beside_the_original(cloud: &Cloud, client: &Client) {
     cli_ok(cloud, &["instance", "delete", "clone1", "--wait"]);
 }
 
-/// Files on the instance's host whose path names the snapshot.
-fn snapshot_files(cloud: &Cloud, host: &str, snapshot: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
+/// Every file under `dir`.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
         }
     }
-    let mut all = Vec::new();
-    walk(&cloud.host_dir(host), &mut all);
-    all.into_iter()
-        .filter(|p| p.to_string_lossy().contains(snapshot))
-        .collect()
+}
+
+/// Memory chunk hashes a snapshot manifest names (agent layout: docs/snapshots.md).
+fn chunk_hashes(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest).expect("read manifest");
+    let m: serde_json::Value = serde_json::from_str(&text).expect("manifest JSON");
+    m["memory"]["chunks"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["hash"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Damages a memory chunk of `snapshot` that no other snapshot of the VM uses (so the
+/// others stay intact); answers its path.
+fn damage_own_chunk(cloud: &Cloud, snapshot: &SnapshotView) -> PathBuf {
+    let host_dir = cloud.host_dir(&snapshot.host);
+    let snapshots_dir = host_dir
+        .join("vms")
+        .join(snapshot.instance_id.to_string())
+        .join("snapshots");
+    let own = snapshots_dir
+        .join(snapshot.id.to_string())
+        .join("manifest.json");
+    let mut manifests = Vec::new();
+    files_under(&snapshots_dir, &mut manifests);
+    let others: std::collections::HashSet<String> = manifests
+        .iter()
+        .filter(|p| p.ends_with("manifest.json") && **p != own)
+        .flat_map(|p| chunk_hashes(p))
+        .collect();
+    let mine = chunk_hashes(&own);
+    let hash = mine
+        .iter()
+        .find(|h| !others.contains(*h))
+        .or(mine.first())
+        .unwrap_or_else(|| panic!("{} names no memory chunk", own.display()));
+    let mut chunks = Vec::new();
+    files_under(&host_dir.join("chunks"), &mut chunks);
+    let victim = chunks
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == hash.as_str()))
+        .unwrap_or_else(|| panic!("chunk {hash} not found under {}", host_dir.display()));
+    let mut bytes = std::fs::read(&victim).expect("read chunk");
+    let (mid, len) = (bytes.len() / 2, bytes.len());
+    for b in &mut bytes[mid..(mid + 64).min(len)] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&victim, &bytes).expect("damage chunk");
+    victim
 }
 
 async fn corrupted_snapshot_is_refused_and_the_vm_runs_on(cloud: &Cloud, client: &Client) {
@@ -252,22 +298,7 @@ async fn corrupted_snapshot_is_refused_and_the_vm_runs_on(cloud: &Cloud, client:
         &["snapshot", "create", "snap1", "--name", "s4", "--wait"],
     );
     let s4 = client.snapshot("s4").await.expect("s4");
-    // Its largest file that is not a disk layer (those back the running VM's disk).
-    let mut files = snapshot_files(cloud, &s4.host, &s4.id.to_string());
-    files.sort_by_key(|p| {
-        let layer = p.extension().is_some_and(|e| e == "qcow2");
-        (!layer, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-    });
-    let victim = files
-        .pop()
-        .unwrap_or_else(|| panic!("no file of snapshot {} on {}", s4.id, s4.host));
-    let mut bytes = std::fs::read(&victim).expect("read snapshot file");
-    assert!(!bytes.is_empty(), "{} is empty", victim.display());
-    let (mid, len) = (bytes.len() / 2, bytes.len());
-    for b in &mut bytes[mid..(mid + 64).min(len)] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&victim, &bytes).expect("corrupt snapshot file");
+    let victim = damage_own_chunk(cloud, &s4);
 
     exec(client, "snap1", "echo kept > /data/after-s4 && sync").await;
     let before = counter(client, "snap1").await;
@@ -279,8 +310,9 @@ async fn corrupted_snapshot_is_refused_and_the_vm_runs_on(cloud: &Cloud, client:
     );
     let error = op.error.clone().unwrap_or_default();
     assert!(
-        error.contains("checksum") || error.contains("corrupt"),
-        "the refusal says why: {error}"
+        error.contains("damaged") && error.contains("checksum"),
+        "the refusal says why ({} was damaged): {error}",
+        victim.display()
     );
     // The VM is untouched: running, its disk and memory as they were.
     let inst = instance(client, "snap1").await;
