@@ -108,6 +108,7 @@ async fn restore_returns_memory_and_disk_to_the_instant(cloud: &Cloud, client: &
         &["snapshot", "create", "snap1", "--name", "s1", "--wait"],
     );
     assert!(out.contains("VM pause") && out.contains("stored"), "{out}");
+    eprintln!("{out}");
     // The snapshot's instant lies between these two reads.
     let at_s1 = counter(client, "snap1").await;
     exec(client, "snap1", "echo after > /data/after-s1 && sync").await;
@@ -130,6 +131,7 @@ async fn restore_returns_memory_and_disk_to_the_instant(cloud: &Cloud, client: &
          after the restore, {before} before"
     );
     let summary = restored(&op);
+    eprintln!("restore to s1: {summary:?}");
     assert!(
         summary.first_heartbeat_ms.is_some(),
         "the heartbeat continues after the restore: {summary:?}"
@@ -168,11 +170,13 @@ async fn tree_of_three_with_restores_to_each(cloud: &Cloud, client: &Client) {
     }
     let table = cli_ok(cloud, &["snapshot", "list", "--instance", "snap1"]);
     assert!(table.contains("└─ s3 *"), "tree view:\n{table}");
+    eprintln!("{table}");
 }
 
 async fn deleting_the_middle_keeps_the_others_restorable(cloud: &Cloud, client: &Client) {
     let out = cli_ok(cloud, &["snapshot", "delete", "s2", "--wait"]);
     assert!(out.contains("freed"), "{out}");
+    eprintln!("{out}");
     let all = snapshots(cloud, "snap1").await;
     assert!(all.iter().all(|s| s.name != "s2"));
     assert_eq!(parent(&all, "s3").as_deref(), Some("s1"));
@@ -309,6 +313,7 @@ async fn corrupted_snapshot_is_refused_and_the_vm_runs_on(cloud: &Cloud, client:
         "a corrupted snapshot is refused"
     );
     let error = op.error.clone().unwrap_or_default();
+    eprintln!("restore of the damaged s4: {error}");
     assert!(
         error.contains("damaged") && error.contains("checksum"),
         "the refusal says why ({} was damaged): {error}",

@@ -139,6 +139,15 @@ async fn snapshot(f: &Fixture, instance: &str, name: &str) -> OperationView {
     wait(f, &op).await
 }
 
+/// A fixture with web1 running on host1 and its snapshot s1.
+async fn web1_with_s1() -> (Fixture, Uuid) {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    let op = snapshot(&f, "web1", "s1").await;
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    (f, web)
+}
+
 async fn parent(f: &Fixture, name: &str) -> Option<String> {
     f.app
         .find_snapshot(&f.caller, name)
@@ -334,12 +343,7 @@ async fn deleting_the_middle_of_a_chain_hands_its_children_to_its_parent() {
 
 #[tokio::test]
 async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
-    let f = fixture().await;
-    let web = running_instance(&f, "web1").await;
-    assert_eq!(
-        snapshot(&f, "web1", "s1").await.state,
-        OperationState::Succeeded
-    );
+    let (f, web) = web1_with_s1().await;
     let req = CreateInstance {
         name: "web2".into(),
         flavor: None,
@@ -408,12 +412,7 @@ async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
 
 #[tokio::test]
 async fn refusals_name_the_way_out() {
-    let f = fixture().await;
-    let web = running_instance(&f, "web1").await;
-    assert_eq!(
-        snapshot(&f, "web1", "s1").await.state,
-        OperationState::Succeeded
-    );
+    let (f, web) = web1_with_s1().await;
 
     let dup = CreateSnapshot {
         instance: "web1".into(),

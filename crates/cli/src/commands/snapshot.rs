@@ -60,6 +60,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: SnapshotCmd) -> anyhow::Re
                     .map(|ms| format!("{ms} ms"))
                     .unwrap_or_else(|| "none yet".into());
                 output::fields(&[
+                    ("restored", format!("{} to {snapshot}", op.target_name)),
                     ("running after", format!("{} ms", r.running_ms)),
                     ("first heartbeat after", heartbeat),
                 ]);
@@ -72,7 +73,10 @@ pub async fn run(conn: &Connection, out: Output, cmd: SnapshotCmd) -> anyhow::Re
             if let (Output::Table, Some(d)) =
                 (out, step_output::<SnapshotDeleted>(&op, "delete_on_host"))
             {
-                output::fields(&[("freed", output::bytes(d.freed_bytes))]);
+                output::fields(&[
+                    ("snapshot", snapshot.clone()),
+                    ("freed", output::bytes(d.freed_bytes)),
+                ]);
             }
             Ok(())
         }

@@ -17,14 +17,13 @@ impl App {
         req: &CreateInstance,
         snapshot: &str,
     ) -> Result<OperationView, AppError> {
-        let snap = self.find_snapshot(caller, snapshot).await?;
+        let (snap, source) = self.reachable_snapshot(caller, snapshot).await?;
         if snap.state != SnapshotState::Available {
             return Err(AppError::conflict(format!(
                 "snapshot {} is {}; clones start from available snapshots",
                 snap.name, snap.state
             )));
         }
-        let source = self.store().get_instance_by_id(snap.instance_id).await?;
         for (what, asked, has) in [
             ("flavor", &req.flavor, &source.flavor),
             ("image", &req.image, &source.image),
@@ -36,8 +35,6 @@ impl App {
                 )));
             }
         }
-        self.require_host_up(&snap.host, &format!("where snapshot {} lives", snap.name))
-            .await?;
         let want = resources_of(&source);
         self.check_room_on(&snap.host, &want)
             .await

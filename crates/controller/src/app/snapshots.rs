@@ -103,8 +103,7 @@ impl App {
         caller: &Caller,
         id_or_name: &str,
     ) -> Result<OperationView, AppError> {
-        let snap = self.find_snapshot(caller, id_or_name).await?;
-        let inst = self.store().get_instance_by_id(snap.instance_id).await?;
+        let (snap, inst) = self.reachable_snapshot(caller, id_or_name).await?;
         if inst.host.as_deref() != Some(snap.host.as_str()) {
             return Err(AppError::conflict(format!(
                 "snapshot {} lives on host {}, but instance {} is {}; it cannot be restored there",
@@ -117,8 +116,6 @@ impl App {
                     .unwrap_or_else(|| "on no host".into())
             )));
         }
-        self.require_host_up(&snap.host, &format!("where snapshot {} lives", snap.name))
-            .await?;
         self.begin_on_snapshot(&snap, &inst, OperationKind::SnapshotRestore)
             .await
     }
@@ -129,10 +126,7 @@ impl App {
         caller: &Caller,
         id_or_name: &str,
     ) -> Result<OperationView, AppError> {
-        let snap = self.find_snapshot(caller, id_or_name).await?;
-        let inst = self.store().get_instance_by_id(snap.instance_id).await?;
-        self.require_host_up(&snap.host, &format!("where snapshot {} lives", snap.name))
-            .await?;
+        let (snap, inst) = self.reachable_snapshot(caller, id_or_name).await?;
         if let Some(clone) = self.clone_reading(snap.id).await? {
             return Err(AppError::conflict(format!(
                 "snapshot {} is being cloned (operation {clone}); delete it when that ends",
@@ -141,6 +135,20 @@ impl App {
         }
         self.begin_on_snapshot(&snap, &inst, OperationKind::SnapshotDelete)
             .await
+    }
+
+    /// A snapshot of the caller's project and its instance, once the host storing the
+    /// snapshot is known to be up (503 otherwise).
+    pub(crate) async fn reachable_snapshot(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<(SnapshotRecord, InstanceRecord), AppError> {
+        let snap = self.find_snapshot(caller, id_or_name).await?;
+        let inst = self.store().get_instance_by_id(snap.instance_id).await?;
+        self.require_host_up(&snap.host, &format!("where snapshot {} lives", snap.name))
+            .await?;
+        Ok((snap, inst))
     }
 
     /// Records an operation of `kind` on an existing snapshot and starts it.
