@@ -194,10 +194,11 @@ impl VmDir {
         self.dir().join("snapshots")
     }
 
-    /// Bytes the instance disk occupies on the host.
+    /// Bytes the instance disk occupies on the host: its top layer (the layers frozen by
+    /// snapshots are the snapshots' storage).
     pub fn disk_allocated_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.disk()).map_or(0, |m| m.blocks() * 512)
+        std::fs::metadata(self.top_disk()).map_or(0, |m| m.blocks() * 512)
     }
 }
 

@@ -2,9 +2,9 @@
 //! goes, and the memory chunks no other snapshot uses are removed. Every other snapshot stays
 //! restorable (their manifests get the new checksums of their rebased layers).
 
-use super::layers;
 use super::manifest::{self, SnapshotFiles};
 use super::SnapshotStore;
+use super::{failpoint, layers};
 use crate::error::{Error, Result};
 use crate::instance::{StreamPlan, VmHandle};
 use nimbus_agent_api::DeleteSnapshotResult;
@@ -29,6 +29,7 @@ pub async fn delete(
     let mut freed = 0;
     if layer.is_file() {
         merge_into_children(vm, &layer).await?;
+        failpoint::check("delete.after_merge")?;
         freed += layers::allocated_bytes(&layer);
         std::fs::remove_file(&layer).map_err(Error::io("remove", &layer))?;
     }

@@ -16,6 +16,7 @@
 pub mod chunks;
 pub mod clone;
 pub mod delete;
+pub mod failpoint;
 pub mod layers;
 pub mod manifest;
 pub mod memory;

@@ -3,9 +3,9 @@
 //! QEMU is replaced by one resumed from the snapshot on a new top layer, and the guest is
 //! brought back to the present (clock stepped, randomness reseeded).
 
-use super::layers;
 use super::manifest::{self, Manifest, SnapshotFiles};
 use super::SnapshotStore;
+use super::{failpoint, layers};
 use crate::error::{Error, Result};
 use crate::instance::{RestorePlan, VmHandle};
 use nimbus_agent_api::{ExecRequest, RestoreRequest, RestoreResult};
@@ -59,7 +59,11 @@ pub async fn restore(
     let files = SnapshotFiles::new(dir, sid);
     let stream = files.restore_stream_file();
     prepare(store, &m, &stream).await?;
-    let new_top = match layers::new_layer_on(dir, &m.disk.path).await {
+    let new_top = match failpoint::check("restore.after_assemble") {
+        Ok(()) => layers::new_layer_on(dir, &m.disk.path).await,
+        Err(e) => Err(e),
+    };
+    let new_top = match new_top {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_file(&stream);

@@ -1,9 +1,9 @@
 //! Taking a snapshot: a new top layer prepared, the short pause (in the VM's actor), then,
 //! while the guest runs on, the memory image cut into chunks and the manifest written.
 
-use super::layers;
 use super::manifest::{self, DiskLayer, Manifest, Pending, SnapshotFiles, FORMAT_VERSION};
 use super::SnapshotStore;
+use super::{failpoint, layers};
 use crate::error::{Error, Result};
 use crate::instance::{TakePlan, VmHandle};
 use chrono::Utc;
@@ -36,6 +36,11 @@ pub async fn take(
     files.write_pending(&Pending {
         layer: frozen.clone(),
     })?;
+    if let Err(e) = failpoint::check("take.after_new_layer") {
+        let _ = std::fs::remove_file(&new_top.path);
+        let _ = files.remove();
+        return Err(e);
+    }
     let stream = req.memory.then(|| files.stream_file());
     let plan = TakePlan {
         new_top: new_top.clone(),
@@ -52,6 +57,7 @@ pub async fn take(
             return Err(e);
         }
     };
+    failpoint::check("take.after_pause")?;
     let (memory, stored) = match &stream {
         Some(path) => {
             let (image, stored) = store.put_image(path).await?;
@@ -78,6 +84,7 @@ pub async fn take(
         memory_new_bytes: stored.new_bytes,
         stored_bytes: disk_layer_bytes + stored.new_bytes,
     };
+    failpoint::check("take.before_manifest")?;
     files.write(&Manifest {
         format_version: FORMAT_VERSION,
         snapshot_id: req.snapshot_id,

@@ -4,7 +4,7 @@
 use super::Actor;
 use crate::error::{error_chain, Error, Result};
 use crate::snapshot::layers::{self, NewTop};
-use crate::snapshot::memory;
+use crate::snapshot::{failpoint, memory};
 use nimbus_agent_api::VmRunState;
 use nimbus_qemu::Qmp;
 use std::path::PathBuf;
@@ -92,6 +92,7 @@ impl Actor {
                 self.dir.set_top_disk(&old_top)?;
                 return Err(Error::from(e));
             }
+            failpoint::check("take.in_pause")?;
             if let Some(stream) = &plan.stream {
                 memory::start_background(&qmp, stream).await?;
             }
@@ -164,6 +165,7 @@ impl Actor {
     }
 
     async fn resume_from(&mut self, stream: Option<&std::path::Path>) -> Result<()> {
+        failpoint::check("restore.after_kill")?;
         let Some(stream) = stream else {
             return self.launch(false).await;
         };
