@@ -2,116 +2,44 @@
 //! agent that fails on demand: the tree and current pointer they maintain, and that a
 //! failure in a step leaves nothing behind.
 
-mod fake_agent;
+mod support;
 
-use fake_agent::FakeAgent;
-use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost, VmRunState};
 use nimbus_api::{
-    CreateInstance, CreateSnapshot, ErrorCode, ImportImage, InstanceState, MigrateInstance,
-    OperationKind, OperationState, OperationView, SnapshotState,
+    CreateInstance, CreateSnapshot, ErrorCode, InstanceState, MigrateInstance, OperationKind,
+    OperationState, OperationView, SnapshotState,
 };
 use nimbus_controller::app::Caller;
-use nimbus_controller::{App, ControllerConfig};
-use nimbus_store::{NewInstance, NewOperation};
+use nimbus_store::NewOperation;
 use std::time::Duration;
+use support::Cloud;
 use uuid::Uuid;
 
+/// A cloud of two hosts (4 GiB each) and an admin of the default project.
 struct Fixture {
-    app: App,
-    agent: FakeAgent,
+    cloud: Cloud,
     caller: Caller,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Cloud;
+    fn deref(&self) -> &Cloud {
+        &self.cloud
+    }
 }
 
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
-    let app = App::open(config).await.expect("open");
-    app.bootstrap().await.expect("bootstrap");
-    let agent = FakeAgent::default();
-    let url = agent.serve().await;
-    for host in ["host1", "host2"] {
-        app.register_host(&RegisterHost {
-            agent_url: url.clone(),
-            inventory: HostInventory {
-                name: host.into(),
-                cpus: 4,
-                memory_mib: 4096,
-                disk_gib: 50,
-                accelerator: Accelerator::Tcg,
-                qemu_version: "10.0.2".into(),
-                agent_version: "test".into(),
-                shared_storage: None,
-            },
-        })
-        .await
-        .expect("register");
-    }
-    // Any existing file stands in for a kernel: nothing boots here.
-    let exe = std::env::current_exe().expect("exe").display().to_string();
-    app.import_image(&ImportImage {
-        name: "default".into(),
-        kernel: Some(exe),
-        initrd: None,
-        cmdline: None,
-        disk: None,
-        ready_marker: None,
-    })
-    .await
-    .expect("image");
     Fixture {
-        app,
-        agent,
+        cloud: Cloud::start(&["host1", "host2"], 4096).await,
         caller: Caller {
             token_id: "test".into(),
             role: "admin".into(),
             project: "default".into(),
         },
-        _dir: dir,
     }
 }
 
-/// An instance running on host1, as a finished create leaves it.
 async fn running_instance(f: &Fixture, name: &str) -> Uuid {
-    instance_on_host1(f, name, 512).await
-}
-
-async fn instance_on_host1(f: &Fixture, name: &str, memory_mib: u64) -> Uuid {
-    let id = Uuid::new_v4();
-    let new = NewInstance {
-        id,
-        project: "default".into(),
-        name: name.into(),
-        flavor: "small".into(),
-        image: "default".into(),
-        vcpus: 1,
-        memory_mib,
-        disk_gib: 2,
-    };
-    let op = NewOperation {
-        id: Uuid::new_v4(),
-        kind: OperationKind::InstanceCreate,
-        project: "default".into(),
-        target_id: id,
-        target_name: name.into(),
-        params: serde_json::json!({}),
-    };
-    let net = nimbus_controller::config::NetworkSettings::default();
-    let store = f.app.store();
-    store
-        .insert_instance(&new, &op, |used| {
-            nimbus_controller::app::network::pick_address(&net, used)
-        })
-        .await
-        .expect("insert");
-    store.reserve_host(id, "host1").await.expect("reserve");
-    store
-        .set_instance_state(id, InstanceState::Running, None)
-        .await
-        .expect("state");
-    store.end_instance_operation(id, op.id).await.expect("end");
-    f.agent.state().vms.insert(id, VmRunState::Running);
-    id
+    f.running_instance(name, 512).await
 }
 
 async fn wait(f: &Fixture, op: &OperationView) -> OperationView {
@@ -386,7 +314,7 @@ async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
 
     // A clone of a snapshot whose host is full is refused, naming the host (host2 has room
     // but does not hold the snapshot).
-    instance_on_host1(&f, "filler", 3000).await;
+    f.running_instance("filler", 3000).await;
     let req = CreateInstance {
         name: "web3".into(),
         ..req

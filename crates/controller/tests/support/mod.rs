@@ -1,4 +1,4 @@
-//! A stand-in for a host agent, for the controller's operation tests: it serves the agent
+//! Test support: a stand-in for a host agent, for the controller's operation tests: it serves the agent
 //! routes the snapshot operations call, keeps what a host would hold (VMs, snapshots), logs
 //! every call, and fails a route on demand. The controller under test is real.
 
@@ -180,4 +180,102 @@ async fn clone(State(f): State<FakeAgent>, Json(req): Json<CloneRequest>) -> Res
     st.vms.insert(req.spec.id, VmRunState::Running);
     st.clones.push(req.spec.clone());
     Json(status(req.spec.id, VmRunState::Running)).into_response()
+}
+
+/// A controller (real store, engine and steps) whose hosts are served by one fake agent,
+/// with an image to create instances from.
+pub struct Cloud {
+    pub app: nimbus_controller::App,
+    pub agent: FakeAgent,
+    _dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    /// Hosts `hosts`, each with 4 vCPUs and `memory_mib`.
+    pub async fn start(hosts: &[&str], memory_mib: u64) -> Self {
+        use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = nimbus_controller::ControllerConfig::new(
+            dir.path().to_path_buf(),
+            "agent-secret".into(),
+        );
+        let app = nimbus_controller::App::open(config).await.expect("open");
+        app.bootstrap().await.expect("bootstrap");
+        let agent = FakeAgent::default();
+        let url = agent.serve().await;
+        for host in hosts {
+            app.register_host(&RegisterHost {
+                agent_url: url.clone(),
+                inventory: HostInventory {
+                    name: host.to_string(),
+                    cpus: 4,
+                    memory_mib,
+                    disk_gib: 50,
+                    accelerator: Accelerator::Tcg,
+                    qemu_version: "10.0.2".into(),
+                    agent_version: "test".into(),
+                    shared_storage: None,
+                },
+            })
+            .await
+            .expect("register");
+        }
+        // Any existing file stands in for a kernel: nothing boots here.
+        let exe = std::env::current_exe().expect("exe").display().to_string();
+        app.import_image(&nimbus_api::ImportImage {
+            name: "default".into(),
+            kernel: Some(exe),
+            initrd: None,
+            cmdline: None,
+            disk: None,
+            ready_marker: None,
+        })
+        .await
+        .expect("image");
+        Self {
+            app,
+            agent,
+            _dir: dir,
+        }
+    }
+
+    /// An instance running on host1 with no operation, as a finished create leaves it.
+    pub async fn running_instance(&self, name: &str, memory_mib: u64) -> Uuid {
+        use nimbus_api::{InstanceState, OperationKind};
+        let id = Uuid::new_v4();
+        let new = nimbus_store::NewInstance {
+            id,
+            project: "default".into(),
+            name: name.into(),
+            flavor: "small".into(),
+            image: "default".into(),
+            vcpus: 1,
+            memory_mib,
+            disk_gib: 2,
+        };
+        let op = nimbus_store::NewOperation {
+            id: Uuid::new_v4(),
+            kind: OperationKind::InstanceCreate,
+            project: "default".into(),
+            target_id: id,
+            target_name: name.into(),
+            params: serde_json::json!({}),
+        };
+        let net = nimbus_controller::config::NetworkSettings::default();
+        let store = self.app.store();
+        store
+            .insert_instance(&new, &op, |used| {
+                nimbus_controller::app::network::pick_address(&net, used)
+            })
+            .await
+            .expect("insert");
+        store.reserve_host(id, "host1").await.expect("reserve");
+        store
+            .set_instance_state(id, InstanceState::Running, None)
+            .await
+            .expect("state");
+        store.end_instance_operation(id, op.id).await.expect("end");
+        self.agent.state().vms.insert(id, VmRunState::Running);
+        id
+    }
 }
