@@ -468,3 +468,41 @@ async fn refusals_name_the_way_out() {
         (SnapshotState::Available, None)
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_whose_undo_failed_shows_error_and_can_be_deleted() {
+    let f = fixture().await;
+    let web = running_instance(&f, "web1").await;
+    {
+        let mut host = f.agent.state();
+        host.fail.insert("snapshot", (400, "disk full".into()));
+        host.fail
+            .insert("delete_snapshot", (400, "disk unreadable".into()));
+    }
+    let op = snapshot(&f, "web1", "s1").await;
+    assert_eq!(op.state, OperationState::Failed);
+    let error = op.error.unwrap_or_default();
+    assert!(error.contains("undo of take also failed"), "{error}");
+    let s1 = f.app.find_snapshot(&f.caller, "s1").await.expect("kept");
+    assert_eq!((s1.state, s1.operation_id), (SnapshotState::Error, None));
+    let inst = f.app.store().get_instance_by_id(web).await.expect("web1");
+    assert_eq!(
+        (inst.state, inst.operation_id),
+        (InstanceState::Running, None)
+    );
+    // Restoring it is refused; once the host works again, deleting it cleans up.
+    let e = f
+        .app
+        .restore_snapshot(&f.caller, "s1")
+        .await
+        .expect_err("error");
+    assert!(e.message.contains("not available"), "{}", e.message);
+    f.agent.state().fail.clear();
+    let op = f
+        .app
+        .delete_snapshot(&f.caller, "s1")
+        .await
+        .expect("accepted");
+    assert_eq!(wait(&f, &op).await.state, OperationState::Succeeded);
+    assert!(f.app.find_snapshot(&f.caller, "s1").await.is_err());
+}

@@ -196,8 +196,9 @@ impl Store {
         Ok(())
     }
 
-    /// Starts an operation on an available snapshot: it becomes its instance's operation
-    /// (refused while another one runs) and the snapshot shows `state` meanwhile.
+    /// Starts an operation on an available snapshot (or, to delete it, one in `error`): it
+    /// becomes its instance's operation (refused while another one runs) and the snapshot
+    /// shows `state` meanwhile.
     pub async fn begin_snapshot_operation(
         &self,
         snapshot: Uuid,
@@ -207,15 +208,21 @@ impl Store {
         let snap = self.get_snapshot_by_id(snapshot).await?;
         let mut tx = self.pool.begin().await?;
         claim_instance(&mut tx, snap.instance_id, op).await?;
+        let also = if state == SnapshotState::Deleting {
+            SnapshotState::Error
+        } else {
+            SnapshotState::Available
+        };
         let r = sqlx::query(
             "UPDATE snapshots SET state = $1, operation_id = $2, updated_at = $3 \
-             WHERE id = $4 AND state = $5",
+             WHERE id = $4 AND (state = $5 OR state = $6)",
         )
         .bind(state.as_str())
         .bind(op.id.to_string())
         .bind(time::now())
         .bind(snapshot.to_string())
         .bind(SnapshotState::Available.as_str())
+        .bind(also.as_str())
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {

@@ -119,6 +119,7 @@ async fn finish(
         migrate_steps::end_record(app, op, outcome).await?;
     }
     if is_snapshot_op(kind) {
+        snapshot_steps::settle(app, op, outcome).await?;
         app.store().end_instance_operation(instance, op).await?;
         return Ok(());
     }

@@ -5,7 +5,7 @@ use crate::app::App;
 use async_trait::async_trait;
 use nimbus_agent_api::AgentClient;
 use nimbus_api::SnapshotState;
-use nimbus_ops::{Step, StepContext, StepError};
+use nimbus_ops::{Outcome, Step, StepContext, StepError};
 use nimbus_store::{SnapshotRecord, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -78,5 +78,31 @@ impl Step<App> for CheckSnapshot {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(store_err(e)),
         }
+    }
+}
+
+/// Leaves no snapshot marked by operation `op` once it ended: `available` again, unless the
+/// operation failed without undoing what it did, which leaves the snapshot in `error` (it
+/// can still be deleted). Idempotent.
+pub(crate) async fn settle(app: &App, op: Uuid, outcome: &Outcome) -> Result<(), StoreError> {
+    let Ok(params) = app.store().operation_params(op).await else {
+        return Ok(());
+    };
+    let Ok(p) = serde_json::from_value::<SnapshotParams>(params) else {
+        return Ok(());
+    };
+    match app.store().get_snapshot_by_id(p.snapshot_id).await {
+        Ok(snap) if snap.operation_id == Some(op) => {
+            let state = match outcome {
+                Outcome::Failed { unwound: false, .. } => SnapshotState::Error,
+                _ => SnapshotState::Available,
+            };
+            if state == SnapshotState::Error {
+                tracing::warn!(operation_id = %op, snapshot_id = %snap.id, "snapshot left in error by a failed operation");
+            }
+            app.store().end_snapshot_operation(snap.id, state).await
+        }
+        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }

@@ -195,18 +195,27 @@ async fn one_operation_per_instance_and_only_on_available_snapshots() {
         s.end_snapshot_operation(a, SnapshotState::Error)
             .await
             .expect("end");
+        // A snapshot in error cannot be restored, only deleted.
+        let again = operation(OperationKind::SnapshotRestore, web.id);
         let not_available = s
-            .begin_snapshot_operation(a, SnapshotState::Deleting, &delete)
+            .begin_snapshot_operation(a, SnapshotState::Restoring, &again)
             .await;
         assert!(
             matches!(not_available, Err(StoreError::Conflict(ref m)) if m.contains("not available")),
             "{not_available:?}"
+        );
+        assert!(
+            s.get_operation(again.id).await.is_err(),
+            "no operation left"
         );
         let inst = s.get_instance_by_id(web.id).await.expect("get");
         assert_eq!(
             inst.operation_id, None,
             "a refused operation does not hold the instance"
         );
+        s.begin_snapshot_operation(a, SnapshotState::Deleting, &delete)
+            .await
+            .expect("a snapshot in error can be deleted");
     }
 }
 
