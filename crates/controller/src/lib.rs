@@ -2,8 +2,10 @@
 //!
 //! - `http/`: thin axum handlers (parse, authenticate, call one `app/` function), the error
 //!   mapping, OpenAPI, metrics, the console proxy;
-//! - `app/`: the logic per resource (instances, flavors, images, hosts, operations, auth);
-//! - `ops/`: one file per durable operation (create, start, stop, reboot, delete) and the
+//! - `app/`: the logic per resource (instances, snapshots, clones, flavors, images, hosts,
+//!   operations, auth);
+//! - `ops/`: one file per durable operation (instance create, start, stop, reboot,
+//!   delete, migrate, clone; snapshot create, restore, delete) and the
 //!   runner that starts and resumes them;
 //! - `background/`: the reconciler that applies agents' reports and repairs drift.
 
