@@ -76,12 +76,18 @@ impl App {
         );
         match (&src.shared_storage, &dst.shared_storage) {
             (Some(a), Some(b)) if a == b => Ok(()),
-            _ => Err(AppError::conflict(format!(
-                "{} has {count} snapshot{}, which live on {source}; delete them or use shared \
-                 storage to migrate",
-                inst.name,
-                if count == 1 { "" } else { "s" }
-            ))),
+            _ => {
+                let (noun, verb, them) = if count == 1 {
+                    ("snapshot", "lives", "it")
+                } else {
+                    ("snapshots", "live", "them")
+                };
+                Err(AppError::conflict(format!(
+                    "{} has {count} {noun}, which {verb} on {source}; delete {them} or use \
+                     shared storage to migrate",
+                    inst.name
+                )))
+            }
         }
     }
 
