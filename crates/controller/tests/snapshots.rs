@@ -506,3 +506,61 @@ async fn a_snapshot_whose_undo_failed_shows_error_and_can_be_deleted() {
     assert_eq!(wait(&f, &op).await.state, OperationState::Succeeded);
     assert!(f.app.find_snapshot(&f.caller, "s1").await.is_err());
 }
+
+#[tokio::test]
+async fn a_failed_clone_leaves_no_vm_and_no_reservation() {
+    let (f, _web) = web1_with_s1().await;
+    f.agent.state().fail.insert(
+        "clone",
+        (400, "the snapshot's QEMU version is unknown here".into()),
+    );
+    let req = CreateInstance {
+        name: "web2".into(),
+        flavor: None,
+        image: None,
+        from_snapshot: Some("s1".into()),
+    };
+    let op = f
+        .app
+        .create_instance(&f.caller, &req)
+        .await
+        .expect("accepted");
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Failed);
+    let web2 = f.app.find_instance(&f.caller, "web2").await.expect("web2");
+    assert_eq!(web2.state, InstanceState::Error);
+    assert!(
+        web2.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("QEMU version is unknown")),
+        "{:?}",
+        web2.reason
+    );
+    assert_eq!(web2.host, None, "the reservation on host1 is released");
+    let host = f.agent.state();
+    assert!(!host.vms.contains_key(&web2.id), "no VM left on the host");
+    assert!(
+        host.calls
+            .iter()
+            .any(|c| c == &format!("delete_vm {}", web2.id)),
+        "the undo deleted whatever the host made: {:?}",
+        host.calls
+    );
+}
+
+#[tokio::test]
+async fn a_drain_reports_instances_held_by_their_snapshots() {
+    let (f, _web) = web1_with_s1().await;
+    let op = f
+        .app
+        .drain_host(&f.caller, "host1")
+        .await
+        .expect("accepted");
+    let op = wait(&f, &op).await;
+    assert_eq!(op.state, OperationState::Failed);
+    let error = op.error.unwrap_or_default();
+    assert!(
+        error.contains("web1: web1 has 1 snapshot, which lives on host1"),
+        "{error}"
+    );
+}
