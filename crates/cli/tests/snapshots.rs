@@ -336,7 +336,7 @@ async fn migration_is_refused_while_snapshots_are_local(cloud: &Cloud) {
     let err = cli_err(cloud, &["instance", "migrate", "snap1", "--wait"]);
     assert!(
         err.contains("snap1 has 2 snapshots, which live on")
-            && err.contains("delete them or use shared storage to migrate"),
+            && err.contains("to migrate it, delete them, then stop and start it"),
         "{err}"
     );
 }

@@ -379,7 +379,8 @@ async fn refusals_name_the_way_out() {
         .expect_err("has snapshots");
     assert_eq!(
         e.message,
-        "web1 has 1 snapshot, which lives on host1; delete it or use shared storage to migrate"
+        "web1 has 1 snapshot, which lives on host1; to migrate it, delete it, then stop and \
+         start it (which folds its disk layers back into one disk)"
     );
 
     // A stopped instance: memory snapshots are refused with the way out, disk-only works.

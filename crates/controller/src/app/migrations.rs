@@ -39,11 +39,9 @@ impl App {
             }
         }
         // Refuse at once what cannot work; the operation chooses for real.
-        let target = self
-            .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+        self.choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
             .await?;
-        self.check_snapshots_can_move(&inst, &source, &target)
-            .await?;
+        self.check_snapshots_can_move(&inst, &source).await?;
         let op = NewOperation {
             id: Uuid::new_v4(),
             kind: OperationKind::InstanceMigrate,
@@ -58,37 +56,27 @@ impl App {
         Ok(self.store().get_operation(op.id).await?)
     }
 
-    /// Snapshots live on their instance's host: an instance that has some moves only between
-    /// hosts that share storage.
+    /// Snapshots live on their instance's host (memory images in its chunk store, disk
+    /// layers beside the disk, even on shared storage): an instance that has some stays.
     pub(crate) async fn check_snapshots_can_move(
         &self,
         inst: &nimbus_store::InstanceRecord,
         source: &str,
-        target: &str,
     ) -> Result<(), AppError> {
         let count = self.store().count_snapshots_of(inst.id).await?;
         if count == 0 {
             return Ok(());
         }
-        let (src, dst) = (
-            self.store().get_host(source).await?,
-            self.store().get_host(target).await?,
-        );
-        match (&src.shared_storage, &dst.shared_storage) {
-            (Some(a), Some(b)) if a == b => Ok(()),
-            _ => {
-                let (noun, verb, them) = if count == 1 {
-                    ("snapshot", "lives", "it")
-                } else {
-                    ("snapshots", "live", "them")
-                };
-                Err(AppError::conflict(format!(
-                    "{} has {count} {noun}, which {verb} on {source}; delete {them} or use \
-                     shared storage to migrate",
-                    inst.name
-                )))
-            }
-        }
+        let (noun, verb, them) = if count == 1 {
+            ("snapshot", "lives", "it")
+        } else {
+            ("snapshots", "live", "them")
+        };
+        Err(AppError::conflict(format!(
+            "{} has {count} {noun}, which {verb} on {source}; to migrate it, delete {them}, then \
+             stop and start it (which folds its disk layers back into one disk)",
+            inst.name
+        )))
     }
 
     /// The host an instance on `source` should move to: `to` if given (it must be up,

@@ -97,7 +97,7 @@ impl Step<App> for ChooseTarget {
             .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
             .await
             .map_err(|e| StepError::permanent(e.message))?;
-        app.check_snapshots_can_move(&inst, &source, &target)
+        app.check_snapshots_can_move(&inst, &source)
             .await
             .map_err(app_err)?;
         app.store()
