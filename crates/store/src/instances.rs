@@ -229,10 +229,7 @@ impl Store {
             "SELECT * FROM instances WHERE {} ORDER BY created_at, name",
             scope.condition("project", 1)
         );
-        let rows = scope
-            .bind(sqlx::query(&sql))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -422,7 +419,10 @@ mod tests {
                 .expect("apply");
             assert!(!changed, "an operation owns the instance");
             s.end_instance_operation(rec.id, op.id).await.expect("end");
-            let rec = s.get_instance_by_id(&Scope::All, rec.id).await.expect("get");
+            let rec = s
+                .get_instance_by_id(&Scope::All, rec.id)
+                .await
+                .expect("get");
             let stale =
                 s.apply_agent_report(rec.id, rec.generation - 1, 3, InstanceState::Error, None);
             assert!(!stale.await.expect("apply"), "stale generation");
@@ -436,7 +436,10 @@ mod tests {
                 )
                 .await
                 .expect("apply"));
-            let rec = s.get_instance_by_id(&Scope::All, rec.id).await.expect("get");
+            let rec = s
+                .get_instance_by_id(&Scope::All, rec.id)
+                .await
+                .expect("get");
             assert!(
                 !s.apply_agent_report(rec.id, rec.generation, 3, InstanceState::Running, None)
                     .await

@@ -67,7 +67,11 @@ impl Store {
     }
 
     /// The migration with this id, if `scope` sees it.
-    pub async fn get_migration(&self, scope: &Scope, id: Uuid) -> Result<MigrationView, StoreError> {
+    pub async fn get_migration(
+        &self,
+        scope: &Scope,
+        id: Uuid,
+    ) -> Result<MigrationView, StoreError> {
         let sql = format!(
             "SELECT * FROM migrations WHERE id = $1 AND {}",
             scope.condition("project", 2)

@@ -41,11 +41,26 @@ pub fn admit(
     want: &QuotaUsage,
 ) -> Result<(), QuotaExceeded> {
     let checks = [
-        ("instances", limits.instances, in_use.instances, want.instances),
+        (
+            "instances",
+            limits.instances,
+            in_use.instances,
+            want.instances,
+        ),
         ("vcpus", limits.vcpus, in_use.vcpus, want.vcpus),
-        ("memory_mib", limits.memory_mib, in_use.memory_mib, want.memory_mib),
+        (
+            "memory_mib",
+            limits.memory_mib,
+            in_use.memory_mib,
+            want.memory_mib,
+        ),
         ("disk_gib", limits.disk_gib, in_use.disk_gib, want.disk_gib),
-        ("snapshots", limits.snapshots, in_use.snapshots, want.snapshots),
+        (
+            "snapshots",
+            limits.snapshots,
+            in_use.snapshots,
+            want.snapshots,
+        ),
     ];
     for (resource, limit, used, requested) in checks {
         if let Some(limit) = limit {
@@ -174,7 +189,11 @@ impl Store {
             .bind(time::now())
             .execute(&mut *tx)
             .await
-            .map_err(|e| StoreError::unique_or(e, || format!("quota of {project} changed concurrently; retry")))?;
+            .map_err(|e| {
+                StoreError::unique_or(e, || {
+                    format!("quota of {project} changed concurrently; retry")
+                })
+            })?;
         }
         tx.commit().await?;
         Ok(())
@@ -211,8 +230,16 @@ mod tests {
         );
         let e = admit("p", &limits, &usage(1, 3), &usage(1, 2)).expect_err("vcpus");
         assert_eq!((e.resource, e.in_use, e.requested), ("vcpus", 3, 2));
-        assert!(e.to_string().contains("vcpus quota 4 would be exceeded (3 in use + 2 requested)"));
-        assert!(admit("p", &QuotaLimits::UNLIMITED, &usage(1000, 1000), &usage(1, 64)).is_ok());
+        assert!(e
+            .to_string()
+            .contains("vcpus quota 4 would be exceeded (3 in use + 2 requested)"));
+        assert!(admit(
+            "p",
+            &QuotaLimits::UNLIMITED,
+            &usage(1000, 1000),
+            &usage(1, 64)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -232,7 +259,9 @@ mod tests {
             ..QuotaUsage::default()
         };
         assert_eq!(
-            admit("p", &limits, &over, &one).expect_err("snapshots").resource,
+            admit("p", &limits, &over, &one)
+                .expect_err("snapshots")
+                .resource,
             "snapshots"
         );
     }

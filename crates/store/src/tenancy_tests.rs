@@ -9,7 +9,9 @@ use nimbus_api::{AuditEntry, QuotaLimits};
 use uuid::Uuid;
 
 async fn project(s: &Store, name: &str, limits: QuotaLimits) {
-    s.create_project(name, None, &limits).await.expect("project");
+    s.create_project(name, None, &limits)
+        .await
+        .expect("project");
 }
 
 #[tokio::test]
@@ -28,26 +30,46 @@ async fn every_project_owned_query_is_scoped() {
         assert_eq!(s.get_instance(&acme, "web1").await.expect("a").id, a.id);
         assert_eq!(s.get_instance(&beta, "web1").await.expect("b").id, b.id);
         let cross = s.get_instance(&acme, &b.id.to_string()).await;
-        assert!(matches!(cross, Err(StoreError::NotFound { .. })), "{cross:?}");
+        assert!(
+            matches!(cross, Err(StoreError::NotFound { .. })),
+            "{cross:?}"
+        );
         assert!(s.get_instance_by_id(&beta, a.id).await.is_err());
         assert!(matches!(
             s.get_instance(&Scope::All, "web1").await,
             Err(StoreError::Conflict(_))
         ));
-        let listed: Vec<Uuid> = s.list_instances(&acme).await.expect("list").iter().map(|i| i.id).collect();
+        let listed: Vec<Uuid> = s
+            .list_instances(&acme)
+            .await
+            .expect("list")
+            .iter()
+            .map(|i| i.id)
+            .collect();
         assert_eq!(listed, [a.id]);
         assert_eq!(s.list_instances(&Scope::All).await.expect("all").len(), 2);
 
         // Operations: show, list, cancel.
         assert!(s.get_operation(&acme, a_op.id).await.is_ok());
         assert!(s.get_operation(&acme, b_op.id).await.is_err());
-        let ops: Vec<Uuid> = s.list_operations(&beta, 10).await.expect("ops").iter().map(|o| o.id).collect();
+        let ops: Vec<Uuid> = s
+            .list_operations(&beta, 10)
+            .await
+            .expect("ops")
+            .iter()
+            .map(|o| o.id)
+            .collect();
         assert_eq!(ops, [b_op.id]);
         assert!(matches!(
             s.request_cancel(&acme, b_op.id).await,
             Err(StoreError::NotFound { .. })
         ));
-        assert!(!s.get_operation(&Scope::All, b_op.id).await.expect("op").cancel_requested);
+        assert!(
+            !s.get_operation(&Scope::All, b_op.id)
+                .await
+                .expect("op")
+                .cancel_requested
+        );
 
         // Migrations.
         let m = NewMigration {
@@ -88,9 +110,19 @@ async fn every_project_owned_query_is_scoped() {
         let seen = s.list_audit(&acme, None, 100).await.expect("audit");
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].project.as_deref(), Some("acme"));
-        assert_eq!(s.list_audit(&Scope::All, None, 100).await.expect("all").len(), 2);
+        assert_eq!(
+            s.list_audit(&Scope::All, None, 100)
+                .await
+                .expect("all")
+                .len(),
+            2
+        );
         let future = Utc::now() + Duration::hours(1);
-        assert!(s.list_audit(&Scope::All, Some(future), 100).await.expect("since").is_empty());
+        assert!(s
+            .list_audit(&Scope::All, Some(future), 100)
+            .await
+            .expect("since")
+            .is_empty());
     }
 }
 
@@ -120,25 +152,60 @@ async fn twenty_concurrent_creates_never_overshoot_the_quota() {
             .collect();
         assert_eq!(ok, 5, "{results:?}");
         assert_eq!(refused.len(), 15, "{results:?}");
-        assert!(refused.iter().all(|q| q.resource == "instances" && q.in_use == 5));
-        assert_eq!(s.list_instances(&Scope::project("acme")).await.expect("list").len(), 5);
+        assert!(refused
+            .iter()
+            .all(|q| q.resource == "instances" && q.in_use == 5));
+        assert_eq!(
+            s.list_instances(&Scope::project("acme"))
+                .await
+                .expect("list")
+                .len(),
+            5
+        );
         assert_eq!(s.quota_usage("acme").await.expect("usage").instances, 5);
         // Refused creates left no operation behind.
-        assert_eq!(s.list_operations(&Scope::project("acme"), 100).await.expect("ops").len(), 5);
+        assert_eq!(
+            s.list_operations(&Scope::project("acme"), 100)
+                .await
+                .expect("ops")
+                .len(),
+            5
+        );
 
         // vCPUs are counted too, and raising the limit lets the next one in.
-        s.set_quota("acme", &QuotaLimits { instances: Some(10), vcpus: Some(5), ..QuotaLimits::UNLIMITED })
-            .await
-            .expect("set");
+        s.set_quota(
+            "acme",
+            &QuotaLimits {
+                instances: Some(10),
+                vcpus: Some(5),
+                ..QuotaLimits::UNLIMITED
+            },
+        )
+        .await
+        .expect("set");
         let (n, op) = new_instance("acme", "vm-more");
         let e = s.insert_instance(&n, &op, pick).await;
-        assert!(matches!(&e, Err(StoreError::QuotaExceeded(q)) if q.resource == "vcpus"), "{e:?}");
-        s.set_quota("acme", &QuotaLimits { vcpus: Some(6), ..QuotaLimits::UNLIMITED }).await.expect("set");
+        assert!(
+            matches!(&e, Err(StoreError::QuotaExceeded(q)) if q.resource == "vcpus"),
+            "{e:?}"
+        );
+        s.set_quota(
+            "acme",
+            &QuotaLimits {
+                vcpus: Some(6),
+                ..QuotaLimits::UNLIMITED
+            },
+        )
+        .await
+        .expect("set");
         s.insert_instance(&n, &op, pick).await.expect("fits now");
         assert_eq!(s.quota("acme").await.expect("quota").vcpus, Some(6));
 
         // The default project has no quota row: unlimited.
-        assert_eq!(s.quota("default").await.expect("quota"), QuotaLimits::UNLIMITED);
+        assert_eq!(
+            s.quota("default").await.expect("quota"),
+            QuotaLimits::UNLIMITED
+        );
     }
 }
 
@@ -157,7 +224,16 @@ async fn instances_need_an_existing_project() {
     for (s, _d) in stores().await {
         let (n, op) = new_instance("ghost", "web1");
         let e = s.insert_instance(&n, &op, pick).await;
-        assert!(matches!(e, Err(StoreError::NotFound { kind: "project", .. })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(StoreError::NotFound {
+                    kind: "project",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
     }
 }
 
@@ -179,16 +255,42 @@ async fn tokens_expire_and_revoke_and_are_scoped() {
             .expect("insert");
         assert!(t.is_valid_at(now));
         assert!(!t.is_valid_at(now + Duration::hours(2)), "expired");
-        assert_eq!(s.token_by_hash("h1").await.expect("get").map(|t| t.id), Some("tok-1".into()));
-        assert!(s.get_token(&Scope::project("default"), "tok-1").await.is_err());
-        assert!(s.revoke_token(&Scope::project("default"), "tok-1").await.is_err());
-        let revoked = s.revoke_token(&Scope::project("acme"), "tok-1").await.expect("revoke");
+        assert_eq!(
+            s.token_by_hash("h1").await.expect("get").map(|t| t.id),
+            Some("tok-1".into())
+        );
+        assert!(s
+            .get_token(&Scope::project("default"), "tok-1")
+            .await
+            .is_err());
+        assert!(s
+            .revoke_token(&Scope::project("default"), "tok-1")
+            .await
+            .is_err());
+        let revoked = s
+            .revoke_token(&Scope::project("acme"), "tok-1")
+            .await
+            .expect("revoke");
         let when = revoked.revoked_at.expect("revoked");
         assert!(!revoked.is_valid_at(now));
         let again = s.revoke_token(&Scope::All, "tok-1").await.expect("again");
-        assert_eq!(again.revoked_at, Some(when), "the first revocation time stays");
-        assert_eq!(s.list_tokens(&Scope::project("acme")).await.expect("list").len(), 1);
-        assert!(s.list_tokens(&Scope::project("default")).await.expect("list").is_empty());
+        assert_eq!(
+            again.revoked_at,
+            Some(when),
+            "the first revocation time stays"
+        );
+        assert_eq!(
+            s.list_tokens(&Scope::project("acme"))
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+        assert!(s
+            .list_tokens(&Scope::project("default"))
+            .await
+            .expect("list")
+            .is_empty());
     }
 }
 
@@ -209,14 +311,26 @@ async fn a_project_with_instances_cannot_be_deleted_and_deletion_revokes_tokens(
         let (n, op) = new_instance("acme", "web1");
         s.insert_instance(&n, &op, pick).await.expect("insert");
         let e = s.delete_project("acme").await;
-        assert!(matches!(&e, Err(StoreError::Conflict(m)) if m.contains("1 instance")), "{e:?}");
+        assert!(
+            matches!(&e, Err(StoreError::Conflict(m)) if m.contains("1 instance")),
+            "{e:?}"
+        );
         s.delete_instance_row(n.id).await.expect("delete");
         s.delete_project("acme").await.expect("delete project");
         assert!(s.get_project("acme").await.is_err());
-        assert_eq!(s.quota("acme").await.expect("quota"), QuotaLimits::UNLIMITED);
-        let t = s.token_by_hash("h2").await.expect("get").expect("kept for the record");
+        assert_eq!(
+            s.quota("acme").await.expect("quota"),
+            QuotaLimits::UNLIMITED
+        );
+        let t = s
+            .token_by_hash("h2")
+            .await
+            .expect("get")
+            .expect("kept for the record");
         assert!(t.revoked_at.is_some());
-        let dup = s.create_project("default", None, &QuotaLimits::UNLIMITED).await;
+        let dup = s
+            .create_project("default", None, &QuotaLimits::UNLIMITED)
+            .await;
         assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     }
 }

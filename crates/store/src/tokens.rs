@@ -96,10 +96,7 @@ impl Store {
             "SELECT * FROM tokens WHERE {} ORDER BY created_at, id",
             scope.condition("project", 1)
         );
-        let rows = scope
-            .bind(sqlx::query(&sql))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 

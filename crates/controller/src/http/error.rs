@@ -19,6 +19,15 @@ impl From<AppError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError(AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is larger than {} KiB",
+                    super::MAX_BODY_BYTES / 1024
+                ),
+            ));
+        }
         ApiError(AppError::bad_request(format!(
             "invalid JSON body: {}",
             r.body_text()
