@@ -151,6 +151,8 @@ impl std::str::FromStr for Limit {
 pub enum QuotaCmd {
     /// Change a project's limits (admin); limits not given stay as they are.
     Set {
+        /// The project (named apart from the global --project option).
+        #[arg(id = "target_project", value_name = "PROJECT")]
         project: String,
         #[arg(long)]
         instances: Option<Limit>,
@@ -164,7 +166,10 @@ pub enum QuotaCmd {
         snapshots: Option<Limit>,
     },
     /// Limits and current use of a project.
-    Show { project: String },
+    Show {
+        #[arg(id = "target_project", value_name = "PROJECT")]
+        project: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
