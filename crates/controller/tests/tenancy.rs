@@ -74,6 +74,16 @@ async fn expect(
     b
 }
 
+/// (method, uri, body, status for an admin, for a member, for a reader)
+type Case = (
+    &'static str,
+    String,
+    Option<String>,
+    StatusCode,
+    StatusCode,
+    StatusCode,
+);
+
 #[tokio::test]
 async fn role_matrix() {
     let f = fixture().await;
@@ -85,7 +95,7 @@ async fn role_matrix() {
     use StatusCode as S;
     // (method, uri, body, admin, member, reader)
     let flavor = r#"{"name":"f1","vcpus":1,"memory_mib":256,"disk_gib":1}"#;
-    let cases: Vec<(&str, String, Option<String>, S, S, S)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "/v1/instances".into(), None, S::OK, S::OK, S::OK),
         ("GET", "/v1/operations".into(), None, S::OK, S::OK, S::OK),
         ("GET", "/v1/flavors".into(), None, S::OK, S::OK, S::OK),

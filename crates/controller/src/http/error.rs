@@ -86,3 +86,33 @@ pub async fn not_found() -> ApiError {
         "no such route; the API is described at /v1/openapi.json",
     ))
 }
+
+/// A handler panicked: answer the usual JSON body, never the panic's text or location (the
+/// log has them).
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %what, "request handler panicked");
+    ApiError(AppError::internal(
+        "the controller hit a bug answering this request; its log has the details",
+    ))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_panic_answers_json_without_its_text() {
+        let resp = super::panicked(Box::new(String::from("index out of bounds at /src/x.rs:3")));
+        assert_eq!(resp.status(), 500);
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body: nimbus_api::ErrorBody = serde_json::from_slice(&bytes).expect("JSON body");
+        assert_eq!(body.code, nimbus_api::ErrorCode::Internal);
+        assert!(!body.message.contains("x.rs") && !body.message.contains("bounds"));
+    }
+}
