@@ -775,11 +775,33 @@ async fn every_mutating_call_is_audited() {
     )
     .await;
     expect(&f, &admin, "GET", "/v1/instances", None, StatusCode::OK).await;
+    // A member trying another project is recorded with its token.
+    expect(
+        &f,
+        &member,
+        "POST",
+        "/v1/instances?project=default",
+        Some(&create_body("sneaky")),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
 
     let all: Vec<AuditEntry> =
         serde_json::from_str(&expect(&f, &admin, "GET", "/v1/audit", None, StatusCode::OK).await)
             .expect("audit");
-    assert_eq!(all.len(), 4, "reads are not audited: {all:#?}");
+    assert_eq!(all.len(), 5, "reads are not audited: {all:#?}");
+    let sneaky = all
+        .iter()
+        .find(|e| e.target.as_deref() == Some("sneaky"))
+        .expect("cross-project attempt");
+    assert_eq!(
+        (
+            sneaky.status,
+            sneaky.token_name.as_deref(),
+            sneaky.project.as_deref()
+        ),
+        (403, Some("bob"), Some("acme"))
+    );
     let created = all
         .iter()
         .find(|e| e.action == "POST /v1/projects" && e.status == 201)
@@ -788,7 +810,10 @@ async fn every_mutating_call_is_audited() {
     assert_eq!(created.token_id.as_deref(), Some("admin"));
     assert_eq!(created.project.as_deref(), Some("default"));
     assert_eq!(created.client_ip.as_deref(), Some("10.9.9.9"));
-    let denied = all.iter().find(|e| e.status == 403).expect("denied");
+    let denied = all
+        .iter()
+        .find(|e| e.status == 403 && e.method == "DELETE")
+        .expect("denied");
     assert_eq!(denied.action, "DELETE /v1/flavors/{flavor}");
     assert_eq!(
         (denied.target.as_deref(), denied.token_name.as_deref()),
@@ -821,7 +846,7 @@ async fn every_mutating_call_is_audited() {
         .await,
     )
     .expect("audit");
-    assert_eq!(acme.len(), 2, "{acme:#?}");
+    assert_eq!(acme.len(), 3, "{acme:#?}");
     let later = (chrono::Utc::now() + chrono::Duration::minutes(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let none = expect(

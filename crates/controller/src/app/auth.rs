@@ -118,14 +118,9 @@ fn unauthorized(message: &str) -> AppError {
 }
 
 impl App {
-    /// Resolves a bearer token to its caller, acting in `project` when given (admins only;
-    /// anyone may name their own project). Missing, unknown, expired and revoked tokens are
-    /// `unauthorized`.
-    pub async fn authenticate(
-        &self,
-        token: Option<&str>,
-        project: Option<&str>,
-    ) -> Result<Caller, AppError> {
+    /// Resolves a bearer token to its caller, acting in its own project. Missing, unknown,
+    /// expired and revoked tokens are `unauthorized`.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, AppError> {
         let token = token.ok_or_else(|| {
             unauthorized("missing bearer token: pass --token or set NIMBUS_TOKEN")
         })?;
@@ -148,16 +143,26 @@ impl App {
             tracing::error!(token_id = %rec.id, role = %rec.role, "token with an unknown role");
             unauthorized("this token has an unknown role; ask an admin for a new one")
         })?;
-        let mut caller = Caller {
+        Ok(Caller {
             token_id: rec.id,
             token_name: rec.name,
             role,
             project: rec.project.clone(),
             token_project: rec.project,
-            explicit_project: project.is_some(),
-        };
+            explicit_project: false,
+        })
+    }
+
+    /// The caller acting in `project` when given: admins may name any existing project,
+    /// others only their own (403 otherwise).
+    pub async fn act_in(
+        &self,
+        mut caller: Caller,
+        project: Option<&str>,
+    ) -> Result<Caller, AppError> {
+        caller.explicit_project = project.is_some();
         if let Some(p) = project.filter(|p| *p != caller.token_project) {
-            if role != Role::Admin {
+            if caller.role != Role::Admin {
                 return Err(AppError::new(
                     ErrorCode::Forbidden,
                     "only an admin token may act in another project (drop --project)",

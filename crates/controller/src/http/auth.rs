@@ -62,10 +62,7 @@ impl FromRequestParts<App> for Caller {
                 .insert(RETRY_AFTER, HeaderValue::from(wait));
             return Err(resp);
         }
-        let caller = match app
-            .authenticate(bearer(parts), requested_project(parts))
-            .await
-        {
+        let caller = match app.authenticate(bearer(parts)).await {
             Ok(c) => c,
             Err(e) => {
                 if e.code == ErrorCode::Unauthorized {
@@ -74,7 +71,16 @@ impl FromRequestParts<App> for Caller {
                 return Err(ApiError(e).into_response());
             }
         };
-        if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+        let slot = parts.extensions.get::<AuditSlot>().cloned();
+        // Recorded before the project check, so that refused attempts name their token.
+        if let Some(slot) = &slot {
+            slot.set(&caller);
+        }
+        let caller = app
+            .act_in(caller, requested_project(parts))
+            .await
+            .map_err(|e| ApiError(e).into_response())?;
+        if let Some(slot) = &slot {
             slot.set(&caller);
         }
         if !is_read(&parts.method) {
