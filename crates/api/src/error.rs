@@ -9,10 +9,17 @@ use utoipa::ToSchema;
 pub enum ErrorCode {
     /// The request is malformed or a parameter is invalid.
     BadRequest,
-    /// Missing, unknown or revoked token.
+    /// Missing, unknown, expired or revoked token.
     Unauthorized,
-    /// The token may not do this.
+    /// The token's role may not do this.
     Forbidden,
+    /// The project's quota does not allow this; the message names the limit and the use.
+    QuotaExceeded,
+    /// The request body is larger than the API accepts.
+    PayloadTooLarge,
+    /// Too many failed authentication attempts from this client; retry after the
+    /// `Retry-After` header's seconds.
+    TooManyRequests,
     /// No such resource.
     NotFound,
     /// The resource exists already, or is busy with another operation.
@@ -32,6 +39,9 @@ impl ErrorCode {
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::QuotaExceeded => 403,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::NoCapacity => 409,
@@ -46,6 +56,9 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::NoCapacity => "no_capacity",

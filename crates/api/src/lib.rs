@@ -4,6 +4,7 @@
 //! controller (server), the typed client, the CLI and the end-to-end tests, so the three can
 //! never disagree. The crate does no I/O.
 
+pub mod audit;
 pub mod error;
 pub mod flavor;
 pub mod host;
@@ -12,8 +13,12 @@ pub mod instance;
 pub mod migration;
 pub mod name;
 pub mod operation;
+pub mod project;
+pub mod quota;
 pub mod snapshot;
+pub mod token;
 
+pub use audit::AuditEntry;
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
 pub use host::{HostState, HostView};
@@ -25,9 +30,12 @@ pub use instance::{
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+pub use project::{CreateProject, ProjectView};
+pub use quota::{QuotaLimits, QuotaUsage, QuotaView};
 pub use snapshot::{
     CreateSnapshot, SnapshotDeleted, SnapshotFilter, SnapshotRestored, SnapshotState, SnapshotView,
 };
+pub use token::{CreateToken, CreatedToken, Role, TokenView};
 
-/// The project every resource belongs to until tenancy lands.
+/// The operator's project: the bootstrap admin token's, unlimited unless an admin sets a quota.
 pub const DEFAULT_PROJECT: &str = "default";

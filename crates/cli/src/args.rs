@@ -35,6 +35,9 @@ pub struct Connection {
     /// Data directory of the local cloud (to find its API address and admin token).
     #[arg(long, env = "NIMBUS_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Project to act in [default: the token's]; another project needs an admin token.
+    #[arg(long, env = "NIMBUS_PROJECT", global = true)]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +72,119 @@ pub enum Command {
     /// Checkpoints of instances (CPU, memory, disk), kept as a tree per instance.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Projects: the tenants (admin).
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// API tokens of a project (admin).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Per-project limits and their current use.
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// The log of mutating API calls (admin).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    /// Create a project (it gets the default quota of new projects).
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Delete a project that owns no instances (its tokens are revoked).
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// Everything, in every project.
+    Admin,
+    /// Read and write in its own project.
+    Member,
+    /// Read only, in its own project.
+    Reader,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token in the project given by --project (default: yours); prints the
+    /// secret once.
+    Create {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Lifetime, e.g. 30d, 12h, 90m, 3600s [default: does not expire].
+        #[arg(long, value_parser = crate::duration::parse)]
+        expires_in: Option<std::time::Duration>,
+        /// A label for people (e.g. who holds the token).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (of --project, or of every project); never their secrets.
+    List,
+    /// Revoke a token: refused from the next request on.
+    Revoke { id: String },
+}
+
+/// A quota limit: a number, or `unlimited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+impl std::str::FromStr for Limit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "unlimited" {
+            return Ok(Limit(None));
+        }
+        s.parse()
+            .map(|n| Limit(Some(n)))
+            .map_err(|_| format!("{s:?} is neither a number nor `unlimited`"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCmd {
+    /// Change a project's limits (admin); limits not given stay as they are.
+    Set {
+        /// The project (named apart from the global --project option).
+        #[arg(id = "target_project", value_name = "PROJECT")]
+        project: String,
+        #[arg(long)]
+        instances: Option<Limit>,
+        #[arg(long)]
+        vcpus: Option<Limit>,
+        #[arg(long)]
+        memory_mib: Option<Limit>,
+        #[arg(long)]
+        disk_gib: Option<Limit>,
+        #[arg(long)]
+        snapshots: Option<Limit>,
+    },
+    /// Limits and current use of a project.
+    Show {
+        #[arg(id = "target_project", value_name = "PROJECT")]
+        project: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Mutating API calls, newest first (of --project, or of every project).
+    List {
+        /// Only calls since: an RFC 3339 time or a duration ago (e.g. 1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -58,5 +58,5 @@ pub fn client(conn: &Connection) -> anyhow::Result<Client> {
             None => None,
         },
     };
-    Ok(Client::new(&api, token))
+    Ok(Client::new(&api, token).with_project(conn.project.clone()))
 }

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod context;
+mod duration;
 mod output;
 mod progress;
 mod up;
@@ -53,5 +54,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Instance(cmd) => commands::instance::run(&cli.conn, out, cmd).await,
         Command::Operation(cmd) => commands::operation::run(&cli.conn, out, cmd).await,
         Command::Snapshot(cmd) => commands::snapshot::run(&cli.conn, out, cmd).await,
+        Command::Project(cmd) => commands::project::run(&cli.conn, out, cmd).await,
+        Command::Token(cmd) => commands::token::run(&cli.conn, out, cmd).await,
+        Command::Quota(cmd) => commands::quota::run(&cli.conn, out, cmd).await,
+        Command::Audit(cmd) => commands::audit::run(&cli.conn, out, cmd).await,
     }
 }

@@ -6,9 +6,10 @@ mod snapshots;
 pub use error::ClientError;
 
 use nimbus_api::{
-    ConsoleLog, CreateFlavor, CreateInstance, ErrorBody, ErrorCode, ExecInstance, ExecOutput,
-    FlavorView, HostView, ImageView, ImportImage, InstanceView, MigrateInstance, MigrationView,
-    OperationView,
+    AuditEntry, ConsoleLog, CreateFlavor, CreateInstance, CreateProject, CreateToken, CreatedToken,
+    ErrorBody, ErrorCode, ExecInstance, ExecOutput, FlavorView, HostView, ImageView, ImportImage,
+    InstanceView, MigrateInstance, MigrationView, OperationView, ProjectView, QuotaLimits,
+    QuotaView, TokenView,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// The project calls act in (`?project=P`); none: the token's own.
+    project: Option<String>,
     http: reqwest::Client,
 }
 
@@ -34,8 +37,15 @@ impl Client {
         Self {
             base: api.trim_end_matches('/').to_string(),
             token,
+            project: None,
             http,
         }
+    }
+
+    /// Acts in `project` (admins: any project; others: only their own).
+    pub fn with_project(mut self, project: Option<String>) -> Self {
+        self.project = project;
+        self
     }
 
     /// The controller URL.
@@ -49,7 +59,10 @@ impl Client {
     }
 
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        let r = self.http.request(method, format!("{}{}", self.base, path));
+        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(p) = &self.project {
+            r = r.query(&[("project", p)]);
+        }
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -242,6 +255,69 @@ impl Client {
             &serde_json::json!({}),
         )
         .await
+    }
+
+    // Projects, tokens, quotas, audit
+
+    pub async fn list_projects(&self) -> Result<Vec<ProjectView>, ClientError> {
+        self.get("/v1/projects").await
+    }
+
+    pub async fn create_project(&self, req: &CreateProject) -> Result<ProjectView, ClientError> {
+        self.post("/v1/projects", req).await
+    }
+
+    pub async fn project(&self, name: &str) -> Result<ProjectView, ClientError> {
+        self.get(&format!("/v1/projects/{name}")).await
+    }
+
+    pub async fn delete_project(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/projects/{name}")).await
+    }
+
+    /// Creates a token in the project this client acts in; the answer holds the secret.
+    pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.post("/v1/tokens", req).await
+    }
+
+    /// Tokens of the project this client names, or of every project.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenView, ClientError> {
+        self.delete(&format!("/v1/tokens/{id}")).await
+    }
+
+    pub async fn quota(&self, project: &str) -> Result<QuotaView, ClientError> {
+        self.get(&format!("/v1/projects/{project}/quota")).await
+    }
+
+    pub async fn set_quota(
+        &self,
+        project: &str,
+        limits: &QuotaLimits,
+    ) -> Result<QuotaView, ClientError> {
+        self.send(
+            self.req(Method::PUT, &format!("/v1/projects/{project}/quota"))
+                .json(limits),
+        )
+        .await
+    }
+
+    /// Audit entries since `since` (RFC 3339), newest first.
+    pub async fn audit(
+        &self,
+        since: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut r = self
+            .req(Method::GET, "/v1/audit")
+            .query(&[("limit", limit.to_string())]);
+        if let Some(s) = since {
+            r = r.query(&[("since", s)]);
+        }
+        self.send(r).await
     }
 
     // Operations

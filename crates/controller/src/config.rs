@@ -28,6 +28,10 @@ pub struct ControllerConfig {
     /// The cloud network every instance gets a NIC on; `None` runs instances without NICs
     /// (hosts that cannot create bridges and taps, e.g. agents not run as root).
     pub network: Option<NetworkSettings>,
+    /// Failed authentications from one client address before it is answered 429.
+    pub auth_failure_limit: u32,
+    /// The window those failures are counted in.
+    pub auth_failure_window: Duration,
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
@@ -63,6 +67,8 @@ impl ControllerConfig {
             reconcile_interval: Duration::from_secs(2),
             default_image: None,
             network: None,
+            auth_failure_limit: 10,
+            auth_failure_window: Duration::from_secs(60),
         }
     }
 }

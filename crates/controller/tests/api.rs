@@ -2,86 +2,11 @@
 //! hosts here are registered through the internal route but no agent answers (nothing in
 //! these tests needs one: they check validation, auth, errors and placement refusals).
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
-use nimbus_api::{ErrorBody, ErrorCode, FlavorView};
-use nimbus_controller::{http::router, App, ControllerConfig};
-use tower::ServiceExt;
+mod common;
 
-struct Fixture {
-    app: App,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
-    let app = App::open(config).await.expect("open");
-    app.bootstrap().await.expect("bootstrap");
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token");
-    Fixture {
-        app,
-        token,
-        _dir: dir,
-    }
-}
-
-async fn call(
-    f: &Fixture,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .expect("request");
-    let resp = router(f.app.clone()).oneshot(req).await.expect("response");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&bytes).to_string())
-}
-
-fn error(body: &str) -> ErrorBody {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
-}
-
-async fn register(f: &Fixture, name: &str, memory_mib: u64) {
-    let reg = RegisterHost {
-        agent_url: "http://127.0.0.1:9".into(),
-        inventory: HostInventory {
-            name: name.into(),
-            cpus: 2,
-            memory_mib,
-            disk_gib: 50,
-            accelerator: Accelerator::Tcg,
-            qemu_version: "10.0.2".into(),
-            agent_version: "test".into(),
-            shared_storage: None,
-        },
-    };
-    let body = serde_json::to_string(&reg).expect("json");
-    let (s, b) = call(
-        f,
-        "POST",
-        "/v1/internal/hosts/register",
-        Some("agent-secret"),
-        Some(&body),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-}
+use axum::http::StatusCode;
+use common::{call, error, fixture, register};
+use nimbus_api::{ErrorCode, FlavorView};
 
 #[tokio::test]
 async fn health_and_openapi_need_no_token() {

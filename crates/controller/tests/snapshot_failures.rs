@@ -178,7 +178,10 @@ async fn a_failure_at_any_step_of_a_snapshot_leaves_nothing_behind() {
                 "files left on the host at {at} {strike:?}"
             );
             assert_eq!(store.current_snapshot(web).await.expect("current"), None);
-            let inst = store.get_instance_by_id(web).await.expect("instance");
+            let inst = store
+                .get_instance_by_id(&nimbus_store::Scope::All, web)
+                .await
+                .expect("instance");
             assert_eq!(
                 (inst.state, inst.operation_id),
                 (InstanceState::Running, None)
@@ -229,7 +232,10 @@ async fn a_failure_before_the_restore_acts_leaves_the_vm_and_the_tree_as_they_we
             store.current_snapshot(web).await.expect("current"),
             Some(s2)
         );
-        let inst = store.get_instance_by_id(web).await.expect("instance");
+        let inst = store
+            .get_instance_by_id(&nimbus_store::Scope::All, web)
+            .await
+            .expect("instance");
         assert_eq!(
             (inst.state, inst.operation_id),
             (InstanceState::Running, None)

@@ -9,7 +9,7 @@ use nimbus_api::{
     OperationState, OperationView, SnapshotState,
 };
 use nimbus_controller::app::Caller;
-use nimbus_store::NewOperation;
+use nimbus_store::{NewOperation, Scope};
 use std::time::Duration;
 use support::Cloud;
 use uuid::Uuid;
@@ -30,11 +30,7 @@ impl std::ops::Deref for Fixture {
 async fn fixture() -> Fixture {
     Fixture {
         cloud: Cloud::start(&["host1", "host2"], 4096).await,
-        caller: Caller {
-            token_id: "test".into(),
-            role: "admin".into(),
-            project: "default".into(),
-        },
+        caller: Caller::system("test", "default"),
     }
 }
 
@@ -44,7 +40,12 @@ async fn running_instance(f: &Fixture, name: &str) -> Uuid {
 
 async fn wait(f: &Fixture, op: &OperationView) -> OperationView {
     for _ in 0..200 {
-        let now = f.app.store().get_operation(op.id).await.expect("op");
+        let now = f
+            .app
+            .store()
+            .get_operation(&Scope::All, op.id)
+            .await
+            .expect("op");
         if now.state.is_final() {
             return now;
         }
@@ -154,7 +155,12 @@ async fn snapshots_form_a_tree_and_a_failed_one_leaves_nothing() {
             .any(|c| c == &format!("delete_snapshot {web} {sid}")),
         "the undo deletes the snapshot on the host: {calls:?}"
     );
-    let inst = f.app.store().get_instance_by_id(web).await.expect("inst");
+    let inst = f
+        .app
+        .store()
+        .get_instance_by_id(&Scope::All, web)
+        .await
+        .expect("inst");
     assert_eq!(
         (inst.state, inst.operation_id),
         (InstanceState::Running, None)
@@ -222,7 +228,12 @@ async fn restore_moves_the_current_mark_and_a_refused_restore_changes_nothing() 
         (s2.state, s2.operation_id),
         (SnapshotState::Available, None)
     );
-    let inst = f.app.store().get_instance_by_id(web).await.expect("inst");
+    let inst = f
+        .app
+        .store()
+        .get_instance_by_id(&Scope::All, web)
+        .await
+        .expect("inst");
     assert_eq!(
         (inst.state, inst.operation_id),
         (InstanceState::Running, None)
@@ -287,7 +298,11 @@ async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
     let op = wait(&f, &op).await;
     assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
     let (a, b) = (
-        f.app.store().get_instance_by_id(web).await.expect("web1"),
+        f.app
+            .store()
+            .get_instance_by_id(&Scope::All, web)
+            .await
+            .expect("web1"),
         f.app.find_instance(&f.caller, "web2").await.expect("web2"),
     );
     assert_eq!(b.state, InstanceState::Running);
@@ -486,7 +501,12 @@ async fn a_snapshot_whose_undo_failed_shows_error_and_can_be_deleted() {
     assert!(error.contains("undo of take also failed"), "{error}");
     let s1 = f.app.find_snapshot(&f.caller, "s1").await.expect("kept");
     assert_eq!((s1.state, s1.operation_id), (SnapshotState::Error, None));
-    let inst = f.app.store().get_instance_by_id(web).await.expect("web1");
+    let inst = f
+        .app
+        .store()
+        .get_instance_by_id(&Scope::All, web)
+        .await
+        .expect("web1");
     assert_eq!(
         (inst.state, inst.operation_id),
         (InstanceState::Running, None)

@@ -13,6 +13,8 @@ pub enum StoreError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    QuotaExceeded(#[from] crate::quotas::QuotaExceeded),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]

@@ -1,6 +1,7 @@
 //! Instances: their desired state, placement and the operation acting on them.
 
-use crate::{operations::insert_operation, time, NewOperation, Store, StoreError};
+use crate::quotas::{lock_quota, usage_in};
+use crate::{operations::insert_operation, time, NewOperation, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::{InstanceState, InstanceView};
 use sqlx::{Any, Row, Transaction};
@@ -108,7 +109,9 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
 impl Store {
     /// Inserts a new instance in `building`, together with the operation that creates it.
     /// `pick_address` chooses its (ip, mac) given the addresses in use, inside the same
-    /// transaction.
+    /// transaction. The project's quota is checked in that transaction too, after locking
+    /// the quota row, so concurrent creates at the edge of a quota never overshoot it
+    /// ([`StoreError::QuotaExceeded`]).
     pub async fn insert_instance(
         &self,
         new: &NewInstance,
@@ -117,6 +120,24 @@ impl Store {
     ) -> Result<InstanceRecord, StoreError> {
         let now = time::now();
         let mut tx = self.pool.begin().await?;
+        let limits = lock_quota(&mut tx, &new.project).await?;
+        // Checked after the lock: a project deleted meanwhile is seen as gone.
+        sqlx::query("SELECT name FROM projects WHERE name = $1")
+            .bind(&new.project)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", new.project.clone()))?;
+        if let Some(limits) = limits {
+            let in_use = usage_in(&mut tx, &new.project).await?;
+            let want = nimbus_api::QuotaUsage {
+                instances: 1,
+                vcpus: new.vcpus as u64,
+                memory_mib: new.memory_mib,
+                disk_gib: new.disk_gib,
+                snapshots: 0,
+            };
+            crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
+        }
         let used: HashSet<String> = sqlx::query("SELECT ip FROM instances WHERE ip IS NOT NULL")
             .fetch_all(&mut *tx)
             .await?
@@ -154,56 +175,61 @@ impl Store {
         })?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
-        self.get_instance_by_id(new.id).await
+        self.get_instance_by_id(&Scope::All, new.id).await
     }
 
-    pub async fn get_instance_by_id(&self, id: Uuid) -> Result<InstanceRecord, StoreError> {
-        let row = sqlx::query("SELECT * FROM instances WHERE id = $1")
-            .bind(id.to_string())
+    /// The instance with this id, if `scope` sees it.
+    pub async fn get_instance_by_id(
+        &self,
+        scope: &Scope,
+        id: Uuid,
+    ) -> Result<InstanceRecord, StoreError> {
+        let sql = format!(
+            "SELECT * FROM instances WHERE id = $1 AND {}",
+            scope.condition("project", 2)
+        );
+        let row = scope
+            .bind(sqlx::query(&sql).bind(id.to_string()))
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("instance", id.to_string()))?;
         from_row(&row)
     }
 
-    /// Finds an instance of `project` by id or by name.
+    /// Finds an instance `scope` sees by id or by name (names are unique per project: in
+    /// [`Scope::All`] a name used by several projects is a conflict).
     pub async fn get_instance(
         &self,
-        project: &str,
+        scope: &Scope,
         id_or_name: &str,
     ) -> Result<InstanceRecord, StoreError> {
-        let row = match Uuid::parse_str(id_or_name) {
-            Ok(id) => sqlx::query("SELECT * FROM instances WHERE project = $1 AND id = $2")
-                .bind(project)
-                .bind(id.to_string()),
-            Err(_) => sqlx::query("SELECT * FROM instances WHERE project = $1 AND name = $2")
-                .bind(project)
-                .bind(id_or_name),
+        if let Ok(id) = Uuid::parse_str(id_or_name) {
+            return self.get_instance_by_id(scope, id).await;
         }
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::not_found("instance", id_or_name))?;
-        from_row(&row)
+        let sql = format!(
+            "SELECT * FROM instances WHERE name = $1 AND {}",
+            scope.condition("project", 2)
+        );
+        let rows = scope
+            .bind(sqlx::query(&sql).bind(id_or_name))
+            .fetch_all(&self.pool)
+            .await?;
+        match rows.as_slice() {
+            [] => Err(StoreError::not_found("instance", id_or_name)),
+            [row] => from_row(row),
+            _ => Err(StoreError::Conflict(format!(
+                "several projects have an instance named {id_or_name:?}; name the project"
+            ))),
+        }
     }
 
-    /// Instances of a project (all projects when `None`), by creation time.
-    pub async fn list_instances(
-        &self,
-        project: Option<&str>,
-    ) -> Result<Vec<InstanceRecord>, StoreError> {
-        let rows = match project {
-            Some(p) => {
-                sqlx::query("SELECT * FROM instances WHERE project = $1 ORDER BY created_at, name")
-                    .bind(p)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM instances ORDER BY created_at, name")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+    /// Instances `scope` sees, by creation time.
+    pub async fn list_instances(&self, scope: &Scope) -> Result<Vec<InstanceRecord>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM instances WHERE {} ORDER BY created_at, name",
+            scope.condition("project", 1)
+        );
+        let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -345,38 +371,10 @@ pub(crate) async fn claim_instance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::stores;
-    use nimbus_api::OperationKind;
-
-    fn pick(used: &HashSet<String>) -> Option<(String, String)> {
-        (10..250)
-            .map(|i| format!("10.200.0.{i}/16"))
-            .find(|ip| !used.contains(ip))
-            .map(|ip| (ip, "52:54:00:00:00:01".to_string()))
-    }
+    use crate::testing::{pick, stores};
 
     fn new(name: &str) -> (NewInstance, NewOperation) {
-        let id = Uuid::new_v4();
-        (
-            NewInstance {
-                id,
-                project: "default".into(),
-                name: name.into(),
-                flavor: "small".into(),
-                image: "default".into(),
-                vcpus: 1,
-                memory_mib: 512,
-                disk_gib: 2,
-            },
-            NewOperation {
-                id: Uuid::new_v4(),
-                kind: OperationKind::InstanceCreate,
-                project: "default".into(),
-                target_id: id,
-                target_name: name.into(),
-                params: serde_json::json!({}),
-            },
-        )
+        crate::testing::new_instance("default", name)
     }
 
     #[tokio::test]
@@ -387,7 +385,7 @@ mod tests {
             let (b, op2) = new("web1");
             let err = s.insert_instance(&b, &op2, pick).await;
             assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
-            assert!(s.get_operation(op2.id).await.is_err());
+            assert!(s.get_operation(&Scope::All, op2.id).await.is_err());
         }
     }
 
@@ -430,7 +428,10 @@ mod tests {
                 .expect("apply");
             assert!(!changed, "an operation owns the instance");
             s.end_instance_operation(rec.id, op.id).await.expect("end");
-            let rec = s.get_instance_by_id(rec.id).await.expect("get");
+            let rec = s
+                .get_instance_by_id(&Scope::All, rec.id)
+                .await
+                .expect("get");
             let stale =
                 s.apply_agent_report(rec.id, rec.generation - 1, 3, InstanceState::Error, None);
             assert!(!stale.await.expect("apply"), "stale generation");
@@ -444,14 +445,20 @@ mod tests {
                 )
                 .await
                 .expect("apply"));
-            let rec = s.get_instance_by_id(rec.id).await.expect("get");
+            let rec = s
+                .get_instance_by_id(&Scope::All, rec.id)
+                .await
+                .expect("get");
             assert!(
                 !s.apply_agent_report(rec.id, rec.generation, 3, InstanceState::Running, None)
                     .await
                     .expect("apply"),
                 "old agent generation"
             );
-            let got = s.get_instance("default", "web1").await.expect("get");
+            let got = s
+                .get_instance(&Scope::project("default"), "web1")
+                .await
+                .expect("get");
             assert_eq!(got.state, InstanceState::Error);
             assert_eq!(got.reason.as_deref(), Some("died"));
         }

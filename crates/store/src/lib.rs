@@ -5,7 +5,11 @@
 //! several controllers over one database). Queries therefore stick to portable SQL with `$N`
 //! parameters in order. State changes of instances are compare-and-swap on their
 //! `generation`, so no in-memory lock is needed across controllers.
+//!
+//! Tenancy lives here too: every query of project-owned rows takes a [`Scope`] and filters
+//! in SQL, and quotas are checked inside the insert transaction (see `quotas`).
 
+mod audit;
 mod error;
 mod flavors;
 mod hosts;
@@ -14,6 +18,9 @@ mod instances;
 mod migrations;
 mod operations;
 mod placement;
+mod projects;
+mod quotas;
+mod scope;
 mod snapshots;
 mod time;
 mod tokens;
@@ -24,8 +31,10 @@ pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
 pub use operations::NewOperation;
 pub use placement::Allocation;
+pub use quotas::{admit, QuotaExceeded};
+pub use scope::Scope;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
-pub use tokens::TokenRecord;
+pub use tokens::{NewToken, TokenRecord};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
@@ -83,8 +92,47 @@ impl Store {
 }
 
 #[cfg(test)]
+mod tenancy_tests;
+
+#[cfg(test)]
 pub(crate) mod testing {
-    use super::Store;
+    use super::{NewInstance, NewOperation, Store};
+    use nimbus_api::OperationKind;
+    use std::collections::HashSet;
+    use uuid::Uuid;
+
+    /// Picks the first free address of 10.200.0.10-249.
+    pub fn pick(used: &HashSet<String>) -> Option<(String, String)> {
+        (10..250)
+            .map(|i| format!("10.200.0.{i}/16"))
+            .find(|ip| !used.contains(ip))
+            .map(|ip| (ip, "52:54:00:00:00:01".to_string()))
+    }
+
+    /// A small instance of `project` and the operation that creates it.
+    pub fn new_instance(project: &str, name: &str) -> (NewInstance, NewOperation) {
+        let id = Uuid::new_v4();
+        (
+            NewInstance {
+                id,
+                project: project.into(),
+                name: name.into(),
+                flavor: "small".into(),
+                image: "default".into(),
+                vcpus: 1,
+                memory_mib: 512,
+                disk_gib: 2,
+            },
+            NewOperation {
+                id: Uuid::new_v4(),
+                kind: OperationKind::InstanceCreate,
+                project: project.into(),
+                target_id: id,
+                target_name: name.into(),
+                params: serde_json::json!({}),
+            },
+        )
+    }
 
     /// A fresh store on every backend available: SQLite in a temporary directory, and a new
     /// PostgreSQL database when `NIMBUS_TEST_POSTGRES_URL` names a server (CI sets it), so

@@ -1,7 +1,7 @@
 //! Live migration records. A running migration reserves its instance's size on the target.
 
 use crate::instances::parse_uuid;
-use crate::{time, Store, StoreError};
+use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{MigrationStats, MigrationView};
 use sqlx::Row;
 use uuid::Uuid;
@@ -11,6 +11,8 @@ use uuid::Uuid;
 pub struct NewMigration {
     pub id: Uuid,
     pub instance_id: Uuid,
+    /// The instance's project (migrations are scoped like their instances).
+    pub project: String,
     pub source: String,
     pub target: String,
     pub vcpus: u32,
@@ -38,14 +40,14 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<MigrationView, StoreError> {
 impl Store {
     /// Records a migration in `running` (reserving capacity on the target); idempotent.
     pub async fn insert_migration(&self, m: &NewMigration) -> Result<MigrationView, StoreError> {
-        if let Ok(existing) = self.get_migration(m.id).await {
+        if let Ok(existing) = self.get_migration(&Scope::All, m.id).await {
             return Ok(existing);
         }
         let now = time::now();
         sqlx::query(
             "INSERT INTO migrations (id, instance_id, source, target, state, vcpus, memory_mib, \
-             disk_gib, max_downtime_ms, stats, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, $11)",
+             disk_gib, max_downtime_ms, stats, created_at, updated_at, project) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(m.id.to_string())
         .bind(m.instance_id.to_string())
@@ -58,14 +60,24 @@ impl Store {
         .bind(serde_json::to_string(&MigrationStats::default()).unwrap_or_default())
         .bind(&now)
         .bind(&now)
+        .bind(&m.project)
         .execute(&self.pool)
         .await?;
-        self.get_migration(m.id).await
+        self.get_migration(&Scope::All, m.id).await
     }
 
-    pub async fn get_migration(&self, id: Uuid) -> Result<MigrationView, StoreError> {
-        let row = sqlx::query("SELECT * FROM migrations WHERE id = $1")
-            .bind(id.to_string())
+    /// The migration with this id, if `scope` sees it.
+    pub async fn get_migration(
+        &self,
+        scope: &Scope,
+        id: Uuid,
+    ) -> Result<MigrationView, StoreError> {
+        let sql = format!(
+            "SELECT * FROM migrations WHERE id = $1 AND {}",
+            scope.condition("project", 2)
+        );
+        let row = scope
+            .bind(sqlx::query(&sql).bind(id.to_string()))
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("migration", id.to_string()))?;
@@ -73,12 +85,19 @@ impl Store {
     }
 
     /// Migrations of an instance, newest first.
-    pub async fn migrations_of(&self, instance: Uuid) -> Result<Vec<MigrationView>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM migrations WHERE instance_id = $1 ORDER BY created_at DESC")
-                .bind(instance.to_string())
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn migrations_of(
+        &self,
+        scope: &Scope,
+        instance: Uuid,
+    ) -> Result<Vec<MigrationView>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM migrations WHERE instance_id = $1 AND {} ORDER BY created_at DESC",
+            scope.condition("project", 2)
+        );
+        let rows = scope
+            .bind(sqlx::query(&sql).bind(instance.to_string()))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 

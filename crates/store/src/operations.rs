@@ -1,7 +1,7 @@
 //! Operations and their step logs; the database-backed [`OperationLog`].
 
 use crate::instances::parse_uuid;
-use crate::{time, Store, StoreError};
+use crate::{time, Scope, Store, StoreError};
 use async_trait::async_trait;
 use nimbus_api::{OperationKind, OperationState, OperationView, StepState, StepView};
 use nimbus_ops::{LogError, LogSnapshot, OperationLog, StepRecord};
@@ -96,9 +96,18 @@ impl Store {
         rows.iter().map(step_from_row).collect()
     }
 
-    pub async fn get_operation(&self, id: Uuid) -> Result<OperationView, StoreError> {
-        let row = sqlx::query("SELECT * FROM operations WHERE id = $1")
-            .bind(id.to_string())
+    /// The operation with this id, if `scope` sees it.
+    pub async fn get_operation(
+        &self,
+        scope: &Scope,
+        id: Uuid,
+    ) -> Result<OperationView, StoreError> {
+        let sql = format!(
+            "SELECT * FROM operations WHERE id = $1 AND {}",
+            scope.condition("project", 2)
+        );
+        let row = scope
+            .bind(sqlx::query(&sql).bind(id.to_string()))
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("operation", id.to_string()))?;
@@ -126,28 +135,20 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("operation params: {e}")))
     }
 
-    /// Operations of a project (all when `None`), newest first.
+    /// Operations `scope` sees, newest first.
     pub async fn list_operations(
         &self,
-        project: Option<&str>,
+        scope: &Scope,
         limit: u32,
     ) -> Result<Vec<OperationView>, StoreError> {
-        let rows =
-            match project {
-                Some(p) => sqlx::query(
-                    "SELECT * FROM operations WHERE project = $1 ORDER BY created_at DESC LIMIT $2",
-                )
-                .bind(p)
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await?,
-                None => {
-                    sqlx::query("SELECT * FROM operations ORDER BY created_at DESC LIMIT $1")
-                        .bind(limit as i64)
-                        .fetch_all(&self.pool)
-                        .await?
-                }
-            };
+        let sql = format!(
+            "SELECT * FROM operations WHERE {} ORDER BY created_at DESC LIMIT $1",
+            scope.condition("project", 2)
+        );
+        let rows = scope
+            .bind(sqlx::query(&sql).bind(limit as i64))
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let id = parse_uuid(&r.try_get::<String, _>("id")?)?;
@@ -168,22 +169,24 @@ impl Store {
         let mut out = Vec::new();
         for r in rows {
             out.push(
-                self.get_operation(parse_uuid(&r.try_get::<String, _>("id")?)?)
+                self.get_operation(&Scope::All, parse_uuid(&r.try_get::<String, _>("id")?)?)
                     .await?,
             );
         }
         Ok(out)
     }
 
-    /// Asks an operation to stop; the engine notices between steps or inside long steps.
-    pub async fn request_cancel(&self, id: Uuid) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "UPDATE operations SET cancel_requested = 1, updated_at = $1 WHERE id = $2",
-        )
-        .bind(time::now())
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
+    /// Asks an operation `scope` sees to stop; the engine notices between steps or inside
+    /// long steps.
+    pub async fn request_cancel(&self, scope: &Scope, id: Uuid) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE operations SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND {}",
+            scope.condition("project", 3)
+        );
+        let r = scope
+            .bind(sqlx::query(&sql).bind(time::now()).bind(id.to_string()))
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::not_found("operation", id.to_string()));
         }
@@ -198,7 +201,7 @@ fn log_err(e: impl std::fmt::Display) -> LogError {
 #[async_trait]
 impl OperationLog for Store {
     async fn load(&self, op: Uuid) -> Result<LogSnapshot, LogError> {
-        let view = self.get_operation(op).await.map_err(log_err)?;
+        let view = self.get_operation(&Scope::All, op).await.map_err(log_err)?;
         Ok(LogSnapshot {
             state: view.state,
             error: view.error,

@@ -11,6 +11,7 @@
 
 use crate::instances::{claim_instance, parse_uuid};
 use crate::operations::insert_operation;
+use crate::quotas::{lock_quota, usage_in};
 use crate::{time, NewOperation, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::{SnapshotState, SnapshotView};
@@ -178,6 +179,14 @@ impl Store {
         op: &NewOperation,
     ) -> Result<SnapshotRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(limits) = lock_quota(&mut tx, &new.project).await? {
+            let in_use = usage_in(&mut tx, &new.project).await?;
+            let want = nimbus_api::QuotaUsage {
+                snapshots: 1,
+                ..Default::default()
+            };
+            crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
+        }
         claim_instance(&mut tx, new.instance_id, op).await?;
         insert_snapshot(&mut tx, new, op.id).await?;
         insert_operation(&mut tx, op).await?;

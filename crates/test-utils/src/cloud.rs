@@ -143,14 +143,25 @@ impl Cloud {
         Ok(Client::new(&self.api(), Some(self.token()?)))
     }
 
-    /// Runs the CLI against this cloud.
+    /// Runs the CLI against this cloud with the admin token.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.cli_as(&self.token()?, args)
+    }
+
+    /// Runs the CLI against this cloud with `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> anyhow::Result<Output> {
         Ok(Command::new(&self.bin)
             .args(args)
             .env("NIMBUS_API", self.api())
-            .env("NIMBUS_TOKEN", self.token()?)
+            .env("NIMBUS_TOKEN", token)
+            .env_remove("NIMBUS_PROJECT")
             .stdin(Stdio::null())
             .output()?)
+    }
+
+    /// A client with `token`.
+    pub fn client_as(&self, token: &str) -> Client {
+        Client::new(&self.api(), Some(token.to_string()))
     }
 
     /// The last lines of the `nimbus up` log (for failure messages).

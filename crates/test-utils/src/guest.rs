@@ -11,7 +11,12 @@ use std::time::Duration;
 
 /// Runs the CLI and returns its standard output; panics (with the cloud's log) if it fails.
 pub fn cli_ok(cloud: &Cloud, args: &[&str]) -> String {
-    let out = cloud.cli(args).expect("run nimbus");
+    cli_ok_as(cloud, &cloud.token().expect("admin token"), args)
+}
+
+/// [`cli_ok`] with `token`.
+pub fn cli_ok_as(cloud: &Cloud, token: &str, args: &[&str]) -> String {
+    let out = cloud.cli_as(token, args).expect("run nimbus");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -24,7 +29,12 @@ pub fn cli_ok(cloud: &Cloud, args: &[&str]) -> String {
 
 /// Runs the CLI expecting a failure; returns its standard error.
 pub fn cli_err(cloud: &Cloud, args: &[&str]) -> String {
-    let out = cloud.cli(args).expect("run nimbus");
+    cli_err_as(cloud, &cloud.token().expect("admin token"), args)
+}
+
+/// [`cli_err`] with `token`.
+pub fn cli_err_as(cloud: &Cloud, token: &str, args: &[&str]) -> String {
+    let out = cloud.cli_as(token, args).expect("run nimbus");
     assert!(!out.status.success(), "nimbus {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).to_string()
 }

@@ -1,13 +1,17 @@
 //! Client commands, one module per resource, plus the server commands.
 
+pub mod audit;
 pub mod console;
 pub mod flavor;
 pub mod host;
 pub mod image;
 pub mod instance;
 pub mod operation;
+pub mod project;
+pub mod quota;
 pub mod server;
 pub mod snapshot;
+pub mod token;
 
 use crate::args::{Output, WaitArgs};
 use crate::{output, progress};

@@ -2,8 +2,8 @@
 
 use crate::app::auth::{generate_token, hash_token};
 use crate::app::{App, AppError};
-use nimbus_api::DEFAULT_PROJECT;
-use nimbus_store::StoreError;
+use nimbus_api::{Role, DEFAULT_PROJECT};
+use nimbus_store::{NewToken, StoreError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -61,7 +61,14 @@ impl App {
                 .await?;
         } else {
             self.store()
-                .insert_token(ADMIN_TOKEN_ID, &hash, "admin", DEFAULT_PROJECT)
+                .insert_token(&NewToken {
+                    id: ADMIN_TOKEN_ID,
+                    name: Some("bootstrap admin"),
+                    hash: &hash,
+                    role: Role::Admin.as_str(),
+                    project: DEFAULT_PROJECT,
+                    expires_at: None,
+                })
                 .await?;
         }
         tracing::info!(path = %path.display(), "admin token written");

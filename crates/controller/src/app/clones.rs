@@ -81,6 +81,6 @@ impl App {
         tracing::info!(instance_id = %id, operation_id = %op.id, snapshot_id = %snap.id,
             source = %source.name, host = %snap.host, "clone accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self.store().get_operation(&caller.scope(), op.id).await?)
     }
 }

@@ -45,6 +45,7 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::NotFound { .. } => AppError::not_found(e.to_string()),
             StoreError::Conflict(m) => AppError::conflict(m),
+            StoreError::QuotaExceeded(q) => AppError::new(ErrorCode::QuotaExceeded, q.to_string()),
             other => {
                 tracing::error!(error = %other, "store failure");
                 AppError::internal("the controller's database failed; see the controller log")
@@ -54,15 +55,62 @@ impl From<StoreError> for AppError {
 }
 
 impl From<nimbus_agent_api::AgentError> for AppError {
+    /// Answers what the user can act on; the agent's address and any file path stay in the
+    /// controller log (error bodies never carry internal paths or addresses).
     fn from(e: nimbus_agent_api::AgentError) -> Self {
         use nimbus_agent_api::AgentError as E;
+        tracing::warn!(error = %e, "agent call failed");
         match &e {
-            E::Unreachable { .. } => AppError::unavailable(e.to_string()),
-            E::Api { status: 404, .. } => AppError::not_found(e.to_string()),
-            E::Api { status: 409, .. } => AppError::conflict(e.to_string()),
-            E::Api { status: 504, .. } => AppError::unavailable(e.to_string()),
-            E::Api { status, .. } if *status < 500 => AppError::bad_request(e.to_string()),
-            _ => AppError::unavailable(e.to_string()),
+            E::Unreachable { .. } => AppError::unavailable(
+                "the instance's host does not answer; retry later (the controller log has details)",
+            ),
+            E::Api {
+                status, message, ..
+            } => {
+                let message = format!("the host refused: {}", redact_paths(message));
+                match status {
+                    404 => AppError::not_found(message),
+                    409 => AppError::conflict(message),
+                    s if *s < 500 => AppError::bad_request(message),
+                    _ => AppError::unavailable(message),
+                }
+            }
+            E::Decode(_) => AppError::unavailable(
+                "the instance's host sent an unreadable answer; see the controller log",
+            ),
         }
+    }
+}
+
+/// Replaces absolute file paths in a message by `<path>`.
+pub fn redact_paths(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| "\"'`()[]{},:;".contains(c));
+            if bare.starts_with('/') && bare.len() > 1 {
+                word.replace(bare, "<path>")
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_paths;
+
+    #[test]
+    fn paths_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_paths("cannot open \"/var/lib/nimbus/hosts/h1/vms/x/disk.qcow2\": No such file"),
+            "cannot open \"<path>\": No such file"
+        );
+        assert_eq!(
+            redact_paths("vm is not running / stopped"),
+            "vm is not running / stopped"
+        );
     }
 }

@@ -14,12 +14,14 @@ use uuid::Uuid;
 
 impl App {
     /// Validates the request, checks that some host can take it, records the instance and
-    /// starts its create operation.
+    /// starts its create operation. The project's quota is checked atomically with the
+    /// insert (`quota_exceeded`).
     pub async fn create_instance(
         &self,
         caller: &Caller,
         req: &CreateInstance,
     ) -> Result<OperationView, AppError> {
+        caller.require_write()?;
         validate_name(&req.name).map_err(|e| {
             AppError::bad_request(format!("invalid instance name {:?}: {e}", req.name))
         })?;
@@ -82,7 +84,7 @@ impl App {
             .await?;
         tracing::info!(instance_id = %id, operation_id = %op.id, name = %req.name, "instance create accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self.store().get_operation(&caller.scope(), op.id).await?)
     }
 
     /// Finds an instance of the caller's project by id or name.
@@ -92,7 +94,7 @@ impl App {
         id_or_name: &str,
     ) -> Result<InstanceRecord, AppError> {
         self.store()
-            .get_instance(&caller.project, id_or_name)
+            .get_instance(&caller.scope(), id_or_name)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => {
@@ -103,7 +105,7 @@ impl App {
     }
 
     pub async fn list_instances(&self, caller: &Caller) -> Result<Vec<InstanceView>, AppError> {
-        let all = self.store().list_instances(Some(&caller.project)).await?;
+        let all = self.store().list_instances(&caller.scope()).await?;
         Ok(all.iter().map(InstanceRecord::view).collect())
     }
 
@@ -115,6 +117,7 @@ impl App {
         id_or_name: &str,
         kind: OperationKind,
     ) -> Result<OperationView, AppError> {
+        caller.require_write()?;
         let inst = self.find_instance(caller, id_or_name).await?;
         check_transition(&inst, kind)?;
         let op = NewOperation {
@@ -128,7 +131,7 @@ impl App {
         self.store().begin_instance_operation(inst.id, &op).await?;
         tracing::info!(instance_id = %inst.id, operation_id = %op.id, kind = kind.as_str(), "operation accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self.store().get_operation(&caller.scope(), op.id).await?)
     }
 
     /// Reads the instance's serial console log from `offset`.
@@ -159,6 +162,7 @@ impl App {
         id_or_name: &str,
         req: &ExecInstance,
     ) -> Result<ExecOutput, AppError> {
+        caller.require_write()?;
         let inst = self.find_instance(caller, id_or_name).await?;
         if inst.state != InstanceState::Running {
             return Err(AppError::conflict(format!(

@@ -6,6 +6,7 @@ use nimbus_api::{
     ErrorCode, InstanceState, MigrateInstance, MigrationView, OperationKind, OperationView,
 };
 use nimbus_scheduler::{place, Resources};
+use nimbus_store::Scope;
 use nimbus_store::{NewOperation, StoreError};
 use uuid::Uuid;
 
@@ -20,6 +21,7 @@ impl App {
         id_or_name: &str,
         req: &MigrateInstance,
     ) -> Result<OperationView, AppError> {
+        caller.require_admin()?;
         let inst = self.find_instance(caller, id_or_name).await?;
         if inst.state != InstanceState::Running {
             return Err(AppError::conflict(format!(
@@ -53,7 +55,7 @@ impl App {
         self.store().begin_instance_operation(inst.id, &op).await?;
         tracing::info!(instance_id = %inst.id, operation_id = %op.id, %source, to = ?req.to, "migration accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self.store().get_operation(&Scope::All, op.id).await?)
     }
 
     /// Snapshots live on their instance's host (memory images in its chunk store, disk
@@ -126,7 +128,7 @@ impl App {
     ) -> Result<MigrationView, AppError> {
         let op = self.get_operation(caller, id).await?;
         self.store()
-            .get_migration(op.id)
+            .get_migration(&caller.id_scope(), op.id)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => {
@@ -139,10 +141,11 @@ impl App {
     /// Starts draining a host: it takes no new instances and every running instance on it
     /// moves live to other hosts.
     pub async fn drain_host(&self, caller: &Caller, name: &str) -> Result<OperationView, AppError> {
+        caller.require_admin()?;
         let host = self.get_host(name).await?;
         let busy = self
             .store()
-            .list_operations(None, 200)
+            .list_operations(&Scope::All, 200)
             .await?
             .into_iter()
             .find(|o| {
@@ -167,7 +170,7 @@ impl App {
         self.store().insert_operation(&op).await?;
         tracing::info!(operation_id = %op.id, host = %host.name, "drain accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self.store().get_operation(&Scope::All, op.id).await?)
     }
 }
 

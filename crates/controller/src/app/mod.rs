@@ -1,6 +1,7 @@
 //! Application logic, one module per resource. Handlers in `http/` call these; so do the
 //! operations and the reconciler.
 
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod clones;
@@ -12,7 +13,11 @@ pub mod instances;
 pub mod migrations;
 pub mod network;
 pub mod operations;
+pub mod projects;
+pub mod quotas;
 pub mod snapshots;
+pub mod throttle;
+pub mod tokens;
 
 pub use auth::Caller;
 pub use error::AppError;
@@ -38,6 +43,8 @@ struct Inner {
     placement: tokio::sync::Mutex<()>,
     /// Operations this controller is running now (so a resume does not start them twice).
     running_ops: Mutex<HashSet<Uuid>>,
+    /// Failed authentications per client address.
+    auth_throttle: throttle::AuthThrottle,
 }
 
 impl App {
@@ -46,6 +53,10 @@ impl App {
         let store = Store::connect(&config.database_url).await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                auth_throttle: throttle::AuthThrottle::new(
+                    config.auth_failure_limit,
+                    config.auth_failure_window,
+                ),
                 config,
                 store,
                 placement: tokio::sync::Mutex::new(()),
@@ -60,6 +71,11 @@ impl App {
 
     pub fn config(&self) -> &ControllerConfig {
         &self.inner.config
+    }
+
+    /// Failed authentications per client address.
+    pub fn auth_throttle(&self) -> &throttle::AuthThrottle {
+        &self.inner.auth_throttle
     }
 
     /// A client of the agent at `agent_url`.

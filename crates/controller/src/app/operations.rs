@@ -15,7 +15,7 @@ impl App {
             .map_err(|_| AppError::bad_request(format!("{id:?} is not an operation id")))?;
         let op = self
             .store()
-            .get_operation(uuid)
+            .get_operation(&caller.id_scope(), uuid)
             .await
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => {
@@ -23,9 +23,6 @@ impl App {
                 }
                 e => e.into(),
             })?;
-        if op.project != caller.project && caller.role != "admin" {
-            return Err(AppError::not_found(format!("operation {id} not found")));
-        }
         Ok(op)
     }
 
@@ -36,7 +33,7 @@ impl App {
     ) -> Result<Vec<OperationView>, AppError> {
         Ok(self
             .store()
-            .list_operations(Some(&caller.project), limit.clamp(1, 1000))
+            .list_operations(&caller.scope(), limit.clamp(1, 1000))
             .await?)
     }
 
@@ -46,6 +43,7 @@ impl App {
         caller: &Caller,
         id: &str,
     ) -> Result<OperationView, AppError> {
+        caller.require_write()?;
         let op = self.get_operation(caller, id).await?;
         if op.state.is_final() {
             return Err(AppError::conflict(format!(
@@ -53,7 +51,9 @@ impl App {
                 op.state.as_str()
             )));
         }
-        self.store().request_cancel(op.id).await?;
+        self.store()
+            .request_cancel(&caller.id_scope(), op.id)
+            .await?;
         self.get_operation(caller, id).await
     }
 }

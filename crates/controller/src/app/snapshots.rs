@@ -10,7 +10,7 @@ use nimbus_api::{
     validate_name, CreateSnapshot, InstanceState, OperationKind, OperationView, SnapshotState,
     SnapshotView,
 };
-use nimbus_store::{InstanceRecord, NewOperation, NewSnapshot, SnapshotRecord, StoreError};
+use nimbus_store::{InstanceRecord, NewOperation, NewSnapshot, Scope, SnapshotRecord, StoreError};
 use uuid::Uuid;
 
 impl App {
@@ -33,8 +33,7 @@ impl App {
         let host = snapshot_host(&inst)?;
         self.require_host_up(&host, &format!("where instance {} runs", inst.name))
             .await?;
-        // Quota hook (tenancy): refuse here when `store().project_snapshot_usage(project)`
-        // reaches the project's snapshot quota.
+        // The project's snapshot quota is checked in the store, in the insert transaction.
         let new = NewSnapshot {
             id: Uuid::new_v4(),
             project: inst.project.clone(),
@@ -60,7 +59,7 @@ impl App {
         self.store().begin_snapshot(&new, &op).await?;
         tracing::info!(instance_id = %inst.id, snapshot_id = %new.id, operation_id = %op.id, %name, memory, "snapshot accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self.store().get_operation(&caller.scope(), op.id).await?)
     }
 
     /// Finds a snapshot of the caller's project by id or name.
@@ -145,7 +144,10 @@ impl App {
         id_or_name: &str,
     ) -> Result<(SnapshotRecord, InstanceRecord), AppError> {
         let snap = self.find_snapshot(caller, id_or_name).await?;
-        let inst = self.store().get_instance_by_id(snap.instance_id).await?;
+        let inst = self
+            .store()
+            .get_instance_by_id(&Scope::All, snap.instance_id)
+            .await?;
         self.require_host_up(&snap.host, &format!("where snapshot {} lives", snap.name))
             .await?;
         Ok((snap, inst))
@@ -186,7 +188,10 @@ impl App {
             })?;
         tracing::info!(instance_id = %inst.id, snapshot_id = %snap.id, operation_id = %op.id, kind = kind.as_str(), "snapshot operation accepted");
         ops::spawn(self.clone(), op.id);
-        Ok(self.store().get_operation(op.id).await?)
+        Ok(self
+            .store()
+            .get_operation(&Scope::project(&snap.project), op.id)
+            .await?)
     }
 
     /// An unfinished clone operation that reads snapshot `id`, if any.

@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::ops::steps::instance_state_of;
 use nimbus_agent_api::{VmRunState, VmStatus};
 use nimbus_api::InstanceState;
+use nimbus_store::Scope;
 use nimbus_store::{HostRecord, InstanceRecord, StoreError};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -31,7 +32,7 @@ pub async fn run(app: App) {
 /// One pass over all hosts.
 pub async fn pass(app: &App) -> Result<(), StoreError> {
     let hosts = app.store().list_hosts().await?;
-    let instances = app.store().list_instances(None).await?;
+    let instances = app.store().list_instances(&Scope::All).await?;
     let by_id: HashMap<Uuid, &InstanceRecord> = instances.iter().map(|i| (i.id, i)).collect();
     for host in &hosts {
         let vms = match app.agent(&host.agent_url).list_vms().await {
@@ -124,7 +125,7 @@ async fn delete_orphan(app: &App, host: &HostRecord, id: Uuid) {
     // Re-read: the instance may have been created after the pass read the instance list
     // (its row always exists before its VM is defined, so this check is race-free).
     if !matches!(
-        app.store().get_instance_by_id(id).await,
+        app.store().get_instance_by_id(&Scope::All, id).await,
         Err(StoreError::NotFound { .. })
     ) {
         return;

@@ -19,6 +19,8 @@ pub async fn attach(
     ApiPath(instance): ApiPath<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // The console takes keystrokes: a write, whatever the HTTP method.
+    caller.require_write()?;
     let inst = app.find_instance(&caller, &instance).await?;
     let agent = app.agent_of(placed_host(&inst)?).await?;
     let url = agent

@@ -19,6 +19,15 @@ impl From<AppError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError(AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the request body is larger than {} KiB",
+                    super::MAX_BODY_BYTES / 1024
+                ),
+            ));
+        }
         ApiError(AppError::bad_request(format!(
             "invalid JSON body: {}",
             r.body_text()
@@ -76,4 +85,34 @@ pub async fn not_found() -> ApiError {
         ErrorCode::NotFound,
         "no such route; the API is described at /v1/openapi.json",
     ))
+}
+
+/// A handler panicked: answer the usual JSON body, never the panic's text or location (the
+/// log has them).
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %what, "request handler panicked");
+    ApiError(AppError::internal(
+        "the controller hit a bug answering this request; its log has the details",
+    ))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_panic_answers_json_without_its_text() {
+        let resp = super::panicked(Box::new(String::from("index out of bounds at /src/x.rs:3")));
+        assert_eq!(resp.status(), 500);
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body: nimbus_api::ErrorBody = serde_json::from_slice(&bytes).expect("JSON body");
+        assert_eq!(body.code, nimbus_api::ErrorCode::Internal);
+        assert!(!body.message.contains("x.rs") && !body.message.contains("bounds"));
+    }
 }

@@ -2,19 +2,11 @@
 
 use super::error::{ApiJson, ApiPath};
 use super::ApiError;
-use crate::app::{App, AppError, Caller};
+use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateFlavor, ErrorBody, ErrorCode, FlavorView};
-
-pub(super) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.role == "admin" {
-        Ok(())
-    } else {
-        Err(AppError::new(ErrorCode::Forbidden, "this needs an admin token").into())
-    }
-}
+use nimbus_api::{CreateFlavor, ErrorBody, FlavorView};
 
 /// Lists flavors, smallest first.
 #[utoipa::path(get, path = "/v1/flavors", tag = "flavors", responses((status = 200, body = [FlavorView])))]
@@ -33,7 +25,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateFlavor>,
 ) -> Result<(StatusCode, Json<FlavorView>), ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok((StatusCode::CREATED, Json(app.create_flavor(&req).await?)))
 }
 
@@ -56,7 +48,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     app.delete_flavor(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,7 +1,6 @@
 //! `/v1/hosts`.
 
 use super::error::ApiPath;
-use super::flavors::require_admin;
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
@@ -11,7 +10,7 @@ use nimbus_api::{ErrorBody, HostView};
 /// Lists hosts with capacity and allocation (admin).
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
 pub async fn list(State(app): State<App>, caller: Caller) -> Result<Json<Vec<HostView>>, ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok(Json(app.list_hosts().await?))
 }
 
@@ -23,7 +22,7 @@ pub async fn show(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<HostView>, ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok(Json(app.get_host(&name).await?))
 }
 
@@ -35,7 +34,7 @@ pub async fn enable(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<HostView>, ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok(Json(app.set_host_enabled(&name, true).await?))
 }
 
@@ -47,6 +46,6 @@ pub async fn disable(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<HostView>, ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok(Json(app.set_host_enabled(&name, false).await?))
 }

@@ -1,7 +1,6 @@
 //! `/v1/images`.
 
 use super::error::{ApiJson, ApiPath};
-use super::flavors::require_admin;
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
@@ -26,7 +25,7 @@ pub async fn import(
     caller: Caller,
     ApiJson(req): ApiJson<ImportImage>,
 ) -> Result<(StatusCode, Json<ImageView>), ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok((StatusCode::CREATED, Json(app.import_image(&req).await?)))
 }
 
@@ -49,7 +48,7 @@ pub async fn delete(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     app.delete_image(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@ use crate::app::{App, AppError};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use nimbus_store::Scope;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -20,7 +21,7 @@ type HostGauge = (&'static str, &'static str, fn(&nimbus_api::HostView) -> f64);
 
 async fn render(app: &App) -> Result<String, AppError> {
     let hosts = app.list_hosts().await?;
-    let instances = app.store().list_instances(None).await?;
+    let instances = app.store().list_instances(&Scope::All).await?;
     let mut out = String::new();
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
     for i in &instances {

@@ -1,7 +1,6 @@
 //! Live migration and host drain.
 
 use super::error::{ApiJson, ApiPath};
-use super::flavors::require_admin;
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
@@ -19,7 +18,7 @@ pub async fn migrate(
     ApiPath(instance): ApiPath<String>,
     ApiJson(req): ApiJson<MigrateInstance>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     let op = app.migrate_instance(&caller, &instance, &req).await?;
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
@@ -44,7 +43,7 @@ pub async fn drain(
     caller: Caller,
     ApiPath(host): ApiPath<String>,
 ) -> Result<(StatusCode, Json<OperationView>), ApiError> {
-    require_admin(&caller)?;
+    caller.require_admin()?;
     Ok((
         StatusCode::ACCEPTED,
         Json(app.drain_host(&caller, &host).await?),

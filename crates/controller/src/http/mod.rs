@@ -1,5 +1,7 @@
 //! HTTP layer: thin handlers that parse, authenticate and call one `app/` function.
 
+mod audit;
+mod audit_log;
 mod auth;
 mod console;
 mod error;
@@ -12,7 +14,9 @@ mod metrics;
 mod migrations;
 pub mod openapi;
 mod operations;
+mod projects;
 mod snapshots;
+mod tokens;
 
 pub use error::ApiError;
 
@@ -20,8 +24,8 @@ use crate::app::App;
 use axum::routing::{get, post};
 use axum::Router;
 
-/// Largest request body accepted (JSON bodies are small).
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body accepted (JSON bodies are small); larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The whole API, ready to serve (tests call it without a socket).
 pub fn router(app: App) -> Router {
@@ -63,14 +67,33 @@ pub fn router(app: App) -> Router {
         .route("/operations", get(operations::list))
         .route("/operations/{operation}", get(operations::show))
         .route("/operations/{operation}/cancel", post(operations::cancel))
+        .route("/projects", get(projects::list).post(projects::create))
+        .route(
+            "/projects/{project}",
+            get(projects::show).delete(projects::delete),
+        )
+        .route(
+            "/projects/{project}/quota",
+            get(projects::show_quota).put(projects::set_quota),
+        )
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{token}", axum::routing::delete(tokens::revoke))
+        .route("/audit", get(audit_log::list))
         .route("/internal/hosts/register", post(internal::register_host))
-        .route("/openapi.json", get(openapi::serve));
+        .route("/openapi.json", get(openapi::serve))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            audit::record,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::serve))
         .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panicked,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }

@@ -1,14 +1,17 @@
 //! The OpenAPI document of `/v1`. A committed copy lives in `docs/openapi.json`; a test fails
 //! when it is stale.
 
-use super::{flavors, hosts, images, instances, migrations, operations, snapshots};
+use super::{
+    audit_log, flavors, hosts, images, instances, migrations, operations, projects, snapshots,
+    tokens,
+};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "nimbus", description = "The nimbus IaaS cloud API. Every route needs `Authorization: Bearer <token>`; errors are `ErrorBody` with a stable `code`; long actions answer 202 with an operation."),
+    info(title = "nimbus", description = "The nimbus IaaS cloud API. Every route needs `Authorization: Bearer <token>`; errors are `ErrorBody` with a stable `code`; long actions answer 202 with an operation. Every route takes `?project=P`: the project the call acts in (default: the token's; another project needs an admin token). Another project's resources answer 404. Readers may only read; members act in their own project; admins everywhere. Repeated authentication failures from one address answer 429 with `Retry-After`; bodies over 1 MiB answer 413. See docs/tenancy.md."),
     paths(
         instances::list, instances::create, instances::show, instances::delete,
         instances::start, instances::stop, instances::reboot, instances::exec, instances::console_log,
@@ -18,6 +21,10 @@ use utoipa::{Modify, OpenApi};
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,
         snapshots::create, snapshots::list, snapshots::show, snapshots::restore, snapshots::delete,
+        projects::list, projects::create, projects::show, projects::delete,
+        projects::show_quota, projects::set_quota,
+        tokens::list, tokens::create, tokens::revoke,
+        audit_log::list,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth),

@@ -5,6 +5,7 @@ use crate::app::App;
 use async_trait::async_trait;
 use nimbus_api::{InstanceState, MigrateInstance};
 use nimbus_ops::{Step, StepContext, StepError};
+use nimbus_store::Scope;
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -45,7 +46,11 @@ impl Step<App> for Evacuate {
         let mut skipped = Vec::new();
         let mut in_flight: Vec<(String, Uuid)> = Vec::new();
         loop {
-            let all = app.store().list_instances(None).await.map_err(store_err)?;
+            let all = app
+                .store()
+                .list_instances(&Scope::All)
+                .await
+                .map_err(store_err)?;
             let mut here: Vec<_> = all
                 .into_iter()
                 .filter(|i| i.host.as_deref() == Some(self.0.as_str()))
@@ -55,7 +60,11 @@ impl Step<App> for Evacuate {
             // Reap finished migrations.
             let mut still = Vec::new();
             for (name, op) in in_flight.drain(..) {
-                let view = app.store().get_operation(op).await.map_err(store_err)?;
+                let view = app
+                    .store()
+                    .get_operation(&Scope::All, op)
+                    .await
+                    .map_err(store_err)?;
                 if !view.state.is_final() {
                     still.push((name, op));
                 } else if view.state == nimbus_api::OperationState::Succeeded {
@@ -89,11 +98,7 @@ impl Step<App> for Evacuate {
                     skipped.push(inst.name.clone());
                     continue;
                 }
-                let caller = crate::app::Caller {
-                    token_id: "drain".into(),
-                    role: "admin".into(),
-                    project: inst.project.clone(),
-                };
+                let caller = crate::app::Caller::system("drain", &inst.project);
                 match app
                     .migrate_instance(&caller, &inst.id.to_string(), &MigrateInstance::default())
                     .await

@@ -11,7 +11,7 @@ use nimbus_agent_api::{
 };
 use nimbus_api::{MigrateInstance, MigrationStats};
 use nimbus_ops::{Outcome, Step, StepContext, StepError};
-use nimbus_store::NewMigration;
+use nimbus_store::{NewMigration, Scope};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -83,7 +83,7 @@ impl Step<App> for ChooseTarget {
     }
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
-        if let Ok(m) = app.store().get_migration(s.operation_id).await {
+        if let Ok(m) = app.store().get_migration(&Scope::All, s.operation_id).await {
             return Ok(json!({ "source": m.source, "target": m.target }));
         }
         let req = params(app, s.operation_id).await?;
@@ -104,6 +104,7 @@ impl Step<App> for ChooseTarget {
             .insert_migration(&NewMigration {
                 id: s.operation_id,
                 instance_id: self.0,
+                project: inst.project.clone(),
                 source: source.clone(),
                 target: target.clone(),
                 vcpus: inst.vcpus,
@@ -118,7 +119,7 @@ impl Step<App> for ChooseTarget {
     }
 
     async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
-        match app.store().get_migration(s.operation_id).await {
+        match app.store().get_migration(&Scope::All, s.operation_id).await {
             Ok(m) if m.state == "running" => app
                 .store()
                 .end_migration(s.operation_id, "failed")
@@ -297,7 +298,7 @@ impl Step<App> for Transfer {
 }
 
 async fn record_progress(app: &App, op: Uuid, p: &MigrationProgress, shared: bool) {
-    let Ok(mut m) = app.store().get_migration(op).await else {
+    let Ok(mut m) = app.store().get_migration(&Scope::All, op).await else {
         return;
     };
     m.stats.disk_transfer = if shared { "shared" } else { "mirror" }.into();
@@ -386,7 +387,7 @@ impl Step<App> for Commit {
             .map_err(store_err)?;
         let mut m = app
             .store()
-            .get_migration(s.operation_id)
+            .get_migration(&Scope::All, s.operation_id)
             .await
             .map_err(store_err)?;
         m.stats = MigrationStats {
@@ -445,7 +446,7 @@ pub async fn end_record(
         Outcome::Cancelled => "cancelled",
         Outcome::Failed { .. } => "failed",
     };
-    match app.store().get_migration(op).await {
+    match app.store().get_migration(&Scope::All, op).await {
         Ok(m) if m.state == "running" || (state == "cancelled" && m.state == "failed") => {
             app.store().end_migration(op, state).await?;
         }

@@ -23,6 +23,7 @@ pub use snapshot_steps::SnapshotParams;
 use crate::app::{App, AppError};
 use nimbus_api::{InstanceState, OperationKind, OperationState};
 use nimbus_ops::{Outcome, RetryPolicy, Step};
+use nimbus_store::Scope;
 use uuid::Uuid;
 
 /// What an operation kind consists of: its steps and the instance states around it.
@@ -78,7 +79,7 @@ pub fn spawn(app: App, id: Uuid) {
 }
 
 async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
-    let op = app.store().get_operation(id).await?;
+    let op = app.store().get_operation(&Scope::All, id).await?;
     let instance = op.target_id;
     let plan = plan(op.kind, instance, &op.target_name);
     if op.state == OperationState::Running {
@@ -171,11 +172,11 @@ pub async fn resume_unfinished(app: &App) -> Result<(), AppError> {
         tracing::info!(operation_id = %op.id, kind = op.kind.as_str(), "resuming operation");
         spawn(app.clone(), op.id);
     }
-    for inst in app.store().list_instances(None).await? {
+    for inst in app.store().list_instances(&Scope::All).await? {
         let Some(op_id) = inst.operation_id else {
             continue;
         };
-        let op = app.store().get_operation(op_id).await?;
+        let op = app.store().get_operation(&Scope::All, op_id).await?;
         if op.state.is_final() {
             let outcome = match op.state {
                 OperationState::Succeeded => Outcome::Succeeded,

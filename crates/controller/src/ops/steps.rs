@@ -6,6 +6,7 @@ use nimbus_agent_api::{AgentClient, AgentError, StopRequest, VmRunState};
 use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
 use nimbus_scheduler::{place, Resources};
+use nimbus_store::Scope;
 use nimbus_store::{InstanceRecord, StoreError};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -40,7 +41,10 @@ pub(crate) async fn op_params<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) async fn instance(app: &App, id: Uuid) -> Result<InstanceRecord, StepError> {
-    app.store().get_instance_by_id(id).await.map_err(store_err)
+    app.store()
+        .get_instance_by_id(&Scope::All, id)
+        .await
+        .map_err(store_err)
 }
 
 /// The agent of the instance's host; `None` if it was never placed.
@@ -122,7 +126,7 @@ impl Step<App> for Define {
 
 /// Removes the VM and its disk from its host (idempotent; nothing to do if never placed).
 pub(crate) async fn destroy(app: &App, id: Uuid) -> Result<(), StepError> {
-    let inst = match app.store().get_instance_by_id(id).await {
+    let inst = match app.store().get_instance_by_id(&Scope::All, id).await {
         Ok(i) => i,
         Err(StoreError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(store_err(e)),
@@ -300,7 +304,7 @@ impl Step<App> for Forget {
 
 /// What the host says the instance's state is (`error` if it cannot be asked).
 pub async fn state_from_agent(app: &App, id: Uuid) -> InstanceState {
-    let Ok(inst) = app.store().get_instance_by_id(id).await else {
+    let Ok(inst) = app.store().get_instance_by_id(&Scope::All, id).await else {
         return InstanceState::Error;
     };
     let Ok(Some(agent)) = host_agent(app, &inst).await else {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::testing::stores;
-use crate::{InstanceRecord, NewInstance};
+use crate::{InstanceRecord, NewInstance, Scope};
 use nimbus_api::OperationKind;
 use std::collections::HashSet;
 
@@ -39,7 +39,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
     s.insert_instance(&new, &op, pick).await.expect("insert");
     s.reserve_host(id, "host1").await.expect("reserve");
     s.end_instance_operation(id, op.id).await.expect("end");
-    s.get_instance_by_id(id).await.expect("get")
+    s.get_instance_by_id(&Scope::All, id).await.expect("get")
 }
 
 /// Takes a snapshot through the same calls as the create operation; returns its id.
@@ -158,8 +158,14 @@ async fn names_are_unique_per_project_and_a_refused_snapshot_leaves_nothing() {
             matches!(err, Err(StoreError::Conflict(ref m)) if m.contains("before")),
             "{err:?}"
         );
-        assert!(s.get_operation(op.id).await.is_err(), "no operation left");
-        let inst = s.get_instance_by_id(other.id).await.expect("get");
+        assert!(
+            s.get_operation(&Scope::All, op.id).await.is_err(),
+            "no operation left"
+        );
+        let inst = s
+            .get_instance_by_id(&Scope::All, other.id)
+            .await
+            .expect("get");
         assert_eq!(inst.operation_id, None, "the instance is not left busy");
         assert_eq!(s.count_snapshots_of(other.id).await.expect("count"), 0);
     }
@@ -205,10 +211,13 @@ async fn one_operation_per_instance_and_only_on_available_snapshots() {
             "{not_available:?}"
         );
         assert!(
-            s.get_operation(again.id).await.is_err(),
+            s.get_operation(&Scope::All, again.id).await.is_err(),
             "no operation left"
         );
-        let inst = s.get_instance_by_id(web.id).await.expect("get");
+        let inst = s
+            .get_instance_by_id(&Scope::All, web.id)
+            .await
+            .expect("get");
         assert_eq!(
             inst.operation_id, None,
             "a refused operation does not hold the instance"
@@ -237,5 +246,41 @@ async fn deleting_an_instance_s_snapshots_clears_its_tree() {
             .map(|r| r.id)
             .collect();
         assert_eq!(left, vec![kept]);
+    }
+}
+
+#[tokio::test]
+async fn the_snapshot_quota_is_checked_in_the_insert() {
+    for (s, _d) in stores().await {
+        let web = instance(&s, "web").await;
+        s.set_quota(
+            "default",
+            &nimbus_api::QuotaLimits {
+                snapshots: Some(1),
+                ..nimbus_api::QuotaLimits::UNLIMITED
+            },
+        )
+        .await
+        .expect("set");
+        snapshot(&s, &web, "first").await;
+        assert_eq!(s.quota_usage("default").await.expect("usage").snapshots, 1);
+        let new = NewSnapshot {
+            id: Uuid::new_v4(),
+            project: "default".into(),
+            instance_id: web.id,
+            name: "second".into(),
+            memory: true,
+            host: "host1".into(),
+        };
+        let op = operation(OperationKind::SnapshotCreate, web.id);
+        let e = s.begin_snapshot(&new, &op).await;
+        assert!(
+            matches!(&e, Err(StoreError::QuotaExceeded(q)) if q.resource == "snapshots"),
+            "{e:?}"
+        );
+        assert!(
+            s.get_operation(&Scope::All, op.id).await.is_err(),
+            "nothing recorded"
+        );
     }
 }

@@ -1,0 +1,53 @@
+//! Quotas: per-project limits, enforced when resources are created.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Limits of a project; `null` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaLimits {
+    pub instances: Option<u64>,
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_gib: Option<u64>,
+    pub snapshots: Option<u64>,
+}
+
+impl QuotaLimits {
+    /// No limit on anything (the `default` project unless an admin sets one).
+    pub const UNLIMITED: QuotaLimits = QuotaLimits {
+        instances: None,
+        vcpus: None,
+        memory_mib: None,
+        disk_gib: None,
+        snapshots: None,
+    };
+
+    /// What a new project gets: room for a handful of small machines.
+    pub const NEW_PROJECT: QuotaLimits = QuotaLimits {
+        instances: Some(10),
+        vcpus: Some(20),
+        memory_mib: Some(20 * 1024),
+        disk_gib: Some(200),
+        snapshots: Some(20),
+    };
+}
+
+/// What a project holds now, counted the way quotas count it (every instance row, whatever
+/// its state, until its delete finishes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaUsage {
+    pub instances: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub snapshots: u64,
+}
+
+/// Answer of `GET /v1/projects/{project}/quota`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaView {
+    pub project: String,
+    pub limits: QuotaLimits,
+    pub usage: QuotaUsage,
+}

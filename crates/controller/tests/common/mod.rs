@@ -1,0 +1,115 @@
+//! A controller without agents for API tests: the real router and a real SQLite store in a
+//! temporary directory, called without a socket.
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
+use nimbus_api::ErrorBody;
+use nimbus_controller::{http::router, App, ControllerConfig};
+use std::net::SocketAddr;
+use tower::ServiceExt;
+
+pub struct Fixture {
+    pub app: App,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
+    let app = App::open(config).await.expect("open");
+    app.bootstrap().await.expect("bootstrap");
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token");
+    Fixture { app, token, dir }
+}
+
+pub async fn call(
+    f: &Fixture,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, String) {
+    let r = call_from(f, None, method, uri, token, body).await;
+    (r.status, r.body)
+}
+
+/// A response with what the tenancy tests look at.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: String,
+    pub retry_after: Option<String>,
+}
+
+/// Calls the router as if from the TCP peer `peer` (as `axum::serve` with connect info
+/// tells the handlers).
+pub async fn call_from(
+    f: &Fixture,
+    peer: Option<SocketAddr>,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .expect("request");
+    if let Some(p) = peer {
+        req.extensions_mut().insert(ConnectInfo(p));
+    }
+    let resp = router(f.app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&bytes).to_string(),
+        retry_after,
+    }
+}
+
+pub fn error(body: &str) -> ErrorBody {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
+}
+
+pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
+    let reg = RegisterHost {
+        agent_url: "http://127.0.0.1:9".into(),
+        inventory: HostInventory {
+            name: name.into(),
+            cpus: 2,
+            memory_mib,
+            disk_gib: 50,
+            accelerator: Accelerator::Tcg,
+            qemu_version: "10.0.2".into(),
+            agent_version: "test".into(),
+            shared_storage: None,
+        },
+    };
+    let body = serde_json::to_string(&reg).expect("json");
+    let (s, b) = call(
+        f,
+        "POST",
+        "/v1/internal/hosts/register",
+        Some("agent-secret"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}

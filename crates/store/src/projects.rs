@@ -1,0 +1,91 @@
+//! Projects: the tenants. Deleting one is refused while it owns instances; its tokens are
+//! revoked and its quota removed with it.
+
+use crate::quotas::lock_quota;
+use crate::{time, Store, StoreError};
+use nimbus_api::{ProjectView, QuotaLimits};
+use sqlx::Row;
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<ProjectView, StoreError> {
+    Ok(ProjectView {
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        created_at: time::parse(&r.try_get::<String, _>("created_at")?)?,
+    })
+}
+
+impl Store {
+    /// Creates a project with its initial quota, in one transaction.
+    pub async fn create_project(
+        &self,
+        name: &str,
+        description: Option<&str>,
+        quota: &QuotaLimits,
+    ) -> Result<ProjectView, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO projects (name, description, created_at) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(description.map(str::to_string))
+            .bind(time::now())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::unique_or(e, || format!("project {name:?} already exists")))?;
+        tx.commit().await?;
+        self.set_quota(name, quota).await?;
+        self.get_project(name).await
+    }
+
+    pub async fn get_project(&self, name: &str) -> Result<ProjectView, StoreError> {
+        let row = sqlx::query("SELECT * FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", name))?;
+        from_row(&row)
+    }
+
+    /// Projects by name.
+    pub async fn list_projects(&self) -> Result<Vec<ProjectView>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM projects ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Deletes a project that owns no instances; revokes its tokens and drops its quota.
+    /// The quota row is locked first, so a create racing with the delete either commits
+    /// before (and the delete is refused) or finds the project gone.
+    pub async fn delete_project(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_quota(&mut tx, name).await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE project = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if n > 0 {
+            return Err(StoreError::Conflict(format!(
+                "project {name} still owns {n} instance(s); delete them first \
+                 (`nimbus instance list --project {name}`)"
+            )));
+        }
+        let gone = sqlx::query("DELETE FROM projects WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            return Err(StoreError::not_found("project", name));
+        }
+        sqlx::query("DELETE FROM quotas WHERE project = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE project = $2 AND revoked_at IS NULL")
+            .bind(time::now())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
