@@ -109,6 +109,9 @@ pub struct UpArgs {
     /// Without it each host's disks are local and migration mirrors them.
     #[arg(long)]
     pub shared_storage: bool,
+    /// Seconds between two usage samples of a running VM (passed to every agent).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metering_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -167,6 +170,32 @@ pub struct AgentArgs {
     /// Force an accelerator instead of probing (kvm or tcg).
     #[arg(long, env = "NIMBUS_ACCEL")]
     pub accel: Option<String>,
+    /// vCPUs this host offers per physical CPU (overcommit) [default: the controller's].
+    #[arg(long)]
+    pub cpu_allocation_ratio: Option<f64>,
+    /// Memory this host offers per MiB of RAM [default: the controller's].
+    #[arg(long)]
+    pub ram_allocation_ratio: Option<f64>,
+    /// Turn kernel same-page merging on and tune it (`off`: leave the kernel's KSM settings
+    /// alone).
+    #[arg(long, value_enum, default_value = "on")]
+    pub ksm: OnOff,
+    /// Pages KSM scans per wake-up.
+    #[arg(long, default_value_t = 1000)]
+    pub ksm_pages_to_scan: u32,
+    /// Milliseconds KSM sleeps between scans.
+    #[arg(long, default_value_t = 20)]
+    pub ksm_sleep_ms: u32,
+    /// Seconds between two usage samples of a running VM.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metering_interval_secs: u64,
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@
 //!                                     shared storage, an arrived migration)
 //! <state_dir>/vms/<id>/migration.json the VM's part in a migration (crate::migration::role)
 //! <state_dir>/vms/<id>/heartbeat.log  `<unix_ms_host> <line>` per heartbeat (rotated)
+//! <state_dir>/vms/<id>/meter.json     the open usage meter (crate::metering::meter)
 //! ```
 
 use super::state::CoreStatus;

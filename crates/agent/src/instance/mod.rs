@@ -164,6 +164,11 @@ impl VmHandle {
         &self.dir
     }
 
+    /// Follows the persisted part of the status (closed when the actor ends).
+    pub fn subscribe(&self) -> watch::Receiver<CoreStatus> {
+        self.status.clone()
+    }
+
     /// The current status, with live figures read now.
     pub fn status(&self) -> VmStatus {
         let core = self.status.borrow().clone();
