@@ -12,10 +12,11 @@ pub mod instance;
 pub mod migration;
 pub mod name;
 pub mod operation;
+pub mod usage;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
-pub use host::{HostState, HostView};
+pub use host::{HostKsm, HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
@@ -24,6 +25,7 @@ pub use instance::{
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+pub use usage::{InstanceUsage, UsageAmounts, UsageQuery, UsageReport};
 
 /// The project every resource belongs to until tenancy lands.
 pub const DEFAULT_PROJECT: &str = "default";

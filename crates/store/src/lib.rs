@@ -16,6 +16,7 @@ mod operations;
 mod placement;
 mod time;
 mod tokens;
+mod usage;
 
 pub use error::StoreError;
 pub use hosts::HostRecord;
@@ -24,6 +25,7 @@ pub use migrations::NewMigration;
 pub use operations::NewOperation;
 pub use placement::Allocation;
 pub use tokens::TokenRecord;
+pub use usage::UsageRow;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
