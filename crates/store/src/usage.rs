@@ -105,7 +105,10 @@ impl Store {
 
     /// The project and instance name an earlier sample of the meter was attributed to (for
     /// samples that arrive after their instance was deleted).
-    pub async fn meter_owner(&self, meter_id: Uuid) -> Result<Option<(String, String)>, StoreError> {
+    pub async fn meter_owner(
+        &self,
+        meter_id: Uuid,
+    ) -> Result<Option<(String, String)>, StoreError> {
         let row = sqlx::query(
             "SELECT project, instance_name FROM usage_samples WHERE meter_id = $1 \
              ORDER BY seq DESC LIMIT 1",
@@ -203,22 +206,45 @@ mod tests {
             let mut resent = a0.clone();
             resent.cpu_ns = 999;
             assert!(!store.insert_usage_sample(&resent).await.expect("resend"));
-            store.insert_usage_sample(&row(1, 1, 21_000, "default")).await.expect("insert");
-            store.insert_usage_sample(&row(2, 0, 11_000, "acme")).await.expect("insert");
+            store
+                .insert_usage_sample(&row(1, 1, 21_000, "default"))
+                .await
+                .expect("insert");
+            store
+                .insert_usage_sample(&row(2, 0, 11_000, "acme"))
+                .await
+                .expect("insert");
             let all = store.usage_samples(None, 0, i64::MAX).await.expect("read");
             assert_eq!(all.len(), 3);
             assert_eq!(all[0], a0, "the first copy wins");
-            let acme = store.usage_samples(Some("acme"), 0, i64::MAX).await.expect("read");
+            let acme = store
+                .usage_samples(Some("acme"), 0, i64::MAX)
+                .await
+                .expect("read");
             assert_eq!(acme.len(), 1);
             // A window after meter 2's last sample still needs meter 1's samples.
-            let late = store.usage_samples(None, 15_000, 30_000).await.expect("read");
+            let late = store
+                .usage_samples(None, 15_000, 30_000)
+                .await
+                .expect("read");
             assert_eq!(late.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
-            assert!(store.usage_samples(None, 0, 500).await.expect("read").is_empty());
+            assert!(store
+                .usage_samples(None, 0, 500)
+                .await
+                .expect("read")
+                .is_empty());
             // From 21 s on: meter 1's last sample and the one before it (its interval start).
-            let tail = store.usage_samples(None, 21_000, 30_000).await.expect("read");
+            let tail = store
+                .usage_samples(None, 21_000, 30_000)
+                .await
+                .expect("read");
             assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
             let rss = store.recent_rss_by_host(0).await.expect("rss");
-            assert_eq!(rss.get("host1"), Some(&16), "the latest sample of each open meter");
+            assert_eq!(
+                rss.get("host1"),
+                Some(&16),
+                "the latest sample of each open meter"
+            );
             assert_eq!(
                 store.meter_owner(Uuid::from_u128(2)).await.expect("owner"),
                 Some(("acme".into(), "web1".into()))

@@ -12,6 +12,7 @@ mod metrics;
 mod migrations;
 pub mod openapi;
 mod operations;
+mod usage;
 
 pub use error::ApiError;
 
@@ -56,7 +57,9 @@ pub fn router(app: App) -> Router {
         .route("/operations", get(operations::list))
         .route("/operations/{operation}", get(operations::show))
         .route("/operations/{operation}/cancel", post(operations::cancel))
+        .route("/usage", get(usage::report))
         .route("/internal/hosts/register", post(internal::register_host))
+        .route("/internal/usage/samples", post(internal::usage_samples))
         .route("/openapi.json", get(openapi::serve));
     Router::new()
         .nest("/v1", v1)
