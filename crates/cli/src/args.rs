@@ -18,7 +18,7 @@ pub struct Cli {
         value_enum,
         default_value = "table"
     )]
-    pub output: Output,
+    pub output: OutputArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,10 +37,30 @@ pub struct Connection {
     pub data_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     Table,
     Json,
+}
+
+/// `-o`: table, json, or csv (`nimbus usage` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    Table,
+    Json,
+    Csv,
+}
+
+impl OutputArg {
+    /// The format of commands that print tables or JSON.
+    pub fn plain(self) -> anyhow::Result<Output> {
+        match self {
+            OutputArg::Table => Ok(Output::Table),
+            OutputArg::Json => Ok(Output::Json),
+            OutputArg::Csv => anyhow::bail!("-o csv is only for `nimbus usage`; use -o json"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +86,24 @@ pub enum Command {
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
+    /// Usage per instance and in total over a period (vCPU-seconds, CPU, memory, disk,
+    /// snapshots, network): `-o table|json|csv`.
+    Usage(UsageArgs),
+}
+
+/// `nimbus usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this project [default: all the token may see].
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Start of the period: RFC 3339 (`2026-11-25T00:00:00Z`) or a time ago (`-1h`, `-30m`,
+    /// `-7d`) [default: 24 hours before --to].
+    #[arg(long, allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// End of the period (exclusive), same forms [default: now].
+    #[arg(long, allow_hyphen_values = true)]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -42,7 +42,10 @@ fn init_tracing(cli: &Cli) {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let out = cli.output;
+    if let Command::Usage(args) = cli.command {
+        return commands::usage::run(&cli.conn, cli.output, args).await;
+    }
+    let out = cli.output.plain()?;
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Controller(args) => commands::server::controller(args).await,
@@ -52,5 +55,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => commands::image::run(&cli.conn, out, cmd).await,
         Command::Instance(cmd) => commands::instance::run(&cli.conn, out, cmd).await,
         Command::Operation(cmd) => commands::operation::run(&cli.conn, out, cmd).await,
+        Command::Usage(args) => commands::usage::run(&cli.conn, cli.output, args).await,
     }
 }

@@ -7,7 +7,7 @@ pub use error::ClientError;
 use nimbus_api::{
     ConsoleLog, CreateFlavor, CreateInstance, ErrorBody, ErrorCode, ExecInstance, ExecOutput,
     FlavorView, HostView, ImageView, ImportImage, InstanceView, MigrateInstance, MigrationView,
-    OperationView,
+    OperationView, UsageQuery, UsageReport,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -125,6 +125,11 @@ impl Client {
     }
 
     // Instances
+
+    /// Usage per instance and in total (`GET /v1/usage`).
+    pub async fn usage(&self, q: &UsageQuery) -> Result<UsageReport, ClientError> {
+        self.send(self.req(Method::GET, "/v1/usage").query(q)).await
+    }
 
     pub async fn list_instances(&self) -> Result<Vec<InstanceView>, ClientError> {
         self.get("/v1/instances").await

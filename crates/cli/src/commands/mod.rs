@@ -7,6 +7,7 @@ pub mod image;
 pub mod instance;
 pub mod operation;
 pub mod server;
+pub mod usage;
 
 use crate::args::{Output, WaitArgs};
 use crate::{output, progress};
