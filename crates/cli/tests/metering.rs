@@ -1,12 +1,15 @@
-//! End to end: measured service with real guests. One host (so every guest shares it), a
-//! 2-second sampling interval; three identical tiny guests serve every phase:
+//! End to end: measured service with real guests. Two hosts, instances packed on the first
+//! (so the guests share it), a 2-second sampling interval; three identical tiny guests serve
+//! every phase:
 //! - KSM merges their identical pages (bounded wait for `pages_shared > 0`);
 //! - a ping between two guests moves both guests' network counters;
 //! - a stopped guest is billed up to its stop (its meter's closing sample), no further;
 //! - over a 40-second window in which the agent is killed with SIGKILL and the whole
 //!   `nimbus up` (controller included) is restarted, a guest that ran all along is billed
 //!   40 vCPU-seconds +/- 2%: nothing is lost while the agent or controller is down, and
-//!   nothing is counted twice.
+//!   nothing is counted twice;
+//! - a guest live-migrated to the other host is billed its wall-clock time once (the
+//!   source's meter ends at the switch-over's STOP, the target's starts at RESUME).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use nimbus_api::{UsageQuery, UsageReport};
@@ -23,14 +26,22 @@ const WINDOW_SECS: i64 = 40;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metering_end_to_end() {
     let opts = CloudOptions {
-        hosts: 1,
-        extra_args: vec!["--metering-interval-secs".into(), "2".into()],
+        hosts: 2,
+        extra_args: vec![
+            "--metering-interval-secs".into(),
+            "2".into(),
+            "--strategy".into(),
+            "pack".into(),
+        ],
     };
     let mut cloud = Cloud::start(Path::new(BIN), opts)
         .await
         .expect("start the cloud");
     let client = cloud.client().expect("client");
     create_instances(&cloud, &["m1", "m2", "m3"], "tiny").await;
+    for name in ["m1", "m2", "m3"] {
+        assert_eq!(instance(&client, name).await.host.as_deref(), Some("host1"));
+    }
 
     let from = Utc::now();
     let pids_before = cloud.qemu_pids();
@@ -71,6 +82,56 @@ async fn metering_end_to_end() {
         m3.running_seconds
     );
     metrics_show_usage_and_ksm(&cloud).await;
+    migration_is_billed_once(&cloud, &client).await;
+}
+
+async fn migration_is_billed_once(cloud: &Cloud, client: &Client) {
+    let start = Utc::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let req = nimbus_api::MigrateInstance {
+        to: Some("host2".into()),
+        ..Default::default()
+    };
+    let (op, record) = migrate_and_wait(client, "m2", req).await;
+    assert_eq!(
+        op.state,
+        nimbus_api::OperationState::Succeeded,
+        "{:?}\n{}",
+        op.error,
+        cloud.log_tail(30)
+    );
+    assert_eq!(instance(client, "m2").await.host.as_deref(), Some("host2"));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let end = Utc::now();
+    let wall = (end - start).num_milliseconds() as f64 / 1000.0;
+    // The guest is paused (not running anywhere) from the source's STOP to the target's
+    // RESUME: that downtime is not billed.
+    let downtime = record
+        .and_then(|m| m.stats.downtime_ms)
+        .expect("the migration's downtime") as f64
+        / 1000.0;
+    let ran = wall - downtime;
+    let billed = wait_until(
+        "m2's samples from both hosts",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        || async {
+            let r = usage(client, start, end).await;
+            let s = running_of(&r, "m2");
+            (s >= ran - wall * 0.02).then_some(s)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: m2 under-billed across its migration"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let billed = running_of(&usage(client, start, end).await, "m2").max(billed);
+    eprintln!(
+        "m2 migrated: {billed:.3} s billed for {wall:.3} s of wall-clock time, {downtime:.3} s of it paused"
+    );
+    assert!(
+        billed <= ran + wall * 0.02,
+        "m2 billed {billed} s for {ran} s running: the migration counted twice"
+    );
 }
 
 /// Sleeps until `t` has passed.

@@ -60,6 +60,11 @@ pub struct OpenMeter {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeterState {
     pub open: Option<OpenMeter>,
+    /// When the last meter of this VM closed: a run start older than that is stale (e.g. a
+    /// source resumed after a completed migration was undone keeps its old RESUME time), so
+    /// two meters of one VM never overlap.
+    #[serde(default)]
+    pub closed_at_ms: Option<u64>,
 }
 
 /// Why the meter is looked at.
@@ -97,13 +102,20 @@ impl MeterState {
                     Some(r) if vm.pid == Some(open.pid) => r,
                     _ => open.last,
                 };
-                out.push(sample(vm, open, open.next_seq, ended, &last, true));
+                let closing = sample(vm, open, open.next_seq, ended, &last, true);
+                self.closed_at_ms = Some(closing.sampled_unix_ms);
+                out.push(closing);
                 self.open = None;
             }
         }
         match (&mut self.open, vm.running, vm.pid, reading) {
             (None, true, Some(pid), Some(r)) => {
-                let started = vm.run_started_ms.unwrap_or(now_ms).min(now_ms);
+                // A start older than the last close is stale (the process ran before):
+                // the guest runs again from now, when the change is seen.
+                let started = match vm.run_started_ms {
+                    Some(s) if s >= self.closed_at_ms.unwrap_or(0) => s.min(now_ms),
+                    _ => now_ms,
+                };
                 self.open = Some(OpenMeter {
                     meter_id: Uuid::new_v4(),
                     pid,
@@ -299,6 +311,28 @@ mod tests {
             (1, 30_000),
             "the gap is covered"
         );
+    }
+
+    #[test]
+    fn a_reopened_meter_never_starts_before_the_last_one_closed() {
+        let mut m = MeterState::default();
+        m.observe(
+            &vm(true, Some(7)),
+            reading(1_000, 0, 0),
+            1_000,
+            Occasion::Change,
+        );
+        let mut paused = vm(false, Some(7));
+        paused.run_ended_ms = Some(9_000);
+        m.observe(&paused, reading(9_500, 0, 0), 9_500, Occasion::Change);
+        // The migration is undone: the same QEMU runs again; its last RESUME is from 1 s.
+        m.observe(
+            &vm(true, Some(7)),
+            reading(12_000, 0, 0),
+            12_000,
+            Occasion::Change,
+        );
+        assert_eq!(m.open.as_ref().map(|o| o.started_ms), Some(12_000));
     }
 
     #[test]
