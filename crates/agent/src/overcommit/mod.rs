@@ -58,6 +58,9 @@ mod tests {
         o.cpu_allocation_ratio = Some(4.0);
         assert!(o.validate().is_ok());
         o.ram_allocation_ratio = Some(0.0);
-        assert!(o.validate().unwrap_err().contains("--ram-allocation-ratio"));
+        assert!(o
+            .validate()
+            .expect_err("an error")
+            .contains("--ram-allocation-ratio"));
     }
 }

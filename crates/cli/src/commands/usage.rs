@@ -130,7 +130,7 @@ mod tests {
             now - Duration::hours(3)
         );
         assert!(parse_time("-1w", now)
-            .unwrap_err()
+            .expect_err("an error")
             .to_string()
             .contains("unit"));
         assert!(parse_time("yesterday", now).is_err());
