@@ -179,33 +179,54 @@ async fn ksm_merges_identical_guests(client: &Client) {
     );
 }
 
+/// (rx, tx) bytes of each guest since `from`.
+async fn net_of(client: &Client, from: DateTime<Utc>) -> Vec<(String, u64, u64)> {
+    usage(client, from, Utc::now())
+        .await
+        .instances
+        .into_iter()
+        .map(|i| (i.instance, i.usage.net_rx_bytes, i.usage.net_tx_bytes))
+        .collect()
+}
+
 async fn ping_moves_network_counters(cloud: &Cloud, client: &Client, from: DateTime<Utc>) {
     let ip = instance(client, "m2").await.ip.expect("m2 has an address");
     let ip = ip.split('/').next().expect("address").to_string();
+    let before = net_of(client, from).await;
     let out = exec(client, "m1", &format!("ping -c 20 -i 0.2 -s 1000 {ip}")).await;
     assert!(out.contains("20 packets received"), "{out}");
-    // 20 x ~1 kB each way; the counters arrive with the next samples.
+    // 20 x ~1 kB each way (requests m1 -> m2, replies m2 -> m1), seen with the next samples.
+    let grew = |now: &[(String, u64, u64)], name: &str| -> Option<(u64, u64)> {
+        let at = |v: &[(String, u64, u64)]| {
+            v.iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, rx, tx)| (*rx, *tx))
+        };
+        let (b, n) = (at(&before), at(now));
+        let d = (n.0.saturating_sub(b.0), n.1.saturating_sub(b.1));
+        (d.0 >= 15_000 && d.1 >= 15_000).then_some(d)
+    };
+    let last = std::sync::Mutex::new(Vec::new());
     let moved = wait_until(
         "the ping in both guests' network counters",
         Duration::from_secs(30),
         Duration::from_secs(1),
         || async {
-            let r = usage(client, from, Utc::now()).await;
-            let net = |n: &str| {
-                r.instances
-                    .iter()
-                    .find(|i| i.instance == n)
-                    .map(|i| (i.usage.net_rx_bytes, i.usage.net_tx_bytes))
-            };
-            let (m1, m2) = (net("m1")?, net("m2")?);
-            (m1.0 >= 20_000 && m1.1 >= 20_000 && m2.0 >= 20_000 && m2.1 >= 20_000)
-                .then_some((m1, m2))
+            let now = net_of(client, from).await;
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = now.clone();
+            Some((grew(&now, "m1")?, grew(&now, "m2")?))
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", cloud.log_tail(20)));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: before {before:?}, last {:?}\n{}",
+            last.lock().unwrap_or_else(|p| p.into_inner()),
+            cloud.log_tail(20)
+        )
+    });
     eprintln!(
-        "network after the ping: m1 rx/tx {:?}, m2 rx/tx {:?}",
+        "network during the ping: m1 rx/tx {:?}, m2 rx/tx {:?}",
         moved.0, moved.1
     );
 }

@@ -11,6 +11,7 @@ pub mod instances;
 pub mod migrations;
 pub mod network;
 pub mod operations;
+pub mod scaling;
 pub mod usage;
 
 pub use auth::Caller;
