@@ -28,7 +28,7 @@ use crate::instance::VmHandle;
 use meter::{MeterState, Occasion, VmView};
 use nimbus_agent_api::VmRunState;
 use outbox::Outbox;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,22 +61,20 @@ fn meter_file(handle: &VmHandle) -> PathBuf {
 
 /// Watches every VM of the agent (those defined later too), forever; abort to stop.
 pub async fn run(agent: Agent, outbox: Arc<Outbox>, config: MeteringConfig) {
-    let mut watched: HashSet<Uuid> = HashSet::new();
-    let mut tasks: Vec<(Uuid, tokio::task::JoinHandle<()>)> = Vec::new();
+    // The handle each watcher follows: a VM deleted and defined again (a migration back to
+    // this host) is a new handle with the same id and gets a watcher of its own.
+    let mut watched: HashMap<Uuid, (Arc<VmHandle>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut discover = tokio::time::interval(DISCOVER_EVERY);
     loop {
         discover.tick().await;
-        tasks.retain(|(id, t)| {
-            let alive = !t.is_finished();
-            if !alive {
-                watched.remove(id);
-            }
-            alive
-        });
+        watched.retain(|_, (_, task)| !task.is_finished());
         for handle in agent.manager().handles() {
-            if watched.insert(handle.id()) {
+            let known = watched
+                .get(&handle.id())
+                .is_some_and(|(h, _)| Arc::ptr_eq(h, &handle));
+            if !known {
                 let task = tokio::spawn(watch_vm(handle.clone(), outbox.clone(), config.interval));
-                tasks.push((handle.id(), task));
+                watched.insert(handle.id(), (handle, task));
             }
         }
     }
