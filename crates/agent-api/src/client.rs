@@ -1,9 +1,10 @@
 //! Typed HTTP client of the agent API, used by the controller.
 
 use crate::{
-    AgentError, AgentErrorBody, ConsoleChunk, ExecRequest, ExecResult, HostInventory,
-    IncomingReady, IncomingRequest, MigrateRequest, MigrationProgress, StopRequest, VmSpec,
-    VmStatus, AGENT_API_PREFIX,
+    AgentError, AgentErrorBody, CloneRequest, ConsoleChunk, DeleteSnapshotResult, ExecRequest,
+    ExecResult, HostInventory, IncomingReady, IncomingRequest, MigrateRequest, MigrationProgress,
+    RestoreRequest, RestoreResult, SnapshotRequest, SnapshotResult, StopRequest, VmSpec, VmStatus,
+    AGENT_API_PREFIX,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -170,6 +171,58 @@ impl AgentClient {
     pub async fn migration_cancel(&self, id: Uuid) -> Result<MigrationProgress, AgentError> {
         self.send(self.request(Method::POST, &format!("/vms/{id}/migration/cancel")))
             .await
+    }
+
+    /// Takes a snapshot (idempotent per snapshot id).
+    pub async fn snapshot(
+        &self,
+        id: Uuid,
+        req: &SnapshotRequest,
+    ) -> Result<SnapshotResult, AgentError> {
+        let path = format!("/vms/{id}/snapshots");
+        let req_builder = self
+            .request(Method::POST, &path)
+            .timeout(Duration::from_secs(600))
+            .json(req);
+        self.send(req_builder).await
+    }
+
+    /// Restores the VM to snapshot `sid`.
+    pub async fn restore_snapshot(
+        &self,
+        id: Uuid,
+        sid: Uuid,
+        req: &RestoreRequest,
+    ) -> Result<RestoreResult, AgentError> {
+        let path = format!("/vms/{id}/snapshots/{sid}/restore");
+        let req_builder = self
+            .request(Method::POST, &path)
+            .timeout(Duration::from_secs(600))
+            .json(req);
+        self.send(req_builder).await
+    }
+
+    /// Deletes snapshot `sid`; an unknown snapshot counts as deleted.
+    pub async fn delete_snapshot(
+        &self,
+        id: Uuid,
+        sid: Uuid,
+    ) -> Result<DeleteSnapshotResult, AgentError> {
+        let path = format!("/vms/{id}/snapshots/{sid}");
+        let req_builder = self
+            .request(Method::DELETE, &path)
+            .timeout(Duration::from_secs(600));
+        self.send(req_builder).await
+    }
+
+    /// Starts a new VM from a snapshot of another VM on this host.
+    pub async fn clone_vm(&self, req: &CloneRequest) -> Result<VmStatus, AgentError> {
+        let path = format!("/vms/{}/clone", req.spec.id);
+        let req_builder = self
+            .request(Method::POST, &path)
+            .timeout(Duration::from_secs(600))
+            .json(req);
+        self.send(req_builder).await
     }
 
     pub async fn console_log(&self, id: Uuid, offset: u64) -> Result<ConsoleChunk, AgentError> {

@@ -24,6 +24,7 @@
 //! POST   /vms/{id}/migration/start    MigrateRequest  -> MigrationProgress (source side)
 //! GET    /vms/{id}/migration          -> MigrationProgress                (source side)
 //! POST   /vms/{id}/migration/cancel   -> MigrationProgress  cancel; the VM runs on at the source
+//! POST   /vms/{id}/snapshots  ...       checkpoints (see [`snapshot`])
 //! ```
 //! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
@@ -36,6 +37,7 @@ pub mod error;
 pub mod host;
 pub mod metering;
 pub mod migration;
+pub mod snapshot;
 pub mod vm;
 
 pub use client::AgentClient;
@@ -47,6 +49,10 @@ pub use metering::{MeterKind, UsageAck, UsageBatch, UsageSample};
 pub use migration::{
     DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
     MigrationProgress, NbdTarget,
+};
+pub use snapshot::{
+    CloneRequest, DeleteSnapshotResult, RestoreRequest, RestoreResult, SnapshotRequest,
+    SnapshotResult,
 };
 pub use vm::{
     ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec, StopRequest, VmRunState,

@@ -89,6 +89,11 @@ impl Agent {
     }
 
     /// The VMs.
+    /// The QEMU version of this host, e.g. `10.0.2`.
+    pub fn qemu_version(&self) -> &str {
+        &self.inner.qemu_version
+    }
+
     pub fn manager(&self) -> &Manager {
         &self.inner.manager
     }

@@ -27,6 +27,7 @@ pub mod migration;
 pub mod network;
 pub mod overcommit;
 pub mod register;
+pub mod snapshot;
 pub mod storage;
 
 pub use agent::Agent;

@@ -127,6 +127,83 @@ pub async fn create_blank(path: &Path, size: u64) -> Result<(), ImgError> {
     run("create", path, &args).await.map(|_| ())
 }
 
+/// Creates a qcow2 overlay of `size` bytes at `path` on `backing` without opening the
+/// backing file (`-u`): for a backing image that a running QEMU holds locked, or that does
+/// not exist yet.
+pub async fn create_overlay_unchecked(
+    path: &Path,
+    backing: &Path,
+    backing_format: &str,
+    size: u64,
+) -> Result<(), ImgError> {
+    let size = size.to_string();
+    let args: [&std::ffi::OsStr; 11] = [
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-u".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        backing.as_os_str(),
+        "-F".as_ref(),
+        backing_format.as_ref(),
+        path.as_os_str(),
+        size.as_ref(),
+    ];
+    run("create", path, &args).await.map(|_| ())
+}
+
+/// Makes `new_backing` (with its format) the backing of the qcow2 `image`, or none, keeping
+/// what the guest sees: every cluster where the old and the new chain differ is copied into
+/// `image` first (a safe rebase). Neither chain may be in use by a running QEMU.
+pub async fn rebase(image: &Path, new_backing: Option<(&Path, &str)>) -> Result<(), ImgError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "rebase".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    let (file, format): (&std::ffi::OsStr, Option<&str>) = match new_backing {
+        Some((file, format)) => (file.as_os_str(), Some(format)),
+        None => ("".as_ref(), None),
+    };
+    args.push("-b".as_ref());
+    args.push(file);
+    if let Some(format) = format {
+        args.push("-F".as_ref());
+        args.push(format.as_ref());
+    }
+    args.push(image.as_os_str());
+    run("rebase", image, &args).await.map(|_| ())
+}
+
+/// Copies what the guest sees through the chain of `source` into a new qcow2 `target`. With
+/// `base` the target gets that backing file and only what differs from it is written.
+pub async fn convert_onto(
+    source: &Path,
+    target: &Path,
+    base: Option<(&Path, &str)>,
+) -> Result<(), ImgError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "convert".as_ref(),
+        "-q".as_ref(),
+        "-U".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    if let Some((file, format)) = base {
+        args.push("-B".as_ref());
+        args.push(file.as_os_str());
+        args.push("-F".as_ref());
+        args.push(format.as_ref());
+    }
+    args.push(source.as_os_str());
+    args.push(target.as_os_str());
+    run("convert", target, &args).await.map(|_| ())
+}
+
 /// Grows (or shrinks) the virtual size of a qcow2 image to `size` bytes.
 pub async fn resize(path: &Path, size: u64) -> Result<(), ImgError> {
     let size = size.to_string();
@@ -203,6 +280,21 @@ mod tests {
         resize(&top, 128 << 20).await.expect("resize");
         let chain = info(&top).await.expect("info");
         assert_eq!(chain.top().map(|t| t.virtual_size), Some(128 << 20));
+        // A layer on top, then rebased away from its backing: the chain shrinks.
+        let layer = dir.path().join("layer.qcow2");
+        create_overlay_unchecked(&layer, &top, "qcow2", 128 << 20)
+            .await
+            .expect("unchecked overlay");
+        assert_eq!(info(&layer).await.expect("info").chain.len(), 3);
+        rebase(&layer, Some((&base, "qcow2")))
+            .await
+            .expect("rebase");
+        assert_eq!(info(&layer).await.expect("info").chain.len(), 2);
+        let copy = dir.path().join("copy.qcow2");
+        convert_onto(&layer, &copy, Some((&base, "qcow2")))
+            .await
+            .expect("convert");
+        assert_eq!(info(&copy).await.expect("info").chain.len(), 2);
         let err = info(&dir.path().join("missing.qcow2"))
             .await
             .expect_err("must fail");

@@ -17,6 +17,7 @@
 mod block;
 mod commands;
 mod events;
+mod layers;
 
 pub use block::BlockJobInfo;
 pub use commands::{MigrateParameters, MigrationInfo, MigrationRam, SocketAddress, StatusInfo};

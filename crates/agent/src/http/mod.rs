@@ -3,6 +3,7 @@
 
 mod console;
 mod migration;
+mod snapshots;
 mod vms;
 
 use crate::agent::Agent;
@@ -12,7 +13,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use nimbus_agent_api::AGENT_API_PREFIX;
 
@@ -35,6 +36,13 @@ pub fn router(agent: Agent) -> Router {
         .route("/vms/{id}/migration/incoming", post(migration::incoming))
         .route("/vms/{id}/migration/start", post(migration::start))
         .route("/vms/{id}/migration/cancel", post(migration::cancel))
+        .route("/vms/{id}/snapshots", post(snapshots::take))
+        .route("/vms/{id}/snapshots/{sid}", delete(snapshots::delete))
+        .route(
+            "/vms/{id}/snapshots/{sid}/restore",
+            post(snapshots::restore),
+        )
+        .route("/vms/{id}/clone", post(snapshots::clone))
         .fallback(|| async { Error::NoRoute })
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);

@@ -2,6 +2,7 @@
 
 mod lifecycle;
 mod migrate;
+pub(crate) mod snapshot;
 
 use super::files::VmDir;
 use super::heartbeat::LastBeat;
@@ -193,6 +194,18 @@ impl Actor {
                         let _ = reply.send(r);
                     }
                     Some(Command::CancelMigration(reply)) => self.migrate_cancel(reply).await,
+                    Some(Command::TakeSnapshot(plan, reply)) => {
+                        let r = self.take_snapshot(plan).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::Restore(plan, reply)) => {
+                        let r = self.restore(plan).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::StreamLayer(plan, reply)) => {
+                        let r = self.stream_layer(plan).await;
+                        let _ = reply.send(r);
+                    }
                     None => {
                         self.detach();
                         return;

@@ -46,6 +46,11 @@ fn check_file(path: &Path) -> Result<()> {
 /// shared storage `<DIR>/<id>/disk.qcow2` linked from `dir` (see [`crate::storage`]).
 /// Idempotent: a define that crashed half-way is completed by the next one.
 pub async fn ensure_disk(dir: &VmDir, spec: &VmSpec, store: &DiskStore) -> Result<()> {
+    if dir.top_link().symlink_metadata().is_ok() {
+        // The VM has snapshot layers: its disk is made, and its first layer may be gone
+        // (merged away when the snapshot it held was deleted).
+        return Ok(());
+    }
     let Some(shared) = store.shared_disk(spec.id) else {
         return create(&dir.disk(), spec).await;
     };

@@ -9,6 +9,10 @@
 //! <state_dir>/vms/<id>/migration.json the VM's part in a migration (crate::migration::role)
 //! <state_dir>/vms/<id>/heartbeat.log  `<unix_ms_host> <line>` per heartbeat (rotated)
 //! <state_dir>/vms/<id>/meter.json     the open usage meter (crate::metering::meter)
+//! <state_dir>/vms/<id>/top.qcow2      once the VM has snapshots: a link to the disk layer the
+//!                                     guest writes into (see crate::snapshot::layers)
+//! <state_dir>/vms/<id>/snapshots/<sid>/ a snapshot's manifest (crate::snapshot::manifest)
+//! <disk dir>/layers/<uuid>.qcow2      disk layers written after snapshots, next to the disk
 //! ```
 
 use super::state::CoreStatus;
@@ -159,10 +163,43 @@ impl VmDir {
         Ok(())
     }
 
-    /// Bytes the instance disk occupies on the host.
+    /// The disk layer the guest writes into: the target of `top.qcow2` once the VM has
+    /// snapshots, else the instance disk. QEMU is always given this real path, so that the
+    /// names it keeps for its block nodes stay true while links change.
+    pub fn top_disk(&self) -> PathBuf {
+        std::fs::read_link(self.top_link()).unwrap_or_else(|_| self.disk_path())
+    }
+
+    /// `top.qcow2`.
+    pub fn top_link(&self) -> PathBuf {
+        self.dir().join("top.qcow2")
+    }
+
+    /// Points `top.qcow2` at `layer` (atomically: a new link renamed over the old one).
+    pub fn set_top_disk(&self, layer: &Path) -> Result<()> {
+        let tmp = self.dir().join("top.qcow2.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(layer, &tmp).map_err(Error::io("link", &tmp))?;
+        std::fs::rename(&tmp, self.top_link()).map_err(Error::io("rename", &tmp))
+    }
+
+    /// Where the disk layers written after snapshots live: `layers/` next to the real disk
+    /// (in shared storage when the disk is there).
+    pub fn layers_dir(&self) -> PathBuf {
+        let disk = self.disk_path();
+        disk.parent().unwrap_or(self.dir()).join("layers")
+    }
+
+    /// `snapshots/`: one directory per snapshot of this VM.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.dir().join("snapshots")
+    }
+
+    /// Bytes the instance disk occupies on the host: its top layer (the layers frozen by
+    /// snapshots are the snapshots' storage).
     pub fn disk_allocated_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.disk()).map_or(0, |m| m.blocks() * 512)
+        std::fs::metadata(self.top_disk()).map_or(0, |m| m.blocks() * 512)
     }
 }
 

@@ -7,7 +7,7 @@ use nimbus_qemu::config::{DirectBoot, DiskSection, MachineSection};
 use nimbus_qemu::{Accel, QemuConfig};
 
 /// The QEMU configuration of a VM: the standard layout of its directory, direct boot when
-/// the image has a kernel, the instance disk as `vda`.
+/// the image has a kernel, the top disk layer (the instance disk until a snapshot) as `vda`.
 pub fn qemu_config(spec: &VmSpec, dir: &VmDir, accel: Accel) -> QemuConfig {
     let machine = MachineSection {
         name: spec.name.clone(),
@@ -25,7 +25,7 @@ pub fn qemu_config(spec: &VmSpec, dir: &VmDir, accel: Accel) -> QemuConfig {
     config.disks.push(DiskSection {
         node: "disk0".into(),
         device_id: "vda".into(),
-        path: dir.disk(),
+        path: dir.top_disk(),
         format: "qcow2".into(),
     });
     config
@@ -48,18 +48,23 @@ pub async fn prepare(
 /// The image's kernel command line plus `nimbus.hostname=<name>` (the default guest sets its
 /// hostname from it), the name reduced to a valid hostname.
 pub fn guest_cmdline(base: Option<&str>, name: &str) -> String {
-    let host: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(63)
-        .collect();
-    let host = host.trim_matches('-');
+    let host = hostname(name);
     let base = base.unwrap_or("").trim();
     match (base.is_empty(), host.is_empty()) {
         (_, true) => base.to_string(),
         (true, false) => format!("nimbus.hostname={host}"),
         (false, false) => format!("{base} nimbus.hostname={host}"),
     }
+}
+
+/// An instance name reduced to a valid hostname (letters, digits, inner dashes; 63 at most).
+pub fn hostname(name: &str) -> String {
+    let host: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    host.trim_matches('-').to_string()
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ pub mod state;
 
 use crate::error::{Error, Result};
 use crate::migration::incoming::IncomingPlan;
+pub(crate) use actor::snapshot::{RestorePlan, StreamPlan, TakePlan, Taken};
 use files::VmDir;
 use heartbeat::LastBeat;
 use nimbus_agent_api::{
@@ -74,6 +75,12 @@ enum Command {
     Migrate(MigrateRequest, Reply<MigrationProgress>),
     /// Cancel the migration; the VM runs on here.
     CancelMigration(Reply<MigrationProgress>),
+    /// Freeze the disk layer and start a memory image, in one short pause.
+    TakeSnapshot(TakePlan, Reply<Taken>),
+    /// Replace the running VM by one restored from a snapshot.
+    Restore(RestorePlan, Reply),
+    /// Merge disk layers of the running VM.
+    StreamLayer(StreamPlan, Reply),
 }
 
 /// Requests the actor handles before anything else.
@@ -222,6 +229,26 @@ impl VmHandle {
     /// Cancels the migration (idempotent): the VM runs on here.
     pub async fn cancel_migration(&self) -> Result<MigrationProgress> {
         self.ask(Command::CancelMigration).await
+    }
+
+    /// Freezes the disk layer (and starts the memory image) in one short pause.
+    pub(crate) async fn take_snapshot(&self, plan: TakePlan) -> Result<Taken> {
+        self.ask(|r| Command::TakeSnapshot(plan, r)).await
+    }
+
+    /// Replaces the VM by one restored from a snapshot.
+    pub(crate) async fn restore(&self, plan: RestorePlan) -> Result<()> {
+        self.ask(|r| Command::Restore(plan, r)).await
+    }
+
+    /// Merges disk layers of the running VM.
+    pub(crate) async fn stream_layer(&self, plan: StreamPlan) -> Result<()> {
+        self.ask(|r| Command::StreamLayer(plan, r)).await
+    }
+
+    /// The VM runs a QEMU now.
+    pub fn has_qemu(&self) -> bool {
+        self.status.borrow().pid.is_some()
     }
 
     /// Progress of the current or last outgoing migration.

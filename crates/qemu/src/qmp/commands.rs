@@ -32,6 +32,12 @@ pub struct MigrationRam {
     /// Size of a guest page, in bytes (`dirty-pages-rate` counts pages).
     #[serde(default)]
     pub page_size: u64,
+    /// Pages sent with their content.
+    #[serde(default)]
+    pub normal: u64,
+    /// Pages sent as all-zero (nothing but a flag).
+    #[serde(default)]
+    pub duplicate: u64,
 }
 
 /// Reply of `query-migrate`. Fields are absent before a migration started; statistics may

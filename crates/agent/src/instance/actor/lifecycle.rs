@@ -37,7 +37,10 @@ impl Actor {
             return Ok(());
         }
         disk::check_image(&self.spec)?;
-        let disk = self.dir.disk();
+        if !incoming {
+            crate::snapshot::layers::collapse_if_flat(&self.dir).await?;
+        }
+        let disk = self.dir.top_disk();
         if !disk.is_file() {
             return Err(Error::Internal(format!(
                 "instance disk {} is missing",

@@ -57,6 +57,11 @@ impl Actor {
         self.migration.role = Some(role);
     }
 
+    /// An outgoing migration runs.
+    pub(super) fn migration_in_flight(&self) -> bool {
+        self.migration.outgoing.is_some()
+    }
+
     fn current_qmp(&self) -> Option<Qmp> {
         self.run.as_ref().and_then(|r| r.qmp.clone())
     }
@@ -119,6 +124,13 @@ impl Actor {
             )));
         }
         policy::validate(&req.policy).map_err(Error::BadRequest)?;
+        if self.dir.top_link().symlink_metadata().is_ok() {
+            return Err(Error::Conflict(format!(
+                "VM {} has snapshots (or had them since it started): its disk is a chain of \
+                 layers on this host. Delete its snapshots, then stop and start it, to migrate it",
+                self.id
+            )));
+        }
         let qmp = self
             .qmp()
             .await

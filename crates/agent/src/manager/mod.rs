@@ -5,6 +5,8 @@
 //! Disks are created where the host keeps them ([`DiskStore`]: the VM directory, or shared
 //! storage linked from it).
 
+mod snapshots;
+
 use crate::error::{Error, Result};
 use crate::instance::files::VmDir;
 use crate::instance::state::{self, CoreStatus};
@@ -12,6 +14,7 @@ use crate::instance::{disk, ActorSetup, VmHandle};
 use crate::migration::incoming::{self, IncomingPlan};
 use crate::migration::role::{self, IncomingRecord, MigrationRole};
 use crate::network::{guest, HostNetwork};
+use crate::snapshot::SnapshotStore;
 use crate::storage::DiskStore;
 use nimbus_agent_api::{DiskTransfer, IncomingReady, IncomingRequest, VmSpec, VmStatus};
 use nimbus_qemu::{Accel, QemuProcess};
@@ -31,6 +34,8 @@ pub struct Manager {
     network: Arc<HostNetwork>,
     /// Serializes define and delete (disk creation, directory removal).
     lifecycle: tokio::sync::Mutex<()>,
+    /// The host's snapshots (memory chunks shared by all VMs).
+    snapshots: SnapshotStore,
 }
 
 impl Manager {
@@ -50,6 +55,7 @@ impl Manager {
             vms: Mutex::default(),
             network,
             lifecycle: tokio::sync::Mutex::new(()),
+            snapshots: SnapshotStore::new(state_dir),
         };
         let entries = std::fs::read_dir(&vms_dir).map_err(Error::io("list", &vms_dir))?;
         let mut attached = Vec::new();
@@ -297,6 +303,10 @@ impl Manager {
         }
         self.lock().remove(&id);
         tracing::info!(instance_id = %id, keep_disk, "VM deleted");
+        // Its snapshots went with its directory: drop the chunks only they used.
+        if let Err(e) = self.snapshots.collect_garbage().await {
+            tracing::warn!(error = %e.chain(), "cannot collect unused memory chunks");
+        }
         Ok(())
     }
 

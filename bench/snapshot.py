@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Checkpoint benchmark: nimbus snapshots versus QEMU's own, same guest, same run.
+
+For each workload (idle, and a guest dirtying 100 MiB/s of a 256 MiB buffer with
+`memcheck --no-verify 256 100`) and each run, interleaved so that all variants see the same
+machine load, on a 512 MiB, 1 vCPU TCG guest (flavor `small`):
+
+  - nimbus: `POST /v1/snapshots` of a running instance of a `nimbus up` cloud, twice, 3 s
+    apart; VM pause, stored bytes and memory bytes from the snapshot records; total = from the
+    request to the operation's end (API, operation engine and all); guest-visible pause =
+    largest gap between heartbeat lines in the agent's heartbeat log around the snapshot.
+    Then `POST /v1/snapshots/FIRST/restore`: to running = request to operation end, to first
+    heartbeat = request to the first heartbeat line written after it.
+  - raw QEMU savevm: the same guest launched by hand with nimbus's argv (as bench/boot.py),
+    `snapshot-save` (internal qcow2 snapshot with vmstate) twice, 3 s apart; VM pause =
+    STOP->RESUME events; bytes = growth of the qcow2 file; `snapshot-load` of the first, to
+    running and to first heartbeat.
+  - raw QEMU background snapshot: `migrate` to a file with the `background-snapshot`
+    capability (what nimbus builds on), pause and bytes of the file; no restore.
+
+Usage (as root, after `cargo build --release -p nimbus-cli`):
+  bench/snapshot.py [--bin target/release/nimbus] [--runs 3] [--rates 0,100] [--json FILE]
+Per-run lines go to stderr, the tables to stdout.
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from migration import Nimbus, RawVM, start_workload, fmt, med, ratio  # noqa: E402
+
+GAP_S = 3.0
+MIB = 1 << 20
+
+
+def heartbeat_times(path):
+    """Host arrival times (seconds) of the heartbeat lines in an agent heartbeat log."""
+    out = []
+    try:
+        for line in open(path, errors="replace"):
+            ms = line.split(" ", 1)[0]
+            if ms.isdigit():
+                out.append(int(ms) / 1000)
+    except OSError:
+        pass
+    return out
+
+
+def largest_gap(times, start, end):
+    window = [t for t in times if start - 1 <= t <= end + 1]
+    return max((b - a for a, b in zip(window, window[1:])), default=float("nan")) * 1000
+
+
+def nimbus_run(cloud, rate, run):
+    name = f"snap{rate}r{run}"
+    inst = cloud.create(name)
+    vm_dir = os.path.join(cloud.data, "hosts", inst["host"], "vms", inst["id"])
+    hb_log = os.path.join(vm_dir, "heartbeat.log")
+    measured = start_workload(lambda c: cloud.api.exec(name, c), rate)
+    res = {"variant": "nimbus", "rate": rate, "measured_rate": measured}
+    for i in (1, 2):
+        t0 = time.time()
+        op = cloud.api.req("POST", "/v1/snapshots", {"instance": name, "name": f"{name}-s{i}"})
+        op, _ = cloud.api.wait_op(op["id"], 300)
+        t1 = time.time()
+        if op["state"] != "succeeded":
+            raise RuntimeError(f"snapshot: {op.get('error')}")
+        snap = cloud.api.req("GET", f"/v1/snapshots/{name}-s{i}")
+        time.sleep(0.5)
+        res[f"pause_ms_{i}"] = snap["vm_pause_ms"]
+        res[f"total_s_{i}"] = t1 - t0
+        res[f"bytes_{i}"] = snap["stored_bytes"]
+        res[f"guest_pause_ms_{i}"] = largest_gap(heartbeat_times(hb_log), t0, t1)
+        if i == 1:
+            time.sleep(GAP_S)
+    t0 = time.time()
+    op = cloud.api.req("POST", f"/v1/snapshots/{name}-s1/restore", {})
+    op, _ = cloud.api.wait_op(op["id"], 300)
+    t1 = time.time()
+    if op["state"] != "succeeded":
+        raise RuntimeError(f"restore: {op.get('error')}")
+    res["restore_running_s"] = t1 - t0
+    deadline = time.time() + 10
+    first = None
+    while time.time() < deadline and first is None:
+        first = next((t for t in heartbeat_times(hb_log) if t > t0), None)
+        time.sleep(0.05)
+    res["restore_heartbeat_s"] = (first - t0) if first else float("nan")
+    op = cloud.api.req("DELETE", f"/v1/instances/{name}")
+    cloud.api.wait_op(op["id"], 120)
+    return res
+
+
+def events_pause_ms(qmp, since):
+    stops = [e for e in qmp.events if e.get("event") == "STOP" and e["_arrival"] >= since]
+    resumes = [e for e in qmp.events if e.get("event") == "RESUME" and e["_arrival"] >= since]
+    if not stops or not resumes:
+        return float("nan")
+    return (resumes[0]["_qemu_ts"] - stops[0]["_qemu_ts"]) * 1000
+
+
+def wait_job(vm, job, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = {j["id"]: j for j in vm.qmp.cmd("query-jobs")}
+        j = jobs.get(job)
+        if j and j["status"] == "concluded":
+            vm.qmp.cmd("job-dismiss", {"id": job})
+            if j.get("error"):
+                raise RuntimeError(f"{job}: {j['error']}")
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"{job} timed out")
+
+
+def raw_run(work, rate, run, variant):
+    d = tempfile.mkdtemp(prefix=f"{variant}-", dir=work)
+    disk = os.path.join(d, "disk.qcow2")
+    manifest = json.load(open(os.path.join(os.environ.get("NIMBUS_IMAGE_CACHE", "/var/cache/nimbus"),
+                                           "images", "default", "image.json")))
+    base = os.path.join(os.environ.get("NIMBUS_IMAGE_CACHE", "/var/cache/nimbus"), "images", "default",
+                        manifest["disk"])
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk], check=True)
+    vm = RawVM(os.path.join(d, "vm"), disk)
+    res = {"variant": variant, "rate": rate}
+    try:
+        vm.wait_ready()
+        res["measured_rate"] = start_workload(vm.exec.run, rate)
+        if variant == "bgsnap":
+            vm.qmp.cmd("migrate-set-capabilities",
+                       {"capabilities": [{"capability": "background-snapshot", "state": True}]})
+        for i in (1, 2):
+            size0 = os.stat(disk).st_blocks * 512
+            t0 = time.monotonic()
+            since = time.monotonic()
+            if variant == "savevm":
+                vm.qmp.cmd("snapshot-save", {"job-id": f"save{i}", "tag": f"s{i}", "vmstate": "disk0",
+                                             "devices": ["disk0"]})
+                wait_job(vm, f"save{i}")
+                res[f"bytes_{i}"] = os.stat(disk).st_blocks * 512 - size0
+            else:
+                out = os.path.join(d, f"mem{i}")
+                vm.qmp.cmd("migrate", {"uri": f"file:{out}"})
+                while vm.qmp.cmd("query-migrate").get("status") not in ("completed", "failed"):
+                    time.sleep(0.01)
+                res[f"bytes_{i}"] = os.stat(out).st_blocks * 512
+            t1 = time.monotonic()
+            res[f"total_s_{i}"] = t1 - t0
+            res[f"pause_ms_{i}"] = events_pause_ms(vm.qmp, since)
+            time.sleep(0.5)
+            res[f"guest_pause_ms_{i}"] = largest_gap(vm.hb.arrivals, t0, t1)
+            if i == 1:
+                time.sleep(GAP_S)
+        if variant == "savevm":
+            t0 = time.monotonic()
+            vm.qmp.cmd("snapshot-load", {"job-id": "load", "tag": "s1", "vmstate": "disk0", "devices": ["disk0"]})
+            wait_job(vm, "load")
+            res["restore_running_s"] = time.monotonic() - t0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not [t for t in vm.hb.arrivals if t > t0]:
+                time.sleep(0.005)
+            after = [t for t in vm.hb.arrivals if t > t0]
+            res["restore_heartbeat_s"] = (after[0] - t0) if after else float("nan")
+        return res
+    finally:
+        vm.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+NAMES = {"nimbus": "nimbus", "savevm": "raw savevm", "bgsnap": "raw bg snapshot"}
+
+
+def report(rate, results):
+    label = "idle" if rate == 0 else f"dirtying {rate} MiB/s"
+    rates = [r.get("measured_rate") for r in results if r.get("measured_rate")]
+    print(f"\n## {label}" + (f" (measured {med(rates):.0f} MiB/s)" if rates else ""))
+    print("min / median of the runs")
+    rows = [("VM pause 1st (ms)", "pause_ms_1", 1, 1), ("VM pause 2nd (ms)", "pause_ms_2", 1, 1),
+            ("guest pause 1st (ms)", "guest_pause_ms_1", 1, 0),
+            ("total 1st (s)", "total_s_1", 1, 2), ("total 2nd (s)", "total_s_2", 1, 2),
+            ("stored 1st (MiB)", "bytes_1", 1 / MIB, 1), ("stored 2nd (MiB)", "bytes_2", 1 / MIB, 1),
+            ("restore to running (s)", "restore_running_s", 1, 2),
+            ("restore to heartbeat (s)", "restore_heartbeat_s", 1, 2)]
+    variants = [v for v in NAMES if any(r["variant"] == v for r in results)]
+    print("| metric | " + " | ".join(NAMES[v] for v in variants) + " | nimbus / savevm |")
+    print("|---" * (len(variants) + 2) + "|")
+    for title, key, scale, digits in rows:
+        cells, meds = [], {}
+        for v in variants:
+            xs = [r.get(key) for r in results if r["variant"] == v]
+            cells.append(fmt(xs, scale, digits))
+            meds[v] = med([x for x in xs if x is not None])
+        print(f"| {title} | " + " | ".join(cells) + f" | {ratio(meds.get('nimbus'), meds.get('savevm'))} |")
+    for v in variants:
+        a = med([r.get("bytes_1") for r in results if r["variant"] == v])
+        b = med([r.get("bytes_2") for r in results if r["variant"] == v])
+        if a and b:
+            print(f"{NAMES[v]}: 2nd snapshot stores {100 * b / a:.1f}% of the 1st")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default="target/release/nimbus")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rates", default="0,100")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="nimbus-bench-snap-")
+    cloud = Nimbus(os.path.abspath(args.bin), work)
+    results = []
+    try:
+        cloud.wait_up()
+        for rate in [int(r) for r in args.rates.split(",")]:
+            for run in range(args.runs):
+                for variant in ("nimbus", "savevm", "bgsnap"):
+                    r = nimbus_run(cloud, rate, run) if variant == "nimbus" else raw_run(work, rate, run, variant)
+                    print(json.dumps(r), file=sys.stderr)
+                    results.append(r)
+        for rate in sorted({r["rate"] for r in results}):
+            report(rate, [r for r in results if r["rate"] == rate])
+        if args.json:
+            json.dump(results, open(args.json, "w"), indent=1)
+    finally:
+        cloud.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

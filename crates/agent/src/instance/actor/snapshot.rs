@@ -1,0 +1,246 @@
+//! The actor's side of checkpoints: what must happen to the running QEMU. The files
+//! (manifests, chunks, layers) are handled by [`crate::snapshot`].
+
+use super::Actor;
+use crate::error::{error_chain, Error, Result};
+use crate::snapshot::layers::{self, NewTop};
+use crate::snapshot::{failpoint, memory};
+use nimbus_agent_api::VmRunState;
+use nimbus_qemu::Qmp;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Device id of the instance disk (see `instance::launch`).
+const DISK_DEVICE: &str = "vda";
+
+/// Freeze the top disk layer under `new_top`; with `stream`, write memory there too.
+#[derive(Debug)]
+pub(crate) struct TakePlan {
+    pub new_top: NewTop,
+    pub stream: Option<PathBuf>,
+}
+
+/// What the VM went through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    pub pause_ms: f64,
+}
+
+/// Replace the running VM by one on `top`, resumed from `stream` when given (else booted).
+#[derive(Debug)]
+pub(crate) struct RestorePlan {
+    pub top: PathBuf,
+    pub stream: Option<PathBuf>,
+}
+
+/// Merge the layers under `layer` down to `base` into `layer` (live `block-stream`).
+#[derive(Debug)]
+pub(crate) struct StreamPlan {
+    pub layer: PathBuf,
+    pub base: Option<PathBuf>,
+}
+
+impl Actor {
+    fn is_running_here(&self) -> bool {
+        let s = self.status.borrow();
+        s.state == VmRunState::Running && !s.incoming && self.run.is_some() && self.stop.is_none()
+    }
+
+    fn is_idle_stopped(&self) -> bool {
+        let s = self.status.borrow().state;
+        self.run.is_none() && matches!(s, VmRunState::Stopped | VmRunState::Crashed)
+    }
+
+    async fn live_qmp(&mut self) -> Result<Qmp> {
+        self.qmp()
+            .await
+            .ok_or_else(|| Error::QemuFailed("QMP is unavailable".into()))
+    }
+
+    /// Freezes the disk (and starts the memory image) in one short pause.
+    pub(super) async fn take_snapshot(&mut self, plan: TakePlan) -> Result<Taken> {
+        if self.migration_in_flight() {
+            return Err(Error::Conflict(format!("VM {} is migrating", self.id)));
+        }
+        if !self.is_running_here() {
+            if plan.stream.is_none() && self.is_idle_stopped() {
+                self.dir.set_top_disk(&plan.new_top.path)?;
+                return Ok(Taken { pause_ms: 0.0 });
+            }
+            let state = self.status.borrow().state;
+            return Err(Error::Conflict(format!(
+                "VM {} is {state:?}: a snapshot with memory needs it running (a disk-only \
+                 snapshot needs it running or stopped)",
+                self.id
+            )));
+        }
+        let qmp = self.live_qmp().await?;
+        let mut events = qmp.events();
+        let top_node = qmp.top_node(DISK_DEVICE).await?;
+        qmp.blockdev_add_overlay(&plan.new_top.node, &plan.new_top.path)
+            .await?;
+        if plan.stream.is_some() {
+            memory::set_background(&qmp, true).await?;
+        }
+        let old_top = self.dir.top_disk();
+        qmp.stop().await?;
+        // Inside the pause. The link first: after a crash here a relaunch finds the old
+        // layer under the new, empty one, which is the same disk.
+        let frozen = async {
+            self.dir.set_top_disk(&plan.new_top.path)?;
+            if let Err(e) = qmp.blockdev_snapshot(&top_node, &plan.new_top.node).await {
+                self.dir.set_top_disk(&old_top)?;
+                return Err(Error::from(e));
+            }
+            failpoint::check("take.in_pause")?;
+            if let Some(stream) = &plan.stream {
+                memory::start_background(&qmp, stream).await?;
+            }
+            Ok(())
+        }
+        .await;
+        let resumed = qmp.cont().await;
+        let pause_ms = memory::pause_from_events(&mut events).await;
+        resumed?;
+        if let Err(e) = frozen {
+            if !layers::same_file(&self.dir.top_disk(), &plan.new_top.path) {
+                let _ = qmp.blockdev_del(&plan.new_top.node).await;
+            }
+            let _ = memory::set_background(&qmp, false).await;
+            return Err(e);
+        }
+        if plan.stream.is_some() {
+            let written = memory::wait_written(&qmp).await;
+            let _ = memory::set_background(&qmp, false).await;
+            written?;
+        }
+        tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
+        Ok(Taken { pause_ms })
+    }
+
+    /// Replaces the VM by one restored from a snapshot. The caller validated everything;
+    /// from the kill on, a failure puts the old top back (the disk is as before) and leaves
+    /// the VM crashed, with the reason.
+    pub(super) async fn restore(&mut self, plan: RestorePlan) -> Result<()> {
+        if self.migration_in_flight() || self.stop.is_some() {
+            return Err(Error::Conflict(format!(
+                "VM {} is busy (migrating or stopping)",
+                self.id
+            )));
+        }
+        let old_top = self.dir.top_disk();
+        if let Some(run) = &mut self.run {
+            run.stop_requested = true;
+            run.qemu.kill(Duration::ZERO).await.map_err(|e| {
+                Error::QemuFailed(format!("cannot end the running QEMU: {}", error_chain(&e)))
+            })?;
+            self.run = None;
+        }
+        self.update(|s| {
+            s.state = VmRunState::Stopped;
+            s.pid = None;
+        });
+        self.dir.set_top_disk(&plan.top)?;
+        let restored = self.resume_from(plan.stream.as_deref()).await;
+        if let Err(e) = &restored {
+            tracing::warn!(error = %e.chain(), "restore failed; the disk is as before it");
+            if let Some(run) = &mut self.run {
+                let _ = run.qemu.kill(Duration::ZERO).await;
+            }
+            self.run = None;
+            let _ = self.dir.set_top_disk(&old_top);
+            let reason = format!(
+                "restore failed: {}; the disk is as before the restore (start the instance to \
+                 boot it)",
+                e.chain()
+            );
+            self.update(|s| {
+                s.state = VmRunState::Crashed;
+                s.reason = Some(reason);
+                s.pid = None;
+                s.incoming = false;
+            });
+        }
+        restored
+    }
+
+    async fn resume_from(&mut self, stream: Option<&std::path::Path>) -> Result<()> {
+        failpoint::check("restore.after_kill")?;
+        let Some(stream) = stream else {
+            return self.launch(false).await;
+        };
+        self.launch(true).await?;
+        let qmp = self.live_qmp().await?;
+        memory::load(&qmp, stream).await?;
+        qmp.cont().await?;
+        // The guest was up when the snapshot was taken; it prints no ready line again.
+        self.update(|s| {
+            s.state = VmRunState::Running;
+            s.incoming = false;
+            s.guest_ready = true;
+        });
+        if let Err(e) = qmp.announce_self().await {
+            tracing::warn!(error = error_chain(&e), "announce-self failed");
+        }
+        Ok(())
+    }
+
+    /// Pulls the data of the layers between `plan.layer` and `plan.base` into `plan.layer`
+    /// while the VM runs, so that a layer in between can go.
+    pub(super) async fn stream_layer(&mut self, plan: StreamPlan) -> Result<()> {
+        let qmp = self.live_qmp().await?;
+        let nodes = qmp.block_nodes().await?;
+        let node_of = |path: &std::path::Path| {
+            nodes
+                .iter()
+                .find(|n| n.drv == "qcow2" && layers::same_file(&n.file, path))
+                .map(|n| n.node_name.clone())
+        };
+        let node = node_of(&plan.layer).ok_or_else(|| {
+            Error::Internal(format!("QEMU has no node for {}", plan.layer.display()))
+        })?;
+        let base =
+            match &plan.base {
+                Some(b) => Some(node_of(b).ok_or_else(|| {
+                    Error::Internal(format!("QEMU has no node for {}", b.display()))
+                })?),
+                None => None,
+            };
+        let job = format!("stream-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        qmp.block_stream(&job, &node, base.as_deref(), plan.base.as_deref())
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        loop {
+            let jobs = qmp.query_block_jobs().await?;
+            match jobs.iter().find(|j| j.device == job) {
+                None => break,
+                Some(j) if j.io_status.as_deref().is_some_and(|s| s != "ok") => {
+                    return Err(Error::QemuFailed(format!(
+                        "merging disk layers failed ({})",
+                        j.io_status.as_deref().unwrap_or("")
+                    )))
+                }
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(
+                    "merging disk layers took over an hour".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let now = layers::backing_of(&plan.layer).await?.map(|(b, _)| b);
+        let merged = match (&now, &plan.base) {
+            (Some(a), Some(b)) => layers::same_file(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !merged {
+            return Err(Error::QemuFailed(format!(
+                "merging into {} did not complete (its backing is {now:?})",
+                plan.layer.display()
+            )));
+        }
+        Ok(())
+    }
+}

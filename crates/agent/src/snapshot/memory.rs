@@ -1,0 +1,122 @@
+//! QEMU's side of a checkpoint: the short pause in which the disk layer is frozen and a
+//! background snapshot of memory starts, and the load of a memory image into a new QEMU.
+//!
+//! A background snapshot (`background-snapshot` migration capability) saves CPU and device
+//! state while the VM is stopped, write-protects guest RAM (userfaultfd) and resumes it; RAM
+//! is then written while the guest runs, a page being copied first when the guest is about
+//! to change it. So memory is as of the pause, like the disk layer frozen in the same pause.
+//! We pause the VM ourselves to freeze the disk; QEMU then leaves it paused after its setup,
+//! and we resume it as soon as RAM pages start flowing (write tracking is on by then).
+//! Measured here (QEMU 10.0, TCG, 512 MiB): the VM pause is a few milliseconds.
+//! (`mapped-ram` would give fixed offsets, but QEMU 10.0 cannot load a background snapshot
+//! written with it: "error while loading state ... kvm-tpr-opt". Content-defined chunks
+//! make the plain stream deduplicate instead.)
+
+use crate::error::{error_chain, Error, Result};
+use nimbus_qemu::qmp::{EventKind, QmpEvent};
+use nimbus_qemu::{Qmp, QmpError};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Capabilities that must be off for a background snapshot (a VM that arrived by migration
+/// may have them on).
+const INCOMPATIBLE: [&str; 5] = [
+    "postcopy-ram",
+    "multifd",
+    "auto-converge",
+    "pause-before-switchover",
+    "xbzrle",
+];
+/// Longest a memory image may take to write.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest a memory image may take to load.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Turns the background snapshot capability on or off (and what conflicts with it off).
+pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
+    let mut caps: Vec<(&str, bool)> = INCOMPATIBLE.iter().map(|c| (*c, false)).collect();
+    caps.push(("background-snapshot", on));
+    qmp.migrate_set_capabilities(&caps).await
+}
+
+/// Starts the background snapshot into `stream` on a VM we paused, and returns once QEMU has
+/// saved the device state and write-protected RAM (pages are being written), so that the VM
+/// may resume.
+pub async fn start_background(qmp: &Qmp, stream: &Path) -> Result<()> {
+    qmp.migrate(&format!("file:{}", stream.display())).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = qmp.query_migrate().await?;
+        let status = info.status.as_deref().unwrap_or("");
+        let ram = info.ram.unwrap_or_default();
+        if ram.normal + ram.duplicate > 0 || status == "completed" {
+            return Ok(());
+        }
+        if status == "failed" || status == "cancelled" {
+            return Err(Error::QemuFailed(format!(
+                "the memory snapshot failed: {}",
+                info.error_desc.unwrap_or_else(|| status.to_string())
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(
+                "QEMU did not start writing the memory snapshot".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// Waits for the memory image to be complete on disk.
+pub async fn wait_written(qmp: &Qmp) -> Result<()> {
+    wait_migration(qmp, WRITE_TIMEOUT, "writing the memory snapshot").await
+}
+
+/// Loads a memory image into a QEMU started with `-incoming defer`; the VM is paused after.
+pub async fn load(qmp: &Qmp, stream: &Path) -> Result<()> {
+    qmp.migrate_incoming(&format!("file:{}", stream.display()))
+        .await?;
+    wait_migration(qmp, LOAD_TIMEOUT, "loading the memory snapshot").await
+}
+
+async fn wait_migration(qmp: &Qmp, limit: Duration, what: &str) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let info = qmp.query_migrate().await.map_err(|e| {
+            Error::QemuFailed(format!("QEMU failed while {what}: {}", error_chain(&e)))
+        })?;
+        match info.status.as_deref() {
+            Some("completed") => return Ok(()),
+            Some(s @ ("failed" | "cancelled")) => {
+                return Err(Error::QemuFailed(format!(
+                    "QEMU failed while {what}: {}",
+                    info.error_desc.unwrap_or_else(|| s.to_string())
+                )))
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(format!("{what} took longer than {limit:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The VM's pause in milliseconds, from the first STOP to the next RESUME event seen on
+/// `events` (QEMU's timestamps; 0 when they did not arrive within a second).
+pub async fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
+    let mut stop = None;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        match (&ev.kind, stop) {
+            (EventKind::Stop, None) => stop = Some(ev.timestamp.as_micros()),
+            (EventKind::Resume, Some(s)) => {
+                return (ev.timestamp.as_micros() - s) as f64 / 1000.0;
+            }
+            _ => {}
+        }
+    }
+    0.0
+}

@@ -1,0 +1,103 @@
+//! Checkpoints of VMs on this host: copy-on-write snapshots of CPU, memory and disk.
+//!
+//! - [`layers`]: the disk as a tree of qcow2 layers; a snapshot freezes the top layer.
+//! - [`memory`]: QEMU's background snapshot (a pause of milliseconds) and memory load.
+//! - [`chunks`]: memory images stored as content-defined, content-addressed chunks shared by
+//!   every snapshot on the host, so a snapshot of a guest that changed little costs little.
+//! - [`manifest`]: what a snapshot is made of, with checksums, validated before a restore.
+//! - [`take`], [`restore`], [`delete`], [`clone`]: the operations.
+//!
+//! ```text
+//! <state_dir>/chunks/<aa>/<blake3>            memory chunks (host-wide)
+//! <state_dir>/vms/<id>/snapshots/<sid>/       manifest.json (pending.json while taken)
+//! <disk dir>/layers/<uuid>.qcow2              disk layers
+//! ```
+
+pub mod chunks;
+pub mod clone;
+pub mod delete;
+pub mod failpoint;
+pub mod layers;
+pub mod manifest;
+pub mod memory;
+pub mod restore;
+pub mod take;
+
+use crate::error::{Error, Result};
+use crate::instance::files::VmDir;
+use chunks::{ChunkStore, ChunkedImage, Stored};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The host's snapshot storage. Adding chunks and collecting garbage are serialised, so a
+/// collection never removes a chunk that a snapshot being written has just reused.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    chunks: ChunkStore,
+    vms_dir: PathBuf,
+    writers: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SnapshotStore {
+    /// The store of the agent whose state directory is `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            chunks: ChunkStore::new(state_dir.join("chunks")),
+            vms_dir: state_dir.join("vms"),
+            writers: Arc::default(),
+        }
+    }
+
+    /// Cuts a memory image into chunks and stores the new ones.
+    pub async fn put_image(&self, image: &Path) -> Result<(ChunkedImage, Stored)> {
+        let _one = self.writers.lock().await;
+        let chunks = self.chunks.clone();
+        let image = image.to_path_buf();
+        blocking(move || chunks.put_file(&image)).await
+    }
+
+    /// Checks that every chunk of `image` is there (not their content).
+    pub fn check_image(&self, image: &ChunkedImage) -> Result<()> {
+        self.chunks.check(image)
+    }
+
+    /// Writes a stored memory image to `out`, verifying its checksums.
+    pub async fn assemble(&self, image: &ChunkedImage, out: &Path) -> Result<()> {
+        let chunks = self.chunks.clone();
+        let (image, out) = (image.clone(), out.to_path_buf());
+        blocking(move || chunks.assemble(&image, &out)).await
+    }
+
+    /// Removes the chunks no snapshot on this host uses any more; returns the bytes freed.
+    pub async fn collect_garbage(&self) -> Result<u64> {
+        let _one = self.writers.lock().await;
+        let keep = self.referenced_chunks()?;
+        let chunks = self.chunks.clone();
+        blocking(move || chunks.collect_garbage(&keep)).await
+    }
+
+    fn referenced_chunks(&self) -> Result<HashSet<String>> {
+        let mut keep = HashSet::new();
+        let Ok(vms) = std::fs::read_dir(&self.vms_dir) else {
+            return Ok(keep);
+        };
+        for vm in vms.flatten() {
+            for m in manifest::all(&VmDir::new(vm.path()))? {
+                if let Some(image) = m.memory {
+                    keep.extend(image.chunks.into_iter().map(|c| c.hash));
+                }
+            }
+        }
+        Ok(keep)
+    }
+}
+
+/// Runs file work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot file work failed: {e}")))?
+}

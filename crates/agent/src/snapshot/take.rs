@@ -1,0 +1,114 @@
+//! Taking a snapshot: a new top layer prepared, the short pause (in the VM's actor), then,
+//! while the guest runs on, the memory image cut into chunks and the manifest written.
+
+use super::manifest::{self, DiskLayer, Manifest, Pending, SnapshotFiles, FORMAT_VERSION};
+use super::SnapshotStore;
+use super::{failpoint, layers};
+use crate::error::{Error, Result};
+use crate::instance::{TakePlan, VmHandle};
+use chrono::Utc;
+use nimbus_agent_api::{SnapshotRequest, SnapshotResult};
+use std::time::Instant;
+
+/// Takes snapshot `req.snapshot_id` of `vm`. Idempotent: a snapshot already taken answers
+/// with its result. If it fails before the disk was switched nothing is left; after, the
+/// half-made snapshot stays recorded (`pending.json`) for [`super::delete`] to undo.
+pub async fn take(
+    vm: &VmHandle,
+    store: &SnapshotStore,
+    qemu_version: &str,
+    req: &SnapshotRequest,
+) -> Result<SnapshotResult> {
+    let files = SnapshotFiles::new(vm.dir(), req.snapshot_id);
+    if let Some(done) = files.read()? {
+        return Ok(done.result);
+    }
+    if files.read_pending()?.is_some() {
+        return Err(Error::Conflict(format!(
+            "an earlier attempt at snapshot {} did not complete; delete it, then take a new one",
+            req.snapshot_id
+        )));
+    }
+    let started = Instant::now();
+    let dir = vm.dir();
+    let frozen = dir.top_disk();
+    let new_top = layers::new_layer_on(dir, &frozen).await?;
+    files.write_pending(&Pending {
+        layer: frozen.clone(),
+    })?;
+    if let Err(e) = failpoint::check("take.after_new_layer") {
+        let _ = std::fs::remove_file(&new_top.path);
+        let _ = files.remove();
+        return Err(e);
+    }
+    let stream = req.memory.then(|| files.stream_file());
+    let plan = TakePlan {
+        new_top: new_top.clone(),
+        stream: stream.clone(),
+    };
+    let taken = match vm.take_snapshot(plan).await {
+        Ok(t) => t,
+        Err(e) => {
+            if !layers::same_file(&dir.top_disk(), &new_top.path) {
+                // The disk never switched: nothing of this snapshot exists.
+                let _ = std::fs::remove_file(&new_top.path);
+                let _ = files.remove();
+            }
+            return Err(e);
+        }
+    };
+    failpoint::check("take.after_pause")?;
+    let (memory, stored) = match &stream {
+        Some(path) => {
+            let (image, stored) = store.put_image(path).await?;
+            let _ = std::fs::remove_file(path);
+            (Some(image), stored)
+        }
+        None => (None, Default::default()),
+    };
+    let layer_path = frozen.clone();
+    let hash = super::blocking(move || manifest::hash_file(&layer_path)).await?;
+    let virtual_size = nimbus_qemu::img::info(&frozen)
+        .await?
+        .top()
+        .map_or(0, |t| t.virtual_size);
+    let disk_layer_bytes = layers::allocated_bytes(&frozen);
+    let memory_bytes = memory.as_ref().map_or(0, |m| m.len);
+    let result = SnapshotResult {
+        snapshot_id: req.snapshot_id,
+        memory: req.memory,
+        vm_pause_ms: taken.pause_ms,
+        total_ms: started.elapsed().as_millis() as u64,
+        disk_layer_bytes,
+        memory_bytes,
+        memory_new_bytes: stored.new_bytes,
+        stored_bytes: disk_layer_bytes + stored.new_bytes,
+    };
+    failpoint::check("take.before_manifest")?;
+    files.write(&Manifest {
+        format_version: FORMAT_VERSION,
+        snapshot_id: req.snapshot_id,
+        vm_id: vm.id(),
+        created_at: Utc::now(),
+        qemu_version: qemu_version.to_string(),
+        spec: vm.spec().clone(),
+        disk: DiskLayer {
+            path: frozen,
+            virtual_size,
+            hash,
+        },
+        memory,
+        result: result.clone(),
+    })?;
+    let _ = std::fs::remove_file(files.pending_file());
+    tracing::info!(
+        instance_id = %vm.id(),
+        snapshot_id = %req.snapshot_id,
+        pause_ms = result.vm_pause_ms,
+        stored_bytes = result.stored_bytes,
+        memory_bytes = result.memory_bytes,
+        total_ms = result.total_ms,
+        "snapshot stored"
+    );
+    Ok(result)
+}

@@ -1,0 +1,188 @@
+//! A failure injected at each step of taking, restoring and deleting a snapshot leaves the
+//! VM and its disk as they were and nothing behind (after the controller's undo: deleting
+//! the half-made snapshot). Failures are injected with `NIMBUS_FAILPOINTS` (see
+//! `nimbus_agent::snapshot::failpoint`); the VM is a real default guest (skipped, saying so,
+//! when the image is not built). Own test binary: the variable is process-wide.
+
+mod common;
+
+use common::{wait_for, QemuReaper, TestAgent};
+use nimbus_agent::ImageManifest;
+use nimbus_agent_api::{
+    AgentClient, DiskSpec, ExecRequest, RestoreRequest, SnapshotRequest, VmRunState, VmSpec,
+};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn sh(c: &AgentClient, id: Uuid, command: &str) -> String {
+    let r = c
+        .exec(
+            id,
+            &ExecRequest {
+                command: command.into(),
+                timeout_secs: 30,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {command:?}: {e}"));
+    assert_eq!(r.exit_code, 0, "{command:?} failed: {}", r.output);
+    r.output.trim().to_string()
+}
+
+/// What the snapshot machinery has on disk: layer files, snapshot dirs, memory chunks.
+#[derive(Debug, PartialEq)]
+struct Footprint {
+    layers: usize,
+    snapshots: BTreeSet<String>,
+    chunks: BTreeSet<String>,
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn footprint(state: &Path, vm: &Path) -> Footprint {
+    let root = usize::from(vm.join("disk.qcow2").is_file());
+    let chunks = names(&state.join("chunks"))
+        .iter()
+        .flat_map(|d| names(&state.join("chunks").join(d)))
+        .collect();
+    Footprint {
+        layers: root + names(&vm.join("layers")).len(),
+        snapshots: names(&vm.join("snapshots")),
+        chunks,
+    }
+}
+
+fn inject(point: Option<&str>) {
+    match point {
+        Some(p) => std::env::set_var("NIMBUS_FAILPOINTS", p),
+        None => std::env::remove_var("NIMBUS_FAILPOINTS"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_failures_leave_nothing_behind() {
+    let image_dir = ImageManifest::default_dir();
+    if !image_dir.join("image.json").is_file() {
+        eprintln!("SKIPPED: no guest image at {}", image_dir.display());
+        return;
+    }
+    let image = ImageManifest::load(&image_dir).expect("image manifest");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let _reaper = QemuReaper(tmp.path().to_path_buf());
+    let state = tmp.path().join("state");
+    let agent = TestAgent::start(&state).await;
+    let c = agent.client.clone();
+    let id = Uuid::new_v4();
+    let vm = state.join("vms").join(id.to_string());
+    let spec = VmSpec {
+        id,
+        name: "fail-guest".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        image: image.guest_image(),
+        disk: DiskSpec { size_gib: 1 },
+        nics: Vec::new(),
+    };
+    c.define_vm(&spec).await.expect("define");
+    c.start_vm(id).await.expect("start");
+    wait_for(&c, id, Duration::from_secs(90), "ready", |s| s.guest_ready).await;
+    sh(&c, id, "echo kept > /data/keep.txt; sync").await;
+    let s0 = Uuid::new_v4();
+    let req = |sid| SnapshotRequest {
+        snapshot_id: sid,
+        memory: true,
+    };
+    c.snapshot(id, &req(s0)).await.expect("snapshot s0");
+    sh(&c, id, "echo later > /data/later.txt; sync").await;
+    let before = footprint(&state, &vm);
+    let pid = c.vm(id).await.expect("vm").pid;
+
+    for point in [
+        "take.after_new_layer",
+        "take.in_pause",
+        "take.after_pause",
+        "take.before_manifest",
+    ] {
+        let sid = Uuid::new_v4();
+        inject(Some(point));
+        let err = c.snapshot(id, &req(sid)).await.expect_err(point);
+        inject(None);
+        assert!(err.to_string().contains("injected"), "{point}: {err}");
+        // The controller's undo of a failed snapshot step.
+        c.delete_snapshot(id, sid).await.expect("undo");
+        let now = c.vm(id).await.expect("vm");
+        assert_eq!((now.state, now.pid), (VmRunState::Running, pid), "{point}");
+        assert_eq!(
+            footprint(&state, &vm),
+            before,
+            "{point} left something behind"
+        );
+        assert_eq!(
+            sh(&c, id, "cat /data/keep.txt /data/later.txt").await,
+            "kept\nlater"
+        );
+        sh(&c, id, &format!("echo {point} > /data/write-test; sync")).await;
+    }
+
+    // Restore fails before the VM is touched: it runs on, untouched.
+    inject(Some("restore.after_assemble"));
+    let err = c
+        .restore_snapshot(id, s0, &RestoreRequest { step_clock: true })
+        .await
+        .expect_err("restore.after_assemble");
+    inject(None);
+    assert!(err.to_string().contains("injected"), "{err}");
+    let now = c.vm(id).await.expect("vm");
+    assert_eq!((now.state, now.pid), (VmRunState::Running, pid));
+    assert_eq!(footprint(&state, &vm), before);
+
+    // Past its point of no return (the old QEMU is gone) the VM is left crashed, its disk as
+    // before the restore, nothing extra on disk; a start boots that disk.
+    inject(Some("restore.after_kill"));
+    let err = c
+        .restore_snapshot(id, s0, &RestoreRequest { step_clock: true })
+        .await
+        .expect_err("restore.after_kill");
+    inject(None);
+    assert!(err.to_string().contains("injected"), "{err}");
+    let now = c.vm(id).await.expect("vm");
+    assert_eq!(now.state, VmRunState::Crashed);
+    assert!(
+        now.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("disk is as before"),
+        "{:?}",
+        now.reason
+    );
+    assert_eq!(footprint(&state, &vm), before);
+    c.start_vm(id).await.expect("start");
+    wait_for(&c, id, Duration::from_secs(90), "ready", |s| s.guest_ready).await;
+    assert_eq!(sh(&c, id, "cat /data/later.txt").await, "later");
+
+    // A delete that fails half-way completes when retried.
+    inject(Some("delete.after_merge"));
+    c.delete_snapshot(id, s0)
+        .await
+        .expect_err("delete.after_merge");
+    inject(None);
+    c.delete_snapshot(id, s0).await.expect("delete retried");
+    let after = footprint(&state, &vm);
+    assert!(
+        after.snapshots.is_empty() && after.chunks.is_empty(),
+        "{after:?}"
+    );
+    assert_eq!(sh(&c, id, "cat /data/keep.txt").await, "kept");
+    c.delete_vm(id).await.expect("delete");
+    agent.shutdown().await;
+}
