@@ -1,9 +1,11 @@
 //! Usage samples: what an agent measured of one *meter* (one QEMU incarnation of a VM on
 //! this host), pushed to the controller (`POST /v1/internal/usage/samples`).
 //!
-//! A meter opens when a VM starts running on a host (a launch, or the resume of a migrated
-//! guest on its target) and closes when it stops running there (exit, delete, or pause at
-//! the switch-over of a migration away). Every counter of a sample is *cumulative since the
+//! An `instance` meter opens when a VM starts running on a host (a launch, or the resume of
+//! a migrated guest on its target) and closes when it stops running there (exit, delete, or
+//! pause at the switch-over of a migration away). A `disk` meter measures the instance disk
+//! while the VM is defined on the host, running or not (from its definition, or the resume
+//! of a migrated guest, until its delete or the switch-over away). Every counter of a sample is *cumulative since the
 //! meter opened*, so a lost sample loses nothing (the next one carries it) and the
 //! controller derives each interval from two consecutive samples of the same meter.
 //! `(meter_id, seq)` identifies a sample: a resent sample is stored once.
@@ -15,8 +17,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MeterKind {
-    /// A running VM: vCPU and memory allocation, CPU used, network, its disk.
+    /// A running VM: vCPU and memory allocation, CPU used, network.
     Instance,
+    /// The instance disk on its host, running or not (only `storage_bytes` is meaningful).
+    Disk,
     /// Storage held by a snapshot (only `storage_bytes` is meaningful).
     Snapshot,
 }
@@ -26,6 +30,7 @@ impl MeterKind {
     pub fn as_str(self) -> &'static str {
         match self {
             MeterKind::Instance => "instance",
+            MeterKind::Disk => "disk",
             MeterKind::Snapshot => "snapshot",
         }
     }
@@ -34,6 +39,7 @@ impl MeterKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "instance" => Some(MeterKind::Instance),
+            "disk" => Some(MeterKind::Disk),
             "snapshot" => Some(MeterKind::Snapshot),
             _ => None,
         }

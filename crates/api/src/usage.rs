@@ -28,7 +28,7 @@ pub struct UsageAmounts {
     pub cpu_seconds_used: f64,
     /// Memory allocated (MiB) x seconds running.
     pub memory_mib_seconds: f64,
-    /// Allocated size of the instance disk (GiB) x hours, while the instance runs.
+    /// Allocated size of the instance disk (GiB) x hours, running or stopped.
     pub disk_gib_hours: f64,
     /// Storage held by the instance's snapshots (GiB) x hours.
     pub snapshot_gib_hours: f64,

@@ -3,7 +3,8 @@
 //! every phase:
 //! - KSM merges their identical pages (bounded wait for `pages_shared > 0`);
 //! - a ping between two guests moves both guests' network counters;
-//! - a stopped guest is billed up to its stop (its meter's closing sample), no further;
+//! - a stopped guest is billed up to its stop (its meter's closing sample), no further, but
+//!   its disk still is;
 //! - over a 40-second window in which the agent is killed with SIGKILL and the whole
 //!   `nimbus up` (controller included) is restarted, a guest that ran all along is billed
 //!   40 vCPU-seconds +/- 2%: nothing is lost while the agent or controller is down, and
@@ -245,6 +246,15 @@ async fn stopped_guest_is_billed_until_its_stop(
     assert!(
         running_of(&later, "m3") < 0.5,
         "m3 is not billed after its stop: {later:?}"
+    );
+    let disk = later
+        .instances
+        .iter()
+        .find(|i| i.instance == "m3")
+        .map_or(0.0, |i| i.usage.disk_gib_hours);
+    assert!(
+        disk > 0.0,
+        "a stopped instance's disk is still billed: {later:?}"
     );
     (req, done)
 }

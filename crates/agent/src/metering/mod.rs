@@ -3,6 +3,8 @@
 //! - [`meter`]: one meter per VM incarnation on this host (pure state machine, persisted in
 //!   `<vm dir>/meter.json`): opens when the guest starts running here, samples cumulative
 //!   counters every interval, closes with a last sample when the guest stops running here.
+//! - [`storage`]: the disk meter of a VM, open while the VM is defined here (running or not),
+//!   persisted in the same file.
 //! - [`probe`]: the live figures (procfs of the QEMU process, the disk's allocated blocks,
 //!   the taps' byte counters).
 //! - [`outbox`]: samples waiting for the controller, persisted, pushed in batches.
@@ -20,6 +22,7 @@
 pub mod meter;
 pub mod outbox;
 pub mod probe;
+pub mod storage;
 
 use crate::agent::Agent;
 use crate::instance::files::{read_json, write_json};
@@ -28,10 +31,12 @@ use crate::instance::VmHandle;
 use meter::{MeterState, Occasion, VmView};
 use nimbus_agent_api::VmRunState;
 use outbox::Outbox;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use storage::{DiskMeter, DiskView};
 use uuid::Uuid;
 
 /// Default sampling interval.
@@ -51,6 +56,22 @@ impl Default for MeteringConfig {
         Self {
             interval: DEFAULT_INTERVAL,
         }
+    }
+}
+
+/// The meters of one VM, as persisted in its `meter.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMeters {
+    /// While the guest runs here.
+    pub compute: MeterState,
+    /// While the VM (its disk) is here.
+    #[serde(default)]
+    pub disk: DiskMeter,
+}
+
+impl VmMeters {
+    fn is_closed(&self) -> bool {
+        self.compute.open.is_none() && self.disk.open.is_none()
     }
 }
 
@@ -83,7 +104,7 @@ pub async fn run(agent: Agent, outbox: Arc<Outbox>, config: MeteringConfig) {
 /// Follows one VM until its actor ends (delete, or agent shutdown).
 async fn watch_vm(handle: Arc<VmHandle>, outbox: Arc<Outbox>, every: Duration) {
     let path = meter_file(&handle);
-    let mut state: MeterState = read_json(&path)
+    let mut state: VmMeters = read_json(&path)
         .unwrap_or_else(|e| {
             tracing::warn!(instance_id = %handle.id(), error = %e.chain(), "meter file unreadable; opening a new meter");
             None
@@ -116,7 +137,7 @@ async fn watch_vm(handle: Arc<VmHandle>, outbox: Arc<Outbox>, every: Duration) {
 fn step(
     handle: &VmHandle,
     core: &CoreStatus,
-    state: &mut MeterState,
+    state: &mut VmMeters,
     occasion: Occasion,
     path: &std::path::Path,
     outbox: &Outbox,
@@ -133,7 +154,10 @@ fn step(
         )
     });
     let before = state.clone();
-    let samples = state.observe(&view, reading, now, occasion);
+    let mut samples = state.compute.observe(&view, reading, now, occasion);
+    let disk = disk_view_of(handle, core, &view);
+    let bytes = handle.dir().disk_allocated_bytes();
+    samples.extend(state.disk.observe(&disk, bytes, now, occasion));
     if *state != before {
         persist(path, state);
     }
@@ -141,8 +165,8 @@ fn step(
 }
 
 /// Writes the meter; a closed meter's file is removed (the directory may be going away).
-fn persist(path: &std::path::Path, state: &MeterState) {
-    let result = if state.open.is_some() {
+fn persist(path: &std::path::Path, state: &VmMeters) {
+    let result = if !state.is_closed() {
         write_json(path, state)
     } else {
         match std::fs::remove_file(path) {
@@ -177,5 +201,17 @@ fn view_of(handle: &VmHandle, core: &CoreStatus) -> VmView {
         pid: core.pid,
         run_started_ms,
         run_ended_ms,
+    }
+}
+
+/// What the disk meter needs of the VM: its disk is billed here unless the VM is deleted,
+/// waits for an incoming migration, or migrated away (then ending at the switch-over).
+fn disk_view_of(handle: &VmHandle, core: &CoreStatus, vm: &VmView) -> DiskView {
+    DiskView {
+        instance_id: vm.instance_id,
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        present: !handle.is_deleted() && !core.incoming && core.state != VmRunState::Migrated,
+        ended_ms: vm.run_ended_ms,
     }
 }

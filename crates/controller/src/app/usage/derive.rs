@@ -128,11 +128,20 @@ pub fn clip(i: &Interval, from_ms: i64, to_ms: i64) -> Option<Clipped> {
     let inside_ms = (end - start) as f64;
     let share = inside_ms / (i.end_ms - i.start_ms) as f64;
     let storage_gib_h = i.storage_bytes / GIB * inside_ms / 3_600_000.0;
-    if i.kind == "snapshot" {
-        return Some(Clipped {
-            snapshot_gib_h: storage_gib_h,
-            ..Clipped::default()
-        });
+    match i.kind.as_str() {
+        "disk" => {
+            return Some(Clipped {
+                disk_gib_h: storage_gib_h,
+                ..Clipped::default()
+            })
+        }
+        "snapshot" => {
+            return Some(Clipped {
+                snapshot_gib_h: storage_gib_h,
+                ..Clipped::default()
+            })
+        }
+        _ => {}
     }
     let running_s = i.running_ms as f64 / 1000.0 * share;
     Some(Clipped {
@@ -140,7 +149,7 @@ pub fn clip(i: &Interval, from_ms: i64, to_ms: i64) -> Option<Clipped> {
         vcpu_s: f64::from(i.vcpus) * running_s,
         cpu_s: i.cpu_ns as f64 / 1e9 * share,
         memory_mib_s: i.memory_mib as f64 * running_s,
-        disk_gib_h: storage_gib_h,
+        disk_gib_h: 0.0,
         snapshot_gib_h: 0.0,
         net_rx: i.net_rx_bytes as f64 * share,
         net_tx: i.net_tx_bytes as f64 * share,
@@ -239,8 +248,24 @@ mod tests {
         assert!(close(u.vcpu_s, 40.0));
         assert!(close(u.cpu_s, 5.0));
         assert!(close(u.memory_mib_s, 256.0 * 20.0));
-        assert!(close(u.disk_gib_h, 20.0 / 3600.0));
         assert!(close(u.net_rx, 20_000.0));
+        assert!(close(u.disk_gib_h, 0.0), "the disk has a meter of its own");
+    }
+
+    #[test]
+    fn a_disk_meter_counts_storage_only_running_or_not() {
+        let mut a = sample(5, 0, 1800);
+        let mut b = sample(5, 1, 3600);
+        for s in [&mut a, &mut b] {
+            s.kind = "disk".into();
+            s.running_ms = 0;
+            s.cpu_ns = 0;
+        }
+        b.storage_bytes = 3 << 30;
+        let u = used(&[a, b], 0, 3600);
+        // 1 GiB for half an hour, then from 1 to 3 GiB (2 on average) for half an hour.
+        assert!(close(u.disk_gib_h, 0.5 + 1.0), "{u:?}");
+        assert!(close(u.running_s, 0.0) && close(u.vcpu_s, 0.0));
     }
 
     #[test]
