@@ -74,6 +74,10 @@ pub struct UsageSample {
     pub rss_bytes: u64,
     /// Bytes of storage allocated now (gauge): the instance's disk overlay, or the snapshot.
     pub storage_bytes: u64,
+    /// Storage held since the meter opened, in KiB x seconds (cumulative: the integral of
+    /// the allocated size over time, kept by the agent between samples).
+    #[serde(default)]
+    pub storage_kib_seconds: u64,
     /// The meter's last sample.
     pub last: bool,
 }

@@ -61,6 +61,7 @@ fn sample(meter: Uuid, instance: Uuid, seq: u64, t0: u64, at_s: u64) -> UsageSam
         net_tx_bytes: at_s * 20,
         rss_bytes: 300 << 20,
         storage_bytes: 1 << 30,
+        storage_kib_seconds: 0,
         last: false,
     }
 }

@@ -2,8 +2,9 @@
 --
 -- A sample belongs to a meter (one VM incarnation on one host: from when the guest starts
 -- running there until it stops running there; or, kind 'snapshot', one snapshot's storage).
--- Counters are cumulative since the meter opened; usage over an interval is derived from two
--- consecutive samples of a meter. (meter_id, seq) identifies a sample: a resent sample is
+-- Counters (running_ms, cpu_ns, net_*, storage_kib_s: storage x time) are cumulative since
+-- the meter opened; usage over an interval is derived from two consecutive samples of a
+-- meter, and totals from each meter's last sample. (meter_id, seq) identifies a sample: a resent sample is
 -- stored once. Times are Unix milliseconds (integers: the arithmetic needs them).
 -- `project` is the instance's project when the sample arrived.
 
@@ -25,6 +26,7 @@ CREATE TABLE usage_samples (
     net_tx_bytes    BIGINT NOT NULL,
     rss_bytes       BIGINT NOT NULL,
     storage_bytes   BIGINT NOT NULL,
+    storage_kib_s   BIGINT NOT NULL,
     is_last         BIGINT NOT NULL,
     received_at     TEXT NOT NULL,
     PRIMARY KEY (meter_id, seq)

@@ -25,7 +25,7 @@ pub use migrations::NewMigration;
 pub use operations::NewOperation;
 pub use placement::Allocation;
 pub use tokens::TokenRecord;
-pub use usage::UsageRow;
+pub use usage::{UsageRow, UsageTotals};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;

@@ -26,12 +26,27 @@ pub struct UsageRow {
     pub net_tx_bytes: u64,
     pub rss_bytes: u64,
     pub storage_bytes: u64,
+    /// Storage held since the meter opened, KiB x seconds (cumulative).
+    pub storage_kib_seconds: u64,
     pub last: bool,
+}
+
+/// Sums of the cumulative counters of every meter of one kind of one project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageTotals {
+    pub project: String,
+    pub kind: String,
+    pub vcpu_ms: f64,
+    pub memory_mib_ms: f64,
+    pub cpu_ns: f64,
+    pub net_rx_bytes: f64,
+    pub net_tx_bytes: f64,
+    pub storage_kib_seconds: f64,
 }
 
 const COLUMNS: &str = "meter_id, seq, kind, instance_id, instance_name, project, host, \
                        started_ms, sampled_ms, vcpus, memory_mib, running_ms, cpu_ns, \
-                       net_rx_bytes, net_tx_bytes, rss_bytes, storage_bytes, is_last";
+                       net_rx_bytes, net_tx_bytes, rss_bytes, storage_bytes, storage_kib_s, is_last";
 
 /// Counters are stored as BIGINT; values beyond i64 (never reached in practice) saturate.
 fn int(v: u64) -> i64 {
@@ -66,6 +81,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<UsageRow, StoreError> {
         net_tx_bytes: uint(r, "net_tx_bytes")?,
         rss_bytes: uint(r, "rss_bytes")?,
         storage_bytes: uint(r, "storage_bytes")?,
+        storage_kib_seconds: uint(r, "storage_kib_s")?,
         last: r.try_get::<i64, _>("is_last")? != 0,
     })
 }
@@ -76,7 +92,7 @@ impl Store {
     pub async fn insert_usage_sample(&self, s: &UsageRow) -> Result<bool, StoreError> {
         let done = sqlx::query(&format!(
             "INSERT INTO usage_samples ({COLUMNS}, received_at) VALUES ($1, $2, $3, $4, $5, $6, \
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (meter_id, seq) DO NOTHING"
         ))
         .bind(s.meter_id.to_string())
@@ -96,6 +112,7 @@ impl Store {
         .bind(int(s.net_tx_bytes))
         .bind(int(s.rss_bytes))
         .bind(int(s.storage_bytes))
+        .bind(int(s.storage_kib_seconds))
         .bind(s.last as i64)
         .bind(time::now())
         .execute(&self.pool)
@@ -150,6 +167,39 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Usage since metering began, per project and meter kind, from the last sample of every
+    /// meter (its counters are cumulative): one row per (project, kind).
+    pub async fn usage_totals(&self) -> Result<Vec<UsageTotals>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.project AS project, s.kind AS kind, \
+             CAST(SUM(CAST(s.vcpus AS DOUBLE PRECISION) * s.running_ms) AS DOUBLE PRECISION) AS vcpu_ms, \
+             CAST(SUM(CAST(s.memory_mib AS DOUBLE PRECISION) * s.running_ms) AS DOUBLE PRECISION) AS memory_mib_ms, \
+             CAST(SUM(CAST(s.cpu_ns AS DOUBLE PRECISION)) AS DOUBLE PRECISION) AS cpu_ns, \
+             CAST(SUM(CAST(s.net_rx_bytes AS DOUBLE PRECISION)) AS DOUBLE PRECISION) AS net_rx, \
+             CAST(SUM(CAST(s.net_tx_bytes AS DOUBLE PRECISION)) AS DOUBLE PRECISION) AS net_tx, \
+             CAST(SUM(CAST(s.storage_kib_s AS DOUBLE PRECISION)) AS DOUBLE PRECISION) AS storage_kib_s \
+             FROM usage_samples s \
+             WHERE s.seq = (SELECT MAX(p.seq) FROM usage_samples p WHERE p.meter_id = s.meter_id) \
+             GROUP BY s.project, s.kind ORDER BY s.project, s.kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageTotals {
+                    project: r.try_get("project")?,
+                    kind: r.try_get("kind")?,
+                    vcpu_ms: r.try_get("vcpu_ms")?,
+                    memory_mib_ms: r.try_get("memory_mib_ms")?,
+                    cpu_ns: r.try_get("cpu_ns")?,
+                    net_rx_bytes: r.try_get("net_rx")?,
+                    net_tx_bytes: r.try_get("net_tx")?,
+                    storage_kib_seconds: r.try_get("storage_kib_s")?,
+                })
+            })
+            .collect()
+    }
+
     /// Resident memory of the VMs running on each host: the sum, per host, of the latest
     /// sample of every meter still open and sampled since `since_ms`.
     pub async fn recent_rss_by_host(
@@ -194,6 +244,7 @@ mod tests {
             net_tx_bytes: 7,
             rss_bytes: 8,
             storage_bytes: 9,
+            storage_kib_seconds: 10,
             last: false,
         }
     }
@@ -239,6 +290,15 @@ mod tests {
                 .await
                 .expect("read");
             assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
+            let totals = store.usage_totals().await.expect("totals");
+            assert_eq!(totals.len(), 2, "{totals:?}");
+            let default = &totals[1];
+            assert_eq!(
+                (default.project.as_str(), default.kind.as_str()),
+                ("default", "instance")
+            );
+            assert_eq!(default.vcpu_ms, 2.0 * 20_000.0, "meter 1's last sample");
+            assert_eq!(default.storage_kib_seconds, 10.0);
             let rss = store.recent_rss_by_host(0).await.expect("rss");
             assert_eq!(
                 rss.get("host1"),

@@ -160,6 +160,8 @@ fn sample(
         net_tx_bytes: r.net_tx_bytes.saturating_sub(open.base.net_tx_bytes),
         rss_bytes: r.rss_bytes,
         storage_bytes: r.storage_bytes,
+        // The disk is billed by its own meter (crate::metering::storage).
+        storage_kib_seconds: 0,
         last,
     }
 }

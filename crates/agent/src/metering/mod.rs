@@ -60,7 +60,7 @@ impl Default for MeteringConfig {
 }
 
 /// The meters of one VM, as persisted in its `meter.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VmMeters {
     /// While the guest runs here.
     pub compute: MeterState,

@@ -211,6 +211,7 @@ mod tests {
             net_tx_bytes: 0,
             rss_bytes: 0,
             storage_bytes: 0,
+            storage_kib_seconds: 0,
             last,
         }
     }

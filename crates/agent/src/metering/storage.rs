@@ -25,17 +25,32 @@ pub struct DiskView {
 }
 
 /// An open disk meter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenDisk {
     pub meter_id: Uuid,
     pub started_ms: u64,
     pub next_seq: u64,
     pub last_at_ms: u64,
     pub last_bytes: u64,
+    /// Storage held since the meter opened, in KiB x milliseconds.
+    #[serde(default)]
+    pub kib_ms: f64,
+}
+
+impl OpenDisk {
+    /// Integrates the size up to `at_ms` (the mean of the last and the new size over the time
+    /// between them), and takes `bytes` as the new size.
+    fn advance(&mut self, at_ms: u64, bytes: u64) {
+        let at_ms = at_ms.max(self.last_at_ms);
+        let mean_kib = (self.last_bytes as f64 + bytes as f64) / 2.0 / 1024.0;
+        self.kib_ms += mean_kib * (at_ms - self.last_at_ms) as f64;
+        self.last_at_ms = at_ms;
+        self.last_bytes = bytes;
+    }
 }
 
 /// The persisted disk meter of a VM.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiskMeter {
     pub open: Option<OpenDisk>,
 }
@@ -57,14 +72,15 @@ impl DiskMeter {
                     Occasion::Resume => open.last_at_ms,
                     _ => vm.ended_ms.unwrap_or(now_ms),
                 };
+                // A deleted disk reads 0 bytes: it held its last size until the end.
                 let size = if bytes > 0 { bytes } else { open.last_bytes };
-                out.push(sample(vm, open, ended, size, true));
+                open.advance(ended, size);
+                out.push(sample(vm, open, true));
                 self.open = None;
             }
             Some(open) if occasion == Occasion::Tick => {
-                open.last_at_ms = now_ms;
-                open.last_bytes = bytes;
-                out.push(sample(vm, open, now_ms, bytes, false));
+                open.advance(now_ms, bytes);
+                out.push(sample(vm, open, false));
                 open.next_seq += 1;
             }
             Some(_) => {}
@@ -75,6 +91,7 @@ impl DiskMeter {
                     next_seq: 0,
                     last_at_ms: now_ms,
                     last_bytes: bytes,
+                    kib_ms: 0.0,
                 });
             }
             None => {}
@@ -83,8 +100,8 @@ impl DiskMeter {
     }
 }
 
-fn sample(vm: &DiskView, open: &OpenDisk, at_ms: u64, bytes: u64, last: bool) -> UsageSample {
-    let at_ms = at_ms.max(open.started_ms);
+fn sample(vm: &DiskView, open: &OpenDisk, last: bool) -> UsageSample {
+    let at_ms = open.last_at_ms.max(open.started_ms);
     UsageSample {
         meter_id: open.meter_id,
         seq: open.next_seq,
@@ -99,7 +116,8 @@ fn sample(vm: &DiskView, open: &OpenDisk, at_ms: u64, bytes: u64, last: bool) ->
         net_rx_bytes: 0,
         net_tx_bytes: 0,
         rss_bytes: 0,
-        storage_bytes: bytes,
+        storage_bytes: open.last_bytes,
+        storage_kib_seconds: (open.kib_ms / 1000.0).round() as u64,
         last,
     }
 }

@@ -102,13 +102,14 @@ impl App {
         })
     }
 
-    /// Usage of every project since metering began (monotonic: Prometheus counters).
+    /// Usage of every project since metering began (monotonic: Prometheus counters), from
+    /// the last sample of each meter, so its cost does not grow with the history.
     pub async fn usage_by_project(&self) -> Result<BTreeMap<String, derive::Clipped>, AppError> {
-        let now = Utc::now().timestamp_millis() + 1;
-        let samples = self.store().usage_samples(None, 0, now).await?;
         let mut out: BTreeMap<String, derive::Clipped> = BTreeMap::new();
-        for r in derive::per_instance(&samples, None, 0, now) {
-            out.entry(r.project.clone()).or_default().add(&r.used);
+        for t in self.store().usage_totals().await? {
+            out.entry(t.project.clone())
+                .or_default()
+                .add(&derive::totals_of(&t));
         }
         Ok(out)
     }
@@ -140,6 +141,7 @@ fn to_row(s: &UsageSample, host: &str, project: String, instance_name: String) -
         net_tx_bytes: s.net_tx_bytes,
         rss_bytes: s.rss_bytes,
         storage_bytes: s.storage_bytes,
+        storage_kib_seconds: s.storage_kib_seconds,
         last: s.last,
     }
 }

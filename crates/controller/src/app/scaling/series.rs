@@ -43,7 +43,7 @@ mod tests {
             cpu_ns,
             net_rx_bytes: 0,
             net_tx_bytes: 0,
-            storage_bytes: 0.0,
+            storage_kib_seconds: 0,
         }
     }
 

@@ -12,7 +12,8 @@ use nimbus_store::UsageRow;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-const GIB: f64 = (1u64 << 30) as f64;
+/// KiB x seconds in a GiB x hour.
+const KIB_S_PER_GIB_H: f64 = (1u64 << 20) as f64 * 3600.0;
 
 /// What one meter used between two of its samples.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +30,8 @@ pub struct Interval {
     pub cpu_ns: u64,
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
-    /// Storage allocated, averaged over the interval.
-    pub storage_bytes: f64,
+    /// Storage held over the interval, KiB x seconds.
+    pub storage_kib_seconds: u64,
 }
 
 /// The intervals of samples ordered by meter and sequence (a repeated `(meter, seq)` counts
@@ -50,9 +51,9 @@ pub fn intervals(samples: &[UsageRow]) -> Vec<Interval> {
                 p.cpu_ns,
                 p.net_rx_bytes,
                 p.net_tx_bytes,
-                p.storage_bytes,
+                p.storage_kib_seconds,
             ),
-            None => (s.started_ms, 0, 0, 0, 0, s.storage_bytes),
+            None => (s.started_ms, 0, 0, 0, 0, 0),
         };
         prev = Some(s);
         if s.sampled_ms <= start_ms {
@@ -71,7 +72,7 @@ pub fn intervals(samples: &[UsageRow]) -> Vec<Interval> {
             cpu_ns: s.cpu_ns.saturating_sub(cpu),
             net_rx_bytes: s.net_rx_bytes.saturating_sub(rx),
             net_tx_bytes: s.net_tx_bytes.saturating_sub(tx),
-            storage_bytes: (storage as f64 + s.storage_bytes as f64) / 2.0,
+            storage_kib_seconds: s.storage_kib_seconds.saturating_sub(storage),
         });
     }
     out
@@ -127,7 +128,7 @@ pub fn clip(i: &Interval, from_ms: i64, to_ms: i64) -> Option<Clipped> {
     }
     let inside_ms = (end - start) as f64;
     let share = inside_ms / (i.end_ms - i.start_ms) as f64;
-    let storage_gib_h = i.storage_bytes / GIB * inside_ms / 3_600_000.0;
+    let storage_gib_h = i.storage_kib_seconds as f64 / KIB_S_PER_GIB_H * share;
     match i.kind.as_str() {
         "disk" => {
             return Some(Clipped {
@@ -194,6 +195,31 @@ pub fn per_instance(
     out
 }
 
+/// The amounts of a kind of meter's totals (see `Store::usage_totals`).
+pub fn totals_of(t: &nimbus_store::UsageTotals) -> Clipped {
+    let storage_gib_h = t.storage_kib_seconds / KIB_S_PER_GIB_H;
+    match t.kind.as_str() {
+        "disk" => Clipped {
+            disk_gib_h: storage_gib_h,
+            ..Clipped::default()
+        },
+        "snapshot" => Clipped {
+            snapshot_gib_h: storage_gib_h,
+            ..Clipped::default()
+        },
+        _ => Clipped {
+            running_s: 0.0,
+            vcpu_s: t.vcpu_ms / 1000.0,
+            cpu_s: t.cpu_ns / 1e9,
+            memory_mib_s: t.memory_mib_ms / 1000.0,
+            disk_gib_h: 0.0,
+            snapshot_gib_h: 0.0,
+            net_rx: t.net_rx_bytes,
+            net_tx: t.net_tx_bytes,
+        },
+    }
+}
+
 /// The sum of several instances' usage.
 pub fn total<'a>(rows: impl IntoIterator<Item = &'a InstanceTotal>) -> Clipped {
     let mut t = Clipped::default();
@@ -229,6 +255,7 @@ mod tests {
             net_tx_bytes: ms as u64,
             rss_bytes: 0,
             storage_bytes: 1 << 30,
+            storage_kib_seconds: 0,
             last: false,
         }
     }
@@ -254,18 +281,20 @@ mod tests {
 
     #[test]
     fn a_disk_meter_counts_storage_only_running_or_not() {
+        let gib_h = KIB_S_PER_GIB_H as u64;
         let mut a = sample(5, 0, 1800);
         let mut b = sample(5, 1, 3600);
         for s in [&mut a, &mut b] {
             s.kind = "disk".into();
-            s.running_ms = 0;
             s.cpu_ns = 0;
         }
-        b.storage_bytes = 3 << 30;
+        // 1 GiB for half an hour, then 3 GiB for half an hour (as the agent integrated).
+        a.storage_kib_seconds = gib_h / 2;
+        b.storage_kib_seconds = gib_h / 2 + 3 * gib_h / 2;
         let u = used(&[a, b], 0, 3600);
-        // 1 GiB for half an hour, then from 1 to 3 GiB (2 on average) for half an hour.
-        assert!(close(u.disk_gib_h, 0.5 + 1.0), "{u:?}");
+        assert!(close(u.disk_gib_h, 2.0), "{u:?}");
         assert!(close(u.running_s, 0.0) && close(u.vcpu_s, 0.0));
+        assert!(close(used(&[sample(5, 0, 1800)], 0, 900).disk_gib_h, 0.0));
     }
 
     #[test]
@@ -329,7 +358,7 @@ mod tests {
         other.instance_id = Uuid::from_u128(8);
         let mut snap = sample(4, 0, 36);
         snap.kind = "snapshot".into();
-        snap.storage_bytes = 2 << 30;
+        snap.storage_kib_seconds = 2 * (1 << 20) * 36;
         let s = [sample(1, 0, 10), other, snap];
         let acme = per_instance(&s, Some("acme"), 0, 100_000);
         assert_eq!(acme.len(), 1);
