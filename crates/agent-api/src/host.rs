@@ -40,6 +40,40 @@ pub struct HostInventory {
     /// disks. `None`: disks are local to the host.
     #[serde(default)]
     pub shared_storage: Option<String>,
+    /// vCPU overcommit this host accepts (`agent --cpu-allocation-ratio`); `None`: the
+    /// controller's default.
+    #[serde(default)]
+    pub cpu_allocation_ratio: Option<f64>,
+    /// Memory overcommit this host accepts (`agent --ram-allocation-ratio`); `None`: the
+    /// controller's default.
+    #[serde(default)]
+    pub ram_allocation_ratio: Option<f64>,
+    /// Kernel same-page merging on this host; `None` where the kernel has no KSM.
+    #[serde(default)]
+    pub ksm: Option<KsmStats>,
+}
+
+/// Kernel same-page merging, from `/sys/kernel/mm/ksm/`. The counters are the kernel's,
+/// machine-wide: hosts that are network namespaces of one machine all report the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KsmStats {
+    /// `run`: 1 merging, 0 stopped, 2 unmerged.
+    pub run: u32,
+    /// Shared pages in use (each stands for several identical guest pages).
+    pub pages_shared: u64,
+    /// Guest pages that point at a shared page: the saving, in pages.
+    pub pages_sharing: u64,
+    /// Pages checked but unique so far.
+    pub pages_unshared: u64,
+    /// Size of a page in bytes.
+    pub page_size: u64,
+}
+
+impl KsmStats {
+    /// Memory saved by merging, in bytes (`pages_sharing` x page size).
+    pub fn saved_bytes(&self) -> u64 {
+        self.pages_sharing.saturating_mul(self.page_size)
+    }
 }
 
 /// Sent by an agent to the controller at start and then periodically.

@@ -28,18 +28,24 @@
 //! ```
 //! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
-//! which agents call at start and periodically, so a restarted controller relearns its hosts.
+//! which agents call at start and periodically, so a restarted controller relearns its hosts,
+//! and `POST /v1/internal/usage/samples` ([`UsageBatch`]), where agents push what they
+//! measured (see [`metering`]).
 
 pub mod client;
 pub mod error;
 pub mod host;
+pub mod metering;
 pub mod migration;
 pub mod snapshot;
 pub mod vm;
 
 pub use client::AgentClient;
 pub use error::{AgentError, AgentErrorBody};
-pub use host::{Accelerator, HostInventory, NetworkConfig, RegisterHost, RegisterResponse};
+pub use host::{
+    Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
+};
+pub use metering::{MeterKind, UsageAck, UsageBatch, UsageSample};
 pub use migration::{
     DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
     MigrationProgress, NbdTarget,

@@ -4,6 +4,7 @@
 use crate::error::Result as AgentResult;
 use crate::manager::Manager;
 use crate::network::HostNetwork;
+use crate::overcommit::ksm;
 use crate::storage::DiskStore;
 use crate::{host, AgentConfig};
 use anyhow::Context;
@@ -35,6 +36,7 @@ struct Inner {
     qemu_version: String,
     manager: Manager,
     network: Arc<HostNetwork>,
+    overcommit: crate::overcommit::Overcommit,
 }
 
 impl Agent {
@@ -52,6 +54,11 @@ impl Agent {
             Some(dir) => DiskStore::shared(dir)?,
             None => DiskStore::Local,
         };
+        config
+            .overcommit
+            .validate()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        set_up_ksm(&config.overcommit.ksm);
         let accel = choose_accel(config, &program, &state_dir).await?;
         let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
         let manager = Manager::load(&state_dir, accel, store.clone(), network.clone())
@@ -76,6 +83,7 @@ impl Agent {
                 qemu_version: version.to_string(),
                 manager,
                 network,
+                overcommit: config.overcommit.clone(),
             }),
         })
     }
@@ -137,6 +145,9 @@ impl Agent {
                 .store
                 .shared_dir()
                 .map(|d| d.display().to_string()),
+            cpu_allocation_ratio: self.inner.overcommit.cpu_allocation_ratio,
+            ram_allocation_ratio: self.inner.overcommit.ram_allocation_ratio,
+            ksm: ksm::read(Path::new(ksm::KSM_DIR)),
         }
     }
 
@@ -149,6 +160,23 @@ impl Agent {
     /// Validated access for handlers: the VM or `not_found`.
     pub(crate) fn vm(&self, id: uuid::Uuid) -> AgentResult<Arc<crate::instance::VmHandle>> {
         self.inner.manager.get(id)
+    }
+}
+
+/// Turns KSM on and tunes it, unless configured to leave it alone; a host where that fails
+/// runs without it (with a warning).
+fn set_up_ksm(config: &crate::overcommit::KsmConfig) {
+    if !config.manage {
+        tracing::info!("KSM left as the kernel has it");
+        return;
+    }
+    match ksm::apply(Path::new(ksm::KSM_DIR), config) {
+        Ok(()) => tracing::info!(
+            pages_to_scan = config.pages_to_scan,
+            sleep_millisecs = config.sleep_millisecs,
+            "KSM on"
+        ),
+        Err(e) => tracing::warn!(error = %e, "KSM not set up"),
     }
 }
 

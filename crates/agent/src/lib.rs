@@ -9,6 +9,8 @@
 //! - [`register`]: periodic registration with the controller.
 //! - [`migration`]: live migration, both ends (target: incoming; source: outgoing, policy).
 //! - [`network`]: host networking (bridge, VXLAN to the other hosts, the VMs' taps).
+//! - [`metering`]: per-VM usage samples pushed to the controller.
+//! - [`overcommit`]: the host's allocation ratios and KSM.
 //!
 //! QEMU processes outlive the agent: stopping the agent leaves them running, and the next
 //! agent on the same state directory adopts them.
@@ -20,8 +22,10 @@ pub mod http;
 pub mod image;
 pub mod instance;
 pub mod manager;
+pub mod metering;
 pub mod migration;
 pub mod network;
+pub mod overcommit;
 pub mod register;
 pub mod snapshot;
 pub mod storage;
@@ -61,6 +65,10 @@ pub struct AgentConfig {
     /// Kernel, initrd and command line the accelerator probe boots (see
     /// [`default_probe_image`]); without it the probe only runs the firmware.
     pub probe_image: Option<(PathBuf, PathBuf, String)>,
+    /// Allocation ratios this host reports and KSM.
+    pub overcommit: overcommit::Overcommit,
+    /// How usage is sampled.
+    pub metering: metering::MeteringConfig,
 }
 
 /// Runs the agent until `shutdown` completes. The VMs keep running afterwards.
@@ -74,14 +82,32 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let agent = Agent::start(&config).await?;
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
-    let registration = config
-        .controller_url
-        .clone()
-        .map(|url| tokio::spawn(register::register_loop(agent.clone(), url)));
+    let mut background = Vec::new();
+    if let Some(url) = config.controller_url.clone() {
+        background.push(tokio::spawn(register::register_loop(
+            agent.clone(),
+            url.clone(),
+        )));
+        let outbox = std::sync::Arc::new(metering::outbox::Outbox::load(
+            agent.state_dir().join("usage-outbox.json"),
+        ));
+        background.push(tokio::spawn(metering::run(
+            agent.clone(),
+            outbox.clone(),
+            config.metering.clone(),
+        )));
+        background.push(tokio::spawn(metering::outbox::push_loop(
+            outbox,
+            url,
+            config.name.clone(),
+            config.token.clone(),
+            config.metering.interval,
+        )));
+    }
     let served = axum::serve(listener, router(agent.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
-    if let Some(task) = registration {
+    for task in background {
         task.abort();
     }
     agent.shutdown().await;

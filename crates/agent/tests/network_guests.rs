@@ -49,6 +49,8 @@ impl HostAgent {
             shared_storage: None,
             accelerator: Some(Accelerator::Tcg),
             probe_image: None,
+            overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
+            metering: Default::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = in_netns(&t.host_ns(i), move || {

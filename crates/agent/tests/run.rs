@@ -50,6 +50,8 @@ async fn run_serves_registers_and_stops() {
         shared_storage: None,
         accelerator: Some(Accelerator::Tcg),
         probe_image: None,
+        overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
+        metering: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {

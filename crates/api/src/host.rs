@@ -35,4 +35,36 @@ pub struct HostView {
     pub disk_gib_allocated: u64,
     pub instances: u32,
     pub last_seen: Option<DateTime<Utc>>,
+    /// Resident memory of the host's running VMs (their QEMU processes), in MiB, as last
+    /// measured; `None` before the first usage samples.
+    #[serde(default)]
+    pub memory_mib_used: Option<u64>,
+    /// Kernel same-page merging on the host; `None` where the kernel has none.
+    #[serde(default)]
+    pub ksm: Option<HostKsm>,
+}
+
+impl HostView {
+    /// vCPUs that may be allocated: physical CPUs x the vCPU allocation ratio.
+    pub fn vcpus_capacity(&self) -> u64 {
+        (f64::from(self.cpus) * self.cpu_allocation_ratio).floor() as u64
+    }
+
+    /// Memory that may be allocated: physical memory x the RAM allocation ratio.
+    pub fn memory_mib_capacity(&self) -> u64 {
+        (self.memory_mib as f64 * self.ram_allocation_ratio).floor() as u64
+    }
+}
+
+/// KSM on a host. The kernel's counters are machine-wide: hosts that are network namespaces
+/// of one machine report the same figures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostKsm {
+    /// KSM merges pages (`/sys/kernel/mm/ksm/run` is 1).
+    pub running: bool,
+    pub pages_shared: u64,
+    pub pages_sharing: u64,
+    pub pages_unshared: u64,
+    /// Memory saved by merging (`pages_sharing` x page size), in bytes.
+    pub saved_bytes: u64,
 }

@@ -17,11 +17,12 @@ pub mod project;
 pub mod quota;
 pub mod snapshot;
 pub mod token;
+pub mod usage;
 
 pub use audit::AuditEntry;
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
-pub use host::{HostState, HostView};
+pub use host::{HostKsm, HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
@@ -36,6 +37,7 @@ pub use snapshot::{
     CreateSnapshot, SnapshotDeleted, SnapshotFilter, SnapshotRestored, SnapshotState, SnapshotView,
 };
 pub use token::{CreateToken, CreatedToken, Role, TokenView};
+pub use usage::{InstanceUsage, UsageAmounts, UsageQuery, UsageReport};
 
 /// The operator's project: the bootstrap admin token's, unlimited unless an admin sets a quota.
 pub const DEFAULT_PROJECT: &str = "default";

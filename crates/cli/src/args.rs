@@ -18,7 +18,7 @@ pub struct Cli {
         value_enum,
         default_value = "table"
     )]
-    pub output: Output,
+    pub output: OutputArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,10 +40,30 @@ pub struct Connection {
     pub project: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     Table,
     Json,
+}
+
+/// `-o`: table, json, or csv (`nimbus usage` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    Table,
+    Json,
+    Csv,
+}
+
+impl OutputArg {
+    /// The format of commands that print tables or JSON.
+    pub fn plain(self) -> anyhow::Result<Output> {
+        match self {
+            OutputArg::Table => Ok(Output::Table),
+            OutputArg::Json => Ok(Output::Json),
+            OutputArg::Csv => anyhow::bail!("-o csv is only for `nimbus usage`; use -o json"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +104,9 @@ pub enum Command {
     /// The log of mutating API calls (admin).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Usage per instance and in total over a period (vCPU-seconds, CPU, memory, disk,
+    /// snapshots, network): `-o table|json|csv`.
+    Usage(UsageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +210,21 @@ pub enum AuditCmd {
     },
 }
 
+/// `nimbus usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this project [default: all the token may see].
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Start of the period: RFC 3339 (`2026-11-25T00:00:00Z`) or a time ago (`-1h`, `-30m`,
+    /// `-7d`) [default: 24 hours before --to].
+    #[arg(long, allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// End of the period (exclusive), same forms [default: now].
+    #[arg(long, allow_hyphen_values = true)]
+    pub to: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Where the database, tokens and host state live [default: /var/lib/nimbus as root,
@@ -228,6 +266,9 @@ pub struct UpArgs {
     /// Without it each host's disks are local and migration mirrors them.
     #[arg(long)]
     pub shared_storage: bool,
+    /// Seconds between two usage samples of a running VM (passed to every agent).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metering_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -286,6 +327,32 @@ pub struct AgentArgs {
     /// Force an accelerator instead of probing (kvm or tcg).
     #[arg(long, env = "NIMBUS_ACCEL")]
     pub accel: Option<String>,
+    /// vCPUs this host offers per physical CPU (overcommit) [default: the controller's].
+    #[arg(long)]
+    pub cpu_allocation_ratio: Option<f64>,
+    /// Memory this host offers per MiB of RAM [default: the controller's].
+    #[arg(long)]
+    pub ram_allocation_ratio: Option<f64>,
+    /// Turn kernel same-page merging on and tune it (`off`: leave the kernel's KSM settings
+    /// alone).
+    #[arg(long, value_enum, default_value = "on")]
+    pub ksm: OnOff,
+    /// Pages KSM scans per wake-up.
+    #[arg(long, default_value_t = 1000)]
+    pub ksm_pages_to_scan: u32,
+    /// Milliseconds KSM sleeps between scans.
+    #[arg(long, default_value_t = 20)]
+    pub ksm_sleep_ms: u32,
+    /// Seconds between two usage samples of a running VM.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metering_interval_secs: u64,
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,7 +43,10 @@ fn init_tracing(cli: &Cli) {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let out = cli.output;
+    if let Command::Usage(args) = cli.command {
+        return commands::usage::run(&cli.conn, cli.output, args).await;
+    }
+    let out = cli.output.plain()?;
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Controller(args) => commands::server::controller(args).await,
@@ -58,5 +61,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => commands::token::run(&cli.conn, out, cmd).await,
         Command::Quota(cmd) => commands::quota::run(&cli.conn, out, cmd).await,
         Command::Audit(cmd) => commands::audit::run(&cli.conn, out, cmd).await,
+        Command::Usage(args) => commands::usage::run(&cli.conn, cli.output, args).await,
     }
 }

@@ -9,7 +9,7 @@ use nimbus_api::{
     AuditEntry, ConsoleLog, CreateFlavor, CreateInstance, CreateProject, CreateToken, CreatedToken,
     ErrorBody, ErrorCode, ExecInstance, ExecOutput, FlavorView, HostView, ImageView, ImportImage,
     InstanceView, MigrateInstance, MigrationView, OperationView, ProjectView, QuotaLimits,
-    QuotaView, TokenView,
+    QuotaView, TokenView, UsageQuery, UsageReport,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -139,6 +139,11 @@ impl Client {
     }
 
     // Instances
+
+    /// Usage per instance and in total (`GET /v1/usage`).
+    pub async fn usage(&self, q: &UsageQuery) -> Result<UsageReport, ClientError> {
+        self.send(self.req(Method::GET, "/v1/usage").query(q)).await
+    }
 
     pub async fn list_instances(&self) -> Result<Vec<InstanceView>, ClientError> {
         self.get("/v1/instances").await

@@ -18,11 +18,17 @@ pub struct HostRecord {
     pub agent_version: String,
     /// Shared storage directory the host keeps disks in, if any.
     pub shared_storage: Option<String>,
+    /// Allocation ratios the host's agent asks for (`None`: the controller's default).
+    pub cpu_allocation_ratio: Option<f64>,
+    pub ram_allocation_ratio: Option<f64>,
+    /// The host's last KSM report, as JSON (the agent API's `KsmStats`).
+    pub ksm: Option<String>,
     pub last_seen: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
-                       qemu_version, agent_version, last_seen, shared_storage";
+                       qemu_version, agent_version, last_seen, shared_storage, \
+                       cpu_allocation_ratio, ram_allocation_ratio, ksm";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
@@ -37,6 +43,9 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         agent_version: r.try_get("agent_version")?,
         last_seen: time::parse(&r.try_get::<String, _>("last_seen")?)?,
         shared_storage: r.try_get("shared_storage")?,
+        cpu_allocation_ratio: r.try_get("cpu_allocation_ratio")?,
+        ram_allocation_ratio: r.try_get("ram_allocation_ratio")?,
+        ksm: r.try_get("ksm")?,
     })
 }
 
@@ -48,7 +57,8 @@ impl Store {
         let updated = sqlx::query(
             "UPDATE hosts SET agent_url = $1, cpus = $2, memory_mib = $3, disk_gib = $4, \
              accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8, \
-             shared_storage = $9 WHERE name = $10",
+             shared_storage = $9, cpu_allocation_ratio = $10, ram_allocation_ratio = $11, \
+             ksm = $12 WHERE name = $13",
         )
         .bind(&h.agent_url)
         .bind(h.cpus as i64)
@@ -59,6 +69,9 @@ impl Store {
         .bind(&h.agent_version)
         .bind(&now)
         .bind(h.shared_storage.clone())
+        .bind(h.cpu_allocation_ratio)
+        .bind(h.ram_allocation_ratio)
+        .bind(h.ksm.clone())
         .bind(&h.name)
         .execute(&self.pool)
         .await?;
@@ -66,7 +79,7 @@ impl Store {
             return Ok(());
         }
         sqlx::query(&format!(
-            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&h.name)
         .bind(&h.agent_url)
@@ -79,6 +92,9 @@ impl Store {
         .bind(&h.agent_version)
         .bind(&now)
         .bind(h.shared_storage.clone())
+        .bind(h.cpu_allocation_ratio)
+        .bind(h.ram_allocation_ratio)
+        .bind(h.ksm.clone())
         .bind(&now)
         .execute(&self.pool)
         .await

@@ -24,6 +24,7 @@ mod scope;
 mod snapshots;
 mod time;
 mod tokens;
+mod usage;
 
 pub use error::StoreError;
 pub use hosts::HostRecord;
@@ -35,6 +36,7 @@ pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
 pub use tokens::{NewToken, TokenRecord};
+pub use usage::{UsageRow, UsageTotals};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;

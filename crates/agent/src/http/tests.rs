@@ -24,6 +24,8 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         shared_storage: None,
         accelerator: Some(nimbus_agent_api::Accelerator::Tcg),
         probe_image: None,
+        overcommit: crate::overcommit::Overcommit::untouched(),
+        metering: Default::default(),
     }
 }
 

@@ -8,6 +8,7 @@
 //!                                     shared storage, an arrived migration)
 //! <state_dir>/vms/<id>/migration.json the VM's part in a migration (crate::migration::role)
 //! <state_dir>/vms/<id>/heartbeat.log  `<unix_ms_host> <line>` per heartbeat (rotated)
+//! <state_dir>/vms/<id>/meter.json     the open usage meter (crate::metering::meter)
 //! <state_dir>/vms/<id>/top.qcow2      once the VM has snapshots: a link to the disk layer the
 //!                                     guest writes into (see crate::snapshot::layers)
 //! <state_dir>/vms/<id>/snapshots/<sid>/ a snapshot's manifest (crate::snapshot::manifest)

@@ -116,6 +116,8 @@ pub struct VmHandle {
     last_beat: Arc<LastBeat>,
     exec_lock: tokio::sync::Mutex<()>,
     console_busy: Arc<AtomicBool>,
+    /// Set by [`VmHandle::kill`]: the VM is being deleted.
+    deleted: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -140,6 +142,7 @@ impl VmHandle {
             last_beat: last_beat.clone(),
             exec_lock: tokio::sync::Mutex::new(()),
             console_busy: Arc::default(),
+            deleted: AtomicBool::new(false),
             task: Mutex::new(None),
         });
         let (ready_tx, ready) = oneshot::channel();
@@ -169,6 +172,16 @@ impl VmHandle {
     /// The VM's directory.
     pub fn dir(&self) -> &VmDir {
         &self.dir
+    }
+
+    /// The VM is being deleted ([`VmHandle::kill`] was called).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Follows the persisted part of the status (closed when the actor ends).
+    pub fn subscribe(&self) -> watch::Receiver<CoreStatus> {
+        self.status.clone()
     }
 
     /// The current status, with live figures read now.
@@ -269,6 +282,7 @@ impl VmHandle {
     /// Kills QEMU and ends the actor, even if the actor is stuck: after a bounded wait the
     /// process named by the pid file is killed and the task aborted.
     pub async fn kill(&self) {
+        self.deleted.store(true, Ordering::Release);
         let (tx, rx) = oneshot::channel();
         let acked = self.priority.send(Priority::Kill(tx)).is_ok()
             && tokio::time::timeout(Duration::from_secs(15), rx)

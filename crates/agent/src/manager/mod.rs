@@ -130,6 +130,11 @@ impl Manager {
         self.lock().get(&id).cloned().ok_or(Error::NotFound(id))
     }
 
+    /// Every VM's handle.
+    pub fn handles(&self) -> Vec<Arc<VmHandle>> {
+        self.lock().values().cloned().collect()
+    }
+
     /// Status of every VM.
     pub fn list(&self) -> Vec<VmStatus> {
         let handles: Vec<_> = self.lock().values().cloned().collect();

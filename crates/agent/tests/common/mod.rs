@@ -35,6 +35,8 @@ impl TestAgent {
             shared_storage: None,
             accelerator: Some(Accelerator::Tcg),
             probe_image: None,
+            overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
+            metering: Default::default(),
         };
         let agent = Agent::start(&config).await.expect("agent starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -10,16 +10,8 @@ fn row(h: &HostView) -> Vec<String> {
         format!("{:?}", h.state).to_lowercase(),
         if h.enabled { "yes".into() } else { "no".into() },
         h.accelerator.clone(),
-        format!(
-            "{}/{}",
-            h.vcpus_allocated,
-            (h.cpus as f64 * h.cpu_allocation_ratio) as u64
-        ),
-        format!(
-            "{}/{}",
-            h.memory_mib_allocated,
-            (h.memory_mib as f64 * h.ram_allocation_ratio) as u64
-        ),
+        vcpus(h),
+        memory(h),
         format!(
             "{}/{}",
             h.disk_gib_allocated,
@@ -29,13 +21,50 @@ fn row(h: &HostView) -> Vec<String> {
     ]
 }
 
+/// Effective vCPU allocation: "6/32 (8 x 4.0)".
+fn vcpus(h: &HostView) -> String {
+    format!(
+        "{}/{} ({} x {:.1})",
+        h.vcpus_allocated,
+        h.vcpus_capacity(),
+        h.cpus,
+        h.cpu_allocation_ratio
+    )
+}
+
+/// Effective memory allocation: "1024/16384 MiB (16384 x 1.0)".
+fn memory(h: &HostView) -> String {
+    format!(
+        "{}/{} MiB ({} x {:.1})",
+        h.memory_mib_allocated,
+        h.memory_mib_capacity(),
+        h.memory_mib,
+        h.ram_allocation_ratio
+    )
+}
+
+/// KSM: "on, 1200 pages shared by 4800, 18.8 MiB saved".
+fn ksm(h: &HostView) -> String {
+    match &h.ksm {
+        None => "not available".into(),
+        Some(k) => format!(
+            "{}, {} pages shared by {} (unshared {}), {:.1} MiB saved (machine-wide)",
+            if k.running { "on" } else { "off" },
+            k.pages_shared,
+            k.pages_sharing,
+            k.pages_unshared,
+            k.saved_bytes as f64 / (1u64 << 20) as f64
+        ),
+    }
+}
+
 const HEADERS: &[&str] = &[
     "name",
     "state",
     "enabled",
     "accel",
     "vcpus",
-    "memory_mib",
+    "memory",
     "disk_gib",
     "instances",
 ];
@@ -51,19 +80,12 @@ fn show(out: Output, h: &HostView) -> anyhow::Result<()> {
                 ("agent", h.agent_url.clone()),
                 ("accelerator", h.accelerator.clone()),
                 ("qemu", h.qemu_version.clone()),
+                ("vcpus", vcpus(h)),
+                ("memory", memory(h)),
                 (
-                    "cpus",
-                    format!(
-                        "{} (ratio {}, {} vCPUs allocated)",
-                        h.cpus, h.cpu_allocation_ratio, h.vcpus_allocated
-                    ),
-                ),
-                (
-                    "memory_mib",
-                    format!(
-                        "{} (ratio {}, {} allocated)",
-                        h.memory_mib, h.ram_allocation_ratio, h.memory_mib_allocated
-                    ),
+                    "memory_used",
+                    h.memory_mib_used
+                        .map_or_else(|| "-".into(), |m| format!("{m} MiB (QEMU RSS)")),
                 ),
                 (
                     "disk_gib",
@@ -72,6 +94,7 @@ fn show(out: Output, h: &HostView) -> anyhow::Result<()> {
                         h.disk_gib, h.disk_allocation_ratio, h.disk_gib_allocated
                     ),
                 ),
+                ("ksm", ksm(h)),
                 ("instances", h.instances.to_string()),
                 ("last_seen", output::opt(&h.last_seen)),
             ]);

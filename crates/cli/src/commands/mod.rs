@@ -12,6 +12,7 @@ pub mod quota;
 pub mod server;
 pub mod snapshot;
 pub mod token;
+pub mod usage;
 
 use crate::args::{Output, WaitArgs};
 use crate::{output, progress};

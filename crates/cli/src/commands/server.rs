@@ -1,8 +1,10 @@
 //! `nimbus controller` and `nimbus agent`: the parts of the cloud, run separately.
 
-use crate::args::{AgentArgs, ControllerArgs, StrategyArg};
+use crate::args::{AgentArgs, ControllerArgs, OnOff, StrategyArg};
 use crate::context::default_data_dir;
 use anyhow::{bail, Context};
+use nimbus_agent::metering::MeteringConfig;
+use nimbus_agent::overcommit::{KsmConfig, Overcommit};
 use nimbus_agent::{Accelerator, AgentConfig};
 use nimbus_controller::ControllerConfig;
 use nimbus_scheduler::{AllocationRatios, Strategy};
@@ -94,6 +96,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         shared_storage: args.shared_storage,
         accelerator: parse_accel(args.accel.as_deref())?,
         probe_image: nimbus_agent::default_probe_image(),
+        overcommit: Overcommit {
+            cpu_allocation_ratio: args.cpu_allocation_ratio,
+            ram_allocation_ratio: args.ram_allocation_ratio,
+            ksm: KsmConfig {
+                manage: args.ksm == OnOff::On,
+                pages_to_scan: args.ksm_pages_to_scan,
+                sleep_millisecs: args.ksm_sleep_ms,
+            },
+        },
+        metering: MeteringConfig {
+            interval: std::time::Duration::from_secs(args.metering_interval_secs),
+        },
     };
     nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
 }

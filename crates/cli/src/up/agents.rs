@@ -22,6 +22,8 @@ pub struct AgentsPlan {
     pub accel: Option<String>,
     /// Shared storage directory every agent keeps instance disks in.
     pub shared_storage: Option<PathBuf>,
+    /// Seconds between usage samples.
+    pub metering_interval_secs: u64,
 }
 
 /// Supervises the agents until stopped.
@@ -68,6 +70,8 @@ impl Supervisor {
                 plan.controller_url.clone(),
                 "--state-dir".into(),
                 state_dir.display().to_string(),
+                "--metering-interval-secs".into(),
+                plan.metering_interval_secs.to_string(),
             ]);
             if let Some(a) = &plan.accel {
                 args.extend(["--accel".into(), a.clone()]);

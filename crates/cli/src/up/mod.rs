@@ -91,6 +91,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         token,
         accel: args.accel.clone(),
         shared_storage: shared_storage.clone(),
+        metering_interval_secs: args.metering_interval_secs,
     })?;
 
     let local = LocalCloud {

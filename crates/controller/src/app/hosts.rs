@@ -2,9 +2,9 @@
 
 use crate::app::{App, AppError};
 use chrono::Utc;
-use nimbus_agent_api::{NetworkConfig, RegisterHost, RegisterResponse};
-use nimbus_api::{validate_name, HostState, HostView};
-use nimbus_scheduler::{HostCapacity, Resources};
+use nimbus_agent_api::{KsmStats, NetworkConfig, RegisterHost, RegisterResponse};
+use nimbus_api::{validate_name, HostKsm, HostState, HostView};
+use nimbus_scheduler::{AllocationRatios, HostCapacity, Resources};
 use nimbus_store::HostRecord;
 
 /// A host whose agent has not reported for this long is `down`.
@@ -32,6 +32,9 @@ impl App {
             qemu_version: inv.qemu_version.clone(),
             agent_version: inv.agent_version.clone(),
             shared_storage: inv.shared_storage.clone(),
+            cpu_allocation_ratio: inv.cpu_allocation_ratio,
+            ram_allocation_ratio: inv.ram_allocation_ratio,
+            ksm: inv.ksm.and_then(|k| serde_json::to_string(&k).ok()),
             last_seen: Utc::now(),
         };
         self.store().upsert_host(&rec).await?;
@@ -76,20 +79,33 @@ impl App {
                         memory_mib: a.memory_mib,
                         disk_gib: a.disk_gib,
                     },
-                    ratios: self.config().ratios,
+                    ratios: self.ratios_of(h),
                 }
             })
             .collect())
     }
 
+    /// The allocation ratios of a host: its agent's, else the controller's defaults.
+    pub fn ratios_of(&self, h: &HostRecord) -> AllocationRatios {
+        let default = self.config().ratios;
+        AllocationRatios {
+            cpu: h.cpu_allocation_ratio.unwrap_or(default.cpu),
+            ram: h.ram_allocation_ratio.unwrap_or(default.ram),
+            disk: default.disk,
+        }
+    }
+
     pub async fn list_hosts(&self) -> Result<Vec<HostView>, AppError> {
         let hosts = self.store().list_hosts().await?;
         let alloc = self.store().allocations().await?;
-        let r = self.config().ratios;
+        let rss = self.host_rss_bytes().await?;
         Ok(hosts
             .into_iter()
             .map(|h| {
                 let a = alloc.get(&h.name).copied().unwrap_or_default();
+                let r = self.ratios_of(&h);
+                let ksm = h.ksm.as_deref().and_then(ksm_view);
+                let memory_mib_used = rss.get(&h.name).map(|b| b >> 20);
                 HostView {
                     state: if is_up(&h) {
                         HostState::Up
@@ -112,6 +128,8 @@ impl App {
                     disk_gib_allocated: a.disk_gib,
                     instances: a.instances,
                     last_seen: Some(h.last_seen),
+                    memory_mib_used,
+                    ksm,
                 }
             })
             .collect())
@@ -157,6 +175,18 @@ impl App {
         self.store().set_host_enabled(name, enabled).await?;
         self.get_host(name).await
     }
+}
+
+/// The API's view of a host's stored KSM report.
+fn ksm_view(json: &str) -> Option<HostKsm> {
+    let k: KsmStats = serde_json::from_str(json).ok()?;
+    Some(HostKsm {
+        running: k.run == 1,
+        pages_shared: k.pages_shared,
+        pages_sharing: k.pages_sharing,
+        pages_unshared: k.pages_unshared,
+        saved_bytes: k.saved_bytes(),
+    })
 }
 
 /// The host part of an agent URL (`http://10.249.0.11:7701` -> `10.249.0.11`).

@@ -15,9 +15,11 @@ pub mod network;
 pub mod operations;
 pub mod projects;
 pub mod quotas;
+pub mod scaling;
 pub mod snapshots;
 pub mod throttle;
 pub mod tokens;
+pub mod usage;
 
 pub use auth::Caller;
 pub use error::AppError;

@@ -17,6 +17,7 @@ mod operations;
 mod projects;
 mod snapshots;
 mod tokens;
+mod usage;
 
 pub use error::ApiError;
 
@@ -79,7 +80,9 @@ pub fn router(app: App) -> Router {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{token}", axum::routing::delete(tokens::revoke))
         .route("/audit", get(audit_log::list))
+        .route("/usage", get(usage::report))
         .route("/internal/hosts/register", post(internal::register_host))
+        .route("/internal/usage/samples", post(internal::usage_samples))
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -3,7 +3,7 @@
 
 use super::{
     audit_log, flavors, hosts, images, instances, migrations, operations, projects, snapshots,
-    tokens,
+    tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         projects::show_quota, projects::set_quota,
         tokens::list, tokens::create, tokens::revoke,
         audit_log::list,
+        usage::report,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth),

@@ -100,6 +100,9 @@ pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
             qemu_version: "10.0.2".into(),
             agent_version: "test".into(),
             shared_storage: None,
+            cpu_allocation_ratio: None,
+            ram_allocation_ratio: None,
+            ksm: None,
         },
     };
     let body = serde_json::to_string(&reg).expect("json");

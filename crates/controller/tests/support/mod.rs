@@ -215,6 +215,9 @@ impl Cloud {
                     qemu_version: "10.0.2".into(),
                     agent_version: "test".into(),
                     shared_storage: None,
+                    cpu_allocation_ratio: None,
+                    ram_allocation_ratio: None,
+                    ksm: None,
                 },
             })
             .await
