@@ -142,6 +142,9 @@ async fn snapshots_restore_branch_delete_clone() {
     );
     // S2 a moment later: it shares most memory with S1.
     let s2 = snapshot(&c, id, true).await;
+    let dir = nimbus_agent::instance::files::VmDir::new(vm_dir.clone());
+    let held = nimbus_agent::snapshot::stored_bytes_of(&dir);
+    assert!(held > 60 << 20, "snapshots hold {held} bytes (metered)");
 
     // Restore S1: the file is gone, the counter resumes from about its S1 value.
     restore(&c, id, s1).await;
@@ -267,6 +270,7 @@ async fn snapshots_restore_branch_delete_clone() {
         c.delete_snapshot(id, sid).await.expect("delete");
     }
     assert_eq!(files_under(&vm_dir.join("snapshots")), Vec::<String>::new());
+    assert_eq!(nimbus_agent::snapshot::stored_bytes_of(&dir), 0);
     c.delete_vm(clone_id).await.expect("delete clone");
     let chunk_dirs = files_under(&state_dir.join("chunks"));
     let chunks: usize = chunk_dirs

@@ -29,7 +29,7 @@ use crate::instance::files::{read_json, write_json};
 use crate::instance::state::CoreStatus;
 use crate::instance::VmHandle;
 use meter::{MeterState, Occasion, VmView};
-use nimbus_agent_api::VmRunState;
+use nimbus_agent_api::{MeterKind, VmRunState};
 use outbox::Outbox;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -67,11 +67,14 @@ pub struct VmMeters {
     /// While the VM (its disk) is here.
     #[serde(default)]
     pub disk: DiskMeter,
+    /// While the VM has snapshots here: the bytes they hold.
+    #[serde(default)]
+    pub snapshots: DiskMeter,
 }
 
 impl VmMeters {
     fn is_closed(&self) -> bool {
-        self.compute.open.is_none() && self.disk.open.is_none()
+        self.compute.open.is_none() && self.disk.open.is_none() && self.snapshots.open.is_none()
     }
 }
 
@@ -158,6 +161,13 @@ fn step(
     let disk = disk_view_of(handle, core, &view);
     let bytes = handle.dir().disk_allocated_bytes();
     samples.extend(state.disk.observe(&disk, bytes, now, occasion));
+    let held = crate::snapshot::stored_bytes_of(handle.dir());
+    let snapshots = DiskView {
+        kind: MeterKind::Snapshot,
+        present: disk.present && held > 0,
+        ..disk
+    };
+    samples.extend(state.snapshots.observe(&snapshots, held, now, occasion));
     if *state != before {
         persist(path, state);
     }
@@ -208,6 +218,7 @@ fn view_of(handle: &VmHandle, core: &CoreStatus) -> VmView {
 /// waits for an incoming migration, or migrated away (then ending at the switch-over).
 fn disk_view_of(handle: &VmHandle, core: &CoreStatus, vm: &VmView) -> DiskView {
     DiskView {
+        kind: MeterKind::Disk,
         instance_id: vm.instance_id,
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,

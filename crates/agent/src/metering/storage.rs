@@ -1,5 +1,5 @@
-//! The disk meter of one VM on this host: the allocated size of its instance disk, sampled
-//! while the VM is defined here, running or not.
+//! The storage meters of one VM on this host: the allocated size of its instance disk, and
+//! the bytes its snapshots hold, sampled while the VM is defined here, running or not.
 //!
 //! ```text
 //!   (none) --VM defined here (not waiting for a migration, not migrated away)--> open
@@ -11,9 +11,11 @@ use nimbus_agent_api::{MeterKind, UsageSample};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// What the disk meter needs of the VM.
+/// What a storage meter needs of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskView {
+    /// [`MeterKind::Disk`] or [`MeterKind::Snapshot`].
+    pub kind: MeterKind,
     pub instance_id: Uuid,
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -105,7 +107,7 @@ fn sample(vm: &DiskView, open: &OpenDisk, last: bool) -> UsageSample {
     UsageSample {
         meter_id: open.meter_id,
         seq: open.next_seq,
-        kind: MeterKind::Disk,
+        kind: vm.kind,
         instance_id: vm.instance_id,
         started_unix_ms: open.started_ms,
         sampled_unix_ms: at_ms,
@@ -129,6 +131,7 @@ mod tests {
 
     fn vm(present: bool) -> DiskView {
         DiskView {
+            kind: MeterKind::Disk,
             instance_id: Uuid::nil(),
             vcpus: 1,
             memory_mib: 256,

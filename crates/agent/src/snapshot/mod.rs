@@ -93,6 +93,17 @@ impl SnapshotStore {
     }
 }
 
+/// Bytes the snapshots of the VM in `vm` hold on this host, as metered: each snapshot's disk
+/// layer as it is now plus the memory chunks it added when taken (chunks shared with a later
+/// snapshot stay with the one that stored them first).
+pub fn stored_bytes_of(vm: &VmDir) -> u64 {
+    manifest::all(vm)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| layers::allocated_bytes(&m.disk.path) + m.result.memory_new_bytes)
+        .sum()
+}
+
 /// Runs file work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
