@@ -83,7 +83,10 @@ impl Actor {
             memory::set_background(&qmp, true).await?;
         }
         let old_top = self.dir.top_disk();
+        let t0 = std::time::Instant::now();
+        let mut phases = Vec::new();
         qmp.stop().await?;
+        phases.push(("stop", t0.elapsed()));
         // Inside the pause. The link first: after a crash here a relaunch finds the old
         // layer under the new, empty one, which is the same disk.
         let frozen = async {
@@ -95,12 +98,15 @@ impl Actor {
             failpoint::check("take.in_pause")?;
             if let Some(stream) = &plan.stream {
                 memory::start_background(&qmp, stream).await?;
+                phases.push(("memory write-protected", t0.elapsed()));
             }
             Ok(())
         }
         .await;
         let resumed = qmp.cont().await;
+        phases.push(("cont", t0.elapsed()));
         let pause_ms = memory::pause_from_events(&mut events).await;
+        tracing::info!(?phases, pause_ms, "snapshot pause");
         resumed?;
         if let Err(e) = frozen {
             if !layers::same_file(&self.dir.top_disk(), &plan.new_top.path) {
