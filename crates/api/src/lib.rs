@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod flavor;
+pub mod group;
 pub mod host;
 pub mod image;
 pub mod instance;
@@ -15,6 +16,10 @@ pub mod operation;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
+pub use group::{
+    CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
+    UpdateGroup,
+};
 pub use host::{HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{

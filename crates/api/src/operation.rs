@@ -16,6 +16,8 @@ pub enum OperationKind {
     InstanceDelete,
     InstanceMigrate,
     HostDrain,
+    /// Deletes a scaling group: its members through their delete operations, then the group.
+    GroupDelete,
 }
 
 impl OperationKind {
@@ -28,6 +30,7 @@ impl OperationKind {
             OperationKind::InstanceDelete => "instance_delete",
             OperationKind::InstanceMigrate => "instance_migrate",
             OperationKind::HostDrain => "host_drain",
+            OperationKind::GroupDelete => "group_delete",
         }
     }
 
@@ -40,6 +43,7 @@ impl OperationKind {
             "instance_delete" => OperationKind::InstanceDelete,
             "instance_migrate" => OperationKind::InstanceMigrate,
             "host_drain" => OperationKind::HostDrain,
+            "group_delete" => OperationKind::GroupDelete,
             _ => return None,
         })
     }

@@ -25,6 +25,8 @@ pub struct InstanceRecord {
     /// Address on the cloud network, with prefix (e.g. `10.200.0.10/16`).
     pub ip: Option<String>,
     pub mac: Option<String>,
+    /// The scaling group it is a member of.
+    pub group_id: Option<Uuid>,
     /// The operation acting on it; at most one at a time.
     pub operation_id: Option<Uuid>,
     /// Bumped by every change (compare-and-swap token).
@@ -70,13 +72,15 @@ pub struct NewInstance {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    /// The scaling group it is created for, if any.
+    pub group_id: Option<Uuid>,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
 }
 
-fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
+pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
     let state: String = r.try_get("state")?;
     Ok(InstanceRecord {
         id: parse_uuid(&r.try_get::<String, _>("id")?)?,
@@ -93,6 +97,11 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
         reason: r.try_get("reason")?,
         ip: r.try_get("ip")?,
         mac: r.try_get("mac")?,
+        group_id: r
+            .try_get::<Option<String>, _>("group_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
         operation_id: r
             .try_get::<Option<String>, _>("operation_id")?
             .as_deref()
@@ -128,8 +137,8 @@ impl Store {
         })?;
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
-             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14)",
+             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -145,6 +154,7 @@ impl Store {
         .bind(&now)
         .bind(&ip)
         .bind(&mac)
+        .bind(new.group_id.map(|g| g.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -163,7 +173,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("instance", id.to_string()))?;
-        from_row(&row)
+        instance_from_row(&row)
     }
 
     /// Finds an instance of `project` by id or by name.
@@ -183,7 +193,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::not_found("instance", id_or_name))?;
-        from_row(&row)
+        instance_from_row(&row)
     }
 
     /// Instances of a project (all projects when `None`), by creation time.
@@ -204,7 +214,7 @@ impl Store {
                     .await?
             }
         };
-        rows.iter().map(from_row).collect()
+        rows.iter().map(instance_from_row).collect()
     }
 
     /// Sets the state (and reason) of an instance.
@@ -358,6 +368,7 @@ mod tests {
                 vcpus: 1,
                 memory_mib: 512,
                 disk_gib: 2,
+                group_id: None,
             },
             NewOperation {
                 id: Uuid::new_v4(),

@@ -8,6 +8,8 @@
 
 mod error;
 mod flavors;
+mod group_events;
+mod groups;
 mod hosts;
 mod images;
 mod instances;
@@ -18,6 +20,8 @@ mod time;
 mod tokens;
 
 pub use error::StoreError;
+pub use group_events::NewGroupEvent;
+pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use hosts::HostRecord;
 pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
