@@ -10,6 +10,9 @@ use nimbus_api::{ErrorBody, ErrorCode, FlavorView};
 use nimbus_controller::{http::router, App, ControllerConfig};
 use tower::ServiceExt;
 
+#[path = "api/groups.rs"]
+mod groups;
+
 struct Fixture {
     app: App,
     token: String,

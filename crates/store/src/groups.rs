@@ -305,6 +305,23 @@ impl Store {
         Ok(())
     }
 
+    /// Makes a group being deleted active again (a cancelled delete).
+    pub async fn reactivate_group(&self, id: Uuid) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE scaling_groups SET state = $1, generation = generation + 1, updated_at = $2 \
+             WHERE id = $3",
+        )
+        .bind(GROUP_ACTIVE)
+        .bind(time::now())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::not_found("group", id.to_string()));
+        }
+        Ok(())
+    }
+
     /// Removes the group and its events (the last step of its delete; members must be gone).
     pub async fn delete_group_row(&self, id: Uuid) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;

@@ -5,12 +5,14 @@ pub mod auth;
 pub mod bootstrap;
 pub mod error;
 pub mod flavors;
+pub mod groups;
 pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod migrations;
 pub mod network;
 pub mod operations;
+pub mod scaling;
 
 pub use auth::Caller;
 pub use error::AppError;
@@ -36,6 +38,8 @@ struct Inner {
     placement: tokio::sync::Mutex<()>,
     /// Operations this controller is running now (so a resume does not start them twice).
     running_ops: Mutex<HashSet<Uuid>>,
+    /// Per-instance CPU use for scaling groups (see `scaling::CpuSource`).
+    cpu: Arc<dyn scaling::CpuSource>,
 }
 
 impl App {
@@ -48,12 +52,18 @@ impl App {
                 store,
                 placement: tokio::sync::Mutex::new(()),
                 running_ops: Mutex::new(HashSet::new()),
+                cpu: Arc::new(scaling::AgentCpu::default()),
             }),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where scaling groups get their members' CPU use.
+    pub fn cpu(&self) -> &dyn scaling::CpuSource {
+        self.inner.cpu.as_ref()
     }
 
     pub fn config(&self) -> &ControllerConfig {

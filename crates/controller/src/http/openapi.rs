@@ -1,7 +1,7 @@
 //! The OpenAPI document of `/v1`. A committed copy lives in `docs/openapi.json`; a test fails
 //! when it is stale.
 
-use super::{flavors, hosts, images, instances, migrations, operations};
+use super::{flavors, groups, hosts, images, instances, migrations, operations};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         hosts::list, hosts::show, hosts::enable, hosts::disable,
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,
+        groups::list, groups::create, groups::show, groups::update, groups::delete,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -1,0 +1,344 @@
+//! The decision logic on recorded CPU series (no VM).
+
+use super::members::{converge, steady_average, unhealthy, MemberObs, HEARTBEAT_TIMEOUT_MS};
+use super::policy::{cooldown_left, decide, Decision, PolicyInput};
+use super::window::{CpuWindow, Sample};
+use chrono::{Duration, TimeZone, Utc};
+use nimbus_api::{InstanceState, PolicyKind, ScalingStep, StepBound};
+use uuid::Uuid;
+
+/// Cumulative CPU time (ms) of a 1-vCPU TCG guest's QEMU, sampled every 3 s: idle for 30 s
+/// (heartbeat and timer ticks, ~4%), then `burn-cpu` from t=30 s (~93%; the host's other
+/// work takes the rest).
+const RECORDED_MS: [(f64, u64); 21] = [
+    (0.0, 41_200),
+    (3.0, 41_330),
+    (6.0, 41_440),
+    (9.0, 41_570),
+    (12.0, 41_690),
+    (15.0, 41_800),
+    (18.0, 41_930),
+    (21.0, 42_050),
+    (24.0, 42_160),
+    (27.0, 42_290),
+    (30.0, 42_400),
+    (33.0, 45_180),
+    (36.0, 47_990),
+    (39.0, 50_760),
+    (42.0, 53_560),
+    (45.0, 56_330),
+    (48.0, 59_130),
+    (51.0, 61_920),
+    (54.0, 64_700),
+    (57.0, 67_490),
+    (60.0, 70_280),
+];
+
+fn window_until(t: f64) -> CpuWindow {
+    let mut w = CpuWindow::default();
+    for (at, ms) in RECORDED_MS.iter().filter(|(at, _)| *at <= t) {
+        w.push(
+            Sample {
+                at_secs: *at,
+                cpu_ns: ms * 1_000_000,
+            },
+            3600.0,
+        );
+    }
+    w
+}
+
+fn target(desired: u32, measured: u32, avg: f64) -> PolicyInput<'static> {
+    PolicyInput {
+        kind: PolicyKind::TargetTracking,
+        steps: &[],
+        target_cpu: 60,
+        min: 1,
+        max: 6,
+        desired,
+        measured,
+        avg_cpu: avg,
+        window_secs: 60,
+    }
+}
+
+fn change(d: Decision) -> (u32, i32, String) {
+    match d {
+        Decision::Change {
+            desired,
+            delta,
+            reason,
+        } => (desired, delta, reason),
+        Decision::Hold { reason } => panic!("expected a change, got hold: {reason}"),
+    }
+}
+
+fn holds(d: &Decision) -> bool {
+    matches!(d, Decision::Hold { .. })
+}
+
+#[test]
+fn window_average_of_the_recorded_series() {
+    let idle = window_until(27.0).percent(15.0, 1).expect("covered");
+    assert!((3.0..6.0).contains(&idle), "idle {idle}");
+    let busy = window_until(60.0).percent(15.0, 1).expect("covered");
+    assert!((90.0..96.0).contains(&busy), "busy {busy}");
+    // Half load and half idle over the 60 s window.
+    let mixed = window_until(60.0).percent(60.0, 1).expect("covered");
+    assert!((45.0..52.0).contains(&mixed), "mixed {mixed}");
+    // Two vCPUs: the same CPU time is half the use.
+    let two = window_until(60.0).percent(15.0, 2).expect("covered");
+    assert!((busy / 2.0 - two).abs() < 0.01);
+}
+
+#[test]
+fn window_needs_coverage_and_restarts_with_a_new_qemu() {
+    assert_eq!(
+        window_until(6.0).percent(60.0, 1),
+        None,
+        "6 s of a 60 s window"
+    );
+    assert!(window_until(45.0).percent(60.0, 1).is_some(), "45 s is 75%");
+    let mut w = window_until(60.0);
+    // A new QEMU process starts counting from zero.
+    w.push(
+        Sample {
+            at_secs: 63.0,
+            cpu_ns: 200_000_000,
+        },
+        3600.0,
+    );
+    assert_eq!(w.percent(10.0, 1), None);
+    w.push(
+        Sample {
+            at_secs: 73.0,
+            cpu_ns: 700_000_000,
+        },
+        3600.0,
+    );
+    let p = w.percent(10.0, 1).expect("covered");
+    assert!((p - 5.0).abs() < 0.01, "{p}");
+}
+
+#[test]
+fn the_burst_of_the_recorded_series_scales_out() {
+    let busy = window_until(60.0).percent(15.0, 1).expect("covered");
+    let (desired, delta, reason) = change(decide(&PolicyInput {
+        window_secs: 15,
+        ..target(1, 1, busy)
+    }));
+    assert_eq!((desired, delta), (2, 1));
+    assert_eq!(
+        reason,
+        format!("avg CPU {busy:.0}% over 15 s > 60% target: +1")
+    );
+    let idle = window_until(27.0).percent(15.0, 1).expect("covered");
+    assert!(holds(&decide(&target(1, 1, idle))), "idle at min 1 holds");
+}
+
+#[test]
+fn target_tracking_maths_and_reasons() {
+    let (desired, delta, reason) = change(decide(&target(2, 2, 91.0)));
+    assert_eq!((desired, delta), (4, 2));
+    assert_eq!(reason, "avg CPU 91% over 60 s > 60% target: +2");
+    let (desired, delta, reason) = change(decide(&target(4, 4, 20.0)));
+    assert_eq!((desired, delta), (2, -2), "ceil(4 x 20 / 60) = 2");
+    assert_eq!(reason, "avg CPU 20% over 60 s < 60% target: -2");
+    // Capped at max, kept at min.
+    let (desired, _, reason) = change(decide(&target(3, 3, 100.0)));
+    assert_eq!(desired, 5);
+    let (desired, _, reason2) = change(decide(&PolicyInput {
+        max: 4,
+        ..target(3, 3, 100.0)
+    }));
+    assert_eq!(desired, 4);
+    assert!(
+        reason2.ends_with("+1 (capped at max 4)"),
+        "{reason2} / {reason}"
+    );
+    let (desired, _, reason) = change(decide(&PolicyInput {
+        min: 2,
+        ..target(4, 4, 1.0)
+    }));
+    assert_eq!(desired, 2);
+    assert!(reason.ends_with("-2 (kept at min 2)"), "{reason}");
+}
+
+#[test]
+fn dead_band_and_limits_hold() {
+    for avg in [55.0, 60.0, 65.0] {
+        assert!(
+            holds(&decide(&target(2, 2, avg))),
+            "{avg}% is within the band"
+        );
+    }
+    // Below the band but removing one would put the rest over the target.
+    assert!(holds(&decide(&target(2, 2, 50.0))));
+    assert!(holds(&decide(&PolicyInput {
+        max: 2,
+        ..target(2, 2, 99.0)
+    })));
+    let Decision::Hold { reason } = decide(&target(1, 1, 2.0)) else {
+        panic!("at min");
+    };
+    assert!(reason.contains("already at min 1"), "{reason}");
+    assert!(holds(&decide(&target(1, 0, 0.0))), "nothing measured");
+}
+
+#[test]
+fn a_constant_load_settles_without_flapping() {
+    // 1.4 CPUs of work spread over the members (each can use at most 100%).
+    let load = 1.4;
+    let mut desired = 1;
+    let mut history = vec![desired];
+    for _ in 0..10 {
+        let avg = (100.0 * load / f64::from(desired)).min(100.0);
+        if let Decision::Change { desired: d, .. } = decide(&target(desired, desired, avg)) {
+            desired = d;
+        }
+        history.push(desired);
+    }
+    assert_eq!(history[2..], [3; 9], "{history:?}");
+}
+
+#[test]
+fn a_refused_scale_out_does_not_grow_desired_further() {
+    // desired 3, only 2 could be created: the policy works from the 2 measured.
+    assert!(holds(&decide(&target(3, 2, 80.0))), "ceil(2 x 80 / 60) = 3");
+    let (desired, ..) = change(decide(&target(3, 2, 10.0)));
+    assert_eq!(desired, 1);
+}
+
+#[test]
+fn step_policy() {
+    let steps = [
+        ScalingStep {
+            bound: StepBound::Above,
+            cpu: 70,
+            change: 1,
+        },
+        ScalingStep {
+            bound: StepBound::Above,
+            cpu: 85,
+            change: 3,
+        },
+        ScalingStep {
+            bound: StepBound::Below,
+            cpu: 20,
+            change: -1,
+        },
+    ];
+    let p = |desired, avg| PolicyInput {
+        kind: PolicyKind::Step,
+        steps: &steps,
+        ..target(desired, desired, avg)
+    };
+    let (desired, _, reason) = change(decide(&p(2, 75.0)));
+    assert_eq!(desired, 3);
+    assert_eq!(reason, "avg CPU 75% over 60 s > 70% step: +1");
+    assert_eq!(change(decide(&p(2, 90.0))).0, 5);
+    assert_eq!(change(decide(&p(2, 90.0))).1, 3);
+    let (desired, _, reason) = change(decide(&p(3, 10.0)));
+    assert_eq!(desired, 2);
+    assert_eq!(reason, "avg CPU 10% over 60 s < 20% step: -1");
+    assert!(holds(&decide(&p(3, 50.0))));
+    assert!(holds(&decide(&p(1, 5.0))), "at min");
+}
+
+#[test]
+fn cooldown() {
+    assert_eq!(cooldown_left(None, 60), None);
+    assert_eq!(cooldown_left(Some(45.0), 60), Some(15.0));
+    assert_eq!(cooldown_left(Some(60.0), 60), None);
+}
+
+fn member(n: u32, state: InstanceState) -> MemberObs {
+    MemberObs {
+        id: Uuid::new_v4(),
+        name: format!("web-{n}"),
+        state,
+        reason: None,
+        busy: false,
+        placed: true,
+        created_at: Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("time")
+            + Duration::seconds(i64::from(n)),
+        heartbeat_age_ms: Some(1_000),
+        cpu_percent: Some(50.0),
+    }
+}
+
+#[test]
+fn unhealthy_members() {
+    let mut m = member(1, InstanceState::Error);
+    m.reason = Some("QEMU exited: killed".into());
+    assert_eq!(
+        unhealthy(&m).as_deref(),
+        Some("it is in error: QEMU exited: killed")
+    );
+    m.busy = true;
+    assert_eq!(unhealthy(&m), None, "an operation owns it");
+    let mut m = member(2, InstanceState::Running);
+    assert_eq!(unhealthy(&m), None);
+    m.heartbeat_age_ms = Some(HEARTBEAT_TIMEOUT_MS + 5_000);
+    assert_eq!(
+        unhealthy(&m).as_deref(),
+        Some("its guest sent no heartbeat for 35 s")
+    );
+    m.heartbeat_age_ms = None;
+    assert_eq!(
+        unhealthy(&m),
+        None,
+        "images without a heartbeat are not judged by it"
+    );
+    assert!(unhealthy(&member(3, InstanceState::Stopped)).is_some());
+    assert_eq!(unhealthy(&member(4, InstanceState::Building)), None);
+}
+
+#[test]
+fn convergence_counts_what_the_store_holds() {
+    let mut building = member(3, InstanceState::Building);
+    building.busy = true;
+    let mut deleting = member(4, InstanceState::Deleting);
+    deleting.busy = true;
+    let members = vec![
+        member(1, InstanceState::Running),
+        member(2, InstanceState::Error),
+        building.clone(),
+        deleting,
+    ];
+    // Counted: web-1 and web-3 (still building); web-2 is replaced, web-4 is going.
+    let c = converge(3, &members);
+    assert_eq!((c.create, c.remove.len()), (1, 0));
+    assert_eq!(converge(2, &members).create, 0);
+    // Scale-in removes the newest idle member; a member being built waits.
+    let c = converge(1, &members);
+    assert_eq!((c.create, c.remove.clone()), (0, vec![members[0].id]));
+    let c = converge(0, &members);
+    assert_eq!(c.remove, vec![members[0].id]);
+    let idle = vec![
+        member(1, InstanceState::Running),
+        member(2, InstanceState::Running),
+        member(3, InstanceState::Running),
+    ];
+    assert_eq!(converge(1, &idle).remove, vec![idle[2].id, idle[1].id]);
+}
+
+#[test]
+fn the_policy_waits_for_a_steady_group() {
+    let mut a = member(1, InstanceState::Running);
+    let b = member(2, InstanceState::Running);
+    a.cpu_percent = Some(90.0);
+    assert_eq!(steady_average(2, &[a.clone(), b.clone()]), Some((2, 70.0)));
+    assert_eq!(steady_average(3, &[a.clone(), b.clone()]), Some((2, 70.0)));
+    assert_eq!(steady_average(1, &[a.clone(), b.clone()]), None);
+    let mut booting = b.clone();
+    booting.state = InstanceState::Building;
+    booting.busy = true;
+    assert_eq!(steady_average(2, &[a.clone(), booting]), None);
+    let mut unmeasured = b;
+    unmeasured.cpu_percent = None;
+    assert_eq!(steady_average(2, &[a, unmeasured]), None);
+}
