@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod flavor;
+pub mod group;
 pub mod host;
 pub mod image;
 pub mod instance;
