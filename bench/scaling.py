@@ -12,10 +12,14 @@ needs ~70% of it covered by load before it moves; the whole window before the lo
 out of it), the cooldown after the scale-out, the autoscaler tick (3 s), and the new
 member's own boot time (its create operation, measured in the same run).
 
+With --record FILE it also writes the first member's QEMU CPU time (from /proc, as the agent
+reads it) every second, as JSON [[seconds, cpu_ms], ...]: the recorded series the policy's
+unit tests replay (crates/controller/src/app/scaling/tests.rs).
+
 Usage (as root, after `cargo build --release -p nimbus-cli`):
-  bench/scaling.py [--bin target/release/nimbus] [--window 20] [--cooldown 20]
+  bench/scaling.py [--bin target/release/nimbus] [--window 20] [--cooldown 20] [--record FILE]
 """
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, glob, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 from datetime import datetime
 
 
@@ -36,6 +40,7 @@ def main():
     ap.add_argument("--bin", default="target/release/nimbus")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--cooldown", type=int, default=20)
+    ap.add_argument("--record", help="write the first member's CPU time series (JSON) here")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="nimbus-bench-scaling-")
     data = os.path.join(work, "data")
@@ -81,6 +86,22 @@ def main():
         _, g = wait("the first member", lambda g: len(running(g)) == 1 and g["cpu_percent"] is not None)
         first = running(g)[0]["name"]
         idle = g["cpu_percent"]
+        series, stop = [], threading.Event()
+        if args.record:
+            inst = json.loads(cli("instance", "show", first, "-o", "json"))
+            pidfile = glob.glob(os.path.join(data, "hosts", "*", "vms", inst["id"], "qemu.pid"))[0]
+            qemu = int(open(pidfile).read())
+            hz = os.sysconf("SC_CLK_TCK")
+            t_rec = time.monotonic()
+
+            def record():
+                while not stop.is_set():
+                    fields = open(f"/proc/{qemu}/stat").read().rsplit(")", 1)[1].split()
+                    series.append([round(time.monotonic() - t_rec, 2), (int(fields[11]) + int(fields[12])) * 1000 // hz])
+                    stop.wait(1.0)
+
+            threading.Thread(target=record, daemon=True).start()
+            time.sleep(20)
 
         t_load = time.monotonic()
         cli("instance", "exec", first, "--", "sh", "-c", "burn-cpu 3600 </dev/null >/dev/null 2>&1 &")
@@ -101,6 +122,11 @@ def main():
         t_decide_in, g = wait("the scale-in decision", lambda g: g["desired"] == 1)
         reason_in = next(e["message"] for e in g["events"] if e["kind"] == "scale_in")
         t_gone, g = wait("the extra member to be gone", lambda g: len(g["instances"]) == 1)
+        if args.record:
+            time.sleep(10)
+            stop.set()
+            json.dump({"load_start_s": round(t_load - t_rec, 2), "load_end_s": round(t_end - t_rec, 2),
+                       "series": series}, open(args.record, "w"))
 
         print(f"group: tiny flavor (1 vCPU, TCG), min 1, max 2, target CPU 50%, "
               f"window {args.window} s, cooldown {args.cooldown} s, autoscaler tick 3 s")

@@ -75,6 +75,8 @@ async fn groups_end_to_end() {
     restart_mid_scale_out_converges_to_desired(&mut cloud).await;
     eprintln!("restart phase done at {:?}", t0.elapsed());
     let client = cloud.client().expect("client");
+    silent_member_is_replaced(&cloud, &client).await;
+    eprintln!("heartbeat phase done at {:?}", t0.elapsed());
     delete_removes_the_group_and_its_instances(&cloud, &client).await;
     eprintln!("groups end to end took {:?}", t0.elapsed());
 }
@@ -128,7 +130,7 @@ async fn scale_out_on_load_stops_at_capacity(cloud: &Cloud, client: &Client) -> 
             "--desired",
             "1",
             "--target-cpu",
-            "40",
+            "25",
             "--window-secs",
             "10",
             "--cooldown-secs",
@@ -154,7 +156,7 @@ async fn scale_out_on_load_stops_at_capacity(cloud: &Cloud, client: &Client) -> 
         .find(|e| e.kind == "scale_out")
         .expect("a scale_out event");
     assert!(
-        out.message.starts_with("avg CPU ") && out.message.contains("over 10 s > 40% target: +"),
+        out.message.starts_with("avg CPU ") && out.message.contains("over 10 s > 25% target: +"),
         "{out:?}"
     );
     assert!(out.delta >= 1, "{out:?}");
@@ -210,25 +212,26 @@ async fn scale_in_when_the_load_stops(cloud: &Cloud, client: &Client, first: &st
         .iter()
         .find(|e| e.kind == "scale_in")
         .expect("a scale_in event");
-    assert!(event.message.contains("< 40% target: -"), "{event:?}");
+    assert!(event.message.contains("< 25% target: -"), "{event:?}");
     // Scale-in removes the newest member.
     assert_eq!(live(&g)[0].name, first, "{g:#?}");
 }
 
-async fn killed_member_is_replaced(cloud: &Cloud, client: &Client, first: &str) {
-    let id = instance(client, first).await.id.to_string();
+/// Sends `signal` to the QEMU process of instance `name` (only that process).
+async fn signal_qemu(cloud: &Cloud, client: &Client, name: &str, signal: nix::sys::signal::Signal) {
+    let id = instance(client, name).await.id.to_string();
     let pids: Vec<i32> = cloud
         .qemu_pids()
         .into_iter()
         .filter(|(dir, _)| dir.ends_with(&id))
         .map(|(_, pid)| pid)
         .collect();
-    assert_eq!(pids.len(), 1, "one QEMU for {first}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill QEMU");
+    assert_eq!(pids.len(), 1, "one QEMU for {name}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), signal).expect("signal QEMU");
+}
+
+async fn killed_member_is_replaced(cloud: &Cloud, client: &Client, first: &str) {
+    signal_qemu(cloud, client, first, nix::sys::signal::Signal::SIGKILL).await;
     let g = wait_group(cloud, client, "the killed member's replacement", 240, |g| {
         g.replacements == 1
             && g.instances.len() == 1
@@ -283,6 +286,29 @@ async fn restart_mid_scale_out_converges_to_desired(cloud: &mut Cloud) {
     assert_eq!(cloud.qemu_pids().len(), 2, "{:?}", cloud.qemu_pids());
     let all = client.list_instances().await.expect("instances");
     assert_eq!(all.len(), 2, "{all:#?}");
+}
+
+/// A member whose guest stops answering (its QEMU frozen with SIGSTOP: the process lives,
+/// the heartbeat stops) is replaced after the heartbeat timeout.
+async fn silent_member_is_replaced(cloud: &Cloud, client: &Client) {
+    let g = group(client).await;
+    let frozen = g.instances[0].name.clone();
+    signal_qemu(cloud, client, &frozen, nix::sys::signal::Signal::SIGSTOP).await;
+    let g = wait_group(cloud, client, "the silent member's replacement", 120, |g| {
+        g.replacements == 2 && running(g).len() == 2 && g.instances.iter().all(|m| m.name != frozen)
+    })
+    .await;
+    let event = g
+        .events
+        .iter()
+        .find(|e| e.kind == "replace")
+        .expect("a replace event");
+    assert!(
+        event.message.starts_with(&format!(
+            "replacing {frozen}: its guest sent no heartbeat for"
+        )),
+        "{event:?}"
+    );
 }
 
 async fn delete_removes_the_group_and_its_instances(cloud: &Cloud, client: &Client) {

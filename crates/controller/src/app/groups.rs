@@ -175,7 +175,8 @@ impl App {
     }
 
     /// Applies a user's change at once: the autoscaler converges to the new desired size at
-    /// its next tick. Changing min or max alone moves desired into the new range.
+    /// its next tick, and the policy leaves a changed desired size alone for a cooldown.
+    /// Changing min or max alone moves desired into the new range.
     pub async fn update_group(
         &self,
         caller: &Caller,
@@ -203,9 +204,11 @@ impl App {
             }
             let delta = new.desired as i32 - old.desired as i32;
             let event = NewGroupEvent::new("set", describe_change(&old, &new), delta);
+            // A desired size the user chose holds for a cooldown before the policy revises it.
+            let scaled_at = (delta != 0).then(chrono::Utc::now);
             if self
                 .store()
-                .update_group_sizes(g.id, g.generation, new, None, &event)
+                .update_group_sizes(g.id, g.generation, new, scaled_at, &event)
                 .await?
             {
                 tracing::info!(group_id = %g.id, change = %event.message, "group changed");

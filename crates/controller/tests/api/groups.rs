@@ -101,6 +101,10 @@ async fn group_validation_and_changes() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let g = view(&body);
     assert_eq!((g.min, g.desired), (3, 3));
+    assert!(
+        g.last_scaled_at.is_some(),
+        "a changed desired size starts a cooldown"
+    );
     assert_eq!(g.events[0].kind, "set");
     assert_eq!(
         g.events[0].message,
