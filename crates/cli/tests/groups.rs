@@ -309,6 +309,10 @@ async fn silent_member_is_replaced(cloud: &Cloud, client: &Client) {
         )),
         "{event:?}"
     );
+    // Replacements wait for the capacity their failed member releases; only the scale-out
+    // of the first phase was refused.
+    let refused = g.events.iter().filter(|e| e.kind == "refused").count();
+    assert_eq!(refused, 1, "{:#?}", g.events);
 }
 
 async fn delete_removes_the_group_and_its_instances(cloud: &Cloud, client: &Client) {

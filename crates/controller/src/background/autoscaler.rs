@@ -22,7 +22,7 @@ use crate::app::scaling::policy::{cooldown_left, decide, Decision, PolicyInput};
 use crate::app::{App, AppError};
 use chrono::Utc;
 use nimbus_agent_api::VmStatus;
-use nimbus_api::{CreateInstance, OperationKind};
+use nimbus_api::{CreateInstance, InstanceState, OperationKind};
 use nimbus_store::{GroupRecord, NewGroupEvent, GROUP_ACTIVE};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -90,8 +90,11 @@ async fn evaluate(
     let members = app.store().group_members(g.id).await?;
     let obs = app.observe_members(g, &members, heartbeats);
     let plan = converge(g.desired, &obs);
+    // Members being deleted still hold their capacity: a refusal now is retried next tick
+    // without being reported.
+    let releasing = obs.iter().any(|m| m.state == InstanceState::Deleting);
     for _ in 0..plan.create {
-        if !create_member(app, g).await? {
+        if !create_member(app, g, releasing).await? {
             break;
         }
     }
@@ -174,8 +177,9 @@ async fn decide_desired(
 }
 
 /// Creates one member through the normal create path. A refusal (no capacity, a quota)
-/// stops the scale-out and is said once in the group's events; returns whether to go on.
-async fn create_member(app: &App, g: &GroupRecord) -> Result<bool, AppError> {
+/// stops the scale-out and is said once in the group's events (unless `releasing`: members
+/// being deleted will free capacity); returns whether to go on.
+async fn create_member(app: &App, g: &GroupRecord, releasing: bool) -> Result<bool, AppError> {
     let short = Uuid::new_v4().simple().to_string();
     let req = CreateInstance {
         name: format!("{}-{}", g.name, &short[..6]),
@@ -192,8 +196,10 @@ async fn create_member(app: &App, g: &GroupRecord) -> Result<bool, AppError> {
             Ok(true)
         }
         Err(e) => {
-            tracing::debug!(group = %g.name, code = e.code.as_str(), error = %e.message, "scale-out refused");
-            refused(app, g, format!("scale-out stopped: {}", e.message)).await?;
+            tracing::debug!(group = %g.name, code = e.code.as_str(), error = %e.message, releasing, "scale-out refused");
+            if !releasing {
+                refused(app, g, format!("scale-out stopped: {}", e.message)).await?;
+            }
             Ok(false)
         }
     }

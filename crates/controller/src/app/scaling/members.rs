@@ -41,7 +41,7 @@ pub fn unhealthy(m: &MemberObs) -> Option<String> {
         InstanceState::Running => m
             .heartbeat_age_ms
             .filter(|age| *age > HEARTBEAT_TIMEOUT_MS)
-            .map(|age| format!("its guest sent no heartbeat for {} s", age / 1000)),
+            .map(|age| format!("its guest sent no heartbeat for {} s", age.div_ceil(1000))),
         _ => None,
     }
 }
