@@ -19,16 +19,10 @@ unit tests replay (crates/controller/src/app/scaling/tests.rs).
 Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/scaling.py [--bin target/release/nimbus] [--window 20] [--cooldown 20] [--record FILE]
 """
-import argparse, glob, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import argparse, glob, json, os, shutil, signal, subprocess, sys, tempfile, threading, time
 from datetime import datetime
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from boot import free_port
 
 
 def parse_time(s):

@@ -25,6 +25,14 @@ fn live(g: &GroupView) -> Vec<&nimbus_api::GroupMember> {
         .collect()
 }
 
+/// The group's latest event of `kind`; panics if there is none.
+fn latest<'a>(g: &'a GroupView, kind: &str) -> &'a nimbus_api::GroupEvent {
+    g.events
+        .iter()
+        .find(|e| e.kind == kind)
+        .unwrap_or_else(|| panic!("no {kind} event: {:#?}", g.events))
+}
+
 fn running(g: &GroupView) -> Vec<String> {
     g.instances
         .iter()
@@ -150,11 +158,7 @@ async fn scale_out_on_load_stops_at_capacity(cloud: &Cloud, client: &Client) -> 
         g.desired >= 2
     })
     .await;
-    let out = g
-        .events
-        .iter()
-        .find(|e| e.kind == "scale_out")
-        .expect("a scale_out event");
+    let out = latest(&g, "scale_out");
     assert!(
         out.message.starts_with("avg CPU ") && out.message.contains("over 10 s > 25% target: +"),
         "{out:?}"
@@ -176,11 +180,7 @@ async fn scale_out_on_load_stops_at_capacity(cloud: &Cloud, client: &Client) -> 
         g.events.iter().any(|e| e.kind == "refused")
     })
     .await;
-    let refused = g
-        .events
-        .iter()
-        .find(|e| e.kind == "refused")
-        .expect("refused");
+    let refused = latest(&g, "refused");
     assert!(
         refused
             .message
@@ -207,11 +207,7 @@ async fn scale_in_when_the_load_stops(cloud: &Cloud, client: &Client, first: &st
         |g| g.desired == 1 && live(g).len() == 1,
     )
     .await;
-    let event = g
-        .events
-        .iter()
-        .find(|e| e.kind == "scale_in")
-        .expect("a scale_in event");
+    let event = latest(&g, "scale_in");
     assert!(event.message.contains("< 25% target: -"), "{event:?}");
     // Scale-in removes the newest member.
     assert_eq!(live(&g)[0].name, first, "{g:#?}");
@@ -239,11 +235,7 @@ async fn killed_member_is_replaced(cloud: &Cloud, client: &Client, first: &str) 
             && g.instances[0].state == InstanceState::Running
     })
     .await;
-    let event = g
-        .events
-        .iter()
-        .find(|e| e.kind == "replace")
-        .expect("a replace event");
+    let event = latest(&g, "replace");
     assert!(
         event
             .message
@@ -298,11 +290,7 @@ async fn silent_member_is_replaced(cloud: &Cloud, client: &Client) {
         g.replacements == 2 && running(g).len() == 2 && g.instances.iter().all(|m| m.name != frozen)
     })
     .await;
-    let event = g
-        .events
-        .iter()
-        .find(|e| e.kind == "replace")
-        .expect("a replace event");
+    let event = latest(&g, "replace");
     assert!(
         event.message.starts_with(&format!(
             "replacing {frozen}: its guest sent no heartbeat for"
