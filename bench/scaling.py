@@ -107,6 +107,7 @@ def main():
         create = next(o for o in ops if o["kind"] == "instance_create" and o["target_name"] == second)
         boot = parse_time(create["updated_at"]) - parse_time(create["created_at"])
         busy = g["cpu_percent"]
+        shown = cli("group", "show", "bench")
 
         # Let the cooldown of the scale-out pass before the load ends, so the scale-in
         # measures the window alone.
@@ -122,6 +123,7 @@ def main():
             json.dump({"load_start_s": round(t_load - t_rec, 2), "load_end_s": round(t_end - t_rec, 2),
                        "series": series}, open(args.record, "w"))
 
+        print(f"`nimbus group show bench` once the new member was ready:\n{shown}")
         print(f"group: tiny flavor (1 vCPU, TCG), min 1, max 2, target CPU 50%, "
               f"window {args.window} s, cooldown {args.cooldown} s, autoscaler tick 3 s")
         print(f"CPU: idle {idle:.0f}%, burning {busy:.0f}% (average over the group)")
