@@ -89,7 +89,7 @@ def main():
             t_rec = time.monotonic()
 
             def record():
-                while not stop.is_set():
+                while not stop.is_set() and os.path.exists(f"/proc/{qemu}"):
                     fields = open(f"/proc/{qemu}/stat").read().rsplit(")", 1)[1].split()
                     series.append([round(time.monotonic() - t_rec, 2), (int(fields[11]) + int(fields[12])) * 1000 // hz])
                     stop.wait(1.0)
@@ -98,22 +98,22 @@ def main():
             time.sleep(20)
 
         t_load = time.monotonic()
-        cli("instance", "exec", first, "--", "sh", "-c", "burn-cpu 3600 </dev/null >/dev/null 2>&1 &")
+        cli("instance", "exec", first, "--", "burn-cpu 3600 </dev/null >/dev/null 2>&1 &")
         t_decide_out, g = wait("the scale-out decision", lambda g: g["desired"] == 2)
+        busy = g["cpu_percent"]
         reason_out = next(e["message"] for e in g["events"] if e["kind"] == "scale_out")
         t_ready, g = wait("the new member to be ready", lambda g: len(running(g)) == 2)
         second = next(m["name"] for m in running(g) if m["name"] != first)
         ops = json.loads(cli("operation", "list", "-o", "json"))
         create = next(o for o in ops if o["kind"] == "instance_create" and o["target_name"] == second)
         boot = parse_time(create["updated_at"]) - parse_time(create["created_at"])
-        busy = g["cpu_percent"]
         shown = cli("group", "show", "bench")
 
         # Let the cooldown of the scale-out pass before the load ends, so the scale-in
         # measures the window alone.
         time.sleep(max(0, args.cooldown - (time.monotonic() - t_decide_out)))
         t_end = time.monotonic()
-        cli("instance", "exec", first, "--", "killall", "burn-cpu", check=False)
+        cli("instance", "exec", first, "--", "killall burn-cpu", check=False)
         t_decide_in, g = wait("the scale-in decision", lambda g: g["desired"] == 1)
         reason_in = next(e["message"] for e in g["events"] if e["kind"] == "scale_in")
         t_gone, g = wait("the extra member to be gone", lambda g: len(g["instances"]) == 1)
@@ -126,7 +126,7 @@ def main():
         print(f"`nimbus group show bench` once the new member was ready:\n{shown}")
         print(f"group: tiny flavor (1 vCPU, TCG), min 1, max 2, target CPU 50%, "
               f"window {args.window} s, cooldown {args.cooldown} s, autoscaler tick 3 s")
-        print(f"CPU: idle {idle:.0f}%, burning {busy:.0f}% (average over the group)")
+        print(f"CPU: idle {idle:.0f}%, under load {busy:.0f}% (group average at the scale-out decision)")
         print(f"load start -> scale-out decision   {t_decide_out - t_load:6.1f} s   ({reason_out})")
         print(f"load start -> new instance ready   {t_ready - t_load:6.1f} s   "
               f"(of which the new member's create->ready: {boot:.1f} s)")
@@ -136,6 +136,9 @@ def main():
         print(f"anchor: the window bounds the decisions: scale-out >= ~{anchor_out:.0f} s (70% of the window "
               f"under load), scale-in <= ~{args.window} s (+ a tick of 3 s); ratios "
               f"{(t_decide_out - t_load) / anchor_out:.2f}x and {(t_decide_in - t_end) / args.window:.2f}x the window")
+    except Exception:
+        print("--- nimbus up log (tail) ---\n" + "".join(open(os.path.join(work, "up.log")).readlines()[-40:]))
+        raise
     finally:
         try:
             cli("group", "delete", "bench", "--wait", check=False)
