@@ -68,7 +68,14 @@ async fn wait_group(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_end_to_end() {
-    let mut cloud = Cloud::start(Path::new(BIN), CloudOptions::default())
+    // Room for one tiny (1 vCPU) member per host: each host offers 1.5 vCPUs, so the pool
+    // (2 hosts) holds two members and a third is refused for capacity.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let opts = CloudOptions {
+        hosts: 2,
+        extra_args: vec!["--cpu-ratio".into(), format!("{}", 1.5 / cpus as f64)],
+    };
+    let mut cloud = Cloud::start(Path::new(BIN), opts)
         .await
         .expect("start the cloud");
     let client = cloud.client().expect("client");
@@ -91,32 +98,15 @@ async fn groups_end_to_end() {
 
 /// Returns the name of the group's first member.
 async fn scale_out_on_load_stops_at_capacity(cloud: &Cloud, client: &Client) -> String {
-    // A flavor taking 60% of the smaller host's free disk: one member per host, so the
-    // pool (2 hosts) holds two and a third is refused for capacity.
     let hosts = client.list_hosts().await.expect("hosts");
-    let disk = hosts.iter().map(|h| h.disk_gib).min().expect("hosts") * 6 / 10;
-    assert!(
-        disk >= 2,
-        "hosts have too little free disk for this test: {hosts:?}"
-    );
-    cli_ok(
-        cloud,
-        &[
-            "flavor",
-            "create",
-            "wide",
-            "--vcpus",
-            "1",
-            "--memory-mib",
-            "256",
-            "--disk-gib",
-            &disk.to_string(),
-        ],
-    );
+    for h in &hosts {
+        let offered = f64::from(h.cpus) * h.cpu_allocation_ratio;
+        assert!((1.0..2.0).contains(&offered), "one tiny per host: {h:?}");
+    }
     let e = cli_err(
         cloud,
         &[
-            "group", "create", "web", "--flavor", "wide", "--image", "default", "--min", "3",
+            "group", "create", "web", "--flavor", "tiny", "--image", "default", "--min", "3",
             "--max", "2",
         ],
     );
@@ -128,7 +118,7 @@ async fn scale_out_on_load_stops_at_capacity(cloud: &Cloud, client: &Client) -> 
             "create",
             "web",
             "--flavor",
-            "wide",
+            "tiny",
             "--image",
             "default",
             "--min",

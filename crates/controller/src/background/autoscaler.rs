@@ -205,10 +205,12 @@ async fn create_member(app: &App, g: &GroupRecord, releasing: bool) -> Result<bo
     }
 }
 
-/// Records a refused scale-out, once: not again while it is the group's latest event.
+/// Records a refused scale-out once per episode: not again while the group's latest event is
+/// a refusal (its figures, e.g. the free capacity named in the message, may change from tick
+/// to tick); any other event (a decision, a change, a replacement) ends the episode.
 async fn refused(app: &App, g: &GroupRecord, message: String) -> Result<(), AppError> {
     let last = app.store().group_events(g.id, 1).await?;
-    if last.first().map(|l| (l.kind.as_str(), l.message.as_str())) == Some(("refused", &message)) {
+    if last.first().is_some_and(|l| l.kind == "refused") {
         return Ok(());
     }
     tracing::warn!(group = %g.name, %message, "scale-out refused");
