@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod error;
 pub mod flavor;
+pub mod group;
 pub mod host;
 pub mod image;
 pub mod instance;
@@ -22,6 +23,10 @@ pub mod usage;
 pub use audit::AuditEntry;
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
+pub use group::{
+    CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
+    UpdateGroup,
+};
 pub use host::{HostKsm, HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{

@@ -21,6 +21,8 @@ pub enum OperationKind {
     SnapshotCreate,
     SnapshotRestore,
     SnapshotDelete,
+    /// Deletes a scaling group: its members through their delete operations, then the group.
+    GroupDelete,
 }
 
 impl OperationKind {
@@ -37,6 +39,7 @@ impl OperationKind {
             OperationKind::SnapshotCreate => "snapshot_create",
             OperationKind::SnapshotRestore => "snapshot_restore",
             OperationKind::SnapshotDelete => "snapshot_delete",
+            OperationKind::GroupDelete => "group_delete",
         }
     }
 
@@ -53,6 +56,7 @@ impl OperationKind {
             "snapshot_create" => OperationKind::SnapshotCreate,
             "snapshot_restore" => OperationKind::SnapshotRestore,
             "snapshot_delete" => OperationKind::SnapshotDelete,
+            "group_delete" => OperationKind::GroupDelete,
             _ => return None,
         })
     }

@@ -1,5 +1,9 @@
 //! The command line, as clap definitions.
 
+mod group;
+
+pub use group::GroupCmd;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +90,9 @@ pub enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Instance(InstanceCmd),
+    /// Scaling groups: instances that grow and shrink with load and replace what fails.
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),

@@ -6,10 +6,10 @@ mod snapshots;
 pub use error::ClientError;
 
 use nimbus_api::{
-    AuditEntry, ConsoleLog, CreateFlavor, CreateInstance, CreateProject, CreateToken, CreatedToken,
-    ErrorBody, ErrorCode, ExecInstance, ExecOutput, FlavorView, HostView, ImageView, ImportImage,
-    InstanceView, MigrateInstance, MigrationView, OperationView, ProjectView, QuotaLimits,
-    QuotaView, TokenView, UsageQuery, UsageReport,
+    AuditEntry, ConsoleLog, CreateFlavor, CreateGroup, CreateInstance, CreateProject, CreateToken,
+    CreatedToken, ErrorBody, ErrorCode, ExecInstance, ExecOutput, FlavorView, GroupView, HostView,
+    ImageView, ImportImage, InstanceView, MigrateInstance, MigrationView, OperationView,
+    ProjectView, QuotaLimits, QuotaView, TokenView, UpdateGroup, UsageQuery, UsageReport,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -111,6 +111,14 @@ impl Client {
         body: &B,
     ) -> Result<T, ClientError> {
         self.send(self.req(Method::POST, path).json(body)).await
+    }
+
+    async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.req(Method::PATCH, path).json(body)).await
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -217,6 +225,35 @@ impl Client {
     pub async fn drain_host(&self, name: &str) -> Result<OperationView, ClientError> {
         self.post(&format!("/v1/hosts/{name}/drain"), &serde_json::json!({}))
             .await
+    }
+
+    // Scaling groups
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {
+        self.get("/v1/groups").await
+    }
+
+    pub async fn create_group(&self, req: &CreateGroup) -> Result<GroupView, ClientError> {
+        self.post("/v1/groups", req).await
+    }
+
+    /// A group with its members and recent events.
+    pub async fn group(&self, name: &str) -> Result<GroupView, ClientError> {
+        self.get(&format!("/v1/groups/{name}")).await
+    }
+
+    /// Changes desired/min/max/target; applies at once.
+    pub async fn update_group(
+        &self,
+        name: &str,
+        req: &UpdateGroup,
+    ) -> Result<GroupView, ClientError> {
+        self.patch(&format!("/v1/groups/{name}"), req).await
+    }
+
+    /// Deletes a group and its instances (an operation).
+    pub async fn delete_group(&self, name: &str) -> Result<OperationView, ClientError> {
+        self.delete(&format!("/v1/groups/{name}")).await
     }
 
     // Flavors, images, hosts

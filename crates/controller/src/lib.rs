@@ -7,7 +7,8 @@
 //! - `ops/`: one file per durable operation (instance create, start, stop, reboot,
 //!   delete, migrate, clone; snapshot create, restore, delete) and the
 //!   runner that starts and resumes them;
-//! - `background/`: the reconciler that applies agents' reports and repairs drift.
+//! - `background/`: the reconciler that applies agents' reports and repairs drift, and the
+//!   autoscaler that keeps scaling groups at their desired size.
 
 pub mod app;
 pub mod background;
@@ -22,7 +23,7 @@ use anyhow::Context;
 use std::future::Future;
 
 /// Runs the controller until `shutdown` resolves: opens the store, bootstraps (admin token,
-/// default flavors), resumes unfinished operations, starts the reconciler and serves the API
+/// default flavors), resumes unfinished operations, starts the reconciler and the autoscaler and serves the API
 /// on every listen address.
 pub async fn run(
     config: ControllerConfig,
@@ -32,6 +33,7 @@ pub async fn run(
     app.bootstrap().await?;
     ops::resume_unfinished(&app).await?;
     let reconciler = tokio::spawn(background::reconciler::run(app.clone()));
+    let autoscaler = tokio::spawn(background::autoscaler::run(app.clone()));
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -57,6 +59,7 @@ pub async fn run(
     tracing::info!("controller shutting down");
     let _ = stop_tx.send(true);
     reconciler.abort();
+    autoscaler.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

@@ -4,6 +4,9 @@
 
 mod common;
 
+#[path = "api/groups.rs"]
+mod groups;
+
 use axum::http::StatusCode;
 use common::{call, error, fixture, register};
 use nimbus_api::{ErrorCode, FlavorView};

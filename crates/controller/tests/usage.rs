@@ -96,6 +96,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         vcpus: 2,
         memory_mib: 512,
         disk_gib: 1,
+        group_id: None,
     };
     let op = NewOperation {
         id: Uuid::new_v4(),

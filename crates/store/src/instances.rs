@@ -26,6 +26,8 @@ pub struct InstanceRecord {
     /// Address on the cloud network, with prefix (e.g. `10.200.0.10/16`).
     pub ip: Option<String>,
     pub mac: Option<String>,
+    /// The scaling group it is a member of.
+    pub group_id: Option<Uuid>,
     /// The operation acting on it; at most one at a time.
     pub operation_id: Option<Uuid>,
     /// Bumped by every change (compare-and-swap token).
@@ -71,13 +73,15 @@ pub struct NewInstance {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    /// The scaling group it is created for, if any.
+    pub group_id: Option<Uuid>,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
 }
 
-fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
+pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
     let state: String = r.try_get("state")?;
     Ok(InstanceRecord {
         id: parse_uuid(&r.try_get::<String, _>("id")?)?,
@@ -94,6 +98,11 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
         reason: r.try_get("reason")?,
         ip: r.try_get("ip")?,
         mac: r.try_get("mac")?,
+        group_id: r
+            .try_get::<Option<String>, _>("group_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
         operation_id: r
             .try_get::<Option<String>, _>("operation_id")?
             .as_deref()
@@ -149,8 +158,8 @@ impl Store {
         })?;
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
-             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14)",
+             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -166,6 +175,7 @@ impl Store {
         .bind(&now)
         .bind(&ip)
         .bind(&mac)
+        .bind(new.group_id.map(|g| g.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -193,7 +203,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("instance", id.to_string()))?;
-        from_row(&row)
+        instance_from_row(&row)
     }
 
     /// Finds an instance `scope` sees by id or by name (names are unique per project: in
@@ -216,7 +226,7 @@ impl Store {
             .await?;
         match rows.as_slice() {
             [] => Err(StoreError::not_found("instance", id_or_name)),
-            [row] => from_row(row),
+            [row] => instance_from_row(row),
             _ => Err(StoreError::Conflict(format!(
                 "several projects have an instance named {id_or_name:?}; name the project"
             ))),
@@ -230,7 +240,7 @@ impl Store {
             scope.condition("project", 1)
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
-        rows.iter().map(from_row).collect()
+        rows.iter().map(instance_from_row).collect()
     }
 
     /// Sets the state (and reason) of an instance.

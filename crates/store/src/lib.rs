@@ -12,6 +12,8 @@
 mod audit;
 mod error;
 mod flavors;
+mod group_events;
+mod groups;
 mod hosts;
 mod images;
 mod instances;
@@ -27,6 +29,8 @@ mod tokens;
 mod usage;
 
 pub use error::StoreError;
+pub use group_events::NewGroupEvent;
+pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use hosts::HostRecord;
 pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
@@ -124,6 +128,7 @@ pub(crate) mod testing {
                 vcpus: 1,
                 memory_mib: 512,
                 disk_gib: 2,
+                group_id: None,
             },
             NewOperation {
                 id: Uuid::new_v4(),

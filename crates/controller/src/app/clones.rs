@@ -73,6 +73,7 @@ impl App {
             vcpus: source.vcpus,
             memory_mib: source.memory_mib,
             disk_gib: source.disk_gib,
+            group_id: None,
         };
         let net = self.config().network.clone().unwrap_or_default();
         self.store()

@@ -4,8 +4,8 @@ use crate::app::{App, AppError, Caller};
 use crate::ops;
 use nimbus_agent_api::{DiskSpec, ExecRequest, GuestImage, NicSpec, VmSpec};
 use nimbus_api::{
-    validate_name, ConsoleLog, CreateInstance, ErrorCode, ExecInstance, ExecOutput, InstanceState,
-    InstanceView, OperationKind, OperationView,
+    validate_name, ConsoleLog, CreateInstance, ErrorCode, ExecInstance, ExecOutput, FlavorView,
+    InstanceState, InstanceView, OperationKind, OperationView,
 };
 use nimbus_scheduler::{place, Resources};
 use nimbus_store::{InstanceRecord, NewInstance, NewOperation, StoreError};
@@ -22,6 +22,17 @@ impl App {
         req: &CreateInstance,
     ) -> Result<OperationView, AppError> {
         caller.require_write()?;
+        self.create_instance_in(caller, req, None).await
+    }
+
+    /// [`App::create_instance`], for a member of scaling group `group` when it is set (the
+    /// membership is recorded with the instance, in the same transaction).
+    pub async fn create_instance_in(
+        &self,
+        caller: &Caller,
+        req: &CreateInstance,
+        group: Option<Uuid>,
+    ) -> Result<OperationView, AppError> {
         validate_name(&req.name).map_err(|e| {
             AppError::bad_request(format!("invalid instance name {:?}: {e}", req.name))
         })?;
@@ -34,22 +45,8 @@ impl App {
                  `nimbus flavor list` and `nimbus image list` show them",
             ));
         };
-        let flavor = self
-            .store()
-            .get_flavor(flavor_name)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::not_found(format!(
-                    "flavor {flavor_name:?} not found; `nimbus flavor list` shows the flavors"
-                )),
-                e => e.into(),
-            })?;
-        self.store().get_image(image).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => AppError::not_found(format!(
-                "image {image:?} not found; `nimbus image list` shows the images"
-            )),
-            e => e.into(),
-        })?;
+        let flavor = self.flavor_named(flavor_name).await?;
+        self.image_named(image).await?;
         let want = Resources {
             vcpus: flavor.vcpus as u64,
             memory_mib: flavor.memory_mib,
@@ -77,6 +74,7 @@ impl App {
             vcpus: flavor.vcpus,
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
+            group_id: group,
         };
         let net = self.config().network.clone().unwrap_or_default();
         self.store()
@@ -85,6 +83,30 @@ impl App {
         tracing::info!(instance_id = %id, operation_id = %op.id, name = %req.name, "instance create accepted");
         ops::spawn(self.clone(), op.id);
         Ok(self.store().get_operation(&caller.scope(), op.id).await?)
+    }
+
+    /// The flavor `name`, or a not-found error that says where to look.
+    pub async fn flavor_named(&self, name: &str) -> Result<FlavorView, AppError> {
+        self.store().get_flavor(name).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => AppError::not_found(format!(
+                "flavor {name:?} not found; `nimbus flavor list` shows the flavors"
+            )),
+            e => e.into(),
+        })
+    }
+
+    /// Checks that image `name` exists, with a not-found error that says where to look.
+    pub async fn image_named(&self, name: &str) -> Result<(), AppError> {
+        self.store()
+            .get_image(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::not_found(format!(
+                    "image {name:?} not found; `nimbus image list` shows the images"
+                )),
+                e => e.into(),
+            })
     }
 
     /// Finds an instance of the caller's project by id or name.
@@ -243,7 +265,8 @@ fn check_transition(inst: &InstanceRecord, kind: OperationKind) -> Result<(), Ap
         | K::HostDrain
         | K::SnapshotCreate
         | K::SnapshotRestore
-        | K::SnapshotDelete => false,
+        | K::SnapshotDelete
+        | K::GroupDelete => false,
     };
     if ok {
         return Ok(());

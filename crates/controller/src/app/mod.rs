@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod clones;
 pub mod error;
 pub mod flavors;
+pub mod groups;
 pub mod hosts;
 pub mod images;
 pub mod instances;
@@ -47,6 +48,8 @@ struct Inner {
     running_ops: Mutex<HashSet<Uuid>>,
     /// Failed authentications per client address.
     auth_throttle: throttle::AuthThrottle,
+    /// Per-instance CPU use for scaling groups (see `scaling::CpuSource`).
+    cpu: Arc<dyn scaling::CpuSource>,
 }
 
 impl App {
@@ -63,12 +66,18 @@ impl App {
                 store,
                 placement: tokio::sync::Mutex::new(()),
                 running_ops: Mutex::new(HashSet::new()),
+                cpu: Arc::new(scaling::AgentCpu::default()),
             }),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where scaling groups get their members' CPU use.
+    pub fn cpu(&self) -> &dyn scaling::CpuSource {
+        self.inner.cpu.as_ref()
     }
 
     pub fn config(&self) -> &ControllerConfig {

@@ -6,6 +6,7 @@ mod auth;
 mod console;
 mod error;
 mod flavors;
+mod groups;
 mod hosts;
 mod images;
 mod instances;
@@ -48,6 +49,13 @@ pub fn router(app: App) -> Router {
             get(instances::console_log),
         )
         .route("/instances/{instance}/console", get(console::attach))
+        .route("/groups", get(groups::list).post(groups::create))
+        .route(
+            "/groups/{group}",
+            get(groups::show)
+                .patch(groups::update)
+                .delete(groups::delete),
+        )
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route(
             "/flavors/{flavor}",

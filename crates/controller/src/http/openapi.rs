@@ -2,8 +2,8 @@
 //! when it is stale.
 
 use super::{
-    audit_log, flavors, hosts, images, instances, migrations, operations, projects, snapshots,
-    tokens, usage,
+    audit_log, flavors, groups, hosts, images, instances, migrations, operations, projects,
+    snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         tokens::list, tokens::create, tokens::revoke,
         audit_log::list,
         usage::report,
+        groups::list, groups::create, groups::show, groups::update, groups::delete,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth),

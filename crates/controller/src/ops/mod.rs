@@ -3,6 +3,7 @@
 //! operation interrupted by a controller restart is resumed by [`resume_unfinished`].
 
 pub mod drain_steps;
+pub mod group_delete;
 pub mod host_drain;
 pub mod instance_clone;
 pub mod instance_create;
@@ -41,6 +42,7 @@ fn plan(kind: OperationKind, target: Uuid, target_name: &str) -> Plan {
     match kind {
         OperationKind::InstanceMigrate => instance_migrate::plan(instance),
         OperationKind::HostDrain => host_drain::plan(target_name),
+        OperationKind::GroupDelete => group_delete::plan(target),
         OperationKind::InstanceCreate => instance_create::plan(instance),
         OperationKind::InstanceStart => instance_start::plan(instance),
         OperationKind::InstanceStop => instance_stop::plan(instance),

@@ -255,6 +255,7 @@ impl Cloud {
             vcpus: 1,
             memory_mib,
             disk_gib: 2,
+            group_id: None,
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

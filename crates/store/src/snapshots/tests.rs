@@ -34,6 +34,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         vcpus: 1,
         memory_mib: 512,
         disk_gib: 2,
+        group_id: None,
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");
