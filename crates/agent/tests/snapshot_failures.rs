@@ -9,7 +9,7 @@ mod common;
 use common::{wait_for, QemuReaper, TestAgent};
 use nimbus_agent::ImageManifest;
 use nimbus_agent_api::{
-    AgentClient, DiskSpec, ExecRequest, RestoreRequest, SnapshotRequest, VmRunState, VmSpec,
+    AgentClient, DiskSpec, RestoreRequest, SnapshotRequest, VmRunState, VmSpec,
 };
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,18 +17,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 async fn sh(c: &AgentClient, id: Uuid, command: &str) -> String {
-    let r = c
-        .exec(
-            id,
-            &ExecRequest {
-                command: command.into(),
-                timeout_secs: 30,
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {command:?}: {e}"));
-    assert_eq!(r.exit_code, 0, "{command:?} failed: {}", r.output);
-    r.output.trim().to_string()
+    common::exec(c, id, command).await.trim().to_string()
 }
 
 /// What the snapshot machinery has on disk: layer files, snapshot dirs, memory chunks.

@@ -8,8 +8,8 @@ mod common;
 use common::{wait_for, QemuReaper, TestAgent};
 use nimbus_agent::ImageManifest;
 use nimbus_agent_api::{
-    AgentClient, CloneRequest, DiskSpec, ExecRequest, NicSpec, RestoreRequest, SnapshotRequest,
-    VmRunState, VmSpec,
+    AgentClient, CloneRequest, DiskSpec, NicSpec, RestoreRequest, SnapshotRequest, VmRunState,
+    VmSpec,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -18,18 +18,7 @@ use uuid::Uuid;
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
 
 async fn sh(c: &AgentClient, id: Uuid, command: &str) -> String {
-    let r = c
-        .exec(
-            id,
-            &ExecRequest {
-                command: command.into(),
-                timeout_secs: 30,
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {command:?}: {e}"));
-    assert_eq!(r.exit_code, 0, "{command:?} failed: {}", r.output);
-    r.output.trim().to_string()
+    common::exec(c, id, command).await.trim().to_string()
 }
 
 async fn counter(c: &AgentClient, id: Uuid) -> u64 {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use nimbus_agent::{router, Agent, AgentConfig};
-use nimbus_agent_api::{Accelerator, AgentClient, VmStatus};
+use nimbus_agent_api::{Accelerator, AgentClient, ExecRequest, VmStatus};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -141,4 +141,21 @@ impl Drop for QemuReaper {
             );
         }
     }
+}
+
+/// Runs `command` in the guest through the exec channel; panics unless it exits 0.
+#[allow(dead_code)] // not every test binary execs
+pub async fn exec(c: &AgentClient, id: Uuid, command: &str) -> String {
+    let r = c
+        .exec(
+            id,
+            &ExecRequest {
+                command: command.into(),
+                timeout_secs: 30,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {command:?}: {e}"));
+    assert_eq!(r.exit_code, 0, "{command}: {}", r.output);
+    r.output
 }

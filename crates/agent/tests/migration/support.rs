@@ -1,11 +1,11 @@
 //! Helpers of the migration tests: two agents, a booted guest, bounded waits, checks.
 
+pub use crate::common::exec;
 use crate::common::{qemu_pids_for, wait_for, wait_pid_gone, QemuReaper, TestAgent};
 use nimbus_agent::ImageManifest;
 use nimbus_agent_api::{
-    AgentClient, DiskSpec, DiskTransfer, ExecRequest, IncomingReady, IncomingRequest,
-    MigrateRequest, MigrationPhase, MigrationPolicy, MigrationProgress, VmRunState, VmSpec,
-    VmStatus,
+    AgentClient, DiskSpec, DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest,
+    MigrationPhase, MigrationPolicy, MigrationProgress, VmRunState, VmSpec, VmStatus,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -91,21 +91,6 @@ impl Pair {
 
 pub fn beating(s: &VmStatus) -> bool {
     s.heartbeat_age_ms.is_some_and(|a| a < FRESH_MS)
-}
-
-pub async fn exec(c: &AgentClient, id: Uuid, command: &str) -> String {
-    let r = c
-        .exec(
-            id,
-            &ExecRequest {
-                command: command.into(),
-                timeout_secs: 30,
-            },
-        )
-        .await
-        .expect("exec");
-    assert_eq!(r.exit_code, 0, "{command}: {}", r.output);
-    r.output
 }
 
 /// The guest's uptime in seconds.
