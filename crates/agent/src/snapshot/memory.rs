@@ -41,11 +41,10 @@ pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
     qmp.migrate_set_capabilities(&caps).await
 }
 
-/// Starts the background snapshot into `stream` on a VM we paused, and returns once QEMU has
-/// saved the device state and write-protected RAM (pages are being written), so that the VM
-/// may resume.
-pub async fn start_background(qmp: &Qmp, stream: &Path) -> Result<()> {
-    qmp.migrate(&format!("file:{}", stream.display())).await?;
+/// Waits, on a VM we paused, until the background snapshot started by `migrate` has saved
+/// the device state and write-protected RAM (pages are being written), so that the VM may
+/// resume.
+pub async fn wait_flowing(qmp: &Qmp) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let info = qmp.query_migrate().await?;
@@ -67,6 +66,19 @@ pub async fn start_background(qmp: &Qmp, stream: &Path) -> Result<()> {
         }
         // No sleep: the round trip of the next query is the wait (a tokio timer would add a
         // millisecond per turn, all of it inside the VM's pause).
+    }
+}
+
+/// Cancels a memory snapshot in progress and waits (bounded) until QEMU has let go of it.
+pub async fn cancel(qmp: &Qmp) {
+    let _ = qmp.migrate_cancel().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match qmp.query_migrate().await.map(|i| i.status) {
+            Ok(Some(s)) if s == "active" || s == "setup" || s == "cancelling" => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -83,38 +83,52 @@ impl Actor {
             memory::set_background(&qmp, true).await?;
         }
         let old_top = self.dir.top_disk();
+        // The link first, before the pause: after a crash from here on, a relaunch finds the
+        // old layer under the new, empty one, which is the same disk.
+        self.dir.set_top_disk(&plan.new_top.path)?;
         let t0 = std::time::Instant::now();
-        let mut phases = Vec::new();
-        qmp.stop().await?;
-        phases.push(("stop", t0.elapsed()));
-        // Inside the pause. The link first: after a crash here a relaunch finds the old
-        // layer under the new, empty one, which is the same disk.
-        let frozen = async {
-            self.dir.set_top_disk(&plan.new_top.path)?;
-            if let Err(e) = qmp.blockdev_snapshot(&top_node, &plan.new_top.node).await {
-                self.dir.set_top_disk(&old_top)?;
-                return Err(Error::from(e));
-            }
-            failpoint::check("take.in_pause")?;
-            if let Some(stream) = &plan.stream {
-                memory::start_background(&qmp, stream).await?;
-                phases.push(("memory write-protected", t0.elapsed()));
-            }
-            Ok(())
-        }
-        .await;
+        // The three commands go out together (QMP runs them in order), so the pause is what
+        // QEMU needs rather than our round trips.
+        let uri = plan
+            .stream
+            .as_ref()
+            .map(|s| format!("file:{}", s.display()));
+        let (stopped, switched, started) = tokio::join!(
+            qmp.stop(),
+            qmp.blockdev_snapshot(&top_node, &plan.new_top.node),
+            async {
+                match &uri {
+                    Some(uri) => qmp.migrate(uri).await,
+                    None => Ok(()),
+                }
+            },
+        );
+        let sent = t0.elapsed();
+        let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok() && uri.is_some());
+        let frozen = match (stopped, switched, started) {
+            (Ok(()), Ok(()), Ok(())) if uri.is_some() => memory::wait_flowing(&qmp)
+                .await
+                .and_then(|()| failpoint::check("take.in_pause")),
+            (Ok(()), Ok(()), Ok(())) => failpoint::check("take.in_pause"),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(Error::from(e)),
+        };
+        let flowing = t0.elapsed();
         let resumed = qmp.cont().await;
-        phases.push(("cont", t0.elapsed()));
         let pause_ms = memory::pause_from_events(&mut events).await;
-        tracing::info!(?phases, pause_ms, "snapshot pause");
-        resumed?;
+        tracing::info!(?sent, ?flowing, resumed = ?t0.elapsed(), pause_ms, "snapshot pause");
         if let Err(e) = frozen {
-            if !layers::same_file(&self.dir.top_disk(), &plan.new_top.path) {
+            if started_ok {
+                memory::cancel(&qmp).await;
+            }
+            if !switched_ok {
+                self.dir.set_top_disk(&old_top)?;
                 let _ = qmp.blockdev_del(&plan.new_top.node).await;
             }
             let _ = memory::set_background(&qmp, false).await;
+            let _ = resumed;
             return Err(e);
         }
+        resumed?;
         if plan.stream.is_some() {
             let written = memory::wait_written(&qmp).await;
             let _ = memory::set_background(&qmp, false).await;
