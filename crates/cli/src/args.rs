@@ -112,7 +112,8 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Usage per instance and in total over a period (vCPU-seconds, CPU, memory, disk,
-    /// snapshots, network): `-o table|json|csv`.
+    /// snapshots, network): `-o table|json|csv`. Of the --project given, else of every
+    /// project for an admin (of the token's project for others).
     Usage(UsageArgs),
 }
 
@@ -220,9 +221,6 @@ pub enum AuditCmd {
 /// `nimbus usage`.
 #[derive(Debug, Args)]
 pub struct UsageArgs {
-    /// Only this project [default: all the token may see].
-    #[arg(long)]
-    pub project: Option<String>,
     /// Start of the period: RFC 3339 (`2026-11-25T00:00:00Z`) or a time ago (`-1h`, `-30m`,
     /// `-7d`) [default: 24 hours before --to].
     #[arg(long, allow_hyphen_values = true)]

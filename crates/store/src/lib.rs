@@ -141,28 +141,66 @@ pub(crate) mod testing {
         )
     }
 
+    /// What keeps a test store's backing alive; dropping it removes it (the SQLite directory,
+    /// or the PostgreSQL database).
+    pub enum Backing {
+        Sqlite(#[allow(dead_code)] tempfile::TempDir),
+        Postgres { admin_url: String, name: String },
+    }
+
+    impl Drop for Backing {
+        fn drop(&mut self) {
+            let Backing::Postgres { admin_url, name } = self else {
+                return;
+            };
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop cannot await: a thread of its own with its own runtime drops the database
+            // (FORCE ends the test's pool connections).
+            let dropped = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let admin = sqlx::AnyPool::connect(&admin_url).await.ok()?;
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    sqlx::query(&sql).execute(&admin).await.ok()
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Some(_))) {
+                eprintln!("warning: could not drop the test database");
+            }
+        }
+    }
+
     /// A fresh store on every backend available: SQLite in a temporary directory, and a new
     /// PostgreSQL database when `NIMBUS_TEST_POSTGRES_URL` names a server (CI sets it), so
-    /// each test proves its queries on both.
-    pub async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    /// each test proves its queries on both. The database goes when the test ends; the
+    /// server's own database is only used to create and drop it.
+    pub async fn stores() -> Vec<(Store, Backing)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/test.db", dir.path().display());
         let mut out = vec![(
             Store::connect(&url).await.expect("connect sqlite"),
-            Some(dir),
+            Backing::Sqlite(dir),
         )];
         if let Ok(admin_url) = std::env::var("NIMBUS_TEST_POSTGRES_URL") {
-            let admin = Store::connect(&admin_url).await.expect("connect postgres");
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&admin_url)
+                .await
+                .expect("connect postgres");
             let name = format!("nimbus_test_{}", uuid::Uuid::new_v4().simple());
             sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(admin.pool())
+                .execute(&admin)
                 .await
                 .expect("create database");
+            admin.close().await;
             let (base, _) = admin_url.rsplit_once('/').expect("url with a database");
             let store = Store::connect(&format!("{base}/{name}"))
                 .await
                 .expect("connect");
-            out.push((store, None));
+            out.push((store, Backing::Postgres { admin_url, name }));
         }
         out
     }

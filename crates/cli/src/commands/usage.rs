@@ -22,7 +22,9 @@ const HEADERS: &[&str] = &[
 pub async fn run(conn: &Connection, out: OutputArg, args: UsageArgs) -> anyhow::Result<()> {
     let now = Utc::now();
     let q = UsageQuery {
-        project: args.project,
+        // The global --project (sent with every request) chooses the project; an admin who
+        // names none sees every project.
+        project: None,
         from: args
             .from
             .as_deref()
