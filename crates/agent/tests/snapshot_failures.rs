@@ -7,7 +7,6 @@
 mod common;
 
 use common::{wait_for, QemuReaper, TestAgent};
-use nimbus_agent::ImageManifest;
 use nimbus_agent_api::{
     AgentClient, DiskSpec, RestoreRequest, SnapshotRequest, VmRunState, VmSpec,
 };
@@ -60,12 +59,9 @@ fn inject(point: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_failures_leave_nothing_behind() {
-    let image_dir = ImageManifest::default_dir();
-    if !image_dir.join("image.json").is_file() {
-        eprintln!("SKIPPED: no guest image at {}", image_dir.display());
+    let Some(image) = common::default_image("injected_failures_leave_nothing_behind") else {
         return;
-    }
-    let image = ImageManifest::load(&image_dir).expect("image manifest");
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let _reaper = QemuReaper(tmp.path().to_path_buf());
     let state = tmp.path().join("state");

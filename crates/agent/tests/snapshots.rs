@@ -92,12 +92,9 @@ fn files_under(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_restore_branch_delete_clone() {
-    let image_dir = ImageManifest::default_dir();
-    if !image_dir.join("image.json").is_file() {
-        eprintln!("SKIPPED: no guest image at {}", image_dir.display());
+    let Some(image) = common::default_image("snapshots_restore_branch_delete_clone") else {
         return;
-    }
-    let image = ImageManifest::load(&image_dir).expect("image manifest");
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let _reaper = QemuReaper(tmp.path().to_path_buf());
     let state_dir = tmp.path().join("state");

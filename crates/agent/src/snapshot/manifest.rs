@@ -141,21 +141,46 @@ impl SnapshotFiles {
     }
 }
 
+/// The snapshots of the VM in `vm`, by id (complete or not).
+fn snapshot_ids(vm: &VmDir) -> Vec<Uuid> {
+    let Ok(entries) = std::fs::read_dir(vm.snapshots_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<Uuid>().ok())
+        .collect()
+}
+
 /// Every manifest of the VM in `vm`.
 pub fn all(vm: &VmDir) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(vm.snapshots_dir()) else {
-        return Ok(out);
-    };
-    for entry in entries.flatten() {
-        let Ok(sid) = entry.file_name().to_string_lossy().parse::<Uuid>() else {
-            continue;
-        };
+    for sid in snapshot_ids(vm) {
         if let Some(m) = SnapshotFiles::new(vm, sid).read()? {
             out.push(m);
         }
     }
     Ok(out)
+}
+
+/// What metering needs of a manifest, read without building its chunk list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Summary {
+    pub format_version: u32,
+    pub disk: DiskLayer,
+    pub result: SnapshotResult,
+}
+
+/// The summaries of every readable manifest of the VM in `vm` (unreadable ones are skipped:
+/// a restore reports them).
+pub fn summaries(vm: &VmDir) -> Vec<Summary> {
+    snapshot_ids(vm)
+        .into_iter()
+        .filter_map(|sid| {
+            read_json::<Summary>(&SnapshotFiles::new(vm, sid).manifest_file()).ok()?
+        })
+        .filter(|s| s.format_version == FORMAT_VERSION)
+        .collect()
 }
 
 /// BLAKE3 of a file, hex.

@@ -97,8 +97,7 @@ impl SnapshotStore {
 /// layer as it is now plus the memory chunks it added when taken (chunks shared with a later
 /// snapshot stay with the one that stored them first).
 pub fn stored_bytes_of(vm: &VmDir) -> u64 {
-    manifest::all(vm)
-        .unwrap_or_default()
+    manifest::summaries(vm)
         .iter()
         .map(|m| layers::allocated_bytes(&m.disk.path) + m.result.memory_new_bytes)
         .sum()

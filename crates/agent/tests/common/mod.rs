@@ -159,3 +159,15 @@ pub async fn exec(c: &AgentClient, id: Uuid, command: &str) -> String {
     assert_eq!(r.exit_code, 0, "{command}: {}", r.output);
     r.output
 }
+
+/// The default guest image, or `None` (saying so, for `test`) when guest/build.sh has not
+/// built it.
+#[allow(dead_code)] // not every test binary boots the default guest
+pub fn default_image(test: &str) -> Option<nimbus_agent::ImageManifest> {
+    let dir = nimbus_agent::ImageManifest::default_dir();
+    if !dir.join("image.json").is_file() {
+        eprintln!("SKIPPED {test}: no guest image at {}", dir.display());
+        return None;
+    }
+    Some(nimbus_agent::ImageManifest::load(&dir).expect("image manifest"))
+}

@@ -125,7 +125,12 @@ impl Actor {
                 let _ = qmp.blockdev_del(&plan.new_top.node).await;
             }
             let _ = memory::set_background(&qmp, false).await;
-            let _ = resumed;
+            if let Err(cont) = resumed {
+                tracing::error!(
+                    error = error_chain(&cont),
+                    "cannot resume the VM after a failed snapshot"
+                );
+            }
             return Err(e);
         }
         resumed?;
