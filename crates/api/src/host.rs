@@ -68,3 +68,48 @@ pub struct HostKsm {
     /// Memory saved by merging (`pages_sharing` x page size), in bytes.
     pub saved_bytes: u64,
 }
+
+/// Why a VM a host runs is an orphan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrphanKind {
+    /// The store knows no instance with this id (e.g. a controller started on an empty or
+    /// restored database).
+    Unknown,
+    /// The instance is placed on another host and no completed migration proves this copy
+    /// stale (e.g. a host registered under a wrong name, or a failed migration's leftover).
+    Misplaced,
+}
+
+impl OrphanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanKind::Unknown => "unknown",
+            OrphanKind::Misplaced => "misplaced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unknown" => Some(OrphanKind::Unknown),
+            "misplaced" => Some(OrphanKind::Misplaced),
+            _ => None,
+        }
+    }
+}
+
+/// A VM a host runs that the store does not account for. nimbus never deletes one on its
+/// own: an operator does (`nimbus host orphans delete HOST VM_ID`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrphanView {
+    pub host: String,
+    /// The VM's id (an instance id, for the agent).
+    pub vm_id: uuid::Uuid,
+    pub kind: OrphanKind,
+    /// The VM's run state as its agent last reported it.
+    pub vm_state: String,
+    /// For a misplaced copy: the host its instance is placed on.
+    pub placed_on: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}

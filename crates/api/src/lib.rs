@@ -27,7 +27,7 @@ pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,
 };
-pub use host::{HostKsm, HostState, HostView};
+pub use host::{HostKsm, HostState, HostView, OrphanKind, OrphanView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,

@@ -376,6 +376,21 @@ pub enum HostCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// VMs hosts run that the store does not know (or places elsewhere): listed, left
+    /// running, never deleted on their own.
+    #[command(args_conflicts_with_subcommands = true)]
+    Orphans {
+        /// Only this host's.
+        host: Option<String>,
+        #[command(subcommand)]
+        action: Option<OrphanCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrphanCmd {
+    /// Delete an orphan VM (its QEMU and files; a disk its instance may use elsewhere stays).
+    Delete { host: String, vm_id: String },
 }
 
 #[derive(Debug, Subcommand)]

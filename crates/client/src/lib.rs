@@ -9,7 +9,8 @@ use nimbus_api::{
     AuditEntry, ConsoleLog, CreateFlavor, CreateGroup, CreateInstance, CreateProject, CreateToken,
     CreatedToken, ErrorBody, ErrorCode, ExecInstance, ExecOutput, FlavorView, GroupView, HostView,
     ImageView, ImportImage, InstanceView, MigrateInstance, MigrationView, OperationView,
-    ProjectView, QuotaLimits, QuotaView, TokenView, UpdateGroup, UsageQuery, UsageReport,
+    OrphanView, ProjectView, QuotaLimits, QuotaView, TokenView, UpdateGroup, UsageQuery,
+    UsageReport,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -297,6 +298,19 @@ impl Client {
             &serde_json::json!({}),
         )
         .await
+    }
+
+    /// Orphan VMs of `host` (of every host if `None`).
+    pub async fn orphans(&self, host: Option<&str>) -> Result<Vec<OrphanView>, ClientError> {
+        match host {
+            Some(h) => self.get(&format!("/v1/orphans?host={h}")).await,
+            None => self.get("/v1/orphans").await,
+        }
+    }
+
+    /// Deletes the orphan VM `vm` of `host`.
+    pub async fn delete_orphan(&self, host: &str, vm: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/hosts/{host}/orphans/{vm}")).await
     }
 
     // Projects, tokens, quotas, audit

@@ -13,6 +13,7 @@
 pub mod app;
 pub mod background;
 pub mod config;
+mod failpoint;
 pub mod http;
 pub mod ops;
 

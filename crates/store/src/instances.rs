@@ -335,12 +335,33 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the instance row (the last step of a delete).
+    /// Removes the instance row (the last step of a delete) and leaves a tombstone in the
+    /// same transaction: the proof that lets the reconciler remove a VM still running for it.
     pub async fn delete_instance_row(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT project, name, host FROM instances WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO tombstones (instance_id, project, name, host, deleted_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (instance_id) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(row.try_get::<String, _>("project")?)
+        .bind(row.try_get::<String, _>("name")?)
+        .bind(row.try_get::<Option<String>, _>("host")?)
+        .bind(time::now())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -1,8 +1,8 @@
 //! `nimbus host ...`
 
-use crate::args::{Connection, HostCmd, Output};
+use crate::args::{Connection, HostCmd, OrphanCmd, Output};
 use crate::{context, output};
-use nimbus_api::HostView;
+use nimbus_api::{HostView, OrphanView};
 
 fn row(h: &HostView) -> Vec<String> {
     vec![
@@ -114,5 +114,39 @@ pub async fn run(conn: &Connection, out: Output, cmd: HostCmd) -> anyhow::Result
             let op = client.drain_host(&host).await?;
             super::follow(&client, out, op, &wait).await
         }
+        HostCmd::Orphans { host, action: None } => output::list(
+            out,
+            &client.orphans(host.as_deref()).await?,
+            ORPHAN_HEADERS,
+            orphan_row,
+        ),
+        HostCmd::Orphans {
+            action: Some(OrphanCmd::Delete { host, vm_id }),
+            ..
+        } => {
+            client.delete_orphan(&host, &vm_id).await?;
+            eprintln!("orphan VM {vm_id} deleted from {host}");
+            Ok(())
+        }
     }
+}
+
+const ORPHAN_HEADERS: &[&str] = &[
+    "host",
+    "vm_id",
+    "kind",
+    "vm_state",
+    "placed_on",
+    "first_seen",
+];
+
+fn orphan_row(o: &OrphanView) -> Vec<String> {
+    vec![
+        o.host.clone(),
+        o.vm_id.to_string(),
+        o.kind.as_str().into(),
+        o.vm_state.clone(),
+        o.placed_on.clone().unwrap_or_else(|| "-".into()),
+        o.first_seen.to_rfc3339(),
+    ]
 }

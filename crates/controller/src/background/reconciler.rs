@@ -5,15 +5,24 @@
 //!   and no operation owns the instance (operations apply their own results).
 //! - A VM that died shows `error` with the agent's reason.
 //! - An instance that should run on a host whose agent does not know it goes to `error`.
-//! - A VM the agent runs for an instance that no longer exists (e.g. a delete whose undo
-//!   could not reach the agent) is an orphan and is deleted, so no QEMU or disk leaks.
+//! - Nothing is destroyed for being unknown. A VM the agent runs that the store does not
+//!   account for is an orphan: recorded (`nimbus host orphans`, `/metrics`), left running,
+//!   deleted only by an operator (`nimbus host orphans delete`) or when positive knowledge
+//!   says it is a leftover of nimbus's own:
+//!   - no instance has its id but a tombstone says nimbus deleted that instance (a delete
+//!     whose agent call was lost): the VM and its disk go;
+//!   - its instance is placed on another host and the newest completed migration of the
+//!     instance went from this host to that one (a source its migration could not clean
+//!     up): the copy goes, a shared disk stays.
+//!
+//!   Anything else (an empty or restored database, a host registered under a wrong name,
+//!   a failed migration's leftover) is only flagged.
 
 use crate::app::App;
 use crate::ops::steps::instance_state_of;
 use nimbus_agent_api::{VmRunState, VmStatus};
-use nimbus_api::InstanceState;
-use nimbus_store::Scope;
-use nimbus_store::{HostRecord, InstanceRecord, StoreError};
+use nimbus_api::{InstanceState, OrphanKind};
+use nimbus_store::{HostRecord, InstanceRecord, Scope, SeenOrphan, StoreError};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -54,17 +63,19 @@ async fn reconcile_host(
     instances: &[InstanceRecord],
     by_id: &HashMap<Uuid, &InstanceRecord>,
 ) -> Result<(), StoreError> {
+    let mut orphans = Vec::new();
     for vm in vms {
         match by_id.get(&vm.id) {
-            None => delete_orphan(app, host, vm.id).await,
+            None => orphans.extend(unknown_vm(app, host, vm).await?),
             Some(inst) if inst.host.as_deref() == Some(host.name.as_str()) => {
                 apply_report(app, inst, vm).await?
             }
-            // Placed elsewhere: a migration in flight (left to it), or a copy it left behind.
-            Some(inst) if inst.operation_id.is_none() => delete_stale_copy(app, host, inst).await,
-            Some(_) => {}
+            // Placed elsewhere while an operation runs: a migration in flight, left to it.
+            Some(inst) if inst.operation_id.is_some() => {}
+            Some(inst) => orphans.extend(copy_elsewhere(app, host, inst, vm).await?),
         }
     }
+    app.store().set_orphans(&host.name, &orphans).await?;
     for inst in instances {
         let here = inst.host.as_deref() == Some(host.name.as_str());
         let expected_running =
@@ -88,6 +99,60 @@ async fn reconcile_host(
         }
     }
     Ok(())
+}
+
+fn orphan(vm: &VmStatus, kind: OrphanKind, placed_on: Option<String>) -> SeenOrphan {
+    SeenOrphan {
+        vm_id: vm.id,
+        kind,
+        vm_state: format!("{:?}", vm.state).to_lowercase(),
+        placed_on,
+    }
+}
+
+/// A VM no instance has: removed if a tombstone proves nimbus deleted its instance, else
+/// an orphan.
+async fn unknown_vm(
+    app: &App,
+    host: &HostRecord,
+    vm: &VmStatus,
+) -> Result<Option<SeenOrphan>, StoreError> {
+    if app.store().is_tombstoned(vm.id).await? {
+        tracing::warn!(instance_id = %vm.id, host = %host.name, "deleting the VM of a deleted instance (tombstone)");
+        if let Err(e) = app.agent(&host.agent_url).delete_vm(vm.id).await {
+            tracing::warn!(instance_id = %vm.id, host = %host.name, error = %e, "could not delete the VM of a deleted instance");
+        }
+        return Ok(None);
+    }
+    // Re-read: the instance may have been created after the pass read the instance list
+    // (its row always exists before its VM is defined).
+    match app.store().get_instance_by_id(&Scope::All, vm.id).await {
+        Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+        Ok(_) => return Ok(None),
+    }
+    tracing::warn!(instance_id = %vm.id, host = %host.name, "orphan VM: no such instance; left running (`nimbus host orphans`)");
+    Ok(Some(orphan(vm, OrphanKind::Unknown, None)))
+}
+
+/// A copy of an instance placed on another host: removed if the newest completed migration
+/// of the instance moved it from this host to where it is placed, else flagged.
+async fn copy_elsewhere(
+    app: &App,
+    host: &HostRecord,
+    inst: &InstanceRecord,
+    vm: &VmStatus,
+) -> Result<Option<SeenOrphan>, StoreError> {
+    let migrations = app.store().migrations_of(&Scope::All, inst.id).await?;
+    let newest_done = migrations.iter().find(|m| m.state == "succeeded");
+    let stale = newest_done
+        .is_some_and(|m| m.source == host.name && Some(m.target.as_str()) == inst.host.as_deref());
+    if stale {
+        delete_stale_copy(app, host, inst).await;
+        return Ok(None);
+    }
+    tracing::warn!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "copy of an instance on a host it is not placed on; left running (`nimbus host orphans`)");
+    Ok(Some(orphan(vm, OrphanKind::Misplaced, inst.host.clone())))
 }
 
 async fn apply_report(app: &App, inst: &InstanceRecord, vm: &VmStatus) -> Result<(), StoreError> {
@@ -121,22 +186,7 @@ async fn apply_report(app: &App, inst: &InstanceRecord, vm: &VmStatus) -> Result
     Ok(())
 }
 
-async fn delete_orphan(app: &App, host: &HostRecord, id: Uuid) {
-    // Re-read: the instance may have been created after the pass read the instance list
-    // (its row always exists before its VM is defined, so this check is race-free).
-    if !matches!(
-        app.store().get_instance_by_id(&Scope::All, id).await,
-        Err(StoreError::NotFound { .. })
-    ) {
-        return;
-    }
-    tracing::warn!(instance_id = %id, host = %host.name, "deleting orphan VM (no such instance)");
-    if let Err(e) = app.agent(&host.agent_url).delete_vm(id).await {
-        tracing::warn!(instance_id = %id, host = %host.name, error = %e, "could not delete orphan VM");
-    }
-}
-
-/// Deletes the copy of an instance on a host it no longer runs on (e.g. a source a migration
+/// Deletes the copy of an instance on a host it no longer runs on (a source its migration
 /// could not clean up). A shared disk stays: the instance uses it on its current host.
 async fn delete_stale_copy(app: &App, host: &HostRecord, inst: &InstanceRecord) {
     tracing::warn!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "deleting stale copy of a moved instance");

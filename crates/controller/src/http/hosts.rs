@@ -1,11 +1,12 @@
-//! `/v1/hosts`.
+//! `/v1/hosts` and `/v1/orphans`.
 
-use super::error::ApiPath;
+use super::error::{ApiPath, ApiQuery};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{ErrorBody, HostView};
+use nimbus_api::{ErrorBody, HostView, OrphanView};
 
 /// Lists hosts with capacity and allocation (admin).
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
@@ -48,4 +49,39 @@ pub async fn disable(
 ) -> Result<Json<HostView>, ApiError> {
     caller.require_admin()?;
     Ok(Json(app.set_host_enabled(&name, false).await?))
+}
+
+/// Filter of the orphan list.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct OrphanQuery {
+    /// Only this host's orphans (default: every host's).
+    pub host: Option<String>,
+}
+
+/// Lists orphans: VMs hosts run that the store does not account for; nimbus leaves them
+/// running (admin).
+#[utoipa::path(get, path = "/v1/orphans", tag = "hosts", params(OrphanQuery),
+    responses((status = 200, body = [OrphanView]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn orphans(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<OrphanQuery>,
+) -> Result<Json<Vec<OrphanView>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(app.list_orphans(q.host.as_deref()).await?))
+}
+
+/// Deletes an orphan VM of a host: its QEMU, its files, and its disk unless its instance
+/// may use that disk from another host (admin).
+#[utoipa::path(delete, path = "/v1/hosts/{host}/orphans/{vm}", tag = "hosts",
+    params(("host" = String, Path, description = "host name"), ("vm" = uuid::Uuid, Path, description = "the orphan VM's id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_orphan(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((host, vm)): ApiPath<(String, uuid::Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    app.delete_orphan(&host, vm).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -122,8 +122,29 @@ async fn render(app: &App) -> Result<String, AppError> {
             let _ = writeln!(out, "{name}{{host=\"{}\"}} {}", h.name, get(h));
         }
     }
+    render_orphans(app, &mut out).await?;
     render_usage(app, &mut out).await?;
     Ok(out)
+}
+
+/// Orphan VMs per host and kind: a non-zero value needs an operator (alert on it).
+async fn render_orphans(app: &App, out: &mut String) -> Result<(), AppError> {
+    let mut count: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    for o in app.store().list_orphans(None).await? {
+        *count.entry((o.host, o.kind.as_str())).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP nimbus_orphan_vms VMs a host runs that the store does not account for \
+         (left running; see `nimbus host orphans`).\n# TYPE nimbus_orphan_vms gauge"
+    );
+    for ((host, kind), n) in count {
+        let _ = writeln!(
+            out,
+            "nimbus_orphan_vms{{host=\"{host}\",kind=\"{kind}\"}} {n}"
+        );
+    }
+    Ok(())
 }
 
 /// A per-project usage counter: name, help text, how to read it.

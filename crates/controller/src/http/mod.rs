@@ -67,6 +67,11 @@ pub fn router(app: App) -> Router {
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))
         .route("/hosts/{host}/disable", post(hosts::disable))
+        .route("/orphans", get(hosts::orphans))
+        .route(
+            "/hosts/{host}/orphans/{vm}",
+            axum::routing::delete(hosts::delete_orphan),
+        )
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
         .route(
             "/snapshots/{snapshot}",

@@ -37,19 +37,33 @@ fn from_output<T: serde::de::DeserializeOwned>(
 struct Route {
     source: String,
     target: String,
-    shared: bool,
+    /// How the disk moves (`shared` or `mirror`), as prepare_target recorded it; `None`
+    /// when it recorded nothing (it failed, or its answer was lost): then nobody knows
+    /// whether the target made a disk of its own.
+    disk_transfer: Option<String>,
+}
+
+impl Route {
+    fn shared(&self) -> bool {
+        self.disk_transfer.as_deref() == Some("shared")
+    }
+
+    /// Whether the target's disk is one the target made (a mirror's fresh copy): only then
+    /// may an undo delete it. A shared disk is the source's; an unknown one may be.
+    fn target_made_disk(&self) -> bool {
+        self.disk_transfer.as_deref() == Some("mirror")
+    }
 }
 
 fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
     Ok(Route {
         source: from_output(s, 0, "source")?,
         target: from_output(s, 0, "target")?,
-        shared: s
+        disk_transfer: s
             .output(1)
             .and_then(|o| o.get("disk_transfer"))
             .and_then(|v| v.as_str())
-            .map(|t| t == "shared")
-            .unwrap_or(false),
+            .map(str::to_string),
     })
 }
 
@@ -174,13 +188,19 @@ impl Step<App> for PrepareTarget {
             .migration_incoming(&IncomingRequest { spec, disk, policy })
             .await
             .map_err(agent_err)?;
+        crate::failpoint::check("migrate.after_prepare_target")?;
         Ok(json!({ "ready": ready, "disk_transfer": kind }))
     }
 
+    /// Removes the target's copy; its disk only when the target provably made it.
     async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
         let r = route(s)?;
+        let keep_disk = !r.target_made_disk();
+        if r.disk_transfer.is_none() {
+            tracing::warn!(instance_id = %self.0, target = %r.target, "the target's disk transfer is unknown: its disk (if any) is kept");
+        }
         let agent = app.agent_of(&r.target).await.map_err(app_err)?;
-        let res = agent.remove_vm(self.0, r.shared).await;
+        let res = agent.remove_vm(self.0, keep_disk).await;
         res.map_err(agent_err)
     }
 }
@@ -258,7 +278,7 @@ impl Step<App> for Transfer {
             };
             s.progress(&progress_line(&p)).await;
             if last_stats.elapsed() > Duration::from_secs(1) || p.phase.is_final() {
-                record_progress(app, s.operation_id, &p, r.shared).await;
+                record_progress(app, s.operation_id, &p, r.shared()).await;
                 last_stats = Instant::now();
             }
             match p.phase {
@@ -284,7 +304,7 @@ impl Step<App> for Transfer {
         let r = route(s)?;
         let source = app.agent_of(&r.source).await.map_err(app_err)?;
         let phase = source.migration(self.0).await.map(|p| p.phase);
-        if r.shared && matches!(phase, Ok(MigrationPhase::Completed)) {
+        if r.shared() && matches!(phase, Ok(MigrationPhase::Completed)) {
             tracing::error!(instance_id = %self.0, "switch-over completed on shared storage but the target failed; not resuming the stale source copy");
             return Ok(());
         }
@@ -391,7 +411,7 @@ impl Step<App> for Commit {
             .await
             .map_err(store_err)?;
         m.stats = MigrationStats {
-            disk_transfer: if r.shared { "shared" } else { "mirror" }.into(),
+            disk_transfer: if r.shared() { "shared" } else { "mirror" }.into(),
             rounds: progress.round,
             transferred_bytes: progress.transferred_bytes,
             total_bytes: progress.total_bytes,
@@ -429,7 +449,7 @@ impl Step<App> for CleanupSource {
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
         let agent = app.agent_of(&r.source).await.map_err(app_err)?;
-        let res = agent.remove_vm(self.0, r.shared).await;
+        let res = agent.remove_vm(self.0, r.shared()).await;
         res.map_err(agent_err)?;
         Ok(json!({}))
     }
