@@ -40,6 +40,18 @@ async fn fixture() -> (App, String, tempfile::TempDir) {
     let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
     let app = App::open(config).await.expect("open");
     app.bootstrap().await.expect("bootstrap");
+    // The image instances are made from (any existing file stands in for a kernel).
+    let exe = std::env::current_exe().expect("exe").display().to_string();
+    app.import_image(&nimbus_api::ImportImage {
+        name: "default".into(),
+        kernel: Some(exe),
+        initrd: None,
+        cmdline: None,
+        disk: None,
+        ready_marker: None,
+    })
+    .await
+    .expect("image");
     let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token");
     (app, token.trim().to_string(), dir)
 }

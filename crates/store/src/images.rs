@@ -1,5 +1,6 @@
 //! Images.
 
+use crate::locks::lock_image;
 use crate::{time, Store, StoreError};
 use nimbus_api::{ImageView, ImportImage};
 use sqlx::Row;
@@ -59,9 +60,13 @@ impl Store {
 
     /// Deletes an image; refused while instances use it (their disks are overlays of it).
     pub async fn delete_image(&self, name: &str) -> Result<(), StoreError> {
+        // Locked first: a create using the image either committed (and is counted) or
+        // waits and then finds the image gone.
+        let mut tx = self.pool.begin().await?;
+        lock_image(&mut tx, name).await?;
         let users: i64 = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE image = $1")
             .bind(name)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?
             .try_get("n")?;
         if users > 0 {
@@ -69,13 +74,11 @@ impl Store {
                 "image {name:?} is used by {users} instance(s); delete them first"
             )));
         }
-        let r = sqlx::query("DELETE FROM images WHERE name = $1")
+        sqlx::query("DELETE FROM images WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::not_found("image", name));
-        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! Instances: their desired state, placement and the operation acting on them.
 
+use crate::locks::{lock_addresses, lock_image, lock_project};
 use crate::quotas::{lock_quota, usage_in};
 use crate::{operations::insert_operation, time, NewOperation, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -130,12 +131,10 @@ impl Store {
         let now = time::now();
         let mut tx = self.pool.begin().await?;
         let limits = lock_quota(&mut tx, &new.project).await?;
-        // Checked after the lock: a project deleted meanwhile is seen as gone.
-        sqlx::query("SELECT name FROM projects WHERE name = $1")
-            .bind(&new.project)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::not_found("project", new.project.clone()))?;
+        // Locked, not just read: a project or image deleted meanwhile is seen as gone, and
+        // one being deleted waits and then sees this instance.
+        lock_project(&mut tx, &new.project).await?;
+        lock_image(&mut tx, &new.image).await?;
         if let Some(limits) = limits {
             let in_use = usage_in(&mut tx, &new.project).await?;
             let want = nimbus_api::QuotaUsage {
@@ -147,6 +146,7 @@ impl Store {
             };
             crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
         }
+        lock_addresses(&mut tx).await?;
         let used: HashSet<String> = sqlx::query("SELECT ip FROM instances WHERE ip IS NOT NULL")
             .fetch_all(&mut *tx)
             .await?
@@ -179,8 +179,14 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| {
+            let text = e.to_string();
+            let address_taken = text.contains("instances.ip") || text.contains("instances_ip");
             StoreError::unique_or(e, || {
-                format!("an instance named {:?} already exists in project {:?}", new.name, new.project)
+                if address_taken {
+                    format!("address {ip} is already taken; retry")
+                } else {
+                    format!("an instance named {:?} already exists in project {:?}", new.name, new.project)
+                }
             })
         })?;
         insert_operation(&mut tx, op).await?;

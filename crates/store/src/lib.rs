@@ -17,6 +17,7 @@ mod groups;
 mod hosts;
 mod images;
 mod instances;
+mod locks;
 mod migrations;
 mod operations;
 mod orphans;
@@ -100,6 +101,8 @@ impl Store {
 }
 
 #[cfg(test)]
+mod race_tests;
+#[cfg(test)]
 mod tenancy_tests;
 
 #[cfg(test)]
@@ -126,7 +129,7 @@ pub(crate) mod testing {
                 project: project.into(),
                 name: name.into(),
                 flavor: "small".into(),
-                image: "default".into(),
+                image: DEFAULT_IMAGE.into(),
                 vcpus: 1,
                 memory_mib: 512,
                 disk_gib: 2,
@@ -181,6 +184,31 @@ pub(crate) mod testing {
     /// each test proves its queries on both. The database goes when the test ends; the
     /// server's own database is only used to create and drop it.
     pub async fn stores() -> Vec<(Store, Backing)> {
+        let mut out = bare_stores().await;
+        for (s, _) in &mut out {
+            s.create_image(&image(DEFAULT_IMAGE), 0)
+                .await
+                .expect("default image");
+        }
+        out
+    }
+
+    /// The image [`new_instance`] uses; every store of [`stores`] has it.
+    pub const DEFAULT_IMAGE: &str = "default";
+
+    /// An image record named `name` (its files do not matter to the store).
+    pub fn image(name: &str) -> nimbus_api::ImportImage {
+        nimbus_api::ImportImage {
+            name: name.into(),
+            kernel: Some("/boot/vmlinuz".into()),
+            initrd: None,
+            cmdline: None,
+            disk: None,
+            ready_marker: None,
+        }
+    }
+
+    async fn bare_stores() -> Vec<(Store, Backing)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/test.db", dir.path().display());
         let mut out = vec![(

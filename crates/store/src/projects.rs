@@ -1,6 +1,7 @@
 //! Projects: the tenants. Deleting one is refused while it owns instances; its tokens are
 //! revoked and its quota removed with it.
 
+use crate::locks::lock_project;
 use crate::quotas::lock_quota;
 use crate::{time, Store, StoreError};
 use nimbus_api::{ProjectView, QuotaLimits};
@@ -58,6 +59,8 @@ impl Store {
     pub async fn delete_project(&self, name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         lock_quota(&mut tx, name).await?;
+        // The project row too: a create in a project without a quota row locks only this.
+        lock_project(&mut tx, name).await?;
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE project = $1")
             .bind(name)
             .fetch_one(&mut *tx)

@@ -1,6 +1,7 @@
 //! The reconciler: polls every host's agent, applies VM status reports to instances, and
 //! repairs drift.
 //!
+//! - An instance still held by an operation that ended (its finish failed) is released.
 //! - A report is applied only when it is newer than the last one applied (agent generation)
 //!   and no operation owns the instance (operations apply their own results).
 //! - A VM that died shows `error` with the agent's reason.
@@ -38,8 +39,11 @@ pub async fn run(app: App) {
     }
 }
 
-/// One pass over all hosts.
+/// One pass over all hosts, after settling operations whose end was not applied.
 pub async fn pass(app: &App) -> Result<(), StoreError> {
+    if let Err(e) = crate::ops::settle_ended(app).await {
+        tracing::warn!(error = %e, "cannot settle ended operations");
+    }
     let hosts = app.store().list_hosts().await?;
     let instances = app.store().list_instances(&Scope::All).await?;
     let by_id: HashMap<Uuid, &InstanceRecord> = instances.iter().map(|i| (i.id, i)).collect();

@@ -99,7 +99,7 @@ async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
     let outcome = nimbus_ops::run_then(id, &plan.steps, app, app.store(), RetryPolicy::default(), |outcome| async move {
         if instance_op {
             if let Err(e) = finish(app, id, instance, kind, &outcome, after).await {
-                tracing::error!(operation_id = %id, error = %e, "could not apply the end of the operation; retried at the next start");
+                tracing::error!(operation_id = %id, error = %e, "could not apply the end of the operation; the reconciler retries it");
             }
         }
     })
@@ -174,22 +174,35 @@ pub async fn resume_unfinished(app: &App) -> Result<(), AppError> {
         tracing::info!(operation_id = %op.id, kind = op.kind.as_str(), "resuming operation");
         spawn(app.clone(), op.id);
     }
+    settle_ended(app).await
+}
+
+/// Applies the end of every ended operation still attached to its instance: its finish
+/// failed (e.g. the database was briefly unreachable) or the controller stopped between the
+/// two. Run at start and by the reconciler on every pass, so that no instance stays busy
+/// forever. (An operation is marked ended only after its finish ran, so one attached to an
+/// ended operation is never one whose finish is still to come.)
+pub async fn settle_ended(app: &App) -> Result<(), AppError> {
     for inst in app.store().list_instances(&Scope::All).await? {
         let Some(op_id) = inst.operation_id else {
             continue;
         };
         let op = app.store().get_operation(&Scope::All, op_id).await?;
-        if op.state.is_final() {
-            let outcome = match op.state {
-                OperationState::Succeeded => Outcome::Succeeded,
-                OperationState::Cancelled => Outcome::Cancelled,
-                _ => Outcome::Failed {
-                    error: op.error.unwrap_or_default(),
-                    unwound: false,
-                },
-            };
-            let after = plan(op.kind, inst.id, &inst.name).after;
-            finish(app, op_id, inst.id, op.kind, &outcome, after).await?;
+        if !op.state.is_final() {
+            continue;
+        }
+        let outcome = match op.state {
+            OperationState::Succeeded => Outcome::Succeeded,
+            OperationState::Cancelled => Outcome::Cancelled,
+            _ => Outcome::Failed {
+                error: op.error.unwrap_or_default(),
+                unwound: false,
+            },
+        };
+        let after = plan(op.kind, inst.id, &inst.name).after;
+        tracing::warn!(operation_id = %op_id, instance_id = %inst.id, "applying the end of an ended operation to its instance");
+        if let Err(e) = finish(app, op_id, inst.id, op.kind, &outcome, after).await {
+            tracing::error!(operation_id = %op_id, instance_id = %inst.id, error = %e, "could not apply the end of the operation; retried at the next pass");
         }
     }
     Ok(())

@@ -1,0 +1,49 @@
+//! Row locks that turn check-then-act into one serialised step across controllers.
+//!
+//! Each is an `UPDATE` that changes nothing: on PostgreSQL it takes the row's lock until
+//! the transaction ends, so a second transaction doing the same waits, then sees what the
+//! first committed; on SQLite the first write of a transaction takes the database's write
+//! lock, which serialises the same way. Lock order, to never deadlock: quota, project,
+//! image, addresses.
+
+use crate::StoreError;
+use sqlx::{Any, Transaction};
+
+/// Locks the project's row; `NotFound` if there is no such project (deleted meanwhile).
+pub(crate) async fn lock_project(
+    tx: &mut Transaction<'_, Any>,
+    project: &str,
+) -> Result<(), StoreError> {
+    let r = sqlx::query("UPDATE projects SET name = name WHERE name = $1")
+        .bind(project)
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::not_found("project", project));
+    }
+    Ok(())
+}
+
+/// Locks the image's row; `NotFound` if there is no such image (deleted meanwhile).
+pub(crate) async fn lock_image(
+    tx: &mut Transaction<'_, Any>,
+    image: &str,
+) -> Result<(), StoreError> {
+    let r = sqlx::query("UPDATE images SET name = name WHERE name = $1")
+        .bind(image)
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::not_found("image", image));
+    }
+    Ok(())
+}
+
+/// Locks the cloud network's addresses (one row, see migration 0008): the address of a new
+/// instance is chosen from those in use while no one else chooses.
+pub(crate) async fn lock_addresses(tx: &mut Transaction<'_, Any>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE address_lock SET generation = generation + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
