@@ -11,12 +11,15 @@ use utoipa::ToSchema;
 /// | admin | yes | yes | yes | yes (`?project=P`) |
 /// | member | own project | own project | no | no |
 /// | reader | own project | no | no | no |
+/// | metrics | `/metrics` only | no | no | no |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
     Member,
     Reader,
+    /// Reads `/metrics` and nothing else (for a Prometheus server).
+    Metrics,
 }
 
 impl Role {
@@ -25,6 +28,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Member => "member",
             Role::Reader => "reader",
+            Role::Metrics => "metrics",
         }
     }
 
@@ -33,6 +37,7 @@ impl Role {
             "admin" => Role::Admin,
             "member" => Role::Member,
             "reader" => Role::Reader,
+            "metrics" => Role::Metrics,
             _ => return None,
         })
     }

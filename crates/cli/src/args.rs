@@ -143,6 +143,8 @@ pub enum RoleArg {
     Member,
     /// Read only, in its own project.
     Reader,
+    /// `/metrics` only (for a Prometheus server).
+    Metrics,
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +305,10 @@ pub struct ControllerArgs {
     /// instances without network.
     #[arg(long, default_value = "10.200.0.0/16")]
     pub network: String,
+    /// A reverse proxy in front of the API (repeatable): only from these addresses is
+    /// `X-Forwarded-For` believed, to count failed authentications per real client.
+    #[arg(long, value_name = "ADDR")]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -353,7 +353,10 @@ async fn billed_window(
 }
 
 async fn metrics_show_usage_and_ksm(cloud: &Cloud) {
-    let text = reqwest::get(format!("{}/metrics", cloud.api()))
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", cloud.api()))
+        .bearer_auth(cloud.token().expect("token"))
+        .send()
         .await
         .expect("metrics")
         .text()

@@ -461,12 +461,13 @@ async fn auth_failures_are_throttled(cloud: &Cloud) {
         statuses.len() <= 11,
         "at most 10 failures per minute: {statuses:?}"
     );
-    // Even the admin's valid token is refused from this address now.
+    // The admin's valid token is still served from this address: the throttle never
+    // refuses a valid token, so a bad client cannot lock the operator out.
     let r = http
         .get(&url)
         .bearer_auth(cloud.token().expect("token"))
         .send()
         .await
         .expect("send");
-    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.status().as_u16(), 200);
 }

@@ -32,6 +32,9 @@ pub struct ControllerConfig {
     pub auth_failure_limit: u32,
     /// The window those failures are counted in.
     pub auth_failure_window: Duration,
+    /// Reverse proxies in front of the API: from these peers (only), the client address is
+    /// taken from `X-Forwarded-For`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
@@ -69,6 +72,7 @@ impl ControllerConfig {
             network: None,
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }

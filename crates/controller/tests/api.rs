@@ -177,7 +177,28 @@ async fn unknown_flavor_image_and_bad_names() {
 async fn metrics_are_prometheus_text() {
     let f = fixture().await;
     register(&f, "host1", 2048).await;
+    // They name every project and host: a token is needed, an admin's or a metrics one.
     let (s, body) = call(&f, "GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    let (s, body) = call(
+        &f,
+        "POST",
+        "/v1/tokens",
+        Some(&f.token),
+        Some(r#"{"role":"metrics"}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let scraper: nimbus_api::CreatedToken = serde_json::from_str(&body).expect("token");
+    let (s, body) = call(&f, "GET", "/v1/instances", Some(&scraper.secret), None).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a metrics token reads nothing else: {body}"
+    );
+    let (s, _) = call(&f, "GET", "/metrics", Some(&f.token), None).await;
+    assert_eq!(s, StatusCode::OK, "an admin may read them");
+    let (s, body) = call(&f, "GET", "/metrics", Some(&scraper.secret), None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.contains("nimbus_host_up{host=\"host1\"} 1"), "{body}");
     assert!(

@@ -69,6 +69,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut config = ControllerConfig::new(data_dir.clone(), agent_token(&data_dir)?);
     config.listen = args.listen;
+    config.trusted_proxies = args.trusted_proxy;
     if let Some(url) = args.database_url {
         config.database_url = url;
     }

@@ -29,6 +29,7 @@ fn role(r: RoleArg) -> Role {
         RoleArg::Admin => Role::Admin,
         RoleArg::Member => Role::Member,
         RoleArg::Reader => Role::Reader,
+        RoleArg::Metrics => Role::Metrics,
     }
 }
 

@@ -69,9 +69,31 @@ impl Caller {
         }
     }
 
+    /// Refuses a metrics token anywhere but `/metrics`.
+    pub fn require_not_metrics(&self) -> Result<(), AppError> {
+        if self.role == Role::Metrics {
+            return Err(AppError::new(
+                ErrorCode::Forbidden,
+                "a metrics token may only read /metrics",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses unless the caller may read `/metrics` (an admin or a metrics token).
+    pub fn require_metrics(&self) -> Result<(), AppError> {
+        match self.role {
+            Role::Admin | Role::Metrics => Ok(()),
+            _ => Err(AppError::new(
+                ErrorCode::Forbidden,
+                "/metrics needs an admin or a metrics token (`nimbus token create --role metrics`)",
+            )),
+        }
+    }
+
     /// Refuses read-only tokens.
     pub fn require_write(&self) -> Result<(), AppError> {
-        if self.role == Role::Reader {
+        if matches!(self.role, Role::Reader | Role::Metrics) {
             Err(AppError::new(
                 ErrorCode::Forbidden,
                 format!(

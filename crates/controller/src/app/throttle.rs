@@ -1,7 +1,9 @@
 //! Throttling of repeated authentication failures per client address: after `limit`
-//! failures within `window`, every request from that address is answered 429 (with
-//! `Retry-After`) until the oldest failure leaves the window. Held in memory per
-//! controller; the address is the TCP peer's (a proxy in front would need its own limit).
+//! failures within `window`, a further failure from that address is answered 429 (with
+//! `Retry-After`) instead of 401 until the oldest failure leaves the window. A valid token
+//! is never refused (see `http/auth.rs`), so a bad client cannot lock out the operator.
+//! Held in memory per controller; the address is the TCP peer's, or the client's from
+//! `X-Forwarded-For` when the peer is a configured trusted proxy (docs/security.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

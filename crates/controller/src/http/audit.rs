@@ -58,7 +58,7 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     let (mut parts, body) = req.into_parts();
     let method = parts.method.to_string();
     let path = parts.uri.path().to_string();
-    let ip = client_ip(&parts);
+    let ip = client_ip(&parts, &app.config().trusted_proxies);
     let params = path_params(&mut parts).await;
     let mut target = (!params.is_empty()).then(|| params.join("/"));
     let slot = AuditSlot::default();

@@ -2,6 +2,7 @@
 //! per-host capacity (physical x allocation ratio), allocation and use gauges, KSM gauges,
 //! and per-project usage counters (totals since metering began).
 
+use super::auth::MetricsCaller;
 use super::ApiError;
 use crate::app::usage::derive::Clipped;
 use crate::app::{App, AppError};
@@ -12,9 +13,12 @@ use nimbus_store::Scope;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Renders the metrics. Unauthenticated, like most Prometheus endpoints; it reveals counts
-/// and capacities only, no names of tenants' instances.
-pub async fn serve(State(app): State<App>) -> Result<impl IntoResponse, ApiError> {
+/// Renders the metrics, for an admin or a metrics token (`nimbus token create --role
+/// metrics`): they name every project and host.
+pub async fn serve(
+    State(app): State<App>,
+    _caller: MetricsCaller,
+) -> Result<impl IntoResponse, ApiError> {
     let text = render(&app).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -6,7 +6,10 @@ use super::{
     snapshots, tokens, usage,
 };
 use axum::Json;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -29,7 +32,7 @@ use utoipa::{Modify, OpenApi};
         groups::list, groups::create, groups::show, groups::update, groups::delete,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EdgeAnswers),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -42,6 +45,93 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// What the edge answers on every route, declared on every operation so that generated
+/// clients know them: 401 (no or a bad token), 403 (the token's role or project does not
+/// allow it), 429 (too many failed authentications from the client's address); and every
+/// `{parameter}` of a path declared as a path parameter (a string unless the handler says
+/// more).
+struct EdgeAnswers;
+
+const EDGE_ANSWERS: &[(&str, &str)] = &[
+    (
+        "401",
+        "No token, or one that is unknown, revoked or expired.",
+    ),
+    ("403", "The token's role or project does not allow this."),
+    (
+        "429",
+        "Too many failed authentications from this address; see `Retry-After`.",
+    ),
+];
+
+impl Modify for EdgeAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names = path_parameters(path);
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                declare_edge_answers(op);
+                declare_path_parameters(op, &names);
+            }
+        }
+    }
+}
+
+/// The `{name}`s of a path template.
+fn path_parameters(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn declare_edge_answers(op: &mut Operation) {
+    for (status, text) in EDGE_ANSWERS {
+        if op.responses.responses.contains_key(*status) {
+            continue;
+        }
+        let body = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        let answer = ResponseBuilder::new()
+            .description(*text)
+            .content("application/json", body)
+            .build();
+        op.responses
+            .responses
+            .insert(status.to_string(), RefOr::T(answer));
+    }
+}
+
+fn declare_path_parameters(op: &mut Operation, names: &[String]) {
+    let params = op.parameters.get_or_insert_with(Vec::new);
+    for name in names {
+        let declared = params
+            .iter()
+            .any(|p| p.name == *name && p.parameter_in == ParameterIn::Path);
+        if declared {
+            continue;
+        }
+        params.push(
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(format!("the {name}'s name or id")))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build(),
         );
     }
 }
@@ -60,6 +150,42 @@ pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
 
 #[cfg(test)]
 mod tests {
+    use utoipa::OpenApi;
+
+    /// A client generated from the document knows every answer of the edge and can fill
+    /// every path parameter.
+    #[test]
+    fn every_operation_declares_edge_answers_and_path_parameters() {
+        let doc = super::ApiDoc::openapi();
+        let mut checked = 0;
+        for (path, item) in &doc.paths.paths {
+            let ops = [&item.get, &item.put, &item.post, &item.delete, &item.patch];
+            for op in ops.into_iter().flatten() {
+                for status in ["401", "403", "429"] {
+                    assert!(
+                        op.responses.responses.contains_key(status),
+                        "{path} lacks {status}"
+                    );
+                }
+                let declared: Vec<&str> = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.parameter_in == super::ParameterIn::Path)
+                    .map(|p| p.name.as_str())
+                    .collect();
+                for name in super::path_parameters(path) {
+                    assert!(
+                        declared.contains(&name.as_str()),
+                        "{path}: {{{name}}} undeclared"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "only {checked} operations");
+    }
+
     /// Fails when the committed document is stale; regenerate with
     /// `NIMBUS_UPDATE_OPENAPI=1 cargo test -p nimbus-controller openapi`.
     #[test]
