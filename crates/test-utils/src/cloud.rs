@@ -275,6 +275,15 @@ fn is_qemu(pid: i32, dir: &Path) -> bool {
 impl Drop for Cloud {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            match crate::logs::keep(self.dir.path()) {
+                Ok(kept) => eprintln!(
+                    "the failed test's cloud logs are kept in {}",
+                    kept.display()
+                ),
+                Err(e) => eprintln!("cannot keep the failed test's cloud logs: {e}"),
+            }
+        }
         if std::env::var_os("NIMBUS_KEEP_TEST_DIR").is_some() {
             let path = self.dir.path().to_path_buf();
             eprintln!("keeping {}", path.display());
