@@ -9,8 +9,10 @@
 
 mod cloud;
 pub mod guest;
+mod link;
 pub mod logs;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
+pub use link::LinkFault;
 pub use wait::wait_until;
