@@ -81,6 +81,18 @@ pub struct MigrationPolicy {
     pub multifd_channels: Option<u8>,
     /// Give up (cancel, VM keeps running on the source) after this long.
     pub timeout_secs: u64,
+    /// Give up (the same way) as soon as the transfer (memory sent, disk mirror copied)
+    /// makes no progress for this long: a cut link is detected in seconds, not at
+    /// `timeout_secs`. Not applied in post-copy, which cannot be undone.
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
+}
+
+/// The default stall bound (see [`MigrationPolicy::stall_timeout_secs`]).
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 10;
+
+fn default_stall_timeout_secs() -> u64 {
+    DEFAULT_STALL_TIMEOUT_SECS
 }
 
 impl Default for MigrationPolicy {
@@ -92,6 +104,7 @@ impl Default for MigrationPolicy {
             allow_postcopy: false,
             multifd_channels: None,
             timeout_secs: 300,
+            stall_timeout_secs: DEFAULT_STALL_TIMEOUT_SECS,
         }
     }
 }

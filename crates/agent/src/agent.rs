@@ -9,16 +9,10 @@ use crate::storage::DiskStore;
 use crate::{host, AgentConfig};
 use anyhow::Context;
 use nimbus_agent_api::{Accelerator, HostInventory};
-use nimbus_qemu::probe::{self, ProbeBoot, ProbeOptions};
+use nimbus_qemu::probe;
 use nimbus_qemu::Accel;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long the accelerator probe's tiny boot may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The line the default guest prints when its userspace is up.
-const PROBE_MARKER: &str = "nimbus-guest ready";
 
 /// A started agent. Cheap to clone.
 #[derive(Clone)]
@@ -44,8 +38,10 @@ impl Agent {
     /// (override, else probe), and loads the VMs of `state_dir`, re-adopting those whose QEMU
     /// still runs.
     pub async fn start(config: &AgentConfig) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
         let program = nimbus_qemu::qemu_binary();
-        let version = probe::qemu_version(&program).await?;
+        let qemu = probe::installed_qemu(&program).await?;
+        let version = qemu.version;
         probe::check_min_version(version)?;
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
@@ -59,7 +55,17 @@ impl Agent {
             .validate()
             .map_err(|e| anyhow::anyhow!(e))?;
         set_up_ksm(&config.overcommit.ksm);
-        let accel = choose_accel(config, &program, &state_dir).await?;
+        let accel = crate::accel::choose(&crate::accel::AccelInputs {
+            configured: config.accelerator,
+            qemu: &qemu,
+            program: &program,
+            probe_image: config.probe_image.as_ref(),
+            state_dir: &state_dir,
+            cache_file: &config.probe_cache.clone().unwrap_or_else(|| {
+                crate::accel::cache_file(&crate::image::host_cache_dir(), &state_dir)
+            }),
+        })
+        .await?;
         let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
         let manager = Manager::load(&state_dir, accel, store.clone(), network.clone())
             .await
@@ -70,6 +76,7 @@ impl Agent {
             accelerator = %accel,
             shared_storage = ?store.shared_dir(),
             vms = manager.list().len(),
+            startup_ms = started.elapsed().as_millis() as u64,
             "agent started"
         );
         Ok(Self {
@@ -178,38 +185,6 @@ fn set_up_ksm(config: &crate::overcommit::KsmConfig) {
         ),
         Err(e) => tracing::warn!(error = %e, "KSM not set up"),
     }
-}
-
-async fn choose_accel(
-    config: &AgentConfig,
-    program: &str,
-    state_dir: &Path,
-) -> anyhow::Result<Accel> {
-    if let Some(a) = config.accelerator {
-        tracing::info!(accelerator = %a, "accelerator set by configuration");
-        return Ok(from_api(a));
-    }
-    if let Some(a) = probe::accel_override_from_env()? {
-        tracing::info!(accelerator = %a, "accelerator set by NIMBUS_ACCEL");
-        return Ok(a);
-    }
-    let opts = ProbeOptions {
-        program: program.to_string(),
-        boot: config
-            .probe_image
-            .as_ref()
-            .map(|(kernel, initrd, cmdline)| ProbeBoot {
-                kernel: kernel.clone(),
-                initrd: Some(initrd.clone()),
-                cmdline: cmdline.clone(),
-                markers: vec![PROBE_MARKER.to_string()],
-            }),
-        timeout: PROBE_TIMEOUT,
-        scratch_parent: state_dir.to_path_buf(),
-    };
-    let outcome = probe::probe_accel(&opts).await;
-    tracing::info!(accelerator = %outcome.accel, detail = outcome.detail, "accelerator probed");
-    Ok(outcome.accel)
 }
 
 /// The contract's accelerator for QEMU's.

@@ -27,11 +27,9 @@ struct RawManifest {
 }
 
 impl ImageManifest {
-    /// Where the default image lives: `${NIMBUS_IMAGE_CACHE:-/var/cache/nimbus}/images/default`.
+    /// Where the default image lives: `<host cache>/images/default` (see [`host_cache_dir`]).
     pub fn default_dir() -> PathBuf {
-        let cache = std::env::var_os("NIMBUS_IMAGE_CACHE")
-            .map_or_else(|| PathBuf::from("/var/cache/nimbus"), PathBuf::from);
-        cache.join("images").join("default")
+        host_cache_dir().join("images").join("default")
     }
 
     /// Reads `<dir>/image.json`.
@@ -73,6 +71,13 @@ impl ImageManifest {
             self.cmdline.clone(),
         )
     }
+}
+
+/// What the host keeps for every agent and cloud on it (the default image, the accelerator
+/// probe's answer): `${NIMBUS_IMAGE_CACHE:-/var/cache/nimbus}`.
+pub fn host_cache_dir() -> PathBuf {
+    std::env::var_os("NIMBUS_IMAGE_CACHE")
+        .map_or_else(|| PathBuf::from("/var/cache/nimbus"), PathBuf::from)
 }
 
 /// The default image's probe boot, if the image exists.

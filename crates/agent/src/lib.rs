@@ -2,6 +2,7 @@
 //! ([`nimbus_agent_api`]) to the controller.
 //!
 //! - [`agent`]: start-up (QEMU version, accelerator probe, re-adoption) and host facts.
+//! - [`accel`]: the accelerator choice and the cached probe answer.
 //! - [`manager`]: the VMs by id; define and delete.
 //! - [`storage`]: where instance disks live (the VM directory, or shared storage).
 //! - [`instance`]: one actor task per VM (state machine in its module doc).
@@ -15,6 +16,7 @@
 //! QEMU processes outlive the agent: stopping the agent leaves them running, and the next
 //! agent on the same state directory adopts them.
 
+pub mod accel;
 pub mod agent;
 pub mod error;
 pub mod host;
@@ -65,6 +67,8 @@ pub struct AgentConfig {
     /// Kernel, initrd and command line the accelerator probe boots (see
     /// [`default_probe_image`]); without it the probe only runs the firmware.
     pub probe_image: Option<(PathBuf, PathBuf, String)>,
+    /// Where the probe's answer is cached; `None`: the host-wide cache (see [`accel`]).
+    pub probe_cache: Option<PathBuf>,
     /// Allocation ratios this host reports and KSM.
     pub overcommit: overcommit::Overcommit,
     /// How usage is sampled.
@@ -80,7 +84,16 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let agent = Agent::start(&config).await?;
+    // A stop asked for during start-up (the accelerator probe may take its whole timeout)
+    // ends the start at once: the port is free for the next agent, and no VM is touched.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let agent = tokio::select! {
+        agent = Agent::start(&config) => agent?,
+        () = shutdown.clone() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
     let mut background = Vec::new();
     if let Some(url) = config.controller_url.clone() {

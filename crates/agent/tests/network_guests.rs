@@ -49,6 +49,7 @@ impl HostAgent {
             shared_storage: None,
             accelerator: Some(Accelerator::Tcg),
             probe_image: None,
+            probe_cache: None,
             overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
             metering: Default::default(),
         };

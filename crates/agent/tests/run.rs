@@ -50,6 +50,7 @@ async fn run_serves_registers_and_stops() {
         shared_storage: None,
         accelerator: Some(Accelerator::Tcg),
         probe_image: None,
+        probe_cache: None,
         overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
         metering: Default::default(),
     };
@@ -94,4 +95,88 @@ async fn run_serves_registers_and_stops() {
         .expect("join");
     assert!(result.is_ok(), "{result:?}");
     fake_controller.abort();
+}
+
+/// The cause of agents failing to restart (issue 14): an agent told to stop while its
+/// accelerator probe runs (up to 30 s on a host whose /dev/kvm cannot boot a kernel) must stop
+/// at once, with its probe QEMU, and free its port for the next agent. The probe here boots the
+/// default kernel with an init that does not exist, so it would run to its timeout on any host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_during_the_accelerator_probe_frees_the_port_at_once() {
+    let image = nimbus_agent::ImageManifest::load(&nimbus_agent::ImageManifest::default_dir())
+        .expect("the default image (guest/build.sh)")
+        .probe_image();
+    let (kernel, initrd, cmdline) = image;
+    let hanging = format!("{cmdline} init=/nimbus-no-such-init panic=0");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let config = AgentConfig {
+        name: "probe-stop".into(),
+        listen,
+        advertise_url: format!("http://{listen}"),
+        controller_url: None,
+        token: "tok".into(),
+        state_dir: state_dir.clone(),
+        shared_storage: None,
+        accelerator: None,
+        probe_image: Some((kernel, initrd, hanging)),
+        probe_cache: Some(tmp.path().join("accel-probe.json")),
+        overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
+        metering: Default::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run(config, async {
+        let _ = stopped.await;
+    }));
+    let scratch = state_dir.join(format!("kvm-probe-{}", std::process::id()));
+    let pid_file = scratch.join("qemu.pid");
+    let mut probe_pid = None;
+    for _ in 0..200 {
+        probe_pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if probe_pid.is_some() || agent.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(probe_pid) = probe_pid else {
+        // Without a usable /dev/kvm the probe answers TCG without starting QEMU.
+        assert!(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_err(),
+            "the probe started no QEMU although /dev/kvm opens"
+        );
+        eprintln!("no usable /dev/kvm: no probe to interrupt");
+        let _ = stop.send(());
+        return;
+    };
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .expect("run returns at once when stopped mid-probe, not after the probe's 30 s")
+        .expect("join");
+    assert!(result.is_ok(), "{result:?}");
+    std::net::TcpListener::bind(listen).expect("the port is free for the next agent");
+    let mut alive = true;
+    for _ in 0..100 {
+        alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(probe_pid), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{probe_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "));
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive, "the probe's QEMU {probe_pid} outlived the agent");
+    assert!(
+        !tmp.path().join("accel-probe.json").exists(),
+        "an interrupted probe caches no answer"
+    );
 }

@@ -71,8 +71,22 @@ pub fn parse_version(text: &str) -> Option<QemuVersion> {
     })
 }
 
+/// The installed QEMU: its parsed version and the first line of `--version`, which also
+/// names the distribution's build (what a cached probe answer is keyed by).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledQemu {
+    pub version: QemuVersion,
+    /// e.g. `QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)`.
+    pub banner: String,
+}
+
 /// Runs `<program> --version` and parses it.
 pub async fn qemu_version(program: &str) -> Result<QemuVersion, ProbeError> {
+    Ok(installed_qemu(program).await?.version)
+}
+
+/// Runs `<program> --version`: the version and the banner line.
+pub async fn installed_qemu(program: &str) -> Result<InstalledQemu, ProbeError> {
     let out = tokio::process::Command::new(program)
         .arg("--version")
         .kill_on_drop(true)
@@ -83,9 +97,13 @@ pub async fn qemu_version(program: &str) -> Result<QemuVersion, ProbeError> {
             source,
         })?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    parse_version(&text).ok_or(ProbeError::UnknownVersion {
+    let version = parse_version(&text).ok_or(ProbeError::UnknownVersion {
         program: program.to_string(),
-        output: text,
+        output: text.clone(),
+    })?;
+    Ok(InstalledQemu {
+        version,
+        banner: text.lines().next().unwrap_or_default().trim().to_string(),
     })
 }
 
@@ -139,7 +157,13 @@ pub struct ProbeOutcome {
     pub detail: String,
 }
 
+/// The prefix of the probe's scratch directories (`<parent>/kvm-probe-<agent pid>`).
+const SCRATCH_PREFIX: &str = "kvm-probe-";
+
 /// Chooses the accelerator: KVM only if a real tiny boot under KVM works, else TCG.
+///
+/// Cancel-safe: dropping the future (e.g. the agent is told to stop mid-probe) kills the
+/// probe's QEMU at once, so nothing outlives the caller.
 pub async fn probe_accel(opts: &ProbeOptions) -> ProbeOutcome {
     let tcg = |detail: String| ProbeOutcome {
         accel: Accel::Tcg,
@@ -154,7 +178,7 @@ pub async fn probe_accel(opts: &ProbeOptions) -> ProbeOutcome {
     }
     let scratch = opts
         .scratch_parent
-        .join(format!("kvm-probe-{}", std::process::id()));
+        .join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&scratch) {
         return tcg(format!("cannot create {}: {e}", scratch.display()));
     }
@@ -184,13 +208,56 @@ async fn boot_under_kvm(opts: &ProbeOptions, paths: &VmPaths) -> Result<String, 
         initrd: b.initrd.clone(),
         cmdline: Some(b.cmdline.clone()),
     });
-    let mut qemu = QemuProcess::spawn(&opts.program, &config, paths)
+    let qemu = QemuProcess::spawn(&opts.program, &config, paths)
         .map_err(|e| format!("KVM probe could not start QEMU: {e}"))?;
-    let verdict = judge(opts, paths, &mut qemu).await;
-    if let Err(e) = qemu.kill(Duration::ZERO).await {
+    let mut qemu = KillOnDrop(qemu);
+    let verdict = judge(opts, paths, &mut qemu.0).await;
+    if let Err(e) = qemu.0.kill(Duration::ZERO).await {
         tracing::warn!(error = %e, "cannot end the KVM probe's QEMU");
     }
     verdict
+}
+
+/// The probe's QEMU, killed when the probe ends, however it ends (cancellation included).
+struct KillOnDrop(QemuProcess);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.kill_now() {
+            tracing::warn!(error = %e, "cannot end the KVM probe's QEMU");
+        }
+    }
+}
+
+/// Ends the probe QEMUs and removes the scratch directories that an agent killed mid-probe
+/// (e.g. by SIGKILL) left in `parent`. Only QEMUs whose command line names their scratch
+/// directory are signalled.
+pub async fn remove_stale_scratch(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_scratch = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        if !is_scratch {
+            continue;
+        }
+        let dir = entry.path();
+        if let Some(mut qemu) = QemuProcess::adopt(&VmPaths::new(&dir)) {
+            if let Err(e) = qemu.kill(Duration::ZERO).await {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot end a stale probe QEMU");
+                continue;
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "stale probe directory removed"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a stale probe directory")
+            }
+        }
+    }
 }
 
 async fn judge(
@@ -323,6 +390,90 @@ mod tests {
         assert!(!outcome.detail.is_empty());
         let left = std::fs::read_dir(dir.path()).expect("read_dir").count();
         assert_eq!(left, 0, "scratch directory removed");
+    }
+
+    /// The pid in `dir`'s pid file, once QEMU wrote it (bounded).
+    async fn pid_in(dir: &std::path::Path) -> u32 {
+        for _ in 0..500 {
+            if let Some(pid) = std::fs::read_to_string(dir.join("qemu.pid"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return pid;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no pid file in {}", dir.display());
+    }
+
+    async fn gone(pid: u32) -> bool {
+        for _ in 0..500 {
+            let alive = crate::procfs::read_stat(pid).is_some_and(|s| !s.is_exited());
+            if !alive {
+                return true;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// An agent stopped mid-probe drops the probe: its QEMU must not outlive it.
+    #[tokio::test]
+    async fn cancelled_probe_kills_its_qemu() {
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
+            eprintln!("no usable /dev/kvm: the probe starts no QEMU here, nothing to cancel");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = ProbeOptions {
+            program: crate::qemu_binary(),
+            boot: None,
+            timeout: Duration::from_secs(20),
+            scratch_parent: dir.path().to_path_buf(),
+        };
+        let scratch = dir
+            .path()
+            .join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
+        let probe = probe_accel(&opts);
+        let pid = tokio::select! {
+            outcome = probe => panic!("the probe ended before it could be cancelled: {outcome:?}"),
+            pid = pid_in(&scratch) => pid,
+        };
+        assert!(
+            gone(pid).await,
+            "the cancelled probe's QEMU {pid} still runs"
+        );
+    }
+
+    /// A probe QEMU left by an agent killed mid-probe is ended, and its directory removed,
+    /// by the next start; other directories are left alone.
+    #[tokio::test]
+    async fn stale_probe_scratch_is_cleaned_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scratch = dir.path().join(format!("{SCRATCH_PREFIX}1"));
+        let other = dir.path().join("vms");
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        std::fs::create_dir_all(&other).expect("mkdir");
+        let paths = VmPaths::new(&scratch);
+        let machine = MachineSection {
+            name: "stale-probe".into(),
+            accel: Accel::Tcg,
+            vcpus: 1,
+            memory_mib: 64,
+        };
+        let config = QemuConfig::standard(machine, &paths);
+        let qemu = QemuProcess::spawn(&crate::qemu_binary(), &config, &paths).expect("spawn");
+        let pid = pid_in(&scratch).await;
+        assert_eq!(pid, qemu.pid());
+        remove_stale_scratch(dir.path()).await;
+        assert!(gone(pid).await, "the stale probe QEMU {pid} still runs");
+        assert!(!scratch.exists());
+        assert!(other.exists());
     }
 
     #[tokio::test]

@@ -310,6 +310,14 @@ impl QemuProcess {
             .map_err(|_| ProcessError::Unkillable { pid: self.pid })
     }
 
+    /// Sends SIGKILL now without waiting (for drop guards, which cannot wait).
+    pub fn kill_now(&self) -> Result<(), ProcessError> {
+        if self.exit_info().is_some() {
+            return Ok(());
+        }
+        self.signal(Signal::SIGKILL)
+    }
+
     fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
         if !self.same_process() {
             return Ok(());

@@ -11,6 +11,9 @@
 //! ```
 //! One reader task owns the read half: it routes replies by id to the waiting caller
 //! (a oneshot per request) and publishes events on a [`tokio::sync::broadcast`] channel.
+//! When QEMU offers out-of-band execution (`oob` in its greeting) it is enabled, so that
+//! [`Qmp::execute_oob`] (e.g. `yank`) is run at once even while QEMU's main loop is blocked,
+//! as it is when a migration's send hangs on a cut link during switch-over.
 //! Each request has a timeout; a reply that arrives after it is dropped. When the
 //! connection ends every waiting caller gets [`QmpError::Disconnected`].
 
@@ -78,6 +81,8 @@ struct Inner {
     events: broadcast::Sender<QmpEvent>,
     closed: watch::Receiver<bool>,
     reader: tokio::task::JoinHandle<()>,
+    /// Out-of-band execution was negotiated.
+    oob: bool,
     timeout: Duration,
 }
 
@@ -124,6 +129,9 @@ impl Qmp {
                 "not a QMP greeting: {greeting}"
             )));
         }
+        let oob = greeting["QMP"]["capabilities"]
+            .as_array()
+            .is_some_and(|caps| caps.iter().any(|c| c == "oob"));
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(256);
         let (closed_tx, closed) = watch::channel(false);
@@ -136,10 +144,12 @@ impl Qmp {
                 events,
                 closed,
                 reader,
+                oob,
                 timeout: limit.max(DEFAULT_COMMAND_TIMEOUT),
             }),
         };
-        qmp.execute_with_timeout("qmp_capabilities", None, limit)
+        let enable = oob.then(|| json!({"enable": ["oob"]}));
+        qmp.execute_with_timeout("qmp_capabilities", enable, limit)
             .await?;
         Ok(qmp)
     }
@@ -181,9 +191,38 @@ impl Qmp {
         arguments: Option<Value>,
         limit: Duration,
     ) -> Result<Value, QmpError> {
+        self.request("execute", command, arguments, limit).await
+    }
+
+    /// Runs an out-of-band capable command (`yank`, ...) out of band: QEMU executes it at
+    /// once, even while its main loop is blocked. Fails when QEMU did not offer out-of-band
+    /// execution.
+    pub async fn execute_oob(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        limit: Duration,
+    ) -> Result<Value, QmpError> {
+        if !self.inner.oob {
+            return Err(QmpError::Command {
+                command: command.to_string(),
+                class: "GenericError".into(),
+                desc: "this QEMU monitor does not offer out-of-band execution".into(),
+            });
+        }
+        self.request("exec-oob", command, arguments, limit).await
+    }
+
+    async fn request(
+        &self,
+        verb: &str,
+        command: &str,
+        arguments: Option<Value>,
+        limit: Duration,
+    ) -> Result<Value, QmpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = Map::new();
-        msg.insert("execute".into(), json!(command));
+        msg.insert(verb.into(), json!(command));
         if let Some(args) = arguments {
             msg.insert("arguments".into(), args);
         }

@@ -176,6 +176,40 @@ impl Cloud {
         self.data_dir().join("hosts").join(host)
     }
 
+    /// Cuts the network between hosts `a` and `b` (both keep reaching the controller) until
+    /// the returned guard is dropped. Needs the hosts' namespaces (root).
+    pub fn cut_link(&self, a: &str, b: &str) -> anyhow::Result<crate::LinkFault> {
+        let (netns, peer) = self.link(a, b)?;
+        crate::LinkFault::cut(&netns, peer)
+    }
+
+    /// Limits the traffic between hosts `a` and `b` to `mbytes_per_s` each way (excess
+    /// dropped) until the returned guard is dropped.
+    pub fn throttle_link(
+        &self,
+        a: &str,
+        b: &str,
+        mbytes_per_s: u32,
+    ) -> anyhow::Result<crate::LinkFault> {
+        let (netns, peer) = self.link(a, b)?;
+        crate::LinkFault::throttle(&netns, peer, mbytes_per_s)
+    }
+
+    /// `a`'s namespace and `b`'s address.
+    fn link(&self, a: &str, b: &str) -> anyhow::Result<(String, std::net::Ipv4Addr)> {
+        if !self.netns {
+            bail!("link faults need the hosts' network namespaces (run as root)");
+        }
+        let index = |h: &str| -> anyhow::Result<u8> {
+            h.strip_prefix("host")
+                .and_then(|i| i.parse().ok())
+                .with_context(|| format!("{h} is not a host of this cloud"))
+        };
+        index(a)?;
+        let peer = std::net::Ipv4Addr::new(10, 249, self.net_index, 10 + index(b)?);
+        Ok((format!("{}-{a}", self.net_name), peer))
+    }
+
     /// Pid of a host's agent process.
     pub fn agent_pid(&self, host: &str) -> anyhow::Result<i32> {
         let text = std::fs::read_to_string(self.host_dir(host).join("agent.pid"))?;
@@ -275,6 +309,15 @@ fn is_qemu(pid: i32, dir: &Path) -> bool {
 impl Drop for Cloud {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            match crate::logs::keep(self.dir.path()) {
+                Ok(kept) => eprintln!(
+                    "the failed test's cloud logs are kept in {}",
+                    kept.display()
+                ),
+                Err(e) => eprintln!("cannot keep the failed test's cloud logs: {e}"),
+            }
+        }
         if std::env::var_os("NIMBUS_KEEP_TEST_DIR").is_some() {
             let path = self.dir.path().to_path_buf();
             eprintln!("keeping {}", path.display());

@@ -4,11 +4,15 @@
 //! namespaces of their own when run as root (names and subnet unique per test process), and
 //! waits (bounded) until every host has registered. Dropping the [`Cloud`] stops it and
 //! removes everything it made: VMs (by the pids in their state directories: only processes
-//! this cloud started), namespaces, the bridge and the temporary directory.
+//! this cloud started), namespaces, the bridge and the temporary directory; when the test
+//! failed (panicked), the cloud's logs are kept first and their place printed ([`logs`]).
 
 mod cloud;
 pub mod guest;
+mod link;
+pub mod logs;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
+pub use link::LinkFault;
 pub use wait::wait_until;

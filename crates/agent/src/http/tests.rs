@@ -24,6 +24,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         shared_storage: None,
         accelerator: Some(nimbus_agent_api::Accelerator::Tcg),
         probe_image: None,
+        probe_cache: None,
         overcommit: crate::overcommit::Overcommit::untouched(),
         metering: Default::default(),
     }

@@ -24,8 +24,6 @@ use uuid::Uuid;
 pub const DISK_NODE: &str = "disk0";
 /// Node name of the NBD client of the target's export, on the source.
 pub const NBD_NODE: &str = "migration-nbd";
-/// How long the last pass of a completing mirror may take.
-const COMPLETE_LIMIT: Duration = Duration::from_secs(60);
 /// How long a force-cancelled job may take to go away.
 const ABORT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -78,8 +76,10 @@ impl DiskMirror {
         Ok(jobs.into_iter().find(|j| j.device == self.job))
     }
 
-    /// Completes the ready mirror (the guest must be stopped) and removes the NBD node.
-    pub async fn complete(&self) -> Result<(), MigrationError> {
+    /// Completes the ready mirror (the guest must be stopped) and removes the NBD node. The
+    /// last pass of a ready, write-blocking mirror has next to nothing to copy: one that
+    /// takes longer than `limit` (the migration's stall bound) has stalled.
+    pub async fn complete(&self, limit: Duration) -> Result<(), MigrationError> {
         let mut events = self.qmp.events();
         match self.job().await? {
             Some(job) if job.ready => {}
@@ -98,7 +98,7 @@ impl DiskMirror {
             .map_err(MigrationError::qmp(
                 "block-job-cancel (completing the mirror)",
             ))?;
-        match self.wait_gone(&mut events, COMPLETE_LIMIT).await? {
+        match self.wait_gone(&mut events, limit).await? {
             Some(JobEnd {
                 error: Some(error), ..
             }) => {

@@ -33,6 +33,7 @@
 //!   re-adopts a waiting target as waiting, a paused source as `migrated`, and resumes
 //!   following a migration in flight.
 //! - [`progress`] turns QEMU's statistics into [`MigrationProgress`].
+//! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds.
 
 pub mod disk_mirror;
 pub mod endpoint;
@@ -41,6 +42,7 @@ pub mod outgoing;
 pub mod policy;
 pub mod progress;
 pub mod role;
+pub mod stall;
 
 use crate::instance::state::CoreStatus;
 use nimbus_agent_api::{MigrationProgress, VmRunState};
@@ -72,6 +74,9 @@ pub enum MigrationError {
     /// The policy gave up.
     #[error("{0}")]
     Timeout(String),
+    /// The transfer made no progress for the policy's stall bound.
+    #[error(transparent)]
+    Stalled(#[from] stall::Stalled),
     /// Cancelled on request.
     #[error("cancelled")]
     Cancelled,

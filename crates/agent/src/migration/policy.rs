@@ -77,6 +77,9 @@ pub fn validate(policy: &MigrationPolicy) -> Result<(), String> {
     if policy.timeout_secs == 0 {
         return Err("timeout_secs must be at least 1".into());
     }
+    if policy.stall_timeout_secs == 0 {
+        return Err("stall_timeout_secs must be at least 1".into());
+    }
     Ok(())
 }
 

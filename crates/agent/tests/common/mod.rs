@@ -35,6 +35,7 @@ impl TestAgent {
             shared_storage: None,
             accelerator: Some(Accelerator::Tcg),
             probe_image: None,
+            probe_cache: None,
             overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
             metering: Default::default(),
         };

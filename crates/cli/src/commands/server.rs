@@ -97,6 +97,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         shared_storage: args.shared_storage,
         accelerator: parse_accel(args.accel.as_deref())?,
         probe_image: nimbus_agent::default_probe_image(),
+        probe_cache: None,
         overcommit: Overcommit {
             cpu_allocation_ratio: args.cpu_allocation_ratio,
             ram_allocation_ratio: args.ram_allocation_ratio,

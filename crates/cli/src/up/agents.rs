@@ -113,8 +113,14 @@ struct ChildSpec {
     token: String,
 }
 
+/// The first restart's delay; it doubles (up to [`MAX_BACKOFF`]) while the agent keeps dying
+/// young, and comes back to this once an agent ran longer than [`HEALTHY_RUN`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
 async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let stopping = *stop.borrow();
         if stopping {
@@ -128,15 +134,25 @@ async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         };
+        let started = tokio::time::Instant::now();
         let pid = child.id();
         if let Some(pid) = pid {
             let _ = std::fs::write(spec.state_dir.join("agent.pid"), pid.to_string());
         }
         tokio::select! {
             status = child.wait() => {
-                tracing::warn!(host = %spec.name, ?status, "agent exited; restarting it");
+                if started.elapsed() >= HEALTHY_RUN {
+                    backoff = FIRST_BACKOFF;
+                }
+                tracing::warn!(
+                    host = %spec.name,
+                    ?status,
+                    restart_in_ms = backoff.as_millis() as u64,
+                    log = %spec.state_dir.join("agent.log").display(),
+                    "agent exited; restarting it"
+                );
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             _ = stopped(&mut stop) => {
                 if let Some(pid) = pid {

@@ -3,6 +3,7 @@
 use super::{Qmp, QmpError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::time::Duration;
 
 /// Reply of `query-status`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -177,6 +178,15 @@ impl Qmp {
     /// `migrate_cancel`.
     pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
         self.run("migrate_cancel", None).await
+    }
+
+    /// `yank`, out of band: shuts down the network connections of `instance` (e.g.
+    /// `{"type": "migration"}`, `{"type": "block-node", "node-name": ...}`) at once, so that
+    /// a transfer blocked on a dead link fails instead of holding QEMU for minutes.
+    pub async fn yank(&self, instance: Value, limit: Duration) -> Result<(), QmpError> {
+        self.execute_oob("yank", Some(json!({ "instances": [instance] })), limit)
+            .await
+            .map(|_| ())
     }
 
     /// `migrate-start-postcopy`: the target starts running and pulls the remaining pages

@@ -233,3 +233,35 @@ async fn rejects_a_non_qmp_greeting() {
         .expect_err("must fail");
     assert!(matches!(err, QmpError::Handshake(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn oob_is_negotiated_and_yank_runs_out_of_band_past_a_stuck_command() {
+    // Enables oob only when asked to; never answers "stuck"; answers yank only as exec-oob.
+    fn answer(req: &Value) -> Vec<Value> {
+        if req["execute"] == "qmp_capabilities" {
+            if req["arguments"]["enable"] == json!(["oob"]) {
+                return vec![ok(req, json!({}))];
+            }
+            return vec![
+                json!({"error": {"class": "GenericError", "desc": "oob expected"}, "id": req["id"]}),
+            ];
+        }
+        if req["exec-oob"] == "yank"
+            && req["arguments"]["instances"] == json!([{"type": "migration"}])
+        {
+            return vec![ok(req, json!({}))];
+        }
+        vec![]
+    }
+    let qmp = client(answer).await;
+    let q = qmp.clone();
+    let stuck = tokio::spawn(async move {
+        q.execute_with_timeout("stuck", None, Duration::from_secs(5))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    qmp.yank(json!({"type": "migration"}), Duration::from_secs(1))
+        .await
+        .expect("yank answered while the in-band command hangs");
+    stuck.abort();
+}

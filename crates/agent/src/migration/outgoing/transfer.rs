@@ -7,6 +7,7 @@ use crate::migration::disk_mirror::DiskMirror;
 use crate::migration::policy::{self, Action, RoundSample};
 use crate::migration::progress::{self, now_unix_ms, unix_ms, QemuStage};
 use crate::migration::role::{self, MigrationRole};
+use crate::migration::stall::StallWatch;
 use crate::migration::MigrationError;
 use nimbus_agent_api::{MigrationPhase, MigrationProgress};
 use nimbus_qemu::qmp::{EventKind, MigrationInfo};
@@ -22,6 +23,8 @@ const POLL: Duration = Duration::from_millis(150);
 const COMPLETION_EVENT_WAIT: Duration = Duration::from_secs(2);
 /// How long a cancelled migration may take to stop.
 const CANCEL_LIMIT: Duration = Duration::from_secs(10);
+/// How long QEMU may take to answer an out-of-band `yank`.
+const YANK_LIMIT: Duration = Duration::from_secs(2);
 
 /// The state of one outgoing migration inside its task.
 pub(super) struct Transfer {
@@ -32,11 +35,16 @@ pub(super) struct Transfer {
     mirror: Option<DiskMirror>,
     completed_event: bool,
     continued: bool,
+    /// Memory sent, watched for a stall (a cut link).
+    memory_stall: StallWatch,
+    /// Disk copied by the mirror before it is in sync, watched the same way.
+    disk_stall: StallWatch,
 }
 
 impl Transfer {
     pub(super) fn new(ctx: Context, cancel: watch::Receiver<bool>) -> Self {
         let events = ctx.qmp.events();
+        let bound = stall_bound(&ctx);
         Self {
             ctx,
             cancel,
@@ -45,6 +53,8 @@ impl Transfer {
             mirror: None,
             completed_event: false,
             continued: false,
+            memory_stall: StallWatch::new("memory sent", bound, Instant::now()),
+            disk_stall: StallWatch::new("disk copied", bound, Instant::now()),
         }
     }
 
@@ -65,6 +75,9 @@ impl Transfer {
 
     /// Cleans up after a failure or a cancel and records the end.
     async fn end_with(&mut self, e: MigrationError) -> Outcome {
+        if let MigrationError::Stalled(_) = e {
+            self.yank().await;
+        }
         self.abandon().await;
         if let MigrationError::Cancelled = e {
             tracing::info!("migration cancelled; the VM runs on here");
@@ -106,6 +119,7 @@ impl Transfer {
     async fn migrate(&mut self) -> Result<(), MigrationError> {
         let uri = self.ctx.record.request.target.migration_uri.clone();
         tracing::info!(uri, "sending memory");
+        self.memory_stall.restart(Instant::now());
         self.publish(|p| p.phase = MigrationPhase::PreCopy);
         self.ctx
             .qmp
@@ -149,6 +163,7 @@ impl Transfer {
 
     async fn wait_mirror_ready(&mut self) -> Result<(), MigrationError> {
         let mut tick = tokio::time::interval(POLL);
+        self.disk_stall.restart(Instant::now());
         loop {
             self.wait(&mut tick).await?;
             let job = match &self.mirror {
@@ -168,6 +183,7 @@ impl Transfer {
                 tracing::info!(bytes = job.len, "disk mirror in sync");
                 return Ok(());
             }
+            self.disk_stall.observe(job.offset, Instant::now())?;
             self.check_timeout()?;
         }
     }
@@ -177,15 +193,18 @@ impl Transfer {
         let mut tick = tokio::time::interval(POLL);
         loop {
             self.wait(&mut tick).await?;
-            let info = self.query().await?;
+            let info = self.query_within_stall_bound().await?;
             match QemuStage::of(info.status.as_deref()) {
                 QemuStage::NotStarted | QemuStage::PreCopy => {
                     self.update(&info, MigrationPhase::PreCopy);
+                    self.check_stall(&info)?;
                     self.escalate(&info).await?;
                 }
                 QemuStage::PreSwitchover => {
                     self.update(&info, MigrationPhase::PreCopy);
                     self.switch_over().await?;
+                    // The pause for the mirror's last pass was ours, not a stall.
+                    self.memory_stall.restart(Instant::now());
                 }
                 QemuStage::PostCopy => self.update(&info, MigrationPhase::PostCopy),
                 QemuStage::Completed => return self.complete().await,
@@ -255,6 +274,48 @@ impl Transfer {
         }
     }
 
+    /// `query-migrate`, given up after the stall bound: QEMU's monitor stops answering when
+    /// the migration thread, holding QEMU's big lock at switch-over, is blocked sending on a
+    /// dead link; that is a stall too.
+    async fn query_within_stall_bound(&mut self) -> Result<MigrationInfo, MigrationError> {
+        let bound = stall_bound(&self.ctx);
+        match tokio::time::timeout(bound, self.query()).await {
+            Ok(info) => info,
+            Err(_) => {
+                // Nothing was seen for the whole bound: this is a stall by definition.
+                let stalled = self
+                    .memory_stall
+                    .observe(0, Instant::now())
+                    .err()
+                    .map_or_else(
+                        || MigrationError::Timeout("QEMU's monitor stopped answering".into()),
+                        MigrationError::from,
+                    );
+                self.publish(|p| p.escalations.push(stalled.to_string()));
+                Err(stalled)
+            }
+        }
+    }
+
+    /// Shuts down the migration's connections out of band (QMP `yank`), so that QEMU,
+    /// possibly blocked sending on a dead link, fails the transfer at once and can be
+    /// cancelled and resumed.
+    async fn yank(&self) {
+        let mut instances = vec![serde_json::json!({"type": "migration"})];
+        if self.ctx.record.request.target.nbd.is_some() {
+            instances.push(serde_json::json!({
+                "type": "block-node",
+                "node-name": crate::migration::disk_mirror::NBD_NODE,
+            }));
+        }
+        for instance in instances {
+            match self.ctx.qmp.yank(instance.clone(), YANK_LIMIT).await {
+                Ok(()) => tracing::info!(%instance, "stalled connections yanked"),
+                Err(e) => tracing::debug!(%instance, error = %e, "nothing to yank"),
+            }
+        }
+    }
+
     async fn query(&self) -> Result<MigrationInfo, MigrationError> {
         self.ctx
             .qmp
@@ -272,6 +333,20 @@ impl Transfer {
 
     fn elapsed_ms(&self) -> u64 {
         now_unix_ms().saturating_sub(self.ctx.record.started_unix_ms)
+    }
+
+    /// Gives up when no memory was sent for the stall bound (post-copy excepted: the guest
+    /// already runs on the target and cannot come back).
+    fn check_stall(&mut self, info: &MigrationInfo) -> Result<(), MigrationError> {
+        if self.ctx.record.ladder.postcopy {
+            return Ok(());
+        }
+        let sent = info.ram.as_ref().map_or(0, |r| r.transferred);
+        if let Err(stalled) = self.memory_stall.observe(sent, Instant::now()) {
+            self.publish(|p| p.escalations.push(stalled.to_string()));
+            return Err(stalled.into());
+        }
+        Ok(())
     }
 
     fn check_timeout(&mut self) -> Result<(), MigrationError> {
@@ -331,7 +406,7 @@ impl Transfer {
         }
         if let Some(mirror) = self.mirror.take() {
             let t0 = Instant::now();
-            mirror.complete().await?;
+            mirror.complete(stall_bound(&self.ctx)).await?;
             tracing::info!(took = ?t0.elapsed(), "disk mirror completed");
             self.publish(|p| p.disk_remaining_bytes = 0);
         }
@@ -448,4 +523,9 @@ impl Transfer {
             }
         }
     }
+}
+
+/// The policy's stall bound.
+fn stall_bound(ctx: &Context) -> Duration {
+    Duration::from_secs(ctx.record.request.policy.stall_timeout_secs)
 }
