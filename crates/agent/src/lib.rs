@@ -16,6 +16,7 @@
 //! agent on the same state directory adopts them.
 
 pub mod agent;
+pub mod confine;
 pub mod error;
 pub mod host;
 pub mod http;
@@ -82,7 +83,9 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let agent = Agent::start(&config).await?;
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(confine::console::run(
+        agent.state_dir().join("vms"),
+    ))];
     if let Some(url) = config.controller_url.clone() {
         background.push(tokio::spawn(register::register_loop(
             agent.clone(),
