@@ -82,6 +82,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let agent = Agent::start(&config).await?;
+    confine::sweep();
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
     let mut background = vec![tokio::spawn(confine::console::run(
         agent.state_dir().join("vms"),

@@ -103,14 +103,48 @@ impl Layout {
         }
     }
 
-    /// Removes VM `id`'s cgroup (once its QEMU is gone; a busy one is left, and logged).
-    pub fn remove(&self, id: Uuid) {
+    /// Removes VM `id`'s cgroup once its QEMU is gone (a killed process leaves its cgroup a
+    /// moment after the signal: retried for up to 2 s; one still busy is logged, and the next
+    /// agent start removes it).
+    pub async fn remove(&self, id: Uuid) {
         for dir in self.dirs(id) {
-            match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(instance_id = %id, dir = %dir.display(), error = %e, "cannot remove the VM's cgroup");
+            for attempt in 0..20 {
+                match std::fs::remove_dir(&dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if attempt == 19 => {
+                        tracing::warn!(instance_id = %id, dir = %dir.display(), error = %e, "cannot remove the VM's cgroup");
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    Ok(()) => break,
                 }
-                _ => {}
+            }
+        }
+    }
+
+    /// Removes the VM cgroups left empty (a VM whose QEMU was killed by someone else). Only
+    /// empty ones can go (the kernel refuses the others), and only those older than a
+    /// minute, so that one made for a QEMU about to move in is never taken from under it.
+    pub fn sweep(&self) {
+        let parents: Vec<PathBuf> = match self {
+            Layout::V2(root) => vec![root.join(PARENT)],
+            Layout::V1 { cpu, memory, pids } => {
+                vec![cpu.join(PARENT), memory.join(PARENT), pids.join(PARENT)]
+            }
+        };
+        let old = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 60)
+        };
+        for parent in parents {
+            let Ok(entries) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.metadata().is_ok_and(|m| m.is_dir() && old(&m)) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
             }
         }
     }

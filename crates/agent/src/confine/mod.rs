@@ -114,9 +114,16 @@ pub fn place(spec: &VmSpec, pid: u32) -> Result<()> {
 }
 
 /// After the VM is deleted: its cgroup goes.
-pub fn release(id: Uuid) {
+pub async fn release(id: Uuid) {
     if let (true, Some(l)) = (enabled(), layout()) {
-        l.remove(id);
+        l.remove(id).await;
+    }
+}
+
+/// At agent start: cgroups of VMs killed behind the agent's back go.
+pub fn sweep() {
+    if let (true, Some(l)) = (enabled(), layout()) {
+        l.sweep();
     }
 }
 
