@@ -26,14 +26,13 @@ def free_port():
     return port
 
 
-def raw_qemu_boot(work):
+def guest_argv(d):
+    """The argv nimbus gives QEMU for the default guest whose overlay disk is in `d`."""
     manifest = json.load(open(os.path.join(IMAGE_DIR, "image.json")))
     path = lambda k: os.path.join(IMAGE_DIR, manifest[k])
-    d = tempfile.mkdtemp(dir=work)
-    t0 = time.monotonic()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", path("disk"),
                     os.path.join(d, "disk.qcow2"), "1G"], check=True)
-    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
+    return ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
             "-m", "256", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
             "-kernel", path("kernel"), "-initrd", path("initrd"), "-append", manifest["cmdline"],
             "-blockdev", f"driver=file,filename={d}/disk.qcow2,node-name=disk0-file",
@@ -44,6 +43,12 @@ def raw_qemu_boot(work):
             "-chardev", f"socket,id=heartbeat,path={d}/hb.sock,server=on,wait=off", "-serial", "chardev:heartbeat",
             "-chardev", f"socket,id=exec,path={d}/exec.sock,server=on,wait=off", "-serial", "chardev:exec",
             "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off", "-nic", "none"]
+
+
+def raw_qemu_boot(work):
+    d = tempfile.mkdtemp(dir=work)
+    t0 = time.monotonic()
+    argv = guest_argv(d)
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = os.path.join(d, "console.log")
     try:

@@ -18,6 +18,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod confine;
 pub mod error;
 pub mod host;
 pub mod http;
@@ -94,8 +95,11 @@ pub async fn run(
             return Ok(());
         }
     };
+    confine::sweep();
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(confine::console::run(
+        agent.state_dir().join("vms"),
+    ))];
     if let Some(url) = config.controller_url.clone() {
         background.push(tokio::spawn(register::register_loop(
             agent.clone(),

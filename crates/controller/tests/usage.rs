@@ -79,8 +79,12 @@ fn sample(meter: Uuid, instance: Uuid, seq: u64, t0: u64, at_s: u64) -> UsageSam
 }
 
 async fn push(app: &App, samples: Vec<UsageSample>) -> UsageAck {
+    push_from(app, "host1", samples).await
+}
+
+async fn push_from(app: &App, host: &str, samples: Vec<UsageSample>) -> UsageAck {
     let batch = UsageBatch {
-        host: "host1".into(),
+        host: host.into(),
         samples,
     };
     let (s, body) = call(
@@ -126,6 +130,16 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         .expect("insert");
     let meter = Uuid::new_v4();
     let t0 = 1_700_000_000_000u64;
+    // Only the host that runs an instance may report its usage.
+    let early = push(&app, vec![sample(meter, id, 0, t0, 10)]).await;
+    assert_eq!((early.stored, early.duplicates), (0, 0), "not placed yet");
+    app.store().reserve_host(id, "host1").await.expect("place");
+    let forged = push_from(&app, "host2", vec![sample(meter, id, 0, t0, 10)]).await;
+    assert_eq!(
+        (forged.stored, forged.duplicates),
+        (0, 0),
+        "another host's VM"
+    );
     let first = push(
         &app,
         vec![sample(meter, id, 0, t0, 10), sample(meter, id, 1, t0, 20)],

@@ -126,6 +126,17 @@ pub struct QemuConfig {
     pub incoming: Option<String>,
     /// Apply QEMU's seccomp sandbox (`-sandbox on,...`).
     pub sandbox: bool,
+    /// Drop to this user once the machine is set up (`-run-with user=UID:GID`): QEMU opens
+    /// its disks, kernel, taps and sockets as the launcher, then runs the guest without
+    /// privileges, capabilities or supplementary groups.
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged identity for a QEMU process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl QemuConfig {
@@ -153,6 +164,7 @@ impl QemuConfig {
             nics: Vec::new(),
             incoming: None,
             sandbox: true,
+            run_as: None,
         }
     }
 
@@ -213,15 +225,26 @@ impl QemuConfig {
         ] {
             push(out, a);
         }
+        if let Some(r) = self.run_as {
+            push(out, "-run-with");
+            out.push(format!("user={}:{}", r.uid, r.gid));
+        }
         if self.sandbox {
             // Checked with QEMU 10.0.2: a guest boots and QMP, the serial sockets, the
             // console logfile and the pid file all work with every option of the seccomp
             // sandbox on. `spawn=deny` forbids `exec:` migration URIs (use tcp/unix).
+            // The sandbox is installed before `-run-with` drops privileges, so dropping
+            // needs set*id allowed; once dropped, QEMU has no capability to regain any
+            // (and runs with no_new_privs), which is what `elevateprivileges=deny` is for.
+            let elevate = if self.run_as.is_some() {
+                "allow"
+            } else {
+                "deny"
+            };
             push(out, "-sandbox");
-            push(
-                out,
-                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-            );
+            out.push(format!(
+                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+            ));
         }
     }
 }

@@ -351,7 +351,8 @@ impl VmHandle {
             Err(e) => return Err(Error::io("open", &path)(e)),
         };
         let len = file.metadata().map_err(Error::io("stat", &path))?.len();
-        let offset = offset.min(len);
+        // Past what the bound on the log punched out (see `confine::console`).
+        let offset = crate::confine::console::first_kept(&file, offset.min(len)).min(len);
         file.seek(SeekFrom::Start(offset))
             .map_err(Error::io("seek", &path))?;
         let mut buf = Vec::new();

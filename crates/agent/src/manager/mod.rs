@@ -302,6 +302,7 @@ impl Manager {
             remove_dir(dir.dir())?;
         }
         self.lock().remove(&id);
+        crate::confine::release(id).await;
         tracing::info!(instance_id = %id, keep_disk, "VM deleted");
         // Its snapshots went with its directory: drop the chunks only they used.
         if let Err(e) = self.snapshots.collect_garbage().await {

@@ -40,6 +40,9 @@ pub async fn new_layer_on(dir: &VmDir, backing: &Path) -> Result<NewTop> {
     let id = Uuid::new_v4().simple().to_string();
     let path = layers.join(format!("{id}.qcow2"));
     img::create_overlay_unchecked(&path, backing, "qcow2", size).await?;
+    // QEMU opens it after dropping to the VM's user.
+    crate::confine::user::give_new_file(dir.dir(), &layers)?;
+    crate::confine::user::give_new_file(dir.dir(), &path)?;
     Ok(NewTop {
         path,
         node: format!("layer-{}", &id[..12]),

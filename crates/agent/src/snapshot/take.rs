@@ -36,6 +36,8 @@ pub async fn take(
     files.write_pending(&Pending {
         layer: frozen.clone(),
     })?;
+    // QEMU, as the VM's user, writes the memory image there.
+    crate::confine::user::give_new_file(dir.dir(), files.dir())?;
     if let Err(e) = failpoint::check("take.after_new_layer") {
         let _ = std::fs::remove_file(&new_top.path);
         let _ = files.remove();

@@ -199,6 +199,11 @@ fn spawn(spec: &ChildSpec) -> anyhow::Result<tokio::process::Child> {
         .env("NIMBUS_AGENT_TOKEN", &spec.token)
         // `nimbus up --shared-storage` alone decides where the agents keep disks.
         .env_remove("NIMBUS_SHARED_STORAGE")
+        // `ip netns exec` gives the agent a sysfs without cgroups: it finds them here.
+        .env(
+            "NIMBUS_CGROUP_ROOT",
+            format!("/proc/{}/root/sys/fs/cgroup", std::process::id()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -32,6 +32,11 @@ impl App {
     pub async fn ingest_usage(&self, batch: &UsageBatch) -> Result<UsageAck, AppError> {
         let mut ack = UsageAck::default();
         for s in &batch.samples {
+            if !self.may_report(&batch.host, s).await? {
+                tracing::warn!(instance_id = %s.instance_id, meter_id = %s.meter_id, host = batch.host,
+                    "usage sample of an instance the host does not run dropped");
+                continue;
+            }
             let Some((project, name)) = self.owner_of(s).await? else {
                 tracing::warn!(instance_id = %s.instance_id, meter_id = %s.meter_id, host = batch.host,
                     "usage sample of an unknown instance dropped");
@@ -45,6 +50,29 @@ impl App {
             }
         }
         Ok(ack)
+    }
+
+    /// Whether `host` may report usage of the sample's instance: it is placed there, or a
+    /// migration of it went from or to there (a source meters until the switch-over). An
+    /// instance deleted since is checked by its meter (see [`Self::owner_of`]).
+    async fn may_report(&self, host: &str, s: &UsageSample) -> Result<bool, AppError> {
+        let inst = match self
+            .store()
+            .get_instance_by_id(&nimbus_store::Scope::All, s.instance_id)
+            .await
+        {
+            Ok(i) => i,
+            Err(StoreError::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        };
+        if inst.host.as_deref() == Some(host) {
+            return Ok(true);
+        }
+        let moves = self
+            .store()
+            .migrations_of(&nimbus_store::Scope::All, inst.id)
+            .await?;
+        Ok(moves.iter().any(|m| m.source == host || m.target == host))
     }
 
     /// The project and name a sample is attributed to: its instance's now, else its meter's

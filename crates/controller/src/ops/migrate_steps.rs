@@ -87,6 +87,21 @@ fn policy(req: &MigrateInstance) -> MigrationPolicy {
     }
 }
 
+/// Whether `path`, as the source agent reports it, is instance `id`'s disk directory on the
+/// shared storage `dir` (`<dir>/<id>/...`): the target is told to open exactly that, so an
+/// agent's report can never point it at another file (`..` refused).
+fn is_own_shared_disk(dir: &str, id: Uuid, path: &std::path::Path) -> bool {
+    path.is_absolute()
+        && !has_dots(path)
+        && path.starts_with(std::path::Path::new(dir).join(id.to_string()))
+}
+
+fn has_dots(path: &std::path::Path) -> bool {
+    use std::path::Component;
+    path.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+}
+
 /// Reserves room on the target (the scheduler's choice, or the requested host).
 pub struct ChooseTarget(pub Uuid);
 
@@ -174,7 +189,16 @@ impl Step<App> for PrepareTarget {
         // Nothing to copy when both hosts see the same shared storage and the disk lives
         // there (one made before the host had shared storage is local: it is mirrored).
         let disk = match (shared_dir, source_vm.disk_path) {
-            (Some(dir), Some(path)) if path.starts_with(&dir) => DiskTransfer::Shared { path },
+            (Some(dir), Some(path)) if is_own_shared_disk(&dir, self.0, &path) => {
+                DiskTransfer::Shared { path }
+            }
+            (Some(_), Some(path)) if has_dots(&path) => {
+                return Err(StepError::permanent(format!(
+                    "host {} reports a disk path with `.` or `..` ({}); refusing to move the VM",
+                    r.source,
+                    path.display()
+                )))
+            }
             _ => DiskTransfer::Mirror,
         };
         let kind = if matches!(disk, DiskTransfer::Shared { .. }) {
@@ -473,4 +497,28 @@ pub async fn end_record(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_reported_disk_path_must_be_the_instance_s_own() {
+        let id = Uuid::nil();
+        let own = format!("/srv/shared/{id}/disk.qcow2");
+        assert!(is_own_shared_disk("/srv/shared", id, Path::new(&own)));
+        for bad in [
+            format!("/srv/shared/{id}/../other/disk.qcow2"),
+            "/srv/shared/other/disk.qcow2".to_string(),
+            "/etc/shadow".to_string(),
+            format!("srv/shared/{id}/disk.qcow2"),
+        ] {
+            assert!(
+                !is_own_shared_disk("/srv/shared", id, Path::new(&bad)),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -49,6 +49,7 @@ impl Actor {
         }
         let mut config = launch::prepare(&self.spec, &self.dir, self.accel, &self.network).await?;
         config.incoming = incoming.then(|| "defer".to_string());
+        crate::confine::prepare(&mut config, &self.dir, self.id)?;
         let offset = self.dir.console_len();
         self.update(|s| {
             s.state = VmRunState::Starting;
@@ -67,6 +68,16 @@ impl Actor {
             Ok(mut qemu) => {
                 let pid = qemu.pid();
                 self.update(|s| s.pid = Some(pid));
+                if let Err(e) = crate::confine::place(&self.spec, pid) {
+                    // Fail closed: no VM runs outside its limits.
+                    let _ = qemu.kill(Duration::ZERO).await;
+                    self.update(|s| {
+                        s.state = VmRunState::Crashed;
+                        s.reason = Some(format!("cannot confine QEMU: {e}"));
+                        s.pid = None;
+                    });
+                    return Err(e);
+                }
                 match qemu.wait_for_qmp(LAUNCH_TIMEOUT).await {
                     Ok(qmp) => Ok((qemu, qmp)),
                     Err(e) => {
