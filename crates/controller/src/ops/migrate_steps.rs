@@ -21,7 +21,7 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A heartbeat older than this means the guest is not running.
 const HEARTBEAT_FRESH_MS: u64 = 2_000;
 
-fn from_output<T: serde::de::DeserializeOwned>(
+pub(super) fn from_output<T: serde::de::DeserializeOwned>(
     s: &StepContext<'_>,
     step: usize,
     key: &str,
@@ -34,13 +34,13 @@ fn from_output<T: serde::de::DeserializeOwned>(
     serde_json::from_value(v).map_err(|e| StepError::permanent(format!("bad output {key:?}: {e}")))
 }
 
-struct Route {
-    source: String,
-    target: String,
-    shared: bool,
+pub(super) struct Route {
+    pub source: String,
+    pub target: String,
+    pub shared: bool,
 }
 
-fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
+pub(super) fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
     Ok(Route {
         source: from_output(s, 0, "source")?,
         target: from_output(s, 0, "target")?,
@@ -144,30 +144,7 @@ impl Step<App> for PrepareTarget {
         let r = route(s)?;
         let inst = instance(app, self.0).await?;
         let spec = app.vm_spec(&inst).await.map_err(app_err)?;
-        let (src_host, dst_host) = (
-            app.store().get_host(&r.source).await.map_err(store_err)?,
-            app.store().get_host(&r.target).await.map_err(store_err)?,
-        );
-        let source_vm = app
-            .agent(&src_host.agent_url)
-            .vm(self.0)
-            .await
-            .map_err(agent_err)?;
-        let shared_dir = match (&src_host.shared_storage, &dst_host.shared_storage) {
-            (Some(a), Some(b)) if a == b => Some(a.clone()),
-            _ => None,
-        };
-        // Nothing to copy when both hosts see the same shared storage and the disk lives
-        // there (one made before the host had shared storage is local: it is mirrored).
-        let disk = match (shared_dir, source_vm.disk_path) {
-            (Some(dir), Some(path)) if path.starts_with(&dir) => DiskTransfer::Shared { path },
-            _ => DiskTransfer::Mirror,
-        };
-        let kind = if matches!(disk, DiskTransfer::Shared { .. }) {
-            "shared"
-        } else {
-            "mirror"
-        };
+        let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
         let policy = policy(&params(app, s.operation_id).await?);
         let ready = app
             .agent(&dst_host.agent_url)
@@ -183,6 +160,35 @@ impl Step<App> for PrepareTarget {
         let res = agent.remove_vm(self.0, r.shared).await;
         res.map_err(agent_err)
     }
+}
+
+/// How the disk reaches the target: nothing to copy when both hosts see the same shared
+/// storage and the disk lives there (one made before the host had shared storage is local:
+/// it is copied). Returns the transfer, its name for the record, and the target host.
+pub(super) async fn disk_transfer(
+    app: &App,
+    id: Uuid,
+    r: &Route,
+) -> Result<(DiskTransfer, &'static str, nimbus_store::HostRecord), StepError> {
+    let (src_host, dst_host) = (
+        app.store().get_host(&r.source).await.map_err(store_err)?,
+        app.store().get_host(&r.target).await.map_err(store_err)?,
+    );
+    let source_vm = app
+        .agent(&src_host.agent_url)
+        .vm(id)
+        .await
+        .map_err(agent_err)?;
+    let shared_dir = match (&src_host.shared_storage, &dst_host.shared_storage) {
+        (Some(a), Some(b)) if a == b => Some(a.clone()),
+        _ => None,
+    };
+    Ok(match (shared_dir, source_vm.disk_path) {
+        (Some(dir), Some(path)) if path.starts_with(&dir) => {
+            (DiskTransfer::Shared { path }, "shared", dst_host)
+        }
+        _ => (DiskTransfer::Mirror, "mirror", dst_host),
+    })
 }
 
 /// Copies memory (and a local disk) while the VM runs, until the source pauses and the
