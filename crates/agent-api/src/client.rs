@@ -1,15 +1,20 @@
 //! Typed HTTP client of the agent API, used by the controller.
 
 use crate::{
-    AgentError, AgentErrorBody, CloneRequest, ConsoleChunk, DeleteSnapshotResult, ExecRequest,
-    ExecResult, HostInventory, IncomingReady, IncomingRequest, MigrateRequest, MigrationProgress,
-    RestoreRequest, RestoreResult, SnapshotRequest, SnapshotResult, StopRequest, VmSpec, VmStatus,
-    AGENT_API_PREFIX,
+    AgentError, AgentErrorBody, CloneRequest, ColdIncomingRequest, ConsoleChunk,
+    DeleteSnapshotResult, ExecRequest, ExecResult, HostInventory, IncomingReady, IncomingRequest,
+    MigrateRequest, MigrationProgress, RestoreRequest, RestoreResult, SnapshotRequest,
+    SnapshotResult, StopRequest, VmSpec, VmStatus, AGENT_API_PREFIX,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// The header carrying a transferred disk's BLAKE3 digest (hex).
+pub const DISK_DIGEST_HEADER: &str = "x-nimbus-blake3";
+/// How long a disk transfer may take in all.
+const DISK_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Client of one agent.
 #[derive(Debug, Clone)]
@@ -149,6 +154,47 @@ impl AgentClient {
     ) -> Result<IncomingReady, AgentError> {
         let path = format!("/vms/{}/migration/incoming", req.spec.id);
         self.send(self.request(Method::POST, &path).json(req)).await
+    }
+
+    /// Cold migration, target side: define the stopped VM with its disk.
+    pub async fn cold_incoming(&self, req: &ColdIncomingRequest) -> Result<VmStatus, AgentError> {
+        let path = format!("/vms/{}/cold", req.spec.id);
+        self.send(self.request(Method::PUT, &path).json(req)).await
+    }
+
+    /// Cold migration, source side: the stopped VM's disk as a byte stream, with its digest
+    /// (the `x-nimbus-blake3` header).
+    pub async fn export_disk(&self, id: Uuid) -> Result<(Response, String), AgentError> {
+        let resp = self
+            .send_raw(self.long_request(Method::GET, &format!("/vms/{id}/disk")))
+            .await?;
+        let digest = resp
+            .headers()
+            .get(DISK_DIGEST_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| AgentError::Decode("the disk came without its digest".into()))?;
+        Ok((resp, digest))
+    }
+
+    /// Cold migration, target side: the disk `body` (checked against `digest`) replaces the
+    /// fresh one.
+    pub async fn import_disk(
+        &self,
+        id: Uuid,
+        body: reqwest::Body,
+        digest: &str,
+    ) -> Result<(), AgentError> {
+        let req = self
+            .long_request(Method::PUT, &format!("/vms/{id}/disk"))
+            .header(DISK_DIGEST_HEADER, digest)
+            .body(body);
+        self.send_raw(req).await.map(|_| ())
+    }
+
+    /// A request without the overall timeout (disk transfers take as long as their size).
+    fn long_request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).timeout(DISK_TRANSFER_TIMEOUT)
     }
 
     /// Source side: start sending the VM.

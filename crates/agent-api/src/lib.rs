@@ -24,6 +24,9 @@
 //! POST   /vms/{id}/migration/start    MigrateRequest  -> MigrationProgress (source side)
 //! GET    /vms/{id}/migration          -> MigrationProgress                (source side)
 //! POST   /vms/{id}/migration/cancel   -> MigrationProgress  cancel; the VM runs on at the source
+//! PUT    /vms/{id}/cold   ColdIncomingRequest -> VmStatus  define a stopped VM moving here
+//! GET    /vms/{id}/disk             -> bytes      a stopped VM's own disk (cold migration)
+//! PUT    /vms/{id}/disk   bytes     -> 204        replace a cold-migrated VM's fresh disk
 //! POST   /vms/{id}/snapshots  ...       checkpoints (see [`snapshot`])
 //! ```
 //! See [`migration`] for the sequence of a live migration.
@@ -47,8 +50,8 @@ pub use host::{
 };
 pub use metering::{MeterKind, UsageAck, UsageBatch, UsageSample};
 pub use migration::{
-    DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
-    MigrationProgress, NbdTarget,
+    ColdIncomingRequest, DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest,
+    MigrationPhase, MigrationPolicy, MigrationProgress, NbdTarget,
 };
 pub use snapshot::{
     CloneRequest, DeleteSnapshotResult, RestoreRequest, RestoreResult, SnapshotRequest,

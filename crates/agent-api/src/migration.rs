@@ -37,6 +37,14 @@ pub enum DiskTransfer {
     Mirror,
 }
 
+/// Sent to the target agent of a cold migration: define the stopped VM with this disk
+/// (`Shared`: link to it; `Mirror`: a fresh overlay that `PUT /vms/{id}/disk` replaces).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdIncomingRequest {
+    pub spec: crate::VmSpec,
+    pub disk: DiskTransfer,
+}
+
 /// Sent to the target agent: prepare to receive the VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IncomingRequest {

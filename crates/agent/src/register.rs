@@ -59,7 +59,7 @@ pub async fn register_loop(agent: Agent, controller_url: String) {
             }
             (Err(e), Some(false)) => tracing::debug!(url, error = %e, "registration failed"),
             (Err(e), _) => {
-                tracing::warn!(url, error = %e, "registration failed; retrying every 10 s");
+                tracing::warn!(url, error = %e, every = ?REGISTER_INTERVAL, "registration failed; retrying");
                 ok = Some(false);
             }
         }

@@ -15,6 +15,9 @@ pub enum OperationKind {
     InstanceReboot,
     InstanceDelete,
     InstanceMigrate,
+    /// Moves a stopped instance to another host (its disk copied, or relinked on shared
+    /// storage); it stays stopped.
+    InstanceColdMigrate,
     HostDrain,
     /// A new instance resumed from another instance's snapshot.
     InstanceClone,
@@ -34,6 +37,7 @@ impl OperationKind {
             OperationKind::InstanceReboot => "instance_reboot",
             OperationKind::InstanceDelete => "instance_delete",
             OperationKind::InstanceMigrate => "instance_migrate",
+            OperationKind::InstanceColdMigrate => "instance_cold_migrate",
             OperationKind::HostDrain => "host_drain",
             OperationKind::InstanceClone => "instance_clone",
             OperationKind::SnapshotCreate => "snapshot_create",
@@ -51,6 +55,7 @@ impl OperationKind {
             "instance_reboot" => OperationKind::InstanceReboot,
             "instance_delete" => OperationKind::InstanceDelete,
             "instance_migrate" => OperationKind::InstanceMigrate,
+            "instance_cold_migrate" => OperationKind::InstanceColdMigrate,
             "host_drain" => OperationKind::HostDrain,
             "instance_clone" => OperationKind::InstanceClone,
             "snapshot_create" => OperationKind::SnapshotCreate,

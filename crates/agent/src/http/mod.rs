@@ -1,6 +1,7 @@
 //! The agent API over HTTP: thin handlers under [`AGENT_API_PREFIX`], bearer-token auth,
 //! JSON errors ([`nimbus_agent_api::AgentErrorBody`]) with stable codes.
 
+mod cold;
 mod console;
 mod migration;
 mod snapshots;
@@ -13,7 +14,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use nimbus_agent_api::AGENT_API_PREFIX;
 
@@ -43,6 +44,8 @@ pub fn router(agent: Agent) -> Router {
             post(snapshots::restore),
         )
         .route("/vms/{id}/clone", post(snapshots::clone))
+        .route("/vms/{id}/cold", put(cold::incoming))
+        .route("/vms/{id}/disk", get(cold::export).put(cold::import))
         .fallback(|| async { Error::NoRoute })
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);

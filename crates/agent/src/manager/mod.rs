@@ -16,7 +16,9 @@ use crate::migration::role::{self, IncomingRecord, MigrationRole};
 use crate::network::{guest, HostNetwork};
 use crate::snapshot::SnapshotStore;
 use crate::storage::DiskStore;
-use nimbus_agent_api::{DiskTransfer, IncomingReady, IncomingRequest, VmSpec, VmStatus};
+use nimbus_agent_api::{
+    ColdIncomingRequest, DiskTransfer, IncomingReady, IncomingRequest, VmSpec, VmStatus,
+};
 use nimbus_qemu::{Accel, QemuProcess};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -227,28 +229,62 @@ impl Manager {
     }
 
     async fn define_incoming(&self, id: Uuid, req: &IncomingRequest) -> Result<Arc<VmHandle>> {
-        disk::check_image(&req.spec)?;
-        let dir = VmDir::new(self.vms_dir.join(id.to_string()));
-        std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
-        if let Err(e) = incoming::prepare_disk(&dir, &req.spec, &req.disk, &self.store).await {
-            // Only an empty directory goes (one left by an earlier migration keeps its disk).
-            let _ = std::fs::remove_dir(dir.dir());
-            return Err(e);
-        }
-        let status = CoreStatus::defined();
-        dir.write_state(&status)?;
         let record = IncomingRecord {
             disk: req.disk.clone(),
             policy: req.policy.clone(),
             ready: None,
             resumed: false,
         };
-        role::write(&dir, &MigrationRole::Incoming(record))?;
-        dir.write_spec(&req.spec)?;
-        tracing::info!(instance_id = %id, disk = ?req.disk, "VM defined for an incoming migration");
+        let role = MigrationRole::Incoming(record);
+        self.define_arriving(id, &req.spec, &req.disk, Some(role))
+            .await
+    }
+
+    /// Target side of a cold migration: defines the stopped VM with the disk the request
+    /// names (a link to the shared disk, or a fresh overlay that the source's disk replaces,
+    /// see [`crate::migration::cold`]). Idempotent for the same spec.
+    pub async fn cold_incoming(&self, id: Uuid, req: ColdIncomingRequest) -> Result<VmStatus> {
+        validate(id, &req.spec)?;
+        let _serial = self.lifecycle.lock().await;
+        match self.get(id) {
+            Ok(existing) if existing.spec() == &req.spec => Ok(existing.status()),
+            Ok(_) => Err(Error::Conflict(format!(
+                "VM {id} is already defined with a different spec"
+            ))),
+            Err(_) => Ok(self
+                .define_arriving(id, &req.spec, &req.disk, None)
+                .await?
+                .status()),
+        }
+    }
+
+    /// Defines a VM arriving from another host, with its disk prepared as `disk` says and
+    /// its part in the migration (`None` for a cold one).
+    async fn define_arriving(
+        &self,
+        id: Uuid,
+        spec: &VmSpec,
+        disk: &DiskTransfer,
+        role: Option<MigrationRole>,
+    ) -> Result<Arc<VmHandle>> {
+        disk::check_image(spec)?;
+        let dir = VmDir::new(self.vms_dir.join(id.to_string()));
+        std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
+        if let Err(e) = incoming::prepare_disk(&dir, spec, disk, &self.store).await {
+            // Only an empty directory goes (one left by an earlier migration keeps its disk).
+            let _ = std::fs::remove_dir(dir.dir());
+            return Err(e);
+        }
+        let status = CoreStatus::defined();
+        dir.write_state(&status)?;
+        if let Some(role) = &role {
+            role::write(&dir, role)?;
+        }
+        dir.write_spec(spec)?;
+        tracing::info!(instance_id = %id, ?disk, live = role.is_some(), "VM defined for a migration");
         let (handle, _ready) = VmHandle::spawn(ActorSetup {
             id,
-            spec: req.spec.clone(),
+            spec: spec.clone(),
             dir,
             accel: self.accel,
             network: self.network.clone(),

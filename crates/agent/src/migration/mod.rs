@@ -35,6 +35,7 @@
 //! - [`progress`] turns QEMU's statistics into [`MigrationProgress`].
 //! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds.
 
+pub mod cold;
 pub mod disk_mirror;
 pub mod endpoint;
 pub mod incoming;

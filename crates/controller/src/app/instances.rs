@@ -262,6 +262,7 @@ fn check_transition(inst: &InstanceRecord, kind: OperationKind) -> Result<(), Ap
         K::InstanceCreate
         | K::InstanceClone
         | K::InstanceMigrate
+        | K::InstanceColdMigrate
         | K::HostDrain
         | K::SnapshotCreate
         | K::SnapshotRestore

@@ -23,12 +23,17 @@ impl App {
     ) -> Result<OperationView, AppError> {
         caller.require_admin()?;
         let inst = self.find_instance(caller, id_or_name).await?;
-        if inst.state != InstanceState::Running {
-            return Err(AppError::conflict(format!(
-                "cannot migrate instance {}: it is {}, and only running instances move live",
-                inst.name, inst.state
-            )));
-        }
+        let kind = match inst.state {
+            InstanceState::Running => OperationKind::InstanceMigrate,
+            InstanceState::Stopped => OperationKind::InstanceColdMigrate,
+            other => {
+                return Err(AppError::conflict(format!(
+                    "cannot migrate instance {}: it is {other}; running instances move live, \
+                     stopped ones cold",
+                    inst.name
+                )))
+            }
+        };
         let source = inst
             .host
             .clone()
@@ -46,14 +51,14 @@ impl App {
         self.check_snapshots_can_move(&inst, &source).await?;
         let op = NewOperation {
             id: Uuid::new_v4(),
-            kind: OperationKind::InstanceMigrate,
+            kind,
             project: inst.project.clone(),
             target_id: inst.id,
             target_name: inst.name.clone(),
             params: serde_json::to_value(req).unwrap_or_default(),
         };
         self.store().begin_instance_operation(inst.id, &op).await?;
-        tracing::info!(instance_id = %inst.id, operation_id = %op.id, %source, to = ?req.to, "migration accepted");
+        tracing::info!(instance_id = %inst.id, operation_id = %op.id, %source, to = ?req.to, kind = kind.as_str(), "migration accepted");
         ops::spawn(self.clone(), op.id);
         Ok(self.store().get_operation(&Scope::All, op.id).await?)
     }

@@ -31,7 +31,8 @@ impl Step<App> for DisableHost {
 /// How many instances a drain moves at once.
 const DRAIN_PARALLELISM: usize = 2;
 
-/// Moves every running instance off the host, largest first, a few at a time.
+/// Moves every instance off the host, largest first, a few at a time: running ones live,
+/// stopped ones cold. Instances in any other state (error, ...) stay, and are named.
 pub struct Evacuate(pub String);
 
 #[async_trait]
@@ -85,7 +86,7 @@ impl Step<App> for Evacuate {
                     in_flight.push((inst.id, label, op));
                     continue;
                 }
-                if inst.state != InstanceState::Running {
+                if !matches!(inst.state, InstanceState::Running | InstanceState::Stopped) {
                     skipped.push((inst.id, label));
                     continue;
                 }
@@ -99,7 +100,7 @@ impl Step<App> for Evacuate {
                 }
             }
             s.progress(&format!(
-                "{} moved, {} moving, {} failed, {} stopped instance(s) left in place",
+                "{} moved, {} moving, {} failed, {} instance(s) neither running nor stopped left in place",
                 moved.len(),
                 in_flight.len(),
                 failed.len(),
@@ -123,7 +124,7 @@ impl Step<App> for Evacuate {
                 failed.join("; ")
             )));
         }
-        Ok(json!({ "moved": moved, "skipped_not_running": skipped }))
+        Ok(json!({ "moved": moved, "skipped": skipped }))
     }
 }
 

@@ -21,7 +21,7 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A heartbeat older than this means the guest is not running.
 const HEARTBEAT_FRESH_MS: u64 = 2_000;
 
-fn from_output<T: serde::de::DeserializeOwned>(
+pub(super) fn from_output<T: serde::de::DeserializeOwned>(
     s: &StepContext<'_>,
     step: usize,
     key: &str,
@@ -34,28 +34,29 @@ fn from_output<T: serde::de::DeserializeOwned>(
     serde_json::from_value(v).map_err(|e| StepError::permanent(format!("bad output {key:?}: {e}")))
 }
 
-struct Route {
-    source: String,
-    target: String,
-    /// How the disk moves (`shared` or `mirror`), as prepare_target recorded it; `None`
-    /// when it recorded nothing (it failed, or its answer was lost): then nobody knows
-    /// whether the target made a disk of its own.
-    disk_transfer: Option<String>,
+pub(super) struct Route {
+    pub source: String,
+    pub target: String,
+    /// How the disk moves (`shared`, `mirror`, or `copy` for a cold migration), as the
+    /// prepare step recorded it; `None` when it recorded nothing (it failed, or its answer
+    /// was lost): then nobody knows whether the target made a disk of its own.
+    pub disk_transfer: Option<String>,
 }
 
 impl Route {
-    fn shared(&self) -> bool {
+    pub fn shared(&self) -> bool {
         self.disk_transfer.as_deref() == Some("shared")
     }
 
-    /// Whether the target's disk is one the target made (a mirror's fresh copy): only then
-    /// may an undo delete it. A shared disk is the source's; an unknown one may be.
-    fn target_made_disk(&self) -> bool {
-        self.disk_transfer.as_deref() == Some("mirror")
+    /// Whether the target's disk is one the target made (a mirror's or a copy's fresh
+    /// disk): only then may an undo delete it. A shared disk is the source's; an unknown
+    /// one may be.
+    pub fn target_made_disk(&self) -> bool {
+        matches!(self.disk_transfer.as_deref(), Some("mirror" | "copy"))
     }
 }
 
-fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
+pub(super) fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
     Ok(Route {
         source: from_output(s, 0, "source")?,
         target: from_output(s, 0, "target")?,
@@ -173,39 +174,7 @@ impl Step<App> for PrepareTarget {
         let r = route(s)?;
         let inst = instance(app, self.0).await?;
         let spec = app.vm_spec(&inst).await.map_err(app_err)?;
-        let (src_host, dst_host) = (
-            app.store().get_host(&r.source).await.map_err(store_err)?,
-            app.store().get_host(&r.target).await.map_err(store_err)?,
-        );
-        let source_vm = app
-            .agent(&src_host.agent_url)
-            .vm(self.0)
-            .await
-            .map_err(agent_err)?;
-        let shared_dir = match (&src_host.shared_storage, &dst_host.shared_storage) {
-            (Some(a), Some(b)) if a == b => Some(a.clone()),
-            _ => None,
-        };
-        // Nothing to copy when both hosts see the same shared storage and the disk lives
-        // there (one made before the host had shared storage is local: it is mirrored).
-        let disk = match (shared_dir, source_vm.disk_path) {
-            (Some(dir), Some(path)) if is_own_shared_disk(&dir, self.0, &path) => {
-                DiskTransfer::Shared { path }
-            }
-            (Some(_), Some(path)) if has_dots(&path) => {
-                return Err(StepError::permanent(format!(
-                    "host {} reports a disk path with `.` or `..` ({}); refusing to move the VM",
-                    r.source,
-                    path.display()
-                )))
-            }
-            _ => DiskTransfer::Mirror,
-        };
-        let kind = if matches!(disk, DiskTransfer::Shared { .. }) {
-            "shared"
-        } else {
-            "mirror"
-        };
+        let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
         let policy = policy(&params(app, s.operation_id).await?);
         let ready = app
             .agent(&dst_host.agent_url)
@@ -227,6 +196,42 @@ impl Step<App> for PrepareTarget {
         let res = agent.remove_vm(self.0, keep_disk).await;
         res.map_err(agent_err)
     }
+}
+
+/// How the disk reaches the target: nothing to copy when both hosts see the same shared
+/// storage and the disk lives there (one made before the host had shared storage is local:
+/// it is copied). Returns the transfer, its name for the record, and the target host.
+pub(super) async fn disk_transfer(
+    app: &App,
+    id: Uuid,
+    r: &Route,
+) -> Result<(DiskTransfer, &'static str, nimbus_store::HostRecord), StepError> {
+    let (src_host, dst_host) = (
+        app.store().get_host(&r.source).await.map_err(store_err)?,
+        app.store().get_host(&r.target).await.map_err(store_err)?,
+    );
+    let source_vm = app
+        .agent(&src_host.agent_url)
+        .vm(id)
+        .await
+        .map_err(agent_err)?;
+    let shared_dir = match (&src_host.shared_storage, &dst_host.shared_storage) {
+        (Some(a), Some(b)) if a == b => Some(a.clone()),
+        _ => None,
+    };
+    Ok(match (shared_dir, source_vm.disk_path) {
+        (Some(dir), Some(path)) if is_own_shared_disk(&dir, id, &path) => {
+            (DiskTransfer::Shared { path }, "shared", dst_host)
+        }
+        (Some(_), Some(path)) if has_dots(&path) => {
+            return Err(StepError::permanent(format!(
+                "host {} reports a disk path with `.` or `..` ({}); refusing to move the VM",
+                r.source,
+                path.display()
+            )))
+        }
+        _ => (DiskTransfer::Mirror, "mirror", dst_host),
+    })
 }
 
 /// Copies memory (and a local disk) while the VM runs, until the source pauses and the

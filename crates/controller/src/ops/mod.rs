@@ -2,10 +2,12 @@
 //! in [`steps`]. The engine (crate `nimbus-ops`) persists every step in the store, so an
 //! operation interrupted by a controller restart is resumed by [`resume_unfinished`].
 
+pub mod cold_migrate_steps;
 pub mod drain_steps;
 pub mod group_delete;
 pub mod host_drain;
 pub mod instance_clone;
+pub mod instance_cold_migrate;
 pub mod instance_create;
 pub mod instance_delete;
 pub mod instance_migrate;
@@ -41,6 +43,7 @@ fn plan(kind: OperationKind, target: Uuid, target_name: &str) -> Plan {
     let instance = target;
     match kind {
         OperationKind::InstanceMigrate => instance_migrate::plan(instance),
+        OperationKind::InstanceColdMigrate => instance_cold_migrate::plan(instance),
         OperationKind::HostDrain => host_drain::plan(target_name),
         OperationKind::GroupDelete => group_delete::plan(target),
         OperationKind::InstanceCreate => instance_create::plan(instance),
@@ -64,6 +67,15 @@ fn is_snapshot_op(kind: OperationKind) -> bool {
         OperationKind::SnapshotCreate
             | OperationKind::SnapshotRestore
             | OperationKind::SnapshotDelete
+    )
+}
+
+/// Live and cold migrations keep a migration record, and leave the instance as its host
+/// reports it when they fail.
+fn is_migration(kind: OperationKind) -> bool {
+    matches!(
+        kind,
+        OperationKind::InstanceMigrate | OperationKind::InstanceColdMigrate
     )
 }
 
@@ -118,7 +130,7 @@ async fn finish(
     outcome: &Outcome,
     after: Option<InstanceState>,
 ) -> Result<(), AppError> {
-    if kind == OperationKind::InstanceMigrate {
+    if is_migration(kind) {
         migrate_steps::end_record(app, op, outcome).await?;
     }
     if is_snapshot_op(kind) {
@@ -129,9 +141,7 @@ async fn finish(
     match (outcome, after) {
         (Outcome::Succeeded, None) => return Ok(()),
         // A failed migration leaves the VM where the host's agent says it runs.
-        (Outcome::Failed { .. } | Outcome::Cancelled, _)
-            if kind == OperationKind::InstanceMigrate =>
-        {
+        (Outcome::Failed { .. } | Outcome::Cancelled, _) if is_migration(kind) => {
             let state = steps::state_from_agent(app, instance).await;
             app.store()
                 .set_instance_state(instance, state, None)

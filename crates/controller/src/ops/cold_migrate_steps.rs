@@ -1,0 +1,133 @@
+//! The steps of a cold migration (see [`super::instance_cold_migrate`]).
+
+use super::migrate_steps::{disk_transfer, route};
+use super::steps::{agent_err, app_err, instance, store_err};
+use crate::app::App;
+use async_trait::async_trait;
+use chrono::Utc;
+use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer};
+use nimbus_api::MigrationStats;
+use nimbus_ops::{Step, StepContext, StepError};
+use nimbus_store::Scope;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Defines the stopped instance on the target with its disk: a link to the shared disk, or
+/// a fresh overlay on the same base image that [`CopyDisk`] fills.
+pub struct PrepareColdTarget(pub Uuid);
+
+#[async_trait]
+impl Step<App> for PrepareColdTarget {
+    fn name(&self) -> &'static str {
+        "prepare_cold_target"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let r = route(s)?;
+        let inst = instance(app, self.0).await?;
+        let spec = app.vm_spec(&inst).await.map_err(app_err)?;
+        let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
+        let kind = if matches!(disk, DiskTransfer::Mirror) {
+            "copy"
+        } else {
+            kind
+        };
+        app.agent(&dst_host.agent_url)
+            .cold_incoming(&ColdIncomingRequest { spec, disk })
+            .await
+            .map_err(agent_err)?;
+        Ok(json!({ "disk_transfer": kind }))
+    }
+
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        let r = route(s)?;
+        let agent = app.agent_of(&r.target).await.map_err(app_err)?;
+        // Its disk only when the target provably made it (a copy); a shared or unknown one stays.
+        let res = agent.remove_vm(self.0, !r.target_made_disk()).await;
+        res.map_err(agent_err)
+    }
+}
+
+/// Streams the source's disk into the target's copy (through the controller, which both
+/// agents trust), checked there against its digest. Nothing to do on shared storage.
+pub struct CopyDisk(pub Uuid);
+
+#[async_trait]
+impl Step<App> for CopyDisk {
+    fn name(&self) -> &'static str {
+        "copy_disk"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let r = route(s)?;
+        if r.shared() {
+            return Ok(json!({ "bytes": 0 }));
+        }
+        let source = app.agent_of(&r.source).await.map_err(app_err)?;
+        let target = app.agent_of(&r.target).await.map_err(app_err)?;
+        let (disk, digest) = source.export_disk(self.0).await.map_err(agent_err)?;
+        let bytes = disk.content_length().unwrap_or(0);
+        s.progress(&format!(
+            "copying the disk: {:.1} MiB from {} to {}",
+            bytes as f64 / 1048576.0,
+            r.source,
+            r.target
+        ))
+        .await;
+        let body = reqwest::Body::wrap_stream(disk.bytes_stream());
+        target
+            .import_disk(self.0, body, &digest)
+            .await
+            .map_err(agent_err)?;
+        Ok(json!({ "bytes": bytes }))
+    }
+}
+
+/// Moves the instance to the target in the store. The point of no return.
+pub struct CommitCold(pub Uuid);
+
+#[async_trait]
+impl Step<App> for CommitCold {
+    fn name(&self) -> &'static str {
+        "commit_cold"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let r = route(s)?;
+        let bytes = s
+            .output(2)
+            .and_then(|o| o.get("bytes"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        app.store()
+            .move_instance(self.0, &r.source, &r.target)
+            .await
+            .map_err(store_err)?;
+        let m = app
+            .store()
+            .get_migration(&Scope::All, s.operation_id)
+            .await
+            .map_err(store_err)?;
+        let stats = MigrationStats {
+            disk_transfer: if r.shared() { "shared" } else { "copy" }.into(),
+            transferred_bytes: bytes,
+            total_bytes: bytes,
+            total_ms: (Utc::now() - m.created_at).num_milliseconds().max(0) as u64,
+            ..MigrationStats::default()
+        };
+        app.store()
+            .set_migration_stats(s.operation_id, &stats)
+            .await
+            .map_err(store_err)?;
+        app.store()
+            .end_migration(s.operation_id, "succeeded")
+            .await
+            .map_err(store_err)?;
+        tracing::info!(instance_id = %self.0, source = %r.source, target = %r.target, bytes, "cold migration committed");
+        Ok(json!({ "stats": stats }))
+    }
+
+    fn is_point_of_no_return(&self) -> bool {
+        true
+    }
+}
