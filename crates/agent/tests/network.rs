@@ -78,6 +78,7 @@ fn vm_with_nic(id: uuid::Uuid) -> VmSpec {
             mac: "52:54:0a:c8:00:0a".into(),
             ip: "10.200.0.10/16".into(),
             gateway: None,
+            vni: None,
         }],
     }
 }

@@ -385,6 +385,7 @@ mod tests {
             mac: "52:54:00:00:00:01".into(),
             ip: "10.200.0.10".into(),
             gateway: None,
+            vni: None,
         });
         assert_eq!(
             validate(id, &s).expect_err("must fail").code(),

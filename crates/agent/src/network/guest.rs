@@ -125,6 +125,7 @@ pub(super) mod tests {
             mac: mac.into(),
             ip: ip.into(),
             gateway: gw.map(Into::into),
+            vni: None,
         }
     }
 
