@@ -1,5 +1,12 @@
-//! Host networking: the cloud's default network, one layer-2 segment that spans every host,
-//! so a VM keeps its MAC and IP wherever it runs and reaches every other VM directly.
+//! Host networking: one layer-2 segment per tenant network that spans every host where the
+//! network has a port, so a VM keeps its MAC and IP wherever it runs and reaches the VMs of
+//! its networks, and only those. Each network has its own bridge `nb<vni>` and VXLAN device
+//! `nx<vni>` ([`segment`]), made by [`HostNetwork::plug`] for the first port of the network
+//! on the host and removed by [`HostNetwork::unplug`] after the last; the flood lists of all
+//! of them are the peers of the last registration. The picture below is the former single
+//! flat network (`nimbus0`, `nimbus-vx`, still made at registration for VMs defined before
+//! tenant networks, whose NICs have no VNI); a tenant segment looks the same with its own
+//! names and VNI.
 //!
 //! ```text
 //!   host A (a machine, or a netns of `nimbus up`)      host B
@@ -42,6 +49,7 @@ pub mod command;
 pub mod error;
 pub mod guest;
 pub mod link;
+pub mod segment;
 pub mod tap;
 pub mod underlay;
 pub mod vxlan;
@@ -52,6 +60,7 @@ pub use guest::NIC_MTU;
 
 use nimbus_agent_api::{NetworkConfig, VmSpec};
 use nimbus_qemu::QemuConfig;
+use segment::Segment;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use vxlan::{PeerChanges, VxlanParams};
@@ -72,6 +81,9 @@ pub struct HostNetwork {
 struct State {
     /// Warnings already given, so a registration every 10 s does not repeat them.
     warned: BTreeSet<String>,
+    /// The other hosts' underlay addresses, as of the last registration: the flood list of
+    /// every VXLAN device made here.
+    peers: BTreeSet<IpAddr>,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -154,7 +166,7 @@ impl HostNetwork {
         }
         let mut state = self.state.lock().await;
         let mut applied = Applied {
-            bridge_created: bridge::ensure(&self.shell, NIC_MTU).await?,
+            bridge_created: bridge::ensure(&self.shell, bridge::BRIDGE, NIC_MTU).await?,
             ..Applied::default()
         };
         let Some(local) = self.underlay else {
@@ -169,7 +181,8 @@ impl HostNetwork {
             vni: config.vni,
             local,
         };
-        applied.vxlan_created = vxlan::ensure(&self.shell, params, NIC_MTU).await?;
+        let flat = Segment::flat(config.vni);
+        applied.vxlan_created = vxlan::ensure(&self.shell, &flat, params, NIC_MTU).await?;
         let mut peers = BTreeSet::new();
         for peer in &config.peers {
             match underlay::peer_address(peer, local).await {
@@ -180,7 +193,12 @@ impl HostNetwork {
                 None => warn_once(&mut state, peer, "cannot resolve VXLAN peer; skipped"),
             }
         }
-        applied.peers = vxlan::reconcile_peers(&self.shell, &peers).await?;
+        applied.peers = vxlan::reconcile_peers(&self.shell, vxlan::VXLAN, &peers).await?;
+        // Tenant networks present here flood to the same hosts.
+        for seg in segment::existing(&self.shell).await? {
+            vxlan::reconcile_peers(&self.shell, &seg.vxlan, &peers).await?;
+        }
+        state.peers = peers;
         if applied.changed() {
             tracing::info!(
                 vni = config.vni,
@@ -201,7 +219,7 @@ impl HostNetwork {
         if spec.nics.is_empty() {
             return Ok(());
         }
-        let _serial = self.state.lock().await;
+        let state = self.state.lock().await;
         if let Some(reason) = &self.disabled {
             tracing::warn!(
                 instance_id = %spec.id,
@@ -210,18 +228,32 @@ impl HostNetwork {
             );
             return Ok(());
         }
-        bridge::ensure(&self.shell, NIC_MTU).await?;
-        for i in 0..spec.nics.len() {
+        for (i, nic) in spec.nics.iter().enumerate() {
+            let bridge = match nic.vni {
+                Some(vni) => {
+                    let seg = Segment::tenant(vni);
+                    let peers = &state.peers;
+                    if segment::ensure(&self.shell, &seg, self.underlay, peers, NIC_MTU).await? {
+                        tracing::info!(vni, bridge = seg.bridge, "network segment created");
+                    }
+                    seg.bridge
+                }
+                None => {
+                    bridge::ensure(&self.shell, bridge::BRIDGE, NIC_MTU).await?;
+                    bridge::BRIDGE.to_string()
+                }
+            };
             let name = tap::tap_name(spec.id, i);
-            if tap::ensure(&self.shell, &name, NIC_MTU).await? {
-                tracing::info!(instance_id = %spec.id, tap = name, "tap created");
+            if tap::ensure(&self.shell, &name, &bridge, NIC_MTU).await? {
+                tracing::info!(instance_id = %spec.id, tap = name, bridge, "tap created");
             }
         }
         guest::add_to_config(spec, config);
         Ok(())
     }
 
-    /// Removes the taps of `spec`'s NICs (absent ones are fine).
+    /// Removes the taps of `spec`'s NICs (absent ones are fine), and the segments of its
+    /// networks that no other port here uses any more.
     pub async fn unplug(&self, spec: &VmSpec) -> Result<(), NetError> {
         if spec.nics.is_empty() || self.disabled.is_some() {
             return Ok(());
@@ -231,6 +263,16 @@ impl HostNetwork {
             let name = tap::tap_name(spec.id, i);
             if tap::remove(&self.shell, &name).await? {
                 tracing::info!(instance_id = %spec.id, tap = name, "tap removed");
+            }
+        }
+        for vni in spec.nics.iter().filter_map(|n| n.vni) {
+            let seg = Segment::tenant(vni);
+            if segment::remove_if_unused(&self.shell, &seg).await? {
+                tracing::info!(
+                    vni,
+                    bridge = seg.bridge,
+                    "network segment removed: no port left"
+                );
             }
         }
         Ok(())

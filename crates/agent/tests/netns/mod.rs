@@ -21,7 +21,8 @@ pub struct Topology {
     pub prefix: String,
     pub subnet: u8,
     hosts: u8,
-    guests: Vec<u8>,
+    /// Guest namespaces made, deleted on drop.
+    guests: Vec<String>,
 }
 
 impl Topology {
@@ -87,11 +88,18 @@ impl Topology {
     /// A "guest" namespace whose eth0 (`addr`, MTU 1450) is a port of host `i`'s bridge
     /// (which must exist).
     pub async fn add_guest(&mut self, i: u8, addr: &str) {
-        let ns = self.guest_ns(i);
+        self.add_guest_to(i, &format!("g{i}"), bridge::BRIDGE, addr)
+            .await;
+    }
+
+    /// A "guest" namespace `<prefix>-<name>` (`name` short) whose eth0 (`addr`, MTU 1450) is a
+    /// port (`gv<name>`) of bridge `bridge` of host `i`; answers the namespace.
+    pub async fn add_guest_to(&mut self, i: u8, name: &str, bridge: &str, addr: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
         run(&Shell::here(), &["netns", "add", &ns]).await;
-        self.guests.push(i);
+        self.guests.push(ns.clone());
         let host = Shell::in_netns(self.host_ns(i));
-        let port = format!("gv{i}");
+        let port = format!("gv{name}");
         run(
             &host,
             &[
@@ -102,21 +110,13 @@ impl Topology {
         let mtu = NIC_MTU.to_string();
         run(
             &host,
-            &[
-                "link",
-                "set",
-                &port,
-                "mtu",
-                &mtu,
-                "master",
-                bridge::BRIDGE,
-                "up",
-            ],
+            &["link", "set", &port, "mtu", &mtu, "master", bridge, "up"],
         )
         .await;
         let guest = Shell::in_netns(&ns);
         run(&guest, &["addr", "add", addr, "dev", "eth0"]).await;
         run(&guest, &["link", "set", "eth0", "mtu", &mtu, "up"]).await;
+        ns
     }
 }
 
@@ -129,7 +129,7 @@ impl Drop for Topology {
         for i in 1..=self.hosts {
             ip(&["link", "del", &format!("{}-h{i}", self.prefix)]);
         }
-        let guests = self.guests.iter().map(|&i| self.guest_ns(i));
+        let guests = self.guests.iter().cloned();
         let hosts = (1..=self.hosts).map(|i| self.host_ns(i));
         for ns in guests.chain(hosts).collect::<Vec<_>>() {
             ip(&["netns", "del", &ns]);
