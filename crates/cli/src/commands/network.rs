@@ -16,6 +16,24 @@ fn row(n: &NetworkView) -> Vec<String> {
 
 const HEADERS: &[&str] = &["name", "cidr", "gateway", "vni", "ports"];
 
+fn show(out: Output, n: &NetworkView) -> anyhow::Result<()> {
+    match out {
+        Output::Json => output::json(n),
+        Output::Table => {
+            output::fields(&[
+                ("name", n.name.clone()),
+                ("project", n.project.clone()),
+                ("cidr", n.cidr.clone()),
+                ("gateway", n.gateway.clone()),
+                ("vni", n.vni.to_string()),
+                ("ports", n.ports.to_string()),
+                ("created", n.created_at.to_rfc3339()),
+            ]);
+            Ok(())
+        }
+    }
+}
+
 pub async fn run(conn: &Connection, out: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
     let client = context::client(conn)?;
     match cmd {
@@ -24,9 +42,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: NetworkCmd) -> anyhow::Res
             let n = client.create_network(&CreateNetwork { name, cidr }).await?;
             output::list(out, &[n], HEADERS, row)
         }
-        NetworkCmd::Show { name } => {
-            output::list(out, &[client.network(&name).await?], HEADERS, row)
-        }
+        NetworkCmd::Show { name } => show(out, &client.network(&name).await?),
         NetworkCmd::Delete { name } => {
             client.delete_network(&name).await?;
             println!("network {name} deleted");
