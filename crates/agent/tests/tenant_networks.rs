@@ -9,13 +9,18 @@
 //! ```
 //! TCP to 10.30.0.2 from ga1 must reach ga2 (across hosts, its own network), never gb1 (same
 //! host, same address, other network); a broadcast of network A reaches only A's guests;
-//! the segment of a network goes when its last port leaves a host. Root only.
+//! the segment of a network goes when its last port leaves a host.
+//!
+//! Port security: each guest's host-side veth carries its VM's tap name (the tap is replaced
+//! by it), so the VM's nftables rules apply: a guest that takes another IP or MAC reaches
+//! nobody, a guest cannot act as a DHCP server, and a port without rules sends nothing.
+//! Root only.
 
 mod netns;
 
 use netns::{in_netns, Topology};
 use nimbus_agent::network::segment::Segment;
-use nimbus_agent::network::{link, HostNetwork, Shell};
+use nimbus_agent::network::{link, tap, HostNetwork, Shell};
 use nimbus_agent_api::{DiskSpec, GuestImage, NetworkConfig, NicSpec, VmSpec};
 use nimbus_qemu::config::MachineSection;
 use nimbus_qemu::{Accel, QemuConfig, VmPaths};
@@ -23,7 +28,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-fn vm(vni: u32, ip: &str) -> VmSpec {
+fn vm(vni: u32, ip: &str, mac: &str) -> VmSpec {
     VmSpec {
         id: uuid::Uuid::new_v4(),
         name: "tenant-net".into(),
@@ -39,7 +44,7 @@ fn vm(vni: u32, ip: &str) -> VmSpec {
         },
         disk: DiskSpec { size_gib: 1 },
         nics: vec![NicSpec {
-            mac: "52:54:0a:1e:00:01".into(),
+            mac: mac.into(),
             ip: ip.into(),
             gateway: None,
             vni: Some(vni),
@@ -116,10 +121,10 @@ async fn tenant_networks_are_isolated_on_and_across_hosts() {
     let (vni_a, vni_b) = (5000, 5001);
     let (seg_a, seg_b) = (Segment::tenant(vni_a), Segment::tenant(vni_b));
     let vms = [
-        (&h1, vm(vni_a, "10.30.0.1/24")),
-        (&h1, vm(vni_b, "10.30.0.2/24")),
-        (&h2, vm(vni_a, "10.30.0.2/24")),
-        (&h2, vm(vni_b, "10.30.0.1/24")),
+        (&h1, vm(vni_a, "10.30.0.1/24", "52:54:0a:1e:a1:01")),
+        (&h1, vm(vni_b, "10.30.0.2/24", "52:54:0a:1e:b1:02")),
+        (&h2, vm(vni_a, "10.30.0.2/24", "52:54:0a:1e:a2:02")),
+        (&h2, vm(vni_b, "10.30.0.1/24", "52:54:0a:1e:b2:01")),
     ];
     for (host, spec) in &vms {
         host.plug(spec, &mut qemu_config()).await.expect("plug");
@@ -134,10 +139,26 @@ async fn tenant_networks_are_isolated_on_and_across_hosts() {
         assert_eq!(vx.vxlan.expect("vxlan info").vni, seg.vni);
     }
 
-    let ga1 = t.add_guest_to(1, "a1", &seg_a.bridge, "10.30.0.1/24").await;
-    let gb1 = t.add_guest_to(1, "b1", &seg_b.bridge, "10.30.0.2/24").await;
-    let ga2 = t.add_guest_to(2, "a2", &seg_a.bridge, "10.30.0.2/24").await;
-    let gb2 = t.add_guest_to(2, "b2", &seg_b.bridge, "10.30.0.1/24").await;
+    // Each VM's tap becomes a veth to a guest namespace with the VM's MAC and address.
+    let shell2 = Shell::in_netns(t.host_ns(2));
+    let mut guests = Vec::new();
+    for ((host, spec), (name, i, seg)) in vms.iter().zip([
+        ("a1", 1, &seg_a),
+        ("b1", 1, &seg_b),
+        ("a2", 2, &seg_a),
+        ("b2", 2, &seg_b),
+    ]) {
+        let _ = host;
+        let tap = tap::tap_name(spec.id, 0);
+        let shell = if i == 1 { &shell1 } else { &shell2 };
+        link_del(shell, &tap).await;
+        let nic = &spec.nics[0];
+        guests.push(
+            t.add_guest_port(i, name, &tap, &seg.bridge, &nic.ip, Some(&nic.mac))
+                .await,
+        );
+    }
+    let [ga1, gb1, ga2, gb2] = [0, 1, 2, 3].map(|i| guests[i].clone());
 
     // Same address in both networks: each reaches its own network's guest only.
     serve(&ga2, "10.30.0.2:4792", "a2", 1);
@@ -175,9 +196,60 @@ async fn tenant_networks_are_isolated_on_and_across_hosts() {
         assert_eq!(heard, expected, "broadcast of network A heard in {ns}");
     }
 
-    // Network A leaves host 1 with its last port; network B stays for its VM.
-    link_del(&shell1, "gva1").await;
+    // Spoofing: another IP, then another MAC, reaches nobody; its own again works.
+    serve(&ga2, "10.30.0.2:4792", "a2", 1);
+    let spoof = |args: &'static [&'static str]| {
+        let ns = ga1.clone();
+        async move { netns::run(&Shell::in_netns(ns), args).await }
+    };
+    spoof(&["addr", "flush", "dev", "eth0"]).await;
+    spoof(&["addr", "add", "10.30.0.3/24", "dev", "eth0"]).await;
+    assert_eq!(
+        ask(&ga1).await,
+        None,
+        "a guest with a stolen IP got through"
+    );
+    spoof(&["addr", "flush", "dev", "eth0"]).await;
+    spoof(&["addr", "add", "10.30.0.1/24", "dev", "eth0"]).await;
+    spoof(&["link", "set", "eth0", "address", "52:54:0a:1e:ff:ff"]).await;
+    assert_eq!(
+        ask(&ga1).await,
+        None,
+        "a guest with a stolen MAC got through"
+    );
+    spoof(&["link", "set", "eth0", "address", "52:54:0a:1e:a1:01"]).await;
+    assert_eq!(
+        ask(&ga1).await.as_deref(),
+        Some("a2"),
+        "its own addresses again"
+    );
+
+    // A DHCP server in a guest is heard by nobody; the same datagram from another port is.
+    assert!(!udp_heard(&ga1, &ga2, 67).await, "a guest answered DHCP");
+    assert!(udp_heard(&ga1, &ga2, 5000).await, "control datagram lost");
+
+    // A port without its rules (a tap nimbus did not secure) sends nothing.
+    let rogue = tap::tap_name(uuid::Uuid::new_v4(), 0);
+    let gz = t
+        .add_guest_port(1, "z1", &rogue, &seg_a.bridge, "10.30.0.9/24", None)
+        .await;
+    assert_eq!(ask(&gz).await, None, "an unsecured port got through");
+
+    // Network A leaves host 1 with its last port; network B stays for its VM; the port's
+    // rules go with it.
+    link_del(&shell1, &rogue).await;
+    let tap_a1 = tap::tap_name(vms[0].1.id, 0);
     h1.unplug(&vms[0].1).await.expect("unplug");
+    let chains = shell1
+        .nft(&["list", "chains", "bridge"])
+        .run()
+        .await
+        .expect("nft");
+    assert!(!chains.contains(&format!("port_{tap_a1}")), "{chains}");
+    assert!(
+        chains.contains(&format!("port_{}", tap::tap_name(vms[1].1.id, 0))),
+        "{chains}"
+    );
     assert!(link::show(&shell1, &seg_a.bridge)
         .await
         .expect("show")
@@ -190,6 +262,39 @@ async fn tenant_networks_are_isolated_on_and_across_hosts() {
         .await
         .expect("show")
         .is_some());
+}
+
+/// Who answers TCP at 10.30.0.2:4792 from `ns`.
+async fn ask(ns: &str) -> Option<String> {
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || who_answers(&ns, "10.30.0.2:4792"))
+        .await
+        .expect("client")
+}
+
+/// Whether a broadcast datagram from `from` (source port `sport`, to port 68) reaches `to`.
+async fn udp_heard(from: &str, to: &str, sport: u16) -> bool {
+    let listener = in_netns(to, || {
+        let sock = UdpSocket::bind("0.0.0.0:68").expect("bind 68");
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        sock.recv_from(&mut buf).is_ok()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    in_netns(from, move || {
+        let sock = UdpSocket::bind(("10.30.0.1", sport)).expect("bind");
+        sock.set_broadcast(true).expect("broadcast");
+        for _ in 0..5 {
+            let _ = sock.send_to(b"offer", "255.255.255.255:68");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .join()
+    .expect("sender");
+    tokio::task::spawn_blocking(move || listener.join().expect("listener"))
+        .await
+        .expect("join")
 }
 
 async fn link_del(shell: &Shell, name: &str) {

@@ -144,6 +144,36 @@ async fn tenant_networks_end_to_end() {
         "g1 learnt acme's a2: {neigh}"
     );
 
+    // Spoofing from inside a guest: another source IP, then another MAC, reaches nobody
+    // (port security on the host); its own addresses work again afterwards.
+    let a2_ip = addr(&a2);
+    let spoofed_ip = exec(
+        &acme,
+        "a1",
+        &format!(
+            "ip addr add 10.200.0.99/16 dev eth0; \
+             ping -I 10.200.0.99 -c 2 -W 2 {a2_ip} >/dev/null 2>&1; echo rc=$?; \
+             ip addr del 10.200.0.99/16 dev eth0"
+        ),
+    )
+    .await;
+    assert!(!spoofed_ip.contains("rc=0"), "a spoofed IP got through");
+    let spoofed_mac = exec(
+        &acme,
+        "a1",
+        &format!(
+            "mac=$(cat /sys/class/net/eth0/address); ip link set eth0 address 52:54:00:99:99:99; \
+             ip neigh flush all; ping -c 2 -W 2 {a2_ip} >/dev/null 2>&1; echo rc=$?; \
+             ip link set eth0 address $mac; ip neigh flush all"
+        ),
+    )
+    .await;
+    assert!(!spoofed_mac.contains("rc=0"), "a spoofed MAC got through");
+    assert!(
+        pings(&acme, "a1", &a2_ip).await,
+        "a1 -> a2 after the spoofing"
+    );
+
     // The fixed address is the guest's own.
     let a3_addrs = exec(&acme, "a3", "ip -4 addr show dev eth0").await;
     assert!(a3_addrs.contains("10.10.0.20/24"), "{a3_addrs}");

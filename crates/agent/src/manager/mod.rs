@@ -68,7 +68,14 @@ impl Manager {
                 continue;
             };
             match manager.load_one(id) {
-                Ok(Some(ready)) => attached.push(ready),
+                Ok(Some((ready, adopted))) => {
+                    attached.push(ready);
+                    if let Some(spec) = adopted {
+                        if let Err(e) = manager.network.protect(&spec).await {
+                            tracing::warn!(instance_id = %id, error = %e, "cannot re-apply port security; the VM's ports send nothing until it is relaunched");
+                        }
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(instance_id = %id, error = %e.chain(), "cannot load VM; skipped")
@@ -87,7 +94,12 @@ impl Manager {
         Ok(manager)
     }
 
-    fn load_one(&self, id: Uuid) -> Result<Option<tokio::sync::oneshot::Receiver<()>>> {
+    /// Loads one VM; answers its actor's readiness, and its spec when its QEMU was adopted.
+    #[allow(clippy::type_complexity)]
+    fn load_one(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(tokio::sync::oneshot::Receiver<()>, Option<VmSpec>)>> {
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         let Some(spec) = dir.read_spec()? else {
             tracing::info!(instance_id = %id, "VM directory without spec.json (define did not complete)");
@@ -108,6 +120,7 @@ impl Manager {
                 dir.write_state(&status)?;
             }
         }
+        let adopted = adopt.as_ref().map(|_| spec.clone());
         let (handle, ready) = VmHandle::spawn(ActorSetup {
             id,
             spec,
@@ -118,7 +131,7 @@ impl Manager {
             adopt,
         });
         self.lock().insert(id, handle);
-        Ok(Some(ready))
+        Ok(Some((ready, adopted)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<VmHandle>>> {

@@ -49,6 +49,7 @@ pub mod command;
 pub mod error;
 pub mod guest;
 pub mod link;
+pub mod port_security;
 pub mod segment;
 pub mod tap;
 pub mod underlay;
@@ -248,8 +249,19 @@ impl HostNetwork {
                 tracing::info!(instance_id = %spec.id, tap = name, bridge, "tap created");
             }
         }
+        port_security::secure(&self.shell, &ports_of(spec)).await?;
         guest::add_to_config(spec, config);
         Ok(())
+    }
+
+    /// (Re)applies the port security of `spec`'s NICs, for a VM whose QEMU a restarted agent
+    /// adopted (its taps exist; their rules normally do too, and re-applying is harmless).
+    pub async fn protect(&self, spec: &VmSpec) -> Result<(), NetError> {
+        if spec.nics.is_empty() || self.disabled.is_some() {
+            return Ok(());
+        }
+        let _serial = self.state.lock().await;
+        port_security::secure(&self.shell, &ports_of(spec)).await
     }
 
     /// Removes the taps of `spec`'s NICs (absent ones are fine), and the segments of its
@@ -259,6 +271,10 @@ impl HostNetwork {
             return Ok(());
         }
         let _serial = self.state.lock().await;
+        let taps: Vec<String> = (0..spec.nics.len())
+            .map(|i| tap::tap_name(spec.id, i))
+            .collect();
+        port_security::release(&self.shell, &taps).await?;
         for i in 0..spec.nics.len() {
             let name = tap::tap_name(spec.id, i);
             if tap::remove(&self.shell, &name).await? {
@@ -277,6 +293,15 @@ impl HostNetwork {
         }
         Ok(())
     }
+}
+
+/// The port-security view of `spec`'s NICs.
+fn ports_of(spec: &VmSpec) -> Vec<port_security::Port> {
+    spec.nics
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| port_security::Port::of(tap::tap_name(spec.id, i), nic))
+        .collect()
 }
 
 fn warn_once(state: &mut State, key: &str, message: &str) {

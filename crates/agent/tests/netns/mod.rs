@@ -95,11 +95,26 @@ impl Topology {
     /// A "guest" namespace `<prefix>-<name>` (`name` short) whose eth0 (`addr`, MTU 1450) is a
     /// port (`gv<name>`) of bridge `bridge` of host `i`; answers the namespace.
     pub async fn add_guest_to(&mut self, i: u8, name: &str, bridge: &str, addr: &str) -> String {
+        self.add_guest_port(i, name, &format!("gv{name}"), bridge, addr, None)
+            .await
+    }
+
+    /// [`Self::add_guest_to`] with the host side of the veth named `port` (e.g. a VM's tap
+    /// name, so that the VM's port rules apply to it) and the guest's MAC set to `mac`.
+    pub async fn add_guest_port(
+        &mut self,
+        i: u8,
+        name: &str,
+        port: &str,
+        bridge: &str,
+        addr: &str,
+        mac: Option<&str>,
+    ) -> String {
         let ns = format!("{}-{name}", self.prefix);
         run(&Shell::here(), &["netns", "add", &ns]).await;
         self.guests.push(ns.clone());
         let host = Shell::in_netns(self.host_ns(i));
-        let port = format!("gv{name}");
+        let port = port.to_string();
         run(
             &host,
             &[
@@ -114,6 +129,9 @@ impl Topology {
         )
         .await;
         let guest = Shell::in_netns(&ns);
+        if let Some(mac) = mac {
+            run(&guest, &["link", "set", "eth0", "address", mac]).await;
+        }
         run(&guest, &["addr", "add", addr, "dev", "eth0"]).await;
         run(&guest, &["link", "set", "eth0", "mtu", &mtu, "up"]).await;
         ns
