@@ -21,45 +21,18 @@ mod netns;
 use netns::{in_netns, Topology};
 use nimbus_agent::network::segment::Segment;
 use nimbus_agent::network::{link, tap, HostNetwork, Shell};
-use nimbus_agent_api::{DiskSpec, GuestImage, NetworkConfig, NicSpec, VmSpec};
-use nimbus_qemu::config::MachineSection;
-use nimbus_qemu::{Accel, QemuConfig, VmPaths};
+use nimbus_agent_api::{NetworkConfig, NicSpec, VmSpec};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 fn vm(vni: u32, ip: &str, mac: &str) -> VmSpec {
-    VmSpec {
-        id: uuid::Uuid::new_v4(),
-        name: "tenant-net".into(),
-        vcpus: 1,
-        memory_mib: 64,
-        image: GuestImage {
-            name: "none".into(),
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            base_disk: None,
-            ready_marker: None,
-        },
-        disk: DiskSpec { size_gib: 1 },
-        nics: vec![NicSpec {
-            mac: mac.into(),
-            ip: ip.into(),
-            gateway: None,
-            vni: Some(vni),
-        }],
-    }
-}
-
-fn qemu_config() -> QemuConfig {
-    let machine = MachineSection {
-        name: "tenant-net".into(),
-        accel: Accel::Tcg,
-        vcpus: 1,
-        memory_mib: 64,
-    };
-    QemuConfig::standard(machine, &VmPaths::new("/nonexistent"))
+    netns::vm_spec(vec![NicSpec {
+        mac: mac.into(),
+        ip: ip.into(),
+        gateway: None,
+        vni: Some(vni),
+    }])
 }
 
 /// A TCP server in `ns` on 10.30.0.x:4792 that answers each connection with `who`, until
@@ -127,7 +100,9 @@ async fn tenant_networks_are_isolated_on_and_across_hosts() {
         (&h2, vm(vni_b, "10.30.0.1/24", "52:54:0a:1e:b2:01")),
     ];
     for (host, spec) in &vms {
-        host.plug(spec, &mut qemu_config()).await.expect("plug");
+        host.plug(spec, &mut netns::qemu_config())
+            .await
+            .expect("plug");
     }
     let shell1 = Shell::in_netns(t.host_ns(1));
     for seg in [&seg_a, &seg_b] {

@@ -62,6 +62,22 @@ fn net(name: &str, cidr: &str) -> String {
     format!(r#"{{"name":"{name}","cidr":"{cidr}"}}"#)
 }
 
+/// Creates a network (expecting 201); answers the body.
+async fn create_net(f: &Fixture, token: &str, name: &str, cidr: &str) -> String {
+    let body = net(name, cidr);
+    let uri = "/v1/networks";
+    expect(
+        f,
+        token,
+        "POST",
+        uri,
+        Some(&body),
+        StatusCode::CREATED,
+        None,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn networks_are_validated_and_scoped_to_their_project() {
     let f = setup().await;
@@ -79,29 +95,11 @@ async fn networks_are_validated_and_scoped_to_their_project() {
         ("default", "acme")
     );
 
-    let b = expect(
-        &f,
-        &acme,
-        "POST",
-        "/v1/networks",
-        Some(&net("backend", "10.10.0.0/24")),
-        S::CREATED,
-        None,
-    )
-    .await;
+    let b = create_net(&f, &acme, "backend", "10.10.0.0/24").await;
     let backend: NetworkView = serde_json::from_str(&b).expect("view");
     assert_eq!(backend.gateway, "10.10.0.1");
     // The same CIDR in another project is fine, with its own segment id.
-    let b = expect(
-        &f,
-        &globex,
-        "POST",
-        "/v1/networks",
-        Some(&net("backend", "10.10.0.0/24")),
-        S::CREATED,
-        None,
-    )
-    .await;
+    let b = create_net(&f, &globex, "backend", "10.10.0.0/24").await;
     let theirs: NetworkView = serde_json::from_str(&b).expect("view");
     assert_ne!(theirs.vni, backend.vni);
 
@@ -170,16 +168,7 @@ async fn networks_are_validated_and_scoped_to_their_project() {
     );
 
     // Another project's network answers 404, whatever the call.
-    let b = expect(
-        &f,
-        &globex,
-        "POST",
-        "/v1/networks",
-        Some(&net("secret", "10.20.0.0/24")),
-        S::CREATED,
-        None,
-    )
-    .await;
+    let b = create_net(&f, &globex, "secret", "10.20.0.0/24").await;
     assert!(b.contains("secret"));
     for (method, uri) in [
         ("GET", "/v1/networks/secret"),
@@ -216,16 +205,7 @@ async fn instances_get_one_nic_per_network_and_hold_their_addresses() {
     let acme = member(&f, "acme", "member").await;
     let globex = member(&f, "globex", "member").await;
     use StatusCode as S;
-    expect(
-        &f,
-        &acme,
-        "POST",
-        "/v1/networks",
-        Some(&net("backend", "10.10.0.0/24")),
-        S::CREATED,
-        None,
-    )
-    .await;
+    create_net(&f, &acme, "backend", "10.10.0.0/24").await;
     let create = |name: &str, extra: &str| {
         format!(r#"{{"name":"{name}","flavor":"tiny","image":"img"{extra}}}"#)
     };
@@ -352,16 +332,7 @@ async fn instances_get_one_nic_per_network_and_hold_their_addresses() {
         serde_json::from_str::<NetworkView>(&b).expect("view").ports,
         1
     );
-    expect(
-        &f,
-        &acme,
-        "POST",
-        "/v1/networks",
-        Some(&net("spare", "192.168.7.0/24")),
-        S::CREATED,
-        None,
-    )
-    .await;
+    create_net(&f, &acme, "spare", "192.168.7.0/24").await;
     expect(
         &f,
         &acme,

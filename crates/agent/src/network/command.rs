@@ -36,6 +36,11 @@ impl Shell {
         self.cmd("bridge", args)
     }
 
+    /// The network namespace commands run in (`None`: the agent's own).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// `nft ARGS` (inside the namespace: `ip netns exec NS nft ARGS`).
     pub fn nft<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
         let mut all: Vec<String> = match &self.netns {

@@ -46,6 +46,7 @@
 
 pub mod bridge;
 pub mod command;
+pub mod dhcp;
 pub mod error;
 pub mod guest;
 pub mod link;
@@ -85,6 +86,10 @@ struct State {
     /// The other hosts' underlay addresses, as of the last registration: the flood list of
     /// every VXLAN device made here.
     peers: BTreeSet<IpAddr>,
+    /// The DHCP leases of this host's ports.
+    leases: dhcp::Leases,
+    /// A DHCP responder per tenant network present here, by VNI.
+    responders: std::collections::HashMap<u32, dhcp::Responder>,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -220,7 +225,7 @@ impl HostNetwork {
         if spec.nics.is_empty() {
             return Ok(());
         }
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
         if let Some(reason) = &self.disabled {
             tracing::warn!(
                 instance_id = %spec.id,
@@ -237,6 +242,7 @@ impl HostNetwork {
                     if segment::ensure(&self.shell, &seg, self.underlay, peers, NIC_MTU).await? {
                         tracing::info!(vni, bridge = seg.bridge, "network segment created");
                     }
+                    self.serve_dhcp(&mut state, &seg, nic);
                     seg.bridge
                 }
                 None => {
@@ -260,8 +266,30 @@ impl HostNetwork {
         if spec.nics.is_empty() || self.disabled.is_some() {
             return Ok(());
         }
-        let _serial = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        for nic in &spec.nics {
+            if let Some(vni) = nic.vni {
+                self.serve_dhcp(&mut state, &Segment::tenant(vni), nic);
+            }
+        }
         port_security::secure(&self.shell, &ports_of(spec)).await
+    }
+
+    /// Adds `nic`'s lease and makes sure its network's DHCP responder runs. A responder that
+    /// cannot start is logged: the guest then keeps the address its kernel command line
+    /// gives it, and the next launch on this network tries again.
+    fn serve_dhcp(&self, state: &mut State, seg: &Segment, nic: &nimbus_agent_api::NicSpec) {
+        state.leases.insert(seg.vni, nic);
+        if state.responders.contains_key(&seg.vni) {
+            return;
+        }
+        let leases = state.leases.clone();
+        match dhcp::Responder::start(self.shell.netns(), &seg.bridge, seg.vni, leases) {
+            Ok(r) => {
+                state.responders.insert(seg.vni, r);
+            }
+            Err(e) => tracing::warn!(vni = seg.vni, error = %e, "no DHCP on this network here"),
+        }
     }
 
     /// Removes the taps of `spec`'s NICs (absent ones are fine), and the segments of its
@@ -270,7 +298,7 @@ impl HostNetwork {
         if spec.nics.is_empty() || self.disabled.is_some() {
             return Ok(());
         }
-        let _serial = self.state.lock().await;
+        let mut state = self.state.lock().await;
         let taps: Vec<String> = (0..spec.nics.len())
             .map(|i| tap::tap_name(spec.id, i))
             .collect();
@@ -281,9 +309,12 @@ impl HostNetwork {
                 tracing::info!(instance_id = %spec.id, tap = name, "tap removed");
             }
         }
-        for vni in spec.nics.iter().filter_map(|n| n.vni) {
+        for nic in &spec.nics {
+            let Some(vni) = nic.vni else { continue };
+            state.leases.remove(vni, nic);
             let seg = Segment::tenant(vni);
             if segment::remove_if_unused(&self.shell, &seg).await? {
+                state.responders.remove(&vni);
                 tracing::info!(
                     vni,
                     bridge = seg.bridge,

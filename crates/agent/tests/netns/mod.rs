@@ -10,7 +10,41 @@
 #![allow(dead_code)]
 
 use nimbus_agent::network::{bridge, Shell, NIC_MTU};
+use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
+use nimbus_qemu::config::MachineSection;
+use nimbus_qemu::{Accel, QemuConfig, VmPaths};
 use std::net::IpAddr;
+
+/// A VM spec with `nics` and nothing to boot: enough for plugging its network.
+pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
+    VmSpec {
+        id: uuid::Uuid::new_v4(),
+        name: "net-test".into(),
+        vcpus: 1,
+        memory_mib: 64,
+        image: GuestImage {
+            name: "none".into(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            base_disk: None,
+            ready_marker: None,
+        },
+        disk: DiskSpec { size_gib: 1 },
+        nics,
+    }
+}
+
+/// A QEMU configuration [`nimbus_agent::network::HostNetwork::plug`] can add NICs to.
+pub fn qemu_config() -> QemuConfig {
+    let machine = MachineSection {
+        name: "net-test".into(),
+        accel: Accel::Tcg,
+        vcpus: 1,
+        memory_mib: 64,
+    };
+    QemuConfig::standard(machine, &VmPaths::new("/nonexistent"))
+}
 
 pub async fn run(shell: &Shell, args: &[&str]) {
     shell.ip(args).run().await.expect("ip command");
