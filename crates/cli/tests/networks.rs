@@ -3,8 +3,9 @@
 //! globex's first guest has the very address of acme's first guest; acme adds a network of
 //! its own with a fixed address. Asserted the way a user would, from inside the guests:
 //! a guest reaches the other guest of its network (across hosts) and not a guest of the
-//! other project; the fixed address is the guest's; each host has the segments of the
-//! networks it has ports of, and none once the guests are gone.
+//! other project, nor with a spoofed IP or MAC; the fixed address is the guest's own and
+//! DHCP on the host leases it; each host has the segments of the networks it has ports of,
+//! and none once the guests are gone.
 
 use nimbus_api::{CreatedToken, InstanceView, NetworkView};
 use nimbus_client::Client;
@@ -174,9 +175,22 @@ async fn tenant_networks_end_to_end() {
         "a1 -> a2 after the spoofing"
     );
 
-    // The fixed address is the guest's own.
+    // The fixed address is the guest's own, and DHCP on its host gives each guest the lease
+    // the controller decided (g1 and a1 share address and MAC, on different networks).
     let a3_addrs = exec(&acme, "a3", "ip -4 addr show dev eth0").await;
     assert!(a3_addrs.contains("10.10.0.20/24"), "{a3_addrs}");
+    let dhcp = "udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/true 2>&1";
+    for (client, name, lease) in [
+        (&acme, "a3", "lease of 10.10.0.20 obtained from 10.10.0.1"),
+        (
+            &globex,
+            "g1",
+            "lease of 10.200.0.10 obtained from 10.200.0.1",
+        ),
+    ] {
+        let out = exec(client, name, dhcp).await;
+        assert!(out.contains(lease), "{name}: {out}");
+    }
 
     // Each host has a segment per network it has ports of; none is left after the guests.
     let all_bridges: Vec<String> = ["host1", "host2"]
