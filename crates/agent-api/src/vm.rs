@@ -17,7 +17,7 @@ pub struct VmSpec {
     pub memory_mib: u64,
     pub image: GuestImage,
     pub disk: DiskSpec,
-    /// Network interfaces, on the cloud's default network.
+    /// Network interfaces, one per tenant network, in the guest's order.
     #[serde(default)]
     pub nics: Vec<NicSpec>,
 }
@@ -32,6 +32,11 @@ pub struct NicSpec {
     pub ip: String,
     /// Default gateway of the network, if any.
     pub gateway: Option<String>,
+    /// Segment id of the NIC's tenant network: the host puts the NIC on that network's own
+    /// bridge and VXLAN device. `None`: the former single flat network (bridge `nimbus0`),
+    /// for VMs defined before tenant networks existed.
+    #[serde(default)]
+    pub vni: Option<u32>,
 }
 
 /// How to boot the guest. Paths are absolute paths on the host (images live in a directory

@@ -15,9 +15,7 @@ mod netns;
 
 use netns::{in_netns, Topology};
 use nimbus_agent::network::{bridge, link, tap, vxlan, HostNetwork, Shell, NIC_MTU};
-use nimbus_agent_api::{DiskSpec, GuestImage, NetworkConfig, NicSpec, VmSpec};
-use nimbus_qemu::config::MachineSection;
-use nimbus_qemu::{Accel, QemuConfig, VmPaths};
+use nimbus_agent_api::{NetworkConfig, NicSpec, VmSpec};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -62,23 +60,12 @@ fn transfer(client_ns: &str, server_ns: &str, len: usize) -> usize {
 fn vm_with_nic(id: uuid::Uuid) -> VmSpec {
     VmSpec {
         id,
-        name: "net-test".into(),
-        vcpus: 1,
-        memory_mib: 64,
-        image: GuestImage {
-            name: "none".into(),
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            base_disk: None,
-            ready_marker: None,
-        },
-        disk: DiskSpec { size_gib: 1 },
-        nics: vec![NicSpec {
+        ..netns::vm_spec(vec![NicSpec {
             mac: "52:54:0a:c8:00:0a".into(),
             ip: "10.200.0.10/16".into(),
             gateway: None,
-        }],
+            vni: None,
+        }])
     }
 }
 
@@ -156,14 +143,8 @@ async fn two_hosts_reach_each_other_over_vxlan() {
     // removes the tap (twice is fine).
     let id = uuid::Uuid::new_v4();
     let spec = vm_with_nic(id);
-    let machine = MachineSection {
-        name: "net-test".into(),
-        accel: Accel::Tcg,
-        vcpus: 1,
-        memory_mib: 64,
-    };
     for _ in 0..2 {
-        let mut qemu = QemuConfig::standard(machine.clone(), &VmPaths::new("/nonexistent"));
+        let mut qemu = netns::qemu_config();
         net1.plug(&spec, &mut qemu).await.expect("plug");
         assert_eq!(qemu.nics.len(), 1);
     }

@@ -167,6 +167,7 @@ async fn guests_on_two_hosts_ping_each_other() {
                 mac: format!("52:54:00:c9:00:0{i}"),
                 ip: format!("10.201.0.{i}/16"),
                 gateway: Some("10.201.0.254".into()),
+                vni: None,
             }],
         };
         agent.client.define_vm(&spec).await.expect("define");

@@ -75,6 +75,7 @@ fn spec(id: Uuid, name: &str, image: &ImageManifest, mac: &str) -> VmSpec {
             mac: mac.into(),
             ip: "10.200.9.2/16".into(),
             gateway: None,
+            vni: None,
         }],
     }
 }

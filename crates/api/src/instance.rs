@@ -89,6 +89,9 @@ pub struct InstanceView {
     pub ip: Option<String>,
     /// MAC address of its NIC (kept across migrations).
     pub mac: Option<String>,
+    /// Its NICs, one per network, in the order asked for (the first is `ip`/`mac`).
+    #[serde(default)]
+    pub nics: Vec<crate::NicView>,
     /// The operation currently acting on the instance, if any.
     pub operation: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -96,7 +99,7 @@ pub struct InstanceView {
 }
 
 /// Body of `POST /v1/instances`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CreateInstance {
     pub name: String,
     /// Required unless `from_snapshot` is given (a clone has its source's flavor).
@@ -110,6 +113,13 @@ pub struct CreateInstance {
     /// host.
     #[serde(default)]
     pub from_snapshot: Option<String>,
+    /// Networks of the project to attach, one NIC each, in this order (default: the
+    /// project's `default` network).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Address of the first NIC (inside its network, free); default: the lowest free one.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 /// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.

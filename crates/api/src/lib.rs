@@ -13,6 +13,7 @@ pub mod image;
 pub mod instance;
 pub mod migration;
 pub mod name;
+pub mod network;
 pub mod operation;
 pub mod project;
 pub mod quota;
@@ -35,6 +36,7 @@ pub use instance::{
 };
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
+pub use network::{CreateNetwork, NetworkView, NicView, DEFAULT_NETWORK};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
 pub use project::{CreateProject, ProjectView};
 pub use quota::{QuotaLimits, QuotaUsage, QuotaView};

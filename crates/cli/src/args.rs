@@ -1,8 +1,10 @@
 //! The command line, as clap definitions.
 
 mod group;
+mod network;
 
 pub use group::GroupCmd;
+pub use network::NetworkCmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -93,6 +95,9 @@ pub enum Command {
     /// Scaling groups: instances that grow and shrink with load and replace what fails.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Private networks of the project.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
@@ -465,6 +470,13 @@ pub enum InstanceCmd {
         /// identity (MAC, IP), on the host the snapshot lives on.
         #[arg(long, conflicts_with_all = ["flavor", "image"])]
         from_snapshot: Option<String>,
+        /// A network of the project to attach (repeat for several NICs, in order)
+        /// [default: the project's `default` network].
+        #[arg(long = "network", conflicts_with = "from_snapshot")]
+        networks: Vec<String>,
+        /// Address of the first NIC (inside its network and free) [default: the lowest free].
+        #[arg(long, conflicts_with = "from_snapshot")]
+        ip: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },

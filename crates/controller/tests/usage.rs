@@ -113,6 +113,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         memory_mib: 512,
         disk_gib: 1,
         group_id: None,
+        nics: Vec::new(),
     };
     let op = NewOperation {
         id: Uuid::new_v4(),
@@ -123,7 +124,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         params: serde_json::json!({}),
     };
     app.store()
-        .insert_instance(&new, &op, |_| {
+        .insert_instance(&new, &op, |_, _| {
             Some(("10.200.0.9/16".into(), "52:54:00:00:00:09".into()))
         })
         .await

@@ -23,11 +23,3 @@ CREATE TABLE orphans (
     last_seen  TEXT NOT NULL,
     PRIMARY KEY (host, vm_id)
 );
-
--- One row locked by every choice of an instance address, so that two creates (in any
--- projects, with or without quotas) never pick the same free address.
-CREATE TABLE address_lock (
-    id         BIGINT PRIMARY KEY,
-    generation BIGINT NOT NULL
-);
-INSERT INTO address_lock (id, generation) VALUES (1, 0);

@@ -1,12 +1,13 @@
 //! Instances: their desired state, placement and the operation acting on them.
 
-use crate::locks::{lock_addresses, lock_image, lock_project};
+use crate::locks::{lock_image, lock_project};
+use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
 use crate::quotas::{lock_quota, usage_in};
 use crate::{operations::insert_operation, time, NewOperation, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
-use nimbus_api::{InstanceState, InstanceView};
+use nimbus_api::DEFAULT_NETWORK;
+use nimbus_api::{InstanceState, InstanceView, NicView};
 use sqlx::{Any, Row, Transaction};
-use std::collections::HashSet;
 use uuid::Uuid;
 
 /// An instance row.
@@ -40,7 +41,22 @@ pub struct InstanceRecord {
 }
 
 impl InstanceRecord {
-    /// The public view.
+    /// The public view, with the NICs of `ports` that are this instance's.
+    pub fn view_with(&self, ports: &[PortRecord]) -> InstanceView {
+        let mut view = self.view();
+        view.nics = ports
+            .iter()
+            .filter(|p| p.instance_id == self.id)
+            .map(|p| NicView {
+                network: p.network.clone(),
+                ip: p.ip.clone(),
+                mac: p.mac.clone(),
+            })
+            .collect();
+        view
+    }
+
+    /// The public view, without NICs (see [`InstanceRecord::view_with`]).
     pub fn view(&self) -> InstanceView {
         InstanceView {
             id: self.id,
@@ -56,6 +72,7 @@ impl InstanceRecord {
             reason: self.reason.clone(),
             ip: self.ip.clone(),
             mac: self.mac.clone(),
+            nics: Vec::new(),
             operation: self.operation_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -76,6 +93,8 @@ pub struct NewInstance {
     pub disk_gib: u64,
     /// The scaling group it is created for, if any.
     pub group_id: Option<Uuid>,
+    /// Its NICs; none means one on the project's `default` network.
+    pub nics: Vec<NicPlan>,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -117,8 +136,9 @@ pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord,
 }
 
 impl Store {
-    /// Inserts a new instance in `building`, together with the operation that creates it.
-    /// `pick_address` chooses its (ip, mac) given the addresses in use, inside the same
+    /// Inserts a new instance in `building`, together with the operation that creates it and
+    /// its ports (`new.nics`, or one on the project's `default` network). `pick_address`
+    /// chooses a port's (ip, mac) given the addresses in use in its network, inside the same
     /// transaction. The project's quota is checked in that transaction too, after locking
     /// the quota row, so concurrent creates at the edge of a quota never overshoot it
     /// ([`StoreError::QuotaExceeded`]).
@@ -126,7 +146,7 @@ impl Store {
         &self,
         new: &NewInstance,
         op: &NewOperation,
-        pick_address: impl FnOnce(&HashSet<String>) -> Option<(String, String)>,
+        pick_address: impl PickAddress,
     ) -> Result<InstanceRecord, StoreError> {
         let now = time::now();
         let mut tx = self.pool.begin().await?;
@@ -146,16 +166,6 @@ impl Store {
             };
             crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
         }
-        lock_addresses(&mut tx).await?;
-        let used: HashSet<String> = sqlx::query("SELECT ip FROM instances WHERE ip IS NOT NULL")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>("ip"))
-            .collect::<Result<_, _>>()?;
-        let (ip, mac) = pick_address(&used).ok_or_else(|| {
-            StoreError::Conflict("the cloud network has no free address left".into())
-        })?;
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
              host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id) \
@@ -173,22 +183,35 @@ impl Store {
         .bind(op.id.to_string())
         .bind(&now)
         .bind(&now)
-        .bind(&ip)
-        .bind(&mac)
+        .bind(None::<String>)
+        .bind(None::<String>)
         .bind(new.group_id.map(|g| g.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
-            let text = e.to_string();
-            let address_taken = text.contains("instances.ip") || text.contains("instances_ip");
             StoreError::unique_or(e, || {
-                if address_taken {
-                    format!("address {ip} is already taken; retry")
-                } else {
-                    format!("an instance named {:?} already exists in project {:?}", new.name, new.project)
-                }
+                format!("an instance named {:?} already exists in project {:?}", new.name, new.project)
             })
         })?;
+        let default_nic = [NicPlan {
+            network: DEFAULT_NETWORK.to_string(),
+            address: None,
+        }];
+        let plans = if new.nics.is_empty() {
+            &default_nic[..]
+        } else {
+            &new.nics[..]
+        };
+        let first = insert_ports(&mut tx, new.id, &new.project, plans, &pick_address).await?;
+        if let Some((ip, mac)) = first {
+            // instances.ip/mac mirror the first port, for listings.
+            sqlx::query("UPDATE instances SET ip = $1, mac = $2 WHERE id = $3")
+                .bind(ip)
+                .bind(mac)
+                .bind(new.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         self.get_instance_by_id(&Scope::All, new.id).await
@@ -363,6 +386,7 @@ impl Store {
         .bind(time::now())
         .execute(&mut *tx)
         .await?;
+        delete_ports(&mut tx, id).await?;
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)

@@ -19,9 +19,11 @@ mod images;
 mod instances;
 mod locks;
 mod migrations;
+mod networks;
 mod operations;
 mod orphans;
 mod placement;
+mod ports;
 mod projects;
 mod quotas;
 mod scope;
@@ -36,9 +38,11 @@ pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING
 pub use hosts::HostRecord;
 pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
+pub use networks::{NetworkRecord, NewNetwork, FIRST_VNI, MAX_VNI};
 pub use operations::NewOperation;
 pub use orphans::SeenOrphan;
 pub use placement::Allocation;
+pub use ports::{NicPlan, PickAddress, PortRecord};
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
@@ -107,17 +111,30 @@ mod tenancy_tests;
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{NewInstance, NewOperation, Store};
+    use super::{NetworkRecord, NewInstance, NewNetwork, NewOperation, Store};
     use nimbus_api::OperationKind;
     use std::collections::HashSet;
     use uuid::Uuid;
 
-    /// Picks the first free address of 10.200.0.10-249.
-    pub fn pick(used: &HashSet<String>) -> Option<(String, String)> {
+    /// Picks the first free address of 10.200.0.10-249 (MAC 52:54:00:00:00:<last octet>).
+    pub fn pick(_net: &NetworkRecord, used: &HashSet<String>) -> Option<(String, String)> {
         (10..250)
-            .map(|i| format!("10.200.0.{i}/16"))
-            .find(|ip| !used.contains(ip))
-            .map(|ip| (ip, "52:54:00:00:00:01".to_string()))
+            .find(|i| !used.contains(&format!("10.200.0.{i}/16")))
+            .map(|i| {
+                (
+                    format!("10.200.0.{i}/16"),
+                    format!("52:54:00:00:00:{i:02x}"),
+                )
+            })
+    }
+
+    /// The default network of new projects in tests.
+    pub fn default_network() -> NewNetwork {
+        NewNetwork {
+            name: "default".into(),
+            cidr: "10.200.0.0/16".into(),
+            gateway: "10.200.0.1".into(),
+        }
     }
 
     /// A small instance of `project` and the operation that creates it.
@@ -134,6 +151,7 @@ pub(crate) mod testing {
                 memory_mib: 512,
                 disk_gib: 2,
                 group_id: None,
+                nics: Vec::new(),
             },
             NewOperation {
                 id: Uuid::new_v4(),

@@ -4,7 +4,7 @@
 //! the transaction ends, so a second transaction doing the same waits, then sees what the
 //! first committed; on SQLite the first write of a transaction takes the database's write
 //! lock, which serialises the same way. Lock order, to never deadlock: quota, project,
-//! image, addresses.
+//! image. (Addresses are claimed by the unique (network, ip) index of ports.)
 
 use crate::StoreError;
 use sqlx::{Any, Transaction};
@@ -36,14 +36,5 @@ pub(crate) async fn lock_image(
     if r.rows_affected() == 0 {
         return Err(StoreError::not_found("image", image));
     }
-    Ok(())
-}
-
-/// Locks the cloud network's addresses (one row, see migration 0008): the address of a new
-/// instance is chosen from those in use while no one else chooses.
-pub(crate) async fn lock_addresses(tx: &mut Transaction<'_, Any>) -> Result<(), StoreError> {
-    sqlx::query("UPDATE address_lock SET generation = generation + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! revoked and its quota removed with it.
 
 use crate::locks::lock_project;
+use crate::networks::{insert_network, next_vni};
 use crate::quotas::lock_quota;
-use crate::{time, Store, StoreError};
+use crate::{time, NewNetwork, Store, StoreError};
 use nimbus_api::{ProjectView, QuotaLimits};
 use sqlx::Row;
 
@@ -16,12 +17,14 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<ProjectView, StoreError> {
 }
 
 impl Store {
-    /// Creates a project with its initial quota, in one transaction.
+    /// Creates a project with its `default` network (`network`), in one transaction, then
+    /// sets its initial quota.
     pub async fn create_project(
         &self,
         name: &str,
         description: Option<&str>,
         quota: &QuotaLimits,
+        network: &NewNetwork,
     ) -> Result<ProjectView, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO projects (name, description, created_at) VALUES ($1, $2, $3)")
@@ -31,6 +34,8 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::unique_or(e, || format!("project {name:?} already exists")))?;
+        let vni = next_vni(&mut tx).await?;
+        insert_network(&mut tx, name, network, vni).await?;
         tx.commit().await?;
         self.set_quota(name, quota).await?;
         self.get_project(name).await
@@ -79,6 +84,10 @@ impl Store {
         if gone.rows_affected() == 0 {
             return Err(StoreError::not_found("project", name));
         }
+        sqlx::query("DELETE FROM networks WHERE project = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM quotas WHERE project = $1")
             .bind(name)
             .execute(&mut *tx)

@@ -9,7 +9,7 @@ use nimbus_api::{AuditEntry, QuotaLimits};
 use uuid::Uuid;
 
 async fn project(s: &Store, name: &str, limits: QuotaLimits) {
-    s.create_project(name, None, &limits)
+    s.create_project(name, None, &limits, &crate::testing::default_network())
         .await
         .expect("project");
 }
@@ -329,7 +329,12 @@ async fn a_project_with_instances_cannot_be_deleted_and_deletion_revokes_tokens(
             .expect("kept for the record");
         assert!(t.revoked_at.is_some());
         let dup = s
-            .create_project("default", None, &QuotaLimits::UNLIMITED)
+            .create_project(
+                "default",
+                None,
+                &QuotaLimits::UNLIMITED,
+                &crate::testing::default_network(),
+            )
             .await;
         assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     }

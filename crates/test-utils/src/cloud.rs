@@ -171,6 +171,11 @@ impl Cloud {
         v[v.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The network namespace of host `i` (1-based), when the cloud runs one per host.
+    pub fn host_netns(&self, i: usize) -> Option<String> {
+        self.netns.then(|| format!("{}-host{i}", self.net_name))
+    }
+
     /// State directory of a host's agent.
     pub fn host_dir(&self, host: &str) -> PathBuf {
         self.data_dir().join("hosts").join(host)

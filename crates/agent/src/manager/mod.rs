@@ -70,7 +70,14 @@ impl Manager {
                 continue;
             };
             match manager.load_one(id) {
-                Ok(Some(ready)) => attached.push(ready),
+                Ok(Some((ready, adopted))) => {
+                    attached.push(ready);
+                    if let Some(spec) = adopted {
+                        if let Err(e) = manager.network.protect(&spec).await {
+                            tracing::warn!(instance_id = %id, error = %e, "cannot re-apply port security; the VM's ports send nothing until it is relaunched");
+                        }
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(instance_id = %id, error = %e.chain(), "cannot load VM; skipped")
@@ -89,7 +96,12 @@ impl Manager {
         Ok(manager)
     }
 
-    fn load_one(&self, id: Uuid) -> Result<Option<tokio::sync::oneshot::Receiver<()>>> {
+    /// Loads one VM; answers its actor's readiness, and its spec when its QEMU was adopted.
+    #[allow(clippy::type_complexity)]
+    fn load_one(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(tokio::sync::oneshot::Receiver<()>, Option<VmSpec>)>> {
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         let Some(spec) = dir.read_spec()? else {
             tracing::info!(instance_id = %id, "VM directory without spec.json (define did not complete)");
@@ -110,6 +122,7 @@ impl Manager {
                 dir.write_state(&status)?;
             }
         }
+        let adopted = adopt.as_ref().map(|_| spec.clone());
         let (handle, ready) = VmHandle::spawn(ActorSetup {
             id,
             spec,
@@ -120,7 +133,7 @@ impl Manager {
             adopt,
         });
         self.lock().insert(id, handle);
-        Ok(Some(ready))
+        Ok(Some((ready, adopted)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<VmHandle>>> {
@@ -422,6 +435,7 @@ mod tests {
             mac: "52:54:00:00:00:01".into(),
             ip: "10.200.0.10".into(),
             gateway: None,
+            vni: None,
         });
         assert_eq!(
             validate(id, &s).expect_err("must fail").code(),

@@ -36,6 +36,24 @@ impl Shell {
         self.cmd("bridge", args)
     }
 
+    /// The network namespace commands run in (`None`: the agent's own).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// `nft ARGS` (inside the namespace: `ip netns exec NS nft ARGS`).
+    pub fn nft<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
+        let mut all: Vec<String> = match &self.netns {
+            Some(ns) => vec!["netns".into(), "exec".into(), ns.clone(), "nft".into()],
+            None => Vec::new(),
+        };
+        all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        Cmd {
+            program: if self.netns.is_some() { "ip" } else { "nft" },
+            args: all,
+        }
+    }
+
     fn cmd<S: AsRef<str>>(&self, program: &'static str, args: &[S]) -> Cmd {
         let mut all = Vec::with_capacity(args.len() + 2);
         if let Some(ns) = &self.netns {
@@ -86,13 +104,44 @@ impl Cmd {
 
     /// Runs the command; the caller interprets a failure (e.g. "does not exist").
     pub async fn output(&self) -> Result<Finished, NetError> {
+        self.output_with(None).await
+    }
+
+    /// Runs the command with `input` on its standard input; fails unless it succeeds.
+    pub async fn run_with_input(&self, input: &str) -> Result<String, NetError> {
+        let done = self.output_with(Some(input)).await?;
+        if !done.success {
+            return Err(self.failed(&done));
+        }
+        Ok(done.stdout)
+    }
+
+    async fn output_with(&self, input: Option<&str>) -> Result<Finished, NetError> {
         tracing::debug!(command = %self, "network command");
-        let child = tokio::process::Command::new(self.program)
+        let spawn_error = |source| NetError::Spawn {
+            command: self.to_string(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(self.program)
             .args(&self.args)
-            .stdin(std::process::Stdio::null())
+            .stdin(if input.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
+            .spawn()
+            .map_err(spawn_error)?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(input.as_bytes())
+                .await
+                .map_err(spawn_error)?;
+        }
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
             .await
             .map_err(|_| NetError::Timeout {
                 command: self.to_string(),

@@ -27,4 +27,6 @@ pub enum NetError {
     },
     #[error("invalid {what} {value:?}")]
     Invalid { what: &'static str, value: String },
+    #[error("cannot answer DHCP on {bridge}: {detail}")]
+    Dhcp { bridge: String, detail: String },
 }

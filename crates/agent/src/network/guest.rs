@@ -79,6 +79,9 @@ pub fn validate(nics: &[NicSpec]) -> Result<(), String> {
             gw.parse::<IpAddr>()
                 .map_err(|_| format!("invalid gateway address {gw:?}"))?;
         }
+        if let Some(vni) = nic.vni.filter(|v| *v == 0 || *v > super::vxlan::MAX_VNI) {
+            return Err(format!("invalid network segment id {vni} (1 to 2^24-1)"));
+        }
     }
     Ok(())
 }
@@ -125,6 +128,7 @@ pub(super) mod tests {
             mac: mac.into(),
             ip: ip.into(),
             gateway: gw.map(Into::into),
+            vni: None,
         }
     }
 

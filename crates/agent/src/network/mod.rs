@@ -1,5 +1,12 @@
-//! Host networking: the cloud's default network, one layer-2 segment that spans every host,
-//! so a VM keeps its MAC and IP wherever it runs and reaches every other VM directly.
+//! Host networking: one layer-2 segment per tenant network that spans every host where the
+//! network has a port, so a VM keeps its MAC and IP wherever it runs and reaches the VMs of
+//! its networks, and only those. Each network has its own bridge `nb<vni>` and VXLAN device
+//! `nx<vni>` ([`segment`]), made by [`HostNetwork::plug`] for the first port of the network
+//! on the host and removed by [`HostNetwork::unplug`] after the last; the flood lists of all
+//! of them are the peers of the last registration. The picture below is the former single
+//! flat network (`nimbus0`, `nimbus-vx`, still made at registration for VMs defined before
+//! tenant networks, whose NICs have no VNI); a tenant segment looks the same with its own
+//! names and VNI.
 //!
 //! ```text
 //!   host A (a machine, or a netns of `nimbus up`)      host B
@@ -39,9 +46,12 @@
 
 pub mod bridge;
 pub mod command;
+pub mod dhcp;
 pub mod error;
 pub mod guest;
 pub mod link;
+pub mod port_security;
+pub mod segment;
 pub mod tap;
 pub mod underlay;
 pub mod vxlan;
@@ -52,6 +62,7 @@ pub use guest::NIC_MTU;
 
 use nimbus_agent_api::{NetworkConfig, VmSpec};
 use nimbus_qemu::QemuConfig;
+use segment::Segment;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use vxlan::{PeerChanges, VxlanParams};
@@ -72,6 +83,13 @@ pub struct HostNetwork {
 struct State {
     /// Warnings already given, so a registration every 10 s does not repeat them.
     warned: BTreeSet<String>,
+    /// The other hosts' underlay addresses, as of the last registration: the flood list of
+    /// every VXLAN device made here.
+    peers: BTreeSet<IpAddr>,
+    /// The DHCP leases of this host's ports.
+    leases: dhcp::Leases,
+    /// A DHCP responder per tenant network present here, by VNI.
+    responders: std::collections::HashMap<u32, dhcp::Responder>,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -154,7 +172,7 @@ impl HostNetwork {
         }
         let mut state = self.state.lock().await;
         let mut applied = Applied {
-            bridge_created: bridge::ensure(&self.shell, NIC_MTU).await?,
+            bridge_created: bridge::ensure(&self.shell, bridge::BRIDGE, NIC_MTU).await?,
             ..Applied::default()
         };
         let Some(local) = self.underlay else {
@@ -169,7 +187,8 @@ impl HostNetwork {
             vni: config.vni,
             local,
         };
-        applied.vxlan_created = vxlan::ensure(&self.shell, params, NIC_MTU).await?;
+        let flat = Segment::flat(config.vni);
+        applied.vxlan_created = vxlan::ensure(&self.shell, &flat, params, NIC_MTU).await?;
         let mut peers = BTreeSet::new();
         for peer in &config.peers {
             match underlay::peer_address(peer, local).await {
@@ -180,7 +199,12 @@ impl HostNetwork {
                 None => warn_once(&mut state, peer, "cannot resolve VXLAN peer; skipped"),
             }
         }
-        applied.peers = vxlan::reconcile_peers(&self.shell, &peers).await?;
+        applied.peers = vxlan::reconcile_peers(&self.shell, vxlan::VXLAN, &peers).await?;
+        // Tenant networks present here flood to the same hosts.
+        for seg in segment::existing(&self.shell).await? {
+            vxlan::reconcile_peers(&self.shell, &seg.vxlan, &peers).await?;
+        }
+        state.peers = peers;
         if applied.changed() {
             tracing::info!(
                 vni = config.vni,
@@ -201,7 +225,7 @@ impl HostNetwork {
         if spec.nics.is_empty() {
             return Ok(());
         }
-        let _serial = self.state.lock().await;
+        let mut state = self.state.lock().await;
         if let Some(reason) = &self.disabled {
             tracing::warn!(
                 instance_id = %spec.id,
@@ -210,31 +234,105 @@ impl HostNetwork {
             );
             return Ok(());
         }
-        bridge::ensure(&self.shell, NIC_MTU).await?;
-        for i in 0..spec.nics.len() {
+        for (i, nic) in spec.nics.iter().enumerate() {
+            let bridge = match nic.vni {
+                Some(vni) => {
+                    let seg = Segment::tenant(vni);
+                    let peers = &state.peers;
+                    if segment::ensure(&self.shell, &seg, self.underlay, peers, NIC_MTU).await? {
+                        tracing::info!(vni, bridge = seg.bridge, "network segment created");
+                    }
+                    self.serve_dhcp(&mut state, &seg, nic);
+                    seg.bridge
+                }
+                None => {
+                    bridge::ensure(&self.shell, bridge::BRIDGE, NIC_MTU).await?;
+                    bridge::BRIDGE.to_string()
+                }
+            };
             let name = tap::tap_name(spec.id, i);
-            if tap::ensure(&self.shell, &name, NIC_MTU).await? {
-                tracing::info!(instance_id = %spec.id, tap = name, "tap created");
+            if tap::ensure(&self.shell, &name, &bridge, NIC_MTU).await? {
+                tracing::info!(instance_id = %spec.id, tap = name, bridge, "tap created");
             }
         }
+        port_security::secure(&self.shell, &ports_of(spec)).await?;
         guest::add_to_config(spec, config);
         Ok(())
     }
 
-    /// Removes the taps of `spec`'s NICs (absent ones are fine).
+    /// (Re)applies the port security of `spec`'s NICs, for a VM whose QEMU a restarted agent
+    /// adopted (its taps exist; their rules normally do too, and re-applying is harmless).
+    pub async fn protect(&self, spec: &VmSpec) -> Result<(), NetError> {
+        if spec.nics.is_empty() || self.disabled.is_some() {
+            return Ok(());
+        }
+        let mut state = self.state.lock().await;
+        for nic in &spec.nics {
+            if let Some(vni) = nic.vni {
+                self.serve_dhcp(&mut state, &Segment::tenant(vni), nic);
+            }
+        }
+        port_security::secure(&self.shell, &ports_of(spec)).await
+    }
+
+    /// Adds `nic`'s lease and makes sure its network's DHCP responder runs. A responder that
+    /// cannot start is logged: the guest then keeps the address its kernel command line
+    /// gives it, and the next launch on this network tries again.
+    fn serve_dhcp(&self, state: &mut State, seg: &Segment, nic: &nimbus_agent_api::NicSpec) {
+        state.leases.insert(seg.vni, nic);
+        if state.responders.contains_key(&seg.vni) {
+            return;
+        }
+        let leases = state.leases.clone();
+        match dhcp::Responder::start(self.shell.netns(), &seg.bridge, seg.vni, leases) {
+            Ok(r) => {
+                state.responders.insert(seg.vni, r);
+            }
+            Err(e) => tracing::warn!(vni = seg.vni, error = %e, "no DHCP on this network here"),
+        }
+    }
+
+    /// Removes the taps of `spec`'s NICs (absent ones are fine), and the segments of its
+    /// networks that no other port here uses any more.
     pub async fn unplug(&self, spec: &VmSpec) -> Result<(), NetError> {
         if spec.nics.is_empty() || self.disabled.is_some() {
             return Ok(());
         }
-        let _serial = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        let taps: Vec<String> = (0..spec.nics.len())
+            .map(|i| tap::tap_name(spec.id, i))
+            .collect();
+        port_security::release(&self.shell, &taps).await?;
         for i in 0..spec.nics.len() {
             let name = tap::tap_name(spec.id, i);
             if tap::remove(&self.shell, &name).await? {
                 tracing::info!(instance_id = %spec.id, tap = name, "tap removed");
             }
         }
+        for nic in &spec.nics {
+            let Some(vni) = nic.vni else { continue };
+            state.leases.remove(vni, nic);
+            let seg = Segment::tenant(vni);
+            if segment::remove_if_unused(&self.shell, &seg).await? {
+                state.responders.remove(&vni);
+                tracing::info!(
+                    vni,
+                    bridge = seg.bridge,
+                    "network segment removed: no port left"
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// The port-security view of `spec`'s NICs.
+fn ports_of(spec: &VmSpec) -> Vec<port_security::Port> {
+    spec.nics
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| port_security::Port::of(tap::tap_name(spec.id, i), nic))
+        .collect()
 }
 
 fn warn_once(state: &mut State, key: &str, message: &str) {

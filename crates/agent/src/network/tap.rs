@@ -3,7 +3,6 @@
 //! when the VM is deleted. A stopped VM keeps its taps; a restarted agent leaves the taps of
 //! running VMs alone.
 
-use super::bridge::BRIDGE;
 use super::command::{no_such_device, Cmd, Shell};
 use super::error::NetError;
 use super::link;
@@ -46,7 +45,7 @@ pub fn del_cmd(shell: &Shell, name: &str) -> Cmd {
 
 /// Creates the tap unless it exists and makes it an up port of the bridge with `mtu`.
 /// Returns whether it was created.
-pub async fn ensure(shell: &Shell, name: &str, mtu: u16) -> Result<bool, NetError> {
+pub async fn ensure(shell: &Shell, name: &str, bridge: &str, mtu: u16) -> Result<bool, NetError> {
     if name.len() > IFNAME_MAX {
         return Err(NetError::Invalid {
             what: "interface name (15 characters at most)",
@@ -68,7 +67,7 @@ pub async fn ensure(shell: &Shell, name: &str, mtu: u16) -> Result<bool, NetErro
             add_cmd(shell, name, uid).run().await?;
         }
     }
-    link::ensure_port(shell, name, existing.as_ref(), BRIDGE, mtu).await?;
+    link::ensure_port(shell, name, existing.as_ref(), bridge, mtu).await?;
     Ok(existing.is_none())
 }
 

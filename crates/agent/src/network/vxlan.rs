@@ -4,10 +4,10 @@
 //! Learning stays on: a frame from a remote VM teaches the device which host that MAC is
 //! behind, and a migrated VM's announcement re-teaches it at once.
 
-use super::bridge::BRIDGE;
 use super::command::{Cmd, Shell};
 use super::error::NetError;
 use super::link::{self, VxlanInfo};
+use super::segment::Segment;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -35,42 +35,42 @@ impl VxlanParams {
     }
 }
 
-/// `ip link add nimbus-vx type vxlan id <vni> dstport 4789 local <addr>`.
-pub fn add_cmd(shell: &Shell, params: VxlanParams) -> Cmd {
+/// `ip link add <dev> type vxlan id <vni> dstport 4789 local <addr>`.
+pub fn add_cmd(shell: &Shell, dev: &str, params: VxlanParams) -> Cmd {
     let vni = params.vni.to_string();
     let port = VXLAN_PORT.to_string();
     let local = params.local.to_string();
     shell.ip(&[
-        "link", "add", VXLAN, "type", "vxlan", "id", &vni, "dstport", &port, "local", &local,
+        "link", "add", dev, "type", "vxlan", "id", &vni, "dstport", &port, "local", &local,
     ])
 }
 
-/// `ip link del nimbus-vx`.
-pub fn del_cmd(shell: &Shell) -> Cmd {
-    shell.ip(&["link", "del", VXLAN])
+/// `ip link del <dev>`.
+pub fn del_cmd(shell: &Shell, dev: &str) -> Cmd {
+    shell.ip(&["link", "del", dev])
 }
 
 /// `bridge fdb append 00:00:00:00:00:00 dev nimbus-vx dst <peer>`.
-pub fn flood_add_cmd(shell: &Shell, peer: IpAddr) -> Cmd {
+pub fn flood_add_cmd(shell: &Shell, dev: &str, peer: IpAddr) -> Cmd {
     shell.bridge(&[
         "fdb",
         "append",
         FLOOD_MAC,
         "dev",
-        VXLAN,
+        dev,
         "dst",
         &peer.to_string(),
     ])
 }
 
 /// `bridge fdb del 00:00:00:00:00:00 dev nimbus-vx dst <peer>`.
-pub fn flood_del_cmd(shell: &Shell, peer: IpAddr) -> Cmd {
+pub fn flood_del_cmd(shell: &Shell, dev: &str, peer: IpAddr) -> Cmd {
     shell.bridge(&[
         "fdb",
         "del",
         FLOOD_MAC,
         "dev",
-        VXLAN,
+        dev,
         "dst",
         &peer.to_string(),
     ])
@@ -78,20 +78,26 @@ pub fn flood_del_cmd(shell: &Shell, peer: IpAddr) -> Cmd {
 
 /// Creates the device, or re-creates it when its VNI, local address or port differ, and makes
 /// it an up port of the bridge with `mtu`. Returns whether it was (re)created.
-pub async fn ensure(shell: &Shell, params: VxlanParams, mtu: u16) -> Result<bool, NetError> {
+pub async fn ensure(
+    shell: &Shell,
+    seg: &Segment,
+    params: VxlanParams,
+    mtu: u16,
+) -> Result<bool, NetError> {
+    let (dev, bridge) = (seg.vxlan.as_str(), seg.bridge.as_str());
     if params.vni > MAX_VNI {
         return Err(NetError::Invalid {
             what: "VNI (24 bits)",
             value: params.vni.to_string(),
         });
     }
-    let existing = link::show(shell, VXLAN).await?;
+    let existing = link::show(shell, dev).await?;
     let keep = match &existing {
         Some(l) => l.vxlan.as_ref().is_some_and(|v| params.matches(v)),
         None => false,
     };
     if keep {
-        link::ensure_port(shell, VXLAN, existing.as_ref(), BRIDGE, mtu).await?;
+        link::ensure_port(shell, dev, existing.as_ref(), bridge, mtu).await?;
         return Ok(false);
     }
     if existing.is_some() {
@@ -99,10 +105,10 @@ pub async fn ensure(shell: &Shell, params: VxlanParams, mtu: u16) -> Result<bool
             ?existing,
             "VXLAN device differs from the cloud's: re-creating it"
         );
-        del_cmd(shell).run().await?;
+        del_cmd(shell, dev).run().await?;
     }
-    add_cmd(shell, params).run().await?;
-    link::ensure_port(shell, VXLAN, None, BRIDGE, mtu).await?;
+    add_cmd(shell, dev, params).run().await?;
+    link::ensure_port(shell, dev, None, bridge, mtu).await?;
     Ok(true)
 }
 
@@ -113,12 +119,13 @@ pub struct PeerChanges {
     pub removed: Vec<IpAddr>,
 }
 
-/// Makes the flood list exactly `desired`.
+/// Makes the flood list of VXLAN device `dev` exactly `desired`.
 pub async fn reconcile_peers(
     shell: &Shell,
+    dev: &str,
     desired: &BTreeSet<IpAddr>,
 ) -> Result<PeerChanges, NetError> {
-    let cmd = shell.bridge(&["-j", "fdb", "show", "dev", VXLAN]);
+    let cmd = shell.bridge(&["-j", "fdb", "show", "dev", dev]);
     let out = cmd.run().await?;
     let current = parse_flood(&out).map_err(|detail| NetError::Output {
         command: cmd.to_string(),
@@ -126,10 +133,10 @@ pub async fn reconcile_peers(
     })?;
     let changes = plan_peers(&current, desired);
     for peer in &changes.removed {
-        flood_del_cmd(shell, *peer).run().await?;
+        flood_del_cmd(shell, dev, *peer).run().await?;
     }
     for peer in &changes.added {
-        flood_add_cmd(shell, *peer).run().await?;
+        flood_add_cmd(shell, dev, *peer).run().await?;
     }
     Ok(changes)
 }
@@ -181,18 +188,18 @@ mod tests {
             local: ip("10.249.0.11"),
         };
         assert_eq!(
-            add_cmd(&shell, params).to_string(),
+            add_cmd(&shell, VXLAN, params).to_string(),
             "ip link add nimbus-vx type vxlan id 4242 dstport 4789 local 10.249.0.11"
         );
         assert_eq!(
-            flood_add_cmd(&shell, ip("10.249.0.12")).to_string(),
+            flood_add_cmd(&shell, VXLAN, ip("10.249.0.12")).to_string(),
             "bridge fdb append 00:00:00:00:00:00 dev nimbus-vx dst 10.249.0.12"
         );
         assert_eq!(
-            flood_del_cmd(&shell, ip("10.249.0.12")).to_string(),
+            flood_del_cmd(&shell, VXLAN, ip("10.249.0.12")).to_string(),
             "bridge fdb del 00:00:00:00:00:00 dev nimbus-vx dst 10.249.0.12"
         );
-        assert_eq!(del_cmd(&shell).to_string(), "ip link del nimbus-vx");
+        assert_eq!(del_cmd(&shell, VXLAN).to_string(), "ip link del nimbus-vx");
     }
 
     #[test]

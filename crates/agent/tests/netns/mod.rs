@@ -10,7 +10,41 @@
 #![allow(dead_code)]
 
 use nimbus_agent::network::{bridge, Shell, NIC_MTU};
+use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
+use nimbus_qemu::config::MachineSection;
+use nimbus_qemu::{Accel, QemuConfig, VmPaths};
 use std::net::IpAddr;
+
+/// A VM spec with `nics` and nothing to boot: enough for plugging its network.
+pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
+    VmSpec {
+        id: uuid::Uuid::new_v4(),
+        name: "net-test".into(),
+        vcpus: 1,
+        memory_mib: 64,
+        image: GuestImage {
+            name: "none".into(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            base_disk: None,
+            ready_marker: None,
+        },
+        disk: DiskSpec { size_gib: 1 },
+        nics,
+    }
+}
+
+/// A QEMU configuration [`nimbus_agent::network::HostNetwork::plug`] can add NICs to.
+pub fn qemu_config() -> QemuConfig {
+    let machine = MachineSection {
+        name: "net-test".into(),
+        accel: Accel::Tcg,
+        vcpus: 1,
+        memory_mib: 64,
+    };
+    QemuConfig::standard(machine, &VmPaths::new("/nonexistent"))
+}
 
 pub async fn run(shell: &Shell, args: &[&str]) {
     shell.ip(args).run().await.expect("ip command");
@@ -21,7 +55,8 @@ pub struct Topology {
     pub prefix: String,
     pub subnet: u8,
     hosts: u8,
-    guests: Vec<u8>,
+    /// Guest namespaces made, deleted on drop.
+    guests: Vec<String>,
 }
 
 impl Topology {
@@ -87,11 +122,33 @@ impl Topology {
     /// A "guest" namespace whose eth0 (`addr`, MTU 1450) is a port of host `i`'s bridge
     /// (which must exist).
     pub async fn add_guest(&mut self, i: u8, addr: &str) {
-        let ns = self.guest_ns(i);
+        self.add_guest_to(i, &format!("g{i}"), bridge::BRIDGE, addr)
+            .await;
+    }
+
+    /// A "guest" namespace `<prefix>-<name>` (`name` short) whose eth0 (`addr`, MTU 1450) is a
+    /// port (`gv<name>`) of bridge `bridge` of host `i`; answers the namespace.
+    pub async fn add_guest_to(&mut self, i: u8, name: &str, bridge: &str, addr: &str) -> String {
+        self.add_guest_port(i, name, &format!("gv{name}"), bridge, addr, None)
+            .await
+    }
+
+    /// [`Self::add_guest_to`] with the host side of the veth named `port` (e.g. a VM's tap
+    /// name, so that the VM's port rules apply to it) and the guest's MAC set to `mac`.
+    pub async fn add_guest_port(
+        &mut self,
+        i: u8,
+        name: &str,
+        port: &str,
+        bridge: &str,
+        addr: &str,
+        mac: Option<&str>,
+    ) -> String {
+        let ns = format!("{}-{name}", self.prefix);
         run(&Shell::here(), &["netns", "add", &ns]).await;
-        self.guests.push(i);
+        self.guests.push(ns.clone());
         let host = Shell::in_netns(self.host_ns(i));
-        let port = format!("gv{i}");
+        let port = port.to_string();
         run(
             &host,
             &[
@@ -102,21 +159,16 @@ impl Topology {
         let mtu = NIC_MTU.to_string();
         run(
             &host,
-            &[
-                "link",
-                "set",
-                &port,
-                "mtu",
-                &mtu,
-                "master",
-                bridge::BRIDGE,
-                "up",
-            ],
+            &["link", "set", &port, "mtu", &mtu, "master", bridge, "up"],
         )
         .await;
         let guest = Shell::in_netns(&ns);
+        if let Some(mac) = mac {
+            run(&guest, &["link", "set", "eth0", "address", mac]).await;
+        }
         run(&guest, &["addr", "add", addr, "dev", "eth0"]).await;
         run(&guest, &["link", "set", "eth0", "mtu", &mtu, "up"]).await;
+        ns
     }
 }
 
@@ -129,7 +181,7 @@ impl Drop for Topology {
         for i in 1..=self.hosts {
             ip(&["link", "del", &format!("{}-h{i}", self.prefix)]);
         }
-        let guests = self.guests.iter().map(|&i| self.guest_ns(i));
+        let guests = self.guests.iter().cloned();
         let hosts = (1..=self.hosts).map(|i| self.host_ns(i));
         for ns in guests.chain(hosts).collect::<Vec<_>>() {
             ip(&["netns", "del", &ns]);

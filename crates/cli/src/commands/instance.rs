@@ -38,6 +38,7 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
                     ),
                 ),
                 ("image", i.image.clone()),
+                ("nics", nics(i)),
                 ("project", i.project.clone()),
                 ("operation", output::opt(&i.operation)),
                 ("created", i.created_at.to_rfc3339()),
@@ -45,6 +46,20 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
             ]);
             Ok(())
         }
+    }
+}
+
+/// `backend 10.10.0.20/24 52:54:..., default ...`.
+fn nics(i: &InstanceView) -> String {
+    let nics: Vec<String> = i
+        .nics
+        .iter()
+        .map(|n| format!("{} {} {}", n.network, n.ip, n.mac))
+        .collect();
+    if nics.is_empty() {
+        "-".into()
+    } else {
+        nics.join(", ")
     }
 }
 
@@ -56,6 +71,8 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             flavor,
             image,
             from_snapshot,
+            networks,
+            ip,
             wait,
         } => {
             let op = client
@@ -64,6 +81,8 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     flavor,
                     image,
                     from_snapshot,
+                    networks,
+                    ip,
                 })
                 .await?;
             follow(&client, out, op, &wait).await

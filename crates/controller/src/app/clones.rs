@@ -5,7 +5,7 @@ use crate::app::{App, AppError, Caller};
 use crate::ops;
 use crate::ops::instance_clone::CloneParams;
 use nimbus_api::{CreateInstance, ErrorCode, OperationKind, OperationView, SnapshotState};
-use nimbus_store::{NewInstance, NewOperation};
+use nimbus_store::{NewInstance, NewOperation, NicPlan};
 use uuid::Uuid;
 
 impl App {
@@ -74,10 +74,22 @@ impl App {
             memory_mib: source.memory_mib,
             disk_gib: source.disk_gib,
             group_id: None,
+            // The source's networks, with new addresses.
+            nics: self
+                .store()
+                .instance_ports(source.id)
+                .await?
+                .into_iter()
+                .map(|p| NicPlan {
+                    network: p.network,
+                    address: None,
+                })
+                .collect(),
         };
-        let net = self.config().network.clone().unwrap_or_default();
         self.store()
-            .insert_instance(&new, &op, |used| super::network::pick_address(&net, used))
+            .insert_instance(&new, &op, |net, used| {
+                super::network::pick_address(&net.cidr, used)
+            })
             .await?;
         tracing::info!(instance_id = %id, operation_id = %op.id, snapshot_id = %snap.id,
             source = %source.name, host = %snap.host, "clone accepted");

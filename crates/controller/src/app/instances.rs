@@ -47,6 +47,9 @@ impl App {
         };
         let flavor = self.flavor_named(flavor_name).await?;
         self.image_named(image).await?;
+        let nics = self
+            .plan_nics(caller, &req.networks, req.ip.as_deref())
+            .await?;
         let want = Resources {
             vcpus: flavor.vcpus as u64,
             memory_mib: flavor.memory_mib,
@@ -75,10 +78,12 @@ impl App {
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
             group_id: group,
+            nics,
         };
-        let net = self.config().network.clone().unwrap_or_default();
         self.store()
-            .insert_instance(&new, &op, |used| super::network::pick_address(&net, used))
+            .insert_instance(&new, &op, |net, used| {
+                super::network::pick_address(&net.cidr, used)
+            })
             .await?;
         tracing::info!(instance_id = %id, operation_id = %op.id, name = %req.name, "instance create accepted");
         ops::spawn(self.clone(), op.id);
@@ -128,7 +133,14 @@ impl App {
 
     pub async fn list_instances(&self, caller: &Caller) -> Result<Vec<InstanceView>, AppError> {
         let all = self.store().list_instances(&caller.scope()).await?;
-        Ok(all.iter().map(InstanceRecord::view).collect())
+        let ports = self.store().list_ports(&caller.scope()).await?;
+        Ok(all.iter().map(|i| i.view_with(&ports)).collect())
+    }
+
+    /// The public view of an instance, with its NICs.
+    pub async fn instance_view(&self, inst: &InstanceRecord) -> Result<InstanceView, AppError> {
+        let ports = self.store().instance_ports(inst.id).await?;
+        Ok(inst.view_with(&ports))
     }
 
     /// Starts an operation of `kind` on an existing instance, after checking that its state
@@ -231,15 +243,26 @@ impl App {
             disk: DiskSpec {
                 size_gib: inst.disk_gib,
             },
-            nics: match (&self.config().network, &inst.ip, &inst.mac) {
-                (Some(_), Some(ip), Some(mac)) => vec![NicSpec {
-                    mac: mac.clone(),
-                    ip: ip.clone(),
-                    gateway: None,
-                }],
-                _ => Vec::new(),
-            },
+            nics: self.nic_specs(inst).await?,
         })
+    }
+
+    /// The NICs of an instance as a host needs them (none when the cloud runs without
+    /// networking).
+    async fn nic_specs(&self, inst: &InstanceRecord) -> Result<Vec<NicSpec>, AppError> {
+        if self.config().network.is_none() {
+            return Ok(Vec::new());
+        }
+        let ports = self.store().instance_ports(inst.id).await?;
+        Ok(ports
+            .into_iter()
+            .map(|p| NicSpec {
+                mac: p.mac,
+                ip: p.ip,
+                gateway: Some(p.gateway),
+                vni: Some(p.vni),
+            })
+            .collect())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod images;
 pub mod instances;
 pub mod migrations;
 pub mod network;
+pub mod networks;
 pub mod operations;
 pub mod orphans;
 pub mod projects;

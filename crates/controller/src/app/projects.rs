@@ -8,7 +8,8 @@ use nimbus_store::StoreError;
 const MAX_DESCRIPTION: usize = 1024;
 
 impl App {
-    /// Creates a project with the default quota of new projects ([`QuotaLimits::NEW_PROJECT`]).
+    /// Creates a project with the default quota of new projects ([`QuotaLimits::NEW_PROJECT`])
+    /// and its `default` network.
     pub async fn create_project(
         &self,
         caller: &Caller,
@@ -33,6 +34,7 @@ impl App {
                 &req.name,
                 req.description.as_deref(),
                 &QuotaLimits::NEW_PROJECT,
+                &self.default_network(),
             )
             .await?;
         tracing::info!(project = %p.name, "project created");

@@ -49,7 +49,8 @@ pub async fn show(
     caller: Caller,
     ApiPath(instance): ApiPath<String>,
 ) -> Result<Json<InstanceView>, ApiError> {
-    Ok(Json(app.find_instance(&caller, &instance).await?.view()))
+    let inst = app.find_instance(&caller, &instance).await?;
+    Ok(Json(app.instance_view(&inst).await?))
 }
 
 async fn act(

@@ -13,6 +13,7 @@ mod instances;
 mod internal;
 mod metrics;
 mod migrations;
+mod networks;
 pub mod openapi;
 mod operations;
 mod projects;
@@ -55,6 +56,11 @@ pub fn router(app: App) -> Router {
             get(groups::show)
                 .patch(groups::update)
                 .delete(groups::delete),
+        )
+        .route("/networks", get(networks::list).post(networks::create))
+        .route(
+            "/networks/{network}",
+            get(networks::show).delete(networks::delete),
         )
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route(

@@ -2,8 +2,8 @@
 //! when it is stale.
 
 use super::{
-    audit_log, flavors, groups, hosts, images, instances, migrations, operations, projects,
-    snapshots, tokens, usage,
+    audit_log, flavors, groups, hosts, images, instances, migrations, networks, operations,
+    projects, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi};
         audit_log::list,
         usage::report,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
+        networks::list, networks::create, networks::show, networks::delete,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth, &EdgeAnswers),

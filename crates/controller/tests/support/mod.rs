@@ -256,6 +256,7 @@ impl Cloud {
             memory_mib,
             disk_gib: 2,
             group_id: None,
+            nics: Vec::new(),
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),
@@ -265,11 +266,10 @@ impl Cloud {
             target_name: name.into(),
             params: serde_json::json!({}),
         };
-        let net = nimbus_controller::config::NetworkSettings::default();
         let store = self.app.store();
         store
-            .insert_instance(&new, &op, |used| {
-                nimbus_controller::app::network::pick_address(&net, used)
+            .insert_instance(&new, &op, |net, used| {
+                nimbus_controller::app::network::pick_address(&net.cidr, used)
             })
             .await
             .expect("insert");

@@ -2,7 +2,6 @@ use super::*;
 use crate::testing::stores;
 use crate::NewInstance;
 use nimbus_api::{OperationKind, StepBound};
-use std::collections::HashSet;
 
 fn new_group(name: &str) -> NewGroup {
     NewGroup {
@@ -53,16 +52,15 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         memory_mib: 256,
         disk_gib: 1,
         group_id: group,
+        nics: Vec::new(),
     };
-    let used_ip = |used: &HashSet<String>| {
-        (10..250)
-            .map(|i| format!("10.200.0.{i}/16"))
-            .find(|ip| !used.contains(ip))
-            .map(|ip| (ip, "52:54:00:00:00:01".to_string()))
-    };
-    s.insert_instance(&new, &op(OperationKind::InstanceCreate, id), used_ip)
-        .await
-        .expect("insert instance");
+    s.insert_instance(
+        &new,
+        &op(OperationKind::InstanceCreate, id),
+        crate::testing::pick,
+    )
+    .await
+    .expect("insert instance");
     id
 }
 

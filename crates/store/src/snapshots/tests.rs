@@ -1,15 +1,7 @@
 use super::*;
-use crate::testing::stores;
+use crate::testing::{pick, stores};
 use crate::{InstanceRecord, NewInstance, Scope};
 use nimbus_api::OperationKind;
-use std::collections::HashSet;
-
-fn pick(used: &HashSet<String>) -> Option<(String, String)> {
-    (10..250)
-        .map(|i| format!("10.200.0.{i}/16"))
-        .find(|ip| !used.contains(ip))
-        .map(|ip| (ip, "52:54:00:00:00:01".to_string()))
-}
 
 fn operation(kind: OperationKind, target: Uuid) -> NewOperation {
     NewOperation {
@@ -35,6 +27,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         memory_mib: 512,
         disk_gib: 2,
         group_id: None,
+        nics: Vec::new(),
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");

@@ -1,0 +1,169 @@
+//! The responder thread of one network's bridge.
+
+use super::{answer, frame, parse_request, Leases};
+use crate::network::error::NetError;
+use pnet_datalink::Channel;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// How often the thread looks at its stop flag.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A running responder; dropping it stops the thread (within [`POLL`]).
+#[derive(Debug)]
+pub struct Responder {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Responder {
+    /// Starts answering on `bridge` (in network namespace `netns`, if given) for network
+    /// `vni` from `leases`; fails if the bridge cannot be opened.
+    pub fn start(
+        netns: Option<&str>,
+        bridge: &str,
+        vni: u32,
+        leases: Leases,
+    ) -> Result<Self, NetError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (netns, name, flag) = (netns.map(str::to_string), bridge.to_string(), stop.clone());
+        let err = |detail: String| NetError::Dhcp {
+            bridge: bridge.to_string(),
+            detail,
+        };
+        std::thread::Builder::new()
+            .name(format!("dhcp-{bridge}"))
+            .spawn(move || match open(netns.as_deref(), &name) {
+                Ok(chan) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(chan, vni, &leases, &flag);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| err(e.to_string()))?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|e| err(e.to_string()))?
+            .map_err(err)?;
+        Ok(Self { stop })
+    }
+}
+
+struct Open {
+    mac: [u8; 6],
+    tx: Box<dyn pnet_datalink::DataLinkSender>,
+    rx: Box<dyn pnet_datalink::DataLinkReceiver>,
+}
+
+/// Enters `netns` (this thread only) and opens a packet socket on `bridge`.
+fn open(netns: Option<&str>, bridge: &str) -> Result<Open, String> {
+    if let Some(ns) = netns {
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("enter netns {ns}: {e}"))?;
+    }
+    let iface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == bridge)
+        .ok_or("no such device")?;
+    let mac = iface
+        .mac
+        .map(|m| m.octets())
+        .ok_or("the bridge has no MAC")?;
+    let config = pnet_datalink::Config {
+        read_timeout: Some(POLL),
+        ..Default::default()
+    };
+    match pnet_datalink::channel(&iface, config) {
+        Ok(Channel::Ethernet(tx, rx)) => Ok(Open { mac, tx, rx }),
+        Ok(_) => Err("not an Ethernet device".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn serve(mut chan: Open, vni: u32, leases: &Leases, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let reply = match chan.rx.next() {
+            Ok(f) => reply_to(f, vni, leases, chan.mac),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e) => {
+                tracing::warn!(vni, error = %e, "DHCP responder cannot read; stopping");
+                return;
+            }
+        };
+        if let Some(bytes) = reply {
+            if let Some(Err(e)) = chan.tx.send_to(&bytes, None) {
+                tracing::warn!(vni, error = %e, "DHCP answer not sent");
+            }
+        }
+    }
+}
+
+/// The frame answering `f`, if it is a request of a port of this network on this host.
+fn reply_to(f: &[u8], vni: u32, leases: &Leases, own_mac: [u8; 6]) -> Option<Vec<u8>> {
+    let (src, req) = parse_request(f)?;
+    // The sender must ask for itself: no lease of another VM for a guest that forges chaddr.
+    if req.chaddr().get(..6) != Some(&src[..]) {
+        return None;
+    }
+    let lease = leases.get(vni, src)?;
+    let msg = answer(&req, &lease)?;
+    tracing::debug!(vni, ip = %lease.ip, "DHCP answer");
+    frame(&msg, own_mac, lease.server())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::v4::{DhcpOption, Message, MessageType};
+    use nimbus_agent_api::NicSpec;
+    use std::net::Ipv4Addr;
+
+    /// A DISCOVER frame from `src` asking for `chaddr`, to the server port.
+    fn discover(src: [u8; 6], chaddr: [u8; 6]) -> Vec<u8> {
+        let z = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(1, z, z, z, z, &chaddr);
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let mut f = frame(&m, src, z).expect("frame");
+        f[34..36].copy_from_slice(&68u16.to_be_bytes());
+        f[36..38].copy_from_slice(&67u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn answers_only_a_port_asking_for_itself() {
+        let leases = Leases::default();
+        let nic = NicSpec {
+            mac: "52:54:0a:28:00:0a".into(),
+            ip: "10.40.0.10/24".into(),
+            gateway: Some("10.40.0.1".into()),
+            vni: Some(4300),
+        };
+        leases.insert(4300, &nic);
+        let (vm, other) = ([0x52, 0x54, 10, 40, 0, 10], [0x52, 0x54, 10, 40, 0, 11]);
+        let own = [2, 0, 0, 0, 0, 1];
+        assert!(reply_to(&discover(vm, vm), 4300, &leases, own).is_some());
+        assert!(
+            reply_to(&discover(other, vm), 4300, &leases, own).is_none(),
+            "forged chaddr"
+        );
+        assert!(
+            reply_to(&discover(vm, vm), 4301, &leases, own).is_none(),
+            "other network"
+        );
+        assert!(
+            reply_to(&discover(other, other), 4300, &leases, own).is_none(),
+            "not a port here"
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! Tenant networks at the API edge, without agents: validation of CIDRs and addresses,
+//! overlap inside a project and across projects, 404 across projects, NICs of instance
+//! creates (`networks`, `ip`), deletes refused while in use. Creates are accepted and
+//! recorded; no VM boots (no agent answers).
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{call, error, fixture, register, Fixture};
+use nimbus_api::{CreatedToken, ErrorCode, InstanceView, NetworkView};
+
+async fn setup() -> Fixture {
+    let f = fixture().await;
+    register(&f, "host1", 65536).await;
+    let exe = std::env::current_exe().expect("exe").display().to_string();
+    let img = format!(r#"{{"name":"img","kernel":"{exe}"}}"#);
+    let (s, body) = call(&f, "POST", "/v1/images", Some(&f.token), Some(&img)).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    for p in ["acme", "globex"] {
+        let (s, b) = call(
+            &f,
+            "POST",
+            "/v1/projects",
+            Some(&f.token),
+            Some(&format!(r#"{{"name":"{p}"}}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    f
+}
+
+async fn member(f: &Fixture, project: &str, role: &str) -> String {
+    let uri = format!("/v1/tokens?project={project}");
+    let body = format!(r#"{{"role":"{role}"}}"#);
+    let (s, b) = call(f, "POST", &uri, Some(&f.token), Some(&body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    serde_json::from_str::<CreatedToken>(&b)
+        .expect("token")
+        .secret
+}
+
+/// Calls and expects `status`; for errors also `code`. Answers the body.
+async fn expect(
+    f: &Fixture,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    status: StatusCode,
+    code: Option<ErrorCode>,
+) -> String {
+    let (s, b) = call(f, method, uri, Some(token), body).await;
+    assert_eq!(s, status, "{method} {uri} {body:?}: {b}");
+    if let Some(code) = code {
+        assert_eq!(error(&b).code, code, "{b}");
+    }
+    b
+}
+
+fn net(name: &str, cidr: &str) -> String {
+    format!(r#"{{"name":"{name}","cidr":"{cidr}"}}"#)
+}
+
+/// Creates a network (expecting 201); answers the body.
+async fn create_net(f: &Fixture, token: &str, name: &str, cidr: &str) -> String {
+    let body = net(name, cidr);
+    let uri = "/v1/networks";
+    expect(
+        f,
+        token,
+        "POST",
+        uri,
+        Some(&body),
+        StatusCode::CREATED,
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn networks_are_validated_and_scoped_to_their_project() {
+    let f = setup().await;
+    let acme = member(&f, "acme", "member").await;
+    let globex = member(&f, "globex", "member").await;
+    let reader = member(&f, "acme", "reader").await;
+    use StatusCode as S;
+
+    // Every project starts with its default network.
+    let b = expect(&f, &acme, "GET", "/v1/networks", None, S::OK, None).await;
+    let nets: Vec<NetworkView> = serde_json::from_str(&b).expect("list");
+    assert_eq!(nets.len(), 1);
+    assert_eq!(
+        (nets[0].name.as_str(), nets[0].project.as_str()),
+        ("default", "acme")
+    );
+
+    let b = create_net(&f, &acme, "backend", "10.10.0.0/24").await;
+    let backend: NetworkView = serde_json::from_str(&b).expect("view");
+    assert_eq!(backend.gateway, "10.10.0.1");
+    // The same CIDR in another project is fine, with its own segment id.
+    let b = create_net(&f, &globex, "backend", "10.10.0.0/24").await;
+    let theirs: NetworkView = serde_json::from_str(&b).expect("view");
+    assert_ne!(theirs.vni, backend.vni);
+
+    // Bad input: a clear error, nothing created.
+    let bad = [
+        (
+            net("front", "10.10.0.128/25"),
+            S::CONFLICT,
+            ErrorCode::Conflict,
+        ),
+        (
+            net("backend", "10.99.0.0/24"),
+            S::CONFLICT,
+            ErrorCode::Conflict,
+        ),
+        (
+            net("pub", "8.8.8.0/24"),
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+        (
+            net("tiny", "10.50.0.0/29"),
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+        (
+            net("odd", "10.50.0.7/24"),
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+        (net("junk", "ten/8"), S::BAD_REQUEST, ErrorCode::BadRequest),
+        (
+            net("Bad Name", "10.60.0.0/24"),
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+    ];
+    for (body, status, code) in bad {
+        expect(
+            &f,
+            &acme,
+            "POST",
+            "/v1/networks",
+            Some(&body),
+            status,
+            Some(code),
+        )
+        .await;
+    }
+    expect(
+        &f,
+        &reader,
+        "POST",
+        "/v1/networks",
+        Some(&net("ro", "10.70.0.0/24")),
+        S::FORBIDDEN,
+        None,
+    )
+    .await;
+    let b = expect(&f, &acme, "GET", "/v1/networks", None, S::OK, None).await;
+    assert_eq!(
+        serde_json::from_str::<Vec<NetworkView>>(&b)
+            .expect("list")
+            .len(),
+        2
+    );
+
+    // Another project's network answers 404, whatever the call.
+    let b = create_net(&f, &globex, "secret", "10.20.0.0/24").await;
+    assert!(b.contains("secret"));
+    for (method, uri) in [
+        ("GET", "/v1/networks/secret"),
+        ("DELETE", "/v1/networks/secret"),
+    ] {
+        expect(
+            &f,
+            &acme,
+            method,
+            uri,
+            None,
+            S::NOT_FOUND,
+            Some(ErrorCode::NotFound),
+        )
+        .await;
+    }
+    let into_theirs = r#"{"name":"x","flavor":"tiny","image":"img","networks":["secret"]}"#;
+    expect(
+        &f,
+        &acme,
+        "POST",
+        "/v1/instances",
+        Some(into_theirs),
+        S::NOT_FOUND,
+        Some(ErrorCode::NotFound),
+    )
+    .await;
+    expect(&f, &globex, "GET", "/v1/networks/secret", None, S::OK, None).await;
+}
+
+#[tokio::test]
+async fn instances_get_one_nic_per_network_and_hold_their_addresses() {
+    let f = setup().await;
+    let acme = member(&f, "acme", "member").await;
+    let globex = member(&f, "globex", "member").await;
+    use StatusCode as S;
+    create_net(&f, &acme, "backend", "10.10.0.0/24").await;
+    let create = |name: &str, extra: &str| {
+        format!(r#"{{"name":"{name}","flavor":"tiny","image":"img"{extra}}}"#)
+    };
+    let db = create(
+        "db1",
+        r#","networks":["backend","default"],"ip":"10.10.0.20""#,
+    );
+    expect(
+        &f,
+        &acme,
+        "POST",
+        "/v1/instances",
+        Some(&db),
+        S::ACCEPTED,
+        None,
+    )
+    .await;
+    let b = expect(&f, &acme, "GET", "/v1/instances/db1", None, S::OK, None).await;
+    let view: InstanceView = serde_json::from_str(&b).expect("view");
+    assert_eq!(view.ip.as_deref(), Some("10.10.0.20/24"));
+    let nics: Vec<(&str, &str)> = view
+        .nics
+        .iter()
+        .map(|n| (n.network.as_str(), n.ip.as_str()))
+        .collect();
+    assert_eq!(
+        nics,
+        [("backend", "10.10.0.20/24"), ("default", "10.200.0.10/16")]
+    );
+    assert_ne!(view.nics[0].mac, view.nics[1].mac);
+
+    // Overlapping default networks of two projects: the same first address in each.
+    let web = create("web1", "");
+    expect(
+        &f,
+        &globex,
+        "POST",
+        "/v1/instances",
+        Some(&web),
+        S::ACCEPTED,
+        None,
+    )
+    .await;
+    let b = expect(&f, &globex, "GET", "/v1/instances/web1", None, S::OK, None).await;
+    let view: InstanceView = serde_json::from_str(&b).expect("view");
+    assert_eq!(view.ip.as_deref(), Some("10.200.0.10/16"));
+
+    // Bad addresses and networks: refused, nothing recorded.
+    let bad = [
+        (
+            r#","networks":["backend"],"ip":"10.10.0.20""#,
+            S::CONFLICT,
+            ErrorCode::Conflict,
+        ),
+        (
+            r#","networks":["backend"],"ip":"10.10.1.20""#,
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#","networks":["backend"],"ip":"10.10.0.1""#,
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#","networks":["backend"],"ip":"banana""#,
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+        (r#","networks":["nope"]"#, S::NOT_FOUND, ErrorCode::NotFound),
+        (
+            r#","networks":["backend","backend"]"#,
+            S::BAD_REQUEST,
+            ErrorCode::BadRequest,
+        ),
+    ];
+    for (extra, status, code) in bad {
+        let body = create("db2", extra);
+        expect(
+            &f,
+            &acme,
+            "POST",
+            "/v1/instances",
+            Some(&body),
+            status,
+            Some(code),
+        )
+        .await;
+    }
+    expect(
+        &f,
+        &acme,
+        "GET",
+        "/v1/instances/db2",
+        None,
+        S::NOT_FOUND,
+        None,
+    )
+    .await;
+
+    // A network in use, and the default network, stay.
+    expect(
+        &f,
+        &acme,
+        "DELETE",
+        "/v1/networks/backend",
+        None,
+        S::CONFLICT,
+        Some(ErrorCode::Conflict),
+    )
+    .await;
+    expect(
+        &f,
+        &acme,
+        "DELETE",
+        "/v1/networks/default",
+        None,
+        S::BAD_REQUEST,
+        Some(ErrorCode::BadRequest),
+    )
+    .await;
+    let b = expect(&f, &acme, "GET", "/v1/networks/backend", None, S::OK, None).await;
+    assert_eq!(
+        serde_json::from_str::<NetworkView>(&b).expect("view").ports,
+        1
+    );
+    create_net(&f, &acme, "spare", "192.168.7.0/24").await;
+    expect(
+        &f,
+        &acme,
+        "DELETE",
+        "/v1/networks/spare",
+        None,
+        S::NO_CONTENT,
+        None,
+    )
+    .await;
+    expect(
+        &f,
+        &acme,
+        "GET",
+        "/v1/networks/spare",
+        None,
+        S::NOT_FOUND,
+        None,
+    )
+    .await;
+}
