@@ -27,34 +27,32 @@ async fn create_many(s: &Store, project: &str, image_name: &str) -> Vec<Result<(
     out
 }
 
-/// Creates in different projects lock different quota, project and image rows; the
-/// address space is the cloud's: without a lock of its own, two creates took the same address and one failed as
-/// "an instance named ... already exists".
+/// Creates in one project whose quota row is gone (created before quotas, or its insert
+/// lost): the project row orders them, and every create gets an address of its own (before,
+/// two took the same address and one failed as "an instance named ... already exists").
 #[tokio::test]
 async fn concurrent_creates_get_distinct_addresses() {
     for (s, _d) in stores().await {
-        // Each in its own project, from its own image: nothing else orders them.
-        for i in 0..CALLERS {
-            s.create_project(&format!("tenant{i}"), None, &QuotaLimits::UNLIMITED)
-                .await
-                .expect("project");
-            s.create_image(&image(&format!("img{i}")), 0)
-                .await
-                .expect("image");
+        s.create_project(
+            "tenant",
+            None,
+            &QuotaLimits::UNLIMITED,
+            &crate::testing::default_network(),
+        )
+        .await
+        .expect("project");
+        sqlx::query("DELETE FROM quotas WHERE project = $1")
+            .bind("tenant")
+            .execute(s.pool())
+            .await
+            .expect("drop quota");
+        for r in create_many(&s, "tenant", "default").await {
+            r.expect("every create succeeds");
         }
-        let mut tasks = Vec::new();
-        for i in 0..CALLERS {
-            let s = s.clone();
-            let (mut n, op) = new_instance(&format!("tenant{i}"), "web");
-            n.image = format!("img{i}");
-            tasks.push(tokio::spawn(async move {
-                s.insert_instance(&n, &op, pick).await.map(|_| ())
-            }));
-        }
-        for t in tasks {
-            t.await.expect("join").expect("every create succeeds");
-        }
-        let all = s.list_instances(&Scope::All).await.expect("list");
+        let all = s
+            .list_instances(&Scope::project("tenant"))
+            .await
+            .expect("list");
         let ips: HashSet<_> = all.iter().filter_map(|i| i.ip.clone()).collect();
         assert_eq!((all.len(), ips.len()), (CALLERS, CALLERS));
     }
@@ -67,9 +65,14 @@ async fn project_delete_and_creates_do_not_interleave() {
     for (s, _d) in stores().await {
         for round in 0..5 {
             let project = format!("race{round}");
-            s.create_project(&project, None, &QuotaLimits::UNLIMITED)
-                .await
-                .expect("project");
+            s.create_project(
+                &project,
+                None,
+                &QuotaLimits::UNLIMITED,
+                &crate::testing::default_network(),
+            )
+            .await
+            .expect("project");
             // A project without a quota row (created before quotas, or its quota insert
             // lost): then nothing but the project row can order the two.
             sqlx::query("DELETE FROM quotas WHERE project = $1")
@@ -107,9 +110,14 @@ async fn image_delete_and_creates_do_not_interleave() {
             let name = format!("img{round}");
             s.create_image(&image(&name), 0).await.expect("image");
             let project = format!("p{round}");
-            s.create_project(&project, None, &QuotaLimits::UNLIMITED)
-                .await
-                .expect("project");
+            s.create_project(
+                &project,
+                None,
+                &QuotaLimits::UNLIMITED,
+                &crate::testing::default_network(),
+            )
+            .await
+            .expect("project");
             let deleter = {
                 let (s, n) = (s.clone(), name.clone());
                 tokio::spawn(async move { s.delete_image(&n).await })
