@@ -84,7 +84,7 @@ pub fn inspect(head: &[u8], len: u64) -> Result<Inspection, FormatError> {
     // A VHD has its footer at the end; a fixed one is otherwise raw data. Its footer sits in
     // the last 512 bytes, which `head` covers only for small files: checked by inspect_file.
     let is_raw = len > 0
-        && len % 512 == 0
+        && len.is_multiple_of(512)
         && (at(head, 510, &[0x55, 0xaa]) || at(head, 0x438, &[0x53, 0xef]) || at(head, 0, b"XFSB"));
     if is_raw {
         Ok(Inspection {

@@ -108,7 +108,7 @@ fn check_v3_features(head: &[u8]) -> Result<usize, FormatError> {
         return Err(unsafe_("it declares raw external data"));
     }
     let header_len = be32(head, 100)? as usize;
-    if header_len < 104 || header_len % 8 != 0 {
+    if header_len < 104 || !header_len.is_multiple_of(8) {
         return Err(malformed(format!("header length {header_len}")));
     }
     Ok(header_len)
