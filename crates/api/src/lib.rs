@@ -28,7 +28,7 @@ pub use group::{
     UpdateGroup,
 };
 pub use host::{HostKsm, HostState, HostView};
-pub use image::{ImageView, ImportImage};
+pub use image::{Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
     MigrateInstance,

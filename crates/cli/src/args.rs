@@ -1,8 +1,10 @@
 //! The command line, as clap definitions.
 
 mod group;
+mod image;
 
 pub use group::GroupCmd;
+pub use image::ImageCmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -198,6 +200,9 @@ pub enum QuotaCmd {
         disk_gib: Option<Limit>,
         #[arg(long)]
         snapshots: Option<Limit>,
+        /// MiB of images the project may own.
+        #[arg(long)]
+        image_mib: Option<Limit>,
     },
     /// Limits and current use of a project.
     Show {
@@ -389,29 +394,6 @@ pub enum FlavorCmd {
         memory_mib: u64,
         #[arg(long)]
         disk_gib: u64,
-    },
-    Delete {
-        name: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ImageCmd {
-    List,
-    /// Register image files (absolute paths every host can read).
-    Import {
-        name: String,
-        #[arg(long)]
-        kernel: Option<String>,
-        #[arg(long)]
-        initrd: Option<String>,
-        #[arg(long)]
-        cmdline: Option<String>,
-        #[arg(long)]
-        disk: Option<String>,
-        /// Console line the guest prints when ready.
-        #[arg(long)]
-        ready_marker: Option<String>,
     },
     Delete {
         name: String,

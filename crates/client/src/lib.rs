@@ -1,6 +1,7 @@
 //! Typed client of the nimbus REST API.
 
 mod error;
+mod images;
 mod snapshots;
 
 pub use error::ClientError;

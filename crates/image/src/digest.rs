@@ -24,6 +24,14 @@ impl Digest {
 
     /// Digest of a file, read in 1 MiB blocks.
     pub fn of_file(path: &Path) -> std::io::Result<Digest> {
+        Self::of_file_with_progress(path, |_| {})
+    }
+
+    /// Digest of a file; `progress` gets the bytes read so far after each block.
+    pub fn of_file_with_progress(
+        path: &Path,
+        mut progress: impl FnMut(u64),
+    ) -> std::io::Result<Digest> {
         let mut f = std::fs::File::open(path)?;
         let mut w = Sha256Writer::default();
         let mut buf = vec![0u8; 1 << 20];
@@ -33,6 +41,7 @@ impl Digest {
                 return Ok(w.finish());
             }
             w.update(&buf[..n]);
+            progress(w.bytes());
         }
     }
 }

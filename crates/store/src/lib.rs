@@ -32,6 +32,7 @@ pub use error::StoreError;
 pub use group_events::NewGroupEvent;
 pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use hosts::HostRecord;
+pub use images::NewImage;
 pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
 pub use operations::NewOperation;

@@ -9,6 +9,8 @@ pub mod error;
 pub mod flavors;
 pub mod groups;
 pub mod hosts;
+pub mod image_blobs;
+pub mod image_upload;
 pub mod images;
 pub mod instances;
 pub mod migrations;
@@ -50,12 +52,15 @@ struct Inner {
     auth_throttle: throttle::AuthThrottle,
     /// Per-instance CPU use for scaling groups (see `scaling::CpuSource`).
     cpu: Arc<dyn scaling::CpuSource>,
+    /// The bytes of uploaded images.
+    blobs: image_blobs::ImageBlobs,
 }
 
 impl App {
     /// Opens the store (running migrations).
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
+        let blobs = image_blobs::ImageBlobs::open(&config.data_dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 auth_throttle: throttle::AuthThrottle::new(
@@ -67,6 +72,7 @@ impl App {
                 placement: tokio::sync::Mutex::new(()),
                 running_ops: Mutex::new(HashSet::new()),
                 cpu: Arc::new(scaling::AgentCpu::default()),
+                blobs,
             }),
         })
     }
@@ -78,6 +84,11 @@ impl App {
     /// Where scaling groups get their members' CPU use.
     pub fn cpu(&self) -> &dyn scaling::CpuSource {
         self.inner.cpu.as_ref()
+    }
+
+    /// The bytes of uploaded images.
+    pub fn image_blobs(&self) -> &image_blobs::ImageBlobs {
+        &self.inner.blobs
     }
 
     pub fn config(&self) -> &ControllerConfig {

@@ -63,6 +63,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/images", get(images::list).post(images::import))
         .route("/images/{image}", get(images::show).delete(images::delete))
+        .route("/images/{image}/upload", post(images::upload))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))

@@ -172,7 +172,7 @@ impl Step<App> for WaitReady {
         let agent = placed_agent(app, &inst).await?;
         let has_marker = app
             .store()
-            .get_image(&inst.image)
+            .get_image(&inst.image, &nimbus_store::Scope::All)
             .await
             .map(|i| i.ready_marker.is_some())
             .unwrap_or(false);
