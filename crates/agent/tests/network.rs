@@ -71,6 +71,7 @@ fn vm_with_nic(id: uuid::Uuid) -> VmSpec {
             initrd: None,
             cmdline: None,
             base_disk: None,
+            blob: None,
             ready_marker: None,
         },
         disk: DiskSpec { size_gib: 1 },

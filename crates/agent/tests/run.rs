@@ -52,6 +52,7 @@ async fn run_serves_registers_and_stops() {
         probe_image: None,
         overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
         metering: Default::default(),
+        image_cache_gib: 20,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {

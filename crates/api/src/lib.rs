@@ -27,7 +27,7 @@ pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,
 };
-pub use host::{HostKsm, HostState, HostView};
+pub use host::{HostCachedImage, HostImageCache, HostKsm, HostState, HostView};
 pub use image::{Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,

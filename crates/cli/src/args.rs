@@ -356,6 +356,10 @@ pub struct AgentArgs {
     /// Seconds between two usage samples of a running VM.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub metering_interval_secs: u64,
+    /// Bound of the cache of uploaded images, in GiB (least recently used images no VM uses
+    /// are evicted beyond it).
+    #[arg(long, default_value_t = 20)]
+    pub image_cache_gib: u64,
 }
 
 /// A switch.

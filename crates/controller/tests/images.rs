@@ -232,3 +232,26 @@ async fn the_image_quota_refuses_an_upload_before_and_after_its_bytes() {
     assert!(stored(&f, "incoming").is_empty());
     assert_eq!(stored(&f, "sha256").len(), 1);
 }
+
+#[tokio::test]
+async fn agents_fetch_an_images_bytes_by_digest_with_the_agent_token() {
+    let f = fixture().await;
+    let disk = raw_disk(2);
+    let (s, b) = upload(&f, "/v1/images/d/upload", &f.token, &disk).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let uri = format!("/v1/internal/images/{}", sha256(&disk));
+    let (s, _) = call(&f, "GET", &uri, Some(&f.token), None).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the admin token is not an agent's"
+    );
+    let (s, body) = common::get_bytes(&f, &uri, "agent-secret").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, disk);
+    let unknown = format!("/v1/internal/images/{}", sha256(b"nothing"));
+    let (s, _) = common::get_bytes(&f, &unknown, "agent-secret").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = common::get_bytes(&f, "/v1/internal/images/..%2F..%2Fetc", "agent-secret").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

@@ -34,3 +34,7 @@ ALTER TABLE instances ADD COLUMN public_key TEXT;
 ALTER TABLE instances ADD COLUMN user_data TEXT;
 -- When the guest reported cloud-init finished (NULL: not yet, or no cloud-init).
 ALTER TABLE instances ADD COLUMN guest_ready_at TEXT;
+
+-- The host's image cache as its agent last reported it (JSON: digests, sizes, bound), for
+-- `host show` and for placement, which prefers hosts that hold the image.
+ALTER TABLE hosts ADD COLUMN image_cache TEXT;

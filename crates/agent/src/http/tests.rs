@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         probe_image: None,
         overcommit: crate::overcommit::Overcommit::untouched(),
         metering: Default::default(),
+        image_cache_gib: 20,
     }
 }
 

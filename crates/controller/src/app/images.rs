@@ -5,6 +5,7 @@ use crate::app::{App, AppError, Caller};
 use nimbus_api::{validate_name, ImageView, ImportImage};
 use nimbus_image::Digest;
 use nimbus_store::{Scope, StoreError};
+use std::collections::HashSet;
 use std::path::Path;
 
 fn check_file(what: &str, path: &Option<String>) -> Result<u64, AppError> {
@@ -50,6 +51,46 @@ impl App {
             Err(StoreError::NotFound { .. }) => self.import_image(req).await.map(|_| ()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Hosts whose cache holds image `name`'s bytes, by their agents' last reports (none for
+    /// images registered by path, which every host reads in place).
+    pub async fn hosts_holding(&self, name: &str) -> Result<HashSet<String>, AppError> {
+        let img = self.store().get_image(name, &Scope::All).await?;
+        let Some(digest) = img.digest else {
+            return Ok(HashSet::new());
+        };
+        Ok(self
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| {
+                h.image_cache
+                    .as_ref()
+                    .is_some_and(|c| c.images.iter().any(|i| i.digest == digest))
+            })
+            .map(|h| h.name)
+            .collect())
+    }
+
+    /// Opens the stored bytes of `digest` for an agent, if an image names them: their length
+    /// and the file.
+    pub async fn open_image_blob(&self, digest: &str) -> Result<(u64, tokio::fs::File), AppError> {
+        let digest: Digest = digest
+            .parse()
+            .map_err(|e| AppError::bad_request(format!("{e}")))?;
+        if !self.store().image_digest_used(&digest.to_string()).await? {
+            return Err(AppError::not_found(format!("no image has digest {digest}")));
+        }
+        let path = self.image_blobs().path(&digest);
+        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "an image's bytes are missing");
+            AppError::internal(format!(
+                "the bytes of image {digest} are missing on the controller"
+            ))
+        })?;
+        let len = file.metadata().await.map_err(AppError::from)?.len();
+        Ok((len, file))
     }
 
     /// The caller's project's images and the public ones.
@@ -109,4 +150,13 @@ pub(crate) fn check_image_fits(img: &ImageView, disk_gib: u64) -> Result<(), App
         ))),
         _ => Ok(()),
     }
+}
+
+/// What an agent fetches for an uploaded image (none for images registered by path).
+pub(crate) fn blob_of(img: &ImageView) -> Option<nimbus_agent_api::ImageBlob> {
+    Some(nimbus_agent_api::ImageBlob {
+        digest: img.digest.clone()?,
+        format: img.format.clone()?,
+        size_bytes: img.size_bytes,
+    })
 }

@@ -213,6 +213,7 @@ impl App {
     /// The VM spec an agent needs for this instance.
     pub async fn vm_spec(&self, inst: &InstanceRecord) -> Result<VmSpec, AppError> {
         let img = self.store().get_image(&inst.image, &Scope::All).await?;
+        let blob = super::images::blob_of(&img);
         Ok(VmSpec {
             id: inst.id,
             name: inst.name.clone(),
@@ -225,6 +226,7 @@ impl App {
                 cmdline: img
                     .cmdline
                     .map(|c| format!("{c} nimbus.hostname={}", inst.name)),
+                blob,
                 base_disk: img.disk.map(PathBuf::from),
                 ready_marker: img.ready_marker,
             },
