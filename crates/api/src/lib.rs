@@ -11,6 +11,7 @@ pub mod group;
 pub mod host;
 pub mod image;
 pub mod instance;
+pub mod keypair;
 pub mod migration;
 pub mod name;
 pub mod operation;
@@ -33,6 +34,7 @@ pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
     MigrateInstance,
 };
+pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};

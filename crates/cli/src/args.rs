@@ -2,9 +2,11 @@
 
 mod group;
 mod image;
+mod keypair;
 
 pub use group::GroupCmd;
 pub use image::ImageCmd;
+pub use keypair::KeypairCmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -89,6 +91,9 @@ pub enum Command {
     /// Images instances boot from.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// SSH keys that cloud-init puts into instances.
+    #[command(subcommand)]
+    Keypair(KeypairCmd),
     /// Virtual machines.
     #[command(subcommand)]
     Instance(InstanceCmd),

@@ -2,6 +2,7 @@
 
 mod error;
 mod images;
+mod keypairs;
 mod snapshots;
 
 pub use error::ClientError;

@@ -17,6 +17,7 @@ mod groups;
 mod hosts;
 mod images;
 mod instances;
+mod keypairs;
 mod migrations;
 mod operations;
 mod placement;

@@ -13,6 +13,7 @@ pub mod image_blobs;
 pub mod image_upload;
 pub mod images;
 pub mod instances;
+pub mod keypairs;
 pub mod migrations;
 pub mod network;
 pub mod operations;

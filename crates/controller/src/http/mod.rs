@@ -11,6 +11,7 @@ mod hosts;
 mod images;
 mod instances;
 mod internal;
+mod keypairs;
 mod metrics;
 mod migrations;
 pub mod openapi;
@@ -64,6 +65,11 @@ pub fn router(app: App) -> Router {
         .route("/images", get(images::list).post(images::import))
         .route("/images/{image}", get(images::show).delete(images::delete))
         .route("/images/{image}/upload", post(images::upload))
+        .route("/keypairs", get(keypairs::list).post(keypairs::create))
+        .route(
+            "/keypairs/{keypair}",
+            get(keypairs::show).delete(keypairs::delete),
+        )
         .route("/hosts", get(hosts::list))
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))

@@ -2,8 +2,8 @@
 //! when it is stale.
 
 use super::{
-    audit_log, flavors, groups, hosts, images, instances, migrations, operations, projects,
-    snapshots, tokens, usage,
+    audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, operations,
+    projects, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         instances::start, instances::stop, instances::reboot, instances::exec, instances::console_log,
         flavors::list, flavors::create, flavors::show, flavors::delete,
         images::list, images::import, images::upload, images::show, images::delete,
+        keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         hosts::list, hosts::show, hosts::enable, hosts::disable,
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,
