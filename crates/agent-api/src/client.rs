@@ -100,7 +100,15 @@ impl AgentClient {
 
     pub async fn define_vm(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
         let path = format!("/vms/{}", spec.id);
-        self.send(self.request(Method::PUT, &path).json(spec)).await
+        // The agent may first fetch an uploaded image: allow it 10 MiB/s at least.
+        let fetch = spec
+            .image
+            .blob
+            .as_ref()
+            .map_or(0, |b| b.size_bytes / (10 << 20));
+        let timeout = Duration::from_secs(120 + fetch);
+        self.send(self.request(Method::PUT, &path).json(spec).timeout(timeout))
+            .await
     }
 
     pub async fn vm(&self, id: Uuid) -> Result<VmStatus, AgentError> {

@@ -51,6 +51,9 @@ pub struct HostInventory {
     /// Kernel same-page merging on this host; `None` where the kernel has no KSM.
     #[serde(default)]
     pub ksm: Option<KsmStats>,
+    /// The host's cache of uploaded images.
+    #[serde(default)]
+    pub image_cache: Option<crate::ImageCacheReport>,
 }
 
 /// Kernel same-page merging, from `/sys/kernel/mm/ksm/`. The counters are the kernel's,

@@ -33,11 +33,13 @@
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
 //! which agents call at start and periodically, so a restarted controller relearns its hosts,
 //! and `POST /v1/internal/usage/samples` ([`UsageBatch`]), where agents push what they
-//! measured (see [`metering`]).
+//! measured (see [`metering`]), and `GET /v1/internal/images/{hex}`, where agents fetch the
+//! bytes of uploaded images (see [`image`]).
 
 pub mod client;
 pub mod error;
 pub mod host;
+pub mod image;
 pub mod metering;
 pub mod migration;
 pub mod snapshot;
@@ -48,6 +50,7 @@ pub use error::{AgentError, AgentErrorBody};
 pub use host::{
     Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
 };
+pub use image::{CachedImage, ImageBlob, ImageCacheReport};
 pub use metering::{MeterKind, UsageAck, UsageBatch, UsageSample};
 pub use migration::{
     ColdIncomingRequest, DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest,

@@ -50,6 +50,9 @@ pub struct GuestImage {
     pub cmdline: Option<String>,
     /// Read-only base disk the instance disk is a copy-on-write overlay of.
     pub base_disk: Option<PathBuf>,
+    /// An uploaded image: the base disk is the agent's cached copy of these bytes.
+    #[serde(default)]
+    pub blob: Option<crate::ImageBlob>,
     /// A console line the guest prints when its userspace is up (e.g. `nimbus-guest ready`).
     pub ready_marker: Option<String>,
 }

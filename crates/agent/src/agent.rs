@@ -2,6 +2,7 @@
 //! VMs.
 
 use crate::error::Result as AgentResult;
+use crate::image_cache::{ImageCache, ImageSource};
 use crate::manager::Manager;
 use crate::network::HostNetwork;
 use crate::overcommit::ksm;
@@ -67,9 +68,24 @@ impl Agent {
         })
         .await?;
         let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
-        let manager = Manager::load(&state_dir, accel, store.clone(), network.clone())
-            .await
+        let source = config
+            .controller_url
+            .clone()
+            .map(|controller_url| ImageSource {
+                controller_url,
+                token: config.token.clone(),
+            });
+        let images = ImageCache::open(&state_dir, source, config.image_cache_gib << 30)
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        let manager = Manager::load(
+            &state_dir,
+            accel,
+            store.clone(),
+            network.clone(),
+            Arc::new(images),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
         tracing::info!(
             name = config.name,
             qemu = %version,
@@ -155,6 +171,12 @@ impl Agent {
             cpu_allocation_ratio: self.inner.overcommit.cpu_allocation_ratio,
             ram_allocation_ratio: self.inner.overcommit.ram_allocation_ratio,
             ksm: ksm::read(Path::new(ksm::KSM_DIR)),
+            image_cache: Some(
+                self.inner
+                    .manager
+                    .images()
+                    .report(&self.inner.manager.images_in_use()),
+            ),
         }
     }
 

@@ -21,6 +21,9 @@ pub enum Error {
     Conflict(String),
     #[error("image file {path} does not exist")]
     ImageMissing { path: PathBuf },
+    /// An uploaded image could not be fetched or verified.
+    #[error("{0}")]
+    ImageUnavailable(String),
     /// QEMU failed; the message is QEMU's own explanation when there is one.
     #[error("{0}")]
     QemuFailed(String),
@@ -52,6 +55,7 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::Conflict(_) => "conflict",
             Error::ImageMissing { .. } => "image_missing",
+            Error::ImageUnavailable(_) => "image_unavailable",
             Error::QemuFailed(_) | Error::Qmp(_) => "qemu_failed",
             Error::Timeout(_) => "timeout",
             Error::Network(_) => "network_failed",
@@ -67,6 +71,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::ImageMissing { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::ImageUnavailable(_) => StatusCode::BAD_GATEWAY,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::QemuFailed(_)
             | Error::Qmp(_)

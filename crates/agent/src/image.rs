@@ -59,6 +59,7 @@ impl ImageManifest {
             initrd: Some(self.initrd.clone()),
             cmdline: Some(self.cmdline.clone()),
             base_disk: Some(self.disk.clone()),
+            blob: None,
             ready_marker: Some(self.ready_marker.clone()),
         }
     }

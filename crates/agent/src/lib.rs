@@ -23,6 +23,7 @@ pub mod error;
 pub mod host;
 pub mod http;
 pub mod image;
+pub mod image_cache;
 pub mod instance;
 pub mod manager;
 pub mod metering;
@@ -74,6 +75,9 @@ pub struct AgentConfig {
     pub overcommit: overcommit::Overcommit,
     /// How usage is sampled.
     pub metering: metering::MeteringConfig,
+    /// Bound of the cache of uploaded images, in GiB (least recently used images not in use
+    /// are evicted beyond it).
+    pub image_cache_gib: u64,
 }
 
 /// Runs the agent until `shutdown` completes. The VMs keep running afterwards.
@@ -150,6 +154,7 @@ pub(crate) mod test_support {
                 initrd: None,
                 cmdline: None,
                 base_disk: None,
+                blob: None,
                 ready_marker: None,
             },
             disk: DiskSpec { size_gib: 1 },

@@ -22,6 +22,7 @@ fn firmware_only_spec(id: Uuid, base: &std::path::Path) -> VmSpec {
             initrd: None,
             cmdline: None,
             base_disk: Some(base.to_path_buf()),
+            blob: None,
             ready_marker: None,
         },
         disk: DiskSpec { size_gib: 1 },

@@ -52,6 +52,7 @@ impl HostAgent {
             probe_cache: None,
             overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
             metering: Default::default(),
+            image_cache_gib: 20,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = in_netns(&t.host_ns(i), move || {

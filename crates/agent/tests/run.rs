@@ -53,6 +53,7 @@ async fn run_serves_registers_and_stops() {
         probe_cache: None,
         overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
         metering: Default::default(),
+        image_cache_gib: 20,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {
@@ -126,6 +127,7 @@ async fn stop_during_the_accelerator_probe_frees_the_port_at_once() {
         probe_cache: Some(tmp.path().join("accel-probe.json")),
         overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
         metering: Default::default(),
+        image_cache_gib: 1,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {

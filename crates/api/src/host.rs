@@ -42,6 +42,9 @@ pub struct HostView {
     /// Kernel same-page merging on the host; `None` where the kernel has none.
     #[serde(default)]
     pub ksm: Option<HostKsm>,
+    /// The host's cache of uploaded images, as its agent last reported it.
+    #[serde(default)]
+    pub image_cache: Option<HostImageCache>,
 }
 
 impl HostView {
@@ -112,4 +115,28 @@ pub struct OrphanView {
     pub placed_on: Option<String>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+}
+
+/// A host's cache of uploaded images (fetched from the controller on first use, by digest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostImageCache {
+    /// Bound on the cache; least recently used images no instance uses go beyond it.
+    pub max_bytes: u64,
+    pub used_bytes: u64,
+    /// Downloads since the agent started.
+    pub downloads: u64,
+    /// Cached images found damaged and fetched again since the agent started.
+    pub repairs: u64,
+    pub images: Vec<HostCachedImage>,
+}
+
+/// One image in a host's cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostCachedImage {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub last_used: DateTime<Utc>,
+    /// Instance disks on the host overlay it.
+    pub in_use: bool,
 }

@@ -11,6 +11,7 @@ pub mod group;
 pub mod host;
 pub mod image;
 pub mod instance;
+pub mod keypair;
 pub mod migration;
 pub mod name;
 pub mod network;
@@ -28,12 +29,15 @@ pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,
 };
-pub use host::{HostKsm, HostState, HostView, OrphanKind, OrphanView};
-pub use image::{ImageView, ImportImage};
+pub use host::{
+    HostCachedImage, HostImageCache, HostKsm, HostState, HostView, OrphanKind, OrphanView,
+};
+pub use image::{Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
     MigrateInstance,
 };
+pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use network::{CreateNetwork, NetworkView, NicView, DEFAULT_NETWORK};

@@ -11,6 +11,9 @@ pub struct QuotaLimits {
     pub memory_mib: Option<u64>,
     pub disk_gib: Option<u64>,
     pub snapshots: Option<u64>,
+    /// MiB of images the project owns (uploaded or baked).
+    #[serde(default)]
+    pub image_mib: Option<u64>,
 }
 
 impl QuotaLimits {
@@ -21,6 +24,7 @@ impl QuotaLimits {
         memory_mib: None,
         disk_gib: None,
         snapshots: None,
+        image_mib: None,
     };
 
     /// What a new project gets: room for a handful of small machines.
@@ -30,6 +34,7 @@ impl QuotaLimits {
         memory_mib: Some(20 * 1024),
         disk_gib: Some(200),
         snapshots: Some(20),
+        image_mib: Some(20 * 1024),
     };
 }
 
@@ -42,6 +47,9 @@ pub struct QuotaUsage {
     pub memory_mib: u64,
     pub disk_gib: u64,
     pub snapshots: u64,
+    /// MiB of images the project owns, rounded up.
+    #[serde(default)]
+    pub image_mib: u64,
 }
 
 /// Answer of `GET /v1/projects/{project}/quota`.

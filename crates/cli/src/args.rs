@@ -1,9 +1,13 @@
 //! The command line, as clap definitions.
 
 mod group;
+mod image;
+mod keypair;
 mod network;
 
 pub use group::GroupCmd;
+pub use image::ImageCmd;
+pub use keypair::KeypairCmd;
 pub use network::NetworkCmd;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -89,6 +93,9 @@ pub enum Command {
     /// Images instances boot from.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// SSH keys that cloud-init puts into instances.
+    #[command(subcommand)]
+    Keypair(KeypairCmd),
     /// Virtual machines.
     #[command(subcommand)]
     Instance(InstanceCmd),
@@ -205,6 +212,9 @@ pub enum QuotaCmd {
         disk_gib: Option<Limit>,
         #[arg(long)]
         snapshots: Option<Limit>,
+        /// MiB of images the project may own.
+        #[arg(long)]
+        image_mib: Option<Limit>,
     },
     /// Limits and current use of a project.
     Show {
@@ -362,6 +372,10 @@ pub struct AgentArgs {
     /// Seconds between two usage samples of a running VM.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub metering_interval_secs: u64,
+    /// Bound of the cache of uploaded images, in GiB (least recently used images no VM uses
+    /// are evicted beyond it).
+    #[arg(long, default_value_t = 20)]
+    pub image_cache_gib: u64,
 }
 
 /// A switch.
@@ -415,29 +429,6 @@ pub enum FlavorCmd {
         memory_mib: u64,
         #[arg(long)]
         disk_gib: u64,
-    },
-    Delete {
-        name: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ImageCmd {
-    List,
-    /// Register image files (absolute paths every host can read).
-    Import {
-        name: String,
-        #[arg(long)]
-        kernel: Option<String>,
-        #[arg(long)]
-        initrd: Option<String>,
-        #[arg(long)]
-        cmdline: Option<String>,
-        #[arg(long)]
-        disk: Option<String>,
-        /// Console line the guest prints when ready.
-        #[arg(long)]
-        ready_marker: Option<String>,
     },
     Delete {
         name: String,

@@ -54,6 +54,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => commands::host::run(&cli.conn, out, cmd).await,
         Command::Flavor(cmd) => commands::flavor::run(&cli.conn, out, cmd).await,
         Command::Image(cmd) => commands::image::run(&cli.conn, out, cmd).await,
+        Command::Keypair(cmd) => commands::keypair::run(&cli.conn, out, cmd).await,
         Command::Instance(cmd) => commands::instance::run(&cli.conn, out, cmd).await,
         Command::Group(cmd) => commands::group::run(&cli.conn, out, cmd).await,
         Command::Network(cmd) => commands::network::run(&cli.conn, out, cmd).await,

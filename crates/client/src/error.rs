@@ -17,6 +17,12 @@ pub enum ClientError {
     Decode(String),
     #[error("{what} did not finish within {secs} s")]
     Timeout { what: String, secs: u64 },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {

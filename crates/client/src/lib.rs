@@ -1,6 +1,8 @@
 //! Typed client of the nimbus REST API.
 
 mod error;
+mod images;
+mod keypairs;
 mod networks;
 mod snapshots;
 

@@ -243,6 +243,7 @@ async fn hosts_report_their_ratios_and_ksm() {
                 pages_unshared: 5,
                 page_size: 4096,
             }),
+            image_cache: None,
         },
     };
     let (s, body) = call(

@@ -9,4 +9,4 @@ mod capacity;
 mod placement;
 
 pub use capacity::{AllocationRatios, HostCapacity, Resources};
-pub use placement::{place, NoCapacity, Strategy};
+pub use placement::{place, place_preferring, NoCapacity, Strategy};

@@ -103,6 +103,24 @@ pub fn place<'a>(
     })
 }
 
+/// Like [`place`], but hosts for which `preferred` holds (e.g. those that cache the image
+/// already, so the guest starts without a download) come before the others; the strategy
+/// orders each group.
+pub fn place_preferring<'a>(
+    hosts: &'a [HostCapacity],
+    want: &Resources,
+    strategy: Strategy,
+    preferred: impl Fn(&HostCapacity) -> bool,
+) -> Result<&'a HostCapacity, NoCapacity> {
+    let favoured: Vec<HostCapacity> = hosts.iter().filter(|h| preferred(h)).cloned().collect();
+    if let Ok(best) = place(&favoured, want, strategy) {
+        if let Some(h) = hosts.iter().find(|h| h.name == best.name) {
+            return Ok(h);
+        }
+    }
+    place(hosts, want, strategy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +150,46 @@ mod tests {
             memory_mib: 512,
             disk_gib: 1,
         }
+    }
+
+    #[test]
+    fn hosts_holding_the_image_come_first_when_they_fit() {
+        let hosts = [
+            host("a", 0, true),
+            host("b", 4096, true),
+            host("c", 8000, true),
+            host("d", 1024, false),
+        ];
+        let name = |r: Result<&HostCapacity, NoCapacity>| r.map(|h| h.name.clone()).ok();
+        let cached = |names: &'static [&'static str]| {
+            move |h: &HostCapacity| names.contains(&h.name.as_str())
+        };
+        // b holds it: chosen over a, which spread alone would pick.
+        assert_eq!(
+            name(place_preferring(
+                &hosts,
+                &small(),
+                Strategy::Spread,
+                cached(&["b"])
+            )),
+            Some("b".into())
+        );
+        // c holds it but is full, d is disabled: the strategy among all the others.
+        assert_eq!(
+            name(place_preferring(
+                &hosts,
+                &small(),
+                Strategy::Spread,
+                cached(&["c", "d"])
+            )),
+            Some("a".into())
+        );
+        assert_eq!(
+            name(place_preferring(&hosts, &small(), Strategy::Spread, |_| {
+                false
+            })),
+            Some("a".into())
+        );
     }
 
     #[test]

@@ -23,12 +23,14 @@ pub struct HostRecord {
     pub ram_allocation_ratio: Option<f64>,
     /// The host's last KSM report, as JSON (the agent API's `KsmStats`).
     pub ksm: Option<String>,
+    /// The host's last image cache report, as JSON (the agent API's `ImageCacheReport`).
+    pub image_cache: Option<String>,
     pub last_seen: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
                        qemu_version, agent_version, last_seen, shared_storage, \
-                       cpu_allocation_ratio, ram_allocation_ratio, ksm";
+                       cpu_allocation_ratio, ram_allocation_ratio, ksm, image_cache";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
@@ -46,6 +48,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         cpu_allocation_ratio: r.try_get("cpu_allocation_ratio")?,
         ram_allocation_ratio: r.try_get("ram_allocation_ratio")?,
         ksm: r.try_get("ksm")?,
+        image_cache: r.try_get("image_cache")?,
     })
 }
 
@@ -58,7 +61,7 @@ impl Store {
             "UPDATE hosts SET agent_url = $1, cpus = $2, memory_mib = $3, disk_gib = $4, \
              accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8, \
              shared_storage = $9, cpu_allocation_ratio = $10, ram_allocation_ratio = $11, \
-             ksm = $12 WHERE name = $13",
+             ksm = $12, image_cache = $13 WHERE name = $14",
         )
         .bind(&h.agent_url)
         .bind(h.cpus as i64)
@@ -72,6 +75,7 @@ impl Store {
         .bind(h.cpu_allocation_ratio)
         .bind(h.ram_allocation_ratio)
         .bind(h.ksm.clone())
+        .bind(h.image_cache.clone())
         .bind(&h.name)
         .execute(&self.pool)
         .await?;
@@ -79,7 +83,7 @@ impl Store {
             return Ok(());
         }
         sqlx::query(&format!(
-            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&h.name)
         .bind(&h.agent_url)
@@ -95,6 +99,7 @@ impl Store {
         .bind(h.cpu_allocation_ratio)
         .bind(h.ram_allocation_ratio)
         .bind(h.ksm.clone())
+        .bind(h.image_cache.clone())
         .bind(&now)
         .execute(&self.pool)
         .await

@@ -1,24 +1,62 @@
-//! Images.
+//! Images: registered by path (admin, public) or uploaded by a project and stored by digest.
+//!
+//! Names are unique across the cloud (instances name their image), so a project sees its
+//! own images and the public ones; a private image of another project answers not found.
 
 use crate::locks::lock_image;
-use crate::{time, Store, StoreError};
-use nimbus_api::{ImageView, ImportImage};
+use crate::quotas::{lock_quota, usage_in};
+use crate::{time, Scope, Store, StoreError};
+use nimbus_api::{Firmware, ImageView, ImportImage};
 use sqlx::Row;
 
+/// An uploaded image whose bytes are stored and inspected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewImage {
+    pub name: String,
+    pub project: String,
+    pub public: bool,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    pub virtual_size: u64,
+    pub size_bytes: u64,
+    pub firmware: Firmware,
+}
+
 fn from_row(r: &sqlx::any::AnyRow) -> Result<ImageView, StoreError> {
+    let firmware: String = r.try_get("firmware")?;
     Ok(ImageView {
         name: r.try_get("name")?,
+        project: r.try_get("project")?,
+        public: r.try_get::<i64, _>("public")? != 0,
         kernel: r.try_get("kernel")?,
         initrd: r.try_get("initrd")?,
         cmdline: r.try_get("cmdline")?,
         disk: r.try_get("disk")?,
         ready_marker: r.try_get("ready_marker")?,
         size_bytes: r.try_get::<i64, _>("size_bytes")? as u64,
+        digest: r.try_get("digest")?,
+        format: r.try_get("format")?,
+        virtual_size_bytes: r
+            .try_get::<Option<i64>, _>("virtual_size")?
+            .map(|v| v as u64),
+        firmware: Firmware::parse(&firmware)
+            .ok_or_else(|| StoreError::Corrupt(format!("image firmware {firmware:?}")))?,
         created_at: time::parse(&r.try_get::<String, _>("created_at")?)?,
     })
 }
 
+/// The condition (parameter `$n`) for images `scope` may see: its own and public ones.
+fn visible(scope: &Scope, n: usize) -> String {
+    match scope {
+        Scope::All => "1 = 1".into(),
+        Scope::Project(_) => format!("(public = 1 OR project = ${n})"),
+    }
+}
+
 impl Store {
+    /// Registers an image by path: public, in the default project.
     pub async fn create_image(
         &self,
         img: &ImportImage,
@@ -39,27 +77,101 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::unique_or(e, || format!("image {:?} already exists", img.name)))?;
-        self.get_image(&img.name).await
+        self.get_image(&img.name, &Scope::All).await
     }
 
-    pub async fn get_image(&self, name: &str) -> Result<ImageView, StoreError> {
-        let row = sqlx::query("SELECT * FROM images WHERE name = $1")
-            .bind(name)
+    /// Whether `project` could add an image of `size_bytes` now (a quick refusal before an
+    /// upload starts; [`Store::insert_uploaded_image`] checks again under the quota lock).
+    pub async fn check_image_quota(
+        &self,
+        project: &str,
+        size_bytes: u64,
+    ) -> Result<(), StoreError> {
+        let limits = self.quota(project).await?;
+        let in_use = self.quota_usage(project).await?;
+        let want = nimbus_api::QuotaUsage {
+            image_mib: size_bytes.div_ceil(1 << 20),
+            ..Default::default()
+        };
+        Ok(crate::quotas::admit(project, &limits, &in_use, &want)?)
+    }
+
+    /// Records an uploaded image once its bytes are stored, inside the project's quota.
+    pub async fn insert_uploaded_image(&self, new: &NewImage) -> Result<ImageView, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(limits) = lock_quota(&mut tx, &new.project).await? {
+            let in_use = usage_in(&mut tx, &new.project).await?;
+            let want = nimbus_api::QuotaUsage {
+                image_mib: new.size_bytes.div_ceil(1 << 20),
+                ..Default::default()
+            };
+            crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
+        }
+        sqlx::query(
+            "INSERT INTO images (name, project, public, digest, format, virtual_size, firmware, \
+             size_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&new.name)
+        .bind(&new.project)
+        .bind(new.public as i64)
+        .bind(&new.digest)
+        .bind(&new.format)
+        .bind(new.virtual_size.min(i64::MAX as u64) as i64)
+        .bind(new.firmware.as_str())
+        .bind(new.size_bytes.min(i64::MAX as u64) as i64)
+        .bind(time::now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::unique_or(e, || format!("image {:?} already exists", new.name)))?;
+        tx.commit().await?;
+        self.get_image(&new.name, &Scope::All).await
+    }
+
+    /// An image `scope` may see (its project's or a public one).
+    pub async fn get_image(&self, name: &str, scope: &Scope) -> Result<ImageView, StoreError> {
+        let sql = format!(
+            "SELECT * FROM images WHERE name = $1 AND {}",
+            visible(scope, 2)
+        );
+        let row = scope
+            .bind(sqlx::query(&sql).bind(name))
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("image", name))?;
         from_row(&row)
     }
 
-    pub async fn list_images(&self) -> Result<Vec<ImageView>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM images ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+    /// The images `scope` may see.
+    pub async fn list_images(&self, scope: &Scope) -> Result<Vec<ImageView>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM images WHERE {} ORDER BY name",
+            visible(scope, 1)
+        );
+        let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 
-    /// Deletes an image; refused while instances use it (their disks are overlays of it).
-    pub async fn delete_image(&self, name: &str) -> Result<(), StoreError> {
+    /// Whether any image names `digest` (its stored bytes are still needed).
+    pub async fn image_digest_used(&self, digest: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE digest = $1")
+            .bind(digest)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(n > 0)
+    }
+
+    /// Deletes an image of a project `scope` acts in (a public image of another project is
+    /// visible but not deletable); refused while instances use it (their disks are overlays
+    /// of it). Returns the deleted image.
+    pub async fn delete_image(&self, name: &str, scope: &Scope) -> Result<ImageView, StoreError> {
+        let img = self.get_image(name, scope).await?;
+        if !scope.allows(&img.project) {
+            return Err(StoreError::Conflict(format!(
+                "image {name:?} belongs to project {}; only its project or an admin may delete it",
+                img.project
+            )));
+        }
         // Locked first: a create using the image either committed (and is counted) or
         // waits and then finds the image gone.
         let mut tx = self.pool.begin().await?;
@@ -79,6 +191,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(img)
     }
 }
+
+#[cfg(test)]
+mod tests;

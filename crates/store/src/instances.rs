@@ -162,7 +162,7 @@ impl Store {
                 vcpus: new.vcpus as u64,
                 memory_mib: new.memory_mib,
                 disk_gib: new.disk_gib,
-                snapshots: 0,
+                ..Default::default()
             };
             crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
         }

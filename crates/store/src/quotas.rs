@@ -7,7 +7,7 @@
 //! first committed, so concurrent creates never overshoot the quota. A project without a
 //! quota row is unlimited and takes no lock.
 //!
-//! Snapshots use the same hook inside their insert transaction
+//! Snapshots and images use the same hook inside their insert transaction
 //! ([`Store::begin_snapshot`](crate::Store::begin_snapshot)); every snapshot row counts,
 //! whatever its state, until its delete finishes.
 
@@ -57,6 +57,12 @@ pub fn admit(
             in_use.snapshots,
             want.snapshots,
         ),
+        (
+            "image_mib",
+            limits.image_mib,
+            in_use.image_mib,
+            want.image_mib,
+        ),
     ];
     for (resource, limit, used, requested) in checks {
         if let Some(limit) = limit {
@@ -85,6 +91,7 @@ fn limits_from_row(r: &sqlx::any::AnyRow) -> Result<QuotaLimits, StoreError> {
         memory_mib: limit(r, "memory_mib")?,
         disk_gib: limit(r, "disk_gib")?,
         snapshots: limit(r, "snapshots")?,
+        image_mib: limit(r, "image_mib")?,
     })
 }
 
@@ -128,7 +135,19 @@ pub(crate) async fn usage_in(
         memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
         disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
         snapshots: count_snapshots(tx, project).await?,
+        image_mib: image_mib(tx, project).await?,
     })
+}
+
+/// MiB of images `project` owns, rounded up (rows appear only once their bytes are stored).
+async fn image_mib(tx: &mut Transaction<'_, Any>, project: &str) -> Result<u64, StoreError> {
+    let r = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) AS n FROM images WHERE project = $1",
+    )
+    .bind(project)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((r.try_get::<i64, _>("n")?.max(0) as u64).div_ceil(1 << 20))
 }
 
 async fn count_snapshots(tx: &mut Transaction<'_, Any>, project: &str) -> Result<u64, StoreError> {
@@ -167,13 +186,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE quotas SET instances = $1, vcpus = $2, memory_mib = $3, disk_gib = $4, \
-             snapshots = $5, updated_at = $6 WHERE project = $7",
+             snapshots = $5, image_mib = $6, updated_at = $7 WHERE project = $8",
         )
         .bind(v(limits.instances))
         .bind(v(limits.vcpus))
         .bind(v(limits.memory_mib))
         .bind(v(limits.disk_gib))
         .bind(v(limits.snapshots))
+        .bind(v(limits.image_mib))
         .bind(time::now())
         .bind(project)
         .execute(&mut *tx)
@@ -181,7 +201,7 @@ impl Store {
         if updated.rows_affected() == 0 {
             sqlx::query(
                 "INSERT INTO quotas (project, instances, vcpus, memory_mib, disk_gib, snapshots, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 image_mib, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(project)
             .bind(v(limits.instances))
@@ -189,6 +209,7 @@ impl Store {
             .bind(v(limits.memory_mib))
             .bind(v(limits.disk_gib))
             .bind(v(limits.snapshots))
+            .bind(v(limits.image_mib))
             .bind(time::now())
             .execute(&mut *tx)
             .await
@@ -214,6 +235,7 @@ mod tests {
             memory_mib: instances * 512,
             disk_gib: instances * 2,
             snapshots: 0,
+            image_mib: 0,
         }
     }
 

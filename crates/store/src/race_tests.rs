@@ -120,7 +120,7 @@ async fn image_delete_and_creates_do_not_interleave() {
             .expect("project");
             let deleter = {
                 let (s, n) = (s.clone(), name.clone());
-                tokio::spawn(async move { s.delete_image(&n).await })
+                tokio::spawn(async move { s.delete_image(&n, &Scope::All).await })
             };
             let _ = create_many(&s, &project, &name).await;
             let deleted = deleter.await.expect("join").is_ok();

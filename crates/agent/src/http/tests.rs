@@ -27,6 +27,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         probe_cache: None,
         overcommit: crate::overcommit::Overcommit::untouched(),
         metering: Default::default(),
+        image_cache_gib: 20,
     }
 }
 

@@ -95,6 +95,7 @@ mod tests {
                 initrd: Some("/img/initrd.img".into()),
                 cmdline: Some("console=ttyS0".into()),
                 base_disk: Some("/img/disk.qcow2".into()),
+                blob: None,
                 ready_marker: Some("nimbus-guest ready".into()),
             },
             disk: DiskSpec { size_gib: 2 },

@@ -8,6 +8,7 @@
 mod snapshots;
 
 use crate::error::{Error, Result};
+use crate::image_cache::{ImageCache, Lease};
 use crate::instance::files::VmDir;
 use crate::instance::state::{self, CoreStatus};
 use crate::instance::{disk, ActorSetup, VmHandle};
@@ -19,8 +20,9 @@ use crate::storage::DiskStore;
 use nimbus_agent_api::{
     ColdIncomingRequest, DiskTransfer, IncomingReady, IncomingRequest, VmSpec, VmStatus,
 };
+use nimbus_image::Digest;
 use nimbus_qemu::{Accel, QemuProcess};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -38,6 +40,8 @@ pub struct Manager {
     lifecycle: tokio::sync::Mutex<()>,
     /// The host's snapshots (memory chunks shared by all VMs).
     snapshots: SnapshotStore,
+    /// Uploaded images fetched from the controller.
+    images: Arc<ImageCache>,
 }
 
 impl Manager {
@@ -47,6 +51,7 @@ impl Manager {
         accel: Accel,
         store: DiskStore,
         network: Arc<HostNetwork>,
+        images: Arc<ImageCache>,
     ) -> Result<Self> {
         let vms_dir = state_dir.join("vms");
         std::fs::create_dir_all(&vms_dir).map_err(Error::io("create", &vms_dir))?;
@@ -58,6 +63,7 @@ impl Manager {
             network,
             lifecycle: tokio::sync::Mutex::new(()),
             snapshots: SnapshotStore::new(state_dir),
+            images,
         };
         let entries = std::fs::read_dir(&vms_dir).map_err(Error::io("list", &vms_dir))?;
         let mut attached = Vec::new();
@@ -158,10 +164,38 @@ impl Manager {
         list
     }
 
+    /// The host's image cache.
+    pub fn images(&self) -> &ImageCache {
+        &self.images
+    }
+
+    /// Digests of the uploaded images this host's VMs overlay.
+    pub fn images_in_use(&self) -> HashSet<Digest> {
+        self.lock()
+            .values()
+            .filter_map(|h| h.spec().image.blob.as_ref()?.digest.parse().ok())
+            .collect()
+    }
+
+    /// A verified cached copy of the spec's uploaded image, fetched if needed (outside the
+    /// lifecycle lock: a download does not hold up other VMs).
+    pub async fn cached_image(&self, spec: &VmSpec) -> Result<Option<Lease>> {
+        match &spec.image.blob {
+            Some(blob) => Ok(Some(self.images.ensure(blob, &self.images_in_use()).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Defines a VM: writes its spec and creates its disk (in shared storage if the host has
     /// one). Idempotent for the same spec; a different spec for an existing id is a conflict.
     pub async fn define(&self, id: Uuid, spec: VmSpec) -> Result<VmStatus> {
         validate(id, &spec)?;
+        if let Ok(existing) = self.get(id) {
+            if existing.spec() == &spec {
+                return Ok(existing.status());
+            }
+        }
+        let cached = self.cached_image(&spec).await?;
         let _serial = self.lifecycle.lock().await;
         if let Ok(existing) = self.get(id) {
             if existing.spec() == &spec {
@@ -174,7 +208,8 @@ impl Manager {
         disk::check_image(&spec)?;
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
-        if let Err(e) = disk::ensure_disk(&dir, &spec, &self.store).await {
+        let base = cached.as_ref().map(|l| l.path.as_path());
+        if let Err(e) = disk::ensure_disk(&dir, &spec, &self.store, base).await {
             // Only an empty directory goes: a delete removes whatever else was made.
             let _ = std::fs::remove_dir(dir.dir());
             return Err(e);
@@ -215,6 +250,11 @@ impl Manager {
             mirror: req.disk == DiskTransfer::Mirror,
             policy: req.policy.clone(),
         };
+        // Fetched before the lifecycle lock, as for a define.
+        let cached = match self.get(id) {
+            Ok(_) => None,
+            Err(_) => self.cached_image(&req.spec).await?,
+        };
         let (handle, fresh) = {
             let _serial = self.lifecycle.lock().await;
             match self.get(id) {
@@ -224,7 +264,10 @@ impl Manager {
                         "VM {id} is already defined with a different spec"
                     )))
                 }
-                Err(_) => (self.define_incoming(id, &req).await?, true),
+                Err(_) => {
+                    let base = cached.as_ref().map(|l| l.path.as_path());
+                    (self.define_incoming(id, &req, base).await?, true)
+                }
             }
         };
         match handle.receive(plan).await {
@@ -241,7 +284,12 @@ impl Manager {
         }
     }
 
-    async fn define_incoming(&self, id: Uuid, req: &IncomingRequest) -> Result<Arc<VmHandle>> {
+    async fn define_incoming(
+        &self,
+        id: Uuid,
+        req: &IncomingRequest,
+        cached: Option<&Path>,
+    ) -> Result<Arc<VmHandle>> {
         let record = IncomingRecord {
             disk: req.disk.clone(),
             policy: req.policy.clone(),
@@ -249,7 +297,7 @@ impl Manager {
             resumed: false,
         };
         let role = MigrationRole::Incoming(record);
-        self.define_arriving(id, &req.spec, &req.disk, Some(role))
+        self.define_arriving(id, &req.spec, &req.disk, Some(role), cached)
             .await
     }
 
@@ -258,16 +306,24 @@ impl Manager {
     /// see [`crate::migration::cold`]). Idempotent for the same spec.
     pub async fn cold_incoming(&self, id: Uuid, req: ColdIncomingRequest) -> Result<VmStatus> {
         validate(id, &req.spec)?;
+        // Fetched before the lifecycle lock, as for a define.
+        let cached = match self.get(id) {
+            Ok(_) => None,
+            Err(_) => self.cached_image(&req.spec).await?,
+        };
         let _serial = self.lifecycle.lock().await;
         match self.get(id) {
             Ok(existing) if existing.spec() == &req.spec => Ok(existing.status()),
             Ok(_) => Err(Error::Conflict(format!(
                 "VM {id} is already defined with a different spec"
             ))),
-            Err(_) => Ok(self
-                .define_arriving(id, &req.spec, &req.disk, None)
-                .await?
-                .status()),
+            Err(_) => {
+                let base = cached.as_ref().map(|l| l.path.as_path());
+                Ok(self
+                    .define_arriving(id, &req.spec, &req.disk, None, base)
+                    .await?
+                    .status())
+            }
         }
     }
 
@@ -279,11 +335,12 @@ impl Manager {
         spec: &VmSpec,
         disk: &DiskTransfer,
         role: Option<MigrationRole>,
+        cached: Option<&Path>,
     ) -> Result<Arc<VmHandle>> {
         disk::check_image(spec)?;
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
-        if let Err(e) = incoming::prepare_disk(&dir, spec, disk, &self.store).await {
+        if let Err(e) = incoming::prepare_disk(&dir, spec, disk, &self.store, cached).await {
             // Only an empty directory goes (one left by an earlier migration keeps its disk).
             let _ = std::fs::remove_dir(dir.dir());
             return Err(e);
@@ -417,6 +474,10 @@ mod tests {
         Arc::new(HostNetwork::disabled("unit test"))
     }
 
+    fn no_images(state: &Path) -> Arc<ImageCache> {
+        Arc::new(ImageCache::open(state, None, 1 << 30).expect("image cache"))
+    }
+
     #[test]
     fn validation() {
         let id = Uuid::new_v4();
@@ -456,9 +517,15 @@ mod tests {
         std::fs::create_dir(&shared).expect("mkdir");
         let store = DiskStore::shared(&shared).expect("shared storage");
         let state = tmp.path().join("state");
-        let mgr = Manager::load(&state, Accel::Tcg, store.clone(), no_network())
-            .await
-            .expect("load");
+        let mgr = Manager::load(
+            &state,
+            Accel::Tcg,
+            store.clone(),
+            no_network(),
+            no_images(&state),
+        )
+        .await
+        .expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base);
@@ -470,9 +537,15 @@ mod tests {
 
         // A new manager on the same directories knows the VM and its shared disk.
         mgr.detach_all().await;
-        let mgr = Manager::load(&state, Accel::Tcg, store.clone(), no_network())
-            .await
-            .expect("reload");
+        let mgr = Manager::load(
+            &state,
+            Accel::Tcg,
+            store.clone(),
+            no_network(),
+            no_images(&state),
+        )
+        .await
+        .expect("reload");
         let listed = mgr.list();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].disk_path.as_deref(), Some(disk.as_path()));
@@ -513,9 +586,15 @@ mod tests {
         nimbus_qemu::img::create_blank(&base, 64 << 20)
             .await
             .expect("base");
-        let mgr = Manager::load(tmp.path(), Accel::Tcg, DiskStore::Local, no_network())
-            .await
-            .expect("load");
+        let mgr = Manager::load(
+            tmp.path(),
+            Accel::Tcg,
+            DiskStore::Local,
+            no_network(),
+            no_images(tmp.path()),
+        )
+        .await
+        .expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base.clone());
@@ -546,9 +625,15 @@ mod tests {
 
         // A new manager on the same directory knows the VM.
         mgr.detach_all().await;
-        let mgr = Manager::load(tmp.path(), Accel::Tcg, DiskStore::Local, no_network())
-            .await
-            .expect("reload");
+        let mgr = Manager::load(
+            tmp.path(),
+            Accel::Tcg,
+            DiskStore::Local,
+            no_network(),
+            no_images(tmp.path()),
+        )
+        .await
+        .expect("reload");
         assert_eq!(mgr.list().len(), 1);
         mgr.delete(id).await.expect("delete");
         assert!(!tmp.path().join(format!("vms/{id}")).exists());

@@ -95,7 +95,9 @@ impl Manager {
         std::fs::create_dir_all(dir.dir()).map_err(Error::io("create", dir.dir()))?;
         let stream = dir.dir().join("clone.stream");
         restore::prepare(&self.snapshots, m, &stream).await?;
-        clone::copy_disk(m, &dir, &req.spec).await?;
+        let cached = self.cached_image(&req.spec).await?;
+        let base = cached.as_ref().map(|l| l.path.as_path());
+        clone::copy_disk(m, &dir, &req.spec, base).await?;
         let status = CoreStatus::defined();
         dir.write_state(&status)?;
         dir.write_spec(&req.spec)?;

@@ -44,6 +44,7 @@ pub async fn prepare_disk(
     spec: &VmSpec,
     transfer: &DiskTransfer,
     store: &DiskStore,
+    cached: Option<&std::path::Path>,
 ) -> Result<()> {
     match transfer {
         DiskTransfer::Shared { path } => {
@@ -65,7 +66,7 @@ pub async fn prepare_disk(
                     own.display()
                 )));
             }
-            disk::ensure_disk(dir, spec, store).await
+            disk::ensure_disk(dir, spec, store, cached).await
         }
     }
 }
@@ -182,32 +183,40 @@ mod tests {
         let transfer = DiskTransfer::Shared {
             path: shared.clone(),
         };
-        prepare_disk(&dir, &spec(), &transfer, &DiskStore::Local)
+        prepare_disk(&dir, &spec(), &transfer, &DiskStore::Local, None)
             .await
             .expect("link");
         assert_eq!(std::fs::read_link(dir.disk()).expect("link"), shared);
         assert_eq!(dir.disk_path(), shared);
         // Again (the same file): fine. A mirror onto it: refused.
-        prepare_disk(&dir, &spec(), &transfer, &DiskStore::Local)
+        prepare_disk(&dir, &spec(), &transfer, &DiskStore::Local, None)
             .await
             .expect("idempotent");
-        let err = prepare_disk(&dir, &spec(), &DiskTransfer::Mirror, &DiskStore::Local)
-            .await
-            .expect_err("refused");
+        let err = prepare_disk(
+            &dir,
+            &spec(),
+            &DiskTransfer::Mirror,
+            &DiskStore::Local,
+            None,
+        )
+        .await
+        .expect_err("refused");
         assert_eq!(err.code(), "conflict");
         std::fs::remove_dir_all(dir.dir()).expect("remove");
         assert!(shared.is_file(), "the shared disk survives");
         let relative = DiskTransfer::Shared {
             path: "disk.qcow2".into(),
         };
-        assert!(prepare_disk(&dir, &spec(), &relative, &DiskStore::Local)
-            .await
-            .is_err());
+        assert!(
+            prepare_disk(&dir, &spec(), &relative, &DiskStore::Local, None)
+                .await
+                .is_err()
+        );
         let absent = DiskTransfer::Shared {
             path: tmp.path().join("absent.qcow2"),
         };
         std::fs::create_dir_all(dir.dir()).expect("mkdir");
-        let err = prepare_disk(&dir, &spec(), &absent, &DiskStore::Local)
+        let err = prepare_disk(&dir, &spec(), &absent, &DiskStore::Local, None)
             .await
             .expect_err("absent");
         assert_eq!(err.code(), "bad_request");
@@ -221,7 +230,7 @@ mod tests {
         let store = DiskStore::shared(&tmp.path().join("shared")).expect("shared storage");
         let dir = VmDir::new(tmp.path().join("vm"));
         std::fs::create_dir_all(dir.dir()).expect("mkdir");
-        prepare_disk(&dir, &spec(), &DiskTransfer::Mirror, &store)
+        prepare_disk(&dir, &spec(), &DiskTransfer::Mirror, &store, None)
             .await
             .expect("mirror target");
         let disk = store.shared_disk(spec().id).expect("shared disk");

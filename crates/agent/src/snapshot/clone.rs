@@ -22,13 +22,26 @@ pub fn check_compatible(spec: &VmSpec, m: &Manifest) -> Result<()> {
 }
 
 /// Writes the clone's disk `disk.qcow2` in `dir`: what the guest sees through the
-/// snapshot's layer, stored on the clone's image when it has one.
-pub async fn copy_disk(m: &Manifest, dir: &VmDir, spec: &VmSpec) -> Result<()> {
+/// snapshot's layer, stored on the clone's image when it has one (`cached`: the host's
+/// copy of an uploaded image).
+pub async fn copy_disk(
+    m: &Manifest,
+    dir: &VmDir,
+    spec: &VmSpec,
+    cached: Option<&std::path::Path>,
+) -> Result<()> {
     let target = dir.disk();
     let tmp = target.with_extension("qcow2.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let base = match &spec.image.base_disk {
-        Some(b) => {
+    let base = match (&spec.image.blob, cached, &spec.image.base_disk) {
+        (Some(blob), Some(c), _) => Some((c.to_path_buf(), blob.format.clone())),
+        (Some(blob), None, _) => {
+            return Err(Error::Internal(format!(
+                "image {} is not in the host's cache",
+                blob.digest
+            )))
+        }
+        (None, _, Some(b)) => {
             let format = img::info(b)
                 .await?
                 .top()
@@ -36,7 +49,7 @@ pub async fn copy_disk(m: &Manifest, dir: &VmDir, spec: &VmSpec) -> Result<()> {
                 .unwrap_or_else(|| "qcow2".into());
             Some((b.clone(), format))
         }
-        None => None,
+        (None, _, None) => None,
     };
     img::convert_onto(
         &m.disk.path,

@@ -38,6 +38,7 @@ impl TestAgent {
             probe_cache: None,
             overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
             metering: Default::default(),
+            image_cache_gib: 20,
         };
         let agent = Agent::start(&config).await.expect("agent starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

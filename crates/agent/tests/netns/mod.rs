@@ -28,6 +28,7 @@ pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
             initrd: None,
             cmdline: None,
             base_disk: None,
+            blob: None,
             ready_marker: None,
         },
         disk: DiskSpec { size_gib: 1 },

@@ -43,6 +43,21 @@ fn memory(h: &HostView) -> String {
     )
 }
 
+/// The image cache: "2 images, 310.2 MiB of 20.00 GiB, 3 downloads, 1 repair".
+fn image_cache(h: &HostView) -> String {
+    match &h.image_cache {
+        None => "not reported".into(),
+        Some(c) => format!(
+            "{} images, {} of {}, {} downloads, {} repairs",
+            c.images.len(),
+            output::bytes(c.used_bytes),
+            output::bytes(c.max_bytes),
+            c.downloads,
+            c.repairs
+        ),
+    }
+}
+
 /// KSM: "on, 1200 pages shared by 4800, 18.8 MiB saved".
 fn ksm(h: &HostView) -> String {
     match &h.ksm {
@@ -95,9 +110,19 @@ fn show(out: Output, h: &HostView) -> anyhow::Result<()> {
                     ),
                 ),
                 ("ksm", ksm(h)),
+                ("image_cache", image_cache(h)),
                 ("instances", h.instances.to_string()),
                 ("last_seen", output::opt(&h.last_seen)),
             ]);
+            for i in h.image_cache.iter().flat_map(|c| &c.images) {
+                println!(
+                    "  {}  {}  last used {}{}",
+                    i.digest,
+                    output::bytes(i.size_bytes),
+                    i.last_used.to_rfc3339(),
+                    if i.in_use { ", in use" } else { "" }
+                );
+            }
             Ok(())
         }
     }

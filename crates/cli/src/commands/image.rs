@@ -2,24 +2,72 @@
 
 use crate::args::{Connection, ImageCmd, Output};
 use crate::{context, output};
-use nimbus_api::{ImageView, ImportImage};
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use nimbus_api::{Firmware, ImageView, ImportImage, UploadImage};
+use nimbus_client::Client;
+use nimbus_image::Digest;
+use std::path::Path;
 
 fn row(i: &ImageView) -> Vec<String> {
     let boot = if i.kernel.is_some() { "kernel" } else { "disk" };
     vec![
         i.name.clone(),
         boot.into(),
+        output::opt(&i.format),
         format!("{:.1}", i.size_bytes as f64 / 1048576.0),
-        output::opt(&i.ready_marker),
+        if i.public { "public" } else { "private" }.into(),
+        i.project.clone(),
     ]
 }
 
-const HEADERS: &[&str] = &["name", "boot", "size_mib", "ready_marker"];
+const HEADERS: &[&str] = &[
+    "name",
+    "boot",
+    "format",
+    "size_mib",
+    "visibility",
+    "project",
+];
+
+fn show(i: &ImageView) {
+    output::fields(&[
+        ("name", i.name.clone()),
+        ("project", i.project.clone()),
+        (
+            "visibility",
+            if i.public { "public" } else { "private" }.into(),
+        ),
+        ("format", output::opt(&i.format)),
+        ("firmware", i.firmware.as_str().into()),
+        ("size", output::bytes(i.size_bytes)),
+        (
+            "virtual_size",
+            output::opt(&i.virtual_size_bytes.map(output::bytes)),
+        ),
+        ("digest", output::opt(&i.digest)),
+        ("kernel", output::opt(&i.kernel)),
+        ("disk", output::opt(&i.disk)),
+        ("ready_marker", output::opt(&i.ready_marker)),
+        ("created_at", i.created_at.to_rfc3339()),
+    ]);
+}
 
 pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Result<()> {
     let client = context::client(conn)?;
     match cmd {
         ImageCmd::List => output::list(out, &client.list_images().await?, HEADERS, row),
+        ImageCmd::Show { name } => print(out, &client.image(&name).await?),
+        ImageCmd::Upload {
+            name,
+            file,
+            public,
+            uefi,
+            wait: _,
+        } => {
+            let img = upload(&client, &name, &file, public, uefi).await?;
+            print(out, &img)
+        }
         ImageCmd::Import {
             name,
             kernel,
@@ -49,4 +97,73 @@ pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Resul
             Ok(())
         }
     }
+}
+
+fn print(out: Output, img: &ImageView) -> anyhow::Result<()> {
+    match out {
+        Output::Json => output::json(img),
+        Output::Table => {
+            show(img);
+            Ok(())
+        }
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// Hashes the file (shown), streams it, and checks the controller stored those bytes.
+async fn upload(
+    client: &Client,
+    name: &str,
+    file: &Path,
+    public: bool,
+    uefi: bool,
+) -> anyhow::Result<ImageView> {
+    let len = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let path = file.to_path_buf();
+    let hashing = bar(len, "sha256");
+    let digest = {
+        let hashing = hashing.clone();
+        tokio::task::spawn_blocking(move || {
+            Digest::of_file_with_progress(&path, |n| hashing.set_position(n))
+        })
+        .await?
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .to_string()
+    };
+    hashing.finish_and_clear();
+    eprintln!("{}: {}", file.display(), digest);
+    let q = UploadImage {
+        sha256: Some(digest.clone()),
+        public,
+        firmware: uefi.then_some(Firmware::Uefi),
+    };
+    let sending = bar(len, "upload");
+    let progress = sending.clone();
+    let img = client
+        .upload_image(name, file, &q, move |sent| progress.set_position(sent))
+        .await;
+    sending.finish_and_clear();
+    let img = img?;
+    if img.digest.as_deref() != Some(digest.as_str()) {
+        bail!(
+            "the controller stored {} but the file is {digest}; delete the image and upload again",
+            output::opt(&img.digest)
+        );
+    }
+    eprintln!("image {name} ready: {} verified", digest);
+    Ok(img)
 }

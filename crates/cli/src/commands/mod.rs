@@ -7,6 +7,7 @@ pub mod group;
 pub mod host;
 pub mod image;
 pub mod instance;
+pub mod keypair;
 pub mod network;
 pub mod operation;
 pub mod project;

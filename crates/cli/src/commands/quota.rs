@@ -18,6 +18,7 @@ fn show(out: Output, q: &QuotaView) -> anyhow::Result<()> {
         ("memory_mib", q.usage.memory_mib, q.limits.memory_mib),
         ("disk_gib", q.usage.disk_gib, q.limits.disk_gib),
         ("snapshots", q.usage.snapshots, q.limits.snapshots),
+        ("image_mib", q.usage.image_mib, q.limits.image_mib),
     ]
     .iter()
     .map(|(name, used, lim)| vec![name.to_string(), used.to_string(), limit(*lim)])
@@ -38,6 +39,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: QuotaCmd) -> anyhow::Resul
             memory_mib,
             disk_gib,
             snapshots,
+            image_mib,
         } => {
             let mut limits = client.quota(&project).await?.limits;
             let apply = |cur: &mut Option<u64>, new: Option<Limit>| {
@@ -50,6 +52,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: QuotaCmd) -> anyhow::Resul
             apply(&mut limits.memory_mib, memory_mib);
             apply(&mut limits.disk_gib, disk_gib);
             apply(&mut limits.snapshots, snapshots);
+            apply(&mut limits.image_mib, image_mib);
             show(out, &client.set_quota(&project, &limits).await?)
         }
     }

@@ -110,6 +110,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         metering: MeteringConfig {
             interval: std::time::Duration::from_secs(args.metering_interval_secs),
         },
+        image_cache_gib: args.image_cache_gib,
     };
     nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
 }

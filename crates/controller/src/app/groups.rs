@@ -116,7 +116,7 @@ impl App {
         validate_sizes(&sizes)?;
         validate_steps(req)?;
         self.flavor_named(&req.flavor).await?;
-        self.image_named(&req.image).await?;
+        self.image_named(&req.image, &caller.scope()).await?;
         let new = NewGroup {
             id: Uuid::new_v4(),
             project: caller.project.clone(),

@@ -2,8 +2,8 @@
 
 use crate::app::{App, AppError};
 use chrono::Utc;
-use nimbus_agent_api::{KsmStats, NetworkConfig, RegisterHost, RegisterResponse};
-use nimbus_api::{validate_name, HostKsm, HostState, HostView};
+use nimbus_agent_api::{ImageCacheReport, KsmStats, NetworkConfig, RegisterHost, RegisterResponse};
+use nimbus_api::{validate_name, HostCachedImage, HostImageCache, HostKsm, HostState, HostView};
 use nimbus_scheduler::{AllocationRatios, HostCapacity, Resources};
 use nimbus_store::HostRecord;
 
@@ -35,6 +35,10 @@ impl App {
             cpu_allocation_ratio: inv.cpu_allocation_ratio,
             ram_allocation_ratio: inv.ram_allocation_ratio,
             ksm: inv.ksm.and_then(|k| serde_json::to_string(&k).ok()),
+            image_cache: inv
+                .image_cache
+                .as_ref()
+                .and_then(|c| serde_json::to_string(c).ok()),
             last_seen: Utc::now(),
         };
         self.store().upsert_host(&rec).await?;
@@ -105,6 +109,7 @@ impl App {
                 let a = alloc.get(&h.name).copied().unwrap_or_default();
                 let r = self.ratios_of(&h);
                 let ksm = h.ksm.as_deref().and_then(ksm_view);
+                let image_cache = h.image_cache.as_deref().and_then(image_cache_view);
                 let memory_mib_used = rss.get(&h.name).map(|b| b >> 20);
                 HostView {
                     state: if is_up(&h) {
@@ -130,6 +135,7 @@ impl App {
                     last_seen: Some(h.last_seen),
                     memory_mib_used,
                     ksm,
+                    image_cache,
                 }
             })
             .collect())
@@ -202,6 +208,27 @@ fn url_host(url: &str) -> Option<String> {
             .trim_end_matches(']')
             .to_string(),
     )
+}
+
+/// The API's view of a host's stored image cache report.
+fn image_cache_view(json: &str) -> Option<HostImageCache> {
+    let c: ImageCacheReport = serde_json::from_str(json).ok()?;
+    Some(HostImageCache {
+        max_bytes: c.max_bytes,
+        used_bytes: c.used_bytes,
+        downloads: c.downloads,
+        repairs: c.repairs,
+        images: c
+            .images
+            .into_iter()
+            .map(|i| HostCachedImage {
+                digest: i.digest,
+                size_bytes: i.size_bytes,
+                last_used: i.last_used,
+                in_use: i.in_use,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

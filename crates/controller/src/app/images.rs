@@ -1,8 +1,11 @@
-//! Images: files on the hosts that instance disks overlay.
+//! Images: files registered by path that every host reads, or uploaded images (see
+//! `image_upload`) that agents fetch from the controller.
 
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, Caller};
 use nimbus_api::{validate_name, ImageView, ImportImage};
-use nimbus_store::StoreError;
+use nimbus_image::Digest;
+use nimbus_store::{Scope, StoreError};
+use std::collections::HashSet;
 use std::path::Path;
 
 fn check_file(what: &str, path: &Option<String>) -> Result<u64, AppError> {
@@ -43,23 +46,117 @@ impl App {
 
     /// Registers an image unless one of that name exists.
     pub async fn ensure_image(&self, req: &ImportImage) -> Result<(), AppError> {
-        match self.store().get_image(&req.name).await {
+        match self.store().get_image(&req.name, &Scope::All).await {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound { .. }) => self.import_image(req).await.map(|_| ()),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub async fn list_images(&self) -> Result<Vec<ImageView>, AppError> {
-        Ok(self.store().list_images().await?)
+    /// Hosts whose cache holds image `name`'s bytes, by their agents' last reports (none for
+    /// images registered by path, which every host reads in place).
+    pub async fn hosts_holding(&self, name: &str) -> Result<HashSet<String>, AppError> {
+        let img = self.store().get_image(name, &Scope::All).await?;
+        let Some(digest) = img.digest else {
+            return Ok(HashSet::new());
+        };
+        Ok(self
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| {
+                h.image_cache
+                    .as_ref()
+                    .is_some_and(|c| c.images.iter().any(|i| i.digest == digest))
+            })
+            .map(|h| h.name)
+            .collect())
     }
 
-    pub async fn get_image(&self, name: &str) -> Result<ImageView, AppError> {
-        Ok(self.store().get_image(name).await?)
+    /// Opens the stored bytes of `digest` for an agent, if an image names them: their length
+    /// and the file.
+    pub async fn open_image_blob(&self, digest: &str) -> Result<(u64, tokio::fs::File), AppError> {
+        let digest: Digest = digest
+            .parse()
+            .map_err(|e| AppError::bad_request(format!("{e}")))?;
+        if !self.store().image_digest_used(&digest.to_string()).await? {
+            return Err(AppError::not_found(format!("no image has digest {digest}")));
+        }
+        let path = self.image_blobs().path(&digest);
+        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "an image's bytes are missing");
+            AppError::internal(format!(
+                "the bytes of image {digest} are missing on the controller"
+            ))
+        })?;
+        let len = file.metadata().await.map_err(AppError::from)?.len();
+        Ok((len, file))
     }
 
-    /// Unregisters an image (its files stay); refused while instances use it.
-    pub async fn delete_image(&self, name: &str) -> Result<(), AppError> {
-        Ok(self.store().delete_image(name).await?)
+    /// The caller's project's images and the public ones.
+    pub async fn list_images(&self, caller: &Caller) -> Result<Vec<ImageView>, AppError> {
+        Ok(self.store().list_images(&caller.scope()).await?)
     }
+
+    /// An image the caller may boot.
+    pub async fn get_image(&self, caller: &Caller, name: &str) -> Result<ImageView, AppError> {
+        Ok(self.store().get_image(name, &caller.scope()).await?)
+    }
+
+    /// Deletes an image of the caller's project (an admin: any image); refused while
+    /// instances use it. An uploaded image's bytes go when no image names them any more;
+    /// files registered by path stay.
+    pub async fn delete_image(&self, caller: &Caller, name: &str) -> Result<(), AppError> {
+        caller.require_write()?;
+        let scope = if caller.role == nimbus_api::Role::Admin {
+            Scope::All
+        } else {
+            caller.scope()
+        };
+        let img = self.store().get_image(name, &scope).await?;
+        if !scope.allows(&img.project) {
+            return Err(AppError::new(
+                nimbus_api::ErrorCode::Forbidden,
+                format!(
+                    "image {name:?} belongs to project {}; only its project or an admin may delete it",
+                    img.project
+                ),
+            ));
+        }
+        let img = self.store().delete_image(name, &scope).await?;
+        if let Some(digest) = img.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
+            let store = self.store();
+            let text = digest.to_string();
+            self.image_blobs()
+                .remove_unused(&digest, async {
+                    // When unsure, keep the bytes: an orphan file is better than a lost image.
+                    store.image_digest_used(&text).await.unwrap_or(true)
+                })
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a flavor whose disk is smaller than the image's (the instance disk grows the
+/// image to the flavor's size; it can never shrink it).
+pub(crate) fn check_image_fits(img: &ImageView, disk_gib: u64) -> Result<(), AppError> {
+    match img.virtual_size_bytes {
+        Some(v) if v > disk_gib << 30 => Err(AppError::bad_request(format!(
+            "image {:?} is a {:.1} GiB disk; it needs a flavor with at least {} GiB of disk",
+            img.name,
+            v as f64 / (1u64 << 30) as f64,
+            v.div_ceil(1 << 30)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What an agent fetches for an uploaded image (none for images registered by path).
+pub(crate) fn blob_of(img: &ImageView) -> Option<nimbus_agent_api::ImageBlob> {
+    Some(nimbus_agent_api::ImageBlob {
+        digest: img.digest.clone()?,
+        format: img.format.clone()?,
+        size_bytes: img.size_bytes,
+    })
 }

@@ -5,10 +5,10 @@ use crate::ops;
 use nimbus_agent_api::{DiskSpec, ExecRequest, GuestImage, NicSpec, VmSpec};
 use nimbus_api::{
     validate_name, ConsoleLog, CreateInstance, ErrorCode, ExecInstance, ExecOutput, FlavorView,
-    InstanceState, InstanceView, OperationKind, OperationView,
+    ImageView, InstanceState, InstanceView, OperationKind, OperationView,
 };
 use nimbus_scheduler::{place, Resources};
-use nimbus_store::{InstanceRecord, NewInstance, NewOperation, StoreError};
+use nimbus_store::{InstanceRecord, NewInstance, NewOperation, Scope, StoreError};
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -46,7 +46,8 @@ impl App {
             ));
         };
         let flavor = self.flavor_named(flavor_name).await?;
-        self.image_named(image).await?;
+        let img = self.image_named(image, &caller.scope()).await?;
+        super::images::check_image_fits(&img, flavor.disk_gib)?;
         let nics = self
             .plan_nics(caller, &req.networks, req.ip.as_deref())
             .await?;
@@ -100,12 +101,11 @@ impl App {
         })
     }
 
-    /// Checks that image `name` exists, with a not-found error that says where to look.
-    pub async fn image_named(&self, name: &str) -> Result<(), AppError> {
+    /// Image `name` as `scope` sees it, with a not-found error that says where to look.
+    pub async fn image_named(&self, name: &str, scope: &Scope) -> Result<ImageView, AppError> {
         self.store()
-            .get_image(name)
+            .get_image(name, scope)
             .await
-            .map(|_| ())
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => AppError::not_found(format!(
                     "image {name:?} not found; `nimbus image list` shows the images"
@@ -224,7 +224,8 @@ impl App {
 
     /// The VM spec an agent needs for this instance.
     pub async fn vm_spec(&self, inst: &InstanceRecord) -> Result<VmSpec, AppError> {
-        let img = self.store().get_image(&inst.image).await?;
+        let img = self.store().get_image(&inst.image, &Scope::All).await?;
+        let blob = super::images::blob_of(&img);
         Ok(VmSpec {
             id: inst.id,
             name: inst.name.clone(),
@@ -237,6 +238,7 @@ impl App {
                 cmdline: img
                     .cmdline
                     .map(|c| format!("{c} nimbus.hostname={}", inst.name)),
+                blob,
                 base_disk: img.disk.map(PathBuf::from),
                 ready_marker: img.ready_marker,
             },

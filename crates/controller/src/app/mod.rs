@@ -9,8 +9,11 @@ pub mod error;
 pub mod flavors;
 pub mod groups;
 pub mod hosts;
+pub mod image_blobs;
+pub mod image_upload;
 pub mod images;
 pub mod instances;
+pub mod keypairs;
 pub mod migrations;
 pub mod network;
 pub mod networks;
@@ -52,12 +55,15 @@ struct Inner {
     auth_throttle: throttle::AuthThrottle,
     /// Per-instance CPU use for scaling groups (see `scaling::CpuSource`).
     cpu: Arc<dyn scaling::CpuSource>,
+    /// The bytes of uploaded images.
+    blobs: image_blobs::ImageBlobs,
 }
 
 impl App {
     /// Opens the store (running migrations).
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
+        let blobs = image_blobs::ImageBlobs::open(&config.data_dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 auth_throttle: throttle::AuthThrottle::new(
@@ -69,6 +75,7 @@ impl App {
                 placement: tokio::sync::Mutex::new(()),
                 running_ops: Mutex::new(HashSet::new()),
                 cpu: Arc::new(scaling::AgentCpu::default()),
+                blobs,
             }),
         })
     }
@@ -80,6 +87,11 @@ impl App {
     /// Where scaling groups get their members' CPU use.
     pub fn cpu(&self) -> &dyn scaling::CpuSource {
         self.inner.cpu.as_ref()
+    }
+
+    /// The bytes of uploaded images.
+    pub fn image_blobs(&self) -> &image_blobs::ImageBlobs {
+        &self.inner.blobs
     }
 
     pub fn config(&self) -> &ControllerConfig {

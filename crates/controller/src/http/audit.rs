@@ -2,7 +2,8 @@
 //! is recorded after it is answered: who (token), in which project, the route and the
 //! concrete path, the target, the status, the client address. It also buffers the body
 //! (within [`super::MAX_BODY_BYTES`], answering 413 beyond it) to name the target of creates.
-//! Calls answered 429 (throttled, not processed) are not recorded.
+//! Calls answered 429 (throttled, not processed) are not recorded. Streamed uploads
+//! ([`STREAMED_ROUTES`]) pass through unbuffered: their target is in the path.
 
 use super::auth::client_ip;
 use super::ApiError;
@@ -30,6 +31,9 @@ impl AuditSlot {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
+
+/// Routes whose bodies are streams of any size (image bytes), never buffered here.
+const STREAMED_ROUTES: &[&str] = &["/v1/images/{image}/upload"];
 
 fn is_mutating(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -63,22 +67,10 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     let mut target = (!params.is_empty()).then(|| params.join("/"));
     let slot = AuditSlot::default();
     parts.extensions.insert(slot.clone());
-    let response = match axum::body::to_bytes(body, super::MAX_BODY_BYTES).await {
-        Ok(bytes) => {
-            if target.is_none() {
-                target = body_name(&bytes);
-            }
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Err(_) => ApiError(AppError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the request body is larger than {} KiB",
-                super::MAX_BODY_BYTES / 1024
-            ),
-        ))
-        .into_response(),
+    let response = if STREAMED_ROUTES.contains(&route.as_str()) {
+        next.run(Request::from_parts(parts, body)).await
+    } else {
+        buffered(parts, body, &mut target, next).await
     };
     if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
         // Throttled calls were not processed; recording each would let a flood fill the log.
@@ -100,6 +92,28 @@ pub async fn record(State(app): State<App>, req: Request, next: Next) -> Respons
     };
     app.record_audit(&entry).await;
     response
+}
+
+/// Runs the request with its body buffered (within [`super::MAX_BODY_BYTES`], else 413),
+/// naming the target from the body's `name` when the path has none.
+async fn buffered(parts: Parts, body: Body, target: &mut Option<String>, next: Next) -> Response {
+    match axum::body::to_bytes(body, super::MAX_BODY_BYTES).await {
+        Ok(bytes) => {
+            if target.is_none() {
+                *target = body_name(&bytes);
+            }
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(_) => ApiError(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body is larger than {} KiB",
+                super::MAX_BODY_BYTES / 1024
+            ),
+        ))
+        .into_response(),
+    }
 }
 
 /// Path parameter values, in order.

@@ -1,23 +1,24 @@
 //! `/v1/images`.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
 use super::ApiError;
 use crate::app::{App, Caller};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use nimbus_api::{ErrorBody, ImageView, ImportImage};
+use nimbus_api::{ErrorBody, ImageView, ImportImage, UploadImage};
 
-/// Lists images.
+/// Lists the images the project may boot: its own and the public ones.
 #[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = [ImageView])))]
 pub async fn list(
     State(app): State<App>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<Vec<ImageView>>, ApiError> {
-    Ok(Json(app.list_images().await?))
+    Ok(Json(app.list_images(&caller).await?))
 }
 
-/// Registers an image from files every host can read (admin).
+/// Registers an image from files every host can read (admin); it is public.
 #[utoipa::path(post, path = "/v1/images", tag = "images", request_body = ImportImage,
     responses((status = 201, body = ImageView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn import(
@@ -29,26 +30,58 @@ pub async fn import(
     Ok((StatusCode::CREATED, Json(app.import_image(&req).await?)))
 }
 
-/// Shows an image.
+/// Uploads an image's bytes as a stream (`Content-Length` required). The controller hashes
+/// them as they arrive, refuses them unless they match `sha256` (when given), inspects the
+/// format before any tool opens the file (qcow2 without backing file, data file or
+/// encryption, or raw), and stores them by digest. Answers when the image is ready to boot;
+/// on any failure nothing is kept.
+#[utoipa::path(post, path = "/v1/images/{image}/upload", tag = "images",
+    params(("image" = String, Path, description = "name of the new image"), UploadImage),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ImageView), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn upload(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UploadImage>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<ImageView>), ApiError> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let img = app
+        .upload_image(&caller, &name, &q, length, body.into_data_stream())
+        .await?;
+    Ok((StatusCode::CREATED, Json(img)))
+}
+
+/// Shows an image (of the project, or public).
 #[utoipa::path(get, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "image name")),
     responses((status = 200, body = ImageView), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(app): State<App>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ImageView>, ApiError> {
-    Ok(Json(app.get_image(&name).await?))
+    Ok(Json(app.get_image(&caller, &name).await?))
 }
 
-/// Unregisters an image (admin); refused while instances use it.
+/// Deletes an image of the project (an admin: any); refused while instances use it. An
+/// uploaded image's bytes are removed when no image shares them.
 #[utoipa::path(delete, path = "/v1/images/{image}", tag = "images",
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("image" = String, Path, description = "image name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
-    app.delete_image(&name).await?;
+    app.delete_image(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

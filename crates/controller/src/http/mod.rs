@@ -11,6 +11,7 @@ mod hosts;
 mod images;
 mod instances;
 mod internal;
+mod keypairs;
 mod metrics;
 mod migrations;
 mod networks;
@@ -69,6 +70,12 @@ pub fn router(app: App) -> Router {
         )
         .route("/images", get(images::list).post(images::import))
         .route("/images/{image}", get(images::show).delete(images::delete))
+        .route("/images/{image}/upload", post(images::upload))
+        .route("/keypairs", get(keypairs::list).post(keypairs::create))
+        .route(
+            "/keypairs/{keypair}",
+            get(keypairs::show).delete(keypairs::delete),
+        )
         .route("/hosts", get(hosts::list))
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))
@@ -102,6 +109,7 @@ pub fn router(app: App) -> Router {
         .route("/usage", get(usage::report))
         .route("/internal/hosts/register", post(internal::register_host))
         .route("/internal/usage/samples", post(internal::usage_samples))
+        .route("/internal/images/{digest}", get(internal::image_blob))
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

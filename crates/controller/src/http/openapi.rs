@@ -2,8 +2,8 @@
 //! when it is stale.
 
 use super::{
-    audit_log, flavors, groups, hosts, images, instances, migrations, networks, operations,
-    projects, snapshots, tokens, usage,
+    audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, networks,
+    operations, projects, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -14,12 +14,13 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "nimbus", description = "The nimbus IaaS cloud API. Every route needs `Authorization: Bearer <token>`; errors are `ErrorBody` with a stable `code`; long actions answer 202 with an operation. Every route takes `?project=P`: the project the call acts in (default: the token's; another project needs an admin token). Another project's resources answer 404. Readers may only read; members act in their own project; admins everywhere. Repeated authentication failures from one address answer 429 with `Retry-After`; bodies over 1 MiB answer 413. See docs/tenancy.md."),
+    info(title = "nimbus", description = "The nimbus IaaS cloud API. Every route needs `Authorization: Bearer <token>`; errors are `ErrorBody` with a stable `code`; long actions answer 202 with an operation. Every route takes `?project=P`: the project the call acts in (default: the token's; another project needs an admin token). Another project's resources answer 404. Readers may only read; members act in their own project; admins everywhere. Repeated authentication failures from one address answer 429 with `Retry-After`; bodies over 1 MiB answer 413 (except image uploads, which stream). See docs/tenancy.md."),
     paths(
         instances::list, instances::create, instances::show, instances::delete,
         instances::start, instances::stop, instances::reboot, instances::exec, instances::console_log,
         flavors::list, flavors::create, flavors::show, flavors::delete,
-        images::list, images::import, images::show, images::delete,
+        images::list, images::import, images::upload, images::show, images::delete,
+        keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         hosts::list, hosts::show, hosts::enable, hosts::disable, hosts::orphans, hosts::delete_orphan,
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use nimbus_agent_api::{AgentClient, AgentError, StopRequest, VmRunState};
 use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
-use nimbus_scheduler::{place, Resources};
+use nimbus_scheduler::{place_preferring, Resources};
 use nimbus_store::Scope;
 use nimbus_store::{InstanceRecord, StoreError};
 use serde_json::{json, Value};
@@ -82,10 +82,13 @@ impl Step<App> for Place {
             memory_mib: inst.memory_mib,
             disk_gib: inst.disk_gib,
         };
-        let host = place(&pool, &want, app.config().strategy)
-            .map_err(|e| StepError::permanent(e.to_string()))?
-            .name
-            .clone();
+        let holding = app.hosts_holding(&inst.image).await.map_err(app_err)?;
+        let host = place_preferring(&pool, &want, app.config().strategy, |h| {
+            holding.contains(&h.name)
+        })
+        .map_err(|e| StepError::permanent(e.to_string()))?
+        .name
+        .clone();
         app.store()
             .reserve_host(self.0, &host)
             .await
@@ -172,7 +175,7 @@ impl Step<App> for WaitReady {
         let agent = placed_agent(app, &inst).await?;
         let has_marker = app
             .store()
-            .get_image(&inst.image)
+            .get_image(&inst.image, &nimbus_store::Scope::All)
             .await
             .map(|i| i.ready_marker.is_some())
             .unwrap_or(false);

@@ -103,6 +103,7 @@ pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
             cpu_allocation_ratio: None,
             ram_allocation_ratio: None,
             ksm: None,
+            image_cache: None,
         },
     };
     let body = serde_json::to_string(&reg).expect("json");
@@ -115,4 +116,47 @@ pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// Sends `body` (a stream of chunks) to the router as an image upload announcing
+/// `length` bytes.
+pub async fn upload_stream(
+    f: &Fixture,
+    uri: &str,
+    token: &str,
+    length: u64,
+    body: Body,
+) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/octet-stream")
+        .header("content-length", length.to_string())
+        .body(body)
+        .expect("request");
+    let resp = router(f.app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).to_string())
+}
+
+/// Uploads `bytes` whole.
+pub async fn upload(f: &Fixture, uri: &str, token: &str, bytes: &[u8]) -> (StatusCode, String) {
+    let body = Body::from(bytes.to_vec());
+    upload_stream(f, uri, token, bytes.len() as u64, body).await
+}
+
+/// A GET whose answer is bytes (an image).
+pub async fn get_bytes(f: &Fixture, uri: &str, token: &str) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method("GET")
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request");
+    let resp = router(f.app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, bytes.to_vec())
 }

@@ -218,6 +218,7 @@ impl Cloud {
                     cpu_allocation_ratio: None,
                     ram_allocation_ratio: None,
                     ksm: None,
+                    image_cache: None,
                 },
             })
             .await

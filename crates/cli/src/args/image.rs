@@ -1,0 +1,47 @@
+//! `nimbus image ...` arguments.
+
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// The project's images and the public ones.
+    List,
+    /// One image: format, sizes, digest, owner.
+    Show { name: String },
+    /// Upload a disk image (qcow2 or raw) as a stream; its sha256 is computed here, shown,
+    /// and checked by the controller, which inspects the format before keeping it.
+    Upload {
+        name: String,
+        /// The image file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Let every project boot it (admin).
+        #[arg(long)]
+        public: bool,
+        /// The image boots only through UEFI (OVMF); default BIOS.
+        #[arg(long)]
+        uefi: bool,
+        /// Accepted for symmetry with other long actions: the command always returns once
+        /// the image is stored, inspected and ready to boot.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Register image files (absolute paths every host can read; admin).
+    Import {
+        name: String,
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long)]
+        initrd: Option<String>,
+        #[arg(long)]
+        cmdline: Option<String>,
+        #[arg(long)]
+        disk: Option<String>,
+        /// Console line the guest prints when ready.
+        #[arg(long)]
+        ready_marker: Option<String>,
+    },
+    /// Delete an image of the project (refused while instances use it).
+    Delete { name: String },
+}

@@ -1,0 +1,196 @@
+//! End to end: uploaded images through the real binary, on two hosts that share no path.
+//! The image is a tiny raw disk whose boot sector halts the CPU (`cli; hlt`): SeaBIOS boots
+//! it from the virtio disk and QEMU runs, which is all distribution needs; booting a real
+//! distribution with cloud-init is `real_guest.rs`'s business.
+//!
+//! What a user checks: the upload shows and verifies the sha256; a host downloads the image
+//! once, on first use, and `host show` lists it; the next create prefers that host and
+//! downloads nothing; a cached copy with one byte changed is detected and fetched again; the
+//! other host downloads once for two concurrent creates; a qcow2 whose backing file is a
+//! host file is refused at upload; an image in use cannot be deleted.
+
+use nimbus_api::{HostView, ImageView, InstanceState, InstanceView, OperationView};
+use nimbus_test_utils::guest::*;
+use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
+
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
+}
+
+/// 4 MiB raw disk: an MBR boot sector that halts, then a recognisable pattern.
+fn halting_disk(dir: &Path) -> PathBuf {
+    let mut d: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
+    d[..512].fill(0);
+    d[..4].copy_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp back to hlt
+    d[510] = 0x55;
+    d[511] = 0xaa;
+    let p = dir.join("halt.raw");
+    std::fs::write(&p, d).expect("write the disk");
+    p
+}
+
+fn host(cloud: &Cloud, name: &str) -> HostView {
+    json(&cli_ok(cloud, &["host", "show", name, "-o", "json"]))
+}
+
+/// Downloads and repairs a host reported, once its report shows `digest` cached.
+async fn cache_of(cloud: &Cloud, name: &str, digest: &str, downloads: u64) -> (u64, u64) {
+    wait_until(
+        &format!("{name} to report {downloads} download(s) of {digest}"),
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || async {
+            let c = host(cloud, name).image_cache?;
+            let held = c.images.iter().any(|i| i.digest == digest);
+            (held && c.downloads >= downloads).then_some((c.downloads, c.repairs))
+        },
+    )
+    .await
+    .expect("host report")
+}
+
+fn create(cloud: &Cloud, name: &str, wait: bool) -> OperationView {
+    let mut args = vec![
+        "instance", "create", name, "--flavor", "tiny", "--image", "halt", "-o", "json",
+    ];
+    if wait {
+        args.push("--wait");
+    }
+    json(&cli_ok(cloud, &args))
+}
+
+async fn running_on(cloud: &Cloud, name: &str) -> String {
+    let client = cloud.client().expect("client");
+    let inst: InstanceView = wait_until(
+        &format!("{name} running"),
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let i = client.instance(name).await.ok()?;
+            assert_ne!(i.state, InstanceState::Error, "{name}: {:?}", i.reason);
+            (i.state == InstanceState::Running).then_some(i)
+        },
+    )
+    .await
+    .expect("running");
+    inst.host.expect("placed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
+    let cloud = Cloud::start(Path::new(BIN), CloudOptions::default())
+        .await
+        .expect("start the cloud");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = halting_disk(tmp.path());
+    let file = disk.to_str().expect("utf-8");
+
+    // Upload: the digest is shown, and the controller verified it.
+    let out = cloud
+        .cli(&[
+            "image", "upload", "halt", "--file", file, "--wait", "-o", "json",
+        ])
+        .expect("run nimbus");
+    assert!(out.status.success(), "{out:?}");
+    let img: ImageView = json(&String::from_utf8_lossy(&out.stdout));
+    let digest = img.digest.clone().expect("digest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{digest} verified")), "{stderr}");
+    assert_eq!(
+        (img.format.as_deref(), img.virtual_size_bytes),
+        (Some("raw"), Some(4 << 20))
+    );
+
+    // First use: the chosen host downloads it once.
+    create(&cloud, "a1", true);
+    let first = running_on(&cloud, "a1").await;
+    let other = if first == "host1" { "host2" } else { "host1" };
+    assert_eq!(cache_of(&cloud, &first, &digest, 1).await, (1, 0));
+    assert!(host(&cloud, other)
+        .image_cache
+        .is_some_and(|c| c.images.is_empty()));
+    let cached = cloud
+        .host_dir(&first)
+        .join("images/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    assert_eq!(
+        std::fs::read(&cached).expect("cached copy"),
+        std::fs::read(&disk).expect("disk")
+    );
+
+    // Spread alone would pick the emptier host; the one holding the image wins.
+    create(&cloud, "a2", true);
+    assert_eq!(running_on(&cloud, "a2").await, first);
+    assert_eq!(
+        cache_of(&cloud, &first, &digest, 1).await,
+        (1, 0),
+        "no second download"
+    );
+
+    // One byte changed in the cache: detected on next use, fetched again.
+    let mut bytes = std::fs::read(&cached).expect("read");
+    bytes[3 << 20] ^= 0x01;
+    std::fs::write(&cached, &bytes).expect("damage");
+    create(&cloud, "a3", true);
+    assert_eq!(running_on(&cloud, "a3").await, first);
+    assert_eq!(cache_of(&cloud, &first, &digest, 2).await, (2, 1));
+    assert_eq!(
+        std::fs::read(&cached).expect("repaired"),
+        std::fs::read(&disk).expect("disk")
+    );
+
+    // The other host: two concurrent creates, one download.
+    cli_ok(&cloud, &["host", "disable", &first]);
+    create(&cloud, "b1", false);
+    create(&cloud, "b2", false);
+    assert_eq!(running_on(&cloud, "b1").await, other);
+    assert_eq!(running_on(&cloud, "b2").await, other);
+    assert_eq!(cache_of(&cloud, other, &digest, 1).await, (1, 0));
+    cli_ok(&cloud, &["host", "enable", &first]);
+
+    // A qcow2 whose backing file is a host file never gets in.
+    let evil = tmp.path().join("evil.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+            "-u",
+        ])
+        .arg(&evil)
+        .arg("64M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let err = cli_err(
+        &cloud,
+        &[
+            "image",
+            "upload",
+            "evil",
+            "--file",
+            evil.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(err.contains("backing file"), "{err}");
+    assert!(cli_err(&cloud, &["image", "show", "evil"]).contains("not found"));
+
+    // In use: not deletable; once its instances are gone, it goes.
+    let err = cli_err(&cloud, &["image", "delete", "halt"]);
+    assert!(err.contains("used by 5 instance"), "{err}");
+    for vm in ["a1", "a2", "a3", "b1", "b2"] {
+        cli_ok(&cloud, &["instance", "delete", vm, "--wait"]);
+    }
+    cli_ok(&cloud, &["image", "delete", "halt"]);
+    let stored = cloud.data_dir().join("images/sha256");
+    assert_eq!(std::fs::read_dir(stored).expect("store").count(), 0);
+}
