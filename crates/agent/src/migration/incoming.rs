@@ -48,6 +48,21 @@ pub async fn prepare_disk(
 ) -> Result<()> {
     match transfer {
         DiskTransfer::Shared { path } => {
+            // Only a disk of this VM on this host's shared storage: the request never points
+            // the VM at another file (no `..`, nothing outside `<shared>/<id>/`).
+            if let DiskStore::Shared(root) = store {
+                let own = root.join(spec.id.to_string());
+                let dots = path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+                if dots || !path.starts_with(&own) {
+                    return Err(Error::BadRequest(format!(
+                        "shared disk {} is not this VM's on this host's shared storage ({})",
+                        path.display(),
+                        own.display()
+                    )));
+                }
+            }
             // The source runs on it: it must be there (a relative path is refused by the link).
             if path.is_absolute() && !path.is_file() {
                 return Err(Error::BadRequest(format!(
@@ -221,6 +236,40 @@ mod tests {
             .expect_err("absent");
         assert_eq!(err.code(), "bad_request");
         assert!(dir.disk().symlink_metadata().is_err(), "nothing linked");
+    }
+
+    /// A migration request cannot point the VM at a file outside its own directory of the
+    /// host's shared storage.
+    #[tokio::test]
+    async fn only_the_vm_s_own_shared_disk_is_linked() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("shared");
+        let own = root.join(Uuid::nil().to_string());
+        std::fs::create_dir_all(&own).expect("mkdir");
+        std::fs::write(own.join("disk.qcow2"), b"disk").expect("write");
+        std::fs::create_dir_all(root.join("other")).expect("mkdir");
+        std::fs::write(root.join("other").join("disk.qcow2"), b"x").expect("write");
+        let store = DiskStore::shared(&root).expect("shared storage");
+        let dir = VmDir::new(tmp.path().join("vm"));
+        std::fs::create_dir_all(dir.dir()).expect("mkdir");
+        for bad in [
+            root.join("other").join("disk.qcow2"),
+            own.join("..").join("other").join("disk.qcow2"),
+            tmp.path().join("elsewhere.qcow2"),
+        ] {
+            let t = DiskTransfer::Shared { path: bad.clone() };
+            let err = prepare_disk(&dir, &spec(), &t, &store)
+                .await
+                .expect_err("refused");
+            assert_eq!(err.code(), "bad_request", "{}", bad.display());
+            assert!(dir.disk().symlink_metadata().is_err(), "nothing linked");
+        }
+        let t = DiskTransfer::Shared {
+            path: own.join("disk.qcow2"),
+        };
+        prepare_disk(&dir, &spec(), &t, &store)
+            .await
+            .expect("own disk");
     }
 
     #[tokio::test]

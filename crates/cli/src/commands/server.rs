@@ -84,9 +84,18 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let advertise_url = args
-        .advertise_url
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let advertise_url = match args.advertise_url {
+        Some(url) => url,
+        None if args.listen.ip().is_unspecified() && args.controller.is_some() => {
+            anyhow::bail!(
+                "the agent listens on {} (every address): the controller cannot reach it there; \
+                 set --advertise-url to the URL it can (e.g. http://10.0.0.3:{})",
+                args.listen,
+                args.listen.port()
+            )
+        }
+        None => format!("http://{}", args.listen),
+    };
     let config = AgentConfig {
         name: args.name,
         listen: args.listen,

@@ -21,6 +21,7 @@ impl App {
         let inv = &req.inventory;
         validate_name(&inv.name)
             .map_err(|e| AppError::bad_request(format!("invalid host name {:?}: {e}", inv.name)))?;
+        check_agent_url(&req.agent_url)?;
         let rec = HostRecord {
             name: inv.name.clone(),
             agent_url: req.agent_url.clone(),
@@ -195,6 +196,24 @@ fn ksm_view(json: &str) -> Option<HostKsm> {
     })
 }
 
+/// Refuses an agent URL the controller cannot call back on: not http(s), or an unspecified
+/// address (`0.0.0.0`, `::`), which an agent started without `--advertise-url` would send.
+fn check_agent_url(url: &str) -> Result<(), AppError> {
+    let host = url_host(url).unwrap_or_default();
+    let unspecified = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    let http = url.starts_with("http://") || url.starts_with("https://");
+    if host.is_empty() || unspecified || !http {
+        tracing::warn!(agent_url = url, "registration refused: unusable agent URL");
+        return Err(AppError::bad_request(format!(
+            "agent URL {url:?} cannot be called back; start the agent with --advertise-url \
+             set to the address the controller reaches it at"
+        )));
+    }
+    Ok(())
+}
+
 /// The host part of an agent URL (`http://10.249.0.11:7701` -> `10.249.0.11`).
 fn url_host(url: &str) -> Option<String> {
     let rest = url.split("://").nth(1)?;
@@ -244,5 +263,19 @@ mod tests {
             Some("agent.example")
         );
         assert_eq!(super::url_host("nonsense"), None);
+    }
+
+    #[test]
+    fn unusable_agent_urls_are_refused() {
+        assert!(super::check_agent_url("http://10.249.0.11:7701").is_ok());
+        for bad in [
+            "http://0.0.0.0:7701",
+            "http://[::]:7701",
+            "ftp://10.0.0.1",
+            "nonsense",
+        ] {
+            let e = super::check_agent_url(bad).expect_err(bad);
+            assert!(e.message.contains("--advertise-url"), "{}", e.message);
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod instance_reboot;
 pub mod instance_start;
 pub mod instance_stop;
 pub mod migrate_steps;
+mod shared_disk;
 pub mod snapshot_create;
 pub mod snapshot_delete;
 pub mod snapshot_restore;
