@@ -258,7 +258,7 @@ mod tests {
             tmp.path().join("elsewhere.qcow2"),
         ] {
             let t = DiskTransfer::Shared { path: bad.clone() };
-            let err = prepare_disk(&dir, &spec(), &t, &store)
+            let err = prepare_disk(&dir, &spec(), &t, &store, None)
                 .await
                 .expect_err("refused");
             assert_eq!(err.code(), "bad_request", "{}", bad.display());
@@ -267,7 +267,7 @@ mod tests {
         let t = DiskTransfer::Shared {
             path: own.join("disk.qcow2"),
         };
-        prepare_disk(&dir, &spec(), &t, &store)
+        prepare_disk(&dir, &spec(), &t, &store, None)
             .await
             .expect("own disk");
     }
