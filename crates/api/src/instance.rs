@@ -110,6 +110,10 @@ pub struct CreateInstance {
     /// host.
     #[serde(default)]
     pub from_snapshot: Option<String>,
+    /// The placement group (name) it joins: `spread` keeps members on distinct hosts,
+    /// `pack` together.
+    #[serde(default)]
+    pub placement_group: Option<String>,
 }
 
 /// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.

@@ -14,6 +14,7 @@ pub mod instance;
 pub mod migration;
 pub mod name;
 pub mod operation;
+pub mod placement;
 pub mod project;
 pub mod quota;
 pub mod snapshot;
@@ -36,6 +37,7 @@ pub use instance::{
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+pub use placement::{CreatePlacementGroup, PlacementGroupView, PlacementPolicy};
 pub use project::{CreateProject, ProjectView};
 pub use quota::{QuotaLimits, QuotaUsage, QuotaView};
 pub use snapshot::{

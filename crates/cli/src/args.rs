@@ -93,6 +93,9 @@ pub enum Command {
     /// Scaling groups: instances that grow and shrink with load and replace what fails.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Placement groups: members kept on distinct hosts (spread) or together (pack).
+    #[command(subcommand)]
+    PlacementGroup(PlacementGroupCmd),
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
@@ -115,6 +118,22 @@ pub enum Command {
     /// snapshots, network): `-o table|json|csv`. Of the --project given, else of every
     /// project for an admin (of the token's project for others).
     Usage(UsageArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlacementGroupCmd {
+    /// Create a placement group; instances join it with `instance create --placement-group`.
+    Create {
+        name: String,
+        /// `spread`: members on distinct hosts (a member that cannot have a host of its own
+        /// is refused); `pack`: members on the same host while it has room.
+        #[arg(long, value_parser = ["spread", "pack"])]
+        policy: String,
+    },
+    /// The placement groups and where their members run.
+    List,
+    /// Delete a placement group without members.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,6 +463,10 @@ pub enum InstanceCmd {
         /// identity (MAC, IP), on the host the snapshot lives on.
         #[arg(long, conflicts_with_all = ["flavor", "image"])]
         from_snapshot: Option<String>,
+        /// Join this placement group (`nimbus placement-group list`): `spread` keeps its
+        /// members on distinct hosts, `pack` together.
+        #[arg(long)]
+        placement_group: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },

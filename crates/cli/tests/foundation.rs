@@ -89,6 +89,7 @@ async fn bad_input_is_refused_cleanly(cloud: &Cloud, client: &Client) {
             flavor: Some("huge".into()),
             image: Some("default".into()),
             from_snapshot: None,
+            placement_group: None,
         })
         .await
         .expect_err("cannot fit");
@@ -317,6 +318,7 @@ async fn controller_restart_mid_create_completes(cloud: &mut Cloud) {
             flavor: Some("tiny".into()),
             image: Some("default".into()),
             from_snapshot: None,
+            placement_group: None,
         })
         .await
         .expect("create");

@@ -28,6 +28,8 @@ pub struct InstanceRecord {
     pub mac: Option<String>,
     /// The scaling group it is a member of.
     pub group_id: Option<Uuid>,
+    /// The placement group it belongs to, if any.
+    pub placement_group: Option<Uuid>,
     /// The operation acting on it; at most one at a time.
     pub operation_id: Option<Uuid>,
     /// Bumped by every change (compare-and-swap token).
@@ -75,6 +77,8 @@ pub struct NewInstance {
     pub disk_gib: u64,
     /// The scaling group it is created for, if any.
     pub group_id: Option<Uuid>,
+    /// The placement group it joins, if any.
+    pub placement_group: Option<Uuid>,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -100,6 +104,11 @@ pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord,
         mac: r.try_get("mac")?,
         group_id: r
             .try_get::<Option<String>, _>("group_id")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
+        placement_group: r
+            .try_get::<Option<String>, _>("placement_group")?
             .as_deref()
             .map(parse_uuid)
             .transpose()?,
@@ -158,8 +167,9 @@ impl Store {
         })?;
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
-             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15)",
+             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id, \
+             placement_group) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15, $16)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -176,6 +186,7 @@ impl Store {
         .bind(&ip)
         .bind(&mac)
         .bind(new.group_id.map(|g| g.to_string()))
+        .bind(new.placement_group.map(|g| g.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(|e| {

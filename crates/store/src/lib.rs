@@ -20,6 +20,7 @@ mod instances;
 mod migrations;
 mod operations;
 mod placement;
+mod placement_groups;
 mod projects;
 mod quotas;
 mod scope;
@@ -36,6 +37,7 @@ pub use instances::{InstanceRecord, NewInstance};
 pub use migrations::NewMigration;
 pub use operations::NewOperation;
 pub use placement::Allocation;
+pub use placement_groups::{PlacementGroupRecord, PlacementMember};
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
@@ -129,6 +131,7 @@ pub(crate) mod testing {
                 memory_mib: 512,
                 disk_gib: 2,
                 group_id: None,
+                placement_group: None,
             },
             NewOperation {
                 id: Uuid::new_v4(),

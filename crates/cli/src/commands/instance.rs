@@ -56,6 +56,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             flavor,
             image,
             from_snapshot,
+            placement_group,
             wait,
         } => {
             let op = client
@@ -64,6 +65,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     flavor,
                     image,
                     from_snapshot,
+                    placement_group,
                 })
                 .await?;
             follow(&client, out, op, &wait).await

@@ -8,6 +8,7 @@ pub mod host;
 pub mod image;
 pub mod instance;
 pub mod operation;
+pub mod placement_group;
 pub mod project;
 pub mod quota;
 pub mod server;

@@ -14,6 +14,7 @@ pub mod instances;
 pub mod migrations;
 pub mod network;
 pub mod operations;
+pub mod placement_groups;
 pub mod projects;
 pub mod quotas;
 pub mod scaling;

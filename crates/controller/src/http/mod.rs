@@ -15,6 +15,7 @@ mod metrics;
 mod migrations;
 pub mod openapi;
 mod operations;
+mod placement_groups;
 mod projects;
 mod snapshots;
 mod tokens;
@@ -50,6 +51,14 @@ pub fn router(app: App) -> Router {
         )
         .route("/instances/{instance}/console", get(console::attach))
         .route("/groups", get(groups::list).post(groups::create))
+        .route(
+            "/placement-groups",
+            get(placement_groups::list).post(placement_groups::create),
+        )
+        .route(
+            "/placement-groups/{group}",
+            axum::routing::delete(placement_groups::delete),
+        )
         .route(
             "/groups/{group}",
             get(groups::show)

@@ -2,8 +2,8 @@
 //! when it is stale.
 
 use super::{
-    audit_log, flavors, groups, hosts, images, instances, migrations, operations, projects,
-    snapshots, tokens, usage,
+    audit_log, flavors, groups, hosts, images, instances, migrations, operations, placement_groups,
+    projects, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         audit_log::list,
         usage::report,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
+        placement_groups::list, placement_groups::create, placement_groups::delete,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth),

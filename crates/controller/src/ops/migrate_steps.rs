@@ -1,7 +1,7 @@
 //! The steps of a live migration and of a host drain.
 
 use super::steps::{agent_err, app_err, instance, op_params, store_err};
-use crate::app::migrations::{resources_of, DEFAULT_MAX_DOWNTIME_MS};
+use crate::app::migrations::DEFAULT_MAX_DOWNTIME_MS;
 use crate::app::App;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -94,7 +94,7 @@ impl Step<App> for ChooseTarget {
             .ok_or_else(|| StepError::permanent("the instance has no host"))?;
         let _guard = app.placement_lock().await;
         let target = app
-            .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+            .choose_migration_target(&inst, &source, req.to.as_deref())
             .await
             .map_err(|e| StepError::permanent(e.message))?;
         app.check_snapshots_can_move(&inst, &source)

@@ -1,11 +1,12 @@
 //! The steps operations are made of. Each is idempotent: it may run again after a crash.
 
+use crate::app::placement_groups::choose_host;
 use crate::app::{App, AppError};
 use async_trait::async_trait;
 use nimbus_agent_api::{AgentClient, AgentError, StopRequest, VmRunState};
 use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
-use nimbus_scheduler::{place, Resources};
+use nimbus_scheduler::Resources;
 use nimbus_store::Scope;
 use nimbus_store::{InstanceRecord, StoreError};
 use serde_json::{json, Value};
@@ -82,8 +83,9 @@ impl Step<App> for Place {
             memory_mib: inst.memory_mib,
             disk_gib: inst.disk_gib,
         };
-        let host = place(&pool, &want, app.config().strategy)
-            .map_err(|e| StepError::permanent(e.to_string()))?
+        let group = app.group_context(&inst).await.map_err(app_err)?;
+        let host = choose_host(&pool, &want, app.config().strategy, group.as_ref())
+            .map_err(|e| StepError::permanent(e.message))?
             .name
             .clone();
         app.store()

@@ -256,6 +256,7 @@ impl Cloud {
             memory_mib,
             disk_gib: 2,
             group_id: None,
+            placement_group: None,
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),
