@@ -12,6 +12,25 @@ use std::path::Path;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
+/// `nimbus instance create NAME ... --placement-group GROUP [--wait]`.
+fn member<'a>(name: &'a str, group: &'a str, wait: bool) -> Vec<&'a str> {
+    let mut args = vec![
+        "instance",
+        "create",
+        name,
+        "--flavor",
+        "tiny",
+        "--image",
+        "default",
+        "--placement-group",
+        group,
+    ];
+    if wait {
+        args.push("--wait");
+    }
+    args
+}
+
 fn host_of(out: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(out).expect("instance JSON");
     v["host"].as_str().expect("placed").to_string()
@@ -32,39 +51,12 @@ async fn spread_and_pack_are_honoured() {
         &["placement-group", "create", "g2", "--policy", "pack"],
     );
     for name in ["a1", "a2"] {
-        cli_ok(
-            &cloud,
-            &[
-                "instance",
-                "create",
-                name,
-                "--flavor",
-                "tiny",
-                "--image",
-                "default",
-                "--placement-group",
-                "g1",
-                "--wait",
-            ],
-        );
+        cli_ok(&cloud, &member(name, "g1", true));
     }
     let h1 = host_of(&cli_ok(&cloud, &["-o", "json", "instance", "show", "a1"]));
     let h2 = host_of(&cli_ok(&cloud, &["-o", "json", "instance", "show", "a2"]));
     assert_ne!(h1, h2, "spread members on distinct hosts");
-    let err = cli_err(
-        &cloud,
-        &[
-            "instance",
-            "create",
-            "a3",
-            "--flavor",
-            "tiny",
-            "--image",
-            "default",
-            "--placement-group",
-            "g1",
-        ],
-    );
+    let err = cli_err(&cloud, &member("a3", "g1", false));
     assert!(
         err.contains("placement group g1 (spread) already has a member on every host"),
         "{err}"
@@ -100,21 +92,7 @@ async fn spread_and_pack_are_honoured() {
     cli_ok(&cloud, &["host", "enable", &h1]);
 
     for name in ["p1", "p2"] {
-        cli_ok(
-            &cloud,
-            &[
-                "instance",
-                "create",
-                name,
-                "--flavor",
-                "tiny",
-                "--image",
-                "default",
-                "--placement-group",
-                "g2",
-                "--wait",
-            ],
-        );
+        cli_ok(&cloud, &member(name, "g2", true));
     }
     let p1 = host_of(&cli_ok(&cloud, &["-o", "json", "instance", "show", "p1"]));
     let p2 = host_of(&cli_ok(&cloud, &["-o", "json", "instance", "show", "p2"]));
