@@ -38,6 +38,7 @@
 pub mod client;
 pub mod error;
 pub mod host;
+pub mod liveness;
 pub mod metering;
 pub mod migration;
 pub mod snapshot;

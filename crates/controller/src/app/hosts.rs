@@ -7,11 +7,22 @@ use nimbus_api::{validate_name, HostKsm, HostState, HostView};
 use nimbus_scheduler::{AllocationRatios, HostCapacity, Resources};
 use nimbus_store::HostRecord;
 
-/// A host whose agent has not reported for this long is `down`.
-pub const HOST_DOWN_AFTER_SECS: i64 = 30;
+/// Whether a host's agent reports, from the age of its last report (see
+/// [`nimbus_agent_api::liveness`] for the timeouts and why they are safe).
+pub fn liveness(h: &HostRecord) -> HostState {
+    use nimbus_agent_api::liveness::{DOWN_AFTER, UNREACHABLE_AFTER};
+    let silent = (Utc::now() - h.last_seen).to_std().unwrap_or_default();
+    if silent >= DOWN_AFTER {
+        HostState::Down
+    } else if silent >= UNREACHABLE_AFTER {
+        HostState::Unreachable
+    } else {
+        HostState::Up
+    }
+}
 
 fn is_up(h: &HostRecord) -> bool {
-    (Utc::now() - h.last_seen).num_seconds() < HOST_DOWN_AFTER_SECS
+    liveness(h) == HostState::Up
 }
 
 impl App {
@@ -36,6 +47,7 @@ impl App {
             ram_allocation_ratio: inv.ram_allocation_ratio,
             ksm: inv.ksm.and_then(|k| serde_json::to_string(&k).ok()),
             last_seen: Utc::now(),
+            down_since: None,
         };
         self.store().upsert_host(&rec).await?;
         let Some(net) = &self.config().network else {
@@ -107,11 +119,9 @@ impl App {
                 let ksm = h.ksm.as_deref().and_then(ksm_view);
                 let memory_mib_used = rss.get(&h.name).map(|b| b >> 20);
                 HostView {
-                    state: if is_up(&h) {
-                        HostState::Up
-                    } else {
-                        HostState::Down
-                    },
+                    state: liveness(&h),
+                    fenced: liveness(&h) == HostState::Down,
+                    down_since: h.down_since,
                     name: h.name,
                     enabled: h.enabled,
                     agent_url: h.agent_url,
@@ -149,12 +159,13 @@ impl App {
         if host.state == HostState::Up {
             return Ok(());
         }
+        let state = format!("{:?}", host.state).to_lowercase();
         let seen = host
             .last_seen
             .map(|t| format!(" (last report {} s ago)", (Utc::now() - t).num_seconds()))
             .unwrap_or_default();
         Err(AppError::unavailable(format!(
-            "host {name}, {why}, is down{seen}; try again once it is back (`nimbus host list`)"
+            "host {name}, {why}, is {state}{seen}; try again once it is back (`nimbus host list`)"
         )))
     }
 

@@ -1,0 +1,4 @@
+-- Host failure (issue 14 part 4): when the controller declared a host down (NULL while it
+-- reports). Portable DDL: runs unchanged on SQLite and PostgreSQL.
+
+ALTER TABLE hosts ADD COLUMN down_since TEXT;
