@@ -19,6 +19,7 @@
 pub mod accel;
 pub mod agent;
 pub mod error;
+pub mod fence;
 pub mod host;
 pub mod http;
 pub mod image;
@@ -97,10 +98,13 @@ pub async fn run(
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "agent API listening");
     let mut background = Vec::new();
     if let Some(url) = config.controller_url.clone() {
+        let contact = std::sync::Arc::new(fence::Contact::load(agent.state_dir()));
         background.push(tokio::spawn(register::register_loop(
             agent.clone(),
             url.clone(),
+            contact.clone(),
         )));
+        background.push(tokio::spawn(fence::fence_loop(agent.clone(), contact)));
         let outbox = std::sync::Arc::new(metering::outbox::Outbox::load(
             agent.state_dir().join("usage-outbox.json"),
         ));
@@ -150,6 +154,7 @@ pub(crate) mod test_support {
             },
             disk: DiskSpec { size_gib: 1 },
             nics,
+            ha: false,
         }
     }
 }

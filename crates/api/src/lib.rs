@@ -31,7 +31,7 @@ pub use group::{
 pub use host::{HostKsm, HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{
-    ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
+    ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,
     MigrateInstance,
 };
 pub use migration::{MigrationStats, MigrationView};

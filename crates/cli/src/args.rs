@@ -379,6 +379,13 @@ pub enum OnOff {
     Off,
 }
 
+/// What happens to an instance when its host dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HaArg {
+    /// Restart it on another host.
+    Restart,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
     /// List hosts with capacity and allocation.
@@ -467,6 +474,10 @@ pub enum InstanceCmd {
         /// members on distinct hosts, `pack` together.
         #[arg(long)]
         placement_group: Option<String>,
+        /// `restart`: when its host dies, restart it on another host once the host has
+        /// fenced itself (keep its disk on shared storage: `nimbus up --shared-storage`).
+        #[arg(long, value_enum)]
+        ha: Option<HaArg>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -90,6 +90,7 @@ async fn bad_input_is_refused_cleanly(cloud: &Cloud, client: &Client) {
             image: Some("default".into()),
             from_snapshot: None,
             placement_group: None,
+            ha: None,
         })
         .await
         .expect_err("cannot fit");
@@ -319,6 +320,7 @@ async fn controller_restart_mid_create_completes(cloud: &mut Cloud) {
             image: Some("default".into()),
             from_snapshot: None,
             placement_group: None,
+            ha: None,
         })
         .await
         .expect("create");

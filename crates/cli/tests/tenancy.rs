@@ -281,6 +281,7 @@ async fn quota_race_at_the_edge(cloud: &Cloud, admin: &Client, alice: &CreatedTo
                 image: Some("broken".into()),
                 from_snapshot: None,
                 placement_group: None,
+                ha: None,
             })
             .await
         }

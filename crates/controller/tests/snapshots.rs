@@ -289,6 +289,7 @@ async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
         image: None,
         from_snapshot: Some("s1".into()),
         placement_group: None,
+        ha: None,
     };
     let op = f
         .app
@@ -542,6 +543,7 @@ async fn a_failed_clone_leaves_no_vm_and_no_reservation() {
         image: None,
         from_snapshot: Some("s1".into()),
         placement_group: None,
+        ha: None,
     };
     let op = f
         .app

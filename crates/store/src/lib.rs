@@ -132,6 +132,7 @@ pub(crate) mod testing {
                 disk_gib: 2,
                 group_id: None,
                 placement_group: None,
+                ha_restart: false,
             },
             NewOperation {
                 id: Uuid::new_v4(),

@@ -91,6 +91,7 @@ pub async fn create_instances(cloud: &Cloud, names: &[&str], flavor: &str) {
             image: Some("default".into()),
             from_snapshot: None,
             placement_group: None,
+            ha: None,
         };
         ops.push(client.create_instance(&req).await.expect("create"));
     }

@@ -75,6 +75,7 @@ impl App {
             memory_mib: source.memory_mib,
             disk_gib: source.disk_gib,
             group_id: None,
+            ha_restart: req.ha.is_some(),
         };
         let net = self.config().network.clone().unwrap_or_default();
         self.store()

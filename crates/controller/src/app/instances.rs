@@ -89,6 +89,7 @@ impl App {
             disk_gib: flavor.disk_gib,
             group_id: group,
             placement_group: placement,
+            ha_restart: req.ha.is_some(),
         };
         let net = self.config().network.clone().unwrap_or_default();
         self.store()
@@ -253,6 +254,7 @@ impl App {
                 }],
                 _ => Vec::new(),
             },
+            ha: inst.ha_restart,
         })
     }
 }

@@ -187,6 +187,7 @@ async fn create_member(app: &App, g: &GroupRecord, releasing: bool) -> Result<bo
         image: Some(g.image.clone()),
         from_snapshot: None,
         placement_group: None,
+        ha: None,
     };
     match app
         .create_instance_in(&group_caller(g), &req, Some(g.id))

@@ -268,6 +268,7 @@ impl Cloud {
             disk_gib: 2,
             group_id: None,
             placement_group: None,
+            ha_restart: false,
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

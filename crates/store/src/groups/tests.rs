@@ -54,6 +54,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         disk_gib: 1,
         group_id: group,
         placement_group: None,
+        ha_restart: false,
     };
     let used_ip = |used: &HashSet<String>| {
         (10..250)

@@ -36,6 +36,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         disk_gib: 2,
         group_id: None,
         placement_group: None,
+        ha_restart: false,
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");
