@@ -40,6 +40,7 @@ pub mod client;
 pub mod error;
 pub mod host;
 pub mod image;
+pub mod liveness;
 pub mod metering;
 pub mod migration;
 pub mod snapshot;

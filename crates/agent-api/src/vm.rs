@@ -20,6 +20,11 @@ pub struct VmSpec {
     /// Network interfaces, one per tenant network, in the guest's order.
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// An HA instance: the agent stops it when it has been cut off from the controller for
+    /// longer than the fence timeout ([`crate::liveness::FENCE_TIMEOUT`]), since the
+    /// controller then restarts it elsewhere.
+    #[serde(default)]
+    pub ha: bool,
 }
 
 /// A virtio NIC on the cloud network. MAC and IP belong to the instance and move with it.

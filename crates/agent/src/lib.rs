@@ -20,6 +20,7 @@ pub mod accel;
 pub mod agent;
 pub mod confine;
 pub mod error;
+pub mod fence;
 pub mod host;
 pub mod http;
 pub mod image;
@@ -105,10 +106,13 @@ pub async fn run(
         agent.state_dir().join("vms"),
     ))];
     if let Some(url) = config.controller_url.clone() {
+        let contact = std::sync::Arc::new(fence::Contact::load(agent.state_dir()));
         background.push(tokio::spawn(register::register_loop(
             agent.clone(),
             url.clone(),
+            contact.clone(),
         )));
+        background.push(tokio::spawn(fence::fence_loop(agent.clone(), contact)));
         let outbox = std::sync::Arc::new(metering::outbox::Outbox::load(
             agent.state_dir().join("usage-outbox.json"),
         ));
@@ -159,6 +163,7 @@ pub(crate) mod test_support {
             },
             disk: DiskSpec { size_gib: 1 },
             nics,
+            ha: false,
         }
     }
 }

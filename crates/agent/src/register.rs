@@ -6,14 +6,19 @@
 
 use crate::agent::Agent;
 use crate::error::error_chain;
+use crate::fence::Contact;
 use nimbus_agent_api::{NetworkConfig, RegisterHost, RegisterResponse};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often the agent registers.
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Registers forever (abort the task to stop).
-pub async fn register_loop(agent: Agent, controller_url: String) {
+///
+/// Every answered registration is a contact for the fence ([`crate::fence`]), dated when it
+/// was sent.
+pub async fn register_loop(agent: Agent, controller_url: String, contact: Arc<Contact>) {
     let url = format!(
         "{}/v1/internal/hosts/register",
         controller_url.trim_end_matches('/')
@@ -38,6 +43,7 @@ pub async fn register_loop(agent: Agent, controller_url: String) {
             agent_url: agent.advertise_url().to_string(),
             inventory: agent.inventory(),
         };
+        let (sent, sent_wall) = (Instant::now(), SystemTime::now());
         let result = http
             .post(&url)
             .bearer_auth(agent.token())
@@ -47,6 +53,7 @@ pub async fn register_loop(agent: Agent, controller_url: String) {
             .and_then(|r| r.error_for_status());
         match (result, ok) {
             (Ok(response), seen) => {
+                contact.reached(sent, sent_wall);
                 if seen == Some(true) {
                     tracing::debug!(url, "registered");
                 } else {

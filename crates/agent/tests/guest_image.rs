@@ -48,6 +48,7 @@ async fn default_image_end_to_end() {
         memory_mib: 256,
         image: manifest.guest_image(),
         disk: DiskSpec { size_gib: 1 },
+        ha: false,
         nics: Vec::new(),
     };
     c.define_vm(&spec).await.expect("define");

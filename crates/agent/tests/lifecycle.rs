@@ -26,6 +26,7 @@ fn firmware_only_spec(id: Uuid, base: &std::path::Path) -> VmSpec {
             ready_marker: None,
         },
         disk: DiskSpec { size_gib: 1 },
+        ha: false,
         nics: Vec::new(),
     }
 }

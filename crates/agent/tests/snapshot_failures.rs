@@ -76,6 +76,7 @@ async fn injected_failures_leave_nothing_behind() {
         memory_mib: 256,
         image: image.guest_image(),
         disk: DiskSpec { size_gib: 1 },
+        ha: false,
         nics: Vec::new(),
     };
     c.define_vm(&spec).await.expect("define");

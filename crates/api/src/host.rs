@@ -4,11 +4,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Whether the controller hears from a host's agent.
+/// Whether the controller hears from a host's agent (timeouts in docs/hosts.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
+    /// Its agent reports.
     Up,
+    /// No report for a short while (10 s): takes no new instances; its instances are left
+    /// as they are.
+    Unreachable,
+    /// No report for longer than the fence timeout plus a margin (30 s): its agent, if it
+    /// still runs, has stopped its HA instances; instances without HA are `error`.
     Down,
 }
 
@@ -35,6 +41,13 @@ pub struct HostView {
     pub disk_gib_allocated: u64,
     pub instances: u32,
     pub last_seen: Option<DateTime<Utc>>,
+    /// When the controller declared the host down; `None` unless it is down.
+    #[serde(default)]
+    pub down_since: Option<DateTime<Utc>>,
+    /// The fence timeout has surely passed since the host's last report: its agent, if it
+    /// still runs, has stopped its HA instances, which may run elsewhere.
+    #[serde(default)]
+    pub fenced: bool,
     /// Resident memory of the host's running VMs (their QEMU processes), in MiB, as last
     /// measured; `None` before the first usage samples.
     #[serde(default)]

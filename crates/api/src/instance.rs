@@ -96,6 +96,18 @@ pub struct InstanceView {
     pub operation: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What happens when its host dies (`restart`: on another host, after fencing); `None`:
+    /// it stays `error` until its host is back or an operator evacuates it.
+    #[serde(default)]
+    pub ha: Option<HaPolicy>,
+}
+
+/// High availability of an instance (see docs/hosts.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HaPolicy {
+    /// Restart it on another host when its host is down (and has fenced itself).
+    Restart,
 }
 
 /// Body of `POST /v1/instances`.
@@ -120,6 +132,14 @@ pub struct CreateInstance {
     /// Address of the first NIC (inside its network, free); default: the lowest free one.
     #[serde(default)]
     pub ip: Option<String>,
+    /// The placement group (name) it joins: `spread` keeps members on distinct hosts,
+    /// `pack` together.
+    #[serde(default)]
+    pub placement_group: Option<String>,
+    /// `restart`: restart it on another host when its host dies (its disk must be on
+    /// shared storage to keep its content).
+    #[serde(default)]
+    pub ha: Option<HaPolicy>,
 }
 
 /// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.

@@ -16,6 +16,7 @@ pub mod migration;
 pub mod name;
 pub mod network;
 pub mod operation;
+pub mod placement;
 pub mod project;
 pub mod quota;
 pub mod snapshot;
@@ -34,7 +35,7 @@ pub use host::{
 };
 pub use image::{Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
-    ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
+    ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,
     MigrateInstance,
 };
 pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
@@ -42,6 +43,7 @@ pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use network::{CreateNetwork, NetworkView, NicView, DEFAULT_NETWORK};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+pub use placement::{CreatePlacementGroup, PlacementGroupView, PlacementPolicy};
 pub use project::{CreateProject, ProjectView};
 pub use quota::{QuotaLimits, QuotaUsage, QuotaView};
 pub use snapshot::{

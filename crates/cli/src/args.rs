@@ -105,6 +105,9 @@ pub enum Command {
     /// Private networks of the project.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Placement groups: members kept on distinct hosts (spread) or together (pack).
+    #[command(subcommand)]
+    PlacementGroup(PlacementGroupCmd),
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
@@ -127,6 +130,22 @@ pub enum Command {
     /// snapshots, network): `-o table|json|csv`. Of the --project given, else of every
     /// project for an admin (of the token's project for others).
     Usage(UsageArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlacementGroupCmd {
+    /// Create a placement group; instances join it with `instance create --placement-group`.
+    Create {
+        name: String,
+        /// `spread`: members on distinct hosts (a member that cannot have a host of its own
+        /// is refused); `pack`: members on the same host while it has room.
+        #[arg(long, value_parser = ["spread", "pack"])]
+        policy: String,
+    },
+    /// The placement groups and where their members run.
+    List,
+    /// Delete a placement group without members.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,6 +404,13 @@ pub enum OnOff {
     Off,
 }
 
+/// What happens to an instance when its host dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HaArg {
+    /// Restart it on another host.
+    Restart,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
     /// List hosts with capacity and allocation.
@@ -468,6 +494,14 @@ pub enum InstanceCmd {
         /// Address of the first NIC (inside its network and free) [default: the lowest free].
         #[arg(long, conflicts_with = "from_snapshot")]
         ip: Option<String>,
+        /// Join this placement group (`nimbus placement-group list`): `spread` keeps its
+        /// members on distinct hosts, `pack` together.
+        #[arg(long)]
+        placement_group: Option<String>,
+        /// `restart`: when its host dies, restart it on another host once the host has
+        /// fenced itself (keep its disk on shared storage: `nimbus up --shared-storage`).
+        #[arg(long, value_enum)]
+        ha: Option<HaArg>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -9,11 +9,11 @@ mod snapshots;
 pub use error::ClientError;
 
 use nimbus_api::{
-    AuditEntry, ConsoleLog, CreateFlavor, CreateGroup, CreateInstance, CreateProject, CreateToken,
-    CreatedToken, ErrorBody, ErrorCode, ExecInstance, ExecOutput, FlavorView, GroupView, HostView,
-    ImageView, ImportImage, InstanceView, MigrateInstance, MigrationView, OperationView,
-    OrphanView, ProjectView, QuotaLimits, QuotaView, TokenView, UpdateGroup, UsageQuery,
-    UsageReport,
+    AuditEntry, ConsoleLog, CreateFlavor, CreateGroup, CreateInstance, CreatePlacementGroup,
+    CreateProject, CreateToken, CreatedToken, ErrorBody, ErrorCode, ExecInstance, ExecOutput,
+    FlavorView, GroupView, HostView, ImageView, ImportImage, InstanceView, MigrateInstance,
+    MigrationView, OperationView, OrphanView, PlacementGroupView, ProjectView, QuotaLimits,
+    QuotaView, TokenView, UpdateGroup, UsageQuery, UsageReport,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -258,6 +258,23 @@ impl Client {
     /// Deletes a group and its instances (an operation).
     pub async fn delete_group(&self, name: &str) -> Result<OperationView, ClientError> {
         self.delete(&format!("/v1/groups/{name}")).await
+    }
+
+    // Placement groups
+
+    pub async fn list_placement_groups(&self) -> Result<Vec<PlacementGroupView>, ClientError> {
+        self.get("/v1/placement-groups").await
+    }
+
+    pub async fn create_placement_group(
+        &self,
+        req: &CreatePlacementGroup,
+    ) -> Result<PlacementGroupView, ClientError> {
+        self.post("/v1/placement-groups", req).await
+    }
+
+    pub async fn delete_placement_group(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/placement-groups/{name}")).await
     }
 
     // Flavors, images, hosts

@@ -35,6 +35,7 @@ pub async fn run(
     ops::resume_unfinished(&app).await?;
     let reconciler = tokio::spawn(background::reconciler::run(app.clone()));
     let autoscaler = tokio::spawn(background::autoscaler::run(app.clone()));
+    let liveness = tokio::spawn(background::host_liveness::run(app.clone()));
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -61,6 +62,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     reconciler.abort();
     autoscaler.abort();
+    liveness.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

@@ -114,6 +114,8 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         disk_gib: 1,
         group_id: None,
         nics: Vec::new(),
+        placement_group: None,
+        ha_restart: false,
     };
     let op = NewOperation {
         id: Uuid::new_v4(),

@@ -26,6 +26,9 @@ pub struct HostRecord {
     /// The host's last image cache report, as JSON (the agent API's `ImageCacheReport`).
     pub image_cache: Option<String>,
     pub last_seen: DateTime<Utc>,
+    /// When the controller declared the host down (`None` while it reports); not written by
+    /// [`Store::upsert_host`].
+    pub down_since: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
@@ -49,6 +52,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         ram_allocation_ratio: r.try_get("ram_allocation_ratio")?,
         ksm: r.try_get("ksm")?,
         image_cache: r.try_get("image_cache")?,
+        down_since: time::parse_opt(r.try_get("down_since")?)?,
     })
 }
 
@@ -108,18 +112,22 @@ impl Store {
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM hosts ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}, down_since FROM hosts ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
     pub async fn get_host(&self, name: &str) -> Result<HostRecord, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hosts WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("host", name))?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, down_since FROM hosts WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("host", name))?;
         from_row(&row)
     }
 
@@ -134,5 +142,47 @@ impl Store {
             return Err(StoreError::not_found("host", name));
         }
         Ok(())
+    }
+
+    /// Declares a host down since `since`, once (returns whether this call did).
+    pub async fn mark_host_down(
+        &self,
+        name: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r =
+            sqlx::query("UPDATE hosts SET down_since = $1 WHERE name = $2 AND down_since IS NULL")
+                .bind(time::to_text(since))
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// A down host reports again: clears its down mark and forgets the agent generations of
+    /// its idle instances in `error`, so that the agent's next report is applied whatever it
+    /// says (the reconciler relearns them instead of trusting what it concluded while the
+    /// host was silent). Returns whether the host was down.
+    pub async fn mark_host_back(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE hosts SET down_since = NULL WHERE name = $1 AND down_since IS NOT NULL",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE instances SET agent_generation = 0, generation = generation + 1, \
+             updated_at = $1 WHERE host = $2 AND state = 'error' AND operation_id IS NULL",
+        )
+        .bind(time::now())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

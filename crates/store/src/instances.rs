@@ -30,6 +30,10 @@ pub struct InstanceRecord {
     pub mac: Option<String>,
     /// The scaling group it is a member of.
     pub group_id: Option<Uuid>,
+    /// The placement group it belongs to, if any.
+    pub placement_group: Option<Uuid>,
+    /// Restarted on another host when its host is down (`--ha restart`).
+    pub ha_restart: bool,
     /// The operation acting on it; at most one at a time.
     pub operation_id: Option<Uuid>,
     /// Bumped by every change (compare-and-swap token).
@@ -76,6 +80,7 @@ impl InstanceRecord {
             operation: self.operation_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            ha: self.ha_restart.then_some(nimbus_api::HaPolicy::Restart),
         }
     }
 }
@@ -95,6 +100,10 @@ pub struct NewInstance {
     pub group_id: Option<Uuid>,
     /// Its NICs; none means one on the project's `default` network.
     pub nics: Vec<NicPlan>,
+    /// The placement group it joins, if any.
+    pub placement_group: Option<Uuid>,
+    /// Restart it on another host when its host is down.
+    pub ha_restart: bool,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -123,6 +132,12 @@ pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord,
             .as_deref()
             .map(parse_uuid)
             .transpose()?,
+        placement_group: r
+            .try_get::<Option<String>, _>("placement_group")?
+            .as_deref()
+            .map(parse_uuid)
+            .transpose()?,
+        ha_restart: r.try_get::<Option<String>, _>("ha")?.as_deref() == Some("restart"),
         operation_id: r
             .try_get::<Option<String>, _>("operation_id")?
             .as_deref()
@@ -168,8 +183,9 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
-             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15)",
+             host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id, \
+             placement_group, ha) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -186,6 +202,8 @@ impl Store {
         .bind(None::<String>)
         .bind(None::<String>)
         .bind(new.group_id.map(|g| g.to_string()))
+        .bind(new.placement_group.map(|g| g.to_string()))
+        .bind(new.ha_restart.then(|| "restart".to_string()))
         .execute(&mut *tx)
         .await
         .map_err(|e| {

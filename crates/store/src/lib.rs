@@ -24,6 +24,7 @@ mod networks;
 mod operations;
 mod orphans;
 mod placement;
+mod placement_groups;
 mod ports;
 mod projects;
 mod quotas;
@@ -44,6 +45,7 @@ pub use networks::{NetworkRecord, NewNetwork, FIRST_VNI, MAX_VNI};
 pub use operations::NewOperation;
 pub use orphans::SeenOrphan;
 pub use placement::Allocation;
+pub use placement_groups::{PlacementGroupRecord, PlacementMember};
 pub use ports::{NicPlan, PickAddress, PortRecord};
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
@@ -154,6 +156,8 @@ pub(crate) mod testing {
                 disk_gib: 2,
                 group_id: None,
                 nics: Vec::new(),
+                placement_group: None,
+                ha_restart: false,
             },
             NewOperation {
                 id: Uuid::new_v4(),

@@ -99,6 +99,7 @@ mod tests {
                 ready_marker: Some("nimbus-guest ready".into()),
             },
             disk: DiskSpec { size_gib: 2 },
+            ha: false,
             nics: Vec::new(),
         };
         let dir = VmDir::new("/s/vms/1".into());

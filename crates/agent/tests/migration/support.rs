@@ -65,6 +65,7 @@ impl Pair {
             memory_mib: 256,
             image: self.manifest.guest_image(),
             disk: DiskSpec { size_gib: 1 },
+            ha: false,
             nics: Vec::new(),
         };
         let c = &self.a.client;

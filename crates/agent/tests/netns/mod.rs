@@ -32,6 +32,7 @@ pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
             ready_marker: None,
         },
         disk: DiskSpec { size_gib: 1 },
+        ha: false,
         nics,
     }
 }

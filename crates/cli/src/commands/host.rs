@@ -73,6 +73,18 @@ fn ksm(h: &HostView) -> String {
     }
 }
 
+/// "up", "unreachable", or "down since 12:03:10, fenced".
+fn state_line(h: &HostView) -> String {
+    let state = format!("{:?}", h.state).to_lowercase();
+    match h.down_since {
+        Some(t) => {
+            let fenced = if h.fenced { ", fenced" } else { "" };
+            format!("{state} since {}{fenced}", t.format("%H:%M:%S"))
+        }
+        None => state,
+    }
+}
+
 const HEADERS: &[&str] = &[
     "name",
     "state",
@@ -90,7 +102,7 @@ fn show(out: Output, h: &HostView) -> anyhow::Result<()> {
         Output::Table => {
             output::fields(&[
                 ("name", h.name.clone()),
-                ("state", format!("{:?}", h.state).to_lowercase()),
+                ("state", state_line(h)),
                 ("enabled", h.enabled.to_string()),
                 ("agent", h.agent_url.clone()),
                 ("accelerator", h.accelerator.clone()),

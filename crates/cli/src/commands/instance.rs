@@ -1,7 +1,7 @@
 //! `nimbus instance ...`
 
 use super::{follow, follow_then, step_output};
-use crate::args::{Connection, InstanceCmd, Output};
+use crate::args::{Connection, HaArg, InstanceCmd, Output};
 use crate::{context, output};
 use nimbus_api::{CreateInstance, InstanceView, MigrateInstance, MigrationView};
 use std::io::Write;
@@ -73,6 +73,8 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             from_snapshot,
             networks,
             ip,
+            placement_group,
+            ha,
             wait,
         } => {
             let op = client
@@ -83,6 +85,8 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     from_snapshot,
                     networks,
                     ip,
+                    placement_group,
+                    ha: ha.map(|HaArg::Restart| nimbus_api::HaPolicy::Restart),
                 })
                 .await?;
             follow(&client, out, op, &wait).await

@@ -10,6 +10,7 @@ pub mod instance;
 pub mod keypair;
 pub mod network;
 pub mod operation;
+pub mod placement_group;
 pub mod project;
 pub mod quota;
 pub mod server;

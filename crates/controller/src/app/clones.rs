@@ -70,6 +70,7 @@ impl App {
             name: req.name.clone(),
             flavor: source.flavor.clone(),
             image: source.image.clone(),
+            placement_group: None,
             vcpus: source.vcpus,
             memory_mib: source.memory_mib,
             disk_gib: source.disk_gib,
@@ -85,6 +86,7 @@ impl App {
                     address: None,
                 })
                 .collect(),
+            ha_restart: req.ha.is_some(),
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {

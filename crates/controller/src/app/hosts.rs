@@ -7,11 +7,22 @@ use nimbus_api::{validate_name, HostCachedImage, HostImageCache, HostKsm, HostSt
 use nimbus_scheduler::{AllocationRatios, HostCapacity, Resources};
 use nimbus_store::HostRecord;
 
-/// A host whose agent has not reported for this long is `down`.
-pub const HOST_DOWN_AFTER_SECS: i64 = 30;
+/// Whether a host's agent reports, from the age of its last report (see
+/// [`nimbus_agent_api::liveness`] for the timeouts and why they are safe).
+pub fn liveness(h: &HostRecord) -> HostState {
+    use nimbus_agent_api::liveness::{DOWN_AFTER, UNREACHABLE_AFTER};
+    let silent = (Utc::now() - h.last_seen).to_std().unwrap_or_default();
+    if silent >= DOWN_AFTER {
+        HostState::Down
+    } else if silent >= UNREACHABLE_AFTER {
+        HostState::Unreachable
+    } else {
+        HostState::Up
+    }
+}
 
 fn is_up(h: &HostRecord) -> bool {
-    (Utc::now() - h.last_seen).num_seconds() < HOST_DOWN_AFTER_SECS
+    liveness(h) == HostState::Up
 }
 
 impl App {
@@ -41,6 +52,7 @@ impl App {
                 .as_ref()
                 .and_then(|c| serde_json::to_string(c).ok()),
             last_seen: Utc::now(),
+            down_since: None,
         };
         self.store().upsert_host(&rec).await?;
         let Some(net) = &self.config().network else {
@@ -113,11 +125,9 @@ impl App {
                 let image_cache = h.image_cache.as_deref().and_then(image_cache_view);
                 let memory_mib_used = rss.get(&h.name).map(|b| b >> 20);
                 HostView {
-                    state: if is_up(&h) {
-                        HostState::Up
-                    } else {
-                        HostState::Down
-                    },
+                    state: liveness(&h),
+                    fenced: liveness(&h) == HostState::Down,
+                    down_since: h.down_since,
                     name: h.name,
                     enabled: h.enabled,
                     agent_url: h.agent_url,
@@ -156,12 +166,13 @@ impl App {
         if host.state == HostState::Up {
             return Ok(());
         }
+        let state = format!("{:?}", host.state).to_lowercase();
         let seen = host
             .last_seen
             .map(|t| format!(" (last report {} s ago)", (Utc::now() - t).num_seconds()))
             .unwrap_or_default();
         Err(AppError::unavailable(format!(
-            "host {name}, {why}, is down{seen}; try again once it is back (`nimbus host list`)"
+            "host {name}, {why}, is {state}{seen}; try again once it is back (`nimbus host list`)"
         )))
     }
 

@@ -1,13 +1,14 @@
 //! Instances: validation, capacity checks, and starting their operations.
 
+use crate::app::placement_groups::choose_host;
 use crate::app::{App, AppError, Caller};
 use crate::ops;
 use nimbus_agent_api::{DiskSpec, ExecRequest, GuestImage, NicSpec, VmSpec};
 use nimbus_api::{
-    validate_name, ConsoleLog, CreateInstance, ErrorCode, ExecInstance, ExecOutput, FlavorView,
-    ImageView, InstanceState, InstanceView, OperationKind, OperationView,
+    validate_name, ConsoleLog, CreateInstance, ExecInstance, ExecOutput, FlavorView, ImageView,
+    InstanceState, InstanceView, OperationKind, OperationView,
 };
-use nimbus_scheduler::{place, Resources};
+use nimbus_scheduler::Resources;
 use nimbus_store::{InstanceRecord, NewInstance, NewOperation, Scope, StoreError};
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -37,6 +38,11 @@ impl App {
             AppError::bad_request(format!("invalid instance name {:?}: {e}", req.name))
         })?;
         if let Some(snapshot) = &req.from_snapshot {
+            if req.placement_group.is_some() {
+                return Err(AppError::bad_request(
+                    "a clone cannot join a placement group (it runs on its snapshot's host)",
+                ));
+            }
             return self.clone_instance(caller, req, snapshot).await;
         }
         let (Some(flavor_name), Some(image)) = (&req.flavor, &req.image) else {
@@ -56,10 +62,17 @@ impl App {
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
         };
+        let placement = match &req.placement_group {
+            Some(name) => Some(self.placement_group_named(caller, name).await?.id),
+            None => None,
+        };
+        let group_context = match placement {
+            Some(id) => Some(self.group_context_of(id, None).await?),
+            None => None,
+        };
         // Refuse at once what cannot fit anywhere; the create operation places for real.
         let pool = self.host_capacities().await?;
-        place(&pool, &want, self.config().strategy)
-            .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()))?;
+        choose_host(&pool, &want, self.config().strategy, group_context.as_ref())?;
         let id = Uuid::new_v4();
         let op = NewOperation {
             id: Uuid::new_v4(),
@@ -80,6 +93,8 @@ impl App {
             disk_gib: flavor.disk_gib,
             group_id: group,
             nics,
+            placement_group: placement,
+            ha_restart: req.ha.is_some(),
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {
@@ -246,6 +261,7 @@ impl App {
                 size_gib: inst.disk_gib,
             },
             nics: self.nic_specs(inst).await?,
+            ha: inst.ha_restart,
         })
     }
 

@@ -1,11 +1,10 @@
 //! Live migration and host drain, as the API starts them.
 
+use crate::app::placement_groups::choose_host;
 use crate::app::{App, AppError, Caller};
 use crate::ops;
-use nimbus_api::{
-    ErrorCode, InstanceState, MigrateInstance, MigrationView, OperationKind, OperationView,
-};
-use nimbus_scheduler::{place, Resources};
+use nimbus_api::{InstanceState, MigrateInstance, MigrationView, OperationKind, OperationView};
+use nimbus_scheduler::Resources;
 use nimbus_store::Scope;
 use nimbus_store::{NewOperation, StoreError};
 use uuid::Uuid;
@@ -46,7 +45,7 @@ impl App {
             }
         }
         // Refuse at once what cannot work; the operation chooses for real.
-        self.choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+        self.choose_migration_target(&inst, &source, req.to.as_deref())
             .await?;
         self.check_snapshots_can_move(&inst, &source).await?;
         let op = NewOperation {
@@ -87,13 +86,16 @@ impl App {
     }
 
     /// The host an instance on `source` should move to: `to` if given (it must be up,
-    /// enabled and have room), else the scheduler's choice among the other hosts.
+    /// enabled and have room), else the scheduler's choice among the other hosts; both
+    /// honouring the instance's placement group.
     pub async fn choose_migration_target(
         &self,
+        inst: &nimbus_store::InstanceRecord,
         source: &str,
         to: Option<&str>,
-        want: &Resources,
     ) -> Result<String, AppError> {
+        let want = &resources_of(inst);
+        let group = self.group_context(inst).await?;
         let pool: Vec<_> = self
             .host_capacities()
             .await?
@@ -116,13 +118,10 @@ impl App {
                 )));
             }
             let one = std::slice::from_ref(host);
-            return place(one, want, self.config().strategy)
-                .map(|h| h.name.clone())
-                .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()));
+            return choose_host(one, want, self.config().strategy, group.as_ref())
+                .map(|h| h.name.clone());
         }
-        place(&pool, want, self.config().strategy)
-            .map(|h| h.name.clone())
-            .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()))
+        choose_host(&pool, want, self.config().strategy, group.as_ref()).map(|h| h.name.clone())
     }
 
     /// A migration record (its id is its operation's id).

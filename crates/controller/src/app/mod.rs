@@ -19,6 +19,7 @@ pub mod network;
 pub mod networks;
 pub mod operations;
 pub mod orphans;
+pub mod placement_groups;
 pub mod projects;
 pub mod quotas;
 pub mod scaling;

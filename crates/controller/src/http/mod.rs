@@ -17,6 +17,7 @@ mod migrations;
 mod networks;
 pub mod openapi;
 mod operations;
+mod placement_groups;
 mod projects;
 mod snapshots;
 mod tokens;
@@ -52,6 +53,14 @@ pub fn router(app: App) -> Router {
         )
         .route("/instances/{instance}/console", get(console::attach))
         .route("/groups", get(groups::list).post(groups::create))
+        .route(
+            "/placement-groups",
+            get(placement_groups::list).post(placement_groups::create),
+        )
+        .route(
+            "/placement-groups/{group}",
+            axum::routing::delete(placement_groups::delete),
+        )
         .route(
             "/groups/{group}",
             get(groups::show)

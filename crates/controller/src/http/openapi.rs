@@ -3,7 +3,7 @@
 
 use super::{
     audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, networks,
-    operations, projects, snapshots, tokens, usage,
+    operations, placement_groups, projects, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -32,6 +32,7 @@ use utoipa::{Modify, OpenApi};
         usage::report,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         networks::list, networks::create, networks::show, networks::delete,
+        placement_groups::list, placement_groups::create, placement_groups::delete,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth, &EdgeAnswers),

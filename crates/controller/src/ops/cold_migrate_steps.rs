@@ -1,14 +1,12 @@
 //! The steps of a cold migration (see [`super::instance_cold_migrate`]).
 
-use super::migrate_steps::{disk_transfer, route};
-use super::steps::{agent_err, app_err, instance, store_err};
+use super::migrate_steps::{commit_move, disk_transfer, route, PrepareTarget};
+use super::steps::{agent_err, app_err, instance};
 use crate::app::App;
 use async_trait::async_trait;
-use chrono::Utc;
 use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer};
 use nimbus_api::MigrationStats;
 use nimbus_ops::{Step, StepContext, StepError};
-use nimbus_store::Scope;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -39,12 +37,9 @@ impl Step<App> for PrepareColdTarget {
         Ok(json!({ "disk_transfer": kind }))
     }
 
+    /// Deletes the target copy, as a live migration's target is (a shared disk stays).
     async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
-        let r = route(s)?;
-        let agent = app.agent_of(&r.target).await.map_err(app_err)?;
-        // Its disk only when the target provably made it (a copy); a shared or unknown one stays.
-        let res = agent.remove_vm(self.0, !r.target_made_disk()).await;
-        res.map_err(agent_err)
+        PrepareTarget(self.0).undo(app, s).await
     }
 }
 
@@ -99,30 +94,14 @@ impl Step<App> for CommitCold {
             .and_then(|o| o.get("bytes"))
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        app.store()
-            .move_instance(self.0, &r.source, &r.target)
-            .await
-            .map_err(store_err)?;
-        let m = app
-            .store()
-            .get_migration(&Scope::All, s.operation_id)
-            .await
-            .map_err(store_err)?;
-        let stats = MigrationStats {
+        let stats = commit_move(app, s.operation_id, self.0, &r, |total_ms| MigrationStats {
             disk_transfer: if r.shared() { "shared" } else { "copy" }.into(),
             transferred_bytes: bytes,
             total_bytes: bytes,
-            total_ms: (Utc::now() - m.created_at).num_milliseconds().max(0) as u64,
+            total_ms,
             ..MigrationStats::default()
-        };
-        app.store()
-            .set_migration_stats(s.operation_id, &stats)
-            .await
-            .map_err(store_err)?;
-        app.store()
-            .end_migration(s.operation_id, "succeeded")
-            .await
-            .map_err(store_err)?;
+        })
+        .await?;
         tracing::info!(instance_id = %self.0, source = %r.source, target = %r.target, bytes, "cold migration committed");
         Ok(json!({ "stats": stats }))
     }

@@ -165,6 +165,8 @@ mod tests {
             ip: None,
             mac: None,
             group_id: None,
+            placement_group: None,
+            ha_restart: false,
             operation_id: None,
             generation: 1,
             agent_generation: 0,

@@ -2,7 +2,7 @@
 
 use super::shared_disk::{has_dots, is_own_shared_disk};
 use super::steps::{agent_err, app_err, instance, op_params, store_err};
-use crate::app::migrations::{resources_of, DEFAULT_MAX_DOWNTIME_MS};
+use crate::app::migrations::DEFAULT_MAX_DOWNTIME_MS;
 use crate::app::App;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -110,7 +110,7 @@ impl Step<App> for ChooseTarget {
             .ok_or_else(|| StepError::permanent("the instance has no host"))?;
         let _guard = app.placement_lock().await;
         let target = app
-            .choose_migration_target(&source, req.to.as_deref(), &resources_of(&inst))
+            .choose_migration_target(&inst, &source, req.to.as_deref())
             .await
             .map_err(|e| StepError::permanent(e.message))?;
         app.check_snapshots_can_move(&inst, &source)
@@ -416,40 +416,54 @@ impl Step<App> for Commit {
         let r = route(s)?;
         let progress: MigrationProgress = from_output(s, 2, "progress")?;
         let verified = s.output(3).cloned().unwrap_or_default();
-        app.store()
-            .move_instance(self.0, &r.source, &r.target)
-            .await
-            .map_err(store_err)?;
-        let mut m = app
-            .store()
-            .get_migration(&Scope::All, s.operation_id)
-            .await
-            .map_err(store_err)?;
-        m.stats = MigrationStats {
+        let stats = commit_move(app, s.operation_id, self.0, &r, |total_ms| MigrationStats {
             disk_transfer: if r.shared() { "shared" } else { "mirror" }.into(),
             rounds: progress.round,
             transferred_bytes: progress.transferred_bytes,
             total_bytes: progress.total_bytes,
-            total_ms: (Utc::now() - m.created_at).num_milliseconds().max(0) as u64,
+            total_ms,
             downtime_ms: verified.get("downtime_ms").and_then(Value::as_u64),
             guest_pause_ms: verified.get("guest_pause_ms").and_then(Value::as_u64),
             escalations: progress.escalations.clone(),
-        };
-        app.store()
-            .set_migration_stats(s.operation_id, &m.stats)
-            .await
-            .map_err(store_err)?;
-        app.store()
-            .end_migration(s.operation_id, "succeeded")
-            .await
-            .map_err(store_err)?;
-        tracing::info!(instance_id = %self.0, source = %r.source, target = %r.target, stats = ?m.stats, "migration committed");
-        Ok(json!({ "stats": m.stats }))
+        })
+        .await?;
+        tracing::info!(instance_id = %self.0, source = %r.source, target = %r.target, ?stats, "migration committed");
+        Ok(json!({ "stats": stats }))
     }
 
     fn is_point_of_no_return(&self) -> bool {
         true
     }
+}
+
+/// Moves `instance` to the target in the store and closes the migration record with the
+/// stats `stats` makes of the total time (ms): the commit of a live or cold migration.
+pub(super) async fn commit_move(
+    app: &App,
+    op: Uuid,
+    instance: Uuid,
+    r: &Route,
+    stats: impl FnOnce(u64) -> MigrationStats,
+) -> Result<MigrationStats, StepError> {
+    app.store()
+        .move_instance(instance, &r.source, &r.target)
+        .await
+        .map_err(store_err)?;
+    let m = app
+        .store()
+        .get_migration(&Scope::All, op)
+        .await
+        .map_err(store_err)?;
+    let stats = stats((Utc::now() - m.created_at).num_milliseconds().max(0) as u64);
+    app.store()
+        .set_migration_stats(op, &stats)
+        .await
+        .map_err(store_err)?;
+    app.store()
+        .end_migration(op, "succeeded")
+        .await
+        .map_err(store_err)?;
+    Ok(stats)
 }
 
 /// Deletes the paused source copy (keeping a shared disk, which the target now uses).

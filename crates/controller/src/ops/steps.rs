@@ -1,11 +1,12 @@
 //! The steps operations are made of. Each is idempotent: it may run again after a crash.
 
+use crate::app::placement_groups::choose_host;
 use crate::app::{App, AppError};
 use async_trait::async_trait;
 use nimbus_agent_api::{AgentClient, AgentError, StopRequest, VmRunState};
 use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
-use nimbus_scheduler::{place_preferring, Resources};
+use nimbus_scheduler::Resources;
 use nimbus_store::Scope;
 use nimbus_store::{InstanceRecord, StoreError};
 use serde_json::{json, Value};
@@ -82,13 +83,21 @@ impl Step<App> for Place {
             memory_mib: inst.memory_mib,
             disk_gib: inst.disk_gib,
         };
+        let group = app.group_context(&inst).await.map_err(app_err)?;
+        // Hosts that already hold the image first (no download), if one of them suits the
+        // placement group too; else any host.
         let holding = app.hosts_holding(&inst.image).await.map_err(app_err)?;
-        let host = place_preferring(&pool, &want, app.config().strategy, |h| {
-            holding.contains(&h.name)
-        })
-        .map_err(|e| StepError::permanent(e.to_string()))?
-        .name
-        .clone();
+        let preferred: Vec<_> = pool
+            .iter()
+            .filter(|h| holding.contains(&h.name))
+            .cloned()
+            .collect();
+        let strategy = app.config().strategy;
+        let host = choose_host(&preferred, &want, strategy, group.as_ref())
+            .or_else(|_| choose_host(&pool, &want, strategy, group.as_ref()))
+            .map_err(|e| StepError::permanent(e.message))?
+            .name
+            .clone();
         app.store()
             .reserve_host(self.0, &host)
             .await

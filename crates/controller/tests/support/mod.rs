@@ -41,6 +41,7 @@ impl FakeAgent {
     /// Serves on a free loopback port; answers the agent URL.
     pub async fn serve(&self) -> String {
         let app = Router::new()
+            .route("/vms", get(list_vms))
             .route("/vms/{id}", get(vm).delete(delete_vm))
             .route("/vms/{id}/snapshots", post(snapshot))
             .route("/vms/{id}/snapshots/{sid}/restore", post(restore))
@@ -98,6 +99,16 @@ pub fn status(id: Uuid, state: VmRunState) -> VmStatus {
         resumed_unix_ms: None,
         first_heartbeat_unix_ms: Some(1),
     }
+}
+
+async fn list_vms(State(f): State<FakeAgent>) -> Response {
+    let vms: Vec<VmStatus> = f
+        .state()
+        .vms
+        .iter()
+        .map(|(id, s)| status(*id, *s))
+        .collect();
+    Json(vms).into_response()
 }
 
 async fn vm(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response {
@@ -258,6 +269,8 @@ impl Cloud {
             disk_gib: 2,
             group_id: None,
             nics: Vec::new(),
+            placement_group: None,
+            ha_restart: false,
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

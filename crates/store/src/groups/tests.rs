@@ -53,6 +53,8 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         disk_gib: 1,
         group_id: group,
         nics: Vec::new(),
+        placement_group: None,
+        ha_restart: false,
     };
     s.insert_instance(
         &new,

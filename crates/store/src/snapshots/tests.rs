@@ -28,6 +28,8 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         disk_gib: 2,
         group_id: None,
         nics: Vec::new(),
+        placement_group: None,
+        ha_restart: false,
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");

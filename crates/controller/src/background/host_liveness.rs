@@ -1,0 +1,110 @@
+//! Host liveness: declares hosts whose agents stopped reporting `down` and their instances
+//! `error`, and takes them back when they report again.
+//!
+//! ```text
+//!  up --(no report 10 s)--> unreachable --(no report 30 s: fence timeout + margin)--> down
+//!   ^                                                                                  |
+//!   +------------------------------ reports again -------------------------------------+
+//! ```
+//!
+//! Every pass (each `reconcile_interval`), for a down host: its down mark is recorded once
+//! (`down_since`), and each of its instances that no operation owns and that is not already
+//! `error` goes `error` with the reason. Nothing is deleted or stopped: the host may be only
+//! cut off, and what its agent still runs is learnt again when it reports (the instances'
+//! agent generations are forgotten so its next report is applied as it is).
+
+use crate::app::hosts::liveness;
+use crate::app::App;
+use chrono::{DateTime, Utc};
+use nimbus_api::{HostState, InstanceState};
+use nimbus_store::{HostRecord, Scope, StoreError};
+
+/// Runs forever, one pass every `reconcile_interval`.
+pub async fn run(app: App) {
+    let mut tick = tokio::time::interval(app.config().reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pass(&app).await {
+            tracing::warn!(error = %e, "host liveness pass failed");
+        }
+    }
+}
+
+/// One pass over all hosts.
+pub async fn pass(app: &App) -> Result<(), StoreError> {
+    for host in app.store().list_hosts().await? {
+        match liveness(&host) {
+            HostState::Down => host_down(app, &host).await?,
+            HostState::Up => {
+                if app.store().mark_host_back(&host.name).await? {
+                    tracing::info!(host = %host.name, "host reports again; relearning its instances");
+                }
+            }
+            HostState::Unreachable => {}
+        }
+    }
+    Ok(())
+}
+
+async fn host_down(app: &App, host: &HostRecord) -> Result<(), StoreError> {
+    let since = match host.down_since {
+        Some(t) => t,
+        None => {
+            let now = Utc::now();
+            if app.store().mark_host_down(&host.name, now).await? {
+                tracing::warn!(host = %host.name, last_seen = %host.last_seen, "host down: its agent stopped reporting");
+            }
+            now
+        }
+    };
+    let reason = down_reason(&host.name, since, host.last_seen);
+    let instances = app.store().list_instances(&Scope::All).await?;
+    for inst in instances.iter().filter(|i| {
+        i.host.as_deref() == Some(host.name.as_str())
+            && i.operation_id.is_none()
+            && i.state != InstanceState::Error
+    }) {
+        let applied = app
+            .store()
+            .apply_agent_report(
+                inst.id,
+                inst.generation,
+                inst.agent_generation + 1,
+                InstanceState::Error,
+                Some(&reason),
+            )
+            .await?;
+        if applied {
+            tracing::warn!(instance_id = %inst.id, host = %host.name, "instance on a down host: error");
+        }
+    }
+    Ok(())
+}
+
+/// Why an instance on a down host is `error`, and what the operator can do.
+fn down_reason(host: &str, since: DateTime<Utc>, last_seen: DateTime<Utc>) -> String {
+    format!(
+        "its host {host} is down since {} (no report from its agent since {}); \
+         it runs again when the host is back, or elsewhere with `nimbus host evacuate {host}`",
+        since.format("%H:%M:%S UTC"),
+        last_seen.format("%H:%M:%S UTC"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_names_host_times_and_remedy() {
+        let since = DateTime::parse_from_rfc3339("2026-12-05T12:03:10Z")
+            .expect("a valid time")
+            .with_timezone(&Utc);
+        let seen = since - chrono::Duration::seconds(30);
+        let r = down_reason("host2", since, seen);
+        assert!(r.contains("host2 is down since 12:03:10 UTC"), "{r}");
+        assert!(r.contains("since 12:02:40 UTC"), "{r}");
+        assert!(r.contains("nimbus host evacuate host2"), "{r}");
+    }
+}
