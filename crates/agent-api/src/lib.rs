@@ -58,8 +58,8 @@ pub use snapshot::{
     SnapshotResult,
 };
 pub use vm::{
-    ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec, StopRequest, VmRunState,
-    VmSpec, VmStatus,
+    CloudInitSeed, ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec,
+    StopRequest, VmRunState, VmSpec, VmStatus, CLOUD_INIT_READY_MARKER,
 };
 
 /// Path prefix of every agent route.

@@ -142,6 +142,7 @@ pub(crate) mod test_support {
             },
             disk: DiskSpec { size_gib: 1 },
             nics,
+            seed: None,
         }
     }
 }

@@ -49,6 +49,7 @@ async fn default_image_end_to_end() {
         image: manifest.guest_image(),
         disk: DiskSpec { size_gib: 1 },
         nics: Vec::new(),
+        seed: None,
     };
     c.define_vm(&spec).await.expect("define");
     let t0 = Instant::now();

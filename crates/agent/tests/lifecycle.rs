@@ -27,6 +27,7 @@ fn firmware_only_spec(id: Uuid, base: &std::path::Path) -> VmSpec {
         },
         disk: DiskSpec { size_gib: 1 },
         nics: Vec::new(),
+        seed: None,
     }
 }
 

@@ -75,6 +75,7 @@ fn vm_with_nic(id: uuid::Uuid) -> VmSpec {
             ready_marker: None,
         },
         disk: DiskSpec { size_gib: 1 },
+        seed: None,
         nics: vec![NicSpec {
             mac: "52:54:0a:c8:00:0a".into(),
             ip: "10.200.0.10/16".into(),

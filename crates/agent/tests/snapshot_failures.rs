@@ -77,6 +77,7 @@ async fn injected_failures_leave_nothing_behind() {
         image: image.guest_image(),
         disk: DiskSpec { size_gib: 1 },
         nics: Vec::new(),
+        seed: None,
     };
     c.define_vm(&spec).await.expect("define");
     c.start_vm(id).await.expect("start");

@@ -90,4 +90,9 @@ pub struct UploadImage {
     /// Boot through UEFI (OVMF) instead of BIOS.
     #[serde(default)]
     pub firmware: Option<Firmware>,
+    /// The console line that says the guest is up. Default: the line nimbus's cloud-init
+    /// seed makes cloud-init print when it has finished (`nimbus-guest ready`); empty: none
+    /// (the instance is running once QEMU runs, for images without cloud-init).
+    #[serde(default)]
+    pub ready_marker: Option<String>,
 }

@@ -32,7 +32,7 @@ pub use host::{HostCachedImage, HostImageCache, HostKsm, HostState, HostView};
 pub use image::{Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
-    MigrateInstance,
+    MigrateInstance, MAX_USER_DATA_BYTES,
 };
 pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
 pub use migration::{MigrationStats, MigrationView};

@@ -435,6 +435,12 @@ pub enum InstanceCmd {
         /// identity (MAC, IP), on the host the snapshot lives on.
         #[arg(long, conflicts_with_all = ["flavor", "image"])]
         from_snapshot: Option<String>,
+        /// Keypair whose public key cloud-init installs (`nimbus keypair list`).
+        #[arg(long = "key")]
+        key_name: Option<String>,
+        /// User-data for cloud-init (e.g. a `#cloud-config` file), at most 16 KiB.
+        #[arg(long)]
+        user_data_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -89,6 +89,8 @@ async fn bad_input_is_refused_cleanly(cloud: &Cloud, client: &Client) {
             flavor: Some("huge".into()),
             image: Some("default".into()),
             from_snapshot: None,
+            key_name: None,
+            user_data: None,
         })
         .await
         .expect_err("cannot fit");
@@ -317,6 +319,8 @@ async fn controller_restart_mid_create_completes(cloud: &mut Cloud) {
             flavor: Some("tiny".into()),
             image: Some("default".into()),
             from_snapshot: None,
+            key_name: None,
+            user_data: None,
         })
         .await
         .expect("create");

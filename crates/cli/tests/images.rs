@@ -92,7 +92,15 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     // Upload: the digest is shown, and the controller verified it.
     let out = cloud
         .cli(&[
-            "image", "upload", "halt", "--file", file, "--wait", "-o", "json",
+            "image",
+            "upload",
+            "halt",
+            "--file",
+            file,
+            "--no-ready-marker",
+            "--wait",
+            "-o",
+            "json",
         ])
         .expect("run nimbus");
     assert!(out.status.success(), "{out:?}");

@@ -280,6 +280,8 @@ async fn quota_race_at_the_edge(cloud: &Cloud, admin: &Client, alice: &CreatedTo
                 flavor: Some("tiny".into()),
                 image: Some("broken".into()),
                 from_snapshot: None,
+                key_name: None,
+                user_data: None,
             })
             .await
         }

@@ -288,6 +288,8 @@ async fn a_clone_gets_a_new_identity_on_the_snapshot_s_host() {
         flavor: None,
         image: None,
         from_snapshot: Some("s1".into()),
+        key_name: None,
+        user_data: None,
     };
     let op = f
         .app
@@ -540,6 +542,8 @@ async fn a_failed_clone_leaves_no_vm_and_no_reservation() {
         flavor: None,
         image: None,
         from_snapshot: Some("s1".into()),
+        key_name: None,
+        user_data: None,
     };
     let op = f
         .app

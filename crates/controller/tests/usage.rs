@@ -97,6 +97,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         memory_mib: 512,
         disk_gib: 1,
         group_id: None,
+        seed: Default::default(),
     };
     let op = NewOperation {
         id: Uuid::new_v4(),

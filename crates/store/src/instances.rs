@@ -75,6 +75,8 @@ pub struct NewInstance {
     pub disk_gib: u64,
     /// The scaling group it is created for, if any.
     pub group_id: Option<Uuid>,
+    /// Key and user-data for its cloud-init seed.
+    pub seed: crate::InstanceSeed,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -183,6 +185,9 @@ impl Store {
                 format!("an instance named {:?} already exists in project {:?}", new.name, new.project)
             })
         })?;
+        if new.seed != crate::InstanceSeed::default() {
+            crate::seeds::write_seed(&mut tx, new.id, &new.seed).await?;
+        }
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         self.get_instance_by_id(&Scope::All, new.id).await

@@ -24,6 +24,7 @@ mod placement;
 mod projects;
 mod quotas;
 mod scope;
+mod seeds;
 mod snapshots;
 mod time;
 mod tokens;
@@ -40,6 +41,7 @@ pub use operations::NewOperation;
 pub use placement::Allocation;
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
+pub use seeds::InstanceSeed;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
 pub use tokens::{NewToken, TokenRecord};
 pub use usage::{UsageRow, UsageTotals};
@@ -131,6 +133,7 @@ pub(crate) mod testing {
                 memory_mib: 512,
                 disk_gib: 2,
                 group_id: None,
+                seed: Default::default(),
             },
             NewOperation {
                 id: Uuid::new_v4(),

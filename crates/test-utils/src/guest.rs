@@ -90,6 +90,8 @@ pub async fn create_instances(cloud: &Cloud, names: &[&str], flavor: &str) {
             flavor: Some(flavor.into()),
             image: Some("default".into()),
             from_snapshot: None,
+            key_name: None,
+            user_data: None,
         };
         ops.push(client.create_instance(&req).await.expect("create"));
     }

@@ -66,6 +66,7 @@ impl Pair {
             image: self.manifest.guest_image(),
             disk: DiskSpec { size_gib: 1 },
             nics: Vec::new(),
+            seed: None,
         };
         let c = &self.a.client;
         c.define_vm(&spec).await.expect("define");

@@ -22,6 +22,13 @@ pub enum ImageCmd {
         /// The image boots only through UEFI (OVMF); default BIOS.
         #[arg(long)]
         uefi: bool,
+        /// Console line that says the guest is up (default: the line nimbus's cloud-init
+        /// seed makes cloud-init print when it has finished).
+        #[arg(long, conflicts_with = "no_ready_marker")]
+        ready_marker: Option<String>,
+        /// The image has no cloud-init: its instances are running once QEMU runs.
+        #[arg(long)]
+        no_ready_marker: bool,
         /// Accepted for symmetry with other long actions: the command always returns once
         /// the image is stored, inspected and ready to boot.
         #[arg(long)]

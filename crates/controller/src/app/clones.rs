@@ -74,6 +74,7 @@ impl App {
             memory_mib: source.memory_mib,
             disk_gib: source.disk_gib,
             group_id: None,
+            seed: Default::default(),
         };
         let net = self.config().network.clone().unwrap_or_default();
         self.store()

@@ -81,6 +81,11 @@ impl App {
             virtual_size: found.virtual_size,
             size_bytes: incoming.size,
             firmware: q.firmware.unwrap_or_default(),
+            ready_marker: match q.ready_marker.as_deref() {
+                None => Some(nimbus_agent_api::CLOUD_INIT_READY_MARKER.to_string()),
+                Some("") => None,
+                Some(line) => Some(line.to_string()),
+            },
         };
         tracing::info!(image = name, project = %new.project, digest = %new.digest,
             format = %new.format, bytes = new.size_bytes, "image uploaded");

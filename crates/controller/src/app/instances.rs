@@ -48,6 +48,7 @@ impl App {
         let flavor = self.flavor_named(flavor_name).await?;
         let img = self.image_named(image, &caller.scope()).await?;
         super::images::check_image_fits(&img, flavor.disk_gib)?;
+        let seed = self.seed_inputs(caller, req).await?;
         let want = Resources {
             vcpus: flavor.vcpus as u64,
             memory_mib: flavor.memory_mib,
@@ -76,6 +77,7 @@ impl App {
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
             group_id: group,
+            seed,
         };
         let net = self.config().network.clone().unwrap_or_default();
         self.store()
@@ -214,6 +216,7 @@ impl App {
     pub async fn vm_spec(&self, inst: &InstanceRecord) -> Result<VmSpec, AppError> {
         let img = self.store().get_image(&inst.image, &Scope::All).await?;
         let blob = super::images::blob_of(&img);
+        let seed = self.cloud_init_seed(inst, &img).await?;
         Ok(VmSpec {
             id: inst.id,
             name: inst.name.clone(),
@@ -233,6 +236,7 @@ impl App {
             disk: DiskSpec {
                 size_gib: inst.disk_gib,
             },
+            seed,
             nics: match (&self.config().network, &inst.ip, &inst.mac) {
                 (Some(_), Some(ip), Some(mac)) => vec![NicSpec {
                     mac: mac.clone(),

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod clones;
+pub mod cloud_init;
 pub mod error;
 pub mod flavors;
 pub mod groups;

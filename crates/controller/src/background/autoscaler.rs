@@ -186,6 +186,8 @@ async fn create_member(app: &App, g: &GroupRecord, releasing: bool) -> Result<bo
         flavor: Some(g.flavor.clone()),
         image: Some(g.image.clone()),
         from_snapshot: None,
+        key_name: None,
+        user_data: None,
     };
     match app
         .create_instance_in(&group_caller(g), &req, Some(g.id))

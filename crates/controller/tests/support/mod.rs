@@ -257,6 +257,7 @@ impl Cloud {
             memory_mib,
             disk_gib: 2,
             group_id: None,
+            seed: Default::default(),
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

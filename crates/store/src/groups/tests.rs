@@ -53,6 +53,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         memory_mib: 256,
         disk_gib: 1,
         group_id: group,
+        seed: Default::default(),
     };
     let used_ip = |used: &HashSet<String>| {
         (10..250)

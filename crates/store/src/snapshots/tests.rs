@@ -35,6 +35,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         memory_mib: 512,
         disk_gib: 2,
         group_id: None,
+        seed: Default::default(),
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");
