@@ -421,6 +421,18 @@ mod tests {
         Arc::new(ImageCache::open(state, None, 1 << 30).expect("image cache"))
     }
 
+    /// A manager of `state` with local disks, no network and no image source.
+    async fn local_manager(state: &Path) -> Result<Manager> {
+        Manager::load(
+            state,
+            Accel::Tcg,
+            DiskStore::Local,
+            no_network(),
+            no_images(state),
+        )
+        .await
+    }
+
     #[test]
     fn validation() {
         let id = Uuid::new_v4();
@@ -528,15 +540,7 @@ mod tests {
         nimbus_qemu::img::create_blank(&base, 64 << 20)
             .await
             .expect("base");
-        let mgr = Manager::load(
-            tmp.path(),
-            Accel::Tcg,
-            DiskStore::Local,
-            no_network(),
-            no_images(tmp.path()),
-        )
-        .await
-        .expect("load");
+        let mgr = local_manager(tmp.path()).await.expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base.clone());
@@ -567,15 +571,7 @@ mod tests {
 
         // A new manager on the same directory knows the VM.
         mgr.detach_all().await;
-        let mgr = Manager::load(
-            tmp.path(),
-            Accel::Tcg,
-            DiskStore::Local,
-            no_network(),
-            no_images(tmp.path()),
-        )
-        .await
-        .expect("reload");
+        let mgr = local_manager(tmp.path()).await.expect("reload");
         assert_eq!(mgr.list().len(), 1);
         mgr.delete(id).await.expect("delete");
         assert!(!tmp.path().join(format!("vms/{id}")).exists());
