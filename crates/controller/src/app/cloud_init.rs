@@ -26,11 +26,20 @@ fn check_user_data(b64: &str) -> Result<String, AppError> {
 
 impl App {
     /// The seed inputs of a create: the keypair's public key (copied) and the user-data.
+    /// Refused for images registered by path (they get no seed, so the key would be lost).
     pub(crate) async fn seed_inputs(
         &self,
         caller: &Caller,
         req: &CreateInstance,
+        img: &ImageView,
     ) -> Result<InstanceSeed, AppError> {
+        if img.digest.is_none() && (req.key_name.is_some() || req.user_data.is_some()) {
+            return Err(AppError::bad_request(format!(
+                "image {:?} is registered by path and boots without cloud-init; --key and \
+                 --user-data-file apply to uploaded images (`nimbus image upload`)",
+                img.name
+            )));
+        }
         let public_key = match &req.key_name {
             Some(name) => Some(
                 self.store()

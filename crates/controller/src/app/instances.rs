@@ -48,7 +48,7 @@ impl App {
         let flavor = self.flavor_named(flavor_name).await?;
         let img = self.image_named(image, &caller.scope()).await?;
         super::images::check_image_fits(&img, flavor.disk_gib)?;
-        let seed = self.seed_inputs(caller, req).await?;
+        let seed = self.seed_inputs(caller, req, &img).await?;
         let want = Resources {
             vcpus: flavor.vcpus as u64,
             memory_mib: flavor.memory_mib,
