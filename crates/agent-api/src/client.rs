@@ -89,6 +89,14 @@ impl AgentClient {
         self.send(self.request(Method::GET, "/host")).await
     }
 
+    /// The stopped VM's disk as one self-contained qcow2, as a stream (`Content-Length` set).
+    pub async fn export_disk(&self, id: uuid::Uuid) -> Result<Response, AgentError> {
+        let req = self
+            .request(Method::GET, &format!("/vms/{id}/disk"))
+            .timeout(Duration::from_secs(3600));
+        self.send_raw(req).await
+    }
+
     pub async fn list_vms(&self) -> Result<Vec<VmStatus>, AgentError> {
         self.send(self.request(Method::GET, "/vms")).await
     }

@@ -25,6 +25,7 @@
 //! GET    /vms/{id}/migration          -> MigrationProgress                (source side)
 //! POST   /vms/{id}/migration/cancel   -> MigrationProgress  cancel; the VM runs on at the source
 //! POST   /vms/{id}/snapshots  ...       checkpoints (see [`snapshot`])
+//! GET    /vms/{id}/disk             -> bytes      a stopped VM's disk, flattened qcow2
 //! ```
 //! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),

@@ -96,3 +96,14 @@ pub struct UploadImage {
     #[serde(default)]
     pub ready_marker: Option<String>,
 }
+
+/// Body of `POST /v1/images/{image}/from-instance`: bakes a stopped instance's disk into a
+/// new image of its project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateImageFromInstance {
+    /// The instance (name or id); it must be stopped.
+    pub instance: String,
+    /// Let every project boot it (admin only).
+    #[serde(default)]
+    pub public: bool,
+}

@@ -29,7 +29,7 @@ pub use group::{
     UpdateGroup,
 };
 pub use host::{HostCachedImage, HostImageCache, HostKsm, HostState, HostView};
-pub use image::{Firmware, ImageView, ImportImage, UploadImage};
+pub use image::{CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, InstanceState, InstanceView,
     MigrateInstance, MAX_USER_DATA_BYTES,

@@ -2,6 +2,7 @@
 //! JSON errors ([`nimbus_agent_api::AgentErrorBody`]) with stable codes.
 
 mod console;
+mod disk_export;
 mod migration;
 mod snapshots;
 mod vms;
@@ -43,6 +44,7 @@ pub fn router(agent: Agent) -> Router {
             post(snapshots::restore),
         )
         .route("/vms/{id}/clone", post(snapshots::clone))
+        .route("/vms/{id}/disk", get(disk_export::export))
         .fallback(|| async { Error::NoRoute })
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);

@@ -34,6 +34,19 @@ pub enum ImageCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Bake a stopped instance's disk into a new image of the project.
+    Create {
+        name: String,
+        /// The instance (it must be stopped: the copy is then consistent).
+        #[arg(long)]
+        from_instance: String,
+        /// Let every project boot it (admin).
+        #[arg(long)]
+        public: bool,
+        /// Accepted for symmetry: the command returns once the image is stored.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Register image files (absolute paths every host can read; admin).
     Import {
         name: String,

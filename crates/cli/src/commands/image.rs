@@ -80,6 +80,18 @@ pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Resul
             let img = upload(&client, &name, &file, q).await?;
             print(out, &img)
         }
+        ImageCmd::Create {
+            name,
+            from_instance,
+            public,
+            wait: _,
+        } => {
+            let req = nimbus_api::CreateImageFromInstance {
+                instance: from_instance,
+                public,
+            };
+            print(out, &client.create_image_from_instance(&name, &req).await?)
+        }
         ImageCmd::Import {
             name,
             kernel,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod flavors;
 pub mod groups;
 pub mod hosts;
+pub mod image_bake;
 pub mod image_blobs;
 pub mod image_upload;
 pub mod images;
