@@ -421,16 +421,13 @@ mod tests {
         Arc::new(ImageCache::open(state, None, 1 << 30).expect("image cache"))
     }
 
-    /// A manager of `state` with local disks, no network and no image source.
+    /// A manager of `state` keeping disks in `store`, with no network and no image source.
+    async fn manager_with(state: &Path, store: DiskStore) -> Result<Manager> {
+        Manager::load(state, Accel::Tcg, store, no_network(), no_images(state)).await
+    }
+
     async fn local_manager(state: &Path) -> Result<Manager> {
-        Manager::load(
-            state,
-            Accel::Tcg,
-            DiskStore::Local,
-            no_network(),
-            no_images(state),
-        )
-        .await
+        manager_with(state, DiskStore::Local).await
     }
 
     #[test]
@@ -471,15 +468,7 @@ mod tests {
         std::fs::create_dir(&shared).expect("mkdir");
         let store = DiskStore::shared(&shared).expect("shared storage");
         let state = tmp.path().join("state");
-        let mgr = Manager::load(
-            &state,
-            Accel::Tcg,
-            store.clone(),
-            no_network(),
-            no_images(&state),
-        )
-        .await
-        .expect("load");
+        let mgr = manager_with(&state, store.clone()).await.expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base);
@@ -491,15 +480,7 @@ mod tests {
 
         // A new manager on the same directories knows the VM and its shared disk.
         mgr.detach_all().await;
-        let mgr = Manager::load(
-            &state,
-            Accel::Tcg,
-            store.clone(),
-            no_network(),
-            no_images(&state),
-        )
-        .await
-        .expect("reload");
+        let mgr = manager_with(&state, store.clone()).await.expect("reload");
         let listed = mgr.list();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].disk_path.as_deref(), Some(disk.as_path()));

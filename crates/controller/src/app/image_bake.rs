@@ -68,14 +68,6 @@ impl App {
         };
         tracing::info!(image = name, instance = %inst.name, digest = %new.digest,
             bytes = new.size_bytes, "image baked from an instance");
-        let store = self.store();
-        self.image_blobs()
-            .commit(incoming, async {
-                store
-                    .insert_uploaded_image(&new)
-                    .await
-                    .map_err(AppError::from)
-            })
-            .await
+        self.keep_image(incoming, &new).await
     }
 }
