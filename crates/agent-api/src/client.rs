@@ -94,6 +94,15 @@ impl AgentClient {
         self.send(self.request(Method::GET, "/host")).await
     }
 
+    /// The stopped VM's disk as one self-contained qcow2 (its chain flattened), as a stream
+    /// (`Content-Length` set): what an image is baked from.
+    pub async fn export_flattened_disk(&self, id: uuid::Uuid) -> Result<Response, AgentError> {
+        let req = self
+            .request(Method::GET, &format!("/vms/{id}/disk/flattened"))
+            .timeout(Duration::from_secs(3600));
+        self.send_raw(req).await
+    }
+
     pub async fn list_vms(&self) -> Result<Vec<VmStatus>, AgentError> {
         self.send(self.request(Method::GET, "/vms")).await
     }

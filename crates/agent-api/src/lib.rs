@@ -28,6 +28,7 @@
 //! GET    /vms/{id}/disk             -> bytes      a stopped VM's own disk (cold migration)
 //! PUT    /vms/{id}/disk   bytes     -> 204        replace a cold-migrated VM's fresh disk
 //! POST   /vms/{id}/snapshots  ...       checkpoints (see [`snapshot`])
+//! GET    /vms/{id}/disk             -> bytes      a stopped VM's disk, flattened qcow2
 //! ```
 //! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
@@ -62,8 +63,8 @@ pub use snapshot::{
     SnapshotResult,
 };
 pub use vm::{
-    ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec, StopRequest, VmRunState,
-    VmSpec, VmStatus,
+    CloudInitSeed, ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec,
+    StopRequest, VmRunState, VmSpec, VmStatus, CLOUD_INIT_READY_MARKER,
 };
 
 /// Path prefix of every agent route.

@@ -25,6 +25,28 @@ pub struct VmSpec {
     /// controller then restarts it elsewhere.
     #[serde(default)]
     pub ha: bool,
+    /// A cloud-init NoCloud seed, attached as a small disk labelled `cidata`.
+    #[serde(default)]
+    pub seed: Option<CloudInitSeed>,
+}
+
+/// The line an agent's seed makes cloud-init print on the console when it has finished
+/// (vendor-data's `final_message`): uploaded images are ready when it appears.
+pub const CLOUD_INIT_READY_MARKER: &str = "nimbus-guest ready";
+
+/// What cloud-init reads from the NoCloud seed: identity, key, user-data, addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudInitSeed {
+    /// `instance-id` (the instance's id: cloud-init runs its once-per-instance steps once).
+    pub instance_id: String,
+    /// `local-hostname`.
+    pub hostname: String,
+    /// OpenSSH public keys for the image's default user.
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// Base64 of the user-data (at most 16 KiB decoded).
+    #[serde(default)]
+    pub user_data: Option<String>,
 }
 
 /// A virtio NIC on the cloud network. MAC and IP belong to the instance and move with it.

@@ -164,6 +164,7 @@ pub(crate) mod test_support {
             disk: DiskSpec { size_gib: 1 },
             nics,
             ha: false,
+            seed: None,
         }
     }
 }

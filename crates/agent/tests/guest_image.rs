@@ -50,6 +50,7 @@ async fn default_image_end_to_end() {
         disk: DiskSpec { size_gib: 1 },
         ha: false,
         nics: Vec::new(),
+        seed: None,
     };
     c.define_vm(&spec).await.expect("define");
     let t0 = Instant::now();

@@ -28,6 +28,7 @@ fn firmware_only_spec(id: Uuid, base: &std::path::Path) -> VmSpec {
         disk: DiskSpec { size_gib: 1 },
         ha: false,
         nics: Vec::new(),
+        seed: None,
     }
 }
 

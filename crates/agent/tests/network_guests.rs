@@ -165,6 +165,7 @@ async fn guests_on_two_hosts_ping_each_other() {
             image: manifest.guest_image(),
             disk: DiskSpec { size_gib: 1 },
             ha: false,
+            seed: None,
             nics: vec![NicSpec {
                 mac: format!("52:54:00:c9:00:0{i}"),
                 ip: format!("10.201.0.{i}/16"),

@@ -78,6 +78,7 @@ async fn injected_failures_leave_nothing_behind() {
         disk: DiskSpec { size_gib: 1 },
         ha: false,
         nics: Vec::new(),
+        seed: None,
     };
     c.define_vm(&spec).await.expect("define");
     c.start_vm(id).await.expect("start");

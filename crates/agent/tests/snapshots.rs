@@ -72,6 +72,7 @@ fn spec(id: Uuid, name: &str, image: &ImageManifest, mac: &str) -> VmSpec {
         image: image.guest_image(),
         disk: DiskSpec { size_gib: 1 },
         ha: false,
+        seed: None,
         nics: vec![NicSpec {
             mac: mac.into(),
             ip: "10.200.9.2/16".into(),

@@ -90,4 +90,20 @@ pub struct UploadImage {
     /// Boot through UEFI (OVMF) instead of BIOS.
     #[serde(default)]
     pub firmware: Option<Firmware>,
+    /// The console line that says the guest is up. Default: the line nimbus's cloud-init
+    /// seed makes cloud-init print when it has finished (`nimbus-guest ready`); empty: none
+    /// (the instance is running once QEMU runs, for images without cloud-init).
+    #[serde(default)]
+    pub ready_marker: Option<String>,
+}
+
+/// Body of `POST /v1/images/{image}/from-instance`: bakes a stopped instance's disk into a
+/// new image of its project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateImageFromInstance {
+    /// The instance (name or id); it must be stopped.
+    pub instance: String,
+    /// Let every project boot it (admin only).
+    #[serde(default)]
+    pub public: bool,
 }

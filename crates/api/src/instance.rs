@@ -140,7 +140,16 @@ pub struct CreateInstance {
     /// shared storage to keep its content).
     #[serde(default)]
     pub ha: Option<HaPolicy>,
+    /// Keypair (`/v1/keypairs`) whose public key cloud-init installs in the guest.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// User-data for cloud-init, base64 (at most 16 KiB decoded, as EC2).
+    #[serde(default)]
+    pub user_data: Option<String>,
 }
+
+/// Largest user-data accepted, decoded (EC2's limit).
+pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
 
 /// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -33,10 +33,10 @@ pub use group::{
 pub use host::{
     HostCachedImage, HostImageCache, HostKsm, HostState, HostView, OrphanKind, OrphanView,
 };
-pub use image::{Firmware, ImageView, ImportImage, UploadImage};
+pub use image::{CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,
-    MigrateInstance,
+    MigrateInstance, MAX_USER_DATA_BYTES,
 };
 pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
 pub use migration::{MigrationStats, MigrationView};

@@ -502,6 +502,12 @@ pub enum InstanceCmd {
         /// fenced itself (keep its disk on shared storage: `nimbus up --shared-storage`).
         #[arg(long, value_enum)]
         ha: Option<HaArg>,
+        /// Keypair whose public key cloud-init installs (`nimbus keypair list`).
+        #[arg(long = "key")]
+        key_name: Option<String>,
+        /// User-data for cloud-init (e.g. a `#cloud-config` file), at most 16 KiB.
+        #[arg(long)]
+        user_data_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         wait: WaitArgs,
     },

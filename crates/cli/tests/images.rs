@@ -7,7 +7,8 @@
 //! once, on first use, and `host show` lists it; the next create prefers that host and
 //! downloads nothing; a cached copy with one byte changed is detected and fetched again; the
 //! other host downloads once for two concurrent creates; a qcow2 whose backing file is a
-//! host file is refused at upload; an image in use cannot be deleted.
+//! host file is refused at upload; a stopped instance's disk is baked into a new image that
+//! boots; an image in use cannot be deleted.
 
 use nimbus_api::{HostView, ImageView, InstanceState, InstanceView, OperationView};
 use nimbus_test_utils::guest::*;
@@ -92,7 +93,15 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     // Upload: the digest is shown, and the controller verified it.
     let out = cloud
         .cli(&[
-            "image", "upload", "halt", "--file", file, "--wait", "-o", "json",
+            "image",
+            "upload",
+            "halt",
+            "--file",
+            file,
+            "--no-ready-marker",
+            "--wait",
+            "-o",
+            "json",
         ])
         .expect("run nimbus");
     assert!(out.status.success(), "{out:?}");
@@ -184,13 +193,39 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     assert!(err.contains("backing file"), "{err}");
     assert!(cli_err(&cloud, &["image", "show", "evil"]).contains("not found"));
 
+    // Bake: a running instance is refused; a stopped one's disk becomes a new image, which
+    // boots (the halting guest never powers off: the stop is forced after its timeout).
+    let bake = [
+        "image",
+        "create",
+        "baked",
+        "--from-instance",
+        "a1",
+        "-o",
+        "json",
+    ];
+    assert!(cli_err(&cloud, &bake).contains("stop it first"));
+    cli_ok(&cloud, &["instance", "stop", "a1", "--wait"]);
+    let baked: ImageView = json(&cli_ok(&cloud, &bake));
+    assert_eq!(baked.format.as_deref(), Some("qcow2"));
+    assert_ne!(baked.digest, img.digest);
+    assert_eq!(baked.ready_marker, None, "as its source image");
+    cli_ok(
+        &cloud,
+        &[
+            "instance", "create", "c1", "--flavor", "tiny", "--image", "baked", "--wait",
+        ],
+    );
+    running_on(&cloud, "c1").await;
+
     // In use: not deletable; once its instances are gone, it goes.
     let err = cli_err(&cloud, &["image", "delete", "halt"]);
     assert!(err.contains("used by 5 instance"), "{err}");
-    for vm in ["a1", "a2", "a3", "b1", "b2"] {
+    for vm in ["a1", "a2", "a3", "b1", "b2", "c1"] {
         cli_ok(&cloud, &["instance", "delete", vm, "--wait"]);
     }
     cli_ok(&cloud, &["image", "delete", "halt"]);
+    cli_ok(&cloud, &["image", "delete", "baked"]);
     let stored = cloud.data_dir().join("images/sha256");
     assert_eq!(std::fs::read_dir(stored).expect("store").count(), 0);
 }

@@ -46,6 +46,19 @@ impl Client {
         self.send(r).await
     }
 
+    /// Bakes the stopped `instance`'s disk into image `name`.
+    pub async fn create_image_from_instance(
+        &self,
+        name: &str,
+        req: &nimbus_api::CreateImageFromInstance,
+    ) -> Result<ImageView, ClientError> {
+        let r = self
+            .req(Method::POST, &format!("/v1/images/{name}/from-instance"))
+            .json(req)
+            .timeout(Duration::from_secs(3600));
+        self.send(r).await
+    }
+
     /// An image the project may boot.
     pub async fn image(&self, name: &str) -> Result<ImageView, ClientError> {
         self.get(&format!("/v1/images/{name}")).await

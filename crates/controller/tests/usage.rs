@@ -116,6 +116,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        seed: Default::default(),
     };
     let op = NewOperation {
         id: Uuid::new_v4(),

@@ -22,6 +22,8 @@ pub struct NewImage {
     pub virtual_size: u64,
     pub size_bytes: u64,
     pub firmware: Firmware,
+    /// Console line that says the guest is up, if any.
+    pub ready_marker: Option<String>,
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<ImageView, StoreError> {
@@ -109,7 +111,7 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO images (name, project, public, digest, format, virtual_size, firmware, \
-             size_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             size_bytes, created_at, ready_marker) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&new.name)
         .bind(&new.project)
@@ -120,6 +122,7 @@ impl Store {
         .bind(new.firmware.as_str())
         .bind(new.size_bytes.min(i64::MAX as u64) as i64)
         .bind(time::now())
+        .bind(new.ready_marker.clone())
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::unique_or(e, || format!("image {:?} already exists", new.name)))?;

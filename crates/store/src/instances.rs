@@ -104,6 +104,8 @@ pub struct NewInstance {
     pub placement_group: Option<Uuid>,
     /// Restart it on another host when its host is down.
     pub ha_restart: bool,
+    /// Key and user-data for its cloud-init seed.
+    pub seed: crate::InstanceSeed,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -229,6 +231,9 @@ impl Store {
                 .bind(new.id.to_string())
                 .execute(&mut *tx)
                 .await?;
+        }
+        if new.seed != crate::InstanceSeed::default() {
+            crate::seeds::write_seed(&mut tx, new.id, &new.seed).await?;
         }
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;

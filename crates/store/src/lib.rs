@@ -29,6 +29,7 @@ mod ports;
 mod projects;
 mod quotas;
 mod scope;
+mod seeds;
 mod snapshots;
 mod time;
 mod tokens;
@@ -49,6 +50,7 @@ pub use placement_groups::{PlacementGroupRecord, PlacementMember};
 pub use ports::{NicPlan, PickAddress, PortRecord};
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
+pub use seeds::InstanceSeed;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
 pub use tokens::{NewToken, TokenRecord};
 pub use usage::{UsageRow, UsageTotals};
@@ -158,6 +160,7 @@ pub(crate) mod testing {
                 nics: Vec::new(),
                 placement_group: None,
                 ha_restart: false,
+                seed: Default::default(),
             },
             NewOperation {
                 id: Uuid::new_v4(),

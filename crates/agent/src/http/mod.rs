@@ -3,6 +3,7 @@
 
 mod cold;
 mod console;
+mod disk_export;
 mod migration;
 mod snapshots;
 mod vms;
@@ -46,6 +47,7 @@ pub fn router(agent: Agent) -> Router {
         .route("/vms/{id}/clone", post(snapshots::clone))
         .route("/vms/{id}/cold", put(cold::incoming))
         .route("/vms/{id}/disk", get(cold::export).put(cold::import))
+        .route("/vms/{id}/disk/flattened", get(disk_export::export))
         .fallback(|| async { Error::NoRoute })
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);

@@ -28,6 +28,14 @@ pub fn qemu_config(spec: &VmSpec, dir: &VmDir, accel: Accel) -> QemuConfig {
         path: dir.top_disk(),
         format: "qcow2".into(),
     });
+    if spec.seed.is_some() {
+        config.disks.push(DiskSection {
+            node: "seed0".into(),
+            device_id: "vdb".into(),
+            path: super::seed::path(dir),
+            format: "raw".into(),
+        });
+    }
     config
 }
 
@@ -101,6 +109,7 @@ mod tests {
             disk: DiskSpec { size_gib: 2 },
             ha: false,
             nics: Vec::new(),
+            seed: None,
         };
         let dir = VmDir::new("/s/vms/1".into());
         let argv = qemu_config(&spec, &dir, Accel::Tcg).argv().join(" ");

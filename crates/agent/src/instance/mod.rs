@@ -39,6 +39,7 @@ pub mod heartbeat;
 pub mod launch;
 pub mod lines;
 pub mod marker;
+pub mod seed;
 pub mod state;
 
 use crate::error::{Error, Result};

@@ -478,6 +478,15 @@ mod tests {
         Arc::new(ImageCache::open(state, None, 1 << 30).expect("image cache"))
     }
 
+    /// A manager of `state` keeping disks in `store`, with no network and no image source.
+    async fn manager_with(state: &Path, store: DiskStore) -> Result<Manager> {
+        Manager::load(state, Accel::Tcg, store, no_network(), no_images(state)).await
+    }
+
+    async fn local_manager(state: &Path) -> Result<Manager> {
+        manager_with(state, DiskStore::Local).await
+    }
+
     #[test]
     fn validation() {
         let id = Uuid::new_v4();
@@ -517,15 +526,7 @@ mod tests {
         std::fs::create_dir(&shared).expect("mkdir");
         let store = DiskStore::shared(&shared).expect("shared storage");
         let state = tmp.path().join("state");
-        let mgr = Manager::load(
-            &state,
-            Accel::Tcg,
-            store.clone(),
-            no_network(),
-            no_images(&state),
-        )
-        .await
-        .expect("load");
+        let mgr = manager_with(&state, store.clone()).await.expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base);
@@ -537,15 +538,7 @@ mod tests {
 
         // A new manager on the same directories knows the VM and its shared disk.
         mgr.detach_all().await;
-        let mgr = Manager::load(
-            &state,
-            Accel::Tcg,
-            store.clone(),
-            no_network(),
-            no_images(&state),
-        )
-        .await
-        .expect("reload");
+        let mgr = manager_with(&state, store.clone()).await.expect("reload");
         let listed = mgr.list();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].disk_path.as_deref(), Some(disk.as_path()));
@@ -586,15 +579,7 @@ mod tests {
         nimbus_qemu::img::create_blank(&base, 64 << 20)
             .await
             .expect("base");
-        let mgr = Manager::load(
-            tmp.path(),
-            Accel::Tcg,
-            DiskStore::Local,
-            no_network(),
-            no_images(tmp.path()),
-        )
-        .await
-        .expect("load");
+        let mgr = local_manager(tmp.path()).await.expect("load");
         let id = Uuid::new_v4();
         let mut s = spec(id);
         s.image.base_disk = Some(base.clone());
@@ -625,15 +610,7 @@ mod tests {
 
         // A new manager on the same directory knows the VM.
         mgr.detach_all().await;
-        let mgr = Manager::load(
-            tmp.path(),
-            Accel::Tcg,
-            DiskStore::Local,
-            no_network(),
-            no_images(tmp.path()),
-        )
-        .await
-        .expect("reload");
+        let mgr = local_manager(tmp.path()).await.expect("reload");
         assert_eq!(mgr.list().len(), 1);
         mgr.delete(id).await.expect("delete");
         assert!(!tmp.path().join(format!("vms/{id}")).exists());

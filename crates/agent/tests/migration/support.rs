@@ -67,6 +67,7 @@ impl Pair {
             disk: DiskSpec { size_gib: 1 },
             ha: false,
             nics: Vec::new(),
+            seed: None,
         };
         let c = &self.a.client;
         c.define_vm(&spec).await.expect("define");

@@ -33,6 +33,7 @@ pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
         },
         disk: DiskSpec { size_gib: 1 },
         ha: false,
+        seed: None,
         nics,
     }
 }

@@ -22,8 +22,28 @@ pub enum ImageCmd {
         /// The image boots only through UEFI (OVMF); default BIOS.
         #[arg(long)]
         uefi: bool,
+        /// Console line that says the guest is up (default: the line nimbus's cloud-init
+        /// seed makes cloud-init print when it has finished).
+        #[arg(long, conflicts_with = "no_ready_marker")]
+        ready_marker: Option<String>,
+        /// The image has no cloud-init: its instances are running once QEMU runs.
+        #[arg(long)]
+        no_ready_marker: bool,
         /// Accepted for symmetry with other long actions: the command always returns once
         /// the image is stored, inspected and ready to boot.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Bake a stopped instance's disk into a new image of the project.
+    Create {
+        name: String,
+        /// The instance (it must be stopped: the copy is then consistent).
+        #[arg(long)]
+        from_instance: String,
+        /// Let every project boot it (admin).
+        #[arg(long)]
+        public: bool,
+        /// Accepted for symmetry: the command returns once the image is stored.
         #[arg(long)]
         wait: bool,
     },

@@ -63,10 +63,34 @@ pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Resul
             file,
             public,
             uefi,
+            ready_marker,
+            no_ready_marker,
             wait: _,
         } => {
-            let img = upload(&client, &name, &file, public, uefi).await?;
+            let q = UploadImage {
+                sha256: None,
+                public,
+                firmware: uefi.then_some(Firmware::Uefi),
+                ready_marker: if no_ready_marker {
+                    Some(String::new())
+                } else {
+                    ready_marker
+                },
+            };
+            let img = upload(&client, &name, &file, q).await?;
             print(out, &img)
+        }
+        ImageCmd::Create {
+            name,
+            from_instance,
+            public,
+            wait: _,
+        } => {
+            let req = nimbus_api::CreateImageFromInstance {
+                instance: from_instance,
+                public,
+            };
+            print(out, &client.create_image_from_instance(&name, &req).await?)
         }
         ImageCmd::Import {
             name,
@@ -127,8 +151,7 @@ async fn upload(
     client: &Client,
     name: &str,
     file: &Path,
-    public: bool,
-    uefi: bool,
+    mut q: UploadImage,
 ) -> anyhow::Result<ImageView> {
     let len = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
@@ -146,11 +169,7 @@ async fn upload(
     };
     hashing.finish_and_clear();
     eprintln!("{}: {}", file.display(), digest);
-    let q = UploadImage {
-        sha256: Some(digest.clone()),
-        public,
-        firmware: uefi.then_some(Firmware::Uefi),
-    };
+    q.sha256 = Some(digest.clone());
     let sending = bar(len, "upload");
     let progress = sending.clone();
     let img = client

@@ -63,6 +63,22 @@ fn nics(i: &InstanceView) -> String {
     }
 }
 
+/// The user-data file, base64 for the API; refused here when over the limit.
+fn user_data(file: &std::path::Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    if bytes.len() > nimbus_api::MAX_USER_DATA_BYTES {
+        anyhow::bail!(
+            "{} has {} bytes; user-data may have at most {} (16 KiB, as EC2): compress it (gzip) or fetch the rest from the guest",
+            file.display(),
+            bytes.len(),
+            nimbus_api::MAX_USER_DATA_BYTES
+        );
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
 pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Result<()> {
     let client = context::client(conn)?;
     match cmd {
@@ -75,8 +91,11 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             ip,
             placement_group,
             ha,
+            key_name,
+            user_data_file,
             wait,
         } => {
+            let user_data = user_data_file.map(|f| user_data(&f)).transpose()?;
             let op = client
                 .create_instance(&CreateInstance {
                     name,
@@ -87,6 +106,8 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     ip,
                     placement_group,
                     ha: ha.map(|HaArg::Restart| nimbus_api::HaPolicy::Restart),
+                    key_name,
+                    user_data,
                 })
                 .await?;
             follow(&client, out, op, &wait).await

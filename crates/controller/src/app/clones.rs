@@ -87,6 +87,7 @@ impl App {
                 })
                 .collect(),
             ha_restart: req.ha.is_some(),
+            seed: Default::default(),
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {

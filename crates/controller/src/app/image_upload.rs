@@ -2,7 +2,7 @@
 //! in Rust before any tool opens the file, store by digest, record within the quota.
 //! Any failure on the way keeps nothing: no row, no file, no quota used.
 
-use crate::app::image_blobs::ReceiveError;
+use crate::app::image_blobs::{Incoming, ReceiveError};
 use crate::app::{App, AppError, Caller};
 use bytes::Bytes;
 use futures::Stream;
@@ -81,14 +81,29 @@ impl App {
             virtual_size: found.virtual_size,
             size_bytes: incoming.size,
             firmware: q.firmware.unwrap_or_default(),
+            ready_marker: match q.ready_marker.as_deref() {
+                None => Some(nimbus_agent_api::CLOUD_INIT_READY_MARKER.to_string()),
+                Some("") => None,
+                Some(line) => Some(line.to_string()),
+            },
         };
         tracing::info!(image = name, project = %new.project, digest = %new.digest,
             format = %new.format, bytes = new.size_bytes, "image uploaded");
+        self.keep_image(incoming, &new).await
+    }
+
+    /// Moves received bytes into the store by digest and records the image (within the
+    /// quota); if the record fails, bytes this call stored go again.
+    pub(crate) async fn keep_image(
+        &self,
+        incoming: Incoming,
+        new: &NewImage,
+    ) -> Result<ImageView, AppError> {
         let store = self.store();
         self.image_blobs()
             .commit(incoming, async {
                 store
-                    .insert_uploaded_image(&new)
+                    .insert_uploaded_image(new)
                     .await
                     .map_err(AppError::from)
             })

@@ -57,6 +57,7 @@ impl App {
         let nics = self
             .plan_nics(caller, &req.networks, req.ip.as_deref())
             .await?;
+        let seed = self.seed_inputs(caller, req, &img).await?;
         let want = Resources {
             vcpus: flavor.vcpus as u64,
             memory_mib: flavor.memory_mib,
@@ -95,6 +96,7 @@ impl App {
             nics,
             placement_group: placement,
             ha_restart: req.ha.is_some(),
+            seed,
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {
@@ -241,6 +243,7 @@ impl App {
     pub async fn vm_spec(&self, inst: &InstanceRecord) -> Result<VmSpec, AppError> {
         let img = self.store().get_image(&inst.image, &Scope::All).await?;
         let blob = super::images::blob_of(&img);
+        let seed = self.cloud_init_seed(inst, &img).await?;
         Ok(VmSpec {
             id: inst.id,
             name: inst.name.clone(),
@@ -260,6 +263,7 @@ impl App {
             disk: DiskSpec {
                 size_gib: inst.disk_gib,
             },
+            seed,
             nics: self.nic_specs(inst).await?,
             ha: inst.ha_restart,
         })

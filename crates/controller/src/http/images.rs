@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use nimbus_api::{ErrorBody, ImageView, ImportImage, UploadImage};
+use nimbus_api::{CreateImageFromInstance, ErrorBody, ImageView, ImportImage, UploadImage};
 
 /// Lists the images the project may boot: its own and the public ones.
 #[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = [ImageView])))]
@@ -56,6 +56,24 @@ pub async fn upload(
     let img = app
         .upload_image(&caller, &name, &q, length, body.into_data_stream())
         .await?;
+    Ok((StatusCode::CREATED, Json(img)))
+}
+
+/// Bakes a stopped instance's disk (its whole chain, flattened) into a new image of the
+/// project; answers when the image is stored and ready to boot.
+#[utoipa::path(post, path = "/v1/images/{image}/from-instance", tag = "images",
+    params(("image" = String, Path, description = "name of the new image")),
+    request_body = CreateImageFromInstance,
+    responses((status = 201, body = ImageView), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn from_instance(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateImageFromInstance>,
+) -> Result<(StatusCode, Json<ImageView>), ApiError> {
+    let img = app.create_image_from_instance(&caller, &name, &req).await?;
     Ok((StatusCode::CREATED, Json(img)))
 }
 

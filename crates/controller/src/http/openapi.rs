@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
         instances::list, instances::create, instances::show, instances::delete,
         instances::start, instances::stop, instances::reboot, instances::exec, instances::console_log,
         flavors::list, flavors::create, flavors::show, flavors::delete,
-        images::list, images::import, images::upload, images::show, images::delete,
+        images::list, images::import, images::upload, images::from_instance, images::show, images::delete,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         hosts::list, hosts::show, hosts::enable, hosts::disable, hosts::orphans, hosts::delete_orphan,
         operations::list, operations::show, operations::cancel,

@@ -271,6 +271,7 @@ impl Cloud {
             nics: Vec::new(),
             placement_group: None,
             ha_restart: false,
+            seed: Default::default(),
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

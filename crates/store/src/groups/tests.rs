@@ -55,6 +55,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        seed: Default::default(),
     };
     s.insert_instance(
         &new,

@@ -12,6 +12,7 @@ fn uploaded(name: &str, project: &str, size_bytes: u64) -> NewImage {
         virtual_size: 1 << 30,
         size_bytes,
         firmware: Firmware::Bios,
+        ready_marker: None,
     }
 }
 

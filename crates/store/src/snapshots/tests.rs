@@ -30,6 +30,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        seed: Default::default(),
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");

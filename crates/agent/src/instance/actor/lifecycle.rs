@@ -37,6 +37,7 @@ impl Actor {
             return Ok(());
         }
         disk::check_image(&self.spec)?;
+        crate::instance::seed::ensure(&self.dir, &self.spec).await?;
         if !incoming {
             crate::snapshot::layers::collapse_if_flat(&self.dir).await?;
         }
