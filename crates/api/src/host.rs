@@ -48,6 +48,9 @@ pub struct HostView {
     /// still runs, has stopped its HA instances, which may run elsewhere.
     #[serde(default)]
     pub fenced: bool,
+    /// HA instances restarted on other hosts since the host went down.
+    #[serde(default)]
+    pub ha_restarted: u32,
     /// Resident memory of the host's running VMs (their QEMU processes), in MiB, as last
     /// measured; `None` before the first usage samples.
     #[serde(default)]

@@ -58,13 +58,17 @@ fn ksm(h: &HostView) -> String {
     }
 }
 
-/// "up", "unreachable", or "down since 12:03:10, fenced".
+/// "up", "unreachable", or "down since 12:03:10, fenced, 3 instances restarted".
 fn state_line(h: &HostView) -> String {
     let state = format!("{:?}", h.state).to_lowercase();
     match h.down_since {
         Some(t) => {
             let fenced = if h.fenced { ", fenced" } else { "" };
-            format!("{state} since {}{fenced}", t.format("%H:%M:%S"))
+            format!(
+                "{state} since {}{fenced}, {} instances restarted",
+                t.format("%H:%M:%S"),
+                h.ha_restarted
+            )
         }
         None => state,
     }

@@ -48,6 +48,7 @@ impl App {
             ksm: inv.ksm.and_then(|k| serde_json::to_string(&k).ok()),
             last_seen: Utc::now(),
             down_since: None,
+            ha_restarted: 0,
         };
         self.store().upsert_host(&rec).await?;
         let Some(net) = &self.config().network else {
@@ -122,6 +123,7 @@ impl App {
                     state: liveness(&h),
                     fenced: liveness(&h) == HostState::Down,
                     down_since: h.down_since,
+                    ha_restarted: h.ha_restarted,
                     name: h.name,
                     enabled: h.enabled,
                     agent_url: h.agent_url,

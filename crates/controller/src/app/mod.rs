@@ -8,6 +8,7 @@ pub mod clones;
 pub mod error;
 pub mod flavors;
 pub mod groups;
+pub mod ha;
 pub mod hosts;
 pub mod images;
 pub mod instances;
