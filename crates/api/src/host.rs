@@ -84,3 +84,19 @@ pub struct HostKsm {
     /// Memory saved by merging (`pages_sharing` x page size), in bytes.
     pub saved_bytes: u64,
 }
+
+/// Answer of `POST /v1/hosts/{host}/evacuate`: the restarts started, and what stays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuateResult {
+    /// One `instance_ha_restart` operation per instance restarted elsewhere.
+    pub operations: Vec<crate::OperationView>,
+    /// Instances left on the host, each with the reason.
+    pub left: Vec<EvacuateLeft>,
+}
+
+/// An instance an evacuation leaves on its host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuateLeft {
+    pub instance: String,
+    pub reason: String,
+}

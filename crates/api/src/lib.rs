@@ -28,7 +28,7 @@ pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,
 };
-pub use host::{HostKsm, HostState, HostView};
+pub use host::{EvacuateLeft, EvacuateResult, HostKsm, HostState, HostView};
 pub use image::{ImageView, ImportImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,

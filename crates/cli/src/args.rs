@@ -402,6 +402,13 @@ pub enum HostCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Restart every instance of a dead (down) host on other hosts, HA or not, where its
+    /// disk is on shared storage.
+    Evacuate {
+        host: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

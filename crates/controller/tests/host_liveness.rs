@@ -214,3 +214,48 @@ async fn ha_instance_with_a_local_disk_says_why_it_cannot_restart() {
     let again = settled(&cloud, db).await;
     assert_eq!(again.state, InstanceState::Error);
 }
+
+#[tokio::test]
+async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
+    use nimbus_controller::app::Caller;
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
+    for h in ["host1", "host2"] {
+        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
+    }
+    let web = cloud.running_instance("web1", 256).await;
+    let admin = Caller::system("test", "default");
+
+    let up = cloud
+        .app
+        .evacuate_host(&admin, "host1")
+        .await
+        .expect_err("up");
+    assert!(
+        up.message.contains("nimbus host drain host1"),
+        "{}",
+        up.message
+    );
+    silence(&cloud, "host1", UNREACHABLE_AFTER.as_secs() + 1).await;
+    let early = cloud
+        .app
+        .evacuate_host(&admin, "host1")
+        .await
+        .expect_err("early");
+    assert!(early.message.contains("not yet down"), "{}", early.message);
+    assert!(cloud.agent.state().calls.is_empty());
+
+    silence(&cloud, "host1", DOWN_AFTER.as_secs() + 1).await;
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    assert_eq!(settled(&cloud, web).await.state, InstanceState::Error);
+    let result = cloud
+        .app
+        .evacuate_host(&admin, "host1")
+        .await
+        .expect("evacuate");
+    assert_eq!(result.operations.len(), 1);
+    assert!(result.left.is_empty(), "{:?}", result.left);
+    let inst = settled(&cloud, web).await;
+    assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
+    assert_eq!(inst.host.as_deref(), Some("host2"));
+}

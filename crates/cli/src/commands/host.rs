@@ -130,5 +130,16 @@ pub async fn run(conn: &Connection, out: Output, cmd: HostCmd) -> anyhow::Result
             let op = client.drain_host(&host).await?;
             super::follow(&client, out, op, &wait).await
         }
+        HostCmd::Evacuate { host, wait } => {
+            let result = client.evacuate_host(&host).await?;
+            for left in &result.left {
+                eprintln!("{} stays on {host}: {}", left.instance, left.reason);
+            }
+            for op in result.operations {
+                eprintln!("restarting {} elsewhere ({})", op.target_name, op.id);
+                super::follow(&client, out, op, &wait).await?;
+            }
+            Ok(())
+        }
     }
 }

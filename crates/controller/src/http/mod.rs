@@ -76,6 +76,7 @@ pub fn router(app: App) -> Router {
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))
         .route("/hosts/{host}/disable", post(hosts::disable))
+        .route("/hosts/{host}/evacuate", post(hosts::evacuate))
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
         .route(
             "/snapshots/{snapshot}",

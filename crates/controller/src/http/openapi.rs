@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
         instances::start, instances::stop, instances::reboot, instances::exec, instances::console_log,
         flavors::list, flavors::create, flavors::show, flavors::delete,
         images::list, images::import, images::show, images::delete,
-        hosts::list, hosts::show, hosts::enable, hosts::disable,
+        hosts::list, hosts::show, hosts::enable, hosts::disable, hosts::evacuate,
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,
         snapshots::create, snapshots::list, snapshots::show, snapshots::restore, snapshots::delete,
