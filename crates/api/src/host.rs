@@ -48,6 +48,9 @@ pub struct HostView {
     /// still runs, has stopped its HA instances, which may run elsewhere.
     #[serde(default)]
     pub fenced: bool,
+    /// HA instances restarted on other hosts since the host went down.
+    #[serde(default)]
+    pub ha_restarted: u32,
     /// Resident memory of the host's running VMs (their QEMU processes), in MiB, as last
     /// measured; `None` before the first usage samples.
     #[serde(default)]
@@ -152,4 +155,20 @@ pub struct HostCachedImage {
     pub last_used: DateTime<Utc>,
     /// Instance disks on the host overlay it.
     pub in_use: bool,
+}
+
+/// Answer of `POST /v1/hosts/{host}/evacuate`: the restarts started, and what stays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuateResult {
+    /// One `instance_ha_restart` operation per instance restarted elsewhere.
+    pub operations: Vec<crate::OperationView>,
+    /// Instances left on the host, each with the reason.
+    pub left: Vec<EvacuateLeft>,
+}
+
+/// An instance an evacuation leaves on its host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuateLeft {
+    pub instance: String,
+    pub reason: String,
 }

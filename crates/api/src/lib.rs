@@ -31,7 +31,8 @@ pub use group::{
     UpdateGroup,
 };
 pub use host::{
-    HostCachedImage, HostImageCache, HostKsm, HostState, HostView, OrphanKind, OrphanView,
+    EvacuateLeft, EvacuateResult, HostCachedImage, HostImageCache, HostKsm, HostState, HostView,
+    OrphanKind, OrphanView,
 };
 pub use image::{CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{

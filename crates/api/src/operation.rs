@@ -26,6 +26,8 @@ pub enum OperationKind {
     SnapshotDelete,
     /// Deletes a scaling group: its members through their delete operations, then the group.
     GroupDelete,
+    /// Restarts an HA instance of a down host on another host (from shared storage).
+    InstanceHaRestart,
 }
 
 impl OperationKind {
@@ -44,6 +46,7 @@ impl OperationKind {
             OperationKind::SnapshotRestore => "snapshot_restore",
             OperationKind::SnapshotDelete => "snapshot_delete",
             OperationKind::GroupDelete => "group_delete",
+            OperationKind::InstanceHaRestart => "instance_ha_restart",
         }
     }
 
@@ -62,6 +65,7 @@ impl OperationKind {
             "snapshot_restore" => OperationKind::SnapshotRestore,
             "snapshot_delete" => OperationKind::SnapshotDelete,
             "group_delete" => OperationKind::GroupDelete,
+            "instance_ha_restart" => OperationKind::InstanceHaRestart,
             _ => return None,
         })
     }

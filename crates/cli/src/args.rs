@@ -427,6 +427,13 @@ pub enum HostCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Restart every instance of a dead (down) host on other hosts, HA or not, where its
+    /// disk is on shared storage.
+    Evacuate {
+        host: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// VMs hosts run that the store does not know (or places elsewhere): listed, left
     /// running, never deleted on their own.
     #[command(args_conflicts_with_subcommands = true)]

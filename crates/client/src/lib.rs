@@ -231,6 +231,18 @@ impl Client {
             .await
     }
 
+    /// Restarts a dead host's instances elsewhere (see docs/hosts.md).
+    pub async fn evacuate_host(
+        &self,
+        name: &str,
+    ) -> Result<nimbus_api::EvacuateResult, ClientError> {
+        self.post(
+            &format!("/v1/hosts/{name}/evacuate"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     // Scaling groups
 
     pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {

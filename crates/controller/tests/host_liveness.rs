@@ -1,7 +1,8 @@
 //! Host liveness on the real controller and store, with a fake agent (the subject is the
 //! controller's judgement of silence, not the agent): a host whose reports stop is
 //! `unreachable`, then `down` with its instances `error` and the reason; when it reports
-//! again its instances are relearnt from the agent.
+//! again its instances are relearnt from the agent. HA instances of a down host restart on
+//! another host from their shared disk; a local disk is refused with the reason.
 
 mod support;
 
@@ -24,6 +25,10 @@ async fn silence(cloud: &Cloud, host: &str, secs: u64) {
 }
 
 async fn report(cloud: &Cloud, host: &str, url: &str) {
+    report_with(cloud, host, url, None).await
+}
+
+async fn report_with(cloud: &Cloud, host: &str, url: &str, shared: Option<&str>) {
     cloud
         .app
         .register_host(&RegisterHost {
@@ -36,7 +41,7 @@ async fn report(cloud: &Cloud, host: &str, url: &str) {
                 accelerator: Accelerator::Tcg,
                 qemu_version: "10.0.2".into(),
                 agent_version: "test".into(),
-                shared_storage: None,
+                shared_storage: shared.map(str::to_string),
                 cpu_allocation_ratio: None,
                 ram_allocation_ratio: None,
                 ksm: None,
@@ -117,4 +122,141 @@ async fn silent_host_goes_unreachable_then_down_and_comes_back() {
         .expect("ok");
     assert_eq!(inst.state, InstanceState::Running);
     assert_eq!(inst.reason, None);
+}
+
+/// Marks an instance `--ha restart` (as its create would have).
+async fn make_ha(cloud: &Cloud, id: uuid::Uuid) {
+    sqlx::query("UPDATE instances SET ha = 'restart' WHERE id = $1")
+        .bind(id.to_string())
+        .execute(cloud.app.store().pool())
+        .await
+        .expect("ha");
+}
+
+/// Waits (bounded) until no operation owns the instance.
+async fn settled(cloud: &Cloud, id: uuid::Uuid) -> nimbus_store::InstanceRecord {
+    for _ in 0..200 {
+        let inst = cloud
+            .app
+            .store()
+            .get_instance_by_id(&Scope::All, id)
+            .await
+            .expect("instance");
+        if inst.operation_id.is_none() {
+            return inst;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the operation on {id} did not end within 10 s");
+}
+
+#[tokio::test]
+async fn ha_instances_of_a_down_host_restart_elsewhere_from_shared_storage() {
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
+    for h in ["host1", "host2"] {
+        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
+    }
+    let db = cloud.running_instance("db1", 512).await;
+    make_ha(&cloud, db).await;
+    let web = cloud.running_instance("web1", 256).await;
+
+    silence(&cloud, "host1", DOWN_AFTER.as_secs() + 1).await;
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    let inst = settled(&cloud, db).await;
+    assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
+    assert_eq!(inst.host.as_deref(), Some("host2"));
+    let calls = cloud.agent.state().calls.clone();
+    let disk = format!("cold {db} /srv/nimbus-shared/{db}/disk.qcow2");
+    assert!(calls.contains(&disk), "{calls:?}");
+    assert!(calls.contains(&format!("start {db}")), "{calls:?}");
+
+    let other = settled(&cloud, web).await;
+    assert_eq!(other.state, InstanceState::Error);
+    assert_eq!(other.host.as_deref(), Some("host1"), "without HA it stays");
+    assert!(
+        !calls.iter().any(|c| c.contains(&web.to_string())),
+        "{calls:?}"
+    );
+
+    let h = cloud.app.get_host("host1").await.expect("host");
+    assert_eq!(
+        (h.state, h.fenced, h.ha_restarted),
+        (HostState::Down, true, 1)
+    );
+
+    // Later passes restart nothing again.
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    let n = cloud.agent.state().calls.len();
+    assert_eq!(n, calls.len());
+}
+
+#[tokio::test]
+async fn ha_instance_with_a_local_disk_says_why_it_cannot_restart() {
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let db = cloud.running_instance("db1", 512).await;
+    make_ha(&cloud, db).await;
+    silence(&cloud, "host1", DOWN_AFTER.as_secs() + 1).await;
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    let inst = settled(&cloud, db).await;
+    assert_eq!(inst.state, InstanceState::Error);
+    assert_eq!(inst.host.as_deref(), Some("host1"));
+    let reason = inst.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("ha_restart failed: choose_restart_host: its disk is local to host host1, which is down"),
+        "{reason}"
+    );
+    assert!(
+        cloud.agent.state().calls.is_empty(),
+        "nothing defined or started"
+    );
+    // Not retried by later passes.
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    let again = settled(&cloud, db).await;
+    assert_eq!(again.state, InstanceState::Error);
+}
+
+#[tokio::test]
+async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
+    use nimbus_controller::app::Caller;
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
+    for h in ["host1", "host2"] {
+        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
+    }
+    let web = cloud.running_instance("web1", 256).await;
+    let admin = Caller::system("test", "default");
+
+    let up = cloud
+        .app
+        .evacuate_host(&admin, "host1")
+        .await
+        .expect_err("up");
+    assert!(
+        up.message.contains("nimbus host drain host1"),
+        "{}",
+        up.message
+    );
+    silence(&cloud, "host1", UNREACHABLE_AFTER.as_secs() + 1).await;
+    let early = cloud
+        .app
+        .evacuate_host(&admin, "host1")
+        .await
+        .expect_err("early");
+    assert!(early.message.contains("not yet down"), "{}", early.message);
+    assert!(cloud.agent.state().calls.is_empty());
+
+    silence(&cloud, "host1", DOWN_AFTER.as_secs() + 1).await;
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    assert_eq!(settled(&cloud, web).await.state, InstanceState::Error);
+    let result = cloud
+        .app
+        .evacuate_host(&admin, "host1")
+        .await
+        .expect("evacuate");
+    assert_eq!(result.operations.len(), 1);
+    assert!(result.left.is_empty(), "{:?}", result.left);
+    let inst = settled(&cloud, web).await;
+    assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
+    assert_eq!(inst.host.as_deref(), Some("host2"));
 }

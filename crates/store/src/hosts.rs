@@ -29,6 +29,8 @@ pub struct HostRecord {
     /// When the controller declared the host down (`None` while it reports); not written by
     /// [`Store::upsert_host`].
     pub down_since: Option<DateTime<Utc>>,
+    /// HA instances restarted elsewhere since the host was last declared down.
+    pub ha_restarted: u32,
 }
 
 const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
@@ -53,6 +55,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         ksm: r.try_get("ksm")?,
         image_cache: r.try_get("image_cache")?,
         down_since: time::parse_opt(r.try_get("down_since")?)?,
+        ha_restarted: r.try_get::<i64, _>("ha_restarted")? as u32,
     })
 }
 
@@ -113,7 +116,7 @@ impl Store {
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS}, down_since FROM hosts ORDER BY name"
+            "SELECT {COLUMNS}, down_since, ha_restarted FROM hosts ORDER BY name"
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -122,7 +125,7 @@ impl Store {
 
     pub async fn get_host(&self, name: &str) -> Result<HostRecord, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, down_since FROM hosts WHERE name = $1"
+            "SELECT {COLUMNS}, down_since, ha_restarted FROM hosts WHERE name = $1"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
@@ -151,7 +154,7 @@ impl Store {
         since: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let r =
-            sqlx::query("UPDATE hosts SET down_since = $1 WHERE name = $2 AND down_since IS NULL")
+            sqlx::query("UPDATE hosts SET down_since = $1, ha_restarted = 0 WHERE name = $2 AND down_since IS NULL")
                 .bind(time::to_text(since))
                 .bind(name)
                 .execute(&self.pool)
@@ -184,5 +187,14 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Counts an HA instance of down host `name` restarted elsewhere.
+    pub async fn count_ha_restart(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET ha_restarted = ha_restarted + 1 WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

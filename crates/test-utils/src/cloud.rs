@@ -188,6 +188,14 @@ impl Cloud {
         crate::LinkFault::cut(&netns, peer)
     }
 
+    /// Cuts the network between `host` and the controller (the host keeps reaching the
+    /// other hosts, its processes run on) until the returned guard is dropped.
+    pub fn cut_controller(&self, host: &str) -> anyhow::Result<crate::LinkFault> {
+        let (netns, _) = self.link(host, host)?;
+        let controller = std::net::Ipv4Addr::new(10, 249, self.net_index, 1);
+        crate::LinkFault::cut(&netns, controller)
+    }
+
     /// Limits the traffic between hosts `a` and `b` to `mbytes_per_s` each way (excess
     /// dropped) until the returned guard is dropped.
     pub fn throttle_link(

@@ -73,13 +73,17 @@ fn ksm(h: &HostView) -> String {
     }
 }
 
-/// "up", "unreachable", or "down since 12:03:10, fenced".
+/// "up", "unreachable", or "down since 12:03:10, fenced, 3 instances restarted".
 fn state_line(h: &HostView) -> String {
     let state = format!("{:?}", h.state).to_lowercase();
     match h.down_since {
         Some(t) => {
             let fenced = if h.fenced { ", fenced" } else { "" };
-            format!("{state} since {}{fenced}", t.format("%H:%M:%S"))
+            format!(
+                "{state} since {}{fenced}, {} instances restarted",
+                t.format("%H:%M:%S"),
+                h.ha_restarted
+            )
         }
         None => state,
     }
@@ -150,6 +154,17 @@ pub async fn run(conn: &Connection, out: Output, cmd: HostCmd) -> anyhow::Result
         HostCmd::Drain { host, wait } => {
             let op = client.drain_host(&host).await?;
             super::follow(&client, out, op, &wait).await
+        }
+        HostCmd::Evacuate { host, wait } => {
+            let result = client.evacuate_host(&host).await?;
+            for left in &result.left {
+                eprintln!("{} stays on {host}: {}", left.instance, left.reason);
+            }
+            for op in result.operations {
+                eprintln!("restarting {} elsewhere ({})", op.target_name, op.id);
+                super::follow(&client, out, op, &wait).await?;
+            }
+            Ok(())
         }
         HostCmd::Orphans { host, action: None } => output::list(
             out,

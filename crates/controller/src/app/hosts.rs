@@ -53,6 +53,7 @@ impl App {
                 .and_then(|c| serde_json::to_string(c).ok()),
             last_seen: Utc::now(),
             down_since: None,
+            ha_restarted: 0,
         };
         self.store().upsert_host(&rec).await?;
         let Some(net) = &self.config().network else {
@@ -128,6 +129,7 @@ impl App {
                     state: liveness(&h),
                     fenced: liveness(&h) == HostState::Down,
                     down_since: h.down_since,
+                    ha_restarted: h.ha_restarted,
                     name: h.name,
                     enabled: h.enabled,
                     agent_url: h.agent_url,

@@ -36,7 +36,11 @@ impl App {
             )));
         };
         let source = self.store().get_image(&inst.image, &Scope::All).await?;
-        let resp = self.agent_of(host).await?.export_flattened_disk(inst.id).await?;
+        let resp = self
+            .agent_of(host)
+            .await?
+            .export_flattened_disk(inst.id)
+            .await?;
         let length = resp.content_length().ok_or_else(|| {
             AppError::unavailable("the agent sent the disk without its length; retry")
         })?;

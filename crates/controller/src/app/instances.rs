@@ -312,7 +312,8 @@ fn check_transition(inst: &InstanceRecord, kind: OperationKind) -> Result<(), Ap
         | K::SnapshotCreate
         | K::SnapshotRestore
         | K::SnapshotDelete
-        | K::GroupDelete => false,
+        | K::GroupDelete
+        | K::InstanceHaRestart => false,
     };
     if ok {
         return Ok(());

@@ -9,6 +9,7 @@ pub mod cloud_init;
 pub mod error;
 pub mod flavors;
 pub mod groups;
+pub mod ha;
 pub mod hosts;
 pub mod image_bake;
 pub mod image_blobs;

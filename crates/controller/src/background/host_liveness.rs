@@ -8,8 +8,11 @@
 //! ```
 //!
 //! Every pass (each `reconcile_interval`), for a down host: its down mark is recorded once
-//! (`down_since`), and each of its instances that no operation owns and that is not already
-//! `error` goes `error` with the reason. Nothing is deleted or stopped: the host may be only
+//! (`down_since`); each of its HA instances that no operation owns is restarted elsewhere
+//! (`instance_ha_restart`, largest first, if it was running; one whose restart failed is
+//! `error` and not retried), and each
+//! other instance that no operation owns and that is not already `error` goes `error` with
+//! the reason. Nothing is deleted or stopped: the host may be only
 //! cut off, and what its agent still runs is learnt again when it reports (the instances'
 //! agent generations are forgotten so its next report is applied as it is).
 
@@ -60,11 +63,22 @@ async fn host_down(app: &App, host: &HostRecord) -> Result<(), StoreError> {
     };
     let reason = down_reason(&host.name, since, host.last_seen);
     let instances = app.store().list_instances(&Scope::All).await?;
-    for inst in instances.iter().filter(|i| {
-        i.host.as_deref() == Some(host.name.as_str())
-            && i.operation_id.is_none()
-            && i.state != InstanceState::Error
-    }) {
+    let mine: Vec<_> = instances
+        .iter()
+        .filter(|i| i.host.as_deref() == Some(host.name.as_str()) && i.operation_id.is_none())
+        .collect();
+    // HA instances first, larger before smaller (the hardest to place get the room).
+    let mut ha: Vec<_> = mine.iter().filter(|i| wants_restart(i)).collect();
+    ha.sort_by_key(|i| std::cmp::Reverse((i.memory_mib, i.vcpus)));
+    for inst in ha {
+        if let Err(e) = app.start_ha_restart(inst, &host.name).await {
+            tracing::warn!(instance_id = %inst.id, error = %e.message, "cannot start the HA restart");
+        }
+    }
+    for inst in mine
+        .iter()
+        .filter(|i| !wants_restart(i) && i.state != InstanceState::Error)
+    {
         let applied = app
             .store()
             .apply_agent_report(
@@ -80,6 +94,13 @@ async fn host_down(app: &App, host: &HostRecord) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// An HA instance that was running. One whose restart failed is `error` (with the reason
+/// `ha_restart failed: ...`) and waits for its host or an operator; a stopped one stays
+/// stopped.
+fn wants_restart(i: &nimbus_store::InstanceRecord) -> bool {
+    i.ha_restart && i.state == InstanceState::Running
 }
 
 /// Why an instance on a down host is `error`, and what the operator can do.

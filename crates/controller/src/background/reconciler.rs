@@ -193,6 +193,14 @@ async fn apply_report(app: &App, inst: &InstanceRecord, vm: &VmStatus) -> Result
 /// Deletes the copy of an instance on a host it no longer runs on (a source its migration
 /// could not clean up). A shared disk stays: the instance uses it on its current host.
 async fn delete_stale_copy(app: &App, host: &HostRecord, inst: &InstanceRecord) {
+    // Re-read: the pass's instance list may be older than this host's VM list (a pass waits
+    // on silent agents), and an operation may since have placed the instance here (an HA
+    // restart defines its VM on the target only after moving the instance there).
+    match app.store().get_instance_by_id(&Scope::All, inst.id).await {
+        Ok(now)
+            if now.operation_id.is_none() && now.host.as_deref() != Some(host.name.as_str()) => {}
+        _ => return,
+    }
     tracing::warn!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "deleting stale copy of a moved instance");
     let agent = app.agent(&host.agent_url);
     let res = agent

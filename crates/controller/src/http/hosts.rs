@@ -6,7 +6,7 @@ use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{ErrorBody, HostView, OrphanView};
+use nimbus_api::{ErrorBody, EvacuateResult, HostView, OrphanView};
 
 /// Lists hosts with capacity and allocation (admin).
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
@@ -84,4 +84,20 @@ pub async fn delete_orphan(
     caller.require_admin()?;
     app.delete_orphan(&host, vm).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Restarts the instances of a dead (down) host on other hosts, HA or not, where their disk
+/// is on shared storage (admin).
+#[utoipa::path(post, path = "/v1/hosts/{host}/evacuate", tag = "hosts",
+    responses((status = 202, body = EvacuateResult), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn evacuate(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(StatusCode, Json<EvacuateResult>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(app.evacuate_host(&caller, &name).await?),
+    ))
 }

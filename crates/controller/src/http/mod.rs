@@ -95,6 +95,7 @@ pub fn router(app: App) -> Router {
             "/hosts/{host}/orphans/{vm}",
             axum::routing::delete(hosts::delete_orphan),
         )
+        .route("/hosts/{host}/evacuate", post(hosts::evacuate))
         .route("/snapshots", get(snapshots::list).post(snapshots::create))
         .route(
             "/snapshots/{snapshot}",

@@ -10,6 +10,7 @@ pub mod instance_clone;
 pub mod instance_cold_migrate;
 pub mod instance_create;
 pub mod instance_delete;
+pub mod instance_ha_restart;
 pub mod instance_migrate;
 pub mod instance_reboot;
 pub mod instance_start;
@@ -56,6 +57,7 @@ fn plan(kind: OperationKind, target: Uuid, target_name: &str) -> Plan {
         OperationKind::SnapshotCreate => snapshot_create::plan(instance),
         OperationKind::SnapshotRestore => snapshot_restore::plan(instance),
         OperationKind::SnapshotDelete => snapshot_delete::plan(instance),
+        OperationKind::InstanceHaRestart => instance_ha_restart::plan(instance),
     }
 }
 

@@ -43,6 +43,8 @@ impl FakeAgent {
         let app = Router::new()
             .route("/vms", get(list_vms))
             .route("/vms/{id}", get(vm).delete(delete_vm))
+            .route("/vms/{id}/cold", axum::routing::put(cold_incoming))
+            .route("/vms/{id}/start", post(start_vm))
             .route("/vms/{id}/snapshots", post(snapshot))
             .route("/vms/{id}/snapshots/{sid}/restore", post(restore))
             .route(
@@ -109,6 +111,31 @@ async fn list_vms(State(f): State<FakeAgent>) -> Response {
         .map(|(id, s)| status(*id, *s))
         .collect();
     Json(vms).into_response()
+}
+
+/// Defines the VM stopped, logging the disk it links to (`cold <vm> <disk>`).
+async fn cold_incoming(
+    State(f): State<FakeAgent>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<nimbus_agent_api::ColdIncomingRequest>,
+) -> Response {
+    let disk = match &req.disk {
+        nimbus_agent_api::DiskTransfer::Shared { path } => path.display().to_string(),
+        nimbus_agent_api::DiskTransfer::Mirror => "mirror".into(),
+    };
+    if let Some(e) = f.call("cold", format!("{id} {disk}")) {
+        return e;
+    }
+    f.state().vms.insert(id, VmRunState::Stopped);
+    Json(status(id, VmRunState::Stopped)).into_response()
+}
+
+async fn start_vm(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response {
+    if let Some(e) = f.call("start", id.to_string()) {
+        return e;
+    }
+    f.state().vms.insert(id, VmRunState::Running);
+    Json(status(id, VmRunState::Running)).into_response()
 }
 
 async fn vm(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response {

@@ -1,0 +1,189 @@
+//! Restart an HA instance of a down host on another host, from its disk on shared storage
+//! (issue 14, part 4).
+//!
+//! ```text
+//! choose_restart_host ─▶ define_on_target ─▶ boot ─▶ wait_ready
+//!  host := target          define it stopped,   start    the guest is
+//!  (room reserved there,   linked to its        QEMU     up (its ready
+//!  the dead host's freed)  shared disk                   marker)
+//! ```
+//! Started by the host liveness pass only once the host is `down`, i.e. after the fence
+//! timeout plus its margin since the host's last report: its agent, if it still runs, has
+//! stopped the old copy (see `nimbus_agent_api::liveness`). A disk local to the dead host
+//! cannot be reached: the operation fails at once saying so, and the instance stays `error`
+//! until its host is back (restart from nothing would lose the disk; from a snapshot only once
+//! snapshots follow their instance). Until `boot` a failure moves the instance back to the
+//! dead host's placement and deletes the target's definition (never the shared disk).
+
+use super::steps::{agent_err, app_err, instance, op_params, store_err, Boot, WaitReady};
+use super::Plan;
+use crate::app::App;
+use async_trait::async_trait;
+use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer};
+use nimbus_api::InstanceState;
+use nimbus_ops::{Step, StepContext, StepError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// The operation's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaRestartParams {
+    /// The down host the instance was on.
+    pub source: String,
+}
+
+pub fn plan(instance: Uuid) -> Plan {
+    Plan {
+        steps: vec![
+            Box::new(ChooseRestartHost(instance)),
+            Box::new(DefineOnTarget(instance)),
+            Box::new(Boot(instance)),
+            Box::new(WaitReady(instance)),
+            Box::new(CountRestart(instance)),
+        ],
+        during: Some(InstanceState::Starting),
+        after: Some(InstanceState::Running),
+    }
+}
+
+/// Picks the target (placement groups and capacity honoured) and moves the instance's
+/// placement there; answers the target and the shared disk's path.
+pub struct ChooseRestartHost(pub Uuid);
+
+#[async_trait]
+impl Step<App> for ChooseRestartHost {
+    fn name(&self) -> &'static str {
+        "choose_restart_host"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let p: HaRestartParams = op_params(app, s.operation_id).await?;
+        let inst = instance(app, self.0).await?;
+        let source = app.store().get_host(&p.source).await.map_err(store_err)?;
+        let target = match inst.host.as_deref() {
+            // Moved already (this step runs again after a crash).
+            Some(h) if h != p.source => h.to_string(),
+            _ => {
+                let _guard = app.placement_lock().await;
+                let target = app
+                    .choose_migration_target(&inst, &p.source, None)
+                    .await
+                    .map_err(|e| {
+                        StepError::permanent(format!("no host to restart it on: {}", e.message))
+                    })?;
+                let dst = app.store().get_host(&target).await.map_err(store_err)?;
+                shared_dir(&source, &dst)?;
+                app.store()
+                    .move_instance(self.0, &p.source, &target)
+                    .await
+                    .map_err(store_err)?;
+                target
+            }
+        };
+        let dst = app.store().get_host(&target).await.map_err(store_err)?;
+        let disk = shared_dir(&source, &dst)?
+            .join(self.0.to_string())
+            .join("disk.qcow2");
+        tracing::info!(instance_id = %self.0, source = %p.source, %target, "HA restart: target chosen");
+        Ok(json!({ "source": p.source, "target": target, "disk": disk }))
+    }
+
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        let (Some(source), Some(target)) = (out(s, "source"), out(s, "target")) else {
+            return Ok(());
+        };
+        match app.store().move_instance(self.0, &target, &source).await {
+            Ok(()) => Ok(()),
+            Err(nimbus_store::StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+/// The shared storage both hosts use, or why the disk cannot be reached.
+fn shared_dir(
+    source: &nimbus_store::HostRecord,
+    target: &nimbus_store::HostRecord,
+) -> Result<PathBuf, StepError> {
+    match (&source.shared_storage, &target.shared_storage) {
+        (Some(a), Some(b)) if a == b => Ok(PathBuf::from(a)),
+        (None, _) => Err(StepError::permanent(format!(
+            "its disk is local to host {}, which is down: it cannot be restarted elsewhere \
+             (that would start it from nothing); it runs again when {} is back",
+            source.name, source.name
+        ))),
+        _ => Err(StepError::permanent(format!(
+            "host {} does not see the shared storage of host {}",
+            target.name, source.name
+        ))),
+    }
+}
+
+fn out(s: &StepContext<'_>, key: &str) -> Option<String> {
+    s.output(0)
+        .and_then(|o| o.get(key))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// Defines the instance, stopped, on the target, linked to its shared disk.
+pub struct DefineOnTarget(pub Uuid);
+
+#[async_trait]
+impl Step<App> for DefineOnTarget {
+    fn name(&self) -> &'static str {
+        "define_on_target"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let (Some(target), Some(disk)) = (out(s, "target"), out(s, "disk")) else {
+            return Err(StepError::permanent("choose_restart_host left no target"));
+        };
+        let inst = instance(app, self.0).await?;
+        let spec = app.vm_spec(&inst).await.map_err(app_err)?;
+        let agent = app.agent_of(&target).await.map_err(app_err)?;
+        agent
+            .cold_incoming(&ColdIncomingRequest {
+                spec,
+                disk: DiskTransfer::Shared {
+                    path: PathBuf::from(disk),
+                },
+            })
+            .await
+            .map_err(agent_err)?;
+        Ok(json!({}))
+    }
+
+    /// Deletes the target's definition; the shared disk stays.
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        let Some(target) = out(s, "target") else {
+            return Ok(());
+        };
+        let agent = app.agent_of(&target).await.map_err(app_err)?;
+        agent.remove_vm(self.0, true).await.map_err(agent_err)
+    }
+}
+
+/// Counts the restart on the down host (`nimbus host show`: "3 instances restarted").
+pub struct CountRestart(pub Uuid);
+
+#[async_trait]
+impl Step<App> for CountRestart {
+    fn name(&self) -> &'static str {
+        "count_restart"
+    }
+
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        let Some(source) = out(s, "source") else {
+            return Ok(json!({}));
+        };
+        app.store()
+            .count_ha_restart(&source)
+            .await
+            .map_err(store_err)?;
+        tracing::info!(instance_id = %self.0, %source, "HA restart done");
+        Ok(json!({}))
+    }
+}
