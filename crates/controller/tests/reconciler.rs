@@ -32,7 +32,10 @@ async fn an_ended_operation_never_keeps_its_instance_busy() {
         .set_state(op.id, OperationState::Failed, Some("the host went away"))
         .await
         .expect("end");
-    reconciler::pass(&cloud.app).await.expect("pass");
+    // Settling (the first thing a reconcile pass does) releases it with the failure's reason.
+    nimbus_controller::ops::settle_ended(&cloud.app)
+        .await
+        .expect("settle");
     let inst = store
         .get_instance_by_id(&Scope::All, id)
         .await
@@ -46,6 +49,13 @@ async fn an_ended_operation_never_keeps_its_instance_busy() {
         "{:?}",
         inst.reason
     );
+    // The rest of the pass then applies what the agent reports: the VM runs.
+    reconciler::pass(&cloud.app).await.expect("pass");
+    let inst = store
+        .get_instance_by_id(&Scope::All, id)
+        .await
+        .expect("instance");
+    assert_eq!(inst.state, InstanceState::Running);
     // A new operation may start.
     let next = NewOperation {
         id: Uuid::new_v4(),
