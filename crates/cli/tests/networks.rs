@@ -118,7 +118,14 @@ async fn tenant_networks_end_to_end() {
     create(
         &acme_token,
         "a3",
-        &["--network", "backend", "--ip", "10.10.0.20"],
+        &[
+            "--network",
+            "backend",
+            "--network",
+            "default",
+            "--ip",
+            "10.10.0.20",
+        ],
     );
     for (client, name) in [(&acme, "a1"), (&acme, "a2"), (&globex, "g1"), (&acme, "a3")] {
         wait_running(client, name).await;
@@ -191,6 +198,19 @@ async fn tenant_networks_end_to_end() {
         let out = exec(client, name, dhcp).await;
         assert!(out.contains(lease), "{name}: {out}");
     }
+    // a3's second NIC is on acme's default network: the image runs DHCP on it, and the host
+    // answers with the address the controller decided; through it a3 reaches a1.
+    let a3 = instance(&acme, "a3").await;
+    let second = &a3.nics[1];
+    assert_eq!(second.network, "default");
+    let wait_eth1 = "for i in $(seq 40); do ip -4 addr show dev eth1 | grep -q inet && break; \
+                     sleep 0.5; done; ip -4 addr show dev eth1";
+    let eth1 = exec(&acme, "a3", wait_eth1).await;
+    assert!(eth1.contains(&second.ip), "{eth1} (want {})", second.ip);
+    assert!(
+        pings(&acme, "a3", &addr(&a1)).await,
+        "a3 -> a1 over its second NIC"
+    );
 
     // Each host has a segment per network it has ports of; none is left after the guests.
     let all_bridges: Vec<String> = ["host1", "host2"]
