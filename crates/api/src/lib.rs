@@ -17,6 +17,7 @@ pub mod network;
 pub mod operation;
 pub mod project;
 pub mod quota;
+pub mod secgroup;
 pub mod snapshot;
 pub mod token;
 pub mod usage;
@@ -40,6 +41,10 @@ pub use network::{CreateNetwork, NetworkView, NicView, DEFAULT_NETWORK};
 pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
 pub use project::{CreateProject, ProjectView};
 pub use quota::{QuotaLimits, QuotaUsage, QuotaView};
+pub use secgroup::{
+    CreateSecurityGroup, CreateSecurityRule, Direction, Protocol, SecurityGroupView,
+    SecurityRuleView, SetSecurityGroups, DEFAULT_SECGROUP,
+};
 pub use snapshot::{
     CreateSnapshot, SnapshotDeleted, SnapshotFilter, SnapshotRestored, SnapshotState, SnapshotView,
 };

@@ -98,6 +98,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         disk_gib: 1,
         group_id: None,
         nics: Vec::new(),
+        secgroups: Vec::new(),
     };
     let op = NewOperation {
         id: Uuid::new_v4(),

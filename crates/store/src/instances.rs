@@ -3,6 +3,7 @@
 use crate::networks::lock_project;
 use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
 use crate::quotas::{lock_quota, usage_in};
+use crate::secgroups::members::{join_groups, leave_groups};
 use crate::{operations::insert_operation, time, NewOperation, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::DEFAULT_NETWORK;
@@ -95,6 +96,8 @@ pub struct NewInstance {
     pub group_id: Option<Uuid>,
     /// Its NICs; none means one on the project's `default` network.
     pub nics: Vec<NicPlan>,
+    /// Its security groups; none means the project's `default` group.
+    pub secgroups: Vec<String>,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -210,6 +213,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        join_groups(&mut tx, &new.project, new.id, &new.secgroups).await?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         self.get_instance_by_id(&Scope::All, new.id).await
@@ -366,6 +370,7 @@ impl Store {
     pub async fn delete_instance_row(&self, id: Uuid) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         delete_ports(&mut tx, id).await?;
+        leave_groups(&mut tx, id).await?;
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)

@@ -25,6 +25,7 @@ mod ports;
 mod projects;
 mod quotas;
 mod scope;
+mod secgroups;
 mod snapshots;
 mod time;
 mod tokens;
@@ -42,6 +43,7 @@ pub use placement::Allocation;
 pub use ports::{NicPlan, PickAddress, PortRecord};
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
+pub use secgroups::NewRule;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
 pub use tokens::{NewToken, TokenRecord};
 pub use usage::{UsageRow, UsageTotals};
@@ -147,6 +149,7 @@ pub(crate) mod testing {
                 disk_gib: 2,
                 group_id: None,
                 nics: Vec::new(),
+                secgroups: Vec::new(),
             },
             NewOperation {
                 id: Uuid::new_v4(),

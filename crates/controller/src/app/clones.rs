@@ -85,6 +85,8 @@ impl App {
                     address: None,
                 })
                 .collect(),
+            // The source's security groups.
+            secgroups: self.store().instance_secgroups(source.id).await?,
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {

@@ -257,6 +257,7 @@ impl Cloud {
             disk_gib: 2,
             group_id: None,
             nics: Vec::new(),
+            secgroups: Vec::new(),
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

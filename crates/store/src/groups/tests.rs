@@ -53,6 +53,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         disk_gib: 1,
         group_id: group,
         nics: Vec::new(),
+        secgroups: Vec::new(),
     };
     s.insert_instance(
         &new,

@@ -28,6 +28,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         disk_gib: 2,
         group_id: None,
         nics: Vec::new(),
+        secgroups: Vec::new(),
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");
