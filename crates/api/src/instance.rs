@@ -120,6 +120,10 @@ pub struct CreateInstance {
     /// Address of the first NIC (inside its network, free); default: the lowest free one.
     #[serde(default)]
     pub ip: Option<String>,
+    /// Security groups of the project the instance is in (default: the project's `default`
+    /// group).
+    #[serde(default)]
+    pub secgroups: Vec<String>,
 }
 
 /// Body of `POST /v1/instances/{instance}/exec`: a command run inside the guest.

@@ -2,9 +2,11 @@
 
 mod group;
 mod network;
+mod secgroup;
 
 pub use group::GroupCmd;
 pub use network::NetworkCmd;
+pub use secgroup::{Proto, RuleAdd, RuleCmd, SecgroupCmd};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -98,6 +100,9 @@ pub enum Command {
     /// Private networks of the project.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Security groups: stateful allow rules on the project's instances.
+    #[command(subcommand)]
+    Secgroup(SecgroupCmd),
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
@@ -456,6 +461,10 @@ pub enum InstanceCmd {
         /// Address of the first NIC (inside its network and free) [default: the lowest free].
         #[arg(long, conflicts_with = "from_snapshot")]
         ip: Option<String>,
+        /// A security group of the project (repeat for several) [default: the project's
+        /// `default` group; a clone keeps its source's groups].
+        #[arg(long = "secgroup", conflicts_with = "from_snapshot")]
+        secgroups: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -497,6 +506,13 @@ pub enum InstanceCmd {
         allow_postcopy: bool,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Change an instance's security groups (while it runs, too).
+    Set {
+        instance: String,
+        /// The instance's groups from now on (repeat for several).
+        #[arg(long = "secgroup", required = true)]
+        secgroups: Vec<String>,
     },
     /// Print the serial console log.
     Log {

@@ -73,6 +73,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             from_snapshot,
             networks,
             ip,
+            secgroups,
             wait,
         } => {
             let op = client
@@ -83,9 +84,18 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     from_snapshot,
                     networks,
                     ip,
+                    secgroups,
                 })
                 .await?;
             follow(&client, out, op, &wait).await
+        }
+        InstanceCmd::Set {
+            instance,
+            secgroups,
+        } => {
+            let set = client.set_instance_secgroups(&instance, secgroups).await?;
+            println!("instance {instance} is in {}", set.secgroups.join(", "));
+            Ok(())
         }
         InstanceCmd::List => output::list(out, &client.list_instances().await?, HEADERS, row),
         InstanceCmd::Show { instance } => show(out, &client.instance(&instance).await?),

@@ -11,6 +11,7 @@ pub mod network;
 pub mod operation;
 pub mod project;
 pub mod quota;
+pub mod secgroup;
 pub mod server;
 pub mod snapshot;
 pub mod token;

@@ -79,6 +79,7 @@ impl App {
             disk_gib: flavor.disk_gib,
             group_id: group,
             nics,
+            secgroups: req.secgroups.clone(),
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {

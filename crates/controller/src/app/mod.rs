@@ -18,6 +18,7 @@ pub mod operations;
 pub mod projects;
 pub mod quotas;
 pub mod scaling;
+pub mod secgroups;
 pub mod snapshots;
 pub mod throttle;
 pub mod tokens;

@@ -3,7 +3,7 @@
 
 use super::{
     audit_log, flavors, groups, hosts, images, instances, migrations, networks, operations,
-    projects, snapshots, tokens, usage,
+    projects, secgroups, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi};
         usage::report,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         networks::list, networks::create, networks::show, networks::delete,
+        secgroups::list, secgroups::create, secgroups::show, secgroups::delete,
+        secgroups::add_rule, secgroups::delete_rule, secgroups::set_instance,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth),
