@@ -34,6 +34,7 @@
 
 pub mod client;
 pub mod error;
+pub mod firewall;
 pub mod host;
 pub mod metering;
 pub mod migration;
@@ -42,6 +43,7 @@ pub mod vm;
 
 pub use client::AgentClient;
 pub use error::{AgentError, AgentErrorBody};
+pub use firewall::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
 pub use host::{
     Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
 };

@@ -51,6 +51,7 @@ pub mod error;
 pub mod guest;
 pub mod link;
 pub mod port_security;
+pub mod secgroups;
 pub mod segment;
 pub mod tap;
 pub mod underlay;

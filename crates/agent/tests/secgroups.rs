@@ -1,0 +1,175 @@
+//! Security groups enforced by real nftables on a host namespace: two "VM ports" (veths named
+//! like taps, on a bridge, with port security) and TCP between them with socat. A port opens
+//! only after its rule, a group rule only to members, a failed apply keeps the old rules, and
+//! a port without rules is closed. Needs root (namespaces, nftables).
+
+mod netns;
+
+use netns::Topology;
+use nimbus_agent::network::port_security::{self, Port};
+use nimbus_agent::network::{bridge, secgroups, Shell, NIC_MTU};
+use nimbus_agent_api::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
+use nimbus_api::{Direction, Protocol};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const VNI: u32 = 4201;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP server on port 8080 in namespace `ns` answering "ok".
+fn serve(ns: &str) -> Server {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "socat",
+            "TCP-LISTEN:8080,reuseaddr,fork",
+        ])
+        .arg("SYSTEM:echo ok")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat (installed by scripts/install-deps.sh)");
+    std::thread::sleep(Duration::from_millis(300));
+    Server(child)
+}
+
+/// Whether a new TCP connection from `ns` to `ip`:8080 gets the answer.
+fn reaches(ns: &str, ip: &str) -> bool {
+    let out = Command::new("timeout")
+        .args(["3", "ip", "netns", "exec", ns, "socat", "-T1", "-"])
+        .arg(format!("TCP:{ip}:8080,connect-timeout=1"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("socat");
+    String::from_utf8_lossy(&out.stdout).contains("ok")
+}
+
+fn rule(
+    direction: Direction,
+    protocol: Protocol,
+    port: Option<u16>,
+    remote: Remote,
+) -> FirewallRule {
+    FirewallRule {
+        direction,
+        protocol,
+        port_min: port,
+        port_max: port,
+        remote,
+    }
+}
+
+fn all_out() -> FirewallRule {
+    rule(
+        Direction::Egress,
+        Protocol::Any,
+        None,
+        Remote::Cidr("0.0.0.0/0".into()),
+    )
+}
+
+fn firewall(b_ingress: Vec<FirewallRule>, web: &[&str]) -> HostFirewall {
+    HostFirewall {
+        ports: vec![
+            PortFirewall {
+                tap: "ntsga".into(),
+                vni: VNI,
+                rules: vec![all_out()],
+            },
+            PortFirewall {
+                tap: "ntsgb".into(),
+                vni: VNI,
+                rules: [b_ingress, vec![all_out()]].concat(),
+            },
+        ],
+        groups: vec![GroupMembers {
+            vni: VNI,
+            group: "web".into(),
+            addresses: web.iter().map(|a| a.to_string()).collect(),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
+    let mut t = Topology::create('s', 1, false).await;
+    let host = Shell::in_netns(t.host_ns(1));
+    bridge::ensure(&host, "sgbr", NIC_MTU)
+        .await
+        .expect("bridge");
+    let (mac_a, mac_b) = ("52:54:0a:4d:00:0b", "52:54:0a:4d:00:0c");
+    let a = t
+        .add_guest_port(1, "a", "ntsga", "sgbr", "10.77.0.11/24", Some(mac_a))
+        .await;
+    let b = t
+        .add_guest_port(1, "b", "ntsgb", "sgbr", "10.77.0.12/24", Some(mac_b))
+        .await;
+    let ports = [
+        ("ntsga", mac_a, "10.77.0.11"),
+        ("ntsgb", mac_b, "10.77.0.12"),
+    ]
+    .map(|(tap, mac, ip)| Port {
+        tap: tap.into(),
+        mac: mac.into(),
+        ip: ip.into(),
+    });
+    port_security::secure(&host, &ports)
+        .await
+        .expect("port security");
+    let _server = serve(&b);
+
+    // No inbound rule on b: closed.
+    secgroups::apply(&host, &firewall(vec![], &[]))
+        .await
+        .expect("apply");
+    assert!(!reaches(&a, "10.77.0.12"), "b has no inbound rule");
+    // Its rule opens it.
+    let tcp_8080 = |remote| rule(Direction::Ingress, Protocol::Tcp, Some(8080), remote);
+    let open = firewall(vec![tcp_8080(Remote::Cidr("10.77.0.0/24".into()))], &[]);
+    secgroups::apply(&host, &open).await.expect("apply");
+    assert!(reaches(&a, "10.77.0.12"), "b allows 8080 from 10.77.0.0/24");
+
+    // A batch nft refuses (a bad prefix sent to the agent) changes nothing and is reported.
+    let list_cmd = host.nft(&["list", "table", "bridge", "nimbus"]);
+    let listing = || list_cmd.run();
+    let before = listing().await.expect("list");
+    let bad = firewall(vec![tcp_8080(Remote::Cidr("10.77.0.0/40".into()))], &[]);
+    let err = secgroups::apply(&host, &bad).await;
+    assert!(err.is_err(), "nft must refuse a /40");
+    assert_eq!(listing().await.expect("list"), before, "the old rules stay");
+    assert!(
+        reaches(&a, "10.77.0.12"),
+        "still open after the failed apply"
+    );
+
+    // A group rule: open to members only.
+    let by_group =
+        |members: &[&str]| firewall(vec![tcp_8080(Remote::Group("web".into()))], members);
+    secgroups::apply(&host, &by_group(&["10.77.0.11"]))
+        .await
+        .expect("apply");
+    assert!(reaches(&a, "10.77.0.12"), "a is in web");
+    secgroups::apply(&host, &by_group(&["10.77.0.99"]))
+        .await
+        .expect("apply");
+    assert!(!reaches(&a, "10.77.0.12"), "a left web");
+
+    // A port the controller sent no rules for is closed (fail closed), both ways.
+    secgroups::apply(&host, &HostFirewall::default())
+        .await
+        .expect("apply");
+    assert!(!reaches(&a, "10.77.0.12"), "no rules: nothing passes");
+    let listing = listing().await.expect("list");
+    assert!(!listing.contains("sg_ingress_ntsgb"), "{listing}");
+    drop(t);
+}
