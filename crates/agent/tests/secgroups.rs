@@ -10,7 +10,9 @@ use nimbus_agent::network::port_security::{self, Port};
 use nimbus_agent::network::{bridge, secgroups, Shell, NIC_MTU};
 use nimbus_agent_api::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
 use nimbus_api::{Direction, Protocol};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 const VNI: u32 = 4201;
@@ -41,6 +43,72 @@ fn serve(ns: &str) -> Server {
         .expect("socat (installed by scripts/install-deps.sh)");
     std::thread::sleep(Duration::from_millis(300));
     Server(child)
+}
+
+/// An echo server on port 8081 in namespace `ns`.
+fn serve_echo(ns: &str) -> Server {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "socat",
+            "TCP-LISTEN:8081,reuseaddr,fork",
+            "EXEC:cat",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat");
+    std::thread::sleep(Duration::from_millis(300));
+    Server(child)
+}
+
+/// One TCP connection from `ns` to `ip`:8081 kept open: lines written come back echoed.
+struct Session {
+    child: Server,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Session {
+    fn open(ns: &str, ip: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "socat", "-"])
+            .arg(format!("TCP:{ip}:8081,connect-timeout=2"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child: Server(child),
+            stdin,
+            lines,
+        }
+    }
+
+    /// Whether `text` comes back within two seconds.
+    fn echoes(&mut self, text: &str) -> bool {
+        if writeln!(self.stdin, "{text}").is_err() {
+            return false;
+        }
+        self.lines
+            .recv_timeout(Duration::from_secs(2))
+            .ok()
+            .as_deref()
+            == Some(text)
+    }
 }
 
 /// Whether a new TCP connection from `ns` to `ip`:8080 gets the answer.
@@ -151,6 +219,38 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
         reaches(&a, "10.77.0.12"),
         "still open after the failed apply"
     );
+
+    // Stateful, as EC2: removing the rule refuses new connections at once, a tracked one
+    // goes on.
+    let _echo = serve_echo(&b);
+    let echo_rule = || {
+        rule(
+            Direction::Ingress,
+            Protocol::Tcp,
+            Some(8081),
+            Remote::Cidr("10.77.0.11/32".into()),
+        )
+    };
+    let with_echo = firewall(
+        vec![tcp_8080(Remote::Cidr("10.77.0.0/24".into())), echo_rule()],
+        &[],
+    );
+    secgroups::apply(&host, &with_echo).await.expect("apply");
+    let mut session = Session::open(&a, "10.77.0.12");
+    assert!(
+        session.echoes("before"),
+        "the echo rule lets the connection in"
+    );
+    secgroups::apply(&host, &open).await.expect("apply");
+    assert!(
+        session.echoes("after"),
+        "a tracked connection outlives its rule"
+    );
+    assert!(
+        !Session::open(&a, "10.77.0.12").echoes("new"),
+        "a new one is refused"
+    );
+    drop(session.child);
 
     // A group rule: open to members only.
     let by_group =
