@@ -26,40 +26,15 @@ impl Drop for Server {
     }
 }
 
-/// A TCP server on port 8080 in namespace `ns` answering "ok".
-fn serve(ns: &str) -> Server {
+/// A TCP server on `port` in namespace `ns` running `action` (socat) per connection.
+fn serve(ns: &str, port: u16, action: &str) -> Server {
+    let listen = format!("TCP-LISTEN:{port},reuseaddr,fork");
     let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "socat",
-            "TCP-LISTEN:8080,reuseaddr,fork",
-        ])
-        .arg("SYSTEM:echo ok")
+        .args(["netns", "exec", ns, "socat", &listen, action])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("socat (installed by scripts/install-deps.sh)");
-    std::thread::sleep(Duration::from_millis(300));
-    Server(child)
-}
-
-/// An echo server on port 8081 in namespace `ns`.
-fn serve_echo(ns: &str) -> Server {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "socat",
-            "TCP-LISTEN:8081,reuseaddr,fork",
-            "EXEC:cat",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat");
     std::thread::sleep(Duration::from_millis(300));
     Server(child)
 }
@@ -194,7 +169,7 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
     port_security::secure(&host, &ports)
         .await
         .expect("port security");
-    let _server = serve(&b);
+    let _server = serve(&b, 8080, "SYSTEM:echo ok");
 
     // No inbound rule on b: closed.
     secgroups::apply(&host, &firewall(vec![], &[]))
@@ -222,7 +197,7 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
 
     // Stateful, as EC2: removing the rule refuses new connections at once, a tracked one
     // goes on.
-    let _echo = serve_echo(&b);
+    let _echo = serve(&b, 8081, "EXEC:cat");
     let echo_rule = || {
         rule(
             Direction::Ingress,
