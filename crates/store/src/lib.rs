@@ -125,6 +125,35 @@ pub(crate) mod testing {
             })
     }
 
+    /// A SQLite database `up.db` in `dir` with the migrations before `first_missing` applied
+    /// (for upgrade tests: fill it, close the pool, then [`Store::connect`] applies the rest).
+    pub async fn database_before(dir: &std::path::Path, first_missing: &str) -> sqlx::AnyPool {
+        let old = dir.join("migrations");
+        std::fs::create_dir(&old).expect("mkdir");
+        let all = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        for entry in std::fs::read_dir(all).expect("migrations") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
+            if name.as_str() < first_missing {
+                std::fs::copy(&path, old.join(&name)).expect("copy");
+            }
+        }
+        let url = format!("sqlite://{}/up.db?mode=rwc", dir.display());
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .expect("migrator")
+            .run(&pool)
+            .await
+            .expect("migrate");
+        pool
+    }
+
     /// The default network of new projects in tests.
     pub fn default_network() -> NewNetwork {
         NewNetwork {

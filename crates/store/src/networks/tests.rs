@@ -1,6 +1,6 @@
 //! Networks and ports on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{default_network, new_instance, pick, stores};
+use crate::testing::{database_before, default_network, new_instance, pick, stores};
 use crate::{NewNetwork, NicPlan, Scope, Store, StoreError, FIRST_VNI};
 use nimbus_api::QuotaLimits;
 
@@ -161,29 +161,7 @@ async fn ports_claim_addresses_per_network_and_block_deletes() {
 #[tokio::test]
 async fn the_upgrade_moves_instances_onto_their_default_network() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let old = dir.path().join("migrations");
-    std::fs::create_dir(&old).expect("mkdir");
-    let all = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
-    for entry in std::fs::read_dir(all).expect("migrations") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .to_string();
-        if name.as_str() < "0007" {
-            std::fs::copy(&path, old.join(&name)).expect("copy");
-        }
-    }
-    let url = format!("sqlite://{}/up.db?mode=rwc", dir.path().display());
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
-    sqlx::migrate::Migrator::new(old.as_path())
-        .await
-        .expect("migrator")
-        .run(&pool)
-        .await
-        .expect("migrate to 0006");
+    let pool = database_before(dir.path(), "0007").await;
     sqlx::query(
         "INSERT INTO projects (name, created_at) VALUES ('acme', '2026-01-01T00:00:00.000000Z')",
     )

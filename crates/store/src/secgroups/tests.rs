@@ -1,6 +1,6 @@
 //! Security groups on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{default_network, new_instance, pick, stores};
+use crate::testing::{database_before, default_network, new_instance, pick, stores};
 use crate::{NewRule, Scope, Store, StoreError};
 use nimbus_api::{Direction, Protocol, QuotaLimits};
 
@@ -199,4 +199,50 @@ async fn groups_in_use_are_not_deleted() {
             "a refused set changes nothing"
         );
     }
+}
+
+/// The upgrade: a database at migration 0007 with an instance of project `acme`; after 0012
+/// the project has its `default` group and the instance is in it (SQLite; the SQL is the
+/// same on PostgreSQL).
+#[tokio::test]
+async fn the_upgrade_puts_existing_instances_in_their_default_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = database_before(dir.path(), "0012").await;
+    sqlx::query(
+        "INSERT INTO projects (name, created_at) VALUES ('acme', '2026-01-01T00:00:00.000000Z')",
+    )
+    .execute(&pool)
+    .await
+    .expect("project");
+    let id = "00000000-0000-0000-0000-000000000007";
+    sqlx::query(
+        "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
+         state, generation, agent_generation, created_at, updated_at, ip, mac) \
+         VALUES ($1, 'acme', 'web1', 'small', 'default', 1, 512, 2, 'running', 1, 0, \
+         '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '10.200.0.10/16', \
+         '52:54:0a:c8:00:0a')",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .expect("instance");
+    pool.close().await;
+
+    let s = Store::connect(&format!("sqlite://{}/up.db", dir.path().display()))
+        .await
+        .expect("upgrade");
+    let id = uuid::Uuid::parse_str(id).expect("uuid");
+    assert_eq!(s.instance_secgroups(id).await.expect("groups"), ["default"]);
+    let g = s
+        .get_secgroup(&Scope::project("acme"), "default")
+        .await
+        .expect("default group");
+    assert_eq!((g.members, g.rules.len()), (1, 2));
+    assert_eq!(g.rules[0].group.as_deref(), Some("default"));
+    // Ids allocated after the migration's continue above them.
+    s.create_secgroup("acme", "web").await.expect("web");
+    let web = s
+        .add_secgroup_rule("acme", "web", &tcp_from(22, Some("0.0.0.0/0"), None))
+        .await;
+    assert!(web.expect("rule").id > g.rules[1].id);
 }
