@@ -7,6 +7,7 @@ mod netns;
 
 use netns::Topology;
 use nimbus_agent::network::port_security::{self, Port};
+use nimbus_agent::network::segment::Segment;
 use nimbus_agent::network::{bridge, secgroups, Shell, NIC_MTU};
 use nimbus_agent_api::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
 use nimbus_api::{Direction, Protocol};
@@ -147,15 +148,29 @@ fn firewall(b_ingress: Vec<FirewallRule>, web: &[&str]) -> HostFirewall {
 async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
     let mut t = Topology::create('s', 1, false).await;
     let host = Shell::in_netns(t.host_ns(1));
-    bridge::ensure(&host, "sgbr", NIC_MTU)
+    bridge::ensure(&host, &Segment::tenant(VNI).bridge, NIC_MTU)
         .await
         .expect("bridge");
     let (mac_a, mac_b) = ("52:54:0a:4d:00:0b", "52:54:0a:4d:00:0c");
     let a = t
-        .add_guest_port(1, "a", "ntsga", "sgbr", "10.77.0.11/24", Some(mac_a))
+        .add_guest_port(
+            1,
+            "a",
+            "ntsga",
+            &Segment::tenant(VNI).bridge,
+            "10.77.0.11/24",
+            Some(mac_a),
+        )
         .await;
     let b = t
-        .add_guest_port(1, "b", "ntsgb", "sgbr", "10.77.0.12/24", Some(mac_b))
+        .add_guest_port(
+            1,
+            "b",
+            "ntsgb",
+            &Segment::tenant(VNI).bridge,
+            "10.77.0.12/24",
+            Some(mac_b),
+        )
         .await;
     let ports = [
         ("ntsga", mac_a, "10.77.0.11"),
@@ -186,6 +201,9 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
     let list_cmd = host.nft(&["list", "table", "bridge", "nimbus"]);
     let listing = || list_cmd.run();
     let before = listing().await.expect("list");
+    let sg_cmd = host.nft(&["list", "table", "inet", secgroups::SG_TABLE]);
+    let sg_table = sg_cmd.run().await.expect("list");
+    assert!(sg_table.contains("ct zone set iifname map"), "{sg_table}");
     let bad = firewall(vec![tcp_8080(Remote::Cidr("10.77.0.0/40".into()))], &[]);
     let err = secgroups::apply(&host, &bad).await;
     assert!(err.is_err(), "nft must refuse a /40");

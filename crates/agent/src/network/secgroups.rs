@@ -16,6 +16,10 @@
 //!       iifname <tap> mark = mark & 0xffff | id<<16     one pair per VM port with rules
 //!       oifname <tap> mark = mark & 0xffff0000 | id
 //! table inet nimbus_sg
+//!   chain zone (hook prerouting, priority raw):
+//!       ct zone set iifname map { nb<vni>: <n> }  a conntrack zone per tenant network, so
+//!                                                 overlapping CIDRs of two projects never
+//!                                                 share a tracked connection
 //!   chain forward (hook forward, priority filter):
 //!       meta mark 0 accept                        no VM port involved
 //!       ct state established,related accept      replies and tracked connections (stateful)
@@ -37,6 +41,7 @@
 use super::command::Shell;
 use super::error::NetError;
 use super::port_security::{self, field, matches};
+use super::segment::Segment;
 use super::tap::TAP_PREFIX;
 use nimbus_agent_api::{FirewallRule, HostFirewall, Remote};
 use nimbus_api::{Direction, Protocol};
@@ -47,6 +52,8 @@ use std::collections::BTreeMap;
 pub const SG_TABLE: &str = "nimbus_sg";
 const FAMILY: &str = "inet";
 const FORWARD: &str = "forward";
+/// The chain that gives each network's frames their conntrack zone.
+const ZONE: &str = "zone";
 /// The bridge-family chain that tags frames with their ports.
 const TAG_CHAIN: &str = "sg_tag";
 /// Port id of a VM port without rules (in either half of the mark).
@@ -162,6 +169,7 @@ pub fn compile(fw: &HostFirewall) -> Result<Vec<Value>, NetError> {
         }
     }
     cmds.extend(tag_rules(fw));
+    cmds.extend(zone_rule(fw));
     cmds.extend(forward_rules());
     let mut in_elems = Vec::new();
     let mut out_elems = Vec::new();
@@ -242,6 +250,23 @@ fn tag_rules(fw: &HostFirewall) -> Vec<Value> {
         .collect()
 }
 
+/// The rule that puts each network's frames (by bridge) into a conntrack zone of their own;
+/// none without ports.
+fn zone_rule(fw: &HostFirewall) -> Option<Value> {
+    let vnis: std::collections::BTreeSet<u32> = fw.ports.iter().map(|p| p.vni).collect();
+    if vnis.is_empty() {
+        return None;
+    }
+    let zones: Vec<Value> = vnis
+        .iter()
+        .enumerate()
+        .map(|(i, vni)| json!([Segment::tenant(*vni).bridge, i + 1]))
+        .collect();
+    let zone = json!({"mangle": {"key": {"ct": {"key": "zone"}}, "value": {"map": {
+        "key": {"meta": {"key": "iifname"}}, "data": {"set": zones}}}}});
+    Some(rule(ZONE, json!([zone])))
+}
+
 /// The inet forward chain's rules (the chain itself is made by [`skeleton`]).
 fn forward_rules() -> Vec<Value> {
     let ct = || json!({"ct": {"key": "state"}});
@@ -272,6 +297,9 @@ fn skeleton(existing_chains: &[String], existing_sets: &[String]) -> Vec<Value> 
         json!({"add": {"chain": {"family": FAMILY, "table": SG_TABLE, "name": FORWARD,
             "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
         json!({"flush": obj("chain", FORWARD)}),
+        json!({"add": {"chain": {"family": FAMILY, "table": SG_TABLE, "name": ZONE,
+            "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}}}),
+        json!({"flush": obj("chain", ZONE)}),
     ];
     for map in [IN_MAP, OUT_MAP] {
         cmds.push(
