@@ -51,3 +51,12 @@ pub struct GroupMembers {
     pub group: String,
     pub addresses: Vec<String>,
 }
+
+/// What `PUT /firewall` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirewallApplied {
+    /// Ports with rules now in force on the host.
+    pub ports: usize,
+    /// False when the host has no networking (its VMs run without NICs: nothing to filter).
+    pub enforced: bool,
+}

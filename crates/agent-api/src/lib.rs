@@ -43,7 +43,9 @@ pub mod vm;
 
 pub use client::AgentClient;
 pub use error::{AgentError, AgentErrorBody};
-pub use firewall::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
+pub use firewall::{
+    FirewallApplied, FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote,
+};
 pub use host::{
     Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
 };

@@ -2,6 +2,7 @@
 //! JSON errors ([`nimbus_agent_api::AgentErrorBody`]) with stable codes.
 
 mod console;
+mod firewall;
 mod migration;
 mod snapshots;
 mod vms;
@@ -21,6 +22,7 @@ use nimbus_agent_api::AGENT_API_PREFIX;
 pub fn router(agent: Agent) -> Router {
     let api = Router::new()
         .route("/host", get(vms::host))
+        .route("/firewall", axum::routing::put(firewall::set))
         .route("/vms", get(vms::list))
         .route(
             "/vms/{id}",
