@@ -4,6 +4,7 @@
 
 use nimbus_api::{Direction, Protocol};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// The whole desired firewall state of one host (every port on it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -13,11 +14,12 @@ pub struct HostFirewall {
     pub groups: Vec<GroupMembers>,
 }
 
-/// One VM port (tap) and the rules of its groups.
+/// One VM port (NIC) and the rules of its groups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortFirewall {
-    /// The tap of the port on the host.
-    pub tap: String,
+    pub instance_id: Uuid,
+    /// Position of the NIC in the guest (the agent knows its tap by it).
+    pub nic: usize,
     /// Segment id of the port's network (group rules match members on this network).
     pub vni: u32,
     pub rules: Vec<FirewallRule>,

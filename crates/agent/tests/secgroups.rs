@@ -8,6 +8,7 @@ mod netns;
 use netns::Topology;
 use nimbus_agent::network::port_security::{self, Port};
 use nimbus_agent::network::segment::Segment;
+use nimbus_agent::network::tap::tap_name;
 use nimbus_agent::network::{bridge, secgroups, Shell, NIC_MTU};
 use nimbus_agent_api::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
 use nimbus_api::{Direction, Protocol};
@@ -15,8 +16,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+use uuid::Uuid;
 
 const VNI: u32 = 4201;
+/// The two instances; their veths are named like their taps.
+const A: Uuid = Uuid::from_u128(0x5a << 120);
+const B: Uuid = Uuid::from_u128(0x5b << 120);
 
 struct Server(Child);
 
@@ -126,12 +131,14 @@ fn firewall(b_ingress: Vec<FirewallRule>, web: &[&str]) -> HostFirewall {
     HostFirewall {
         ports: vec![
             PortFirewall {
-                tap: "ntsga".into(),
+                instance_id: A,
+                nic: 0,
                 vni: VNI,
                 rules: vec![all_out()],
             },
             PortFirewall {
-                tap: "ntsgb".into(),
+                instance_id: B,
+                nic: 0,
                 vni: VNI,
                 rules: [b_ingress, vec![all_out()]].concat(),
             },
@@ -156,7 +163,7 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
         .add_guest_port(
             1,
             "a",
-            "ntsga",
+            &tap_name(A, 0),
             &Segment::tenant(VNI).bridge,
             "10.77.0.11/24",
             Some(mac_a),
@@ -166,18 +173,14 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
         .add_guest_port(
             1,
             "b",
-            "ntsgb",
+            &tap_name(B, 0),
             &Segment::tenant(VNI).bridge,
             "10.77.0.12/24",
             Some(mac_b),
         )
         .await;
-    let ports = [
-        ("ntsga", mac_a, "10.77.0.11"),
-        ("ntsgb", mac_b, "10.77.0.12"),
-    ]
-    .map(|(tap, mac, ip)| Port {
-        tap: tap.into(),
+    let ports = [(A, mac_a, "10.77.0.11"), (B, mac_b, "10.77.0.12")].map(|(id, mac, ip)| Port {
+        tap: tap_name(id, 0),
         mac: mac.into(),
         ip: ip.into(),
     });
@@ -262,7 +265,10 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
         .await
         .expect("apply");
     assert!(!reaches(&a, "10.77.0.12"), "no rules: nothing passes");
-    let listing = listing().await.expect("list");
-    assert!(!listing.contains("sg_ingress_ntsgb"), "{listing}");
+    let sg_table = sg_cmd.run().await.expect("list");
+    assert!(!sg_table.contains("sg_ingress_nt"), "{sg_table}");
+    let tag_cmd = host.nft(&["list", "chain", "bridge", "nimbus", "sg_tag"]);
+    let tags = tag_cmd.run().await.expect("list");
+    assert!(!tags.contains(&tap_name(B, 0)), "{tags}");
     drop(t);
 }

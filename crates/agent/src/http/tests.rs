@@ -126,7 +126,7 @@ async fn auth_errors_and_inventory() {
 async fn firewall_is_accepted_and_says_whether_it_is_enforced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = router(test_agent(dir.path()).await);
-    let fw = r#"{"ports":[{"tap":"nt0a1b2c3d4e","vni":4201,"rules":[{"direction":"ingress",
+    let fw = r#"{"ports":[{"instance_id":"0a1b2c3d-4e00-0000-0000-000000000000","nic":0,"vni":4201,"rules":[{"direction":"ingress",
         "protocol":"tcp","port_min":22,"port_max":22,"remote":{"cidr":"0.0.0.0/0"}}]}],
         "groups":[]}"#;
     let (status, _) = call(&app, "PUT", "/firewall", None, fw).await;

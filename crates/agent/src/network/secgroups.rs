@@ -42,7 +42,7 @@ use super::command::Shell;
 use super::error::NetError;
 use super::port_security::{self, field, matches};
 use super::segment::Segment;
-use super::tap::TAP_PREFIX;
+use super::tap::{tap_name, TAP_PREFIX};
 use nimbus_agent_api::{FirewallRule, HostFirewall, Remote};
 use nimbus_api::{Direction, Protocol};
 use serde_json::{json, Value};
@@ -189,7 +189,8 @@ pub fn compile(fw: &HostFirewall) -> Result<Vec<Value>, NetError> {
                 &mut out_elems,
             ),
         ] {
-            let chain = format!("{CHAIN_PREFIX}{}_{}", direction.as_str(), port.tap);
+            let tap = tap_name(port.instance_id, port.nic);
+            let chain = format!("{CHAIN_PREFIX}{}_{tap}", direction.as_str());
             cmds.push(json!({"add": obj("chain", &chain)}));
             for r in port.rules.iter().filter(|r| r.direction == direction) {
                 if let Some(mut expr) = rule_matches(r, port.vni, &sets) {
@@ -232,12 +233,13 @@ fn tag_rules(fw: &HostFirewall) -> Vec<Value> {
     ];
     for (i, port) in fw.ports.iter().enumerate() {
         let id = i as u32 + 1;
+        let tap = json!(tap_name(port.instance_id, port.nic));
         exprs.push(json!([
-            matches("==", iif.clone(), json!(port.tap)),
+            matches("==", iif.clone(), tap.clone()),
             set_mark(0xffff, id << 16)
         ]));
         exprs.push(json!([
-            matches("==", oif.clone(), json!(port.tap)),
+            matches("==", oif.clone(), tap),
             set_mark(0xffff_0000, id)
         ]));
     }
