@@ -310,3 +310,118 @@ async fn instances_are_in_groups_that_cannot_go_while_used() {
     let db: SecurityGroupView = serde_json::from_str(&b).expect("db");
     assert_eq!(db.members, 1);
 }
+
+/// An instance of `project` in `groups`, placed on `host` (no agent needed).
+async fn placed(
+    f: &common::Fixture,
+    project: &str,
+    name: &str,
+    groups: &[&str],
+    host: &str,
+) -> String {
+    let id = uuid::Uuid::new_v4();
+    let new = nimbus_store::NewInstance {
+        id,
+        project: project.into(),
+        name: name.into(),
+        flavor: "tiny".into(),
+        image: "img".into(),
+        vcpus: 1,
+        memory_mib: 128,
+        disk_gib: 1,
+        group_id: None,
+        nics: Vec::new(),
+        secgroups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+    let op = nimbus_store::NewOperation {
+        id: uuid::Uuid::new_v4(),
+        kind: nimbus_api::OperationKind::InstanceCreate,
+        project: project.into(),
+        target_id: id,
+        target_name: name.into(),
+        params: serde_json::json!({}),
+    };
+    let store = f.app.store();
+    let rec = store
+        .insert_instance(&new, &op, |net, used| {
+            nimbus_controller::app::network::pick_address(&net.cidr, used)
+        })
+        .await
+        .expect("insert");
+    store.reserve_host(id, host).await.expect("reserve");
+    rec.ip
+        .expect("ip")
+        .split('/')
+        .next()
+        .expect("ip")
+        .to_string()
+}
+
+/// What a host's agent is sent: its ports with the rules of their groups, and the members
+/// (on any host) of the groups those rules name, per network; nothing of other hosts' ports,
+/// and no member of another project even at the same address.
+#[tokio::test]
+async fn a_hosts_firewall_has_its_ports_and_the_members_their_rules_name() {
+    let f = setup().await;
+    common::register(&f, "host2", 65536).await;
+    let acme = member(&f, "acme", "member").await;
+    for g in ["web", "db"] {
+        let body = format!(r#"{{"name":"{g}"}}"#);
+        expect(
+            &f,
+            &acme,
+            "POST",
+            "/v1/secgroups",
+            Some(&body),
+            S::CREATED,
+            None,
+        )
+        .await;
+    }
+    let from_web = rule("ingress", "tcp", r#","port_min":5432,"group":"web""#);
+    let uri = "/v1/secgroups/db/rules";
+    expect(&f, &acme, "POST", uri, Some(&from_web), S::CREATED, None).await;
+    let web1 = placed(&f, "acme", "web1", &["web"], "host1").await;
+    placed(&f, "acme", "db1", &["db"], "host1").await;
+    let web2 = placed(&f, "acme", "web2", &["web"], "host2").await;
+    let g1 = placed(&f, "globex", "g1", &[], "host1").await;
+    assert_eq!(g1, web1, "overlapping default networks: the same address");
+
+    let fw = f.app.host_firewall("host1").await.expect("firewall");
+    assert_eq!(fw.ports.len(), 3, "{fw:?}");
+    let acme_scope = nimbus_store::Scope::project("acme");
+    let db = f.app.store().get_instance(&acme_scope, "db1").await;
+    let db = db.expect("db1");
+    let db_port = fw
+        .ports
+        .iter()
+        .find(|p| p.instance_id == db.id)
+        .expect("db1 port");
+    let named: Vec<_> = db_port
+        .rules
+        .iter()
+        .filter(|r| r.remote == nimbus_agent_api::Remote::Group("web".into()))
+        .collect();
+    assert_eq!(named.len(), 1, "{db_port:?}");
+    let web = fw
+        .groups
+        .iter()
+        .find(|g| g.group == "web")
+        .expect("web members");
+    let mut members = web.addresses.clone();
+    members.sort();
+    let mut want = vec![web1.clone(), web2];
+    want.sort();
+    assert_eq!(members, want, "members on every host, of acme only");
+    assert_eq!(web.vni, db_port.vni);
+    // globex's default group lets its members in: its own set, on its own network.
+    let default = fw
+        .groups
+        .iter()
+        .find(|g| g.group == "default")
+        .expect("default");
+    assert_eq!(default.addresses, [g1]);
+    assert_ne!(default.vni, web.vni);
+    let host2 = f.app.host_firewall("host2").await.expect("firewall");
+    assert_eq!(host2.ports.len(), 1);
+}

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod clones;
 pub mod error;
+pub mod firewall;
 pub mod flavors;
 pub mod groups;
 pub mod hosts;
