@@ -7,7 +7,7 @@
 //! DHCP on the host leases it; each host has the segments of the networks it has ports of,
 //! and none once the guests are gone.
 
-use nimbus_api::{CreatedToken, InstanceView, NetworkView};
+use nimbus_api::{InstanceView, NetworkView};
 use nimbus_client::Client;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{Cloud, CloudOptions};
@@ -15,26 +15,6 @@ use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
-
-fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
-}
-
-/// Creates project `project` (as the admin) and answers a member token of it.
-fn member(cloud: &Cloud, project: &str) -> String {
-    cli_ok(cloud, &["project", "create", project]);
-    let args = [
-        "token",
-        "create",
-        "--project",
-        project,
-        "--role",
-        "member",
-        "-o",
-        "json",
-    ];
-    json::<CreatedToken>(&cli_ok(cloud, &args)).secret
-}
 
 /// Whether `ping` from guest `name` reaches `ip` (two tries, bounded).
 async fn pings(client: &Client, name: &str, ip: &str) -> bool {
@@ -77,8 +57,8 @@ async fn tenant_networks_end_to_end() {
     let cloud = Cloud::start(Path::new(BIN), CloudOptions::default())
         .await
         .expect("start the cloud");
-    let acme_token = member(&cloud, "acme");
-    let globex_token = member(&cloud, "globex");
+    let acme_token = project_member(&cloud, "acme");
+    let globex_token = project_member(&cloud, "globex");
     let acme = cloud.client_as(&acme_token);
     let globex = cloud.client_as(&globex_token);
 

@@ -3,32 +3,12 @@
 //! is tested on real namespaces in `crates/agent/tests/secgroups.rs`; pushing rules to agents
 //! (and with it the reachability between real guests) is not built yet.
 
-use nimbus_api::{CreatedToken, Direction, SecurityGroupView, SecurityRuleView};
+use nimbus_api::{Direction, SecurityGroupView, SecurityRuleView};
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{Cloud, CloudOptions};
 use std::path::Path;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
-
-fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
-}
-
-/// Creates project `project` (as the admin) and answers a member token of it.
-fn member(cloud: &Cloud, project: &str) -> String {
-    cli_ok(cloud, &["project", "create", project]);
-    let args = [
-        "token",
-        "create",
-        "--project",
-        project,
-        "--role",
-        "member",
-        "-o",
-        "json",
-    ];
-    json::<CreatedToken>(&cli_ok(cloud, &args)).secret
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secgroup_commands_end_to_end() {
@@ -42,8 +22,8 @@ async fn secgroup_commands_end_to_end() {
     let cloud = Cloud::start(Path::new(BIN), opts)
         .await
         .expect("start the cloud");
-    let acme = member(&cloud, "acme");
-    let globex = member(&cloud, "globex");
+    let acme = project_member(&cloud, "acme");
+    let globex = project_member(&cloud, "globex");
     let ok = |token: &str, args: &[&str]| cli_ok_as(&cloud, token, args);
     let err = |token: &str, args: &[&str]| cli_err_as(&cloud, token, args);
 
