@@ -107,6 +107,16 @@ impl AgentClient {
         self.send(self.request(Method::GET, "/vms")).await
     }
 
+    /// Makes the host's security-group rules exactly `fw` (one transaction; on failure the
+    /// previous rules stay and the error is answered).
+    pub async fn set_firewall(
+        &self,
+        fw: &crate::HostFirewall,
+    ) -> Result<crate::FirewallApplied, AgentError> {
+        self.send(self.request(Method::PUT, "/firewall").json(fw))
+            .await
+    }
+
     pub async fn define_vm(&self, spec: &VmSpec) -> Result<VmStatus, AgentError> {
         let path = format!("/vms/{}", spec.id);
         // The agent may first fetch an uploaded image: allow it 10 MiB/s at least.

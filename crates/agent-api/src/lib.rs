@@ -39,6 +39,7 @@
 
 pub mod client;
 pub mod error;
+pub mod firewall;
 pub mod host;
 pub mod image;
 pub mod liveness;
@@ -49,6 +50,9 @@ pub mod vm;
 
 pub use client::AgentClient;
 pub use error::{AgentError, AgentErrorBody};
+pub use firewall::{
+    FirewallApplied, FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote,
+};
 pub use host::{
     Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
 };

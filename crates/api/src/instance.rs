@@ -146,6 +146,10 @@ pub struct CreateInstance {
     /// User-data for cloud-init, base64 (at most 16 KiB decoded, as EC2).
     #[serde(default)]
     pub user_data: Option<String>,
+    /// Security groups of the project the instance is in (default: the project's `default`
+    /// group).
+    #[serde(default)]
+    pub secgroups: Vec<String>,
 }
 
 /// Largest user-data accepted, decoded (EC2's limit).

@@ -19,6 +19,7 @@ pub mod operation;
 pub mod placement;
 pub mod project;
 pub mod quota;
+pub mod secgroup;
 pub mod snapshot;
 pub mod token;
 pub mod usage;
@@ -47,6 +48,10 @@ pub use operation::{OperationKind, OperationState, OperationView, StepState, Ste
 pub use placement::{CreatePlacementGroup, PlacementGroupView, PlacementPolicy};
 pub use project::{CreateProject, ProjectView};
 pub use quota::{QuotaLimits, QuotaUsage, QuotaView};
+pub use secgroup::{
+    CreateSecurityGroup, CreateSecurityRule, Direction, Protocol, SecurityGroupView,
+    SecurityRuleView, SetSecurityGroups, DEFAULT_SECGROUP,
+};
 pub use snapshot::{
     CreateSnapshot, SnapshotDeleted, SnapshotFilter, SnapshotRestored, SnapshotState, SnapshotView,
 };

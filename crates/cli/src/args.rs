@@ -4,11 +4,13 @@ mod group;
 mod image;
 mod keypair;
 mod network;
+mod secgroup;
 
 pub use group::GroupCmd;
 pub use image::ImageCmd;
 pub use keypair::KeypairCmd;
 pub use network::NetworkCmd;
+pub use secgroup::{Proto, RuleAdd, RuleCmd, SecgroupCmd};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -108,6 +110,9 @@ pub enum Command {
     /// Placement groups: members kept on distinct hosts (spread) or together (pack).
     #[command(subcommand)]
     PlacementGroup(PlacementGroupCmd),
+    /// Security groups: stateful allow rules on the project's instances.
+    #[command(subcommand)]
+    Secgroup(SecgroupCmd),
     /// Long-running actions and their progress.
     #[command(subcommand)]
     Operation(OperationCmd),
@@ -515,6 +520,10 @@ pub enum InstanceCmd {
         /// User-data for cloud-init (e.g. a `#cloud-config` file), at most 16 KiB.
         #[arg(long)]
         user_data_file: Option<std::path::PathBuf>,
+        /// A security group of the project (repeat for several) [default: the project's
+        /// `default` group; a clone keeps its source's groups].
+        #[arg(long = "secgroup", conflicts_with = "from_snapshot")]
+        secgroups: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -556,6 +565,13 @@ pub enum InstanceCmd {
         allow_postcopy: bool,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Change an instance's security groups (while it runs, too).
+    Set {
+        instance: String,
+        /// The instance's groups from now on (repeat for several).
+        #[arg(long = "secgroup", required = true)]
+        secgroups: Vec<String>,
     },
     /// Print the serial console log.
     Log {

@@ -59,6 +59,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Group(cmd) => commands::group::run(&cli.conn, out, cmd).await,
         Command::Network(cmd) => commands::network::run(&cli.conn, out, cmd).await,
         Command::PlacementGroup(cmd) => commands::placement_group::run(&cli.conn, out, cmd).await,
+        Command::Secgroup(cmd) => commands::secgroup::run(&cli.conn, out, cmd).await,
         Command::Operation(cmd) => commands::operation::run(&cli.conn, out, cmd).await,
         Command::Snapshot(cmd) => commands::snapshot::run(&cli.conn, out, cmd).await,
         Command::Project(cmd) => commands::project::run(&cli.conn, out, cmd).await,

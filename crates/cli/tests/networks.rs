@@ -7,7 +7,7 @@
 //! DHCP on the host leases it; each host has the segments of the networks it has ports of,
 //! and none once the guests are gone.
 
-use nimbus_api::{CreatedToken, InstanceView, NetworkView};
+use nimbus_api::{InstanceView, NetworkView};
 use nimbus_client::Client;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{Cloud, CloudOptions};
@@ -15,26 +15,6 @@ use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
-
-fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
-}
-
-/// Creates project `project` (as the admin) and answers a member token of it.
-fn member(cloud: &Cloud, project: &str) -> String {
-    cli_ok(cloud, &["project", "create", project]);
-    let args = [
-        "token",
-        "create",
-        "--project",
-        project,
-        "--role",
-        "member",
-        "-o",
-        "json",
-    ];
-    json::<CreatedToken>(&cli_ok(cloud, &args)).secret
-}
 
 /// Whether `ping` from guest `name` reaches `ip` (two tries, bounded).
 async fn pings(client: &Client, name: &str, ip: &str) -> bool {
@@ -77,8 +57,8 @@ async fn tenant_networks_end_to_end() {
     let cloud = Cloud::start(Path::new(BIN), CloudOptions::default())
         .await
         .expect("start the cloud");
-    let acme_token = member(&cloud, "acme");
-    let globex_token = member(&cloud, "globex");
+    let acme_token = project_member(&cloud, "acme");
+    let globex_token = project_member(&cloud, "globex");
     let acme = cloud.client_as(&acme_token);
     let globex = cloud.client_as(&globex_token);
 
@@ -118,7 +98,14 @@ async fn tenant_networks_end_to_end() {
     create(
         &acme_token,
         "a3",
-        &["--network", "backend", "--ip", "10.10.0.20"],
+        &[
+            "--network",
+            "backend",
+            "--network",
+            "default",
+            "--ip",
+            "10.10.0.20",
+        ],
     );
     for (client, name) in [(&acme, "a1"), (&acme, "a2"), (&globex, "g1"), (&acme, "a3")] {
         wait_running(client, name).await;
@@ -191,6 +178,19 @@ async fn tenant_networks_end_to_end() {
         let out = exec(client, name, dhcp).await;
         assert!(out.contains(lease), "{name}: {out}");
     }
+    // a3's second NIC is on acme's default network: the image runs DHCP on it, and the host
+    // answers with the address the controller decided; through it a3 reaches a1.
+    let a3 = instance(&acme, "a3").await;
+    let second = &a3.nics[1];
+    assert_eq!(second.network, "default");
+    let wait_eth1 = "for i in $(seq 40); do ip -4 addr show dev eth1 | grep -q inet && break; \
+                     sleep 0.5; done; ip -4 addr show dev eth1";
+    let eth1 = exec(&acme, "a3", wait_eth1).await;
+    assert!(eth1.contains(&second.ip), "{eth1} (want {})", second.ip);
+    assert!(
+        pings(&acme, "a3", &addr(&a1)).await,
+        "a3 -> a1 over its second NIC"
+    );
 
     // Each host has a segment per network it has ports of; none is left after the guests.
     let all_bridges: Vec<String> = ["host1", "host2"]

@@ -238,7 +238,10 @@ async fn roles_are_enforced(
     }
     // A public image of another project is visible to members, not deletable by them.
     let e = cli_err_as(cloud, member, &["image", "delete", "default"]);
-    assert!(e.contains("only its project or an admin may delete it"), "{e}");
+    assert!(
+        e.contains("only its project or an admin may delete it"),
+        "{e}"
+    );
     let e = cli_err_as(cloud, member, &["instance", "list", "--project", "beta"]);
     assert!(
         e.contains("only an admin token may act in another project"),

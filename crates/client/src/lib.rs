@@ -4,6 +4,7 @@ mod error;
 mod images;
 mod keypairs;
 mod networks;
+mod secgroups;
 mod snapshots;
 
 pub use error::ClientError;
@@ -123,6 +124,14 @@ impl Client {
         body: &B,
     ) -> Result<T, ClientError> {
         self.send(self.req(Method::PATCH, path).json(body)).await
+    }
+
+    async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.req(Method::PUT, path).json(body)).await
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

@@ -6,57 +6,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{call, error, fixture, register, Fixture};
-use nimbus_api::{CreatedToken, ErrorCode, InstanceView, NetworkView};
-
-async fn setup() -> Fixture {
-    let f = fixture().await;
-    register(&f, "host1", 65536).await;
-    let exe = std::env::current_exe().expect("exe").display().to_string();
-    let img = format!(r#"{{"name":"img","kernel":"{exe}"}}"#);
-    let (s, body) = call(&f, "POST", "/v1/images", Some(&f.token), Some(&img)).await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
-    for p in ["acme", "globex"] {
-        let (s, b) = call(
-            &f,
-            "POST",
-            "/v1/projects",
-            Some(&f.token),
-            Some(&format!(r#"{{"name":"{p}"}}"#)),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-    }
-    f
-}
-
-async fn member(f: &Fixture, project: &str, role: &str) -> String {
-    let uri = format!("/v1/tokens?project={project}");
-    let body = format!(r#"{{"role":"{role}"}}"#);
-    let (s, b) = call(f, "POST", &uri, Some(&f.token), Some(&body)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    serde_json::from_str::<CreatedToken>(&b)
-        .expect("token")
-        .secret
-}
-
-/// Calls and expects `status`; for errors also `code`. Answers the body.
-async fn expect(
-    f: &Fixture,
-    token: &str,
-    method: &str,
-    uri: &str,
-    body: Option<&str>,
-    status: StatusCode,
-    code: Option<ErrorCode>,
-) -> String {
-    let (s, b) = call(f, method, uri, Some(token), body).await;
-    assert_eq!(s, status, "{method} {uri} {body:?}: {b}");
-    if let Some(code) = code {
-        assert_eq!(error(&b).code, code, "{b}");
-    }
-    b
-}
+use common::{expect, member, setup, Fixture};
+use nimbus_api::{ErrorCode, InstanceView, NetworkView};
 
 fn net(name: &str, cidr: &str) -> String {
     format!(r#"{{"name":"{name}","cidr":"{cidr}"}}"#)

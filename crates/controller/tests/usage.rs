@@ -117,6 +117,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         placement_group: None,
         ha_restart: false,
         seed: Default::default(),
+        secgroups: Vec::new(),
     };
     let op = NewOperation {
         id: Uuid::new_v4(),

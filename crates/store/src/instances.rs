@@ -3,6 +3,7 @@
 use crate::locks::{lock_image, lock_project};
 use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
 use crate::quotas::{lock_quota, usage_in};
+use crate::secgroups::members::{join_groups, leave_groups};
 use crate::{operations::insert_operation, time, NewOperation, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::DEFAULT_NETWORK;
@@ -106,6 +107,8 @@ pub struct NewInstance {
     pub ha_restart: bool,
     /// Key and user-data for its cloud-init seed.
     pub seed: crate::InstanceSeed,
+    /// Its security groups; none means the project's `default` group.
+    pub secgroups: Vec<String>,
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -235,6 +238,7 @@ impl Store {
         if new.seed != crate::InstanceSeed::default() {
             crate::seeds::write_seed(&mut tx, new.id, &new.seed).await?;
         }
+        join_groups(&mut tx, &new.project, new.id, &new.secgroups).await?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         self.get_instance_by_id(&Scope::All, new.id).await
@@ -410,6 +414,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         delete_ports(&mut tx, id).await?;
+        leave_groups(&mut tx, id).await?;
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)

@@ -29,6 +29,7 @@ mod ports;
 mod projects;
 mod quotas;
 mod scope;
+mod secgroups;
 mod seeds;
 mod snapshots;
 mod time;
@@ -50,6 +51,7 @@ pub use placement_groups::{PlacementGroupRecord, PlacementMember};
 pub use ports::{NicPlan, PickAddress, PortRecord};
 pub use quotas::{admit, QuotaExceeded};
 pub use scope::Scope;
+pub use secgroups::NewRule;
 pub use seeds::InstanceSeed;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
 pub use tokens::{NewToken, TokenRecord};
@@ -134,6 +136,35 @@ pub(crate) mod testing {
             })
     }
 
+    /// A SQLite database `up.db` in `dir` with the migrations before `first_missing` applied
+    /// (for upgrade tests: fill it, close the pool, then [`Store::connect`] applies the rest).
+    pub async fn database_before(dir: &std::path::Path, first_missing: &str) -> sqlx::AnyPool {
+        let old = dir.join("migrations");
+        std::fs::create_dir(&old).expect("mkdir");
+        let all = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        for entry in std::fs::read_dir(all).expect("migrations") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
+            if name.as_str() < first_missing {
+                std::fs::copy(&path, old.join(&name)).expect("copy");
+            }
+        }
+        let url = format!("sqlite://{}/up.db?mode=rwc", dir.display());
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .expect("migrator")
+            .run(&pool)
+            .await
+            .expect("migrate");
+        pool
+    }
+
     /// The default network of new projects in tests.
     pub fn default_network() -> NewNetwork {
         NewNetwork {
@@ -161,6 +192,7 @@ pub(crate) mod testing {
                 placement_group: None,
                 ha_restart: false,
                 seed: Default::default(),
+                secgroups: Vec::new(),
             },
             NewOperation {
                 id: Uuid::new_v4(),

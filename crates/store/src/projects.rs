@@ -4,6 +4,7 @@
 use crate::locks::lock_project;
 use crate::networks::{insert_network, next_vni};
 use crate::quotas::lock_quota;
+use crate::secgroups::insert_default_group;
 use crate::{time, NewNetwork, Store, StoreError};
 use nimbus_api::{ProjectView, QuotaLimits};
 use sqlx::Row;
@@ -36,6 +37,7 @@ impl Store {
             .map_err(|e| StoreError::unique_or(e, || format!("project {name:?} already exists")))?;
         let vni = next_vni(&mut tx).await?;
         insert_network(&mut tx, name, network, vni).await?;
+        insert_default_group(&mut tx, name).await?;
         tx.commit().await?;
         self.set_quota(name, quota).await?;
         self.get_project(name).await
@@ -84,10 +86,14 @@ impl Store {
         if gone.rows_affected() == 0 {
             return Err(StoreError::not_found("project", name));
         }
-        sqlx::query("DELETE FROM networks WHERE project = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        for sql in [
+            "DELETE FROM networks WHERE project = $1",
+            "DELETE FROM secgroup_rules WHERE group_id IN \
+             (SELECT id FROM secgroups WHERE project = $1)",
+            "DELETE FROM secgroups WHERE project = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+        }
         sqlx::query("DELETE FROM quotas WHERE project = $1")
             .bind(name)
             .execute(&mut *tx)

@@ -39,6 +39,27 @@ pub fn cli_err_as(cloud: &Cloud, token: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// `text` parsed as the JSON of a `T`; panics with the text if it is not.
+pub fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
+}
+
+/// Creates project `project` (as the admin) and answers a member token of it.
+pub fn project_member(cloud: &Cloud, project: &str) -> String {
+    cli_ok(cloud, &["project", "create", project]);
+    let args = [
+        "token",
+        "create",
+        "--project",
+        project,
+        "--role",
+        "member",
+        "-o",
+        "json",
+    ];
+    json::<nimbus_api::CreatedToken>(&cli_ok(cloud, &args)).secret
+}
+
 /// The instance as the API shows it.
 pub async fn instance(client: &Client, name: &str) -> InstanceView {
     client.instance(name).await.expect("get instance")

@@ -4,6 +4,7 @@
 mod cold;
 mod console;
 mod disk_export;
+mod firewall;
 mod migration;
 mod snapshots;
 mod vms;
@@ -23,6 +24,7 @@ use nimbus_agent_api::AGENT_API_PREFIX;
 pub fn router(agent: Agent) -> Router {
     let api = Router::new()
         .route("/host", get(vms::host))
+        .route("/firewall", axum::routing::put(firewall::set))
         .route("/vms", get(vms::list))
         .route(
             "/vms/{id}",

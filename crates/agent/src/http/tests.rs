@@ -121,6 +121,27 @@ async fn auth_errors_and_inventory() {
 
 /// With shared storage the disk lives in `<shared>/<id>/`, linked from the VM directory; a
 /// delete keeping the disk leaves it there, a plain delete removes it.
+/// `PUT /firewall` on an agent without host networking (loopback, as here): authenticated,
+/// validated, and answered as not enforced (its VMs have no NICs). Enforcement itself is
+/// tested on real namespaces in `tests/secgroups.rs`.
+#[tokio::test]
+async fn firewall_is_accepted_and_says_whether_it_is_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = router(test_agent(dir.path()).await);
+    let fw = r#"{"ports":[{"instance_id":"0a1b2c3d-4e00-0000-0000-000000000000","nic":0,"vni":4201,"rules":[{"direction":"ingress",
+        "protocol":"tcp","port_min":22,"port_max":22,"remote":{"cidr":"0.0.0.0/0"}}]}],
+        "groups":[]}"#;
+    let (status, _) = call(&app, "PUT", "/firewall", None, fw).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = call(&app, "PUT", "/firewall", Some("secret"), fw).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let applied: nimbus_agent_api::FirewallApplied = serde_json::from_slice(&body).expect("json");
+    assert_eq!((applied.ports, applied.enforced), (1, false));
+    let bad = fw.replace("ingress", "sideways");
+    let (status, _) = call(&app, "PUT", "/firewall", Some("secret"), &bad).await;
+    assert!(status.is_client_error(), "{status}");
+}
+
 #[tokio::test]
 async fn shared_storage_define_and_delete() {
     let tmp = tempfile::tempdir().expect("tempdir");

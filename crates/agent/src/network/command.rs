@@ -43,13 +43,23 @@ impl Shell {
 
     /// `nft ARGS` (inside the namespace: `ip netns exec NS nft ARGS`).
     pub fn nft<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
+        self.exec("nft", args)
+    }
+
+    /// `sysctl ARGS` (inside the namespace: `ip netns exec NS sysctl ARGS`).
+    pub fn sysctl<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
+        self.exec("sysctl", args)
+    }
+
+    /// A program without a namespace option of its own, run in the namespace.
+    fn exec<S: AsRef<str>>(&self, program: &'static str, args: &[S]) -> Cmd {
         let mut all: Vec<String> = match &self.netns {
-            Some(ns) => vec!["netns".into(), "exec".into(), ns.clone(), "nft".into()],
+            Some(ns) => vec!["netns".into(), "exec".into(), ns.clone(), program.into()],
             None => Vec::new(),
         };
         all.extend(args.iter().map(|a| a.as_ref().to_string()));
         Cmd {
-            program: if self.netns.is_some() { "ip" } else { "nft" },
+            program: if self.netns.is_some() { "ip" } else { program },
             args: all,
         }
     }

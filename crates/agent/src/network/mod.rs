@@ -51,6 +51,7 @@ pub mod error;
 pub mod guest;
 pub mod link;
 pub mod port_security;
+pub mod secgroups;
 pub mod segment;
 pub mod tap;
 pub mod underlay;
@@ -60,7 +61,7 @@ pub use command::Shell;
 pub use error::NetError;
 pub use guest::NIC_MTU;
 
-use nimbus_agent_api::{NetworkConfig, VmSpec};
+use nimbus_agent_api::{HostFirewall, NetworkConfig, VmSpec};
 use nimbus_qemu::QemuConfig;
 use segment::Segment;
 use std::collections::BTreeSet;
@@ -107,6 +108,17 @@ impl Applied {
 }
 
 impl HostNetwork {
+    /// Makes the host's security-group rules exactly `fw` (see [`secgroups`]); answers
+    /// whether they are enforced (not on a host without networking, whose VMs have no NICs).
+    pub async fn apply_firewall(&self, fw: &HostFirewall) -> Result<bool, NetError> {
+        let _state = self.state.lock().await;
+        if self.disabled.is_some() {
+            return Ok(false);
+        }
+        secgroups::apply(&self.shell, fw).await?;
+        Ok(true)
+    }
+
     /// Devices managed through `shell`; VXLAN traffic leaves from `underlay`.
     pub fn new(shell: Shell, underlay: Option<IpAddr>) -> Self {
         Self {

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 pub const TABLE: &str = "nimbus";
 /// The map from tap name to its chain.
 const PORTS_MAP: &str = "ports";
-const FAMILY: &str = "bridge";
+pub const FAMILY: &str = "bridge";
 /// Ethertype of RARP.
 const ETHERTYPE_RARP: u16 = 0x8035;
 
@@ -64,15 +64,15 @@ impl Port {
     }
 }
 
-fn rule(chain: &str, expr: Value) -> Value {
+pub(super) fn rule(chain: &str, expr: Value) -> Value {
     json!({"add": {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr}}})
 }
 
-fn field(protocol: &str, name: &str) -> Value {
+pub(super) fn field(protocol: &str, name: &str) -> Value {
     json!({"payload": {"protocol": protocol, "field": name}})
 }
 
-fn matches(op: &str, left: Value, right: Value) -> Value {
+pub(super) fn matches(op: &str, left: Value, right: Value) -> Value {
     json!({"match": {"op": op, "left": left, "right": right}})
 }
 

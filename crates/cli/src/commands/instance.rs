@@ -93,6 +93,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             ha,
             key_name,
             user_data_file,
+            secgroups,
             wait,
         } => {
             let user_data = user_data_file.map(|f| user_data(&f)).transpose()?;
@@ -108,9 +109,19 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     ha: ha.map(|HaArg::Restart| nimbus_api::HaPolicy::Restart),
                     key_name,
                     user_data,
+                    secgroups,
                 })
                 .await?;
             follow(&client, out, op, &wait).await
+        }
+        InstanceCmd::Set {
+            instance,
+            secgroups,
+        } => {
+            let set = client.set_instance_secgroups(&instance, secgroups).await?;
+            println!("instance {instance} is in {}", set.secgroups.join(", "));
+            eprintln!("{}", super::secgroup::NOT_ENFORCED);
+            Ok(())
         }
         InstanceCmd::List => output::list(out, &client.list_instances().await?, HEADERS, row),
         InstanceCmd::Show { instance } => show(out, &client.instance(&instance).await?),

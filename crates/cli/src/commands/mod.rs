@@ -13,6 +13,7 @@ pub mod operation;
 pub mod placement_group;
 pub mod project;
 pub mod quota;
+pub mod secgroup;
 pub mod server;
 pub mod snapshot;
 pub mod token;

@@ -88,6 +88,8 @@ impl App {
                 .collect(),
             ha_restart: req.ha.is_some(),
             seed: Default::default(),
+            // The source's security groups.
+            secgroups: self.store().instance_secgroups(source.id).await?,
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {

@@ -97,6 +97,7 @@ impl App {
             placement_group: placement,
             ha_restart: req.ha.is_some(),
             seed,
+            secgroups: req.secgroups.clone(),
         };
         self.store()
             .insert_instance(&new, &op, |net, used| {

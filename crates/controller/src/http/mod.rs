@@ -19,6 +19,7 @@ pub mod openapi;
 mod operations;
 mod placement_groups;
 mod projects;
+mod secgroups;
 mod snapshots;
 mod tokens;
 mod usage;
@@ -71,6 +72,20 @@ pub fn router(app: App) -> Router {
         .route(
             "/networks/{network}",
             get(networks::show).delete(networks::delete),
+        )
+        .route("/secgroups", get(secgroups::list).post(secgroups::create))
+        .route(
+            "/secgroups/{secgroup}",
+            get(secgroups::show).delete(secgroups::delete),
+        )
+        .route("/secgroups/{secgroup}/rules", post(secgroups::add_rule))
+        .route(
+            "/secgroups/{secgroup}/rules/{rule}",
+            axum::routing::delete(secgroups::delete_rule),
+        )
+        .route(
+            "/instances/{instance}/secgroups",
+            axum::routing::put(secgroups::set_instance),
         )
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route(

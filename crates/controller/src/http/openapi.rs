@@ -3,7 +3,7 @@
 
 use super::{
     audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, networks,
-    operations, placement_groups, projects, snapshots, tokens, usage,
+    operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -34,6 +34,8 @@ use utoipa::{Modify, OpenApi};
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         networks::list, networks::create, networks::show, networks::delete,
         placement_groups::list, placement_groups::create, placement_groups::delete,
+        secgroups::list, secgroups::create, secgroups::show, secgroups::delete,
+        secgroups::add_rule, secgroups::delete_rule, secgroups::set_instance,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
     modifiers(&BearerAuth, &EdgeAnswers),

@@ -7,7 +7,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
-use nimbus_api::ErrorBody;
+use nimbus_api::{CreatedToken, ErrorBody, ErrorCode};
 use nimbus_controller::{http::router, App, ControllerConfig};
 use std::net::SocketAddr;
 use tower::ServiceExt;
@@ -159,4 +159,55 @@ pub async fn get_bytes(f: &Fixture, uri: &str, token: &str) -> (StatusCode, Vec<
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     (status, bytes.to_vec())
+}
+
+/// A controller with one host, image `img` and projects `acme` and `globex`.
+pub async fn setup() -> Fixture {
+    let f = fixture().await;
+    register(&f, "host1", 65536).await;
+    let exe = std::env::current_exe().expect("exe").display().to_string();
+    let img = format!(r#"{{"name":"img","kernel":"{exe}"}}"#);
+    let (s, body) = call(&f, "POST", "/v1/images", Some(&f.token), Some(&img)).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    for p in ["acme", "globex"] {
+        let (s, b) = call(
+            &f,
+            "POST",
+            "/v1/projects",
+            Some(&f.token),
+            Some(&format!(r#"{{"name":"{p}"}}"#)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    f
+}
+
+/// A new token of `project` with `role`.
+pub async fn member(f: &Fixture, project: &str, role: &str) -> String {
+    let uri = format!("/v1/tokens?project={project}");
+    let body = format!(r#"{{"role":"{role}"}}"#);
+    let (s, b) = call(f, "POST", &uri, Some(&f.token), Some(&body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    serde_json::from_str::<CreatedToken>(&b)
+        .expect("token")
+        .secret
+}
+
+/// Calls and expects `status`; for errors also `code`. Answers the body.
+pub async fn expect(
+    f: &Fixture,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    status: StatusCode,
+    code: Option<ErrorCode>,
+) -> String {
+    let (s, b) = call(f, method, uri, Some(token), body).await;
+    assert_eq!(s, status, "{method} {uri} {body:?}: {b}");
+    if let Some(code) = code {
+        assert_eq!(error(&b).code, code, "{b}");
+    }
+    b
 }

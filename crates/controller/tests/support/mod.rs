@@ -299,6 +299,7 @@ impl Cloud {
             placement_group: None,
             ha_restart: false,
             seed: Default::default(),
+            secgroups: Vec::new(),
         };
         let op = nimbus_store::NewOperation {
             id: Uuid::new_v4(),

@@ -56,6 +56,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         placement_group: None,
         ha_restart: false,
         seed: Default::default(),
+        secgroups: Vec::new(),
     };
     s.insert_instance(
         &new,

@@ -1,6 +1,6 @@
 //! Networks and ports on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{default_network, new_instance, pick, stores};
+use crate::testing::{database_before, default_network, new_instance, pick, stores};
 use crate::{NewNetwork, NicPlan, Scope, Store, StoreError, FIRST_VNI};
 use nimbus_api::QuotaLimits;
 
@@ -153,4 +153,69 @@ async fn ports_claim_addresses_per_network_and_block_deletes() {
         assert_eq!(view.nics.len(), 1);
         assert_eq!(view.nics[0].network, "default");
     }
+}
+
+/// The upgrade: a database at migration 0006 with instances of two projects on the flat
+/// network; after 0007 each project has its default network and each instance a port on it
+/// with its IP and MAC (SQLite; the SQL is the same on PostgreSQL).
+#[tokio::test]
+async fn the_upgrade_moves_instances_onto_their_default_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = database_before(dir.path(), "0007").await;
+    sqlx::query(
+        "INSERT INTO projects (name, created_at) VALUES ('acme', '2026-01-01T00:00:00.000000Z')",
+    )
+    .execute(&pool)
+    .await
+    .expect("project");
+    for (id, project, ip) in [
+        (
+            "00000000-0000-0000-0000-000000000001",
+            "default",
+            "10.200.0.10/16",
+        ),
+        (
+            "00000000-0000-0000-0000-000000000002",
+            "acme",
+            "10.200.0.11/16",
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
+             state, generation, agent_generation, created_at, updated_at, ip, mac) \
+             VALUES ($1, $2, 'web1', 'small', 'default', 1, 512, 2, 'running', 1, 0, \
+             '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', $3, '52:54:0a:c8:00:0a')",
+        )
+        .bind(id)
+        .bind(project)
+        .bind(ip)
+        .execute(&pool)
+        .await
+        .expect("instance");
+    }
+    pool.close().await;
+
+    let s = Store::connect(&format!("sqlite://{}/up.db", dir.path().display()))
+        .await
+        .expect("upgrade");
+    let ports = s.list_ports(&Scope::All).await.expect("ports");
+    let got: Vec<(&str, &str, &str)> = ports
+        .iter()
+        .map(|p| (p.network.as_str(), p.ip.as_str(), p.mac.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("default", "10.200.0.10/16", "52:54:0a:c8:00:0a"),
+            ("default", "10.200.0.11/16", "52:54:0a:c8:00:0a")
+        ]
+    );
+    let acme = s.list_ports(&Scope::project("acme")).await.expect("acme");
+    assert_eq!(acme.len(), 1);
+    let nets = s.list_networks(&Scope::All).await.expect("networks");
+    assert_eq!(nets.len(), 2);
+    assert_ne!(nets[0].vni, nets[1].vni);
+    assert!(nets
+        .iter()
+        .all(|n| n.ports == 1 && n.cidr == "10.200.0.0/16"));
 }

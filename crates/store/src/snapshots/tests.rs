@@ -31,6 +31,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         placement_group: None,
         ha_restart: false,
         seed: Default::default(),
+        secgroups: Vec::new(),
     };
     let op = operation(OperationKind::InstanceCreate, id);
     s.insert_instance(&new, &op, pick).await.expect("insert");
