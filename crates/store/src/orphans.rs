@@ -36,8 +36,12 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<OrphanView, StoreError> {
 
 impl Store {
     /// Replaces the orphans of `host` by those seen on this pass (keeping when each was
-    /// first seen), in one transaction.
-    pub async fn set_orphans(&self, host: &str, seen: &[SeenOrphan]) -> Result<(), StoreError> {
+    /// first seen), in one transaction. Returns the ids seen for the first time.
+    pub async fn set_orphans(
+        &self,
+        host: &str,
+        seen: &[SeenOrphan],
+    ) -> Result<Vec<uuid::Uuid>, StoreError> {
         let now = time::now();
         let mut tx = self.pool.begin().await?;
         let known: Vec<String> = sqlx::query("SELECT vm_id FROM orphans WHERE host = $1")
@@ -79,7 +83,11 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(seen
+            .iter()
+            .map(|o| o.vm_id)
+            .filter(|id| !known.contains(&id.to_string()))
+            .collect())
     }
 
     /// Orphans of `host` (all hosts if `None`), by host then first seen.
@@ -150,16 +158,20 @@ mod tests {
     async fn orphans_are_replaced_per_host_and_keep_first_seen() {
         for (s, _d) in stores().await {
             let (a, b) = (seen(OrphanKind::Unknown), seen(OrphanKind::Misplaced));
-            s.set_orphans("host1", &[a.clone(), b.clone()])
+            let new = s
+                .set_orphans("host1", &[a.clone(), b.clone()])
                 .await
                 .expect("set");
+            assert_eq!(new, [a.vm_id, b.vm_id], "both are new");
             s.set_orphans("host2", std::slice::from_ref(&a))
                 .await
                 .expect("set");
             let first = s.get_orphan("host1", a.vm_id).await.expect("get");
-            s.set_orphans("host1", std::slice::from_ref(&a))
+            let new = s
+                .set_orphans("host1", std::slice::from_ref(&a))
                 .await
                 .expect("set");
+            assert!(new.is_empty(), "seen before: {new:?}");
             let all = s.list_orphans(None).await.expect("list");
             assert_eq!(all.len(), 2, "{all:?}");
             let again = s.get_orphan("host1", a.vm_id).await.expect("get");

@@ -79,7 +79,10 @@ async fn reconcile_host(
             Some(inst) => orphans.extend(copy_elsewhere(app, host, inst, vm).await?),
         }
     }
-    app.store().set_orphans(&host.name, &orphans).await?;
+    // Said once, when first seen (`nimbus host orphans` lists them for as long as they run).
+    for id in app.store().set_orphans(&host.name, &orphans).await? {
+        tracing::warn!(instance_id = %id, host = %host.name, "orphan VM found: left running (`nimbus host orphans`)");
+    }
     for inst in instances {
         let here = inst.host.as_deref() == Some(host.name.as_str());
         let expected_running =
@@ -135,7 +138,7 @@ async fn unknown_vm(
         Err(e) => return Err(e),
         Ok(_) => return Ok(None),
     }
-    tracing::warn!(instance_id = %vm.id, host = %host.name, "orphan VM: no such instance; left running (`nimbus host orphans`)");
+    tracing::debug!(instance_id = %vm.id, host = %host.name, "orphan VM: no such instance");
     Ok(Some(orphan(vm, OrphanKind::Unknown, None)))
 }
 
@@ -155,7 +158,7 @@ async fn copy_elsewhere(
         delete_stale_copy(app, host, inst).await;
         return Ok(None);
     }
-    tracing::warn!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "copy of an instance on a host it is not placed on; left running (`nimbus host orphans`)");
+    tracing::debug!(instance_id = %inst.id, host = %host.name, placed = ?inst.host, "copy of an instance on a host it is not placed on");
     Ok(Some(orphan(vm, OrphanKind::Misplaced, inst.host.clone())))
 }
 
