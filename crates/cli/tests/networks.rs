@@ -7,7 +7,7 @@
 //! DHCP on the host leases it; each host has the segments of the networks it has ports of,
 //! and none once the guests are gone.
 
-use nimbus_api::{InstanceView, NetworkView};
+use nimbus_api::{InstanceView, NetworkView, SecurityRuleView};
 use nimbus_client::Client;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{Cloud, CloudOptions};
@@ -26,6 +26,25 @@ async fn pings(client: &Client, name: &str, ip: &str) -> bool {
         .await
         .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
     out.output.contains("rc=0")
+}
+
+/// Waits (bounded: 20 one-second pings) until a ping from `name` to `ip` succeeds (`want`)
+/// or fails; answers whether it came to that. Security-group changes reach the hosts within
+/// about a second of the API call.
+async fn ping_becomes(client: &Client, name: &str, ip: &str, want: bool) -> bool {
+    for _ in 0..20 {
+        let out = client
+            .exec(
+                name,
+                &format!("ping -c 1 -W 1 {ip} >/dev/null 2>&1; echo rc=$?"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
+        if out.output.contains("rc=0") == want {
+            return true;
+        }
+    }
+    false
 }
 
 fn addr(i: &InstanceView) -> String {
@@ -190,6 +209,70 @@ async fn tenant_networks_end_to_end() {
     assert!(
         pings(&acme, "a3", &addr(&a1)).await,
         "a3 -> a1 over its second NIC"
+    );
+
+    // Security groups, enforced on the hosts: a1 moved into a new group (no inbound) stops
+    // answering a2 (on the other host); an ICMP rule opens it; once the rule is deleted, new
+    // pings fail again. a2 stays in `default` (inbound from its members).
+    let (a1_ip, a2_ip) = (addr(&a1), addr(&a2));
+    cli_ok_as(&cloud, &acme_token, &["secgroup", "create", "web"]);
+    cli_ok_as(
+        &cloud,
+        &acme_token,
+        &["instance", "set", "a1", "--secgroup", "web"],
+    );
+    assert!(
+        ping_becomes(&acme, "a2", &a1_ip, false).await,
+        "a1 in a group without inbound rules still answers"
+    );
+    let rules: Vec<SecurityRuleView> = json(&cli_ok_as(
+        &cloud,
+        &acme_token,
+        &[
+            "secgroup",
+            "rule",
+            "add",
+            "web",
+            "--ingress",
+            "--proto",
+            "icmp",
+            "--cidr",
+            "10.200.0.0/16",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(
+        ping_becomes(&acme, "a2", &a1_ip, true).await,
+        "the ICMP rule does not open a1"
+    );
+    cli_ok_as(
+        &cloud,
+        &acme_token,
+        &[
+            "secgroup",
+            "rule",
+            "delete",
+            "web",
+            &rules[0].id.to_string(),
+        ],
+    );
+    assert!(
+        ping_becomes(&acme, "a2", &a1_ip, false).await,
+        "a1 still answers after its rule was deleted"
+    );
+    assert!(
+        !pings(&acme, "a1", &a2_ip).await,
+        "a2 (default: inbound from members only) answers a1, no longer a member"
+    );
+    cli_ok_as(
+        &cloud,
+        &acme_token,
+        &["instance", "set", "a1", "--secgroup", "default"],
+    );
+    assert!(
+        ping_becomes(&acme, "a2", &a1_ip, true).await,
+        "a1 back in default is not reachable from a2"
     );
 
     // Each host has a segment per network it has ports of; none is left after the guests.

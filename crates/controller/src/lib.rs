@@ -36,6 +36,7 @@ pub async fn run(
     let reconciler = tokio::spawn(background::reconciler::run(app.clone()));
     let autoscaler = tokio::spawn(background::autoscaler::run(app.clone()));
     let liveness = tokio::spawn(background::host_liveness::run(app.clone()));
+    let firewall = tokio::spawn(background::firewall_sync::run(app.clone()));
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -63,6 +64,7 @@ pub async fn run(
     reconciler.abort();
     autoscaler.abort();
     liveness.abort();
+    firewall.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

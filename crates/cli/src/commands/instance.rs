@@ -120,7 +120,6 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
         } => {
             let set = client.set_instance_secgroups(&instance, secgroups).await?;
             println!("instance {instance} is in {}", set.secgroups.join(", "));
-            eprintln!("{}", super::secgroup::NOT_ENFORCED);
             Ok(())
         }
         InstanceCmd::List => output::list(out, &client.list_instances().await?, HEADERS, row),

@@ -85,16 +85,8 @@ fn rule_request(add: &RuleAdd) -> anyhow::Result<CreateSecurityRule> {
     })
 }
 
-/// Said with every change of groups, rules or membership until the controller pushes rules
-/// to hosts: a tenant must not believe a port is closed when it is not.
-pub const NOT_ENFORCED: &str = "note: security groups are recorded, but not yet enforced on \
-     hosts (every port of a VM is reachable from its network); see docs/networking.md";
-
 pub async fn run(conn: &Connection, out: Output, cmd: SecgroupCmd) -> anyhow::Result<()> {
     let client = context::client(conn)?;
-    if !matches!(cmd, SecgroupCmd::List | SecgroupCmd::Show { .. }) {
-        eprintln!("{NOT_ENFORCED}");
-    }
     match cmd {
         SecgroupCmd::List => output::list(out, &client.list_secgroups().await?, HEADERS, row),
         SecgroupCmd::Create { name } => show(out, &client.create_secgroup(&name).await?),

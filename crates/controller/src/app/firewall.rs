@@ -28,7 +28,21 @@ impl App {
         let mut fw = HostFirewall::default();
         // (project, group, vni) whose members a rule of this host names.
         let mut named = BTreeSet::new();
-        for i in instances.iter().filter(|i| i.host.as_deref() == Some(host)) {
+        // An instance migrating here has its rules here before it resumes here.
+        let mut arriving = BTreeSet::new();
+        for i in instances.iter().filter(|i| i.operation_id.is_some()) {
+            let migrations = store.migrations_of(&Scope::All, i.id).await?;
+            if migrations
+                .iter()
+                .any(|m| m.state == "running" && m.target == host)
+            {
+                arriving.insert(i.id);
+            }
+        }
+        let here = |i: &&nimbus_store::InstanceRecord| {
+            i.host.as_deref() == Some(host) || arriving.contains(&i.id)
+        };
+        for i in instances.iter().filter(here) {
             let mut rules = Vec::new();
             for g in groups_of.get(&i.id).into_iter().flatten() {
                 let key = (i.project.clone(), g.clone());
