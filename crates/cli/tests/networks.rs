@@ -212,8 +212,9 @@ async fn tenant_networks_end_to_end() {
     );
 
     // Security groups, enforced on the hosts: a1 moved into a new group (no inbound) stops
-    // answering a2 (on the other host); an ICMP rule opens it; once the rule is deleted, new
-    // pings fail again. a2 stays in `default` (inbound from its members).
+    // answering a2 (on the other host); an ICMP rule opens it, also after a1 live-migrates;
+    // once the rule is deleted, new pings fail again. a2 stays in `default` (inbound from its
+    // members).
     let (a1_ip, a2_ip) = (addr(&a1), addr(&a2));
     cli_ok_as(&cloud, &acme_token, &["secgroup", "create", "web"]);
     cli_ok_as(
@@ -245,6 +246,19 @@ async fn tenant_networks_end_to_end() {
     assert!(
         ping_becomes(&acme, "a2", &a1_ip, true).await,
         "the ICMP rule does not open a1"
+    );
+    // The rules follow a1 when it moves: open right after the move, closed by the rule's
+    // deletion below on its new host.
+    let before = instance(&acme, "a1").await.host;
+    // (Migration is an admin's act.)
+    cli_ok(
+        &cloud,
+        &["instance", "migrate", "a1", "--project", "acme", "--wait"],
+    );
+    assert_ne!(instance(&acme, "a1").await.host, before, "a1 moved");
+    assert!(
+        pings(&acme, "a2", &a1_ip).await,
+        "a1's rule did not follow it to its new host"
     );
     cli_ok_as(
         &cloud,
