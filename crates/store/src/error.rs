@@ -13,6 +13,10 @@ pub enum StoreError {
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
+    /// A capacity claim found the host full (another claim took the room first): choose
+    /// again on fresh figures.
+    #[error("no room left on host {host}: {reason}")]
+    NoRoom { host: String, reason: String },
     #[error(transparent)]
     QuotaExceeded(#[from] crate::quotas::QuotaExceeded),
     #[error("stored data is invalid: {0}")]

@@ -10,6 +10,7 @@
 //! in SQL, and quotas are checked inside the insert transaction (see `quotas`).
 
 mod audit;
+mod claims;
 mod error;
 mod flavors;
 mod group_events;
@@ -36,6 +37,7 @@ mod time;
 mod tokens;
 mod usage;
 
+pub use claims::HostClaim;
 pub use error::StoreError;
 pub use group_events::NewGroupEvent;
 pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};

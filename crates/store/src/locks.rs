@@ -4,7 +4,8 @@
 //! the transaction ends, so a second transaction doing the same waits, then sees what the
 //! first committed; on SQLite the first write of a transaction takes the database's write
 //! lock, which serialises the same way. Lock order, to never deadlock: quota, project,
-//! image. (Addresses are claimed by the unique (network, ip) index of ports.)
+//! image; placement group, host (capacity claims, see `claims`). (Addresses are claimed by
+//! the unique (network, ip) index of ports.)
 
 use crate::StoreError;
 use sqlx::{Any, Transaction};
@@ -35,6 +36,33 @@ pub(crate) async fn lock_image(
         .await?;
     if r.rows_affected() == 0 {
         return Err(StoreError::not_found("image", image));
+    }
+    Ok(())
+}
+
+/// Locks the host's row (capacity claims on it serialise); `NotFound` if it is gone.
+pub(crate) async fn lock_host(tx: &mut Transaction<'_, Any>, host: &str) -> Result<(), StoreError> {
+    let r = sqlx::query("UPDATE hosts SET name = name WHERE name = $1")
+        .bind(host)
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::not_found("host", host));
+    }
+    Ok(())
+}
+
+/// Locks the placement group's row (placements of its members serialise).
+pub(crate) async fn lock_placement_group(
+    tx: &mut Transaction<'_, Any>,
+    group: uuid::Uuid,
+) -> Result<(), StoreError> {
+    let r = sqlx::query("UPDATE placement_groups SET name = name WHERE id = $1")
+        .bind(group.to_string())
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::not_found("placement group", group.to_string()));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::instances::parse_uuid;
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{MigrationStats, MigrationView};
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
 
 /// A new migration (its id is the id of its operation).
@@ -19,6 +19,33 @@ pub struct NewMigration {
     pub memory_mib: u64,
     pub disk_gib: u64,
     pub max_downtime_ms: u64,
+}
+
+pub(crate) async fn insert_migration(
+    tx: &mut Transaction<'_, Any>,
+    m: &NewMigration,
+) -> Result<(), StoreError> {
+    let now = time::now();
+    sqlx::query(
+        "INSERT INTO migrations (id, instance_id, source, target, state, vcpus, memory_mib, \
+         disk_gib, max_downtime_ms, stats, created_at, updated_at, project) \
+         VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(m.id.to_string())
+    .bind(m.instance_id.to_string())
+    .bind(&m.source)
+    .bind(&m.target)
+    .bind(m.vcpus as i64)
+    .bind(m.memory_mib as i64)
+    .bind(m.disk_gib as i64)
+    .bind(m.max_downtime_ms as i64)
+    .bind(serde_json::to_string(&MigrationStats::default()).unwrap_or_default())
+    .bind(&now)
+    .bind(&now)
+    .bind(&m.project)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<MigrationView, StoreError> {
@@ -38,31 +65,15 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<MigrationView, StoreError> {
 }
 
 impl Store {
-    /// Records a migration in `running` (reserving capacity on the target); idempotent.
+    /// Records a migration in `running` (reserving capacity on the target) without checking
+    /// the room (operations claim it with [`Store::claim_migration`]); idempotent.
     pub async fn insert_migration(&self, m: &NewMigration) -> Result<MigrationView, StoreError> {
         if let Ok(existing) = self.get_migration(&Scope::All, m.id).await {
             return Ok(existing);
         }
-        let now = time::now();
-        sqlx::query(
-            "INSERT INTO migrations (id, instance_id, source, target, state, vcpus, memory_mib, \
-             disk_gib, max_downtime_ms, stats, created_at, updated_at, project) \
-             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(m.id.to_string())
-        .bind(m.instance_id.to_string())
-        .bind(&m.source)
-        .bind(&m.target)
-        .bind(m.vcpus as i64)
-        .bind(m.memory_mib as i64)
-        .bind(m.disk_gib as i64)
-        .bind(m.max_downtime_ms as i64)
-        .bind(serde_json::to_string(&MigrationStats::default()).unwrap_or_default())
-        .bind(&now)
-        .bind(&now)
-        .bind(&m.project)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        insert_migration(&mut tx, m).await?;
+        tx.commit().await?;
         self.get_migration(&Scope::All, m.id).await
     }
 

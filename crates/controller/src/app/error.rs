@@ -46,6 +46,7 @@ impl From<StoreError> for AppError {
             StoreError::NotFound { .. } => AppError::not_found(e.to_string()),
             StoreError::Conflict(m) => AppError::conflict(m),
             StoreError::QuotaExceeded(q) => AppError::new(ErrorCode::QuotaExceeded, q.to_string()),
+            e @ StoreError::NoRoom { .. } => AppError::new(ErrorCode::NoCapacity, e.to_string()),
             other => {
                 tracing::error!(error = %other, "store failure");
                 AppError::internal("the controller's database failed; see the controller log")

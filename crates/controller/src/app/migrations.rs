@@ -1,10 +1,10 @@
 //! Live migration and host drain, as the API starts them.
 
-use crate::app::placement_groups::choose_host;
+use crate::app::placement_groups::{choose_host, GroupContext};
 use crate::app::{App, AppError, Caller};
 use crate::ops;
 use nimbus_api::{InstanceState, MigrateInstance, MigrationView, OperationKind, OperationView};
-use nimbus_scheduler::Resources;
+use nimbus_scheduler::{HostCapacity, Resources};
 use nimbus_store::Scope;
 use nimbus_store::{NewOperation, StoreError};
 use uuid::Uuid;
@@ -94,34 +94,9 @@ impl App {
         source: &str,
         to: Option<&str>,
     ) -> Result<String, AppError> {
-        let want = &resources_of(inst);
+        let pool = self.host_capacities().await?;
         let group = self.group_context(inst).await?;
-        let pool: Vec<_> = self
-            .host_capacities()
-            .await?
-            .into_iter()
-            .filter(|h| h.name != source)
-            .collect();
-        if let Some(to) = to {
-            if to == source {
-                return Err(AppError::bad_request(format!(
-                    "the instance already runs on {to}"
-                )));
-            }
-            let host = pool
-                .iter()
-                .find(|h| h.name == to)
-                .ok_or_else(|| AppError::not_found(format!("host {to:?} not found")))?;
-            if !host.schedulable {
-                return Err(AppError::conflict(format!(
-                    "host {to} is down or disabled; `nimbus host list` shows which"
-                )));
-            }
-            let one = std::slice::from_ref(host);
-            return choose_host(one, want, self.config().strategy, group.as_ref())
-                .map(|h| h.name.clone());
-        }
-        choose_host(&pool, want, self.config().strategy, group.as_ref()).map(|h| h.name.clone())
+        migration_target(&pool, group.as_ref(), self, inst, source, to)
     }
 
     /// A migration record (its id is its operation's id).
@@ -185,4 +160,37 @@ pub fn resources_of(inst: &nimbus_store::InstanceRecord) -> Resources {
         memory_mib: inst.memory_mib,
         disk_gib: inst.disk_gib,
     }
+}
+
+/// [`App::choose_migration_target`] on given figures (claims choose again on fresh ones).
+pub(crate) fn migration_target(
+    pool: &[HostCapacity],
+    group: Option<&GroupContext>,
+    app: &App,
+    inst: &nimbus_store::InstanceRecord,
+    source: &str,
+    to: Option<&str>,
+) -> Result<String, AppError> {
+    let want = &resources_of(inst);
+    let pool: Vec<_> = pool.iter().filter(|h| h.name != source).cloned().collect();
+    let strategy = app.config().strategy;
+    if let Some(to) = to {
+        if to == source {
+            return Err(AppError::bad_request(format!(
+                "the instance already runs on {to}"
+            )));
+        }
+        let host = pool
+            .iter()
+            .find(|h| h.name == to)
+            .ok_or_else(|| AppError::not_found(format!("host {to:?} not found")))?;
+        if !host.schedulable {
+            return Err(AppError::conflict(format!(
+                "host {to} is down or disabled; `nimbus host list` shows which"
+            )));
+        }
+        let one = std::slice::from_ref(host);
+        return choose_host(one, want, strategy, group).map(|h| h.name.clone());
+    }
+    choose_host(&pool, want, strategy, group).map(|h| h.name.clone())
 }

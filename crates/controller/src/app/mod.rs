@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod claims;
 pub mod clones;
 pub mod cloud_init;
 pub mod error;
@@ -52,9 +53,6 @@ pub struct App {
 struct Inner {
     config: ControllerConfig,
     store: Store,
-    /// Serialises placement decisions of this controller so that two concurrent creates
-    /// cannot both take the last free slot of a host.
-    placement: tokio::sync::Mutex<()>,
     /// Operations this controller is running now (so a resume does not start them twice).
     running_ops: Mutex<HashSet<Uuid>>,
     /// Failed authentications per client address.
@@ -78,7 +76,6 @@ impl App {
                 ),
                 config,
                 store,
-                placement: tokio::sync::Mutex::new(()),
                 running_ops: Mutex::new(HashSet::new()),
                 cpu: Arc::new(scaling::AgentCpu::default()),
                 blobs,
@@ -118,10 +115,6 @@ impl App {
     pub async fn agent_of(&self, host: &str) -> Result<AgentClient, AppError> {
         let h = self.store().get_host(host).await?;
         Ok(self.agent(&h.agent_url))
-    }
-
-    pub(crate) async fn placement_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.placement.lock().await
     }
 
     /// Marks an operation as running here; false if it already is.

@@ -12,11 +12,13 @@
 use super::steps::{agent_err, app_err, destroy, instance, op_params, store_err};
 use super::Plan;
 use crate::app::migrations::resources_of;
-use crate::app::App;
+use crate::app::placement_groups::GroupContext;
+use crate::app::{App, AppError};
 use async_trait::async_trait;
 use nimbus_agent_api::{CloneRequest, VmRunState};
-use nimbus_api::InstanceState;
+use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
+use nimbus_scheduler::HostCapacity;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -55,16 +57,24 @@ impl Step<App> for PlaceOnSnapshotHost {
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let p: CloneParams = op_params(app, s.operation_id).await?;
-        let _guard = app.placement_lock().await;
         let inst = instance(app, self.0).await?;
         if inst.host.is_none() {
-            app.check_room_on(&p.host, &resources_of(&inst))
-                .await
-                .map_err(|e| StepError::permanent(e.message))?;
-            app.store()
-                .reserve_host(self.0, &p.host)
-                .await
-                .map_err(store_err)?;
+            let want = resources_of(&inst);
+            let strategy = app.config().strategy;
+            let only_snapshot_host = |pool: &[HostCapacity], _: Option<&GroupContext>| {
+                let host = pool
+                    .iter()
+                    .find(|h| h.name == p.host)
+                    .ok_or_else(|| AppError::not_found(format!("host {:?} not found", p.host)))?;
+                nimbus_scheduler::place(std::slice::from_ref(host), &want, strategy)
+                    .map(|h| h.name.clone())
+                    .map_err(|e| AppError::new(ErrorCode::NoCapacity, e.to_string()))
+            };
+            app.choose_and_claim(&inst, only_snapshot_host, |claim| async move {
+                app.store().claim_placement(self.0, &claim).await
+            })
+            .await
+            .map_err(|e| StepError::permanent(e.message))?;
         }
         tracing::info!(instance_id = %self.0, host = %p.host, "clone placed on the snapshot's host");
         Ok(json!({ "host": p.host }))

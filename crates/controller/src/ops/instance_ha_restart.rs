@@ -17,11 +17,15 @@
 
 use super::steps::{agent_err, app_err, instance, op_params, store_err, Boot, WaitReady};
 use super::Plan;
-use crate::app::App;
+use crate::app::migrations::migration_target;
+use crate::app::placement_groups::GroupContext;
+use crate::app::{App, AppError};
 use async_trait::async_trait;
 use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer};
 use nimbus_api::InstanceState;
 use nimbus_ops::{Step, StepContext, StepError};
+use nimbus_scheduler::HostCapacity;
+use nimbus_store::HostClaim;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -66,19 +70,30 @@ impl Step<App> for ChooseRestartHost {
             // Moved already (this step runs again after a crash).
             Some(h) if h != p.source => h.to_string(),
             _ => {
-                let _guard = app.placement_lock().await;
+                let hosts = app.store().list_hosts().await.map_err(store_err)?;
+                let choose = |pool: &[HostCapacity], group: Option<&GroupContext>| {
+                    let target = migration_target(pool, group, app, &inst, &p.source, None)
+                        .map_err(|e| {
+                            AppError::new(
+                                e.code,
+                                format!("no host to restart it on: {}", e.message),
+                            )
+                        })?;
+                    let dst = hosts
+                        .iter()
+                        .find(|h| h.name == target)
+                        .ok_or_else(|| AppError::internal(format!("host {target} vanished")))?;
+                    shared_dir(&source, dst).map_err(|e| AppError::conflict(e.to_string()))?;
+                    Ok(target)
+                };
+                let from = p.source.as_str();
+                let take = |claim: HostClaim| async move {
+                    app.store().claim_move(self.0, from, &claim).await
+                };
                 let target = app
-                    .choose_migration_target(&inst, &p.source, None)
+                    .choose_and_claim(&inst, choose, take)
                     .await
-                    .map_err(|e| {
-                        StepError::permanent(format!("no host to restart it on: {}", e.message))
-                    })?;
-                let dst = app.store().get_host(&target).await.map_err(store_err)?;
-                shared_dir(&source, &dst)?;
-                app.store()
-                    .move_instance(self.0, &p.source, &target)
-                    .await
-                    .map_err(store_err)?;
+                    .map_err(|e| StepError::permanent(e.message))?;
                 target
             }
         };

@@ -2,7 +2,7 @@
 
 use super::shared_disk::{has_dots, is_own_shared_disk};
 use super::steps::{agent_err, app_err, instance, op_params, store_err};
-use crate::app::migrations::DEFAULT_MAX_DOWNTIME_MS;
+use crate::app::migrations::{migration_target, DEFAULT_MAX_DOWNTIME_MS};
 use crate::app::App;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -108,28 +108,32 @@ impl Step<App> for ChooseTarget {
             .host
             .clone()
             .ok_or_else(|| StepError::permanent("the instance has no host"))?;
-        let _guard = app.placement_lock().await;
-        let target = app
-            .choose_migration_target(&inst, &source, req.to.as_deref())
-            .await
-            .map_err(|e| StepError::permanent(e.message))?;
         app.check_snapshots_can_move(&inst, &source)
             .await
             .map_err(app_err)?;
-        app.store()
-            .insert_migration(&NewMigration {
-                id: s.operation_id,
-                instance_id: self.0,
-                project: inst.project.clone(),
-                source: source.clone(),
-                target: target.clone(),
-                vcpus: inst.vcpus,
-                memory_mib: inst.memory_mib,
-                disk_gib: inst.disk_gib,
-                max_downtime_ms: req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
-            })
+        let (to, op) = (req.to.as_deref(), s.operation_id);
+        let max_downtime_ms = req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS);
+        let target = app
+            .choose_and_claim(
+                &inst,
+                |pool, group| migration_target(pool, group, app, &inst, &source, to),
+                |claim| {
+                    let m = NewMigration {
+                        id: op,
+                        instance_id: self.0,
+                        project: inst.project.clone(),
+                        source: source.clone(),
+                        target: claim.host.clone(),
+                        vcpus: inst.vcpus,
+                        memory_mib: inst.memory_mib,
+                        disk_gib: inst.disk_gib,
+                        max_downtime_ms,
+                    };
+                    async move { app.store().claim_migration(&m, &claim).await }
+                },
+            )
             .await
-            .map_err(store_err)?;
+            .map_err(|e| StepError::permanent(e.message))?;
         tracing::info!(instance_id = %self.0, %source, %target, "migration target reserved");
         Ok(json!({ "source": source, "target": target }))
     }

@@ -1,12 +1,12 @@
 //! The steps operations are made of. Each is idempotent: it may run again after a crash.
 
-use crate::app::placement_groups::choose_host;
+use crate::app::placement_groups::{choose_host, GroupContext};
 use crate::app::{App, AppError};
 use async_trait::async_trait;
 use nimbus_agent_api::{AgentClient, AgentError, StopRequest, VmRunState};
 use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
-use nimbus_scheduler::Resources;
+use nimbus_scheduler::{HostCapacity, Resources};
 use nimbus_store::Scope;
 use nimbus_store::{InstanceRecord, StoreError};
 use serde_json::{json, Value};
@@ -72,36 +72,35 @@ impl Step<App> for Place {
     }
 
     async fn action(&self, app: &App, _s: &StepContext<'_>) -> Result<Value, StepError> {
-        let _guard = app.placement_lock().await;
         let inst = instance(app, self.0).await?;
         if let Some(host) = &inst.host {
             return Ok(json!({ "host": host }));
         }
-        let pool = app.host_capacities().await.map_err(app_err)?;
         let want = Resources {
             vcpus: inst.vcpus as u64,
             memory_mib: inst.memory_mib,
             disk_gib: inst.disk_gib,
         };
-        let group = app.group_context(&inst).await.map_err(app_err)?;
         // Hosts that already hold the image first (no download), if one of them suits the
         // placement group too; else any host.
         let holding = app.hosts_holding(&inst.image).await.map_err(app_err)?;
-        let preferred: Vec<_> = pool
-            .iter()
-            .filter(|h| holding.contains(&h.name))
-            .cloned()
-            .collect();
         let strategy = app.config().strategy;
-        let host = choose_host(&preferred, &want, strategy, group.as_ref())
-            .or_else(|_| choose_host(&pool, &want, strategy, group.as_ref()))
-            .map_err(|e| StepError::permanent(e.message))?
-            .name
-            .clone();
-        app.store()
-            .reserve_host(self.0, &host)
+        let choose = |pool: &[HostCapacity], group: Option<&GroupContext>| {
+            let preferred: Vec<_> = pool
+                .iter()
+                .filter(|h| holding.contains(&h.name))
+                .cloned()
+                .collect();
+            choose_host(&preferred, &want, strategy, group)
+                .or_else(|_| choose_host(pool, &want, strategy, group))
+                .map(|h| h.name.clone())
+        };
+        let host = app
+            .choose_and_claim(&inst, choose, |claim| async move {
+                app.store().claim_placement(self.0, &claim).await
+            })
             .await
-            .map_err(store_err)?;
+            .map_err(|e| StepError::permanent(e.message))?;
         tracing::info!(instance_id = %self.0, %host, "placed");
         Ok(json!({ "host": host }))
     }
