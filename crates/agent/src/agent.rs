@@ -67,7 +67,9 @@ impl Agent {
             }),
         })
         .await?;
-        let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
+        let network = Arc::new(
+            HostNetwork::for_agent(&config.advertise_url, config.controller_url.as_deref()).await,
+        );
         let source = config
             .controller_url
             .clone()

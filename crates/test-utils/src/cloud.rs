@@ -176,6 +176,13 @@ impl Cloud {
         self.netns.then(|| format!("{}-host{i}", self.net_name))
     }
 
+    /// The root namespace's address on the hosts' network (where the controller listens, the
+    /// machine's "outside" for guests), and host `i`'s (1-based) address there.
+    pub fn underlay(&self, i: usize) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+        let net = |last: usize| std::net::Ipv4Addr::new(10, 249, self.net_index, last as u8);
+        (net(1), net(10 + i))
+    }
+
     /// State directory of a host's agent.
     pub fn host_dir(&self, host: &str) -> PathBuf {
         self.data_dir().join("hosts").join(host)
@@ -299,9 +306,9 @@ impl Cloud {
         }
         if self.netns {
             for i in 1..=self.opts.hosts {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", &format!("{}-host{i}", self.net_name)])
-                    .output();
+                let host = format!("{}-host{i}", self.net_name);
+                crate::remove_routers(&host);
+                let _ = Command::new("ip").args(["netns", "del", &host]).output();
             }
             let _ = Command::new("ip")
                 .args(["link", "del", &format!("{}-br", self.net_name)])

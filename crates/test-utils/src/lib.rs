@@ -11,8 +11,10 @@ mod cloud;
 pub mod guest;
 mod link;
 pub mod logs;
+mod routers;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
 pub use link::LinkFault;
+pub use routers::{remove_routers, routers};
 pub use wait::wait_until;

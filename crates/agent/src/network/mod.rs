@@ -47,10 +47,12 @@
 pub mod bridge;
 pub mod command;
 pub mod dhcp;
+pub mod egress;
 pub mod error;
 pub mod guest;
 pub mod link;
 pub mod port_security;
+pub mod router;
 pub mod secgroups;
 pub mod segment;
 pub mod tap;
@@ -65,7 +67,7 @@ use nimbus_agent_api::{HostFirewall, NetworkConfig, VmSpec};
 use nimbus_qemu::QemuConfig;
 use segment::Segment;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use vxlan::{PeerChanges, VxlanParams};
 
 /// The host's side of the cloud network.
@@ -76,6 +78,8 @@ pub struct HostNetwork {
     disabled: Option<String>,
     /// This host's underlay address (`None`: no VXLAN).
     underlay: Option<IpAddr>,
+    /// The controller's API, which tenant gateways must not reach.
+    controller: Option<SocketAddr>,
     /// Serializes every change (registration, launches and deletes run concurrently).
     state: tokio::sync::Mutex<State>,
 }
@@ -91,6 +95,8 @@ struct State {
     leases: dhcp::Leases,
     /// A DHCP responder per tenant network present here, by VNI.
     responders: std::collections::HashMap<u32, dhcp::Responder>,
+    /// The name this host's routers start with, once known ([`router::host_name`]).
+    router_host: Option<String>,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -125,6 +131,7 @@ impl HostNetwork {
             shell,
             disabled: None,
             underlay,
+            controller: None,
             state: tokio::sync::Mutex::default(),
         }
     }
@@ -139,8 +146,12 @@ impl HostNetwork {
 
     /// The agent's network: its own namespace, the host of its advertised URL as underlay
     /// address; disabled unless the agent runs as root and advertises a non-loopback address.
-    pub async fn for_agent(advertise_url: &str) -> Self {
-        let network = Self::for_agent_quiet(advertise_url).await;
+    /// Tenant gateways never reach the controller at `controller_url`.
+    pub async fn for_agent(advertise_url: &str, controller_url: Option<&str>) -> Self {
+        let mut network = Self::for_agent_quiet(advertise_url).await;
+        if let Some(url) = controller_url {
+            network.controller = underlay::socket_address(url).await;
+        }
         match (&network.disabled, network.underlay) {
             (Some(reason), _) => tracing::warn!(reason, "host networking is off"),
             (None, Some(underlay)) => tracing::info!(%underlay, "host networking is on"),
@@ -213,10 +224,15 @@ impl HostNetwork {
         }
         applied.peers = vxlan::reconcile_peers(&self.shell, vxlan::VXLAN, &peers).await?;
         // Tenant networks present here flood to the same hosts.
-        for seg in segment::existing(&self.shell).await? {
+        let segments = segment::existing(&self.shell).await?;
+        for seg in &segments {
             vxlan::reconcile_peers(&self.shell, &seg.vxlan, &peers).await?;
         }
+        let peers_changed = state.peers != peers;
         state.peers = peers;
+        if peers_changed && !segments.is_empty() {
+            egress::ensure(&self.shell, &self.protected(&state)).await?;
+        }
         if applied.changed() {
             tracing::info!(
                 vni = config.vni,
@@ -255,6 +271,7 @@ impl HostNetwork {
                         tracing::info!(vni, bridge = seg.bridge, "network segment created");
                     }
                     self.serve_dhcp(&mut state, &seg, nic);
+                    self.route(&mut state, &seg, nic).await?;
                     seg.bridge
                 }
                 None => {
@@ -304,6 +321,47 @@ impl HostNetwork {
         }
     }
 
+    /// What tenant gateways must not reach: the other hosts and the controller's API.
+    fn protected(&self, state: &State) -> egress::Protected {
+        egress::Protected {
+            hosts: state.peers.clone(),
+            controller: self.controller,
+        }
+    }
+
+    /// The name this host's routers start with (asked once).
+    async fn router_host(&self, state: &mut State) -> Result<String, NetError> {
+        if let Some(name) = &state.router_host {
+            return Ok(name.clone());
+        }
+        let name = router::host_name(&self.shell).await?;
+        state.router_host = Some(name.clone());
+        Ok(name)
+    }
+
+    /// Makes sure `nic`'s network has its gateway router here (for a NIC with an IPv4
+    /// gateway), and the host's egress rules with it.
+    async fn route(
+        &self,
+        state: &mut State,
+        seg: &Segment,
+        nic: &nimbus_agent_api::NicSpec,
+    ) -> Result<(), NetError> {
+        let Some(lease) = dhcp::lease_of(nic) else {
+            return Ok(());
+        };
+        let Some(gateway) = lease.gateway.filter(|g| *g != Ipv4Addr::UNSPECIFIED) else {
+            return Ok(());
+        };
+        let host = self.router_host(state).await?;
+        let r = router::Router::new(&host, seg.vni, gateway, lease.prefix);
+        egress::ensure(&self.shell, &self.protected(state)).await?;
+        if router::ensure(&self.shell, seg, &r).await? {
+            tracing::info!(vni = seg.vni, netns = r.netns, %gateway, "network gateway created");
+        }
+        Ok(())
+    }
+
     /// Removes the taps of `spec`'s NICs (absent ones are fine), and the segments of its
     /// networks that no other port here uses any more.
     pub async fn unplug(&self, spec: &VmSpec) -> Result<(), NetError> {
@@ -327,6 +385,8 @@ impl HostNetwork {
             let seg = Segment::tenant(vni);
             if segment::remove_if_unused(&self.shell, &seg).await? {
                 state.responders.remove(&vni);
+                let host = self.router_host(&mut state).await?;
+                router::remove(&self.shell, &host, vni).await?;
                 tracing::info!(
                     vni,
                     bridge = seg.bridge,

@@ -75,8 +75,9 @@ struct Port {
     ifname: String,
 }
 
-/// Removes the segment's devices when no port but its VXLAN device is left on its bridge.
-/// Returns whether it removed them.
+/// Removes the segment's devices when no port but its VXLAN device and its router's port is
+/// left on its bridge. Returns whether it removed them (the router goes next, see
+/// [`super::router::remove`]).
 pub async fn remove_if_unused(shell: &Shell, seg: &Segment) -> Result<bool, NetError> {
     let cmd = shell.ip(&["-j", "link", "show", "master", &seg.bridge]);
     let done = cmd.output().await?;
@@ -90,7 +91,8 @@ pub async fn remove_if_unused(shell: &Shell, seg: &Segment) -> Result<bool, NetE
         command: cmd.to_string(),
         detail,
     })?;
-    if ports.iter().any(|p| p != &seg.vxlan) {
+    let router_port = format!("{}{}", super::router::GATEWAY_PORT_PREFIX, seg.vni);
+    if ports.iter().any(|p| p != &seg.vxlan && p != &router_port) {
         return Ok(false);
     }
     for dev in [&seg.vxlan, &seg.bridge] {

@@ -34,6 +34,22 @@ pub async fn peer_address(peer: &str, local: IpAddr) -> Option<IpAddr> {
     }
 }
 
+/// The address and port a URL (e.g. the controller's) points at; `None` when it cannot be
+/// parsed or resolved.
+pub async fn socket_address(url: &str) -> Option<std::net::SocketAddr> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let port = url.port_or_known_default()?;
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip = match host.parse::<IpAddr>() {
+        Ok(a) => a,
+        Err(_) => resolve(host, None).await?,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 fn usable(addr: IpAddr) -> bool {
     !addr.is_loopback() && !addr.is_unspecified() && !addr.is_multicast()
 }

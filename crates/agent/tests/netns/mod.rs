@@ -187,6 +187,16 @@ impl Drop for Topology {
         let guests = self.guests.iter().cloned();
         let hosts = (1..=self.hosts).map(|i| self.host_ns(i));
         for ns in guests.chain(hosts).collect::<Vec<_>>() {
+            // A host's tenant gateways are namespaces named after it (`<host>-r<vni>`).
+            let routers = std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten();
+            for name in routers.map(|e| e.file_name().to_string_lossy().into_owned()) {
+                if name.starts_with(&format!("{ns}-r")) {
+                    ip(&["netns", "del", &name]);
+                }
+            }
             ip(&["netns", "del", &ns]);
         }
         ip(&["link", "del", &format!("{}-br", self.prefix)]);
