@@ -35,6 +35,9 @@ pub struct ControllerConfig {
     /// Reverse proxies in front of the API: from these peers (only), the client address is
     /// taken from `X-Forwarded-For`.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// How long an operation stays owned by a controller that stopped renewing its lease
+    /// (it renews every quarter of this); another controller takes it over after that.
+    pub lease_ttl: Duration,
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
@@ -73,6 +76,7 @@ impl ControllerConfig {
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }

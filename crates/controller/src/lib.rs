@@ -24,7 +24,8 @@ use anyhow::Context;
 use std::future::Future;
 
 /// Runs the controller until `shutdown` resolves: opens the store, bootstraps (admin token,
-/// default flavors), resumes unfinished operations, starts the reconciler and the autoscaler and serves the API
+/// default flavors), registers in the `controllers` table, takes over the operations no live
+/// controller owns, starts the reconciler and the autoscaler and serves the API
 /// on every listen address.
 pub async fn run(
     config: ControllerConfig,
@@ -32,11 +33,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let app = App::open(config.clone()).await?;
     app.bootstrap().await?;
-    ops::resume_unfinished(&app).await?;
+    background::leases::register(&app).await?;
+    ops::take_over(&app).await?;
+    ops::settle_ended(&app).await?;
     let reconciler = tokio::spawn(background::reconciler::run(app.clone()));
     let autoscaler = tokio::spawn(background::autoscaler::run(app.clone()));
     let liveness = tokio::spawn(background::host_liveness::run(app.clone()));
     let firewall = tokio::spawn(background::firewall_sync::run(app.clone()));
+    let leases = tokio::spawn(background::leases::run(app.clone()));
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -65,6 +69,10 @@ pub async fn run(
     autoscaler.abort();
     liveness.abort();
     firewall.abort();
+    leases.abort();
+    if let Err(e) = app.store().unregister_controller(app.controller_id()).await {
+        tracing::warn!(error = %e, "could not unregister; its operations move after their lease");
+    }
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

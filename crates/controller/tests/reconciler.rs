@@ -28,7 +28,17 @@ async fn an_ended_operation_never_keeps_its_instance_busy() {
         .expect("begin");
     // The operation ended, but its finish never reached the instance (as when the database
     // failed at that moment).
+    let claim = store
+        .claim_operation(
+            op.id,
+            cloud.app.controller_id(),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .expect("claim")
+        .expect("unowned");
     store
+        .fenced_log(claim)
         .set_state(op.id, OperationState::Failed, Some("the host went away"))
         .await
         .expect("end");

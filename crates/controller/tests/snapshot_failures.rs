@@ -75,6 +75,17 @@ fn failing_at(
         .collect()
 }
 
+/// The log of operation `op`, claimed by this test's controller.
+async fn owned_log(app: &App, op: Uuid) -> nimbus_store::FencedLog {
+    let claim = app
+        .store()
+        .claim_operation(op, app.controller_id(), Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("unowned");
+    app.store().fenced_log(claim)
+}
+
 fn fast() -> RetryPolicy {
     RetryPolicy {
         attempts: 2,
@@ -140,7 +151,8 @@ async fn create(
         Some((at, strike)) => failing_at(steps, at, strike),
         None => steps,
     };
-    let outcome = nimbus_ops::run(op.id, &steps, &w.app, w.app.store(), fast())
+    let log = owned_log(&w.app, op.id).await;
+    let outcome = nimbus_ops::run(op.id, &steps, &w.app, &log, fast())
         .await
         .expect("log");
     w.app
@@ -214,7 +226,8 @@ async fn a_failure_before_the_restore_acts_leaves_the_vm_and_the_tree_as_they_we
             .expect("begin");
         let restores_before = restores(&w);
         let steps = failing_at(snapshot_restore::plan(web).steps, at, strike);
-        let outcome = nimbus_ops::run(op.id, &steps, &w.app, store, fast())
+        let log = owned_log(&w.app, op.id).await;
+        let outcome = nimbus_ops::run(op.id, &steps, &w.app, &log, fast())
             .await
             .expect("log");
         store.end_instance_operation(web, op.id).await.expect("end");

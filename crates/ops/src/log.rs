@@ -8,9 +8,17 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 /// The log could not be read or written.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("operation log: {0}")]
-pub struct LogError(pub String);
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LogError {
+    #[error("operation log: {0}")]
+    Failed(String),
+    /// Another runner took the operation over (this one's lease expired): this runner must
+    /// stop at once, without undoing anything (the new owner carries on from the log).
+    #[error(
+        "the operation's lease was lost (epoch {epoch} is stale): another controller runs it now"
+    )]
+    LeaseLost { epoch: u64 },
+}
 
 /// One step as recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +124,7 @@ impl MemoryLog {
         self.lock()
             .get_mut(&op)
             .map(f)
-            .ok_or_else(|| LogError(format!("no operation {op}")))
+            .ok_or_else(|| LogError::Failed(format!("no operation {op}")))
     }
 }
 

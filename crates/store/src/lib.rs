@@ -19,6 +19,7 @@ mod hosts;
 mod images;
 mod instances;
 mod keypairs;
+mod leases;
 mod locks;
 mod migrations;
 mod networks;
@@ -44,6 +45,7 @@ pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING
 pub use hosts::HostRecord;
 pub use images::NewImage;
 pub use instances::{InstanceRecord, NewInstance};
+pub use leases::{ControllerRecord, FencedLog, OperationClaim};
 pub use migrations::NewMigration;
 pub use networks::{NetworkRecord, NewNetwork, FIRST_VNI, MAX_VNI};
 pub use operations::NewOperation;
@@ -69,6 +71,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// PostgreSQL (several controllers possible), else SQLite.
+    postgres: bool,
 }
 
 impl Store {
@@ -105,7 +109,8 @@ impl Store {
             }
         }
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let postgres = !url.starts_with("sqlite:");
+        Ok(Self { pool, postgres })
     }
 
     /// The underlying pool, for health checks.

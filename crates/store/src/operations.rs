@@ -1,10 +1,9 @@
-//! Operations and their step logs; the database-backed [`OperationLog`].
+//! Operations and their step logs (written through `leases::FencedLog`).
 
 use crate::instances::parse_uuid;
 use crate::{time, Scope, Store, StoreError};
-use async_trait::async_trait;
 use nimbus_api::{OperationKind, OperationState, OperationView, StepState, StepView};
-use nimbus_ops::{LogError, LogSnapshot, OperationLog, StepRecord};
+use nimbus_ops::{LogSnapshot, StepRecord};
 use serde_json::Value;
 use sqlx::{Any, Row, Transaction};
 use uuid::Uuid;
@@ -194,128 +193,44 @@ impl Store {
     }
 }
 
-fn log_err(e: impl std::fmt::Display) -> LogError {
-    LogError(e.to_string())
+/// The log of operation `op` as the engine reads it.
+pub(crate) async fn load_snapshot(store: &Store, op: Uuid) -> Result<LogSnapshot, StoreError> {
+    let view = store.get_operation(&Scope::All, op).await?;
+    Ok(LogSnapshot {
+        state: view.state,
+        error: view.error,
+        steps: view
+            .steps
+            .into_iter()
+            .map(|s| StepRecord {
+                name: s.name,
+                state: s.state,
+                output: s.output,
+                error: s.error,
+            })
+            .collect(),
+    })
 }
 
-#[async_trait]
-impl OperationLog for Store {
-    async fn load(&self, op: Uuid) -> Result<LogSnapshot, LogError> {
-        let view = self.get_operation(&Scope::All, op).await.map_err(log_err)?;
-        Ok(LogSnapshot {
-            state: view.state,
-            error: view.error,
-            steps: view
-                .steps
-                .into_iter()
-                .map(|s| StepRecord {
-                    name: s.name,
-                    state: s.state,
-                    output: s.output,
-                    error: s.error,
-                })
-                .collect(),
-        })
+/// The start and end times a step in `state` records (now, or kept).
+pub(crate) fn step_times(state: StepState) -> (Option<String>, Option<String>) {
+    let now = time::now();
+    match state {
+        StepState::Running => (Some(now), None),
+        StepState::Pending => (None, None),
+        _ => (None, Some(now)),
     }
+}
 
-    async fn init_steps(&self, op: Uuid, names: &[&str]) -> Result<(), LogError> {
-        let existing = self.steps_of(op).await.map_err(log_err)?;
-        if !existing.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await.map_err(log_err)?;
-        for (i, name) in names.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO operation_steps (operation_id, idx, name, state, output, error, started_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, NULL, NULL, NULL, NULL)",
-            )
-            .bind(op.to_string())
-            .bind(i as i64)
-            .bind(*name)
-            .bind(StepState::Pending.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(log_err)?;
-        }
-        tx.commit().await.map_err(log_err)
-    }
-
-    async fn set_step(
-        &self,
-        op: Uuid,
-        index: usize,
-        state: StepState,
-        output: Option<&Value>,
-        error: Option<&str>,
-    ) -> Result<(), LogError> {
-        let now = time::now();
-        let (started, finished) = match state {
-            StepState::Running => (Some(now.clone()), None),
-            StepState::Pending => (None, None),
-            _ => (None, Some(now.clone())),
-        };
-        sqlx::query(
-            "UPDATE operation_steps SET state = $1, output = COALESCE($2, output), error = $3, \
-             started_at = COALESCE($4, started_at), finished_at = $5 \
-             WHERE operation_id = $6 AND idx = $7",
-        )
-        .bind(state.as_str())
-        .bind(output.map(|o| o.to_string()))
-        .bind(error.map(str::to_string))
-        .bind(started)
-        .bind(finished)
-        .bind(op.to_string())
-        .bind(index as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(log_err)?;
-        sqlx::query("UPDATE operations SET updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(op.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(log_err)?;
-        Ok(())
-    }
-
-    async fn set_state(
-        &self,
-        op: Uuid,
-        state: OperationState,
-        error: Option<&str>,
-    ) -> Result<(), LogError> {
-        sqlx::query(
-            "UPDATE operations SET state = $1, error = COALESCE($2, error), updated_at = $3 WHERE id = $4",
-        )
-        .bind(state.as_str())
-        .bind(error.map(str::to_string))
-        .bind(time::now())
-        .bind(op.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(log_err)?;
-        Ok(())
-    }
-
-    async fn set_message(&self, op: Uuid, message: &str) -> Result<(), LogError> {
-        sqlx::query("UPDATE operations SET message = $1, updated_at = $2 WHERE id = $3")
-            .bind(message)
-            .bind(time::now())
-            .bind(op.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(log_err)?;
-        Ok(())
-    }
-
-    async fn cancel_requested(&self, op: Uuid) -> Result<bool, LogError> {
+impl Store {
+    /// A user asked to cancel operation `op`.
+    pub(crate) async fn cancel_requested_of(&self, op: Uuid) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT cancel_requested FROM operations WHERE id = $1")
             .bind(op.to_string())
             .fetch_optional(&self.pool)
-            .await
-            .map_err(log_err)?;
+            .await?;
         Ok(match row {
-            Some(r) => r.try_get::<i64, _>("cancel_requested").map_err(log_err)? != 0,
+            Some(r) => r.try_get::<i64, _>("cancel_requested")? != 0,
             None => false,
         })
     }

@@ -40,8 +40,7 @@ pub use error::AppError;
 use crate::ControllerConfig;
 use nimbus_agent_api::AgentClient;
 use nimbus_store::Store;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Shared state of the controller; cheap to clone.
@@ -53,8 +52,9 @@ pub struct App {
 struct Inner {
     config: ControllerConfig,
     store: Store,
-    /// Operations this controller is running now (so a resume does not start them twice).
-    running_ops: Mutex<HashSet<Uuid>>,
+    /// This controller's identity in the `controllers` table (new at every start): the owner
+    /// of the operations it runs.
+    id: Uuid,
     /// Failed authentications per client address.
     auth_throttle: throttle::AuthThrottle,
     /// Per-instance CPU use for scaling groups (see `scaling::CpuSource`).
@@ -76,7 +76,7 @@ impl App {
                 ),
                 config,
                 store,
-                running_ops: Mutex::new(HashSet::new()),
+                id: Uuid::new_v4(),
                 cpu: Arc::new(scaling::AgentCpu::default()),
                 blobs,
             }),
@@ -117,20 +117,8 @@ impl App {
         Ok(self.agent(&h.agent_url))
     }
 
-    /// Marks an operation as running here; false if it already is.
-    pub(crate) fn claim_operation(&self, id: Uuid) -> bool {
-        self.inner
-            .running_ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
-    }
-
-    pub(crate) fn release_operation(&self, id: Uuid) {
-        self.inner
-            .running_ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+    /// This controller's identity (owner of the operations it runs).
+    pub fn controller_id(&self) -> Uuid {
+        self.inner.id
     }
 }

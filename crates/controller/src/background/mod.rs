@@ -1,7 +1,9 @@
 //! Background tasks of the controller: the reconciler, host liveness, the autoscaler of
-//! scaling groups and the push of security-group rules to hosts.
+//! scaling groups, the push of security-group rules to hosts, and the lease keeper
+//! (heartbeat, lease renewal, takeover of dead controllers' operations).
 
 pub mod autoscaler;
 pub mod firewall_sync;
 pub mod host_liveness;
+pub mod leases;
 pub mod reconciler;

@@ -1,6 +1,7 @@
 //! Durable operations of the controller, one file per operation, built from the shared steps
 //! in [`steps`]. The engine (crate `nimbus-ops`) persists every step in the store, so an
-//! operation interrupted by a controller restart is resumed by [`resume_unfinished`].
+//! operation interrupted by a controller's death is taken over by a live controller
+//! ([`take_over`], run by `background::leases`), which resumes it from its log.
 
 pub mod cold_migrate_steps;
 pub mod drain_steps;
@@ -27,8 +28,8 @@ pub use snapshot_steps::SnapshotParams;
 
 use crate::app::{App, AppError};
 use nimbus_api::{InstanceState, OperationKind, OperationState};
-use nimbus_ops::{Outcome, RetryPolicy, Step};
-use nimbus_store::Scope;
+use nimbus_ops::{LogError, Outcome, RetryPolicy, Step};
+use nimbus_store::{OperationClaim, Scope};
 use uuid::Uuid;
 
 /// What an operation kind consists of: its steps and the instance states around it.
@@ -82,44 +83,107 @@ fn is_migration(kind: OperationKind) -> bool {
     )
 }
 
-/// Runs operation `id` in the background.
+/// Claims operation `id` (new, owned by nobody) and runs it in the background; does nothing
+/// when another controller claimed it first (that one runs it).
 pub fn spawn(app: App, id: Uuid) {
-    if !app.claim_operation(id) {
-        return;
-    }
     tokio::spawn(async move {
-        if let Err(e) = run_operation(&app, id).await {
-            tracing::error!(operation_id = %id, error = %e, "operation runner failed; it resumes at the next controller start");
+        let ttl = app.config().lease_ttl;
+        match app
+            .store()
+            .claim_operation(id, app.controller_id(), ttl)
+            .await
+        {
+            Ok(Some(claim)) => run_claimed(app, claim).await,
+            Ok(None) => {
+                tracing::debug!(operation_id = %id, "operation claimed by another controller")
+            }
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "could not claim the operation; a controller's scan takes it over")
+            }
         }
-        app.release_operation(id);
     });
 }
 
-async fn run_operation(app: &App, id: Uuid) -> Result<(), AppError> {
-    let op = app.store().get_operation(&Scope::All, id).await?;
+/// Runs an operation this controller owns (claimed new, or taken over) in the background.
+pub fn spawn_claimed(app: App, claim: OperationClaim) {
+    tokio::spawn(run_claimed(app, claim));
+}
+
+async fn run_claimed(app: App, claim: OperationClaim) {
+    let id = claim.operation;
+    match run_operation(&app, claim).await {
+        Ok(()) => {}
+        Err(RunError::LeaseLost) => {
+            tracing::warn!(operation_id = %id, epoch = claim.epoch, "lease lost: another controller took the operation over; stopped here without undoing anything")
+        }
+        Err(RunError::App(e)) => {
+            tracing::error!(operation_id = %id, error = %e, "operation runner failed; another scan takes it over when its lease expires")
+        }
+    }
+}
+
+/// Why a runner stopped before the operation ended.
+enum RunError {
+    /// Another controller owns the operation now.
+    LeaseLost,
+    App(AppError),
+}
+
+impl From<AppError> for RunError {
+    fn from(e: AppError) -> Self {
+        RunError::App(e)
+    }
+}
+
+impl From<LogError> for RunError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::LeaseLost { .. } => RunError::LeaseLost,
+            other => RunError::App(AppError::internal(other.to_string())),
+        }
+    }
+}
+
+async fn run_operation(app: &App, claim: OperationClaim) -> Result<(), RunError> {
+    let id = claim.operation;
+    let log = app.store().fenced_log(claim);
+    let op = app
+        .store()
+        .get_operation(&Scope::All, id)
+        .await
+        .map_err(AppError::from)?;
     let instance = op.target_id;
     let plan = plan(op.kind, instance, &op.target_name);
     if op.state == OperationState::Running {
         if let Some(during) = plan.during {
+            log.check_owned(id).await?;
             app.store()
                 .set_instance_state(instance, during, None)
-                .await?;
+                .await
+                .map_err(AppError::from)?;
         }
     }
+    tracing::info!(operation_id = %id, epoch = claim.epoch, kind = op.kind.as_str(), "running operation");
     // The instance's new state is written before the operation shows as ended, so that a
-    // client waiting for the operation sees its effect at once.
+    // client waiting for the operation sees its effect at once. Only by the owner: the lease
+    // is checked (fenced) just before.
     let kind = op.kind;
     let after = plan.after;
     let instance_op = plan.during.is_some() || is_snapshot_op(kind);
-    let outcome = nimbus_ops::run_then(id, &plan.steps, app, app.store(), RetryPolicy::default(), |outcome| async move {
-        if instance_op {
-            if let Err(e) = finish(app, id, instance, kind, &outcome, after).await {
-                tracing::error!(operation_id = %id, error = %e, "could not apply the end of the operation; the reconciler retries it");
-            }
+    let fence = log.clone();
+    let outcome = nimbus_ops::run_then(id, &plan.steps, app, &log, RetryPolicy::default(), |outcome| async move {
+        if !instance_op {
+            return;
+        }
+        if let Err(e) = fence.check_owned(id).await {
+            tracing::warn!(operation_id = %id, error = %e, "not applying the end of the operation");
+            return;
+        }
+        if let Err(e) = finish(app, id, instance, kind, &outcome, after).await {
+            tracing::error!(operation_id = %id, error = %e, "could not apply the end of the operation; the reconciler retries it");
         }
     })
-    .await
-    .map_err(|e| AppError::internal(e.to_string()))?;
+    .await?;
     tracing::info!(operation_id = %id, instance_id = %instance, kind = kind.as_str(), ?outcome, "operation ended");
     Ok(())
 }
@@ -180,15 +244,23 @@ async fn finish(
     Ok(())
 }
 
-/// Resumes, after a controller start, every operation that had not ended, and completes the
-/// bookkeeping of those that ended just before a crash.
-pub async fn resume_unfinished(app: &App) -> Result<(), AppError> {
-    for op in app.store().unfinished_operations().await? {
-        tracing::info!(operation_id = %op.id, kind = op.kind.as_str(), "resuming operation");
-        spawn(app.clone(), op.id);
+/// Takes over the operations no live controller owns (new ones never claimed, those of a
+/// controller that died or stopped renewing), and runs them; called at start and on every
+/// tick of the lease keeper. Answers how many it took.
+pub async fn take_over(app: &App) -> Result<usize, AppError> {
+    let claims = app
+        .store()
+        .take_over_operations(app.controller_id(), app.config().lease_ttl, TAKEOVER_BATCH)
+        .await?;
+    for claim in &claims {
+        tracing::info!(operation_id = %claim.operation, epoch = claim.epoch, "took the operation over; resuming it");
+        spawn_claimed(app.clone(), *claim);
     }
-    settle_ended(app).await
+    Ok(claims.len())
 }
+
+/// Operations taken over per scan (the next scan takes more).
+const TAKEOVER_BATCH: u32 = 32;
 
 /// Applies the end of every ended operation still attached to its instance: its finish
 /// failed (e.g. the database was briefly unreachable) or the controller stopped between the
