@@ -17,19 +17,8 @@ qemu_version_ok() {
     [ "$major" -ge 9 ]
 }
 
-# Finds the Debian mirror URI already configured on this machine (deb822 or one-line format).
-debian_mirror() {
-    local uri=""
-    if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
-        uri=$(awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i !~ /security/) {print $i; exit}}' \
-            /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
-    fi
-    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-        uri=$(awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file|ftp):/) {print $i; exit}}' \
-            /etc/apt/sources.list | head -1)
-    fi
-    echo "$uri"
-}
+# debian_mirror: the Debian mirror URI of this machine's apt sources.
+. "$(dirname "${BASH_SOURCE[0]}")/lib/debian-mirror.sh"
 
 add_backports_if_bookworm() {
     . /etc/os-release
@@ -61,6 +50,8 @@ main() {
     export DEBIAN_FRONTEND=noninteractive
     local pkgs=(busybox-static cpio e2fsprogs iproute2 nftables xz-utils zstd lz4 socat gcc libc6-dev
         dosfstools mtools)
+    # guest/build-debian.sh (the Debian test image: mmdebstrap, GRUB for BIOS, sfdisk) and SSH in its tests.
+    pkgs+=(mmdebstrap debian-archive-keyring grub-pc-bin fdisk openssh-client)
     local need_apt=0
     for p in "${pkgs[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || need_apt=1

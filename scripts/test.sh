@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it and CI runs it: installs what is missing
-# (QEMU >= 9, busybox, ...), builds the default guest image once (cached), then runs every
+# (QEMU >= 9, busybox, ...), builds the default guest image and, as root, the Debian test
+# image once (cached), then runs every
 # unit and end-to-end test. End-to-end tests boot real QEMU guests; as root, each test's
 # hosts run in network namespaces of their own.
 set -euo pipefail
@@ -12,4 +13,8 @@ else
     echo "[test] not root: skipping dependency install; hosts will run without network namespaces" >&2
 fi
 bash guest/build.sh
+if [ "$(id -u)" -eq 0 ]; then
+    # The Debian cloud image of crates/cli/tests/debian.rs (cached; rebuilt when its script changes).
+    bash guest/build-debian.sh >/dev/null
+fi
 cargo test --workspace --locked "$@"
