@@ -417,12 +417,13 @@ def step_ms(op):
 
 
 class Nimbus:
-    def __init__(self, binary, work):
+    def __init__(self, binary, work, shared=None):
         self.bin, self.work = binary, work
         self.data = os.path.join(work, "data")
         self.port = port = free_port()
         help_text = subprocess.run([binary, "up", "--help"], capture_output=True, text=True).stdout
-        self.shared = "--shared-storage" in help_text
+        # Shared storage when the binary has it, unless the caller says (False: local disks).
+        self.shared = "--shared-storage" in help_text if shared is None else shared
         used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
         if subprocess.run(["ip", "link", "show", f"{NET_NAME}-br"], capture_output=True).returncode == 0:
             raise RuntimeError(f"bridge {NET_NAME}-br exists already: another run of this benchmark?")

@@ -19,8 +19,16 @@ machine load, on a 512 MiB, 1 vCPU TCG guest (flavor `small`):
   - raw QEMU background snapshot: `migrate` to a file with the `background-snapshot`
     capability (what nimbus builds on), pause and bytes of the file; no restore.
 
+With --migration instead: live migration of an idle instance with a tree of 3 snapshots
+(which move with it: frozen disk layers, manifests, the memory chunks the target lacks)
+against the same migration of an instance without snapshots, alternated in the same cloud
+(local disks, or shared storage with --shared: then only chunks move); total and downtime from
+the migration records, medians and their ratio (goal: at most 1.5x the time, downtime
+unchanged).
+
 Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/snapshot.py [--bin target/release/nimbus] [--runs 3] [--rates 0,100] [--json FILE]
+  bench/snapshot.py --migration [--shared] [--runs 3]
 Per-run lines go to stderr, the tables to stdout.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -198,13 +206,68 @@ def report(rate, results):
             print(f"{NAMES[v]}: 2nd snapshot stores {100 * b / a:.1f}% of the 1st")
 
 
+def migrate_once(cloud, name):
+    """Migrates `name` to the other host; answers its migration record's figures."""
+    inst = cloud.api.req("GET", f"/v1/instances/{name}")
+    target = next(h for h in cloud.hosts if h != inst["host"])
+    t0 = time.time()
+    op = cloud.api.req("POST", f"/v1/instances/{name}/migrate", {"to": target})
+    op, _ = cloud.api.wait_op(op["id"], 600)
+    wall = time.time() - t0
+    if op["state"] != "succeeded":
+        raise RuntimeError(f"migrate {name}: {op.get('error')}")
+    st = cloud.api.req("GET", f"/v1/migrations/{op['id']}")["stats"]
+    copy = next((s for s in op["steps"] if s["name"] == "prepare_target"), {})
+    return {"total_s": st["total_ms"] / 1000, "wall_s": wall, "downtime_ms": st.get("downtime_ms"),
+            "snapshots": (copy.get("output") or {}).get("snapshots"), "disk_transfer": st.get("disk_transfer")}
+
+
+def migration_bench(args):
+    work = tempfile.mkdtemp(prefix="nimbus-bench-snapmig-")
+    cloud = Nimbus(os.path.abspath(args.bin), work, shared=args.shared)
+    rows = {"with 3 snapshots": [], "without": []}
+    try:
+        cloud.wait_up()
+        cloud.create("plain")
+        cloud.create("tree")
+        for i in (1, 2, 3):
+            cloud.api.exec("tree", f"echo {i} > /data/mark && sync")
+            op = cloud.api.req("POST", "/v1/snapshots", {"instance": "tree", "name": f"tree-s{i}"})
+            op, _ = cloud.api.wait_op(op["id"], 300)
+            if op["state"] != "succeeded":
+                raise RuntimeError(f"snapshot: {op.get('error')}")
+        for run in range(args.runs):
+            for label, name in (("without", "plain"), ("with 3 snapshots", "tree")):
+                r = migrate_once(cloud, name)
+                r.update({"variant": label, "run": run})
+                print(json.dumps(r), file=sys.stderr)
+                rows[label].append(r)
+        storage = "shared storage" if cloud.shared else "local disks"
+        print(f"\n## live migration of an idle 512 MiB guest, {storage}, {args.runs} runs (min / median)")
+        print("| metric | with 3 snapshots | without | with / without |")
+        print("|---|---|---|---|")
+        for title, key, digits in (("total (s)", "total_s", 2), ("downtime (ms)", "downtime_ms", 0)):
+            a = [r[key] for r in rows["with 3 snapshots"]]
+            b = [r[key] for r in rows["without"]]
+            print(f"| {title} | {fmt(a, 1, digits)} | {fmt(b, 1, digits)} | {ratio(med(a), med(b))} |")
+        if args.json:
+            json.dump(rows, open(args.json, "w"), indent=1)
+    finally:
+        cloud.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="target/release/nimbus")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rates", default="0,100")
     ap.add_argument("--json")
+    ap.add_argument("--migration", action="store_true", help="migration with 3 snapshots vs without")
+    ap.add_argument("--shared", action="store_true", help="with --migration: shared storage")
     args = ap.parse_args()
+    if args.migration:
+        return migration_bench(args)
     work = tempfile.mkdtemp(prefix="nimbus-bench-snap-")
     cloud = Nimbus(os.path.abspath(args.bin), work)
     results = []

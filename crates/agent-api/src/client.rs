@@ -2,9 +2,10 @@
 
 use crate::{
     AgentError, AgentErrorBody, CloneRequest, ColdIncomingRequest, ConsoleChunk,
-    DeleteSnapshotResult, ExecRequest, ExecResult, HostInventory, IncomingReady, IncomingRequest,
-    MigrateRequest, MigrationProgress, RestoreRequest, RestoreResult, SnapshotRequest,
-    SnapshotResult, StopRequest, VmSpec, VmStatus, AGENT_API_PREFIX,
+    DeleteSnapshotResult, ExecRequest, ExecResult, ExportSnapshotSet, HostInventory,
+    ImportedSnapshotSet, IncomingReady, IncomingRequest, MigrateRequest, MigrationProgress,
+    MissingChunks, RestoreRequest, RestoreResult, SnapshotRequest, SnapshotResult,
+    SnapshotSetInventory, StopRequest, VmSpec, VmStatus, AGENT_API_PREFIX,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -217,6 +218,46 @@ impl AgentClient {
             .header(DISK_DIGEST_HEADER, digest)
             .body(body);
         self.send_raw(req).await.map(|_| ())
+    }
+
+    /// Source side of moving snapshots: what the VM's snapshots are made of.
+    pub async fn snapshot_set(&self, id: Uuid) -> Result<SnapshotSetInventory, AgentError> {
+        self.send(self.request(Method::GET, &format!("/vms/{id}/snapshot-set")))
+            .await
+    }
+
+    /// Which of `chunks` this host lacks.
+    pub async fn missing_chunks(
+        &self,
+        chunks: &MissingChunks,
+    ) -> Result<MissingChunks, AgentError> {
+        self.send(
+            self.long_request(Method::POST, "/chunks/missing")
+                .json(chunks),
+        )
+        .await
+    }
+
+    /// Source side: the VM's snapshot set as a stream (see [`crate::snapshot_move`]).
+    pub async fn export_snapshot_set(
+        &self,
+        id: Uuid,
+        req: &ExportSnapshotSet,
+    ) -> Result<Response, AgentError> {
+        let path = format!("/vms/{id}/snapshot-set/export");
+        self.send_raw(self.long_request(Method::POST, &path).json(req))
+            .await
+    }
+
+    /// Target side: receives (and checks) the snapshot set of a VM about to arrive.
+    pub async fn import_snapshot_set(
+        &self,
+        id: Uuid,
+        body: reqwest::Body,
+    ) -> Result<ImportedSnapshotSet, AgentError> {
+        let path = format!("/vms/{id}/snapshot-set");
+        self.send(self.long_request(Method::PUT, &path).body(body))
+            .await
     }
 
     /// A request without the overall timeout (disk transfers take as long as their size).

@@ -29,6 +29,10 @@
 //! PUT    /vms/{id}/disk   bytes     -> 204        replace a cold-migrated VM's fresh disk
 //! POST   /vms/{id}/snapshots  ...       checkpoints (see [`snapshot`])
 //! GET    /vms/{id}/disk             -> bytes      a stopped VM's disk, flattened qcow2
+//! GET    /vms/{id}/snapshot-set     -> SnapshotSetInventory   snapshots moving with a VM
+//! POST   /chunks/missing  MissingChunks -> MissingChunks       (see [`snapshot_move`])
+//! POST   /vms/{id}/snapshot-set/export ExportSnapshotSet -> bytes
+//! PUT    /vms/{id}/snapshot-set     bytes -> ImportedSnapshotSet
 //! ```
 //! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
@@ -46,6 +50,7 @@ pub mod liveness;
 pub mod metering;
 pub mod migration;
 pub mod snapshot;
+pub mod snapshot_move;
 pub mod vm;
 
 pub use client::AgentClient;
@@ -65,6 +70,9 @@ pub use migration::{
 pub use snapshot::{
     CloneRequest, DeleteSnapshotResult, RestoreRequest, RestoreResult, SnapshotRequest,
     SnapshotResult,
+};
+pub use snapshot_move::{
+    ExportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory,
 };
 pub use vm::{
     CloudInitSeed, ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec,

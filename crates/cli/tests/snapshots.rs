@@ -9,6 +9,9 @@ use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[path = "snapshots/moving.rs"]
+mod moving;
+
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
 /// A process that counts five times a second into /run/counter (tmpfs: memory only).
@@ -96,7 +99,7 @@ async fn snapshots_end_to_end() {
     deleting_the_middle_keeps_the_others_restorable(&cloud, &client).await;
     clone_runs_beside_the_original(&cloud, &client).await;
     corrupted_snapshot_is_refused_and_the_vm_runs_on(&cloud, &client).await;
-    migration_is_refused_while_snapshots_are_local(&cloud).await;
+    moving::snapshots_follow_a_live_migration(&cloud, &client).await;
     disk_only_snapshot_of_a_stopped_instance(&cloud, &client).await;
     deleting_the_instance_deletes_its_snapshots(&cloud, &client).await;
 }
@@ -330,15 +333,6 @@ async fn corrupted_snapshot_is_refused_and_the_vm_runs_on(cloud: &Cloud, client:
         nimbus_api::SnapshotState::Available
     );
     cli_ok(cloud, &["snapshot", "delete", "s4", "--wait"]);
-}
-
-async fn migration_is_refused_while_snapshots_are_local(cloud: &Cloud) {
-    let err = cli_err(cloud, &["instance", "migrate", "snap1", "--wait"]);
-    assert!(
-        err.contains("snap1 has 2 snapshots, which live on")
-            && err.contains("to migrate it, delete them, then stop and start it"),
-        "{err}"
-    );
 }
 
 async fn disk_only_snapshot_of_a_stopped_instance(cloud: &Cloud, client: &Client) {

@@ -387,18 +387,6 @@ async fn refusals_name_the_way_out() {
     assert_eq!(e.code, ErrorCode::NotFound);
     assert!(e.message.contains("nimbus snapshot list"), "{}", e.message);
 
-    // Migration is refused while the instance has snapshots on its host.
-    let e = f
-        .app
-        .migrate_instance(&f.caller, "web1", &MigrateInstance::default())
-        .await
-        .expect_err("has snapshots");
-    assert_eq!(
-        e.message,
-        "web1 has 1 snapshot, which lives on host1; to migrate it, delete it, then stop and \
-         start it (which folds its disk layers back into one disk)"
-    );
-
     // A stopped instance: memory snapshots are refused with the way out, disk-only works.
     f.app
         .store()
@@ -571,19 +559,102 @@ async fn a_failed_clone_leaves_no_vm_and_no_reservation() {
     );
 }
 
+/// A drain no longer leaves an instance behind for its snapshots: its live migration sends
+/// the snapshot set to the target first. (The fake host cannot receive a live VM, so the
+/// move then fails and unwinds: the instance stays where it was, with its snapshot.)
 #[tokio::test]
-async fn a_drain_reports_instances_held_by_their_snapshots() {
-    let (f, _web) = web1_with_s1().await;
+async fn a_drain_sends_the_snapshots_of_a_running_instance_first() {
+    let (f, web) = web1_with_s1().await;
     let op = f
         .app
         .drain_host(&f.caller, "host1")
         .await
         .expect("accepted");
     let op = wait(&f, &op).await;
-    assert_eq!(op.state, OperationState::Failed);
     let error = op.error.unwrap_or_default();
+    assert!(!error.contains("snapshot"), "{error}");
+    let calls = f.agent.state().calls.clone();
     assert!(
-        error.contains("web1: web1 has 1 snapshot, which lives on host1"),
-        "{error}"
+        calls.contains(&format!("export_snapshot_set {web} 1"))
+            && calls.contains(&format!("import_snapshot_set {web} set-of-{web}")),
+        "{calls:?}"
+    );
+    let s1 = f
+        .app
+        .store()
+        .get_snapshot("default", "s1")
+        .await
+        .expect("s1");
+    assert_eq!(
+        s1.host, "host1",
+        "a failed move leaves the snapshot on its source"
+    );
+}
+
+/// A stopped instance with a snapshot migrates cold: its snapshot set goes from the source
+/// to the target before the target defines it (only chunks the target lacks are asked
+/// for), the disk copy is not made again (the layers came with the set), the snapshot rows
+/// follow the instance to its new host, and the source copy goes only after the commit.
+#[tokio::test]
+async fn snapshots_move_with_a_cold_migration() {
+    let (f, web) = web1_with_s1().await;
+    f.app
+        .store()
+        .set_instance_state(web, InstanceState::Stopped, None)
+        .await
+        .expect("stop");
+    let op = f
+        .app
+        .migrate_instance(&f.caller, "web1", &MigrateInstance::default())
+        .await
+        .expect("no longer refused");
+    let op = wait(&f, &op).await;
+    assert_eq!(
+        (op.kind, op.state),
+        (
+            OperationKind::InstanceColdMigrate,
+            OperationState::Succeeded
+        ),
+        "{:?}",
+        op.error
+    );
+    // One fake serves both hosts: its log is both hosts' calls, in order.
+    let target_calls = f.agent.state().calls.clone();
+    let import = target_calls
+        .iter()
+        .position(|c| *c == format!("import_snapshot_set {web} set-of-{web}"))
+        .unwrap_or_else(|| panic!("the set arrived: {target_calls:?}"));
+    let define = target_calls
+        .iter()
+        .position(|c| c.starts_with(&format!("cold {web}")))
+        .expect("defined");
+    assert!(
+        import < define,
+        "the set is staged before the define: {target_calls:?}"
+    );
+    assert!(target_calls.contains(&"missing_chunks 1".to_string()));
+    let source_calls = target_calls.clone();
+    let export = source_calls
+        .iter()
+        .position(|c| *c == format!("export_snapshot_set {web} 1"))
+        .expect("exported");
+    let removed = source_calls
+        .iter()
+        .position(|c| *c == format!("delete_vm {web}"))
+        .expect("source copy removed");
+    assert!(export < removed);
+    assert!(
+        !source_calls.iter().any(|c| c.starts_with("disk")),
+        "no separate disk copy"
+    );
+    let s1 = f
+        .app
+        .store()
+        .get_snapshot("default", "s1")
+        .await
+        .expect("s1");
+    assert_eq!(
+        s1.host, "host2",
+        "the snapshot lives where its instance does"
     );
 }

@@ -177,6 +177,32 @@ pub async fn rebase(image: &Path, new_backing: Option<(&Path, &str)>) -> Result<
     run("rebase", image, &args).await.map(|_| ())
 }
 
+/// Renames the backing file of the qcow2 `image` (or removes it) without touching its data
+/// (`rebase -u`): for a chain moved to other paths, where the backing content is the same.
+pub async fn rebase_unchecked(
+    image: &Path,
+    new_backing: Option<(&Path, &str)>,
+) -> Result<(), ImgError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "rebase".as_ref(),
+        "-q".as_ref(),
+        "-u".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+    ];
+    match new_backing {
+        Some((file, format)) => {
+            args.push(file.as_os_str());
+            args.push("-F".as_ref());
+            args.push(format.as_ref());
+        }
+        None => args.push("".as_ref()),
+    }
+    args.push(image.as_os_str());
+    run("rebase", image, &args).await.map(|_| ())
+}
+
 /// Copies what the guest sees through the chain of `source` into a new qcow2 `target`. With
 /// `base` the target gets that backing file and only what differs from it is written.
 pub async fn convert_onto(

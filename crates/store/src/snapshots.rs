@@ -313,6 +313,18 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
     }
 
+    /// The snapshots of an instance moved with it to `host` (a migration's commit).
+    pub async fn move_snapshots(&self, instance: Uuid, host: &str) -> Result<u64, StoreError> {
+        let r =
+            sqlx::query("UPDATE snapshots SET host = $1, updated_at = $2 WHERE instance_id = $3")
+                .bind(host)
+                .bind(time::now())
+                .bind(instance.to_string())
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
     /// A project's snapshots: how many, and the bytes they store. The hook for the snapshot
     /// quota (count) and for metering (stored bytes, billed as snapshot GiB-hours).
     pub async fn project_snapshot_usage(&self, project: &str) -> Result<(u64, u64), StoreError> {

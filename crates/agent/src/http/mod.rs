@@ -6,6 +6,7 @@ mod console;
 mod disk_export;
 mod firewall;
 mod migration;
+mod snapshot_move;
 mod snapshots;
 mod vms;
 
@@ -50,6 +51,16 @@ pub fn router(agent: Agent) -> Router {
         .route("/vms/{id}/cold", put(cold::incoming))
         .route("/vms/{id}/disk", get(cold::export).put(cold::import))
         .route("/vms/{id}/disk/flattened", get(disk_export::export))
+        .route(
+            "/vms/{id}/snapshot-set",
+            get(snapshot_move::inventory).put(snapshot_move::import),
+        )
+        .route("/vms/{id}/snapshot-set/export", post(snapshot_move::export))
+        .route(
+            "/chunks/missing",
+            // A digest list of a large guest's memory is bigger than the default limit.
+            post(snapshot_move::missing).layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
         .fallback(|| async { Error::NoRoute })
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);

@@ -5,6 +5,7 @@
 //! Disks are created where the host keeps them ([`DiskStore`]: the VM directory, or shared
 //! storage linked from it).
 
+mod snapshot_move;
 mod snapshots;
 
 use crate::error::{Error, Result};
@@ -214,6 +215,8 @@ impl Manager {
             let _ = std::fs::remove_dir(dir.dir());
             return Err(e);
         }
+        // Its snapshots, received beforehand (a failure is undone with the VM's removal).
+        crate::snapshot::moving::install::install(&dir, &self.snapshots.arriving(id)).await?;
         let status = CoreStatus::defined();
         dir.write_state(&status)?;
         // spec.json last: its presence means the define completed.
@@ -345,6 +348,8 @@ impl Manager {
             let _ = std::fs::remove_dir(dir.dir());
             return Err(e);
         }
+        // Its snapshots, received beforehand (a failure is undone with the VM's removal).
+        crate::snapshot::moving::install::install(&dir, &self.snapshots.arriving(id)).await?;
         let status = CoreStatus::defined();
         dir.write_state(&status)?;
         if let Some(role) = &role {
@@ -393,8 +398,16 @@ impl Manager {
                 }
                 dir.read_spec().ok().flatten()
             }
-            None => return Err(Error::NotFound(id)),
+            None => {
+                // Only snapshots staged for a VM that never arrived.
+                if self.snapshots.arriving(id).remove()? {
+                    self.collect_chunks().await;
+                    return Ok(());
+                }
+                return Err(Error::NotFound(id));
+            }
         };
+        self.snapshots.arriving(id).remove()?;
         if let Some(spec) = &spec {
             self.network.unplug(spec).await?;
         }
@@ -411,10 +424,15 @@ impl Manager {
         crate::confine::release(id).await;
         tracing::info!(instance_id = %id, keep_disk, "VM deleted");
         // Its snapshots went with its directory: drop the chunks only they used.
+        self.collect_chunks().await;
+        Ok(())
+    }
+
+    /// Removes the memory chunks no snapshot uses any more (logged on failure).
+    async fn collect_chunks(&self) {
         if let Err(e) = self.snapshots.collect_garbage().await {
             tracing::warn!(error = %e.chain(), "cannot collect unused memory chunks");
         }
-        Ok(())
     }
 
     /// Ends every actor and leaves the QEMU processes running (agent shutdown).

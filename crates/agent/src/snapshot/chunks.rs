@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 /// chunks, 7% with 8 KiB, 4% with 4 KiB.
 const MIN_CHUNK: u32 = 2 << 10;
 const AVG_CHUNK: u32 = 8 << 10;
-const MAX_CHUNK: u32 = 32 << 10;
+pub const MAX_CHUNK: u32 = 32 << 10;
 
 /// One chunk of an image, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +110,42 @@ impl ChunkStore {
         Ok(true)
     }
 
+    /// Whether chunk `hash` is stored.
+    pub fn has(&self, hash: &str) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// The content of chunk `hash`, verified against its name.
+    pub fn read_chunk(&self, hash: &str) -> Result<Vec<u8>> {
+        let path = self.path(hash);
+        let data = std::fs::read(&path)
+            .map_err(|_| Error::Conflict(format!("memory chunk {} is missing", path.display())))?;
+        if blake3::hash(&data).to_hex().as_str() != hash {
+            return Err(Error::Conflict(format!(
+                "memory chunk {} is damaged: its content does not match its checksum",
+                path.display()
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Stores a chunk received from elsewhere after checking it is what its name says;
+    /// true when it was new.
+    pub fn put_received(&self, hash: &str, data: &[u8]) -> Result<bool> {
+        if !is_digest(hash) || data.len() > MAX_CHUNK as usize {
+            return Err(Error::BadRequest(format!(
+                "a received memory chunk is not a chunk ({} bytes named {hash:?})",
+                data.len()
+            )));
+        }
+        if blake3::hash(data).to_hex().as_str() != hash {
+            return Err(Error::BadRequest(format!(
+                "received memory chunk {hash} does not match its checksum: damaged in transit"
+            )));
+        }
+        self.put_chunk(hash, data)
+    }
+
     /// Every chunk of `image` is present with its full length (a cheap check before the
     /// slower [`ChunkStore::assemble`], which verifies the content).
     pub fn check(&self, image: &ChunkedImage) -> Result<()> {
@@ -194,6 +230,11 @@ impl ChunkStore {
         }
         Ok(freed)
     }
+}
+
+/// A BLAKE3 digest in lowercase hex: the only names a chunk may have.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //! <state_dir>/chunks/<aa>/<blake3>            memory chunks (host-wide)
 //! <state_dir>/vms/<id>/snapshots/<sid>/       manifest.json (pending.json while taken)
 //! <disk dir>/layers/<uuid>.qcow2              disk layers
+//! <state_dir>/arriving/<id>/                   snapshots of a VM moving here, staged
 //! ```
+//! - [`moving`]: a VM's snapshots sent to and received from another host when it migrates.
 
 pub mod chunks;
 pub mod clone;
@@ -20,6 +22,7 @@ pub mod failpoint;
 pub mod layers;
 pub mod manifest;
 pub mod memory;
+pub mod moving;
 pub mod restore;
 pub mod take;
 
@@ -36,6 +39,8 @@ use std::sync::Arc;
 pub struct SnapshotStore {
     chunks: ChunkStore,
     vms_dir: PathBuf,
+    arriving_dir: PathBuf,
+    state_dir: PathBuf,
     writers: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -45,6 +50,8 @@ impl SnapshotStore {
         Self {
             chunks: ChunkStore::new(state_dir.join("chunks")),
             vms_dir: state_dir.join("vms"),
+            arriving_dir: state_dir.join("arriving"),
+            state_dir: state_dir.to_path_buf(),
             writers: Arc::default(),
         }
     }
@@ -77,19 +84,42 @@ impl SnapshotStore {
         blocking(move || chunks.collect_garbage(&keep)).await
     }
 
+    /// Chunks used by a snapshot of a VM here, or of a VM arriving (staged).
     fn referenced_chunks(&self) -> Result<HashSet<String>> {
         let mut keep = HashSet::new();
-        let Ok(vms) = std::fs::read_dir(&self.vms_dir) else {
-            return Ok(keep);
-        };
-        for vm in vms.flatten() {
-            for m in manifest::all(&VmDir::new(vm.path()))? {
-                if let Some(image) = m.memory {
-                    keep.extend(image.chunks.into_iter().map(|c| c.hash));
+        for root in [&self.vms_dir, &self.arriving_dir] {
+            let Ok(vms) = std::fs::read_dir(root) else {
+                continue;
+            };
+            for vm in vms.flatten() {
+                for m in manifest::all(&VmDir::new(vm.path()))? {
+                    if let Some(image) = m.memory {
+                        keep.extend(image.chunks.into_iter().map(|c| c.hash));
+                    }
                 }
             }
         }
         Ok(keep)
+    }
+
+    /// The chunk store (for moving snapshots between hosts).
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    /// Where the snapshots of VM `id`, arriving from another host, are staged.
+    pub fn arriving(&self, id: uuid::Uuid) -> moving::Arriving {
+        moving::Arriving::new(self.arriving_dir.join(id.to_string()))
+    }
+
+    /// Serialises a writer of chunks with garbage collection (see the type's doc).
+    pub async fn writer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writers.lock().await
+    }
+
+    /// The agent's state directory (test failure points are read from it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 }
 

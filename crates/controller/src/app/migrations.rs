@@ -47,7 +47,6 @@ impl App {
         // Refuse at once what cannot work; the operation chooses for real.
         self.choose_migration_target(&inst, &source, req.to.as_deref())
             .await?;
-        self.check_snapshots_can_move(&inst, &source).await?;
         let op = NewOperation {
             id: Uuid::new_v4(),
             kind,
@@ -60,29 +59,6 @@ impl App {
         tracing::info!(instance_id = %inst.id, operation_id = %op.id, %source, to = ?req.to, kind = kind.as_str(), "migration accepted");
         ops::spawn(self.clone(), op.id);
         Ok(self.store().get_operation(&Scope::All, op.id).await?)
-    }
-
-    /// Snapshots live on their instance's host (memory images in its chunk store, disk
-    /// layers beside the disk, even on shared storage): an instance that has some stays.
-    pub(crate) async fn check_snapshots_can_move(
-        &self,
-        inst: &nimbus_store::InstanceRecord,
-        source: &str,
-    ) -> Result<(), AppError> {
-        let count = self.store().count_snapshots_of(inst.id).await?;
-        if count == 0 {
-            return Ok(());
-        }
-        let (noun, verb, them) = if count == 1 {
-            ("snapshot", "lives", "it")
-        } else {
-            ("snapshots", "live", "them")
-        };
-        Err(AppError::conflict(format!(
-            "{} has {count} {noun}, which {verb} on {source}; to migrate it, delete {them}, then \
-             stop and start it (which folds its disk layers back into one disk)",
-            inst.name
-        )))
     }
 
     /// The host an instance on `source` should move to: `to` if given (it must be up,

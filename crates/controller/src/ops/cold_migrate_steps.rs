@@ -1,6 +1,7 @@
 //! The steps of a cold migration (see [`super::instance_cold_migrate`]).
 
 use super::migrate_steps::{commit_move, disk_transfer, route, PrepareTarget};
+use super::snapshot_move::{copied_bytes, SnapshotMove};
 use super::steps::{agent_err, app_err, instance};
 use crate::app::App;
 use async_trait::async_trait;
@@ -30,11 +31,20 @@ impl Step<App> for PrepareColdTarget {
         } else {
             kind
         };
+        let snapshots = SnapshotMove {
+            instance: self.0,
+            source: &r.source,
+            target: &r.target,
+            shared: kind == "shared",
+            live: false,
+        }
+        .copy(app, s)
+        .await?;
         app.agent(&dst_host.agent_url)
             .cold_incoming(&ColdIncomingRequest { spec, disk })
             .await
             .map_err(agent_err)?;
-        Ok(json!({ "disk_transfer": kind }))
+        Ok(json!({ "disk_transfer": kind, "snapshots": snapshots }))
     }
 
     /// Deletes the target copy, as a live migration's target is (a shared disk stays).
@@ -55,8 +65,13 @@ impl Step<App> for CopyDisk {
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
+        let snapshots = s.output(1).and_then(|o| o.get("snapshots"));
         if r.shared() {
-            return Ok(json!({ "bytes": 0 }));
+            return Ok(json!({ "bytes": copied_bytes(snapshots) }));
+        }
+        if snapshots.is_some_and(|v| !v.is_null()) {
+            // The disk is a chain of layers: every one of them came with the snapshots.
+            return Ok(json!({ "bytes": copied_bytes(snapshots) }));
         }
         let source = app.agent_of(&r.source).await.map_err(app_err)?;
         let target = app.agent_of(&r.target).await.map_err(app_err)?;

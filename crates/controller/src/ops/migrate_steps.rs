@@ -1,6 +1,7 @@
 //! The steps of a live migration and of a host drain.
 
 use super::shared_disk::{has_dots, is_own_shared_disk};
+use super::snapshot_move::SnapshotMove;
 use super::steps::{agent_err, app_err, instance, op_params, store_err};
 use crate::app::migrations::{migration_target, DEFAULT_MAX_DOWNTIME_MS};
 use crate::app::App;
@@ -108,9 +109,6 @@ impl Step<App> for ChooseTarget {
             .host
             .clone()
             .ok_or_else(|| StepError::permanent("the instance has no host"))?;
-        app.check_snapshots_can_move(&inst, &source)
-            .await
-            .map_err(app_err)?;
         let (to, op) = (req.to.as_deref(), s.operation_id);
         let max_downtime_ms = req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS);
         let target = app
@@ -165,6 +163,15 @@ impl Step<App> for PrepareTarget {
         let inst = instance(app, self.0).await?;
         let spec = app.vm_spec(&inst).await.map_err(app_err)?;
         let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
+        let snapshots = SnapshotMove {
+            instance: self.0,
+            source: &r.source,
+            target: &r.target,
+            shared: kind == "shared",
+            live: true,
+        }
+        .copy(app, s)
+        .await?;
         let policy = policy(&params(app, s.operation_id).await?);
         let ready = app
             .agent(&dst_host.agent_url)
@@ -172,7 +179,7 @@ impl Step<App> for PrepareTarget {
             .await
             .map_err(agent_err)?;
         crate::failpoint::check("migrate.after_prepare_target")?;
-        Ok(json!({ "ready": ready, "disk_transfer": kind }))
+        Ok(json!({ "ready": ready, "disk_transfer": kind, "snapshots": snapshots }))
     }
 
     /// Removes the target's copy; its disk only when the target provably made it.
@@ -451,6 +458,10 @@ pub(super) async fn commit_move(
 ) -> Result<MigrationStats, StepError> {
     app.store()
         .move_instance(instance, &r.source, &r.target)
+        .await
+        .map_err(store_err)?;
+    app.store()
+        .move_snapshots(instance, &r.target)
         .await
         .map_err(store_err)?;
     let m = app

@@ -20,6 +20,7 @@ pub mod migrate_steps;
 mod shared_disk;
 pub mod snapshot_create;
 pub mod snapshot_delete;
+mod snapshot_move;
 pub mod snapshot_restore;
 pub mod snapshot_steps;
 pub mod steps;

@@ -52,6 +52,12 @@ impl FakeAgent {
                 axum::routing::delete(delete_snapshot),
             )
             .route("/vms/{id}/clone", post(clone))
+            .route(
+                "/vms/{id}/snapshot-set",
+                get(snapshot_set).put(import_snapshot_set),
+            )
+            .route("/vms/{id}/snapshot-set/export", post(export_snapshot_set))
+            .route("/chunks/missing", post(missing_chunks))
             .with_state(self.clone());
         let app = Router::new().nest(nimbus_agent_api::AGENT_API_PREFIX, app);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -151,6 +157,64 @@ async fn delete_vm(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response
     st.vms.remove(&id);
     st.snapshots.retain(|(vm, _)| *vm != id);
     Json(serde_json::json!({})).into_response()
+}
+
+/// The VM's snapshots as a set to move: one chunk digest per snapshot.
+async fn snapshot_set(State(f): State<FakeAgent>, Path(id): Path<Uuid>) -> Response {
+    let st = f.state();
+    let chunks: Vec<String> = st
+        .snapshots
+        .iter()
+        .filter(|(vm, _)| *vm == id)
+        .map(|(_, sid)| sid.simple().to_string().repeat(2))
+        .collect();
+    Json(nimbus_agent_api::SnapshotSetInventory {
+        snapshots: chunks.len() as u32,
+        layered: !chunks.is_empty(),
+        chunks,
+    })
+    .into_response()
+}
+
+/// Lacks every chunk it is asked about.
+async fn missing_chunks(
+    State(f): State<FakeAgent>,
+    Json(req): Json<nimbus_agent_api::MissingChunks>,
+) -> Response {
+    f.state()
+        .calls
+        .push(format!("missing_chunks {}", req.chunks.len()));
+    Json(req).into_response()
+}
+
+/// Sends `set-of-<id>` as the stream (logged `export_snapshot_set <id> <chunks asked>`).
+async fn export_snapshot_set(
+    State(f): State<FakeAgent>,
+    Path(id): Path<Uuid>,
+    Json(req): Json<nimbus_agent_api::ExportSnapshotSet>,
+) -> Response {
+    if let Some(e) = f.call("export_snapshot_set", format!("{id} {}", req.chunks.len())) {
+        return e;
+    }
+    format!("set-of-{id}").into_response()
+}
+
+/// Logs what arrived (`import_snapshot_set <id> <body>`).
+async fn import_snapshot_set(
+    State(f): State<FakeAgent>,
+    Path(id): Path<Uuid>,
+    body: String,
+) -> Response {
+    if let Some(e) = f.call("import_snapshot_set", format!("{id} {body}")) {
+        return e;
+    }
+    Json(nimbus_agent_api::ImportedSnapshotSet {
+        snapshots: 1,
+        chunks: 1,
+        chunk_bytes: 8192,
+        ..Default::default()
+    })
+    .into_response()
 }
 
 async fn snapshot(

@@ -124,13 +124,6 @@ impl Actor {
             )));
         }
         policy::validate(&req.policy).map_err(Error::BadRequest)?;
-        if self.dir.top_link().symlink_metadata().is_ok() {
-            return Err(Error::Conflict(format!(
-                "VM {} has snapshots (or had them since it started): its disk is a chain of \
-                 layers on this host. Delete its snapshots, then stop and start it, to migrate it",
-                self.id
-            )));
-        }
         let qmp = self
             .qmp()
             .await

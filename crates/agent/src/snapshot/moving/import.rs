@@ -1,0 +1,215 @@
+//! Target side: receives a snapshot set, checking every frame, into `arriving/<id>/`.
+
+use super::frame::{read_data, read_header, Header, MAX_MANIFEST};
+use super::{check_layer_name, Arriving, StagedLayer, StagedSet};
+use crate::error::{Error, Result};
+use crate::instance::files::VmDir;
+use crate::snapshot::chunks::MAX_CHUNK;
+use crate::snapshot::manifest::{Manifest, SnapshotFiles};
+use crate::snapshot::{failpoint, SnapshotStore};
+use nimbus_agent_api::ImportedSnapshotSet;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// Largest layer accepted (a bound against a hostile stream: a layer never exceeds the
+/// disk's virtual size plus qcow2 metadata).
+const MAX_LAYER: u64 = 4 << 40;
+
+/// Receives the snapshot set of VM `id` from `body`. On any failure nothing is staged (the
+/// chunks already stored are collected as garbage).
+pub async fn receive<R: AsyncRead + Unpin>(
+    store: &SnapshotStore,
+    id: Uuid,
+    body: &mut R,
+) -> Result<ImportedSnapshotSet> {
+    let arriving = store.arriving(id);
+    arriving.remove()?;
+    std::fs::create_dir_all(arriving.layers_dir())
+        .map_err(Error::io("create", &arriving.layers_dir()))?;
+    let received = {
+        let _one = store.writer().await;
+        Receiver::new(store, &arriving, id).run(body).await
+    };
+    match received {
+        Ok(stats) => {
+            tracing::info!(instance_id = %id, ?stats, "snapshot set received");
+            Ok(stats)
+        }
+        Err(e) => {
+            let _ = arriving.remove();
+            if let Err(gc) = store.collect_garbage().await {
+                tracing::warn!(error = %gc.chain(), "cannot collect unused memory chunks");
+            }
+            Err(e)
+        }
+    }
+}
+
+struct Receiver<'a> {
+    store: &'a SnapshotStore,
+    arriving: &'a Arriving,
+    vm: Uuid,
+    set: StagedSet,
+    manifests: Vec<Manifest>,
+    stats: ImportedSnapshotSet,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(store: &'a SnapshotStore, arriving: &'a Arriving, vm: Uuid) -> Self {
+        Self {
+            store,
+            arriving,
+            vm,
+            set: StagedSet::default(),
+            manifests: Vec::new(),
+            stats: ImportedSnapshotSet::default(),
+        }
+    }
+
+    async fn run<R: AsyncRead + Unpin>(mut self, body: &mut R) -> Result<ImportedSnapshotSet> {
+        loop {
+            let (header, len) = read_header(body).await?;
+            match header {
+                Header::Chunk { hash } => self.chunk(body, &hash, len).await?,
+                Header::Layer {
+                    name,
+                    backing,
+                    digest,
+                } => self.layer(body, name, backing, &digest, len).await?,
+                Header::Manifest => self.manifest(body, len).await?,
+                Header::Top { name, fresh } => {
+                    check_layer_name(&name)?;
+                    self.set.top = Some((name, fresh));
+                }
+                Header::End => return self.finish(),
+            }
+        }
+    }
+
+    async fn chunk<R: AsyncRead + Unpin>(
+        &mut self,
+        body: &mut R,
+        hash: &str,
+        len: u64,
+    ) -> Result<()> {
+        let data = read_data(body, len, u64::from(MAX_CHUNK)).await?;
+        let chunks = self.store.chunks().clone();
+        let hash = hash.to_string();
+        crate::snapshot::blocking(move || chunks.put_received(&hash, &data)).await?;
+        self.stats.chunks += 1;
+        self.stats.chunk_bytes += len;
+        if self.stats.chunks == 1 {
+            failpoint::check_host(self.store.state_dir(), "snapshot_import.receiving")?;
+        }
+        Ok(())
+    }
+
+    async fn layer<R: AsyncRead + Unpin>(
+        &mut self,
+        body: &mut R,
+        name: String,
+        backing: Option<String>,
+        digest: &str,
+        len: u64,
+    ) -> Result<()> {
+        check_layer_name(&name)?;
+        if let Some(b) = &backing {
+            check_layer_name(b)?;
+        }
+        if len > MAX_LAYER || self.set.layers.iter().any(|l| l.name == name) {
+            return Err(Error::BadRequest(format!(
+                "snapshot stream: layer {name} sent twice or too large ({len} bytes)"
+            )));
+        }
+        let path = self.arriving.layers_dir().join(&name);
+        let got = write_hashed(body, &path, len).await?;
+        if !got.eq_ignore_ascii_case(digest) {
+            return Err(Error::BadRequest(format!(
+                "received disk layer {name} does not match its checksum: damaged in transit"
+            )));
+        }
+        self.set.layers.push(StagedLayer { name, backing });
+        self.stats.layers += 1;
+        self.stats.layer_bytes += len;
+        Ok(())
+    }
+
+    async fn manifest<R: AsyncRead + Unpin>(&mut self, body: &mut R, len: u64) -> Result<()> {
+        let data = read_data(body, len, MAX_MANIFEST).await?;
+        let m: Manifest = serde_json::from_slice(&data)
+            .map_err(|e| Error::BadRequest(format!("snapshot stream: bad manifest: {e}")))?;
+        let name = m.disk.path.to_string_lossy().into_owned();
+        check_layer_name(&name)?;
+        if m.vm_id != self.vm || m.spec.id != self.vm {
+            return Err(Error::BadRequest(format!(
+                "snapshot stream: snapshot {} belongs to VM {}, not {}",
+                m.snapshot_id, m.vm_id, self.vm
+            )));
+        }
+        if m.format_version != crate::snapshot::manifest::FORMAT_VERSION {
+            return Err(Error::BadRequest(format!(
+                "snapshot {} has manifest format {}; this agent reads {}",
+                m.snapshot_id,
+                m.format_version,
+                crate::snapshot::manifest::FORMAT_VERSION
+            )));
+        }
+        self.manifests.push(m);
+        Ok(())
+    }
+
+    /// The set is complete: every snapshot's chunks are here and its layer was sent (or
+    /// lives on shared storage); the manifests and `set.json` are written last.
+    fn finish(mut self) -> Result<ImportedSnapshotSet> {
+        let sent_layers = !self.set.layers.is_empty();
+        for m in &self.manifests {
+            if let Some(image) = &m.memory {
+                self.store.check_image(image)?;
+            }
+            let name = m.disk.path.to_string_lossy();
+            if sent_layers && !self.set.layers.iter().any(|l| l.name == name) {
+                return Err(Error::BadRequest(format!(
+                    "snapshot stream: the layer {name} of snapshot {} was not sent",
+                    m.snapshot_id
+                )));
+            }
+        }
+        let staged = VmDir::new(self.arriving.dir().to_path_buf());
+        for m in &self.manifests {
+            SnapshotFiles::new(&staged, m.snapshot_id).write(m)?;
+        }
+        self.stats.snapshots = self.manifests.len() as u32;
+        self.set.layers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.arriving.write_set(&self.set)?;
+        Ok(self.stats)
+    }
+}
+
+/// Writes `len` bytes of `body` to `path`; answers their BLAKE3 (hex).
+async fn write_hashed<R: AsyncRead + Unpin>(body: &mut R, path: &Path, len: u64) -> Result<String> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(Error::io("create", path))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        body.read_exact(&mut buf[..n]).await.map_err(|e| {
+            Error::BadRequest(format!("the snapshot stream broke off in a layer: {e}"))
+        })?;
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .await
+            .map_err(Error::io("write", path))?;
+        left -= n as u64;
+    }
+    file.sync_all().await.map_err(Error::io("sync", path))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The staged layer file `name` of `arriving`.
+pub fn staged_layer(arriving: &Arriving, name: &str) -> PathBuf {
+    arriving.layers_dir().join(name)
+}

@@ -1,0 +1,99 @@
+//! Target side: a VM arriving here takes its staged snapshot set (see the module doc).
+
+use super::import::staged_layer;
+use super::{Arriving, StagedSet, ROOT_LAYER};
+use crate::error::{Error, Result};
+use crate::instance::files::VmDir;
+use crate::snapshot::layers;
+use crate::snapshot::manifest::{self, SnapshotFiles};
+use std::path::PathBuf;
+
+/// Where layer `name` lives in the VM directory `dir`.
+fn final_path(dir: &VmDir, name: &str) -> PathBuf {
+    if name == ROOT_LAYER {
+        dir.disk_path()
+    } else {
+        dir.layers_dir().join(name)
+    }
+}
+
+/// Installs the staged set of the VM in `dir` (whose disk was just prepared: a fresh overlay
+/// on this host's base image, or the link to its shared disk), then removes it. Does
+/// nothing when no set is staged.
+pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
+    let Some(set) = arriving.read_set()? else {
+        return Ok(false);
+    };
+    if !set.layers.is_empty() {
+        install_layers(dir, arriving, &set).await?;
+    }
+    let staged = VmDir::new(arriving.dir().to_path_buf());
+    for mut m in manifest::all(&staged)? {
+        let name = m.disk.path.to_string_lossy().into_owned();
+        m.disk.path = final_path(dir, &name);
+        if !m.disk.path.is_file() {
+            return Err(Error::BadRequest(format!(
+                "the layer {} of snapshot {} is not on this host",
+                m.disk.path.display(),
+                m.snapshot_id
+            )));
+        }
+        if !set.layers.is_empty() {
+            // Rebased onto this host's paths: new bytes, the same guest-visible content.
+            let path = m.disk.path.clone();
+            m.disk.hash = crate::snapshot::blocking(move || manifest::hash_file(&path)).await?;
+        }
+        SnapshotFiles::new(dir, m.snapshot_id).write(&m)?;
+    }
+    if let Some((name, fresh)) = &set.top {
+        let below = final_path(dir, name);
+        if !below.is_file() {
+            return Err(Error::BadRequest(format!(
+                "the top layer {} is not on this host",
+                below.display()
+            )));
+        }
+        let top = if *fresh {
+            layers::new_layer_on(dir, &below).await?.path
+        } else {
+            below
+        };
+        dir.set_top_disk(&top)?;
+    }
+    arriving.remove()?;
+    tracing::info!(layers = set.layers.len(), top = ?set.top, "arriving snapshots installed");
+    Ok(true)
+}
+
+/// Moves the staged layers into the VM's disk directory and points each at its backing on
+/// this host: the first at the base image the fresh disk stands on, the others at their
+/// layer. Never over a shared disk.
+async fn install_layers(dir: &VmDir, arriving: &Arriving, set: &StagedSet) -> Result<()> {
+    let disk = dir.disk();
+    if disk
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(Error::Conflict(format!(
+            "{} is a shared disk: received layers never replace it",
+            disk.display()
+        )));
+    }
+    let base = layers::backing_of(&disk).await?;
+    let layers_dir = dir.layers_dir();
+    std::fs::create_dir_all(&layers_dir).map_err(Error::io("create", &layers_dir))?;
+    crate::confine::user::give_new_file(dir.dir(), &layers_dir)?;
+    for layer in &set.layers {
+        let from = staged_layer(arriving, &layer.name);
+        let to = final_path(dir, &layer.name);
+        std::fs::rename(&from, &to).map_err(Error::io("rename", &from))?;
+        let backing = match &layer.backing {
+            Some(b) => Some((final_path(dir, b), "qcow2".to_string())),
+            None => base.clone(),
+        };
+        let backing = backing.as_ref().map(|(p, f)| (p.as_path(), f.as_str()));
+        nimbus_qemu::img::rebase_unchecked(&to, backing).await?;
+        crate::confine::user::give_new_file(dir.dir(), &to)?;
+    }
+    Ok(())
+}
