@@ -11,7 +11,7 @@ impl Client {
     }
 
     pub async fn list_keypairs(&self) -> Result<Vec<KeypairView>, ClientError> {
-        self.get("/v1/keypairs").await
+        self.list_all("/v1/keypairs").await
     }
 
     pub async fn keypair(&self, name: &str) -> Result<KeypairView, ClientError> {

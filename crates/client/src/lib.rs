@@ -4,10 +4,12 @@ mod error;
 mod images;
 mod keypairs;
 mod networks;
+mod paging;
 mod secgroups;
 mod snapshots;
 
 pub use error::ClientError;
+pub use paging::ListPage;
 
 use nimbus_api::{
     AuditEntry, ConsoleLog, CreateFlavor, CreateGroup, CreateInstance, CreatePlacementGroup,
@@ -75,11 +77,24 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, r: RequestBuilder) -> Result<T, ClientError> {
+        let (_, bytes) = self.exchange(r).await?;
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Sends `r`: the headers and body of a success, the API's error otherwise.
+    async fn exchange(
+        &self,
+        r: RequestBuilder,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), ClientError> {
         let resp = r.send().await.map_err(|e| ClientError::Transport {
             api: self.base.clone(),
             source: e,
         })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
             api: self.base.clone(),
             source: e,
@@ -100,10 +115,7 @@ impl Client {
                 body,
             });
         }
-        if bytes.is_empty() {
-            return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok((headers, bytes.to_vec()))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -166,8 +178,9 @@ impl Client {
         self.send(self.req(Method::GET, "/v1/usage").query(q)).await
     }
 
+    /// Every instance of the project (all pages).
     pub async fn list_instances(&self) -> Result<Vec<InstanceView>, ClientError> {
-        self.get("/v1/instances").await
+        self.list_all("/v1/instances").await
     }
 
     pub async fn create_instance(
@@ -255,7 +268,7 @@ impl Client {
     // Scaling groups
 
     pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {
-        self.get("/v1/groups").await
+        self.list_all("/v1/groups").await
     }
 
     pub async fn create_group(&self, req: &CreateGroup) -> Result<GroupView, ClientError> {
@@ -284,7 +297,7 @@ impl Client {
     // Placement groups
 
     pub async fn list_placement_groups(&self) -> Result<Vec<PlacementGroupView>, ClientError> {
-        self.get("/v1/placement-groups").await
+        self.list_all("/v1/placement-groups").await
     }
 
     pub async fn create_placement_group(
@@ -301,7 +314,7 @@ impl Client {
     // Flavors, images, hosts
 
     pub async fn list_flavors(&self) -> Result<Vec<FlavorView>, ClientError> {
-        self.get("/v1/flavors").await
+        self.list_all("/v1/flavors").await
     }
 
     pub async fn create_flavor(&self, req: &CreateFlavor) -> Result<FlavorView, ClientError> {
@@ -313,7 +326,7 @@ impl Client {
     }
 
     pub async fn list_images(&self) -> Result<Vec<ImageView>, ClientError> {
-        self.get("/v1/images").await
+        self.list_all("/v1/images").await
     }
 
     pub async fn import_image(&self, req: &ImportImage) -> Result<ImageView, ClientError> {
@@ -325,7 +338,7 @@ impl Client {
     }
 
     pub async fn list_hosts(&self) -> Result<Vec<HostView>, ClientError> {
-        self.get("/v1/hosts").await
+        self.list_all("/v1/hosts").await
     }
 
     pub async fn host(&self, name: &str) -> Result<HostView, ClientError> {
@@ -344,8 +357,11 @@ impl Client {
     /// Orphan VMs of `host` (of every host if `None`).
     pub async fn orphans(&self, host: Option<&str>) -> Result<Vec<OrphanView>, ClientError> {
         match host {
-            Some(h) => self.get(&format!("/v1/orphans?host={h}")).await,
-            None => self.get("/v1/orphans").await,
+            Some(h) => {
+                self.list_up_to("/v1/orphans", &[("host", h)], usize::MAX)
+                    .await
+            }
+            None => self.list_all("/v1/orphans").await,
         }
     }
 
@@ -357,7 +373,7 @@ impl Client {
     // Projects, tokens, quotas, audit
 
     pub async fn list_projects(&self) -> Result<Vec<ProjectView>, ClientError> {
-        self.get("/v1/projects").await
+        self.list_all("/v1/projects").await
     }
 
     pub async fn create_project(&self, req: &CreateProject) -> Result<ProjectView, ClientError> {
@@ -379,7 +395,7 @@ impl Client {
 
     /// Tokens of the project this client names, or of every project.
     pub async fn list_tokens(&self) -> Result<Vec<TokenView>, ClientError> {
-        self.get("/v1/tokens").await
+        self.list_all("/v1/tokens").await
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenView, ClientError> {
@@ -402,25 +418,21 @@ impl Client {
         .await
     }
 
-    /// Audit entries since `since` (RFC 3339), newest first.
+    /// The `limit` newest audit entries since `since` (RFC 3339), newest first.
     pub async fn audit(
         &self,
         since: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, ClientError> {
-        let mut r = self
-            .req(Method::GET, "/v1/audit")
-            .query(&[("limit", limit.to_string())]);
-        if let Some(s) = since {
-            r = r.query(&[("since", s)]);
-        }
-        self.send(r).await
+        let filter: Vec<(&str, &str)> = since.map(|s| ("since", s)).into_iter().collect();
+        self.list_up_to("/v1/audit", &filter, limit as usize).await
     }
 
     // Operations
 
+    /// The `limit` newest operations (following pages past the API's page size).
     pub async fn list_operations(&self, limit: u32) -> Result<Vec<OperationView>, ClientError> {
-        self.get(&format!("/v1/operations?limit={limit}")).await
+        self.list_up_to("/v1/operations", &[], limit as usize).await
     }
 
     pub async fn operation(&self, id: &str) -> Result<OperationView, ClientError> {

@@ -5,7 +5,7 @@ use nimbus_api::{CreateNetwork, NetworkView};
 
 impl Client {
     pub async fn list_networks(&self) -> Result<Vec<NetworkView>, ClientError> {
-        self.get("/v1/networks").await
+        self.list_all("/v1/networks").await
     }
 
     pub async fn create_network(&self, req: &CreateNetwork) -> Result<NetworkView, ClientError> {

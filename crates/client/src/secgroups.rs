@@ -7,7 +7,7 @@ use nimbus_api::{
 
 impl Client {
     pub async fn list_secgroups(&self) -> Result<Vec<SecurityGroupView>, ClientError> {
-        self.get("/v1/secgroups").await
+        self.list_all("/v1/secgroups").await
     }
 
     pub async fn create_secgroup(&self, name: &str) -> Result<SecurityGroupView, ClientError> {

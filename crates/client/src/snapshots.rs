@@ -18,8 +18,11 @@ impl Client {
         instance: Option<&str>,
     ) -> Result<Vec<SnapshotView>, ClientError> {
         match instance {
-            Some(i) => self.get(&format!("/v1/snapshots?instance={i}")).await,
-            None => self.get("/v1/snapshots").await,
+            Some(i) => {
+                let filter = [("instance", i)];
+                self.list_up_to("/v1/snapshots", &filter, usize::MAX).await
+            }
+            None => self.list_all("/v1/snapshots").await,
         }
     }
 

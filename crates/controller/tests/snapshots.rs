@@ -9,7 +9,7 @@ use nimbus_api::{
     OperationState, OperationView, SnapshotState,
 };
 use nimbus_controller::app::Caller;
-use nimbus_store::{NewOperation, Scope};
+use nimbus_store::{NewOperation, PageRequest, Scope};
 use std::time::Duration;
 use support::Cloud;
 use uuid::Uuid;
@@ -423,9 +423,10 @@ async fn refusals_name_the_way_out() {
     assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
     let all = f
         .app
-        .list_snapshots(&f.caller, Some("web1"))
+        .list_snapshots(&f.caller, Some("web1"), &PageRequest::first(100))
         .await
-        .expect("list");
+        .expect("list")
+        .items;
     let disk_only = all.iter().find(|s| !s.memory).expect("disk-only snapshot");
     assert!(
         disk_only.name.starts_with("web1-2"),

@@ -1,6 +1,7 @@
 //! The audit log of mutating API calls.
 
 use crate::instances::parse_uuid;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::AuditEntry;
@@ -52,16 +53,24 @@ impl Store {
         since: Option<DateTime<Utc>>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let since = time::to_text(since.unwrap_or(DateTime::<Utc>::MIN_UTC));
-        let sql = format!(
-            "SELECT * FROM audit_log WHERE at >= $1 AND {} ORDER BY at DESC LIMIT {}",
-            scope.condition("project", 2),
-            limit
-        );
-        let rows = scope
-            .bind(sqlx::query(&sql).bind(since))
-            .fetch_all(&self.pool)
+        let first = PageRequest::first(limit);
+        Ok(self.list_audit_page(scope, since, &first).await?.items)
+    }
+
+    /// One page of the entries `scope` sees since `since` (all when `None`), newest first.
+    pub async fn list_audit_page(
+        &self,
+        scope: &Scope,
+        since: Option<DateTime<Utc>>,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        const KEY: Keyset = Keyset::descending(&[KeyColumn::text("at"), KeyColumn::text("id")]);
+        let mut binds = vec![time::to_text(since.unwrap_or(DateTime::<Utc>::MIN_UTC))];
+        binds.extend(scope.values());
+        let filter = format!("at >= $1 AND {}", scope.condition("project", 2));
+        let rows = KEY
+            .fetch(&self.pool, page, "SELECT * FROM audit_log", &filter, &binds)
             .await?;
-        rows.iter().map(from_row).collect()
+        rows.try_map(from_row)
     }
 }

@@ -19,6 +19,8 @@ pub enum StoreError {
     NoRoom { host: String, reason: String },
     #[error(transparent)]
     QuotaExceeded(#[from] crate::quotas::QuotaExceeded),
+    #[error("the page token does not belong to this listing; start again without one")]
+    BadPageKey,
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]

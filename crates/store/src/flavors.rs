@@ -1,5 +1,6 @@
 //! Flavors.
 
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Store, StoreError};
 use nimbus_api::FlavorView;
 use sqlx::Row;
@@ -52,6 +53,22 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the flavors, smallest first.
+    pub async fn list_flavors_page(
+        &self,
+        page: &PageRequest,
+    ) -> Result<Page<FlavorView>, StoreError> {
+        const KEY: Keyset = Keyset::ascending(&[
+            KeyColumn::int("memory_mib"),
+            KeyColumn::int("vcpus"),
+            KeyColumn::text("name"),
+        ]);
+        let rows = KEY
+            .fetch(&self.pool, page, "SELECT * FROM flavors", "1 = 1", &[])
+            .await?;
+        rows.try_map(from_row)
     }
 
     pub async fn delete_flavor(&self, name: &str) -> Result<(), StoreError> {

@@ -5,6 +5,8 @@
 
 use crate::instances::{instance_from_row, parse_uuid};
 use crate::operations::insert_operation;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::Scope;
 use crate::{time, InstanceRecord, NewGroupEvent, NewOperation, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::{PolicyKind, ScalingStep};
@@ -202,6 +204,27 @@ impl Store {
             }
         };
         rows.iter().map(group_from_row).collect()
+    }
+
+    /// One page of the groups `scope` sees, by project and name.
+    pub async fn list_groups_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<GroupRecord>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM scaling_groups",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        rows.try_map(group_from_row)
     }
 
     /// The group's members (every instance created for it that still exists, whatever its

@@ -1,5 +1,6 @@
 //! Hosts, as registered by their agents.
 
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -121,6 +122,17 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the hosts, by name.
+    pub async fn list_hosts_page(
+        &self,
+        page: &PageRequest,
+    ) -> Result<Page<HostRecord>, StoreError> {
+        const KEY: Keyset = Keyset::ascending(&[KeyColumn::text("name")]);
+        let select = format!("SELECT {COLUMNS}, down_since, ha_restarted FROM hosts");
+        let rows = KEY.fetch(&self.pool, page, &select, "1 = 1", &[]).await?;
+        rows.try_map(from_row)
     }
 
     pub async fn get_host(&self, name: &str) -> Result<HostRecord, StoreError> {

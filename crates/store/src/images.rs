@@ -4,6 +4,7 @@
 //! own images and the public ones; a private image of another project answers not found.
 
 use crate::locks::lock_image;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::quotas::{lock_quota, usage_in};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{Firmware, ImageView, ImportImage};
@@ -152,6 +153,26 @@ impl Store {
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the images `scope` may see, by name.
+    pub async fn list_images_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<ImageView>, StoreError> {
+        const KEY: Keyset = Keyset::ascending(&[KeyColumn::text("name")]);
+        let filter = visible(scope, 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM images",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// Whether any image names `digest` (its stored bytes are still needed).

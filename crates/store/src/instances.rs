@@ -1,6 +1,7 @@
 //! Instances: their desired state, placement and the operation acting on them.
 
 use crate::locks::{lock_image, lock_project};
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
 use crate::quotas::{lock_quota, usage_in};
 use crate::secgroups::members::{join_groups, leave_groups};
@@ -297,6 +298,27 @@ impl Store {
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(instance_from_row).collect()
+    }
+
+    /// One page of the instances `scope` sees, by creation time (then id).
+    pub async fn list_instances_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<InstanceRecord>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM instances",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        rows.try_map(instance_from_row)
     }
 
     /// Sets the state (and reason) of an instance.

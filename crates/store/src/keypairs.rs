@@ -1,5 +1,6 @@
 //! Keypairs of a project (public keys only), found by name within the project.
 
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::KeypairView;
 use sqlx::Row;
@@ -56,6 +57,27 @@ impl Store {
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the keypairs `scope` sees, by project and name.
+    pub async fn list_keypairs_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<KeypairView>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM keypairs",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// Deletes a keypair; instances keep the key they were created with.

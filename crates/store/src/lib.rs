@@ -25,6 +25,7 @@ mod migrations;
 mod networks;
 mod operations;
 mod orphans;
+mod page;
 mod placement;
 mod placement_groups;
 mod ports;
@@ -50,6 +51,7 @@ pub use migrations::NewMigration;
 pub use networks::{NetworkRecord, NewNetwork, FIRST_VNI, MAX_VNI};
 pub use operations::NewOperation;
 pub use orphans::SeenOrphan;
+pub use page::{KeyPart, Page, PageKey, PageRequest};
 pub use placement::Allocation;
 pub use placement_groups::{PlacementGroupRecord, PlacementMember};
 pub use ports::{NicPlan, PickAddress, PortRecord};
@@ -119,6 +121,8 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod page_tests;
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! overlap check and the in-use check of a delete see every committed change.
 
 use crate::locks::lock_project;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::NetworkView;
@@ -150,6 +151,21 @@ impl Store {
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the networks `scope` sees, by project and name.
+    pub async fn list_networks_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<NetworkRecord>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("n.project"), KeyColumn::text("n.name")]);
+        let filter = scope.condition("n.project", 1);
+        let rows = KEY
+            .fetch(&self.pool, page, SELECT, &filter, &scope.values())
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// Deletes network `name` of `project`; refused while a port is on it.

@@ -1,6 +1,7 @@
 //! Operations and their step logs (written through `leases::FencedLog`).
 
 use crate::instances::parse_uuid;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{OperationKind, OperationState, OperationView, StepState, StepView};
 use nimbus_ops::{LogSnapshot, StepRecord};
@@ -134,26 +135,45 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("operation params: {e}")))
     }
 
-    /// Operations `scope` sees, newest first.
+    /// Operations `scope` sees, newest first, at most `limit`.
     pub async fn list_operations(
         &self,
         scope: &Scope,
         limit: u32,
     ) -> Result<Vec<OperationView>, StoreError> {
-        let sql = format!(
-            "SELECT * FROM operations WHERE {} ORDER BY created_at DESC LIMIT $1",
-            scope.condition("project", 2)
-        );
-        let rows = scope
-            .bind(sqlx::query(&sql).bind(limit as i64))
-            .fetch_all(&self.pool)
+        Ok(self
+            .list_operations_page(scope, &PageRequest::first(limit))
+            .await?
+            .items)
+    }
+
+    /// One page of the operations `scope` sees, newest first.
+    pub async fn list_operations_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<OperationView>, StoreError> {
+        const KEY: Keyset =
+            Keyset::descending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM operations",
+                &filter,
+                &scope.values(),
+            )
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
+        let mut out = Vec::with_capacity(rows.items.len());
+        for r in &rows.items {
             let id = parse_uuid(&r.try_get::<String, _>("id")?)?;
             out.push(op_from_row(r, self.steps_of(id).await?)?);
         }
-        Ok(out)
+        Ok(Page {
+            items: out,
+            next: rows.next,
+        })
     }
 
     /// Operations not yet final: resumed at controller start.

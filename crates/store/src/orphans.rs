@@ -6,6 +6,7 @@
 //! never removed without an operator's command.
 
 use crate::instances::parse_uuid;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Store, StoreError};
 use nimbus_api::{OrphanKind, OrphanView};
 use sqlx::Row;
@@ -106,6 +107,27 @@ impl Store {
             }
         };
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the orphans of `host` (all hosts if `None`), by host then first seen.
+    pub async fn list_orphans_page(
+        &self,
+        host: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<OrphanView>, StoreError> {
+        const KEY: Keyset = Keyset::ascending(&[
+            KeyColumn::text("host"),
+            KeyColumn::text("first_seen"),
+            KeyColumn::text("vm_id"),
+        ]);
+        let (filter, binds) = match host {
+            Some(h) => ("host = $1", vec![h.to_string()]),
+            None => ("1 = 1", Vec::new()),
+        };
+        let rows = KEY
+            .fetch(&self.pool, page, "SELECT * FROM orphans", filter, &binds)
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// The orphan `vm_id` of `host`.

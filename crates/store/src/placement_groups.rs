@@ -1,6 +1,8 @@
 //! Placement groups and their members (instances whose `placement_group` names the group).
 
 use crate::instances::parse_uuid;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::Scope;
 use crate::{time, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::PlacementPolicy;
@@ -114,6 +116,27 @@ impl Store {
             }
         };
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the placement groups `scope` sees, by project and name.
+    pub async fn list_placement_groups_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<PlacementGroupRecord>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM placement_groups",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// The instances of a group, by name.

@@ -62,6 +62,24 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// The ports of the instances `ids` (one page of a listing), by instance and NIC.
+    pub async fn ports_of(&self, ids: &[Uuid]) -> Result<Vec<PortRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "{SELECT} WHERE p.instance_id IN ({}) ORDER BY p.instance_id, p.nic",
+            params.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(id.to_string());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Every port of the networks `scope` sees, by instance and NIC.
     pub async fn list_ports(&self, scope: &Scope) -> Result<Vec<PortRecord>, StoreError> {
         let sql = format!(

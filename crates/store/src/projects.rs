@@ -3,6 +3,7 @@
 
 use crate::locks::lock_project;
 use crate::networks::{insert_network, next_vni};
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::quotas::lock_quota;
 use crate::secgroups::insert_default_group;
 use crate::{time, NewNetwork, Store, StoreError};
@@ -58,6 +59,18 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the projects, by name.
+    pub async fn list_projects_page(
+        &self,
+        page: &PageRequest,
+    ) -> Result<Page<ProjectView>, StoreError> {
+        const KEY: Keyset = Keyset::ascending(&[KeyColumn::text("name")]);
+        let rows = KEY
+            .fetch(&self.pool, page, "SELECT * FROM projects", "1 = 1", &[])
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// Deletes a project that owns no instances; revokes its tokens and drops its quota.

@@ -49,6 +49,14 @@ impl Scope {
         }
     }
 
+    /// The values [`Scope::bind`] binds, for queries built with parameters in a list.
+    pub(crate) fn values(&self) -> Vec<String> {
+        match self {
+            Scope::All => Vec::new(),
+            Scope::Project(p) => vec![p.clone()],
+        }
+    }
+
     /// Whether a row of `project` is visible.
     pub fn allows(&self, project: &str) -> bool {
         match self {

@@ -6,6 +6,7 @@
 //! Two projects that pick the same id collide on the primary key and the loser retries.
 
 use crate::locks::lock_project;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{Direction, Protocol, SecurityGroupView, SecurityRuleView, DEFAULT_SECGROUP};
 use sqlx::{Any, Row, Transaction};
@@ -91,6 +92,34 @@ impl Store {
             views.push(self.group_view(row).await?);
         }
         Ok(views)
+    }
+
+    /// One page of the groups `scope` sees, by project and name.
+    pub async fn list_secgroups_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<SecurityGroupView>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM secgroups",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        let mut views = Vec::with_capacity(rows.items.len());
+        for row in &rows.items {
+            views.push(self.group_view(row).await?);
+        }
+        Ok(Page {
+            items: views,
+            next: rows.next,
+        })
     }
 
     /// Deletes group `name` of `project`: refused while an instance is in it or a rule of

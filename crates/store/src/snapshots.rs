@@ -11,7 +11,9 @@
 
 use crate::instances::{claim_instance, parse_uuid};
 use crate::operations::insert_operation;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::quotas::{lock_quota, usage_in};
+use crate::Scope;
 use crate::{time, NewOperation, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::{SnapshotState, SnapshotView};
@@ -302,6 +304,25 @@ impl Store {
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the snapshots `scope` sees, optionally of one instance, oldest first.
+    pub async fn list_snapshots_page(
+        &self,
+        scope: &Scope,
+        instance: Option<Uuid>,
+        page: &PageRequest,
+    ) -> Result<Page<SnapshotRecord>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("s.created_at"), KeyColumn::text("s.id")]);
+        let mut binds = scope.values();
+        let mut filter = scope.condition("s.project", 1);
+        if let Some(i) = instance {
+            binds.push(i.to_string());
+            filter = format!("{filter} AND s.instance_id = ${}", binds.len());
+        }
+        let rows = KEY.fetch(&self.pool, page, SELECT, &filter, &binds).await?;
+        rows.try_map(from_row)
     }
 
     /// How many snapshots an instance has.

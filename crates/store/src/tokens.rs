@@ -1,5 +1,6 @@
 //! API tokens, stored only as hashes, with an optional expiry and a revocation time.
 
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::{time, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -98,6 +99,27 @@ impl Store {
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the tokens `scope` sees, oldest first.
+    pub async fn list_tokens_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<TokenRecord>, StoreError> {
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
+        let filter = scope.condition("project", 1);
+        let rows = KEY
+            .fetch(
+                &self.pool,
+                page,
+                "SELECT * FROM tokens",
+                &filter,
+                &scope.values(),
+            )
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// Revokes a token at once (every later request with it is refused); revoking twice

@@ -4,6 +4,7 @@ use crate::app::{App, AppError, Caller};
 use chrono::{DateTime, Utc};
 use nimbus_api::AuditEntry;
 use nimbus_store::Scope;
+use nimbus_store::{Page, PageRequest};
 
 impl App {
     /// Entries since `since`, newest first: every project's, or only the one named with
@@ -12,18 +13,15 @@ impl App {
         &self,
         caller: &Caller,
         since: Option<DateTime<Utc>>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, AppError> {
+        page: &PageRequest,
+    ) -> Result<Page<AuditEntry>, AppError> {
         caller.require_admin()?;
         let scope = if caller.explicit_project {
             caller.scope()
         } else {
             Scope::All
         };
-        Ok(self
-            .store()
-            .list_audit(&scope, since, limit.clamp(1, 10_000))
-            .await?)
+        Ok(self.store().list_audit_page(&scope, since, page).await?)
     }
 
     /// Appends an entry; a failure is logged, never answered (the call itself is done).

@@ -45,6 +45,7 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::NotFound { .. } => AppError::not_found(e.to_string()),
             StoreError::Conflict(m) => AppError::conflict(m),
+            StoreError::BadPageKey => AppError::bad_request(e.to_string()),
             StoreError::QuotaExceeded(q) => AppError::new(ErrorCode::QuotaExceeded, q.to_string()),
             e @ StoreError::NoRoom { .. } => AppError::new(ErrorCode::NoCapacity, e.to_string()),
             other => {

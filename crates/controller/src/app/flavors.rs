@@ -2,6 +2,7 @@
 
 use crate::app::{App, AppError};
 use nimbus_api::{validate_name, CreateFlavor, FlavorView};
+use nimbus_store::{Page, PageRequest};
 
 impl App {
     pub async fn create_flavor(&self, req: &CreateFlavor) -> Result<FlavorView, AppError> {
@@ -27,8 +28,8 @@ impl App {
             .await?)
     }
 
-    pub async fn list_flavors(&self) -> Result<Vec<FlavorView>, AppError> {
-        Ok(self.store().list_flavors().await?)
+    pub async fn list_flavors(&self, page: &PageRequest) -> Result<Page<FlavorView>, AppError> {
+        Ok(self.store().list_flavors_page(page).await?)
     }
 
     pub async fn get_flavor(&self, name: &str) -> Result<FlavorView, AppError> {

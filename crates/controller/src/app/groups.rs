@@ -12,6 +12,7 @@ use nimbus_api::{
 use nimbus_store::{
     GroupRecord, GroupSizes, InstanceRecord, NewGroup, NewGroupEvent, NewOperation, StoreError,
 };
+use nimbus_store::{Page, PageRequest};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -158,12 +159,20 @@ impl App {
             })
     }
 
-    pub async fn list_groups(&self, caller: &Caller) -> Result<Vec<GroupView>, AppError> {
+    pub async fn list_groups(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<GroupView>, AppError> {
+        let groups = self.store().list_groups_page(&caller.scope(), page).await?;
         let mut out = Vec::new();
-        for g in self.store().list_groups(Some(&caller.project)).await? {
-            out.push(self.group_view(&g).await?);
+        for g in &groups.items {
+            out.push(self.group_view(g).await?);
         }
-        Ok(out)
+        Ok(Page {
+            items: out,
+            next: groups.next,
+        })
     }
 
     pub async fn show_group(&self, caller: &Caller, name: &str) -> Result<GroupView, AppError> {

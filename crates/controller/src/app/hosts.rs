@@ -6,6 +6,7 @@ use nimbus_agent_api::{ImageCacheReport, KsmStats, NetworkConfig, RegisterHost, 
 use nimbus_api::{validate_name, HostCachedImage, HostImageCache, HostKsm, HostState, HostView};
 use nimbus_scheduler::{AllocationRatios, HostCapacity, Resources};
 use nimbus_store::HostRecord;
+use nimbus_store::{Page, PageRequest};
 
 /// Whether a host's agent reports, from the age of its last report (see
 /// [`nimbus_agent_api::liveness`] for the timeouts and why they are safe).
@@ -115,6 +116,19 @@ impl App {
 
     pub async fn list_hosts(&self) -> Result<Vec<HostView>, AppError> {
         let hosts = self.store().list_hosts().await?;
+        self.host_views(hosts).await
+    }
+
+    /// One page of the hosts, by name.
+    pub async fn list_hosts_page(&self, page: &PageRequest) -> Result<Page<HostView>, AppError> {
+        let hosts = self.store().list_hosts_page(page).await?;
+        Ok(Page {
+            items: self.host_views(hosts.items).await?,
+            next: hosts.next,
+        })
+    }
+
+    async fn host_views(&self, hosts: Vec<HostRecord>) -> Result<Vec<HostView>, AppError> {
         let alloc = self.store().allocations().await?;
         let rss = self.host_rss_bytes().await?;
         Ok(hosts

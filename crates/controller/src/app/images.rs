@@ -4,6 +4,7 @@
 use crate::app::{App, AppError, Caller};
 use nimbus_api::{validate_name, ImageView, ImportImage};
 use nimbus_image::Digest;
+use nimbus_store::{Page, PageRequest};
 use nimbus_store::{Scope, StoreError};
 use std::collections::HashSet;
 use std::path::Path;
@@ -94,8 +95,12 @@ impl App {
     }
 
     /// The caller's project's images and the public ones.
-    pub async fn list_images(&self, caller: &Caller) -> Result<Vec<ImageView>, AppError> {
-        Ok(self.store().list_images(&caller.scope()).await?)
+    pub async fn list_images(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<ImageView>, AppError> {
+        Ok(self.store().list_images_page(&caller.scope(), page).await?)
     }
 
     /// An image the caller may boot.

@@ -9,7 +9,9 @@ use nimbus_api::{
     InstanceState, InstanceView, OperationKind, OperationView,
 };
 use nimbus_scheduler::Resources;
-use nimbus_store::{InstanceRecord, NewInstance, NewOperation, Scope, StoreError};
+use nimbus_store::{
+    InstanceRecord, NewInstance, NewOperation, Page, PageRequest, Scope, StoreError,
+};
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -149,10 +151,18 @@ impl App {
             })
     }
 
-    pub async fn list_instances(&self, caller: &Caller) -> Result<Vec<InstanceView>, AppError> {
-        let all = self.store().list_instances(&caller.scope()).await?;
-        let ports = self.store().list_ports(&caller.scope()).await?;
-        Ok(all.iter().map(|i| i.view_with(&ports)).collect())
+    pub async fn list_instances(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<InstanceView>, AppError> {
+        let page = self
+            .store()
+            .list_instances_page(&caller.scope(), page)
+            .await?;
+        let ids: Vec<Uuid> = page.items.iter().map(|i| i.id).collect();
+        let ports = self.store().ports_of(&ids).await?;
+        Ok(page.map(|i| i.view_with(&ports)))
     }
 
     /// The public view of an instance, with its NICs.

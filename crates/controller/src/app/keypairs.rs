@@ -3,6 +3,7 @@
 
 use crate::app::{App, AppError, Caller};
 use nimbus_api::{validate_name, CreateKeypair, CreatedKeypair, KeypairView};
+use nimbus_store::{Page, PageRequest};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
 
 /// Longest public key line accepted (an RSA 16384-bit key is about 2.8 KiB).
@@ -65,8 +66,15 @@ impl App {
         })
     }
 
-    pub async fn list_keypairs(&self, caller: &Caller) -> Result<Vec<KeypairView>, AppError> {
-        Ok(self.store().list_keypairs(&caller.scope()).await?)
+    pub async fn list_keypairs(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<KeypairView>, AppError> {
+        Ok(self
+            .store()
+            .list_keypairs_page(&caller.scope(), page)
+            .await?)
     }
 
     pub async fn get_keypair(&self, caller: &Caller, name: &str) -> Result<KeypairView, AppError> {

@@ -5,6 +5,7 @@ use crate::app::network::{fixed_address, gateway_of, overlaps, parse_cidr};
 use crate::app::{App, AppError, Caller};
 use nimbus_api::{validate_name, CreateNetwork, NetworkView, DEFAULT_NETWORK};
 use nimbus_store::{NetworkRecord, NewNetwork, NicPlan, StoreError};
+use nimbus_store::{Page, PageRequest};
 
 impl App {
     /// Creates a network in the caller's project.
@@ -34,9 +35,14 @@ impl App {
         Ok(net.view())
     }
 
-    pub async fn list_networks(&self, caller: &Caller) -> Result<Vec<NetworkView>, AppError> {
-        let nets = self.store().list_networks(&caller.scope()).await?;
-        Ok(nets.iter().map(NetworkRecord::view).collect())
+    pub async fn list_networks(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<NetworkView>, AppError> {
+        let scope = caller.scope();
+        let nets = self.store().list_networks_page(&scope, page).await?;
+        Ok(nets.map(|n| n.view()))
     }
 
     /// Network `name` of the caller's project (404 for other projects' networks).

@@ -3,6 +3,7 @@
 use crate::app::{App, AppError, Caller};
 use nimbus_api::OperationView;
 use nimbus_store::StoreError;
+use nimbus_store::{Page, PageRequest};
 use uuid::Uuid;
 
 impl App {
@@ -29,11 +30,11 @@ impl App {
     pub async fn list_operations(
         &self,
         caller: &Caller,
-        limit: u32,
-    ) -> Result<Vec<OperationView>, AppError> {
+        page: &PageRequest,
+    ) -> Result<Page<OperationView>, AppError> {
         Ok(self
             .store()
-            .list_operations(&caller.scope(), limit.clamp(1, 1000))
+            .list_operations_page(&caller.scope(), page)
             .await?)
     }
 

@@ -4,16 +4,21 @@
 
 use crate::app::{App, AppError};
 use nimbus_api::{OrphanKind, OrphanView};
+use nimbus_store::{Page, PageRequest};
 use nimbus_store::{Scope, StoreError};
 use uuid::Uuid;
 
 impl App {
     /// Orphans of `host` (of every host if `None`).
-    pub async fn list_orphans(&self, host: Option<&str>) -> Result<Vec<OrphanView>, AppError> {
+    pub async fn list_orphans(
+        &self,
+        host: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<OrphanView>, AppError> {
         if let Some(h) = host {
             self.store().get_host(h).await?;
         }
-        Ok(self.store().list_orphans(host).await?)
+        Ok(self.store().list_orphans_page(host, page).await?)
     }
 
     /// Deletes orphan `vm_id` on `host`: its QEMU, its directory, and its disk unless that

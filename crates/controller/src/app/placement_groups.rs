@@ -8,6 +8,7 @@ use nimbus_scheduler::{
     place_in_group, GroupPlacement, GroupPolicy, HostCapacity, PlacementError, Resources,
 };
 use nimbus_store::{InstanceRecord, PlacementGroupRecord, StoreError};
+use nimbus_store::{Page, PageRequest};
 use uuid::Uuid;
 
 /// An instance's placement group as placement needs it: name, policy, and the hosts of its
@@ -66,16 +67,20 @@ impl App {
     pub async fn list_placement_groups(
         &self,
         caller: &Caller,
-    ) -> Result<Vec<PlacementGroupView>, AppError> {
-        let mut out = Vec::new();
-        for g in self
+        page: &PageRequest,
+    ) -> Result<Page<PlacementGroupView>, AppError> {
+        let groups = self
             .store()
-            .list_placement_groups(Some(&caller.project))
-            .await?
-        {
-            out.push(self.placement_group_view(&g).await?);
+            .list_placement_groups_page(&caller.scope(), page)
+            .await?;
+        let mut out = Vec::new();
+        for g in &groups.items {
+            out.push(self.placement_group_view(g).await?);
         }
-        Ok(out)
+        Ok(Page {
+            items: out,
+            next: groups.next,
+        })
     }
 
     /// Deletes a group without members.

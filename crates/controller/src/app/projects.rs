@@ -3,6 +3,7 @@
 use crate::app::{App, AppError, Caller};
 use nimbus_api::{validate_name, CreateProject, ProjectView, QuotaLimits, Role, DEFAULT_PROJECT};
 use nimbus_store::StoreError;
+use nimbus_store::{Page, PageRequest};
 
 /// Longest project description.
 const MAX_DESCRIPTION: usize = 1024;
@@ -41,9 +42,13 @@ impl App {
         Ok(p)
     }
 
-    pub async fn list_projects(&self, caller: &Caller) -> Result<Vec<ProjectView>, AppError> {
+    pub async fn list_projects(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<ProjectView>, AppError> {
         caller.require_admin()?;
-        Ok(self.store().list_projects().await?)
+        Ok(self.store().list_projects_page(page).await?)
     }
 
     /// A project: any project for an admin, only its own for others (404 otherwise, so

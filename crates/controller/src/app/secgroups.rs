@@ -9,6 +9,7 @@ use nimbus_api::{
     SetSecurityGroups, DEFAULT_SECGROUP,
 };
 use nimbus_store::{NewRule, StoreError};
+use nimbus_store::{Page, PageRequest};
 
 impl App {
     /// Creates a group in the caller's project: no inbound, all outbound.
@@ -30,8 +31,10 @@ impl App {
     pub async fn list_secgroups(
         &self,
         caller: &Caller,
-    ) -> Result<Vec<SecurityGroupView>, AppError> {
-        Ok(self.store().list_secgroups(&caller.scope()).await?)
+        page: &PageRequest,
+    ) -> Result<Page<SecurityGroupView>, AppError> {
+        let scope = caller.scope();
+        Ok(self.store().list_secgroups_page(&scope, page).await?)
     }
 
     /// Group `name` of the caller's project (404 for other projects' groups).

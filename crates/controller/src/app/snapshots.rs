@@ -11,6 +11,7 @@ use nimbus_api::{
     SnapshotView,
 };
 use nimbus_store::{InstanceRecord, NewOperation, NewSnapshot, Scope, SnapshotRecord, StoreError};
+use nimbus_store::{Page, PageRequest};
 use uuid::Uuid;
 
 impl App {
@@ -84,16 +85,17 @@ impl App {
         &self,
         caller: &Caller,
         instance: Option<&str>,
-    ) -> Result<Vec<SnapshotView>, AppError> {
+        page: &PageRequest,
+    ) -> Result<Page<SnapshotView>, AppError> {
         let instance = match instance {
             Some(i) => Some(self.find_instance(caller, i).await?.id),
             None => None,
         };
-        let all = self
+        let snapshots = self
             .store()
-            .list_snapshots(Some(&caller.project), instance)
+            .list_snapshots_page(&caller.scope(), instance, page)
             .await?;
-        Ok(all.iter().map(SnapshotRecord::view).collect())
+        Ok(snapshots.map(|s| s.view()))
     }
 
     /// Starts restoring a snapshot's instance to it.

@@ -5,6 +5,7 @@ use crate::app::{App, AppError, Caller};
 use chrono::{Duration, Utc};
 use nimbus_api::{CreateToken, CreatedToken, Role, TokenView};
 use nimbus_store::{NewToken, Scope, StoreError, TokenRecord};
+use nimbus_store::{Page, PageRequest};
 
 /// Longest token lifetime accepted (ten years).
 const MAX_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
@@ -80,14 +81,16 @@ impl App {
         })
     }
 
-    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenView>, AppError> {
+    pub async fn list_tokens(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<TokenView>, AppError> {
         caller.require_admin()?;
         self.store()
-            .list_tokens(&admin_scope(caller))
+            .list_tokens_page(&admin_scope(caller), page)
             .await?
-            .iter()
-            .map(token_view)
-            .collect()
+            .try_map(token_view)
     }
 
     /// Revokes a token; requests with it are refused from now on.

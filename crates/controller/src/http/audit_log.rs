@@ -1,12 +1,12 @@
 //! `GET /v1/audit` (admin).
 
 use super::error::ApiQuery;
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
-use axum::Json;
 use chrono::{DateTime, Utc};
-use nimbus_api::{AuditEntry, ErrorBody};
+use nimbus_api::{AuditEntry, ErrorBody, PageParams};
 use serde::Deserialize;
 
 /// Filters of the audit log.
@@ -18,20 +18,20 @@ pub struct AuditQuery {
     pub project: Option<String>,
     /// Only calls at or after this instant (RFC 3339).
     pub since: Option<DateTime<Utc>>,
-    /// At most this many entries, newest first (default 100).
-    pub limit: Option<u32>,
 }
 
-/// Lists mutating API calls, newest first.
-#[utoipa::path(get, path = "/v1/audit", tag = "tenancy", params(AuditQuery),
+/// Lists mutating API calls, newest first (paged).
+#[utoipa::path(get, path = "/v1/audit", tag = "tenancy", params(AuditQuery, PageParams),
     responses((status = 200, body = [AuditEntry]), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    Ok(Json(
-        app.list_audit(&caller, q.since, q.limit.unwrap_or(100))
-            .await?,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Paged<AuditEntry>, ApiError> {
+    let page = page_request("audit", &p)?;
+    Ok(Paged::new(
+        "audit",
+        app.list_audit(&caller, q.since, &page).await?,
     ))
 }

@@ -1,20 +1,23 @@
 //! `/v1/flavors`.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateFlavor, ErrorBody, FlavorView};
+use nimbus_api::{CreateFlavor, ErrorBody, FlavorView, PageParams};
 
 /// Lists flavors, smallest first.
-#[utoipa::path(get, path = "/v1/flavors", tag = "flavors", responses((status = 200, body = [FlavorView])))]
+#[utoipa::path(get, path = "/v1/flavors", tag = "flavors", params(PageParams), responses((status = 200, body = [FlavorView])))]
 pub async fn list(
     State(app): State<App>,
     _caller: Caller,
-) -> Result<Json<Vec<FlavorView>>, ApiError> {
-    Ok(Json(app.list_flavors().await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<FlavorView>, ApiError> {
+    let page = page_request("flavors", &q)?;
+    Ok(Paged::new("flavors", app.list_flavors(&page).await?))
 }
 
 /// Creates a flavor (admin).

@@ -1,21 +1,24 @@
 //! `/v1/groups`: scaling groups.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateGroup, ErrorBody, GroupView, OperationView, UpdateGroup};
+use nimbus_api::{CreateGroup, ErrorBody, GroupView, OperationView, PageParams, UpdateGroup};
 
 /// Lists the project's scaling groups.
-#[utoipa::path(get, path = "/v1/groups", tag = "groups",
+#[utoipa::path(get, path = "/v1/groups", tag = "groups", params(PageParams),
     responses((status = 200, body = [GroupView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<GroupView>>, ApiError> {
-    Ok(Json(app.list_groups(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<GroupView>, ApiError> {
+    let page = page_request("groups", &q)?;
+    Ok(Paged::new("groups", app.list_groups(&caller, &page).await?))
 }
 
 /// Creates a scaling group; the autoscaler creates its members.

@@ -1,18 +1,24 @@
 //! `/v1/hosts` and `/v1/orphans`.
 
 use super::error::{ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{ErrorBody, EvacuateResult, HostView, OrphanView};
+use nimbus_api::{ErrorBody, EvacuateResult, HostView, OrphanView, PageParams};
 
 /// Lists hosts with capacity and allocation (admin).
-#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
-pub async fn list(State(app): State<App>, caller: Caller) -> Result<Json<Vec<HostView>>, ApiError> {
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(PageParams), responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<HostView>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(app.list_hosts().await?))
+    let page = page_request("hosts", &q)?;
+    Ok(Paged::new("hosts", app.list_hosts_page(&page).await?))
 }
 
 /// Shows a host (admin).
@@ -60,15 +66,18 @@ pub struct OrphanQuery {
 
 /// Lists orphans: VMs hosts run that the store does not account for; nimbus leaves them
 /// running (admin).
-#[utoipa::path(get, path = "/v1/orphans", tag = "hosts", params(OrphanQuery),
+#[utoipa::path(get, path = "/v1/orphans", tag = "hosts", params(OrphanQuery, PageParams),
     responses((status = 200, body = [OrphanView]), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn orphans(
     State(app): State<App>,
     caller: Caller,
     ApiQuery(q): ApiQuery<OrphanQuery>,
-) -> Result<Json<Vec<OrphanView>>, ApiError> {
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Paged<OrphanView>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(app.list_orphans(q.host.as_deref()).await?))
+    let page = page_request("orphans", &p)?;
+    let orphans = app.list_orphans(q.host.as_deref(), &page).await?;
+    Ok(Paged::new("orphans", orphans))
 }
 
 /// Deletes an orphan VM of a host: its QEMU, its files, and its disk unless its instance

@@ -1,21 +1,26 @@
 //! `/v1/images`.
 
 use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use nimbus_api::{CreateImageFromInstance, ErrorBody, ImageView, ImportImage, UploadImage};
+use nimbus_api::{
+    CreateImageFromInstance, ErrorBody, ImageView, ImportImage, PageParams, UploadImage,
+};
 
 /// Lists the images the project may boot: its own and the public ones.
-#[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = [ImageView])))]
+#[utoipa::path(get, path = "/v1/images", tag = "images", params(PageParams), responses((status = 200, body = [ImageView])))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<ImageView>>, ApiError> {
-    Ok(Json(app.list_images(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<ImageView>, ApiError> {
+    let page = page_request("images", &q)?;
+    Ok(Paged::new("images", app.list_images(&caller, &page).await?))
 }
 
 /// Registers an image from files every host can read (admin); it is public.

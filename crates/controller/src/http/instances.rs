@@ -1,6 +1,7 @@
 //! `/v1/instances`.
 
 use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use nimbus_api::{
     ConsoleLog, CreateInstance, ErrorBody, ExecInstance, ExecOutput, InstanceView, OperationKind,
-    OperationView,
+    OperationView, PageParams,
 };
 use serde::Deserialize;
 
@@ -18,14 +19,19 @@ fn accepted(op: OperationView) -> Accepted {
     (StatusCode::ACCEPTED, Json(op))
 }
 
-/// Lists the project's instances.
-#[utoipa::path(get, path = "/v1/instances", tag = "instances",
+/// Lists the project's instances, oldest first (paged).
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(PageParams),
     responses((status = 200, body = [InstanceView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<InstanceView>>, ApiError> {
-    Ok(Json(app.list_instances(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<InstanceView>, ApiError> {
+    let page = page_request("instances", &q)?;
+    Ok(Paged::new(
+        "instances",
+        app.list_instances(&caller, &page).await?,
+    ))
 }
 
 /// Creates an instance; answers the create operation.

@@ -1,12 +1,13 @@
 //! `/v1/keypairs`.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateKeypair, CreatedKeypair, ErrorBody, KeypairView};
+use nimbus_api::{CreateKeypair, CreatedKeypair, ErrorBody, KeypairView, PageParams};
 
 /// Imports an SSH public key (`public_key`), or creates an Ed25519 keypair and answers its
 /// private key once (it is not stored anywhere).
@@ -25,13 +26,18 @@ pub async fn create(
 }
 
 /// Lists the project's keypairs.
-#[utoipa::path(get, path = "/v1/keypairs", tag = "keypairs",
+#[utoipa::path(get, path = "/v1/keypairs", tag = "keypairs", params(PageParams),
     responses((status = 200, body = [KeypairView])))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<KeypairView>>, ApiError> {
-    Ok(Json(app.list_keypairs(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<KeypairView>, ApiError> {
+    let page = page_request("keypairs", &q)?;
+    Ok(Paged::new(
+        "keypairs",
+        app.list_keypairs(&caller, &page).await?,
+    ))
 }
 
 /// Shows a keypair.

@@ -1,21 +1,27 @@
 //! `/v1/networks`: the project's private networks.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateNetwork, ErrorBody, NetworkView};
+use nimbus_api::{CreateNetwork, ErrorBody, NetworkView, PageParams};
 
 /// Lists the project's networks.
-#[utoipa::path(get, path = "/v1/networks", tag = "networks",
+#[utoipa::path(get, path = "/v1/networks", tag = "networks", params(PageParams),
     responses((status = 200, body = [NetworkView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<NetworkView>>, ApiError> {
-    Ok(Json(app.list_networks(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<NetworkView>, ApiError> {
+    let page = page_request("networks", &q)?;
+    Ok(Paged::new(
+        "networks",
+        app.list_networks(&caller, &page).await?,
+    ))
 }
 
 /// Creates a network: a private CIDR not overlapping another network of the project (other

@@ -1,6 +1,7 @@
 //! The OpenAPI document of `/v1`. A committed copy lives in `docs/openapi.json`; a test fails
 //! when it is stale.
 
+use super::paging::PagedAnswers;
 use super::{
     audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, networks,
     operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
@@ -38,7 +39,7 @@ use utoipa::{Modify, OpenApi};
         secgroups::add_rule, secgroups::delete_rule, secgroups::set_instance,
     ),
     components(schemas(nimbus_api::SnapshotRestored, nimbus_api::SnapshotDeleted)),
-    modifiers(&BearerAuth, &EdgeAnswers),
+    modifiers(&BearerAuth, &EdgeAnswers, &PagedAnswers),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;

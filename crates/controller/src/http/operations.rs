@@ -1,29 +1,25 @@
 //! `/v1/operations`.
 
 use super::error::{ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::Json;
-use nimbus_api::{ErrorBody, OperationView};
-use serde::Deserialize;
+use nimbus_api::{ErrorBody, OperationView, PageParams};
 
-/// How many operations to list.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct ListQuery {
-    pub limit: Option<u32>,
-}
-
-/// Lists the project's operations, newest first.
-#[utoipa::path(get, path = "/v1/operations", tag = "operations", params(ListQuery),
+/// Lists the project's operations, newest first (paged).
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", params(PageParams),
     responses((status = 200, body = [OperationView])))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<OperationView>>, ApiError> {
-    Ok(Json(
-        app.list_operations(&caller, q.limit.unwrap_or(50)).await?,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<OperationView>, ApiError> {
+    let page = page_request("operations", &q)?;
+    Ok(Paged::new(
+        "operations",
+        app.list_operations(&caller, &page).await?,
     ))
 }
 

@@ -1,21 +1,27 @@
 //! `/v1/placement-groups`: instances kept apart (spread) or together (pack).
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreatePlacementGroup, ErrorBody, PlacementGroupView};
+use nimbus_api::{CreatePlacementGroup, ErrorBody, PageParams, PlacementGroupView};
 
 /// Lists the project's placement groups with their members.
-#[utoipa::path(get, path = "/v1/placement-groups", tag = "placement-groups",
+#[utoipa::path(get, path = "/v1/placement-groups", tag = "placement-groups", params(PageParams),
     responses((status = 200, body = [PlacementGroupView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<PlacementGroupView>>, ApiError> {
-    Ok(Json(app.list_placement_groups(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<PlacementGroupView>, ApiError> {
+    let page = page_request("placement-groups", &q)?;
+    Ok(Paged::new(
+        "placement-groups",
+        app.list_placement_groups(&caller, &page).await?,
+    ))
 }
 
 /// Creates a placement group; instances join it when created (`placement_group`).

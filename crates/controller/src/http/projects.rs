@@ -1,21 +1,27 @@
 //! `/v1/projects` and their quotas.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateProject, ErrorBody, ProjectView, QuotaLimits, QuotaView};
+use nimbus_api::{CreateProject, ErrorBody, PageParams, ProjectView, QuotaLimits, QuotaView};
 
 /// Lists projects (admin).
-#[utoipa::path(get, path = "/v1/projects", tag = "tenancy",
+#[utoipa::path(get, path = "/v1/projects", tag = "tenancy", params(PageParams),
     responses((status = 200, body = [ProjectView]), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<ProjectView>>, ApiError> {
-    Ok(Json(app.list_projects(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<ProjectView>, ApiError> {
+    let page = page_request("projects", &q)?;
+    Ok(Paged::new(
+        "projects",
+        app.list_projects(&caller, &page).await?,
+    ))
 }
 
 /// Creates a project (admin), with the default quota of new projects.

@@ -1,25 +1,31 @@
 //! `/v1/secgroups`: the project's security groups and their rules; and
 //! `/v1/instances/{instance}/secgroups`: an instance's groups.
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use nimbus_api::{
-    CreateSecurityGroup, CreateSecurityRule, ErrorBody, SecurityGroupView, SecurityRuleView,
-    SetSecurityGroups,
+    CreateSecurityGroup, CreateSecurityRule, ErrorBody, PageParams, SecurityGroupView,
+    SecurityRuleView, SetSecurityGroups,
 };
 
 /// Lists the project's security groups with their rules.
-#[utoipa::path(get, path = "/v1/secgroups", tag = "secgroups",
+#[utoipa::path(get, path = "/v1/secgroups", tag = "secgroups", params(PageParams),
     responses((status = 200, body = [SecurityGroupView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<SecurityGroupView>>, ApiError> {
-    Ok(Json(app.list_secgroups(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<SecurityGroupView>, ApiError> {
+    let page = page_request("secgroups", &q)?;
+    Ok(Paged::new(
+        "secgroups",
+        app.list_secgroups(&caller, &page).await?,
+    ))
 }
 
 /// Creates a security group: no inbound, all outbound until rules are added.

@@ -1,12 +1,15 @@
 //! `/v1/snapshots`.
 
 use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateSnapshot, ErrorBody, OperationView, SnapshotFilter, SnapshotView};
+use nimbus_api::{
+    CreateSnapshot, ErrorBody, OperationView, PageParams, SnapshotFilter, SnapshotView,
+};
 
 type Accepted = (StatusCode, Json<OperationView>);
 
@@ -29,16 +32,17 @@ pub async fn create(
 
 /// Lists the project's snapshots (of one instance with `instance`), parents before their
 /// children.
-#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", params(SnapshotFilter),
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", params(SnapshotFilter, PageParams),
     responses((status = 200, body = [SnapshotView]), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
     ApiQuery(q): ApiQuery<SnapshotFilter>,
-) -> Result<Json<Vec<SnapshotView>>, ApiError> {
-    Ok(Json(
-        app.list_snapshots(&caller, q.instance.as_deref()).await?,
-    ))
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Paged<SnapshotView>, ApiError> {
+    let page = page_request("snapshots", &p)?;
+    let snapshots = app.list_snapshots(&caller, q.instance.as_deref(), &page);
+    Ok(Paged::new("snapshots", snapshots.await?))
 }
 
 /// Shows a snapshot (by id or name).

@@ -1,22 +1,25 @@
 //! `/v1/tokens` (admin).
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{CreateToken, CreatedToken, ErrorBody, TokenView};
+use nimbus_api::{CreateToken, CreatedToken, ErrorBody, PageParams, TokenView};
 
 /// Lists tokens (never their secrets): every project's, or `?project=P`'s.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tenancy",
-    params(("project" = Option<String>, Query, description = "only this project's tokens")),
+    params(("project" = Option<String>, Query, description = "only this project's tokens"), PageParams),
     responses((status = 200, body = [TokenView]), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<TokenView>>, ApiError> {
-    Ok(Json(app.list_tokens(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<TokenView>, ApiError> {
+    let page = page_request("tokens", &q)?;
+    Ok(Paged::new("tokens", app.list_tokens(&caller, &page).await?))
 }
 
 /// Creates a token in the project the call acts in (`?project=P`, default the caller's);

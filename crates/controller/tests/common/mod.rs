@@ -43,6 +43,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub body: String,
     pub retry_after: Option<String>,
+    /// The `next-page-token` header of a paged listing.
+    pub next_page_token: Option<String>,
 }
 
 /// Calls the router as if from the TCP peer `peer` (as `axum::serve` with connect info
@@ -71,16 +73,25 @@ pub async fn call_from(
     }
     let resp = router(f.app.clone()).oneshot(req).await.expect("response");
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    // A block, so the closure's borrow of `resp` ends before the body is awaited.
+    let (retry_after, next_page_token) = {
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (
+            header("retry-after"),
+            header(nimbus_api::NEXT_PAGE_TOKEN_HEADER),
+        )
+    };
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     Reply {
         status,
         body: String::from_utf8_lossy(&bytes).to_string(),
         retry_after,
+        next_page_token,
     }
 }
 
