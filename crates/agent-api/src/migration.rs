@@ -126,6 +126,11 @@ pub struct MigrateRequest {
     /// resumed controller can tell its own migration from an earlier one of the same VM.
     #[serde(default)]
     pub migration_id: Option<uuid::Uuid>,
+    /// The epoch of the controller's ownership of that operation (bumped whenever another
+    /// controller takes it over): a request with an older epoch than one already seen for
+    /// the same migration comes from a stale owner and is refused.
+    #[serde(default)]
+    pub owner_epoch: Option<u64>,
 }
 
 /// Where a migration is.

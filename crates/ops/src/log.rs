@@ -61,6 +61,11 @@ pub trait OperationLog: Send + Sync {
     ) -> Result<(), LogError>;
     async fn set_message(&self, op: Uuid, message: &str) -> Result<(), LogError>;
     async fn cancel_requested(&self, op: Uuid) -> Result<bool, LogError>;
+    /// The epoch of this runner's ownership, when the log is fenced by one (it travels with
+    /// commands to agents that can refuse a stale owner).
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// In-memory [`OperationLog`], for tests of operations and of the engine.

@@ -44,6 +44,11 @@ impl StepContext<'_> {
         self.outputs.get(step).and_then(|o| o.as_ref())
     }
 
+    /// The epoch of this runner's ownership of the operation, if the log is fenced.
+    pub fn epoch(&self) -> Option<u64> {
+        self.log.epoch()
+    }
+
     /// Records a progress line shown to the user (best effort).
     pub async fn progress(&self, message: &str) {
         if let Err(e) = self.log.set_message(self.operation_id, message).await {

@@ -391,6 +391,10 @@ impl OperationLog for FencedLog {
     async fn cancel_requested(&self, op: Uuid) -> Result<bool, LogError> {
         self.store.cancel_requested_of(op).await.map_err(log_err)
     }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch as u64)
+    }
 }
 
 #[cfg(test)]

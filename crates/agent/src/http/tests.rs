@@ -221,3 +221,65 @@ fn token_comparison() {
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));
 }
+
+/// A migration command of an older owner epoch than one already seen for the same operation
+/// is refused as stale (another controller took the operation over); a newer one is not.
+#[tokio::test]
+async fn a_stale_owners_migration_command_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agent = test_agent(&tmp.path().join("state")).await;
+    let app = router(agent);
+    let base = tmp.path().join("base.qcow2");
+    nimbus_qemu::img::create_blank(&base, 64 << 20)
+        .await
+        .expect("base");
+    let id = uuid::Uuid::new_v4();
+    let define = serde_json::json!({
+        "id": id, "name": "t", "vcpus": 1, "memory_mib": 64,
+        "image": { "name": "b", "base_disk": base },
+        "disk": { "size_gib": 1 }, "nics": []
+    });
+    let (status, body) = call(
+        &app,
+        "PUT",
+        &format!("/vms/{id}"),
+        Some("secret"),
+        &define.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let op = uuid::Uuid::new_v4();
+    let start = |epoch: u64| {
+        serde_json::json!({
+            "target": { "migration_uri": "tcp:127.0.0.1:1", "nbd": null },
+            "policy": nimbus_agent_api::MigrationPolicy::default(),
+            "migration_id": op, "owner_epoch": epoch
+        })
+        .to_string()
+    };
+    let path = format!("/vms/{id}/migration/start");
+    // Epoch 2 passes the owner check (then fails: the VM is not running).
+    let (status, body) = call(&app, "POST", &path, Some("secret"), &start(2)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        error_body(&body).message.contains("not running"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Epoch 1 of the same operation is a stale owner.
+    let (status, body) = call(&app, "POST", &path, Some("secret"), &start(1)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        error_body(&body).message.contains("stale owner"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // A newer epoch still passes.
+    let (_, body) = call(&app, "POST", &path, Some("secret"), &start(3)).await;
+    assert!(
+        error_body(&body).message.contains("not running"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    call(&app, "DELETE", &format!("/vms/{id}"), Some("secret"), "").await;
+}

@@ -117,6 +117,7 @@ mod tests {
                 },
                 policy: MigrationPolicy::default(),
                 migration_id: None,
+                owner_epoch: None,
             },
             started_unix_ms: 1,
             ladder: Ladder::default(),

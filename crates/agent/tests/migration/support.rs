@@ -172,6 +172,7 @@ pub async fn migrate_with(
         target,
         policy,
         migration_id: None,
+        owner_epoch: None,
     };
     let first = pair
         .a
@@ -249,6 +250,7 @@ pub async fn start_slow(pair: &Pair, id: Uuid, target: IncomingReady) {
             ..MigrationPolicy::default()
         },
         migration_id: None,
+        owner_epoch: None,
     };
     pair.a
         .client

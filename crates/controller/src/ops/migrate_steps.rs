@@ -266,20 +266,13 @@ impl Step<App> for Transfer {
         let req = params(app, s.operation_id).await?;
         let source = app.agent_of(&r.source).await.map_err(app_err)?;
         let current = source.migration(self.0).await.map_err(agent_err)?;
-        if current.migration_id != Some(s.operation_id) {
-            let request = MigrateRequest {
-                target: ready,
-                policy: policy(&req),
-                migration_id: Some(s.operation_id),
-            };
-            source
-                .migration_start(self.0, &request)
-                .await
-                .map_err(agent_err)?;
-        } else if matches!(
-            current.phase,
-            MigrationPhase::Failed | MigrationPhase::Cancelled
-        ) {
+        let ours = current.migration_id == Some(s.operation_id);
+        if ours
+            && matches!(
+                current.phase,
+                MigrationPhase::Failed | MigrationPhase::Cancelled
+            )
+        {
             // Resumed after a controller restart: this migration already ended on the source.
             return Err(StepError::permanent(format!(
                 "the migration ended on the source: {}",
@@ -287,6 +280,20 @@ impl Step<App> for Transfer {
                     .error
                     .unwrap_or_else(|| format!("{:?}", current.phase))
             )));
+        }
+        if !ours || !current.phase.is_final() {
+            // New, or resumed by a controller that took the operation over: the source then
+            // carries on with the migration in flight, and refuses the older owner from now.
+            let request = MigrateRequest {
+                target: ready,
+                policy: policy(&req),
+                migration_id: Some(s.operation_id),
+                owner_epoch: s.epoch(),
+            };
+            source
+                .migration_start(self.0, &request)
+                .await
+                .map_err(agent_err)?;
         }
         let mut last_stats = Instant::now();
         loop {

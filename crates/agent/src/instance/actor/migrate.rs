@@ -28,6 +28,8 @@ pub(super) struct MigrationSlot {
     cancel_replies: Vec<Reply<MigrationProgress>>,
     /// The VM's part in its last migration, as persisted.
     role: Option<MigrationRole>,
+    /// The newest owner seen of the current migration: (operation, epoch).
+    newest_owner: Option<(uuid::Uuid, u64)>,
 }
 
 impl MigrationSlot {
@@ -37,6 +39,7 @@ impl MigrationSlot {
             outgoing: None,
             cancel_replies: Vec::new(),
             role: None,
+            newest_owner: None,
         }
     }
 }
@@ -102,10 +105,15 @@ impl Actor {
     /// Source: starts sending the VM; answers with the first progress.
     pub(super) async fn migrate_start(&mut self, req: MigrateRequest) -> Result<MigrationProgress> {
         let current = self.migration.progress.borrow().clone();
+        self.check_owner(&req)?;
         if self.migration.outgoing.is_some() {
             let same = matches!(&self.migration.role,
-                Some(MigrationRole::Outgoing(r)) if r.request == req);
+                Some(MigrationRole::Outgoing(r)) if r.request == req
+                    || (r.request.migration_id.is_some()
+                        && r.request.migration_id == req.migration_id));
             if same {
+                // The same migration, asked again (a resumed step, or a controller that
+                // took the operation over): it carries on.
                 return Ok(current);
             }
             return Err(Error::Conflict(format!(
@@ -147,6 +155,34 @@ impl Actor {
         self.migration.progress.send_replace(progress.clone());
         self.spawn_outgoing(qmp, record, false);
         Ok(progress)
+    }
+
+    /// Refuses a request from a stale owner of the migration: one whose epoch is older than
+    /// one already seen for the same operation (another controller took it over since).
+    fn check_owner(&mut self, req: &MigrateRequest) -> Result<()> {
+        let (Some(op), Some(epoch)) = (req.migration_id, req.owner_epoch) else {
+            return Ok(());
+        };
+        let recorded = match &self.migration.role {
+            Some(MigrationRole::Outgoing(r)) if r.request.migration_id == Some(op) => {
+                r.request.owner_epoch
+            }
+            _ => None,
+        };
+        let seen = match self.migration.newest_owner {
+            Some((o, e)) if o == op => Some(e),
+            _ => None,
+        };
+        let newest = recorded.max(seen);
+        if let Some(newest) = newest.filter(|n| *n > epoch) {
+            tracing::warn!(operation_id = %op, epoch, newest, "migration command from a stale owner refused");
+            return Err(Error::Conflict(format!(
+                "stale owner: migration {op} is run by its owner of epoch {newest}, this request \
+                 has epoch {epoch} (another controller took the operation over)"
+            )));
+        }
+        self.migration.newest_owner = Some((op, epoch));
+        Ok(())
     }
 
     fn spawn_outgoing(&mut self, qmp: Qmp, record: OutgoingRecord, resume: bool) {
