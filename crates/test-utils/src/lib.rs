@@ -11,8 +11,10 @@ mod cloud;
 pub mod guest;
 mod link;
 pub mod logs;
+mod netclient;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
 pub use link::LinkFault;
+pub use netclient::NetClient;
 pub use wait::wait_until;
