@@ -12,9 +12,11 @@ pub mod guest;
 mod link;
 pub mod logs;
 mod routers;
+mod netclient;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
 pub use link::LinkFault;
 pub use routers::{remove_routers, routers};
+pub use netclient::NetClient;
 pub use wait::wait_until;
