@@ -224,6 +224,8 @@ def migrate_once(cloud, name):
 
 def migration_bench(args):
     work = tempfile.mkdtemp(prefix="nimbus-bench-snapmig-")
+    # Confined QEMUs (a user per VM) open new disk layers by path: they must reach them.
+    os.chmod(work, 0o755)
     cloud = Nimbus(os.path.abspath(args.bin), work, shared=args.shared)
     rows = {"with 3 snapshots": [], "without": []}
     try:
@@ -269,6 +271,7 @@ def main():
     if args.migration:
         return migration_bench(args)
     work = tempfile.mkdtemp(prefix="nimbus-bench-snap-")
+    os.chmod(work, 0o755)  # confined QEMUs open new disk layers by path
     cloud = Nimbus(os.path.abspath(args.bin), work)
     results = []
     try:

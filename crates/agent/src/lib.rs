@@ -145,6 +145,19 @@ pub(crate) mod test_support {
     use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
     use uuid::Uuid;
 
+    /// `len` bytes that do not compress nor repeat (xorshift from `seed`).
+    pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// A VM spec with no kernel, base disk or ready marker: enough for code that never boots.
     pub fn blank_spec(id: Uuid, nics: Vec<NicSpec>) -> VmSpec {
         VmSpec {

@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 /// Node name of the instance disk's format layer (see [`crate::instance::launch`]).
 pub const DISK_NODE: &str = "disk0";
+/// qdev id of the instance disk's device.
+pub const DISK_DEVICE: &str = "vda";
 /// Node name of the NBD client of the target's export, on the source.
 pub const NBD_NODE: &str = "migration-nbd";
 /// How long a force-cancelled job may take to go away.
@@ -47,8 +49,17 @@ impl DiskMirror {
                 "blockdev-add of the target's NBD export",
             ))?;
         let mirror = Self::adopt(qmp, id);
+        // The guest's top layer: `disk0` until a snapshot put a layer on it (its layers below
+        // are on the target already, moved with the snapshots).
+        let source = match qmp.top_node(DISK_DEVICE).await {
+            Ok(node) => node,
+            Err(e) => {
+                let _ = qmp.blockdev_del(NBD_NODE).await;
+                return Err(MigrationError::qmp("query-block")(e));
+            }
+        };
         if let Err(e) = qmp
-            .blockdev_mirror(&mirror.job, DISK_NODE, NBD_NODE, "top", true)
+            .blockdev_mirror(&mirror.job, &source, NBD_NODE, "top", true)
             .await
         {
             let _ = qmp.blockdev_del(NBD_NODE).await;

@@ -3,13 +3,19 @@
 //! A memory image (QEMU's migration stream of a background snapshot) is cut into chunks at
 //! content-defined boundaries (FastCDC), so that two images of a guest that changed little
 //! share almost all their chunks even where the stream's offsets shift. Each chunk is stored
-//! once, as `<dir>/<first two hex digits>/<BLAKE3 hash>`; an image is the list of its chunks.
-//! A chunk whose content does not match its name is refused when an image is assembled.
+//! once, named by its BLAKE3 hash, appended to a pack file (compressed where it pays, see
+//! [`super::packs`]); an image is the list of its chunks. A chunk whose content does not match
+//! its name is refused when an image is assembled.
+//!
+//! Chunks of the first layout, one file per chunk (`<dir>/<first two hex digits>/<hash>`),
+//! are still read (and collected), so snapshots taken before packs keep working; new chunks
+//! only go to packs.
 
+use super::packs::{PackReader, PackStore};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Chunk sizes: small enough that a page dirtied here and there costs little, large enough
@@ -51,13 +57,21 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct ChunkStore {
     dir: PathBuf,
+    packs: PackStore,
 }
+
+/// The directory of the packs, under the chunk directory.
+const PACKS: &str = "packs";
 
 impl ChunkStore {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+        Self {
+            packs: PackStore::new(dir.join(PACKS)),
+            dir,
+        }
     }
 
+    /// Where the first layout kept chunk `hash` (one file per chunk).
     fn path(&self, hash: &str) -> PathBuf {
         let prefix = hash.get(..2).unwrap_or("xx");
         self.dir.join(prefix).join(hash)
@@ -77,8 +91,8 @@ impl ChunkStore {
             whole.update(&chunk.data);
             len += chunk.data.len() as u64;
             let hash = blake3::hash(&chunk.data).to_hex().to_string();
-            if self.put_chunk(&hash, &chunk.data)? {
-                stored.new_bytes += chunk.data.len() as u64;
+            if let Some(bytes) = self.put_chunk(&hash, &chunk.data)? {
+                stored.new_bytes += bytes;
                 stored.new_chunks += 1;
             }
             chunks.push(ChunkRef {
@@ -86,6 +100,7 @@ impl ChunkStore {
                 len: chunk.data.len() as u32,
             });
         }
+        self.packs.sync()?;
         let image = ChunkedImage {
             len,
             hash: whole.finalize().to_hex().to_string(),
@@ -94,29 +109,33 @@ impl ChunkStore {
         Ok((image, stored))
     }
 
-    /// Stores one chunk unless present; true when it was new. Written under a temporary
-    /// name, so a crash never leaves a chunk with the wrong content under its hash.
-    fn put_chunk(&self, hash: &str, data: &[u8]) -> Result<bool> {
-        let path = self.path(hash);
-        if path.is_file() {
-            return Ok(false);
+    /// Stores one chunk unless present (in a pack, or in the first layout); answers the
+    /// bytes it occupies when it was new.
+    fn put_chunk(&self, hash: &str, data: &[u8]) -> Result<Option<u64>> {
+        let digest = digest_of(hash)?;
+        if self.path(hash).is_file() {
+            return Ok(None);
         }
-        let parent = path.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all(data).map_err(Error::io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(Error::io("rename", &tmp))?;
-        Ok(true)
+        self.packs.append(&digest, data)
     }
 
     /// Whether chunk `hash` is stored.
     pub fn has(&self, hash: &str) -> bool {
-        self.path(hash).is_file()
+        let in_pack = digest_of(hash).and_then(|d| self.packs.contains(&d));
+        in_pack.unwrap_or(false) || self.path(hash).is_file()
     }
 
     /// The content of chunk `hash`, verified against its name.
     pub fn read_chunk(&self, hash: &str) -> Result<Vec<u8>> {
+        let mut reader = self.packs.reader();
+        self.read_with(&mut reader, hash)
+    }
+
+    /// Chunk `hash` from its pack or, failing that, its file of the first layout; verified.
+    fn read_with(&self, reader: &mut PackReader<'_>, hash: &str) -> Result<Vec<u8>> {
+        if let Some(data) = reader.read(&digest_of(hash)?, hash)? {
+            return Ok(data);
+        }
         let path = self.path(hash);
         let data = std::fs::read(&path)
             .map_err(|_| Error::Conflict(format!("memory chunk {} is missing", path.display())))?;
@@ -143,13 +162,23 @@ impl ChunkStore {
                 "received memory chunk {hash} does not match its checksum: damaged in transit"
             )));
         }
-        self.put_chunk(hash, data)
+        Ok(self.put_chunk(hash, data)?.is_some())
+    }
+
+    /// Makes the chunks stored so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.packs.sync()
     }
 
     /// Every chunk of `image` is present with its full length (a cheap check before the
     /// slower [`ChunkStore::assemble`], which verifies the content).
     pub fn check(&self, image: &ChunkedImage) -> Result<()> {
+        let mut pack_lens = std::collections::HashMap::new();
         for c in &image.chunks {
+            if let Some(loc) = self.packs.location(&digest_of(&c.hash)?)? {
+                self.packs.check(&loc, &c.hash, c.len, &mut pack_lens)?;
+                continue;
+            }
             let path = self.path(&c.hash);
             match std::fs::metadata(&path) {
                 Ok(m) if m.len() == u64::from(c.len) => {}
@@ -179,23 +208,11 @@ impl ChunkStore {
             std::fs::File::create(out).map_err(Error::io("create", out))?,
         );
         let mut whole = blake3::Hasher::new();
-        let mut buf = Vec::with_capacity(MAX_CHUNK as usize);
+        let mut reader = self.packs.reader();
         for c in &image.chunks {
-            let path = self.path(&c.hash);
-            buf.clear();
-            std::fs::File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut buf))
-                .map_err(|_| {
-                    Error::Conflict(format!("memory chunk {} is missing", path.display()))
-                })?;
-            if blake3::hash(&buf).to_hex().as_str() != c.hash {
-                return Err(Error::Conflict(format!(
-                    "memory chunk {} is damaged: its content does not match its checksum",
-                    path.display()
-                )));
-            }
-            whole.update(&buf);
-            file.write_all(&buf).map_err(Error::io("write", out))?;
+            let data = self.read_with(&mut reader, &c.hash)?;
+            whole.update(&data);
+            file.write_all(&data).map_err(Error::io("write", out))?;
         }
         file.flush().map_err(Error::io("write", out))?;
         if whole.finalize().to_hex().as_str() != image.hash {
@@ -208,11 +225,14 @@ impl ChunkStore {
 
     /// Removes every chunk not in `keep`; returns the bytes freed.
     pub fn collect_garbage(&self, keep: &HashSet<String>) -> Result<u64> {
-        let mut freed = 0;
+        let mut freed = self.packs.collect_garbage(keep)?;
         let Ok(prefixes) = std::fs::read_dir(&self.dir) else {
-            return Ok(0);
+            return Ok(freed);
         };
         for prefix in prefixes.flatten() {
+            if prefix.file_name() == PACKS {
+                continue;
+            }
             let Ok(entries) = std::fs::read_dir(prefix.path()) else {
                 continue;
             };
@@ -232,6 +252,13 @@ impl ChunkStore {
     }
 }
 
+/// The bytes of a chunk name (a digest in hex).
+fn digest_of(hash: &str) -> Result<[u8; 32]> {
+    super::packs::record::digest_bytes(hash)
+        .filter(|_| is_digest(hash))
+        .ok_or_else(|| Error::BadRequest(format!("{hash:?} is not a chunk name")))
+}
+
 /// A BLAKE3 digest in lowercase hex: the only names a chunk may have.
 pub fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -241,17 +268,7 @@ pub fn is_digest(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_support::pseudo_random;
 
     #[test]
     fn a_slightly_changed_image_shares_most_chunks() {
@@ -267,7 +284,12 @@ mod tests {
         std::fs::write(&b_path, &second).expect("write");
         let (a, stored_a) = store.put_file(&a_path).expect("put a");
         let (b, stored_b) = store.put_file(&b_path).expect("put b");
-        assert_eq!(stored_a.new_bytes, first.len() as u64);
+        // Random bytes are stored raw: the image plus a small header per chunk.
+        let len = first.len() as u64;
+        assert!(
+            stored_a.new_bytes >= len && stored_a.new_bytes < len + len / 100,
+            "{stored_a:?}"
+        );
         assert!(
             stored_b.new_bytes < first.len() as u64 / 10,
             "second image added {} bytes",
@@ -291,25 +313,71 @@ mod tests {
     }
 
     #[test]
-    fn damaged_chunks_are_refused() {
+    fn damaged_packs_are_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = ChunkStore::new(tmp.path().join("chunks"));
         let path = tmp.path().join("img");
         std::fs::write(&path, pseudo_random(200_000, 9)).expect("write");
         let (image, _) = store.put_file(&path).expect("put");
-        let victim = store.path(&image.chunks[1].hash);
-        let mut bytes = std::fs::read(&victim).expect("read");
-        bytes[10] ^= 1;
-        std::fs::write(&victim, &bytes).expect("write");
+        let loc = store
+            .packs
+            .location(&digest_of(&image.chunks[1].hash).expect("digest"))
+            .expect("index")
+            .expect("in a pack");
+        let pack = tmp.path().join("chunks/packs/00000001.pack");
+        let mut bytes = std::fs::read(&pack).expect("read");
+        bytes[(loc.offset + 41 + 10) as usize] ^= 1;
+        std::fs::write(&pack, &bytes).expect("write");
         store
             .check(&image)
             .expect("same length passes the cheap check");
         let err = store
             .assemble(&image, &tmp.path().join("out"))
             .expect_err("damaged");
-        assert!(err.to_string().contains("damaged"), "{err}");
-        bytes.truncate(100);
-        std::fs::write(&victim, &bytes).expect("write");
+        assert!(
+            err.to_string().contains("damaged") && err.to_string().contains("checksum"),
+            "{err}"
+        );
+        bytes.truncate(bytes.len() - 100);
+        std::fs::write(&pack, &bytes).expect("write");
         assert!(store.check(&image).is_err());
+    }
+
+    /// Snapshots taken before packs (one file per chunk) are still read, checked and
+    /// collected; a chunk of that layout is not stored again in a pack.
+    #[test]
+    fn chunks_of_the_first_layout_keep_working() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("chunks");
+        let store = ChunkStore::new(dir.clone());
+        let data = pseudo_random(300_000, 5);
+        let path = tmp.path().join("img");
+        std::fs::write(&path, &data).expect("write");
+        let (image, _) = store.put_file(&path).expect("put");
+        // Move every chunk out of the packs into the first layout.
+        let mut reader = store.packs.reader();
+        for c in &image.chunks {
+            let bytes = store.read_with(&mut reader, &c.hash).expect("read");
+            let old = store.path(&c.hash);
+            std::fs::create_dir_all(old.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&old, bytes).expect("write");
+        }
+        drop(reader);
+        std::fs::remove_dir_all(dir.join(PACKS)).expect("no packs");
+        let store = ChunkStore::new(dir.clone());
+        store.check(&image).expect("present");
+        let out = tmp.path().join("out");
+        store.assemble(&image, &out).expect("assemble");
+        assert_eq!(std::fs::read(&out).expect("read"), data);
+        let (_, stored) = store.put_file(&path).expect("again");
+        assert_eq!(stored.new_chunks, 0, "deduplicated against the old layout");
+        let victim = store.path(&image.chunks[0].hash);
+        let mut bytes = std::fs::read(&victim).expect("read");
+        bytes[3] ^= 1;
+        std::fs::write(&victim, &bytes).expect("damage");
+        let err = store.assemble(&image, &out).expect_err("damaged");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(store.collect_garbage(&HashSet::new()).expect("gc") > 0);
+        assert!(!victim.exists());
     }
 }

@@ -8,7 +8,8 @@
 //! - [`take`], [`restore`], [`delete`], [`clone`]: the operations.
 //!
 //! ```text
-//! <state_dir>/chunks/<aa>/<blake3>            memory chunks (host-wide)
+//! <state_dir>/chunks/packs/<n>.pack, <n>.idx   memory chunks (host-wide), in packs
+//! <state_dir>/chunks/<aa>/<blake3>            memory chunks of the first layout (still read)
 //! <state_dir>/vms/<id>/snapshots/<sid>/       manifest.json (pending.json while taken)
 //! <disk dir>/layers/<uuid>.qcow2              disk layers
 //! <state_dir>/arriving/<id>/                   snapshots of a VM moving here, staged
@@ -23,6 +24,7 @@ pub mod layers;
 pub mod manifest;
 pub mod memory;
 pub mod moving;
+pub mod packs;
 pub mod restore;
 pub mod take;
 

@@ -20,13 +20,25 @@ fn chunks_of(cloud: &Cloud, host: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The chunks a host stores: the hashes its pack files hold (hex of each record's hash;
+/// format: docs/snapshots.md).
 fn chunk_files(cloud: &Cloud, host: &str) -> Vec<String> {
     let mut files = Vec::new();
-    files_under(&cloud.host_dir(host).join("chunks"), &mut files);
-    files
+    files_under(
+        &cloud.host_dir(host).join("chunks").join("packs"),
+        &mut files,
+    );
+    let mut out = Vec::new();
+    for idx in files
         .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect()
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+    {
+        let bytes = std::fs::read(idx).expect("read index");
+        for entry in bytes[12..].chunks_exact(49) {
+            out.push(entry[..32].iter().map(|b| format!("{b:02x}")).collect());
+        }
+    }
+    out
 }
 
 fn manifest_count(cloud: &Cloud, host: &str, id: &str) -> usize {

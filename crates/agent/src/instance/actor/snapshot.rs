@@ -3,15 +3,13 @@
 
 use super::Actor;
 use crate::error::{error_chain, Error, Result};
+use crate::migration::disk_mirror::DISK_DEVICE;
 use crate::snapshot::layers::{self, NewTop};
 use crate::snapshot::{failpoint, memory};
 use nimbus_agent_api::VmRunState;
 use nimbus_qemu::Qmp;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Device id of the instance disk (see `instance::launch`).
-const DISK_DEVICE: &str = "vda";
 
 /// Freeze the top disk layer under `new_top`; with `stream`, write memory there too.
 #[derive(Debug)]

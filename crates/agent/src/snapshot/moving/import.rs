@@ -175,6 +175,7 @@ impl<'a> Receiver<'a> {
                 )));
             }
         }
+        self.store.chunks().sync()?;
         let staged = VmDir::new(self.arriving.dir().to_path_buf());
         for m in &self.manifests {
             SnapshotFiles::new(&staged, m.snapshot_id).write(m)?;

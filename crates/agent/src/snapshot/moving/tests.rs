@@ -12,17 +12,7 @@ use nimbus_qemu::img;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::test_support::pseudo_random;
 
 /// A host's directories: its snapshot store and the VM's directory under `vms/`.
 fn host(root: &Path, id: Uuid) -> (SnapshotStore, VmDir) {
