@@ -18,7 +18,7 @@ pub mod http;
 pub mod ops;
 
 pub use app::App;
-pub use config::ControllerConfig;
+pub use config::{ControllerConfig, Retention};
 
 use anyhow::Context;
 use std::future::Future;
@@ -37,6 +37,7 @@ pub async fn run(
     let autoscaler = tokio::spawn(background::autoscaler::run(app.clone()));
     let liveness = tokio::spawn(background::host_liveness::run(app.clone()));
     let firewall = tokio::spawn(background::firewall_sync::run(app.clone()));
+    let retention = tokio::spawn(background::retention::run(app.clone()));
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -65,6 +66,7 @@ pub async fn run(
     autoscaler.abort();
     liveness.abort();
     firewall.abort();
+    retention.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

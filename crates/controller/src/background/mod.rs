@@ -1,7 +1,9 @@
 //! Background tasks of the controller: the reconciler, host liveness, the autoscaler of
-//! scaling groups and the push of security-group rules to hosts.
+//! scaling groups, the push of security-group rules to hosts and retention (usage roll-up,
+//! old operations and audit entries).
 
 pub mod autoscaler;
 pub mod firewall_sync;
 pub mod host_liveness;
 pub mod reconciler;
+pub mod retention;
