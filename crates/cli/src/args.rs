@@ -348,6 +348,16 @@ pub struct ControllerArgs {
     /// `X-Forwarded-For` believed, to count failed authentications per real client.
     #[arg(long, value_name = "ADDR")]
     pub trusted_proxy: Vec<std::net::IpAddr>,
+    /// Hours raw usage samples are kept before being rolled up to two per instance and hour
+    /// (usage over whole hours is unchanged).
+    #[arg(long, default_value_t = 48)]
+    pub usage_retention_hours: u64,
+    /// Days finished operations are kept.
+    #[arg(long, default_value_t = 30)]
+    pub operation_retention_days: u64,
+    /// Days audit entries are kept.
+    #[arg(long, default_value_t = 90)]
+    pub audit_retention_days: u64,
 }
 
 #[derive(Debug, Args)]

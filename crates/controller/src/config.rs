@@ -38,6 +38,33 @@ pub struct ControllerConfig {
     /// How long an operation stays owned by a controller that stopped renewing its lease
     /// (it renews every quarter of this); another controller takes it over after that.
     pub lease_ttl: Duration,
+    /// How long usage samples, operations and audit entries are kept.
+    pub retention: Retention,
+}
+
+/// How long the tables that grow with use keep their rows (see `background::retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Raw usage samples older than this are thinned to two per meter and hour.
+    pub usage_raw: Duration,
+    /// Finished operations are deleted this long after they finished.
+    pub operations: Duration,
+    /// Audit entries are deleted this long after the call.
+    pub audit: Duration,
+    /// How often the retention task runs.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            usage_raw: Duration::from_secs(2 * DAY),
+            operations: Duration::from_secs(30 * DAY),
+            audit: Duration::from_secs(90 * DAY),
+            interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
@@ -77,6 +104,7 @@ impl ControllerConfig {
             auth_failure_window: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             lease_ttl: Duration::from_secs(10),
+            retention: Retention::default(),
         }
     }
 }

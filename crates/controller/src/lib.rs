@@ -18,7 +18,7 @@ pub mod http;
 pub mod ops;
 
 pub use app::App;
-pub use config::ControllerConfig;
+pub use config::{ControllerConfig, Retention};
 
 use anyhow::Context;
 use std::future::Future;
@@ -41,6 +41,7 @@ pub async fn run(
     let liveness = tokio::spawn(background::host_liveness::run(app.clone()));
     let firewall = tokio::spawn(background::firewall_sync::run(app.clone()));
     let leases = tokio::spawn(background::leases::run(app.clone()));
+    let retention = tokio::spawn(background::retention::run(app.clone()));
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -73,6 +74,7 @@ pub async fn run(
     if let Err(e) = app.store().unregister_controller(app.controller_id()).await {
         tracing::warn!(error = %e, "could not unregister; its operations move after their lease");
     }
+    retention.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

@@ -31,6 +31,7 @@ mod placement_groups;
 mod ports;
 mod projects;
 mod quotas;
+mod retention;
 mod scope;
 mod secgroups;
 mod seeds;
@@ -56,6 +57,7 @@ pub use placement::Allocation;
 pub use placement_groups::{PlacementGroupRecord, PlacementMember};
 pub use ports::{NicPlan, PickAddress, PortRecord};
 pub use quotas::{admit, QuotaExceeded};
+pub use retention::HOUR_MS;
 pub use scope::Scope;
 pub use secgroups::NewRule;
 pub use seeds::InstanceSeed;
@@ -125,6 +127,8 @@ impl Store {
 mod page_tests;
 #[cfg(test)]
 mod race_tests;
+#[cfg(test)]
+mod retention_tests;
 #[cfg(test)]
 mod tenancy_tests;
 

@@ -6,9 +6,10 @@ use anyhow::{bail, Context};
 use nimbus_agent::metering::MeteringConfig;
 use nimbus_agent::overcommit::{KsmConfig, Overcommit};
 use nimbus_agent::{Accelerator, AgentConfig};
-use nimbus_controller::ControllerConfig;
+use nimbus_controller::{ControllerConfig, Retention};
 use nimbus_scheduler::{AllocationRatios, Strategy};
 use std::path::Path;
+use std::time::Duration;
 
 /// SIGINT and SIGTERM, caught from the moment [`ShutdownSignal::install`] runs (a signal
 /// that arrives earlier would kill the process without cleanup).
@@ -64,10 +65,12 @@ pub fn agent_token(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let retention = retention(&args);
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut config = ControllerConfig::new(data_dir.clone(), agent_token(&data_dir)?);
+    config.retention = retention;
     config.listen = args.listen;
     config.trusted_proxies = args.trusted_proxy;
     if let Some(url) = args.database_url {
@@ -81,6 +84,17 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.strategy = strategy(args.strategy);
     config.network = parse_network(&args.network)?;
     nimbus_controller::run(config, ShutdownSignal::install()?.recv()).await
+}
+
+fn retention(args: &ControllerArgs) -> Retention {
+    const HOUR: u64 = 3600;
+    let time = |n: u64, unit: u64| Duration::from_secs(n.saturating_mul(unit));
+    Retention {
+        usage_raw: time(args.usage_retention_hours, HOUR),
+        operations: time(args.operation_retention_days, 24 * HOUR),
+        audit: time(args.audit_retention_days, 24 * HOUR),
+        ..Retention::default()
+    }
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
