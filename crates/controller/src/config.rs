@@ -35,6 +35,10 @@ pub struct ControllerConfig {
     /// Reverse proxies in front of the API: from these peers (only), the client address is
     /// taken from `X-Forwarded-For`.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Names (DNS or IP) the controller's certificate carries besides its listen
+    /// addresses, loopback, `localhost` and the machine's host name: how agents and clients
+    /// on other machines reach it.
+    pub tls_names: Vec<String>,
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
@@ -73,6 +77,7 @@ impl ControllerConfig {
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            tls_names: Vec::new(),
         }
     }
 }

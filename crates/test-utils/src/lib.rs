@@ -11,8 +11,10 @@ mod cloud;
 pub mod guest;
 mod link;
 pub mod logs;
+mod tls;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
 pub use link::LinkFault;
+pub use tls::console_connector;
 pub use wait::wait_until;

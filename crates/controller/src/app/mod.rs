@@ -30,6 +30,7 @@ pub mod scaling;
 pub mod secgroups;
 pub mod snapshots;
 pub mod throttle;
+pub mod tls;
 pub mod tokens;
 pub mod usage;
 
@@ -63,6 +64,8 @@ struct Inner {
     cpu: Arc<dyn scaling::CpuSource>,
     /// The bytes of uploaded images.
     blobs: image_blobs::ImageBlobs,
+    /// The CA and the controller's certificate.
+    tls: tls::ControllerTls,
 }
 
 impl App {
@@ -70,6 +73,12 @@ impl App {
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
         let blobs = image_blobs::ImageBlobs::open(&config.data_dir)?;
+        let tls = tls::ControllerTls::load(&config).map_err(|e| {
+            AppError::internal(format!(
+                "cannot set up the cloud CA in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 auth_throttle: throttle::AuthThrottle::new(
@@ -82,6 +91,7 @@ impl App {
                 running_ops: Mutex::new(HashSet::new()),
                 cpu: Arc::new(scaling::AgentCpu::default()),
                 blobs,
+                tls,
             }),
         })
     }
@@ -102,6 +112,11 @@ impl App {
 
     pub fn config(&self) -> &ControllerConfig {
         &self.inner.config
+    }
+
+    /// The CA and the controller's certificate.
+    pub fn tls(&self) -> &tls::ControllerTls {
+        &self.inner.tls
     }
 
     /// Failed authentications per client address.

@@ -17,6 +17,7 @@ mod migrations;
 mod networks;
 pub mod openapi;
 mod operations;
+pub mod peer;
 mod placement_groups;
 mod projects;
 mod secgroups;
