@@ -24,6 +24,7 @@ pub struct Agent {
 struct Inner {
     name: String,
     token: String,
+    controller_tls: Option<nimbus_pki::rustls::ClientConfig>,
     advertise_url: String,
     state_dir: PathBuf,
     store: DiskStore,
@@ -75,6 +76,7 @@ impl Agent {
             .clone()
             .map(|controller_url| ImageSource {
                 controller_url,
+                tls: config.controller_tls.clone(),
                 token: config.token.clone(),
             });
         let images = ImageCache::open(&state_dir, source, config.image_cache_gib << 30)
@@ -101,6 +103,7 @@ impl Agent {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
                 token: config.token.clone(),
+                controller_tls: config.controller_tls.clone(),
                 advertise_url: config.advertise_url.clone(),
                 state_dir,
                 store,
@@ -131,6 +134,11 @@ impl Agent {
     /// The bearer token requests must carry.
     pub fn token(&self) -> &str {
         &self.inner.token
+    }
+
+    /// TLS of the calls to the controller.
+    pub fn controller_tls(&self) -> Option<&nimbus_pki::rustls::ClientConfig> {
+        self.inner.controller_tls.as_ref()
     }
 
     /// The URL the controller reaches this agent at.

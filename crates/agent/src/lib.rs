@@ -19,6 +19,7 @@
 pub mod accel;
 pub mod agent;
 pub mod confine;
+pub mod controller_link;
 pub mod error;
 pub mod fence;
 pub mod host;
@@ -57,6 +58,9 @@ pub struct AgentConfig {
     pub advertise_url: String,
     /// Controller to register with; `None` runs standalone.
     pub controller_url: Option<String>,
+    /// TLS of the calls to the controller (its CA; the host's certificate); `None` only for
+    /// in-process tests against a plain-HTTP controller.
+    pub controller_tls: Option<nimbus_pki::rustls::ClientConfig>,
     /// Bearer token of the agent API (also presented to the controller when registering).
     pub token: String,
     /// Where VM directories live (`<state_dir>/vms/<id>/`).
@@ -124,6 +128,7 @@ pub async fn run(
         background.push(tokio::spawn(metering::outbox::push_loop(
             outbox,
             url,
+            config.controller_tls.clone(),
             config.name.clone(),
             config.token.clone(),
             config.metering.interval,

@@ -23,11 +23,10 @@ pub async fn register_loop(agent: Agent, controller_url: String, contact: Arc<Co
         "{}/v1/internal/hosts/register",
         controller_url.trim_end_matches('/')
     );
-    let http = match reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+        .timeout(Duration::from_secs(10));
+    let http = match crate::controller_link::client(builder, agent.controller_tls()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; not registering");

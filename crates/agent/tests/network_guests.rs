@@ -44,6 +44,7 @@ impl HostAgent {
             listen: SocketAddr::new(ip, 7701),
             advertise_url: url.clone(),
             controller_url: Some(controller.to_string()),
+            controller_tls: None,
             token: TOKEN.into(),
             state_dir,
             shared_storage: None,

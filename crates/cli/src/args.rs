@@ -44,6 +44,10 @@ pub struct Connection {
     /// Bearer token.
     #[arg(long, env = "NIMBUS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) the controller's HTTPS certificate is checked against
+    /// [default: the one `nimbus up` recorded in <data dir>/cli.json].
+    #[arg(long, env = "NIMBUS_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Data directory of the local cloud (to find its API address and admin token).
     #[arg(long, env = "NIMBUS_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -358,6 +362,11 @@ pub struct ControllerArgs {
     /// Days audit entries are kept.
     #[arg(long, default_value_t = 90)]
     pub audit_retention_days: u64,
+    /// A name (DNS or IP) agents and clients on other machines reach the controller by,
+    /// written into its certificate besides its listen addresses, loopback, `localhost` and
+    /// the machine's host name (repeatable).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct LocalCloud {
     pub api: String,
     pub token_file: PathBuf,
+    /// The cloud's CA certificate (the API's HTTPS certificate is checked against it).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Default data directory: `/var/lib/nimbus` as root, `~/.local/share/nimbus` otherwise.
@@ -40,7 +43,7 @@ pub fn client(conn: &Connection) -> anyhow::Result<Client> {
         .api
         .clone()
         .or_else(|| local.as_ref().map(|l| l.api.clone()))
-        .unwrap_or_else(|| "http://127.0.0.1:7700".into());
+        .unwrap_or_else(|| "https://127.0.0.1:7700".into());
     let token = match &conn.token {
         Some(t) => Some(t.clone()),
         None => match &local {
@@ -58,5 +61,19 @@ pub fn client(conn: &Connection) -> anyhow::Result<Client> {
             None => None,
         },
     };
-    Ok(Client::new(&api, token).with_project(conn.project.clone()))
+    let client = Client::new(&api, token).with_project(conn.project.clone());
+    let ca_file = conn
+        .ca_cert
+        .clone()
+        .or_else(|| local.as_ref().and_then(|l| l.ca_cert.clone()));
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            client
+                .with_root_ca(&pem)
+                .with_context(|| format!("bad CA certificate {}", path.display()))
+        }
+        None => Ok(client),
+    }
 }

@@ -34,10 +34,10 @@ async fn foundation_end_to_end() {
 }
 
 async fn bad_input_is_refused_cleanly(cloud: &Cloud, client: &Client) {
-    let anon = Client::new(&cloud.api(), None);
+    let anon = cloud.client_with(None).expect("client");
     let err = anon.list_instances().await.expect_err("no token");
     assert_eq!(err.status(), Some(401));
-    let wrong = Client::new(&cloud.api(), Some("nmb_wrong".into()));
+    let wrong = cloud.client_with(Some("nmb_wrong".into())).expect("client");
     assert_eq!(
         wrong
             .list_instances()
@@ -201,9 +201,11 @@ async fn console_is_interactive(client: &Client) {
         .parse()
         .expect("header");
     req.headers_mut().insert("authorization", auth);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("console websocket");
+    let connector = nimbus_test_utils::console_connector(client);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+            .await
+            .expect("console websocket");
     ws.send(Message::Binary(b"echo console-$((6*7))\n".to_vec().into()))
         .await
         .expect("send");

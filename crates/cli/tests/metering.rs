@@ -353,7 +353,9 @@ async fn billed_window(
 }
 
 async fn metrics_show_usage_and_ksm(cloud: &Cloud) {
-    let text = reqwest::Client::new()
+    let text = cloud
+        .http()
+        .expect("http client")
         .get(format!("{}/metrics", cloud.api()))
         .bearer_auth(cloud.token().expect("token"))
         .send()

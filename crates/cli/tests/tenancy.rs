@@ -161,7 +161,10 @@ async fn other_tenant_sees_and_touches_nothing(cloud: &Cloud, web1: &InstanceVie
             "authorization",
             format!("Bearer {bob_token}").parse().expect("header"),
         );
-        match tokio_tungstenite::connect_async(req).await {
+        let connector = nimbus_test_utils::console_connector(&bob);
+        match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+            .await
+        {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), 404, "console {target}")
             }
@@ -439,7 +442,7 @@ async fn projects_with_instances_cannot_be_deleted(cloud: &Cloud, alice: &Create
 }
 
 async fn auth_failures_are_throttled(cloud: &Cloud) {
-    let http = reqwest::Client::new();
+    let http = cloud.http().expect("http client");
     let url = format!("{}/v1/instances", cloud.api());
     let mut statuses = Vec::new();
     for _ in 0..12 {

@@ -295,7 +295,9 @@ async fn console_flood_is_bounded(cloud: &Cloud, id: &str) {
 }
 
 async fn metrics_text(cloud: &Cloud) -> String {
-    reqwest::Client::new()
+    cloud
+        .http()
+        .expect("http client")
         .get(format!("{}/metrics", cloud.api()))
         .bearer_auth(cloud.token().expect("token"))
         .send()

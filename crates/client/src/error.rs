@@ -5,7 +5,7 @@ use nimbus_api::{ErrorBody, ErrorCode};
 /// What an API call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the nimbus API at {api}: {source} (is `nimbus up` running? set NIMBUS_API or --api)")]
+    #[error("cannot reach the nimbus API at {api}: {source} (is `nimbus up` running? set NIMBUS_API or --api, and NIMBUS_CA_CERT or --ca-cert to the cloud's CA certificate)")]
     Transport {
         api: String,
         #[source]
@@ -17,6 +17,8 @@ pub enum ClientError {
     Decode(String),
     #[error("{what} did not finish within {secs} s")]
     Timeout { what: String, secs: u64 },
+    #[error("bad CA certificate: {0}")]
+    CaCert(#[source] reqwest::Error),
     #[error("cannot read {path}: {source}")]
     File {
         path: String,

@@ -30,23 +30,49 @@ pub struct Client {
     token: Option<String>,
     /// The project calls act in (`?project=P`); none: the token's own.
     project: Option<String>,
+    /// The CA the client trusts (PEM), when set by [`Client::with_root_ca`].
+    root_ca: Option<Vec<u8>>,
     http: reqwest::Client,
+}
+
+/// The client's HTTP settings (timeouts); TLS roots are added by [`Client::with_root_ca`].
+fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
 }
 
 impl Client {
     /// `api` is the controller URL, e.g. `http://127.0.0.1:7700`.
     pub fn new(api: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap_or_default();
+        let http = http_builder().build().unwrap_or_default();
         Self {
             base: api.trim_end_matches('/').to_string(),
             token,
             project: None,
+            root_ca: None,
             http,
         }
+    }
+
+    /// Trusts the certificate authority `ca_pem` (PEM) and nothing else: how the client
+    /// checks the controller's HTTPS certificate (`nimbus up` keeps the CA in
+    /// `<data dir>/ca.crt`).
+    pub fn with_root_ca(mut self, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        let ca = reqwest::Certificate::from_pem(ca_pem).map_err(ClientError::CaCert)?;
+        self.http = http_builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .map_err(ClientError::CaCert)?;
+        self.root_ca = Some(ca_pem.to_vec());
+        Ok(self)
+    }
+
+    /// The CA the client trusts (PEM), if one was set (for connections made beside this
+    /// client, such as the console's websocket).
+    pub fn root_ca(&self) -> Option<&[u8]> {
+        self.root_ca.as_deref()
     }
 
     /// Acts in `project` (admins: any project; others: only their own).

@@ -65,6 +65,10 @@ impl Default for Retention {
             interval: Duration::from_secs(600),
         }
     }
+    /// Names (DNS or IP) the controller's certificate carries besides its listen
+    /// addresses, loopback, `localhost` and the machine's host name: how agents and clients
+    /// on other machines reach it.
+    pub tls_names: Vec<String>,
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
@@ -105,6 +109,7 @@ impl ControllerConfig {
             trusted_proxies: Vec::new(),
             lease_ttl: Duration::from_secs(10),
             retention: Retention::default(),
+            tls_names: Vec::new(),
         }
     }
 }

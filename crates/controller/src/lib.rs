@@ -25,8 +25,8 @@ use std::future::Future;
 
 /// Runs the controller until `shutdown` resolves: opens the store, bootstraps (admin token,
 /// default flavors), registers in the `controllers` table, takes over the operations no live
-/// controller owns, starts the reconciler and the autoscaler and serves the API
-/// on every listen address.
+/// controller owns, starts the background tasks and serves the API over HTTPS on every listen
+/// address.
 pub async fn run(
     config: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -49,13 +49,17 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (is another nimbus running?)"))?;
-        tracing::info!(%addr, "controller API listening");
+        let listener = nimbus_pki::TlsListener::new(listener, app.tls().server.clone(), None)
+            .with_context(|| format!("cannot serve TLS on {addr}"))?;
+        tracing::info!(%addr, ca = app.tls().ca.fingerprint(), "controller API listening (HTTPS)");
         let mut rx = stop_rx.clone();
-        let router = router.clone();
+        let router = router
+            .clone()
+            .layer(axum::middleware::from_fn(http::peer::expose));
         servers.push(tokio::spawn(async move {
             axum::serve(
                 listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                router.into_make_service_with_connect_info::<nimbus_pki::PeerInfo>(),
             )
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|stop| *stop).await;

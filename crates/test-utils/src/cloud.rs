@@ -129,7 +129,27 @@ impl Cloud {
     }
 
     pub fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The cloud's CA certificate file (the API's certificate is checked against it).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir().join("ca.crt")
+    }
+
+    /// A client of the API with `token` (or none), trusting the cloud's CA.
+    pub fn client_with(&self, token: Option<String>) -> anyhow::Result<Client> {
+        let ca = std::fs::read(self.ca_cert())?;
+        Ok(Client::new(&self.api(), token).with_root_ca(&ca)?)
+    }
+
+    /// A raw HTTP client trusting the cloud's CA (for requests the typed client cannot make).
+    pub fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca_cert())?)?;
+        Ok(reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()?)
     }
 
     /// The admin token.
@@ -140,7 +160,7 @@ impl Cloud {
 
     /// An admin client.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.api(), Some(self.token()?)))
+        self.client_with(Some(self.token()?))
     }
 
     /// Runs the CLI against this cloud with the admin token.
@@ -153,6 +173,7 @@ impl Cloud {
         Ok(Command::new(&self.bin)
             .args(args)
             .env("NIMBUS_API", self.api())
+            .env("NIMBUS_CA_CERT", self.ca_cert())
             .env("NIMBUS_TOKEN", token)
             .env_remove("NIMBUS_PROJECT")
             .stdin(Stdio::null())
@@ -161,7 +182,8 @@ impl Cloud {
 
     /// A client with `token`.
     pub fn client_as(&self, token: &str) -> Client {
-        Client::new(&self.api(), Some(token.to_string()))
+        self.client_with(Some(token.to_string()))
+            .expect("the cloud's CA certificate is readable")
     }
 
     /// The last lines of the `nimbus up` log (for failure messages).

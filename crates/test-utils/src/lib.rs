@@ -13,10 +13,12 @@ mod link;
 pub mod logs;
 mod routers;
 mod netclient;
+mod tls;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
 pub use link::LinkFault;
 pub use routers::{remove_routers, routers};
 pub use netclient::NetClient;
+pub use tls::console_connector;
 pub use wait::wait_until;

@@ -19,6 +19,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise_url: "http://127.0.0.1:1".into(),
         controller_url: None,
+        controller_tls: None,
         token: "secret".into(),
         state_dir: dir.to_path_buf(),
         shared_storage: None,

@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 pub struct ImageSource {
     /// The controller's URL.
     pub controller_url: String,
+    /// TLS of the calls to the controller.
+    pub tls: Option<nimbus_pki::rustls::ClientConfig>,
     /// The agent token, which the controller's internal routes accept.
     pub token: String,
 }
@@ -84,11 +86,12 @@ impl ImageCache {
         for d in [&incoming, &dir.join("sha256")] {
             std::fs::create_dir_all(d).map_err(Error::io("create", d))?;
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
-            .read_timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+            .read_timeout(std::time::Duration::from_secs(30));
+        let http =
+            crate::controller_link::client(builder, source.as_ref().and_then(|s| s.tls.as_ref()))
+                .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             dir,
             source,

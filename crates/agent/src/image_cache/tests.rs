@@ -81,6 +81,7 @@ fn publish(served: &Served, bytes: &[u8]) -> ImageBlob {
 async fn cache(dir: &Path, served: &Served, max_bytes: u64) -> ImageCache {
     let source = ImageSource {
         controller_url: controller(served.clone()).await,
+        tls: None,
         token: "secret".into(),
     };
     ImageCache::open(dir, Some(source), max_bytes).expect("open")
@@ -150,6 +151,7 @@ async fn bytes_that_do_not_match_the_digest_never_enter_the_cache() {
     // A wrong token is refused by the controller: an error, nothing cached.
     let source = ImageSource {
         controller_url: controller(served.clone()).await,
+        tls: None,
         token: "wrong".into(),
     };
     let c = ImageCache::open(tmp.path(), Some(source), 1 << 30).expect("open");

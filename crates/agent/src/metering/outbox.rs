@@ -125,6 +125,7 @@ pub fn trim(pending: &mut Vec<UsageSample>, max: usize) {
 pub async fn push_loop(
     outbox: std::sync::Arc<Outbox>,
     controller_url: String,
+    tls: Option<nimbus_pki::rustls::ClientConfig>,
     host: String,
     token: String,
     every: Duration,
@@ -133,11 +134,10 @@ pub async fn push_loop(
         "{}/v1/internal/usage/samples",
         controller_url.trim_end_matches('/')
     );
-    let http = match reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15))
-        .build()
-    {
+        .timeout(Duration::from_secs(15));
+    let http = match crate::controller_link::client(builder, tls.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; usage is not pushed");

@@ -30,6 +30,7 @@ impl TestAgent {
             listen: "127.0.0.1:0".parse().expect("addr"),
             advertise_url: "http://127.0.0.1:0".into(),
             controller_url: None,
+            controller_tls: None,
             token: TOKEN.into(),
             state_dir: state_dir.to_path_buf(),
             shared_storage: None,

@@ -51,7 +51,17 @@ pub async fn attach(client: &Client, instance: &str) -> anyhow::Result<()> {
             format!("Bearer {t}").parse().context("bad token")?,
         );
     }
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+    let connector = match client.root_ca() {
+        Some(ca) => {
+            let ca = std::str::from_utf8(ca).context("the CA certificate is not PEM text")?;
+            let tls = nimbus_pki::client_config(ca, None).context("bad CA certificate")?;
+            Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+                tls,
+            )))
+        }
+        None => None,
+    };
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
         .await
         .context("cannot open the console (is another console attached?)")?;
     eprintln!("connected to {} (detach with Ctrl-])\r", inst.name);

@@ -73,6 +73,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.retention = retention;
     config.listen = args.listen;
     config.trusted_proxies = args.trusted_proxy;
+    config.tls_names = args.tls_names;
     if let Some(url) = args.database_url {
         config.database_url = url;
     }
@@ -97,7 +98,7 @@ fn retention(args: &ControllerArgs) -> Retention {
     }
 }
 
-pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+pub async fn agent(args: AgentArgs, ca_cert: Option<&Path>) -> anyhow::Result<()> {
     let advertise_url = match args.advertise_url {
         Some(url) => url,
         None if args.listen.ip().is_unspecified() && args.controller.is_some() => {
@@ -114,6 +115,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         name: args.name,
         listen: args.listen,
         advertise_url,
+        controller_tls: controller_tls(args.controller.as_deref(), ca_cert)?,
         controller_url: args.controller,
         token: args.agent_token,
         state_dir: args.state_dir,
@@ -136,6 +138,23 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         image_cache_gib: args.image_cache_gib,
     };
     nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
+}
+
+/// TLS of the agent's calls to `controller`: its certificate is checked against the CA of
+/// `ca_cert`.
+fn controller_tls(
+    controller: Option<&str>,
+    ca_cert: Option<&Path>,
+) -> anyhow::Result<Option<nimbus_pki::rustls::ClientConfig>> {
+    if controller.is_none() {
+        return Ok(None);
+    }
+    let Some(path) = ca_cert else {
+        bail!("the agent needs the cloud's CA certificate to trust the controller: pass --ca-cert FILE");
+    };
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+    Ok(Some(nimbus_pki::client_config(&pem, None)?))
 }
 
 /// `10.200.0.0/16` -> network settings; `none` -> no network.

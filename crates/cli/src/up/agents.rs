@@ -19,6 +19,8 @@ pub struct AgentsPlan {
     pub net: Option<HostNetwork>,
     pub controller_url: String,
     pub token: String,
+    /// The cloud's CA certificate (the agents check the controller's against it).
+    pub ca_cert: PathBuf,
     pub accel: Option<String>,
     /// Shared storage directory every agent keeps instance disks in.
     pub shared_storage: Option<PathBuf>,
@@ -68,6 +70,8 @@ impl Supervisor {
                 format!("http://{listen}"),
                 "--controller".into(),
                 plan.controller_url.clone(),
+                "--ca-cert".into(),
+                plan.ca_cert.display().to_string(),
                 "--state-dir".into(),
                 state_dir.display().to_string(),
                 "--metering-interval-secs".into(),

@@ -43,6 +43,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None
     };
     let default_image = image::ensure_default_image(&data_dir).await?;
+    // The controller would create the CA at its start; made here first, the agents and the
+    // CLI can trust it from their first call.
+    let ca = nimbus_pki::CloudCa::load_or_create(&data_dir)
+        .with_context(|| format!("cannot set up the cloud CA in {}", data_dir.display()))?;
+    let ca_cert = data_dir.join(nimbus_pki::CA_CERT_FILE);
 
     let use_netns = !args.no_netns && nix::unistd::geteuid().is_root();
     let net = if use_netns {
@@ -58,9 +63,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             if !args.listen.ip().is_unspecified() {
                 config.listen.push(bridge_addr);
             }
-            format!("http://{bridge_addr}")
+            format!("https://{bridge_addr}")
         }
-        None => format!("http://{}", loopback_of(args.listen)),
+        None => format!("https://{}", loopback_of(args.listen)),
     };
     if let Some(url) = &args.database_url {
         config.database_url = url.clone();
@@ -82,13 +87,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let controller = tokio::spawn(nimbus_controller::run(config, async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
-    let api = format!("http://{}", loopback_of(args.listen));
+    let api = format!("https://{}", loopback_of(args.listen));
     let supervisor = agents::Supervisor::start(agents::AgentsPlan {
         data_dir: data_dir.clone(),
         hosts: args.hosts,
         net: net.clone(),
         controller_url,
         token,
+        ca_cert: ca_cert.clone(),
         accel: args.accel.clone(),
         shared_storage: shared_storage.clone(),
         metering_interval_secs: args.metering_interval_secs,
@@ -97,12 +103,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let local = LocalCloud {
         api: api.clone(),
         token_file: admin_token_path(&data_dir),
+        ca_cert: Some(ca_cert),
     };
     std::fs::write(
         local_cloud_path(&data_dir),
         serde_json::to_vec_pretty(&local)?,
     )?;
-    announce(&api, &data_dir, args.hosts, shared_storage.as_deref()).await;
+    announce(&api, &data_dir, &ca, args.hosts, shared_storage.as_deref()).await;
 
     tokio::select! {
         _ = shutdown.recv() => {}
@@ -141,6 +148,7 @@ fn loopback_of(addr: SocketAddr) -> SocketAddr {
 async fn announce(
     api: &str,
     data_dir: &std::path::Path,
+    ca: &nimbus_pki::CloudCa,
     hosts: u32,
     shared_storage: Option<&std::path::Path>,
 ) {
@@ -149,8 +157,13 @@ async fn announce(
     while std::time::Instant::now() < deadline {
         // The controller writes the token at its first start: read it on every try.
         let token = std::fs::read_to_string(admin_token_path(data_dir)).ok();
-        let client = nimbus_client::Client::new(api, token.map(|t| t.trim().to_string()));
-        if let Ok(h) = client.list_hosts().await {
+        let client = nimbus_client::Client::new(api, token.map(|t| t.trim().to_string()))
+            .with_root_ca(ca.cert_pem().as_bytes());
+        let listed = match client {
+            Ok(c) => c.list_hosts().await,
+            Err(e) => Err(e),
+        };
+        if let Ok(h) = listed {
             ready = h;
             if ready.len() as u32 >= hosts {
                 break;
@@ -162,6 +175,11 @@ async fn announce(
     eprintln!("  API:         {api}   (OpenAPI: {api}/v1/openapi.json)");
     eprintln!("  data:        {}", data_dir.display());
     eprintln!("  admin token: {}", admin_token_path(data_dir).display());
+    eprintln!(
+        "  CA:          {} (sha256 {}; other clients: --ca-cert or NIMBUS_CA_CERT)",
+        data_dir.join(nimbus_pki::CA_CERT_FILE).display(),
+        ca.fingerprint()
+    );
     if let Some(dir) = shared_storage {
         eprintln!("  disks:       {} (shared by every host)", dir.display());
     }

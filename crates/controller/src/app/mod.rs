@@ -31,6 +31,7 @@ pub mod scaling;
 pub mod secgroups;
 pub mod snapshots;
 pub mod throttle;
+pub mod tls;
 pub mod tokens;
 pub mod usage;
 
@@ -61,6 +62,8 @@ struct Inner {
     cpu: Arc<dyn scaling::CpuSource>,
     /// The bytes of uploaded images.
     blobs: image_blobs::ImageBlobs,
+    /// The CA and the controller's certificate.
+    tls: tls::ControllerTls,
 }
 
 impl App {
@@ -68,6 +71,12 @@ impl App {
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
         let blobs = image_blobs::ImageBlobs::open(&config.data_dir)?;
+        let tls = tls::ControllerTls::load(&config).map_err(|e| {
+            AppError::internal(format!(
+                "cannot set up the cloud CA in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 auth_throttle: throttle::AuthThrottle::new(
@@ -79,6 +88,7 @@ impl App {
                 id: Uuid::new_v4(),
                 cpu: Arc::new(scaling::AgentCpu::default()),
                 blobs,
+                tls,
             }),
         })
     }
@@ -99,6 +109,11 @@ impl App {
 
     pub fn config(&self) -> &ControllerConfig {
         &self.inner.config
+    }
+
+    /// The CA and the controller's certificate.
+    pub fn tls(&self) -> &tls::ControllerTls {
+        &self.inner.tls
     }
 
     /// Failed authentications per client address.

@@ -18,6 +18,7 @@ mod networks;
 pub mod openapi;
 mod operations;
 mod paging;
+pub mod peer;
 mod placement_groups;
 mod projects;
 mod secgroups;

@@ -1,0 +1,28 @@
+//! Who is on the other end of the connection, for the handlers: the TCP peer's address
+//! (as `ConnectInfo<SocketAddr>`, what authentication and throttling read) and the client
+//! certificate's identity, when the TLS handshake verified one (what agents present).
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use nimbus_pki::{PeerIdentity, PeerInfo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The verified client certificate of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<PeerIdentity>);
+
+/// Middleware: copies the connection's [`PeerInfo`] into the request's extensions.
+pub async fn expose(
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut()
+        .insert(ConnectInfo::<SocketAddr>(peer.addr));
+    if let Some(id) = peer.identity {
+        req.extensions_mut().insert(ClientCert(id));
+    }
+    next.run(req).await
+}
