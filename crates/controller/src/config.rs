@@ -40,6 +40,10 @@ pub struct ControllerConfig {
     pub lease_ttl: Duration,
     /// How long usage samples, operations and audit entries are kept.
     pub retention: Retention,
+    /// Names (DNS or IP) the controller's certificate carries besides its listen
+    /// addresses, loopback, `localhost` and the machine's host name: how agents and clients
+    /// on other machines reach it.
+    pub tls_names: Vec<String>,
 }
 
 /// How long the tables that grow with use keep their rows (see `background::retention`).
@@ -65,10 +69,6 @@ impl Default for Retention {
             interval: Duration::from_secs(600),
         }
     }
-    /// Names (DNS or IP) the controller's certificate carries besides its listen
-    /// addresses, loopback, `localhost` and the machine's host name: how agents and clients
-    /// on other machines reach it.
-    pub tls_names: Vec<String>,
 }
 
 /// The default network: a /16 (or smaller) prefix spread over all hosts by VXLAN.
