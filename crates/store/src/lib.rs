@@ -108,7 +108,12 @@ impl Store {
                 sqlx::query(pragma).execute(&pool).await?;
             }
         }
-        MIGRATOR.run(&pool).await?;
+        // On PostgreSQL, sqlx runs the migrations under an advisory lock: controllers
+        // starting together apply each migration once.
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::NewerSchema(v),
+            e => e.into(),
+        })?;
         let postgres = !url.starts_with("sqlite:");
         Ok(Self { pool, postgres })
     }

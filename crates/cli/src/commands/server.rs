@@ -70,6 +70,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut config = ControllerConfig::new(data_dir.clone(), agent_token(&data_dir)?);
     config.listen = args.listen;
     config.trusted_proxies = args.trusted_proxy;
+    config.lease_ttl = args.lease_ttl;
     if let Some(url) = args.database_url {
         config.database_url = url;
     }
