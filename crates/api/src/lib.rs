@@ -5,6 +5,7 @@
 //! never disagree. The crate does no I/O.
 
 pub mod audit;
+pub mod controller;
 pub mod error;
 pub mod flavor;
 pub mod group;
@@ -26,6 +27,7 @@ pub mod token;
 pub mod usage;
 
 pub use audit::AuditEntry;
+pub use controller::ControllerView;
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
 pub use group::{

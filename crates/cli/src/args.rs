@@ -86,8 +86,9 @@ impl OutputArg {
 pub enum Command {
     /// Run an all-in-one cloud on this machine: controller plus N host agents.
     Up(UpArgs),
-    /// Run the controller alone (multi-machine setups).
-    Controller(ControllerArgs),
+    /// Run the controller alone (multi-machine setups; several may share one PostgreSQL),
+    /// or `nimbus controller list`.
+    Controller(ControllerCmd),
     /// Run a host agent alone (multi-machine setups).
     Agent(AgentArgs),
     /// Hosts of the pool.
@@ -327,6 +328,23 @@ pub enum StrategyArg {
     Pack,
 }
 
+/// `nimbus controller [ARGS]` runs a controller; `nimbus controller list` lists them.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControllerCmd {
+    #[command(subcommand)]
+    pub action: Option<ControllerAction>,
+    #[command(flatten)]
+    pub run: ControllerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControllerAction {
+    /// The live controllers sharing the database: version, heartbeat age, operations owned
+    /// (admin).
+    List,
+}
+
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
     #[arg(long)]
@@ -367,6 +385,10 @@ pub struct ControllerArgs {
     /// the machine's host name (repeatable).
     #[arg(long = "tls-name", value_name = "NAME")]
     pub tls_names: Vec<String>,
+    /// How long the operations of a controller that stopped renewing stay its own before
+    /// another controller takes them over (see docs/control-plane.md).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub lease_ttl: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -29,10 +29,8 @@ fn main() {
 }
 
 fn init_tracing(cli: &Cli) {
-    let server = matches!(
-        cli.command,
-        Command::Up(_) | Command::Controller(_) | Command::Agent(_)
-    );
+    let server = matches!(cli.command, Command::Up(_) | Command::Agent(_))
+        || matches!(&cli.command, Command::Controller(c) if c.action.is_none());
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -49,7 +47,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output.plain()?;
     match cli.command {
         Command::Up(args) => up::run(args).await,
-        Command::Controller(args) => commands::server::controller(args).await,
+        Command::Controller(cmd) => match cmd.action {
+            Some(action) => commands::controller::run(&cli.conn, out, action).await,
+            None => commands::server::controller(cmd.run).await,
+        },
         Command::Agent(args) => commands::server::agent(args, cli.conn.ca_cert.as_deref()).await,
         Command::Host(cmd) => commands::host::run(&cli.conn, out, cmd).await,
         Command::Flavor(cmd) => commands::flavor::run(&cli.conn, out, cmd).await,

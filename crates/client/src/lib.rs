@@ -363,6 +363,11 @@ impl Client {
         self.delete(&format!("/v1/images/{name}")).await
     }
 
+    /// The live controllers (admin).
+    pub async fn list_controllers(&self) -> Result<Vec<nimbus_api::ControllerView>, ClientError> {
+        self.get("/v1/controllers").await
+    }
+
     pub async fn list_hosts(&self) -> Result<Vec<HostView>, ClientError> {
         self.list_all("/v1/hosts").await
     }

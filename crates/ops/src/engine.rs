@@ -1,6 +1,6 @@
 //! Runs an operation's steps forward, and unwinds them on failure or cancel.
 
-use crate::{LogError, OperationLog, Step, StepContext, StepError};
+use crate::{LogError, LogSnapshot, OperationLog, Step, StepContext, StepError};
 use nimbus_api::{OperationState, StepState};
 use serde_json::Value;
 use std::time::Duration;
@@ -95,7 +95,7 @@ async fn drive<C: Send + Sync>(
     log: &dyn OperationLog,
     retry: RetryPolicy,
 ) -> Result<(Outcome, bool), LogError> {
-    let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
+    let names: Vec<&'static str> = steps.iter().map(|s| s.name()).collect();
     log.init_steps(op, &names).await?;
     let snap = log.load(op).await?;
     match snap.state {
@@ -111,13 +111,23 @@ async fn drive<C: Send + Sync>(
                 true,
             ));
         }
-        OperationState::Unwinding => {
-            let cancelled = log.cancel_requested(op).await?;
-            let error = snap.error.unwrap_or_else(|| "cancelled".into());
-            let outcome = unwind(op, steps, ctx, log, retry, error, cancelled).await?;
-            return Ok((outcome, false));
-        }
-        OperationState::Running => {}
+        OperationState::Running | OperationState::Unwinding => {}
+    }
+    if let Some(error) = plan_mismatch(&snap, &names) {
+        tracing::error!(operation_id = %op, %error, "operation refused: its plan is unknown here");
+        return Ok((
+            Outcome::Failed {
+                error,
+                unwound: false,
+            },
+            false,
+        ));
+    }
+    if snap.state == OperationState::Unwinding {
+        let cancelled = log.cancel_requested(op).await?;
+        let error = snap.error.unwrap_or_else(|| "cancelled".into());
+        let outcome = unwind(op, steps, ctx, log, retry, error, cancelled).await?;
+        return Ok((outcome, false));
     }
     let mut outputs: Vec<Option<Value>> = snap.steps.iter().map(|s| s.output.clone()).collect();
     outputs.resize(steps.len(), None);
@@ -138,6 +148,7 @@ async fn drive<C: Send + Sync>(
         let sctx = StepContext {
             operation_id: op,
             log,
+            names: names.clone(),
             outputs: outputs.clone(),
         };
         let result = with_retries(retry, || step.action(ctx, &sctx)).await;
@@ -193,6 +204,7 @@ async fn unwind<C: Send + Sync>(
     let sctx = StepContext {
         operation_id: op,
         log,
+        names: steps.iter().map(|s| s.name()).collect(),
         outputs,
     };
     for (i, step) in steps.iter().enumerate().rev() {
@@ -221,6 +233,25 @@ async fn unwind<C: Send + Sync>(
             unwound: true,
         })
     }
+}
+
+/// Why an operation recorded with other steps than `plan` (started by another nimbus version
+/// whose plan for this kind differs) must not be resumed here; `None` when the recorded step
+/// names are the plan's, in order. Steps are addressed by name: an operation persisted by an
+/// older plan with the same steps resumes, a renamed, added, removed or moved step refuses
+/// it, so that no step ever runs in another's place.
+fn plan_mismatch(snap: &LogSnapshot, plan: &[&str]) -> Option<String> {
+    let recorded: Vec<&str> = snap.steps.iter().map(|s| s.name.as_str()).collect();
+    if recorded == plan {
+        return None;
+    }
+    Some(format!(
+        "this operation was started by a nimbus version whose plan has the steps [{}]; this \
+         controller's plan has [{}]: it is not resumed here and no step was run (run the \
+         version that started it to finish it, or retry the action)",
+        recorded.join(", "),
+        plan.join(", ")
+    ))
 }
 
 async fn with_retries<F, Fut, T>(policy: RetryPolicy, mut f: F) -> Result<T, StepError>

@@ -16,6 +16,12 @@
 //!      └──────────────────────────────────────────────────────────────▶  │
 //!   all steps done ─▶ succeeded                            failed | cancelled
 //! ```
+//! Steps are addressed by name: a step reads earlier outputs by step name, and an operation
+//! is resumed only when the step names it recorded are the plan's, in order. One persisted by
+//! another nimbus version whose plan has the same steps resumes; one whose plan differs (a
+//! step renamed, added, removed or moved) fails at once with a message naming both plans,
+//! and no step runs in another's place.
+//!
 //! A step may be marked as the operation's *point of no return*: once it is done, a later
 //! failure no longer unwinds (the operation fails forward and says so), and cancel is refused.
 

@@ -35,13 +35,16 @@ impl StepError {
 pub struct StepContext<'a> {
     pub operation_id: Uuid,
     pub(crate) log: &'a dyn OperationLog,
+    /// The plan's step names, in order (outputs are addressed by them).
+    pub(crate) names: Vec<&'static str>,
     pub(crate) outputs: Vec<Option<Value>>,
 }
 
 impl StepContext<'_> {
-    /// Output logged by an earlier step, by index.
-    pub fn output(&self, step: usize) -> Option<&Value> {
-        self.outputs.get(step).and_then(|o| o.as_ref())
+    /// Output logged by an earlier step, by the step's name.
+    pub fn output(&self, step: &str) -> Option<&Value> {
+        let i = self.names.iter().position(|n| *n == step)?;
+        self.outputs.get(i).and_then(|o| o.as_ref())
     }
 
     /// The epoch of this runner's ownership of the operation, if the log is fenced.

@@ -16,6 +16,4 @@ CREATE TABLE controllers (
 ALTER TABLE operations ADD COLUMN owner TEXT;
 ALTER TABLE operations ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE operations ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0;
--- The version of the plan (list of steps) the operation was started with.
-ALTER TABLE operations ADD COLUMN plan_version BIGINT NOT NULL DEFAULT 1;
 CREATE INDEX operations_owner ON operations (owner);

@@ -25,6 +25,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The database was migrated by a newer nimbus: this one must not write to it.
+    #[error(
+        "the database has schema migration {0}, which this nimbus does not know: it was \
+         upgraded by a newer nimbus; run that version (or newer) of the controller"
+    )]
+    NewerSchema(i64),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -71,6 +71,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 use std::str::FromStr;
 
+/// No nimbus transaction waits on anything but the database: one idle this long inside a
+/// transaction belongs to a stalled process.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "SET idle_in_transaction_session_timeout = 5000";
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Handle on the database; cheap to clone.
@@ -95,9 +99,21 @@ impl Store {
             url: url.clone(),
             source: e,
         })?;
-        let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+        let sqlite = url.starts_with("sqlite:");
+        let max = if sqlite { 1 } else { 8 };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !sqlite {
+                        // A controller paused or cut off inside a transaction would hold its
+                        // row locks, and block every other controller, for as long as it is
+                        // stalled: the server ends such a session after this idle time.
+                        sqlx::Executor::execute(&mut *conn, IDLE_IN_TRANSACTION_TIMEOUT).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Connect {
@@ -114,7 +130,12 @@ impl Store {
                 sqlx::query(pragma).execute(&pool).await?;
             }
         }
-        MIGRATOR.run(&pool).await?;
+        // On PostgreSQL, sqlx runs the migrations under an advisory lock: controllers
+        // starting together apply each migration once.
+        MIGRATOR.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::NewerSchema(v),
+            e => e.into(),
+        })?;
         let postgres = !url.starts_with("sqlite:");
         Ok(Self { pool, postgres })
     }

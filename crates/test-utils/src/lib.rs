@@ -8,6 +8,7 @@
 //! failed (panicked), the cloud's logs are kept first and their place printed ([`logs`]).
 
 mod cloud;
+pub mod controllers;
 pub mod guest;
 mod link;
 pub mod logs;

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod console;
+pub mod controller;
 pub mod flavor;
 pub mod group;
 pub mod host;

@@ -74,6 +74,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.trusted_proxies = args.trusted_proxy;
     config.tls_names = args.tls_names;
+    config.lease_ttl = args.lease_ttl;
     if let Some(url) = args.database_url {
         config.database_url = url;
     }

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod claims;
 pub mod clones;
 pub mod cloud_init;
+pub mod controllers;
 pub mod error;
 pub mod firewall;
 pub mod flavors;

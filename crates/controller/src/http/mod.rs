@@ -4,6 +4,7 @@ mod audit;
 mod audit_log;
 mod auth;
 mod console;
+mod controllers;
 mod error;
 mod flavors;
 mod groups;
@@ -103,6 +104,7 @@ pub fn router(app: App) -> Router {
             "/keypairs/{keypair}",
             get(keypairs::show).delete(keypairs::delete),
         )
+        .route("/controllers", get(controllers::list))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{host}", get(hosts::show))
         .route("/hosts/{host}/enable", post(hosts::enable))

@@ -3,8 +3,8 @@
 
 use super::paging::PagedAnswers;
 use super::{
-    audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, networks,
-    operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
+    audit_log, controllers, flavors, groups, hosts, images, instances, keypairs, migrations,
+    networks, operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         hosts::list, hosts::show, hosts::enable, hosts::disable, hosts::evacuate,
         hosts::orphans, hosts::delete_orphan,
+        controllers::list,
         operations::list, operations::show, operations::cancel,
         migrations::migrate, migrations::show, migrations::drain,
         snapshots::create, snapshots::list, snapshots::show, snapshots::restore, snapshots::delete,

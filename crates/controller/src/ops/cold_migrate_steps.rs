@@ -105,7 +105,7 @@ impl Step<App> for CommitCold {
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
         let bytes = s
-            .output(2)
+            .output("copy_disk")
             .and_then(|o| o.get("bytes"))
             .and_then(Value::as_u64)
             .unwrap_or(0);

@@ -19,11 +19,13 @@ impl Step<App> for DisableHost {
         "disable_host"
     }
 
-    async fn action(&self, app: &App, _s: &StepContext<'_>) -> Result<Value, StepError> {
+    async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         app.store()
             .set_host_enabled(&self.0, false)
             .await
             .map_err(store_err)?;
+        crate::failpoint::hold("drain.disable_host").await;
+        s.progress(&format!("host {} disabled", self.0)).await;
         Ok(json!({ "host": self.0 }))
     }
 }

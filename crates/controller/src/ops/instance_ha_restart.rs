@@ -137,7 +137,7 @@ fn shared_dir(
 }
 
 fn out(s: &StepContext<'_>, key: &str) -> Option<String> {
-    s.output(0)
+    s.output("choose_restart_host")
         .and_then(|o| o.get(key))
         .and_then(Value::as_str)
         .map(str::to_string)

@@ -25,7 +25,7 @@ const HEARTBEAT_FRESH_MS: u64 = 2_000;
 
 pub(super) fn from_output<T: serde::de::DeserializeOwned>(
     s: &StepContext<'_>,
-    step: usize,
+    step: &str,
     key: &str,
 ) -> Result<T, StepError> {
     let v = s
@@ -60,10 +60,12 @@ impl Route {
 
 pub(super) fn route(s: &StepContext<'_>) -> Result<Route, StepError> {
     Ok(Route {
-        source: from_output(s, 0, "source")?,
-        target: from_output(s, 0, "target")?,
+        source: from_output(s, "choose_target", "source")?,
+        target: from_output(s, "choose_target", "target")?,
+        // The prepare step of a live migration, or of a cold one.
         disk_transfer: s
-            .output(1)
+            .output("prepare_target")
+            .or_else(|| s.output("prepare_cold_target"))
             .and_then(|o| o.get("disk_transfer"))
             .and_then(|v| v.as_str())
             .map(str::to_string),
@@ -262,7 +264,7 @@ impl Step<App> for Transfer {
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
-        let ready: IncomingReady = from_output(s, 1, "ready")?;
+        let ready: IncomingReady = from_output(s, "prepare_target", "ready")?;
         let req = params(app, s.operation_id).await?;
         let source = app.agent_of(&r.source).await.map_err(app_err)?;
         let current = source.migration(self.0).await.map_err(agent_err)?;
@@ -377,7 +379,7 @@ impl Step<App> for VerifyTarget {
         s.progress("waiting for the guest's heartbeat on the target")
             .await;
         let r = route(s)?;
-        let progress: MigrationProgress = from_output(s, 2, "progress")?;
+        let progress: MigrationProgress = from_output(s, "transfer", "progress")?;
         let target = app.agent_of(&r.target).await.map_err(app_err)?;
         let start = Instant::now();
         loop {
@@ -432,8 +434,8 @@ impl Step<App> for Commit {
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
-        let progress: MigrationProgress = from_output(s, 2, "progress")?;
-        let verified = s.output(3).cloned().unwrap_or_default();
+        let progress: MigrationProgress = from_output(s, "transfer", "progress")?;
+        let verified = s.output("verify_target").cloned().unwrap_or_default();
         let stats = commit_move(app, s.operation_id, self.0, &r, |total_ms| MigrationStats {
             disk_transfer: if r.shared() { "shared" } else { "mirror" }.into(),
             rounds: progress.round,

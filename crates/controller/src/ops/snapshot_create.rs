@@ -131,7 +131,7 @@ impl Step<App> for Complete {
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let p: CreateParams = op_params(app, s.operation_id).await?;
         let result: SnapshotResult = s
-            .output(1)
+            .output("take")
             .cloned()
             .map(serde_json::from_value)
             .transpose()

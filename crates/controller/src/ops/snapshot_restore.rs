@@ -78,7 +78,7 @@ impl Step<App> for RecordRestore {
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let result: RestoreResult = s
-            .output(1)
+            .output("restore")
             .cloned()
             .map(serde_json::from_value)
             .transpose()

@@ -113,6 +113,7 @@ async fn each_action_twice_gives_the_same_result() {
     let sctx = StepContext {
         operation_id: op,
         log: &ctx_log,
+        names: vec![],
         outputs: vec![],
     };
     for step in steps(&world) {
@@ -191,6 +192,7 @@ async fn crash_at_any_step_resumes_to_success() {
             let sctx = StepContext {
                 operation_id: op,
                 log: &log,
+                names: vec![],
                 outputs: vec![],
             };
             let out = s.action(&world, &sctx).await.expect("action");
@@ -276,4 +278,80 @@ async fn finalize_runs_before_the_end_is_visible() {
 
 async fn state_of(log: &MemoryLog, op: Uuid) -> OperationState {
     log.load(op).await.expect("load").state
+}
+
+/// A log recording `names`, the first `done` of them done (their actions ran).
+async fn persisted(world: &World, names: &[&str], done: usize) -> (Uuid, MemoryLog) {
+    let log = MemoryLog::default();
+    let op = Uuid::new_v4();
+    log.create(op);
+    log.init_steps(op, names).await.expect("init");
+    for (i, s) in steps(world).iter().enumerate().take(done) {
+        let sctx = StepContext {
+            operation_id: op,
+            log: &log,
+            names: vec![],
+            outputs: vec![],
+        };
+        let out = s.action(world, &sctx).await.expect("action");
+        log.set_step(op, i, StepState::Done, Some(&out), None)
+            .await
+            .expect("done");
+    }
+    (op, log)
+}
+
+/// An operation persisted by an older plan (another nimbus version) whose steps have the
+/// same names resumes where it was.
+#[tokio::test]
+async fn an_older_plan_with_the_same_steps_resumes() {
+    let world = World::default();
+    let (op, log) = persisted(&world, &["a", "b", "c", "d"], 2).await;
+    let out = run(op, &steps(&world), &world, &log, fast())
+        .await
+        .expect("log");
+    assert_eq!(out, Outcome::Succeeded);
+    assert_eq!(*world.resources.lock().expect("lock"), all());
+}
+
+/// A step renamed (or added, removed, moved) between versions: the operation is refused
+/// with a message naming both plans, and no step runs in another's place.
+#[tokio::test]
+async fn an_unknown_plan_is_refused_and_runs_nothing() {
+    let world = World::default();
+    let (op, log) = persisted(&world, &["a", "b", "c_old", "d"], 1).await;
+    let before = world.resources.lock().expect("lock").clone();
+    let out = run(op, &steps(&world), &world, &log, fast())
+        .await
+        .expect("log");
+    let Outcome::Failed { error, unwound } = out else {
+        panic!("{out:?}");
+    };
+    assert!(!unwound);
+    assert!(
+        error.contains("[a, b, c_old, d]") && error.contains("[a, b, c, d]"),
+        "{error}"
+    );
+    assert_eq!(
+        *world.resources.lock().expect("lock"),
+        before,
+        "nothing ran"
+    );
+    let snap = log.load(op).await.expect("load");
+    assert_eq!(snap.state, OperationState::Failed);
+    assert_eq!(snap.steps[2].state, StepState::Pending);
+}
+
+#[test]
+fn outputs_are_addressed_by_step_name() {
+    let log = MemoryLog::default();
+    let sctx = StepContext {
+        operation_id: Uuid::new_v4(),
+        log: &log,
+        names: vec!["place", "boot"],
+        outputs: vec![Some(Value::from("h1")), None],
+    };
+    assert_eq!(sctx.output("place"), Some(&Value::from("h1")));
+    assert_eq!(sctx.output("boot"), None);
+    assert_eq!(sctx.output("elsewhere"), None);
 }

@@ -218,3 +218,28 @@ async fn sqlite_serves_one_controller() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_controller_refuses_a_newer_schema() {
+    for (s, d) in stores().await {
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, \
+             checksum, execution_time) VALUES (9999, 'from the future', CURRENT_TIMESTAMP, \
+             TRUE, $1, 0)",
+        )
+        .bind(vec![0u8; 48])
+        .execute(s.pool())
+        .await
+        .expect("a future migration");
+        let url = match &d {
+            crate::testing::Backing::Sqlite(dir) => {
+                format!("sqlite://{}/test.db", dir.path().display())
+            }
+            crate::testing::Backing::Postgres { admin_url, name } => {
+                format!("{}/{name}", admin_url.rsplit_once('/').expect("url").0)
+            }
+        };
+        let err = Store::connect(&url).await.expect_err("refused");
+        assert!(matches!(err, StoreError::NewerSchema(9999)), "{err}");
+    }
+}
