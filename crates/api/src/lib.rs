@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod error;
 pub mod flavor;
+pub mod floating_ip;
 pub mod group;
 pub mod host;
 pub mod image;
@@ -27,6 +28,7 @@ pub mod usage;
 pub use audit::AuditEntry;
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
+pub use floating_ip::{AttachFloatingIp, FloatingIpView};
 pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,

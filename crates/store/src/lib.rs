@@ -12,6 +12,7 @@
 mod audit;
 mod error;
 mod flavors;
+mod floating_ips;
 mod group_events;
 mod groups;
 mod hosts;
@@ -37,6 +38,7 @@ mod tokens;
 mod usage;
 
 pub use error::StoreError;
+pub use floating_ips::FloatingIpRecord;
 pub use group_events::NewGroupEvent;
 pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use hosts::HostRecord;

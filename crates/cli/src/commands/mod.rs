@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod console;
 pub mod flavor;
+pub mod floating_ip;
 pub mod group;
 pub mod host;
 pub mod image;

@@ -9,6 +9,7 @@ pub mod cloud_init;
 pub mod error;
 pub mod firewall;
 pub mod flavors;
+pub mod floating_ips;
 pub mod groups;
 pub mod ha;
 pub mod hosts;

@@ -2,8 +2,8 @@
 //! when it is stale.
 
 use super::{
-    audit_log, flavors, groups, hosts, images, instances, keypairs, migrations, networks,
-    operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
+    audit_log, flavors, floating_ips, groups, hosts, images, instances, keypairs, migrations,
+    networks, operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -33,6 +33,8 @@ use utoipa::{Modify, OpenApi};
         usage::report,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         networks::list, networks::create, networks::show, networks::delete,
+        floating_ips::list, floating_ips::allocate, floating_ips::attach, floating_ips::detach,
+        floating_ips::release,
         placement_groups::list, placement_groups::create, placement_groups::delete,
         secgroups::list, secgroups::create, secgroups::show, secgroups::delete,
         secgroups::add_rule, secgroups::delete_rule, secgroups::set_instance,
