@@ -22,6 +22,12 @@
 //! the host's own route to the destination, source rewritten twice (guest → transit address in
 //! the router, transit → the host's uplink address in the host). Transit addresses are unique
 //! per network on a host (the VNI in 100.64.0.0/10), so replies find their router.
+//! Floating IPs ([`super::floating`]) are translated here too: destination NAT to the guest on
+//! the way in (and forwarded from the uplink to the network for those connections only),
+//! source NAT to the floating IP on the way out, before the masquerade.
+//!
+//! The router's namespace is a named one (`ip netns`), made in the mount namespace
+//! [`Shell::with_netns_mounts`] names when the agent has a private one (`nimbus up`).
 //!
 //! Everything is checked before it is changed, so [`ensure`] is idempotent and an agent
 //! restart changes nothing that runs. The router goes with the network's segment
