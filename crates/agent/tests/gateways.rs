@@ -196,6 +196,15 @@ async fn gateways_go_out_only_and_floating_ips_come_in() {
     let outside2 = SocketAddr::new(t.root_ip(), 4799);
     serve(None, outside2, 1);
     assert_eq!(answer(Some(&ga), outside2), Some(floating.to_string()));
+    // A restarted agent (a new HostNetwork adopting the VMs) changes nothing that runs, also
+    // before the controller sends it the floating IPs again.
+    let host = HostNetwork::new(Shell::in_netns(t.host_ns(1)), Some(host_ip));
+    for spec in [&va, &vb] {
+        host.protect(spec).await.expect("adopt");
+    }
+    serve(Some(&ga), "10.40.0.10:4800".parse().expect("addr"), 1);
+    let after_restart = SocketAddr::new(floating.into(), 4800);
+    assert_eq!(answer(None, after_restart), Some(t.root_ip().to_string()));
     // Detached: nobody answers there any more.
     host.apply_firewall(&firewall(&[(VNI_A, &va), (VNI_B, &vb)], Vec::new()))
         .await

@@ -105,8 +105,9 @@ struct State {
     router_host: Option<String>,
     /// The gateway routers here: VNI → namespace.
     routers: std::collections::BTreeMap<u32, String>,
-    /// The floating IPs of this host's instances, as the controller last sent them.
-    floating: Vec<nimbus_agent_api::FloatingNat>,
+    /// The floating IPs of this host's instances, as the controller last sent them (`None`
+    /// until it has, after a restart: what runs stays as it is until then).
+    floating: Option<Vec<nimbus_agent_api::FloatingNat>>,
     /// The device of the underlay address, once known.
     uplink: Option<String>,
 }
@@ -134,7 +135,7 @@ impl HostNetwork {
             return Ok(false);
         }
         secgroups::apply(&self.shell, fw).await?;
-        state.floating = fw.floating.clone();
+        state.floating = Some(fw.floating.clone());
         self.apply_floating(&mut state).await?;
         Ok(true)
     }
@@ -143,10 +144,15 @@ impl HostNetwork {
     /// router's NATs, the host's routes, ARP answers and egress exceptions), and announces
     /// the ones this host just took.
     async fn apply_floating(&self, state: &mut State) -> Result<(), NetError> {
+        let Some(nats) = &state.floating else {
+            // Not told yet (a restarted agent): routers and routes stay as they are.
+            return egress::ensure(&self.shell, &self.protected(state)).await;
+        };
         let routers: BTreeSet<u32> = state.routers.keys().copied().collect();
-        let held = floating::held(&state.floating, &routers);
+        let held = floating::held(nats, &routers);
         for (vni, netns) in &state.routers {
-            router::set_nats(netns, &nats_of(state, *vni)).await?;
+            let nats = nats_of(state, *vni).unwrap_or_default();
+            router::set_nats(netns, &nats).await?;
         }
         if state.uplink.is_none() {
             if let Some(underlay) = self.underlay {
@@ -374,9 +380,11 @@ impl HostNetwork {
         egress::Protected {
             hosts: state.peers.clone(),
             controller: self.controller,
-            floating: floating::held(&state.floating, &routers)
-                .into_keys()
-                .collect(),
+            floating: state
+                .floating
+                .as_deref()
+                .map(|nats| floating::held(nats, &routers).into_keys().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -407,7 +415,8 @@ impl HostNetwork {
         let host = self.router_host(state).await?;
         let r = router::Router::new(&host, seg.vni, gateway, lease.prefix);
         egress::ensure(&self.shell, &self.protected(state)).await?;
-        if router::ensure(&self.shell, seg, &r, &nats_of(state, seg.vni)).await? {
+        let nats = nats_of(state, seg.vni);
+        if router::ensure(&self.shell, seg, &r, nats.as_deref()).await? {
             tracing::info!(vni = seg.vni, netns = r.netns, %gateway, "network gateway created");
         }
         // Floating IPs of this network the controller sent before the router existed.
@@ -455,12 +464,16 @@ impl HostNetwork {
     }
 }
 
-/// The 1:1 NATs of network `vni`'s router, from the floating IPs the controller last sent.
-fn nats_of(state: &State, vni: u32) -> Vec<router::Nat> {
-    floating::held(&state.floating, &[vni].into())
-        .into_iter()
-        .map(|(floating, (_, private))| router::Nat { floating, private })
-        .collect()
+/// The 1:1 NATs of network `vni`'s router, from the floating IPs the controller last sent
+/// (`None`: not sent yet).
+fn nats_of(state: &State, vni: u32) -> Option<Vec<router::Nat>> {
+    let nats = state.floating.as_deref()?;
+    Some(
+        floating::held(nats, &[vni].into())
+            .into_iter()
+            .map(|(floating, (_, private))| router::Nat { floating, private })
+            .collect(),
+    )
 }
 
 /// The port-security view of `spec`'s NICs.

@@ -126,13 +126,14 @@ pub async fn host_name(shell: &Shell) -> Result<String, NetError> {
         .to_string())
 }
 
-/// Makes (or repairs) `router` on `seg`'s bridge, translating `nats`. Returns whether its
-/// namespace was created.
+/// Makes (or repairs) `router` on `seg`'s bridge, translating `nats` (`None`: not known yet,
+/// after an agent restart: an existing router keeps its rules). Returns whether its namespace
+/// was created.
 pub async fn ensure(
     shell: &Shell,
     seg: &Segment,
     router: &Router,
-    nats: &[Nat],
+    nats: Option<&[Nat]>,
 ) -> Result<bool, NetError> {
     let transit = router.transit()?;
     let created = ensure_netns(shell, &router.netns).await?;
@@ -196,8 +197,25 @@ pub async fn ensure(
             .run()
             .await?;
     }
-    super::port_security::apply(&inside, filter(nats)).await?;
+    match nats {
+        Some(nats) => set_nats(&router.netns, nats).await?,
+        None if !has_filter(&inside).await? => set_nats(&router.netns, &[]).await?,
+        None => {}
+    }
     Ok(created)
+}
+
+/// Whether the router has its rules (one without them would forward unfiltered).
+async fn has_filter(inside: &Shell) -> Result<bool, NetError> {
+    let cmd = inside.nft(&["list", "table", "ip", TABLE]);
+    let done = cmd.output().await?;
+    if done.success {
+        return Ok(true);
+    }
+    if done.stderr.contains("No such file or directory") {
+        return Ok(false);
+    }
+    Err(cmd.failed(&done))
 }
 
 /// Makes the router's rules exactly [`filter`] of `nats` (one transaction).
