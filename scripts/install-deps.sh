@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what nimbus needs on a Debian/Ubuntu host: QEMU >= 9.0, busybox-static, cpio,
-# e2fsprogs, iproute2, nftables, gcc + libc6-dev (guest/build.sh compiles the guest's
+# e2fsprogs, iproute2, util-linux (nsenter), nftables, gcc + libc6-dev (guest/build.sh compiles the guest's
 # static memcheck), and dosfstools + mtools (agents write cloud-init seed disks). On
 # Debian 12 (bookworm) QEMU comes from bookworm-backports, because bookworm's QEMU 7.2
 # corrupts guests live-migrated under TCG.
@@ -48,7 +48,7 @@ main() {
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    local pkgs=(busybox-static cpio e2fsprogs iproute2 nftables xz-utils zstd lz4 socat gcc libc6-dev
+    local pkgs=(busybox-static cpio e2fsprogs iproute2 util-linux nftables xz-utils zstd lz4 socat gcc libc6-dev
         dosfstools mtools)
     # guest/build-debian.sh (the Debian test image: mmdebstrap, GRUB for BIOS, sfdisk) and SSH in its tests.
     pkgs+=(mmdebstrap debian-archive-keyring grub-pc-bin fdisk openssh-client)

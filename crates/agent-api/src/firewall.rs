@@ -12,6 +12,19 @@ pub struct HostFirewall {
     pub ports: Vec<PortFirewall>,
     /// Members of the groups the rules name, per network.
     pub groups: Vec<GroupMembers>,
+    /// The floating IPs of the instances on the host: 1:1 NAT in their network's router.
+    #[serde(default)]
+    pub floating: Vec<FloatingNat>,
+}
+
+/// One floating IP translated to an instance's private address on network `vni`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FloatingNat {
+    pub vni: u32,
+    /// The public address (IPv4).
+    pub floating: String,
+    /// The instance's address on the network (IPv4, no prefix length).
+    pub private: String,
 }
 
 /// One VM port (NIC) and the rules of its groups.

@@ -56,7 +56,7 @@ pub mod vm;
 pub use client::AgentClient;
 pub use error::{AgentError, AgentErrorBody};
 pub use firewall::{
-    FirewallApplied, FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote,
+    FirewallApplied, FirewallRule, FloatingNat, GroupMembers, HostFirewall, PortFirewall, Remote,
 };
 pub use host::{
     Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,

@@ -148,6 +148,7 @@ fn firewall(b_ingress: Vec<FirewallRule>, web: &[&str]) -> HostFirewall {
             group: "web".into(),
             addresses: web.iter().map(|a| a.to_string()).collect(),
         }],
+        floating: Vec::new(),
     }
 }
 

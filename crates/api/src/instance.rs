@@ -92,6 +92,9 @@ pub struct InstanceView {
     /// Its NICs, one per network, in the order asked for (the first is `ip`/`mac`).
     #[serde(default)]
     pub nics: Vec<crate::NicView>,
+    /// The floating IP attached to it (translated to its first NIC), if any.
+    #[serde(default)]
+    pub floating_ip: Option<String>,
     /// The operation currently acting on the instance, if any.
     pub operation: Option<Uuid>,
     pub created_at: DateTime<Utc>,

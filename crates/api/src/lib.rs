@@ -8,6 +8,7 @@ pub mod audit;
 pub mod controller;
 pub mod error;
 pub mod flavor;
+pub mod floating_ip;
 pub mod group;
 pub mod host;
 pub mod image;
@@ -30,6 +31,7 @@ pub use audit::AuditEntry;
 pub use controller::ControllerView;
 pub use error::{ErrorBody, ErrorCode};
 pub use flavor::{CreateFlavor, FlavorView};
+pub use floating_ip::{AttachFloatingIp, FloatingIpView};
 pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,

@@ -14,6 +14,9 @@ pub struct QuotaLimits {
     /// MiB of images the project owns (uploaded or baked).
     #[serde(default)]
     pub image_mib: Option<u64>,
+    /// Floating IPs the project holds (attached or not).
+    #[serde(default)]
+    pub floating_ips: Option<u64>,
 }
 
 impl QuotaLimits {
@@ -25,6 +28,7 @@ impl QuotaLimits {
         disk_gib: None,
         snapshots: None,
         image_mib: None,
+        floating_ips: None,
     };
 
     /// What a new project gets: room for a handful of small machines.
@@ -35,6 +39,7 @@ impl QuotaLimits {
         disk_gib: Some(200),
         snapshots: Some(20),
         image_mib: Some(20 * 1024),
+        floating_ips: Some(2),
     };
 }
 
@@ -50,6 +55,9 @@ pub struct QuotaUsage {
     /// MiB of images the project owns, rounded up.
     #[serde(default)]
     pub image_mib: u64,
+    /// Floating IPs the project holds.
+    #[serde(default)]
+    pub floating_ips: u64,
 }
 
 /// Answer of `GET /v1/projects/{project}/quota`.

@@ -1,11 +1,13 @@
 //! The command line, as clap definitions.
 
+mod floating_ip;
 mod group;
 mod image;
 mod keypair;
 mod network;
 mod secgroup;
 
+pub use floating_ip::IpCmd;
 pub use group::GroupCmd;
 pub use image::ImageCmd;
 pub use keypair::KeypairCmd;
@@ -112,6 +114,9 @@ pub enum Command {
     /// Private networks of the project.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Floating IPs: external addresses translated 1:1 to an instance.
+    #[command(subcommand)]
+    Ip(IpCmd),
     /// Placement groups: members kept on distinct hosts (spread) or together (pack).
     #[command(subcommand)]
     PlacementGroup(PlacementGroupCmd),
@@ -244,6 +249,9 @@ pub enum QuotaCmd {
         /// MiB of images the project may own.
         #[arg(long)]
         image_mib: Option<Limit>,
+        /// Floating IPs the project may hold.
+        #[arg(long)]
+        floating_ips: Option<Limit>,
     },
     /// Limits and current use of a project.
     Show {
@@ -366,6 +374,11 @@ pub struct ControllerArgs {
     /// instances without network.
     #[arg(long, default_value = "10.200.0.0/16")]
     pub network: String,
+    /// External addresses projects allocate floating IPs from (e.g. 203.0.113.0/26), routed
+    /// or on-link to the hosts' uplink network (hosts answer ARP for the ones they hold).
+    /// Without it, `nimbus ip allocate` is refused.
+    #[arg(long, value_name = "CIDR")]
+    pub floating_ip_pool: Option<ipnet::Ipv4Net>,
     /// A reverse proxy in front of the API (repeatable): only from these addresses is
     /// `X-Forwarded-For` believed, to count failed authentications per real client.
     #[arg(long, value_name = "ADDR")]

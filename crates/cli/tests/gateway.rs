@@ -7,12 +7,22 @@
 //! of the same project), nor reaches a host's agent API or the controller's API; each host
 //! answers for the gateway itself (its MAC is never learnt behind the VXLAN device); the
 //! routers go with the last guest of their network.
+//!
+//! Floating IPs on the same guests: a server in a guest is reachable from the root namespace
+//! at its floating IP, not after detach, again after attach; bad requests are refused with
+//! their reason; a connection through the floating IP and one through the private IP (from
+//! another guest) carry a line before and after a live migration of the guest, and the old
+//! host keeps nothing of it.
 
-use nimbus_api::{InstanceView, NetworkView};
+#[path = "gateway/floating.rs"]
+mod floating;
+
+use floating::*;
+use nimbus_api::{FloatingIpView, InstanceView, NetworkView};
 use nimbus_client::Client;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{routers, Cloud, CloudOptions};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -142,7 +152,8 @@ async fn gateways_end_to_end() {
     create(&acme_token, "a1", &[]);
     create(&acme_token, "a2", &["--network", "backend"]);
     create(&globex_token, "g1", &[]);
-    for (client, name) in [(&acme, "a1"), (&acme, "a2"), (&globex, "g1")] {
+    create(&acme_token, "a3", &[]);
+    for (client, name) in [(&acme, "a1"), (&acme, "a2"), (&globex, "g1"), (&acme, "a3")] {
         wait_running(client, name).await;
     }
     let (a1, a2, g1) = (
@@ -249,11 +260,14 @@ async fn gateways_end_to_end() {
         "g1 does not reach an HTTP server outside"
     );
 
+    floating_ips(&cloud, &acme_token, &globex_token, &acme).await;
+
     // The routers go with the last guest of their network.
     for (token, name) in [
         (&acme_token, "a1"),
         (&acme_token, "a2"),
         (&globex_token, "g1"),
+        (&acme_token, "a3"),
     ] {
         cli_ok_as(&cloud, token, &["instance", "delete", name, "--wait"]);
     }
@@ -267,24 +281,134 @@ async fn gateways_end_to_end() {
     );
 }
 
-/// Waits (bounded) until the instance runs and its guest answers exec.
-async fn wait_running(client: &Client, name: &str) {
-    nimbus_test_utils::wait_until(
-        "the guest to run and answer",
-        Duration::from_secs(240),
-        Duration::from_secs(1),
-        || async {
-            let i = client.instance(name).await.ok()?;
-            if i.state != nimbus_api::InstanceState::Running {
-                return None;
-            }
-            client
-                .exec(name, "true")
-                .await
-                .ok()
-                .filter(|o| o.exit_code == 0)
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+/// Floating IPs: acme's a1 reachable from the root namespace at its floating IP (across
+/// detach, attach and a live migration), bad requests refused.
+async fn floating_ips(cloud: &Cloud, acme_token: &str, globex_token: &str, acme: &Client) {
+    let ip: FloatingIpView = json(&cli_ok_as(
+        cloud,
+        acme_token,
+        &["ip", "allocate", "-o", "json"],
+    ));
+    let fip: Ipv4Addr = ip.address.parse().expect("an IPv4 address");
+    cli_ok_as(cloud, acme_token, &["ip", "attach", &ip.address, "a1"]);
+    let shown = instance(acme, "a1").await;
+    assert_eq!(shown.floating_ip.as_deref(), Some(ip.address.as_str()));
+    let table = cli_ok_as(cloud, acme_token, &["instance", "show", "a1"]);
+    assert!(table.contains(&ip.address), "{table}");
+    // Open to the outside on two ports (the default group admits only its members).
+    for port in ["8080", "9000"] {
+        cli_ok_as(
+            cloud,
+            acme_token,
+            &[
+                "secgroup",
+                "rule",
+                "add",
+                "default",
+                "--ingress",
+                "--proto",
+                "tcp",
+                "--port",
+                port,
+                "--cidr",
+                "0.0.0.0/0",
+            ],
+        );
+    }
+    serve_pong(acme, "a1", 8080).await;
+    let pong = SocketAddr::from((fip, 8080));
+    assert!(
+        greeting_becomes(pong, Some("pong")).await,
+        "a1 not reachable at {fip}"
+    );
+
+    // Bad requests: attached elsewhere, another project's address, release while attached,
+    // over the quota.
+    let err = cli_err_as(cloud, acme_token, &["ip", "attach", &ip.address, "a3"]);
+    assert!(err.contains("attached to instance \"a1\""), "{err}");
+    let err = cli_err_as(cloud, globex_token, &["ip", "attach", &ip.address, "g1"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = cli_err_as(cloud, globex_token, &["ip", "release", &ip.address]);
+    assert!(err.contains("not found"), "{err}");
+    let err = cli_err_as(cloud, acme_token, &["ip", "release", &ip.address]);
+    assert!(err.contains("detach it first"), "{err}");
+    cli_ok(cloud, &["quota", "set", "globex", "--floating-ips", "0"]);
+    let err = cli_err_as(cloud, globex_token, &["ip", "allocate"]);
+    assert!(err.contains("floating_ips quota 0"), "{err}");
+
+    // Detach: unreachable; attach again: reachable.
+    cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
+    assert!(
+        greeting_becomes(pong, None).await,
+        "{fip} still answers after detach"
+    );
+    let listed: Vec<FloatingIpView> =
+        json(&cli_ok_as(cloud, acme_token, &["ip", "list", "-o", "json"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].instance, None);
+    cli_ok_as(cloud, acme_token, &["ip", "attach", &ip.address, "a1"]);
+    assert!(
+        greeting_becomes(pong, Some("pong")).await,
+        "{fip} not back after attach"
+    );
+
+    // Connections through the floating IP (from here) and the private IP (from a3) stay
+    // open across a live migration of a1.
+    let a1_ip = addr(&instance(acme, "a1").await);
+    serve_sink(acme, "a1", 9000).await;
+    serve_sink(acme, "a1", 9001).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut outside = open(SocketAddr::from((fip, 9000)));
+    send(&mut outside, "before");
+    open_from_guest(acme, "a3", &a1_ip, 9001, "before").await;
+    let old_host = instance(acme, "a1").await.host.expect("placed");
+    cli_ok(
+        cloud,
+        &["instance", "migrate", "a1", "--project", "acme", "--wait"],
+    );
+    let new_host = instance(acme, "a1").await.host.expect("placed");
+    assert_ne!(new_host, old_host, "a1 moved");
+    send(&mut outside, "after");
+    send_from_guest(acme, "a3", 9001, "after").await;
+    let mut both = false;
+    for _ in 0..20 {
+        let (f, p) = (
+            received(acme, "a1", 9000).await,
+            received(acme, "a1", 9001).await,
+        );
+        if f.contains("before\nafter") && p.contains("before\nafter") {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        both,
+        "a connection broke across the migration: floating {:?}, private {:?}",
+        received(acme, "a1", 9000).await,
+        received(acme, "a1", 9001).await
+    );
+    assert!(
+        greeting_becomes(pong, Some("pong")).await,
+        "new connections after the move"
+    );
+    // Nothing of a1 is left on its old host: no tap, no floating route.
+    let old: usize = old_host.trim_start_matches("host").parse().expect("index");
+    let old_ns = cloud.host_netns(old).expect("netns");
+    let links = Command::new("ip")
+        .args(["-n", &old_ns, "-o", "link"])
+        .output()
+        .expect("ip");
+    let tap = format!("nt{}", &shown.id.simple().to_string()[..10]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&tap),
+        "{tap} left on {old_host}"
+    );
+    assert!(
+        !routes_floating(&old_ns, fip),
+        "{fip} still routed on {old_host}"
+    );
+    drop(outside);
+    cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
+    cli_ok_as(cloud, acme_token, &["ip", "release", &ip.address]);
 }

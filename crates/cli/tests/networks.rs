@@ -322,25 +322,3 @@ async fn tenant_networks_end_to_end() {
     }
     cli_ok_as(&cloud, &acme_token, &["network", "delete", "backend"]);
 }
-
-/// Waits (bounded) until the instance runs and its guest answers exec.
-async fn wait_running(client: &Client, name: &str) {
-    nimbus_test_utils::wait_until(
-        "the guest to run and answer",
-        std::time::Duration::from_secs(240),
-        std::time::Duration::from_secs(1),
-        || async {
-            let i = client.instance(name).await.ok()?;
-            if i.state != nimbus_api::InstanceState::Running {
-                return None;
-            }
-            client
-                .exec(name, "true")
-                .await
-                .ok()
-                .filter(|o| o.exit_code == 0)
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
-}

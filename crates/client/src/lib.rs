@@ -1,6 +1,7 @@
 //! Typed client of the nimbus REST API.
 
 mod error;
+mod floating_ips;
 mod images;
 mod keypairs;
 mod networks;

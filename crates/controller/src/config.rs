@@ -28,6 +28,8 @@ pub struct ControllerConfig {
     /// The cloud network every instance gets a NIC on; `None` runs instances without NICs
     /// (hosts that cannot create bridges and taps, e.g. agents not run as root).
     pub network: Option<NetworkSettings>,
+    /// External addresses projects allocate floating IPs from (`None`: no floating IPs).
+    pub floating_ip_pool: Option<ipnet::Ipv4Net>,
     /// Failed authentications from one client address before it is answered 429.
     pub auth_failure_limit: u32,
     /// The window those failures are counted in.
@@ -104,6 +106,7 @@ impl ControllerConfig {
             reconcile_interval: Duration::from_secs(2),
             default_image: None,
             network: None,
+            floating_ip_pool: None,
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
             trusted_proxies: Vec::new(),

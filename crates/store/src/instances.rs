@@ -79,6 +79,7 @@ impl InstanceRecord {
             ip: self.ip.clone(),
             mac: self.mac.clone(),
             nics: Vec::new(),
+            floating_ip: None,
             operation: self.operation_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -437,6 +438,7 @@ impl Store {
         .await?;
         delete_ports(&mut tx, id).await?;
         leave_groups(&mut tx, id).await?;
+        crate::floating_ips::detach_instance(&mut tx, id).await?;
         sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)

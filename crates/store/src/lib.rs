@@ -13,6 +13,7 @@ mod audit;
 mod claims;
 mod error;
 mod flavors;
+mod floating_ips;
 mod group_events;
 mod groups;
 mod host_identities;
@@ -43,6 +44,7 @@ mod usage;
 
 pub use claims::HostClaim;
 pub use error::StoreError;
+pub use floating_ips::FloatingIpRecord;
 pub use group_events::NewGroupEvent;
 pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use host_identities::{HostIdentityRecord, JoinRefusal, RemoveRefusal};

@@ -22,7 +22,8 @@ use sqlx::{Any, Row, Transaction};
     else { format!("would be exceeded ({} in use + {} requested)", .in_use, .requested) })]
 pub struct QuotaExceeded {
     pub project: String,
-    /// `instances`, `vcpus`, `memory_mib`, `disk_gib` or `snapshots`.
+    /// `instances`, `vcpus`, `memory_mib`, `disk_gib`, `snapshots`, `image_mib` or
+    /// `floating_ips`.
     pub resource: &'static str,
     pub limit: u64,
     pub in_use: u64,
@@ -63,6 +64,12 @@ pub fn admit(
             in_use.image_mib,
             want.image_mib,
         ),
+        (
+            "floating_ips",
+            limits.floating_ips,
+            in_use.floating_ips,
+            want.floating_ips,
+        ),
     ];
     for (resource, limit, used, requested) in checks {
         if let Some(limit) = limit {
@@ -92,6 +99,7 @@ fn limits_from_row(r: &sqlx::any::AnyRow) -> Result<QuotaLimits, StoreError> {
         disk_gib: limit(r, "disk_gib")?,
         snapshots: limit(r, "snapshots")?,
         image_mib: limit(r, "image_mib")?,
+        floating_ips: limit(r, "floating_ips")?,
     })
 }
 
@@ -136,6 +144,7 @@ pub(crate) async fn usage_in(
         disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
         snapshots: count_snapshots(tx, project).await?,
         image_mib: image_mib(tx, project).await?,
+        floating_ips: crate::floating_ips::count_floating(tx, project).await?,
     })
 }
 
@@ -186,7 +195,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE quotas SET instances = $1, vcpus = $2, memory_mib = $3, disk_gib = $4, \
-             snapshots = $5, image_mib = $6, updated_at = $7 WHERE project = $8",
+             snapshots = $5, image_mib = $6, floating_ips = $7, updated_at = $8 \
+             WHERE project = $9",
         )
         .bind(v(limits.instances))
         .bind(v(limits.vcpus))
@@ -194,6 +204,7 @@ impl Store {
         .bind(v(limits.disk_gib))
         .bind(v(limits.snapshots))
         .bind(v(limits.image_mib))
+        .bind(v(limits.floating_ips))
         .bind(time::now())
         .bind(project)
         .execute(&mut *tx)
@@ -201,7 +212,8 @@ impl Store {
         if updated.rows_affected() == 0 {
             sqlx::query(
                 "INSERT INTO quotas (project, instances, vcpus, memory_mib, disk_gib, snapshots, \
-                 image_mib, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 image_mib, floating_ips, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(project)
             .bind(v(limits.instances))
@@ -210,6 +222,7 @@ impl Store {
             .bind(v(limits.disk_gib))
             .bind(v(limits.snapshots))
             .bind(v(limits.image_mib))
+            .bind(v(limits.floating_ips))
             .bind(time::now())
             .execute(&mut *tx)
             .await
@@ -236,6 +249,7 @@ mod tests {
             disk_gib: instances * 2,
             snapshots: 0,
             image_mib: 0,
+            floating_ips: 0,
         }
     }
 

@@ -186,3 +186,25 @@ pub async fn wait_for_step(
     .await
     .expect("operation step");
 }
+
+/// Waits (bounded) until the instance runs and its guest answers exec.
+pub async fn wait_running(client: &Client, name: &str) {
+    wait_until(
+        "the guest to run and answer",
+        std::time::Duration::from_secs(240),
+        std::time::Duration::from_secs(1),
+        || async {
+            let i = client.instance(name).await.ok()?;
+            if i.state != nimbus_api::InstanceState::Running {
+                return None;
+            }
+            client
+                .exec(name, "true")
+                .await
+                .ok()
+                .filter(|o| o.exit_code == 0)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+}

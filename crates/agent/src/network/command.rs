@@ -11,19 +11,29 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shell {
     netns: Option<String>,
+    /// The mount namespace named network namespaces are made in (`None`: the agent's own).
+    netns_mounts: Option<String>,
 }
 
 impl Shell {
     /// The namespace of the agent process.
     pub fn here() -> Self {
-        Self { netns: None }
+        Self::default()
     }
 
     /// The named namespace (`ip netns` name).
     pub fn in_netns(name: impl Into<String>) -> Self {
         Self {
             netns: Some(name.into()),
+            netns_mounts: None,
         }
+    }
+
+    /// Named network namespaces made and deleted in the mount namespace `path` (e.g.
+    /// `/proc/<pid>/ns/mnt`).
+    pub fn with_netns_mounts(mut self, path: Option<String>) -> Self {
+        self.netns_mounts = path;
+        self
     }
 
     /// `ip [-n NS] <args>`.
@@ -44,6 +54,28 @@ impl Shell {
     /// `nft ARGS` (inside the namespace: `ip netns exec NS nft ARGS`).
     pub fn nft<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
         self.exec("nft", args)
+    }
+
+    /// `ip netns ARGS` (adding or deleting a named network namespace), in the mount
+    /// namespace of [`Shell::with_netns_mounts`] when set: an agent started by `ip netns
+    /// exec` has a mount namespace of its own, where the bind mount naming a new namespace
+    /// would stay (invisible to everyone else, and to the agent itself once restarted);
+    /// mounts made in the machine's reach the agent's too (it is their slave).
+    pub fn netns_named<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
+        let mut all = match &self.netns_mounts {
+            Some(mounts) => vec![format!("--mount={mounts}"), "ip".into()],
+            None => Vec::new(),
+        };
+        all.push("netns".into());
+        all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        Cmd {
+            program: if self.netns_mounts.is_some() {
+                "nsenter"
+            } else {
+                "ip"
+            },
+            args: all,
+        }
     }
 
     /// `sysctl ARGS` (inside the namespace: `ip netns exec NS sysctl ARGS`).

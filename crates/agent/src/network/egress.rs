@@ -5,7 +5,12 @@
 //! table ip nimbus_egress             (replaced as a whole, one transaction)
 //!   chain input  (hook input):      iifname "nu*" drop         never the host itself (agent
 //!                                                               API, anything it listens on)
-//!   chain forward (hook forward):   iifname "nu*" oifname "nu*" drop   never another router:
+//!   chain forward (hook forward):   iifname "nu*" ct state established,related accept
+//!                                                               (replies to the outside)
+//!                                   iifname "nu*" oifname "nu*" ip daddr @floating accept
+//!                                                               (a floating IP held here:
+//!                                                               public, as from outside)
+//!                                   iifname "nu*" oifname "nu*" drop   never another router:
 //!                                                               no path between networks
 //!                                   iifname "nu*" ip daddr @hosts drop  never another host
 //!                                                               (agent APIs, VXLAN)
@@ -27,17 +32,21 @@ use super::router::{GATEWAY_MAC, TRANSIT_BASE, TRANSIT_PREFIX, UPLINK_PREFIX};
 use super::segment::VXLAN_PREFIX;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 const TABLE: &str = "nimbus_egress";
 const BRIDGE_TABLE: &str = "nimbus_gw";
 const HOSTS_SET: &str = "hosts";
+const FLOATING_SET: &str = "floating";
 
-/// What tenant traffic must never reach: the other hosts, the controller's API.
+/// What tenant traffic must never reach: the other hosts, the controller's API; and the one
+/// exception to "never another router": the floating IPs held here, public addresses that
+/// every guest reaches as the outside does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Protected {
     pub hosts: BTreeSet<IpAddr>,
     pub controller: Option<SocketAddr>,
+    pub floating: BTreeSet<Ipv4Addr>,
 }
 
 fn meta(key: &str) -> Value {
@@ -76,7 +85,27 @@ pub fn routed(protected: &Protected) -> Vec<Value> {
         r("input", json!([from_router.clone(), drop.clone()])),
         json!({"add": {"set": {"family": "ip", "table": TABLE, "name": HOSTS_SET,
             "type": "ipv4_addr"}}}),
+        json!({"add": {"set": {"family": "ip", "table": TABLE, "name": FLOATING_SET,
+            "type": "ipv4_addr"}}}),
         base_chain("ip", TABLE, "forward", "forward", -10, "filter"),
+        r(
+            "forward",
+            json!([
+                from_router.clone(),
+                {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                    "right": ["established", "related"]}},
+                {"accept": null}
+            ]),
+        ),
+        r(
+            "forward",
+            json!([
+                from_router.clone(),
+                to_router("=="),
+                matches("==", field("ip", "daddr"), json!(format!("@{FLOATING_SET}"))),
+                {"accept": null}
+            ]),
+        ),
         r(
             "forward",
             json!([from_router.clone(), to_router("=="), drop.clone()]),
@@ -112,6 +141,11 @@ pub fn routed(protected: &Protected) -> Vec<Value> {
     if !hosts.is_empty() {
         body.push(json!({"add": {"element": {"family": "ip", "table": TABLE,
             "name": HOSTS_SET, "elem": hosts}}}));
+    }
+    let floating: Vec<String> = protected.floating.iter().map(Ipv4Addr::to_string).collect();
+    if !floating.is_empty() {
+        body.push(json!({"add": {"element": {"family": "ip", "table": TABLE,
+            "name": FLOATING_SET, "elem": floating}}}));
     }
     if let Some(c) = protected.controller.filter(|c| c.is_ipv4()) {
         body.push(r(
@@ -181,9 +215,11 @@ mod tests {
         let p = Protected {
             hosts: ["10.249.0.12".parse().expect("ip")].into(),
             controller: Some("10.249.0.1:7700".parse().expect("addr")),
+            floating: ["10.249.0.193".parse().expect("ip")].into(),
         };
         let text = serde_json::to_string(&routed(&p)).expect("json");
         assert!(text.contains(r#""elem":["10.249.0.12"]"#), "{text}");
+        assert!(text.contains(r#""elem":["10.249.0.193"]"#), "{text}");
         assert!(text.contains(r#""right":7700"#), "{text}");
         assert!(text.contains(r#""right":"nu*""#), "{text}");
         assert!(text.contains(r#"{"masquerade":null}"#), "{text}");

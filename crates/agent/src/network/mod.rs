@@ -49,6 +49,7 @@ pub mod command;
 pub mod dhcp;
 pub mod egress;
 pub mod error;
+pub mod floating;
 pub mod guest;
 pub mod link;
 pub mod port_security;
@@ -69,6 +70,11 @@ use segment::Segment;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use vxlan::{PeerChanges, VxlanParams};
+
+/// The mount namespace (a path, `/proc/<pid>/ns/mnt`) where the agent makes the named network
+/// namespaces of its gateways, when it is not its own (`nimbus up` sets it: its agents run
+/// under `ip netns exec`, in a mount namespace of their own).
+pub const NETNS_MOUNTS_ENV: &str = "NIMBUS_NETNS_MOUNT_NS";
 
 /// The host's side of the cloud network.
 #[derive(Debug)]
@@ -97,6 +103,13 @@ struct State {
     responders: std::collections::HashMap<u32, dhcp::Responder>,
     /// The name this host's routers start with, once known ([`router::host_name`]).
     router_host: Option<String>,
+    /// The gateway routers here: VNI → namespace.
+    routers: std::collections::BTreeMap<u32, String>,
+    /// The floating IPs of this host's instances, as the controller last sent them (`None`
+    /// until it has, after a restart: what runs stays as it is until then).
+    floating: Option<Vec<nimbus_agent_api::FloatingNat>>,
+    /// The device of the underlay address, once known.
+    uplink: Option<String>,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -117,12 +130,49 @@ impl HostNetwork {
     /// Makes the host's security-group rules exactly `fw` (see [`secgroups`]); answers
     /// whether they are enforced (not on a host without networking, whose VMs have no NICs).
     pub async fn apply_firewall(&self, fw: &HostFirewall) -> Result<bool, NetError> {
-        let _state = self.state.lock().await;
+        let mut state = self.state.lock().await;
         if self.disabled.is_some() {
             return Ok(false);
         }
         secgroups::apply(&self.shell, fw).await?;
+        state.floating = Some(fw.floating.clone());
+        self.apply_floating(&mut state).await?;
         Ok(true)
+    }
+
+    /// Makes the floating IPs of `state` that have their router here translated (each
+    /// router's NATs, the host's routes, ARP answers and egress exceptions), and announces
+    /// the ones this host just took.
+    async fn apply_floating(&self, state: &mut State) -> Result<(), NetError> {
+        let Some(nats) = &state.floating else {
+            // Not told yet (a restarted agent): routers and routes stay as they are.
+            return egress::ensure(&self.shell, &self.protected(state)).await;
+        };
+        let routers: BTreeSet<u32> = state.routers.keys().copied().collect();
+        let held = floating::held(nats, &routers);
+        for (vni, netns) in &state.routers {
+            let nats = nats_of(state, *vni).unwrap_or_default();
+            router::set_nats(netns, &nats).await?;
+        }
+        if state.uplink.is_none() {
+            if let Some(underlay) = self.underlay {
+                state.uplink = floating::uplink_device(&self.shell, underlay).await?;
+                if let Some(uplink) = &state.uplink {
+                    floating::prepare_uplink(&self.shell, uplink).await?;
+                }
+            }
+        }
+        egress::ensure(&self.shell, &self.protected(state)).await?;
+        let by_vni = held.iter().map(|(f, (v, _))| (*f, *v)).collect();
+        let taken = floating::reconcile(&self.shell, state.uplink.as_deref(), &by_vni).await?;
+        if let Some(uplink) = &state.uplink {
+            if !taken.is_empty() {
+                tracing::info!(?taken, uplink, "floating IPs taken here");
+            }
+            let netns = self.shell.netns().map(str::to_string);
+            floating::announce(netns, uplink.clone(), taken).await;
+        }
+        Ok(())
     }
 
     /// Devices managed through `shell`; VXLAN traffic leaves from `underlay`.
@@ -164,15 +214,16 @@ impl HostNetwork {
         if !nix::unistd::geteuid().is_root() {
             return Self::disabled("the agent does not run as root");
         }
+        let shell = Shell::here().with_netns_mounts(std::env::var(NETNS_MOUNTS_ENV).ok());
         match underlay::local_address(advertise_url).await {
-            Ok(Some(underlay)) => Self::new(Shell::here(), Some(underlay)),
+            Ok(Some(underlay)) => Self::new(shell, Some(underlay)),
             Ok(None) => Self::disabled(
                 "the agent advertises a loopback address: agents may share this network \
                  namespace, so none of them owns its devices",
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "no underlay address: VMs get the bridge, but no VXLAN");
-                Self::new(Shell::here(), None)
+                Self::new(shell, None)
             }
         }
     }
@@ -298,7 +349,9 @@ impl HostNetwork {
         let mut state = self.state.lock().await;
         for nic in &spec.nics {
             if let Some(vni) = nic.vni {
-                self.serve_dhcp(&mut state, &Segment::tenant(vni), nic);
+                let seg = Segment::tenant(vni);
+                self.serve_dhcp(&mut state, &seg, nic);
+                self.route(&mut state, &seg, nic).await?;
             }
         }
         port_security::secure(&self.shell, &ports_of(spec)).await
@@ -323,9 +376,15 @@ impl HostNetwork {
 
     /// What tenant gateways must not reach: the other hosts and the controller's API.
     fn protected(&self, state: &State) -> egress::Protected {
+        let routers = state.routers.keys().copied().collect();
         egress::Protected {
             hosts: state.peers.clone(),
             controller: self.controller,
+            floating: state
+                .floating
+                .as_deref()
+                .map(|nats| floating::held(nats, &routers).into_keys().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -356,8 +415,13 @@ impl HostNetwork {
         let host = self.router_host(state).await?;
         let r = router::Router::new(&host, seg.vni, gateway, lease.prefix);
         egress::ensure(&self.shell, &self.protected(state)).await?;
-        if router::ensure(&self.shell, seg, &r).await? {
+        let nats = nats_of(state, seg.vni);
+        if router::ensure(&self.shell, seg, &r, nats.as_deref()).await? {
             tracing::info!(vni = seg.vni, netns = r.netns, %gateway, "network gateway created");
+        }
+        // Floating IPs of this network the controller sent before the router existed.
+        if state.routers.insert(seg.vni, r.netns).is_none() {
+            self.apply_floating(state).await?;
         }
         Ok(())
     }
@@ -387,6 +451,8 @@ impl HostNetwork {
                 state.responders.remove(&vni);
                 let host = self.router_host(&mut state).await?;
                 router::remove(&self.shell, &host, vni).await?;
+                state.routers.remove(&vni);
+                self.apply_floating(&mut state).await?;
                 tracing::info!(
                     vni,
                     bridge = seg.bridge,
@@ -396,6 +462,18 @@ impl HostNetwork {
         }
         Ok(())
     }
+}
+
+/// The 1:1 NATs of network `vni`'s router, from the floating IPs the controller last sent
+/// (`None`: not sent yet).
+fn nats_of(state: &State, vni: u32) -> Option<Vec<router::Nat>> {
+    let nats = state.floating.as_deref()?;
+    Some(
+        floating::held(nats, &[vni].into())
+            .into_iter()
+            .map(|(floating, (_, private))| router::Nat { floating, private })
+            .collect(),
+    )
 }
 
 /// The port-security view of `spec`'s NICs.

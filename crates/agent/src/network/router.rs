@@ -22,6 +22,12 @@
 //! the host's own route to the destination, source rewritten twice (guest → transit address in
 //! the router, transit → the host's uplink address in the host). Transit addresses are unique
 //! per network on a host (the VNI in 100.64.0.0/10), so replies find their router.
+//! Floating IPs ([`super::floating`]) are translated here too: destination NAT to the guest on
+//! the way in (and forwarded from the uplink to the network for those connections only),
+//! source NAT to the floating IP on the way out, before the masquerade.
+//!
+//! The router's namespace is a named one (`ip netns`), made in the mount namespace
+//! [`Shell::with_netns_mounts`] names when the agent has a private one (`nimbus up`).
 //!
 //! Everything is checked before it is changed, so [`ensure`] is idempotent and an agent
 //! restart changes nothing that runs. The router goes with the network's segment
@@ -120,8 +126,15 @@ pub async fn host_name(shell: &Shell) -> Result<String, NetError> {
         .to_string())
 }
 
-/// Makes (or repairs) `router` on `seg`'s bridge. Returns whether its namespace was created.
-pub async fn ensure(shell: &Shell, seg: &Segment, router: &Router) -> Result<bool, NetError> {
+/// Makes (or repairs) `router` on `seg`'s bridge, translating `nats` (`None`: not known yet,
+/// after an agent restart: an existing router keeps its rules). Returns whether its namespace
+/// was created.
+pub async fn ensure(
+    shell: &Shell,
+    seg: &Segment,
+    router: &Router,
+    nats: Option<&[Nat]>,
+) -> Result<bool, NetError> {
     let transit = router.transit()?;
     let created = ensure_netns(shell, &router.netns).await?;
     let inside = Shell::in_netns(&router.netns);
@@ -184,8 +197,30 @@ pub async fn ensure(shell: &Shell, seg: &Segment, router: &Router) -> Result<boo
             .run()
             .await?;
     }
-    super::port_security::apply(&inside, filter()).await?;
+    match nats {
+        Some(nats) => set_nats(&router.netns, nats).await?,
+        None if !has_filter(&inside).await? => set_nats(&router.netns, &[]).await?,
+        None => {}
+    }
     Ok(created)
+}
+
+/// Whether the router has its rules (one without them would forward unfiltered).
+async fn has_filter(inside: &Shell) -> Result<bool, NetError> {
+    let cmd = inside.nft(&["list", "table", "ip", TABLE]);
+    let done = cmd.output().await?;
+    if done.success {
+        return Ok(true);
+    }
+    if done.stderr.contains("No such file or directory") {
+        return Ok(false);
+    }
+    Err(cmd.failed(&done))
+}
+
+/// Makes the router's rules exactly [`filter`] of `nats` (one transaction).
+pub async fn set_nats(netns: &str, nats: &[Nat]) -> Result<(), NetError> {
+    super::port_security::apply(&Shell::in_netns(netns), filter(nats)).await
 }
 
 /// Creates the named namespace unless it exists. Returns whether it was created.
@@ -197,7 +232,7 @@ async fn ensure_netns(shell: &Shell, name: &str) -> Result<bool, NetError> {
     {
         return Ok(false);
     }
-    shell.ip(&["netns", "add", name]).run().await?;
+    shell.netns_named(&["add", name]).run().await?;
     Ok(true)
 }
 
@@ -236,7 +271,7 @@ pub async fn remove(shell: &Shell, host: &str, vni: u32) -> Result<(), NetError>
             return Err(del.failed(&out));
         }
     }
-    let del = shell.ip(&["netns", "del", &router.netns]);
+    let del = shell.netns_named(&["del", &router.netns]);
     let out = del.output().await?;
     if !out.success && !out.stderr.contains("No such file") {
         return Err(del.failed(&out));
@@ -261,12 +296,26 @@ fn ct_state(states: &[&str]) -> Value {
     json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": states}})
 }
 
+/// A floating IP (`floating`) translated 1:1 to a guest's address (`private`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nat {
+    pub floating: Ipv4Addr,
+    pub private: Ipv4Addr,
+}
+
+fn ip_is(field: &str, addr: Ipv4Addr) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}},
+        "right": addr.to_string()}})
+}
+
 /// The router's own rules, in one transaction that replaces the previous ones: forward only
-/// from the network to the uplink (and the replies), masquerade to the transit address, and
-/// answer nothing but ICMP echo on its own addresses.
-pub fn filter() -> Vec<Value> {
+/// from the network to the uplink (and the replies), and from the uplink to the guests of its
+/// floating IPs (`nats`: destination rewritten on the way in, source on the way out);
+/// masquerade everything else to the transit address; answer nothing but ICMP echo on its own
+/// addresses.
+pub fn filter(nats: &[Nat]) -> Vec<Value> {
     let accept = json!({"accept": null});
-    vec![
+    let mut cmds = vec![
         json!({"add": {"table": {"family": "ip", "name": TABLE}}}),
         json!({"delete": {"table": {"family": "ip", "name": TABLE}}}),
         json!({"add": {"table": {"family": "ip", "name": TABLE}}}),
@@ -297,12 +346,35 @@ pub fn filter() -> Vec<Value> {
                 accept
             ]),
         ),
-        chain("postrouting", "postrouting", 100, "accept", "nat"),
         rule(
-            "postrouting",
-            json!([is("oifname", ROUTER_UPLINK), {"masquerade": null}]),
+            "forward",
+            json!([
+                is("iifname", ROUTER_UPLINK),
+                is("oifname", ROUTER_GATEWAY),
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                accept
+            ]),
         ),
-    ]
+        chain("prerouting", "prerouting", -100, "accept", "nat"),
+        chain("postrouting", "postrouting", 100, "accept", "nat"),
+    ];
+    for nat in nats {
+        cmds.push(rule(
+            "prerouting",
+            json!([is("iifname", ROUTER_UPLINK), ip_is("daddr", nat.floating),
+                {"dnat": {"addr": nat.private.to_string()}}]),
+        ));
+        cmds.push(rule(
+            "postrouting",
+            json!([is("oifname", ROUTER_UPLINK), ip_is("saddr", nat.private),
+                {"snat": {"addr": nat.floating.to_string()}}]),
+        ));
+    }
+    cmds.push(rule(
+        "postrouting",
+        json!([is("oifname", ROUTER_UPLINK), {"masquerade": null}]),
+    ));
+    cmds
 }
 
 #[cfg(test)]
@@ -333,15 +405,33 @@ mod tests {
 
     #[test]
     fn the_router_forwards_only_to_its_uplink() {
-        let text = serde_json::to_string(&filter()).expect("json");
+        let text = serde_json::to_string(&filter(&[])).expect("json");
         assert!(text.contains(r#""policy":"drop""#), "{text}");
         assert!(text.contains(r#"{"masquerade":null}"#), "{text}");
         // The only new connections forwarded go from the network to the uplink.
-        let cmds = filter();
+        let cmds = filter(&[]);
         let forwards = cmds
             .iter()
             .filter(|c| c["add"]["rule"]["chain"] == "forward")
             .count();
-        assert_eq!(forwards, 2);
+        assert_eq!(forwards, 3, "replies, out, and in to a floating IP's guest");
+    }
+
+    #[test]
+    fn floating_ips_are_translated_both_ways_before_the_masquerade() {
+        let nat = Nat {
+            floating: Ipv4Addr::new(10, 249, 7, 193),
+            private: Ipv4Addr::new(10, 10, 0, 11),
+        };
+        let cmds = filter(&[nat]);
+        let post: Vec<&Value> = cmds
+            .iter()
+            .filter(|c| c["add"]["rule"]["chain"] == "postrouting")
+            .map(|c| &c["add"]["rule"]["expr"])
+            .collect();
+        assert_eq!(post[0][2]["snat"]["addr"], "10.249.7.193");
+        assert_eq!(post[1][1], json!({"masquerade": null}));
+        let text = serde_json::to_string(&cmds).expect("json");
+        assert!(text.contains(r#"{"dnat":{"addr":"10.10.0.11"}}"#), "{text}");
     }
 }

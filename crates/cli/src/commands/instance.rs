@@ -39,6 +39,7 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
                 ),
                 ("image", i.image.clone()),
                 ("nics", nics(i)),
+                ("floating ip", output::opt(&i.floating_ip)),
                 ("project", i.project.clone()),
                 ("operation", output::opt(&i.operation)),
                 ("created", i.created_at.to_rfc3339()),

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod console;
 pub mod controller;
 pub mod flavor;
+pub mod floating_ip;
 pub mod group;
 pub mod host;
 pub mod image;

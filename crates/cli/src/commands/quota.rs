@@ -19,6 +19,7 @@ fn show(out: Output, q: &QuotaView) -> anyhow::Result<()> {
         ("disk_gib", q.usage.disk_gib, q.limits.disk_gib),
         ("snapshots", q.usage.snapshots, q.limits.snapshots),
         ("image_mib", q.usage.image_mib, q.limits.image_mib),
+        ("floating_ips", q.usage.floating_ips, q.limits.floating_ips),
     ]
     .iter()
     .map(|(name, used, lim)| vec![name.to_string(), used.to_string(), limit(*lim)])
@@ -40,6 +41,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: QuotaCmd) -> anyhow::Resul
             disk_gib,
             snapshots,
             image_mib,
+            floating_ips,
         } => {
             let mut limits = client.quota(&project).await?.limits;
             let apply = |cur: &mut Option<u64>, new: Option<Limit>| {
@@ -53,6 +55,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: QuotaCmd) -> anyhow::Resul
             apply(&mut limits.disk_gib, disk_gib);
             apply(&mut limits.snapshots, snapshots);
             apply(&mut limits.image_mib, image_mib);
+            apply(&mut limits.floating_ips, floating_ips);
             show(out, &client.set_quota(&project, &limits).await?)
         }
     }

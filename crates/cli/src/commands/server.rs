@@ -85,6 +85,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     config.strategy = strategy(args.strategy);
     config.network = parse_network(&args.network)?;
+    config.floating_ip_pool = args.floating_ip_pool;
     nimbus_controller::run(config, ShutdownSignal::install()?.recv()).await
 }
 

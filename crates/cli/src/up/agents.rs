@@ -208,6 +208,11 @@ fn spawn(spec: &ChildSpec) -> anyhow::Result<tokio::process::Child> {
             "NIMBUS_CGROUP_ROOT",
             format!("/proc/{}/root/sys/fs/cgroup", std::process::id()),
         )
+        // ... and makes its gateways' named namespaces in the machine's mount namespace.
+        .env(
+            nimbus_agent::network::NETNS_MOUNTS_ENV,
+            format!("/proc/{}/ns/mnt", std::process::id()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

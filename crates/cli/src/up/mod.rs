@@ -78,8 +78,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.strategy = strategy(args.strategy);
     config.default_image = Some(default_image);
     // Instances get NICs on the cloud network when hosts can create bridges and taps.
-    if use_netns {
+    if let Some(n) = &net {
         config.network = Some(nimbus_controller::config::NetworkSettings::default());
+        config.floating_ip_pool = Some(n.floating_ip_pool());
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -51,6 +51,15 @@ async fn exists(args: &[&str]) -> bool {
 }
 
 impl HostNetwork {
+    /// The floating IPs of this cloud: the top quarter of the hosts' /24 (hosts use .11 up),
+    /// so the machine's root namespace reaches them on its bridge, where the host holding
+    /// one answers ARP for it.
+    pub fn floating_ip_pool(&self) -> ipnet::Ipv4Net {
+        let [a, b, c, _] = self.bridge_ip.octets();
+        ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, 192), 26)
+            .unwrap_or_else(|_| unreachable!("26 is a valid IPv4 prefix length"))
+    }
+
     /// Creates (or finds) the bridge and the hosts' namespaces.
     pub async fn setup(name: &str, index: u8, hosts: u32) -> anyhow::Result<Self> {
         let bridge = format!("{name}-br");

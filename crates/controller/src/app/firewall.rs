@@ -64,6 +64,8 @@ impl App {
                 });
             }
         }
+        let here_ids = instances.iter().filter(here).map(|i| i.id).collect();
+        fw.floating = self.host_floating(&here_ids, &ports).await?;
         for (project, group, vni) in named {
             let addresses = ports
                 .iter()

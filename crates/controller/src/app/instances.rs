@@ -168,7 +168,7 @@ impl App {
     /// The public view of an instance, with its NICs.
     pub async fn instance_view(&self, inst: &InstanceRecord) -> Result<InstanceView, AppError> {
         let ports = self.store().instance_ports(inst.id).await?;
-        Ok(inst.view_with(&ports))
+        self.with_floating_ip(inst.view_with(&ports)).await
     }
 
     /// Starts an operation of `kind` on an existing instance, after checking that its state

@@ -11,6 +11,7 @@ pub mod controllers;
 pub mod error;
 pub mod firewall;
 pub mod flavors;
+pub mod floating_ips;
 pub mod groups;
 pub mod ha;
 pub mod hosts;

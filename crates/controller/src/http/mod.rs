@@ -7,6 +7,7 @@ mod console;
 mod controllers;
 mod error;
 mod flavors;
+mod floating_ips;
 mod groups;
 mod hosts;
 mod images;
@@ -72,6 +73,22 @@ pub fn router(app: App) -> Router {
                 .delete(groups::delete),
         )
         .route("/networks", get(networks::list).post(networks::create))
+        .route(
+            "/floating-ips",
+            get(floating_ips::list).post(floating_ips::allocate),
+        )
+        .route(
+            "/floating-ips/{address}",
+            axum::routing::delete(floating_ips::release),
+        )
+        .route(
+            "/floating-ips/{address}/attach",
+            axum::routing::post(floating_ips::attach),
+        )
+        .route(
+            "/floating-ips/{address}/detach",
+            axum::routing::post(floating_ips::detach),
+        )
         .route(
             "/networks/{network}",
             get(networks::show).delete(networks::delete),

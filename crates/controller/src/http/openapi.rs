@@ -3,8 +3,8 @@
 
 use super::paging::PagedAnswers;
 use super::{
-    audit_log, controllers, flavors, groups, hosts, images, instances, keypairs, migrations,
-    networks, operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
+    audit_log, controllers, flavors, floating_ips, groups, hosts, images, instances, keypairs,
+    migrations, networks, operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
@@ -35,6 +35,8 @@ use utoipa::{Modify, OpenApi};
         usage::report,
         groups::list, groups::create, groups::show, groups::update, groups::delete,
         networks::list, networks::create, networks::show, networks::delete,
+        floating_ips::list, floating_ips::allocate, floating_ips::attach, floating_ips::detach,
+        floating_ips::release,
         placement_groups::list, placement_groups::create, placement_groups::delete,
         secgroups::list, secgroups::create, secgroups::show, secgroups::delete,
         secgroups::add_rule, secgroups::delete_rule, secgroups::set_instance,

@@ -12,7 +12,7 @@ mod reply;
 mod responder;
 
 pub use reply::{answer, frame, parse_request, Lease, LEASE_SECS};
-pub use responder::Responder;
+pub use responder::{send_frames, Responder};
 
 use nimbus_agent_api::NicSpec;
 use std::collections::HashMap;

@@ -78,7 +78,7 @@ fn open(netns: Option<&str>, bridge: &str) -> Result<Open, String> {
     let mac = iface
         .mac
         .map(|m| m.octets())
-        .ok_or("the bridge has no MAC")?;
+        .ok_or("the device has no MAC")?;
     let config = pnet_datalink::Config {
         read_timeout: Some(POLL),
         ..Default::default()
@@ -88,6 +88,22 @@ fn open(netns: Option<&str>, bridge: &str) -> Result<Open, String> {
         Ok(_) => Err("not an Ethernet device".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Sends the frames `build` makes from the device's MAC out of `dev` (in `netns`, if given;
+/// the calling thread enters it).
+pub fn send_frames(
+    netns: Option<&str>,
+    dev: &str,
+    build: impl FnOnce([u8; 6]) -> Vec<Vec<u8>>,
+) -> Result<(), String> {
+    let mut chan = open(netns, dev)?;
+    for frame in build(chan.mac) {
+        if let Some(Err(e)) = chan.tx.send_to(&frame, None) {
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
 }
 
 fn serve(mut chan: Open, vni: u32, leases: &Leases, stop: &AtomicBool) {

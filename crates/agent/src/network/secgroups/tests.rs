@@ -35,6 +35,7 @@ fn firewall() -> HostFirewall {
             group: "web".into(),
             addresses: vec!["10.200.0.10".into(), "10.200.0.11".into()],
         }],
+        floating: Vec::new(),
     }
 }
 

@@ -1,0 +1,232 @@
+//! Floating IPs on a host: the 1:1 NATs the controller sends (in the host firewall) are made
+//! in the routers of their networks ([`super::router::set_nats`]); here, the host's side:
+//! a route to each floating IP held here through its router, and the host answering ARP for
+//! it on its uplink (a proxy entry), so the uplink network (the machine of `nimbus up`, or an
+//! operator's router) reaches it with no route of its own. When a host takes a floating IP
+//! (attach, or a migration's target) it announces it with a gratuitous ARP, so the uplink
+//! network forgets the previous host at once.
+//!
+//! ```text
+//! ip route replace <floating>/32 via <router transit> dev nu<vni> proto 77
+//! ip neigh replace proxy <floating> dev <uplink>
+//! ```
+//! The routes of proto [`ROUTE_PROTO`] are this module's: what is there and no longer held
+//! goes, with its proxy entry.
+
+use super::command::Shell;
+use super::error::NetError;
+use super::router::{transit_address, UPLINK_PREFIX};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The routing protocol number marking floating-IP routes (free in iproute2's rt_protos).
+pub const ROUTE_PROTO: &str = "77";
+
+#[derive(Deserialize)]
+struct Route {
+    dst: String,
+    #[serde(default)]
+    dev: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AddrInfo {
+    #[serde(default)]
+    local: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Iface {
+    ifname: String,
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+/// The device holding `underlay` (the host's uplink), if any.
+pub async fn uplink_device(shell: &Shell, underlay: IpAddr) -> Result<Option<String>, NetError> {
+    let cmd = shell.ip(&["-j", "addr", "show"]);
+    let out = cmd.run().await?;
+    let ifaces: Vec<Iface> = serde_json::from_str(&out).map_err(|e| NetError::Output {
+        command: cmd.to_string(),
+        detail: e.to_string(),
+    })?;
+    let want = underlay.to_string();
+    Ok(ifaces
+        .into_iter()
+        .find(|i| {
+            i.addr_info
+                .iter()
+                .any(|a| a.local.as_deref() == Some(&want))
+        })
+        .map(|i| i.ifname))
+}
+
+/// The floating IPs routed here now, with the router device each goes to.
+async fn routed(shell: &Shell) -> Result<BTreeMap<Ipv4Addr, String>, NetError> {
+    let cmd = shell.ip(&["-j", "-4", "route", "show", "proto", ROUTE_PROTO]);
+    let out = cmd.run().await?;
+    if out.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let routes: Vec<Route> = serde_json::from_str(&out).map_err(|e| NetError::Output {
+        command: cmd.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| Some((r.dst.trim_end_matches("/32").parse().ok()?, r.dev?)))
+        .collect())
+}
+
+/// Makes the host route and answer ARP for exactly `held` (floating IP → its network's VNI)
+/// on `uplink`. Returns the floating IPs it newly took (to announce).
+pub async fn reconcile(
+    shell: &Shell,
+    uplink: Option<&str>,
+    held: &BTreeMap<Ipv4Addr, u32>,
+) -> Result<Vec<Ipv4Addr>, NetError> {
+    let now = routed(shell).await?;
+    for (addr, dev) in &now {
+        let wanted = held.get(addr).map(|vni| format!("{UPLINK_PREFIX}{vni}"));
+        if wanted.as_deref() == Some(dev.as_str()) {
+            continue;
+        }
+        let dst = format!("{addr}/32");
+        shell
+            .ip(&["route", "del", &dst, "proto", ROUTE_PROTO])
+            .run()
+            .await?;
+        if let Some(uplink) = uplink {
+            // Absent already is fine (a host restarted meanwhile).
+            let _ = shell
+                .ip(&["neigh", "del", "proxy", &addr.to_string(), "dev", uplink])
+                .output()
+                .await?;
+        }
+    }
+    let mut taken = Vec::new();
+    for (addr, vni) in held {
+        let dst = format!("{addr}/32");
+        let via = transit_address(*vni)?.to_string();
+        let dev = format!("{UPLINK_PREFIX}{vni}");
+        shell
+            .ip(&[
+                "route",
+                "replace",
+                &dst,
+                "via",
+                &via,
+                "dev",
+                &dev,
+                "proto",
+                ROUTE_PROTO,
+            ])
+            .run()
+            .await?;
+        if let Some(uplink) = uplink {
+            shell
+                .ip(&[
+                    "neigh",
+                    "replace",
+                    "proxy",
+                    &addr.to_string(),
+                    "dev",
+                    uplink,
+                ])
+                .run()
+                .await?;
+        }
+        if now.get(addr) != Some(&dev) {
+            taken.push(*addr);
+        }
+    }
+    Ok(taken)
+}
+
+/// Prepares `uplink` to answer ARP for floating IPs at once (no random proxy delay).
+pub async fn prepare_uplink(shell: &Shell, uplink: &str) -> Result<(), NetError> {
+    let key = format!("net.ipv4.neigh.{uplink}.proxy_delay=0");
+    shell.sysctl(&["-qw", &key]).run().await?;
+    Ok(())
+}
+
+/// A gratuitous ARP (a request for `addr` from `addr`) from `mac`: whoever caches `addr`
+/// learns `mac` for it.
+pub fn gratuitous_arp(mac: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&addr.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&addr.octets());
+    f
+}
+
+/// Announces `addrs` on `uplink` (in `netns`, if given) with gratuitous ARP. Best effort:
+/// without it the uplink network learns the new host when its ARP entry expires.
+pub async fn announce(netns: Option<String>, uplink: String, addrs: Vec<Ipv4Addr>) {
+    if addrs.is_empty() {
+        return;
+    }
+    // A thread of its own: sending may enter another namespace, which must not stick to a
+    // thread of tokio's pool.
+    let done = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            super::dhcp::send_frames(netns.as_deref(), &uplink, |mac| {
+                addrs.iter().map(|a| gratuitous_arp(mac, *a)).collect()
+            })
+        })
+        .join()
+    })
+    .await;
+    match done {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "floating IPs not announced"),
+        _ => tracing::warn!("floating IPs not announced: the sending thread failed"),
+    }
+}
+
+/// The floating IPs of `nats` whose network has a router here, by address.
+pub fn held(
+    nats: &[nimbus_agent_api::FloatingNat],
+    routers: &BTreeSet<u32>,
+) -> BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> {
+    nats.iter()
+        .filter(|n| routers.contains(&n.vni))
+        .filter_map(|n| Some((n.floating.parse().ok()?, (n.vni, n.private.parse().ok()?))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gratuitous_arp_claims_the_address() {
+        let f = gratuitous_arp([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 249, 7, 193));
+        assert_eq!(f.len(), 42);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[28..32], &[10, 249, 7, 193], "sender address");
+        assert_eq!(&f[38..42], &[10, 249, 7, 193], "target address");
+    }
+
+    #[test]
+    fn only_floating_ips_of_networks_with_a_router_here_are_held() {
+        let nat = |vni, f: &str| nimbus_agent_api::FloatingNat {
+            vni,
+            floating: f.into(),
+            private: "10.10.0.11".into(),
+        };
+        let nats = [
+            nat(4201, "10.249.7.193"),
+            nat(4202, "10.249.7.194"),
+            nat(4201, "bad"),
+        ];
+        let held = held(&nats, &[4201].into());
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[&Ipv4Addr::new(10, 249, 7, 193)].0, 4201);
+    }
+}

@@ -1,0 +1,232 @@
+//! Gateways and floating IPs on one host, with the agent's own code ([`HostNetwork::plug`],
+//! [`HostNetwork::apply_firewall`]) and "guest" namespaces in place of the VMs' taps (a tap
+//! without QEMU carries nothing), each with its network's gateway as default route:
+//!
+//! ```text
+//!  root namespace 10.248.S.1 ── host 10.248.S.11: nb<A> ─ ga 10.40.0.10 (gw 10.40.0.1)
+//!                                                 nb<B> ─ gb 10.41.0.10 (gw 10.41.0.1)
+//! ```
+//! ga reaches a server in the root namespace, masqueraded to the host's address; it reaches
+//! neither B's router (whose address the host routes) nor a server of the host itself. A
+//! floating IP on the root namespace's subnet reaches ga from the root namespace, with the
+//! client's own address, and stops when the controller sends it no more. Root only; no guest
+//! boots, so this runs in seconds (the same with real guests: `crates/cli/tests/gateway.rs`).
+
+mod netns;
+
+use netns::{in_netns, Topology};
+use nimbus_agent::network::router::transit_address;
+use nimbus_agent::network::{tap, HostNetwork, Shell};
+use nimbus_agent_api::{
+    FirewallRule, FloatingNat, HostFirewall, NetworkConfig, NicSpec, PortFirewall, Remote, VmSpec,
+};
+use nimbus_api::{Direction, Protocol};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+const VNI_A: u32 = 5100;
+const VNI_B: u32 = 5101;
+
+fn vm(vni: u32, ip: &str, gateway: &str, mac: &str) -> VmSpec {
+    netns::vm_spec(vec![NicSpec {
+        mac: mac.into(),
+        ip: ip.into(),
+        gateway: Some(gateway.into()),
+        vni: Some(vni),
+    }])
+}
+
+fn open_rule(direction: Direction) -> FirewallRule {
+    FirewallRule {
+        direction,
+        protocol: Protocol::Any,
+        port_min: None,
+        port_max: None,
+        remote: Remote::Cidr("0.0.0.0/0".into()),
+    }
+}
+
+/// Both ports open both ways, and `floating` translated.
+fn firewall(vms: &[(u32, &VmSpec)], floating: Vec<FloatingNat>) -> HostFirewall {
+    HostFirewall {
+        ports: vms
+            .iter()
+            .map(|(vni, spec)| PortFirewall {
+                instance_id: spec.id,
+                nic: 0,
+                vni: *vni,
+                rules: vec![open_rule(Direction::Ingress), open_rule(Direction::Egress)],
+            })
+            .collect(),
+        groups: Vec::new(),
+        floating,
+    }
+}
+
+/// A server on `addr` in namespace `ns` (`None`: here) that answers each of `conns`
+/// connections with the address it came from.
+fn serve(ns: Option<&str>, addr: SocketAddr, conns: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let run = move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        for conn in listener.incoming().take(conns) {
+            let _ = conn.and_then(|mut c| {
+                let peer = c.peer_addr()?.ip().to_string();
+                c.write_all(peer.as_bytes())
+            });
+        }
+    };
+    match ns {
+        Some(ns) => drop(in_netns(ns, run)),
+        None => drop(std::thread::spawn(run)),
+    }
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
+/// What the server at `addr` says to a client in `ns` (`None`: here), if it is reached.
+fn answer(ns: Option<&str>, addr: SocketAddr) -> Option<String> {
+    let ask = move || {
+        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).ok()?;
+        Some(s)
+    };
+    match ns {
+        Some(ns) => in_netns(ns, ask).join().expect("client"),
+        None => ask(),
+    }
+}
+
+/// Whether `ip` answers a ping from `ns` (busybox's ping: scripts/install-deps.sh installs
+/// busybox-static).
+fn pings(ns: &str, ip: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1", ip,
+        ])
+        .output()
+        .expect("ping")
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_go_out_only_and_floating_ips_come_in() {
+    if !netns::can_run("gateways_go_out_only_and_floating_ips_come_in") {
+        return;
+    }
+    let mut t = Topology::create('w', 1, true).await;
+    let host_ip = t.host_ip(1);
+    let host = HostNetwork::new(Shell::in_netns(t.host_ns(1)), Some(host_ip));
+    let config = NetworkConfig {
+        vni: 4200,
+        peers: Vec::new(),
+        cidr: "10.200.0.0/16".into(),
+    };
+    host.apply(&config).await.expect("register");
+    let va = vm(VNI_A, "10.40.0.10/24", "10.40.0.1", "52:54:0a:28:00:0a");
+    let vb = vm(VNI_B, "10.41.0.10/24", "10.41.0.1", "52:54:0a:29:00:0a");
+    for spec in [&va, &vb] {
+        host.plug(spec, &mut netns::qemu_config())
+            .await
+            .expect("plug");
+    }
+    host.apply_firewall(&firewall(&[(VNI_A, &va), (VNI_B, &vb)], Vec::new()))
+        .await
+        .expect("firewall");
+    let shell = Shell::in_netns(t.host_ns(1));
+    let mut guests = Vec::new();
+    for (name, spec, vni, gw) in [
+        ("ga", &va, VNI_A, "10.40.0.1"),
+        ("gb", &vb, VNI_B, "10.41.0.1"),
+    ] {
+        let tap = tap::tap_name(spec.id, 0);
+        netns::run(&shell, &["link", "del", &tap]).await;
+        let nic = &spec.nics[0];
+        let bridge = format!("nb{vni}");
+        let ns = t
+            .add_guest_port(1, name, &tap, &bridge, &nic.ip, Some(&nic.mac))
+            .await;
+        netns::run(
+            &Shell::in_netns(&ns),
+            &["route", "add", "default", "via", gw],
+        )
+        .await;
+        guests.push(ns);
+    }
+    let (ga, gb) = (guests[0].clone(), guests[1].clone());
+
+    // Out: a server in the root namespace sees the host's address.
+    let outside = SocketAddr::new(t.root_ip(), 4795);
+    serve(None, outside, 2);
+    assert_eq!(answer(Some(&ga), outside), Some(host_ip.to_string()));
+    assert!(pings(&ga, "10.40.0.1"), "ga's gateway answers ping");
+    // No path to the other network's router (the host routes its address), nor to a server
+    // of the host itself, nor to the other guest.
+    let b_router = transit_address(VNI_B).expect("transit").to_string();
+    assert!(pings(&gb, &b_router), "gb reaches its own router");
+    assert!(!pings(&ga, &b_router), "ga reached network B's router");
+    let on_host = SocketAddr::new(host_ip, 4797);
+    serve(Some(&t.host_ns(1)), on_host, 1);
+    assert_eq!(answer(Some(&ga), on_host), None, "ga reached the host");
+    let b_guest: SocketAddr = "10.41.0.10:4796".parse().expect("addr");
+    serve(Some(&gb), b_guest, 1);
+    assert_eq!(answer(Some(&ga), b_guest), None, "ga reached network B");
+
+    // In: a floating IP on the root namespace's subnet reaches ga with the client's address.
+    let IpAddr::V4(root) = t.root_ip() else {
+        panic!("IPv4 topology")
+    };
+    let [a, b, c, _] = root.octets();
+    let floating = std::net::Ipv4Addr::new(a, b, c, 200);
+    let nat = FloatingNat {
+        vni: VNI_A,
+        floating: floating.to_string(),
+        private: "10.40.0.10".into(),
+    };
+    let fw = firewall(&[(VNI_A, &va), (VNI_B, &vb)], vec![nat]);
+    host.apply_firewall(&fw).await.expect("attach");
+    serve(Some(&ga), "10.40.0.10:4798".parse().expect("addr"), 2);
+    let public = SocketAddr::new(floating.into(), 4798);
+    assert_eq!(answer(None, public), Some(t.root_ip().to_string()));
+    // ... and ga's own connections out now leave from it.
+    let outside2 = SocketAddr::new(t.root_ip(), 4799);
+    serve(None, outside2, 1);
+    assert_eq!(answer(Some(&ga), outside2), Some(floating.to_string()));
+    // A restarted agent (a new HostNetwork adopting the VMs) changes nothing that runs, also
+    // before the controller sends it the floating IPs again.
+    let host = HostNetwork::new(Shell::in_netns(t.host_ns(1)), Some(host_ip));
+    for spec in [&va, &vb] {
+        host.protect(spec).await.expect("adopt");
+    }
+    serve(Some(&ga), "10.40.0.10:4800".parse().expect("addr"), 1);
+    let after_restart = SocketAddr::new(floating.into(), 4800);
+    assert_eq!(answer(None, after_restart), Some(t.root_ip().to_string()));
+    // Detached: nobody answers there any more.
+    host.apply_firewall(&firewall(&[(VNI_A, &va), (VNI_B, &vb)], Vec::new()))
+        .await
+        .expect("detach");
+    assert_eq!(
+        answer(None, public),
+        None,
+        "{floating} answers after detach"
+    );
+
+    for spec in [&va, &vb] {
+        host.unplug(spec).await.expect("unplug");
+    }
+    let left = std::fs::read_dir("/run/netns")
+        .expect("netns dir")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}-r", t.host_ns(1)))
+        })
+        .count();
+    assert_eq!(left, 0, "routers left after the last ports");
+    drop(t);
+}
