@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use nimbus_agent_api::{
     DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
-    MigrationProgress, VmRunState,
+    MigrationProgress, VmRunState, VmStatus,
 };
 use nimbus_api::{MigrateInstance, MigrationStats};
 use nimbus_ops::{Outcome, Step, StepContext, StepError};
@@ -22,6 +22,8 @@ use uuid::Uuid;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A heartbeat older than this means the guest is not running.
 const HEARTBEAT_FRESH_MS: u64 = 2_000;
+/// How long a guest without a heartbeat must keep running on the target to count as moved.
+const HEARTBEATLESS_HOLD: Duration = Duration::from_secs(1);
 
 pub(super) fn from_output<T: serde::de::DeserializeOwned>(
     s: &StepContext<'_>,
@@ -366,7 +368,10 @@ async fn record_progress(app: &App, op: Uuid, p: &MigrationProgress, shared: boo
 }
 
 /// Waits until the guest runs on the target and its heartbeat continues there: a migration
-/// is done only when the guest is seen healthy, never on QEMU's word alone.
+/// is done only when the guest is seen healthy, never on QEMU's word alone. A guest that never
+/// sent a heartbeat on the source (an uploaded image: its OS knows nothing of nimbus's
+/// heartbeat port) can only be seen running: resumed on the target and still running
+/// [`HEARTBEATLESS_HOLD`] later.
 pub struct VerifyTarget(pub Uuid);
 
 #[async_trait]
@@ -382,6 +387,8 @@ impl Step<App> for VerifyTarget {
         let progress: MigrationProgress = from_output(s, "transfer", "progress")?;
         let target = app.agent_of(&r.target).await.map_err(app_err)?;
         let start = Instant::now();
+        let heartbeatless = progress.last_heartbeat_unix_ms.is_none();
+        let mut running_since: Option<Instant> = None;
         loop {
             match target.vm(self.0).await {
                 Ok(st) if st.state == VmRunState::Crashed => {
@@ -391,10 +398,11 @@ impl Step<App> for VerifyTarget {
                     )))
                 }
                 Ok(st)
-                    if st.state == VmRunState::Running
-                        && !st.incoming
-                        && st.first_heartbeat_unix_ms.is_some()
-                        && st.heartbeat_age_ms.is_some_and(|a| a < HEARTBEAT_FRESH_MS) =>
+                    if moved(&st)
+                        && (healthy(&st)
+                            || heartbeatless
+                                && running_since.get_or_insert_with(Instant::now).elapsed()
+                                    >= HEARTBEATLESS_HOLD) =>
                 {
                     let downtime = match (progress.stopped_unix_ms, st.resumed_unix_ms) {
                         (Some(stop), Some(resume)) => Some(resume.saturating_sub(stop)),
@@ -407,6 +415,7 @@ impl Step<App> for VerifyTarget {
                     };
                     return Ok(json!({ "downtime_ms": downtime, "guest_pause_ms": pause }));
                 }
+                Ok(st) if !moved(&st) => running_since = None,
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {}
                 Err(e) => return Err(agent_err(e)),
@@ -421,6 +430,17 @@ impl Step<App> for VerifyTarget {
             s.sleep_or_cancel(Duration::from_millis(50)).await?;
         }
     }
+}
+
+/// Whether the guest runs on the target (resumed there after the switch-over).
+fn moved(st: &VmStatus) -> bool {
+    st.state == VmRunState::Running && !st.incoming
+}
+
+/// Whether the guest runs on the target with a fresh heartbeat.
+fn healthy(st: &VmStatus) -> bool {
+    st.first_heartbeat_unix_ms.is_some()
+        && st.heartbeat_age_ms.is_some_and(|a| a < HEARTBEAT_FRESH_MS)
 }
 
 /// Moves the instance to the target in the store. The point of no return.
