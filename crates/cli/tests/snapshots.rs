@@ -101,6 +101,7 @@ async fn snapshots_end_to_end() {
     corrupted_snapshot_is_refused_and_the_vm_runs_on(&cloud, &client).await;
     moving::snapshots_follow_a_live_migration(&cloud, &client).await;
     disk_only_snapshot_of_a_stopped_instance(&cloud, &client).await;
+    moving::snapshots_follow_a_cold_migration(&cloud, &client).await;
     deleting_the_instance_deletes_its_snapshots(&cloud, &client).await;
 }
 

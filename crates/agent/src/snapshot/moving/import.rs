@@ -157,6 +157,7 @@ impl<'a> Receiver<'a> {
                 "received disk layer {name} does not match its checksum: damaged in transit"
             )));
         }
+        check_qcow2_header(&path, &name)?;
         self.set.layers.push(StagedLayer { name, backing });
         self.stats.layers += 1;
         self.stats.layer_bytes += len;
@@ -237,6 +238,32 @@ async fn write_hashed<R: AsyncRead + Unpin>(body: &mut R, path: &Path, len: u64)
     }
     file.sync_all().await.map_err(Error::io("sync", path))?;
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// A received layer is a qcow2 whose data is in the file itself: an external data file
+/// (incompatible feature bit 2 of a version 3 header) would make QEMU, and `qemu-img` run by
+/// this agent, open a file the sender names. (Its backing file is set by this host.)
+pub(super) fn check_qcow2_header(path: &Path, name: &str) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 80];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|_| Error::BadRequest(format!("received disk layer {name} is not a qcow2")))?;
+    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let incompatible = u64::from_be_bytes([
+        head[72], head[73], head[74], head[75], head[76], head[77], head[78], head[79],
+    ]);
+    if &head[..4] != b"QFI\xfb" || !(2..=3).contains(&version) {
+        return Err(Error::BadRequest(format!(
+            "received disk layer {name} is not a qcow2"
+        )));
+    }
+    if version == 3 && incompatible & (1 << 2) != 0 {
+        return Err(Error::BadRequest(format!(
+            "received disk layer {name} uses an external data file: refused"
+        )));
+    }
+    Ok(())
 }
 
 /// The staged layer file `name` of `arriving`.
