@@ -79,6 +79,22 @@ async fn restore(client: &Client, snapshot: &str) -> OperationView {
         .expect("wait")
 }
 
+/// Restores `snapshot` of snap1 and checks its disk: /data/mark reads `mark`.
+async fn restore_to_mark(client: &Client, snapshot: &str, mark: &str) {
+    let op = restore(client, snapshot).await;
+    assert_eq!(
+        op.state,
+        OperationState::Succeeded,
+        "{snapshot}: {:?}",
+        op.error
+    );
+    assert_eq!(
+        file(client, "snap1", "/data/mark").await,
+        mark,
+        "disk after {snapshot}"
+    );
+}
+
 fn restored(op: &OperationView) -> SnapshotRestored {
     let step = op.steps.iter().find(|s| s.name == "restore").expect("step");
     serde_json::from_value(step.output.clone().expect("output")).expect("restore summary")
@@ -185,18 +201,7 @@ async fn deleting_the_middle_keeps_the_others_restorable(cloud: &Cloud, client: 
     assert!(all.iter().all(|s| s.name != "s2"));
     assert_eq!(parent(&all, "s3").as_deref(), Some("s1"));
     for (snapshot, mark) in [("s1", "missing"), ("s3", "3")] {
-        let op = restore(client, snapshot).await;
-        assert_eq!(
-            op.state,
-            OperationState::Succeeded,
-            "{snapshot}: {:?}",
-            op.error
-        );
-        assert_eq!(
-            file(client, "snap1", "/data/mark").await,
-            mark,
-            "after {snapshot}"
-        );
+        restore_to_mark(client, snapshot, mark).await;
     }
 }
 

@@ -137,18 +137,7 @@ pub async fn snapshots_follow_a_live_migration(cloud: &Cloud, client: &Client) {
     // Each snapshot restores on the new host to its instant.
     for (snapshot, mark) in [("s5", "5"), ("s1", "missing"), ("s3", "3")] {
         let just_before = counter(client, "snap1").await;
-        let op = restore(client, snapshot).await;
-        assert_eq!(
-            op.state,
-            OperationState::Succeeded,
-            "{snapshot}: {:?}",
-            op.error
-        );
-        assert_eq!(
-            file(client, "snap1", "/data/mark").await,
-            mark,
-            "disk after {snapshot}"
-        );
+        restore_to_mark(client, snapshot, mark).await;
         if snapshot == "s5" {
             let c = counter(client, "snap1").await;
             assert!(
@@ -188,8 +177,6 @@ pub async fn snapshots_follow_a_cold_migration(cloud: &Cloud, client: &Client) {
     assert_eq!(cloud.qemu_count(&id), 0, "no QEMU ran for a cold migration");
     cli_ok(cloud, &["instance", "start", "snap1", "--wait"]);
     assert_eq!(file(client, "snap1", "/data/mark").await, "3");
-    let op = restore(client, "s1").await;
-    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
-    assert_eq!(file(client, "snap1", "/data/mark").await, "missing");
+    restore_to_mark(client, "s1", "missing").await;
     cli_ok(cloud, &["instance", "stop", "snap1", "--wait"]);
 }
