@@ -79,6 +79,22 @@ async fn restore(client: &Client, snapshot: &str) -> OperationView {
         .expect("wait")
 }
 
+/// Restores `snapshot` of snap1 and checks its disk: /data/mark reads `mark`.
+async fn restore_to_mark(client: &Client, snapshot: &str, mark: &str) {
+    let op = restore(client, snapshot).await;
+    assert_eq!(
+        op.state,
+        OperationState::Succeeded,
+        "{snapshot}: {:?}",
+        op.error
+    );
+    assert_eq!(
+        file(client, "snap1", "/data/mark").await,
+        mark,
+        "disk after {snapshot}"
+    );
+}
+
 fn restored(op: &OperationView) -> SnapshotRestored {
     let step = op.steps.iter().find(|s| s.name == "restore").expect("step");
     serde_json::from_value(step.output.clone().expect("output")).expect("restore summary")
@@ -101,6 +117,7 @@ async fn snapshots_end_to_end() {
     corrupted_snapshot_is_refused_and_the_vm_runs_on(&cloud, &client).await;
     moving::snapshots_follow_a_live_migration(&cloud, &client).await;
     disk_only_snapshot_of_a_stopped_instance(&cloud, &client).await;
+    moving::snapshots_follow_a_cold_migration(&cloud, &client).await;
     deleting_the_instance_deletes_its_snapshots(&cloud, &client).await;
 }
 
@@ -184,18 +201,7 @@ async fn deleting_the_middle_keeps_the_others_restorable(cloud: &Cloud, client: 
     assert!(all.iter().all(|s| s.name != "s2"));
     assert_eq!(parent(&all, "s3").as_deref(), Some("s1"));
     for (snapshot, mark) in [("s1", "missing"), ("s3", "3")] {
-        let op = restore(client, snapshot).await;
-        assert_eq!(
-            op.state,
-            OperationState::Succeeded,
-            "{snapshot}: {:?}",
-            op.error
-        );
-        assert_eq!(
-            file(client, "snap1", "/data/mark").await,
-            mark,
-            "after {snapshot}"
-        );
+        restore_to_mark(client, snapshot, mark).await;
     }
 }
 

@@ -157,24 +157,7 @@ pub async fn create_overlay_unchecked(
 /// what the guest sees: every cluster where the old and the new chain differ is copied into
 /// `image` first (a safe rebase). Neither chain may be in use by a running QEMU.
 pub async fn rebase(image: &Path, new_backing: Option<(&Path, &str)>) -> Result<(), ImgError> {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "rebase".as_ref(),
-        "-q".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-    ];
-    let (file, format): (&std::ffi::OsStr, Option<&str>) = match new_backing {
-        Some((file, format)) => (file.as_os_str(), Some(format)),
-        None => ("".as_ref(), None),
-    };
-    args.push("-b".as_ref());
-    args.push(file);
-    if let Some(format) = format {
-        args.push("-F".as_ref());
-        args.push(format.as_ref());
-    }
-    args.push(image.as_os_str());
-    run("rebase", image, &args).await.map(|_| ())
+    rebase_with(image, new_backing, false).await
 }
 
 /// Renames the backing file of the qcow2 `image` (or removes it) without touching its data
@@ -183,14 +166,21 @@ pub async fn rebase_unchecked(
     image: &Path,
     new_backing: Option<(&Path, &str)>,
 ) -> Result<(), ImgError> {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "rebase".as_ref(),
-        "-q".as_ref(),
-        "-u".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-b".as_ref(),
-    ];
+    rebase_with(image, new_backing, true).await
+}
+
+async fn rebase_with(
+    image: &Path,
+    new_backing: Option<(&Path, &str)>,
+    unchecked: bool,
+) -> Result<(), ImgError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["rebase".as_ref(), "-q".as_ref()];
+    if unchecked {
+        args.push("-u".as_ref());
+    }
+    for a in ["-f", "qcow2", "-b"] {
+        args.push(a.as_ref());
+    }
     match new_backing {
         Some((file, format)) => {
             args.push(file.as_os_str());

@@ -137,18 +137,7 @@ pub async fn snapshots_follow_a_live_migration(cloud: &Cloud, client: &Client) {
     // Each snapshot restores on the new host to its instant.
     for (snapshot, mark) in [("s5", "5"), ("s1", "missing"), ("s3", "3")] {
         let just_before = counter(client, "snap1").await;
-        let op = restore(client, snapshot).await;
-        assert_eq!(
-            op.state,
-            OperationState::Succeeded,
-            "{snapshot}: {:?}",
-            op.error
-        );
-        assert_eq!(
-            file(client, "snap1", "/data/mark").await,
-            mark,
-            "disk after {snapshot}"
-        );
+        restore_to_mark(client, snapshot, mark).await;
         if snapshot == "s5" {
             let c = counter(client, "snap1").await;
             assert!(
@@ -165,4 +154,29 @@ pub async fn snapshots_follow_a_live_migration(cloud: &Cloud, client: &Client) {
     assert!(out.contains("freed"), "{out}");
     assert_eq!(manifest_count(cloud, dst, &id), 2);
     assert_eq!(current(&snapshots(cloud, "snap1").await), ["s3"]);
+}
+
+/// The stopped instance (s1 <- s3 <- d1, its disk as after s3) moves cold with its snapshots:
+/// every layer goes with them, it boots on the new host with its disk, and s1 restores
+/// there.
+pub async fn snapshots_follow_a_cold_migration(cloud: &Cloud, client: &Client) {
+    let inst = instance(client, "snap1").await;
+    assert_eq!(inst.state, InstanceState::Stopped);
+    let id = inst.id.to_string();
+    let src = inst.host.clone().expect("placed");
+    let dst = if src == "host1" { "host2" } else { "host1" };
+    let out = cli_ok(cloud, &["instance", "migrate", "snap1", "--wait"]);
+    eprintln!("cold migration with 3 snapshots:\n{out}");
+    let inst = instance(client, "snap1").await;
+    assert_eq!(
+        (inst.state, inst.host.as_deref()),
+        (InstanceState::Stopped, Some(dst))
+    );
+    assert!(!cloud.host_dir(&src).join("vms").join(&id).exists());
+    assert_eq!(manifest_count(cloud, dst, &id), 3);
+    assert_eq!(cloud.qemu_count(&id), 0, "no QEMU ran for a cold migration");
+    cli_ok(cloud, &["instance", "start", "snap1", "--wait"]);
+    assert_eq!(file(client, "snap1", "/data/mark").await, "3");
+    restore_to_mark(client, "s1", "missing").await;
+    cli_ok(cloud, &["instance", "stop", "snap1", "--wait"]);
 }

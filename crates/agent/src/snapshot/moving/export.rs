@@ -14,6 +14,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 
+/// Chunks read and sent at once.
+const CHUNK_BATCH: usize = 256;
+
 /// What the VM in `dir` holds of snapshots.
 pub fn inventory(dir: &VmDir) -> Result<SnapshotSetInventory> {
     let manifests = manifest::all(dir)?;
@@ -156,16 +159,21 @@ async fn send(tx: &mut Tx, store: &SnapshotStore, plan: Plan) -> Result<()> {
         put(tx, encode_header(&Header::Manifest, json.len() as u64)).await?;
         put(tx, json).await?;
     }
-    for hash in plan.chunks {
+    // In batches: one pass over the packs and one message per batch, not per chunk.
+    for batch in plan.chunks.chunks(CHUNK_BATCH) {
         let chunks = store.chunks().clone();
-        let h = hash.clone();
-        let data = crate::snapshot::blocking(move || chunks.read_chunk(&h)).await?;
-        put(
-            tx,
-            encode_header(&Header::Chunk { hash }, data.len() as u64),
-        )
-        .await?;
-        put(tx, data).await?;
+        let hashes = batch.to_vec();
+        let stored = crate::snapshot::blocking(move || chunks.read_stored(&hashes)).await?;
+        let mut frames = Vec::new();
+        for (hash, (flags, data)) in batch.iter().zip(stored) {
+            let header = Header::Chunk {
+                hash: hash.clone(),
+                zstd: flags & crate::snapshot::packs::record::ZSTD != 0,
+            };
+            frames.extend_from_slice(&encode_header(&header, data.len() as u64));
+            frames.extend_from_slice(&data);
+        }
+        put(tx, frames).await?;
     }
     if let Some((name, fresh)) = plan.top {
         put(tx, encode_header(&Header::Top { name, fresh }, 0)).await?;

@@ -17,8 +17,13 @@ pub const MAX_MANIFEST: u64 = 256 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Header {
-    /// A memory chunk named by its BLAKE3 digest.
-    Chunk { hash: String },
+    /// A memory chunk named by its BLAKE3 digest, as its pack stores it (zstd-compressed or
+    /// raw): copied as is, checked on arrival after decompression.
+    Chunk {
+        hash: String,
+        #[serde(default)]
+        zstd: bool,
+    },
     /// A frozen disk layer: `disk.qcow2` (the first) or `<uuid>.qcow2`; `backing` names the
     /// layer under it, `None` for the first (on the image's base, or on nothing).
     Layer {

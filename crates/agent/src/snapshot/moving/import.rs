@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::instance::files::VmDir;
 use crate::snapshot::chunks::MAX_CHUNK;
 use crate::snapshot::manifest::{Manifest, SnapshotFiles};
+use crate::snapshot::packs::record;
 use crate::snapshot::{failpoint, SnapshotStore};
 use nimbus_agent_api::ImportedSnapshotSet;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,13 @@ struct Receiver<'a> {
     set: StagedSet,
     manifests: Vec<Manifest>,
     stats: ImportedSnapshotSet,
+    /// Chunks received, not yet stored: (hash, flags, stored bytes).
+    pending: Vec<(String, u8, Vec<u8>)>,
+    pending_bytes: usize,
 }
+
+/// Chunks are checked and stored by batches of about this many bytes.
+const BATCH_BYTES: usize = 4 << 20;
 
 impl<'a> Receiver<'a> {
     fn new(store: &'a SnapshotStore, arriving: &'a Arriving, vm: Uuid) -> Self {
@@ -64,14 +71,19 @@ impl<'a> Receiver<'a> {
             set: StagedSet::default(),
             manifests: Vec::new(),
             stats: ImportedSnapshotSet::default(),
+            pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
     async fn run<R: AsyncRead + Unpin>(mut self, body: &mut R) -> Result<ImportedSnapshotSet> {
         loop {
             let (header, len) = read_header(body).await?;
+            if !matches!(header, Header::Chunk { .. }) {
+                self.store_chunks().await?;
+            }
             match header {
-                Header::Chunk { hash } => self.chunk(body, &hash, len).await?,
+                Header::Chunk { hash, zstd } => self.chunk(body, hash, zstd, len).await?,
                 Header::Layer {
                     name,
                     backing,
@@ -87,22 +99,38 @@ impl<'a> Receiver<'a> {
         }
     }
 
+    /// A chunk: kept until a batch is full, then checked and stored.
     async fn chunk<R: AsyncRead + Unpin>(
         &mut self,
         body: &mut R,
-        hash: &str,
+        hash: String,
+        zstd: bool,
         len: u64,
     ) -> Result<()> {
-        let data = read_data(body, len, u64::from(MAX_CHUNK)).await?;
-        let chunks = self.store.chunks().clone();
-        let hash = hash.to_string();
-        crate::snapshot::blocking(move || chunks.put_received(&hash, &data)).await?;
-        self.stats.chunks += 1;
-        self.stats.chunk_bytes += len;
-        if self.stats.chunks == 1 {
-            failpoint::check_host(self.store.state_dir(), "snapshot_import.receiving")?;
+        let data = read_data(body, len, u64::from(MAX_CHUNK) + 1024).await?;
+        self.pending_bytes += data.len();
+        let flags = if zstd { record::ZSTD } else { 0 };
+        self.pending.push((hash, flags, data));
+        if self.pending_bytes >= BATCH_BYTES {
+            self.store_chunks().await?;
         }
         Ok(())
+    }
+
+    /// Checks and stores the chunks received so far.
+    async fn store_chunks(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let chunks = self.store.chunks().clone();
+        let count = batch.len() as u64;
+        let wire: u64 = batch.iter().map(|(_, _, d)| d.len() as u64).sum();
+        crate::snapshot::blocking(move || chunks.put_received_stored(&batch)).await?;
+        self.stats.chunks += count;
+        self.stats.chunk_bytes += wire;
+        failpoint::check_host(self.store.state_dir(), "snapshot_import.receiving")
     }
 
     async fn layer<R: AsyncRead + Unpin>(
@@ -129,6 +157,7 @@ impl<'a> Receiver<'a> {
                 "received disk layer {name} does not match its checksum: damaged in transit"
             )));
         }
+        check_qcow2_header(&path, &name)?;
         self.set.layers.push(StagedLayer { name, backing });
         self.stats.layers += 1;
         self.stats.layer_bytes += len;
@@ -162,6 +191,8 @@ impl<'a> Receiver<'a> {
     /// The set is complete: every snapshot's chunks are here and its layer was sent (or
     /// lives on shared storage); the manifests and `set.json` are written last.
     fn finish(mut self) -> Result<ImportedSnapshotSet> {
+        // Durable, and readable: the checks below read the packs' files.
+        self.store.chunks().sync()?;
         let sent_layers = !self.set.layers.is_empty();
         for m in &self.manifests {
             if let Some(image) = &m.memory {
@@ -175,7 +206,6 @@ impl<'a> Receiver<'a> {
                 )));
             }
         }
-        self.store.chunks().sync()?;
         let staged = VmDir::new(self.arriving.dir().to_path_buf());
         for m in &self.manifests {
             SnapshotFiles::new(&staged, m.snapshot_id).write(m)?;
@@ -208,6 +238,32 @@ async fn write_hashed<R: AsyncRead + Unpin>(body: &mut R, path: &Path, len: u64)
     }
     file.sync_all().await.map_err(Error::io("sync", path))?;
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// A received layer is a qcow2 whose data is in the file itself: an external data file
+/// (incompatible feature bit 2 of a version 3 header) would make QEMU, and `qemu-img` run by
+/// this agent, open a file the sender names. (Its backing file is set by this host.)
+pub(super) fn check_qcow2_header(path: &Path, name: &str) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 80];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|_| Error::BadRequest(format!("received disk layer {name} is not a qcow2")))?;
+    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let incompatible = u64::from_be_bytes([
+        head[72], head[73], head[74], head[75], head[76], head[77], head[78], head[79],
+    ]);
+    if &head[..4] != b"QFI\xfb" || !(2..=3).contains(&version) {
+        return Err(Error::BadRequest(format!(
+            "received disk layer {name} is not a qcow2"
+        )));
+    }
+    if version == 3 && incompatible & (1 << 2) != 0 {
+        return Err(Error::BadRequest(format!(
+            "received disk layer {name} uses an external data file: refused"
+        )));
+    }
+    Ok(())
 }
 
 /// The staged layer file `name` of `arriving`.

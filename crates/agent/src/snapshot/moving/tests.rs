@@ -223,3 +223,37 @@ async fn a_snapshot_set_moves_cold_and_live() {
         );
     }
 }
+
+/// A received layer with an external data file would open a file the sender names: refused.
+#[test]
+fn a_layer_with_an_external_data_file_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layer = tmp.path().join("x.qcow2");
+    let data = tmp.path().join("elsewhere.raw");
+    let ok = std::process::Command::new("qemu-img")
+        .arg("create")
+        .arg("-q")
+        .args(["-f", "qcow2", "-o"])
+        .arg(format!("data_file={}", data.display()))
+        .arg(&layer)
+        .arg("1M")
+        .status()
+        .expect("qemu-img");
+    assert!(ok.success());
+    let err = import::check_qcow2_header(&layer, "x.qcow2").expect_err("refused");
+    assert!(err.to_string().contains("external data file"), "{err}");
+    let plain = tmp.path().join("plain.qcow2");
+    std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&plain)
+        .arg("1M")
+        .status()
+        .expect("qemu-img");
+    import::check_qcow2_header(&plain, "plain.qcow2").expect("a plain qcow2");
+    std::fs::write(
+        &plain,
+        b"not an image at all, but long enough to have a header....................",
+    )
+    .expect("write");
+    assert!(import::check_qcow2_header(&plain, "plain.qcow2").is_err());
+}

@@ -47,9 +47,21 @@ struct State {
 #[derive(Debug)]
 struct Writer {
     pack: u32,
-    file: File,
-    idx: File,
+    file: std::io::BufWriter<File>,
+    idx: std::io::BufWriter<File>,
     len: u64,
+}
+
+impl Writer {
+    /// Writes out the buffers and makes them durable.
+    fn sync(&mut self, path: &Path) -> Result<()> {
+        self.file
+            .flush()
+            .and_then(|()| self.idx.flush())
+            .and_then(|()| self.file.get_ref().sync_data())
+            .and_then(|()| self.idx.get_ref().sync_data())
+            .map_err(Error::io("sync", path))
+    }
 }
 
 impl PackStore {
@@ -182,28 +194,38 @@ impl PackStore {
 
     /// Appends a chunk unless stored; answers the bytes it occupies when it was new.
     pub fn append(&self, hash: &[u8; 32], data: &[u8]) -> Result<Option<u64>> {
+        if self.contains(hash)? {
+            return Ok(None);
+        }
+        let (flags, stored) = record::encode(data);
+        self.append_stored(hash, flags, &stored, data.len() as u32)
+    }
+
+    /// Appends a chunk in its stored form (the caller checked it) unless stored; answers the
+    /// bytes it occupies when it was new. Buffered: readable once [`Self::sync`] ran.
+    pub fn append_stored(
+        &self,
+        hash: &[u8; 32],
+        flags: u8,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> Result<Option<u64>> {
         self.with(|s| {
             if s.index.contains_key(hash) {
                 return Ok(None);
             }
-            let (flags, stored) = record::encode(data);
             let w = self.writer(s)?;
             let loc = Location {
                 pack: w.pack,
                 offset: w.len,
                 flags,
-                raw_len: data.len() as u32,
+                raw_len,
                 stored_len: stored.len() as u32,
             };
             let path = self.pack_path(w.pack);
             w.file
-                .write_all(&record::record_header(
-                    hash,
-                    flags,
-                    loc.raw_len,
-                    loc.stored_len,
-                ))
-                .and_then(|()| w.file.write_all(&stored))
+                .write_all(&record::record_header(hash, flags, raw_len, loc.stored_len))
+                .and_then(|()| w.file.write_all(stored))
                 .map_err(Error::io("write", &path))?;
             w.idx
                 .write_all(&record::entry(hash, &loc))
@@ -220,6 +242,10 @@ impl PackStore {
     fn writer<'a>(&self, s: &'a mut State) -> Result<&'a mut Writer> {
         let full = s.writer.as_ref().is_none_or(|w| w.len >= PACK_LIMIT);
         if full {
+            if let Some(mut w) = s.writer.take() {
+                w.sync(&self.pack_path(w.pack))?;
+                s.writer = Some(w);
+            }
             let last = s.packs.iter().next_back().map(|(n, l)| (*n, *l));
             let (n, fresh) = match last {
                 Some((n, len)) if len < PACK_LIMIT && s.writer.is_none() => (n, false),
@@ -248,8 +274,8 @@ impl PackStore {
             s.packs.insert(n, len);
             s.writer = Some(Writer {
                 pack: n,
-                file,
-                idx: idx_file,
+                file: std::io::BufWriter::with_capacity(1 << 20, file),
+                idx: std::io::BufWriter::new(idx_file),
                 len,
             });
         }
@@ -260,14 +286,12 @@ impl PackStore {
 
     /// Makes what was appended durable.
     pub fn sync(&self) -> Result<()> {
-        self.with(|s| {
-            if let Some(w) = &s.writer {
-                w.file
-                    .sync_data()
-                    .and_then(|()| w.idx.sync_data())
-                    .map_err(Error::io("sync", &self.pack_path(w.pack)))?;
+        self.with(|s| match s.writer.as_mut() {
+            Some(w) => {
+                let path = self.pack_path(w.pack);
+                w.sync(&path)
             }
-            Ok(())
+            None => Ok(()),
         })
     }
 
@@ -318,6 +342,8 @@ impl PackStore {
     /// go, the others are rewritten with their live records. Answers the bytes freed.
     pub fn collect_garbage(&self, keep: &HashSet<String>) -> Result<u64> {
         let _gc = self.gc.write().unwrap_or_else(|p| p.into_inner());
+        // Rewrites read the packs' files: nothing may still sit in a buffer.
+        self.sync()?;
         let mut by_pack: BTreeMap<u32, PackLiveness> = BTreeMap::new();
         for (hash, loc) in self.entries()? {
             let live = keep.contains(&hex::encode(hash));
@@ -405,6 +431,11 @@ impl PackReader<'_> {
     /// The content of chunk `hash` (hex `name` for errors), checked against its hash; `None`
     /// when no pack holds it.
     pub fn read(&mut self, hash: &[u8; 32], name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.read_record(hash, name)?.map(|r| r.raw))
+    }
+
+    /// Chunk `hash` as stored and as content, checked against its hash.
+    pub fn read_record(&mut self, hash: &[u8; 32], name: &str) -> Result<Option<ReadRecord>> {
         let Some(loc) = self.store.location(hash)? else {
             return Ok(None);
         };
@@ -436,12 +467,24 @@ impl PackReader<'_> {
         {
             return Err(damaged());
         }
-        let data = record::decode(flags, &buf[41..], raw_len).ok_or_else(damaged)?;
-        if blake3::hash(&data).as_bytes() != hash {
+        let raw = record::decode(flags, &buf[41..], raw_len).ok_or_else(damaged)?;
+        if blake3::hash(&raw).as_bytes() != hash {
             return Err(damaged());
         }
-        Ok(Some(data))
+        buf.drain(..41);
+        Ok(Some(ReadRecord {
+            flags,
+            stored: buf,
+            raw,
+        }))
     }
+}
+
+/// A chunk read from its pack: as stored (to copy it elsewhere as is) and its content.
+pub struct ReadRecord {
+    pub flags: u8,
+    pub stored: Vec<u8>,
+    pub raw: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -64,16 +64,25 @@ fn chunks_round_trip_survive_reload_and_collection() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-#[test]
-fn an_index_behind_its_pack_is_rebuilt_and_a_cut_record_dropped() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("packs");
-    let store = PackStore::new(dir.clone());
+/// A chunk's content and hash.
+type Chunk = (Vec<u8>, [u8; 32]);
+
+/// A store in `dir` with a raw chunk and a compressed one, synced.
+fn two_chunks(dir: &Path) -> (PackStore, Chunk, Chunk) {
+    let store = PackStore::new(dir.to_path_buf());
     let (a, ha) = chunk(1, false);
     let (b, hb) = chunk(2, true);
     store.append(&ha, &a).expect("a");
     store.append(&hb, &b).expect("b");
     store.sync().expect("sync");
+    (store, (a, ha), (b, hb))
+}
+
+#[test]
+fn an_index_behind_its_pack_is_rebuilt_and_a_cut_record_dropped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("packs");
+    let (store, (a, ha), (b, hb)) = two_chunks(&dir);
     drop(store);
     // The index lost its last entry, and a third record was cut short by a crash.
     let idx = dir.join("00000001.idx");
@@ -104,12 +113,7 @@ fn an_index_behind_its_pack_is_rebuilt_and_a_cut_record_dropped() {
 fn a_damaged_pack_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("packs");
-    let store = PackStore::new(dir.clone());
-    let (a, ha) = chunk(1, false);
-    let (b, hb) = chunk(2, true);
-    store.append(&ha, &a).expect("a");
-    store.append(&hb, &b).expect("b");
-    store.sync().expect("sync");
+    let (store, (_, ha), (b, hb)) = two_chunks(&dir);
     let pack = dir.join("00000001.pack");
     let mut bytes = std::fs::read(&pack).expect("read");
     for hash in [ha, hb] {
