@@ -228,3 +228,45 @@ fn the_openapi_document_declares_paging_on_every_listing() {
         assert!(get["responses"]["400"].is_object(), "{path}: no 400");
     }
 }
+
+/// The typed client (what the CLI uses) over a real socket: `list_all` follows pages past
+/// the largest page, `list_up_to` stops at what it was asked for.
+#[tokio::test]
+async fn the_client_follows_pages() {
+    let f = setup().await;
+    let defaults = f.app.store().list_flavors().await.expect("flavors").len();
+    for i in 0..1005 {
+        let name = format!("f{i:04}");
+        f.app
+            .store()
+            .create_flavor(&name, 1, 64 + i, 1)
+            .await
+            .expect("flavor");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = nimbus_controller::http::router(f.app.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = nimbus_client::Client::new(&format!("http://{addr}"), Some(f.token.clone()));
+
+    let all = client.list_flavors().await.expect("all flavors");
+    assert_eq!(
+        all.len(),
+        defaults + 1005,
+        "two pages of up to 1000, followed"
+    );
+    let mut names: Vec<&str> = all.iter().map(|f| f.name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "no flavor twice");
+    let some: Vec<nimbus_api::FlavorView> = client
+        .list_up_to("/v1/flavors", &[], 1003)
+        .await
+        .expect("some");
+    assert_eq!(some.len(), 1003);
+    assert_eq!(some[..], all[..1003], "the same order");
+    server.abort();
+}

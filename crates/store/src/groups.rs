@@ -5,7 +5,7 @@
 
 use crate::instances::{instance_from_row, parse_uuid};
 use crate::operations::insert_operation;
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, BY_PROJECT_AND_NAME};
 use crate::Scope;
 use crate::{time, InstanceRecord, NewGroupEvent, NewOperation, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -212,16 +212,13 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<GroupRecord>, StoreError> {
-        const KEY: Keyset =
-            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
+        let rows = BY_PROJECT_AND_NAME
+            .fetch_in(
                 &self.pool,
                 page,
                 "SELECT * FROM scaling_groups",
-                &filter,
-                &scope.values(),
+                scope,
+                "project",
             )
             .await?;
         rows.try_map(group_from_row)

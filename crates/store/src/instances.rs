@@ -1,7 +1,7 @@
 //! Instances: their desired state, placement and the operation acting on them.
 
 use crate::locks::{lock_image, lock_project};
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, OLDEST_FIRST};
 use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
 use crate::quotas::{lock_quota, usage_in};
 use crate::secgroups::members::{join_groups, leave_groups};
@@ -307,16 +307,13 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<InstanceRecord>, StoreError> {
-        const KEY: Keyset =
-            Keyset::ascending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
+        let rows = OLDEST_FIRST
+            .fetch_in(
                 &self.pool,
                 page,
                 "SELECT * FROM instances",
-                &filter,
-                &scope.values(),
+                scope,
+                "project",
             )
             .await?;
         rows.try_map(instance_from_row)

@@ -1,6 +1,6 @@
 //! Keypairs of a project (public keys only), found by name within the project.
 
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, BY_PROJECT_AND_NAME};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::KeypairView;
 use sqlx::Row;
@@ -65,17 +65,8 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<KeypairView>, StoreError> {
-        const KEY: Keyset =
-            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
-                &self.pool,
-                page,
-                "SELECT * FROM keypairs",
-                &filter,
-                &scope.values(),
-            )
+        let rows = BY_PROJECT_AND_NAME
+            .fetch_in(&self.pool, page, "SELECT * FROM keypairs", scope, "project")
             .await?;
         rows.try_map(from_row)
     }

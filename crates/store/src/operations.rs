@@ -1,7 +1,7 @@
 //! Operations and their step logs (written through `leases::FencedLog`).
 
 use crate::instances::parse_uuid;
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, NEWEST_FIRST};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{OperationKind, OperationState, OperationView, StepState, StepView};
 use nimbus_ops::{LogSnapshot, StepRecord};
@@ -153,16 +153,13 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<OperationView>, StoreError> {
-        const KEY: Keyset =
-            Keyset::descending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
+        let rows = NEWEST_FIRST
+            .fetch_in(
                 &self.pool,
                 page,
                 "SELECT * FROM operations",
-                &filter,
-                &scope.values(),
+                scope,
+                "project",
             )
             .await?;
         let mut out = Vec::with_capacity(rows.items.len());

@@ -14,7 +14,7 @@
 //! rows.try_map(record_from_row)
 //! ```
 
-use crate::StoreError;
+use crate::{Scope, StoreError};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -110,6 +110,16 @@ impl KeyColumn {
     }
 }
 
+/// Named project-owned resources: by project, then name.
+pub(crate) const BY_PROJECT_AND_NAME: Keyset =
+    Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
+/// Oldest first (`created_at`, then id).
+pub(crate) const OLDEST_FIRST: Keyset =
+    Keyset::ascending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
+/// Newest first (`created_at`, then id).
+pub(crate) const NEWEST_FIRST: Keyset =
+    Keyset::descending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
+
 /// The key columns of a listing and their direction.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Keyset {
@@ -170,6 +180,21 @@ impl Keyset {
             _ => None,
         };
         Ok(Page { items: rows, next })
+    }
+
+    /// Reads one page of `select` restricted to the rows `scope` sees (`column` names their
+    /// project).
+    pub(crate) async fn fetch_in(
+        &self,
+        pool: &AnyPool,
+        page: &PageRequest,
+        select: &str,
+        scope: &Scope,
+        column: &str,
+    ) -> Result<Page<AnyRow>, StoreError> {
+        let filter = scope.condition(column, 1);
+        self.fetch(pool, page, select, &filter, &scope.values())
+            .await
     }
 
     /// The condition "after the page's key", with parameters `$first`.. (a tautology for the

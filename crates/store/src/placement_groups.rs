@@ -1,7 +1,7 @@
 //! Placement groups and their members (instances whose `placement_group` names the group).
 
 use crate::instances::parse_uuid;
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, BY_PROJECT_AND_NAME};
 use crate::Scope;
 use crate::{time, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -124,16 +124,13 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<PlacementGroupRecord>, StoreError> {
-        const KEY: Keyset =
-            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
+        let rows = BY_PROJECT_AND_NAME
+            .fetch_in(
                 &self.pool,
                 page,
                 "SELECT * FROM placement_groups",
-                &filter,
-                &scope.values(),
+                scope,
+                "project",
             )
             .await?;
         rows.try_map(from_row)

@@ -6,7 +6,7 @@
 //! Two projects that pick the same id collide on the primary key and the loser retries.
 
 use crate::locks::lock_project;
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, BY_PROJECT_AND_NAME};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{Direction, Protocol, SecurityGroupView, SecurityRuleView, DEFAULT_SECGROUP};
 use sqlx::{Any, Row, Transaction};
@@ -100,16 +100,13 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<SecurityGroupView>, StoreError> {
-        const KEY: Keyset =
-            Keyset::ascending(&[KeyColumn::text("project"), KeyColumn::text("name")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
+        let rows = BY_PROJECT_AND_NAME
+            .fetch_in(
                 &self.pool,
                 page,
                 "SELECT * FROM secgroups",
-                &filter,
-                &scope.values(),
+                scope,
+                "project",
             )
             .await?;
         let mut views = Vec::with_capacity(rows.items.len());

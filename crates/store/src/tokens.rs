@@ -1,6 +1,6 @@
 //! API tokens, stored only as hashes, with an optional expiry and a revocation time.
 
-use crate::page::{KeyColumn, Keyset, Page, PageRequest};
+use crate::page::{Page, PageRequest, OLDEST_FIRST};
 use crate::{time, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -107,17 +107,8 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<TokenRecord>, StoreError> {
-        const KEY: Keyset =
-            Keyset::ascending(&[KeyColumn::text("created_at"), KeyColumn::text("id")]);
-        let filter = scope.condition("project", 1);
-        let rows = KEY
-            .fetch(
-                &self.pool,
-                page,
-                "SELECT * FROM tokens",
-                &filter,
-                &scope.values(),
-            )
+        let rows = OLDEST_FIRST
+            .fetch_in(&self.pool, page, "SELECT * FROM tokens", scope, "project")
             .await?;
         rows.try_map(from_row)
     }
