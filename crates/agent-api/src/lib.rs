@@ -38,6 +38,7 @@
 //! bytes of uploaded images (see [`image`]).
 
 pub mod client;
+pub mod enrol;
 pub mod error;
 pub mod firewall;
 pub mod host;
@@ -49,6 +50,7 @@ pub mod snapshot;
 pub mod vm;
 
 pub use client::AgentClient;
+pub use enrol::{EnrolRequest, EnrolResponse};
 pub use error::{AgentError, AgentErrorBody};
 pub use firewall::{
     FirewallApplied, FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote,

@@ -50,7 +50,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Controller(args) => commands::server::controller(args).await,
-        Command::Agent(args) => commands::server::agent(args, cli.conn.ca_cert.as_deref()).await,
+        Command::Agent(args) => commands::server::agent(args).await,
         Command::Host(cmd) => commands::host::run(&cli.conn, out, cmd).await,
         Command::Flavor(cmd) => commands::flavor::run(&cli.conn, out, cmd).await,
         Command::Image(cmd) => commands::image::run(&cli.conn, out, cmd).await,

@@ -5,6 +5,7 @@ pub mod console;
 pub mod flavor;
 pub mod group;
 pub mod host;
+pub mod host_trust;
 pub mod image;
 pub mod instance;
 pub mod keypair;

@@ -103,7 +103,8 @@ pub fn router(app: App) -> Router {
             get(keypairs::show).delete(keypairs::delete),
         )
         .route("/hosts", get(hosts::list))
-        .route("/hosts/{host}", get(hosts::show))
+        .route("/hosts/join-tokens", post(hosts::create_join_token))
+        .route("/hosts/{host}", get(hosts::show).delete(hosts::remove))
         .route("/hosts/{host}/enable", post(hosts::enable))
         .route("/hosts/{host}/disable", post(hosts::disable))
         .route("/orphans", get(hosts::orphans))
@@ -134,6 +135,8 @@ pub fn router(app: App) -> Router {
         .route("/tokens/{token}", axum::routing::delete(tokens::revoke))
         .route("/audit", get(audit_log::list))
         .route("/usage", get(usage::report))
+        .route("/internal/ca", get(internal::ca_certificate))
+        .route("/internal/enrol", post(internal::enrol))
         .route("/internal/hosts/register", post(internal::register_host))
         .route("/internal/usage/samples", post(internal::usage_samples))
         .route("/internal/images/{digest}", get(internal::image_blob))
