@@ -15,10 +15,10 @@ Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/agent_restart.py [--bin target/release/nimbus] [--runs 3]
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
-import urllib.request
+import ssl, urllib.request
 
 NET_NAME, NET_INDEX = "nbrst", 251
-AGENT_URL = f"http://10.249.{NET_INDEX}.11:7701"
+AGENT_URL = f"https://10.249.{NET_INDEX}.11:7701"
 
 
 def free_port():
@@ -29,13 +29,32 @@ def free_port():
     return port
 
 
-def agent_vms(token):
-    req = urllib.request.Request(f"{AGENT_URL}/agent/v1/vms", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=2) as r:
+def controller_tls(data, work):
+    """A TLS context presenting a controller certificate signed with the cloud's CA (the
+    agent API answers the controller only): the bench acts as the operator, who holds the
+    CA key."""
+    key, csr, crt, ext = (os.path.join(work, f"bench-controller.{e}") for e in ("key", "csr", "crt", "ext"))
+    ca_crt, ca_key = os.path.join(data, "ca.crt"), os.path.join(data, "ca.key")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-subj", "/O=nimbus/OU=controller/CN=nimbus-controller", "-out", csr],
+                   check=True, capture_output=True)
+    with open(ext, "w") as f:
+        f.write("extendedKeyUsage=clientAuth,serverAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-set_serial",
+                    str(int.from_bytes(os.urandom(8), "big")), "-days", "1", "-extfile", ext, "-out", crt],
+                   check=True, capture_output=True)
+    ctx = ssl.create_default_context(cafile=ca_crt)
+    ctx.load_cert_chain(crt, key)
+    return ctx
+
+
+def agent_vms(tls):
+    req = urllib.request.Request(f"{AGENT_URL}/agent/v1/vms")
+    with urllib.request.urlopen(req, timeout=2, context=tls) as r:
         return json.load(r)
 
 
-def restart_once(host_dir, token, qemu_pid, drop_cache):
+def restart_once(host_dir, tls, qemu_pid, drop_cache):
     if drop_cache:
         os.remove(os.path.join(host_dir, "accel-probe.json"))
     pid = int(open(os.path.join(host_dir, "agent.pid")).read())
@@ -44,7 +63,7 @@ def restart_once(host_dir, token, qemu_pid, drop_cache):
     while time.monotonic() - t0 < 120:
         try:
             new_pid = int(open(os.path.join(host_dir, "agent.pid")).read())
-            if new_pid != pid and agent_vms(token):
+            if new_pid != pid and agent_vms(tls):
                 elapsed = time.monotonic() - t0
                 os.kill(qemu_pid, 0)  # the guest's QEMU ran through the restart
                 return elapsed
@@ -63,7 +82,7 @@ def main():
     data = os.path.join(work, "data")
     host_dir = os.path.join(data, "hosts", "host1")
     port = free_port()
-    env = dict(os.environ, NIMBUS_API=f"http://127.0.0.1:{port}")
+    env = dict(os.environ, NIMBUS_API=f"https://127.0.0.1:{port}", NIMBUS_CA_CERT=os.path.join(data, "ca.crt"))
     env.pop("NIMBUS_ACCEL", None)
     up = subprocess.Popen([args.bin, "up", "--data-dir", data, "--hosts", "1", "--listen", f"127.0.0.1:{port}",
                            "--net-name", NET_NAME, "--net-index", str(NET_INDEX)], env=env,
@@ -87,11 +106,11 @@ def main():
                        env=env, check=True, capture_output=True)
         vm_dir = os.path.join(host_dir, "vms")
         qemu_pid = int(open(os.path.join(vm_dir, os.listdir(vm_dir)[0], "qemu.pid")).read())
-        agent_token = open(os.path.join(data, "agent.token")).read().strip()
+        tls = controller_tls(data, work)
         cached, probed = [], []
         for _ in range(args.runs):
-            cached.append(restart_once(host_dir, agent_token, qemu_pid, drop_cache=False))
-            probed.append(restart_once(host_dir, agent_token, qemu_pid, drop_cache=True))
+            cached.append(restart_once(host_dir, tls, qemu_pid, drop_cache=False))
+            probed.append(restart_once(host_dir, tls, qemu_pid, drop_cache=True))
         log = open(os.path.join(host_dir, "agent.log"), errors="replace").read()
         startup = [int(m) for m in re.findall(r"startup_ms\S*?=\S*?(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", log))]
         accel = json.load(open(os.path.join(host_dir, "accel-probe.json")))

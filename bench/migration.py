@@ -34,7 +34,7 @@ Takes ~7 minutes with 3 runs (most of it the raw defaults timing out at 400 MiB/
 --raw-nimbus-policy. Per-run lines go to stderr, the tables to stdout.
 """
 import argparse, base64, datetime, json, os, queue, re, shutil, signal, socket, statistics, subprocess
-import sys, tempfile, threading, time, urllib.error, urllib.request
+import ssl, sys, tempfile, threading, time, urllib.error, urllib.request
 
 IMAGE_DIR = os.path.join(os.environ.get("NIMBUS_IMAGE_CACHE", "/var/cache/nimbus"), "images", "default")
 MEM_MIB = 512
@@ -363,15 +363,17 @@ def raw_run(work, variant, rate):
 
 
 class Api:
-    def __init__(self, base, token):
+    def __init__(self, base, token, cafile):
         self.base, self.token = base, token
+        # The controller serves HTTPS with a certificate of the cloud's own CA.
+        self.tls = ssl.create_default_context(cafile=cafile)
 
     def req(self, method, path, body=None, timeout=60):
         data = json.dumps(body).encode() if body is not None else None
         r = urllib.request.Request(self.base + path, data=data, method=method,
                                    headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(r, timeout=timeout) as resp:
+            with urllib.request.urlopen(r, timeout=timeout, context=self.tls) as resp:
                 raw = resp.read()
                 return json.loads(raw) if raw else None
         except urllib.error.HTTPError as e:
@@ -444,7 +446,8 @@ class Nimbus:
             if self.up.poll() is not None:
                 raise RuntimeError(f"nimbus up exited: {self.log_tail()}")
             if os.path.exists(token_file):
-                self.api = Api(f"http://127.0.0.1:{self.port}", open(token_file).read().strip())
+                self.api = Api(f"https://127.0.0.1:{self.port}", open(token_file).read().strip(),
+                               os.path.join(self.data, "ca.crt"))
                 try:
                     hosts = self.api.req("GET", "/v1/hosts")
                     if len(hosts) >= 2:

@@ -49,7 +49,8 @@ def anchor(src, dst_dir):
 
 
 def cli(cloud, *args):
-    env = dict(os.environ, NIMBUS_API=f"http://127.0.0.1:{cloud.port}", NIMBUS_TOKEN=cloud.api.token)
+    env = dict(os.environ, NIMBUS_API=f"https://127.0.0.1:{cloud.port}", NIMBUS_TOKEN=cloud.api.token,
+               NIMBUS_CA_CERT=os.path.join(cloud.data, "ca.crt"))
     t0 = time.monotonic()
     r = subprocess.run([cloud.bin, *args], env=env, capture_output=True, text=True)
     if r.returncode != 0:

@@ -40,7 +40,7 @@ def main():
     work = tempfile.mkdtemp(prefix="nimbus-bench-scaling-")
     data = os.path.join(work, "data")
     port = free_port()
-    env = dict(os.environ, NIMBUS_API=f"http://127.0.0.1:{port}")
+    env = dict(os.environ, NIMBUS_API=f"https://127.0.0.1:{port}", NIMBUS_CA_CERT=os.path.join(data, "ca.crt"))
     up = subprocess.Popen([args.bin, "up", "--data-dir", data, "--hosts", "2", "--listen", f"127.0.0.1:{port}",
                            "--net-name", "nscale", "--net-index", "249"],
                           stdout=open(os.path.join(work, "up.log"), "w"), stderr=subprocess.STDOUT)

@@ -21,21 +21,35 @@ const DISK_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     base: String,
-    token: String,
+    /// The bearer token of an agent served without TLS (in-process tests); `None` over
+    /// mutual TLS, where the client certificate is the credential.
+    token: Option<String>,
     http: reqwest::Client,
 }
 
+/// The timeouts of calls to agents (per-call ones override the overall one).
+pub fn http_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(120))
+}
+
 impl AgentClient {
-    /// `base_url` is the agent's URL as registered, e.g. `http://10.88.0.11:7701`.
+    /// A client of an agent served over plain HTTP with a bearer token (in-process tests).
     pub fn new(base_url: &str, token: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap_or_default();
         Self {
             base: base_url.trim_end_matches('/').to_string(),
-            token: token.to_string(),
+            token: Some(token.to_string()),
+            http: http_builder().build().unwrap_or_default(),
+        }
+    }
+
+    /// A client of the agent at `base_url` (e.g. `https://10.88.0.11:7701`) through `http`,
+    /// which carries the TLS settings (the CA; the controller's certificate).
+    pub fn with_http(base_url: &str, http: reqwest::Client) -> Self {
+        Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            token: None,
             http,
         }
     }
@@ -50,15 +64,17 @@ impl AgentClient {
         format!("{}{}{}", self.base, AGENT_API_PREFIX, path)
     }
 
-    /// The bearer token the agent expects.
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The bearer token the agent expects, if it is served without TLS.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, AgentError> {

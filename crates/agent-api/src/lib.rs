@@ -42,6 +42,7 @@
 //! bytes of uploaded images (see [`image`]).
 
 pub mod client;
+pub mod enrol;
 pub mod error;
 pub mod firewall;
 pub mod host;
@@ -54,6 +55,7 @@ pub mod snapshot_move;
 pub mod vm;
 
 pub use client::AgentClient;
+pub use enrol::{EnrolRequest, EnrolResponse};
 pub use error::{AgentError, AgentErrorBody};
 pub use firewall::{
     FirewallApplied, FirewallRule, FloatingNat, GroupMembers, HostFirewall, PortFirewall, Remote,

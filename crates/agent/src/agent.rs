@@ -23,7 +23,7 @@ pub struct Agent {
 
 struct Inner {
     name: String,
-    token: String,
+    token: Option<String>,
     controller_tls: Option<nimbus_pki::rustls::ClientConfig>,
     advertise_url: String,
     state_dir: PathBuf,
@@ -131,9 +131,9 @@ impl Agent {
         &self.inner.network
     }
 
-    /// The bearer token requests must carry.
-    pub fn token(&self) -> &str {
-        &self.inner.token
+    /// The bearer token requests must carry when served without TLS.
+    pub fn token(&self) -> Option<&str> {
+        self.inner.token.as_deref()
     }
 
     /// TLS of the calls to the controller.

@@ -15,3 +15,12 @@ pub fn client(
         None => builder.build(),
     }
 }
+
+/// Adds the bearer token of a controller served without TLS (tests); over mutual TLS the
+/// host's certificate is the credential and no token is sent.
+pub fn authorize(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}

@@ -20,6 +20,7 @@ pub mod accel;
 pub mod agent;
 pub mod confine;
 pub mod controller_link;
+pub mod enrol;
 pub mod error;
 pub mod fence;
 pub mod host;
@@ -61,8 +62,14 @@ pub struct AgentConfig {
     /// TLS of the calls to the controller (its CA; the host's certificate); `None` only for
     /// in-process tests against a plain-HTTP controller.
     pub controller_tls: Option<nimbus_pki::rustls::ClientConfig>,
-    /// Bearer token of the agent API (also presented to the controller when registering).
-    pub token: String,
+    /// Bearer token of the agent API when it is served without TLS (in-process tests; also
+    /// presented to such a controller). `None` with [`AgentConfig::tls`].
+    pub token: Option<String>,
+    /// TLS of the agent API: the host's certificate, and only the controller's certificate
+    /// accepted from clients (mutual TLS; see docs/security.md). `None`: plain HTTP with
+    /// [`AgentConfig::token`], for in-process tests only (the `nimbus agent` command always
+    /// serves TLS).
+    pub tls: Option<std::sync::Arc<nimbus_pki::rustls::ServerConfig>>,
     /// Where VM directories live (`<state_dir>/vms/<id>/`).
     pub state_dir: PathBuf,
     /// Directory of shared storage (e.g. an NFS mount at the same path on every host) for
@@ -134,9 +141,21 @@ pub async fn run(
             config.metering.interval,
         )));
     }
-    let served = axum::serve(listener, router(agent.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match config.tls.clone() {
+        Some(tls) => {
+            let only_controller = Some(nimbus_pki::Role::Controller);
+            let listener = nimbus_pki::TlsListener::new(listener, tls, only_controller)
+                .context("cannot serve TLS")?;
+            axum::serve(listener, router(agent.clone()))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router(agent.clone()))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     for task in background {
         task.abort();
     }

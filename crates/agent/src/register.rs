@@ -43,10 +43,8 @@ pub async fn register_loop(agent: Agent, controller_url: String, contact: Arc<Co
             inventory: agent.inventory(),
         };
         let (sent, sent_wall) = (Instant::now(), SystemTime::now());
-        let result = http
-            .post(&url)
-            .bearer_auth(agent.token())
-            .json(&body)
+        let request = http.post(&url).json(&body);
+        let result = crate::controller_link::authorize(request, agent.token())
             .send()
             .await
             .and_then(|r| r.error_for_status());

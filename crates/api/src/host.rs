@@ -172,3 +172,22 @@ pub struct EvacuateLeft {
     pub instance: String,
     pub reason: String,
 }
+
+/// Asks for a join token (`POST /v1/hosts/join-tokens`, admin).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateJoinToken {
+    /// How long the token may be used, in seconds [default: 3600; at most 7 days].
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A one-time enrolment token: `nimbus agent --join TOKEN` on the new host. It carries the
+/// CA's fingerprint, so the host can check the controller before trusting it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenView {
+    /// The secret token (shown once; the controller keeps only its hash).
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    /// SHA-256 of the cloud's CA certificate.
+    pub ca_fingerprint: String,
+}

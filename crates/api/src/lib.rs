@@ -37,8 +37,8 @@ pub use group::{
     UpdateGroup,
 };
 pub use host::{
-    EvacuateLeft, EvacuateResult, HostCachedImage, HostImageCache, HostKsm, HostState, HostView,
-    OrphanKind, OrphanView,
+    CreateJoinToken, EvacuateLeft, EvacuateResult, HostCachedImage, HostImageCache, HostKsm,
+    HostState, HostView, JoinTokenView, OrphanKind, OrphanView,
 };
 pub use image::{CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{

@@ -411,15 +411,17 @@ pub struct AgentArgs {
     pub name: String,
     #[arg(long, default_value = "0.0.0.0:7701")]
     pub listen: SocketAddr,
-    /// URL the controller reaches this agent at [default: http://<listen>].
+    /// URL the controller reaches this agent at, e.g. https://10.0.0.3:7701 [default:
+    /// https://<listen>]; its address goes into the host's certificate at enrolment.
     #[arg(long)]
     pub advertise_url: Option<String>,
-    /// Controller URL to register with.
+    /// Controller URL, e.g. https://ctl:7700.
     #[arg(long)]
-    pub controller: Option<String>,
-    /// Shared agent token (from the controller's data dir, file agent.token).
-    #[arg(long, env = "NIMBUS_AGENT_TOKEN", hide_env_values = true)]
-    pub agent_token: String,
+    pub controller: String,
+    /// One-time join token (`nimbus host join-token`) to enrol this host on its first
+    /// start; later starts reuse the certificate saved in the state dir.
+    #[arg(long, env = "NIMBUS_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
     /// Where VM state (disks, sockets, logs) lives.
     #[arg(long)]
     pub state_dir: PathBuf,
@@ -493,6 +495,15 @@ pub enum HostCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// A one-time token a new host enrols with (`nimbus agent --join TOKEN`); admin.
+    JoinToken {
+        /// How long it may be used: 90m, 1h, 2d (at most 7d).
+        #[arg(long, default_value = "1h", value_parser = crate::duration::parse)]
+        expires_in: std::time::Duration,
+    },
+    /// Remove a host without instances and revoke its certificate: its agent is refused
+    /// from then on (enrol it again with a new token to bring it back).
+    Remove { host: String },
     /// VMs hosts run that the store does not know (or places elsewhere): listed, left
     /// running, never deleted on their own.
     #[command(args_conflicts_with_subcommands = true)]

@@ -51,7 +51,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Some(action) => commands::controller::run(&cli.conn, out, action).await,
             None => commands::server::controller(cmd.run).await,
         },
-        Command::Agent(args) => commands::server::agent(args, cli.conn.ca_cert.as_deref()).await,
+        Command::Agent(args) => commands::server::agent(args).await,
         Command::Host(cmd) => commands::host::run(&cli.conn, out, cmd).await,
         Command::Flavor(cmd) => commands::flavor::run(&cli.conn, out, cmd).await,
         Command::Image(cmd) => commands::image::run(&cli.conn, out, cmd).await,

@@ -398,6 +398,22 @@ impl Client {
     }
 
     /// Deletes the orphan VM `vm` of `host`.
+    /// A one-time join token valid for `expires_in_secs` (admin).
+    pub async fn create_join_token(
+        &self,
+        expires_in_secs: u64,
+    ) -> Result<nimbus_api::JoinTokenView, ClientError> {
+        let body = nimbus_api::CreateJoinToken {
+            expires_in_secs: Some(expires_in_secs),
+        };
+        self.post("/v1/hosts/join-tokens", &body).await
+    }
+
+    /// Removes a host without instances and revokes its certificate (admin).
+    pub async fn remove_host(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/hosts/{name}")).await
+    }
+
     pub async fn delete_orphan(&self, host: &str, vm: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/hosts/{host}/orphans/{vm}")).await
     }

@@ -12,10 +12,8 @@ pub struct ControllerConfig {
     pub listen: Vec<SocketAddr>,
     /// `sqlite://PATH` (default) or `postgres://...`.
     pub database_url: String,
-    /// Where the admin token file and the agent token live.
+    /// Where the admin token file and the cloud's CA live.
     pub data_dir: PathBuf,
-    /// Shared secret between controller and agents.
-    pub agent_token: String,
     pub ratios: AllocationRatios,
     pub strategy: Strategy,
     /// How long a guest may take from launch to its ready marker.
@@ -94,12 +92,11 @@ impl Default for NetworkSettings {
 
 impl ControllerConfig {
     /// Defaults for a data directory: SQLite inside it, loopback listen address.
-    pub fn new(data_dir: PathBuf, agent_token: String) -> Self {
+    pub fn new(data_dir: PathBuf) -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 7700))],
             database_url: format!("sqlite://{}/nimbus.db", data_dir.display()),
             data_dir,
-            agent_token,
             ratios: AllocationRatios::default(),
             strategy: Strategy::Spread,
             boot_timeout: Duration::from_secs(300),

@@ -234,7 +234,7 @@ async fn the_image_quota_refuses_an_upload_before_and_after_its_bytes() {
 }
 
 #[tokio::test]
-async fn agents_fetch_an_images_bytes_by_digest_with_the_agent_token() {
+async fn agents_fetch_an_images_bytes_by_digest_with_their_host_certificate() {
     let f = fixture().await;
     let disk = raw_disk(2);
     let (s, b) = upload(&f, "/v1/images/d/upload", &f.token, &disk).await;
@@ -246,12 +246,12 @@ async fn agents_fetch_an_images_bytes_by_digest_with_the_agent_token() {
         StatusCode::UNAUTHORIZED,
         "the admin token is not an agent's"
     );
-    let (s, body) = common::get_bytes(&f, &uri, "agent-secret").await;
+    let (s, body) = common::get_bytes_as_host(&f, &uri, "host1").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body, disk);
     let unknown = format!("/v1/internal/images/{}", sha256(b"nothing"));
-    let (s, _) = common::get_bytes(&f, &unknown, "agent-secret").await;
+    let (s, _) = common::get_bytes_as_host(&f, &unknown, "host1").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = common::get_bytes(&f, "/v1/internal/images/..%2F..%2Fetc", "agent-secret").await;
+    let (s, _) = common::get_bytes_as_host(&f, "/v1/internal/images/..%2F..%2Fetc", "host1").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }

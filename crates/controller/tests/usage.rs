@@ -10,6 +10,7 @@ use nimbus_agent_api::{
     UsageSample,
 };
 use nimbus_api::{HostView, OperationKind, UsageReport};
+use nimbus_controller::http::peer::ClientCert;
 use nimbus_controller::{http::router, App, ControllerConfig};
 use nimbus_store::{NewInstance, NewOperation};
 use tower::ServiceExt;
@@ -35,9 +36,26 @@ async fn call(
     (status, String::from_utf8_lossy(&bytes).to_string())
 }
 
+/// POSTs `body` as host `host`'s agent: with the identity its client certificate would give
+/// after the TLS handshake (no handshake in-process).
+async fn call_as_host(app: &App, host: &str, uri: &str, body: String) -> (StatusCode, String) {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    req.extensions_mut()
+        .insert(ClientCert::host(host, &["127.0.0.1"]));
+    let resp = router(app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).to_string())
+}
+
 async fn fixture() -> (App, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
+    let config = ControllerConfig::new(dir.path().to_path_buf());
     let app = App::open(config).await.expect("open");
     app.bootstrap().await.expect("bootstrap");
     // The image instances are made from (any existing file stands in for a kernel).
@@ -87,12 +105,11 @@ async fn push_from(app: &App, host: &str, samples: Vec<UsageSample>) -> UsageAck
         host: host.into(),
         samples,
     };
-    let (s, body) = call(
+    let (s, body) = call_as_host(
         app,
-        "POST",
+        host,
         "/v1/internal/usage/samples",
-        "agent-secret",
-        Some(serde_json::to_string(&batch).expect("json")),
+        serde_json::to_string(&batch).expect("json"),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -228,7 +245,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
 async fn hosts_report_their_ratios_and_ksm() {
     let (app, token, _dir) = fixture().await;
     let reg = RegisterHost {
-        agent_url: "http://127.0.0.1:9".into(),
+        agent_url: "https://127.0.0.1:9".into(),
         inventory: HostInventory {
             name: "host1".into(),
             cpus: 8,
@@ -250,12 +267,11 @@ async fn hosts_report_their_ratios_and_ksm() {
             image_cache: None,
         },
     };
-    let (s, body) = call(
+    let (s, body) = call_as_host(
         &app,
-        "POST",
+        "host1",
         "/v1/internal/hosts/register",
-        "agent-secret",
-        Some(serde_json::to_string(&reg).expect("json")),
+        serde_json::to_string(&reg).expect("json"),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{body}");

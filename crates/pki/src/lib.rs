@@ -18,6 +18,7 @@ mod ca;
 mod error;
 mod host_key;
 mod identity;
+mod join_token;
 mod listener;
 mod tls;
 
@@ -25,6 +26,7 @@ pub use ca::{CloudCa, IssuedHost};
 pub use error::PkiError;
 pub use host_key::{HostCredentials, HOST_CERT_FILE, HOST_KEY_FILE};
 pub use identity::{PeerIdentity, Role};
+pub use join_token::JoinToken;
 pub use listener::{PeerInfo, TlsListener};
 pub use rustls;
 pub use tls::{client_config, server_config, ClientAuth, TlsIdentity};

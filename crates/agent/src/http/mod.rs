@@ -75,8 +75,12 @@ async fn auth(State(agent): State<Agent>, req: Request, next: Next) -> Result<Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), agent.token().as_bytes()) {
-        return Err(Error::Unauthorized);
+    // Over TLS the listener let only the controller's certificate in; without TLS (tests)
+    // the token is the credential.
+    if let Some(token) = agent.token() {
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return Err(Error::Unauthorized);
+        }
     }
     Ok(next.run(req).await)
 }

@@ -40,9 +40,7 @@ pub async fn download(
         source.controller_url.trim_end_matches('/'),
         digest.hex()
     );
-    let resp = http
-        .get(&url)
-        .bearer_auth(&source.token)
+    let resp = crate::controller_link::authorize(http.get(&url), source.token.as_deref())
         .send()
         .await
         .and_then(|r| r.error_for_status())

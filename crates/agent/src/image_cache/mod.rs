@@ -30,8 +30,8 @@ pub struct ImageSource {
     pub controller_url: String,
     /// TLS of the calls to the controller.
     pub tls: Option<nimbus_pki::rustls::ClientConfig>,
-    /// The agent token, which the controller's internal routes accept.
-    pub token: String,
+    /// The agent token (without TLS), which the controller's internal routes accept.
+    pub token: Option<String>,
 }
 
 /// The image cache of this host.

@@ -82,7 +82,7 @@ async fn cache(dir: &Path, served: &Served, max_bytes: u64) -> ImageCache {
     let source = ImageSource {
         controller_url: controller(served.clone()).await,
         tls: None,
-        token: "secret".into(),
+        token: Some("secret".into()),
     };
     ImageCache::open(dir, Some(source), max_bytes).expect("open")
 }
@@ -152,7 +152,7 @@ async fn bytes_that_do_not_match_the_digest_never_enter_the_cache() {
     let source = ImageSource {
         controller_url: controller(served.clone()).await,
         tls: None,
-        token: "wrong".into(),
+        token: Some("wrong".into()),
     };
     let c = ImageCache::open(tmp.path(), Some(source), 1 << 30).expect("open");
     served.lie.store(false, Ordering::SeqCst);

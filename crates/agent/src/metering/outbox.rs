@@ -127,7 +127,7 @@ pub async fn push_loop(
     controller_url: String,
     tls: Option<nimbus_pki::rustls::ClientConfig>,
     host: String,
-    token: String,
+    token: Option<String>,
     every: Duration,
 ) {
     let url = format!(
@@ -156,10 +156,8 @@ pub async fn push_loop(
                 host: host.clone(),
                 samples,
             };
-            let sent = http
-                .post(&url)
-                .bearer_auth(&token)
-                .json(&batch)
+            let request = http.post(&url).json(&batch);
+            let sent = crate::controller_link::authorize(request, token.as_deref())
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());

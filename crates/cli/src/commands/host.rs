@@ -166,6 +166,28 @@ pub async fn run(conn: &Connection, out: Output, cmd: HostCmd) -> anyhow::Result
             }
             Ok(())
         }
+        HostCmd::JoinToken { expires_in } => {
+            let t = client.create_join_token(expires_in.as_secs()).await?;
+            match out {
+                Output::Json => output::json(&t),
+                Output::Table => {
+                    println!("{}", t.token);
+                    eprintln!(
+                        "one-time join token, valid until {}; on the new host:\n  \
+                         nimbus agent --controller {} --join TOKEN --name HOST \
+                         --advertise-url https://HOST_ADDRESS:7701 --state-dir DIR",
+                        t.expires_at,
+                        client.api()
+                    );
+                    Ok(())
+                }
+            }
+        }
+        HostCmd::Remove { host } => {
+            client.remove_host(&host).await?;
+            eprintln!("host {host} removed; its certificate is revoked");
+            Ok(())
+        }
         HostCmd::Orphans { host, action: None } => output::list(
             out,
             &client.orphans(host.as_deref()).await?,

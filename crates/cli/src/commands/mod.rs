@@ -7,6 +7,7 @@ pub mod flavor;
 pub mod floating_ip;
 pub mod group;
 pub mod host;
+pub mod host_trust;
 pub mod image;
 pub mod instance;
 pub mod keypair;

@@ -52,24 +52,12 @@ pub fn parse_accel(s: Option<&str>) -> anyhow::Result<Option<Accelerator>> {
     })
 }
 
-/// The agents' shared token: read from `<data dir>/agent.token`, created at first start.
-pub fn agent_token(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("agent.token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok(t.trim().to_string());
-    }
-    let token = nimbus_controller::app::auth::generate_token();
-    nimbus_controller::app::bootstrap::write_secret(&path, &token)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(token)
-}
-
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let retention = retention(&args);
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let mut config = ControllerConfig::new(data_dir.clone(), agent_token(&data_dir)?);
+    let mut config = ControllerConfig::new(data_dir.clone());
     config.retention = retention;
     config.listen = args.listen;
     config.trusted_proxies = args.trusted_proxy;
@@ -100,26 +88,35 @@ fn retention(args: &ControllerArgs) -> Retention {
     }
 }
 
-pub async fn agent(args: AgentArgs, ca_cert: Option<&Path>) -> anyhow::Result<()> {
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let advertise_url = match args.advertise_url {
         Some(url) => url,
-        None if args.listen.ip().is_unspecified() && args.controller.is_some() => {
+        None if args.listen.ip().is_unspecified() => {
             anyhow::bail!(
                 "the agent listens on {} (every address): the controller cannot reach it there; \
-                 set --advertise-url to the URL it can (e.g. http://10.0.0.3:{})",
+                 set --advertise-url to the URL it can (e.g. https://10.0.0.3:{})",
                 args.listen,
                 args.listen.port()
             )
         }
-        None => format!("http://{}", args.listen),
+        None => format!("https://{}", args.listen),
     };
+    let trust = super::host_trust::load(
+        &args.state_dir,
+        &args.name,
+        &args.controller,
+        &advertise_url,
+        args.join.as_deref(),
+    )
+    .await?;
     let config = AgentConfig {
         name: args.name,
         listen: args.listen,
         advertise_url,
-        controller_tls: controller_tls(args.controller.as_deref(), ca_cert)?,
-        controller_url: args.controller,
-        token: args.agent_token,
+        controller_tls: Some(trust.client),
+        controller_url: Some(args.controller),
+        token: None,
+        tls: Some(trust.server),
         state_dir: args.state_dir,
         shared_storage: args.shared_storage,
         accelerator: parse_accel(args.accel.as_deref())?,
@@ -140,23 +137,6 @@ pub async fn agent(args: AgentArgs, ca_cert: Option<&Path>) -> anyhow::Result<()
         image_cache_gib: args.image_cache_gib,
     };
     nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
-}
-
-/// TLS of the agent's calls to `controller`: its certificate is checked against the CA of
-/// `ca_cert`.
-fn controller_tls(
-    controller: Option<&str>,
-    ca_cert: Option<&Path>,
-) -> anyhow::Result<Option<nimbus_pki::rustls::ClientConfig>> {
-    if controller.is_none() {
-        return Ok(None);
-    }
-    let Some(path) = ca_cert else {
-        bail!("the agent needs the cloud's CA certificate to trust the controller: pass --ca-cert FILE");
-    };
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
-    Ok(Some(nimbus_pki::client_config(&pem, None)?))
 }
 
 /// `10.200.0.0/16` -> network settings; `none` -> no network.

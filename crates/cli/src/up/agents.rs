@@ -18,14 +18,33 @@ pub struct AgentsPlan {
     pub hosts: u32,
     pub net: Option<HostNetwork>,
     pub controller_url: String,
-    pub token: String,
-    /// The cloud's CA certificate (the agents check the controller's against it).
-    pub ca_cert: PathBuf,
+    /// How agents not yet enrolled get their join token.
+    pub enrol: Enrolment,
     pub accel: Option<String>,
     /// Shared storage directory every agent keeps instance disks in.
     pub shared_storage: Option<PathBuf>,
     /// Seconds between usage samples.
     pub metering_interval_secs: u64,
+}
+
+/// Where `nimbus up` gets join tokens for its own hosts: from its controller's API, with
+/// the admin token, as an operator would.
+#[derive(Clone)]
+pub struct Enrolment {
+    pub api: String,
+    pub admin_token_file: PathBuf,
+    pub ca_pem: String,
+}
+
+impl Enrolment {
+    /// A join token for one host (the API may not answer yet: the caller retries).
+    async fn join_token(&self) -> anyhow::Result<String> {
+        let token = std::fs::read_to_string(&self.admin_token_file)
+            .with_context(|| format!("cannot read {}", self.admin_token_file.display()))?;
+        let client = nimbus_client::Client::new(&self.api, Some(token.trim().to_string()))
+            .with_root_ca(self.ca_pem.as_bytes())?;
+        Ok(client.create_join_token(600).await?.token)
+    }
 }
 
 /// Supervises the agents until stopped.
@@ -67,11 +86,9 @@ impl Supervisor {
                 "--listen".into(),
                 listen.clone(),
                 "--advertise-url".into(),
-                format!("http://{listen}"),
+                format!("https://{listen}"),
                 "--controller".into(),
                 plan.controller_url.clone(),
-                "--ca-cert".into(),
-                plan.ca_cert.display().to_string(),
                 "--state-dir".into(),
                 state_dir.display().to_string(),
                 "--metering-interval-secs".into(),
@@ -93,7 +110,7 @@ impl Supervisor {
                 program,
                 args,
                 state_dir,
-                token: plan.token.clone(),
+                enrol: plan.enrol.clone(),
             };
             tasks.push(tokio::spawn(supervise(spec, stop_rx.clone())));
         }
@@ -114,7 +131,7 @@ struct ChildSpec {
     program: PathBuf,
     args: Vec<String>,
     state_dir: PathBuf,
-    token: String,
+    enrol: Enrolment,
 }
 
 /// The first restart's delay; it doubles (up to [`MAX_BACKOFF`]) while the agent keeps dying
@@ -130,7 +147,21 @@ async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
         if stopping {
             return;
         }
-        let mut child = match spawn(&spec) {
+        // A host not enrolled yet (its first start) gets a join token; later starts reuse
+        // the certificate of its state dir.
+        let join = if nimbus_pki::HostCredentials::new(&spec.state_dir).enrolled() {
+            None
+        } else {
+            match spec.enrol.join_token().await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::debug!(host = %spec.name, error = %e, "no join token yet; retrying");
+                    tokio::time::sleep(FIRST_BACKOFF).await;
+                    continue;
+                }
+            }
+        };
+        let mut child = match spawn(&spec, join.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(host = %spec.name, error = %e, "cannot start agent");
@@ -183,7 +214,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-fn spawn(spec: &ChildSpec) -> anyhow::Result<tokio::process::Child> {
+fn spawn(spec: &ChildSpec, join: Option<&str>) -> anyhow::Result<tokio::process::Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -198,9 +229,13 @@ fn spawn(spec: &ChildSpec) -> anyhow::Result<tokio::process::Child> {
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
         });
     }
+    // The join token goes through the environment, not the command line others can read.
+    match join {
+        Some(t) => cmd.env("NIMBUS_JOIN_TOKEN", t),
+        None => cmd.env_remove("NIMBUS_JOIN_TOKEN"),
+    };
     let child = cmd
         .args(&spec.args)
-        .env("NIMBUS_AGENT_TOKEN", &spec.token)
         // `nimbus up --shared-storage` alone decides where the agents keep disks.
         .env_remove("NIMBUS_SHARED_STORAGE")
         // `ip netns exec` gives the agent a sysfs without cgroups: it finds them here.

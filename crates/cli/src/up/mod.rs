@@ -12,7 +12,7 @@ mod image;
 mod network;
 
 use crate::args::UpArgs;
-use crate::commands::server::{agent_token, strategy, ShutdownSignal};
+use crate::commands::server::{strategy, ShutdownSignal};
 use crate::context::{default_data_dir, local_cloud_path, LocalCloud};
 use anyhow::{bail, Context};
 use nimbus_controller::app::bootstrap::admin_token_path;
@@ -33,7 +33,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let data_dir = std::path::absolute(&data_dir)?;
-    let token = agent_token(&data_dir)?;
     let shared_storage = if args.shared_storage {
         let dir = data_dir.join("shared");
         std::fs::create_dir_all(&dir)
@@ -55,7 +54,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut config = ControllerConfig::new(data_dir.clone(), token.clone());
+    let mut config = ControllerConfig::new(data_dir.clone());
     config.listen = vec![args.listen];
     let controller_url = match &net {
         Some(n) => {
@@ -63,6 +62,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             if !args.listen.ip().is_unspecified() {
                 config.listen.push(bridge_addr);
             }
+            // The agents call the controller at the bridge: its certificate names it.
+            config.tls_names.push(n.bridge_ip.to_string());
             format!("https://{bridge_addr}")
         }
         None => format!("https://{}", loopback_of(args.listen)),
@@ -94,8 +95,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         hosts: args.hosts,
         net: net.clone(),
         controller_url,
-        token,
-        ca_cert: ca_cert.clone(),
+        enrol: agents::Enrolment {
+            api: api.clone(),
+            admin_token_file: admin_token_path(&data_dir),
+            ca_pem: ca.cert_pem().to_string(),
+        },
         accel: args.accel.clone(),
         shared_storage: shared_storage.clone(),
         metering_interval_secs: args.metering_interval_secs,

@@ -198,17 +198,6 @@ impl App {
         }
         Ok(caller)
     }
-
-    /// Checks the agents' shared token (used by agents to register).
-    pub fn authenticate_agent(&self, token: Option<&str>) -> Result<(), AppError> {
-        match token {
-            Some(t) if constant_time_eq(t, &self.config().agent_token) => Ok(()),
-            _ => Err(AppError::new(
-                ErrorCode::Unauthorized,
-                "invalid agent token",
-            )),
-        }
-    }
 }
 
 #[cfg(test)]

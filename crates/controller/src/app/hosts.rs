@@ -242,7 +242,7 @@ fn check_agent_url(url: &str) -> Result<(), AppError> {
 }
 
 /// The host part of an agent URL (`http://10.249.0.11:7701` -> `10.249.0.11`).
-fn url_host(url: &str) -> Option<String> {
+pub(crate) fn url_host(url: &str) -> Option<String> {
     let rest = url.split("://").nth(1)?;
     let authority = rest.split('/').next()?;
     let host = match authority.rsplit_once(':') {

@@ -8,6 +8,7 @@ pub mod claims;
 pub mod clones;
 pub mod cloud_init;
 pub mod controllers;
+pub mod enrolment;
 pub mod error;
 pub mod firewall;
 pub mod flavors;
@@ -125,7 +126,7 @@ impl App {
 
     /// A client of the agent at `agent_url`.
     pub fn agent(&self, agent_url: &str) -> AgentClient {
-        AgentClient::new(agent_url, &self.inner.config.agent_token)
+        AgentClient::with_http(agent_url, self.inner.tls.agent_http.clone())
     }
 
     /// A client of the agent of host `name`.

@@ -14,7 +14,9 @@ pub struct ControllerTls {
     /// theirs, CLI users have none).
     pub server: Arc<nimbus_pki::rustls::ServerConfig>,
     /// What calls to agents use (the controller's certificate as the client's).
-    pub client: nimbus_pki::rustls::ClientConfig,
+    pub client: Arc<nimbus_pki::rustls::ClientConfig>,
+    /// The HTTP client of calls to agents (with `client`; one connection pool).
+    pub agent_http: reqwest::Client,
 }
 
 impl std::fmt::Debug for ControllerTls {
@@ -32,11 +34,16 @@ impl ControllerTls {
         let identity = ca.issue_controller(&server_names(config))?;
         let server = nimbus_pki::server_config(ca.cert_pem(), &identity, ClientAuth::Optional)?;
         let client = nimbus_pki::client_config(ca.cert_pem(), Some(&identity))?;
+        let agent_http = nimbus_agent_api::client::http_builder()
+            .use_preconfigured_tls(client.clone())
+            .build()
+            .map_err(|e| nimbus_pki::PkiError::Tls(e.to_string()))?;
         Ok(Self {
             ca,
             identity,
             server,
-            client,
+            client: Arc::new(client),
+            agent_http,
         })
     }
 }

@@ -146,15 +146,25 @@ impl FromRequestParts<App> for MetricsCaller {
     }
 }
 
-/// Marker extractor: the caller is an agent holding the cluster's agent token.
-pub struct AgentCaller;
+/// The caller is an enrolled host's agent: the identity of the client certificate the TLS
+/// handshake verified, checked against revocation and the name binding. A bearer token
+/// gets nothing here.
+pub struct AgentCaller(pub std::sync::Arc<nimbus_pki::PeerIdentity>);
 
 impl FromRequestParts<App> for AgentCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        app.authenticate_agent(bearer(parts))?;
-        Ok(AgentCaller)
+        let Some(super::peer::ClientCert(id)) = parts.extensions.get().cloned() else {
+            tracing::warn!(peer = ?peer_ip(parts), path = %parts.uri.path(),
+                "agent call refused: no host certificate");
+            return Err(ApiError(AppError::new(
+                ErrorCode::Unauthorized,
+                "agent calls need the host's certificate (mutual TLS); enrol the host with `nimbus agent --join TOKEN`",
+            )));
+        };
+        app.authenticate_host(&id).await?;
+        Ok(AgentCaller(id))
     }
 }
 

@@ -29,13 +29,20 @@ pub async fn attach(
     let mut req = url
         .into_client_request()
         .map_err(|e| AppError::internal(format!("bad agent URL: {e}")))?;
-    let auth = format!("Bearer {}", agent.token())
-        .parse()
-        .map_err(|_| AppError::internal("agent token is not a valid header"))?;
-    req.headers_mut().insert("authorization", auth);
-    let (upstream, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .map_err(|e| AppError::unavailable(format!("cannot reach the console on the host: {e}")))?;
+    if let Some(token) = agent.token() {
+        let auth = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| AppError::internal("agent token is not a valid header"))?;
+        req.headers_mut().insert("authorization", auth);
+    }
+    // The controller's certificate is the credential (mutual TLS).
+    let tls = tokio_tungstenite::Connector::Rustls(app.tls().client.clone());
+    let (upstream, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(tls))
+            .await
+            .map_err(|e| {
+                AppError::unavailable(format!("cannot reach the console on the host: {e}"))
+            })?;
     Ok(ws.on_upgrade(move |socket| pump(socket, upstream)))
 }
 

@@ -7,7 +7,9 @@ use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{ErrorBody, EvacuateResult, HostView, OrphanView, PageParams};
+use nimbus_api::{
+    CreateJoinToken, ErrorBody, EvacuateResult, HostView, JoinTokenView, OrphanView, PageParams,
+};
 
 /// Lists hosts with capacity and allocation (admin).
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(PageParams), responses((status = 200, body = [HostView]), (status = 403, body = ErrorBody)))]
@@ -31,6 +33,34 @@ pub async fn show(
 ) -> Result<Json<HostView>, ApiError> {
     caller.require_admin()?;
     Ok(Json(app.get_host(&name).await?))
+}
+
+/// A one-time token a new host enrols with: `nimbus agent --join TOKEN` (admin).
+#[utoipa::path(post, path = "/v1/hosts/join-tokens", tag = "hosts", request_body = CreateJoinToken,
+    responses((status = 201, body = JoinTokenView), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn create_join_token(
+    State(app): State<App>,
+    caller: Caller,
+    super::error::ApiJson(req): super::error::ApiJson<CreateJoinToken>,
+) -> Result<(StatusCode, Json<JoinTokenView>), ApiError> {
+    let token = app.create_join_token(&caller, req.expires_in_secs).await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// Removes a host without instances and revokes its certificate: its agent is refused from
+/// then on (admin).
+#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts",
+    params(("host" = String, Path, description = "Host name")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn remove(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    app.remove_host(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Returns a host to the pool (admin).

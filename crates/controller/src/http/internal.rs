@@ -9,23 +9,60 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_agent_api::{RegisterHost, RegisterResponse, UsageAck, UsageBatch};
+use nimbus_agent_api::{
+    EnrolRequest, EnrolResponse, RegisterHost, RegisterResponse, UsageAck, UsageBatch,
+};
 
-/// An agent announces (or refreshes) its host.
+/// The cloud's CA certificate (public): a new host fetches it before it enrols and checks
+/// it against the fingerprint of its join token.
+pub async fn ca_certificate(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        app.tls().ca.cert_pem().to_string(),
+    )
+        .into_response()
+}
+
+/// A new host enrols with a join token: its CSR is signed for its name and address.
+pub async fn enrol(
+    State(app): State<App>,
+    ApiJson(req): ApiJson<EnrolRequest>,
+) -> Result<Json<EnrolResponse>, ApiError> {
+    Ok(Json(app.enrol_host(&req).await?))
+}
+
+/// An agent announces (or refreshes) its host: the host of its certificate, at an address
+/// of its certificate.
 pub async fn register_host(
     State(app): State<App>,
-    _agent: AgentCaller,
+    agent: AgentCaller,
     ApiJson(req): ApiJson<RegisterHost>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
+    app.check_registration(&agent.0, &req)?;
     Ok(Json(app.register_host(&req).await?))
 }
 
-/// An agent pushes usage samples (stored once each; resending is harmless).
+/// An agent pushes usage samples of its own host (stored once each; resending is
+/// harmless).
 pub async fn usage_samples(
     State(app): State<App>,
-    _agent: AgentCaller,
+    agent: AgentCaller,
     ApiJson(batch): ApiJson<UsageBatch>,
 ) -> Result<Json<UsageAck>, ApiError> {
+    if batch.host != agent.0.name {
+        tracing::warn!(
+            host = agent.0.name,
+            claimed = batch.host,
+            "usage samples refused: another host's name"
+        );
+        return Err(ApiError(crate::app::AppError::new(
+            nimbus_api::ErrorCode::Forbidden,
+            format!(
+                "this certificate is host {:?}'s: it cannot report for {:?}",
+                agent.0.name, batch.host
+            ),
+        )));
+    }
     Ok(Json(app.ingest_usage(&batch).await?))
 }
 

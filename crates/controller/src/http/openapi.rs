@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         images::list, images::import, images::upload, images::from_instance, images::show, images::delete,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         hosts::list, hosts::show, hosts::enable, hosts::disable, hosts::evacuate,
+        hosts::create_join_token, hosts::remove,
         hosts::orphans, hosts::delete_orphan,
         controllers::list,
         operations::list, operations::show, operations::cancel,

@@ -26,3 +26,18 @@ pub async fn expose(
     }
     next.run(req).await
 }
+
+impl ClientCert {
+    /// Host `name`'s identity at `addresses`, as the TLS listener records it once the
+    /// handshake verified a certificate: for calling the router in-process (tests), where
+    /// there is no handshake.
+    pub fn host(name: &str, addresses: &[&str]) -> Self {
+        Self(Arc::new(PeerIdentity {
+            role: nimbus_pki::Role::Host,
+            name: name.to_string(),
+            serial: format!("test-{name}"),
+            fingerprint: format!("test-{name}"),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        }))
+    }
+}

@@ -155,7 +155,7 @@ async fn the_autoscaler_converges_from_the_store_and_stops_at_capacity() {
     // Again, and again after a restart (a new App over the same store): nothing is
     // duplicated, the refusal is not repeated.
     autoscaler::pass(&f.app).await.expect("pass");
-    let config = ControllerConfig::new(f.dir.path().to_path_buf(), "agent-secret".into());
+    let config = ControllerConfig::new(f.dir.path().to_path_buf());
     let restarted = App::open(config).await.expect("reopen");
     autoscaler::pass(&restarted).await.expect("pass");
     let g = show(&f, "web").await;

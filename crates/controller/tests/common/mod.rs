@@ -8,6 +8,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
 use nimbus_api::{CreatedToken, ErrorBody, ErrorCode};
+use nimbus_controller::http::peer::ClientCert;
 use nimbus_controller::{http::router, App, ControllerConfig};
 use std::net::SocketAddr;
 use tower::ServiceExt;
@@ -20,7 +21,7 @@ pub struct Fixture {
 
 pub async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
+    let config = ControllerConfig::new(dir.path().to_path_buf());
     let app = App::open(config).await.expect("open");
     app.bootstrap().await.expect("bootstrap");
     let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token");
@@ -57,6 +58,32 @@ pub async fn call_from(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Reply {
+    call_with(f, peer, None, method, uri, token, body).await
+}
+
+/// Calls the router as host `host`'s agent: with the identity its client certificate
+/// would give after the TLS handshake (no handshake in-process).
+pub async fn call_as_host(
+    f: &Fixture,
+    host: &str,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+) -> (StatusCode, String) {
+    let cert = ClientCert::host(host, &["127.0.0.1"]);
+    let r = call_with(f, None, Some(cert), method, uri, None, body).await;
+    (r.status, r.body)
+}
+
+async fn call_with(
+    f: &Fixture,
+    peer: Option<SocketAddr>,
+    cert: Option<ClientCert>,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -70,6 +97,9 @@ pub async fn call_from(
     .expect("request");
     if let Some(p) = peer {
         req.extensions_mut().insert(ConnectInfo(p));
+    }
+    if let Some(c) = cert {
+        req.extensions_mut().insert(c);
     }
     let resp = router(f.app.clone()).oneshot(req).await.expect("response");
     let status = resp.status();
@@ -101,7 +131,7 @@ pub fn error(body: &str) -> ErrorBody {
 
 pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
     let reg = RegisterHost {
-        agent_url: "http://127.0.0.1:9".into(),
+        agent_url: "https://127.0.0.1:9".into(),
         inventory: HostInventory {
             name: name.into(),
             cpus: 2,
@@ -118,14 +148,7 @@ pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
         },
     };
     let body = serde_json::to_string(&reg).expect("json");
-    let (s, b) = call(
-        f,
-        "POST",
-        "/v1/internal/hosts/register",
-        Some("agent-secret"),
-        Some(&body),
-    )
-    .await;
+    let (s, b) = call_as_host(f, name, "POST", "/v1/internal/hosts/register", Some(&body)).await;
     assert_eq!(s, StatusCode::OK, "{b}");
 }
 
@@ -158,14 +181,15 @@ pub async fn upload(f: &Fixture, uri: &str, token: &str, bytes: &[u8]) -> (Statu
     upload_stream(f, uri, token, bytes.len() as u64, body).await
 }
 
-/// A GET whose answer is bytes (an image).
-pub async fn get_bytes(f: &Fixture, uri: &str, token: &str) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
+/// A GET by host `host`'s agent whose answer is bytes (an image).
+pub async fn get_bytes_as_host(f: &Fixture, uri: &str, host: &str) -> (StatusCode, Vec<u8>) {
+    let mut req = Request::builder()
         .method("GET")
         .uri(uri)
-        .header("authorization", format!("Bearer {token}"))
         .body(Body::empty())
         .expect("request");
+    req.extensions_mut()
+        .insert(ClientCert::host(host, &["127.0.0.1"]));
     let resp = router(f.app.clone()).oneshot(req).await.expect("response");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();

@@ -297,10 +297,7 @@ impl Cloud {
     pub async fn start(hosts: &[&str], memory_mib: u64) -> Self {
         use nimbus_agent_api::{Accelerator, HostInventory, RegisterHost};
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = nimbus_controller::ControllerConfig::new(
-            dir.path().to_path_buf(),
-            "agent-secret".into(),
-        );
+        let config = nimbus_controller::ControllerConfig::new(dir.path().to_path_buf());
         let app = nimbus_controller::App::open(config).await.expect("open");
         app.bootstrap().await.expect("bootstrap");
         let agent = FakeAgent::default();
