@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 async fn fixture() -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = ControllerConfig::new(dir.path().to_path_buf(), "agent-secret".into());
+    let config = ControllerConfig::new(dir.path().to_path_buf());
     let app = App::open(config).await.expect("open");
     app.bootstrap().await.expect("bootstrap");
     (app, dir)

@@ -12,14 +12,14 @@ pub mod controllers;
 pub mod guest;
 mod link;
 pub mod logs;
-mod routers;
 mod netclient;
+mod routers;
 mod tls;
 mod wait;
 
 pub use cloud::{Cloud, CloudOptions};
 pub use link::LinkFault;
-pub use routers::{remove_routers, routers};
 pub use netclient::NetClient;
+pub use routers::{remove_routers, routers};
 pub use tls::console_connector;
 pub use wait::wait_until;

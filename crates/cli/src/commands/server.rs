@@ -8,7 +8,6 @@ use nimbus_agent::overcommit::{KsmConfig, Overcommit};
 use nimbus_agent::{Accelerator, AgentConfig};
 use nimbus_controller::{ControllerConfig, Retention};
 use nimbus_scheduler::{AllocationRatios, Strategy};
-use std::path::Path;
 use std::time::Duration;
 
 /// SIGINT and SIGTERM, caught from the moment [`ShutdownSignal::install`] runs (a signal

@@ -4,7 +4,8 @@
 use super::paging::PagedAnswers;
 use super::{
     audit_log, controllers, flavors, floating_ips, groups, hosts, images, instances, keypairs,
-    migrations, networks, operations, placement_groups, projects, secgroups, snapshots, tokens, usage,
+    migrations, networks, operations, placement_groups, projects, secgroups, snapshots, tokens,
+    usage,
 };
 use axum::Json;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};

@@ -65,7 +65,9 @@ impl Step<App> for CopyDisk {
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
-        let snapshots = s.output(1).and_then(|o| o.get("snapshots"));
+        let snapshots = s
+            .output("prepare_cold_target")
+            .and_then(|o| o.get("snapshots"));
         if r.shared() {
             return Ok(json!({ "bytes": copied_bytes(snapshots) }));
         }
