@@ -44,7 +44,7 @@ MODULE_GROUPS=(
     "power-button: button evdev" # ACPI power button as /dev/input/eventN
 )
 # See README.md ("Boot time") for the measurements behind each parameter.
-CMDLINE="console=ttyS0 quiet 8250.nr_uarts=4 cryptomgr.notests noreplace-smp noapictimer init_on_alloc=0"
+CMDLINE="console=ttyS0 quiet 8250.nr_uarts=4 cryptomgr.notests noreplace-smp noapictimer no_timer_check init_on_alloc=0"
 READY_MARKER="nimbus-guest ready"
 DISK_SIZE=1G
 # Fixed ids and timestamps make the base disk and initramfs byte-for-byte reproducible.
