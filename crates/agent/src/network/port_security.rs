@@ -156,7 +156,12 @@ pub fn remove_port(port_tap: &str) -> Vec<Value> {
 
 /// Whether the host's table exists.
 pub async fn table_exists(shell: &Shell) -> Result<bool, NetError> {
-    let cmd = shell.nft(&["list", "table", FAMILY, TABLE]);
+    nft_table_exists(shell, FAMILY, TABLE).await
+}
+
+/// Whether nftables table `family name` exists where `shell` runs.
+pub async fn nft_table_exists(shell: &Shell, family: &str, name: &str) -> Result<bool, NetError> {
+    let cmd = shell.nft(&["list", "table", family, name]);
     let done = cmd.output().await?;
     if done.success {
         return Ok(true);

@@ -36,6 +36,7 @@
 use super::command::{no_such_device, Shell};
 use super::error::NetError;
 use super::link;
+use super::port_security::nft_table_exists;
 use super::segment::Segment;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -199,23 +200,13 @@ pub async fn ensure(
     }
     match nats {
         Some(nats) => set_nats(&router.netns, nats).await?,
-        None if !has_filter(&inside).await? => set_nats(&router.netns, &[]).await?,
+        // (A router without its rules would forward unfiltered.)
+        None if !nft_table_exists(&inside, "ip", TABLE).await? => {
+            set_nats(&router.netns, &[]).await?
+        }
         None => {}
     }
     Ok(created)
-}
-
-/// Whether the router has its rules (one without them would forward unfiltered).
-async fn has_filter(inside: &Shell) -> Result<bool, NetError> {
-    let cmd = inside.nft(&["list", "table", "ip", TABLE]);
-    let done = cmd.output().await?;
-    if done.success {
-        return Ok(true);
-    }
-    if done.stderr.contains("No such file or directory") {
-        return Ok(false);
-    }
-    Err(cmd.failed(&done))
 }
 
 /// Makes the router's rules exactly [`filter`] of `nats` (one transaction).
