@@ -70,7 +70,7 @@ impl SnapshotMove<'_> {
             .export_snapshot_set(self.instance, &req)
             .await
             .map_err(agent_err)?;
-        let body = reqwest::Body::wrap_stream(stream.bytes_stream());
+        let body = reqwest::Body::wrap_stream(stall_bounded(stream.bytes_stream(), STALL_BOUND));
         let got = target
             .import_snapshot_set(self.instance, body)
             .await
@@ -87,6 +87,36 @@ impl SnapshotMove<'_> {
     }
 }
 
+/// No byte from the source for this long: the copy has stalled (a cut link, a stuck host)
+/// and is given up, so the migration unwinds instead of waiting for the transfer timeout.
+const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `bytes`, ending with an error when no piece arrives within `bound`.
+fn stall_bounded<S, E>(
+    bytes: S,
+    bound: std::time::Duration,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send + Unpin + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    futures::stream::unfold(Some(bytes), move |state| async move {
+        let mut bytes = state?;
+        match tokio::time::timeout(bound, futures::StreamExt::next(&mut bytes)).await {
+            Ok(Some(Ok(piece))) => Some((Ok(piece), Some(bytes))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::other(format!(
+                    "the snapshot copy stalled: no data from the source for {} ms",
+                    bound.as_millis()
+                ))),
+                None,
+            )),
+        }
+    })
+}
+
 /// Bytes a recorded copy sent (0 for none).
 pub(super) fn copied_bytes(v: Option<&Value>) -> u64 {
     let get = |k: &str| {
@@ -95,4 +125,23 @@ pub(super) fn copied_bytes(v: Option<&Value>) -> u64 {
             .unwrap_or(0)
     };
     get("layer_bytes") + get("chunk_bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_stalled_copy_ends_with_an_error() {
+        let pieces: Vec<Result<bytes::Bytes, std::io::Error>> =
+            vec![Ok(bytes::Bytes::from_static(b"abc"))];
+        let source = futures::stream::iter(pieces).chain(futures::stream::pending());
+        let bounded = stall_bounded(Box::pin(source), std::time::Duration::from_millis(50));
+        let got: Vec<_> = bounded.collect().await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().expect("first piece").as_ref(), b"abc");
+        let err = got[1].as_ref().expect_err("stalled");
+        assert!(err.to_string().contains("stalled"), "{err}");
+    }
 }
