@@ -117,6 +117,13 @@ impl App {
         let hosts = self.store().list_hosts().await?;
         let alloc = self.store().allocations().await?;
         let rss = self.host_rss_bytes().await?;
+        let identities: std::collections::HashMap<String, String> = self
+            .store()
+            .list_host_identities()
+            .await?
+            .into_iter()
+            .map(|i| (i.name, i.fingerprint))
+            .collect();
         Ok(hosts
             .into_iter()
             .map(|h| {
@@ -126,6 +133,7 @@ impl App {
                 let image_cache = h.image_cache.as_deref().and_then(image_cache_view);
                 let memory_mib_used = rss.get(&h.name).map(|b| b >> 20);
                 HostView {
+                    cert_fingerprint: identities.get(&h.name).cloned(),
                     state: liveness(&h),
                     fenced: liveness(&h) == HostState::Down,
                     down_since: h.down_since,
