@@ -61,6 +61,10 @@ pub struct HostView {
     /// The host's cache of uploaded images, as its agent last reported it.
     #[serde(default)]
     pub image_cache: Option<HostImageCache>,
+    /// The host's identity: SHA-256 of the certificate its name is bound to (enrolment);
+    /// `None` for a host not enrolled.
+    #[serde(default)]
+    pub cert_fingerprint: Option<String>,
 }
 
 impl HostView {

@@ -39,7 +39,15 @@ async fn hosts_enrol_once_and_speak_mutual_tls_only() {
     create_instances(&cloud, &["real1"], "tiny").await;
     let client = cloud.client().expect("client");
     let real = instance(&client, "real1").await;
-    let host1_url = client.host("host1").await.expect("host1").agent_url;
+    let host1 = client.host("host1").await.expect("host1");
+    let host1_url = host1.agent_url.clone();
+    // The host's identity: the certificate of its state dir, enrolled by `nimbus up`.
+    let cert = std::fs::read_to_string(cloud.host_dir("host1").join("host.crt")).expect("cert");
+    let der = nimbus_pki::certs_from_pem(&cert).expect("pem");
+    assert_eq!(
+        host1.cert_fingerprint,
+        Some(nimbus_pki::fingerprint(&der[0]))
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     // Held for the whole test: the extra agents cannot listen here, so each stops right
     // after its enrolment.

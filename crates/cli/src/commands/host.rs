@@ -109,6 +109,12 @@ fn show(out: Output, h: &HostView) -> anyhow::Result<()> {
                 ("state", state_line(h)),
                 ("enabled", h.enabled.to_string()),
                 ("agent", h.agent_url.clone()),
+                (
+                    "certificate",
+                    h.cert_fingerprint
+                        .as_ref()
+                        .map_or_else(|| "not enrolled".into(), |f| format!("sha256 {f}")),
+                ),
                 ("accelerator", h.accelerator.clone()),
                 ("qemu", h.qemu_version.clone()),
                 ("vcpus", vcpus(h)),

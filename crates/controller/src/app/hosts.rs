@@ -131,6 +131,13 @@ impl App {
     async fn host_views(&self, hosts: Vec<HostRecord>) -> Result<Vec<HostView>, AppError> {
         let alloc = self.store().allocations().await?;
         let rss = self.host_rss_bytes().await?;
+        let identities: std::collections::HashMap<String, String> = self
+            .store()
+            .list_host_identities()
+            .await?
+            .into_iter()
+            .map(|i| (i.name, i.fingerprint))
+            .collect();
         Ok(hosts
             .into_iter()
             .map(|h| {
@@ -140,6 +147,7 @@ impl App {
                 let image_cache = h.image_cache.as_deref().and_then(image_cache_view);
                 let memory_mib_used = rss.get(&h.name).map(|b| b >> 20);
                 HostView {
+                    cert_fingerprint: identities.get(&h.name).cloned(),
                     state: liveness(&h),
                     fenced: liveness(&h) == HostState::Down,
                     down_since: h.down_since,
