@@ -68,9 +68,12 @@ impl Agent {
         })
         .await?;
         let network = Arc::new(HostNetwork::for_agent(&config.advertise_url).await);
+        // Image downloads go to the first controller (they retry on their own).
         let source = config
             .controller_url
-            .clone()
+            .as_deref()
+            .map(crate::controllers::ControllerUrls::parse)
+            .and_then(|c| c.first().map(str::to_string))
             .map(|controller_url| ImageSource {
                 controller_url,
                 token: config.token.clone(),

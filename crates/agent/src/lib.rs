@@ -19,6 +19,7 @@
 pub mod accel;
 pub mod agent;
 pub mod confine;
+pub mod controllers;
 pub mod error;
 pub mod fence;
 pub mod host;
@@ -105,11 +106,12 @@ pub async fn run(
     let mut background = vec![tokio::spawn(confine::console::run(
         agent.state_dir().join("vms"),
     ))];
-    if let Some(url) = config.controller_url.clone() {
+    if let Some(list) = config.controller_url.as_deref() {
+        let controllers = std::sync::Arc::new(controllers::ControllerUrls::parse(list));
         let contact = std::sync::Arc::new(fence::Contact::load(agent.state_dir()));
         background.push(tokio::spawn(register::register_loop(
             agent.clone(),
-            url.clone(),
+            controllers.clone(),
             contact.clone(),
         )));
         background.push(tokio::spawn(fence::fence_loop(agent.clone(), contact)));
@@ -123,7 +125,7 @@ pub async fn run(
         )));
         background.push(tokio::spawn(metering::outbox::push_loop(
             outbox,
-            url,
+            controllers,
             config.name.clone(),
             config.token.clone(),
             config.metering.interval,

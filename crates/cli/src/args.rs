@@ -382,7 +382,8 @@ pub struct AgentArgs {
     /// URL the controller reaches this agent at [default: http://<listen>].
     #[arg(long)]
     pub advertise_url: Option<String>,
-    /// Controller URL to register with.
+    /// Controller URL to register with; several controllers over one PostgreSQL:
+    /// `URL1,URL2,...` (the agent reports to whichever answers).
     #[arg(long)]
     pub controller: Option<String>,
     /// Shared agent token (from the controller's data dir, file agent.token).

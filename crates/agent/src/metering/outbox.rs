@@ -124,15 +124,11 @@ pub fn trim(pending: &mut Vec<UsageSample>, max: usize) {
 /// forever; abort the task to stop.
 pub async fn push_loop(
     outbox: std::sync::Arc<Outbox>,
-    controller_url: String,
+    controllers: std::sync::Arc<crate::controllers::ControllerUrls>,
     host: String,
     token: String,
     every: Duration,
 ) {
-    let url = format!(
-        "{}/v1/internal/usage/samples",
-        controller_url.trim_end_matches('/')
-    );
     let http = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))
@@ -155,6 +151,9 @@ pub async fn push_loop(
             let batch = UsageBatch {
                 host: host.clone(),
                 samples,
+            };
+            let Some(url) = controllers.url("/v1/internal/usage/samples") else {
+                return;
             };
             let sent = http
                 .post(&url)
@@ -182,6 +181,7 @@ pub async fn push_loop(
                         tracing::warn!(url, error = %e, pending = outbox.len(), "cannot push usage samples; keeping them");
                         failing = true;
                     }
+                    controllers.failed();
                     break;
                 }
             }
