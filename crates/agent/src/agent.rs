@@ -68,17 +68,20 @@ impl Agent {
             }),
         })
         .await?;
-        let network = Arc::new(
-            HostNetwork::for_agent(&config.advertise_url, config.controller_url.as_deref()).await,
-        );
-        let source = config
+        // Image downloads and the gateways' protected address use the first controller.
+        let first_controller = config
             .controller_url
-            .clone()
-            .map(|controller_url| ImageSource {
-                controller_url,
-                tls: config.controller_tls.clone(),
-                token: config.token.clone(),
-            });
+            .as_deref()
+            .map(crate::controllers::ControllerUrls::parse)
+            .and_then(|c| c.first().map(str::to_string));
+        let network = Arc::new(
+            HostNetwork::for_agent(&config.advertise_url, first_controller.as_deref()).await,
+        );
+        let source = first_controller.map(|controller_url| ImageSource {
+            controller_url,
+            tls: config.controller_tls.clone(),
+            token: config.token.clone(),
+        });
         let images = ImageCache::open(&state_dir, source, config.image_cache_gib << 30)
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
         let manager = Manager::load(

@@ -20,6 +20,7 @@ pub mod accel;
 pub mod agent;
 pub mod confine;
 pub mod controller_link;
+pub mod controllers;
 pub mod enrol;
 pub mod error;
 pub mod fence;
@@ -116,11 +117,12 @@ pub async fn run(
     let mut background = vec![tokio::spawn(confine::console::run(
         agent.state_dir().join("vms"),
     ))];
-    if let Some(url) = config.controller_url.clone() {
+    if let Some(list) = config.controller_url.as_deref() {
+        let controllers = std::sync::Arc::new(controllers::ControllerUrls::parse(list));
         let contact = std::sync::Arc::new(fence::Contact::load(agent.state_dir()));
         background.push(tokio::spawn(register::register_loop(
             agent.clone(),
-            url.clone(),
+            controllers.clone(),
             contact.clone(),
         )));
         background.push(tokio::spawn(fence::fence_loop(agent.clone(), contact)));
@@ -134,7 +136,7 @@ pub async fn run(
         )));
         background.push(tokio::spawn(metering::outbox::push_loop(
             outbox,
-            url,
+            controllers,
             config.controller_tls.clone(),
             config.name.clone(),
             config.token.clone(),

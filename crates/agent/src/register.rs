@@ -5,6 +5,7 @@
 //! must set up: the cloud network is applied (and repaired) after every registration.
 
 use crate::agent::Agent;
+use crate::controllers::ControllerUrls;
 use crate::error::error_chain;
 use crate::fence::Contact;
 use nimbus_agent_api::{NetworkConfig, RegisterHost, RegisterResponse};
@@ -18,11 +19,7 @@ pub const REGISTER_INTERVAL: Duration = Duration::from_secs(3);
 ///
 /// Every answered registration is a contact for the fence ([`crate::fence`]), dated when it
 /// was sent.
-pub async fn register_loop(agent: Agent, controller_url: String, contact: Arc<Contact>) {
-    let url = format!(
-        "{}/v1/internal/hosts/register",
-        controller_url.trim_end_matches('/')
-    );
+pub async fn register_loop(agent: Agent, controllers: Arc<ControllerUrls>, contact: Arc<Contact>) {
     let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10));
@@ -41,6 +38,10 @@ pub async fn register_loop(agent: Agent, controller_url: String, contact: Arc<Co
         let body = RegisterHost {
             agent_url: agent.advertise_url().to_string(),
             inventory: agent.inventory(),
+        };
+        let Some(url) = controllers.url("/v1/internal/hosts/register") else {
+            tracing::error!("no controller URL; not registering");
+            return;
         };
         let (sent, sent_wall) = (Instant::now(), SystemTime::now());
         let request = http.post(&url).json(&body);
@@ -61,10 +62,14 @@ pub async fn register_loop(agent: Agent, controller_url: String, contact: Arc<Co
                     apply_network(&agent, &network, &mut network_error).await;
                 }
             }
-            (Err(e), Some(false)) => tracing::debug!(url, error = %e, "registration failed"),
+            (Err(e), Some(false)) => {
+                tracing::debug!(url, error = %e, "registration failed");
+                controllers.failed();
+            }
             (Err(e), _) => {
-                tracing::warn!(url, error = %e, every = ?REGISTER_INTERVAL, "registration failed; retrying");
+                tracing::warn!(url, error = %e, every = ?REGISTER_INTERVAL, "registration failed; retrying (the next controller, if several)");
                 ok = Some(false);
+                controllers.failed();
             }
         }
     }

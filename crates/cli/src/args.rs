@@ -415,7 +415,8 @@ pub struct AgentArgs {
     /// https://<listen>]; its address goes into the host's certificate at enrolment.
     #[arg(long)]
     pub advertise_url: Option<String>,
-    /// Controller URL, e.g. https://ctl:7700.
+    /// Controller URL, e.g. https://ctl:7700; several controllers over one PostgreSQL:
+    /// `URL1,URL2,...` (the agent reports to whichever answers; it enrols with the first).
     #[arg(long)]
     pub controller: String,
     /// One-time join token (`nimbus host join-token`) to enrol this host on its first

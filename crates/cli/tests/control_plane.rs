@@ -14,7 +14,7 @@
 //! Needs `NIMBUS_TEST_POSTGRES_URL` (CI sets it; `bash scripts/ci-postgres.sh` prints one):
 //! fails clearly without it.
 
-use nimbus_api::{OperationState, OperationView};
+use nimbus_api::{OperationState, OperationView, StepState};
 use nimbus_client::Client;
 use nimbus_test_utils::controllers::{ControllerProcess, TestDatabase};
 use nimbus_test_utils::wait_until;
@@ -57,21 +57,27 @@ async fn operation(client: &Client, id: &str) -> OperationView {
     client.operation(id).await.expect("operation")
 }
 
-/// Waits until `owner` owns an unfinished operation (it claimed the drain).
-async fn wait_owned(client: &Client, owner: &ControllerProcess) {
+/// Waits until `owner` owns the drain `id` and is inside its held first step (not inside a
+/// database write).
+async fn wait_owned(client: &Client, owner: &ControllerProcess, id: &str) {
     wait_until(
         "the drain to be claimed",
         Duration::from_secs(10),
         Duration::from_millis(100),
         || async {
             let list = client.list_controllers().await.ok()?;
-            list.iter()
-                .any(|c| c.url == owner.api && c.operations == 1)
-                .then_some(())
+            let owned = list.iter().any(|c| c.url == owner.api && c.operations == 1);
+            let op = client.operation(id).await.ok()?;
+            let held = op
+                .steps
+                .first()
+                .is_some_and(|s| s.state == StepState::Running);
+            (owned && held).then_some(())
         },
     )
     .await
     .expect("claimed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 async fn wait_succeeded(client: &Client, id: &str) -> OperationView {
@@ -126,7 +132,7 @@ async fn controllers_take_over_and_fence_each_other() {
     // kill -9 of the owner mid-step: another controller finishes the drain.
     let op = client(&a, dir).drain_host("h1").await.expect("drain");
     let id = op.id.to_string();
-    wait_owned(&via_b, &a).await;
+    wait_owned(&via_b, &a, &id).await;
     let port_a = a.port();
     a.kill9().expect("kill -9");
     let killed = Instant::now();
@@ -151,7 +157,7 @@ async fn controllers_take_over_and_fence_each_other() {
         .await
         .expect("drain again");
     let id = op.id.to_string();
-    wait_owned(&via_b, &a2).await;
+    wait_owned(&via_b, &a2, &id).await;
     a2.signal(Signal::SIGSTOP).expect("SIGSTOP");
     let done = wait_succeeded(&via_b, &id).await;
     eprintln!("SIGSTOP: operation finished by another controller");

@@ -264,7 +264,12 @@ impl FencedLog {
             .execute(&mut **tx)
             .await
             .map_err(log_err)?;
-        if r.rows_affected() == 0 {
+        self.written(r.rows_affected())
+    }
+
+    /// A fenced statement changed `rows`: none means the epoch is stale.
+    fn written(&self, rows: u64) -> Result<(), LogError> {
+        if rows == 0 {
             return Err(LogError::LeaseLost {
                 epoch: self.epoch as u64,
             });
@@ -361,12 +366,7 @@ impl OperationLog for FencedLog {
         .execute(&self.store.pool)
         .await
         .map_err(log_err)?;
-        if r.rows_affected() == 0 {
-            return Err(LogError::LeaseLost {
-                epoch: self.epoch as u64,
-            });
-        }
-        Ok(())
+        self.written(r.rows_affected())
     }
 
     async fn set_message(&self, op: Uuid, message: &str) -> Result<(), LogError> {
@@ -380,12 +380,7 @@ impl OperationLog for FencedLog {
         .execute(&self.store.pool)
         .await
         .map_err(log_err)?;
-        if r.rows_affected() == 0 {
-            return Err(LogError::LeaseLost {
-                epoch: self.epoch as u64,
-            });
-        }
-        Ok(())
+        self.written(r.rows_affected())
     }
 
     async fn cancel_requested(&self, op: Uuid) -> Result<bool, LogError> {

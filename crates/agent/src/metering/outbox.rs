@@ -124,16 +124,12 @@ pub fn trim(pending: &mut Vec<UsageSample>, max: usize) {
 /// forever; abort the task to stop.
 pub async fn push_loop(
     outbox: std::sync::Arc<Outbox>,
-    controller_url: String,
+    controllers: std::sync::Arc<crate::controllers::ControllerUrls>,
     tls: Option<nimbus_pki::rustls::ClientConfig>,
     host: String,
     token: Option<String>,
     every: Duration,
 ) {
-    let url = format!(
-        "{}/v1/internal/usage/samples",
-        controller_url.trim_end_matches('/')
-    );
     let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15));
@@ -155,6 +151,9 @@ pub async fn push_loop(
             let batch = UsageBatch {
                 host: host.clone(),
                 samples,
+            };
+            let Some(url) = controllers.url("/v1/internal/usage/samples") else {
+                return;
             };
             let request = http.post(&url).json(&batch);
             let sent = crate::controller_link::authorize(request, token.as_deref())
@@ -180,6 +179,7 @@ pub async fn push_loop(
                         tracing::warn!(url, error = %e, pending = outbox.len(), "cannot push usage samples; keeping them");
                         failing = true;
                     }
+                    controllers.failed();
                     break;
                 }
             }

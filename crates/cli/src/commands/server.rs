@@ -100,10 +100,15 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => format!("https://{}", args.listen),
     };
+    // Enrolment goes to the first controller of the list; any of them accepts the cert.
+    let controllers = nimbus_agent::controllers::ControllerUrls::parse(&args.controller);
+    let Some(first_controller) = controllers.first() else {
+        bail!("--controller is empty: give the controller's URL, e.g. https://ctl:7700");
+    };
     let trust = super::host_trust::load(
         &args.state_dir,
         &args.name,
-        &args.controller,
+        first_controller,
         &advertise_url,
         args.join.as_deref(),
     )

@@ -110,15 +110,23 @@ pub fn spawn_claimed(app: App, claim: OperationClaim) {
     tokio::spawn(run_claimed(app, claim));
 }
 
+/// Runs the operation until it ends or the lease is lost. A runner that fails otherwise (the
+/// database unreachable) runs it again from its log a little later: this controller keeps
+/// renewing the lease, so nobody else would.
 async fn run_claimed(app: App, claim: OperationClaim) {
     let id = claim.operation;
-    match run_operation(&app, claim).await {
-        Ok(()) => {}
-        Err(RunError::LeaseLost) => {
-            tracing::warn!(operation_id = %id, epoch = claim.epoch, "lease lost: another controller took the operation over; stopped here without undoing anything")
-        }
-        Err(RunError::App(e)) => {
-            tracing::error!(operation_id = %id, error = %e, "operation runner failed; another scan takes it over when its lease expires")
+    let retry = crate::background::leases::tick_of(app.config().lease_ttl);
+    loop {
+        match run_operation(&app, claim).await {
+            Ok(()) => return,
+            Err(RunError::LeaseLost) => {
+                tracing::warn!(operation_id = %id, epoch = claim.epoch, "lease lost: another controller took the operation over; stopped here without undoing anything");
+                return;
+            }
+            Err(RunError::App(e)) => {
+                tracing::error!(operation_id = %id, error = %e, ?retry, "operation runner failed; resuming it from its log");
+                tokio::time::sleep(retry).await;
+            }
         }
     }
 }
