@@ -30,22 +30,39 @@ const HOLD: &str = "drain.disable_host:12";
 
 fn client(c: &ControllerProcess, dir: &Path) -> Client {
     let token = std::fs::read_to_string(dir.join("admin.token")).expect("admin token");
+    let ca = std::fs::read(dir.join(nimbus_pki::CA_CERT_FILE)).expect("the cloud's CA");
     Client::new(&c.api, Some(token.trim().to_string()))
+        .with_root_ca(&ca)
+        .expect("a client trusting the cloud's CA")
 }
 
-/// Registers host `name` the way an agent does (its agent never runs: nothing calls it).
+/// Registers host `name` the way an agent does, with a host certificate of the cloud's CA
+/// (signed here from the shared data dir, as enrolment would: the agent is not the subject
+/// and never runs, so nothing calls it).
 async fn register_host(c: &ControllerProcess, dir: &Path, name: &str) {
-    let token = std::fs::read_to_string(dir.join("agent.token")).expect("agent token");
+    let ca = nimbus_pki::CloudCa::load_or_create(dir).expect("the cloud's CA");
+    let host_dir = dir.join(format!("host-{name}"));
+    std::fs::create_dir_all(&host_dir).expect("host dir");
+    let creds = nimbus_pki::HostCredentials::new(&host_dir);
+    let csr = creds.new_request(name).expect("csr");
+    let cert = ca
+        .sign_host(&csr, name, &["127.0.0.1".into()])
+        .expect("sign");
+    creds.save(&cert.cert_pem, ca.cert_pem()).expect("save");
+    let identity = creds.identity().expect("identity");
+    let tls = nimbus_pki::client_config(ca.cert_pem(), Some(&identity)).expect("tls");
     let body = serde_json::json!({
-        "agent_url": "http://127.0.0.1:1",
+        "agent_url": "https://127.0.0.1:1",
         "inventory": {
             "name": name, "cpus": 4, "memory_mib": 4096, "disk_gib": 50,
             "accelerator": "tcg", "qemu_version": "10", "agent_version": "test"
         }
     });
-    let r = reqwest::Client::new()
+    let r = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("client")
         .post(format!("{}/v1/internal/hosts/register", c.api))
-        .bearer_auth(token.trim())
         .json(&body)
         .send()
         .await
@@ -114,6 +131,7 @@ async fn controllers_take_over_and_fence_each_other() {
         .args(["controller", "list"])
         .env("NIMBUS_API", &c.api)
         .env("NIMBUS_TOKEN", token.trim())
+        .env("NIMBUS_CA_CERT", dir.join(nimbus_pki::CA_CERT_FILE))
         .output()
         .expect("nimbus controller list");
     let listed = String::from_utf8_lossy(&out.stdout);

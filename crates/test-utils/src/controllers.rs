@@ -1,5 +1,6 @@
 //! Several `nimbus controller` processes over one PostgreSQL database (issue 12): started on
-//! loopback ports, sharing one data directory (tokens), killed or paused by their pid.
+//! loopback ports, sharing one data directory (tokens and the cloud CA, which every
+//! controller of a cloud must share), killed or paused by their pid.
 
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
@@ -120,7 +121,7 @@ impl ControllerProcess {
         let child = cmd.spawn().context("cannot start nimbus controller")?;
         Ok(Self {
             child,
-            api: format!("http://127.0.0.1:{port}"),
+            api: format!("https://127.0.0.1:{port}"),
             log,
         })
     }

@@ -21,7 +21,7 @@ pub async fn register(app: &App) -> Result<(), AppError> {
         .config()
         .listen
         .first()
-        .map(|a| format!("http://{a}"))
+        .map(|a| format!("https://{a}"))
         .unwrap_or_default();
     app.store()
         .register_controller(
