@@ -41,6 +41,8 @@ impl Agent {
     /// still runs.
     pub async fn start(config: &AgentConfig) -> anyhow::Result<Self> {
         let started = std::time::Instant::now();
+        // Before any VM is launched or adopted: its cgroup path names this host.
+        crate::confine::set_host(&config.name);
         let program = nimbus_qemu::qemu_binary();
         let qemu = probe::installed_qemu(&program).await?;
         let version = qemu.version;

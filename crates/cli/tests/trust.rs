@@ -154,6 +154,21 @@ fn qemu_pid(cloud: &Cloud, id: &str) -> i32 {
     found.map(|(_, p)| *p).expect("the VM's QEMU runs")
 }
 
+/// The host whose agent runs VM `id` (its directory is `<host dir>/vms/<id>`).
+fn host_of(cloud: &Cloud, id: &str) -> String {
+    let pids = cloud.qemu_pids();
+    let (dir, _) = pids
+        .iter()
+        .find(|(d, _)| d.ends_with(id))
+        .expect("the VM's QEMU runs");
+    let host_dir = dir.parent().and_then(Path::parent).expect("host dir");
+    host_dir
+        .file_name()
+        .expect("host name")
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn uid_of(pid: i32) -> u32 {
     let uids = status_field(pid, "Uid");
     let all: Vec<u32> = uids
@@ -205,10 +220,11 @@ fn qemu_is_confined(cloud: &Cloud, id: &str, other: &str) {
 
     // In its own cgroup, with the tiny flavor's limits (256 MiB + 256 + 256/16 overhead).
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    let leaf = format!("/nimbus/{id}");
+    let host = host_of(cloud, id);
+    let leaf = format!("/nimbus/{host}/{id}");
     assert!(cgroups.lines().any(|l| l.ends_with(&leaf)), "{cgroups}");
     let memory = (256u64 + 256 + 16) << 20;
-    let v2 = Path::new("/sys/fs/cgroup/nimbus").join(id);
+    let v2 = Path::new("/sys/fs/cgroup/nimbus").join(&host).join(id);
     let (mem_file, pids_file) = if v2.is_dir() {
         (v2.join("memory.max"), v2.join("pids.max"))
     } else {
@@ -216,6 +232,7 @@ fn qemu_is_confined(cloud: &Cloud, id: &str, other: &str) {
             Path::new("/sys/fs/cgroup")
                 .join(c)
                 .join("nimbus")
+                .join(&host)
                 .join(id)
                 .join(f)
         };

@@ -1,5 +1,8 @@
-//! A cgroup per VM: `<root>/nimbus/<vm id>` with the VM's limits, QEMU moved in right after
-//! it starts (its threads follow), removed when the VM is deleted.
+//! A cgroup per VM: `<root>/nimbus/<host>/<vm id>` with the VM's limits, QEMU moved in right
+//! after it starts (its threads follow), removed when the VM is deleted. The host's name is in
+//! the path because several agents may share one machine's cgroups (`nimbus up --hosts 2`):
+//! during a live migration between them, source and target QEMU of one VM must not share one
+//! memory limit (both were OOM-killed at switch-over when they did).
 //!
 //! cgroup v2 (one unified hierarchy: `cpu.weight`, `memory.max`, `pids.max`) where the
 //! host mounts it with those controllers; else the v1 hierarchies (`cpu.shares`,
@@ -57,25 +60,38 @@ impl Layout {
         })
     }
 
-    /// The directories of VM `id`'s cgroup (one, or one per v1 controller).
-    pub fn dirs(&self, id: Uuid) -> Vec<PathBuf> {
-        let leaf = |root: &Path| root.join(PARENT).join(id.to_string());
+    /// The directories of VM `id`'s cgroup on `host` (one, or one per v1 controller).
+    pub fn dirs(&self, host: &str, id: Uuid) -> Vec<PathBuf> {
+        self.roots()
+            .iter()
+            .map(|root| root.join(PARENT).join(host).join(id.to_string()))
+            .collect()
+    }
+
+    /// The hierarchy roots (one, or one per v1 controller).
+    fn roots(&self) -> Vec<PathBuf> {
         match self {
-            Layout::V2(root) => vec![leaf(root)],
-            Layout::V1 { cpu, memory, pids } => vec![leaf(cpu), leaf(memory), leaf(pids)],
+            Layout::V2(root) => vec![root.clone()],
+            Layout::V1 { cpu, memory, pids } => vec![cpu.clone(), memory.clone(), pids.clone()],
         }
     }
 
-    /// Creates VM `id`'s cgroup with `limits` and moves process `pid` into it.
-    pub fn place(&self, id: Uuid, pid: u32, limits: &Limits) -> Result<()> {
+    /// Creates VM `id`'s cgroup on `host` with `limits` and moves process `pid` into it.
+    pub fn place(&self, host: &str, id: Uuid, pid: u32, limits: &Limits) -> Result<()> {
         let settings = self.settings(limits);
-        for (dir, files) in self.dirs(id).iter().zip(settings) {
-            if let Some(parent) = dir.parent() {
-                mkdir(parent)?;
-                if let Layout::V2(root) = self {
+        for (dir, files) in self.dirs(host, id).iter().zip(settings) {
+            let host_dir = dir.parent();
+            if let Some(nimbus_dir) = host_dir.and_then(Path::parent) {
+                mkdir(nimbus_dir)?;
+                if let (Layout::V2(root), Some(host_dir)) = (self, host_dir) {
                     enable_controllers(root)?;
-                    enable_controllers(parent)?;
+                    enable_controllers(nimbus_dir)?;
+                    mkdir(host_dir)?;
+                    enable_controllers(host_dir)?;
                 }
+            }
+            if let Some(host_dir) = host_dir {
+                mkdir(host_dir)?;
             }
             mkdir(dir)?;
             for (file, value) in files {
@@ -106,8 +122,8 @@ impl Layout {
     /// Removes VM `id`'s cgroup once its QEMU is gone (a killed process leaves its cgroup a
     /// moment after the signal: retried for up to 2 s; one still busy is logged, and the next
     /// agent start removes it).
-    pub async fn remove(&self, id: Uuid) {
-        for dir in self.dirs(id) {
+    pub async fn remove(&self, host: &str, id: Uuid) {
+        for dir in self.dirs(host, id) {
             for attempt in 0..20 {
                 match std::fs::remove_dir(&dir) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
@@ -124,13 +140,12 @@ impl Layout {
     /// Removes the VM cgroups left empty (a VM whose QEMU was killed by someone else). Only
     /// empty ones can go (the kernel refuses the others), and only those older than a
     /// minute, so that one made for a QEMU about to move in is never taken from under it.
-    pub fn sweep(&self) {
-        let parents: Vec<PathBuf> = match self {
-            Layout::V2(root) => vec![root.join(PARENT)],
-            Layout::V1 { cpu, memory, pids } => {
-                vec![cpu.join(PARENT), memory.join(PARENT), pids.join(PARENT)]
-            }
-        };
+    pub fn sweep(&self, host: &str) {
+        let parents: Vec<PathBuf> = self
+            .roots()
+            .iter()
+            .map(|root| root.join(PARENT).join(host))
+            .collect();
         let old = |m: &std::fs::Metadata| {
             m.modified()
                 .ok()
@@ -224,8 +239,8 @@ mod tests {
         };
         assert_eq!(v1.settings(&l)[0], vec![("cpu.shares", "2048".to_string())]);
         assert_eq!(
-            v1.dirs(Uuid::nil())[1],
-            PathBuf::from("/m/nimbus/00000000-0000-0000-0000-000000000000")
+            v1.dirs("host1", Uuid::nil())[1],
+            PathBuf::from("/m/nimbus/host1/00000000-0000-0000-0000-000000000000")
         );
     }
 }

@@ -70,6 +70,36 @@ pub fn enabled() -> bool {
     })
 }
 
+/// The name of this agent's host, set once at start ([`set_host`]); in the path of its VMs'
+/// cgroups.
+fn host() -> &'static str {
+    HOST.get().map(String::as_str).unwrap_or("local")
+}
+
+static HOST: OnceLock<String> = OnceLock::new();
+
+/// Names this process's host (once, at agent start, before any VM is launched or adopted;
+/// one agent per process: a second call keeps the first name). Only `[A-Za-z0-9_.-]` is
+/// kept, so the name is one path segment.
+pub fn set_host(name: &str) {
+    let segment: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let segment = if segment.is_empty() || segment.starts_with('.') {
+        format!("_{segment}")
+    } else {
+        segment
+    };
+    let _ = HOST.set(segment);
+}
+
 /// The host's cgroup layout, probed once; `None` (logged) where it has no usable one.
 fn layout() -> Option<&'static cgroup::Layout> {
     static LAYOUT: OnceLock<Option<cgroup::Layout>> = OnceLock::new();
@@ -108,7 +138,7 @@ pub fn prepare(config: &mut QemuConfig, dir: &VmDir, id: Uuid) -> Result<()> {
 /// Right after a launch: QEMU `pid` into the VM's cgroup with its limits.
 pub fn place(spec: &VmSpec, pid: u32) -> Result<()> {
     match (enabled(), layout()) {
-        (true, Some(l)) => l.place(spec.id, pid, &Limits::of(spec)),
+        (true, Some(l)) => l.place(host(), spec.id, pid, &Limits::of(spec)),
         _ => Ok(()),
     }
 }
@@ -116,14 +146,14 @@ pub fn place(spec: &VmSpec, pid: u32) -> Result<()> {
 /// After the VM is deleted: its cgroup goes.
 pub async fn release(id: Uuid) {
     if let (true, Some(l)) = (enabled(), layout()) {
-        l.remove(id).await;
+        l.remove(host(), id).await;
     }
 }
 
 /// At agent start: cgroups of VMs killed behind the agent's back go.
 pub fn sweep() {
     if let (true, Some(l)) = (enabled(), layout()) {
-        l.sweep();
+        l.sweep(host());
     }
 }
 
