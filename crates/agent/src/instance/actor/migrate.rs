@@ -268,10 +268,12 @@ impl Actor {
         if replies.is_empty() {
             return;
         }
-        // A cancel that came too late for a completed migration undoes it.
-        let answer = self.resume_here().await.map_err(|e| e.chain());
+        // A cancel that came during switch-over gets the outcome. A completed migration is
+        // not undone here: the target may run the guest already, and only the controller
+        // can delete that copy first (then its next cancel resumes the VM here).
+        let answer = self.migration.progress.borrow().clone();
         for reply in replies {
-            let _ = reply.send(answer.clone().map_err(Error::Conflict));
+            let _ = reply.send(Ok(answer.clone()));
         }
     }
 

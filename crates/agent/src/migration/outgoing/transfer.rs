@@ -135,6 +135,8 @@ impl Transfer {
             self.mirror = Some(DiskMirror::adopt(&self.ctx.qmp, self.ctx.id));
         }
         tracing::info!(status = info.status, "following a migration in flight");
+        // `device` and `completed` come after migrate-continue: the switch-over has begun.
+        self.continued = matches!(info.status.as_deref(), Some("device" | "completed"));
         match QemuStage::of(info.status.as_deref()) {
             QemuStage::NotStarted => {
                 // Stopped before `migrate`: reuse a mirror still running, else start over.
@@ -233,6 +235,13 @@ impl Transfer {
                     }
                     if self.ctx.record.ladder.postcopy {
                         tracing::warn!("post-copy cannot be cancelled: the guest runs on the target");
+                        continue;
+                    }
+                    if self.continued {
+                        // Past switch-over the target may already run the guest: cancelling
+                        // QEMU now could leave both copies stopped. Finish; the controller
+                        // undoes a completed migration target first (see Transfer::undo).
+                        tracing::info!("cancel deferred: the switch-over has begun");
                         continue;
                     }
                     return Err(MigrationError::Cancelled);
