@@ -290,37 +290,13 @@ fn damage_own_chunk(cloud: &Cloud, snapshot: &SnapshotView) -> PathBuf {
         .find(|h| !others.contains(*h))
         .or(mine.first())
         .unwrap_or_else(|| panic!("{} names no memory chunk", own.display()));
-    damage_in_pack(&host_dir.join("chunks").join("packs"), hash)
-        .unwrap_or_else(|| panic!("chunk {hash} not found under {}", host_dir.display()))
-}
-
-/// Flips bytes in the middle of chunk `hash`'s data in the pack holding it (format:
-/// docs/snapshots.md: a record is hash [32] | flags | raw_len u32 | stored_len u32 | data);
-/// answers the pack.
-fn damage_in_pack(packs: &Path, hash: &str) -> Option<PathBuf> {
-    let raw: Vec<u8> = (0..hash.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hash[i..i + 2], 16).expect("hex"))
-        .collect();
-    let mut files = Vec::new();
-    files_under(packs, &mut files);
-    for pack in files
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-    {
-        let mut bytes = std::fs::read(&pack).expect("read pack");
-        let Some(at) = bytes.windows(32).position(|w| w == raw.as_slice()) else {
-            continue;
-        };
-        let stored = u32::from_le_bytes(bytes[at + 37..at + 41].try_into().expect("len")) as usize;
-        let data = at + 41;
-        for b in &mut bytes[data + stored / 2..data + (stored / 2 + 64).min(stored)] {
-            *b ^= 0x5a;
-        }
-        std::fs::write(&pack, &bytes).expect("damage pack");
-        return Some(pack);
-    }
-    None
+    let chunks = nimbus_agent::snapshot::chunks::ChunkStore::new(host_dir.join("chunks"));
+    let (pack, span) = chunks
+        .stored_span(hash)
+        .expect("read the pack index")
+        .unwrap_or_else(|| panic!("chunk {hash} not found under {}", host_dir.display()));
+    nimbus_test_utils::damage::flip_bytes(&pack, span);
+    pack
 }
 
 async fn corrupted_snapshot_is_refused_and_the_vm_runs_on(cloud: &Cloud, client: &Client) {

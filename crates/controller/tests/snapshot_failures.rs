@@ -53,8 +53,8 @@ impl Step<App> for Failing {
         self.inner.undo(app, s).await
     }
 
-    fn is_point_of_no_return(&self) -> bool {
-        self.inner.is_point_of_no_return()
+    fn is_point_of_no_return(&self, output: &serde_json::Value) -> bool {
+        self.inner.is_point_of_no_return(output)
     }
 }
 

@@ -135,7 +135,8 @@ async fn drive<C: Send + Sync>(
     for (i, step) in steps.iter().enumerate() {
         let recorded = snap.steps.get(i).map(|s| s.state);
         if recorded == Some(StepState::Done) {
-            past_no_return |= step.is_point_of_no_return();
+            let output = outputs[i].clone().unwrap_or(Value::Null);
+            past_no_return |= step.is_point_of_no_return(&output);
             continue;
         }
         if !past_no_return && log.cancel_requested(op).await? {
@@ -156,8 +157,8 @@ async fn drive<C: Send + Sync>(
             Ok(out) => {
                 log.set_step(op, i, StepState::Done, Some(&out), None)
                     .await?;
+                past_no_return |= step.is_point_of_no_return(&out);
                 outputs[i] = Some(out);
-                past_no_return |= step.is_point_of_no_return();
             }
             Err(err) => {
                 let cancelled = err == StepError::Cancelled && !past_no_return;

@@ -92,8 +92,9 @@ pub trait Step<C: Send + Sync>: Send + Sync {
         Ok(())
     }
 
-    /// Once this step is done, the operation can no longer be undone or cancelled.
-    fn is_point_of_no_return(&self) -> bool {
+    /// Once this step is done with `output`, the operation can no longer be undone or
+    /// cancelled. Most steps decide by their kind alone; a step may decide by what it did.
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         false
     }
 }

@@ -9,6 +9,7 @@
 
 mod cloud;
 pub mod controllers;
+pub mod damage;
 pub mod guest;
 mod link;
 pub mod logs;

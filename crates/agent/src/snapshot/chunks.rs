@@ -125,6 +125,17 @@ impl ChunkStore {
         in_pack.unwrap_or(false) || self.path(hash).is_file()
     }
 
+    /// The pack file holding chunk `hash` and the byte range of its stored data there, for
+    /// integrity tooling and tests that damage a chunk on purpose; `None` if no pack has it.
+    pub fn stored_span(&self, hash: &str) -> Result<Option<(PathBuf, std::ops::Range<u64>)>> {
+        let Some(loc) = self.packs.location(&digest_of(hash)?)? else {
+            return Ok(None);
+        };
+        let start = loc.offset + super::packs::record::RECORD_HEADER;
+        let span = start..start + u64::from(loc.stored_len);
+        Ok(Some((self.packs.pack_path(loc.pack), span)))
+    }
+
     /// The content of chunk `hash`, verified against its name.
     pub fn read_chunk(&self, hash: &str) -> Result<Vec<u8>> {
         let mut reader = self.packs.reader();

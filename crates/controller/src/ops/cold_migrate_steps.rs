@@ -123,7 +123,7 @@ impl Step<App> for CommitCold {
         Ok(json!({ "stats": stats }))
     }
 
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         true
     }
 }

@@ -110,7 +110,7 @@ impl Step<App> for ForgetGroup {
         Ok(json!({}))
     }
 
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         true
     }
 }

@@ -302,7 +302,13 @@ impl Step<App> for Transfer {
         let mut last_stats = Instant::now();
         loop {
             if s.cancel_requested().await {
-                source.migration_cancel(self.0).await.map_err(agent_err)?;
+                let p = source.migration_cancel(self.0).await.map_err(agent_err)?;
+                if p.phase == MigrationPhase::Completed && r.shared() {
+                    // Too late: the target runs the guest on the shared disk, and undoing
+                    // would only stop it. The migration goes on (see is_point_of_no_return).
+                    tracing::info!(instance_id = %self.0, "cancel came after the switch-over on shared storage; the migration goes on");
+                    return Ok(json!({ "progress": p, "shared": true }));
+                }
                 return Err(StepError::Cancelled);
             }
             let p = match source.migration(self.0).await {
@@ -319,7 +325,9 @@ impl Step<App> for Transfer {
                 last_stats = Instant::now();
             }
             match p.phase {
-                MigrationPhase::Completed => return Ok(json!({ "progress": p })),
+                MigrationPhase::Completed => {
+                    return Ok(json!({ "progress": p, "shared": r.shared() }))
+                }
                 MigrationPhase::Failed => {
                     return Err(StepError::permanent(format!(
                         "the migration failed: {}",
@@ -330,6 +338,12 @@ impl Step<App> for Transfer {
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+
+    /// Done with a shared disk, the switch-over cannot be undone: the target may have written
+    /// to the disk already, so the source's older memory must never resume over it.
+    fn is_point_of_no_return(&self, output: &Value) -> bool {
+        output.get("shared").and_then(Value::as_bool) == Some(true)
     }
 
     /// Resumes the VM on the source. The target copy goes first: while it holds the disk
@@ -471,7 +485,7 @@ impl Step<App> for Commit {
         Ok(json!({ "stats": stats }))
     }
 
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         true
     }
 }

@@ -59,7 +59,7 @@ impl Step<App> for DeleteOnHost {
         }))
     }
 
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         true
     }
 }

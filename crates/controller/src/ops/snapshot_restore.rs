@@ -62,7 +62,7 @@ impl Step<App> for Restore {
         serde_json::to_value(&result).map_err(|e| StepError::permanent(e.to_string()))
     }
 
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         true
     }
 }

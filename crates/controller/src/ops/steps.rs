@@ -284,7 +284,7 @@ impl Step<App> for Destroy {
         Ok(json!({}))
     }
 
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         true
     }
 }

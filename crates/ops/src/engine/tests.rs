@@ -40,7 +40,7 @@ impl Step<World> for MakeResource {
         w.resources.lock().expect("lock").remove(self.name());
         Ok(())
     }
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         false
     }
 }
@@ -58,7 +58,7 @@ impl Step<World> for NoReturn {
     async fn undo(&self, w: &World, s: &StepContext<'_>) -> Result<(), StepError> {
         self.0.undo(w, s).await
     }
-    fn is_point_of_no_return(&self) -> bool {
+    fn is_point_of_no_return(&self, _output: &Value) -> bool {
         self.1
     }
 }
@@ -354,4 +354,49 @@ fn outputs_are_addressed_by_step_name() {
     assert_eq!(sctx.output("place"), Some(&Value::from("h1")));
     assert_eq!(sctx.output("boot"), None);
     assert_eq!(sctx.output("elsewhere"), None);
+}
+
+/// A step whose output decides whether it was the point of no return: here, having made
+/// resource `b`.
+struct PastOnceMade(MakeResource);
+
+#[async_trait]
+impl Step<World> for PastOnceMade {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    async fn action(&self, w: &World, s: &StepContext<'_>) -> Result<Value, StepError> {
+        self.0.action(w, s).await
+    }
+    async fn undo(&self, w: &World, s: &StepContext<'_>) -> Result<(), StepError> {
+        self.0.undo(w, s).await
+    }
+    fn is_point_of_no_return(&self, output: &Value) -> bool {
+        output.as_str() == Some("b")
+    }
+}
+
+/// A cancel after a step whose output says it passed the point of no return is ignored (the
+/// operation goes on to success); before it, the same cancel unwinds everything.
+#[tokio::test]
+async fn a_step_output_can_mark_the_point_of_no_return() {
+    let plan = || -> Vec<Box<dyn Step<World>>> {
+        (0..4)
+            .map(|i| Box::new(PastOnceMade(MakeResource(i))) as Box<dyn Step<World>>)
+            .collect()
+    };
+    for (done, expected) in [(2, Outcome::Succeeded), (1, Outcome::Cancelled)] {
+        let world = World::default();
+        let (op, log) = persisted(&world, &["a", "b", "c", "d"], done).await;
+        log.request_cancel(op);
+        let out = run(op, &plan(), &world, &log, fast()).await.expect("log");
+        assert_eq!(out, expected, "{done} steps done before the cancel");
+        let left = world.resources.lock().expect("lock").clone();
+        let want = if expected == Outcome::Succeeded {
+            all()
+        } else {
+            BTreeSet::new()
+        };
+        assert_eq!(left, want);
+    }
 }

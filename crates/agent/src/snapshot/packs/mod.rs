@@ -73,7 +73,8 @@ impl PackStore {
         }
     }
 
-    fn pack_path(&self, n: u32) -> PathBuf {
+    /// The file of pack `n`.
+    pub fn pack_path(&self, n: u32) -> PathBuf {
         self.dir.join(format!("{n:08}.pack"))
     }
 
