@@ -1,6 +1,7 @@
 //! The responder thread of one network's bridge.
 
 use super::{answer, frame, parse_request, Leases};
+use crate::network::dns::Zones;
 use crate::network::error::NetError;
 use pnet_datalink::Channel;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +25,14 @@ impl Drop for Responder {
 
 impl Responder {
     /// Starts answering on `bridge` (in network namespace `netns`, if given) for network
-    /// `vni` from `leases`; fails if the bridge cannot be opened.
+    /// `vni` from `leases` (and the network's DNS domain from `zones`); fails if the bridge
+    /// cannot be opened.
     pub fn start(
         netns: Option<&str>,
         bridge: &str,
         vni: u32,
         leases: Leases,
+        zones: Zones,
     ) -> Result<Self, NetError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -43,7 +46,7 @@ impl Responder {
             .spawn(move || match open(netns.as_deref(), &name) {
                 Ok(chan) => {
                     let _ = ready_tx.send(Ok(()));
-                    serve(chan, vni, &leases, &flag);
+                    serve(chan, vni, &leases, &zones, &flag);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -67,9 +70,7 @@ struct Open {
 /// Enters `netns` (this thread only) and opens a packet socket on `bridge`.
 fn open(netns: Option<&str>, bridge: &str) -> Result<Open, String> {
     if let Some(ns) = netns {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter netns {ns}: {e}"))?;
+        crate::network::command::enter_netns(ns)?;
     }
     let iface = pnet_datalink::interfaces()
         .into_iter()
@@ -106,10 +107,10 @@ pub fn send_frames(
     Ok(())
 }
 
-fn serve(mut chan: Open, vni: u32, leases: &Leases, stop: &AtomicBool) {
+fn serve(mut chan: Open, vni: u32, leases: &Leases, zones: &Zones, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let reply = match chan.rx.next() {
-            Ok(f) => reply_to(f, vni, leases, chan.mac),
+            Ok(f) => reply_to(f, vni, leases, zones, chan.mac),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
             Err(e) => {
                 tracing::warn!(vni, error = %e, "DHCP responder cannot read; stopping");
@@ -125,14 +126,20 @@ fn serve(mut chan: Open, vni: u32, leases: &Leases, stop: &AtomicBool) {
 }
 
 /// The frame answering `f`, if it is a request of a port of this network on this host.
-fn reply_to(f: &[u8], vni: u32, leases: &Leases, own_mac: [u8; 6]) -> Option<Vec<u8>> {
+fn reply_to(
+    f: &[u8],
+    vni: u32,
+    leases: &Leases,
+    zones: &Zones,
+    own_mac: [u8; 6],
+) -> Option<Vec<u8>> {
     let (src, req) = parse_request(f)?;
     // The sender must ask for itself: no lease of another VM for a guest that forges chaddr.
     if req.chaddr().get(..6) != Some(&src[..]) {
         return None;
     }
     let lease = leases.get(vni, src)?;
-    let msg = answer(&req, &lease)?;
+    let msg = answer(&req, &lease, zones.domain(vni).as_deref())?;
     tracing::debug!(vni, ip = %lease.ip, "DHCP answer");
     frame(&msg, own_mac, lease.server())
 }
@@ -168,17 +175,18 @@ mod tests {
         leases.insert(4300, &nic);
         let (vm, other) = ([0x52, 0x54, 10, 40, 0, 10], [0x52, 0x54, 10, 40, 0, 11]);
         let own = [2, 0, 0, 0, 0, 1];
-        assert!(reply_to(&discover(vm, vm), 4300, &leases, own).is_some());
+        let zones = Zones::default();
+        assert!(reply_to(&discover(vm, vm), 4300, &leases, &zones, own).is_some());
         assert!(
-            reply_to(&discover(other, vm), 4300, &leases, own).is_none(),
+            reply_to(&discover(other, vm), 4300, &leases, &zones, own).is_none(),
             "forged chaddr"
         );
         assert!(
-            reply_to(&discover(vm, vm), 4301, &leases, own).is_none(),
+            reply_to(&discover(vm, vm), 4301, &leases, &zones, own).is_none(),
             "other network"
         );
         assert!(
-            reply_to(&discover(other, other), 4300, &leases, own).is_none(),
+            reply_to(&discover(other, other), 4300, &leases, &zones, own).is_none(),
             "not a port here"
         );
     }
