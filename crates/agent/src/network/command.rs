@@ -224,6 +224,13 @@ pub fn enter_netns(ns: &str) -> Result<(), String> {
         .map_err(|e| format!("enter netns {ns}: {e}"))
 }
 
+/// Whether a blocking read's error only means "nothing yet": its timeout, or a signal (the
+/// agent's child processes exiting) interrupting the wait. A server thread goes on reading.
+pub fn nothing_yet(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    matches!(kind, WouldBlock | TimedOut | Interrupted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

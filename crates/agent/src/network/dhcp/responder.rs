@@ -111,7 +111,7 @@ fn serve(mut chan: Open, vni: u32, leases: &Leases, zones: &Zones, stop: &Atomic
     while !stop.load(Ordering::Relaxed) {
         let reply = match chan.rx.next() {
             Ok(f) => reply_to(f, vni, leases, zones, chan.mac),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e) if crate::network::command::nothing_yet(e.kind()) => continue,
             Err(e) => {
                 tracing::warn!(vni, error = %e, "DHCP responder cannot read; stopping");
                 return;

@@ -2,7 +2,7 @@
 //! router's namespace, bound to its network-side device.
 
 use super::{answer, Zones, PORT};
-use crate::network::command::enter_netns;
+use crate::network::command::{enter_netns, nothing_yet};
 use crate::network::error::NetError;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,14 +85,7 @@ fn serve(sock: &UdpSocket, vni: u32, zones: &Zones, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let (len, peer) = match sock.recv_from(&mut buf) {
             Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
+            Err(e) if nothing_yet(e.kind()) => continue,
             Err(e) => {
                 tracing::warn!(vni, error = %e, "DNS server cannot read; stopping");
                 return;
