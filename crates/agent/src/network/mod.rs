@@ -60,6 +60,7 @@ pub mod segment;
 pub mod tap;
 pub mod underlay;
 pub mod vxlan;
+pub mod worker;
 
 pub use command::Shell;
 pub use error::NetError;

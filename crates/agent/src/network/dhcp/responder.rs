@@ -3,24 +3,14 @@
 use super::{answer, frame, parse_request, Leases};
 use crate::network::dns::Zones;
 use crate::network::error::NetError;
+use crate::network::worker::{self, Worker, POLL};
 use pnet_datalink::Channel;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
-
-/// How often the thread looks at its stop flag.
-const POLL: Duration = Duration::from_millis(500);
 
 /// A running responder; dropping it stops the thread (within [`POLL`]).
 #[derive(Debug)]
 pub struct Responder {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    _worker: Worker,
 }
 
 impl Responder {
@@ -34,30 +24,17 @@ impl Responder {
         leases: Leases,
         zones: Zones,
     ) -> Result<Self, NetError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (netns, name, flag) = (netns.map(str::to_string), bridge.to_string(), stop.clone());
-        let err = |detail: String| NetError::Dhcp {
+        let (netns, name) = (netns.map(str::to_string), bridge.to_string());
+        worker::spawn(
+            format!("dhcp-{bridge}"),
+            move || open(netns.as_deref(), &name),
+            move |chan, stop| serve(chan, vni, &leases, &zones, stop),
+        )
+        .map(|w| Self { _worker: w })
+        .map_err(|detail| NetError::Dhcp {
             bridge: bridge.to_string(),
             detail,
-        };
-        std::thread::Builder::new()
-            .name(format!("dhcp-{bridge}"))
-            .spawn(move || match open(netns.as_deref(), &name) {
-                Ok(chan) => {
-                    let _ = ready_tx.send(Ok(()));
-                    serve(chan, vni, &leases, &zones, &flag);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| err(e.to_string()))?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|e| err(e.to_string()))?
-            .map_err(err)?;
-        Ok(Self { stop })
+        })
     }
 }
 

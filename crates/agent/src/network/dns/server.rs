@@ -4,26 +4,17 @@
 use super::{answer, Zones, PORT};
 use crate::network::command::{enter_netns, nothing_yet};
 use crate::network::error::NetError;
+use crate::network::worker::{self, Worker, POLL};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
-/// How often the thread looks at its stop flag.
-const POLL: Duration = Duration::from_millis(500);
 /// Larger queries are not ours to answer (classic DNS over UDP: 512; EDNS clients ask small).
 const MAX_QUERY: usize = 1232;
 
 /// A running server; dropping it stops the thread (within [`POLL`]) and closes its socket.
 #[derive(Debug)]
 pub struct Server {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    _worker: Worker,
 }
 
 impl Server {
@@ -36,30 +27,17 @@ impl Server {
         vni: u32,
         zones: Zones,
     ) -> Result<Self, NetError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (ns, dev, flag) = (netns.to_string(), device.to_string(), stop.clone());
-        let err = |detail: String| NetError::Dns {
+        let (ns, dev) = (netns.to_string(), device.to_string());
+        worker::spawn(
+            format!("dns-{vni}"),
+            move || open(&ns, &dev, address),
+            move |sock, stop| serve(&sock, vni, &zones, stop),
+        )
+        .map(|w| Self { _worker: w })
+        .map_err(|detail| NetError::Dns {
             netns: netns.to_string(),
             detail,
-        };
-        std::thread::Builder::new()
-            .name(format!("dns-{vni}"))
-            .spawn(move || match open(&ns, &dev, address) {
-                Ok(sock) => {
-                    let _ = ready_tx.send(Ok(()));
-                    serve(&sock, vni, &zones, &flag);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| err(e.to_string()))?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|e| err(e.to_string()))?
-            .map_err(err)?;
-        Ok(Self { stop })
+        })
     }
 }
 
