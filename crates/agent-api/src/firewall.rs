@@ -15,6 +15,28 @@ pub struct HostFirewall {
     /// The floating IPs of the instances on the host: 1:1 NAT in their network's router.
     #[serde(default)]
     pub floating: Vec<FloatingNat>,
+    /// The instance names of every network that has a port on the host, for its DNS server.
+    #[serde(default)]
+    pub names: Vec<NetworkNames>,
+}
+
+/// The names a network's DNS server answers (on every host where the network has a port):
+/// each instance with a port on the network, as `<name>` and `<name>.<domain>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkNames {
+    pub vni: u32,
+    /// The network's DNS domain, e.g. `backend.internal`.
+    pub domain: String,
+    pub records: Vec<NameRecord>,
+}
+
+/// One instance's address on a network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NameRecord {
+    /// The instance's name (a DNS label).
+    pub name: String,
+    /// Its address on the network (IPv4, no prefix length).
+    pub address: String,
 }
 
 /// One floating IP translated to an instance's private address on network `vni`.

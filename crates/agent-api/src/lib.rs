@@ -58,7 +58,8 @@ pub use client::AgentClient;
 pub use enrol::{EnrolRequest, EnrolResponse};
 pub use error::{AgentError, AgentErrorBody};
 pub use firewall::{
-    FirewallApplied, FirewallRule, FloatingNat, GroupMembers, HostFirewall, PortFirewall, Remote,
+    FirewallApplied, FirewallRule, FloatingNat, GroupMembers, HostFirewall, NameRecord,
+    NetworkNames, PortFirewall, Remote,
 };
 pub use host::{
     Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,

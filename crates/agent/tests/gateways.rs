@@ -9,20 +9,25 @@
 //! ga reaches a server in the root namespace, masqueraded to the host's address; it reaches
 //! neither B's router (whose address the host routes) nor a server of the host itself. A
 //! floating IP on the root namespace's subnet reaches ga from the root namespace, with the
-//! client's own address, and stops when the controller sends it no more. Root only; no guest
+//! client's own address, and stops when the controller sends it no more. Each network's DNS
+//! server answers its own names to its own guests only. Root only; no guest
 //! boots, so this runs in seconds (the same with real guests: `crates/cli/tests/gateway.rs`).
 
 mod netns;
 
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, RecordType};
 use netns::{in_netns, Topology};
 use nimbus_agent::network::router::transit_address;
 use nimbus_agent::network::{tap, HostNetwork, Shell};
 use nimbus_agent_api::{
-    FirewallRule, FloatingNat, HostFirewall, NetworkConfig, NicSpec, PortFirewall, Remote, VmSpec,
+    FirewallRule, FloatingNat, HostFirewall, NameRecord, NetworkConfig, NetworkNames, NicSpec,
+    PortFirewall, Remote, VmSpec,
 };
 use nimbus_api::{Direction, Protocol};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 const VNI_A: u32 = 5100;
@@ -61,6 +66,7 @@ fn firewall(vms: &[(u32, &VmSpec)], floating: Vec<FloatingNat>) -> HostFirewall 
             .collect(),
         groups: Vec::new(),
         floating,
+        names: Vec::new(),
     }
 }
 
@@ -113,6 +119,96 @@ fn pings(ns: &str, ip: &str) -> bool {
         .success()
 }
 
+/// The DNS answer (response code and addresses) of the server at `server` to a query for the
+/// A record of `name`, from `ns`; `None`: no answer within a second.
+fn resolve(ns: &str, server: &str, name: &str) -> Option<(ResponseCode, Vec<Ipv4Addr>)> {
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    let bytes = query.to_vec().expect("encode");
+    let server: SocketAddr = format!("{server}:53").parse().expect("server");
+    let ask = move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        sock.send_to(&bytes, server).ok()?;
+        let mut buf = [0u8; 1500];
+        let len = sock.recv(&mut buf).ok()?;
+        let resp = Message::from_vec(&buf[..len]).ok()?;
+        let ips = resp
+            .answers
+            .iter()
+            .filter_map(|r| match r.data {
+                RData::A(A(ip)) => Some(ip),
+                _ => None,
+            })
+            .collect();
+        Some((resp.metadata.response_code, ips))
+    };
+    in_netns(ns, ask).join().expect("client")
+}
+
+/// Each network's DNS server (at its gateway) answers its own instances' names, by name and
+/// in its domain; another network's names do not exist there; other names are refused; the
+/// other network's server and the router's uplink side answer nothing.
+async fn names_resolve_inside_their_network_only(
+    host: &HostNetwork,
+    t: &Topology,
+    ga: &str,
+    gb: &str,
+    [va, vb]: [&VmSpec; 2],
+) {
+    let mut fw = firewall(&[(VNI_A, va), (VNI_B, vb)], Vec::new());
+    let record = |name: &str, address: &str| NameRecord {
+        name: name.into(),
+        address: address.into(),
+    };
+    fw.names = vec![
+        NetworkNames {
+            vni: VNI_A,
+            domain: "neta.internal".into(),
+            records: vec![record("web1", "10.40.0.10"), record("web2", "10.40.0.11")],
+        },
+        NetworkNames {
+            vni: VNI_B,
+            domain: "netb.internal".into(),
+            records: vec![record("db1", "10.41.0.10")],
+        },
+    ];
+    host.apply_firewall(&fw).await.expect("names");
+    let web1 = Ipv4Addr::new(10, 40, 0, 10);
+    for name in ["web1", "web1.neta.internal"] {
+        assert_eq!(
+            resolve(ga, "10.40.0.1", name),
+            Some((ResponseCode::NoError, vec![web1])),
+            "{name} from ga"
+        );
+    }
+    let web2 = resolve(ga, "10.40.0.1", "web2.neta.internal");
+    assert_eq!(web2.map(|a| a.1), Some(vec![Ipv4Addr::new(10, 40, 0, 11)]));
+    let db1 = resolve(gb, "10.41.0.1", "db1");
+    assert_eq!(db1.map(|a| a.1), Some(vec![Ipv4Addr::new(10, 41, 0, 10)]));
+    let other = resolve(ga, "10.40.0.1", "db1").map(|a| a.0);
+    assert_eq!(other, Some(ResponseCode::NXDomain), "B's name in A");
+    let outside = resolve(ga, "10.40.0.1", "db1.netb.internal").map(|a| a.0);
+    assert_eq!(outside, Some(ResponseCode::Refused), "another domain");
+    let outside = resolve(ga, "10.40.0.1", "example.com").map(|a| a.0);
+    assert_eq!(outside, Some(ResponseCode::Refused), "not an open resolver");
+    assert_eq!(resolve(ga, "10.41.0.1", "db1"), None, "ga reached B's DNS");
+    let a_uplink = transit_address(VNI_A).expect("transit").to_string();
+    assert_eq!(
+        resolve(&t.host_ns(1), &a_uplink, "web1"),
+        None,
+        "the router's DNS answers on its uplink"
+    );
+    // An instance gone from the controller's names is gone from DNS at the next push.
+    fw.names[0].records.remove(1);
+    host.apply_firewall(&fw).await.expect("names");
+    let gone = resolve(ga, "10.40.0.1", "web2").map(|a| a.0);
+    assert_eq!(gone, Some(ResponseCode::NXDomain));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_go_out_only_and_floating_ips_come_in() {
     if !netns::can_run("gateways_go_out_only_and_floating_ips_come_in") {
@@ -158,6 +254,7 @@ async fn gateways_go_out_only_and_floating_ips_come_in() {
         guests.push(ns);
     }
     let (ga, gb) = (guests[0].clone(), guests[1].clone());
+    names_resolve_inside_their_network_only(&host, &t, &ga, &gb, [&va, &vb]).await;
 
     // Out: a server in the root namespace sees the host's address.
     let outside = SocketAddr::new(t.root_ip(), 4795);

@@ -149,6 +149,7 @@ fn firewall(b_ingress: Vec<FirewallRule>, web: &[&str]) -> HostFirewall {
             addresses: web.iter().map(|a| a.to_string()).collect(),
         }],
         floating: Vec::new(),
+        names: Vec::new(),
     }
 }
 

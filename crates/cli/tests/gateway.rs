@@ -12,10 +12,14 @@
 //! at its floating IP, not after detach, again after attach; bad requests are refused with
 //! their reason; a connection through the floating IP and one through the private IP (from
 //! another guest) carry a line before and after a live migration of the guest, and the old
-//! host keeps nothing of it.
+//! host keeps nothing of it; then (`gateway/follow.rs`) its DHCP renewal gives the same
+//! address on the new host, and its floating IP and rules work after a drain and a snapshot
+//! restore.
 
 #[path = "gateway/floating.rs"]
 mod floating;
+#[path = "gateway/follow.rs"]
+mod follow;
 
 use floating::*;
 use nimbus_api::{FloatingIpView, InstanceView, NetworkView};
@@ -409,6 +413,8 @@ async fn floating_ips(cloud: &Cloud, acme_token: &str, globex_token: &str, acme:
         "{fip} still routed on {old_host}"
     );
     drop(outside);
+    follow::dhcp_renewal_keeps_the_address(acme, "a1", &a1_ip).await;
+    follow::floating_ip_survives_drain_and_restore(cloud, acme_token, acme, fip).await;
     cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
     cli_ok_as(cloud, acme_token, &["ip", "release", &ip.address]);
 }

@@ -68,6 +68,36 @@ fn bridges(cloud: &Cloud, host: &str) -> Vec<String> {
         .collect()
 }
 
+/// The default image took its lease by DHCP (its resolv.conf names the gateway, the
+/// network's DNS server), and each network's DNS answers its own instances' names only.
+async fn names_resolve_inside_each_network(
+    acme: &Client,
+    globex: &Client,
+    a2: &InstanceView,
+    g1: &InstanceView,
+) {
+    let resolv = exec(acme, "a1", "cat /etc/resolv.conf").await;
+    assert!(resolv.contains("nameserver 10.200.0.1"), "{resolv}");
+    let a2_ip = addr(a2);
+    for name in ["a2", "a2.default.internal"] {
+        let out = exec(acme, "a1", &format!("nslookup {name} 2>&1")).await;
+        assert!(out.contains(&a2_ip), "a1 resolving {name}: {out}");
+    }
+    let out = exec(acme, "a3", "nslookup a3.backend.internal 10.10.0.1 2>&1").await;
+    assert!(out.contains("10.10.0.20"), "a3 on backend: {out}");
+    // Another project's network has none of acme's names (g1 and a2 are both on a network
+    // called default, with the same prefix), nor does acme's have globex's.
+    let out = exec(globex, "g1", "nslookup a2 2>&1; true").await;
+    assert!(
+        out.contains("NXDOMAIN") && !out.contains(&a2_ip),
+        "g1: {out}"
+    );
+    let out = exec(acme, "a1", "nslookup g1 2>&1; true").await;
+    assert!(out.contains("NXDOMAIN"), "a1 resolving g1: {out}");
+    let out = exec(globex, "g1", "nslookup g1 2>&1").await;
+    assert!(out.contains(&addr(g1)), "g1 resolving itself: {out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_networks_end_to_end() {
     if !nix::unistd::geteuid().is_root() {
@@ -197,6 +227,7 @@ async fn tenant_networks_end_to_end() {
         let out = exec(client, name, dhcp).await;
         assert!(out.contains(lease), "{name}: {out}");
     }
+    names_resolve_inside_each_network(&acme, &globex, &a2, &g1).await;
     // a3's second NIC is on acme's default network: the image runs DHCP on it, and the host
     // answers with the address the controller decided; through it a3 reaches a1.
     let a3 = instance(&acme, "a3").await;

@@ -4,8 +4,9 @@ use crate::{Client, ClientError};
 use nimbus_api::{AttachFloatingIp, FloatingIpView};
 
 impl Client {
+    /// Every floating IP of the project (all pages).
     pub async fn list_floating_ips(&self) -> Result<Vec<FloatingIpView>, ClientError> {
-        self.get("/v1/floating-ips").await
+        self.list_all("/v1/floating-ips").await
     }
 
     pub async fn allocate_floating_ip(&self) -> Result<FloatingIpView, ClientError> {

@@ -5,6 +5,7 @@
 //! detaches its address.
 
 use crate::locks::lock_project;
+use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::quotas::{admit, lock_quota, usage_in};
 use crate::{time, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -138,6 +139,21 @@ impl Store {
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// One page of the floating IPs `scope` sees, by address (the order of
+    /// [`Store::list_floating_ips`]).
+    pub async fn list_floating_ips_page(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> Result<Page<FloatingIpRecord>, StoreError> {
+        const KEY: Keyset = Keyset::ascending(&[KeyColumn::text("f.address")]);
+        let filter = scope.condition("f.project", 1);
+        let rows = KEY
+            .fetch(&self.pool, page, SELECT, &filter, &scope.values())
+            .await?;
+        rows.try_map(from_row)
     }
 
     /// The floating IP attached to instance `id`, if any.

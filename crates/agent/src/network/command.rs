@@ -216,6 +216,21 @@ pub fn no_such_device(stderr: &str) -> bool {
     stderr.contains("does not exist") || stderr.contains("Cannot find device")
 }
 
+/// Moves the calling thread (only it) into the named network namespace `ns`: run it on a
+/// thread of its own, never on one of tokio's pool.
+pub fn enter_netns(ns: &str) -> Result<(), String> {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("enter netns {ns}: {e}"))
+}
+
+/// Whether a blocking read's error only means "nothing yet": its timeout, or a signal (the
+/// agent's child processes exiting) interrupting the wait. A server thread goes on reading.
+pub fn nothing_yet(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+    matches!(kind, WouldBlock | TimedOut | Interrupted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

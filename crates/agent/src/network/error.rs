@@ -29,4 +29,6 @@ pub enum NetError {
     Invalid { what: &'static str, value: String },
     #[error("cannot answer DHCP on {bridge}: {detail}")]
     Dhcp { bridge: String, detail: String },
+    #[error("cannot answer DNS in {netns}: {detail}")]
+    Dns { netns: String, detail: String },
 }

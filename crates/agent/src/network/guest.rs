@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! nimbus.ip=<addr>/<prefix> [nimbus.gw=<addr>]     for the first NIC (the guest's eth0)
+//! nimbus.net=dhcp                                   the first NIC is on a tenant network
 //! ```
+//! On a tenant network the host answers DHCP with the same address ([`super::dhcp`]), and
+//! the default image takes eth0's address, gateway and DNS from the lease (`nimbus.net=dhcp`);
+//! `nimbus.ip=` stays only as its fallback if no lease comes (it says so on the console).
 //! The MTU needs no parameter: virtio's `host_mtu` makes the guest driver use [`NIC_MTU`].
 
 use super::tap::tap_name;
@@ -44,6 +48,9 @@ pub fn cmdline_params(spec: &VmSpec) -> Vec<String> {
     let mut params = vec![format!("nimbus.ip={}", nic.ip)];
     if let Some(gw) = &nic.gateway {
         params.push(format!("nimbus.gw={gw}"));
+    }
+    if nic.vni.is_some() {
+        params.push("nimbus.net=dhcp".into());
     }
     params
 }
@@ -182,6 +189,19 @@ pub(super) mod tests {
         let s = spec(vec![nic("52:54:00:00:00:01", "10.200.0.11/16", None)]);
         assert_eq!(cmdline_params(&s), ["nimbus.ip=10.200.0.11/16"]);
         assert!(cmdline_params(&spec(Vec::new())).is_empty());
+        let tenant = NicSpec {
+            vni: Some(4201),
+            ..nic("52:54:00:00:00:01", "10.10.0.11/24", Some("10.10.0.1"))
+        };
+        assert_eq!(
+            cmdline_params(&spec(vec![tenant])),
+            [
+                "nimbus.ip=10.10.0.11/24",
+                "nimbus.gw=10.10.0.1",
+                "nimbus.net=dhcp"
+            ],
+            "a tenant NIC takes its lease by DHCP, the address stays as fallback"
+        );
         let mut cfg = config();
         cfg.boot = Some(DirectBoot {
             kernel: "/k".into(),

@@ -47,6 +47,7 @@
 pub mod bridge;
 pub mod command;
 pub mod dhcp;
+pub mod dns;
 pub mod egress;
 pub mod error;
 pub mod floating;
@@ -59,6 +60,7 @@ pub mod segment;
 pub mod tap;
 pub mod underlay;
 pub mod vxlan;
+pub mod worker;
 
 pub use command::Shell;
 pub use error::NetError;
@@ -101,6 +103,10 @@ struct State {
     leases: dhcp::Leases,
     /// A DHCP responder per tenant network present here, by VNI.
     responders: std::collections::HashMap<u32, dhcp::Responder>,
+    /// The names of the networks here, as the controller last sent them.
+    zones: dns::Zones,
+    /// A DNS server per router here, by VNI.
+    dns: std::collections::HashMap<u32, dns::Server>,
     /// The name this host's routers start with, once known ([`router::host_name`]).
     router_host: Option<String>,
     /// The gateway routers here: VNI → namespace.
@@ -135,6 +141,7 @@ impl HostNetwork {
             return Ok(false);
         }
         secgroups::apply(&self.shell, fw).await?;
+        state.zones.replace(&fw.names);
         state.floating = Some(fw.floating.clone());
         self.apply_floating(&mut state).await?;
         Ok(true)
@@ -365,12 +372,27 @@ impl HostNetwork {
         if state.responders.contains_key(&seg.vni) {
             return;
         }
-        let leases = state.leases.clone();
-        match dhcp::Responder::start(self.shell.netns(), &seg.bridge, seg.vni, leases) {
+        let (leases, zones) = (state.leases.clone(), state.zones.clone());
+        match dhcp::Responder::start(self.shell.netns(), &seg.bridge, seg.vni, leases, zones) {
             Ok(r) => {
                 state.responders.insert(seg.vni, r);
             }
             Err(e) => tracing::warn!(vni = seg.vni, error = %e, "no DHCP on this network here"),
+        }
+    }
+
+    /// Makes sure router `r` answers its network's names. A server that cannot start is
+    /// logged (names do not resolve there; addresses work) and tried again at the next launch.
+    fn serve_dns(&self, state: &mut State, r: &router::Router) {
+        if state.dns.contains_key(&r.vni) {
+            return;
+        }
+        let zones = state.zones.clone();
+        match dns::Server::start(&r.netns, router::ROUTER_GATEWAY, r.gateway, r.vni, zones) {
+            Ok(server) => {
+                state.dns.insert(r.vni, server);
+            }
+            Err(e) => tracing::warn!(vni = r.vni, error = %e, "no DNS on this network here"),
         }
     }
 
@@ -419,6 +441,7 @@ impl HostNetwork {
         if router::ensure(&self.shell, seg, &r, nats.as_deref()).await? {
             tracing::info!(vni = seg.vni, netns = r.netns, %gateway, "network gateway created");
         }
+        self.serve_dns(state, &r);
         // Floating IPs of this network the controller sent before the router existed.
         if state.routers.insert(seg.vni, r.netns).is_none() {
             self.apply_floating(state).await?;
@@ -449,6 +472,7 @@ impl HostNetwork {
             let seg = Segment::tenant(vni);
             if segment::remove_if_unused(&self.shell, &seg).await? {
                 state.responders.remove(&vni);
+                state.dns.remove(&vni);
                 let host = self.router_host(&mut state).await?;
                 router::remove(&self.shell, &host, vni).await?;
                 state.routers.remove(&vni);

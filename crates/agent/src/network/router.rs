@@ -55,7 +55,8 @@ pub const TRANSIT_PREFIX: u8 = 10;
 pub const GATEWAY_PORT_PREFIX: &str = "ng";
 pub const UPLINK_PREFIX: &str = "nu";
 /// Inside the router.
-const ROUTER_GATEWAY: &str = "gw0";
+/// The router's port on its network (its DNS server listens there only).
+pub const ROUTER_GATEWAY: &str = "gw0";
 const ROUTER_UPLINK: &str = "up0";
 const TABLE: &str = "nimbus_router";
 
@@ -321,6 +322,16 @@ pub fn filter(nats: &[Nat]) -> Vec<Value> {
             json!([
                 {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
                     "right": "echo-request"}},
+                accept
+            ]),
+        ),
+        // The network's DNS server (super::dns), from the network's side only.
+        rule(
+            "input",
+            json!([
+                is("iifname", ROUTER_GATEWAY),
+                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                    "right": super::dns::PORT}},
                 accept
             ]),
         ),

@@ -1,7 +1,8 @@
 //! The security-group rules of one host, as its agent enforces them: every port of every
 //! instance placed there with the rules of all its groups, and the addresses of the members
 //! of every group those rules name, per network. Computed from the store each time (the
-//! desired state), so sending it again is always right.
+//! desired state), so sending it again is always right. With them go the floating IPs of
+//! those instances and the names of their networks (for the networks' DNS servers).
 
 use crate::app::{App, AppError};
 use nimbus_agent_api::{FirewallRule, GroupMembers, HostFirewall, PortFirewall, Remote};
@@ -66,6 +67,9 @@ impl App {
         }
         let here_ids = instances.iter().filter(here).map(|i| i.id).collect();
         fw.floating = self.host_floating(&here_ids, &ports).await?;
+        let name_of = instances.iter().map(|i| (i.id, i.name.as_str())).collect();
+        let vnis = fw.ports.iter().map(|p| p.vni).collect();
+        fw.names = super::dns::network_names(&name_of, &ports, &vnis);
         for (project, group, vni) in named {
             let addresses = ports
                 .iter()

@@ -7,7 +7,7 @@ use crate::app::{App, AppError, Caller};
 use ipnet::Ipv4Net;
 use nimbus_agent_api::FloatingNat;
 use nimbus_api::{FloatingIpView, InstanceView};
-use nimbus_store::{FloatingIpRecord, PortRecord, Scope};
+use nimbus_store::{FloatingIpRecord, Page, PageRequest, PortRecord, Scope};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use uuid::Uuid;
@@ -57,15 +57,24 @@ impl App {
         self.floating_view(&f).await
     }
 
+    /// One page of the caller's floating IPs, by address.
     pub async fn list_floating_ips(
         &self,
         caller: &Caller,
-    ) -> Result<Vec<FloatingIpView>, AppError> {
-        let mut out = Vec::new();
-        for f in self.store().list_floating_ips(&caller.scope()).await? {
-            out.push(self.floating_view(&f).await?);
+        page: &PageRequest,
+    ) -> Result<Page<FloatingIpView>, AppError> {
+        let records = self
+            .store()
+            .list_floating_ips_page(&caller.scope(), page)
+            .await?;
+        let mut items = Vec::with_capacity(records.items.len());
+        for f in &records.items {
+            items.push(self.floating_view(f).await?);
         }
-        Ok(out)
+        Ok(Page {
+            items,
+            next: records.next,
+        })
     }
 
     /// Floating IP `address` of the caller's project (404 for other projects' and unknown

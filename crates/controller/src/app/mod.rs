@@ -8,6 +8,7 @@ pub mod claims;
 pub mod clones;
 pub mod cloud_init;
 pub mod controllers;
+pub mod dns;
 pub mod enrolment;
 pub mod error;
 pub mod firewall;

@@ -1,22 +1,28 @@
 //! `/v1/floating-ips`: the project's floating IPs (addresses of the operator's external pool,
 //! 1:1 NAT to an instance).
 
-use super::error::{ApiJson, ApiPath};
+use super::error::{ApiJson, ApiPath, ApiQuery};
+use super::paging::{page_request, Paged};
 use super::ApiError;
 use crate::app::{App, Caller};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use nimbus_api::{AttachFloatingIp, ErrorBody, FloatingIpView};
+use nimbus_api::{AttachFloatingIp, ErrorBody, FloatingIpView, PageParams};
 
-/// Lists the project's floating IPs.
-#[utoipa::path(get, path = "/v1/floating-ips", tag = "floating-ips",
+/// Lists the project's floating IPs, by address (paged: `limit`, `page_token`).
+#[utoipa::path(get, path = "/v1/floating-ips", tag = "floating-ips", params(PageParams),
     responses((status = 200, body = [FloatingIpView]), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
-) -> Result<Json<Vec<FloatingIpView>>, ApiError> {
-    Ok(Json(app.list_floating_ips(&caller).await?))
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Paged<FloatingIpView>, ApiError> {
+    let page = page_request("floating-ips", &q)?;
+    Ok(Paged::new(
+        "floating-ips",
+        app.list_floating_ips(&caller, &page).await?,
+    ))
 }
 
 /// Allocates a floating IP from the pool (within the project's `floating_ips` quota; 409 when

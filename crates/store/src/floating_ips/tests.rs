@@ -1,7 +1,7 @@
 //! Floating IPs on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
 use crate::testing::{default_network, new_instance, pick, stores};
-use crate::{Scope, Store, StoreError};
+use crate::{PageRequest, Scope, Store, StoreError};
 use nimbus_api::QuotaLimits;
 
 fn pool() -> Box<dyn Iterator<Item = String>> {
@@ -100,5 +100,41 @@ async fn allocate_attach_detach_release_within_the_quota_and_the_project() {
             ("192.0.2.2", None)
         );
         assert_eq!(s.quota_usage("acme").await.expect("usage").floating_ips, 1);
+    }
+}
+
+#[tokio::test]
+async fn pages_list_every_address_once_and_only_the_projects_own() {
+    fn pool() -> Box<dyn Iterator<Item = String>> {
+        Box::new((1..=9).map(|i| format!("192.0.2.{i}")))
+    }
+    for (s, _d) in stores().await {
+        project(&s, "acme", None).await;
+        project(&s, "globex", None).await;
+        let mut mine = Vec::new();
+        for i in 0..7 {
+            let owner = if i % 3 == 1 { "globex" } else { "acme" };
+            let f = s.allocate_floating_ip(owner, pool).await.expect("allocate");
+            if owner == "acme" {
+                mine.push(f.address);
+            }
+        }
+        let acme = Scope::project("acme");
+        let mut listed = Vec::new();
+        let mut page = PageRequest::first(2);
+        loop {
+            let got = s.list_floating_ips_page(&acme, &page).await.expect("page");
+            assert!(got.items.len() <= 2);
+            listed.extend(got.items.into_iter().map(|f| f.address));
+            match got.next {
+                Some(after) => page.after = Some(after),
+                None => break,
+            }
+            assert!(listed.len() <= mine.len(), "paging does not end");
+        }
+        assert_eq!(listed, mine, "every own address once, in address order");
+        let all = s.list_floating_ips(&acme).await.expect("list");
+        let unpaged: Vec<String> = all.into_iter().map(|f| f.address).collect();
+        assert_eq!(listed, unpaged, "the same order as the full listing");
     }
 }

@@ -38,7 +38,9 @@ impl Lease {
 
 /// The answer to `req` for `lease`: OFFER to a DISCOVER, ACK to a REQUEST of the lease's
 /// address (or a renewal), NAK to a REQUEST of anything else; nothing to other messages.
-pub fn answer(req: &Message, lease: &Lease) -> Option<Message> {
+/// The gateway is also the DNS server (the network's, in its router); `domain` is the
+/// network's DNS domain, when known.
+pub fn answer(req: &Message, lease: &Lease, domain: Option<&str>) -> Option<Message> {
     if req.opcode() != Opcode::BootRequest || req.chaddr().get(..6) != Some(&lease.mac[..]) {
         return None;
     }
@@ -80,6 +82,10 @@ pub fn answer(req: &Message, lease: &Lease) -> Option<Message> {
         opts.insert(DhcpOption::SubnetMask(lease.mask()));
         if let Some(gw) = lease.gateway {
             opts.insert(DhcpOption::Router(vec![gw]));
+            opts.insert(DhcpOption::DomainNameServer(vec![gw]));
+        }
+        if let Some(domain) = domain {
+            opts.insert(DhcpOption::DomainName(domain.to_string()));
         }
     }
     Some(msg)
@@ -171,7 +177,8 @@ mod tests {
 
     #[test]
     fn offers_and_acks_the_decided_lease_only() {
-        let offer = answer(&request(MessageType::Discover, MAC, None), &lease()).expect("offer");
+        let discover = request(MessageType::Discover, MAC, None);
+        let offer = answer(&discover, &lease(), Some("backend.internal")).expect("offer");
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 40, 0, 10));
         assert_eq!(offer.xid(), 7);
@@ -179,16 +186,27 @@ mod tests {
             offer.opts().get(OptionCode::SubnetMask),
             Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
         );
+        assert_eq!(
+            offer.opts().get(OptionCode::DomainNameServer),
+            Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
+                10, 40, 0, 1
+            )]))
+        );
+        assert_eq!(
+            offer.opts().get(OptionCode::DomainName),
+            Some(&DhcpOption::DomainName("backend.internal".into()))
+        );
         let ack = answer(
             &request(MessageType::Request, MAC, Some(lease().ip)),
             &lease(),
+            None,
         );
         assert_eq!(ack.expect("ack").opts().msg_type(), Some(MessageType::Ack));
         let other = Some(Ipv4Addr::new(10, 40, 0, 99));
-        let nak = answer(&request(MessageType::Request, MAC, other), &lease()).expect("nak");
+        let nak = answer(&request(MessageType::Request, MAC, other), &lease(), None).expect("nak");
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
         let stranger = request(MessageType::Discover, [2, 0, 0, 0, 0, 1], None);
-        assert!(answer(&stranger, &lease()).is_none());
+        assert!(answer(&stranger, &lease(), None).is_none());
     }
 
     #[test]

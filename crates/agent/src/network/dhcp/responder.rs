@@ -1,60 +1,40 @@
 //! The responder thread of one network's bridge.
 
 use super::{answer, frame, parse_request, Leases};
+use crate::network::dns::Zones;
 use crate::network::error::NetError;
+use crate::network::worker::{self, Worker, POLL};
 use pnet_datalink::Channel;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
-
-/// How often the thread looks at its stop flag.
-const POLL: Duration = Duration::from_millis(500);
 
 /// A running responder; dropping it stops the thread (within [`POLL`]).
 #[derive(Debug)]
 pub struct Responder {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    _worker: Worker,
 }
 
 impl Responder {
     /// Starts answering on `bridge` (in network namespace `netns`, if given) for network
-    /// `vni` from `leases`; fails if the bridge cannot be opened.
+    /// `vni` from `leases` (and the network's DNS domain from `zones`); fails if the bridge
+    /// cannot be opened.
     pub fn start(
         netns: Option<&str>,
         bridge: &str,
         vni: u32,
         leases: Leases,
+        zones: Zones,
     ) -> Result<Self, NetError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (netns, name, flag) = (netns.map(str::to_string), bridge.to_string(), stop.clone());
-        let err = |detail: String| NetError::Dhcp {
+        let (netns, name) = (netns.map(str::to_string), bridge.to_string());
+        worker::spawn(
+            format!("dhcp-{bridge}"),
+            move || open(netns.as_deref(), &name),
+            move |chan, stop| serve(chan, vni, &leases, &zones, stop),
+        )
+        .map(|w| Self { _worker: w })
+        .map_err(|detail| NetError::Dhcp {
             bridge: bridge.to_string(),
             detail,
-        };
-        std::thread::Builder::new()
-            .name(format!("dhcp-{bridge}"))
-            .spawn(move || match open(netns.as_deref(), &name) {
-                Ok(chan) => {
-                    let _ = ready_tx.send(Ok(()));
-                    serve(chan, vni, &leases, &flag);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| err(e.to_string()))?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|e| err(e.to_string()))?
-            .map_err(err)?;
-        Ok(Self { stop })
+        })
     }
 }
 
@@ -67,9 +47,7 @@ struct Open {
 /// Enters `netns` (this thread only) and opens a packet socket on `bridge`.
 fn open(netns: Option<&str>, bridge: &str) -> Result<Open, String> {
     if let Some(ns) = netns {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter netns {ns}: {e}"))?;
+        crate::network::command::enter_netns(ns)?;
     }
     let iface = pnet_datalink::interfaces()
         .into_iter()
@@ -106,11 +84,11 @@ pub fn send_frames(
     Ok(())
 }
 
-fn serve(mut chan: Open, vni: u32, leases: &Leases, stop: &AtomicBool) {
+fn serve(mut chan: Open, vni: u32, leases: &Leases, zones: &Zones, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let reply = match chan.rx.next() {
-            Ok(f) => reply_to(f, vni, leases, chan.mac),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Ok(f) => reply_to(f, vni, leases, zones, chan.mac),
+            Err(e) if crate::network::command::nothing_yet(e.kind()) => continue,
             Err(e) => {
                 tracing::warn!(vni, error = %e, "DHCP responder cannot read; stopping");
                 return;
@@ -125,14 +103,20 @@ fn serve(mut chan: Open, vni: u32, leases: &Leases, stop: &AtomicBool) {
 }
 
 /// The frame answering `f`, if it is a request of a port of this network on this host.
-fn reply_to(f: &[u8], vni: u32, leases: &Leases, own_mac: [u8; 6]) -> Option<Vec<u8>> {
+fn reply_to(
+    f: &[u8],
+    vni: u32,
+    leases: &Leases,
+    zones: &Zones,
+    own_mac: [u8; 6],
+) -> Option<Vec<u8>> {
     let (src, req) = parse_request(f)?;
     // The sender must ask for itself: no lease of another VM for a guest that forges chaddr.
     if req.chaddr().get(..6) != Some(&src[..]) {
         return None;
     }
     let lease = leases.get(vni, src)?;
-    let msg = answer(&req, &lease)?;
+    let msg = answer(&req, &lease, zones.domain(vni).as_deref())?;
     tracing::debug!(vni, ip = %lease.ip, "DHCP answer");
     frame(&msg, own_mac, lease.server())
 }
@@ -168,17 +152,18 @@ mod tests {
         leases.insert(4300, &nic);
         let (vm, other) = ([0x52, 0x54, 10, 40, 0, 10], [0x52, 0x54, 10, 40, 0, 11]);
         let own = [2, 0, 0, 0, 0, 1];
-        assert!(reply_to(&discover(vm, vm), 4300, &leases, own).is_some());
+        let zones = Zones::default();
+        assert!(reply_to(&discover(vm, vm), 4300, &leases, &zones, own).is_some());
         assert!(
-            reply_to(&discover(other, vm), 4300, &leases, own).is_none(),
+            reply_to(&discover(other, vm), 4300, &leases, &zones, own).is_none(),
             "forged chaddr"
         );
         assert!(
-            reply_to(&discover(vm, vm), 4301, &leases, own).is_none(),
+            reply_to(&discover(vm, vm), 4301, &leases, &zones, own).is_none(),
             "other network"
         );
         assert!(
-            reply_to(&discover(other, other), 4300, &leases, own).is_none(),
+            reply_to(&discover(other, other), 4300, &leases, &zones, own).is_none(),
             "not a port here"
         );
     }

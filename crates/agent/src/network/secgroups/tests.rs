@@ -36,6 +36,7 @@ fn firewall() -> HostFirewall {
             addresses: vec!["10.200.0.10".into(), "10.200.0.11".into()],
         }],
         floating: Vec::new(),
+        names: Vec::new(),
     }
 }
 
