@@ -150,7 +150,8 @@ async fn idle_guest_moves_with_its_disk_and_state(cloud: &Cloud, client: &Client
 }
 
 /// The busy guest's migration runs over TLS; while its target waits, a client without a
-/// certificate gets nothing from the target's migration port or its NBD export of the disk.
+/// certificate gets nothing from the target's migration port or its NBD export of the disk,
+/// and neither does a host of the cloud other than the source (the target's own certificate).
 async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
     let (v0, _) = start_memcheck(client, "busy1", 64, 50).await;
     let src = instance(client, "busy1").await.host;
@@ -170,7 +171,15 @@ async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
         .cloned()
         .expect("prepare_target reports where the target listens");
     assert_eq!(ready["tls"], true, "the target serves TLS: {ready}");
-    plain_probes::migration_port_gives_nothing(ready["migration_uri"].as_str().expect("uri")).await;
+    let uri = ready["migration_uri"].as_str().expect("uri");
+    plain_probes::migration_port_gives_nothing(uri).await;
+    let hosts = client.list_hosts().await.expect("hosts");
+    let dst = hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .find(|h| Some(h) != src.as_ref())
+        .expect("a target host");
+    plain_probes::other_host_is_refused(uri, &cloud.host_dir(&dst), &dst).await;
     let nbd = &ready["nbd"];
     plain_probes::nbd_export_needs_tls(
         nbd["host"].as_str().expect("nbd host"),
@@ -453,6 +462,41 @@ mod plain_probes {
                 std::io::ErrorKind::ConnectionReset,
                 "closed with {e}"
             ),
+        }
+    }
+
+    /// A client with a valid certificate of the cloud CA that is not the source's (here the
+    /// target host's own) completes its side of the TLS handshake, then the target closes
+    /// the connection without sending anything: its authz allows the source host only.
+    pub async fn other_host_is_refused(uri: &str, host_dir: &std::path::Path, host: &str) {
+        use nimbus_pki::rustls;
+        use std::io::{Read, Write};
+        let addr = uri.strip_prefix("tcp:").expect("tcp:HOST:PORT").to_string();
+        let creds = nimbus_pki::HostCredentials::new(host_dir);
+        let ca = creds.ca_pem().expect("CA");
+        let identity = creds.identity().expect("host identity");
+        let config = nimbus_pki::client_config(&ca, Some(&identity)).expect("TLS config");
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("name");
+        let outcome = tokio::task::spawn_blocking(move || {
+            let tcp = std::net::TcpStream::connect(&addr).expect("connect");
+            tcp.set_read_timeout(Some(LIMIT)).expect("timeout");
+            let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+                .expect("TLS client");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // TLS 1.3: the client's handshake ends before the server judges its certificate.
+            let handshake = tls.conn.complete_io(&mut tls.sock).map(|_| ());
+            let _ = tls.write_all(b"QEVM\x00\x00\x00\x03");
+            let _ = tls.flush();
+            let mut buf = [0u8; 64];
+            (handshake, tls.read(&mut buf))
+        })
+        .await
+        .expect("probe");
+        let (handshake, read) = outcome;
+        handshake.expect("the certificate of the cloud CA passes the TLS handshake");
+        match read {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("the target sent {n} bytes to a host that is not the source"),
         }
     }
 

@@ -259,18 +259,11 @@ fn give(dir: &VmDir, path: &Path) -> Result<(), MigrationError> {
 
 /// A host name as the controller allows them (a DNS label): safe in a distinguished name.
 fn check_host_name(name: &str) -> Result<(), MigrationError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(MigrationError::Setup(format!(
-            "{name:?} is not a host name: the peer of a migration cannot be checked"
-        )))
-    }
+    nimbus_api::name::validate_name(name).map_err(|e| {
+        MigrationError::Setup(format!(
+            "{name:?} is not a host name ({e}): the peer of a migration cannot be checked"
+        ))
+    })
 }
 
 #[cfg(test)]

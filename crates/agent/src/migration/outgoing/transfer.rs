@@ -505,6 +505,8 @@ impl Transfer {
         if let Some(mirror) = mirror {
             mirror.abort().await;
         }
+        // The host key leaves the memory of a QEMU that goes on running here.
+        tls::unload(&qmp).await;
         if self.ctx.record.ladder.postcopy {
             // The guest ran on the target: this copy's memory is stale, never resume it.
             tracing::error!("post-copy failed: the VM is lost unless the target recovers");
