@@ -27,9 +27,17 @@ pause = largest gap between consecutive heartbeat lines (timestamped on arrival,
 target); bytes = query-migrate ram.transferred once completed. Each migration gets 60 s, then
 `migrate_cancel` (nimbus: operation cancel) and converged = no.
 
+TLS cost (--tls): a second 2-host cloud whose agents run with `--insecure-migration`
+(NIMBUS_INSECURE_MIGRATION=true) gets an identical instance (same image, flavor, workload);
+its runs interleave with the first cloud's, whose migrations use TLS (the default: memory
+stream and NBD disk mirror). Printed: total time, downtime, pause, bytes of both, and the
+ratios TLS / plain (goal: total <= 1.15x, downtime unchanged). --local-disks makes the disks
+local to each host so the NBD mirror is measured too; --no-raw skips the raw QEMU variants.
+
 Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/migration.py [--bin target/release/nimbus] [--runs 3] [--rates 0,20,100,400]
                      [--raw-nimbus-policy] [--timeout 60] [--json FILE] [--no-nimbus]
+                     [--tls] [--local-disks] [--no-raw]
 Takes ~7 minutes with 3 runs (most of it the raw defaults timing out at 400 MiB/s), ~8 with
 --raw-nimbus-policy. Per-run lines go to stderr, the tables to stdout.
 """
@@ -419,24 +427,27 @@ def step_ms(op):
 
 
 class Nimbus:
-    def __init__(self, binary, work, shared=None):
-        self.bin, self.work = binary, work
+    def __init__(self, binary, work, shared=None, net_name=NET_NAME, insecure_migration=False):
+        self.bin, self.work, self.net = binary, work, net_name
+        os.makedirs(work, exist_ok=True)
         self.data = os.path.join(work, "data")
         self.port = port = free_port()
         help_text = subprocess.run([binary, "up", "--help"], capture_output=True, text=True).stdout
         # Shared storage when the binary has it, unless the caller says (False: local disks).
         self.shared = "--shared-storage" in help_text if shared is None else shared
         used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-        if subprocess.run(["ip", "link", "show", f"{NET_NAME}-br"], capture_output=True).returncode == 0:
-            raise RuntimeError(f"bridge {NET_NAME}-br exists already: another run of this benchmark?")
+        if subprocess.run(["ip", "link", "show", f"{self.net}-br"], capture_output=True).returncode == 0:
+            raise RuntimeError(f"bridge {self.net}-br exists already: another run of this benchmark?")
         index = next(i for i in NET_INDEXES if f" 10.249.{i}." not in used)
         argv = [binary, "up", "--data-dir", self.data, "--hosts", "2", "--listen", f"127.0.0.1:{port}",
-                "--net-name", NET_NAME, "--net-index", str(index)]
+                "--net-name", self.net, "--net-index", str(index)]
         if self.shared:
             argv.append("--shared-storage")
+        # The agents `nimbus up` starts inherit it: plain TCP migrations (benchmarks only).
+        env = dict(os.environ, NIMBUS_INSECURE_MIGRATION="true" if insecure_migration else "false")
         self.log = os.path.join(work, "up.log")
         self.up = subprocess.Popen(argv, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=env)
         self.api = None
 
     def wait_up(self):
@@ -532,8 +543,8 @@ class Nimbus:
                 except OSError:
                     pass
         for i in (1, 2):
-            subprocess.run(["ip", "netns", "del", f"{NET_NAME}-host{i}"], capture_output=True)
-        subprocess.run(["ip", "link", "del", f"{NET_NAME}-br"], capture_output=True)
+            subprocess.run(["ip", "netns", "del", f"{self.net}-host{i}"], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{self.net}-br"], capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,7 +568,30 @@ def ratio(a, b):
 
 
 VARIANT_NAMES = {"nimbus": "nimbus", "default": "raw default", "tuned": "raw tuned",
-                 "policy": "raw, nimbus policy"}
+                 "policy": "raw, nimbus policy", "plain": "nimbus, no TLS"}
+
+
+def report_tls(results):
+    """TLS (the default) against --insecure-migration, same run: medians and ratios."""
+    conv = {v: [r for r in results[v] if r["converged"]] for v in ("nimbus", "plain")}
+    parts = []
+    for key, name, unit in (("total", "total time", "s"), ("downtime_ms", "downtime", "ms"),
+                            ("pause_ms", "guest pause", "ms"), ("bytes", "bytes sent", "MiB")):
+        scale = 1 / MIB if key == "bytes" else 1
+        t = med([r.get(key) for r in conv["nimbus"]])
+        p = med([r.get(key) for r in conv["plain"]])
+        t, p = (None if t is None else t * scale), (None if p is None else p * scale)
+        fmt_v = (lambda x: "-" if x is None else f"{x:.2f}" if unit == "s" else f"{x:.0f}")
+        parts.append(f"{name} TLS {fmt_v(t)} {unit} / plain {fmt_v(p)} {unit} = {ratio(t, p)}")
+    print("TLS vs plain TCP (medians of converged runs, same run): " + "; ".join(parts))
+    t = med([r.get("total") for r in conv["nimbus"]])
+    p = med([r.get("total") for r in conv["plain"]])
+    dt = med([r.get("downtime_ms") for r in conv["nimbus"]])
+    dp = med([r.get("downtime_ms") for r in conv["plain"]])
+    goals = [(f"total TLS <= 1.15x plain ({ratio(t, p)})", t is not None and p and t <= 1.15 * p),
+             (f"downtime unchanged (median TLS {dt} ms, plain {dp} ms; within 10 ms)",
+              dt is not None and dp is not None and dt <= dp + 10)]
+    print("TLS goals: " + "; ".join(f"{g}: {'yes' if ok else 'NO'}" for g, ok in goals))
 
 
 def report(rate, results, idle_bytes, runs):
@@ -586,6 +620,10 @@ def report(rate, results, idle_bytes, runs):
     row("bytes sent, all runs (MiB)", "bytes", 1 / MIB, 0, conv_only=False)
     row("dirty rate measured in guest", "measured_rate", 1, 0, conv_only=False)
     row("nimbus pre-copy rounds", "rounds", 1, 0)
+    if "plain" in results:
+        report_tls(results)
+    if "tuned" not in results:
+        return
     if "policy" in results:
         for k, name in (("total", "total time"), ("bytes", "bytes sent")):
             p = med([r.get(k) for r in results["policy"] if r["converged"]])
@@ -660,27 +698,42 @@ def main():
                          "no multifd), to tell the policy's share from the platform's")
     ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per migration before cancelling")
     ap.add_argument("--json", help="also write every run's figures to this file")
+    ap.add_argument("--tls", action="store_true",
+                    help="add a second cloud with --insecure-migration: TLS (default) vs plain TCP, same run")
+    ap.add_argument("--local-disks", action="store_true",
+                    help="disks local to each host (mirrored over NBD) instead of shared storage")
+    ap.add_argument("--no-raw", action="store_true", help="skip the raw QEMU variants")
     args = ap.parse_args()
     rates = [int(x) for x in args.rates.split(",")]
     TIMEOUT_S = args.timeout
-    variants = ([] if args.no_nimbus else ["nimbus"]) + ["default", "tuned"] + (
-        ["policy"] if args.raw_nimbus_policy else [])
+    variants = ([] if args.no_nimbus else ["nimbus"]) + (["plain"] if args.tls and not args.no_nimbus else []) + (
+        [] if args.no_raw else ["default", "tuned"] + (["policy"] if args.raw_nimbus_policy else []))
     work = tempfile.mkdtemp(prefix="nimbus-bench-mig-")
-    cloud = None
+    cloud = plain = None
+    shared = False if args.local_disks else None
     t_start = time.monotonic()
     try:
         if not args.no_nimbus:
-            cloud = Nimbus(os.path.abspath(args.bin), work)
+            cloud = Nimbus(os.path.abspath(args.bin), work, shared=shared)
             cloud.wait_up()
             cloud.create("mig1")
+        if "plain" in variants:
+            # Started once the first cloud has its addresses: it picks the next free network.
+            plain = Nimbus(os.path.abspath(args.bin), os.path.join(work, "plain"), shared=shared,
+                           net_name="nbp", insecure_migration=True)
+            plain.wait_up()
+            plain.create("mig1")
         qv = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         print(f"live migration benchmark: {qv}; TCG, 1 vCPU, {MEM_MIB} MiB guest (default image), loopback; "
               f"{os.cpu_count()} host CPUs, load average at start {os.getloadavg()[0]:.2f}")
         if cloud:
             print(f"nimbus: `nimbus up --hosts 2` (netns), disks: "
                   + ("shared storage (--shared-storage)" if cloud.shared else
-                     "local per host, mirrored to the target during migration (no --shared-storage in this build)")
+                     "local per host, mirrored to the target over NBD during migration")
                   + "; raw QEMU: one overlay file shared by source and target")
+        if plain:
+            print("TLS: `nimbus` migrates over TLS (the default); `nimbus, no TLS` is a second cloud whose "
+                  "agents run with --insecure-migration")
         all_results = {}
         idle_bytes = None
         for rate in rates:
@@ -690,6 +743,8 @@ def main():
                 for v in order:
                     if v == "nimbus":
                         r = cloud.run("mig1", rate)
+                    elif v == "plain":
+                        r = plain.run("mig1", rate)
                     else:
                         r = raw_run(work, v, rate)
                     results[v].append(r)
@@ -712,6 +767,8 @@ def main():
             with open(args.json, "w") as f:
                 json.dump(all_results, f, indent=1, default=str)
     finally:
+        if plain:
+            plain.close()
         if cloud:
             cloud.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -6,10 +6,13 @@
 //!   │──────────────────────────▶ define VM dir (disk: shared path, or a fresh overlay
 //!   │                            exported over NBD for the mirror), launch QEMU with
 //!   │                            -incoming defer, migrate-incoming on a TCP port
-//!   │◀── IncomingReady { migration_uri, nbd } ──
+//!   │                            (both over TLS: only `source_host` may connect)
+//!   │◀── IncomingReady { migration_uri, nbd, tls } ──
 //!   │ POST /vms/{id}/migration/start (MigrateRequest) ─────────────────▶ set capabilities and
 //!   │                                                                    parameters (policy),
 //!   │                                                                    mirror disk if asked,
+//!   │                                                                    (TLS: target must be
+//!   │                                                                    `target_host`)
 //!   │                                                                    `migrate`; escalate
 //!   │ GET  /vms/{id}/migration (poll) ────────────────────────────────▶ MigrationProgress
 //!   │   ... phase = completed: source paused (postmigrate, VM state `migrated`), target running
@@ -54,6 +57,10 @@ pub struct IncomingRequest {
     /// both ends must agree on (multifd and its channel count). Absent: the default.
     #[serde(default)]
     pub policy: MigrationPolicy,
+    /// The source's host name: over TLS, the target accepts only a client certificate of
+    /// the cloud CA naming this host (`CN`). Absent: any host certificate of the CA.
+    #[serde(default)]
+    pub source_host: Option<String>,
 }
 
 /// Where the source must send the VM.
@@ -63,6 +70,11 @@ pub struct IncomingReady {
     pub migration_uri: String,
     /// NBD server for the disk mirror (only with [`DiskTransfer::Mirror`]).
     pub nbd: Option<NbdTarget>,
+    /// The target serves both over TLS with its host certificate of the cloud CA and
+    /// requires the source's (false only on a target started with
+    /// `--insecure-migration`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// An NBD export on the target.
@@ -131,6 +143,10 @@ pub struct MigrateRequest {
     /// the same migration comes from a stale owner and is refused.
     #[serde(default)]
     pub owner_epoch: Option<u64>,
+    /// The target's host name: over TLS, the target's certificate must name it. Absent:
+    /// the address of [`IncomingReady::migration_uri`] must be one of its names.
+    #[serde(default)]
+    pub target_host: Option<String>,
 }
 
 /// Where a migration is.

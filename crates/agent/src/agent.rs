@@ -92,6 +92,7 @@ impl Agent {
             store.clone(),
             network.clone(),
             Arc::new(images),
+            config.migration_tls.clone(),
         )
         .await
         .map_err(|e| anyhow::anyhow!(e.chain()))?;

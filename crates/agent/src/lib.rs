@@ -42,6 +42,7 @@ pub use agent::Agent;
 pub use error::Error;
 pub use http::router;
 pub use image::{default_probe_image, ImageManifest};
+pub use migration::tls::{HostTlsFiles, MigrationTls};
 pub use nimbus_agent_api::Accelerator;
 
 use anyhow::Context;
@@ -91,6 +92,9 @@ pub struct AgentConfig {
     /// Bound of the cache of uploaded images, in GiB (least recently used images not in use
     /// are evicted beyond it).
     pub image_cache_gib: u64,
+    /// How live migrations are secured: TLS with the host's certificate (`nimbus agent`),
+    /// or plain TCP (`--insecure-migration`, in-process tests).
+    pub migration_tls: MigrationTls,
 }
 
 /// Runs the agent until `shutdown` completes. The VMs keep running afterwards.

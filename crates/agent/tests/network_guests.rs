@@ -55,6 +55,7 @@ impl HostAgent {
             overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
             metering: Default::default(),
             image_cache_gib: 20,
+            migration_tls: nimbus_agent::MigrationTls::insecure(None),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = in_netns(&t.host_ns(i), move || {

@@ -56,6 +56,7 @@ async fn run_serves_registers_and_stops() {
         overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
         metering: Default::default(),
         image_cache_gib: 20,
+        migration_tls: nimbus_agent::MigrationTls::insecure(None),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {
@@ -132,6 +133,7 @@ async fn stop_during_the_accelerator_probe_frees_the_port_at_once() {
         overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
         metering: Default::default(),
         image_cache_gib: 1,
+        migration_tls: nimbus_agent::MigrationTls::insecure(None),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {

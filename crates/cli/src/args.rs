@@ -457,6 +457,11 @@ pub struct AgentArgs {
     /// are evicted beyond it).
     #[arg(long, default_value_t = 20)]
     pub image_cache_gib: u64,
+    /// Serve incoming live migrations and disk mirrors in plain TCP instead of TLS with the
+    /// host's certificate. Only for benchmarks and trusted underlays: anyone on the network
+    /// between the hosts can then read and alter the guests' memory and disks.
+    #[arg(long, env = "NIMBUS_INSECURE_MIGRATION")]
+    pub insecure_migration: bool,
 }
 
 /// A switch.

@@ -96,3 +96,16 @@ fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
         _ => None,
     }
 }
+
+/// The subject of host `name`'s certificate (`O=nimbus, OU=host, CN=<name>`) as TLS
+/// libraries print a peer's distinguished name: GnuTLS (what QEMU's `authz` objects match
+/// against) writes the attributes in certificate order on some versions and in RFC 4514's
+/// reverse order on others, so both are given. `name` is a DNS label (the controller
+/// refuses any other host name), so nothing in it needs escaping.
+pub fn host_subject_forms(name: &str) -> [String; 2] {
+    let unit = Role::Host.unit();
+    [
+        format!("O=nimbus,OU={unit},CN={name}"),
+        format!("CN={name},OU={unit},O=nimbus"),
+    ]
+}

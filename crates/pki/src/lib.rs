@@ -25,7 +25,7 @@ mod tls;
 pub use ca::{CloudCa, IssuedHost};
 pub use error::PkiError;
 pub use host_key::{HostCredentials, HOST_CERT_FILE, HOST_KEY_FILE};
-pub use identity::{PeerIdentity, Role};
+pub use identity::{host_subject_forms, PeerIdentity, Role};
 pub use join_token::JoinToken;
 pub use listener::{PeerInfo, TlsListener};
 pub use rustls;

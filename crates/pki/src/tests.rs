@@ -60,6 +60,35 @@ fn a_host_certificate_names_the_host_and_its_address_only() {
 }
 
 /// Serves TLS that only a controller may use; answers one byte per connection.
+/// QEMU's `tls-creds-x509` (GnuTLS) refuses a certificate whose critical key usage lacks
+/// digitalSignature or keyEncipherment, and one whose extended key usage does not allow its
+/// role: a host certificate serves as the server (migration target) and as the client
+/// (migration source). The subject is what the targets' authz matches.
+#[test]
+fn host_certificates_are_usable_by_qemu_on_both_ends_of_a_migration() {
+    use x509_parser::prelude::*;
+    let (_d, ca) = ca();
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    let (_, issued) = enrol(&ca, host_dir.path(), "host3", "10.0.0.3");
+    let der = certs_from_pem(&issued.cert_pem).expect("pem");
+    let (_, cert) = X509Certificate::from_der(&der[0]).expect("parse");
+    let ku = cert.key_usage().expect("key usage").expect("present");
+    assert!(
+        ku.value.digital_signature() && ku.value.key_encipherment(),
+        "{:?}",
+        ku.value
+    );
+    let eku = cert.extended_key_usage().expect("eku").expect("present");
+    assert!(eku.value.server_auth && eku.value.client_auth);
+    let subject = cert.subject().to_string();
+    assert!(
+        host_subject_forms("host3")
+            .iter()
+            .any(|f| f.replace(',', ", ") == subject),
+        "{subject}"
+    );
+}
+
 async fn serve_controller_only(ca: &CloudCa) -> std::net::SocketAddr {
     let server_dir = tempfile::tempdir().expect("tempdir");
     let (server_id, _) = enrol(ca, server_dir.path(), "host1", "127.0.0.1");

@@ -30,6 +30,7 @@ fn config(dir: &std::path::Path) -> AgentConfig {
         overcommit: crate::overcommit::Overcommit::untouched(),
         metering: Default::default(),
         image_cache_gib: 20,
+        migration_tls: crate::MigrationTls::insecure(None),
     }
 }
 

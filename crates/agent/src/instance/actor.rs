@@ -53,7 +53,7 @@ pub(super) fn spawn(
         priority,
         run: None,
         stop: None,
-        migration: MigrationSlot::new(migration),
+        migration: MigrationSlot::new(migration, setup.migration_tls),
     };
     tokio::spawn(actor.run(setup.adopt, ready).instrument(span))
 }

@@ -103,6 +103,8 @@ pub(crate) struct ActorSetup {
     pub status: CoreStatus,
     /// A running QEMU found at agent start.
     pub adopt: Option<QemuProcess>,
+    /// How the VM's live migrations are secured.
+    pub migration_tls: crate::migration::tls::MigrationTls,
 }
 
 /// The agent's handle on one VM.

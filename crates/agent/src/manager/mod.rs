@@ -15,6 +15,7 @@ use crate::instance::state::{self, CoreStatus};
 use crate::instance::{disk, ActorSetup, VmHandle};
 use crate::migration::incoming::{self, IncomingPlan};
 use crate::migration::role::{self, IncomingRecord, MigrationRole};
+use crate::migration::tls::MigrationTls;
 use crate::network::{guest, HostNetwork};
 use crate::snapshot::SnapshotStore;
 use crate::storage::DiskStore;
@@ -43,6 +44,8 @@ pub struct Manager {
     snapshots: SnapshotStore,
     /// Uploaded images fetched from the controller.
     images: Arc<ImageCache>,
+    /// How live migrations are secured.
+    migration_tls: MigrationTls,
 }
 
 impl Manager {
@@ -53,6 +56,7 @@ impl Manager {
         store: DiskStore,
         network: Arc<HostNetwork>,
         images: Arc<ImageCache>,
+        migration_tls: MigrationTls,
     ) -> Result<Self> {
         let vms_dir = state_dir.join("vms");
         std::fs::create_dir_all(&vms_dir).map_err(Error::io("create", &vms_dir))?;
@@ -65,6 +69,7 @@ impl Manager {
             lifecycle: tokio::sync::Mutex::new(()),
             snapshots: SnapshotStore::new(state_dir),
             images,
+            migration_tls,
         };
         let entries = std::fs::read_dir(&vms_dir).map_err(Error::io("list", &vms_dir))?;
         let mut attached = Vec::new();
@@ -138,6 +143,7 @@ impl Manager {
             network: self.network.clone(),
             status,
             adopt,
+            migration_tls: self.migration_tls.clone(),
         });
         self.lock().insert(id, handle);
         Ok(Some((ready, adopted)))
@@ -230,6 +236,7 @@ impl Manager {
             network: self.network.clone(),
             status,
             adopt: None,
+            migration_tls: self.migration_tls.clone(),
         });
         let status = handle.status();
         self.lock().insert(id, handle);
@@ -252,6 +259,7 @@ impl Manager {
             host: host.to_string(),
             mirror: req.disk == DiskTransfer::Mirror,
             policy: req.policy.clone(),
+            source_host: req.source_host.clone(),
         };
         // Fetched before the lifecycle lock, as for a define.
         let cached = match self.get(id) {
@@ -365,6 +373,7 @@ impl Manager {
             network: self.network.clone(),
             status,
             adopt: None,
+            migration_tls: self.migration_tls.clone(),
         });
         self.lock().insert(id, handle.clone());
         Ok(handle)
@@ -498,7 +507,15 @@ mod tests {
 
     /// A manager of `state` keeping disks in `store`, with no network and no image source.
     async fn manager_with(state: &Path, store: DiskStore) -> Result<Manager> {
-        Manager::load(state, Accel::Tcg, store, no_network(), no_images(state)).await
+        Manager::load(
+            state,
+            Accel::Tcg,
+            store,
+            no_network(),
+            no_images(state),
+            MigrationTls::insecure(None),
+        )
+        .await
     }
 
     async fn local_manager(state: &Path) -> Result<Manager> {

@@ -109,6 +109,7 @@ impl Manager {
             network: self.network.clone(),
             status,
             adopt: None,
+            migration_tls: self.migration_tls.clone(),
         });
         self.lock().insert(id, vm.clone());
         let plan = RestorePlan {

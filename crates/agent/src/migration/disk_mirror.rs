@@ -1,7 +1,7 @@
 //! Copying a local disk to the target while the VM runs (block migration).
 //!
-//! The target serves its fresh overlay (same base image, same virtual size) over NBD. The
-//! source adds an NBD client node for it and runs `blockdev-mirror` of its disk into it:
+//! The target serves its fresh overlay (same base image, same virtual size) over NBD (over
+//! TLS: see [`super::tls`]). The source adds an NBD client node for it and runs `blockdev-mirror` of its disk into it:
 //! - `sync: top` copies only the overlay's own clusters: both overlays share the read-only
 //!   base image, which the target reads through its own overlay;
 //! - `copy-mode: write-blocking` makes every guest write reach the target before it
@@ -13,7 +13,7 @@
 
 use super::MigrationError;
 use nimbus_agent_api::NbdTarget;
-use nimbus_qemu::qmp::{BlockJobInfo, EventKind};
+use nimbus_qemu::qmp::{BlockJobInfo, ClientTls, EventKind};
 use nimbus_qemu::{Qmp, QmpEvent};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -42,8 +42,13 @@ pub fn job_id(id: Uuid) -> String {
 
 impl DiskMirror {
     /// Connects to the target's export and starts mirroring into it.
-    pub async fn start(qmp: &Qmp, id: Uuid, target: &NbdTarget) -> Result<Self, MigrationError> {
-        qmp.blockdev_add_nbd(NBD_NODE, &target.host, target.port, &target.export)
+    pub async fn start(
+        qmp: &Qmp,
+        id: Uuid,
+        target: &NbdTarget,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, MigrationError> {
+        qmp.blockdev_add_nbd(NBD_NODE, &target.host, target.port, &target.export, tls)
             .await
             .map_err(MigrationError::qmp(
                 "blockdev-add of the target's NBD export",

@@ -14,12 +14,14 @@
 //!   source to mirror into.
 
 use super::endpoint::{free_port, tcp_uri};
+use super::tls::{self, MigrationTls};
 use super::{policy, MigrationError};
 use crate::error::{Error, Result};
 use crate::instance::disk;
 use crate::instance::files::VmDir;
 use crate::storage::DiskStore;
 use nimbus_agent_api::{DiskTransfer, IncomingReady, MigrationPolicy, NbdTarget, VmSpec};
+use nimbus_qemu::qmp::ServerTls;
 use nimbus_qemu::Qmp;
 use uuid::Uuid;
 
@@ -29,13 +31,15 @@ pub const EXPORT_ID: &str = "migration-export";
 const NBD_PORT_TRIES: usize = 5;
 
 /// What the target's QEMU must open.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct IncomingPlan {
     /// The agent's address (host of its advertised URL).
     pub host: String,
     /// Serve the disk over NBD for a mirror.
     pub mirror: bool,
     pub policy: MigrationPolicy,
+    /// The only host allowed to send the VM (over TLS).
+    pub source_host: Option<String>,
 }
 
 /// Creates the disk of an arriving VM in `dir` (see the module doc).
@@ -86,21 +90,30 @@ pub async fn prepare_disk(
     }
 }
 
-/// Opens the endpoints on a QEMU launched with `-incoming defer`: capabilities, the NBD
-/// export of the disk for a mirror, and the migration listener (port chosen by the kernel).
+/// Opens the endpoints on a QEMU launched with `-incoming defer`: capabilities, TLS, the
+/// NBD export of the disk for a mirror, and the migration listener (port chosen by the
+/// kernel).
 pub async fn listen(
     qmp: &Qmp,
+    dir: &VmDir,
     plan: &IncomingPlan,
     export: &str,
+    tls: &MigrationTls,
 ) -> Result<IncomingReady, MigrationError> {
     set_capabilities(qmp, &plan.policy).await?;
-    if let Some(params) = policy::target_parameters(&plan.policy) {
+    let tls = tls.serve(qmp, dir, plan.source_host.as_deref()).await?;
+    let mut params = policy::target_parameters(&plan.policy).unwrap_or_default();
+    if let Some(t) = &tls {
+        params.tls_creds = Some(t.creds.clone());
+        params.tls_authz = t.authz.clone();
+    }
+    if params != Default::default() {
         qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
     }
     let nbd = if plan.mirror {
-        Some(serve_disk(qmp, &plan.host, export).await?)
+        Some(serve_disk(qmp, &plan.host, export, tls.as_ref()).await?)
     } else {
         None
     };
@@ -120,6 +133,7 @@ pub async fn listen(
     Ok(IncomingReady {
         migration_uri: tcp_uri(&plan.host, port),
         nbd,
+        tls: tls.is_some(),
     })
 }
 
@@ -137,11 +151,16 @@ async fn set_capabilities(qmp: &Qmp, policy: &MigrationPolicy) -> Result<(), Mig
 }
 
 /// Starts the NBD server on a free port of `host` and exports the disk, writable.
-async fn serve_disk(qmp: &Qmp, host: &str, export: &str) -> Result<NbdTarget, MigrationError> {
+async fn serve_disk(
+    qmp: &Qmp,
+    host: &str,
+    export: &str,
+    tls: Option<&ServerTls>,
+) -> Result<NbdTarget, MigrationError> {
     let mut last = None;
     for _ in 0..NBD_PORT_TRIES {
         let port = free_port(host)?;
-        match qmp.nbd_server_start(host, port).await {
+        match qmp.nbd_server_start(host, port, tls).await {
             Ok(()) => {
                 qmp.nbd_export_add(EXPORT_ID, super::disk_mirror::DISK_NODE, export, true)
                     .await
@@ -166,14 +185,16 @@ pub fn export_name(id: Uuid) -> String {
     format!("disk-{id}")
 }
 
-/// After the guest resumed here: close the NBD server (and with it the export) and make
-/// the network learn the VM's new location. Best effort: each step is logged.
+/// After the guest resumed here: close the NBD server (and with it the export), drop the
+/// TLS credentials, and make the network learn the VM's new location. Best effort: each
+/// step is logged.
 pub async fn finish(qmp: Qmp, mirror: bool) {
     if mirror {
         if let Err(e) = qmp.nbd_server_stop().await {
             tracing::warn!(error = %e, "cannot stop the NBD server");
         }
     }
+    tls::unload(&qmp).await;
     if let Err(e) = qmp.announce_self().await {
         tracing::warn!(error = %e, "announce-self failed");
     }

@@ -6,9 +6,11 @@
 //!  VM dir: spec, disk = link to the shared path
 //!          or a fresh overlay on the same base
 //!  QEMU -incoming defer          state starting, incoming
+//!  TLS server credentials, authz = source host (tls.rs)
 //!  [mirror] nbd-server-start + block-export-add (writable)
 //!  migrate-incoming tcp:<agent ip>:0 -> port
-//!  ── IncomingReady {uri, nbd} ──────────────────▶ capabilities + parameters (policy.rs)
+//!  ── IncomingReady {uri, nbd, tls} ─────────────▶ capabilities + parameters (policy.rs),
+//!                                                 TLS client credentials (tls.rs)
 //!                                                 [mirror] blockdev-add nbd, blockdev-mirror
 //!                                                   (disk_mirror.rs)   phase mirroring_disk
 //!                                                   until ready
@@ -34,6 +36,8 @@
 //!   following a migration in flight.
 //! - [`progress`] turns QEMU's statistics into [`MigrationProgress`].
 //! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds.
+//! - [`tls`]: the migration stream and the NBD mirror run over TLS with the hosts'
+//!   certificates of the cloud CA; each end checks the other is the host the controller named.
 
 pub mod cold;
 pub mod disk_mirror;
@@ -44,6 +48,7 @@ pub mod policy;
 pub mod progress;
 pub mod role;
 pub mod stall;
+pub mod tls;
 
 use crate::instance::state::CoreStatus;
 use nimbus_agent_api::{MigrationProgress, VmRunState};

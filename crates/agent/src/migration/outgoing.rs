@@ -4,9 +4,9 @@
 //! ```text
 //! setup ──▶ mirroring_disk ──▶ pre_copy ──────────────────────────────▶ completed
 //!  caps,     [nbd target]       migrate; poll query-migrate every        stats re-read
-//!  params    blockdev-mirror    150 ms (and at each MIGRATION event);     after the
-//!            until ready        escalate (policy.rs); at pre-switchover   MIGRATION event
-//!                               complete the mirror, migrate-continue
+//!  params,   blockdev-mirror    150 ms (and at each MIGRATION event);     after the
+//!  TLS       until ready        escalate (policy.rs); at pre-switchover   MIGRATION event
+//!  (tls.rs)                     complete the mirror, migrate-continue
 //!                                  └──▶ post_copy (policy) ──────────────▶ completed
 //! any step ──▶ failed | cancelled: migrate_cancel, force-cancel the mirror, remove the NBD
 //!              node, `cont` if QEMU was left paused: the VM keeps running here.
@@ -18,6 +18,7 @@
 mod transfer;
 
 use super::role::OutgoingRecord;
+use super::tls::MigrationTls;
 use crate::instance::files::VmDir;
 use crate::instance::heartbeat::LastBeat;
 use nimbus_agent_api::MigrationProgress;
@@ -48,6 +49,8 @@ pub struct Context {
     pub progress: Arc<watch::Sender<MigrationProgress>>,
     pub last_beat: Arc<LastBeat>,
     pub record: OutgoingRecord,
+    /// How the stream and the disk mirror are secured.
+    pub tls: MigrationTls,
 }
 
 /// A running outgoing migration. Dropping it aborts the task (QEMU goes on migrating).

@@ -108,6 +108,7 @@ pub fn source_parameters(policy: &MigrationPolicy) -> MigrateParameters {
         cpu_throttle_increment: Some(increment),
         multifd_channels: policy.multifd_channels,
         max_cpu_throttle: Some(MAX_THROTTLE_PCT),
+        ..MigrateParameters::default()
     }
 }
 

@@ -114,10 +114,12 @@ mod tests {
                 target: IncomingReady {
                     migration_uri: "tcp:127.0.0.1:4444".into(),
                     nbd: None,
+                    tls: false,
                 },
                 policy: MigrationPolicy::default(),
                 migration_id: None,
                 owner_epoch: None,
+                target_host: None,
             },
             started_unix_ms: 1,
             ladder: Ladder::default(),

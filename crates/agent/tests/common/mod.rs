@@ -41,6 +41,7 @@ impl TestAgent {
             overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
             metering: Default::default(),
             image_cache_gib: 20,
+            migration_tls: nimbus_agent::MigrationTls::insecure(None),
         };
         let agent = Agent::start(&config).await.expect("agent starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -118,6 +118,7 @@ pub async fn incoming_with(
         spec: spec.clone(),
         disk,
         policy,
+        source_host: None,
     };
     let ready = pair
         .b
@@ -173,6 +174,7 @@ pub async fn migrate_with(
         policy,
         migration_id: None,
         owner_epoch: None,
+        target_host: None,
     };
     let first = pair
         .a
@@ -251,6 +253,7 @@ pub async fn start_slow(pair: &Pair, id: Uuid, target: IncomingReady) {
         },
         migration_id: None,
         owner_epoch: None,
+        target_host: None,
     };
     pair.a
         .client

@@ -5,7 +5,7 @@ use crate::context::default_data_dir;
 use anyhow::{bail, Context};
 use nimbus_agent::metering::MeteringConfig;
 use nimbus_agent::overcommit::{KsmConfig, Overcommit};
-use nimbus_agent::{Accelerator, AgentConfig};
+use nimbus_agent::{Accelerator, AgentConfig, HostTlsFiles, MigrationTls};
 use nimbus_controller::{ControllerConfig, Retention};
 use nimbus_scheduler::{AllocationRatios, Strategy};
 use std::time::Duration;
@@ -113,6 +113,13 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.join.as_deref(),
     )
     .await?;
+    let host_files = HostTlsFiles::load(&args.state_dir, &args.name)?;
+    let migration_tls = if args.insecure_migration {
+        tracing::warn!("--insecure-migration: incoming migrations and disk mirrors are served in plain TCP (guest memory and disks readable and writable on the underlay)");
+        MigrationTls::insecure(Some(host_files))
+    } else {
+        MigrationTls::required(host_files)
+    };
     let config = AgentConfig {
         name: args.name,
         listen: args.listen,
@@ -139,6 +146,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             interval: std::time::Duration::from_secs(args.metering_interval_secs),
         },
         image_cache_gib: args.image_cache_gib,
+        migration_tls,
     };
     nimbus_agent::run(config, ShutdownSignal::install()?.recv()).await
 }

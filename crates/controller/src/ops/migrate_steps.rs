@@ -179,7 +179,13 @@ impl Step<App> for PrepareTarget {
         let policy = policy(&params(app, s.operation_id).await?);
         let ready = app
             .agent(&dst_host.agent_url)
-            .migration_incoming(&IncomingRequest { spec, disk, policy })
+            .migration_incoming(&IncomingRequest {
+                spec,
+                disk,
+                policy,
+                // Over TLS the target accepts only this host's certificate.
+                source_host: Some(r.source.clone()),
+            })
             .await
             .map_err(agent_err)?;
         crate::failpoint::check("migrate.after_prepare_target")?;
@@ -293,6 +299,8 @@ impl Step<App> for Transfer {
                 policy: policy(&req),
                 migration_id: Some(s.operation_id),
                 owner_epoch: s.epoch(),
+                // Over TLS the target's certificate must name it.
+                target_host: Some(r.target.clone()),
             };
             source
                 .migration_start(self.0, &request)

@@ -1,7 +1,7 @@
 //! Typed QMP commands for block devices over the network: the NBD server and exports of a
 //! migration target, and the NBD client node and `blockdev-mirror` job of a source.
 
-use super::{Qmp, QmpError};
+use super::{ClientTls, Qmp, QmpError, ServerTls};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -53,12 +53,24 @@ impl Qmp {
         self.execute(command, Some(args)).await.map(|_| ())
     }
 
-    /// `nbd-server-start` listening on `host:port`.
-    pub async fn nbd_server_start(&self, host: &str, port: u16) -> Result<(), QmpError> {
+    /// `nbd-server-start` listening on `host:port`; with `tls`, clients must complete a TLS
+    /// handshake (and be allowed by its authz) before any export is reachable.
+    pub async fn nbd_server_start(
+        &self,
+        host: &str,
+        port: u16,
+        tls: Option<&ServerTls>,
+    ) -> Result<(), QmpError> {
         // The legacy `SocketAddressLegacy` form: {"type": "inet", "data": {...}}.
         let addr = json!({"type": "inet", "data": inet(host, port)});
-        self.run_block("nbd-server-start", json!({ "addr": addr }))
-            .await
+        let mut args = json!({ "addr": addr });
+        if let Some(tls) = tls {
+            args["tls-creds"] = json!(tls.creds);
+            if let Some(authz) = &tls.authz {
+                args["tls-authz"] = json!(authz);
+            }
+        }
+        self.run_block("nbd-server-start", args).await
     }
 
     /// `nbd-server-stop`: closes the server and every NBD export.
@@ -82,18 +94,26 @@ impl Qmp {
         self.run_block("block-export-add", args).await
     }
 
-    /// `blockdev-add` of an NBD client node `node` connected to `export` at `host:port`.
+    /// `blockdev-add` of an NBD client node `node` connected to `export` at `host:port`,
+    /// over TLS when `tls` is given.
     pub async fn blockdev_add_nbd(
         &self,
         node: &str,
         host: &str,
         port: u16,
         export: &str,
+        tls: Option<&ClientTls>,
     ) -> Result<(), QmpError> {
-        let args = json!({
+        let mut args = json!({
             "driver": "nbd", "node-name": node, "server": inet_flat(host, port),
             "export": export
         });
+        if let Some(tls) = tls {
+            args["tls-creds"] = json!(tls.creds);
+            if let Some(hostname) = &tls.hostname {
+                args["tls-hostname"] = json!(hostname);
+            }
+        }
         self.run_block("blockdev-add", args).await
     }
 

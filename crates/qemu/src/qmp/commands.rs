@@ -91,6 +91,15 @@ pub struct MigrateParameters {
     /// Highest vCPU throttle auto-converge may apply, in percent (QEMU's default is 99).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_cpu_throttle: Option<u8>,
+    /// Id of the `tls-creds-x509` object the migration stream uses (TLS on when set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_creds: Option<String>,
+    /// Source: the name the target's certificate must carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_hostname: Option<String>,
+    /// Target: id of the `authz-list` object naming the accepted source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_authz: Option<String>,
 }
 
 fn decode<T: DeserializeOwned>(command: &str, value: Value) -> Result<T, QmpError> {

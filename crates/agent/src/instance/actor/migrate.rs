@@ -10,6 +10,7 @@ use crate::migration::outgoing::{Context, Outcome, OutgoingTask};
 use crate::migration::policy;
 use crate::migration::progress::{now_unix_ms, unix_ms};
 use crate::migration::role::{self, MigrationRole, OutgoingRecord};
+use crate::migration::tls::MigrationTls;
 use nimbus_agent_api::{
     DiskTransfer, IncomingReady, MigrateRequest, MigrationPhase, MigrationProgress, VmRunState,
 };
@@ -30,12 +31,15 @@ pub(super) struct MigrationSlot {
     role: Option<MigrationRole>,
     /// The newest owner seen of the current migration: (operation, epoch).
     newest_owner: Option<(uuid::Uuid, u64)>,
+    /// How this host secures its migrations.
+    tls: MigrationTls,
 }
 
 impl MigrationSlot {
-    pub(super) fn new(progress: Arc<watch::Sender<MigrationProgress>>) -> Self {
+    pub(super) fn new(progress: Arc<watch::Sender<MigrationProgress>>, tls: MigrationTls) -> Self {
         Self {
             progress,
+            tls,
             outgoing: None,
             cancel_replies: Vec::new(),
             role: None,
@@ -89,7 +93,8 @@ impl Actor {
             .qmp()
             .await
             .ok_or_else(|| Error::QemuFailed("QMP is unavailable".into()))?;
-        let ready = incoming::listen(&qmp, &plan, &incoming::export_name(self.id))
+        let export = incoming::export_name(self.id);
+        let ready = incoming::listen(&qmp, &self.dir, &plan, &export, &self.migration.tls)
             .await
             .map_err(|e| Error::QemuFailed(error_chain(&e)))?;
         tracing::info!(
@@ -193,6 +198,7 @@ impl Actor {
             progress: self.migration.progress.clone(),
             last_beat: self.last_beat.clone(),
             record,
+            tls: self.migration.tls.clone(),
         };
         self.migration.outgoing = Some(OutgoingTask::spawn(ctx, resume));
     }

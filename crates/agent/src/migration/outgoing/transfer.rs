@@ -8,6 +8,7 @@ use crate::migration::policy::{self, Action, RoundSample};
 use crate::migration::progress::{self, now_unix_ms, unix_ms, QemuStage};
 use crate::migration::role::{self, MigrationRole};
 use crate::migration::stall::StallWatch;
+use crate::migration::tls;
 use crate::migration::MigrationError;
 use nimbus_agent_api::{MigrationPhase, MigrationProgress};
 use nimbus_qemu::qmp::{EventKind, MigrationInfo};
@@ -100,7 +101,19 @@ impl Transfer {
         qmp.migrate_set_capabilities(&caps)
             .await
             .map_err(MigrationError::qmp("migrate-set-capabilities"))?;
-        qmp.migrate_set_parameters(&policy::source_parameters(&request.policy))
+        let tls = self
+            .ctx
+            .tls
+            .connect(
+                &qmp,
+                &self.ctx.dir,
+                &request.target,
+                request.target_host.as_deref(),
+            )
+            .await?;
+        let params =
+            tls::client_parameters(policy::source_parameters(&request.policy), tls.as_ref());
+        qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
         if let Some(nbd) = &request.target.nbd {
@@ -110,7 +123,7 @@ impl Transfer {
                 port = nbd.port,
                 "mirroring the disk to the target"
             );
-            self.mirror = Some(DiskMirror::start(&qmp, self.ctx.id, nbd).await?);
+            self.mirror = Some(DiskMirror::start(&qmp, self.ctx.id, nbd, tls.as_ref()).await?);
             self.wait_mirror_ready().await?;
         }
         self.migrate().await
@@ -492,6 +505,8 @@ impl Transfer {
         if let Some(mirror) = mirror {
             mirror.abort().await;
         }
+        // The host key leaves the memory of a QEMU that goes on running here.
+        tls::unload(&qmp).await;
         if self.ctx.record.ladder.postcopy {
             // The guest ran on the target: this copy's memory is stale, never resume it.
             tracing::error!("post-copy failed: the VM is lost unless the target recovers");
