@@ -324,6 +324,17 @@ pub fn filter(nats: &[Nat]) -> Vec<Value> {
                 accept
             ]),
         ),
+        // The metadata service, from the network's side only.
+        rule(
+            "input",
+            json!([
+                is("iifname", ROUTER_GATEWAY),
+                ip_is("daddr", super::metadata::ADDRESS),
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                    "right": super::metadata::PORT}},
+                accept
+            ]),
+        ),
         chain("forward", "forward", 0, "drop", "filter"),
         rule(
             "forward",
