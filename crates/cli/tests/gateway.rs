@@ -15,11 +15,19 @@
 //! host keeps nothing of it; then (`gateway/follow.rs`) its DHCP renewal gives the same
 //! address on the new host, and its floating IP and rules work after a drain and a snapshot
 //! restore.
+//!
+//! The metadata service (169.254.169.254, IMDSv2) on the same guests: a request without a
+//! token is refused; each guest reads its own instance's values (also two guests of two
+//! projects with the same address); another guest can use neither the first one's token nor
+//! its address (port security drops the forged source at the tap); the agent's port is not
+//! reachable there; `public-ipv4` is the floating IP, on the new host after a migration too.
 
 #[path = "gateway/floating.rs"]
 mod floating;
 #[path = "gateway/follow.rs"]
 mod follow;
+#[path = "gateway/metadata.rs"]
+mod metadata;
 
 use floating::*;
 use nimbus_api::{FloatingIpView, InstanceView, NetworkView};
@@ -264,6 +272,8 @@ async fn gateways_end_to_end() {
         "g1 does not reach an HTTP server outside"
     );
 
+    let a3 = instance(&acme, "a3").await;
+    metadata_service(&cloud, &acme, &globex, [&a1, &a3, &g1]).await;
     floating_ips(&cloud, &acme_token, &globex_token, &acme).await;
 
     // The routers go with the last guest of their network.
@@ -283,6 +293,93 @@ async fn gateways_end_to_end() {
         "gateways_end_to_end: {:.0} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The metadata service, as the guests see it.
+async fn metadata_service(
+    cloud: &Cloud,
+    acme: &Client,
+    globex: &Client,
+    guests: [&InstanceView; 3],
+) {
+    let [a1, a3, g1] = guests;
+    let started = Instant::now();
+    let no_token = metadata::get(acme, "a1", "/latest/meta-data/instance-id", None).await;
+    assert_eq!(no_token.status, 401, "{no_token:?}");
+    let listing = metadata::read(acme, "a1", "").await;
+    assert_eq!(listing.status, 200, "{listing:?}");
+    for key in ["instance-id", "hostname", "local-hostname", "local-ipv4"] {
+        assert!(listing.body.lines().any(|l| l == key), "{key}: {listing:?}");
+    }
+    for (client, i) in [(acme, a1), (acme, a3), (globex, g1)] {
+        let name = &i.name;
+        for (key, want) in [
+            ("instance-id", i.id.to_string()),
+            ("hostname", name.clone()),
+            ("local-ipv4", addr(i)),
+        ] {
+            let got = metadata::read(client, name, key).await;
+            assert_eq!((got.status, got.body), (200, want), "{name} {key}");
+        }
+        let none = metadata::read(client, name, "public-ipv4").await;
+        assert_eq!(none.status, 404, "{name}: no floating IP yet: {none:?}");
+    }
+    // Neither the first guest's token nor its address serves another guest. a3 on a1's host
+    // (moved there if needed), so only port security stands between a3 and a1's data.
+    let a1_token = metadata::token(acme, "a1").await;
+    let stolen = metadata::get(acme, "a3", "/latest/meta-data/instance-id", Some(&a1_token)).await;
+    assert_eq!(stolen.status, 401, "a3 with a1's token: {stolen:?}");
+    if host_index(a3) != host_index(a1) {
+        let to = a1.host.as_deref().expect("placed");
+        cli_ok(
+            cloud,
+            &[
+                "instance",
+                "migrate",
+                "a3",
+                "--to",
+                to,
+                "--project",
+                "acme",
+                "--wait",
+            ],
+        );
+    }
+    let a1_ip = addr(a1);
+    let net: NetworkView = json(&cli_ok(
+        cloud,
+        &[
+            "network",
+            "show",
+            "default",
+            "--project",
+            "acme",
+            "-o",
+            "json",
+        ],
+    ));
+    let forged = metadata::get_as(
+        acme,
+        "a3",
+        &metadata::forge_source(&a1_ip, &net.gateway),
+        "/latest/meta-data/instance-id",
+        Some(&a1_token),
+    )
+    .await;
+    let undone = acme
+        .exec("a3", &metadata::unforge(&a1_ip))
+        .await
+        .expect("exec");
+    assert!(undone.output.contains("done"), "{undone:?}");
+    assert_eq!(forged, None, "a3 forging a1's address got an answer");
+    let own = metadata::read(acme, "a3", "instance-id").await;
+    assert_eq!(own.body, a3.id.to_string(), "a3 after the forgery");
+    // The metadata address offers nothing else (the agent's API port, say).
+    assert!(
+        !answers_http(acme, "a1", "169.254.169.254", AGENT_PORT).await,
+        "a1 reached port {AGENT_PORT} at 169.254.169.254"
+    );
+    eprintln!("metadata steps: {:.0} s", started.elapsed().as_secs_f64());
 }
 
 /// Floating IPs: acme's a1 reachable from the root namespace at its floating IP (across
@@ -325,6 +422,9 @@ async fn floating_ips(cloud: &Cloud, acme_token: &str, globex_token: &str, acme:
         greeting_becomes(pong, Some("pong")).await,
         "a1 not reachable at {fip}"
     );
+    // The same push from the controller gave the host the address for the metadata service.
+    let public = metadata::read(acme, "a1", "public-ipv4").await;
+    assert_eq!((public.status, public.body), (200, ip.address.clone()));
 
     // Bad requests: attached elsewhere, another project's address, release while attached,
     // over the quota.
@@ -396,6 +496,14 @@ async fn floating_ips(cloud: &Cloud, acme_token: &str, globex_token: &str, acme:
         greeting_becomes(pong, Some("pong")).await,
         "new connections after the move"
     );
+    // The metadata followed a1 to its new host.
+    for (key, want) in [
+        ("instance-id", shown.id.to_string()),
+        ("public-ipv4", ip.address.clone()),
+    ] {
+        let got = metadata::read(acme, "a1", key).await;
+        assert_eq!((got.status, got.body), (200, want), "{key} on {new_host}");
+    }
     // Nothing of a1 is left on its old host: no tap, no floating route.
     let old: usize = old_host.trim_start_matches("host").parse().expect("index");
     let old_ns = cloud.host_netns(old).expect("netns");

@@ -36,6 +36,11 @@ impl Shell {
         self
     }
 
+    /// The mount namespace of [`Shell::with_netns_mounts`], if set.
+    pub fn netns_mounts(&self) -> Option<&str> {
+        self.netns_mounts.as_deref()
+    }
+
     /// `ip [-n NS] <args>`.
     pub fn ip<S: AsRef<str>>(&self, args: &[S]) -> Cmd {
         self.cmd("ip", args)

@@ -27,6 +27,8 @@ pub enum NetError {
     },
     #[error("invalid {what} {value:?}")]
     Invalid { what: &'static str, value: String },
+    #[error("cannot serve metadata in {netns}: {detail}")]
+    Metadata { netns: String, detail: String },
     #[error("cannot answer DHCP on {bridge}: {detail}")]
     Dhcp { bridge: String, detail: String },
     #[error("cannot answer DNS in {netns}: {detail}")]

@@ -53,6 +53,7 @@ pub mod error;
 pub mod floating;
 pub mod guest;
 pub mod link;
+pub mod metadata;
 pub mod port_security;
 pub mod router;
 pub mod secgroups;
@@ -116,6 +117,8 @@ struct State {
     floating: Option<Vec<nimbus_agent_api::FloatingNat>>,
     /// The device of the underlay address, once known.
     uplink: Option<String>,
+    /// The metadata servers (one per router) and what they answer.
+    metadata: metadata::Metadata,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -142,6 +145,7 @@ impl HostNetwork {
         }
         secgroups::apply(&self.shell, fw).await?;
         state.zones.replace(&fw.names);
+        state.metadata.registry().set_floating(&fw.floating);
         state.floating = Some(fw.floating.clone());
         self.apply_floating(&mut state).await?;
         Ok(true)
@@ -184,12 +188,16 @@ impl HostNetwork {
 
     /// Devices managed through `shell`; VXLAN traffic leaves from `underlay`.
     pub fn new(shell: Shell, underlay: Option<IpAddr>) -> Self {
+        let state = State {
+            metadata: metadata::Metadata::new(shell.netns_mounts().map(str::to_string)),
+            ..State::default()
+        };
         Self {
             shell,
             disabled: None,
             underlay,
             controller: None,
-            state: tokio::sync::Mutex::default(),
+            state: tokio::sync::Mutex::new(state),
         }
     }
 
@@ -343,6 +351,7 @@ impl HostNetwork {
             }
         }
         port_security::secure(&self.shell, &ports_of(spec)).await?;
+        state.metadata.registry().register(spec);
         guest::add_to_config(spec, config);
         Ok(())
     }
@@ -361,7 +370,9 @@ impl HostNetwork {
                 self.route(&mut state, &seg, nic).await?;
             }
         }
-        port_security::secure(&self.shell, &ports_of(spec)).await
+        port_security::secure(&self.shell, &ports_of(spec)).await?;
+        state.metadata.registry().register(spec);
+        Ok(())
     }
 
     /// Adds `nic`'s lease and makes sure its network's DHCP responder runs. A responder that
@@ -442,6 +453,10 @@ impl HostNetwork {
             tracing::info!(vni = seg.vni, netns = r.netns, %gateway, "network gateway created");
         }
         self.serve_dns(state, &r);
+        if let Err(e) = state.metadata.serve(seg.vni, &r.netns).await {
+            // The guests still boot and route; the next launch on this network tries again.
+            tracing::warn!(vni = seg.vni, error = %e, "no metadata service on this network here");
+        }
         // Floating IPs of this network the controller sent before the router existed.
         if state.routers.insert(seg.vni, r.netns).is_none() {
             self.apply_floating(state).await?;
@@ -456,6 +471,7 @@ impl HostNetwork {
             return Ok(());
         }
         let mut state = self.state.lock().await;
+        state.metadata.registry().forget(spec);
         let taps: Vec<String> = (0..spec.nics.len())
             .map(|i| tap::tap_name(spec.id, i))
             .collect();
@@ -473,6 +489,7 @@ impl HostNetwork {
             if segment::remove_if_unused(&self.shell, &seg).await? {
                 state.responders.remove(&vni);
                 state.dns.remove(&vni);
+                state.metadata.stop(vni);
                 let host = self.router_host(&mut state).await?;
                 router::remove(&self.shell, &host, vni).await?;
                 state.routers.remove(&vni);

@@ -325,13 +325,24 @@ pub fn filter(nats: &[Nat]) -> Vec<Value> {
                 accept
             ]),
         ),
-        // The network's DNS server (super::dns), from the network's side only.
+        // The network's DNS server (super::dns) and the metadata service, from the
+        // network's side only.
         rule(
             "input",
             json!([
                 is("iifname", ROUTER_GATEWAY),
                 {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
                     "right": super::dns::PORT}},
+                accept
+            ]),
+        ),
+        rule(
+            "input",
+            json!([
+                is("iifname", ROUTER_GATEWAY),
+                ip_is("daddr", super::metadata::ADDRESS),
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                    "right": super::metadata::PORT}},
                 accept
             ]),
         ),
