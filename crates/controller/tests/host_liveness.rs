@@ -260,3 +260,58 @@ async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
     assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
     assert_eq!(inst.host.as_deref(), Some("host2"));
 }
+
+#[tokio::test]
+async fn ha_restarts_go_in_priority_order_and_the_lowest_waits_when_room_is_short() {
+    use nimbus_api::{HA_PRIORITY_HIGH, HA_PRIORITY_LOW, HA_PRIORITY_MEDIUM};
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
+    for h in ["host1", "host2"] {
+        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
+    }
+    // host2 has room for two of them. By size alone `low` (the largest) would go first and
+    // take the room of `medium`; by priority `high` and `medium` run and `low` waits.
+    let low = cloud.running_instance("low", 2048).await;
+    let high = cloud.running_instance("high", 1536).await;
+    let medium = cloud.running_instance("medium", 1536).await;
+    for (id, priority) in [
+        (low, HA_PRIORITY_LOW),
+        (high, HA_PRIORITY_HIGH),
+        (medium, HA_PRIORITY_MEDIUM),
+    ] {
+        cloud
+            .app
+            .store()
+            .set_instance_ha(id, true, priority)
+            .await
+            .expect("ha");
+    }
+
+    silence(&cloud, "host1", DOWN_AFTER.as_secs() + 1).await;
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    for id in [high, medium] {
+        let inst = settled(&cloud, id).await;
+        assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
+        assert_eq!(inst.host.as_deref(), Some("host2"));
+    }
+    let left = settled(&cloud, low).await;
+    assert_eq!(left.state, InstanceState::Error);
+    assert_eq!(
+        left.host.as_deref(),
+        Some("host1"),
+        "its place is unchanged"
+    );
+    let reason = left.reason.unwrap_or_default();
+    assert!(reason.contains("no capacity"), "{reason}");
+    assert!(
+        !cloud
+            .agent
+            .state()
+            .calls
+            .iter()
+            .any(|c| c.contains(&low.to_string())),
+        "nothing of `low` defined on host2"
+    );
+    let h = cloud.app.get_host("host1").await.expect("host");
+    assert_eq!(h.ha_restarted, 2);
+}
