@@ -124,6 +124,16 @@ async fn silent_host_goes_unreachable_then_down_and_comes_back() {
     assert_eq!(inst.reason, None);
 }
 
+/// Two hosts on one shared storage.
+async fn shared_cloud() -> Cloud {
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
+    for h in ["host1", "host2"] {
+        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
+    }
+    cloud
+}
+
 /// Marks an instance `--ha restart` (as its create would have).
 async fn make_ha(cloud: &Cloud, id: uuid::Uuid) {
     sqlx::query("UPDATE instances SET ha = 'restart' WHERE id = $1")
@@ -152,11 +162,7 @@ async fn settled(cloud: &Cloud, id: uuid::Uuid) -> nimbus_store::InstanceRecord 
 
 #[tokio::test]
 async fn ha_instances_of_a_down_host_restart_elsewhere_from_shared_storage() {
-    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
-    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
-    for h in ["host1", "host2"] {
-        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
-    }
+    let cloud = shared_cloud().await;
     let db = cloud.running_instance("db1", 512).await;
     make_ha(&cloud, db).await;
     let web = cloud.running_instance("web1", 256).await;
@@ -219,11 +225,7 @@ async fn ha_instance_with_a_local_disk_says_why_it_cannot_restart() {
 #[tokio::test]
 async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
     use nimbus_controller::app::Caller;
-    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
-    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
-    for h in ["host1", "host2"] {
-        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
-    }
+    let cloud = shared_cloud().await;
     let web = cloud.running_instance("web1", 256).await;
     let admin = Caller::system("test", "default");
 
@@ -264,11 +266,7 @@ async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
 #[tokio::test]
 async fn ha_restarts_go_in_priority_order_and_the_lowest_waits_when_room_is_short() {
     use nimbus_api::{HA_PRIORITY_HIGH, HA_PRIORITY_LOW, HA_PRIORITY_MEDIUM};
-    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
-    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
-    for h in ["host1", "host2"] {
-        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
-    }
+    let cloud = shared_cloud().await;
     // host2 has room for two of them. By size alone `low` (the largest) would go first and
     // take the room of `medium`; by priority `high` and `medium` run and `low` waits.
     let low = cloud.running_instance("low", 2048).await;
