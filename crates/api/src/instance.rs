@@ -103,6 +103,14 @@ pub struct InstanceView {
     /// it stays `error` until its host is back or an operator evacuates it.
     #[serde(default)]
     pub ha: Option<HaPolicy>,
+    /// Its restart priority (0 to 1000; high 900, medium 500, low 100): when a host dies,
+    /// higher ones are restarted first. Kept, and shown, even without `ha`.
+    #[serde(default = "default_ha_priority")]
+    pub ha_priority: u16,
+}
+
+fn default_ha_priority() -> u16 {
+    crate::HA_PRIORITY_MEDIUM
 }
 
 /// High availability of an instance (see docs/hosts.md).
@@ -143,6 +151,11 @@ pub struct CreateInstance {
     /// shared storage to keep its content).
     #[serde(default)]
     pub ha: Option<HaPolicy>,
+    /// Restart priority, 0 to 1000 (high 900, medium 500, low 100) [default: medium]: when a
+    /// host dies its HA instances restart higher first, and lower ones stay `error` ("no
+    /// capacity") when the other hosts lack room.
+    #[serde(default)]
+    pub ha_priority: Option<u16>,
     /// Keypair (`/v1/keypairs`) whose public key cloud-init installs in the guest.
     #[serde(default)]
     pub key_name: Option<String>,

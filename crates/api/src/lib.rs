@@ -10,6 +10,7 @@ pub mod error;
 pub mod flavor;
 pub mod floating_ip;
 pub mod group;
+pub mod ha;
 pub mod host;
 pub mod image;
 pub mod instance;
@@ -35,6 +36,10 @@ pub use floating_ip::{AttachFloatingIp, FloatingIpView};
 pub use group::{
     CreateGroup, GroupEvent, GroupMember, GroupView, PolicyKind, ScalingStep, StepBound,
     UpdateGroup,
+};
+pub use ha::{
+    ha_priority_label, parse_ha_priority, SetInstanceHa, HA_PRIORITY_HIGH, HA_PRIORITY_LOW,
+    HA_PRIORITY_MAX, HA_PRIORITY_MEDIUM,
 };
 pub use host::{
     CreateJoinToken, EvacuateLeft, EvacuateResult, HostCachedImage, HostImageCache, HostKsm,

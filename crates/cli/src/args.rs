@@ -476,6 +476,18 @@ pub enum OnOff {
 pub enum HaArg {
     /// Restart it on another host.
     Restart,
+    /// No HA: it stays `error` until its host is back or an operator evacuates it.
+    None,
+}
+
+impl HaArg {
+    /// The API's policy for this choice.
+    pub fn policy(self) -> Option<nimbus_api::HaPolicy> {
+        match self {
+            HaArg::Restart => Some(nimbus_api::HaPolicy::Restart),
+            HaArg::None => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -585,6 +597,11 @@ pub enum InstanceCmd {
         /// fenced itself (keep its disk on shared storage: `nimbus up --shared-storage`).
         #[arg(long, value_enum)]
         ha: Option<HaArg>,
+        /// Restart priority: high, medium, low or a number from 0 to 1000 [default: medium].
+        /// When a host dies its HA instances restart higher first; when the other hosts lack
+        /// room the lower ones stay `error` ("no capacity").
+        #[arg(long, value_parser = nimbus_api::parse_ha_priority)]
+        ha_priority: Option<u16>,
         /// Keypair whose public key cloud-init installs (`nimbus keypair list`).
         #[arg(long = "key")]
         key_name: Option<String>,
@@ -637,12 +654,19 @@ pub enum InstanceCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Change an instance's security groups (while it runs, too).
+    /// Change an instance's security groups or HA (while it runs, too).
+    #[command(group = clap::ArgGroup::new("changes").required(true).multiple(true))]
     Set {
         instance: String,
         /// The instance's groups from now on (repeat for several).
-        #[arg(long = "secgroup", required = true)]
+        #[arg(long = "secgroup", group = "changes")]
         secgroups: Vec<String>,
+        /// `restart`: restart it elsewhere when its host dies; `none`: leave it `error`.
+        #[arg(long, value_enum, group = "changes")]
+        ha: Option<HaArg>,
+        /// Restart priority: high, medium, low or a number from 0 to 1000.
+        #[arg(long, value_parser = nimbus_api::parse_ha_priority, group = "changes")]
+        ha_priority: Option<u16>,
     },
     /// Print the serial console log.
     Log {

@@ -3,6 +3,8 @@
 //! is killed: every QEMU of its state directory is killed by pid and its agent is frozen
 //! (SIGSTOP: a killed agent would be revived by `nimbus up`'s supervisor, a frozen one is
 //! silent like a dead machine). Then:
+//! - the restart priorities given at create (`--ha-priority high`) and later (`instance set`)
+//!   are shown;
 //! - the host is `down` after the documented 30 s; the HA instance runs again on the other
 //!   host with its disk content, one copy only; the time from the kill to its guest being
 //!   ready there is printed (the figure of docs/hosts.md);
@@ -65,11 +67,21 @@ async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
             "--wait",
         ];
         if ha {
-            args.extend(["--ha", "restart"]);
+            args.extend(["--ha", "restart", "--ha-priority", "high"]);
         }
         cli_ok(&cloud, &args);
     }
+    let show = cli_ok(&cloud, &["instance", "show", "db1"]);
+    assert!(show.contains("restart (priority high)"), "{show}");
+    // Settable later; web1 keeps no HA (it must stay `error` below).
+    cli_ok(&cloud, &["instance", "set", "web1", "--ha-priority", "low"]);
+    let web = instance(&client, "web1").await;
+    assert_eq!(
+        (web.ha, web.ha_priority),
+        (None, nimbus_api::HA_PRIORITY_LOW)
+    );
     let db = instance(&client, "db1").await;
+    assert_eq!(db.ha_priority, nimbus_api::HA_PRIORITY_HIGH);
     let dead = db.host.clone().expect("placed");
     assert_eq!(instance(&client, "web1").await.host, Some(dead.clone()));
     exec(&client, "db1", "echo ha-data > /data/kept && sync").await;

@@ -2,6 +2,7 @@
 
 mod error;
 mod floating_ips;
+mod ha;
 mod images;
 mod keypairs;
 mod networks;

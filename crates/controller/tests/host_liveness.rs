@@ -124,6 +124,16 @@ async fn silent_host_goes_unreachable_then_down_and_comes_back() {
     assert_eq!(inst.reason, None);
 }
 
+/// Two hosts on one shared storage.
+async fn shared_cloud() -> Cloud {
+    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
+    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
+    for h in ["host1", "host2"] {
+        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
+    }
+    cloud
+}
+
 /// Marks an instance `--ha restart` (as its create would have).
 async fn make_ha(cloud: &Cloud, id: uuid::Uuid) {
     sqlx::query("UPDATE instances SET ha = 'restart' WHERE id = $1")
@@ -152,11 +162,7 @@ async fn settled(cloud: &Cloud, id: uuid::Uuid) -> nimbus_store::InstanceRecord 
 
 #[tokio::test]
 async fn ha_instances_of_a_down_host_restart_elsewhere_from_shared_storage() {
-    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
-    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
-    for h in ["host1", "host2"] {
-        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
-    }
+    let cloud = shared_cloud().await;
     let db = cloud.running_instance("db1", 512).await;
     make_ha(&cloud, db).await;
     let web = cloud.running_instance("web1", 256).await;
@@ -219,11 +225,7 @@ async fn ha_instance_with_a_local_disk_says_why_it_cannot_restart() {
 #[tokio::test]
 async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
     use nimbus_controller::app::Caller;
-    let cloud = Cloud::start(&["host1", "host2"], 4096).await;
-    let url = cloud.app.get_host("host1").await.expect("host").agent_url;
-    for h in ["host1", "host2"] {
-        report_with(&cloud, h, &url, Some("/srv/nimbus-shared")).await;
-    }
+    let cloud = shared_cloud().await;
     let web = cloud.running_instance("web1", 256).await;
     let admin = Caller::system("test", "default");
 
@@ -259,4 +261,55 @@ async fn evacuate_restarts_every_instance_of_a_down_host_and_waits_for_down() {
     let inst = settled(&cloud, web).await;
     assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
     assert_eq!(inst.host.as_deref(), Some("host2"));
+}
+
+#[tokio::test]
+async fn ha_restarts_go_in_priority_order_and_the_lowest_waits_when_room_is_short() {
+    use nimbus_api::{HA_PRIORITY_HIGH, HA_PRIORITY_LOW, HA_PRIORITY_MEDIUM};
+    let cloud = shared_cloud().await;
+    // host2 has room for two of them. By size alone `low` (the largest) would go first and
+    // take the room of `medium`; by priority `high` and `medium` run and `low` waits.
+    let low = cloud.running_instance("low", 2048).await;
+    let high = cloud.running_instance("high", 1536).await;
+    let medium = cloud.running_instance("medium", 1536).await;
+    for (id, priority) in [
+        (low, HA_PRIORITY_LOW),
+        (high, HA_PRIORITY_HIGH),
+        (medium, HA_PRIORITY_MEDIUM),
+    ] {
+        cloud
+            .app
+            .store()
+            .set_instance_ha(id, true, priority)
+            .await
+            .expect("ha");
+    }
+
+    silence(&cloud, "host1", DOWN_AFTER.as_secs() + 1).await;
+    host_liveness::pass(&cloud.app).await.expect("pass");
+    for id in [high, medium] {
+        let inst = settled(&cloud, id).await;
+        assert_eq!(inst.state, InstanceState::Running, "{:?}", inst.reason);
+        assert_eq!(inst.host.as_deref(), Some("host2"));
+    }
+    let left = settled(&cloud, low).await;
+    assert_eq!(left.state, InstanceState::Error);
+    assert_eq!(
+        left.host.as_deref(),
+        Some("host1"),
+        "its place is unchanged"
+    );
+    let reason = left.reason.unwrap_or_default();
+    assert!(reason.contains("no capacity"), "{reason}");
+    assert!(
+        !cloud
+            .agent
+            .state()
+            .calls
+            .iter()
+            .any(|c| c.contains(&low.to_string())),
+        "nothing of `low` defined on host2"
+    );
+    let h = cloud.app.get_host("host1").await.expect("host");
+    assert_eq!(h.ha_restarted, 2);
 }

@@ -333,6 +333,7 @@ async fn placed(
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
         seed: Default::default(),
         secgroups: groups.iter().map(|g| g.to_string()).collect(),
     };

@@ -133,6 +133,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
         seed: Default::default(),
         secgroups: Vec::new(),
     };

@@ -36,6 +36,8 @@ pub struct InstanceRecord {
     pub placement_group: Option<Uuid>,
     /// Restarted on another host when its host is down (`--ha restart`).
     pub ha_restart: bool,
+    /// Its HA restart priority (0 to 1000, higher restarts first).
+    pub ha_priority: u16,
     /// The operation acting on it; at most one at a time.
     pub operation_id: Option<Uuid>,
     /// Bumped by every change (compare-and-swap token).
@@ -84,6 +86,7 @@ impl InstanceRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             ha: self.ha_restart.then_some(nimbus_api::HaPolicy::Restart),
+            ha_priority: self.ha_priority,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct NewInstance {
     pub placement_group: Option<Uuid>,
     /// Restart it on another host when its host is down.
     pub ha_restart: bool,
+    /// Its HA restart priority (0 to 1000, higher restarts first).
+    pub ha_priority: u16,
     /// Key and user-data for its cloud-init seed.
     pub seed: crate::InstanceSeed,
     /// Its security groups; none means the project's `default` group.
@@ -115,6 +120,14 @@ pub struct NewInstance {
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
+}
+
+/// A stored restart priority, refused when out of range (the API never writes one).
+fn ha_priority_of(stored: i64) -> Result<u16, StoreError> {
+    u16::try_from(stored)
+        .ok()
+        .filter(|p| *p <= nimbus_api::HA_PRIORITY_MAX)
+        .ok_or_else(|| StoreError::Corrupt(format!("ha_priority {stored}")))
 }
 
 pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, StoreError> {
@@ -145,6 +158,7 @@ pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord,
             .map(parse_uuid)
             .transpose()?,
         ha_restart: r.try_get::<Option<String>, _>("ha")?.as_deref() == Some("restart"),
+        ha_priority: ha_priority_of(r.try_get::<i64, _>("ha_priority")?)?,
         operation_id: r
             .try_get::<Option<String>, _>("operation_id")?
             .as_deref()
@@ -191,8 +205,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
              host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id, \
-             placement_group, ha) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15, $16, $17)",
+             placement_group, ha, ha_priority) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -211,6 +225,7 @@ impl Store {
         .bind(new.group_id.map(|g| g.to_string()))
         .bind(new.placement_group.map(|g| g.to_string()))
         .bind(new.ha_restart.then(|| "restart".to_string()))
+        .bind(i64::from(new.ha_priority))
         .execute(&mut *tx)
         .await
         .map_err(|e| {

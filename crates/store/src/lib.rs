@@ -16,6 +16,7 @@ mod flavors;
 mod floating_ips;
 mod group_events;
 mod groups;
+mod ha;
 mod host_identities;
 mod hosts;
 mod images;
@@ -231,6 +232,7 @@ pub(crate) mod testing {
                 nics: Vec::new(),
                 placement_group: None,
                 ha_restart: false,
+                ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
                 seed: Default::default(),
                 secgroups: Vec::new(),
             },

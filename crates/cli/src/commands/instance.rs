@@ -38,6 +38,7 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
                     ),
                 ),
                 ("image", i.image.clone()),
+                ("ha", ha_text(i)),
                 ("nics", nics(i)),
                 ("floating ip", output::opt(&i.floating_ip)),
                 ("project", i.project.clone()),
@@ -48,6 +49,41 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `restart (priority high)`, or `none (priority medium)`.
+fn ha_text(i: &InstanceView) -> String {
+    let policy = if i.ha.is_some() { "restart" } else { "none" };
+    format!(
+        "{policy} (priority {})",
+        nimbus_api::ha_priority_label(i.ha_priority)
+    )
+}
+
+/// Changes an instance's HA policy or priority, keeping what is not given.
+async fn set_ha(
+    client: &nimbus_client::Client,
+    instance: &str,
+    ha: Option<HaArg>,
+    ha_priority: Option<u16>,
+) -> anyhow::Result<()> {
+    let now = client.instance(instance).await?;
+    let set = client
+        .set_instance_ha(
+            instance,
+            &nimbus_api::SetInstanceHa {
+                ha: ha.map_or(now.ha, HaArg::policy),
+                ha_priority: ha_priority.unwrap_or(now.ha_priority),
+            },
+        )
+        .await?;
+    let view = InstanceView {
+        ha: set.ha,
+        ha_priority: set.ha_priority,
+        ..now
+    };
+    println!("instance {instance} HA: {}", ha_text(&view));
+    Ok(())
 }
 
 /// `backend 10.10.0.20/24 52:54:..., default ...`.
@@ -92,6 +128,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
             ip,
             placement_group,
             ha,
+            ha_priority,
             key_name,
             user_data_file,
             secgroups,
@@ -107,7 +144,8 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
                     networks,
                     ip,
                     placement_group,
-                    ha: ha.map(|HaArg::Restart| nimbus_api::HaPolicy::Restart),
+                    ha: ha.and_then(HaArg::policy),
+                    ha_priority,
                     key_name,
                     user_data,
                     secgroups,
@@ -118,9 +156,16 @@ pub async fn run(conn: &Connection, out: Output, cmd: InstanceCmd) -> anyhow::Re
         InstanceCmd::Set {
             instance,
             secgroups,
+            ha,
+            ha_priority,
         } => {
-            let set = client.set_instance_secgroups(&instance, secgroups).await?;
-            println!("instance {instance} is in {}", set.secgroups.join(", "));
+            if !secgroups.is_empty() {
+                let set = client.set_instance_secgroups(&instance, secgroups).await?;
+                println!("instance {instance} is in {}", set.secgroups.join(", "));
+            }
+            if ha.is_some() || ha_priority.is_some() {
+                set_ha(&client, &instance, ha, ha_priority).await?;
+            }
             Ok(())
         }
         InstanceCmd::List => output::list(out, &client.list_instances().await?, HEADERS, row),

@@ -87,6 +87,7 @@ impl App {
                 })
                 .collect(),
             ha_restart: req.ha.is_some(),
+            ha_priority: super::ha::requested_priority(req.ha_priority)?,
             seed: Default::default(),
             // The source's security groups.
             secgroups: self.store().instance_secgroups(source.id).await?,

@@ -4,12 +4,62 @@ use crate::app::Caller;
 use crate::app::{App, AppError};
 use crate::ops;
 use crate::ops::instance_ha_restart::HaRestartParams;
-use nimbus_api::{EvacuateLeft, EvacuateResult, HostState, OperationKind};
+use nimbus_api::{
+    EvacuateLeft, EvacuateResult, HaPolicy, HostState, OperationKind, SetInstanceHa,
+    HA_PRIORITY_MAX, HA_PRIORITY_MEDIUM,
+};
 use nimbus_store::Scope;
 use nimbus_store::{InstanceRecord, NewOperation};
+use std::cmp::Reverse;
 use uuid::Uuid;
 
+/// Where an HA instance of a down host comes in the restart order (smaller first): higher
+/// priority first; among equals the larger first (the hardest to place get the room), then
+/// by id so that every controller sees one order.
+pub(crate) fn restart_rank(i: &InstanceRecord) -> (Reverse<u16>, Reverse<u64>, Reverse<u32>, Uuid) {
+    (
+        Reverse(i.ha_priority),
+        Reverse(i.memory_mib),
+        Reverse(i.vcpus),
+        i.id,
+    )
+}
+
+/// The restart priority a create asks for (medium when none), refused when out of range.
+pub(crate) fn requested_priority(asked: Option<u16>) -> Result<u16, AppError> {
+    match asked {
+        None => Ok(HA_PRIORITY_MEDIUM),
+        Some(p) if p <= HA_PRIORITY_MAX => Ok(p),
+        Some(p) => Err(AppError::bad_request(format!(
+            "restart priority {p} is out of range: give 0 to {HA_PRIORITY_MAX} (high 900, \
+             medium 500, low 100)"
+        ))),
+    }
+}
+
 impl App {
+    /// Sets the HA policy and restart priority of instance `id_or_name` (running or not);
+    /// answers them. A restart already under way keeps the priority it started with.
+    pub async fn set_instance_ha(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+        req: &SetInstanceHa,
+    ) -> Result<SetInstanceHa, AppError> {
+        caller.require_write()?;
+        let priority = requested_priority(Some(req.ha_priority))?;
+        let inst = self.find_instance(caller, id_or_name).await?;
+        let restart = req.ha == Some(HaPolicy::Restart);
+        self.store()
+            .set_instance_ha(inst.id, restart, priority)
+            .await?;
+        tracing::info!(instance_id = %inst.id, restart, priority, "instance HA set");
+        Ok(SetInstanceHa {
+            ha: req.ha,
+            ha_priority: priority,
+        })
+    }
+
     /// Starts the HA restart of `inst`, placed on the down host `source`, on another host.
     /// Only the host liveness pass calls this, once `source` is down (fenced).
     pub async fn start_ha_restart(

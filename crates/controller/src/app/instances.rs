@@ -98,6 +98,7 @@ impl App {
             nics,
             placement_group: placement,
             ha_restart: req.ha.is_some(),
+            ha_priority: super::ha::requested_priority(req.ha_priority)?,
             seed,
             secgroups: req.secgroups.clone(),
         };

@@ -9,13 +9,14 @@
 //!
 //! Every pass (each `reconcile_interval`), for a down host: its down mark is recorded once
 //! (`down_since`); each of its HA instances that no operation owns is restarted elsewhere
-//! (`instance_ha_restart`, largest first, if it was running; one whose restart failed is
+//! (`instance_ha_restart`, higher priority first, if it was running; one whose restart failed is
 //! `error` and not retried), and each
 //! other instance that no operation owns and that is not already `error` goes `error` with
 //! the reason. Nothing is deleted or stopped: the host may be only
 //! cut off, and what its agent still runs is learnt again when it reports (the instances'
 //! agent generations are forgotten so its next report is applied as it is).
 
+use crate::app::ha::restart_rank;
 use crate::app::hosts::liveness;
 use crate::app::App;
 use chrono::{DateTime, Utc};
@@ -67,9 +68,10 @@ async fn host_down(app: &App, host: &HostRecord) -> Result<(), StoreError> {
         .iter()
         .filter(|i| i.host.as_deref() == Some(host.name.as_str()) && i.operation_id.is_none())
         .collect();
-    // HA instances first, larger before smaller (the hardest to place get the room).
+    // HA instances first, in restart order (higher priority, then larger, first); each
+    // restart also waits for the higher-ranked ones to be placed.
     let mut ha: Vec<_> = mine.iter().filter(|i| wants_restart(i)).collect();
-    ha.sort_by_key(|i| std::cmp::Reverse((i.memory_mib, i.vcpus)));
+    ha.sort_by_key(|i| restart_rank(i));
     for inst in ha {
         if let Err(e) = app.start_ha_restart(inst, &host.name).await {
             tracing::warn!(instance_id = %inst.id, error = %e.message, "cannot start the HA restart");

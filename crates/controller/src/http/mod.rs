@@ -9,6 +9,7 @@ mod error;
 mod flavors;
 mod floating_ips;
 mod groups;
+mod ha;
 mod hosts;
 mod images;
 mod instances;
@@ -102,6 +103,10 @@ pub fn router(app: App) -> Router {
         .route(
             "/secgroups/{secgroup}/rules/{rule}",
             axum::routing::delete(secgroups::delete_rule),
+        )
+        .route(
+            "/instances/{instance}/ha",
+            axum::routing::put(ha::set_instance),
         )
         .route(
             "/instances/{instance}/secgroups",

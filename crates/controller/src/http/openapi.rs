@@ -3,7 +3,7 @@
 
 use super::paging::PagedAnswers;
 use super::{
-    audit_log, controllers, flavors, floating_ips, groups, hosts, images, instances, keypairs,
+    audit_log, controllers, flavors, floating_ips, groups, ha, hosts, images, instances, keypairs,
     migrations, networks, operations, placement_groups, projects, secgroups, snapshots, tokens,
     usage,
 };
@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         instances::list, instances::create, instances::show, instances::delete,
         instances::start, instances::stop, instances::reboot, instances::exec, instances::console_log,
+        ha::set_instance,
         flavors::list, flavors::create, flavors::show, flavors::delete,
         images::list, images::import, images::upload, images::from_instance, images::show, images::delete,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,

@@ -169,6 +169,7 @@ mod tests {
             group_id: None,
             placement_group: None,
             ha_restart: false,
+            ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
             operation_id: None,
             generation: 1,
             agent_generation: 0,

@@ -7,6 +7,12 @@
 //!  (room reserved there,   linked to its        QEMU     up (its ready
 //!  the dead host's freed)  shared disk                   marker)
 //! ```
+//! Restarts of one down host take their places in priority order (see
+//! [`crate::app::ha::restart_rank`]): `choose_restart_host` first waits, bounded, until no
+//! higher-ranked restart of that host is still unplaced, so when room is short the lower
+//! ones are refused ("no capacity"), whatever order their operations run in and whichever
+//! controller runs them.
+//!
 //! Started by the host liveness pass only once the host is `down`, i.e. after the fence
 //! timeout plus its margin since the host's last report: its agent, if it still runs, has
 //! stopped the old copy (see `nimbus_agent_api::liveness`). A disk local to the dead host
@@ -17,18 +23,21 @@
 
 use super::steps::{agent_err, app_err, instance, op_params, store_err, Boot, WaitReady};
 use super::Plan;
+use crate::app::ha::restart_rank;
 use crate::app::migrations::migration_target;
 use crate::app::placement_groups::GroupContext;
 use crate::app::{App, AppError};
 use async_trait::async_trait;
 use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer};
-use nimbus_api::InstanceState;
+use nimbus_api::{ErrorCode, InstanceState};
 use nimbus_ops::{Step, StepContext, StepError};
 use nimbus_scheduler::HostCapacity;
-use nimbus_store::HostClaim;
+use nimbus_store::{HostClaim, InstanceRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 /// The operation's parameters.
@@ -70,14 +79,18 @@ impl Step<App> for ChooseRestartHost {
             // Moved already (this step runs again after a crash).
             Some(h) if h != p.source => h.to_string(),
             _ => {
+                wait_for_higher_ranked(app, &inst, &p.source).await?;
                 let hosts = app.store().list_hosts().await.map_err(store_err)?;
                 let choose = |pool: &[HostCapacity], group: Option<&GroupContext>| {
                     let target = migration_target(pool, group, app, &inst, &p.source, None)
                         .map_err(|e| {
-                            AppError::new(
-                                e.code,
-                                format!("no host to restart it on: {}", e.message),
-                            )
+                            let what = if e.code == ErrorCode::NoCapacity {
+                                "no capacity to restart it on another host (higher priorities \
+                                 went first)"
+                            } else {
+                                "no host to restart it on"
+                            };
+                            AppError::new(e.code, format!("{what}: {}", e.message))
                         })?;
                     let dst = hosts
                         .iter()
@@ -114,6 +127,37 @@ impl Step<App> for ChooseRestartHost {
             Err(nimbus_store::StoreError::Conflict(_)) => Ok(()),
             Err(e) => Err(store_err(e)),
         }
+    }
+}
+
+/// Longest wait for higher-ranked restarts of the same host to take their places: they
+/// normally do in well under a second; past this bound (a stuck step) this one goes on.
+const ORDER_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until no restart of `source` ranked above `inst` is still unplaced (bounded by
+/// [`ORDER_WAIT`]).
+async fn wait_for_higher_ranked(
+    app: &App,
+    inst: &InstanceRecord,
+    source: &str,
+) -> Result<(), StepError> {
+    let mine = restart_rank(inst);
+    let deadline = Instant::now() + ORDER_WAIT;
+    loop {
+        let waiting = app
+            .store()
+            .unplaced_ha_restarts(source)
+            .await
+            .map_err(store_err)?;
+        let Some(before) = waiting.iter().find(|o| restart_rank(o) < mine) else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            tracing::warn!(instance_id = %inst.id, before = %before.id,
+                "a higher-priority HA restart is still unplaced after {ORDER_WAIT:?}; going on");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -359,6 +359,7 @@ impl Cloud {
             nics: Vec::new(),
             placement_group: None,
             ha_restart: false,
+            ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
             seed: Default::default(),
             secgroups: Vec::new(),
         };

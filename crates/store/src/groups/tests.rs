@@ -55,6 +55,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
         seed: Default::default(),
         secgroups: Vec::new(),
     };

@@ -30,6 +30,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
         seed: Default::default(),
         secgroups: Vec::new(),
     };
