@@ -18,6 +18,10 @@ pub struct ControllerView {
     pub heartbeat_age_ms: u64,
     /// Operations it owns that have not ended.
     pub operations: u64,
+    /// The background tasks it runs for the whole cloud (one controller at a time each:
+    /// `autoscaler`, `reconciler`, `host_liveness`, `firewall_sync`, `retention`).
+    #[serde(default)]
+    pub tasks: Vec<String>,
     /// The controller that answered this request.
     pub this: bool,
 }

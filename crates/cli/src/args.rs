@@ -40,7 +40,8 @@ pub struct Cli {
 /// Which cloud to talk to (defaults to the one `nimbus up` started on this machine).
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Controller URL.
+    /// Controller URL, or several separated by commas (`https://ctl1:7700,https://ctl2:7700`):
+    /// a call that cannot connect to one goes to the next (never after an HTTP answer).
     #[arg(long, env = "NIMBUS_API", global = true)]
     pub api: Option<String>,
     /// Bearer token.

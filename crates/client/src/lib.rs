@@ -1,6 +1,7 @@
 //! Typed client of the nimbus REST API.
 
 mod error;
+mod failover;
 mod floating_ips;
 mod ha;
 mod images;
@@ -28,7 +29,8 @@ use std::time::{Duration, Instant};
 /// A client of one cloud.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    /// The controllers (one or several), and the one in use.
+    controllers: failover::Controllers,
     token: Option<String>,
     /// The project calls act in (`?project=P`); none: the token's own.
     project: Option<String>,
@@ -45,11 +47,12 @@ fn http_builder() -> reqwest::ClientBuilder {
 }
 
 impl Client {
-    /// `api` is the controller URL, e.g. `http://127.0.0.1:7700`.
+    /// `api` is the controller URL, e.g. `https://127.0.0.1:7700`, or several separated by
+    /// commas: a call that cannot connect to the controller in use goes to the next.
     pub fn new(api: &str, token: Option<String>) -> Self {
         let http = http_builder().build().unwrap_or_default();
         Self {
-            base: api.trim_end_matches('/').to_string(),
+            controllers: failover::Controllers::parse(api),
             token,
             project: None,
             root_ca: None,
@@ -83,9 +86,9 @@ impl Client {
         self
     }
 
-    /// The controller URL.
+    /// The URL of the controller in use.
     pub fn api(&self) -> &str {
-        &self.base
+        self.controllers.current()
     }
 
     /// The bearer token, if any.
@@ -94,7 +97,7 @@ impl Client {
     }
 
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        let mut r = self.http.request(method, format!("{}{}", self.api(), path));
         if let Some(p) = &self.project {
             r = r.query(&[("project", p)]);
         }
@@ -117,14 +120,11 @@ impl Client {
         &self,
         r: RequestBuilder,
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), ClientError> {
-        let resp = r.send().await.map_err(|e| ClientError::Transport {
-            api: self.base.clone(),
-            source: e,
-        })?;
+        let resp = self.execute(r).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
-            api: self.base.clone(),
+            api: self.api().to_string(),
             source: e,
         })?;
         if !status.is_success() {
@@ -144,6 +144,15 @@ impl Client {
             });
         }
         Ok((headers, bytes.to_vec()))
+    }
+
+    /// Sends `r` to the controller in use, or the next ones while it cannot connect.
+    async fn execute(&self, r: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let req = r.build().map_err(|e| ClientError::Transport {
+            api: self.api().to_string(),
+            source: e,
+        })?;
+        self.controllers.execute(&self.http, req).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -191,10 +200,7 @@ impl Client {
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        let resp = r.send().await.map_err(|e| ClientError::Transport {
-            api: self.base.clone(),
-            source: e,
-        })?;
+        let resp = self.execute(r).await?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().await.unwrap_or_default()))
     }
@@ -256,7 +262,7 @@ impl Client {
     pub fn console_url(&self, name: &str) -> String {
         format!(
             "{}/v1/instances/{name}/console",
-            self.base.replacen("http", "ws", 1)
+            self.api().replacen("http", "ws", 1)
         )
     }
 

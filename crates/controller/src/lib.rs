@@ -7,8 +7,9 @@
 //! - `ops/`: one file per durable operation (instance create, start, stop, reboot,
 //!   delete, migrate, clone; snapshot create, restore, delete) and the
 //!   runner that starts and resumes them;
-//! - `background/`: the reconciler that applies agents' reports and repairs drift, and the
-//!   autoscaler that keeps scaling groups at their desired size.
+//! - `background/`: the reconciler that applies agents' reports and repairs drift, the
+//!   autoscaler that keeps scaling groups at their desired size, and the other periodic
+//!   tasks (see `background::task`: most run on one controller at a time).
 
 pub mod app;
 pub mod background;
@@ -36,12 +37,17 @@ pub async fn run(
     background::leases::register(&app).await?;
     ops::take_over(&app).await?;
     ops::settle_ended(&app).await?;
-    let reconciler = tokio::spawn(background::reconciler::run(app.clone()));
-    let autoscaler = tokio::spawn(background::autoscaler::run(app.clone()));
-    let liveness = tokio::spawn(background::host_liveness::run(app.clone()));
-    let firewall = tokio::spawn(background::firewall_sync::run(app.clone()));
-    let leases = tokio::spawn(background::leases::run(app.clone()));
-    let retention = tokio::spawn(background::retention::run(app.clone()));
+    use background::task::Runner;
+    let tasks = [
+        tokio::spawn(Runner::new(background::reconciler::Reconciler).run(app.clone())),
+        tokio::spawn(Runner::new(background::autoscaler::Autoscaler).run(app.clone())),
+        tokio::spawn(Runner::new(background::host_liveness::HostLiveness).run(app.clone())),
+        tokio::spawn(
+            Runner::new(background::firewall_sync::FirewallSync::default()).run(app.clone()),
+        ),
+        tokio::spawn(Runner::new(background::leases::LeaseKeeper).run(app.clone())),
+        tokio::spawn(Runner::new(background::retention::RetentionTask).run(app.clone())),
+    ];
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -70,15 +76,12 @@ pub async fn run(
     shutdown.await;
     tracing::info!("controller shutting down");
     let _ = stop_tx.send(true);
-    reconciler.abort();
-    autoscaler.abort();
-    liveness.abort();
-    firewall.abort();
-    leases.abort();
+    for task in &tasks {
+        task.abort();
+    }
     if let Err(e) = app.store().unregister_controller(app.controller_id()).await {
         tracing::warn!(error = %e, "could not unregister; its operations move after their lease");
     }
-    retention.abort();
     for s in servers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }

@@ -48,7 +48,7 @@ impl Store {
     /// Places a new instance on `claim.host` if the room is still there. Idempotent: an
     /// instance already placed there is left as it is; one placed elsewhere is a conflict.
     pub async fn claim_placement(&self, id: Uuid, claim: &HostClaim) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let size = size_of(&mut tx, id).await?;
         match size.host.as_deref() {
             Some(h) if h == claim.host => return Ok(()),
@@ -85,7 +85,7 @@ impl Store {
         m: &NewMigration,
         claim: &HostClaim,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT id FROM migrations WHERE id = $1")
             .bind(m.id.to_string())
             .fetch_optional(&mut *tx)
@@ -114,7 +114,7 @@ impl Store {
         source: &str,
         claim: &HostClaim,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let size = size_of(&mut tx, id).await?;
         if size.host.as_deref() == Some(claim.host.as_str()) {
             return Ok(());

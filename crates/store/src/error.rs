@@ -19,6 +19,10 @@ pub enum StoreError {
     NoRoom { host: String, reason: String },
     #[error(transparent)]
     QuotaExceeded(#[from] crate::quotas::QuotaExceeded),
+    /// A write fenced by a background task's lease found the task held by another
+    /// controller now (this one stalled past its lease): nothing was written.
+    #[error("the lease of background task {task} moved to another controller (epoch {epoch} is stale): nothing written")]
+    TaskLeaseLost { task: String, epoch: i64 },
     #[error("the page token does not belong to this listing; start again without one")]
     BadPageKey,
     #[error("stored data is invalid: {0}")]

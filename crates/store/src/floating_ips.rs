@@ -78,7 +78,7 @@ impl Store {
         pool: impl Fn() -> Box<dyn Iterator<Item = String>>,
     ) -> Result<FloatingIpRecord, StoreError> {
         for attempt in 1..=ALLOCATE_ATTEMPTS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             if let Some(limits) = lock_quota(&mut tx, project).await? {
                 let in_use = usage_in(&mut tx, project).await?;
                 let want = QuotaUsage {

@@ -48,7 +48,7 @@ pub(crate) async fn insert_event(
 impl Store {
     /// Records an event of a group.
     pub async fn add_group_event(&self, group: Uuid, e: &NewGroupEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_event(&mut tx, group, e).await?;
         tx.commit().await?;
         Ok(())

@@ -130,7 +130,7 @@ impl Store {
         let now = time::now();
         let steps = serde_json::to_string(&g.steps)
             .map_err(|e| StoreError::Corrupt(format!("group steps: {e}")))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO scaling_groups (id, project, name, flavor, image, min_size, max_size, \
              desired, target_cpu, policy, steps, window_secs, cooldown_secs, state, replacements, \
@@ -247,7 +247,7 @@ impl Store {
         scaled_at: Option<DateTime<Utc>>,
         event: &NewGroupEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let r = sqlx::query(
             "UPDATE scaling_groups SET min_size = $1, max_size = $2, desired = $3, target_cpu = $4, \
              window_secs = $5, cooldown_secs = $6, \
@@ -281,7 +281,7 @@ impl Store {
         id: Uuid,
         event: &NewGroupEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE scaling_groups SET replacements = replacements + 1, updated_at = $1 WHERE id = $2",
         )
@@ -302,7 +302,7 @@ impl Store {
         op: &NewOperation,
         event: &NewGroupEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let r = sqlx::query(
             "UPDATE scaling_groups SET state = $1, generation = generation + 1, updated_at = $2 \
              WHERE id = $3 AND state = $4",
@@ -344,7 +344,7 @@ impl Store {
 
     /// Removes the group and its events (the last step of its delete; members must be gone).
     pub async fn delete_group_row(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE group_id = $1")
             .bind(id.to_string())
             .fetch_one(&mut *tx)

@@ -84,7 +84,7 @@ impl Store {
         serial: &str,
         fingerprint: &str,
     ) -> Result<Result<HostIdentityRecord, JoinRefusal>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let token =
             sqlx::query("SELECT expires_at, used_at FROM join_tokens WHERE token_hash = $1")
                 .bind(hash)
@@ -197,7 +197,7 @@ impl Store {
     /// Removes host `name` and revokes its certificate, in one transaction; refused while an
     /// instance is placed on it or a migration to or from it runs.
     pub async fn remove_host(&self, name: &str) -> Result<Result<(), RemoveRefusal>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let busy = sqlx::query(
             "SELECT 1 AS busy FROM instances WHERE host = $1 \
              UNION ALL SELECT 1 AS busy FROM migrations \

@@ -179,7 +179,7 @@ impl Store {
     /// says (the reconciler relearns them instead of trusting what it concluded while the
     /// host was silent). Returns whether the host was down.
     pub async fn mark_host_back(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let r = sqlx::query(
             "UPDATE hosts SET down_since = NULL WHERE name = $1 AND down_since IS NOT NULL",
         )

@@ -101,7 +101,7 @@ impl Store {
 
     /// Records an uploaded image once its bytes are stored, inside the project's quota.
     pub async fn insert_uploaded_image(&self, new: &NewImage) -> Result<ImageView, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(limits) = lock_quota(&mut tx, &new.project).await? {
             let in_use = usage_in(&mut tx, &new.project).await?;
             let want = nimbus_api::QuotaUsage {
@@ -198,7 +198,7 @@ impl Store {
         }
         // Locked first: a create using the image either committed (and is counted) or
         // waits and then finds the image gone.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_image(&mut tx, name).await?;
         let users: i64 = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE image = $1")
             .bind(name)

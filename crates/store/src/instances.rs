@@ -185,7 +185,7 @@ impl Store {
         pick_address: impl PickAddress,
     ) -> Result<InstanceRecord, StoreError> {
         let now = time::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let limits = lock_quota(&mut tx, &new.project).await?;
         // Locked, not just read: a project or image deleted meanwhile is seen as gone, and
         // one being deleted waits and then sees this instance.
@@ -360,7 +360,7 @@ impl Store {
         id: Uuid,
         op: &NewOperation,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         claim_instance(&mut tx, id, op).await?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
@@ -429,7 +429,7 @@ impl Store {
     /// Removes the instance row (the last step of a delete) and leaves a tombstone in the
     /// same transaction: the proof that lets the reconciler remove a VM still running for it.
     pub async fn delete_instance_row(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query("SELECT project, name, host FROM instances WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&mut *tx)

@@ -116,7 +116,8 @@ impl Store {
         Ok(())
     }
 
-    /// Heartbeat of controller `id`, and renewal of all its leases in one statement;
+    /// Heartbeat of controller `id`, and renewal of all its leases (operations in one
+    /// statement, background tasks in another);
     /// `NotFound` if its row is gone (a later run at its address replaced it).
     pub async fn heartbeat(&self, id: Uuid, ttl: Duration) -> Result<(), StoreError> {
         let now = self.now_ms();
@@ -136,7 +137,7 @@ impl Store {
         .bind(id.to_string())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.renew_tasks(id, ttl).await
     }
 
     /// Controllers whose heartbeat is younger than `ttl`, oldest first.

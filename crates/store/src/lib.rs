@@ -39,6 +39,7 @@ mod scope;
 mod secgroups;
 mod seeds;
 mod snapshots;
+mod task_leases;
 mod time;
 mod tokens;
 mod usage;
@@ -67,6 +68,7 @@ pub use scope::Scope;
 pub use secgroups::NewRule;
 pub use seeds::InstanceSeed;
 pub use snapshots::{NewSnapshot, SnapshotFigures, SnapshotRecord};
+pub use task_leases::{TaskHolder, TaskLease};
 pub use tokens::{NewToken, TokenRecord};
 pub use usage::{UsageRow, UsageTotals};
 
@@ -86,6 +88,9 @@ pub struct Store {
     pool: AnyPool,
     /// PostgreSQL (several controllers possible), else SQLite.
     postgres: bool,
+    /// The background task lease every transaction of this handle is fenced by (see
+    /// [`Store::fenced`]).
+    fence: Option<std::sync::Arc<TaskLease>>,
 }
 
 impl Store {
@@ -140,7 +145,11 @@ impl Store {
             e => e.into(),
         })?;
         let postgres = !url.starts_with("sqlite:");
-        Ok(Self { pool, postgres })
+        Ok(Self {
+            pool,
+            postgres,
+            fence: None,
+        })
     }
 
     /// The underlying pool, for health checks.

@@ -71,7 +71,7 @@ impl Store {
         if let Ok(existing) = self.get_migration(&Scope::All, m.id).await {
             return Ok(existing);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_migration(&mut tx, m).await?;
         tx.commit().await?;
         self.get_migration(&Scope::All, m.id).await

@@ -82,7 +82,7 @@ impl Store {
         overlaps: impl Fn(&str) -> bool,
     ) -> Result<NetworkRecord, StoreError> {
         for attempt in 1..=VNI_ATTEMPTS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             lock_project(&mut tx, project).await?;
             let existing = sqlx::query("SELECT name, cidr FROM networks WHERE project = $1")
                 .bind(project)
@@ -170,7 +170,7 @@ impl Store {
 
     /// Deletes network `name` of `project`; refused while a port is on it.
     pub async fn delete_network(&self, project: &str, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_project(&mut tx, project).await?;
         let row = sqlx::query(&format!("{SELECT} WHERE n.project = $1 AND n.name = $2"))
             .bind(project)

@@ -117,7 +117,7 @@ impl Store {
 
     /// Records an operation that acts on no instance (e.g. a host drain).
     pub async fn insert_operation(&self, op: &NewOperation) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         Ok(())

@@ -44,7 +44,7 @@ impl Store {
         seen: &[SeenOrphan],
     ) -> Result<Vec<uuid::Uuid>, StoreError> {
         let now = time::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let known: Vec<String> = sqlx::query("SELECT vm_id FROM orphans WHERE host = $1")
             .bind(host)
             .fetch_all(&mut *tx)

@@ -166,7 +166,7 @@ impl Store {
 
     /// Deletes a group that has no members (a conflict naming them otherwise).
     pub async fn delete_placement_group(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let members: Vec<String> =
             sqlx::query("SELECT name FROM instances WHERE placement_group = $1 ORDER BY name")
                 .bind(id.to_string())

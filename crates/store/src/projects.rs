@@ -28,7 +28,7 @@ impl Store {
         quota: &QuotaLimits,
         network: &NewNetwork,
     ) -> Result<ProjectView, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO projects (name, description, created_at) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(description.map(str::to_string))
@@ -77,7 +77,7 @@ impl Store {
     /// The quota row is locked first, so a create racing with the delete either commits
     /// before (and the delete is refused) or finds the project gone.
     pub async fn delete_project(&self, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_quota(&mut tx, name).await?;
         // The project row too: a create in a project without a quota row locks only this.
         lock_project(&mut tx, name).await?;

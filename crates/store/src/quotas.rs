@@ -182,7 +182,7 @@ impl Store {
 
     /// What the project holds now, as quotas count it.
     pub async fn quota_usage(&self, project: &str) -> Result<QuotaUsage, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let usage = usage_in(&mut tx, project).await?;
         tx.commit().await?;
         Ok(usage)
@@ -192,7 +192,7 @@ impl Store {
     /// allowed: nothing is removed, new creates are refused until use falls below it.
     pub async fn set_quota(&self, project: &str, limits: &QuotaLimits) -> Result<(), StoreError> {
         let v = |x: Option<u64>| x.map(|n| n.min(i64::MAX as u64) as i64);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE quotas SET instances = $1, vcpus = $2, memory_mib = $3, disk_gib = $4, \
              snapshots = $5, image_mib = $6, floating_ips = $7, updated_at = $8 \

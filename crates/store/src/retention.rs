@@ -82,7 +82,7 @@ impl Store {
         &self,
         before: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let finished = [
             OperationState::Succeeded,
             OperationState::Failed,

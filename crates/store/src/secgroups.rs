@@ -27,7 +27,7 @@ impl Store {
         name: &str,
     ) -> Result<SecurityGroupView, StoreError> {
         for attempt in 1..=ID_ATTEMPTS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             lock_project(&mut tx, project).await?;
             if group_id(&mut tx, project, name).await.is_ok() {
                 return Err(StoreError::Conflict(format!(
@@ -122,7 +122,7 @@ impl Store {
     /// Deletes group `name` of `project`: refused while an instance is in it or a rule of
     /// another group names it.
     pub async fn delete_secgroup(&self, project: &str, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_project(&mut tx, project).await?;
         let id = group_id(&mut tx, project, name).await?;
         let members = count(&mut tx, "instance_secgroups WHERE group_id = $1", id).await?;

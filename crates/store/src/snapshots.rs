@@ -180,7 +180,7 @@ impl Store {
         new: &NewSnapshot,
         op: &NewOperation,
     ) -> Result<SnapshotRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(limits) = lock_quota(&mut tx, &new.project).await? {
             let in_use = usage_in(&mut tx, &new.project).await?;
             let want = nimbus_api::QuotaUsage {
@@ -201,7 +201,7 @@ impl Store {
         if self.get_snapshot_by_id(new.id).await.is_ok() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_snapshot(&mut tx, new, op).await?;
         tx.commit().await?;
         Ok(())
@@ -217,7 +217,7 @@ impl Store {
         op: &NewOperation,
     ) -> Result<(), StoreError> {
         let snap = self.get_snapshot_by_id(snapshot).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         claim_instance(&mut tx, snap.instance_id, op).await?;
         let also = if state == SnapshotState::Deleting {
             SnapshotState::Error
@@ -371,7 +371,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let snap = self.get_snapshot_by_id(id).await?;
         let now = time::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE snapshots SET state = $1, operation_id = NULL, vm_pause_us = $2, \
              disk_layer_bytes = $3, memory_bytes = $4, memory_new_bytes = $5, stored_bytes = $6, \
@@ -425,7 +425,7 @@ impl Store {
         instance: Uuid,
         snapshot: Option<Uuid>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         set_current(&mut tx, instance, snapshot).await?;
         tx.commit().await?;
         Ok(())
@@ -441,7 +441,7 @@ impl Store {
         };
         let parent = snap.parent_id.map(|p| p.to_string());
         let now = time::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE snapshots SET parent_id = $1, updated_at = $2 WHERE parent_id = $3")
             .bind(parent.clone())
             .bind(&now)
@@ -469,7 +469,7 @@ impl Store {
     /// Removes every snapshot row of an instance (its host deletes their files with the VM);
     /// returns how many there were.
     pub async fn delete_snapshots_of(&self, instance: Uuid) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let r = sqlx::query("DELETE FROM snapshots WHERE instance_id = $1")
             .bind(instance.to_string())
             .execute(&mut *tx)

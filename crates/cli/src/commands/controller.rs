@@ -4,7 +4,15 @@ use crate::args::{Connection, ControllerAction, Output};
 use crate::{context, output};
 use nimbus_api::ControllerView;
 
-const HEADERS: &[&str] = &["ID", "URL", "VERSION", "HEARTBEAT", "OPERATIONS", "STARTED"];
+const HEADERS: &[&str] = &[
+    "ID",
+    "URL",
+    "VERSION",
+    "HEARTBEAT",
+    "OPERATIONS",
+    "TASKS",
+    "STARTED",
+];
 
 fn row(c: &ControllerView) -> Vec<String> {
     let id = c.id.to_string();
@@ -18,6 +26,11 @@ fn row(c: &ControllerView) -> Vec<String> {
         c.version.clone(),
         format!("{:.1}s ago", c.heartbeat_age_ms as f64 / 1000.0),
         c.operations.to_string(),
+        if c.tasks.is_empty() {
+            "-".into()
+        } else {
+            c.tasks.join(",")
+        },
         c.started_at.to_rfc3339(),
     ]
 }

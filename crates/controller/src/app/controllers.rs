@@ -12,9 +12,15 @@ impl App {
             .store()
             .list_controllers(self.config().lease_ttl)
             .await?;
+        let holders = self.store().task_holders().await?;
         Ok(rows
             .into_iter()
             .map(|c| ControllerView {
+                tasks: holders
+                    .iter()
+                    .filter(|h| h.holder == c.id)
+                    .map(|h| h.task.clone())
+                    .collect(),
                 this: c.id == me,
                 id: c.id,
                 url: c.url,

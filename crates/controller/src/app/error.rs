@@ -48,6 +48,8 @@ impl From<StoreError> for AppError {
             StoreError::BadPageKey => AppError::bad_request(e.to_string()),
             StoreError::QuotaExceeded(q) => AppError::new(ErrorCode::QuotaExceeded, q.to_string()),
             e @ StoreError::NoRoom { .. } => AppError::new(ErrorCode::NoCapacity, e.to_string()),
+            // A background task's write after its lease moved: expected, not a failure.
+            e @ StoreError::TaskLeaseLost { .. } => AppError::conflict(e.to_string()),
             other => {
                 tracing::error!(error = %other, "store failure");
                 AppError::internal("the controller's database failed; see the controller log")

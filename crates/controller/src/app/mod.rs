@@ -52,6 +52,9 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct App {
     inner: Arc<Inner>,
+    /// The store this handle writes through: the controller's own, or the same fenced by a
+    /// background task's lease ([`App::fenced`]).
+    store: Store,
 }
 
 struct Inner {
@@ -82,6 +85,7 @@ impl App {
             ))
         })?;
         Ok(Self {
+            store: store.clone(),
             inner: Arc::new(Inner {
                 auth_throttle: throttle::AuthThrottle::new(
                     config.auth_failure_limit,
@@ -98,7 +102,26 @@ impl App {
     }
 
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        &self.store
+    }
+
+    /// This controller with every store transaction fenced by `lease`: what a background
+    /// task run by one controller at a time acts through, so that once the task moved to
+    /// another controller nothing it does here is written (see `background::task`).
+    pub fn fenced(&self, lease: nimbus_store::TaskLease) -> App {
+        App {
+            inner: self.inner.clone(),
+            store: self.inner.store.fenced(lease),
+        }
+    }
+
+    /// This controller without a background task's fence: operations started by a task run
+    /// under their own lease and epoch, whoever holds the task later.
+    pub fn unfenced(&self) -> App {
+        App {
+            inner: self.inner.clone(),
+            store: self.inner.store.clone(),
+        }
     }
 
     /// Where scaling groups get their members' CPU use.

@@ -20,6 +20,7 @@ use crate::app::groups::group_caller;
 use crate::app::scaling::members::{converge, steady_average, unhealthy, MemberObs};
 use crate::app::scaling::policy::{cooldown_left, decide, Decision, PolicyInput};
 use crate::app::{App, AppError};
+use crate::background::task::{PassError, Run, Task};
 use chrono::Utc;
 use nimbus_agent_api::VmStatus;
 use nimbus_api::{CreateInstance, InstanceState, OperationKind};
@@ -33,15 +34,21 @@ pub const TICK: Duration = Duration::from_secs(3);
 /// Longest wait for a new member's placement before the next create.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs forever, one pass every [`TICK`].
-pub async fn run(app: App) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&app).await {
-            tracing::warn!(error = %e, "autoscaler pass failed");
-        }
+/// The autoscaler as a background task: one controller at a time (two would both create
+/// members for one gap), every write fenced by its lease.
+pub struct Autoscaler;
+
+#[async_trait::async_trait]
+impl Task for Autoscaler {
+    const NAME: &'static str = "autoscaler";
+    const RUN: Run = Run::OneController;
+
+    fn interval(&self, _: &App) -> Duration {
+        TICK
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        Ok(pass(app).await?)
     }
 }
 

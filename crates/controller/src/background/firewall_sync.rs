@@ -9,6 +9,7 @@
 //! that is not an error.
 
 use crate::app::App;
+use crate::background::task::{PassError, Run, Task};
 use nimbus_agent_api::HostFirewall;
 use nimbus_api::HostState;
 use std::collections::HashMap;
@@ -19,16 +20,30 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// Unchanged rules are sent again every this many passes.
 const RESEND_EVERY: u32 = 60;
 
-/// Runs forever.
-pub async fn run(app: App) {
-    let mut sent: HashMap<String, (HostFirewall, u32)> = HashMap::new();
-    let mut tick = tokio::time::interval(SYNC_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&app, &mut sent).await {
-            tracing::warn!(error = %e, "security-group sync pass failed");
-        }
+/// The push of rules as a background task: one controller at a time (two would race to
+/// send their own reading of the rules), remembering what it sent to each host.
+#[derive(Default)]
+pub struct FirewallSync {
+    /// Host name -> the rules last sent and how many passes ago.
+    sent: HashMap<String, (HostFirewall, u32)>,
+}
+
+#[async_trait::async_trait]
+impl Task for FirewallSync {
+    const NAME: &'static str = "firewall_sync";
+    const RUN: Run = Run::OneController;
+
+    fn interval(&self, _: &App) -> Duration {
+        SYNC_INTERVAL
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        Ok(pass(app, &mut self.sent).await?)
+    }
+
+    /// Another controller sent rules meanwhile: send every host its rules again.
+    fn acquired(&mut self) {
+        self.sent.clear();
     }
 }
 

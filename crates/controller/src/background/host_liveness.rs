@@ -19,19 +19,26 @@
 use crate::app::ha::restart_rank;
 use crate::app::hosts::liveness;
 use crate::app::App;
+use crate::background::task::{PassError, Run, Task};
 use chrono::{DateTime, Utc};
 use nimbus_api::{HostState, InstanceState};
 use nimbus_store::{HostRecord, Scope, StoreError};
 
-/// Runs forever, one pass every `reconcile_interval`.
-pub async fn run(app: App) {
-    let mut tick = tokio::time::interval(app.config().reconcile_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&app).await {
-            tracing::warn!(error = %e, "host liveness pass failed");
-        }
+/// Host liveness as a background task: one controller at a time (one judge of a host, one
+/// HA restart per instance), every `reconcile_interval`.
+pub struct HostLiveness;
+
+#[async_trait::async_trait]
+impl Task for HostLiveness {
+    const NAME: &'static str = "host_liveness";
+    const RUN: Run = Run::OneController;
+
+    fn interval(&self, app: &App) -> std::time::Duration {
+        app.config().reconcile_interval
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        Ok(pass(app).await?)
     }
 }
 

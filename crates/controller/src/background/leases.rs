@@ -6,6 +6,7 @@
 //! died is resumed by a live controller within TTL + one tick.
 
 use crate::app::{App, AppError};
+use crate::background::task::{PassError, Run, Task};
 use crate::ops;
 use std::time::Duration;
 
@@ -35,18 +36,25 @@ pub async fn register(app: &App) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Runs forever.
-pub async fn run(app: App) {
-    let ttl = app.config().lease_ttl;
-    let mut tick = tokio::time::interval(tick_of(ttl));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
+/// The lease keeper as a background task: every controller keeps its own heartbeat and
+/// scans for operations to take over.
+pub struct LeaseKeeper;
+
+#[async_trait::async_trait]
+impl Task for LeaseKeeper {
+    const NAME: &'static str = "lease_keeper";
+    const RUN: Run = Run::EveryController;
+
+    fn interval(&self, app: &App) -> Duration {
+        tick_of(app.config().lease_ttl)
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        let ttl = app.config().lease_ttl;
         if let Err(e) = app.store().heartbeat(app.controller_id(), ttl).await {
-            tracing::warn!(error = %e, "heartbeat and lease renewal failed; operations may move to another controller");
+            tracing::warn!(error = %e, "heartbeat and lease renewal failed; operations and background tasks may move to another controller");
         }
-        if let Err(e) = ops::take_over(&app).await {
-            tracing::warn!(error = %e, "takeover scan failed");
-        }
+        ops::take_over(app).await?;
+        Ok(())
     }
 }

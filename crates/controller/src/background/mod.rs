@@ -1,7 +1,8 @@
 //! Background tasks of the controller: the reconciler, host liveness, the autoscaler of
 //! scaling groups, the push of security-group rules to hosts, the lease keeper (heartbeat,
 //! lease renewal, takeover of dead controllers' operations) and retention (usage roll-up, old
-//! operations and audit entries).
+//! operations and audit entries). Each is a [`task::Task`] run by [`task::Runner`]: the
+//! lease keeper on every controller, the others on one controller at a time.
 
 pub mod autoscaler;
 pub mod firewall_sync;
@@ -9,3 +10,4 @@ pub mod host_liveness;
 pub mod leases;
 pub mod reconciler;
 pub mod retention;
+pub mod task;

@@ -20,6 +20,7 @@
 //!   a failed migration's leftover) is only flagged.
 
 use crate::app::App;
+use crate::background::task::{PassError, Run, Task};
 use crate::ops::steps::instance_state_of;
 use nimbus_agent_api::{VmRunState, VmStatus};
 use nimbus_api::{InstanceState, OrphanKind};
@@ -27,15 +28,21 @@ use nimbus_store::{HostRecord, InstanceRecord, Scope, SeenOrphan, StoreError};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// Runs forever, one pass every `reconcile_interval`.
-pub async fn run(app: App) {
-    let mut tick = tokio::time::interval(app.config().reconcile_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&app).await {
-            tracing::warn!(error = %e, "reconcile pass failed");
-        }
+/// The reconciler as a background task: one controller at a time (so one reconciler acts on
+/// an instance), every `reconcile_interval`.
+pub struct Reconciler;
+
+#[async_trait::async_trait]
+impl Task for Reconciler {
+    const NAME: &'static str = "reconciler";
+    const RUN: Run = Run::OneController;
+
+    fn interval(&self, app: &App) -> std::time::Duration {
+        app.config().reconcile_interval
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        Ok(pass(app).await?)
     }
 }
 

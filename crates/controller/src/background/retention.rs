@@ -3,22 +3,31 @@
 //! up to two per meter and hour (usage over whole hours unchanged), finished operations older
 //! than `retention.operations` and audit entries older than `retention.audit` are deleted.
 //!
-//! Safe with several controllers: each step is idempotent (two passes at once delete the same
-//! rows) and the roll-up's progress mark only moves forward.
+//! Safe with several controllers: one runs it at a time (its lease), and each step is
+//! idempotent anyway (two passes at once delete the same rows; the roll-up's progress mark
+//! only moves forward).
 
 use crate::app::App;
+use crate::background::task::{PassError, Run, Task};
 use chrono::{DateTime, Duration, Utc};
 use nimbus_store::StoreError;
 
-/// Runs forever, one pass every `retention.interval`.
-pub async fn run(app: App) {
-    let mut tick = tokio::time::interval(app.config().retention.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&app).await {
-            tracing::warn!(error = %e, "retention pass failed");
-        }
+/// Retention as a background task: one controller at a time (its steps are idempotent
+/// anyway: the lease only saves the others the work), every `retention.interval`.
+pub struct RetentionTask;
+
+#[async_trait::async_trait]
+impl Task for RetentionTask {
+    const NAME: &'static str = "retention";
+    const RUN: Run = Run::OneController;
+
+    fn interval(&self, app: &App) -> std::time::Duration {
+        app.config().retention.interval
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        pass(app).await?;
+        Ok(())
     }
 }
 

@@ -87,6 +87,7 @@ fn is_migration(kind: OperationKind) -> bool {
 /// Claims operation `id` (new, owned by nobody) and runs it in the background; does nothing
 /// when another controller claimed it first (that one runs it).
 pub fn spawn(app: App, id: Uuid) {
+    let app = app.unfenced();
     tokio::spawn(async move {
         let ttl = app.config().lease_ttl;
         match app
@@ -107,7 +108,7 @@ pub fn spawn(app: App, id: Uuid) {
 
 /// Runs an operation this controller owns (claimed new, or taken over) in the background.
 pub fn spawn_claimed(app: App, claim: OperationClaim) {
-    tokio::spawn(run_claimed(app, claim));
+    tokio::spawn(run_claimed(app.unfenced(), claim));
 }
 
 /// Runs the operation until it ends or the lease is lost. A runner that fails otherwise (the

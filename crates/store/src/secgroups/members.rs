@@ -16,7 +16,7 @@ impl Store {
         instance: Uuid,
         names: &[String],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_project(&mut tx, project).await?;
         let found = sqlx::query("SELECT id FROM instances WHERE id = $1 AND project = $2")
             .bind(instance.to_string())

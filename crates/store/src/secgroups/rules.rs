@@ -44,7 +44,7 @@ impl Store {
         rule: &NewRule,
     ) -> Result<SecurityRuleView, StoreError> {
         for attempt in 1..=ID_ATTEMPTS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             lock_project(&mut tx, project).await?;
             let id = group_id(&mut tx, project, group).await?;
             let remote = match &rule.group {
@@ -79,7 +79,7 @@ impl Store {
         group: &str,
         rule_id: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         lock_project(&mut tx, project).await?;
         let id = group_id(&mut tx, project, group).await?;
         let deleted = sqlx::query("DELETE FROM secgroup_rules WHERE id = $1 AND group_id = $2")
