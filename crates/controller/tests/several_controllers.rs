@@ -279,6 +279,7 @@ async fn usage_pushed_to_every_controller_is_counted_once() {
         nics: Vec::new(),
         placement_group: None,
         ha_restart: false,
+        ha_priority: nimbus_api::HA_PRIORITY_MEDIUM,
         seed: Default::default(),
         secgroups: Vec::new(),
     };
