@@ -521,8 +521,14 @@ async fn floating_ips(cloud: &Cloud, acme_token: &str, globex_token: &str, acme:
         "{fip} still routed on {old_host}"
     );
     drop(outside);
+    let follow_started = Instant::now();
     follow::dhcp_renewal_keeps_the_address(acme, "a1", &a1_ip).await;
+    let renewed = follow_started.elapsed().as_secs_f64();
     follow::floating_ip_survives_drain_and_restore(cloud, acme_token, acme, fip).await;
+    eprintln!(
+        "follow the VM: DHCP renewal {renewed:.1} s, drain and restore {:.0} s",
+        follow_started.elapsed().as_secs_f64() - renewed
+    );
     cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
     cli_ok_as(cloud, acme_token, &["ip", "release", &ip.address]);
 }
