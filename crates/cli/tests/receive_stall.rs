@@ -1,16 +1,21 @@
 //! End to end: the stall bound on the receiving side (issue 14). A live migration runs over
-//! a slowed link; then the source host's agent is frozen (SIGSTOP: it cannot give the
-//! migration up, and the controller, which asks it for progress, waits) and the link between
-//! the hosts is cut. Nothing tells the target the migration is over, so the target's own
-//! bound must: its waiting QEMU is killed twice the stall bound (20 s) after the last byte
-//! arrived, while the guest runs on at its source all along. Once the source agent is
-//! thawed, the migration fails with the reason and the guest is unharmed (memcheck).
+//! a slowed link (the setup of `migration_stall.rs`); then the source host's agent is frozen
+//! (SIGSTOP: it cannot give the migration up, and the controller, which asks it for progress,
+//! waits) and the link between the hosts is cut. Nothing tells the target the migration is
+//! over, so the target's own bound must: its waiting QEMU is killed twice the stall bound
+//! (20 s) after the last byte arrived, while the guest runs on at its source all along. Once
+//! the source agent is thawed, the migration fails with the reason and the guest is unharmed
+//! (memcheck).
 
-use nimbus_api::{InstanceState, MigrateInstance, OperationState, StepState};
+#[path = "stall/slow.rs"]
+mod slow;
+
+use nimbus_api::{InstanceState, OperationState};
 use nimbus_test_utils::guest::*;
-use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
+use nimbus_test_utils::wait_until;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use slow::{slow_migration, SlowMigration};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,31 +25,16 @@ const TARGET_BOUND: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_whose_stream_stops_gives_up_by_itself() {
-    let opts = CloudOptions {
-        hosts: 2,
-        extra_args: vec!["--shared-storage".into()],
-    };
-    let cloud = Cloud::start(Path::new(BIN), opts)
-        .await
-        .expect("start the cloud");
-    let client = cloud.client().expect("client");
-    create_instances(&cloud, &["rx1"], "small").await;
-    let before = instance(&client, "rx1").await;
-    let id = before.id.to_string();
-    let src = before.host.clone().expect("placed");
-    let dst = if src == "host1" { "host2" } else { "host1" };
-    let (verified_before, _) = start_memcheck(&client, "rx1", 96, 20).await;
-    let slow = cloud
-        .throttle_link(&src, dst, 20)
-        .expect("throttle the link");
-    let op = client
-        .migrate_instance("rx1", &MigrateInstance::default())
-        .await
-        .expect("migrate");
-    let op_id = op.id.to_string();
-    wait_for_step(&client, &op_id, "transfer", |s| s == StepState::Running).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
+    let SlowMigration {
+        cloud,
+        client,
+        id,
+        src,
+        dst,
+        verified_before,
+        slow,
+        op_id,
+    } = slow_migration(BIN, "rx1").await;
     let agent = cloud.agent_pid(&src).expect("source agent pid");
     kill(Pid::from_raw(agent), Signal::SIGSTOP).expect("freeze the source agent");
     let cut = cloud.cut_link(&src, dst).expect("cut the link");
@@ -57,7 +47,8 @@ async fn a_target_whose_stream_stops_gives_up_by_itself() {
             .filter(|(d, _)| d.as_path() == dir)
             .count()
     };
-    assert_eq!(on(&dst_vm), 1, "the target waits for the VM");
+    // Nothing may panic while the source agent is frozen: checked once it is thawed.
+    let waiting = on(&dst_vm);
     let src_vm = cloud.host_dir(&src).join("vms").join(&id);
     let mut source_ran = true;
     let gone = wait_until(
@@ -80,6 +71,7 @@ async fn a_target_whose_stream_stops_gives_up_by_itself() {
         took.as_secs_f64(),
         TARGET_BOUND.as_secs()
     );
+    assert_eq!(waiting, 1, "the target waited for the VM");
     gone.expect("the target's QEMU was killed within its bound");
     assert!(
         took >= TARGET_BOUND - Duration::from_secs(2),
