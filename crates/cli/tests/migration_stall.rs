@@ -4,11 +4,12 @@
 //! within its stall bound (10 s by default, not the 300 s overall timeout), leave the guest
 //! running on its source with its memory intact (memcheck) and no copy on the target, and
 //! the guest must migrate normally once the link is back.
+#[path = "stall/slow.rs"]
+mod slow;
 
-use nimbus_api::{InstanceState, MigrateInstance, OperationState, StepState};
+use nimbus_api::{InstanceState, MigrateInstance, OperationState};
 use nimbus_test_utils::guest::*;
-use nimbus_test_utils::{Cloud, CloudOptions};
-use std::path::Path;
+use slow::{slow_migration, SlowMigration};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
@@ -20,34 +21,16 @@ const ABORT_SLACK: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_link_aborts_the_migration_within_the_stall_bound() {
-    let opts = CloudOptions {
-        hosts: 2,
-        extra_args: vec!["--shared-storage".into()],
-    };
-    let cloud = Cloud::start(Path::new(BIN), opts)
-        .await
-        .expect("start the cloud");
-    let client = cloud.client().expect("client");
-    create_instances(&cloud, &["cut1"], "small").await;
-    let before = instance(&client, "cut1").await;
-    let id = before.id.to_string();
-    let src = before.host.clone().expect("placed");
-    let dst = if src == "host1" { "host2" } else { "host1" };
-    let (verified_before, _) = start_memcheck(&client, "cut1", 96, 20).await;
-    // Memory moves in well under a second on this link: slowed to 20 MB/s, the ~460 MB of
-    // the guest take long enough to cut the link in the middle.
-    let slow = cloud
-        .throttle_link(&src, dst, 20)
-        .expect("throttle the link");
-
-    let op = client
-        .migrate_instance("cut1", &MigrateInstance::default())
-        .await
-        .expect("migrate");
-    let op_id = op.id.to_string();
-    wait_for_step(&client, &op_id, "transfer", |s| s == StepState::Running).await;
-    // Let memory flow, then cut.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let SlowMigration {
+        cloud,
+        client,
+        id,
+        src,
+        dst,
+        verified_before,
+        slow,
+        op_id,
+    } = slow_migration(BIN, "cut1").await;
     let cut = cloud.cut_link(&src, dst).expect("cut the link");
     let t0 = Instant::now();
     let done = client

@@ -214,6 +214,7 @@ impl Actor {
                 _ = tick.tick() => {
                     self.poll_marker();
                     self.poll_heartbeat();
+                    self.poll_receiving().await;
                 }
             }
         }

@@ -35,7 +35,8 @@
 //!   re-adopts a waiting target as waiting, a paused source as `migrated`, and resumes
 //!   following a migration in flight.
 //! - [`progress`] turns QEMU's statistics into [`MigrationProgress`].
-//! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds.
+//! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds;
+//!   [`receive_watch`] does the same on the target, for a stream that stops arriving.
 //! - [`tls`]: the migration stream and the NBD mirror run over TLS with the hosts'
 //!   certificates of the cloud CA; each end checks the other is the host the controller named.
 
@@ -46,6 +47,7 @@ pub mod incoming;
 pub mod outgoing;
 pub mod policy;
 pub mod progress;
+pub mod receive_watch;
 pub mod role;
 pub mod stall;
 pub mod tls;

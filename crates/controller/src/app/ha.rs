@@ -116,7 +116,9 @@ impl App {
             operations: Vec::new(),
             left: Vec::new(),
         };
-        let instances = self.store().list_instances(&Scope::All).await?;
+        let mut instances = self.store().list_instances(&Scope::All).await?;
+        // In restart order, as the HA restarts of a down host (each waits for the ranks above).
+        instances.sort_by_key(restart_rank);
         for inst in instances.iter().filter(|i| i.host.as_deref() == Some(name)) {
             let left = |reason: String| EvacuateLeft {
                 instance: inst.name.clone(),

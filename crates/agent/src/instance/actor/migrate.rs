@@ -9,6 +9,7 @@ use crate::migration::incoming::{self, IncomingPlan};
 use crate::migration::outgoing::{Context, Outcome, OutgoingTask};
 use crate::migration::policy;
 use crate::migration::progress::{now_unix_ms, unix_ms};
+use crate::migration::receive_watch::{self, ReceiveWatch};
 use crate::migration::role::{self, MigrationRole, OutgoingRecord};
 use crate::migration::tls::MigrationTls;
 use nimbus_agent_api::{
@@ -33,6 +34,8 @@ pub(super) struct MigrationSlot {
     newest_owner: Option<(uuid::Uuid, u64)>,
     /// How this host secures its migrations.
     tls: MigrationTls,
+    /// Target: what arrives, while QEMU waits for the VM.
+    receiving: Option<ReceiveWatch>,
 }
 
 impl MigrationSlot {
@@ -44,6 +47,7 @@ impl MigrationSlot {
             cancel_replies: Vec::new(),
             role: None,
             newest_owner: None,
+            receiving: None,
         }
     }
 }
@@ -102,6 +106,11 @@ impl Actor {
             nbd = ?ready.nbd,
             "waiting for the incoming migration"
         );
+        self.migration.receiving = Some(ReceiveWatch::new(
+            &ready,
+            &record.policy,
+            tokio::time::Instant::now(),
+        ));
         record.ready = Some(ready.clone());
         self.set_role(MigrationRole::Incoming(record));
         Ok(ready)
@@ -311,6 +320,54 @@ impl Actor {
                 s.reason = Some("incoming migration failed".into());
             });
         }
+    }
+
+    /// Each tick, on a target whose QEMU waits for the VM: gives the migration up (kills
+    /// that QEMU; the VM runs on at its source) once nothing arrives within the bound (see
+    /// [`crate::migration::receive_watch`]). Never once the guest resumed here.
+    pub(super) async fn poll_receiving(&mut self) {
+        let now = tokio::time::Instant::now();
+        let Some(watch) = self.migration.receiving.as_mut() else {
+            return;
+        };
+        let waiting = {
+            let s = self.status.borrow();
+            s.incoming && s.state != VmRunState::Running && self.run.is_some()
+        };
+        if !waiting {
+            self.migration.receiving = None;
+            return;
+        }
+        if !watch.due(now) {
+            return;
+        }
+        let received = match receive_watch::bytes_received(watch.ports()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read what the incoming migration received; not watching it");
+                self.migration.receiving = None;
+                return;
+            }
+        };
+        let Err(gave_up) = watch.observe(received, now) else {
+            return;
+        };
+        self.migration.receiving = None;
+        tracing::warn!(reason = %gave_up, "incoming migration given up");
+        if let Some(run) = self.run.as_mut() {
+            if let Err(e) = run.qemu.kill(std::time::Duration::ZERO).await {
+                tracing::error!(error = error_chain(&e), "cannot kill the waiting QEMU");
+                return;
+            }
+        }
+        self.run = None;
+        self.update(|s| {
+            s.state = VmRunState::Crashed;
+            s.reason = Some(format!("incoming migration given up: {gave_up}"));
+            s.pid = None;
+            s.guest_ready = false;
+            s.incoming = false;
+        });
     }
 
     /// Marks the incoming migration done and closes its endpoints.
