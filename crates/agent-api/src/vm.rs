@@ -82,6 +82,10 @@ pub struct GuestImage {
     pub blob: Option<crate::ImageBlob>,
     /// A console line the guest prints when its userspace is up (e.g. `nimbus-guest ready`).
     pub ready_marker: Option<String>,
+    /// Boot the disk through UEFI (OVMF, with the VM's own EFI variables file) instead of
+    /// SeaBIOS.
+    #[serde(default)]
+    pub uefi: bool,
 }
 
 /// The instance's own disk: a qcow2 overlay on the image's base disk.

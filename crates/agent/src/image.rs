@@ -61,6 +61,7 @@ impl ImageManifest {
             base_disk: Some(self.disk.clone()),
             blob: None,
             ready_marker: Some(self.ready_marker.clone()),
+            uefi: false,
         }
     }
 

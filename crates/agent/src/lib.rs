@@ -203,6 +203,7 @@ pub(crate) mod test_support {
                 base_disk: None,
                 blob: None,
                 ready_marker: None,
+                uefi: false,
             },
             disk: DiskSpec { size_gib: 1 },
             nics,

@@ -24,6 +24,7 @@ fn firmware_only_spec(id: Uuid, base: &std::path::Path) -> VmSpec {
             base_disk: Some(base.to_path_buf()),
             blob: None,
             ready_marker: None,
+            uefi: false,
         },
         disk: DiskSpec { size_gib: 1 },
         ha: false,

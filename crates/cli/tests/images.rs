@@ -9,6 +9,11 @@
 //! other host downloads once for two concurrent creates; a qcow2 whose backing file is a
 //! host file is refused at upload; a stopped instance's disk is baked into a new image that
 //! boots; an image in use cannot be deleted.
+//!
+//! UEFI: an image uploaded with `--firmware uefi` (a bare FAT file system, no boot loader)
+//! boots through OVMF: its ready marker is a line only OVMF's boot manager prints
+//! (`BdsDxe: ...`), never SeaBIOS. The instance has its own EFI variables file in its VM
+//! directory; migrating or snapshotting it is refused, with why.
 
 use nimbus_api::{HostView, ImageView, InstanceState, InstanceView, OperationView};
 use nimbus_test_utils::guest::*;
@@ -20,6 +25,29 @@ const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
 fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
+}
+
+/// 8 MiB raw disk: a FAT file system whose `startup.nsh` makes OVMF's shell print `marker`
+/// (once OVMF has tried its network boot options, minutes under TCG: the test does not wait
+/// for it).
+fn uefi_shell_disk(dir: &Path, marker: &str) -> PathBuf {
+    let disk = dir.join("efi.raw");
+    let script = dir.join("startup.nsh");
+    std::fs::write(&script, format!("echo {marker}\r\n")).expect("write the script");
+    let run = |program: &str, args: &[&str]| {
+        let ok = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{program} (dosfstools, mtools): {e}"));
+        assert!(ok.success(), "{program} {args:?}");
+    };
+    let d = disk.to_str().expect("utf-8");
+    run("mkfs.vfat", &["-C", d, "8192"]);
+    run(
+        "mcopy",
+        &["-i", d, script.to_str().expect("utf-8"), "::startup.nsh"],
+    );
+    disk
 }
 
 /// 4 MiB raw disk: an MBR boot sector that halts, then a recognisable pattern.
@@ -79,6 +107,75 @@ async fn running_on(cloud: &Cloud, name: &str) -> String {
     .await
     .expect("running");
     inst.host.expect("placed")
+}
+
+/// An image uploaded with `--firmware uefi` boots through OVMF with the instance's own EFI
+/// variables; moves that would lose them are refused.
+async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
+    // OVMF's boot manager, trying the instance's disks: printed within seconds of power-on.
+    let marker = "BdsDxe: ";
+    let disk = uefi_shell_disk(tmp, "nimbus-uefi-shell");
+    let upload = [
+        "image",
+        "upload",
+        "efi",
+        "--file",
+        disk.to_str().expect("utf-8"),
+        "--firmware",
+        "uefi",
+        "--ready-marker",
+        marker,
+        "-o",
+        "json",
+    ];
+    let img: ImageView = json(&cli_ok(cloud, &upload));
+    assert_eq!(img.firmware, nimbus_api::Firmware::Uefi);
+    let err = cli_err(
+        cloud,
+        &[
+            "image",
+            "upload",
+            "x",
+            "--file",
+            "/dev/null",
+            "--firmware",
+            "efi",
+        ],
+    );
+    assert!(err.contains("bios or uefi"), "{err}");
+    // `--wait` returns once the marker is on the console: OVMF runs the guest.
+    cli_ok(
+        cloud,
+        &[
+            "instance", "create", "u1", "--flavor", "tiny", "--image", "efi", "--wait",
+        ],
+    );
+    let client = cloud.client().expect("client");
+    let u1 = client.instance("u1").await.expect("u1");
+    let log = client.console_log("u1", 0).await.expect("console").data;
+    assert!(log.contains("UEFI Non-Block Boot Device"), "{log}");
+    let host = u1.host.clone().expect("placed");
+    let vars = cloud
+        .host_dir(&host)
+        .join("vms")
+        .join(u1.id.to_string())
+        .join("efivars.fd");
+    let template = std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd").expect("ovmf");
+    assert_eq!(
+        std::fs::metadata(&vars).map(|m| m.len()).ok(),
+        Some(template.len()),
+        "{}",
+        vars.display()
+    );
+    for refused in [
+        vec!["instance", "migrate", "u1", "--wait"],
+        vec!["snapshot", "create", "u1", "--wait"],
+    ] {
+        let err = cli_err(cloud, &refused);
+        assert!(err.contains("boots through UEFI"), "{refused:?}: {err}");
+    }
+    cli_ok(cloud, &["instance", "delete", "u1", "--wait"]);
+    cli_ok(cloud, &["image", "delete", "efi"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +314,8 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
         ],
     );
     running_on(&cloud, "c1").await;
+
+    uefi_images_boot_through_ovmf(&cloud, tmp.path()).await;
 
     // In use: not deletable; once its instances are gone, it goes.
     let err = cli_err(&cloud, &["image", "delete", "halt"]);

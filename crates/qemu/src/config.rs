@@ -58,6 +58,14 @@ pub struct DirectBoot {
     pub cmdline: Option<String>,
 }
 
+/// UEFI boot: OVMF's code (read-only, shared by every VM) and the VM's own variables store
+/// (writable: boot entries, Secure Boot keys), as the two pflash devices of q35.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UefiSection {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
 /// One virtio-blk disk backed by an image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSection {
@@ -116,6 +124,8 @@ pub enum NicBackend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
     pub machine: MachineSection,
+    /// `None`: SeaBIOS, QEMU's default firmware.
+    pub uefi: Option<UefiSection>,
     pub boot: Option<DirectBoot>,
     pub disks: Vec<DiskSection>,
     pub serials: Vec<SerialSection>,
@@ -150,6 +160,7 @@ impl QemuConfig {
         };
         Self {
             machine,
+            uefi: None,
             boot: None,
             disks: Vec::new(),
             serials: vec![
@@ -172,6 +183,9 @@ impl QemuConfig {
     pub fn argv(&self) -> Vec<String> {
         let mut out = Vec::new();
         self.machine_args(&mut out);
+        if let Some(uefi) = &self.uefi {
+            uefi_args(uefi, &mut out);
+        }
         if let Some(boot) = &self.boot {
             boot_args(boot, &mut out);
         }
@@ -260,6 +274,19 @@ fn boot_args(boot: &DirectBoot, out: &mut Vec<String>) {
         push(out, "-append");
         out.push(cmdline.clone());
     }
+}
+
+fn uefi_args(uefi: &UefiSection, out: &mut Vec<String>) {
+    push(out, "-drive");
+    out.push(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+        opt_path(&uefi.code)
+    ));
+    push(out, "-drive");
+    out.push(format!(
+        "if=pflash,format=raw,unit=1,file={}",
+        opt_path(&uefi.vars)
+    ));
 }
 
 fn disk_args(disk: &DiskSection, out: &mut Vec<String>) {

@@ -16,6 +16,7 @@ pub fn qemu_config(spec: &VmSpec, dir: &VmDir, accel: Accel) -> QemuConfig {
         memory_mib: spec.memory_mib,
     };
     let mut config = QemuConfig::standard(machine, dir.paths());
+    config.uefi = super::firmware::section(spec, dir);
     let image = &spec.image;
     config.boot = image.kernel.as_ref().map(|kernel| DirectBoot {
         kernel: kernel.clone(),
@@ -105,6 +106,7 @@ mod tests {
                 base_disk: Some("/img/disk.qcow2".into()),
                 blob: None,
                 ready_marker: Some("nimbus-guest ready".into()),
+                uefi: false,
             },
             disk: DiskSpec { size_gib: 2 },
             ha: false,

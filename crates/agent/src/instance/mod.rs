@@ -35,6 +35,7 @@ mod actor;
 pub mod disk;
 pub mod exec;
 pub mod files;
+pub mod firmware;
 pub mod heartbeat;
 pub mod launch;
 pub mod lines;

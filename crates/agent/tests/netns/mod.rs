@@ -30,6 +30,7 @@ pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
             base_disk: None,
             blob: None,
             ready_marker: None,
+            uefi: false,
         },
         disk: DiskSpec { size_gib: 1 },
         ha: false,

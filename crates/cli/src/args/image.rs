@@ -19,9 +19,10 @@ pub enum ImageCmd {
         /// Let every project boot it (admin).
         #[arg(long)]
         public: bool,
-        /// The image boots only through UEFI (OVMF); default BIOS.
-        #[arg(long)]
-        uefi: bool,
+        /// Firmware its instances boot with: `bios` (SeaBIOS, an MBR boot loader) or `uefi`
+        /// (OVMF, an EFI system partition; each instance gets its own EFI variables).
+        #[arg(long, default_value = "bios", value_parser = parse_firmware)]
+        firmware: nimbus_api::Firmware,
         /// Console line that says the guest is up (default: the line nimbus's cloud-init
         /// seed makes cloud-init print when it has finished).
         #[arg(long, conflicts_with = "no_ready_marker")]
@@ -64,4 +65,8 @@ pub enum ImageCmd {
     },
     /// Delete an image of the project (refused while instances use it).
     Delete { name: String },
+}
+
+fn parse_firmware(s: &str) -> Result<nimbus_api::Firmware, String> {
+    nimbus_api::Firmware::parse(s).ok_or_else(|| format!("{s:?}: the firmware is bios or uefi"))
 }

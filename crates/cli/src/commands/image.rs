@@ -4,7 +4,7 @@ use crate::args::{Connection, ImageCmd, Output};
 use crate::{context, output};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use nimbus_api::{Firmware, ImageView, ImportImage, UploadImage};
+use nimbus_api::{ImageView, ImportImage, UploadImage};
 use nimbus_client::Client;
 use nimbus_image::Digest;
 use std::path::Path;
@@ -62,7 +62,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Resul
             name,
             file,
             public,
-            uefi,
+            firmware,
             ready_marker,
             no_ready_marker,
             wait: _,
@@ -70,7 +70,7 @@ pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Resul
             let q = UploadImage {
                 sha256: None,
                 public,
-                firmware: uefi.then_some(Firmware::Uefi),
+                firmware: Some(firmware),
                 ready_marker: if no_ready_marker {
                     Some(String::new())
                 } else {

@@ -271,6 +271,7 @@ impl App {
                 blob,
                 base_disk: img.disk.map(PathBuf::from),
                 ready_marker: img.ready_marker,
+                uefi: img.firmware == nimbus_api::Firmware::Uefi,
             },
             disk: DiskSpec {
                 size_gib: inst.disk_gib,

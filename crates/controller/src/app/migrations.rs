@@ -13,6 +13,26 @@ use uuid::Uuid;
 pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 50;
 
 impl App {
+    /// An instance booted through UEFI keeps its EFI variables in a file of its host
+    /// (`efivars.fd`) that migrations and snapshots do not carry yet: refused, rather than
+    /// resetting the guest's boot entries without a word.
+    pub(crate) async fn refuse_if_uefi(
+        &self,
+        inst: &nimbus_store::InstanceRecord,
+        action: &str,
+    ) -> Result<(), AppError> {
+        let img = self.store().get_image(&inst.image, &Scope::All).await?;
+        if img.firmware != nimbus_api::Firmware::Uefi {
+            return Ok(());
+        }
+        Err(AppError::conflict(format!(
+            "cannot {action} instance {}: it boots through UEFI (image {:?}) and its EFI \
+             variables file does not move with it yet (docs/images.md); images that boot \
+             with BIOS too can be uploaded with --firmware bios",
+            inst.name, img.name
+        )))
+    }
+
     /// Starts the live migration of a running instance.
     pub async fn migrate_instance(
         &self,
@@ -37,6 +57,7 @@ impl App {
             .host
             .clone()
             .ok_or_else(|| AppError::conflict(format!("instance {} has no host", inst.name)))?;
+        self.refuse_if_uefi(&inst, "migrate").await?;
         if let Some(ms) = req.max_downtime_ms {
             if !(1..=60_000).contains(&ms) {
                 return Err(AppError::bad_request(

@@ -31,6 +31,7 @@ impl App {
             .map_err(|e| AppError::bad_request(format!("invalid snapshot name {name:?}: {e}")))?;
         let memory = !req.disk_only;
         check_snapshottable(&inst, memory)?;
+        self.refuse_if_uefi(&inst, "snapshot").await?;
         let host = snapshot_host(&inst)?;
         self.require_host_up(&host, &format!("where instance {} runs", inst.name))
             .await?;

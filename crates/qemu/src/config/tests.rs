@@ -140,3 +140,31 @@ fn commas_in_paths_are_escaped() {
     // -pidfile takes a plain path, not an option string.
     assert!(argv.contains(&"/odd,dir/qemu.pid".to_string()));
 }
+
+#[test]
+fn uefi_boots_from_shared_code_and_the_vms_own_variables() {
+    let paths = VmPaths::new("/vms/a,b");
+    let mut cfg = QemuConfig::standard(machine(Accel::Tcg), &paths);
+    cfg.uefi = Some(UefiSection {
+        code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+        vars: "/vms/a,b/efivars.fd".into(),
+    });
+    let argv = cfg.argv();
+    let drives: Vec<&String> = argv
+        .windows(2)
+        .filter(|w| w[0] == "-drive")
+        .map(|w| &w[1])
+        .collect();
+    assert_eq!(
+        drives,
+        [
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "if=pflash,format=raw,unit=1,file=/vms/a,,b/efivars.fd",
+        ]
+    );
+    cfg.uefi = None;
+    assert!(
+        !cfg.argv().contains(&"-drive".to_string()),
+        "BIOS: no pflash"
+    );
+}

@@ -38,6 +38,7 @@ impl Actor {
         }
         disk::check_image(&self.spec)?;
         crate::instance::seed::ensure(&self.dir, &self.spec).await?;
+        crate::instance::firmware::ensure(&self.dir, &self.spec).await?;
         if !incoming {
             crate::snapshot::layers::collapse_if_flat(&self.dir).await?;
         }
