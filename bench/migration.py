@@ -427,7 +427,7 @@ def step_ms(op):
 
 
 class Nimbus:
-    def __init__(self, binary, work, shared=None, net_name=NET_NAME, insecure_migration=False):
+    def __init__(self, binary, work, shared=None, net_name=NET_NAME, insecure_migration=False, avoid=()):
         self.bin, self.work, self.net = binary, work, net_name
         os.makedirs(work, exist_ok=True)
         self.data = os.path.join(work, "data")
@@ -438,7 +438,7 @@ class Nimbus:
         used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
         if subprocess.run(["ip", "link", "show", f"{self.net}-br"], capture_output=True).returncode == 0:
             raise RuntimeError(f"bridge {self.net}-br exists already: another run of this benchmark?")
-        index = next(i for i in NET_INDEXES if f" 10.249.{i}." not in used)
+        self.index = index = next(i for i in NET_INDEXES if f" 10.249.{i}." not in used and i not in avoid)
         argv = [binary, "up", "--data-dir", self.data, "--hosts", "2", "--listen", f"127.0.0.1:{port}",
                 "--net-name", self.net, "--net-index", str(index)]
         if self.shared:
@@ -505,7 +505,8 @@ class Nimbus:
         return res
 
     def operation_show(self, op_id):
-        env = dict(os.environ, NIMBUS_API=self.api.base, NIMBUS_TOKEN=self.api.token)
+        env = dict(os.environ, NIMBUS_API=self.api.base, NIMBUS_TOKEN=self.api.token,
+                   NIMBUS_CA_CERT=os.path.join(self.data, "ca.crt"))
         r = subprocess.run([self.bin, "operation", "show", op_id], env=env, capture_output=True, text=True)
         return (r.stdout + r.stderr).rstrip()
 
@@ -719,8 +720,10 @@ def main():
             cloud.create("mig1")
         if "plain" in variants:
             # Started once the first cloud has its addresses: it picks the next free network.
-            plain = Nimbus(os.path.abspath(args.bin), os.path.join(work, "plain"), shared=shared,
-                           net_name="nbp", insecure_migration=True)
+            # A directory of its own, as short as the first (QEMU's socket paths: < 108 bytes).
+            plain_work = tempfile.mkdtemp(prefix="nimbus-bench-mig-")
+            plain = Nimbus(os.path.abspath(args.bin), plain_work, shared=shared,
+                           net_name="nbp", insecure_migration=True, avoid=(cloud.index,))
             plain.wait_up()
             plain.create("mig1")
         qv = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
@@ -751,7 +754,8 @@ def main():
                     print(f"  [{time.monotonic() - t_start:6.0f} s] rate {rate} run {i + 1} {v}: "
                           f"converged={r['converged']} total={r.get('total', float('nan')):.2f}s "
                           f"downtime={r.get('downtime_ms')} pause={r.get('pause_ms')} "
-                          f"bytes={(r.get('bytes') or 0) / MIB:.0f}MiB", file=sys.stderr, flush=True)
+                          f"bytes={(r.get('bytes') or 0) / MIB:.0f}MiB"
+                          + (f" error={r.get('error')}" if r.get("error") else ""), file=sys.stderr, flush=True)
             if rate == 0 and results.get("nimbus"):
                 idle_bytes = med([r["bytes"] for r in results["nimbus"] if r["converged"]])
             all_results[rate] = results
@@ -769,6 +773,7 @@ def main():
     finally:
         if plain:
             plain.close()
+            shutil.rmtree(plain.work, ignore_errors=True)
         if cloud:
             cloud.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -16,8 +16,9 @@
 //!   from the peer.
 //! - The credentials are handed to the confined QEMU without widening what it can read:
 //!   the files are written into `<vm dir>/migration-tls/` (0700, files 0600, owned by the
-//!   VM's user, like everything else of that VM), QEMU loads them when the object is created,
-//!   and the directory is removed right after. QEMU keeps the key in its memory (a guest
+//!   VM's user, like everything else of that VM), QEMU loads them when the object is created
+//!   (by a path relative to its working directory, the VM directory: the directories above
+//!   may be closed to the VM's user), and the directory is removed right after. QEMU keeps the key in its memory (a guest
 //!   that escapes into its QEMU during a migration could read the host key: see
 //!   docs/security.md).
 //! - `nimbus agent --insecure-migration` (benchmarks, trusted underlays) serves incoming
@@ -202,9 +203,19 @@ async fn load_creds(
         Ok(()) => {
             // An earlier migration of this QEMU left its object: a new one replaces it.
             let _ = qmp.object_del(CREDS_ID).await;
-            qmp.object_add_tls_creds(CREDS_ID, &files, endpoint)
-                .await
-                .map_err(MigrationError::qmp("object-add tls-creds-x509"))
+            // Relative to QEMU's working directory, its VM directory: the VM's user may not
+            // search the directories above it. A QEMU started elsewhere (before nimbus set
+            // its working directory) gets the absolute path.
+            let relative = qmp
+                .object_add_tls_creds(CREDS_ID, Path::new(FILES_DIR), endpoint)
+                .await;
+            match relative {
+                Ok(()) => Ok(()),
+                Err(_) => qmp
+                    .object_add_tls_creds(CREDS_ID, &files, endpoint)
+                    .await
+                    .map_err(MigrationError::qmp("object-add tls-creds-x509")),
+            }
         }
         Err(e) => Err(e),
     };
