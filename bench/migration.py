@@ -585,6 +585,13 @@ def report_tls(results):
         fmt_v = (lambda x: "-" if x is None else f"{x:.2f}" if unit == "s" else f"{x:.0f}")
         parts.append(f"{name} TLS {fmt_v(t)} {unit} / plain {fmt_v(p)} {unit} = {ratio(t, p)}")
     print("TLS vs plain TCP (medians of converged runs, same run): " + "; ".join(parts))
+    for v in ("nimbus", "plain"):
+        steps = {}
+        for r in conv[v]:
+            for k, ms in r.get("steps", {}).items():
+                steps.setdefault(k, []).append(ms)
+        print(f"  {VARIANT_NAMES[v]} steps (ms, min / median): "
+              + ", ".join(f"{k} {fmt(ms)}" for k, ms in steps.items()))
     t = med([r.get("total") for r in conv["nimbus"]])
     p = med([r.get("total") for r in conv["plain"]])
     dt = med([r.get("downtime_ms") for r in conv["nimbus"]])
@@ -744,10 +751,13 @@ def main():
             for i in range(args.runs):
                 order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
-                    if v == "nimbus":
-                        r = cloud.run("mig1", rate)
-                    elif v == "plain":
-                        r = plain.run("mig1", rate)
+                    if v in ("nimbus", "plain"):
+                        try:
+                            r = (cloud if v == "nimbus" else plain).run("mig1", rate)
+                        except RuntimeError as e:  # e.g. the workload did not start on a loaded machine
+                            r = {"converged": False, "error": str(e), "escalations": [], "steps": {},
+                                 "rounds": None, "disk_transfer": None, "from": "-", "to": "-",
+                                 "state": "not run", "op_id": "-"}
                     else:
                         r = raw_run(work, v, rate)
                     results[v].append(r)

@@ -39,6 +39,19 @@ pub const CREDS_ID: &str = "migration-tls";
 pub const AUTHZ_ID: &str = "migration-authz";
 /// Directory of the VM where the credentials exist while QEMU loads them.
 const FILES_DIR: &str = "migration-tls";
+/// The RFC 7919 `ffdhe2048` group, for the server's `dh-params.pem`: without that file QEMU
+/// generates fresh 2048-bit Diffie-Hellman parameters when the object is created, which
+/// took 0.6 to 1.5 s of every migration's preparation (measured). A published group is as
+/// safe (TLS 1.3 negotiates elliptic-curve key exchange anyway).
+const FFDHE2048_PEM: &str = "\
+-----BEGIN DH PARAMETERS-----\n\
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n\
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a\n\
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7\n\
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi\n\
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD\n\
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==\n\
+-----END DH PARAMETERS-----\n";
 
 /// The host's identity, as QEMU needs it: its name, certificate, key and the cloud CA.
 pub struct HostTlsFiles {
@@ -245,11 +258,14 @@ fn write_files(
         .map_err(|e| setup("create", files, &e))?;
     give(dir, files)?;
     let ep = endpoint.as_str();
-    let contents: [(PathBuf, &str); 3] = [
+    let mut contents: Vec<(PathBuf, &str)> = vec![
         (files.join("ca-cert.pem"), &creds.ca_pem),
         (files.join(format!("{ep}-cert.pem")), &creds.cert_pem),
         (files.join(format!("{ep}-key.pem")), &creds.key_pem),
     ];
+    if endpoint == TlsEndpoint::Server {
+        contents.push((files.join("dh-params.pem"), FFDHE2048_PEM));
+    }
     for (path, text) in &contents {
         nimbus_pki::write_private(path, text.as_bytes()).map_err(|e| setup("write", path, &e))?;
         give(dir, path)?;
@@ -303,6 +319,7 @@ mod tests {
             ("ca-cert.pem", "CA"),
             ("server-cert.pem", "CERT"),
             ("server-key.pem", "KEY"),
+            ("dh-params.pem", FFDHE2048_PEM),
         ] {
             let p = out.join(name);
             assert_eq!(std::fs::read_to_string(&p).expect("read"), text);
