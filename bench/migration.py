@@ -427,7 +427,7 @@ def step_ms(op):
 
 
 class Nimbus:
-    def __init__(self, binary, work, shared=None, net_name=NET_NAME, insecure_migration=False):
+    def __init__(self, binary, work, shared=None, net_name=NET_NAME, insecure_migration=False, avoid=()):
         self.bin, self.work, self.net = binary, work, net_name
         os.makedirs(work, exist_ok=True)
         self.data = os.path.join(work, "data")
@@ -438,7 +438,7 @@ class Nimbus:
         used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
         if subprocess.run(["ip", "link", "show", f"{self.net}-br"], capture_output=True).returncode == 0:
             raise RuntimeError(f"bridge {self.net}-br exists already: another run of this benchmark?")
-        index = next(i for i in NET_INDEXES if f" 10.249.{i}." not in used)
+        self.index = index = next(i for i in NET_INDEXES if f" 10.249.{i}." not in used and i not in avoid)
         argv = [binary, "up", "--data-dir", self.data, "--hosts", "2", "--listen", f"127.0.0.1:{port}",
                 "--net-name", self.net, "--net-index", str(index)]
         if self.shared:
@@ -505,7 +505,8 @@ class Nimbus:
         return res
 
     def operation_show(self, op_id):
-        env = dict(os.environ, NIMBUS_API=self.api.base, NIMBUS_TOKEN=self.api.token)
+        env = dict(os.environ, NIMBUS_API=self.api.base, NIMBUS_TOKEN=self.api.token,
+                   NIMBUS_CA_CERT=os.path.join(self.data, "ca.crt"))
         r = subprocess.run([self.bin, "operation", "show", op_id], env=env, capture_output=True, text=True)
         return (r.stdout + r.stderr).rstrip()
 
@@ -584,6 +585,13 @@ def report_tls(results):
         fmt_v = (lambda x: "-" if x is None else f"{x:.2f}" if unit == "s" else f"{x:.0f}")
         parts.append(f"{name} TLS {fmt_v(t)} {unit} / plain {fmt_v(p)} {unit} = {ratio(t, p)}")
     print("TLS vs plain TCP (medians of converged runs, same run): " + "; ".join(parts))
+    for v in ("nimbus", "plain"):
+        steps = {}
+        for r in conv[v]:
+            for k, ms in r.get("steps", {}).items():
+                steps.setdefault(k, []).append(ms)
+        print(f"  {VARIANT_NAMES[v]} steps (ms, min / median): "
+              + ", ".join(f"{k} {fmt(ms)}" for k, ms in steps.items()))
     t = med([r.get("total") for r in conv["nimbus"]])
     p = med([r.get("total") for r in conv["plain"]])
     dt = med([r.get("downtime_ms") for r in conv["nimbus"]])
@@ -719,8 +727,10 @@ def main():
             cloud.create("mig1")
         if "plain" in variants:
             # Started once the first cloud has its addresses: it picks the next free network.
-            plain = Nimbus(os.path.abspath(args.bin), os.path.join(work, "plain"), shared=shared,
-                           net_name="nbp", insecure_migration=True)
+            # A directory of its own, as short as the first (QEMU's socket paths: < 108 bytes).
+            plain_work = tempfile.mkdtemp(prefix="nimbus-bench-mig-")
+            plain = Nimbus(os.path.abspath(args.bin), plain_work, shared=shared,
+                           net_name="nbp", insecure_migration=True, avoid=(cloud.index,))
             plain.wait_up()
             plain.create("mig1")
         qv = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
@@ -741,17 +751,21 @@ def main():
             for i in range(args.runs):
                 order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
-                    if v == "nimbus":
-                        r = cloud.run("mig1", rate)
-                    elif v == "plain":
-                        r = plain.run("mig1", rate)
+                    if v in ("nimbus", "plain"):
+                        try:
+                            r = (cloud if v == "nimbus" else plain).run("mig1", rate)
+                        except RuntimeError as e:  # e.g. the workload did not start on a loaded machine
+                            r = {"converged": False, "error": str(e), "escalations": [], "steps": {},
+                                 "rounds": None, "disk_transfer": None, "from": "-", "to": "-",
+                                 "state": "not run", "op_id": "-"}
                     else:
                         r = raw_run(work, v, rate)
                     results[v].append(r)
                     print(f"  [{time.monotonic() - t_start:6.0f} s] rate {rate} run {i + 1} {v}: "
                           f"converged={r['converged']} total={r.get('total', float('nan')):.2f}s "
                           f"downtime={r.get('downtime_ms')} pause={r.get('pause_ms')} "
-                          f"bytes={(r.get('bytes') or 0) / MIB:.0f}MiB", file=sys.stderr, flush=True)
+                          f"bytes={(r.get('bytes') or 0) / MIB:.0f}MiB"
+                          + (f" error={r.get('error')}" if r.get("error") else ""), file=sys.stderr, flush=True)
             if rate == 0 and results.get("nimbus"):
                 idle_bytes = med([r["bytes"] for r in results["nimbus"] if r["converged"]])
             all_results[rate] = results
@@ -769,6 +783,7 @@ def main():
     finally:
         if plain:
             plain.close()
+            shutil.rmtree(plain.work, ignore_errors=True)
         if cloud:
             cloud.close()
         shutil.rmtree(work, ignore_errors=True)

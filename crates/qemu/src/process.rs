@@ -106,7 +106,11 @@ impl QemuProcess {
         let log = File::create(&log_path).map_err(io(&log_path))?;
         let log_err = log.try_clone().map_err(io(&log_path))?;
         let mut cmd = tokio::process::Command::new(program);
+        // Its own directory as working directory: files given to it later by a relative path
+        // (TLS credentials) are reachable however closed the directories above are to its
+        // unprivileged user.
         cmd.args(config.argv())
+            .current_dir(paths.dir())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
