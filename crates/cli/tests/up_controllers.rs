@@ -114,16 +114,7 @@ async fn three_controllers_share_the_work_and_the_cli_moves_past_a_dead_one() {
         assert_eq!(n, 1, "{task}: {listed:?}");
     }
     // kill -9 controller 2; a CLI told to use it first moves on to controller 3.
-    let pid_file = cloud
-        .data_dir()
-        .join("controllers")
-        .join("ctl2")
-        .join("controller.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .expect("controller 2's pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let pid = pid_of(&cloud, 2);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -156,5 +147,105 @@ async fn three_controllers_share_the_work_and_the_cli_moves_past_a_dead_one() {
     eprintln!(
         "controller 2 left the list {:.1} s after kill -9",
         started.elapsed().as_secs_f64()
+    );
+    create_survives_its_controller(&cloud).await;
+}
+
+fn pid_of(cloud: &Cloud, i: u16) -> i32 {
+    let pid_file = cloud
+        .data_dir()
+        .join("controllers")
+        .join(format!("ctl{i}"))
+        .join("controller.pid");
+    std::fs::read_to_string(&pid_file)
+        .expect("the controller's pid")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// A real guest's create accepted by controller 3, which is killed -9 while the guest
+/// boots: controller 1 takes the operation over within the lease TTL and a scan, re-runs
+/// the step in flight, and the instance runs once: one QEMU, its memory counted once.
+async fn create_survives_its_controller(cloud: &Cloud) {
+    let ca = std::fs::read(cloud.ca_cert()).expect("the cloud's CA");
+    let token = cloud.token().expect("admin token");
+    let ctl3 = nimbus_client::Client::new(&url_of(cloud, 3), Some(token))
+        .with_root_ca(&ca)
+        .expect("client of controller 3");
+    let op = ctl3
+        .create_instance(&nimbus_api::CreateInstance {
+            name: "survivor".into(),
+            flavor: Some("tiny".into()),
+            image: Some("default".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted by controller 3");
+    let id = op.id.to_string();
+    // Mid-flight: the guest is defined and booting (the step waiting for it runs).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = ctl3.operation(&id).await.expect("operation");
+        let booting = now
+            .steps
+            .iter()
+            .any(|s| s.name == "wait_ready" && s.state == nimbus_api::StepState::Running);
+        if booting {
+            break;
+        }
+        assert!(
+            now.state == nimbus_api::OperationState::Running,
+            "the create ended before the kill: {now:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the guest never started booting: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(cloud, 3)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 controller 3");
+    let killed = Instant::now();
+    // Controller 1 (the CLI's default) finishes it.
+    let ctl1 = cloud.client().expect("client of controller 1");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let now = ctl1.operation(&id).await.expect("operation");
+        if now.state != nimbus_api::OperationState::Running {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the create never ended: {now:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "create ended {:.1} s after kill -9 of its controller",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        done.state,
+        nimbus_api::OperationState::Succeeded,
+        "{done:?}"
+    );
+    let inst = ctl1.instance("survivor").await.expect("instance");
+    assert_eq!(inst.state, nimbus_api::InstanceState::Running, "{inst:?}");
+    let vm = inst.id.to_string();
+    assert_eq!(cloud.qemu_count(&vm), 1, "one QEMU for the instance");
+    let host = ctl1.host("host1").await.expect("host1");
+    assert_eq!(
+        (host.instances, host.memory_mib_allocated),
+        (1, 256),
+        "capacity counted once: {host:?}"
+    );
+    let out = cloud
+        .cli(&["instance", "delete", "survivor", "--wait"])
+        .expect("nimbus instance delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
