@@ -1,7 +1,9 @@
 //! `nimbus up --controllers 3` through the real binary (issue 12): three controllers over one
-//! PostgreSQL, one host agent (no guest: the controllers are the subject), the CLI given
-//! several URLs moving to a live one when the first was killed -9, each background task
-//! run by exactly one controller, and `--controllers 2` refused without PostgreSQL.
+//! PostgreSQL and one host agent: each background task run by exactly one controller;
+//! creates of real guests racing through all three for a host's last slots (exactly its
+//! room succeed); the CLI given several URLs moving to a live one when the first was killed
+//! -9; a real guest's create finished by another controller after its own was killed -9
+//! mid-boot (one QEMU, capacity counted once); `--controllers 2` refused without PostgreSQL.
 //!
 //! Needs `NIMBUS_TEST_POSTGRES_URL` (CI sets it; `bash scripts/ci-postgres.sh` prints one):
 //! fails clearly without it.
@@ -113,6 +115,7 @@ async fn three_controllers_share_the_work_and_the_cli_moves_past_a_dead_one() {
             .count();
         assert_eq!(n, 1, "{task}: {listed:?}");
     }
+    last_slots_across_controllers(&cloud).await;
     // kill -9 controller 2; a CLI told to use it first moves on to controller 3.
     let pid = pid_of(&cloud, 2);
     nix::sys::signal::kill(
@@ -151,6 +154,90 @@ async fn three_controllers_share_the_work_and_the_cli_moves_past_a_dead_one() {
     create_survives_its_controller(&cloud).await;
 }
 
+/// A client of controller `i`.
+fn client_of(cloud: &Cloud, i: u16) -> nimbus_client::Client {
+    let ca = std::fs::read(cloud.ca_cert()).expect("the cloud's CA");
+    let token = cloud.token().expect("admin token");
+    nimbus_client::Client::new(&url_of(cloud, i), Some(token))
+        .with_root_ca(&ca)
+        .expect("client of a controller")
+}
+
+/// Six creates of real guests sent at once, two to each controller, for a host with room
+/// for two of them (2 CPUs x 4 overcommit = 8 vCPUs, 3 vCPUs each): exactly two run, the
+/// others are refused for capacity, and the host holds exactly two.
+async fn last_slots_across_controllers(cloud: &Cloud) {
+    let out = cloud
+        .cli(&[
+            "flavor",
+            "create",
+            "wide",
+            "--vcpus",
+            "3",
+            "--memory-mib",
+            "256",
+            "--disk-gib",
+            "1",
+        ])
+        .expect("nimbus flavor create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clients: Vec<_> = (1..=3).map(|i| client_of(cloud, i)).collect();
+    let creates = (0..6).map(|k| {
+        let client = clients[k % 3].clone();
+        async move {
+            let req = nimbus_api::CreateInstance {
+                name: format!("race{k}"),
+                flavor: Some("wide".into()),
+                image: Some("default".into()),
+                ..Default::default()
+            };
+            match client.create_instance(&req).await {
+                Ok(op) => {
+                    let op = client
+                        .wait_operation(&op.id.to_string(), Duration::from_secs(180), |_| {})
+                        .await
+                        .expect("the create ends");
+                    (op.state == nimbus_api::OperationState::Succeeded, op.error)
+                }
+                Err(e) => (false, Some(e.to_string())),
+            }
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    let ran = results.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(ran, 2, "exactly the host's room: {results:?}");
+    for (_, why) in results.iter().filter(|(ok, _)| !ok) {
+        let why = why.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("vCPU") || why.contains("room") || why.contains("capacity"),
+            "refused for capacity: {why}"
+        );
+    }
+    let host = clients[0].host("host1").await.expect("host1");
+    assert_eq!(
+        (host.instances, host.vcpus_allocated),
+        (2, 6),
+        "the host holds exactly two: {host:?}"
+    );
+    for k in 0..6 {
+        let name = format!("race{k}");
+        if clients[0].instance(&name).await.is_ok() {
+            let out = cloud
+                .cli(&["instance", "delete", &name, "--wait"])
+                .expect("nimbus instance delete");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 fn pid_of(cloud: &Cloud, i: u16) -> i32 {
     let pid_file = cloud
         .data_dir()
@@ -168,11 +255,7 @@ fn pid_of(cloud: &Cloud, i: u16) -> i32 {
 /// boots: controller 1 takes the operation over within the lease TTL and a scan, re-runs
 /// the step in flight, and the instance runs once: one QEMU, its memory counted once.
 async fn create_survives_its_controller(cloud: &Cloud) {
-    let ca = std::fs::read(cloud.ca_cert()).expect("the cloud's CA");
-    let token = cloud.token().expect("admin token");
-    let ctl3 = nimbus_client::Client::new(&url_of(cloud, 3), Some(token))
-        .with_root_ca(&ca)
-        .expect("client of controller 3");
+    let ctl3 = client_of(cloud, 3);
     let op = ctl3
         .create_instance(&nimbus_api::CreateInstance {
             name: "survivor".into(),
