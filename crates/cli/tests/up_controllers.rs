@@ -1,9 +1,10 @@
 //! `nimbus up --controllers 3` through the real binary (issue 12): three controllers over one
-//! PostgreSQL and one host agent: each background task run by exactly one controller;
+//! PostgreSQL and two host agents: each background task run by exactly one controller;
 //! creates of real guests racing through all three for a host's last slots (exactly its
 //! room succeed); the CLI given several URLs moving to a live one when the first was killed
 //! -9; a real guest's create finished by another controller after its own was killed -9
-//! mid-boot (one QEMU, capacity counted once); `--controllers 2` refused without PostgreSQL.
+//! mid-boot, and a live migration after its controller was killed -9 mid-copy (one QEMU,
+//! capacity counted once); `--controllers 2` refused without PostgreSQL.
 //!
 //! Needs `NIMBUS_TEST_POSTGRES_URL` (CI sets it; `bash scripts/ci-postgres.sh` prints one):
 //! fails clearly without it.
@@ -62,10 +63,10 @@ fn several_controllers_without_postgresql_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn three_controllers_share_the_work_and_the_cli_moves_past_a_dead_one() {
+async fn three_controllers_carry_on_after_kill_9() {
     let db = TestDatabase::create().expect("PostgreSQL for the several-controllers tests");
     let opts = CloudOptions {
-        hosts: 1,
+        hosts: 2,
         extra_args: vec![
             "--controllers".into(),
             "3".into(),
@@ -116,42 +117,117 @@ async fn three_controllers_share_the_work_and_the_cli_moves_past_a_dead_one() {
         assert_eq!(n, 1, "{task}: {listed:?}");
     }
     last_slots_across_controllers(&cloud).await;
-    // kill -9 controller 2; a CLI told to use it first moves on to controller 3.
-    let pid = pid_of(&cloud, 2);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 controller 2");
-    let two_three = format!("{},{}", url_of(&cloud, 2), url_of(&cloud, 3));
+    create_survives_its_controller(&cloud).await;
+    cli_moves_past_a_dead_controller(&cloud, 3, 2);
+    migration_survives_its_controller(&cloud).await;
+    let left = controllers(&cloud, &url_of(&cloud, 1));
+    assert_eq!(left.len(), 1, "controllers 2 and 3 were killed: {left:?}");
+}
+
+/// Controller `dead` was killed -9: a CLI told to use it first moves on to `alive`, and
+/// `dead` drops out of the list once its heartbeat is older than the lease.
+fn cli_moves_past_a_dead_controller(cloud: &Cloud, dead: u16, alive: u16) {
+    let urls = format!("{},{}", url_of(cloud, dead), url_of(cloud, alive));
     let started = Instant::now();
     let mut answered: HashMap<String, usize> = HashMap::new();
-    let left = loop {
-        let listed = controllers(&cloud, &two_three);
+    loop {
+        let listed = controllers(cloud, &urls);
         for c in listed.iter().filter(|c| c.this) {
             *answered.entry(c.url.clone()).or_default() += 1;
         }
-        // Controller 2 drops out of the list once its heartbeat is older than the TTL.
-        if listed.len() == 2 {
-            break listed;
+        if !listed.iter().any(|c| c.url == url_of(cloud, dead)) {
+            break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "controller 2 still listed: {listed:?}"
+            "controller {dead} still listed: {listed:?}"
         );
         std::thread::sleep(Duration::from_millis(500));
-    };
+    }
     assert_eq!(
         answered.keys().cloned().collect::<Vec<_>>(),
-        vec![url_of(&cloud, 3)],
-        "only controller 3 answered"
+        vec![url_of(cloud, alive)],
+        "only the live controller answered"
     );
-    assert!(!left.iter().any(|c| c.url == url_of(&cloud, 2)), "{left:?}");
+}
+
+/// A live migration of a real guest started through controller 2, which is killed -9 while
+/// the memory is copied: controller 1 takes it over and ends it (finished, or unwound with
+/// the VM where it was); the VM runs in exactly one place, its capacity counted once.
+async fn migration_survives_its_controller(cloud: &Cloud) {
+    let ctl2 = client_of(cloud, 2);
+    let before = ctl2.instance("survivor").await.expect("instance");
+    let op = ctl2
+        .migrate_instance("survivor", &nimbus_api::MigrateInstance::default())
+        .await
+        .expect("migration accepted by controller 2");
+    let id = op.id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = ctl2.operation(&id).await.expect("operation");
+        let copying = now
+            .steps
+            .iter()
+            .any(|s| s.name == "transfer" && s.state == nimbus_api::StepState::Running);
+        if copying {
+            break;
+        }
+        assert!(
+            now.state == nimbus_api::OperationState::Running,
+            "the migration ended before the kill: {now:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the transfer never started: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(cloud, 2)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 controller 2");
+    let killed = Instant::now();
+    let ctl1 = cloud.client().expect("client of controller 1");
+    let done = ctl1
+        .wait_operation(&id, Duration::from_secs(180), |_| {})
+        .await
+        .expect("the migration ends");
     eprintln!(
-        "controller 2 left the list {:.1} s after kill -9",
-        started.elapsed().as_secs_f64()
+        "migration ended ({:?}) {:.1} s after kill -9 of its controller",
+        done.state,
+        killed.elapsed().as_secs_f64()
     );
-    create_survives_its_controller(&cloud).await;
+    let inst = ctl1.instance("survivor").await.expect("instance");
+    assert_eq!(
+        inst.state,
+        nimbus_api::InstanceState::Running,
+        "{inst:?} {done:?}"
+    );
+    if done.state != nimbus_api::OperationState::Succeeded {
+        assert_eq!(
+            inst.host, before.host,
+            "unwound: the VM stays where it was: {done:?}"
+        );
+    }
+    assert_eq!(
+        cloud.qemu_count(&inst.id.to_string()),
+        1,
+        "one QEMU: {done:?}"
+    );
+    let hosts = ctl1.list_hosts().await.expect("hosts");
+    let held: (u32, u64) = hosts.iter().fold((0, 0), |(n, m), h| {
+        (n + h.instances, m + h.memory_mib_allocated)
+    });
+    assert_eq!(held, (1, 256), "capacity counted once: {hosts:?}");
+    let out = cloud
+        .cli(&["instance", "delete", "survivor", "--wait"])
+        .expect("nimbus instance delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A client of controller `i`.
@@ -163,9 +239,9 @@ fn client_of(cloud: &Cloud, i: u16) -> nimbus_client::Client {
         .expect("client of a controller")
 }
 
-/// Six creates of real guests sent at once, two to each controller, for a host with room
-/// for two of them (2 CPUs x 4 overcommit = 8 vCPUs, 3 vCPUs each): exactly two run, the
-/// others are refused for capacity, and the host holds exactly two.
+/// Six creates of real guests sent at once, two to each controller, for two hosts with room
+/// for two each (2 CPUs x 4 overcommit = 8 vCPUs, 3 vCPUs each): exactly four run, the
+/// others are refused for capacity, and each host holds exactly two.
 async fn last_slots_across_controllers(cloud: &Cloud) {
     let out = cloud
         .cli(&[
@@ -209,7 +285,7 @@ async fn last_slots_across_controllers(cloud: &Cloud) {
     });
     let results = futures::future::join_all(creates).await;
     let ran = results.iter().filter(|(ok, _)| *ok).count();
-    assert_eq!(ran, 2, "exactly the host's room: {results:?}");
+    assert_eq!(ran, 4, "exactly the hosts' room: {results:?}");
     for (_, why) in results.iter().filter(|(ok, _)| !ok) {
         let why = why.as_deref().unwrap_or_default();
         assert!(
@@ -217,12 +293,13 @@ async fn last_slots_across_controllers(cloud: &Cloud) {
             "refused for capacity: {why}"
         );
     }
-    let host = clients[0].host("host1").await.expect("host1");
-    assert_eq!(
-        (host.instances, host.vcpus_allocated),
-        (2, 6),
-        "the host holds exactly two: {host:?}"
-    );
+    for host in clients[0].list_hosts().await.expect("hosts") {
+        assert_eq!(
+            (host.instances, host.vcpus_allocated),
+            (2, 6),
+            "each host holds exactly two: {host:?}"
+        );
+    }
     for k in 0..6 {
         let name = format!("race{k}");
         if clients[0].instance(&name).await.is_ok() {
@@ -317,18 +394,9 @@ async fn create_survives_its_controller(cloud: &Cloud) {
     assert_eq!(inst.state, nimbus_api::InstanceState::Running, "{inst:?}");
     let vm = inst.id.to_string();
     assert_eq!(cloud.qemu_count(&vm), 1, "one QEMU for the instance");
-    let host = ctl1.host("host1").await.expect("host1");
-    assert_eq!(
-        (host.instances, host.memory_mib_allocated),
-        (1, 256),
-        "capacity counted once: {host:?}"
-    );
-    let out = cloud
-        .cli(&["instance", "delete", "survivor", "--wait"])
-        .expect("nimbus instance delete");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let hosts = ctl1.list_hosts().await.expect("hosts");
+    let held: (u32, u64) = hosts.iter().fold((0, 0), |(n, m), h| {
+        (n + h.instances, m + h.memory_mib_allocated)
+    });
+    assert_eq!(held, (1, 256), "capacity counted once: {hosts:?}");
 }
