@@ -103,6 +103,9 @@ def round_(args, r, hold):
         except subprocess.TimeoutExpired:
             up.kill()
         psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        # `nimbus up` leaves its host network for its next start: this run's goes.
+        subprocess.run(["ip", "netns", "del", "ncp-host1"], capture_output=True)
+        subprocess.run(["ip", "link", "del", "ncp-br"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return takeovers, ends
 
