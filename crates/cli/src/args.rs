@@ -297,9 +297,18 @@ pub struct UpArgs {
     /// API address for the CLI.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
-    /// Database URL [default: SQLite in the data directory].
-    #[arg(long)]
+    /// Database URL [default: SQLite in the data directory]; PostgreSQL
+    /// (`postgres://USER:PASSWORD@HOST/DATABASE`) for `--controllers` above 1.
+    #[arg(long, env = "NIMBUS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Controllers to run over the database (several need PostgreSQL): the first in this
+    /// process on `--listen`, the others on the next ports; agents and the CLI use all.
+    #[arg(long, default_value_t = 1)]
+    pub controllers: u32,
+    /// How long the work of a controller that stopped renewing stays its own before another
+    /// controller takes it over (see docs/control-plane.md).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub lease_ttl: std::time::Duration,
     /// Run agents as plain processes on loopback instead of one network namespace each.
     #[arg(long)]
     pub no_netns: bool,
@@ -361,7 +370,9 @@ pub struct ControllerArgs {
     /// Addresses to listen on (repeatable).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: Vec<SocketAddr>,
-    #[arg(long)]
+    /// Database URL [default: SQLite in the data directory]; several controllers share
+    /// one PostgreSQL database (`postgres://USER:PASSWORD@HOST/DATABASE`).
+    #[arg(long, env = "NIMBUS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     #[arg(long, default_value_t = 4.0)]
     pub cpu_ratio: f64,

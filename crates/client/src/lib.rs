@@ -187,6 +187,12 @@ impl Client {
         self.send(self.req(Method::DELETE, path)).await
     }
 
+    /// Whether the controller in use (or the next that connects) serves (`/healthz`).
+    pub async fn health(&self) -> Result<(), ClientError> {
+        self.exchange(self.req(Method::GET, "/healthz")).await?;
+        Ok(())
+    }
+
     /// Raw request, for tests of malformed input.
     pub async fn raw(
         &self,

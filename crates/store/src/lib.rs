@@ -215,6 +215,16 @@ pub(crate) mod testing {
         pool
     }
 
+    /// Registers a new controller (at a loopback URL of its own) with lease `ttl`.
+    pub async fn controller(s: &Store, ttl: std::time::Duration) -> Uuid {
+        let id = Uuid::new_v4();
+        let url = format!("http://127.0.0.1:{}", 10000 + (id.as_u128() % 50000) as u16);
+        s.register_controller(id, &url, "test", ttl)
+            .await
+            .expect("register");
+        id
+    }
+
     /// The default network of new projects in tests.
     pub fn default_network() -> NewNetwork {
         NewNetwork {

@@ -8,6 +8,7 @@
 //! hosts of one machine see one filesystem, as hosts with an NFS mount at the same path do.
 
 mod agents;
+mod controllers;
 mod image;
 mod network;
 
@@ -28,6 +29,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.net_name.len() > 8 || args.net_name.is_empty() {
         bail!("--net-name must have 1 to 8 characters (it prefixes interface names)");
     }
+    controllers::check(args.controllers, args.database_url.as_deref())?;
     let shutdown = ShutdownSignal::install()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
@@ -56,7 +58,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let mut config = ControllerConfig::new(data_dir.clone());
     config.listen = vec![args.listen];
-    let controller_url = match &net {
+    config.lease_ttl = args.lease_ttl;
+    // Where the agents call controller 1 (the others: the next ports).
+    let agents_reach = match &net {
         Some(n) => {
             let bridge_addr = SocketAddr::new(n.bridge_ip.into(), args.listen.port());
             if !args.listen.ip().is_unspecified() {
@@ -64,10 +68,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             // The agents call the controller at the bridge: its certificate names it.
             config.tls_names.push(n.bridge_ip.to_string());
-            format!("https://{bridge_addr}")
+            bridge_addr
         }
-        None => format!("https://{}", loopback_of(args.listen)),
+        None => loopback_of(args.listen),
     };
+    let controller_url = urls_of(agents_reach, args.controllers);
     if let Some(url) = &args.database_url {
         config.database_url = url.clone();
     }
@@ -84,12 +89,38 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config.floating_ip_pool = Some(n.floating_ip_pool());
     }
 
+    let (config_listen, config_tls_names) = (config.listen.clone(), config.tls_names.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx = stop_rx.clone();
     let controller = tokio::spawn(nimbus_controller::run(config, async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
-    let api = format!("https://{}", loopback_of(args.listen));
+    // Controller 1 first: it makes the tokens and applies the migrations the others find.
+    wait_for_api(
+        &format!("https://{}", loopback_of(args.listen)),
+        &ca,
+        &controller,
+    )
+    .await;
+    let extra = controllers::ExtraControllers::start(
+        &controllers::ControllersPlan {
+            data_dir: data_dir.clone(),
+            database_url: args.database_url.clone().unwrap_or_default(),
+            listen: config_listen,
+            tls_names: config_tls_names,
+            network: net.is_some(),
+            floating_ip_pool: net.as_ref().map(|n| n.floating_ip_pool().to_string()),
+            cpu_ratio: args.cpu_ratio,
+            ram_ratio: args.ram_ratio,
+            strategy: match args.strategy {
+                crate::args::StrategyArg::Spread => "spread",
+                crate::args::StrategyArg::Pack => "pack",
+            },
+            lease_ttl: args.lease_ttl,
+        },
+        args.controllers,
+    )?;
+    let api = urls_of(loopback_of(args.listen), args.controllers);
     let supervisor = agents::Supervisor::start(agents::AgentsPlan {
         data_dir: data_dir.clone(),
         hosts: args.hosts,
@@ -120,11 +151,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         _ = shutdown.recv() => {}
         res = controller_done(&controller) => {
             supervisor.stop().await;
+            extra.stop().await;
             return res;
         }
     }
     eprintln!("stopping nimbus (VMs keep running; the next `nimbus up` re-adopts them)");
     supervisor.stop().await;
+    extra.stop().await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(10), controller).await {
         Ok(Ok(res)) => res,
@@ -139,6 +172,35 @@ async fn controller_done(task: &tokio::task::JoinHandle<anyhow::Result<()>>) -> 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("the controller stopped; see the messages above")
+}
+
+/// `https://` URLs of controllers 1..=`count`, controller 1 at `first`, comma-separated (as
+/// agents' `--controller` and the CLI's `--api` take them).
+fn urls_of(first: SocketAddr, count: u32) -> String {
+    controllers::listen_of(&[first], 1)
+        .into_iter()
+        .chain((2..=count).flat_map(|i| controllers::listen_of(&[first], i)))
+        .map(|a| format!("https://{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits (bounded) until the API at `api` answers, or the controller stopped.
+async fn wait_for_api(
+    api: &str,
+    ca: &nimbus_pki::CloudCa,
+    controller: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline && !controller.is_finished() {
+        if let Ok(c) = nimbus_client::Client::new(api, None).with_root_ca(ca.cert_pem().as_bytes())
+        {
+            if c.health().await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn loopback_of(addr: SocketAddr) -> SocketAddr {
@@ -177,7 +239,8 @@ async fn announce(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eprintln!("nimbus is up");
-    eprintln!("  API:         {api}   (OpenAPI: {api}/v1/openapi.json)");
+    let first = api.split(',').next().unwrap_or(api);
+    eprintln!("  API:         {api}   (OpenAPI: {first}/v1/openapi.json)");
     eprintln!("  data:        {}", data_dir.display());
     eprintln!("  admin token: {}", admin_token_path(data_dir).display());
     eprintln!(

@@ -1,7 +1,7 @@
 //! Ownership of operations on every backend: claims, renewal, takeover after expiry or the
 //! owner's death, the epoch fence refusing a stale owner, concurrent scanners.
 
-use crate::testing::{new_instance, stores};
+use crate::testing::{controller, new_instance, stores};
 use crate::{OperationClaim, Store, StoreError};
 use nimbus_api::{OperationState, StepState};
 use nimbus_ops::{LogError, OperationLog};
@@ -16,15 +16,6 @@ async fn operation(s: &Store) -> Uuid {
     let (_, op) = new_instance("default", &format!("vm-{}", Uuid::new_v4().simple()));
     s.insert_operation(&op).await.expect("operation");
     op.id
-}
-
-async fn controller(s: &Store, ttl: Duration) -> Uuid {
-    let id = Uuid::new_v4();
-    let url = format!("http://127.0.0.1:{}", 10000 + (id.as_u128() % 50000) as u16);
-    s.register_controller(id, &url, "test", ttl)
-        .await
-        .expect("register");
-    id
 }
 
 #[tokio::test]

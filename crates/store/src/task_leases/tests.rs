@@ -2,22 +2,13 @@
 //! holder's death or stall, the fence refusing a stale holder's transactions, and (on
 //! PostgreSQL) many controllers racing for one free task.
 
-use crate::testing::{new_instance, stores};
+use crate::testing::{controller, new_instance, stores};
 use crate::{Scope, Store, StoreError, TaskLease};
 use std::time::Duration;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(300);
-
-async fn controller(s: &Store, ttl: Duration) -> Uuid {
-    let id = Uuid::new_v4();
-    let url = format!("http://127.0.0.1:{}", 10000 + (id.as_u128() % 50000) as u16);
-    s.register_controller(id, &url, "test", ttl)
-        .await
-        .expect("register");
-    id
-}
 
 /// A second controller: registered on PostgreSQL; on SQLite (one controller only) an id
 /// without a row, which is all the lease needs.

@@ -1,0 +1,193 @@
+//! The extra controllers of `nimbus up --controllers N`: controller 1 runs in the `nimbus
+//! up` process; controllers 2..N are `nimbus controller` child processes over the same
+//! PostgreSQL database and data directory (tokens, CA), listening on the next ports. Each
+//! writes its pid to `<data dir>/controllers/ctlN/controller.pid` and its log beside it, so
+//! one can be killed to watch the others take its work over. A controller that dies is not
+//! restarted: the others carry on (that is the point of running several).
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Most controllers `nimbus up` runs (their ports must stay below the agents' loopback ports).
+pub const MAX_CONTROLLERS: u32 = 5;
+
+/// What every extra controller is started with.
+pub struct ControllersPlan {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// Listen addresses of controller 1; controller i listens on the same addresses with the
+    /// port plus i - 1.
+    pub listen: Vec<SocketAddr>,
+    pub tls_names: Vec<String>,
+    /// Instances get NICs on the cloud network (host networking available).
+    pub network: bool,
+    pub floating_ip_pool: Option<String>,
+    pub cpu_ratio: f64,
+    pub ram_ratio: f64,
+    pub strategy: &'static str,
+    pub lease_ttl: Duration,
+}
+
+/// Checks `--controllers` against the database before anything starts.
+pub fn check(controllers: u32, database_url: Option<&str>) -> anyhow::Result<()> {
+    if controllers == 0 || controllers > MAX_CONTROLLERS {
+        bail!("--controllers must be between 1 and {MAX_CONTROLLERS}");
+    }
+    let postgres = database_url
+        .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    if controllers > 1 && !postgres {
+        bail!(
+            "--controllers {controllers} needs one PostgreSQL database shared by all controllers: \
+             add --database-url postgres://USER:PASSWORD@HOST/DATABASE (SQLite serves one \
+             controller; see docs/control-plane.md)"
+        );
+    }
+    Ok(())
+}
+
+/// The addresses of controller `i` (1-based) given controller 1's.
+pub fn listen_of(first: &[SocketAddr], i: u32) -> Vec<SocketAddr> {
+    first
+        .iter()
+        .map(|a| SocketAddr::new(a.ip(), a.port() + (i - 1) as u16))
+        .collect()
+}
+
+/// The running extra controllers.
+pub struct ExtraControllers {
+    children: Vec<(u32, tokio::process::Child)>,
+}
+
+impl ExtraControllers {
+    /// Starts controllers 2..=`count`.
+    pub fn start(plan: &ControllersPlan, count: u32) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the nimbus executable")?;
+        let mut children = Vec::new();
+        for i in 2..=count {
+            let dir = dir_of(&plan.data_dir, i);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let child = spawn(&exe, plan, i, &dir)?;
+            if let Some(pid) = child.id() {
+                std::fs::write(dir.join("controller.pid"), pid.to_string())?;
+            }
+            children.push((i, child));
+        }
+        Ok(Self { children })
+    }
+
+    /// Stops every extra controller still running (SIGTERM, then SIGKILL after 10 s).
+    pub async fn stop(self) {
+        for (i, mut child) in self.children {
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("controller {i} did not stop within 10 s; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// Where controller `i` keeps its pid and log.
+pub fn dir_of(data_dir: &Path, i: u32) -> PathBuf {
+    data_dir.join("controllers").join(format!("ctl{i}"))
+}
+
+fn spawn(
+    exe: &Path,
+    plan: &ControllersPlan,
+    i: u32,
+    dir: &Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("controller.log"))?;
+    let mut args: Vec<String> = vec![
+        "controller".into(),
+        "--data-dir".into(),
+        plan.data_dir.display().to_string(),
+        "--cpu-ratio".into(),
+        plan.cpu_ratio.to_string(),
+        "--ram-ratio".into(),
+        plan.ram_ratio.to_string(),
+        "--strategy".into(),
+        plan.strategy.into(),
+        "--lease-ttl".into(),
+        format!("{}s", plan.lease_ttl.as_secs().max(1)),
+        "--network".into(),
+        if plan.network {
+            "10.200.0.0/16".into()
+        } else {
+            "none".into()
+        },
+    ];
+    for addr in listen_of(&plan.listen, i) {
+        args.extend(["--listen".into(), addr.to_string()]);
+    }
+    for name in &plan.tls_names {
+        args.extend(["--tls-name".into(), name.clone()]);
+    }
+    if let Some(pool) = &plan.floating_ip_pool {
+        args.extend(["--floating-ip-pool".into(), pool.clone()]);
+    }
+    let mut cmd = tokio::process::Command::new(exe);
+    // A controller must not outlive the `nimbus up` that started it.
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    cmd.args(&args)
+        // The database URL may carry a password: through the environment, not the command
+        // line others can read.
+        .env("NIMBUS_DATABASE_URL", &plan.database_url)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot run controller {i} ({})", exe.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_controllers_need_postgresql() {
+        let e = check(3, None).expect_err("sqlite").to_string();
+        assert!(e.contains("--database-url postgres://"), "{e}");
+        let e = check(2, Some("sqlite:///tmp/x.db"))
+            .expect_err("sqlite")
+            .to_string();
+        assert!(e.contains("SQLite serves one controller"), "{e}");
+        check(3, Some("postgres://u:p@db/nimbus")).expect("postgres");
+        check(1, None).expect("one controller on SQLite");
+        assert!(check(0, None).is_err());
+        assert!(check(MAX_CONTROLLERS + 1, Some("postgres://db/n")).is_err());
+    }
+
+    #[test]
+    fn controllers_listen_on_the_next_ports() {
+        let first: Vec<SocketAddr> = vec![
+            "127.0.0.1:7700".parse().expect("addr"),
+            "10.249.0.1:7700".parse().expect("addr"),
+        ];
+        let third = listen_of(&first, 3);
+        assert_eq!(third[0].to_string(), "127.0.0.1:7702");
+        assert_eq!(third[1].to_string(), "10.249.0.1:7702");
+    }
+}
