@@ -195,6 +195,14 @@ pub fn client_parameters(
 
 /// After the migration: the credentials leave QEMU's memory. Best effort.
 pub async fn unload(qmp: &Qmp) {
+    // The parameters would go on naming the deleted object, and any later migration of this
+    // QEMU (a memory snapshot to a file) would fail looking for it.
+    if let Err(e) = qmp
+        .migrate_set_parameters(&client_parameters(MigrateParameters::default(), None))
+        .await
+    {
+        tracing::debug!(error = %e, "cannot turn the migration's TLS parameters off");
+    }
     for id in [AUTHZ_ID, CREDS_ID] {
         if let Err(e) = qmp.object_del(id).await {
             tracing::debug!(id, error = %e, "no TLS object to remove");

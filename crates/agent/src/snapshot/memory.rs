@@ -38,7 +38,14 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
     let mut caps: Vec<(&str, bool)> = INCOMPATIBLE.iter().map(|c| (*c, false)).collect();
     caps.push(("background-snapshot", on));
-    qmp.migrate_set_capabilities(&caps).await
+    qmp.migrate_set_capabilities(&caps).await?;
+    if on {
+        // A VM that migrated may keep its last migration's TLS parameters, naming
+        // credentials that are gone; a snapshot into a local file needs none.
+        let plain = crate::migration::tls::client_parameters(Default::default(), None);
+        qmp.migrate_set_parameters(&plain).await?;
+    }
+    Ok(())
 }
 
 /// Waits, on a VM we paused, until the background snapshot started by `migrate` has saved
