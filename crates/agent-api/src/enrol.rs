@@ -10,6 +10,7 @@
 //!   │◀──────────── host certificate ──────────────────│
 //! ```
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Path of the CA certificate (PEM; anyone may read it).
@@ -29,6 +30,47 @@ pub struct EnrolRequest {
     /// The URL the controller will reach the agent at (`https://ADDR:PORT`): its address
     /// goes into the certificate.
     pub agent_url: String,
+    /// The host's clock when it sent this (absent from older agents). Certificates and
+    /// leases depend on both clocks agreeing: one far off is refused (see [`clock_skew`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Most two clocks of a cloud may disagree.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
+/// Why clock `theirs` (of `whom`) cannot work with `ours`, if it is off by more than
+/// [`MAX_CLOCK_SKEW_SECS`]; what to do is in the message.
+pub fn clock_skew(ours: DateTime<Utc>, theirs: DateTime<Utc>, whom: &str) -> Option<String> {
+    let off = (theirs - ours).num_seconds();
+    if off.abs() <= MAX_CLOCK_SKEW_SECS {
+        return None;
+    }
+    let side = if off > 0 { "ahead of" } else { "behind" };
+    Some(format!(
+        "the clock of {whom} is {} s {side} this one (more than {MAX_CLOCK_SKEW_SECS} s): \
+         certificates and leases would fail; synchronise the hosts' time (NTP, chrony) and \
+         try again",
+        off.abs()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_within_five_minutes_agree() {
+        let now = Utc::now();
+        assert_eq!(
+            clock_skew(now, now + chrono::Duration::seconds(299), "h"),
+            None
+        );
+        let ahead = clock_skew(now, now + chrono::Duration::hours(2), "host3").expect("off");
+        assert!(ahead.contains("host3 is 7200 s ahead of"), "{ahead}");
+        let behind = clock_skew(now, now - chrono::Duration::seconds(301), "h").expect("off");
+        assert!(behind.contains("301 s behind"), "{behind}");
+    }
 }
 
 /// The controller's answer: the host's certificate and the CA.

@@ -55,7 +55,7 @@ pub mod snapshot_move;
 pub mod vm;
 
 pub use client::AgentClient;
-pub use enrol::{EnrolRequest, EnrolResponse};
+pub use enrol::{clock_skew, EnrolRequest, EnrolResponse, MAX_CLOCK_SKEW_SECS};
 pub use error::{AgentError, AgentErrorBody};
 pub use firewall::{
     FirewallApplied, FirewallRule, FloatingNat, GroupMembers, HostFirewall, NameRecord,

@@ -30,6 +30,7 @@ pub async fn enrol(
         name: name.to_string(),
         csr_pem: creds.new_request(name)?,
         agent_url: agent_url.to_string(),
+        sent_at: Some(chrono::Utc::now()),
     };
     let resp = http
         .post(format!("{base}{ENROL_PATH}"))
@@ -66,14 +67,16 @@ async fn fetch_pinned_ca(base: &str, token: &JoinToken) -> anyhow::Result<String
         .tls_built_in_root_certs(false)
         .danger_accept_invalid_certs(true)
         .build()?;
-    let pem = http
+    let resp = http
         .get(format!("{base}{CA_PATH}"))
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot fetch the CA certificate from the controller at {base}"))?
-        .text()
-        .await?;
+        .with_context(|| {
+            format!("cannot fetch the CA certificate from the controller at {base}")
+        })?;
+    check_clock(base, resp.headers())?;
+    let pem = resp.text().await?;
     let der = nimbus_pki::certs_from_pem(&pem)?;
     let got = nimbus_pki::fingerprint(&der[0]);
     if got != token.ca_fingerprint {
@@ -90,4 +93,22 @@ async fn fetch_pinned_ca(base: &str, token: &JoinToken) -> anyhow::Result<String
         );
     }
     Ok(pem)
+}
+
+/// Refuses to enrol with a clock far off the controller's (its answer's `Date`): the
+/// certificate it issues would look not yet valid, or expired, to one of the two.
+fn check_clock(base: &str, headers: &reqwest::header::HeaderMap) -> anyhow::Result<()> {
+    let Some(date) = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+    else {
+        return Ok(());
+    };
+    let whom = format!("the controller at {base}");
+    if let Some(reason) = nimbus_agent_api::clock_skew(chrono::Utc::now(), date.to_utc(), &whom) {
+        tracing::error!(controller = base, reason, "enrolment refused");
+        bail!("{reason}");
+    }
+    Ok(())
 }

@@ -5,8 +5,9 @@
 //! the scenarios:
 //! - a second agent claiming host1's name is refused, the token it used stays usable, and
 //!   host1 and its VM are untouched;
-//! - a token enrols one host once (reuse refused), an expired one nothing, and an agent
-//!   advertising 0.0.0.0 is told to set --advertise-url;
+//! - a token enrols one host once (reuse refused), an expired one nothing, an agent
+//!   advertising 0.0.0.0 is told to set --advertise-url, and one whose clock is far off is
+//!   told to synchronise it (its token stays usable);
 //! - a host's certificate registers only its own name at its own address; a certificate of
 //!   another CA, no certificate with the old shared-token style bearer, and a removed
 //!   (revoked) host's certificate get nothing; the agent API refuses any caller but the
@@ -97,6 +98,22 @@ async fn hosts_enrol_once_and_speak_mutual_tls_only() {
         Some("https://0.0.0.0:7701"),
     );
     assert!(stderr(&out).contains("--advertise-url"), "{}", stderr(&out));
+    // A host whose clock is 2 h behind is told to synchronise it; its token stays usable.
+    let token = join_token(&cloud, "1h");
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    let (status, message) =
+        enrol_sent_at(&cloud, &dir.path().join("forged"), &token, two_hours_ago).await;
+    assert_eq!(status, 400, "{message}");
+    assert!(
+        message.contains("7200 s behind") && message.contains("NTP"),
+        "{message}"
+    );
+    let out = agent.run("host13", &token, None);
+    assert!(
+        stderr(&out).contains("cannot listen"),
+        "enrolled: {}",
+        stderr(&out)
+    );
 
     certificates_speak_only_for_their_host(&cloud, &host9).await;
     only_the_controller_reaches_an_agent(&cloud, &host1_url).await;
@@ -112,6 +129,7 @@ async fn hosts_enrol_once_and_speak_mutual_tls_only() {
         "already enrolled",
         "already used",
         "has expired",
+        "synchronise the hosts' time",
         "agent call refused",
         "registration refused",
     ] {
@@ -195,6 +213,33 @@ fn registration(name: &str, agent_url: &str) -> RegisterHost {
             image_cache: None,
         },
     }
+}
+
+/// POSTs an enrolment of `host13` as if sent at `sent_at`; the status and the message.
+async fn enrol_sent_at(
+    cloud: &Cloud,
+    dir: &Path,
+    token: &str,
+    sent_at: chrono::DateTime<chrono::Utc>,
+) -> (u16, String) {
+    let req = nimbus_agent_api::EnrolRequest {
+        token: token.into(),
+        name: "host13".into(),
+        csr_pem: HostCredentials::new(dir)
+            .new_request("host13")
+            .expect("csr"),
+        agent_url: "https://127.0.0.1:7701".into(),
+        sent_at: Some(sent_at),
+    };
+    let url = format!("{}{}", cloud.api(), nimbus_agent_api::enrol::ENROL_PATH);
+    let resp = mtls(cloud, None)
+        .post(url)
+        .json(&req)
+        .send()
+        .await
+        .expect("enrol");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
 }
 
 /// POSTs a registration with `http`; the status, or `None` when TLS refused the client.

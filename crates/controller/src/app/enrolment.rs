@@ -58,6 +58,13 @@ impl App {
             );
             reason
         };
+        let whom = format!("host {:?}", req.name);
+        if let Some(reason) = req
+            .sent_at
+            .and_then(|sent| nimbus_agent_api::clock_skew(Utc::now(), sent, &whom))
+        {
+            return Err(AppError::bad_request(refuse(reason)));
+        }
         validate_name(&req.name).map_err(|e| {
             AppError::bad_request(refuse(format!("invalid host name {:?}: {e}", req.name)))
         })?;
