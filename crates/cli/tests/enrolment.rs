@@ -222,6 +222,7 @@ async fn enrol_sent_at(
     token: &str,
     sent_at: chrono::DateTime<chrono::Utc>,
 ) -> (u16, String) {
+    std::fs::create_dir_all(dir).expect("state dir");
     let req = nimbus_agent_api::EnrolRequest {
         token: token.into(),
         name: "host13".into(),
