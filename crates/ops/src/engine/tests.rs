@@ -45,7 +45,8 @@ impl Step<World> for MakeResource {
     }
 }
 
-struct NoReturn(MakeResource, bool);
+/// A step that is the point of no return when `.1` says so of its output.
+struct NoReturn(MakeResource, fn(&Value) -> bool);
 
 #[async_trait]
 impl Step<World> for NoReturn {
@@ -58,18 +59,20 @@ impl Step<World> for NoReturn {
     async fn undo(&self, w: &World, s: &StepContext<'_>) -> Result<(), StepError> {
         self.0.undo(w, s).await
     }
-    fn is_point_of_no_return(&self, _output: &Value) -> bool {
-        self.1
+    fn is_point_of_no_return(&self, output: &Value) -> bool {
+        (self.1)(output)
     }
 }
 
 fn steps(world: &World) -> Vec<Box<dyn Step<World>>> {
     (0..4)
         .map(|i| {
-            Box::new(NoReturn(
-                MakeResource(i),
-                world.point_of_no_return == Some(i),
-            )) as Box<dyn Step<World>>
+            let past: fn(&Value) -> bool = if world.point_of_no_return == Some(i) {
+                |_| true
+            } else {
+                |_| false
+            };
+            Box::new(NoReturn(MakeResource(i), past)) as Box<dyn Step<World>>
         })
         .collect()
 }
@@ -356,33 +359,17 @@ fn outputs_are_addressed_by_step_name() {
     assert_eq!(sctx.output("elsewhere"), None);
 }
 
-/// A step whose output decides whether it was the point of no return: here, having made
-/// resource `b`.
-struct PastOnceMade(MakeResource);
-
-#[async_trait]
-impl Step<World> for PastOnceMade {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    async fn action(&self, w: &World, s: &StepContext<'_>) -> Result<Value, StepError> {
-        self.0.action(w, s).await
-    }
-    async fn undo(&self, w: &World, s: &StepContext<'_>) -> Result<(), StepError> {
-        self.0.undo(w, s).await
-    }
-    fn is_point_of_no_return(&self, output: &Value) -> bool {
-        output.as_str() == Some("b")
-    }
-}
-
 /// A cancel after a step whose output says it passed the point of no return is ignored (the
 /// operation goes on to success); before it, the same cancel unwinds everything.
 #[tokio::test]
 async fn a_step_output_can_mark_the_point_of_no_return() {
     let plan = || -> Vec<Box<dyn Step<World>>> {
         (0..4)
-            .map(|i| Box::new(PastOnceMade(MakeResource(i))) as Box<dyn Step<World>>)
+            // The point of no return is having made resource `b`.
+            .map(|i| {
+                Box::new(NoReturn(MakeResource(i), |out| out.as_str() == Some("b")))
+                    as Box<dyn Step<World>>
+            })
             .collect()
     };
     for (done, expected) in [(2, Outcome::Succeeded), (1, Outcome::Cancelled)] {
