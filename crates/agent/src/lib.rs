@@ -12,6 +12,7 @@
 //! - [`network`]: host networking (bridge, VXLAN to the other hosts, the VMs' taps).
 //! - [`metering`]: per-VM usage samples pushed to the controller.
 //! - [`overcommit`]: the host's allocation ratios and KSM.
+//! - [`fake_vms`]: the control-plane benchmark's stand-in for QEMU (`--fake-vms`).
 //!
 //! QEMU processes outlive the agent: stopping the agent leaves them running, and the next
 //! agent on the same state directory adopts them.
@@ -23,6 +24,7 @@ pub mod controller_link;
 pub mod controllers;
 pub mod enrol;
 pub mod error;
+pub mod fake_vms;
 pub mod fence;
 pub mod host;
 pub mod http;

@@ -474,6 +474,10 @@ pub struct AgentArgs {
     /// between the hosts can then read and alter the guests' memory and disks.
     #[arg(long, env = "NIMBUS_INSECURE_MIGRATION")]
     pub insecure_migration: bool,
+    /// Benchmark only: VMs are records, no QEMU runs (see bench/control_plane.py); refused
+    /// unless NIMBUS_BENCHMARK=1. Hidden: no cloud serves tenants with it.
+    #[arg(long, hide = true, env = "NIMBUS_FAKE_VMS")]
+    pub fake_vms: bool,
 }
 
 /// A switch.

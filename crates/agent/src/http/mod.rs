@@ -23,17 +23,16 @@ use nimbus_agent_api::AGENT_API_PREFIX;
 
 /// The agent's routes, ready to serve (no socket needed: tests call it directly).
 pub fn router(agent: Agent) -> Router {
+    // The benchmark's stand-in (see `crate::fake_vms`) answers a VM's lifecycle instead of
+    // QEMU; every other route stays the real one.
+    let lifecycle = match crate::fake_vms::active() {
+        Some(_) => crate::fake_vms::routes(),
+        None => vm_lifecycle_routes(),
+    };
     let api = Router::new()
         .route("/host", get(vms::host))
         .route("/firewall", axum::routing::put(firewall::set))
-        .route("/vms", get(vms::list))
-        .route(
-            "/vms/{id}",
-            get(vms::show).put(vms::define).delete(vms::delete),
-        )
-        .route("/vms/{id}/start", post(vms::start))
-        .route("/vms/{id}/stop", post(vms::stop))
-        .route("/vms/{id}/reboot", post(vms::reboot))
+        .merge(lifecycle)
         .route("/vms/{id}/exec", post(vms::exec))
         .route("/vms/{id}/console", get(console::websocket))
         .route("/vms/{id}/console/log", get(console::log))
@@ -65,6 +64,19 @@ pub fn router(agent: Agent) -> Router {
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent);
     Router::new().nest(AGENT_API_PREFIX, api)
+}
+
+/// Define, start, stop, reboot, delete, show and list of the VMs run by QEMU.
+fn vm_lifecycle_routes() -> Router<Agent> {
+    Router::new()
+        .route("/vms", get(vms::list))
+        .route(
+            "/vms/{id}",
+            get(vms::show).put(vms::define).delete(vms::delete),
+        )
+        .route("/vms/{id}/start", post(vms::start))
+        .route("/vms/{id}/stop", post(vms::stop))
+        .route("/vms/{id}/reboot", post(vms::reboot))
 }
 
 /// Rejects requests without `Authorization: Bearer <token>`.

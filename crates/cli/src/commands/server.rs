@@ -88,6 +88,9 @@ fn retention(args: &ControllerArgs) -> Retention {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    if args.fake_vms {
+        nimbus_agent::fake_vms::enable().map_err(anyhow::Error::msg)?;
+    }
     let advertise_url = match args.advertise_url {
         Some(url) => url,
         None if args.listen.ip().is_unspecified() => {
