@@ -192,14 +192,15 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
     let _server = serve(&b, 8080, "SYSTEM:echo ok");
 
     // No inbound rule on b: closed.
-    secgroups::apply(&host, &firewall(vec![], &[]))
+    let mut sg = secgroups::Installed::default();
+    sg.apply(&host, &firewall(vec![], &[]))
         .await
         .expect("apply");
     assert!(!reaches(&a, "10.77.0.12"), "b has no inbound rule");
     // Its rule opens it.
     let tcp_8080 = |remote| rule(Direction::Ingress, Protocol::Tcp, Some(8080), remote);
     let open = firewall(vec![tcp_8080(Remote::Cidr("10.77.0.0/24".into()))], &[]);
-    secgroups::apply(&host, &open).await.expect("apply");
+    sg.apply(&host, &open).await.expect("apply");
     assert!(reaches(&a, "10.77.0.12"), "b allows 8080 from 10.77.0.0/24");
 
     // A batch nft refuses (a bad prefix sent to the agent) changes nothing and is reported.
@@ -210,13 +211,17 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
     let sg_table = sg_cmd.run().await.expect("list");
     assert!(sg_table.contains("ct zone set iifname map"), "{sg_table}");
     let bad = firewall(vec![tcp_8080(Remote::Cidr("10.77.0.0/40".into()))], &[]);
-    let err = secgroups::apply(&host, &bad).await;
+    let err = sg.apply(&host, &bad).await;
     assert!(err.is_err(), "nft must refuse a /40");
     assert_eq!(listing().await.expect("list"), before, "the old rules stay");
     assert!(
         reaches(&a, "10.77.0.12"),
         "still open after the failed apply"
     );
+    // A restarted agent (which knows nothing of what is in force) rebuilds the same rules.
+    let mut restarted = secgroups::Installed::default();
+    restarted.apply(&host, &open).await.expect("apply");
+    assert!(reaches(&a, "10.77.0.12"), "still open after a rebuild");
 
     // Stateful, as EC2: removing the rule refuses new connections at once, a tracked one
     // goes on.
@@ -233,13 +238,13 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
         vec![tcp_8080(Remote::Cidr("10.77.0.0/24".into())), echo_rule()],
         &[],
     );
-    secgroups::apply(&host, &with_echo).await.expect("apply");
+    sg.apply(&host, &with_echo).await.expect("apply");
     let mut session = Session::open(&a, "10.77.0.12");
     assert!(
         session.echoes("before"),
         "the echo rule lets the connection in"
     );
-    secgroups::apply(&host, &open).await.expect("apply");
+    sg.apply(&host, &open).await.expect("apply");
     assert!(
         session.echoes("after"),
         "a tracked connection outlives its rule"
@@ -253,24 +258,27 @@ async fn rules_open_ports_statefully_and_a_failed_apply_keeps_the_old_ones() {
     // A group rule: open to members only.
     let by_group =
         |members: &[&str]| firewall(vec![tcp_8080(Remote::Group("web".into()))], members);
-    secgroups::apply(&host, &by_group(&["10.77.0.11"]))
+    sg.apply(&host, &by_group(&["10.77.0.11"]))
         .await
         .expect("apply");
     assert!(reaches(&a, "10.77.0.12"), "a is in web");
-    secgroups::apply(&host, &by_group(&["10.77.0.99"]))
+    sg.apply(&host, &by_group(&["10.77.0.99"]))
         .await
         .expect("apply");
     assert!(!reaches(&a, "10.77.0.12"), "a left web");
 
     // A port the controller sent no rules for is closed (fail closed), both ways.
-    secgroups::apply(&host, &HostFirewall::default())
+    sg.apply(&host, &HostFirewall::default())
         .await
         .expect("apply");
     assert!(!reaches(&a, "10.77.0.12"), "no rules: nothing passes");
     let sg_table = sg_cmd.run().await.expect("list");
     assert!(!sg_table.contains("sg_ingress_nt"), "{sg_table}");
-    let tag_cmd = host.nft(&["list", "chain", "bridge", "nimbus", "sg_tag"]);
-    let tags = tag_cmd.run().await.expect("list");
-    assert!(!tags.contains(&tap_name(B, 0)), "{tags}");
+    let tags = listing().await.expect("list");
+    assert!(
+        !tags.contains(&format!("sg_ti_{}", tap_name(B, 0))),
+        "{tags}"
+    );
+    assert!(!tags.contains("jump sg_t"), "no tag entries left: {tags}");
     drop(t);
 }

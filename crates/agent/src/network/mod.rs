@@ -119,6 +119,8 @@ struct State {
     uplink: Option<String>,
     /// The metadata servers (one per router) and what they answer.
     metadata: metadata::Metadata,
+    /// The security-group rules this agent put into the kernel (what the next apply changes).
+    firewall: secgroups::Installed,
 }
 
 /// What [`HostNetwork::apply`] changed.
@@ -143,7 +145,7 @@ impl HostNetwork {
         if self.disabled.is_some() {
             return Ok(false);
         }
-        secgroups::apply(&self.shell, fw).await?;
+        state.firewall.apply(&self.shell, fw).await?;
         state.zones.replace(&fw.names);
         state.metadata.registry().set_floating(&fw.floating);
         state.floating = Some(fw.floating.clone());
