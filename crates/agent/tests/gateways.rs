@@ -149,6 +149,58 @@ fn resolve(ns: &str, server: &str, name: &str) -> Option<(ResponseCode, Vec<Ipv4
     in_netns(ns, ask).join().expect("client")
 }
 
+/// The DNS answer of `server` over TCP (length-prefixed) to a query of `kind` for `name`,
+/// from `ns`; `None`: no answer within a second.
+fn resolve_tcp(
+    ns: &str,
+    server: &str,
+    name: &str,
+    kind: RecordType,
+) -> Option<(ResponseCode, usize)> {
+    let mut query = Message::query();
+    query.add_query(Query::query(Name::from_ascii(name).expect("name"), kind));
+    let bytes = query.to_vec().expect("encode");
+    let server: SocketAddr = format!("{server}:53").parse().expect("server");
+    let ask = move || {
+        let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(1)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend(&bytes);
+        conn.write_all(&framed).ok()?;
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).ok()?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        conn.read_exact(&mut buf).ok()?;
+        let resp = Message::from_vec(&buf).ok()?;
+        Some((resp.metadata.response_code, resp.answers.len()))
+    };
+    in_netns(ns, ask).join().expect("client")
+}
+
+/// How many of `count` UDP queries sent at once from `ns` get an answer.
+fn flood(ns: &str, server: &str, count: usize) -> usize {
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii("web1").expect("name"),
+        RecordType::A,
+    ));
+    let bytes = query.to_vec().expect("encode");
+    let server: SocketAddr = format!("{server}:53").parse().expect("server");
+    let send = move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        for _ in 0..count {
+            let _ = sock.send_to(&bytes, server);
+        }
+        let mut buf = [0u8; 1500];
+        (0..count)
+            .take_while(|_| sock.recv(&mut buf).is_ok())
+            .count()
+    };
+    in_netns(ns, send).join().expect("client")
+}
+
 /// Each network's DNS server (at its gateway) answers its own instances' names, by name and
 /// in its domain; another network's names do not exist there; other names are refused; the
 /// other network's server and the router's uplink side answer nothing.
@@ -207,6 +259,31 @@ async fn names_resolve_inside_their_network_only(
     host.apply_firewall(&fw).await.expect("names");
     let gone = resolve(ga, "10.40.0.1", "web2").map(|a| a.0);
     assert_eq!(gone, Some(ResponseCode::NXDomain));
+
+    // Over TCP the same answers; AAAA of a v4-only name: the name exists, with no data.
+    let tcp = |name, kind| resolve_tcp(ga, "10.40.0.1", name, kind);
+    assert_eq!(tcp("web1", RecordType::A), Some((ResponseCode::NoError, 1)));
+    assert_eq!(
+        tcp("web1.neta.internal", RecordType::AAAA),
+        Some((ResponseCode::NoError, 0))
+    );
+    assert_eq!(
+        resolve_tcp(&t.host_ns(1), &a_uplink, "web1", RecordType::A),
+        None,
+        "the router's DNS answers TCP on its uplink"
+    );
+    // A flood from one guest is cut at the rate limit's burst; the guest is answered again
+    // once its bucket refills.
+    let answered = flood(ga, "10.40.0.1", 1000);
+    assert!(
+        answered > 0 && answered < 1000,
+        "{answered} of 1000 answered"
+    );
+    let again = (0..30).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        resolve(ga, "10.40.0.1", "web1").is_some()
+    });
+    assert!(again, "the guest is answered again after the flood");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

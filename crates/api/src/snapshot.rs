@@ -94,6 +94,14 @@ pub struct SnapshotView {
     pub project: String,
     /// The operation acting on it, if any.
     pub operation: Option<Uuid>,
+    /// When its replica in the controller's store was complete: an HA restart of an
+    /// instance with a local disk restores the latest replicated snapshot on another host.
+    /// Only snapshots of `--ha restart` instances with a local disk are replicated.
+    #[serde(default)]
+    pub replicated_at: Option<DateTime<Utc>>,
+    /// Bytes its replication sent to the controller (what the store lacked; 0: none).
+    #[serde(default)]
+    pub replica_bytes: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

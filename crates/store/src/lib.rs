@@ -38,6 +38,7 @@ mod retention;
 mod scope;
 mod secgroups;
 mod seeds;
+mod snapshot_replicas;
 mod snapshots;
 mod task_leases;
 mod time;

@@ -41,6 +41,10 @@ pub struct SnapshotRecord {
     /// The instance's current snapshot is this one.
     pub current: bool,
     pub operation_id: Option<Uuid>,
+    /// When its replica in the controller's store was complete (`None`: none).
+    pub replicated_at: Option<DateTime<Utc>>,
+    /// Bytes its replication sent (0 without a replica).
+    pub replica_bytes: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -77,6 +81,8 @@ impl SnapshotRecord {
             current: self.current,
             project: self.project.clone(),
             operation: self.operation_id,
+            replicated_at: self.replicated_at,
+            replica_bytes: self.replica_bytes,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -94,7 +100,7 @@ pub struct NewSnapshot {
     pub host: String,
 }
 
-const SELECT: &str =
+pub(crate) const SELECT: &str =
     "SELECT s.*, i.name AS instance_name, i.current_snapshot AS instance_current, \
      p.name AS parent_name FROM snapshots s JOIN instances i ON i.id = s.instance_id \
      LEFT JOIN snapshots p ON p.id = s.parent_id";
@@ -103,7 +109,7 @@ fn uuid_opt(v: Option<String>) -> Result<Option<Uuid>, StoreError> {
     v.as_deref().map(parse_uuid).transpose()
 }
 
-fn from_row(r: &sqlx::any::AnyRow) -> Result<SnapshotRecord, StoreError> {
+pub(crate) fn snapshot_from_row(r: &sqlx::any::AnyRow) -> Result<SnapshotRecord, StoreError> {
     let state: String = r.try_get("state")?;
     let id = parse_uuid(&r.try_get::<String, _>("id")?)?;
     let current = uuid_opt(r.try_get("instance_current")?)? == Some(id);
@@ -129,6 +135,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<SnapshotRecord, StoreError> {
         },
         current,
         operation_id: uuid_opt(r.try_get("operation_id")?)?,
+        replicated_at: time::parse_opt(r.try_get("replicated_at")?)?,
+        replica_bytes: n("replica_bytes")?,
         created_at: time::parse(&r.try_get::<String, _>("created_at")?)?,
         updated_at: time::parse(&r.try_get::<String, _>("updated_at")?)?,
     })
@@ -253,7 +261,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("snapshot", id.to_string()))?;
-        from_row(&row)
+        snapshot_from_row(&row)
     }
 
     /// Finds a snapshot of `project` by id or by name.
@@ -272,7 +280,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("snapshot", id_or_name))?;
-        from_row(&row)
+        snapshot_from_row(&row)
     }
 
     /// Snapshots of a project (all projects when `None`), optionally of one instance, oldest
@@ -303,7 +311,7 @@ impl Store {
             query = query.bind(v);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(from_row).collect()
+        rows.iter().map(snapshot_from_row).collect()
     }
 
     /// One page of the snapshots `scope` sees, optionally of one instance, oldest first.
@@ -322,7 +330,7 @@ impl Store {
             filter = format!("{filter} AND s.instance_id = ${}", binds.len());
         }
         let rows = KEY.fetch(&self.pool, page, SELECT, &filter, &binds).await?;
-        rows.try_map(from_row)
+        rows.try_map(snapshot_from_row)
     }
 
     /// How many snapshots an instance has.
@@ -495,4 +503,4 @@ async fn set_current(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

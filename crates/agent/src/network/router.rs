@@ -340,6 +340,15 @@ pub fn filter(nats: &[Nat]) -> Vec<Value> {
             "input",
             json!([
                 is("iifname", ROUTER_GATEWAY),
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                    "right": super::dns::PORT}},
+                accept
+            ]),
+        ),
+        rule(
+            "input",
+            json!([
+                is("iifname", ROUTER_GATEWAY),
                 ip_is("daddr", super::metadata::ADDRESS),
                 {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
                     "right": super::metadata::PORT}},

@@ -159,6 +159,7 @@ fn show(s: &SnapshotView) {
         ("host", s.host.clone()),
         ("VM pause", format!("{:.1} ms", s.vm_pause_ms)),
         ("stored", stored(s)),
+        ("replicated", replicated(s)),
         ("operation", output::opt(&s.operation)),
         ("created", s.created_at.to_rfc3339()),
     ]);
@@ -180,6 +181,19 @@ fn stored(s: &SnapshotView) -> String {
         output::bytes(s.stored_bytes),
         output::bytes(s.disk_layer_bytes)
     )
+}
+
+/// `yes, at 2026-12-06T03:10:02Z (31.2 MiB sent)` or `no`: whether an HA restart of an
+/// instance with a local disk can use it.
+fn replicated(s: &SnapshotView) -> String {
+    match s.replicated_at {
+        Some(at) => format!(
+            "yes, at {} ({} sent)",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            output::bytes(s.replica_bytes)
+        ),
+        None => "no".into(),
+    }
 }
 
 /// The summary after `snapshot create --wait`.

@@ -31,6 +31,7 @@ pub mod orphans;
 pub mod placement_groups;
 pub mod projects;
 pub mod quotas;
+pub mod replicas;
 pub mod scaling;
 pub mod secgroups;
 pub mod snapshots;
@@ -69,6 +70,8 @@ struct Inner {
     cpu: Arc<dyn scaling::CpuSource>,
     /// The bytes of uploaded images.
     blobs: image_blobs::ImageBlobs,
+    /// Snapshots replicated off their hosts, for HA restarts of local-disk instances.
+    replicas: replicas::ReplicaStore,
     /// The CA and the controller's certificate.
     tls: tls::ControllerTls,
 }
@@ -78,6 +81,7 @@ impl App {
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
         let blobs = image_blobs::ImageBlobs::open(&config.data_dir)?;
+        let replicas = replicas::ReplicaStore::open(&config.data_dir)?;
         let tls = tls::ControllerTls::load(&config).map_err(|e| {
             AppError::internal(format!(
                 "cannot set up the cloud CA in {}: {e}",
@@ -96,6 +100,7 @@ impl App {
                 id: Uuid::new_v4(),
                 cpu: Arc::new(scaling::AgentCpu::default()),
                 blobs,
+                replicas,
                 tls,
             }),
         })
@@ -132,6 +137,11 @@ impl App {
     /// The bytes of uploaded images.
     pub fn image_blobs(&self) -> &image_blobs::ImageBlobs {
         &self.inner.blobs
+    }
+
+    /// Snapshots replicated off their hosts (see [`replicas`]).
+    pub fn replicas(&self) -> &replicas::ReplicaStore {
+        &self.inner.replicas
     }
 
     pub fn config(&self) -> &ControllerConfig {

@@ -9,5 +9,6 @@ pub mod firewall_sync;
 pub mod host_liveness;
 pub mod leases;
 pub mod reconciler;
+pub mod replication;
 pub mod retention;
 pub mod task;

@@ -183,6 +183,10 @@ async fn apply_report(app: &App, inst: &InstanceRecord, vm: &VmStatus) -> Result
                 .clone()
                 .unwrap_or_else(|| "the VM stopped unexpectedly".into()),
         )
+    } else if state == inst.state {
+        // A running instance keeps the note of how it got there (e.g. an HA restart from a
+        // snapshot: what was lost), until its state changes.
+        inst.reason.clone()
     } else {
         None
     };

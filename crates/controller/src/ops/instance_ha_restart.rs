@@ -1,11 +1,13 @@
-//! Restart an HA instance of a down host on another host, from its disk on shared storage
-//! (issue 14, part 4).
+//! Restart an HA instance of a down host on another host, from its disk on shared storage or,
+//! for a disk local to the dead host, from its latest snapshot replicated to the controller
+//! (issue 14, part 4; see [`super::ha_from_snapshot`]).
 //!
 //! ```text
-//! choose_restart_host ─▶ define_on_target ─▶ boot ─▶ wait_ready
-//!  host := target          define it stopped,   start    the guest is
-//!  (room reserved there,   linked to its        QEMU     up (its ready
-//!  the dead host's freed)  shared disk                   marker)
+//! choose_restart_host ─▶ define_on_target ─▶ boot ─▶ wait_ready ─▶ record_restart
+//!  host := target          define it stopped,   start    the guest is  (from a snapshot:
+//!  (room reserved there,   linked to its        QEMU     up (its ready  its records follow,
+//!  the dead host's freed)  shared disk, or on   (or      marker)        the note)
+//!                          the replica          restore)
 //! ```
 //! Restarts of one down host take their places in priority order (see
 //! [`crate::app::ha::restart_rank`]): `choose_restart_host` first waits, bounded, until no
@@ -16,12 +18,14 @@
 //! Started by the host liveness pass only once the host is `down`, i.e. after the fence
 //! timeout plus its margin since the host's last report: its agent, if it still runs, has
 //! stopped the old copy (see `nimbus_agent_api::liveness`). A disk local to the dead host
-//! cannot be reached: the operation fails at once saying so, and the instance stays `error`
-//! until its host is back (restart from nothing would lose the disk; from a snapshot only once
-//! snapshots follow their instance). Until `boot` a failure moves the instance back to the
-//! dead host's placement and deletes the target's definition (never the shared disk).
+//! cannot be reached: the instance restarts from its latest replicated snapshot, and without
+//! one the operation fails at once saying so, and the instance stays `error` until its host
+//! is back (restart from nothing would lose the disk). Until `boot` a failure moves the
+//! instance back to the dead host's placement and deletes the target's definition (never
+//! the shared disk).
 
-use super::steps::{agent_err, app_err, instance, op_params, store_err, Boot, WaitReady};
+use super::ha_from_snapshot::{self, FromSnapshot, RecordRestart, RestoreOrBoot};
+use super::steps::{agent_err, app_err, instance, op_params, store_err, WaitReady};
 use super::Plan;
 use crate::app::ha::restart_rank;
 use crate::app::migrations::migration_target;
@@ -52,8 +56,9 @@ pub fn plan(instance: Uuid) -> Plan {
         steps: vec![
             Box::new(ChooseRestartHost(instance)),
             Box::new(DefineOnTarget(instance)),
-            Box::new(Boot(instance)),
+            Box::new(RestoreOrBoot(instance)),
             Box::new(WaitReady(instance)),
+            Box::new(RecordRestart(instance)),
             Box::new(CountRestart(instance)),
         ],
         during: Some(InstanceState::Starting),
@@ -62,7 +67,8 @@ pub fn plan(instance: Uuid) -> Plan {
 }
 
 /// Picks the target (placement groups and capacity honoured) and moves the instance's
-/// placement there; answers the target and the shared disk's path.
+/// placement there; answers the target and the shared disk's path, or the snapshot it
+/// restarts from (a local disk).
 pub struct ChooseRestartHost(pub Uuid);
 
 #[async_trait]
@@ -75,6 +81,10 @@ impl Step<App> for ChooseRestartHost {
         let p: HaRestartParams = op_params(app, s.operation_id).await?;
         let inst = instance(app, self.0).await?;
         let source = app.store().get_host(&p.source).await.map_err(store_err)?;
+        let from_snapshot = match source.shared_storage {
+            Some(_) => None,
+            None => Some(ha_from_snapshot::latest_replica(app, self.0, &p.source).await?),
+        };
         let target = match inst.host.as_deref() {
             // Moved already (this step runs again after a crash).
             Some(h) if h != p.source => h.to_string(),
@@ -96,7 +106,9 @@ impl Step<App> for ChooseRestartHost {
                         .iter()
                         .find(|h| h.name == target)
                         .ok_or_else(|| AppError::internal(format!("host {target} vanished")))?;
-                    shared_dir(&source, dst).map_err(|e| AppError::conflict(e.to_string()))?;
+                    if from_snapshot.is_none() {
+                        shared_dir(&source, dst).map_err(|e| AppError::conflict(e.to_string()))?;
+                    }
                     Ok(target)
                 };
                 let from = p.source.as_str();
@@ -110,6 +122,10 @@ impl Step<App> for ChooseRestartHost {
                 target
             }
         };
+        if let Some(snap) = &from_snapshot {
+            tracing::info!(instance_id = %self.0, source = %p.source, %target, snapshot = %snap.name, "HA restart from a replicated snapshot: target chosen");
+            return Ok(json!({ "source": p.source, "target": target, "snapshot": snap.to_json() }));
+        }
         let dst = app.store().get_host(&target).await.map_err(store_err)?;
         let disk = shared_dir(&source, &dst)?
             .join(self.0.to_string())
@@ -187,7 +203,8 @@ fn out(s: &StepContext<'_>, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Defines the instance, stopped, on the target, linked to its shared disk.
+/// Defines the instance, stopped, on the target, linked to its shared disk or on the
+/// snapshot replica it restarts from.
 pub struct DefineOnTarget(pub Uuid);
 
 #[async_trait]
@@ -197,6 +214,9 @@ impl Step<App> for DefineOnTarget {
     }
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        if let (Some(target), Some(snap)) = (out(s, "target"), FromSnapshot::of(s)) {
+            return ha_from_snapshot::define(app, s, self.0, &target, &snap).await;
+        }
         let (Some(target), Some(disk)) = (out(s, "target"), out(s, "disk")) else {
             return Err(StepError::permanent("choose_restart_host left no target"));
         };
@@ -215,13 +235,14 @@ impl Step<App> for DefineOnTarget {
         Ok(json!({}))
     }
 
-    /// Deletes the target's definition; the shared disk stays.
+    /// Deletes the target's definition (and a staged replica); a shared disk stays.
     async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
         let Some(target) = out(s, "target") else {
             return Ok(());
         };
+        let keep_disk = FromSnapshot::of(s).is_none();
         let agent = app.agent_of(&target).await.map_err(app_err)?;
-        agent.remove_vm(self.0, true).await.map_err(agent_err)
+        agent.remove_vm(self.0, keep_disk).await.map_err(agent_err)
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod cold_migrate_steps;
 pub mod drain_steps;
 pub mod group_delete;
+pub mod ha_from_snapshot;
 pub mod host_drain;
 pub mod instance_clone;
 pub mod instance_cold_migrate;
@@ -20,7 +21,7 @@ pub mod migrate_steps;
 mod shared_disk;
 pub mod snapshot_create;
 pub mod snapshot_delete;
-mod snapshot_move;
+pub(crate) mod snapshot_move;
 pub mod snapshot_restore;
 pub mod snapshot_steps;
 pub mod steps;
@@ -225,8 +226,9 @@ async fn finish(
                 .await?;
         }
         (Outcome::Succeeded, Some(state)) => {
+            let note = ha_from_snapshot::success_note(app, op, kind).await;
             app.store()
-                .set_instance_state(instance, state, None)
+                .set_instance_state(instance, state, note.as_deref())
                 .await?;
         }
         (Outcome::Failed { error, .. }, _) => {

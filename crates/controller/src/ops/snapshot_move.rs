@@ -65,6 +65,7 @@ impl SnapshotMove<'_> {
             chunks: missing.chunks,
             layers: !self.shared,
             live: self.live,
+            skip_layers: Vec::new(),
         };
         let stream = source
             .export_snapshot_set(self.instance, &req)
@@ -89,10 +90,10 @@ impl SnapshotMove<'_> {
 
 /// No byte from the source for this long: the copy has stalled (a cut link, a stuck host)
 /// and is given up, so the migration unwinds instead of waiting for the transfer timeout.
-const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+pub const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `bytes`, ending with an error when no piece arrives within `bound`.
-fn stall_bounded<S, E>(
+pub fn stall_bounded<S, E>(
     bytes: S,
     bound: std::time::Duration,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>>

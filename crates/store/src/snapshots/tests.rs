@@ -15,7 +15,7 @@ fn operation(kind: OperationKind, target: Uuid) -> NewOperation {
 }
 
 /// An instance with no operation attached, placed on host1.
-async fn instance(s: &Store, name: &str) -> InstanceRecord {
+pub(crate) async fn instance(s: &Store, name: &str) -> InstanceRecord {
     let id = Uuid::new_v4();
     let new = NewInstance {
         id,
@@ -42,7 +42,7 @@ async fn instance(s: &Store, name: &str) -> InstanceRecord {
 }
 
 /// Takes a snapshot through the same calls as the create operation; returns its id.
-async fn snapshot(s: &Store, inst: &InstanceRecord, name: &str) -> Uuid {
+pub(crate) async fn snapshot(s: &Store, inst: &InstanceRecord, name: &str) -> Uuid {
     let new = NewSnapshot {
         id: Uuid::new_v4(),
         project: inst.project.clone(),

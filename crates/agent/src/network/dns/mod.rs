@@ -3,13 +3,15 @@
 //! controller sends with the host's firewall ([`nimbus_agent_api::NetworkNames`]).
 //!
 //! ```text
-//!  guest ── udp/53 ──▶ gw0 <gateway>   router <host>-r<vni>
-//!                       │ socket bound to <gateway>:53 and to gw0 only; the router's input
-//!                       │ chain accepts udp/53 from gw0 only (never from its uplink)
+//!  guest ── udp/53, tcp/53 ──▶ gw0 <gateway>   router <host>-r<vni>
+//!                       │ sockets bound to <gateway>:53 and to gw0 only; the router's input
+//!                       │ chain accepts udp/53 and tcp/53 from gw0 only (never from its uplink)
 //!                       ▼
 //!            web1                       A   10.10.0.20   (the instance's address here)
 //!            web1.backend.internal      A   10.10.0.20
 //!            20.0.10.10.in-addr.arpa    PTR web1.backend.internal
+//!            web1 AAAA (instances have IPv4 only)        NOERROR, no data (not NXDOMAIN:
+//!                                                          the name exists)
 //!            a name of the domain that no instance has    NXDOMAIN
 //!            any other name                               REFUSED (no recursion: never
 //!                                                          an open resolver)
@@ -18,9 +20,15 @@
 //! the client's domain, so `ping web1` works in the guest with or without the search list.
 //! Names are those of the instances with a port on the network, of its own project only (a
 //! network belongs to one project), so nothing of another network or project is answered.
+//!
+//! A guest is hostile: queries longer than 1,232 bytes are not answered, each source address
+//! gets 100 queries a second (bursts of 200) over UDP and TCP together, and TCP connections
+//! are bounded in number, idle time, lifetime and queries (see `tcp`).
 
 mod answer;
+mod limit;
 mod server;
+mod tcp;
 
 pub use answer::{answer, TTL_SECS};
 pub use server::Server;

@@ -1,20 +1,27 @@
-//! The server thread of one network's router: a UDP socket on the gateway address, inside the
-//! router's namespace, bound to its network-side device.
+//! The server threads of one network's router: a UDP socket and a TCP listener on the
+//! gateway address, inside the router's namespace, bound to its network-side device. Both
+//! share one rate limit per source ([`RateLimit`]).
 
+use super::limit::RateLimit;
+use super::tcp;
 use super::{answer, Zones, PORT};
 use crate::network::command::{enter_netns, nothing_yet};
 use crate::network::error::NetError;
 use crate::network::worker::{self, Worker, POLL};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// Larger queries are not ours to answer (classic DNS over UDP: 512; EDNS clients ask small).
-const MAX_QUERY: usize = 1232;
+/// Larger queries are not ours to answer (classic DNS over UDP: 512; EDNS clients ask small):
+/// over UDP a longer datagram is cut and so not understood; over TCP it closes the connection.
+pub const MAX_QUERY: usize = 1232;
 
-/// A running server; dropping it stops the thread (within [`POLL`]) and closes its socket.
+/// A running server; dropping it stops the threads (within [`POLL`]) and closes its sockets.
 #[derive(Debug)]
 pub struct Server {
-    _worker: Worker,
+    _udp: Worker,
+    _tcp: Worker,
 }
 
 impl Server {
@@ -27,16 +34,33 @@ impl Server {
         vni: u32,
         zones: Zones,
     ) -> Result<Self, NetError> {
-        let (ns, dev) = (netns.to_string(), device.to_string());
-        worker::spawn(
-            format!("dns-{vni}"),
-            move || open(&ns, &dev, address),
-            move |sock, stop| serve(&sock, vni, &zones, stop),
-        )
-        .map(|w| Self { _worker: w })
-        .map_err(|detail| NetError::Dns {
+        let shared = tcp::Shared {
+            vni,
+            zones,
+            limit: Arc::new(Mutex::new(RateLimit::default())),
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        let failed = |detail| NetError::Dns {
             netns: netns.to_string(),
             detail,
+        };
+        let (ns, dev, udp_shared) = (netns.to_string(), device.to_string(), shared.clone());
+        let udp = worker::spawn(
+            format!("dns-{vni}"),
+            move || open(&ns, &dev, address),
+            move |sock, stop| serve(&sock, &udp_shared, stop),
+        )
+        .map_err(failed)?;
+        let (ns, dev) = (netns.to_string(), device.to_string());
+        let tcp = worker::spawn(
+            format!("dns-tcp-{vni}"),
+            move || tcp::listen(&ns, &dev, address, POLL),
+            move |listener, stop| tcp::accept_loop(&listener, &shared, stop),
+        )
+        .map_err(failed)?;
+        Ok(Self {
+            _udp: udp,
+            _tcp: tcp,
         })
     }
 }
@@ -58,7 +82,8 @@ fn open(netns: &str, device: &str, address: Ipv4Addr) -> Result<UdpSocket, Strin
     Ok(sock)
 }
 
-fn serve(sock: &UdpSocket, vni: u32, zones: &Zones, stop: &AtomicBool) {
+fn serve(sock: &UdpSocket, shared: &tcp::Shared, stop: &AtomicBool) {
+    let vni = shared.vni;
     let mut buf = [0u8; MAX_QUERY];
     while !stop.load(Ordering::Relaxed) {
         let (len, peer) = match sock.recv_from(&mut buf) {
@@ -69,7 +94,14 @@ fn serve(sock: &UdpSocket, vni: u32, zones: &Zones, stop: &AtomicBool) {
                 return;
             }
         };
-        let Some(reply) = zones.with(vni, |zone| answer(&buf[..len], zone)) else {
+        let allowed = match shared.limit.lock() {
+            Ok(mut limit) => limit.allow(peer.ip(), Instant::now()),
+            Err(_) => false,
+        };
+        if !allowed {
+            continue;
+        }
+        let Some(reply) = shared.zones.with(vni, |zone| answer(&buf[..len], zone)) else {
             continue;
         };
         if let Err(e) = sock.send_to(&reply, peer) {

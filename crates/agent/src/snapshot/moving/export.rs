@@ -115,6 +115,7 @@ async fn plan(dir: &VmDir, req: &ExportSnapshotSet) -> Result<Plan> {
         (true, None) => None,
         (false, _) => Some((top_name, false)),
     };
+    layers_out.retain(|l| !req.skip_layers.contains(&l.name));
     Ok(Plan {
         layers: if req.layers { layers_out } else { Vec::new() },
         manifests,

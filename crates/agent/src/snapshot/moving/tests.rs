@@ -158,6 +158,7 @@ async fn a_snapshot_set_moves_cold_and_live() {
         chunks: missing.clone(),
         layers: true,
         live: false,
+        skip_layers: Vec::new(),
     };
     let bytes = collect(
         export::stream(&src, &src_store, &req)
@@ -184,6 +185,7 @@ async fn a_snapshot_set_moves_cold_and_live() {
         chunks: inventory.chunks.clone(),
         layers: true,
         live: true,
+        skip_layers: Vec::new(),
     };
     let bytes = collect(
         export::stream(&src, &src_store, &req)

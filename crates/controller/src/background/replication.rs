@@ -1,0 +1,156 @@
+//! Replication of snapshots off their hosts (issue 14, part 4): every few seconds, the
+//! snapshots of `--ha restart` instances with a local disk that have no replica yet are
+//! copied into the controller's replica store ([`crate::app::replicas`]), in the background
+//! (the guest and the snapshot operation never wait for it).
+//!
+//! Per instance, one stream from its host, as a move asks a target: the chunks the store
+//! lacks (by digest), the frozen layers it does not hold (by name), every manifest; checked
+//! frame by frame, kept only when complete. The transfer is bounded in rate
+//! ([`MAX_RATE`], so replication does not starve the host's or the controller's other
+//! traffic) and gives up when the host sends nothing for the stall bound (10 s); a failed or
+//! cut replication leaves nothing and is tried again at the next pass.
+//!
+//! After a snapshot is deleted (its row gone), the store is swept: what no remaining
+//! replica uses goes. Replicas are not billed again: a snapshot's storage is metered once,
+//! on its `stored_bytes`.
+//!
+//! One controller at a time runs it. The store is the controller's data dir: with several
+//! controllers that dir must be shared (a replica written by one is read by whichever runs
+//! the restart), see docs/snapshots.md.
+
+use crate::app::replicas::receive::Received;
+use crate::app::App;
+use crate::background::task::{PassError, Run, Task};
+use crate::ops::snapshot_move::{stall_bounded, STALL_BOUND};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use nimbus_agent_api::ExportSnapshotSet;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Highest rate a replication reads from a host, bytes per second.
+pub const MAX_RATE: u64 = 64 << 20;
+
+/// Time between two passes.
+const INTERVAL: Duration = Duration::from_secs(2);
+
+/// The replication task; remembers the snapshots it saw, to sweep when one is gone.
+#[derive(Default)]
+pub struct Replication {
+    known: Option<BTreeSet<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl Task for Replication {
+    const NAME: &'static str = "replication";
+    const RUN: Run = Run::OneController;
+
+    fn interval(&self, _app: &App) -> Duration {
+        INTERVAL
+    }
+
+    async fn pass(&mut self, app: &App) -> Result<(), PassError> {
+        let live: BTreeSet<Uuid> = app.store().all_snapshot_ids().await?.into_iter().collect();
+        let gone = self.known.as_ref().is_none_or(|k| !k.is_subset(&live));
+        if gone {
+            match app.replicas().sweep(&live).await {
+                Ok(freed) if freed > 0 => {
+                    tracing::info!(freed, "replicas of deleted snapshots collected")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweeping the replica store failed"),
+            }
+        }
+        let mut known = live;
+        for (vm, host) in app.store().instances_to_replicate().await? {
+            let started = Instant::now();
+            match replicate(app, vm, &host).await {
+                Ok(got) => {
+                    for sid in &got.snapshots {
+                        app.store()
+                            .mark_snapshot_replicated(*sid, got.bytes())
+                            .await?;
+                    }
+                    known.extend(got.snapshots.iter().copied());
+                    tracing::info!(instance_id = %vm, %host, snapshots = got.snapshots.len(),
+                        layers = got.layers, layer_bytes = got.layer_bytes, chunks = got.chunks,
+                        chunk_bytes = got.chunk_bytes, ms = started.elapsed().as_millis() as u64,
+                        "snapshots replicated to the controller");
+                }
+                Err(e) => {
+                    tracing::warn!(instance_id = %vm, %host, error = %e, "replicating snapshots failed; trying again at the next pass")
+                }
+            }
+        }
+        self.known = Some(known);
+        Ok(())
+    }
+}
+
+/// Copies what the store lacks of the snapshots of `vm` from `host`.
+pub async fn replicate(app: &App, vm: Uuid, host: &str) -> Result<Received, String> {
+    let agent = app.agent_of(host).await.map_err(|e| e.message)?;
+    let inventory = agent.snapshot_set(vm).await.map_err(|e| e.to_string())?;
+    let req = ExportSnapshotSet {
+        chunks: app.replicas().missing_chunks(&inventory.chunks),
+        layers: true,
+        live: true,
+        skip_layers: app.replicas().layer_names(vm),
+    };
+    let response = agent
+        .export_snapshot_set(vm, &req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = rate_bounded(
+        stall_bounded(response.bytes_stream(), STALL_BOUND),
+        MAX_RATE,
+    );
+    let mut reader = tokio_util::io::StreamReader::new(Box::pin(bytes));
+    app.replicas()
+        .receive(vm, &mut reader)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `bytes`, slowed so that on average at most `rate` bytes per second pass.
+fn rate_bounded<S>(bytes: S, rate: u64) -> impl Stream<Item = std::io::Result<Bytes>>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut sent = 0u64;
+    bytes.then(move |piece| {
+        if let Ok(p) = &piece {
+            sent += p.len() as u64;
+        }
+        let due = started + Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        async move {
+            tokio::time::sleep_until(due).await;
+            piece
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rate_is_bounded() {
+        let pieces: Vec<std::io::Result<Bytes>> =
+            (0..10).map(|_| Ok(Bytes::from(vec![0u8; 100]))).collect();
+        let started = Instant::now();
+        let got: Vec<_> = rate_bounded(futures::stream::iter(pieces), 2000)
+            .collect()
+            .await;
+        assert_eq!(got.len(), 10);
+        // 1 000 bytes at 2 000 bytes/s: 0.5 s.
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
