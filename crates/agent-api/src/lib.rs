@@ -68,7 +68,7 @@ pub use image::{CachedImage, ImageBlob, ImageCacheReport};
 pub use metering::{MeterKind, UsageAck, UsageBatch, UsageSample};
 pub use migration::{
     ColdIncomingRequest, DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest,
-    MigrationPhase, MigrationPolicy, MigrationProgress, NbdTarget,
+    MigrationCredential, MigrationPhase, MigrationPolicy, MigrationProgress, NbdTarget,
 };
 pub use snapshot::{
     CloneRequest, DeleteSnapshotResult, RestoreRequest, RestoreResult, SnapshotRequest,

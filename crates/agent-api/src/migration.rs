@@ -61,6 +61,28 @@ pub struct IncomingRequest {
     /// the cloud CA naming this host (`CN`). Absent: any host certificate of the CA.
     #[serde(default)]
     pub source_host: Option<String>,
+    /// The target QEMU's certificate for this migration only (see [`MigrationCredential`]).
+    /// Absent (an older controller): QEMU gets the host's own key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_credential: Option<MigrationCredential>,
+}
+
+/// A key and a certificate of the cloud CA issued by the controller for one migration and
+/// one end of it (`OU=migration`, `CN` = the host, valid for the migration's timeout plus
+/// a margin): what that end's QEMU gets instead of the host's long-term key, so that a
+/// guest escaping into its QEMU during a migration gets a key that expires in minutes and
+/// that no API of the cloud accepts. Never persisted by the agent.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationCredential {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for MigrationCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationCredential")
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the source must send the VM.
@@ -147,6 +169,9 @@ pub struct MigrateRequest {
     /// the address of [`IncomingReady::migration_uri`] must be one of its names.
     #[serde(default)]
     pub target_host: Option<String>,
+    /// The source QEMU's certificate for this migration only (see [`MigrationCredential`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_credential: Option<MigrationCredential>,
 }
 
 /// Where a migration is.

@@ -179,7 +179,8 @@ async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
         .map(|h| h.name.clone())
         .find(|h| Some(h) != src.as_ref())
         .expect("a target host");
-    plain_probes::other_host_is_refused(uri, &cloud.host_dir(&dst), &dst).await;
+    let served = plain_probes::other_host_is_refused(uri, &cloud.host_dir(&dst), &dst).await;
+    plain_probes::assert_migration_certificate(&served, &dst);
     let nbd = &ready["nbd"];
     plain_probes::nbd_export_needs_tls(
         nbd["host"].as_str().expect("nbd host"),

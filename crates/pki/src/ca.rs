@@ -1,7 +1,10 @@
 //! The cloud CA: created at the controller's first start, kept in its data dir (`ca.key`
 //! mode 0600, `ca.crt`), reused on every later start.
 
-use crate::{fingerprint, write_private, write_public, PkiError, Role, TlsIdentity, CA_CERT_FILE};
+use crate::{
+    fingerprint, write_private, write_public, PkiError, Role, TlsIdentity, CA_CERT_FILE,
+    MIGRATION_UNIT,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -19,6 +22,8 @@ const HOST_VALIDITY: Duration = Duration::days(3650);
 const CONTROLLER_VALIDITY: Duration = Duration::days(365);
 /// Clock skew tolerated between controller and hosts (certificates start this early).
 const BACKDATE: Duration = Duration::hours(1);
+/// The same for a migration's certificate, as short as enrolment's clock check allows.
+const MIGRATION_BACKDATE: Duration = Duration::minutes(5);
 
 /// The certificate authority of one cloud.
 pub struct CloudCa {
@@ -105,7 +110,7 @@ impl CloudCa {
     /// names): the server certificate of the API and the client certificate agents accept.
     pub fn issue_controller(&self, names: &[String]) -> Result<TlsIdentity, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = leaf_params(Role::Controller, "nimbus-controller", names)?;
+        let mut params = leaf_params(Role::Controller.unit(), "nimbus-controller", names)?;
         params.not_after = OffsetDateTime::now_utc() + CONTROLLER_VALIDITY;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(TlsIdentity {
@@ -125,7 +130,7 @@ impl CloudCa {
     ) -> Result<IssuedHost, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Csr(e.to_string()))?;
-        let mut params = leaf_params(Role::Host, host, addresses)?;
+        let mut params = leaf_params(Role::Host.unit(), host, addresses)?;
         params.not_after = OffsetDateTime::now_utc() + HOST_VALIDITY;
         let serial = params
             .serial_number
@@ -139,6 +144,31 @@ impl CloudCa {
             fingerprint: fingerprint(cert.der()),
         })
     }
+
+    /// A fresh key and a certificate for one live migration of host `host` (source or target),
+    /// valid for `validity` from now: what QEMU gets instead of the host's long-term key, so
+    /// that a guest escaping into its QEMU during a migration gets a key that expires with the
+    /// migration. `OU=migration`: no listener of the cloud takes it for a host's or the
+    /// controller's identity ([`crate::PeerIdentity::from_der`] refuses it); `CN` and the DNS
+    /// name are the host's, what QEMU's `tls-authz` and `tls-hostname` check.
+    pub fn issue_migration(
+        &self,
+        host: &str,
+        validity: std::time::Duration,
+    ) -> Result<TlsIdentity, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(MIGRATION_UNIT, host, &[host.to_string()])?;
+        // Hosts' clocks may be up to 5 minutes off (enrolment refuses more).
+        params.not_before = OffsetDateTime::now_utc() - MIGRATION_BACKDATE;
+        let validity = Duration::try_from(validity)
+            .map_err(|e| PkiError::Identity(format!("validity out of range: {e}")))?;
+        params.not_after = OffsetDateTime::now_utc() + validity;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(TlsIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
 }
 
 /// `O=nimbus, OU=<unit>, CN=<name>`.
@@ -150,10 +180,10 @@ fn subject(name: &str, unit: &str) -> DistinguishedName {
     dn
 }
 
-/// Parameters of a controller or host certificate: usable as TLS server and client.
-fn leaf_params(role: Role, name: &str, names: &[String]) -> Result<CertificateParams, PkiError> {
+/// Parameters of a leaf certificate (`OU=unit`): usable as TLS server and client.
+fn leaf_params(unit: &str, name: &str, names: &[String]) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = subject(name, role.unit());
+    params.distinguished_name = subject(name, unit);
     params.subject_alt_names = names
         .iter()
         .map(|n| match n.parse::<std::net::IpAddr>() {

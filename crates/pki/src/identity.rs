@@ -103,7 +103,16 @@ fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
 /// reverse order on others, so both are given. `name` is a DNS label (the controller
 /// refuses any other host name), so nothing in it needs escaping.
 pub fn host_subject_forms(name: &str) -> [String; 2] {
-    let unit = Role::Host.unit();
+    subject_forms(Role::Host.unit(), name)
+}
+
+/// The same for host `name`'s certificate of one migration (`OU=migration`, see
+/// [`crate::CloudCa::issue_migration`]).
+pub fn migration_subject_forms(name: &str) -> [String; 2] {
+    subject_forms(crate::MIGRATION_UNIT, name)
+}
+
+fn subject_forms(unit: &str, name: &str) -> [String; 2] {
     [
         format!("O=nimbus,OU={unit},CN={name}"),
         format!("CN={name},OU={unit},O=nimbus"),

@@ -10,6 +10,7 @@
 //!  controller data dir: ca.crt ca.key(0600)      host state dir: host.key(0600) host.crt ca.crt
 //!        │ issues at each start: controller cert (server + client auth, OU=controller)
 //!        │ signs at enrolment:   host cert from the host's CSR (server + client auth, OU=host)
+//!        │ issues per migration: a key + cert for QEMU on each end (OU=migration, minutes)
 //!  CLI ──HTTPS (server cert checked against ca.crt)──▶ controller
 //!  agent ──mTLS (host cert)──▶ controller ──mTLS (controller cert)──▶ agent
 //! ```
@@ -25,13 +26,17 @@ mod tls;
 pub use ca::{CloudCa, IssuedHost};
 pub use error::PkiError;
 pub use host_key::{HostCredentials, HOST_CERT_FILE, HOST_KEY_FILE};
-pub use identity::{host_subject_forms, PeerIdentity, Role};
+pub use identity::{host_subject_forms, migration_subject_forms, PeerIdentity, Role};
 pub use join_token::JoinToken;
 pub use listener::{PeerInfo, TlsListener};
 pub use rustls;
 pub use tls::{client_config, server_config, ClientAuth, TlsIdentity};
 
 use sha2::{Digest, Sha256};
+
+/// The subject's `OU` of a migration's short-lived certificate: not an identity any
+/// listener of the cloud accepts (only QEMU's migration and NBD endpoints do).
+pub const MIGRATION_UNIT: &str = "migration";
 
 /// Name of the CA certificate file (in the controller's data dir and the host's state dir).
 pub const CA_CERT_FILE: &str = "ca.crt";

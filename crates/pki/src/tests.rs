@@ -161,3 +161,65 @@ async fn only_the_controller_of_this_ca_gets_through() {
     let wary = client_config(other.cert_pem(), Some(&controller)).expect("cfg");
     assert!(!talk(addr, wary).await);
 }
+
+/// A migration's certificate: the host's name (what QEMU checks), QEMU-usable on both ends,
+/// expiring with the migration, and no identity anywhere else: a listener of the cloud
+/// refuses it even where any certificate of the CA would do.
+#[tokio::test]
+async fn a_migration_certificate_is_short_lived_and_no_identity() {
+    use x509_parser::prelude::*;
+    let (_d, ca) = ca();
+    let issued = ca
+        .issue_migration("host3", std::time::Duration::from_secs(600))
+        .expect("issue");
+    let der = certs_from_pem(&issued.cert_pem).expect("pem");
+    let (_, cert) = X509Certificate::from_der(&der[0]).expect("parse");
+    let subject = cert.subject().to_string();
+    assert!(
+        migration_subject_forms("host3")
+            .iter()
+            .any(|f| f.replace(',', ", ") == subject),
+        "{subject}"
+    );
+    let lifetime =
+        cert.validity().not_after.timestamp() - ::time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((590..=600).contains(&lifetime), "expires in {lifetime} s");
+    let eku = cert.extended_key_usage().expect("eku").expect("present");
+    assert!(eku.value.server_auth && eku.value.client_auth);
+    let san = cert
+        .subject_alternative_name()
+        .expect("san")
+        .expect("present");
+    assert_eq!(san.value.general_names, vec![GeneralName::DNSName("host3")]);
+    assert!(PeerIdentity::from_der(&der[0]).is_err());
+    // Presented to a listener that takes any certificate of this CA: refused.
+    let server_dir = tempfile::tempdir().expect("tempdir");
+    let (server_id, _) = enrol(&ca, server_dir.path(), "host1", "127.0.0.1");
+    let config = server_config(ca.cert_pem(), &server_id, ClientAuth::Required).expect("cfg");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let mut listener = TlsListener::new(tcp, config, None).expect("listener");
+    tokio::spawn(async move {
+        use axum::serve::Listener;
+        use tokio::io::AsyncWriteExt;
+        loop {
+            let (mut io, _) = listener.accept().await;
+            let _ = io.write_all(b"k").await;
+            let _ = io.shutdown().await;
+        }
+    });
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    let (host, _) = enrol(&ca, host_dir.path(), "host3", "127.0.0.1");
+    let host_cfg = client_config(ca.cert_pem(), Some(&host)).expect("cfg");
+    assert!(
+        talk(addr, host_cfg).await,
+        "the host's own certificate is served"
+    );
+    let migration_cfg = client_config(ca.cert_pem(), Some(&issued)).expect("cfg");
+    assert!(
+        !talk(addr, migration_cfg).await,
+        "a migration certificate is no identity"
+    );
+}

@@ -260,6 +260,7 @@ impl Manager {
             mirror: req.disk == DiskTransfer::Mirror,
             policy: req.policy.clone(),
             source_host: req.source_host.clone(),
+            tls_credential: req.tls_credential.clone(),
         };
         // Fetched before the lifecycle lock, as for a define.
         let cached = match self.get(id) {

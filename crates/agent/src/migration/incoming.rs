@@ -40,6 +40,8 @@ pub struct IncomingPlan {
     pub policy: MigrationPolicy,
     /// The only host allowed to send the VM (over TLS).
     pub source_host: Option<String>,
+    /// This migration's certificate for the target QEMU (see `tls.rs`).
+    pub tls_credential: Option<nimbus_agent_api::MigrationCredential>,
 }
 
 /// Creates the disk of an arriving VM in `dir` (see the module doc).

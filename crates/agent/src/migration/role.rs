@@ -120,6 +120,7 @@ mod tests {
                 migration_id: None,
                 owner_epoch: None,
                 target_host: None,
+                tls_credential: None,
             },
             started_unix_ms: 1,
             ladder: Ladder::default(),

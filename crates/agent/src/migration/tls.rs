@@ -9,25 +9,31 @@
 //!  migrate / blockdev-add nbd                            migrate-incoming / nbd-server-start
 //!    tls-hostname = target host name  ──── TLS 1.3 ────▶   tls-authz = authz-list: allow only
 //!    (its certificate must name it)                        CN=<source host> (the controller's
-//!                                                          choice), deny everything else
+//!                                                          choice; OU=migration or host),
+//!                                                          deny everything else
 //! ```
 //! - Both ends verify the other's certificate against the cloud CA; the names come from
 //!   the controller (`IncomingRequest::source_host`, `MigrateRequest::target_host`), never
 //!   from the peer.
+//! - QEMU gets the certificate the controller issued for this one migration and this end
+//!   (`IncomingRequest::tls_credential`, `MigrateRequest::tls_credential`: `OU=migration`,
+//!   `CN` = the host, expiring with the migration's timeout plus 5 minutes), never the
+//!   host's long-term key: a guest that escapes into its QEMU during a migration gets a key
+//!   that expires in minutes and that no API of the cloud accepts. Only a request of an
+//!   older controller, without one, makes QEMU load the host's own key.
 //! - The credentials are handed to the confined QEMU without widening what it can read:
 //!   the files are written into `<vm dir>/migration-tls/` (0700, files 0600, owned by the
 //!   VM's user, like everything else of that VM), QEMU loads them when the object is created
 //!   (by a path relative to its working directory, the VM directory: the directories above
-//!   may be closed to the VM's user), and the directory is removed right after. QEMU keeps the key in its memory (a guest
-//!   that escapes into its QEMU during a migration could read the host key: see
-//!   docs/security.md).
+//!   may be closed to the VM's user), and the directory is removed right after. QEMU keeps
+//!   the key in its memory until the migration ends (see docs/security.md).
 //! - `nimbus agent --insecure-migration` (benchmarks, trusted underlays) serves incoming
 //!   migrations over plain TCP and, as a source, follows what the target serves. An agent
 //!   that requires TLS refuses to send a VM in clear.
 
 use super::MigrationError;
 use crate::instance::files::VmDir;
-use nimbus_agent_api::IncomingReady;
+use nimbus_agent_api::{IncomingReady, MigrationCredential};
 use nimbus_qemu::qmp::{ClientTls, MigrateParameters, ServerTls, TlsEndpoint};
 use nimbus_qemu::Qmp;
 use std::path::{Path, PathBuf};
@@ -110,6 +116,23 @@ impl MigrationTls {
         }
     }
 
+    /// The same, with QEMU given `issued` (this migration's certificate, see the module doc)
+    /// instead of the host's key; unchanged without one.
+    pub fn for_migration(&self, issued: Option<&MigrationCredential>) -> Self {
+        let (Some(host), Some(issued)) = (&self.creds, issued) else {
+            return self.clone();
+        };
+        Self {
+            creds: Some(Arc::new(HostTlsFiles {
+                host: host.host.clone(),
+                ca_pem: host.ca_pem.clone(),
+                cert_pem: issued.cert_pem.clone(),
+                key_pem: issued.key_pem.clone(),
+            })),
+            insecure: self.insecure,
+        }
+    }
+
     /// Target: loads the server credentials into QEMU and allows only `source_host`'s
     /// certificate; `None` when this agent serves migrations in clear.
     pub async fn serve(
@@ -127,7 +150,11 @@ impl MigrationTls {
             Some(host) => {
                 check_host_name(host)?;
                 let _ = qmp.object_del(AUTHZ_ID).await;
-                qmp.object_add_authz_list(AUTHZ_ID, &nimbus_pki::host_subject_forms(host))
+                // Its certificate for this migration, or (an older controller or source agent)
+                // its host certificate.
+                let mut allowed = nimbus_pki::migration_subject_forms(host).to_vec();
+                allowed.extend(nimbus_pki::host_subject_forms(host));
+                qmp.object_add_authz_list(AUTHZ_ID, &allowed)
                     .await
                     .map_err(MigrationError::qmp("object-add authz-list"))?;
                 Some(AUTHZ_ID.to_string())
@@ -345,6 +372,29 @@ mod tests {
         for bad in ["", "h,OU=x", "H", "a=b", "x\\"] {
             assert!(check_host_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn qemu_gets_the_migration_key_not_the_host_key() {
+        let issued = MigrationCredential {
+            cert_pem: "MCERT".into(),
+            key_pem: "MKEY".into(),
+        };
+        let tls = MigrationTls::required(files()).for_migration(Some(&issued));
+        let creds = tls.creds.as_deref().expect("creds");
+        assert_eq!((creds.host.as_str(), creds.ca_pem.as_str()), ("h1", "CA"));
+        assert_eq!(
+            (creds.cert_pem.as_str(), creds.key_pem.as_str()),
+            ("MCERT", "MKEY")
+        );
+        assert!(!tls.insecure);
+        let unchanged = MigrationTls::required(files()).for_migration(None);
+        assert_eq!(unchanged.creds.as_deref().expect("creds").key_pem, "KEY");
+        // An agent without host credentials (in-process tests) stays without.
+        assert!(MigrationTls::insecure(None)
+            .for_migration(Some(&issued))
+            .creds
+            .is_none());
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub async fn incoming_with(
         disk,
         policy,
         source_host: None,
+        tls_credential: None,
     };
     let ready = pair
         .b
@@ -175,6 +176,7 @@ pub async fn migrate_with(
         migration_id: None,
         owner_epoch: None,
         target_host: None,
+        tls_credential: None,
     };
     let first = pair
         .a
@@ -254,6 +256,7 @@ pub async fn start_slow(pair: &Pair, id: Uuid, target: IncomingReady) {
         migration_id: None,
         owner_epoch: None,
         target_host: None,
+        tls_credential: None,
     };
     pair.a
         .client

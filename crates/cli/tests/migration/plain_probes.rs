@@ -47,7 +47,8 @@ pub async fn migration_port_gives_nothing(uri: &str) {
 /// A client with a valid certificate of the cloud CA that is not the source's (here the
 /// target host's own) completes its side of the TLS handshake, then the target closes
 /// the connection without sending anything: its authz allows the source host only.
-pub async fn other_host_is_refused(uri: &str, host_dir: &std::path::Path, host: &str) {
+/// Answers the certificate the target's QEMU served (DER).
+pub async fn other_host_is_refused(uri: &str, host_dir: &std::path::Path, host: &str) -> Vec<u8> {
     use nimbus_pki::rustls;
     use std::io::{Read, Write};
     let addr = uri.strip_prefix("tcp:").expect("tcp:HOST:PORT").to_string();
@@ -66,17 +67,49 @@ pub async fn other_host_is_refused(uri: &str, host_dir: &std::path::Path, host: 
         let handshake = tls.conn.complete_io(&mut tls.sock).map(|_| ());
         let _ = tls.write_all(b"QEVM\x00\x00\x00\x03");
         let _ = tls.flush();
+        let served = tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
         let mut buf = [0u8; 64];
-        (handshake, tls.read(&mut buf))
+        (handshake, tls.read(&mut buf), served)
     })
     .await
     .expect("probe");
-    let (handshake, read) = outcome;
+    let (handshake, read, served) = outcome;
     handshake.expect("the certificate of the cloud CA passes the TLS handshake");
     match read {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("the target sent {n} bytes to a host that is not the source"),
     }
+    served.expect("the target served a certificate")
+}
+
+/// The certificate a target's QEMU serves is the one the controller issued for this
+/// migration (`OU=migration`, the target's name, expiring within the hour), not the host's
+/// long-term one.
+pub fn assert_migration_certificate(der: &[u8], host: &str) {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).expect("a certificate");
+    let subject = cert.subject().to_string();
+    assert!(
+        subject.contains("OU=migration") && subject.contains(&format!("CN={host}")),
+        "QEMU serves {subject}, not a migration certificate of {host}"
+    );
+    let left = cert.validity().not_after.timestamp()
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+    assert!(
+        (0..3600).contains(&left),
+        "the migration certificate expires in {left} s"
+    );
+    assert!(
+        nimbus_pki::PeerIdentity::from_der(der).is_err(),
+        "a migration certificate is no identity of the cloud"
+    );
 }
 
 /// A plain NBD client gets the server's greeting (which the protocol sends before any

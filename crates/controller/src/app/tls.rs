@@ -48,6 +48,29 @@ impl ControllerTls {
     }
 }
 
+impl ControllerTls {
+    /// A key and certificate for host `host`'s QEMU in one migration, valid for the
+    /// migration's `timeout_secs` plus [`MIGRATION_CREDENTIAL_MARGIN`] (the last TLS
+    /// handshake, of the memory stream, comes after the disk mirror is in sync).
+    pub fn migration_credential(
+        &self,
+        host: &str,
+        timeout_secs: u64,
+    ) -> Result<nimbus_agent_api::MigrationCredential, nimbus_pki::PkiError> {
+        let started = std::time::Instant::now();
+        let validity = std::time::Duration::from_secs(timeout_secs) + MIGRATION_CREDENTIAL_MARGIN;
+        let issued = self.ca.issue_migration(host, validity)?;
+        tracing::debug!(host, took = ?started.elapsed(), valid_for = ?validity, "migration certificate issued");
+        Ok(nimbus_agent_api::MigrationCredential {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        })
+    }
+}
+
+/// How long a migration's certificate outlives the migration's timeout.
+pub const MIGRATION_CREDENTIAL_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The names the controller's certificate carries: every listen address that is not the
 /// wildcard, loopback, `localhost`, this machine's host name and the configured extra names.
 fn server_names(config: &ControllerConfig) -> Vec<String> {

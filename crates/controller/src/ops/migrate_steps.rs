@@ -8,8 +8,8 @@ use crate::app::App;
 use async_trait::async_trait;
 use chrono::Utc;
 use nimbus_agent_api::{
-    DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationPhase, MigrationPolicy,
-    MigrationProgress, VmRunState, VmStatus,
+    DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationCredential,
+    MigrationPhase, MigrationPolicy, MigrationProgress, VmRunState, VmStatus,
 };
 use nimbus_api::{MigrateInstance, MigrationStats};
 use nimbus_ops::{Outcome, Step, StepContext, StepError};
@@ -92,6 +92,17 @@ fn policy(req: &MigrateInstance) -> MigrationPolicy {
         multifd_channels: (!allow_postcopy).then_some(MULTIFD_CHANNELS),
         ..MigrationPolicy::default()
     }
+}
+
+/// The certificate of `host`'s QEMU for this migration (see docs/security.md).
+fn migration_credential(
+    app: &App,
+    host: &str,
+    policy: &MigrationPolicy,
+) -> Result<MigrationCredential, StepError> {
+    app.tls()
+        .migration_credential(host, policy.timeout_secs)
+        .map_err(|e| StepError::permanent(format!("cannot issue the migration's certificate: {e}")))
 }
 
 /// Reserves room on the target (the scheduler's choice, or the requested host).
@@ -177,6 +188,7 @@ impl Step<App> for PrepareTarget {
         .copy(app, s)
         .await?;
         let policy = policy(&params(app, s.operation_id).await?);
+        let tls_credential = Some(migration_credential(app, &r.target, &policy)?);
         let ready = app
             .agent(&dst_host.agent_url)
             .migration_incoming(&IncomingRequest {
@@ -185,6 +197,7 @@ impl Step<App> for PrepareTarget {
                 policy,
                 // Over TLS the target accepts only this host's certificate.
                 source_host: Some(r.source.clone()),
+                tls_credential,
             })
             .await
             .map_err(agent_err)?;
@@ -294,9 +307,12 @@ impl Step<App> for Transfer {
         if !ours || !current.phase.is_final() {
             // New, or resumed by a controller that took the operation over: the source then
             // carries on with the migration in flight, and refuses the older owner from now.
+            let policy = policy(&req);
+            let tls_credential = Some(migration_credential(app, &r.source, &policy)?);
             let request = MigrateRequest {
                 target: ready,
-                policy: policy(&req),
+                tls_credential,
+                policy,
                 migration_id: Some(s.operation_id),
                 owner_epoch: s.epoch(),
                 // Over TLS the target's certificate must name it.

@@ -13,7 +13,8 @@ use crate::migration::receive_watch::{self, ReceiveWatch};
 use crate::migration::role::{self, MigrationRole, OutgoingRecord};
 use crate::migration::tls::MigrationTls;
 use nimbus_agent_api::{
-    DiskTransfer, IncomingReady, MigrateRequest, MigrationPhase, MigrationProgress, VmRunState,
+    DiskTransfer, IncomingReady, MigrateRequest, MigrationCredential, MigrationPhase,
+    MigrationProgress, VmRunState,
 };
 use nimbus_qemu::qmp::QmpTimestamp;
 use nimbus_qemu::Qmp;
@@ -98,7 +99,11 @@ impl Actor {
             .await
             .ok_or_else(|| Error::QemuFailed("QMP is unavailable".into()))?;
         let export = incoming::export_name(self.id);
-        let ready = incoming::listen(&qmp, &self.dir, &plan, &export, &self.migration.tls)
+        let tls = self
+            .migration
+            .tls
+            .for_migration(plan.tls_credential.as_ref());
+        let ready = incoming::listen(&qmp, &self.dir, &plan, &export, &tls)
             .await
             .map_err(|e| Error::QemuFailed(error_chain(&e)))?;
         tracing::info!(
@@ -117,7 +122,10 @@ impl Actor {
     }
 
     /// Source: starts sending the VM; answers with the first progress.
-    pub(super) async fn migrate_start(&mut self, req: MigrateRequest) -> Result<MigrationProgress> {
+    pub(super) async fn migrate_start(
+        &mut self,
+        mut req: MigrateRequest,
+    ) -> Result<MigrationProgress> {
         let current = self.migration.progress.borrow().clone();
         self.check_owner(&req)?;
         if self.migration.outgoing.is_some() {
@@ -153,6 +161,8 @@ impl Actor {
         let mut progress = role::no_progress();
         progress.phase = MigrationPhase::Setup;
         progress.migration_id = req.migration_id;
+        // The key of this migration lives in the task only: never in the persisted record.
+        let credential = req.tls_credential.take();
         let record = OutgoingRecord {
             request: req,
             started_unix_ms: now_unix_ms(),
@@ -167,7 +177,7 @@ impl Actor {
         );
         self.set_role(MigrationRole::Outgoing(record.clone()));
         self.migration.progress.send_replace(progress.clone());
-        self.spawn_outgoing(qmp, record, false);
+        self.spawn_outgoing(qmp, record, false, credential);
         Ok(progress)
     }
 
@@ -199,7 +209,13 @@ impl Actor {
         Ok(())
     }
 
-    fn spawn_outgoing(&mut self, qmp: Qmp, record: OutgoingRecord, resume: bool) {
+    fn spawn_outgoing(
+        &mut self,
+        qmp: Qmp,
+        record: OutgoingRecord,
+        resume: bool,
+        credential: Option<MigrationCredential>,
+    ) {
         let ctx = Context {
             id: self.id,
             qmp,
@@ -207,7 +223,7 @@ impl Actor {
             progress: self.migration.progress.clone(),
             last_beat: self.last_beat.clone(),
             record,
-            tls: self.migration.tls.clone(),
+            tls: self.migration.tls.for_migration(credential.as_ref()),
         };
         self.migration.outgoing = Some(OutgoingTask::spawn(ctx, resume));
     }
@@ -475,7 +491,9 @@ impl Actor {
         match qmp {
             Some(qmp) => {
                 tracing::info!(?phase, "resuming to follow the migration in flight");
-                self.spawn_outgoing(qmp, record, true);
+                // Its own certificate was lost with the agent: a migration taken over before
+                // `migrate` falls back to the host's key (see tls.rs).
+                self.spawn_outgoing(qmp, record, true, None);
             }
             None => {
                 self.migration.progress.send_modify(|p| {
