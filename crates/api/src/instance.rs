@@ -147,8 +147,10 @@ pub struct CreateInstance {
     /// `pack` together.
     #[serde(default)]
     pub placement_group: Option<String>,
-    /// `restart`: restart it on another host when its host dies (its disk must be on
-    /// shared storage to keep its content).
+    /// `restart`: restart it on another host when its host dies: from its disk on shared
+    /// storage, or, with a disk local to the host, from its latest snapshot replicated to
+    /// the controller (what changed after that snapshot is lost; without one it stays
+    /// `error`).
     #[serde(default)]
     pub ha: Option<HaPolicy>,
     /// Restart priority, 0 to 1000 (high 900, medium 500, low 100) [default: medium]: when a

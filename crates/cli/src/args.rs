@@ -610,7 +610,9 @@ pub enum InstanceCmd {
         #[arg(long)]
         placement_group: Option<String>,
         /// `restart`: when its host dies, restart it on another host once the host has
-        /// fenced itself (keep its disk on shared storage: `nimbus up --shared-storage`).
+        /// fenced itself: from its disk on shared storage (`nimbus up --shared-storage`), or
+        /// with a local disk from its latest snapshot (replicated to the controller: what
+        /// changed after it is lost).
         #[arg(long, value_enum)]
         ha: Option<HaArg>,
         /// Restart priority: high, medium, low or a number from 0 to 1000 [default: medium].

@@ -15,14 +15,16 @@ use uuid::Uuid;
 
 impl Store {
     /// Instances (with their host) that have an `available` snapshot without a replica, are
-    /// `--ha restart`, sit on a host without shared storage and are not acted on by an
-    /// operation (a delete could be merging layers): what the replication pass copies.
+    /// `--ha restart`, sit on a host without shared storage that is not down, and are not
+    /// acted on by an operation (a delete could be merging layers): what the replication
+    /// pass copies.
     pub async fn instances_to_replicate(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT DISTINCT i.id AS id, i.host AS host FROM snapshots s \
              JOIN instances i ON i.id = s.instance_id JOIN hosts h ON h.name = i.host \
              WHERE s.state = $1 AND s.replicated_at IS NULL AND s.host = i.host \
              AND i.ha = 'restart' AND i.operation_id IS NULL AND h.shared_storage IS NULL \
+             AND h.down_since IS NULL \
              ORDER BY i.id",
         )
         .bind(SnapshotState::Available.as_str())

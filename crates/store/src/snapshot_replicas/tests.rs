@@ -67,8 +67,14 @@ async fn only_ha_instances_on_local_disks_are_replicated_and_the_latest_replica_
         assert_eq!(latest.map(|l| l.id), Some(s2));
         assert_eq!(s.all_snapshot_ids().await.expect("ids").len(), 3);
 
-        // On shared storage nothing is replicated.
+        // Not from a host that is down; on shared storage nothing is replicated.
         snapshot(&s, &ha, "s3").await;
+        assert_eq!(s.instances_to_replicate().await.expect("list").len(), 1);
+        s.mark_host_down("host1", chrono::Utc::now())
+            .await
+            .expect("down");
+        assert!(s.instances_to_replicate().await.expect("list").is_empty());
+        s.mark_host_back("host1").await.expect("back");
         assert_eq!(s.instances_to_replicate().await.expect("list").len(), 1);
         s.upsert_host(&host("host1", Some("/shared")))
             .await
