@@ -4,7 +4,8 @@
 //! room succeed); the CLI given several URLs moving to a live one when the first was killed
 //! -9; a real guest's create finished by another controller after its own was killed -9
 //! mid-boot, and a live migration after its controller was killed -9 mid-copy (one QEMU,
-//! capacity counted once); `--controllers 2` refused without PostgreSQL.
+//! capacity counted once); each killed controller restarted by `nimbus up` and serving
+//! again within a bound; `--controllers 2` refused without PostgreSQL.
 //!
 //! Needs `NIMBUS_TEST_POSTGRES_URL` (CI sets it; `bash scripts/ci-postgres.sh` prints one):
 //! fails clearly without it.
@@ -117,36 +118,75 @@ async fn three_controllers_carry_on_after_kill_9() {
         assert_eq!(n, 1, "{task}: {listed:?}");
     }
     last_slots_across_controllers(&cloud).await;
+    let third = this_controller(&cloud, 3);
     create_survives_its_controller(&cloud).await;
-    cli_moves_past_a_dead_controller(&cloud, 3, 2);
+    killed_controller_comes_back(&cloud, 3, &third);
+    cli_moves_past_a_dead_controller(&cloud, 2);
+    let second = this_controller(&cloud, 2);
     migration_survives_its_controller(&cloud).await;
-    let left = controllers(&cloud, &url_of(&cloud, 1));
-    assert_eq!(left.len(), 1, "controllers 2 and 3 were killed: {left:?}");
+    killed_controller_comes_back(&cloud, 2, &second);
+    let live = controllers(&cloud, &url_of(&cloud, 1));
+    assert_eq!(live.len(), 3, "controllers 2 and 3 restarted: {live:?}");
 }
 
-/// Controller `dead` was killed -9: a CLI told to use it first moves on to `alive`, and
-/// `dead` drops out of the list once its heartbeat is older than the lease.
-fn cli_moves_past_a_dead_controller(cloud: &Cloud, dead: u16, alive: u16) {
-    let urls = format!("{},{}", url_of(cloud, dead), url_of(cloud, alive));
+/// The controller that answers at controller `i`'s URL.
+fn this_controller(cloud: &Cloud, i: u16) -> ControllerView {
+    controllers(cloud, &url_of(cloud, i))
+        .into_iter()
+        .find(|c| c.this)
+        .expect("the answering controller is listed")
+}
+
+/// Controller `i` (`before`) was killed -9: `nimbus up` restarts it (a log line says so),
+/// and within a bound it serves again at its URL as a new controller, while `before` drops
+/// out of the list once its heartbeat is older than the lease.
+fn killed_controller_comes_back(cloud: &Cloud, i: u16, before: &ControllerView) {
     let started = Instant::now();
-    let mut answered: HashMap<String, usize> = HashMap::new();
     loop {
-        let listed = controllers(cloud, &urls);
-        for c in listed.iter().filter(|c| c.this) {
-            *answered.entry(c.url.clone()).or_default() += 1;
-        }
-        if !listed.iter().any(|c| c.url == url_of(cloud, dead)) {
+        // Through controller 1: controller i's URL refuses connections until it is back.
+        let listed = controllers(cloud, &url_of(cloud, 1));
+        let back = listed
+            .iter()
+            .any(|c| c.url == before.url && c.id != before.id);
+        let gone = !listed.iter().any(|c| c.id == before.id);
+        if back && gone {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "controller {dead} still listed: {listed:?}"
+            "controller {i} not back within 30 s: {listed:?}\n{}",
+            cloud.log_tail(20)
         );
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let now = this_controller(cloud, i);
+    assert_ne!(now.id, before.id, "a new process serves at {}", before.url);
+    eprintln!(
+        "controller {i} back and serving ({:.1} s into this check; the kill was earlier)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        cloud
+            .log_tail(usize::MAX)
+            .contains("controller exited; restarting it"),
+        "nimbus up says it restarts the controller:\n{}",
+        cloud.log_tail(40)
+    );
+}
+
+/// A CLI told to use a dead controller first (an address where none listens any more, as a
+/// controller killed -9 leaves it) moves on to the live one `alive`.
+fn cli_moves_past_a_dead_controller(cloud: &Cloud, alive: u16) {
+    let urls = format!("{},{}", url_of(cloud, 4), url_of(cloud, alive));
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    for _ in 0..3 {
+        for c in controllers(cloud, &urls).iter().filter(|c| c.this) {
+            *answered.entry(c.url.clone()).or_default() += 1;
+        }
     }
     assert_eq!(
-        answered.keys().cloned().collect::<Vec<_>>(),
-        vec![url_of(cloud, alive)],
+        answered.into_iter().collect::<Vec<_>>(),
+        vec![(url_of(cloud, alive), 3)],
         "only the live controller answered"
     );
 }

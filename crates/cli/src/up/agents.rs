@@ -136,9 +136,9 @@ struct ChildSpec {
 
 /// The first restart's delay; it doubles (up to [`MAX_BACKOFF`]) while the agent keeps dying
 /// young, and comes back to this once an agent ran longer than [`HEALTHY_RUN`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const HEALTHY_RUN: Duration = Duration::from_secs(30);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
     let mut backoff = FIRST_BACKOFF;
@@ -203,7 +203,7 @@ async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
 }
 
 /// Resolves once stop is requested (or the sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;

@@ -2,9 +2,12 @@
 //! up` process; controllers 2..N are `nimbus controller` child processes over the same
 //! PostgreSQL database and data directory (tokens, CA), listening on the next ports. Each
 //! writes its pid to `<data dir>/controllers/ctlN/controller.pid` and its log beside it, so
-//! one can be killed to watch the others take its work over. A controller that dies is not
-//! restarted: the others carry on (that is the point of running several).
+//! one can be killed to watch the others take its work over. A controller that dies is
+//! restarted, as the agents are (systemd would on a real machine), with the same bounded
+//! back-off and a log line; meanwhile the others carry on with its work (that is the point of
+//! running several), and the restarted process joins them with a new identity.
 
+use super::agents::{stopped, FIRST_BACKOFF, HEALTHY_RUN, MAX_BACKOFF};
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -12,11 +15,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Most controllers `nimbus up` runs (their ports must stay below the agents' loopback ports).
 pub const MAX_CONTROLLERS: u32 = 5;
 
 /// What every extra controller is started with.
+#[derive(Clone)]
 pub struct ControllersPlan {
     pub data_dir: PathBuf,
     pub database_url: String,
@@ -58,41 +64,109 @@ pub fn listen_of(first: &[SocketAddr], i: u32) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The running extra controllers.
+/// The extra controllers, supervised until stopped.
 pub struct ExtraControllers {
-    children: Vec<(u32, tokio::process::Child)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ExtraControllers {
-    /// Starts controllers 2..=`count`.
+    /// Starts controllers 2..=`count`, each restarted when it dies.
     pub fn start(plan: &ControllersPlan, count: u32) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the nimbus executable")?;
-        let mut children = Vec::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
         for i in 2..=count {
             let dir = dir_of(&plan.data_dir, i);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let child = spawn(&exe, plan, i, &dir)?;
-            if let Some(pid) = child.id() {
-                std::fs::write(dir.join("controller.pid"), pid.to_string())?;
-            }
-            children.push((i, child));
+            let spec = Supervised {
+                i,
+                exe: exe.clone(),
+                plan: plan.clone(),
+                dir,
+            };
+            tasks.push(tokio::spawn(supervise(spec, child, stop_rx.clone())));
         }
-        Ok(Self { children })
+        Ok(Self { stop, tasks })
     }
 
     /// Stops every extra controller still running (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(self) {
-        for (i, mut child) in self.children {
-            if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// One extra controller and how to start it again.
+struct Supervised {
+    i: u32,
+    exe: PathBuf,
+    plan: ControllersPlan,
+    dir: PathBuf,
+}
+
+/// Runs controller `spec.i` (its first process is `child`) until stopped, restarting it when
+/// it exits: after [`FIRST_BACKOFF`], doubled up to [`MAX_BACKOFF`] while it keeps dying
+/// young, as the agents.
+async fn supervise(
+    spec: Supervised,
+    first: tokio::process::Child,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut next = Some(first);
+    loop {
+        let mut child = match next.take() {
+            Some(c) => c,
+            None => match spawn(&spec.exe, &spec.plan, spec.i, &spec.dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(controller = spec.i, error = %e, "cannot start controller");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stopped(&mut stop) => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        let started = tokio::time::Instant::now();
+        let pid = child.id();
+        if let Some(pid) = pid {
+            let _ = std::fs::write(spec.dir.join("controller.pid"), pid.to_string());
+        }
+        tokio::select! {
+            status = child.wait() => {
+                if started.elapsed() >= HEALTHY_RUN {
+                    backoff = FIRST_BACKOFF;
+                }
+                tracing::warn!(
+                    controller = spec.i,
+                    ?status,
+                    restart_in_ms = backoff.as_millis() as u64,
+                    log = %spec.dir.join("controller.log").display(),
+                    "controller exited; restarting it"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stopped(&mut stop) => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("controller {i} did not stop within 10 s; killing it");
+            () = stopped(&mut stop) => {
+                if let Some(pid) = pid {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                    eprintln!("controller {} did not stop within 10 s; killing it", spec.i);
                     let _ = child.kill().await;
                 }
+                return;
             }
         }
     }
