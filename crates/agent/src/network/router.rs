@@ -331,16 +331,9 @@ pub fn filter(nats: &[Nat]) -> Vec<Value> {
             "input",
             json!([
                 is("iifname", ROUTER_GATEWAY),
-                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
-                    "right": super::dns::PORT}},
-                accept
-            ]),
-        ),
-        rule(
-            "input",
-            json!([
-                is("iifname", ROUTER_GATEWAY),
-                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+                    "right": {"set": ["udp", "tcp"]}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
                     "right": super::dns::PORT}},
                 accept
             ]),

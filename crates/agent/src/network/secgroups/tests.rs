@@ -74,6 +74,12 @@ fn many(n: u128, ssh: u16) -> HostFirewall {
     }
 }
 
+/// Asserts the batch `text` maps mark id `key` to rule chain `chain`.
+fn assert_jump(text: &str, key: u32, chain: &str) {
+    let elem = format!(r#""elem":[[{key},{{"jump":{{"target":"{chain}"}}}}]]"#);
+    assert!(text.contains(&elem), "no {elem} in {text}");
+}
+
 fn rules_of<'a>(cmds: &'a [Value], chain: &str) -> Vec<&'a Value> {
     cmds.iter()
         .filter(|c| c["add"]["rule"]["chain"] == chain)
@@ -102,14 +108,8 @@ fn rules_compile_to_shared_chains_that_end_in_drop() {
     // The port's tag chains put its id (1) into the mark; the maps jump to its chains.
     let tag_in = rules_of(&cmds, "sg_ti_nt0a1b2c3d4e");
     assert_eq!(tag_in[0][0]["mangle"]["value"]["|"][1], 1 << 16, "{text}");
-    assert!(
-        text.contains(r#""elem":[[1,{"jump":{"target":"sg_c0"}}]]"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#""elem":[[65536,{"jump":{"target":"sg_c1"}}]]"#),
-        "{text}"
-    );
+    assert_jump(&text, 1, "sg_c0");
+    assert_jump(&text, 65536, "sg_c1");
 }
 
 #[test]
@@ -141,10 +141,7 @@ fn a_new_member_adds_one_element_and_a_new_port_its_own_entries() {
     // One set element, the two tag chains with their rule and entries, two map entries.
     assert!(text.contains(r#""elem":["10.9.0.100"]"#), "{text}");
     assert_eq!(cmds.len(), 1 + 6 + 2, "{text}");
-    assert!(
-        text.contains(r#""elem":[[101,{"jump":{"target":"sg_c0"}}]]"#),
-        "{text}"
-    );
+    assert_jump(&text, 101, "sg_c0");
 }
 
 #[test]
@@ -172,10 +169,7 @@ fn a_removed_port_leaves_nothing_and_its_id_is_reused() {
         .push(port(7, many(1, 22).ports[0].rules.clone()));
     let (cmds, _) = plan(&after, &again).expect("plan");
     let text = serde_json::to_string(&cmds).expect("json");
-    assert!(
-        text.contains(r#""elem":[[2,{"jump":{"target":"sg_c0"}}]]"#),
-        "{text}"
-    );
+    assert_jump(&text, 2, "sg_c0");
 }
 
 fn tap_name_of(n: u128) -> String {
@@ -199,10 +193,7 @@ fn a_port_that_leaves_a_group_moves_to_a_chain_of_its_own() {
         443,
         "{text}"
     );
-    assert!(
-        text.contains(r#""elem":[[3,{"jump":{"target":"sg_c2"}}]]"#),
-        "{text}"
-    );
+    assert_jump(&text, 3, "sg_c2");
 }
 
 #[test]
