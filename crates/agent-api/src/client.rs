@@ -3,9 +3,10 @@
 use crate::{
     AgentError, AgentErrorBody, CloneRequest, ColdIncomingRequest, ConsoleChunk,
     DeleteSnapshotResult, ExecRequest, ExecResult, ExportSnapshotSet, HostInventory,
-    ImportedSnapshotSet, IncomingReady, IncomingRequest, MigrateRequest, MigrationProgress,
-    MissingChunks, RestoreRequest, RestoreResult, SnapshotRequest, SnapshotResult,
-    SnapshotSetInventory, StopRequest, VmSpec, VmStatus, AGENT_API_PREFIX,
+    ImportSnapshotSet, ImportedSnapshotSet, IncomingReady, IncomingRequest, MigrateRequest,
+    MigrationProgress, MissingChunks, RestoreRequest, RestoreResult, SnapshotRequest,
+    SnapshotResult, SnapshotSetInventory, SnapshotSetPart, StopRequest, VmSpec, VmStatus,
+    AGENT_API_PREFIX,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -265,15 +266,21 @@ impl AgentClient {
             .await
     }
 
-    /// Target side: receives (and checks) the snapshot set of a VM about to arrive.
+    /// Target side: receives (and checks) `part` of the snapshot set of a VM arriving here.
     pub async fn import_snapshot_set(
         &self,
         id: Uuid,
+        part: SnapshotSetPart,
         body: reqwest::Body,
     ) -> Result<ImportedSnapshotSet, AgentError> {
         let path = format!("/vms/{id}/snapshot-set");
-        self.send(self.long_request(Method::PUT, &path).body(body))
-            .await
+        let query = ImportSnapshotSet { part };
+        self.send(
+            self.long_request(Method::PUT, &path)
+                .query(&query)
+                .body(body),
+        )
+        .await
     }
 
     /// A request without the overall timeout (disk transfers take as long as their size).

@@ -32,7 +32,7 @@
 //! GET    /vms/{id}/snapshot-set     -> SnapshotSetInventory   snapshots moving with a VM
 //! POST   /chunks/missing  MissingChunks -> MissingChunks       (see [`snapshot_move`])
 //! POST   /vms/{id}/snapshot-set/export ExportSnapshotSet -> bytes
-//! PUT    /vms/{id}/snapshot-set     bytes -> ImportedSnapshotSet
+//! PUT    /vms/{id}/snapshot-set?part=P  bytes -> ImportedSnapshotSet
 //! ```
 //! See [`migration`] for the sequence of a live migration.
 //! The controller side is the endpoint `POST /v1/internal/hosts/register` ([`RegisterHost`]),
@@ -75,7 +75,8 @@ pub use snapshot::{
     SnapshotResult,
 };
 pub use snapshot_move::{
-    ExportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory,
+    ExportSnapshotSet, ImportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory,
+    SnapshotSetPart,
 };
 pub use vm::{
     CloudInitSeed, ConsoleChunk, DiskSpec, ExecRequest, ExecResult, GuestImage, NicSpec,

@@ -561,8 +561,10 @@ async fn a_failed_clone_leaves_no_vm_and_no_reservation() {
 }
 
 /// A drain no longer leaves an instance behind for its snapshots: its live migration sends
-/// the snapshot set to the target first. (The fake host cannot receive a live VM, so the
-/// move then fails and unwinds: the instance stays where it was, with its snapshot.)
+/// the disk part of the snapshot set (no chunk) to the target before the target QEMU starts;
+/// the memory part would go beside the memory transfer. (The fake host cannot receive a
+/// live VM, so the move then fails and unwinds: the instance stays where it was, with its
+/// snapshot, and no memory chunk was asked for.)
 #[tokio::test]
 async fn a_drain_sends_the_snapshots_of_a_running_instance_first() {
     let (f, web) = web1_with_s1().await;
@@ -576,8 +578,12 @@ async fn a_drain_sends_the_snapshots_of_a_running_instance_first() {
     assert!(!error.contains("snapshot"), "{error}");
     let calls = f.agent.state().calls.clone();
     assert!(
-        calls.contains(&format!("export_snapshot_set {web} 1"))
+        calls.contains(&format!("export_snapshot_set {web} 0"))
             && calls.contains(&format!("import_snapshot_set {web} set-of-{web}")),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("missing_chunks")),
         "{calls:?}"
     );
     let s1 = f

@@ -1,6 +1,6 @@
 //! Handlers of snapshots moving with their VM (see [`crate::snapshot::moving`]).
 
-use super::{Json, Path};
+use super::{Json, Path, Query};
 use crate::agent::Agent;
 use crate::error::Result;
 use axum::body::Body;
@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use nimbus_agent_api::{
-    ExportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory,
+    ExportSnapshotSet, ImportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory,
 };
 use uuid::Uuid;
 
@@ -43,15 +43,19 @@ pub async fn export(
         .into_response())
 }
 
-/// `PUT /vms/{id}/snapshot-set`: receive the set of a VM about to arrive.
+/// `PUT /vms/{id}/snapshot-set?part=P`: receive (part of) the set of a VM arriving here.
 pub async fn import(
     State(agent): State<Agent>,
     Path(id): Path<Uuid>,
+    Query(query): Query<ImportSnapshotSet>,
     body: Body,
 ) -> Result<Json<ImportedSnapshotSet>> {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut reader = tokio_util::io::StreamReader::new(stream);
     Ok(Json(
-        agent.manager().import_snapshot_set(id, &mut reader).await?,
+        agent
+            .manager()
+            .import_snapshot_set(id, query.part, &mut reader)
+            .await?,
     ))
 }

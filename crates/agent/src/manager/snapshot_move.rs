@@ -3,11 +3,12 @@
 
 use super::Manager;
 use crate::error::{Error, Result};
-use crate::snapshot::moving::{export, import};
+use crate::snapshot::moving::{export, import, install};
 use axum::body::Bytes;
 use futures::channel::mpsc;
 use nimbus_agent_api::{
-    ExportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory, VmRunState,
+    ExportSnapshotSet, ImportedSnapshotSet, MissingChunks, SnapshotSetInventory, SnapshotSetPart,
+    VmRunState,
 };
 use tokio::io::AsyncRead;
 use uuid::Uuid;
@@ -35,18 +36,33 @@ impl Manager {
         export::stream(vm.dir(), &self.snapshots, req).await
     }
 
-    /// Receives the snapshot set of VM `id`, about to arrive here.
+    /// Receives `part` of the snapshot set of VM `id`, arriving here. The memory part of a
+    /// live move comes while the VM's memory does, so the VM is usually defined already:
+    /// the part is then installed into it at once (under the lifecycle lock, so that a
+    /// concurrent removal of the VM cannot leave its manifests behind).
     pub async fn import_snapshot_set<R: AsyncRead + Unpin>(
         &self,
         id: Uuid,
+        part: SnapshotSetPart,
         body: &mut R,
     ) -> Result<ImportedSnapshotSet> {
-        if self.get(id).is_ok() {
+        if part != SnapshotSetPart::Memory && self.get(id).is_ok() {
             // A retried move: the VM took its set when it was defined here.
             tracing::info!(instance_id = %id, "snapshot set already installed");
             return Ok(ImportedSnapshotSet::default());
         }
-        import::receive(&self.snapshots, id, body).await
+        let got = import::receive(&self.snapshots, id, part, body).await?;
+        if part == SnapshotSetPart::Memory {
+            let _serial = self.lifecycle.lock().await;
+            if let Ok(vm) = self.get(id) {
+                let arriving = self.snapshots.arriving(id);
+                if let Err(e) = install::install(vm.dir(), &arriving).await {
+                    let _ = arriving.remove();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
     }
 
     /// Which of `chunks` this host lacks.

@@ -106,12 +106,48 @@ pub async fn snapshots_follow_a_live_migration(cloud: &Cloud, client: &Client) {
     let c = counter(client, "snap1").await;
     counter_passes(client, "snap1", c).await;
 
-    // The real move.
+    // The real move: the layers before the target QEMU starts, the manifests and the memory
+    // chunks beside the memory transfer.
     let started = std::time::Instant::now();
-    let out = cli_ok(cloud, &["instance", "migrate", "snap1", "--wait"]);
-    eprintln!(
-        "live migration with 3 snapshots: {:?}\n{out}",
-        started.elapsed()
+    let op = client
+        .migrate_instance("snap1", &Default::default())
+        .await
+        .expect("migrate");
+    let op = client
+        .wait_operation(&op.id.to_string(), Duration::from_secs(300), |_| {})
+        .await
+        .expect("wait");
+    eprintln!("live migration with 3 snapshots: {:?}", started.elapsed());
+    assert_eq!(op.state, OperationState::Succeeded, "{:?}", op.error);
+    let copied = |step: &str| {
+        let out = op
+            .steps
+            .iter()
+            .find(|s| s.name == step)
+            .and_then(|s| s.output.clone());
+        out.and_then(|o| o.get("snapshots").cloned())
+            .unwrap_or_default()
+    };
+    let (disk, memory) = (copied("prepare_target"), copied("transfer"));
+    eprintln!("disk part: {disk}\nmemory part: {memory}");
+    assert!(
+        disk["layers"].as_u64() > Some(0) && disk["chunks_sent"] == 0 && disk["snapshots"] == 0,
+        "only the layers before the target starts: {disk}"
+    );
+    assert!(
+        memory["snapshots"] == 3 && memory["layers"] == 0,
+        "the snapshots beside the memory transfer: {memory}"
+    );
+    assert_eq!(
+        memory["chunks_sent"].as_u64().unwrap_or(0)
+            + memory["chunks_skipped"].as_u64().unwrap_or(0),
+        {
+            let mut unique = chunks.clone();
+            unique.sort();
+            unique.dedup();
+            unique.len() as u64
+        },
+        "every chunk of the snapshots accounted for"
     );
     let inst = instance(client, "snap1").await;
     assert_eq!(

@@ -24,7 +24,7 @@ use crate::background::task::{PassError, Run, Task};
 use crate::ops::snapshot_move::{stall_bounded, STALL_BOUND};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use nimbus_agent_api::ExportSnapshotSet;
+use nimbus_agent_api::{ExportSnapshotSet, SnapshotSetPart};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -94,6 +94,7 @@ pub async fn replicate(app: &App, vm: Uuid, host: &str) -> Result<Received, Stri
     let agent = app.agent_of(host).await.map_err(|e| e.message)?;
     let inventory = agent.snapshot_set(vm).await.map_err(|e| e.to_string())?;
     let req = ExportSnapshotSet {
+        part: SnapshotSetPart::All,
         chunks: app.replicas().missing_chunks(&inventory.chunks),
         layers: true,
         live: true,

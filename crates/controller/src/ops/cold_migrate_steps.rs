@@ -5,7 +5,7 @@ use super::snapshot_move::{copied_bytes, SnapshotMove};
 use super::steps::{agent_err, app_err, instance};
 use crate::app::App;
 use async_trait::async_trait;
-use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer};
+use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer, SnapshotSetPart};
 use nimbus_api::MigrationStats;
 use nimbus_ops::{Step, StepContext, StepError};
 use serde_json::{json, Value};
@@ -38,7 +38,7 @@ impl Step<App> for PrepareColdTarget {
             shared: kind == "shared",
             live: false,
         }
-        .copy(app, s)
+        .copy(app, s, SnapshotSetPart::All)
         .await?;
         app.agent(&dst_host.agent_url)
             .cold_incoming(&ColdIncomingRequest { spec, disk })

@@ -20,7 +20,9 @@ use super::steps::{agent_err, app_err, instance, store_err};
 use crate::app::App;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nimbus_agent_api::{ColdIncomingRequest, DiskTransfer, MissingChunks, RestoreRequest};
+use nimbus_agent_api::{
+    ColdIncomingRequest, DiskTransfer, MissingChunks, RestoreRequest, SnapshotSetPart,
+};
 use nimbus_api::OperationKind;
 use nimbus_ops::{Step, StepContext, StepError};
 use serde_json::{json, Value};
@@ -116,7 +118,7 @@ pub async fn define(
     let stream = app.replicas().stream(set, missing.chunks);
     let body = reqwest::Body::wrap_stream(stall_bounded(stream, STALL_BOUND));
     let got = agent
-        .import_snapshot_set(id, body)
+        .import_snapshot_set(id, SnapshotSetPart::All, body)
         .await
         .map_err(agent_err)?;
     let inst = instance(app, id).await?;

@@ -1,7 +1,7 @@
 //! The steps of a live migration and of a host drain.
 
 use super::shared_disk::{has_dots, is_own_shared_disk};
-use super::snapshot_move::SnapshotMove;
+use super::snapshot_move::{beside_transfer, ensure_copied, switched_over_on_shared, SnapshotMove};
 use super::steps::{agent_err, app_err, instance, op_params, store_err};
 use crate::app::migrations::{migration_target, DEFAULT_MAX_DOWNTIME_MS};
 use crate::app::App;
@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use nimbus_agent_api::{
     DiskTransfer, IncomingReady, IncomingRequest, MigrateRequest, MigrationCredential,
-    MigrationPhase, MigrationPolicy, MigrationProgress, VmRunState, VmStatus,
+    MigrationPhase, MigrationPolicy, MigrationProgress, SnapshotSetPart, VmRunState, VmStatus,
 };
 use nimbus_api::{MigrateInstance, MigrationStats};
 use nimbus_ops::{Outcome, Step, StepContext, StepError};
@@ -178,6 +178,8 @@ impl Step<App> for PrepareTarget {
         let inst = instance(app, self.0).await?;
         let spec = app.vm_spec(&inst).await.map_err(app_err)?;
         let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
+        // Only the layers (the target QEMU opens its disk on them): the rest goes beside
+        // the memory transfer.
         let snapshots = SnapshotMove {
             instance: self.0,
             source: &r.source,
@@ -185,7 +187,7 @@ impl Step<App> for PrepareTarget {
             shared: kind == "shared",
             live: true,
         }
-        .copy(app, s)
+        .copy(app, s, SnapshotSetPart::Disk)
         .await?;
         let policy = policy(&params(app, s.operation_id).await?);
         let tls_credential = Some(migration_credential(app, &r.target, &policy)?);
@@ -255,7 +257,8 @@ pub(super) async fn disk_transfer(
 }
 
 /// Copies memory (and a local disk) while the VM runs, until the source pauses and the
-/// target has everything.
+/// target has everything; the snapshots' manifests and memory chunks go beside it (see
+/// [`beside_transfer`]).
 pub struct Transfer(pub Uuid);
 
 fn progress_line(p: &MigrationProgress) -> String {
@@ -323,6 +326,47 @@ impl Step<App> for Transfer {
                 .await
                 .map_err(agent_err)?;
         }
+        let copy = || {
+            let set = SnapshotMove::live(self.0, &r);
+            async move { set.copy(app, s, SnapshotSetPart::Memory).await }
+        };
+        let (mut out, snapshots) = beside_transfer(self.watch(app, s, &r), copy).await?;
+        out["snapshots"] = snapshots;
+        Ok(out)
+    }
+
+    /// Done with a shared disk, the switch-over cannot be undone: the target may have written
+    /// to the disk already, so the source's older memory must never resume over it.
+    fn is_point_of_no_return(&self, output: &Value) -> bool {
+        switched_over_on_shared(output)
+    }
+
+    /// Resumes the VM on the source. The target copy goes first: while it holds the disk
+    /// (shared storage keeps an image lock), the source could not resume. After a completed
+    /// switch-over with a shared disk, the target may already have written to the disk, so
+    /// resuming the older source memory over it could corrupt the guest's file systems:
+    /// then the source stays paused and the instance shows `error` (see docs).
+    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        let r = route(s)?;
+        let source = app.agent_of(&r.source).await.map_err(app_err)?;
+        let phase = source.migration(self.0).await.map(|p| p.phase);
+        if r.shared() && matches!(phase, Ok(MigrationPhase::Completed)) {
+            tracing::error!(instance_id = %self.0, "switch-over completed on shared storage but the target failed; not resuming the stale source copy");
+            return Ok(());
+        }
+        PrepareTarget(self.0).undo(app, s).await?;
+        match source.migration_cancel(self.0).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(agent_err(e)),
+        }
+    }
+}
+
+impl Transfer {
+    /// Follows the migration on the source to its end (or cancels it when asked).
+    async fn watch(&self, app: &App, s: &StepContext<'_>, r: &Route) -> Result<Value, StepError> {
+        let source = app.agent_of(&r.source).await.map_err(app_err)?;
         let mut last_stats = Instant::now();
         loop {
             if s.cancel_requested().await {
@@ -361,33 +405,6 @@ impl Step<App> for Transfer {
                 MigrationPhase::Cancelled => return Err(StepError::Cancelled),
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-        }
-    }
-
-    /// Done with a shared disk, the switch-over cannot be undone: the target may have written
-    /// to the disk already, so the source's older memory must never resume over it.
-    fn is_point_of_no_return(&self, output: &Value) -> bool {
-        output.get("shared").and_then(Value::as_bool) == Some(true)
-    }
-
-    /// Resumes the VM on the source. The target copy goes first: while it holds the disk
-    /// (shared storage keeps an image lock), the source could not resume. After a completed
-    /// switch-over with a shared disk, the target may already have written to the disk, so
-    /// resuming the older source memory over it could corrupt the guest's file systems:
-    /// then the source stays paused and the instance shows `error` (see docs).
-    async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
-        let r = route(s)?;
-        let source = app.agent_of(&r.source).await.map_err(app_err)?;
-        let phase = source.migration(self.0).await.map(|p| p.phase);
-        if r.shared() && matches!(phase, Ok(MigrationPhase::Completed)) {
-            tracing::error!(instance_id = %self.0, "switch-over completed on shared storage but the target failed; not resuming the stale source copy");
-            return Ok(());
-        }
-        PrepareTarget(self.0).undo(app, s).await?;
-        match source.migration_cancel(self.0).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(agent_err(e)),
         }
     }
 }
@@ -493,6 +510,9 @@ impl Step<App> for Commit {
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
         let r = route(s)?;
         let progress: MigrationProgress = from_output(s, "transfer", "progress")?;
+        let set = SnapshotMove::live(self.0, &r);
+        let copied = s.output("transfer").and_then(|o| o.get("snapshots"));
+        ensure_copied(&set, copied, app, s).await?;
         let verified = s.output("verify_target").cloned().unwrap_or_default();
         let stats = commit_move(app, s.operation_id, self.0, &r, |total_ms| MigrationStats {
             disk_transfer: if r.shared() { "shared" } else { "mirror" }.into(),

@@ -1,19 +1,23 @@
-//! Snapshots move with their instance (issue 14, part 1): before the target defines the
-//! instance (live or cold), the source's snapshot set (frozen disk layers, manifests, the
-//! memory chunks the target lacks) is relayed to the target, which checks every digest and
-//! stages it; the arriving instance then takes it (see `nimbus_agent_api::snapshot_move`).
+//! Snapshots move with their instance (issue 14, part 1): the source's snapshot set (frozen
+//! disk layers, manifests, the memory chunks the target lacks) is relayed to the target,
+//! which checks every digest and takes it (see `nimbus_agent_api::snapshot_move`).
 //!
 //! Why through the controller: both agents already trust it over their authenticated agent
 //! API (moving to mutual TLS), as for a cold migration's disk; no new socket, no trust
-//! between agents. The copy runs while the VM still runs on the source (before the memory
-//! transfer starts), so the guest's downtime does not change; only what the target does not
-//! hold is sent (chunks by digest), and with shared storage the layers are not sent at all.
-//! Nothing is deleted on the source before the commit: its copy goes with the source VM in
-//! `cleanup_source`; a failed move deletes the target's copy with the target VM.
+//! between agents. A live migration sends the set in two parts: the disk layers before the
+//! target QEMU starts (it opens its disk on them; with shared storage only the name of the
+//! top), then the manifests and the memory chunks *beside* the memory transfer (see
+//! `migrate_steps::Transfer`), so the move takes about as long as one without snapshots and
+//! the guest's downtime does not change. A cold migration sends it all before the define.
+//! Only what the target does not hold is sent (chunks by digest), in one stream of large
+//! batches, and with shared storage the layers are not sent at all. Nothing is deleted on
+//! the source before the commit: its copy goes with the source VM in `cleanup_source`; a
+//! failed move deletes the target's copy with the target VM.
 
+use super::migrate_steps::Route;
 use super::steps::{agent_err, app_err};
 use crate::app::App;
-use nimbus_agent_api::{ExportSnapshotSet, MissingChunks};
+use nimbus_agent_api::{ExportSnapshotSet, MissingChunks, SnapshotSetPart};
 use nimbus_ops::{StepContext, StepError};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -29,40 +33,52 @@ pub(super) struct SnapshotMove<'a> {
     pub live: bool,
 }
 
-impl SnapshotMove<'_> {
-    /// Copies the set; `Value::Null` when the instance has no snapshots (nor layers).
-    pub async fn copy(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+impl<'a> SnapshotMove<'a> {
+    /// The set of a live migration on route `r`, once its disk transfer is recorded.
+    pub fn live(instance: Uuid, r: &'a Route) -> Self {
+        Self {
+            instance,
+            source: &r.source,
+            target: &r.target,
+            shared: r.shared(),
+            live: true,
+        }
+    }
+
+    /// Copies `part` of the set; `Value::Null` when nothing of it has to move (no
+    /// snapshots, nor layers).
+    pub async fn copy(
+        &self,
+        app: &App,
+        s: &StepContext<'_>,
+        part: SnapshotSetPart,
+    ) -> Result<Value, StepError> {
         let source = app.agent_of(self.source).await.map_err(app_err)?;
         let target = app.agent_of(self.target).await.map_err(app_err)?;
         let inventory = source
             .snapshot_set(self.instance)
             .await
             .map_err(agent_err)?;
-        if inventory.is_empty() {
+        let memory = part != SnapshotSetPart::Disk;
+        if inventory.is_empty() || part == SnapshotSetPart::Memory && inventory.snapshots == 0 {
             return Ok(Value::Null);
         }
-        let missing = target
-            .missing_chunks(&MissingChunks {
-                chunks: inventory.chunks.clone(),
-            })
-            .await
-            .map_err(agent_err)?;
-        s.progress(&format!(
-            "copying {} snapshots from {} to {}: {} of {} memory chunks{}",
-            inventory.snapshots,
-            self.source,
-            self.target,
-            missing.chunks.len(),
-            inventory.chunks.len(),
-            if self.shared {
-                ", disk layers on shared storage"
-            } else {
-                " and the disk layers"
-            }
-        ))
-        .await;
+        let (chunks, missing) = if memory {
+            let missing = target
+                .missing_chunks(&MissingChunks {
+                    chunks: inventory.chunks.clone(),
+                })
+                .await
+                .map_err(agent_err)?;
+            (inventory.chunks.len() as u64, missing.chunks)
+        } else {
+            (0, Vec::new())
+        };
+        s.progress(&self.progress_line(part, inventory.snapshots, missing.len(), chunks))
+            .await;
         let req = ExportSnapshotSet {
-            chunks: missing.chunks,
+            part,
+            chunks: missing,
             layers: !self.shared,
             live: self.live,
             skip_layers: Vec::new(),
@@ -73,19 +89,106 @@ impl SnapshotMove<'_> {
             .map_err(agent_err)?;
         let body = reqwest::Body::wrap_stream(stall_bounded(stream.bytes_stream(), STALL_BOUND));
         let got = target
-            .import_snapshot_set(self.instance, body)
+            .import_snapshot_set(self.instance, part, body)
             .await
             .map_err(agent_err)?;
-        tracing::info!(instance_id = %self.instance, source = self.source, target = self.target, ?got, "snapshot set copied");
+        tracing::info!(instance_id = %self.instance, source = self.source, target = self.target, ?part, ?got, "snapshot set copied");
         Ok(json!({
             "snapshots": got.snapshots,
             "layers": got.layers,
             "layer_bytes": got.layer_bytes,
             "chunks_sent": got.chunks,
-            "chunks_skipped": inventory.chunks.len() as u64 - got.chunks,
+            "chunks_skipped": chunks.saturating_sub(got.chunks),
             "chunk_bytes": got.chunk_bytes,
         }))
     }
+
+    fn progress_line(
+        &self,
+        part: SnapshotSetPart,
+        snapshots: u32,
+        missing: usize,
+        chunks: u64,
+    ) -> String {
+        let route = format!("from {} to {}", self.source, self.target);
+        let layers = if self.shared {
+            "disk layers on shared storage"
+        } else {
+            "the disk layers"
+        };
+        match part {
+            SnapshotSetPart::Disk => format!("copying {layers} of {snapshots} snapshots {route}"),
+            SnapshotSetPart::Memory => format!(
+                "copying {snapshots} snapshots {route} beside the memory: {missing} of {chunks} memory chunks"
+            ),
+            SnapshotSetPart::All => format!(
+                "copying {snapshots} snapshots {route}: {missing} of {chunks} memory chunks, {layers}"
+            ),
+        }
+    }
+}
+
+/// Runs `transfer` (the memory transfer, followed to its end) and `copy` (the memory part
+/// of the snapshot set) side by side, and answers both outputs: the migration goes on to
+/// its verification and commit only when both succeeded. A copy that fails first fails the
+/// step at once (its undo cancels the migration: the VM runs on at its source, with all its
+/// snapshots). One that fails after a switch-over on shared storage, which cannot be undone,
+/// is tried again (it sends only what is still missing); if it still fails, its error is
+/// the copy's output, and the commit tries once more before it moves anything (see
+/// [`ensure_copied`]): the source keeps its copy until the commit, so nothing is lost.
+pub(super) async fn beside_transfer<T, C, F>(
+    transfer: T,
+    copy: C,
+) -> Result<(Value, Value), StepError>
+where
+    T: std::future::Future<Output = Result<Value, StepError>>,
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<Value, StepError>>,
+{
+    let first = copy();
+    tokio::pin!(transfer, first);
+    let (moved, mut copied) = tokio::select! {
+        moved = &mut transfer => (moved?, first.await),
+        copied = &mut first => {
+            let copied = copied?;
+            return Ok((transfer.await?, copied));
+        }
+    };
+    if !switched_over_on_shared(&moved) {
+        return Ok((moved, copied?));
+    }
+    for attempt in 1..COPY_ATTEMPTS_AFTER_SWITCH_OVER {
+        let Err(e) = &copied else { break };
+        tracing::warn!(error = %e, attempt, "the snapshot copy failed after the switch-over; trying again");
+        copied = copy().await;
+    }
+    let copied = copied.unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    Ok((moved, copied))
+}
+
+/// Copies `set`'s memory part again when the copy beside the transfer recorded an error
+/// (`copied`, see [`beside_transfer`]): a commit moves the snapshots only once they are all
+/// on the target.
+pub(super) async fn ensure_copied(
+    set: &SnapshotMove<'_>,
+    copied: Option<&Value>,
+    app: &App,
+    s: &StepContext<'_>,
+) -> Result<(), StepError> {
+    let Some(error) = copied.and_then(|v| v.get("error")) else {
+        return Ok(());
+    };
+    tracing::warn!(instance_id = %set.instance, %error, "the snapshot copy failed beside the transfer; trying once more before the commit");
+    set.copy(app, s, SnapshotSetPart::Memory).await.map(drop)
+}
+
+/// Attempts of a snapshot copy that failed after a switch-over that cannot be undone.
+const COPY_ATTEMPTS_AFTER_SWITCH_OVER: u32 = 3;
+
+/// Whether a transfer's output is a switch-over done on shared storage (the point of no
+/// return: the target may have written to the disk already).
+pub(super) fn switched_over_on_shared(output: &Value) -> bool {
+    output.get("shared").and_then(Value::as_bool) == Some(true)
 }
 
 /// No byte from the source for this long: the copy has stalled (a cut link, a stuck host)
@@ -132,6 +235,84 @@ pub(super) fn copied_bytes(v: Option<&Value>) -> u64 {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn failing_copies(
+        fails: u32,
+        calls: &AtomicU32,
+    ) -> impl Fn() -> futures::future::Ready<Result<Value, StepError>> + '_ {
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            futures::future::ready(if n < fails {
+                Err(StepError::permanent("copy broke"))
+            } else {
+                Ok(json!({ "chunks_sent": 3 }))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_fails_first_ends_the_step_without_waiting_for_the_transfer() {
+        let calls = AtomicU32::new(0);
+        let transfer = futures::future::pending::<Result<Value, StepError>>();
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            beside_transfer(transfer, failing_copies(1, &calls)),
+        )
+        .await
+        .expect("not held up by the transfer");
+        assert!(got.is_err(), "{got:?}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "an undoable move is not retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn both_must_succeed_and_only_a_switch_over_on_shared_storage_retries() {
+        let local = || async { Ok(json!({ "shared": false })) };
+        let calls = AtomicU32::new(0);
+        let (moved, copied) = beside_transfer(local(), failing_copies(0, &calls))
+            .await
+            .expect("both done");
+        assert_eq!(
+            (moved["shared"].clone(), copied["chunks_sent"].clone()),
+            (json!(false), json!(3))
+        );
+
+        let calls = AtomicU32::new(0);
+        assert!(beside_transfer(local(), failing_copies(1, &calls))
+            .await
+            .is_err());
+
+        let shared = || async { Ok(json!({ "shared": true })) };
+        let calls = AtomicU32::new(0);
+        let (_, copied) = beside_transfer(shared(), failing_copies(2, &calls))
+            .await
+            .expect("retried");
+        assert_eq!(copied["chunks_sent"], json!(3));
+        let calls = AtomicU32::new(0);
+        let (_, copied) = beside_transfer(shared(), failing_copies(99, &calls))
+            .await
+            .expect("the switch-over stands");
+        assert!(
+            copied["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("copy broke")),
+            "{copied}"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            COPY_ATTEMPTS_AFTER_SWITCH_OVER
+        );
+
+        let failed_transfer = async { Err(StepError::permanent("migration failed")) };
+        let calls = AtomicU32::new(0);
+        assert!(beside_transfer(failed_transfer, failing_copies(0, &calls))
+            .await
+            .is_err());
+    }
 
     #[tokio::test]
     async fn a_stalled_copy_ends_with_an_error() {

@@ -9,7 +9,7 @@ use crate::snapshot::{layers, SnapshotStore};
 use axum::body::Bytes;
 use futures::channel::mpsc;
 use futures::SinkExt;
-use nimbus_agent_api::{ExportSnapshotSet, SnapshotSetInventory};
+use nimbus_agent_api::{ExportSnapshotSet, SnapshotSetInventory, SnapshotSetPart};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
@@ -116,11 +116,20 @@ async fn plan(dir: &VmDir, req: &ExportSnapshotSet) -> Result<Plan> {
         (false, _) => Some((top_name, false)),
     };
     layers_out.retain(|l| !req.skip_layers.contains(&l.name));
+    let (disk, memory) = match req.part {
+        SnapshotSetPart::All => (true, true),
+        SnapshotSetPart::Disk => (true, false),
+        SnapshotSetPart::Memory => (false, true),
+    };
     Ok(Plan {
-        layers: if req.layers { layers_out } else { Vec::new() },
-        manifests,
-        chunks,
-        top,
+        layers: if req.layers && disk {
+            layers_out
+        } else {
+            Vec::new()
+        },
+        manifests: if memory { manifests } else { Vec::new() },
+        chunks: if memory { chunks } else { Vec::new() },
+        top: top.filter(|_| disk),
     })
 }
 

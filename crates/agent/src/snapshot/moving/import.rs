@@ -8,7 +8,7 @@ use crate::snapshot::chunks::MAX_CHUNK;
 use crate::snapshot::manifest::{Manifest, SnapshotFiles};
 use crate::snapshot::packs::record;
 use crate::snapshot::{failpoint, SnapshotStore};
-use nimbus_agent_api::ImportedSnapshotSet;
+use nimbus_agent_api::{ImportedSnapshotSet, SnapshotSetPart};
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -17,11 +17,12 @@ use uuid::Uuid;
 /// disk's virtual size plus qcow2 metadata).
 const MAX_LAYER: u64 = 4 << 40;
 
-/// Receives the snapshot set of VM `id` from `body`. On any failure nothing is staged (the
-/// chunks already stored are collected as garbage).
+/// Receives `part` of the snapshot set of VM `id` from `body`. On any failure nothing is
+/// staged (the chunks already stored are collected as garbage).
 pub async fn receive<R: AsyncRead + Unpin>(
     store: &SnapshotStore,
     id: Uuid,
+    part: SnapshotSetPart,
     body: &mut R,
 ) -> Result<ImportedSnapshotSet> {
     let arriving = store.arriving(id);
@@ -30,7 +31,7 @@ pub async fn receive<R: AsyncRead + Unpin>(
         .map_err(Error::io("create", &arriving.layers_dir()))?;
     let received = {
         let _one = store.writer().await;
-        Receiver::new(store, &arriving, id).run(body).await
+        Receiver::new(store, &arriving, id, part).run(body).await
     };
     match received {
         Ok(stats) => {
@@ -51,6 +52,7 @@ struct Receiver<'a> {
     store: &'a SnapshotStore,
     arriving: &'a Arriving,
     vm: Uuid,
+    part: SnapshotSetPart,
     set: StagedSet,
     manifests: Vec<Manifest>,
     stats: ImportedSnapshotSet,
@@ -63,11 +65,17 @@ struct Receiver<'a> {
 const BATCH_BYTES: usize = 4 << 20;
 
 impl<'a> Receiver<'a> {
-    fn new(store: &'a SnapshotStore, arriving: &'a Arriving, vm: Uuid) -> Self {
+    fn new(
+        store: &'a SnapshotStore,
+        arriving: &'a Arriving,
+        vm: Uuid,
+        part: SnapshotSetPart,
+    ) -> Self {
         Self {
             store,
             arriving,
             vm,
+            part,
             set: StagedSet::default(),
             manifests: Vec::new(),
             stats: ImportedSnapshotSet::default(),
@@ -79,6 +87,7 @@ impl<'a> Receiver<'a> {
     async fn run<R: AsyncRead + Unpin>(mut self, body: &mut R) -> Result<ImportedSnapshotSet> {
         loop {
             let (header, len) = read_header(body).await?;
+            self.check_part(&header)?;
             if !matches!(header, Header::Chunk { .. }) {
                 self.store_chunks().await?;
             }
@@ -97,6 +106,25 @@ impl<'a> Receiver<'a> {
                 Header::End => return self.finish(),
             }
         }
+    }
+
+    /// A frame of the part this stream carries: a memory part never touches the disk (it
+    /// may go into a VM already running here), a disk part carries no memory.
+    fn check_part(&self, header: &Header) -> Result<()> {
+        let disk = matches!(header, Header::Layer { .. } | Header::Top { .. });
+        let memory = matches!(header, Header::Chunk { .. } | Header::Manifest);
+        let refused = match self.part {
+            SnapshotSetPart::All => false,
+            SnapshotSetPart::Disk => memory,
+            SnapshotSetPart::Memory => disk,
+        };
+        if refused {
+            return Err(Error::BadRequest(format!(
+                "snapshot stream: a {:?} part carries no {header:?} frame",
+                self.part
+            )));
+        }
+        Ok(())
     }
 
     /// A chunk: kept until a batch is full, then checked and stored.

@@ -1,4 +1,5 @@
-//! Target side: a VM arriving here takes its staged snapshot set (see the module doc).
+//! Target side: a VM arriving here takes its staged snapshot set (see the module doc): when
+//! it is defined, or, for the memory part of a live move, as soon as that part arrives.
 
 use super::import::staged_layer;
 use super::{Arriving, StagedSet, ROOT_LAYER};
@@ -27,6 +28,9 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
     if !set.layers.is_empty() {
         install_layers(dir, arriving, &set).await?;
     }
+    // Layers received (now or before, by a disk part) were rebased onto this host's paths:
+    // new bytes, the same guest-visible content. Shared layers are the source's own files.
+    let rehash = !set.layers.is_empty() || !is_shared_disk(dir);
     let staged = VmDir::new(arriving.dir().to_path_buf());
     for mut m in manifest::all(&staged)? {
         let name = m.disk.path.to_string_lossy().into_owned();
@@ -38,8 +42,7 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
                 m.snapshot_id
             )));
         }
-        if !set.layers.is_empty() {
-            // Rebased onto this host's paths: new bytes, the same guest-visible content.
+        if rehash {
             let path = m.disk.path.clone();
             m.disk.hash = crate::snapshot::blocking(move || manifest::hash_file(&path)).await?;
         }
@@ -65,15 +68,19 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether the VM's disk is a link to its disk on shared storage.
+fn is_shared_disk(dir: &VmDir) -> bool {
+    dir.disk()
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+}
+
 /// Moves the staged layers into the VM's disk directory and points each at its backing on
 /// this host: the first at the base image the fresh disk stands on, the others at their
 /// layer. Never over a shared disk.
 async fn install_layers(dir: &VmDir, arriving: &Arriving, set: &StagedSet) -> Result<()> {
     let disk = dir.disk();
-    if disk
-        .symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_symlink())
-    {
+    if is_shared_disk(dir) {
         return Err(Error::Conflict(format!(
             "{} is a shared disk: received layers never replace it",
             disk.display()

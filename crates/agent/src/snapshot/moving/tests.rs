@@ -6,8 +6,8 @@
 use super::{export, import, install};
 use crate::instance::files::VmDir;
 use crate::snapshot::manifest::{hash_file, DiskLayer, Manifest, SnapshotFiles, FORMAT_VERSION};
-use crate::snapshot::{layers, restore, SnapshotStore};
-use nimbus_agent_api::{ExportSnapshotSet, SnapshotResult};
+use crate::snapshot::{layers, manifest, restore, SnapshotStore};
+use nimbus_agent_api::{ExportSnapshotSet, SnapshotResult, SnapshotSetPart};
 use nimbus_qemu::img;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -89,9 +89,15 @@ async fn collect(
 }
 
 /// The target side of a move: a fresh disk on the base, as `prepare_disk` makes it.
-async fn arrive(root: &Path, base: &Path, id: Uuid, bytes: &[u8]) -> (SnapshotStore, VmDir) {
+async fn arrive(
+    root: &Path,
+    base: &Path,
+    id: Uuid,
+    part: SnapshotSetPart,
+    bytes: &[u8],
+) -> (SnapshotStore, VmDir) {
     let (store, dir) = host(root, id);
-    import::receive(&store, id, &mut &bytes[..])
+    import::receive(&store, id, part, &mut &bytes[..])
         .await
         .expect("import");
     img::create_overlay(&dir.disk(), base, "qcow2", None)
@@ -155,6 +161,7 @@ async fn a_snapshot_set_moves_cold_and_live() {
         .collect();
     assert!(!missing.is_empty() && missing.len() < inventory.chunks.len() / 4);
     let req = ExportSnapshotSet {
+        part: SnapshotSetPart::All,
         chunks: missing.clone(),
         layers: true,
         live: false,
@@ -166,7 +173,7 @@ async fn a_snapshot_set_moves_cold_and_live() {
             .expect("export"),
     )
     .await;
-    let (dst_store, dst) = arrive(&dst_root, &base, id, &bytes).await;
+    let (dst_store, dst) = arrive(&dst_root, &base, id, SnapshotSetPart::All, &bytes).await;
     all_restorable(&dst_store, &dst, &memories).await;
     let chain = layers::chain_of(&dst.top_disk()).await.expect("chain");
     assert_eq!(chain.len(), 4, "top, l1, disk, base: {chain:?}");
@@ -179,21 +186,43 @@ async fn a_snapshot_set_moves_cold_and_live() {
         chain_names(&layers::chain_of(&src.top_disk()).await.expect("chain"))[..3]
     );
 
-    // Live: the top stays (the mirror fills a fresh one on the same layer).
+    // Live: the top stays (the mirror fills a fresh one on the same layer). The disk part
+    // comes before the VM is defined, the memory part into the VM defined meanwhile.
     let live_root = tmp.path().join("live");
-    let req = ExportSnapshotSet {
-        chunks: inventory.chunks.clone(),
-        layers: true,
-        live: true,
-        skip_layers: Vec::new(),
+    let export_part = |part| {
+        let req = ExportSnapshotSet {
+            part,
+            chunks: inventory.chunks.clone(),
+            layers: true,
+            live: true,
+            skip_layers: Vec::new(),
+        };
+        let (src, src_store) = (&src, &src_store);
+        async move { collect(export::stream(src, src_store, &req).await.expect("export")).await }
     };
-    let bytes = collect(
-        export::stream(&src, &src_store, &req)
-            .await
-            .expect("export"),
+    let disk_bytes = export_part(SnapshotSetPart::Disk).await;
+    let (live_store, live) =
+        arrive(&live_root, &base, id, SnapshotSetPart::Disk, &disk_bytes).await;
+    assert!(
+        manifest::all(&live).expect("manifests").is_empty(),
+        "no memory yet"
+    );
+    let bytes = export_part(SnapshotSetPart::Memory).await;
+    let err = import::receive(
+        &live_store,
+        id,
+        SnapshotSetPart::Memory,
+        &mut &disk_bytes[..],
     )
-    .await;
-    let (live_store, live) = arrive(&live_root, &base, id, &bytes).await;
+    .await
+    .expect_err("a disk frame in a memory part");
+    assert_eq!(err.code(), "bad_request", "{err}");
+    import::receive(&live_store, id, SnapshotSetPart::Memory, &mut &bytes[..])
+        .await
+        .expect("memory part");
+    assert!(install::install(&live, &live_store.arriving(id))
+        .await
+        .expect("install"));
     all_restorable(&live_store, &live, &memories).await;
     let chain = layers::chain_of(&live.top_disk()).await.expect("chain");
     let src_chain = layers::chain_of(&src.top_disk()).await.expect("chain");
@@ -211,7 +240,7 @@ async fn a_snapshot_set_moves_cold_and_live() {
     for at in [bytes.len() / 5, bytes.len() - 40] {
         let mut bad = bytes.clone();
         bad[at] ^= 0x40;
-        let err = import::receive(&fresh_store, id, &mut &bad[..])
+        let err = import::receive(&fresh_store, id, SnapshotSetPart::All, &mut &bad[..])
             .await
             .expect_err("damaged stream");
         assert_eq!(err.code(), "bad_request", "{err}");
