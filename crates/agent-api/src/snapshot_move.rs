@@ -111,6 +111,17 @@ pub mod frame {
     /// Longest header accepted.
     pub const MAX_HEADER: u32 = 64 << 10;
 
+    /// The name the first layer travels under (the VM's own `disk.qcow2`).
+    pub const ROOT_LAYER: &str = "disk.qcow2";
+
+    /// A layer name that cannot point anywhere else: `disk.qcow2` or `<32 hex>.qcow2`.
+    pub fn is_layer_name(name: &str) -> bool {
+        name == ROOT_LAYER
+            || name.strip_suffix(".qcow2").is_some_and(|stem| {
+                stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+    }
+
     /// What a frame carries.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(tag = "kind", rename_all = "snake_case")]

@@ -26,19 +26,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
-/// Kills every QEMU of `host` by pid and freezes its agent.
-fn kill_host(cloud: &Cloud, host: &str) -> i32 {
-    let agent = cloud.agent_pid(host).expect("agent pid");
-    kill(Pid::from_raw(agent), Signal::SIGSTOP).expect("freeze the agent");
-    let vms = cloud.host_dir(host).join("vms");
-    for (dir, pid) in cloud.qemu_pids() {
-        if dir.starts_with(&vms) {
-            kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill QEMU");
-        }
-    }
-    agent
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
     let opts = CloudOptions {
@@ -87,7 +74,7 @@ async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
     exec(&client, "db1", "echo ha-data > /data/kept && sync").await;
 
     let killed = Instant::now();
-    let agent = kill_host(&cloud, &dead);
+    let agent = cloud.kill_host(&dead).expect("kill the host");
     let id = db.id.to_string();
     let back = wait_until(
         "db1 running elsewhere",
@@ -209,93 +196,4 @@ async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(cloud.qemu_count(&id), 1, "the fenced copy stays stopped");
     assert_eq!(instance(&client, "db1").await.host, moved.host);
-}
-
-/// An HA instance with a local disk (no shared storage) restarts on the other host from its
-/// latest snapshot replicated to the controller: a marker written before the snapshot is
-/// there, one written after is not, and the instance says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_host_s_local_disk_ha_instance_restarts_from_its_replicated_snapshot() {
-    let opts = CloudOptions {
-        hosts: 2,
-        extra_args: Vec::new(),
-    };
-    let cloud = Cloud::start(Path::new(BIN), opts)
-        .await
-        .expect("start the cloud");
-    let client = cloud.client().expect("client");
-    cli_ok(
-        &cloud,
-        &[
-            "instance", "create", "db2", "--flavor", "small", "--image", "default", "--ha",
-            "restart", "--wait",
-        ],
-    );
-    exec(&client, "db2", "echo before > /data/marker1 && sync").await;
-    cli_ok(
-        &cloud,
-        &["snapshot", "create", "db2", "--name", "db2-s1", "--wait"],
-    );
-    let taken = Instant::now();
-    let shown = wait_until(
-        "the snapshot replicated to the controller",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || async {
-            let out = cli_ok(&cloud, &["snapshot", "show", "db2-s1"]);
-            out.contains("replicated  yes").then_some(out)
-        },
-    )
-    .await
-    .expect("replicated");
-    println!(
-        "replication of the first snapshot done {:.1} s after it was taken\n{shown}",
-        taken.elapsed().as_secs_f64()
-    );
-    exec(&client, "db2", "echo after > /data/marker2 && sync").await;
-
-    let db = instance(&client, "db2").await;
-    let dead = db.host.clone().expect("placed");
-    let killed = Instant::now();
-    let agent = kill_host(&cloud, &dead);
-    let back = wait_until(
-        "db2 running elsewhere",
-        Duration::from_secs(150),
-        Duration::from_millis(500),
-        || async {
-            let i = instance(&client, "db2").await;
-            (i.state == InstanceState::Running && i.host.as_deref() != Some(dead.as_str()))
-                .then_some(i)
-        },
-    )
-    .await
-    .expect("db2 restarted from its snapshot");
-    println!(
-        "HA restart from a replicated snapshot, host death to guest running elsewhere: {:.1} s",
-        killed.elapsed().as_secs_f64()
-    );
-    let reason = back.reason.clone().unwrap_or_default();
-    assert!(
-        reason.contains("restarted from snapshot db2-s1 taken at")
-            && reason.contains(&format!("on host {dead}; changes after it are lost")),
-        "{reason}"
-    );
-    let show = cli_ok(&cloud, &["instance", "show", "db2"]);
-    assert!(show.contains("changes after it are lost"), "{show}");
-    assert_eq!(
-        exec(&client, "db2", "cat /data/marker1").await.trim(),
-        "before"
-    );
-    assert_eq!(
-        exec(
-            &client,
-            "db2",
-            "cat /data/marker2 2>/dev/null || echo absent"
-        )
-        .await
-        .trim(),
-        "absent"
-    );
-    assert_eq!(cloud.qemu_count(&db.id.to_string()), 1, "one copy");
-    kill(Pid::from_raw(agent), Signal::SIGCONT).expect("thaw the agent");
 }

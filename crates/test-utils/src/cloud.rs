@@ -284,6 +284,23 @@ impl Cloud {
         out
     }
 
+    /// Kills a whole host: every QEMU of its state directory by pid, and its agent frozen
+    /// (SIGSTOP: a killed agent would be revived by `nimbus up`'s supervisor, a frozen one is
+    /// silent like a dead machine). Answers the agent's pid (SIGCONT revives the host).
+    pub fn kill_host(&self, host: &str) -> anyhow::Result<i32> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let agent = self.agent_pid(host)?;
+        kill(Pid::from_raw(agent), Signal::SIGSTOP)?;
+        let vms = self.host_dir(host).join("vms");
+        for (dir, pid) in self.qemu_pids() {
+            if dir.starts_with(&vms) {
+                kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            }
+        }
+        Ok(agent)
+    }
+
     /// How many live QEMU processes this cloud runs for the instance `id` (on any host).
     pub fn qemu_count(&self, id: &str) -> usize {
         self.qemu_pids()

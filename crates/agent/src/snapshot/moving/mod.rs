@@ -28,8 +28,7 @@ use crate::instance::files::{read_json, write_json};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The name the first layer travels under (the VM's own `disk.qcow2`).
-pub const ROOT_LAYER: &str = "disk.qcow2";
+pub use nimbus_agent_api::snapshot_move::frame::{is_layer_name, ROOT_LAYER};
 
 /// A layer received, and the layer it stands on (`None`: the image's base, or nothing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,14 +87,6 @@ impl Arriving {
             Err(e) => Err(Error::io("remove", &self.dir)(e)),
         }
     }
-}
-
-/// A layer name that cannot point anywhere else: `disk.qcow2` or `<32 hex>.qcow2`.
-pub fn is_layer_name(name: &str) -> bool {
-    name == ROOT_LAYER
-        || name.strip_suffix(".qcow2").is_some_and(|stem| {
-            stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        })
 }
 
 fn check_layer_name(name: &str) -> Result<()> {

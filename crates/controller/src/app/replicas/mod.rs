@@ -57,16 +57,7 @@ pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error)
     move |source| ReplicaError::Io { what, path, source }
 }
 
-/// The name the first layer of a VM has (its own disk).
-pub const ROOT_LAYER: &str = "disk.qcow2";
-
-/// A layer name that cannot point anywhere else: `disk.qcow2` or `<32 hex>.qcow2`.
-pub fn is_layer_name(name: &str) -> bool {
-    name == ROOT_LAYER
-        || name.strip_suffix(".qcow2").is_some_and(|stem| {
-            stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        })
-}
+pub use nimbus_agent_api::snapshot_move::frame::{is_layer_name, ROOT_LAYER};
 
 /// A BLAKE3 name: 64 lowercase hex digits.
 pub fn is_chunk_name(hash: &str) -> bool {
