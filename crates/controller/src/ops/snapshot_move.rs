@@ -91,6 +91,13 @@ impl<'a> SnapshotMove<'a> {
             .import_snapshot_set(self.instance, part, body)
             .await
             .map_err(agent_err)?;
+        if part == SnapshotSetPart::Memory && got.snapshots != inventory.snapshots {
+            // A target that ignored the part (an older agent) would drop the snapshots.
+            return Err(StepError::permanent(format!(
+                "host {} took {} of the {} snapshots sent; upgrade its agent and retry",
+                self.target, got.snapshots, inventory.snapshots
+            )));
+        }
         tracing::info!(instance_id = %self.instance, source = self.source, target = self.target, ?part, ?got, "snapshot set copied");
         Ok(json!({
             "snapshots": got.snapshots,
