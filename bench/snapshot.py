@@ -217,9 +217,12 @@ def migrate_once(cloud, name):
     if op["state"] != "succeeded":
         raise RuntimeError(f"migrate {name}: {op.get('error')}")
     st = cloud.api.req("GET", f"/v1/migrations/{op['id']}")["stats"]
-    copy = next((s for s in op["steps"] if s["name"] == "prepare_target"), {})
+    # The layers go before the target starts (prepare_target), the manifests and memory
+    # chunks beside the memory transfer (transfer).
+    copied = {s["name"]: (s.get("output") or {}).get("snapshots") for s in op["steps"]
+              if s["name"] in ("prepare_target", "transfer")}
     return {"total_s": st["total_ms"] / 1000, "wall_s": wall, "downtime_ms": st.get("downtime_ms"),
-            "snapshots": (copy.get("output") or {}).get("snapshots"), "disk_transfer": st.get("disk_transfer")}
+            "snapshots": copied, "disk_transfer": st.get("disk_transfer")}
 
 
 def migration_bench(args):

@@ -330,7 +330,12 @@ impl Step<App> for Transfer {
             let set = SnapshotMove::live(self.0, &r);
             async move { set.copy(app, s, SnapshotSetPart::Memory).await }
         };
-        let (mut out, snapshots) = beside_transfer(self.watch(app, s, &r), copy).await?;
+        let cancel = || async {
+            if let Err(e) = source.migration_cancel(self.0).await {
+                tracing::warn!(instance_id = %self.0, error = %e, "cannot cancel the migration");
+            }
+        };
+        let (mut out, snapshots) = beside_transfer(self.watch(app, s, &r), copy, cancel).await?;
         out["snapshots"] = snapshots;
         Ok(out)
     }

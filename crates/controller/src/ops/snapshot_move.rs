@@ -92,6 +92,13 @@ impl<'a> SnapshotMove<'a> {
             .import_snapshot_set(self.instance, part, body)
             .await
             .map_err(agent_err)?;
+        if part == SnapshotSetPart::Memory && got.snapshots != inventory.snapshots {
+            // A target that ignored the part (an older agent) would drop the snapshots.
+            return Err(StepError::permanent(format!(
+                "host {} took {} of the {} snapshots sent; upgrade its agent and retry",
+                self.target, got.snapshots, inventory.snapshots
+            )));
+        }
         tracing::info!(instance_id = %self.instance, source = self.source, target = self.target, ?part, ?got, "snapshot set copied");
         Ok(json!({
             "snapshots": got.snapshots,
@@ -130,28 +137,40 @@ impl<'a> SnapshotMove<'a> {
 
 /// Runs `transfer` (the memory transfer, followed to its end) and `copy` (the memory part
 /// of the snapshot set) side by side, and answers both outputs: the migration goes on to
-/// its verification and commit only when both succeeded. A copy that fails first fails the
-/// step at once (its undo cancels the migration: the VM runs on at its source, with all its
-/// snapshots). One that fails after a switch-over on shared storage, which cannot be undone,
-/// is tried again (it sends only what is still missing); if it still fails, its error is
-/// the copy's output, and the commit tries once more before it moves anything (see
-/// [`ensure_copied`]): the source keeps its copy until the commit, so nothing is lost.
-pub(super) async fn beside_transfer<T, C, F>(
+/// its verification and commit only when both succeeded. A copy that fails while the memory
+/// still moves has the migration cancelled (`cancel`), and the step fails with the copy's
+/// error once the transfer ended (its undo resumes the VM at its source, with all its
+/// snapshots). A copy that fails after a switch-over on shared storage, which cannot be
+/// undone, is tried again (it sends only what is still missing); if it still fails, its
+/// error is the copy's output, and the commit tries once more before it moves anything
+/// (see [`ensure_copied`]): the source keeps its copy until the commit, so nothing is lost.
+pub(super) async fn beside_transfer<T, C, F, K, KF>(
     transfer: T,
     copy: C,
+    cancel: K,
 ) -> Result<(Value, Value), StepError>
 where
     T: std::future::Future<Output = Result<Value, StepError>>,
     C: Fn() -> F,
     F: std::future::Future<Output = Result<Value, StepError>>,
+    K: FnOnce() -> KF,
+    KF: std::future::Future<Output = ()>,
 {
     let first = copy();
     tokio::pin!(transfer, first);
     let (moved, mut copied) = tokio::select! {
         moved = &mut transfer => (moved?, first.await),
-        copied = &mut first => {
-            let copied = copied?;
-            return Ok((transfer.await?, copied));
+        copied = &mut first => match copied {
+            Ok(copied) => return Ok((transfer.await?, copied)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the snapshot copy failed: cancelling the migration");
+                cancel().await;
+                match transfer.await {
+                    // Too late to cancel: the switch-over was done on shared storage.
+                    Ok(moved) if switched_over_on_shared(&moved) => (moved, Err(e)),
+                    _ => return Err(e),
+                }
+            }
         }
     };
     if !switched_over_on_shared(&moved) {
@@ -164,6 +183,15 @@ where
     }
     let copied = copied.unwrap_or_else(|e| json!({ "error": e.to_string() }));
     Ok((moved, copied))
+}
+
+/// Attempts of a snapshot copy that failed after a switch-over that cannot be undone.
+const COPY_ATTEMPTS_AFTER_SWITCH_OVER: u32 = 3;
+
+/// Whether a transfer's output is a switch-over done on shared storage (the point of no
+/// return: the target may have written to the disk already).
+pub(super) fn switched_over_on_shared(output: &Value) -> bool {
+    output.get("shared").and_then(Value::as_bool) == Some(true)
 }
 
 /// Copies `set`'s memory part again when the copy beside the transfer recorded an error
@@ -180,15 +208,6 @@ pub(super) async fn ensure_copied(
     };
     tracing::warn!(instance_id = %set.instance, %error, "the snapshot copy failed beside the transfer; trying once more before the commit");
     set.copy(app, s, SnapshotSetPart::Memory).await.map(drop)
-}
-
-/// Attempts of a snapshot copy that failed after a switch-over that cannot be undone.
-const COPY_ATTEMPTS_AFTER_SWITCH_OVER: u32 = 3;
-
-/// Whether a transfer's output is a switch-over done on shared storage (the point of no
-/// return: the target may have written to the disk already).
-pub(super) fn switched_over_on_shared(output: &Value) -> bool {
-    output.get("shared").and_then(Value::as_bool) == Some(true)
 }
 
 /// No byte from the source for this long: the copy has stalled (a cut link, a stuck host)
@@ -251,17 +270,39 @@ mod tests {
         }
     }
 
+    /// A transfer that ends cancelled once `cancelled` is notified, or with `ends` at once.
+    async fn transfer(
+        ends: Option<Value>,
+        cancelled: &tokio::sync::Notify,
+    ) -> Result<Value, StepError> {
+        match ends {
+            Some(v) => Ok(v),
+            None => {
+                cancelled.notified().await;
+                Err(StepError::Cancelled)
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn a_copy_that_fails_first_ends_the_step_without_waiting_for_the_transfer() {
-        let calls = AtomicU32::new(0);
-        let transfer = futures::future::pending::<Result<Value, StepError>>();
+    async fn a_copy_that_fails_while_the_memory_moves_cancels_the_migration() {
+        let (calls, cancelled) = (AtomicU32::new(0), tokio::sync::Notify::new());
+        let cancel = || async { cancelled.notify_one() };
         let got = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            beside_transfer(transfer, failing_copies(1, &calls)),
+            beside_transfer(
+                transfer(None, &cancelled),
+                failing_copies(1, &calls),
+                cancel,
+            ),
         )
         .await
-        .expect("not held up by the transfer");
-        assert!(got.is_err(), "{got:?}");
+        .expect("the transfer was cancelled");
+        let err = got.expect_err("failed");
+        assert!(
+            err.to_string().contains("copy broke"),
+            "the copy's error: {err}"
+        );
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
@@ -271,47 +312,48 @@ mod tests {
 
     #[tokio::test]
     async fn both_must_succeed_and_only_a_switch_over_on_shared_storage_retries() {
-        let local = || async { Ok(json!({ "shared": false })) };
-        let calls = AtomicU32::new(0);
-        let (moved, copied) = beside_transfer(local(), failing_copies(0, &calls))
-            .await
-            .expect("both done");
+        let cancelled = tokio::sync::Notify::new();
+        let run = |ends: Value, fails: u32| {
+            let cancelled = &cancelled;
+            async move {
+                let calls = AtomicU32::new(0);
+                let got = beside_transfer(
+                    transfer(Some(ends), cancelled),
+                    failing_copies(fails, &calls),
+                    || async {},
+                )
+                .await;
+                (got, calls.load(Ordering::SeqCst))
+            }
+        };
+        let (local, shared) = (json!({ "shared": false }), json!({ "shared": true }));
+        let (got, _) = run(local.clone(), 0).await;
+        let (moved, copied) = got.expect("both done");
         assert_eq!(
-            (moved["shared"].clone(), copied["chunks_sent"].clone()),
-            (json!(false), json!(3))
+            (moved, copied["chunks_sent"].clone()),
+            (local.clone(), json!(3))
+        );
+        assert!(
+            run(local, 1).await.0.is_err(),
+            "undoable: the copy's failure fails it"
         );
 
-        let calls = AtomicU32::new(0);
-        assert!(beside_transfer(local(), failing_copies(1, &calls))
-            .await
-            .is_err());
-
-        let shared = || async { Ok(json!({ "shared": true })) };
-        let calls = AtomicU32::new(0);
-        let (_, copied) = beside_transfer(shared(), failing_copies(2, &calls))
-            .await
-            .expect("retried");
-        assert_eq!(copied["chunks_sent"], json!(3));
-        let calls = AtomicU32::new(0);
-        let (_, copied) = beside_transfer(shared(), failing_copies(99, &calls))
-            .await
-            .expect("the switch-over stands");
+        let (got, _) = run(shared.clone(), 2).await;
+        assert_eq!(got.expect("retried").1["chunks_sent"], json!(3));
+        let (got, calls) = run(shared, 99).await;
+        let copied = got.expect("the switch-over stands").1;
         assert!(
             copied["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("copy broke")),
             "{copied}"
         );
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            COPY_ATTEMPTS_AFTER_SWITCH_OVER
-        );
+        assert_eq!(calls, COPY_ATTEMPTS_AFTER_SWITCH_OVER);
 
-        let failed_transfer = async { Err(StepError::permanent("migration failed")) };
+        let failed = async { Err(StepError::permanent("migration failed")) };
         let calls = AtomicU32::new(0);
-        assert!(beside_transfer(failed_transfer, failing_copies(0, &calls))
-            .await
-            .is_err());
+        let got = beside_transfer(failed, failing_copies(0, &calls), || async {}).await;
+        assert!(got.is_err());
     }
 
     #[tokio::test]
