@@ -32,9 +32,9 @@ Usage (as root, after `cargo build --release -p nimbus-cli`; PostgreSQL from
       [--bin target/release/nimbus] [--part creates|takeover|all] [--creates 60] \
       [--clients 12] [--hosts 2] [--rounds 3] [--ttl 10]
 """
-import argparse, json, os, shutil, signal, subprocess, sys, tempfile, time
+import argparse, json, os, signal, subprocess, sys, tempfile, time
 
-from creates import creates_part
+from creates import creates_part, stop_cloud
 
 from boot import free_port
 
@@ -113,16 +113,7 @@ def round_(args, r, hold):
             print(f"  round {r}, kill -9 of controller {victim} (operation {op_id}): "
                   f"taken over after {takeovers[-1]:.1f} s, ended after {ends[-1]:.1f} s", flush=True)
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-        psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        # `nimbus up` leaves its host network for its next start: this run's goes.
-        subprocess.run(["ip", "netns", "del", "ncp-host1"], capture_output=True)
-        subprocess.run(["ip", "link", "del", "ncp-br"], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_cloud(up, lambda: psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"), "ncp", 1, work)
     return takeovers, ends
 
 

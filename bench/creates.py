@@ -162,18 +162,24 @@ def one_count(args, psql, controllers):
             "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         }
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-        psql(args.postgres, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        # `nimbus up` leaves its host network for its next start: this run's goes.
-        for h in range(1, args.hosts + 1):
-            subprocess.run(["ip", "netns", "del", f"ncc-host{h}"], capture_output=True)
-        subprocess.run(["ip", "link", "del", "ncc-br"], capture_output=True)
-        if os.environ.get("NIMBUS_BENCH_KEEP") != "1":
-            shutil.rmtree(work, ignore_errors=True)
+        stop_cloud(up, lambda: psql(args.postgres, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                   "ncc", args.hosts, work)
+
+
+def stop_cloud(up, drop_db, net_name, hosts, work):
+    """Stops `nimbus up`, drops its database, removes its host network and work dir."""
+    up.send_signal(signal.SIGTERM)
+    try:
+        up.wait(30)
+    except subprocess.TimeoutExpired:
+        up.kill()
+    drop_db()
+    # `nimbus up` leaves its host network for its next start: this run's goes.
+    for h in range(1, hosts + 1):
+        subprocess.run(["ip", "netns", "del", f"{net_name}-host{h}"], capture_output=True)
+    subprocess.run(["ip", "link", "del", f"{net_name}-br"], capture_output=True)
+    if os.environ.get("NIMBUS_BENCH_KEEP") != "1":
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def creates_part(args, psql):

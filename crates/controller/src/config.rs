@@ -38,6 +38,10 @@ pub struct ControllerConfig {
     /// How long an operation stays owned by a controller that stopped renewing its lease
     /// (it renews every quarter of this); another controller takes it over after that.
     pub lease_ttl: Duration,
+    /// Tests only: shifts this controller's own clock (the times of day it records, see
+    /// [`crate::app::App::clock_now`]), to show that no decision depends on it (leases and
+    /// host liveness use the database's clock). Zero outside tests.
+    pub clock_offset: chrono::TimeDelta,
     /// How long usage samples, operations and audit entries are kept.
     pub retention: Retention,
     /// Names (DNS or IP) the controller's certificate carries besides its listen
@@ -108,6 +112,7 @@ impl ControllerConfig {
             auth_failure_window: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             lease_ttl: Duration::from_secs(10),
+            clock_offset: chrono::TimeDelta::zero(),
             retention: Retention::default(),
             tls_names: Vec::new(),
         }

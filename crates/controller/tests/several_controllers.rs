@@ -13,8 +13,8 @@ use nimbus_agent_api::{
 use nimbus_api::{CreateGroup, UpdateGroup, UsageQuery};
 use nimbus_controller::app::{App, Caller};
 use nimbus_controller::background::autoscaler::{self, Autoscaler};
-use nimbus_controller::background::leases;
 use nimbus_controller::background::task::Runner;
+use nimbus_controller::background::{host_liveness, leases};
 use nimbus_controller::ControllerConfig;
 use nimbus_store::{NewInstance, NewOperation};
 use nimbus_test_utils::controllers::TestDatabase;
@@ -57,14 +57,7 @@ async fn three_controllers() -> Controllers {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut apps = Vec::new();
     for i in 0..3u16 {
-        let mut config = ControllerConfig::new(dir.path().to_path_buf());
-        config.database_url = db.url.clone();
-        config.listen = vec![SocketAddr::from(([127, 0, 0, 1], 17700 + i))];
-        config.lease_ttl = TTL;
-        let app = App::open(config).await.expect("open");
-        app.bootstrap().await.expect("bootstrap");
-        leases::register(&app).await.expect("register");
-        apps.push(app);
+        apps.push(open_controller(&db, dir.path(), i, chrono::TimeDelta::zero()).await);
     }
     apps[0]
         .register_host(&RegisterHost {
@@ -105,6 +98,54 @@ async fn three_controllers() -> Controllers {
         _db: db,
         _dir: dir,
     }
+}
+
+/// Controller `i` over `db`, its own clock shifted by `clock_offset`.
+async fn open_controller(
+    db: &TestDatabase,
+    dir: &std::path::Path,
+    i: u16,
+    clock_offset: chrono::TimeDelta,
+) -> App {
+    let mut config = ControllerConfig::new(dir.to_path_buf());
+    config.database_url = db.url.clone();
+    config.listen = vec![SocketAddr::from(([127, 0, 0, 1], 17700 + i))];
+    config.lease_ttl = TTL;
+    config.clock_offset = clock_offset;
+    let app = App::open(config).await.expect("open");
+    app.bootstrap().await.expect("bootstrap");
+    leases::register(&app).await.expect("register");
+    app
+}
+
+/// Host liveness on the database's clock: a host that just reported through a controller
+/// whose clock is an hour behind is judged by a controller whose clock is an hour ahead
+/// (and by the others): up, and a pass of host liveness there marks nothing down. Judged by
+/// the controllers' own clocks, the host would look silent for two hours: down (its
+/// instances `error` or restarted elsewhere).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_with_a_skewed_clock_never_marks_a_live_host_down() {
+    let c = three_controllers().await;
+    let hour = chrono::TimeDelta::hours(1);
+    let behind = open_controller(&c._db, c._dir.path(), 3, -hour).await;
+    let ahead = open_controller(&c._db, c._dir.path(), 4, hour).await;
+    let report = |app: App| async move {
+        let mut host = app.store().get_host("host1").await.expect("host");
+        host.last_seen = app.clock_now();
+        app.store().upsert_host(&host).await.expect("report");
+    };
+    report(behind.clone()).await;
+    for app in [&ahead, &behind, &c.apps[0]] {
+        let seen = app.get_host("host1").await.expect("host");
+        assert_eq!(seen.state, nimbus_api::HostState::Up, "{seen:?}");
+        app.require_host_up("host1", "the test's host")
+            .await
+            .expect("up for every controller");
+    }
+    host_liveness::pass(&ahead).await.expect("liveness pass");
+    let host = ahead.store().get_host("host1").await.expect("host");
+    assert_eq!(host.down_since, None, "a live host marked down: {host:?}");
+    assert!(host.silent_ms.is_some_and(|ms| ms < 10_000), "{host:?}");
 }
 
 fn admin() -> Caller {

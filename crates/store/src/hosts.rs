@@ -26,7 +26,13 @@ pub struct HostRecord {
     pub ksm: Option<String>,
     /// The host's last image cache report, as JSON (the agent API's `ImageCacheReport`).
     pub image_cache: Option<String>,
+    /// When the host last reported, by the clock of the controller that recorded it (for
+    /// display; liveness uses [`HostRecord::silent_ms`]).
     pub last_seen: DateTime<Utc>,
+    /// Milliseconds since the host last reported, by the database's clock (read only;
+    /// `None` for a row not refreshed since this was recorded: the host counts as silent).
+    /// Controllers with skewed clocks agree on it.
+    pub silent_ms: Option<u64>,
     /// When the controller declared the host down (`None` while it reports); not written by
     /// [`Store::upsert_host`].
     pub down_since: Option<DateTime<Utc>>,
@@ -55,22 +61,35 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         ram_allocation_ratio: r.try_get("ram_allocation_ratio")?,
         ksm: r.try_get("ksm")?,
         image_cache: r.try_get("image_cache")?,
+        silent_ms: r
+            .try_get::<Option<i64>, _>("silent_ms")?
+            .map(|ms| ms.max(0) as u64),
         down_since: time::parse_opt(r.try_get("down_since")?)?,
         ha_restarted: r.try_get::<i64, _>("ha_restarted")? as u32,
     })
 }
 
 impl Store {
+    /// The columns a [`HostRecord`] is read from, with the host's silence measured by the
+    /// database's clock.
+    fn host_columns(&self) -> String {
+        format!(
+            "{COLUMNS}, down_since, ha_restarted, ({} - last_seen_ms) AS silent_ms",
+            self.now_ms()
+        )
+    }
+
     /// Inserts or refreshes a host from its agent's registration; keeps `enabled` as set by
     /// the operator.
     pub async fn upsert_host(&self, h: &HostRecord) -> Result<(), StoreError> {
         let now = time::now();
-        let updated = sqlx::query(
+        let updated = sqlx::query(&format!(
             "UPDATE hosts SET agent_url = $1, cpus = $2, memory_mib = $3, disk_gib = $4, \
              accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8, \
              shared_storage = $9, cpu_allocation_ratio = $10, ram_allocation_ratio = $11, \
-             ksm = $12, image_cache = $13 WHERE name = $14",
-        )
+             ksm = $12, image_cache = $13, last_seen_ms = {} WHERE name = $14",
+            self.now_ms()
+        ))
         .bind(&h.agent_url)
         .bind(h.cpus as i64)
         .bind(h.memory_mib as i64)
@@ -91,7 +110,8 @@ impl Store {
             return Ok(());
         }
         sqlx::query(&format!(
-            "INSERT INTO hosts ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO hosts ({COLUMNS}, created_at, last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, {})",
+            self.now_ms()
         ))
         .bind(&h.name)
         .bind(&h.agent_url)
@@ -117,7 +137,8 @@ impl Store {
 
     pub async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS}, down_since, ha_restarted FROM hosts ORDER BY name"
+            "SELECT {} FROM hosts ORDER BY name",
+            self.host_columns()
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -130,14 +151,15 @@ impl Store {
         page: &PageRequest,
     ) -> Result<Page<HostRecord>, StoreError> {
         const KEY: Keyset = Keyset::ascending(&[KeyColumn::text("name")]);
-        let select = format!("SELECT {COLUMNS}, down_since, ha_restarted FROM hosts");
+        let select = format!("SELECT {} FROM hosts", self.host_columns());
         let rows = KEY.fetch(&self.pool, page, &select, "1 = 1", &[]).await?;
         rows.try_map(from_row)
     }
 
     pub async fn get_host(&self, name: &str) -> Result<HostRecord, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, down_since, ha_restarted FROM hosts WHERE name = $1"
+            "SELECT {} FROM hosts WHERE name = $1",
+            self.host_columns()
         ))
         .bind(name)
         .fetch_optional(&self.pool)

@@ -12,13 +12,23 @@ use nimbus_store::{Page, PageRequest};
 /// [`nimbus_agent_api::liveness`] for the timeouts and why they are safe).
 pub fn liveness(h: &HostRecord) -> HostState {
     use nimbus_agent_api::liveness::{DOWN_AFTER, UNREACHABLE_AFTER};
-    let silent = (Utc::now() - h.last_seen).to_std().unwrap_or_default();
+    let silent = silence(h);
     if silent >= DOWN_AFTER {
         HostState::Down
     } else if silent >= UNREACHABLE_AFTER {
         HostState::Unreachable
     } else {
         HostState::Up
+    }
+}
+
+/// How long the host has not reported: by the database's clock, so that every controller,
+/// whatever its own clock, judges alike. A row the store has not measured yet (written before
+/// the database kept that time) falls back to the recorded time of day, as before.
+fn silence(h: &HostRecord) -> std::time::Duration {
+    match h.silent_ms {
+        Some(ms) => std::time::Duration::from_millis(ms),
+        None => (Utc::now() - h.last_seen).to_std().unwrap_or_default(),
     }
 }
 
@@ -52,7 +62,8 @@ impl App {
                 .image_cache
                 .as_ref()
                 .and_then(|c| serde_json::to_string(c).ok()),
-            last_seen: Utc::now(),
+            last_seen: self.clock_now(),
+            silent_ms: None,
             down_since: None,
             ha_restarted: 0,
         };
@@ -186,15 +197,18 @@ impl App {
 
     /// Refuses (503 `unavailable`) to act on a host whose agent is not reporting.
     pub async fn require_host_up(&self, name: &str, why: &str) -> Result<(), AppError> {
-        let host = self.get_host(name).await?;
-        if host.state == HostState::Up {
+        let host = self.store().get_host(name).await.map_err(|e| match e {
+            nimbus_store::StoreError::NotFound { .. } => {
+                AppError::not_found(format!("host {name:?} not found"))
+            }
+            e => e.into(),
+        })?;
+        let state = liveness(&host);
+        if state == HostState::Up {
             return Ok(());
         }
-        let state = format!("{:?}", host.state).to_lowercase();
-        let seen = host
-            .last_seen
-            .map(|t| format!(" (last report {} s ago)", (Utc::now() - t).num_seconds()))
-            .unwrap_or_default();
+        let state = format!("{state:?}").to_lowercase();
+        let seen = format!(" (last report {} s ago)", silence(&host).as_secs());
         Err(AppError::unavailable(format!(
             "host {name}, {why}, is {state}{seen}; try again once it is back (`nimbus host list`)"
         )))

@@ -148,6 +148,12 @@ impl App {
         &self.inner.config
     }
 
+    /// This controller's time of day (shifted by [`ControllerConfig::clock_offset`] in
+    /// tests): for what is displayed, never for what decides between controllers.
+    pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.inner.config.clock_offset
+    }
+
     /// The CA and the controller's certificate.
     pub fn tls(&self) -> &tls::ControllerTls {
         &self.inner.tls

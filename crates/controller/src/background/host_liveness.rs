@@ -62,7 +62,7 @@ async fn host_down(app: &App, host: &HostRecord) -> Result<(), StoreError> {
     let since = match host.down_since {
         Some(t) => t,
         None => {
-            let now = Utc::now();
+            let now = app.clock_now();
             if app.store().mark_host_down(&host.name, now).await? {
                 tracing::warn!(host = %host.name, last_seen = %host.last_seen, "host down: its agent stopped reporting");
             }

@@ -27,6 +27,7 @@ fn host(name: &str) -> HostRecord {
         ksm: None,
         image_cache: None,
         last_seen: chrono::Utc::now(),
+        silent_ms: None,
         down_since: None,
         ha_restarted: 0,
     }
