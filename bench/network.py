@@ -42,7 +42,8 @@ def firewall(ports, ssh_port):
     rules = [rule("ingress", "tcp", ssh_port, {"cidr": "0.0.0.0/0"}),
              rule("ingress", "any", None, {"group": "web"}),
              rule("egress", "any", None, {"cidr": "0.0.0.0/0"})]
-    ids = [str(uuid.UUID(int=(i + 1) << 80)) for i in range(ports)]
+    # Distinct in their first 10 hex digits, which name the tap.
+    ids = [str(uuid.UUID(int=(i + 1) << 88)) for i in range(ports)]
     return {"ports": [{"instance_id": i, "nic": 0, "vni": VNI, "rules": rules} for i in ids],
             "groups": [{"vni": VNI, "group": "web",
                         "addresses": [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(ports)]}],
@@ -53,8 +54,11 @@ def put_firewall(tls, body):
     req = urllib.request.Request(f"{AGENT_URL}/agent/v1/firewall", data=json.dumps(body).encode(),
                                  method="PUT", headers={"content-type": "application/json"})
     t0 = time.monotonic()
-    with urllib.request.urlopen(req, timeout=60, context=tls) as r:
-        answer = json.load(r)
+    try:
+        with urllib.request.urlopen(req, timeout=60, context=tls) as r:
+            answer = json.load(r)
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"the agent refused the rules: {e.code} {e.read().decode(errors='replace')}") from e
     elapsed = time.monotonic() - t0
     if not answer.get("enforced") or answer.get("ports") != len(body["ports"]):
         raise RuntimeError(f"the agent did not enforce the rules: {answer}")

@@ -10,10 +10,10 @@ use super::compile::{self, chain_rules, elements, obj, rule};
 use super::{IN_MAP, MAX_PORTS, OUT_MAP, RULE_CHAIN_PREFIX, SET_PREFIX, ZONE};
 use crate::network::error::NetError;
 use crate::network::tap::tap_name;
-use nimbus_agent_api::HostFirewall;
+use nimbus_agent_api::{HostFirewall, PortFirewall};
 use nimbus_api::Direction;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The security-group objects in the kernel, as this agent made them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -94,6 +94,12 @@ pub fn plan(old: &Tables, fw: &HostFirewall) -> Result<(Vec<Value>, Tables), Net
         .map(|p| tap_name(p.instance_id, p.nic))
         .collect();
     let wanted: BTreeSet<&String> = taps.iter().collect();
+    if wanted.len() != taps.len() {
+        return Err(NetError::Invalid {
+            what: "firewall (a port is sent twice)",
+            value: format!("{} ports, {} distinct", taps.len(), wanted.len()),
+        });
+    }
     let mut ids: BTreeSet<u32> = BTreeSet::new();
     for (tap, port) in &old.ports {
         if wanted.contains(tap) {
@@ -103,15 +109,36 @@ pub fn plan(old: &Tables, fw: &HostFirewall) -> Result<(Vec<Value>, Tables), Net
             cmds.extend(compile::remove_tag(tap));
         }
     }
+    // Ports of the same groups send the same rules: each distinct (network, rules) is
+    // compiled once, however many ports have it.
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    let mut representatives: Vec<&PortFirewall> = Vec::new();
+    let kind_of: Vec<usize> = fw
+        .ports
+        .iter()
+        .map(|port| {
+            let key = serde_json::to_string(&(port.vni, &port.rules)).unwrap_or_default();
+            *kinds.entry(key).or_insert_with(|| {
+                representatives.push(port);
+                representatives.len() - 1
+            })
+        })
+        .collect();
     let mut chains_of: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for direction in [Direction::Ingress, Direction::Egress] {
+        let compiled: Vec<(String, Vec<Value>)> = representatives
+            .iter()
+            .map(|port| {
+                let rules = chain_rules(port, direction, &names);
+                (serde_json::to_string(&rules).unwrap_or_default(), rules)
+            })
+            .collect();
         let mut by_rules: BTreeMap<String, (Vec<Value>, BTreeSet<String>)> = BTreeMap::new();
-        for (port, tap) in fw.ports.iter().zip(&taps) {
-            let rules = chain_rules(port, direction, &names);
-            let key = serde_json::to_string(&rules).unwrap_or_default();
+        for (kind, tap) in kind_of.iter().zip(&taps) {
+            let (key, rules) = &compiled[*kind];
             by_rules
-                .entry(key)
-                .or_insert((rules, BTreeSet::new()))
+                .entry(key.clone())
+                .or_insert_with(|| (rules.clone(), BTreeSet::new()))
                 .1
                 .insert(tap.clone());
         }

@@ -197,6 +197,13 @@ fn a_port_that_leaves_a_group_moves_to_a_chain_of_its_own() {
 }
 
 #[test]
+fn a_port_sent_twice_is_refused() {
+    let mut fw = many(2, 22);
+    fw.ports[1].instance_id = fw.ports[0].instance_id;
+    assert!(plan(&Tables::default(), &fw).is_err());
+}
+
+#[test]
 fn zones_stay_with_their_network() {
     let mut fw = many(2, 22);
     fw.ports[1].vni = 4300;
