@@ -10,10 +10,12 @@
 //! host file is refused at upload; a stopped instance's disk is baked into a new image that
 //! boots; an image in use cannot be deleted.
 //!
-//! UEFI: an image uploaded with `--firmware uefi` (a bare FAT file system, no boot loader)
-//! boots through OVMF: its ready marker is a line only OVMF's boot manager prints
-//! (`BdsDxe: ...`), never SeaBIOS. The instance has its own EFI variables file in its VM
-//! directory; migrating or snapshotting it is refused, with why.
+//! UEFI: an image uploaded with `--firmware uefi` boots a real EFI loader through OVMF: the
+//! disk `guest/build-efi.sh` builds (GPT, an EFI system partition holding systemd-boot and a
+//! loader entry for the default guest's kernel and initramfs) reaches the guest's userspace,
+//! which prints its ready line; the kernel sees EFI (`/sys/firmware/efi`). The instance has
+//! its own EFI variables file in its VM directory; migrating or snapshotting it is refused,
+//! with why.
 
 use nimbus_api::{HostView, ImageView, InstanceState, InstanceView, OperationView};
 use nimbus_test_utils::guest::*;
@@ -27,27 +29,18 @@ fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
 }
 
-/// 8 MiB raw disk: a FAT file system whose `startup.nsh` makes OVMF's shell print `marker`
-/// (once OVMF has tried its network boot options, minutes under TCG: the test does not wait
-/// for it).
-fn uefi_shell_disk(dir: &Path, marker: &str) -> PathBuf {
-    let disk = dir.join("efi.raw");
-    let script = dir.join("startup.nsh");
-    std::fs::write(&script, format!("echo {marker}\r\n")).expect("write the script");
-    let run = |program: &str, args: &[&str]| {
-        let ok = std::process::Command::new(program)
-            .args(args)
-            .status()
-            .unwrap_or_else(|e| panic!("{program} (dosfstools, mtools): {e}"));
-        assert!(ok.success(), "{program} {args:?}");
-    };
-    let d = disk.to_str().expect("utf-8");
-    run("mkfs.vfat", &["-C", d, "8192"]);
-    run(
-        "mcopy",
-        &["-i", d, script.to_str().expect("utf-8"), "::startup.nsh"],
-    );
-    disk
+/// The UEFI test disk `guest/build-efi.sh` built (scripts/test.sh builds it).
+fn efi_disk() -> PathBuf {
+    let cache = std::env::var("NIMBUS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/nimbus".into());
+    let dir = Path::new(&cache).join("images/efi");
+    let manifest = std::fs::read_to_string(dir.join("image.json")).unwrap_or_else(|e| {
+        panic!(
+            "no UEFI test disk in {} ({e}): build it with guest/build-efi.sh (scripts/test.sh does)",
+            dir.display()
+        )
+    });
+    let m: serde_json::Value = json(&manifest);
+    dir.join(m["disk"].as_str().expect("image.json names its disk"))
 }
 
 /// 4 MiB raw disk: an MBR boot sector that halts, then a recognisable pattern.
@@ -109,12 +102,10 @@ async fn running_on(cloud: &Cloud, name: &str) -> String {
     inst.host.expect("placed")
 }
 
-/// An image uploaded with `--firmware uefi` boots through OVMF with the instance's own EFI
-/// variables; moves that would lose them are refused.
-async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
-    // OVMF's boot manager, trying the instance's disks: printed within seconds of power-on.
-    let marker = "BdsDxe: ";
-    let disk = uefi_shell_disk(tmp, "nimbus-uefi-shell");
+/// An image uploaded with `--firmware uefi` boots a real EFI loader through OVMF, with the
+/// instance's own EFI variables; moves that would lose them are refused.
+async fn uefi_images_boot_through_ovmf(cloud: &Cloud) {
+    let disk = efi_disk();
     let upload = [
         "image",
         "upload",
@@ -123,13 +114,12 @@ async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
         disk.to_str().expect("utf-8"),
         "--firmware",
         "uefi",
-        "--ready-marker",
-        marker,
         "-o",
         "json",
     ];
     let img: ImageView = json(&cli_ok(cloud, &upload));
     assert_eq!(img.firmware, nimbus_api::Firmware::Uefi);
+    assert_eq!(img.ready_marker.as_deref(), Some("nimbus-guest ready"));
     let err = cli_err(
         cloud,
         &[
@@ -143,17 +133,36 @@ async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
         ],
     );
     assert!(err.contains("bios or uefi"), "{err}");
-    // `--wait` returns once the marker is on the console: OVMF runs the guest.
+    // `--wait` returns once the guest's userspace printed its ready line: OVMF started the
+    // disk's loader (systemd-boot), which started the kernel, which started userspace.
+    let t0 = std::time::Instant::now();
     cli_ok(
         cloud,
         &[
             "instance", "create", "u1", "--flavor", "tiny", "--image", "efi", "--wait",
         ],
     );
+    eprintln!("u1: UEFI create to ready {:?}", t0.elapsed());
     let client = cloud.client().expect("client");
     let u1 = client.instance("u1").await.expect("u1");
+    assert_eq!(u1.ready, Some(nimbus_api::ReadySource::Console));
     let log = client.console_log("u1", 0).await.expect("console").data;
-    assert!(log.contains("UEFI Non-Block Boot Device"), "{log}");
+    let boot = log
+        .find("BdsDxe: starting Boot")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        log[boot..].contains("nimbus-guest ready"),
+        "userspace after the firmware's boot: {log}"
+    );
+    let efi = client
+        .exec("u1", "test -d /sys/firmware/efi && echo efi")
+        .await
+        .expect("exec");
+    assert_eq!(
+        efi.output.trim(),
+        "efi",
+        "the kernel was started by EFI: {efi:?}"
+    );
     let host = u1.host.clone().expect("placed");
     let vars = cloud
         .host_dir(&host)
@@ -315,7 +324,7 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     );
     running_on(&cloud, "c1").await;
 
-    uefi_images_boot_through_ovmf(&cloud, tmp.path()).await;
+    uefi_images_boot_through_ovmf(&cloud).await;
 
     // In use: not deletable; once its instances are gone, it goes.
     let err = cli_err(&cloud, &["image", "delete", "halt"]);
