@@ -163,26 +163,74 @@ async fn uefi_images_boot_through_ovmf(cloud: &Cloud) {
         "efi",
         "the kernel was started by EFI: {efi:?}"
     );
-    let host = u1.host.clone().expect("placed");
-    let vars = cloud
-        .host_dir(&host)
-        .join("vms")
-        .join(u1.id.to_string())
-        .join("efivars.fd");
-    let template = std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd").expect("ovmf");
-    assert_eq!(
-        std::fs::metadata(&vars).map(|m| m.len()).ok(),
-        Some(template.len()),
-        "{}",
-        vars.display()
+    let vars_on = |host: &str| {
+        cloud
+            .host_dir(host)
+            .join("vms")
+            .join(u1.id.to_string())
+            .join("efivars.fd")
+    };
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let first = u1.host.clone().expect("placed");
+    let template = read(PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"));
+    let booted = read(vars_on(&first));
+    assert_eq!(booted.len(), template.len());
+    assert_ne!(
+        booted, template,
+        "OVMF wrote its boot entries into the VM's own store"
     );
+
+    // Live migration: the variables follow the VM (the flash is in the migration stream and
+    // written into the target's file when the guest resumes there).
+    cli_ok(cloud, &["instance", "migrate", "u1", "--wait"]);
+    let second = client
+        .instance("u1")
+        .await
+        .expect("u1")
+        .host
+        .expect("placed");
+    assert_ne!(second, first);
+    let vars = vars_on(&second);
+    wait_until(
+        "the target's variables file to hold the source's",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async { (std::fs::read(&vars).ok()? == booted).then_some(()) },
+    )
+    .await
+    .expect("the EFI variables followed the VM");
+    let alive = client.exec("u1", "echo alive").await.expect("exec");
+    assert_eq!(alive.output.trim(), "alive");
+
+    // Snapshot with memory, then the store changes (as a guest writing a variable after
+    // it would): the restore brings the snapshot's variables back.
+    cli_ok(
+        cloud,
+        &["snapshot", "create", "u1", "--name", "us1", "--wait"],
+    );
+    std::fs::write(&vars, &template).expect("change the store");
+    cli_ok(cloud, &["snapshot", "restore", "us1", "--wait"]);
+    wait_until(
+        "the restored variables",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async { (std::fs::read(&vars).ok()? == booted).then_some(()) },
+    )
+    .await
+    .expect("the restore brought the snapshot's EFI variables back");
+    let alive = client.exec("u1", "echo alive").await.expect("exec");
+    assert_eq!(alive.output.trim(), "alive");
+
+    // No running VM, no stream to carry them: refused, with why.
+    cli_ok(cloud, &["instance", "stop", "u1", "--wait"]);
     for refused in [
         vec!["instance", "migrate", "u1", "--wait"],
-        vec!["snapshot", "create", "u1", "--wait"],
+        vec!["snapshot", "create", "u1", "--disk-only", "--wait"],
     ] {
         let err = cli_err(cloud, &refused);
         assert!(err.contains("boots through UEFI"), "{refused:?}: {err}");
     }
+    cli_ok(cloud, &["snapshot", "delete", "us1", "--wait"]);
     cli_ok(cloud, &["instance", "delete", "u1", "--wait"]);
     cli_ok(cloud, &["image", "delete", "efi"]);
 }
