@@ -23,20 +23,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
-/// The qcow2 `guest/build-debian.sh` built (scripts/test.sh builds it).
-fn debian_image() -> PathBuf {
-    let cache = std::env::var("NIMBUS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/nimbus".into());
-    let dir = Path::new(&cache).join("images/debian-12");
-    let manifest = std::fs::read_to_string(dir.join("image.json")).unwrap_or_else(|e| {
-        panic!(
-            "no Debian image in {} ({e}): build it with guest/build-debian.sh (scripts/test.sh does)",
-            dir.display()
-        )
-    });
-    let m: serde_json::Value = json(&manifest);
-    dir.join(m["disk"].as_str().expect("image.json names its disk"))
-}
-
 fn host(cloud: &Cloud, name: &str) -> HostView {
     json(&cli_ok(cloud, &["host", "show", name, "-o", "json"]))
 }
@@ -134,7 +120,8 @@ async fn a_debian_guest_is_configured_by_cloud_init_and_used_over_ssh() {
         panic!("the Debian guest's network and the SSH client need root (namespaces, bridges)");
     }
     let started = Instant::now();
-    let image = debian_image();
+    // The qcow2 `guest/build-debian.sh` built.
+    let image = cached_image_disk("debian-12", "guest/build-debian.sh");
     // A first boot of this guest takes ~60 s on a quiet machine, and over 300 s (the
     // default limit) on this shared one at a load average of 20: the cloud's controllers
     // (children of `nimbus up`, which inherit it) wait up to 9 minutes (the CLI's `--wait`
@@ -376,7 +363,15 @@ async fn a_debian_guest_is_configured_by_cloud_init_and_used_over_ssh() {
     ssh.ok("echo after > ~/mark && sync").await;
     cli_ok(&cloud, &["snapshot", "restore", "s1", "--wait"]);
     assert_eq!(ssh.ok("cat ~/mark; hostname").await, "before\ndeb1");
-    assert_eq!(show(&cloud, "deb1").ready, Some(ReadySource::Resumed));
+    // Ready as the snapshot's guest was (the reconciler carries the agent's word over).
+    wait_until(
+        "deb1 shown ready as resumed",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || async { (show(&cloud, "deb1").ready == Some(ReadySource::Resumed)).then_some(()) },
+    )
+    .await
+    .expect("ready: resumed after the restore");
 
     // Reboot: the console shows the guest's own boot (firmware, GRUB, kernel, cloud-init)
     // a second time, and SSH works again.

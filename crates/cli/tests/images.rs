@@ -29,20 +29,6 @@ fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
 }
 
-/// The UEFI test disk `guest/build-efi.sh` built (scripts/test.sh builds it).
-fn efi_disk() -> PathBuf {
-    let cache = std::env::var("NIMBUS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/nimbus".into());
-    let dir = Path::new(&cache).join("images/efi");
-    let manifest = std::fs::read_to_string(dir.join("image.json")).unwrap_or_else(|e| {
-        panic!(
-            "no UEFI test disk in {} ({e}): build it with guest/build-efi.sh (scripts/test.sh does)",
-            dir.display()
-        )
-    });
-    let m: serde_json::Value = json(&manifest);
-    dir.join(m["disk"].as_str().expect("image.json names its disk"))
-}
-
 /// 4 MiB raw disk: an MBR boot sector that halts, then a recognisable pattern.
 fn halting_disk(dir: &Path) -> PathBuf {
     let mut d: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
@@ -105,7 +91,7 @@ async fn running_on(cloud: &Cloud, name: &str) -> String {
 /// An image uploaded with `--firmware uefi` boots a real EFI loader through OVMF, with the
 /// instance's own EFI variables; moves that would lose them are refused.
 async fn uefi_images_boot_through_ovmf(cloud: &Cloud) {
-    let disk = efi_disk();
+    let disk = cached_image_disk("efi", "guest/build-efi.sh");
     let upload = [
         "image",
         "upload",
