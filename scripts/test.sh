@@ -13,6 +13,8 @@ else
     echo "[test] not root: skipping dependency install; hosts will run without network namespaces" >&2
 fi
 bash guest/build.sh
+# The UEFI test disk of crates/cli/tests/images.rs (systemd-boot and the default kernel; cached).
+bash guest/build-efi.sh
 if [ "$(id -u)" -eq 0 ]; then
     # The Debian cloud image of crates/cli/tests/debian.rs (cached; rebuilt when its script changes).
     bash guest/build-debian.sh >/dev/null

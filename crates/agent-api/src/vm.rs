@@ -30,8 +30,10 @@ pub struct VmSpec {
     pub seed: Option<CloudInitSeed>,
 }
 
-/// The line an agent's seed makes cloud-init print on the console when it has finished
-/// (vendor-data's `final_message`): uploaded images are ready when it appears.
+/// The ready marker uploaded images get by default: images without cloud-init print it
+/// themselves; a seeded guest with no tenant network has cloud-init print it at its end
+/// (vendor-data's `final_message`). A seeded guest on a tenant network reports to the
+/// metadata service instead, and does not print it.
 pub const CLOUD_INIT_READY_MARKER: &str = "nimbus-guest ready";
 
 /// What cloud-init reads from the NoCloud seed: identity, key, user-data, addresses.
@@ -125,8 +127,11 @@ pub struct VmStatus {
     /// Why the VM is in `crashed` (QEMU's stderr tail, exit reason).
     pub reason: Option<String>,
     pub pid: Option<u32>,
-    /// The guest printed its image's ready marker since its last (re)boot.
+    /// The guest is up since its last (re)boot: see `ready_via`.
     pub guest_ready: bool,
+    /// What made it ready, while `guest_ready`.
+    #[serde(default)]
+    pub ready_via: Option<nimbus_api::ReadySource>,
     /// When the current QEMU process was started.
     pub started_at: Option<DateTime<Utc>>,
     /// Milliseconds since the last heartbeat line from the guest, if any arrived.

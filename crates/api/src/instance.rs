@@ -85,6 +85,10 @@ pub struct InstanceView {
     pub disk_gib: u64,
     /// Why the instance is in `error`.
     pub reason: Option<String>,
+    /// The guest is up since its last boot, and what said so; `None`: not (yet), or not
+    /// known (stopped, or its host has not reported since it booted).
+    #[serde(default)]
+    pub ready: Option<ReadySource>,
     /// Address on the cloud network (kept across migrations).
     pub ip: Option<String>,
     /// MAC address of its NIC (kept across migrations).
@@ -111,6 +115,42 @@ pub struct InstanceView {
 
 fn default_ha_priority() -> u16 {
     crate::HA_PRIORITY_MEDIUM
+}
+
+/// What made an instance ready (see docs/cloud-init.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadySource {
+    /// cloud-init reported to the metadata service that it finished (images booted with a
+    /// cloud-init seed on a tenant network).
+    Metadata,
+    /// The image's ready line appeared on the serial console (images without cloud-init,
+    /// such as the default busybox image).
+    Console,
+    /// The guest was restored from a snapshot, or arrived by live migration, in a state in
+    /// which it was ready.
+    Resumed,
+}
+
+impl ReadySource {
+    /// The source as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadySource::Metadata => "metadata",
+            ReadySource::Console => "console",
+            ReadySource::Resumed => "resumed",
+        }
+    }
+
+    /// Parses a stored source.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "metadata" => ReadySource::Metadata,
+            "console" => ReadySource::Console,
+            "resumed" => ReadySource::Resumed,
+            _ => return None,
+        })
+    }
 }
 
 /// High availability of an instance (see docs/hosts.md).

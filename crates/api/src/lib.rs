@@ -48,7 +48,7 @@ pub use host::{
 pub use image::{CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadImage};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,
-    MigrateInstance, MAX_USER_DATA_BYTES,
+    MigrateInstance, ReadySource, MAX_USER_DATA_BYTES,
 };
 pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
 pub use migration::{MigrationStats, MigrationView};

@@ -309,6 +309,10 @@ pub struct UpArgs {
     /// controller takes it over (see docs/control-plane.md).
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub lease_ttl: std::time::Duration,
+    /// How long a guest may take from launch to ready before its create, start or reboot
+    /// fails (every controller).
+    #[arg(long, env = "NIMBUS_BOOT_TIMEOUT_SECS", default_value_t = 300)]
+    pub boot_timeout_secs: u64,
     /// Run agents as plain processes on loopback instead of one network namespace each.
     #[arg(long)]
     pub no_netns: bool,
@@ -405,6 +409,10 @@ pub struct ControllerArgs {
     /// Days audit entries are kept.
     #[arg(long, default_value_t = 90)]
     pub audit_retention_days: u64,
+    /// How long a guest may take from launch to ready (its report to the metadata service,
+    /// or its ready line) before its create, start or reboot fails.
+    #[arg(long, env = "NIMBUS_BOOT_TIMEOUT_SECS", default_value_t = 300)]
+    pub boot_timeout_secs: u64,
     /// A name (DNS or IP) agents and clients on other machines reach the controller by,
     /// written into its certificate besides its listen addresses, loopback, `localhost` and
     /// the machine's host name (repeatable).

@@ -10,10 +10,12 @@
 //! host file is refused at upload; a stopped instance's disk is baked into a new image that
 //! boots; an image in use cannot be deleted.
 //!
-//! UEFI: an image uploaded with `--firmware uefi` (a bare FAT file system, no boot loader)
-//! boots through OVMF: its ready marker is a line only OVMF's boot manager prints
-//! (`BdsDxe: ...`), never SeaBIOS. The instance has its own EFI variables file in its VM
-//! directory; migrating or snapshotting it is refused, with why.
+//! UEFI: an image uploaded with `--firmware uefi` boots a real EFI loader through OVMF: the
+//! disk `guest/build-efi.sh` builds (GPT, an EFI system partition holding systemd-boot and a
+//! loader entry for the default guest's kernel and initramfs) reaches the guest's userspace,
+//! which prints its ready line; the kernel sees EFI (`/sys/firmware/efi`). The instance has
+//! its own EFI variables file in its VM directory; migrating or snapshotting it is refused,
+//! with why.
 
 use nimbus_api::{HostView, ImageView, InstanceState, InstanceView, OperationView};
 use nimbus_test_utils::guest::*;
@@ -25,29 +27,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
 fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
-}
-
-/// 8 MiB raw disk: a FAT file system whose `startup.nsh` makes OVMF's shell print `marker`
-/// (once OVMF has tried its network boot options, minutes under TCG: the test does not wait
-/// for it).
-fn uefi_shell_disk(dir: &Path, marker: &str) -> PathBuf {
-    let disk = dir.join("efi.raw");
-    let script = dir.join("startup.nsh");
-    std::fs::write(&script, format!("echo {marker}\r\n")).expect("write the script");
-    let run = |program: &str, args: &[&str]| {
-        let ok = std::process::Command::new(program)
-            .args(args)
-            .status()
-            .unwrap_or_else(|e| panic!("{program} (dosfstools, mtools): {e}"));
-        assert!(ok.success(), "{program} {args:?}");
-    };
-    let d = disk.to_str().expect("utf-8");
-    run("mkfs.vfat", &["-C", d, "8192"]);
-    run(
-        "mcopy",
-        &["-i", d, script.to_str().expect("utf-8"), "::startup.nsh"],
-    );
-    disk
 }
 
 /// 4 MiB raw disk: an MBR boot sector that halts, then a recognisable pattern.
@@ -109,12 +88,10 @@ async fn running_on(cloud: &Cloud, name: &str) -> String {
     inst.host.expect("placed")
 }
 
-/// An image uploaded with `--firmware uefi` boots through OVMF with the instance's own EFI
-/// variables; moves that would lose them are refused.
-async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
-    // OVMF's boot manager, trying the instance's disks: printed within seconds of power-on.
-    let marker = "BdsDxe: ";
-    let disk = uefi_shell_disk(tmp, "nimbus-uefi-shell");
+/// An image uploaded with `--firmware uefi` boots a real EFI loader through OVMF, with the
+/// instance's own EFI variables; moves that would lose them are refused.
+async fn uefi_images_boot_through_ovmf(cloud: &Cloud) {
+    let disk = cached_image_disk("efi", "guest/build-efi.sh");
     let upload = [
         "image",
         "upload",
@@ -123,13 +100,12 @@ async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
         disk.to_str().expect("utf-8"),
         "--firmware",
         "uefi",
-        "--ready-marker",
-        marker,
         "-o",
         "json",
     ];
     let img: ImageView = json(&cli_ok(cloud, &upload));
     assert_eq!(img.firmware, nimbus_api::Firmware::Uefi);
+    assert_eq!(img.ready_marker.as_deref(), Some("nimbus-guest ready"));
     let err = cli_err(
         cloud,
         &[
@@ -143,37 +119,104 @@ async fn uefi_images_boot_through_ovmf(cloud: &Cloud, tmp: &Path) {
         ],
     );
     assert!(err.contains("bios or uefi"), "{err}");
-    // `--wait` returns once the marker is on the console: OVMF runs the guest.
+    // `--wait` returns once the guest's userspace printed its ready line: OVMF started the
+    // disk's loader (systemd-boot), which started the kernel, which started userspace.
+    let t0 = std::time::Instant::now();
     cli_ok(
         cloud,
         &[
             "instance", "create", "u1", "--flavor", "tiny", "--image", "efi", "--wait",
         ],
     );
+    eprintln!("u1: UEFI create to ready {:?}", t0.elapsed());
     let client = cloud.client().expect("client");
     let u1 = client.instance("u1").await.expect("u1");
+    assert_eq!(u1.ready, Some(nimbus_api::ReadySource::Console));
     let log = client.console_log("u1", 0).await.expect("console").data;
-    assert!(log.contains("UEFI Non-Block Boot Device"), "{log}");
-    let host = u1.host.clone().expect("placed");
-    let vars = cloud
-        .host_dir(&host)
-        .join("vms")
-        .join(u1.id.to_string())
-        .join("efivars.fd");
-    let template = std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd").expect("ovmf");
-    assert_eq!(
-        std::fs::metadata(&vars).map(|m| m.len()).ok(),
-        Some(template.len()),
-        "{}",
-        vars.display()
+    let boot = log
+        .find("BdsDxe: starting Boot")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        log[boot..].contains("nimbus-guest ready"),
+        "userspace after the firmware's boot: {log}"
     );
+    let efi = client
+        .exec("u1", "test -d /sys/firmware/efi && echo efi")
+        .await
+        .expect("exec");
+    assert_eq!(
+        efi.output.trim(),
+        "efi",
+        "the kernel was started by EFI: {efi:?}"
+    );
+    let vars_on = |host: &str| {
+        cloud
+            .host_dir(host)
+            .join("vms")
+            .join(u1.id.to_string())
+            .join("efivars.fd")
+    };
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let first = u1.host.clone().expect("placed");
+    let template = read(PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"));
+    let booted = read(vars_on(&first));
+    assert_eq!(booted.len(), template.len());
+    assert_ne!(
+        booted, template,
+        "OVMF wrote its boot entries into the VM's own store"
+    );
+
+    // Live migration: the variables follow the VM (the flash is in the migration stream and
+    // written into the target's file when the guest resumes there).
+    cli_ok(cloud, &["instance", "migrate", "u1", "--wait"]);
+    let second = client
+        .instance("u1")
+        .await
+        .expect("u1")
+        .host
+        .expect("placed");
+    assert_ne!(second, first);
+    let vars = vars_on(&second);
+    wait_until(
+        "the target's variables file to hold the source's",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async { (std::fs::read(&vars).ok()? == booted).then_some(()) },
+    )
+    .await
+    .expect("the EFI variables followed the VM");
+    let alive = client.exec("u1", "echo alive").await.expect("exec");
+    assert_eq!(alive.output.trim(), "alive");
+
+    // Snapshot with memory, then the store changes (as a guest writing a variable after
+    // it would): the restore brings the snapshot's variables back.
+    cli_ok(
+        cloud,
+        &["snapshot", "create", "u1", "--name", "us1", "--wait"],
+    );
+    std::fs::write(&vars, &template).expect("change the store");
+    cli_ok(cloud, &["snapshot", "restore", "us1", "--wait"]);
+    wait_until(
+        "the restored variables",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async { (std::fs::read(&vars).ok()? == booted).then_some(()) },
+    )
+    .await
+    .expect("the restore brought the snapshot's EFI variables back");
+    let alive = client.exec("u1", "echo alive").await.expect("exec");
+    assert_eq!(alive.output.trim(), "alive");
+
+    // No running VM, no stream to carry them: refused, with why.
+    cli_ok(cloud, &["instance", "stop", "u1", "--wait"]);
     for refused in [
         vec!["instance", "migrate", "u1", "--wait"],
-        vec!["snapshot", "create", "u1", "--wait"],
+        vec!["snapshot", "create", "u1", "--disk-only", "--wait"],
     ] {
         let err = cli_err(cloud, &refused);
         assert!(err.contains("boots through UEFI"), "{refused:?}: {err}");
     }
+    cli_ok(cloud, &["snapshot", "delete", "us1", "--wait"]);
     cli_ok(cloud, &["instance", "delete", "u1", "--wait"]);
     cli_ok(cloud, &["image", "delete", "efi"]);
 }
@@ -315,7 +358,7 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     );
     running_on(&cloud, "c1").await;
 
-    uefi_images_boot_through_ovmf(&cloud, tmp.path()).await;
+    uefi_images_boot_through_ovmf(&cloud).await;
 
     // In use: not deletable; once its instances are gone, it goes.
     let err = cli_err(&cloud, &["image", "delete", "halt"]);

@@ -27,6 +27,8 @@ pub struct InstanceRecord {
     pub host: Option<String>,
     pub state: InstanceState,
     pub reason: Option<String>,
+    /// What last said its guest is up since its boot (from the agent's reports).
+    pub ready: Option<nimbus_api::ReadySource>,
     /// Address on the cloud network, with prefix (e.g. `10.200.0.10/16`).
     pub ip: Option<String>,
     pub mac: Option<String>,
@@ -78,6 +80,7 @@ impl InstanceRecord {
             memory_mib: self.memory_mib,
             disk_gib: self.disk_gib,
             reason: self.reason.clone(),
+            ready: self.ready,
             ip: self.ip.clone(),
             mac: self.mac.clone(),
             nics: Vec::new(),
@@ -145,6 +148,11 @@ pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord,
         state: InstanceState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("instance state {state:?}")))?,
         reason: r.try_get("reason")?,
+        // An unknown stored source reads as not ready (a newer controller's value).
+        ready: r
+            .try_get::<Option<String>, _>("guest_ready")?
+            .as_deref()
+            .and_then(nimbus_api::ReadySource::parse),
         ip: r.try_get("ip")?,
         mac: r.try_get("mac")?,
         group_id: r
@@ -407,6 +415,21 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() > 0)
+    }
+
+    /// Records what the agent last said of the guest's readiness (`None`: not ready). Kept
+    /// apart from the state: it is informative, and changes while operations run.
+    pub async fn set_guest_ready(
+        &self,
+        id: Uuid,
+        ready: Option<nimbus_api::ReadySource>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET guest_ready = $1 WHERE id = $2")
+            .bind(ready.map(|r| r.as_str().to_string()))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Records the agent generation seen without changing anything else.

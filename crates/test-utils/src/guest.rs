@@ -44,6 +44,22 @@ pub fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
 }
 
+/// The disk of test image `name`, as the project's script `script` built it in the image
+/// cache (`$NIMBUS_IMAGE_CACHE`, default `/var/cache/nimbus`; scripts/test.sh runs them):
+/// `images/<name>/image.json` names it. Panics, saying what to run, when it is not built.
+pub fn cached_image_disk(name: &str, script: &str) -> std::path::PathBuf {
+    let cache = std::env::var("NIMBUS_IMAGE_CACHE").unwrap_or_else(|_| "/var/cache/nimbus".into());
+    let dir = std::path::Path::new(&cache).join("images").join(name);
+    let manifest = std::fs::read_to_string(dir.join("image.json")).unwrap_or_else(|e| {
+        panic!(
+            "no {name} image in {} ({e}): build it with {script} (scripts/test.sh does)",
+            dir.display()
+        )
+    });
+    let m: serde_json::Value = json(&manifest);
+    dir.join(m["disk"].as_str().expect("image.json names its disk"))
+}
+
 /// Creates project `project` (as the admin) and answers a member token of it.
 pub fn project_member(cloud: &Cloud, project: &str) -> String {
     cli_ok(cloud, &["project", "create", project]);

@@ -2,6 +2,7 @@
 
 mod lifecycle;
 mod migrate;
+mod ready;
 pub(crate) mod snapshot;
 
 use super::files::VmDir;
@@ -212,7 +213,7 @@ impl Actor {
                     }
                 },
                 _ = tick.tick() => {
-                    self.poll_marker();
+                    self.poll_ready();
                     self.poll_heartbeat();
                     self.poll_receiving().await;
                 }
@@ -224,19 +225,14 @@ impl Actor {
     fn update(&self, change: impl FnOnce(&mut CoreStatus)) {
         self.status.send_modify(|s| {
             change(s);
+            if !s.guest_ready {
+                s.ready_via = None;
+            }
             s.generation += 1;
         });
         let snapshot = self.status.borrow().clone();
         if let Err(e) = self.dir.write_state(&snapshot) {
             tracing::warn!(error = %e.chain(), "cannot persist VM state");
-        }
-    }
-
-    fn poll_marker(&mut self) {
-        let Some(run) = &mut self.run else { return };
-        if run.marker.poll() && !self.status.borrow().guest_ready {
-            tracing::info!("guest is ready");
-            self.update(|s| s.guest_ready = true);
         }
     }
 
@@ -258,7 +254,7 @@ impl Actor {
         }
     }
 
-    /// The guest (re)boots: it is not ready until it prints the marker again.
+    /// The guest (re)boots: it is not ready until it prints the marker (or reports) again.
     fn restart_marker(&mut self) {
         let offset = self.dir.console_len();
         if let Some(run) = &mut self.run {
@@ -267,6 +263,7 @@ impl Actor {
         self.update(|s| {
             s.guest_ready = false;
             s.console_offset = offset;
+            s.booted_unix_ms = ready::unix_ms_now();
         });
     }
 

@@ -199,6 +199,7 @@ impl VmHandle {
             reason: core.reason,
             pid: core.pid,
             guest_ready: core.guest_ready,
+            ready_via: core.ready_via.filter(|_| core.guest_ready),
             started_at: core.started_at,
             heartbeat_age_ms: core.pid.and_then(|_| self.last_beat.age_ms()),
             cpu_time_ns: stat.map_or(0, |s| s.cpu_time_ns()),

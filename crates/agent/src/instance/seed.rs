@@ -1,8 +1,16 @@
 //! The cloud-init NoCloud seed: a small FAT disk labelled `CIDATA` holding `meta-data`
-//! (instance id, hostname, public keys), `user-data`, `vendor-data` (which makes cloud-init
-//! print the ready line when it has finished) and `network-config` (the instance's address,
-//! so the guest needs no DHCP). It is attached as a virtio disk: Debian's cloud kernel has no
-//! AHCI driver, so a CD-ROM on q35 would be invisible to it.
+//! (instance id, hostname, public keys), `user-data`, `vendor-data` and `network-config`
+//! (the instance's address, so the guest needs no DHCP). It is attached as a virtio disk:
+//! Debian's cloud kernel has no AHCI driver, so a CD-ROM on q35 would be invisible to it.
+//!
+//! The vendor-data is a MIME multipart: a cloud-config making cloud-init print the ready line
+//! on the console at its end (`final_message`), and a script ([`READY_REPORT`]) installing a
+//! unit that reports to the metadata service once cloud-init has finished, every boot: that
+//! report is the instance's readiness when it has a tenant network; the final message is
+//! then not the ready marker, so only the report makes the guest ready. Without a tenant
+//! network (no metadata service) the final message is the ready marker, as before.
+//! Parts, not keys of one cloud-config: user-data replaces vendor-data keys it also sets
+//! (`runcmd`, `write_files`), and cannot replace a vendor script.
 //!
 //! Built with `mkfs.vfat` and `mcopy` (dosfstools, mtools): no loop device, no mount. The
 //! files are JSON, which every YAML parser (cloud-init's) reads, so no value needs escaping.
@@ -14,9 +22,25 @@ use nimbus_agent_api::{CloudInitSeed, NicSpec, VmSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The line cloud-init prints at its end (vendor-data's `final_message`), which starts with
-/// [`nimbus_agent_api::CLOUD_INIT_READY_MARKER`] (the controller waits for it).
-const FINAL_MESSAGE: &str = "nimbus-guest ready: cloud-init finished after $UPTIME s";
+/// The line cloud-init prints at its end (vendor-data's `final_message`) when the guest
+/// reports its readiness to the metadata service: it is not the ready marker, so the report
+/// alone makes such a guest ready.
+const FINAL_MESSAGE: &str = "nimbus: cloud-init finished after $UPTIME s";
+/// The line cloud-init prints at its end when the guest has no metadata service to report
+/// to (no tenant network): it starts with [`nimbus_agent_api::CLOUD_INIT_READY_MARKER`],
+/// the image's ready marker.
+const FINAL_MESSAGE_MARKER: &str = "nimbus-guest ready: cloud-init finished after $UPTIME s";
+
+/// The vendor script that installs the readiness report (systemd unit, python3 client).
+const READY_REPORT: &str = include_str!("ready_report.sh");
+/// Separates the vendor-data's parts (appears in neither).
+const BOUNDARY: &str = "==nimbus-vendor-data==";
+
+/// A seeded guest on these NICs reports its readiness to the metadata service: it has a
+/// tenant network, so a metadata service to report to.
+fn reports_ready(nics: &[NicSpec]) -> bool {
+    nics.iter().any(|n| n.vni.is_some())
+}
 
 /// Seed disk size in KiB (FAT12; user-data is at most 16 KiB).
 const SEED_KIB: &str = "1024";
@@ -40,10 +64,7 @@ pub fn files(seed: &CloudInitSeed, nics: &[NicSpec]) -> Result<Vec<(&'static str
             .map_err(|e| Error::BadRequest(format!("seed user_data is not base64: {e}")))?,
         None => b"#cloud-config\n{}\n".to_vec(),
     };
-    let vendor = format!(
-        "#cloud-config\n{}\n",
-        serde_json::json!({ "final_message": FINAL_MESSAGE })
-    );
+    let vendor = vendor_data(reports_ready(nics));
     let mut out = vec![
         ("meta-data", meta.to_string().into_bytes()),
         ("user-data", user_data),
@@ -56,6 +77,33 @@ pub fn files(seed: &CloudInitSeed, nics: &[NicSpec]) -> Result<Vec<(&'static str
         ));
     }
     Ok(out)
+}
+
+/// The vendor-data: the `final_message` cloud-config and the readiness report's script
+/// (`report`), or only the final message with the ready marker (no metadata service).
+fn vendor_data(report: bool) -> String {
+    let message = if report {
+        FINAL_MESSAGE
+    } else {
+        FINAL_MESSAGE_MARKER
+    };
+    let config = format!(
+        "#cloud-config\n{}\n",
+        serde_json::json!({ "final_message": message })
+    );
+    if !report {
+        return config;
+    }
+    let part = |kind: &str, body: &str| {
+        format!(
+            "--{BOUNDARY}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\n\n{body}\n"
+        )
+    };
+    format!(
+        "Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n{}{}--{BOUNDARY}--\n",
+        part("text/cloud-config", &config),
+        part("text/x-shellscript", READY_REPORT),
+    )
 }
 
 /// Network config version 2: each NIC by its MAC, with its static address and gateway.
@@ -201,7 +249,10 @@ mod tests {
         assert_eq!(meta["local-hostname"], "App-1");
         assert_eq!(meta["public-keys"][0], "ssh-ed25519 AAAA key \"quoted\"");
         assert_eq!(mtype(&image, "user-data"), user_data);
-        assert!(mtype(&image, "vendor-data").contains(nimbus_agent_api::CLOUD_INIT_READY_MARKER));
+        // No tenant network: no metadata service, the final message is the ready marker.
+        let vendor = mtype(&image, "vendor-data");
+        assert!(vendor.contains(nimbus_agent_api::CLOUD_INIT_READY_MARKER));
+        assert!(!vendor.contains("text/x-shellscript"));
         let net: serde_json::Value =
             serde_json::from_str(&mtype(&image, "network-config")).expect("JSON");
         assert_eq!(net["ethernets"]["nic0"]["addresses"][0], "10.200.0.7/16");
@@ -209,6 +260,19 @@ mod tests {
             net["ethernets"]["nic0"]["match"]["macaddress"],
             "52:54:00:00:00:07"
         );
+        // On a tenant network: the report's script, and a final message that is no marker.
+        spec.nics[0].vni = Some(7);
+        let files = files(spec.seed.as_ref().expect("seed"), &spec.nics).expect("files");
+        let vendor = String::from_utf8(files[2].1.clone()).expect("utf-8");
+        assert_eq!(files[2].0, "vendor-data");
+        assert!(
+            vendor.starts_with("Content-Type: multipart/mixed"),
+            "{vendor}"
+        );
+        assert!(vendor.contains("Content-Type: text/x-shellscript"));
+        assert!(vendor.contains(crate::network::metadata::http::READY_PATH));
+        assert!(vendor.contains("nimbus: cloud-init finished"));
+        assert!(!vendor.contains(nimbus_agent_api::CLOUD_INIT_READY_MARKER));
         // Idempotent; no staging left behind.
         ensure(&dir, &spec).await.expect("again");
         assert!(!dir.dir().join("seed.d").exists());

@@ -22,6 +22,13 @@ pub struct CoreStatus {
     pub reason: Option<String>,
     pub pid: Option<u32>,
     pub guest_ready: bool,
+    /// What made the guest ready, while `guest_ready`.
+    #[serde(default)]
+    pub ready_via: Option<nimbus_api::ReadySource>,
+    /// Unix ms at which the guest last (re)booted here: only a readiness report made after
+    /// it counts.
+    #[serde(default)]
+    pub booted_unix_ms: u64,
     pub started_at: Option<DateTime<Utc>>,
     pub intent: Intent,
     /// Offset in `console.log` from which the ready marker is looked for (the end of the
@@ -48,6 +55,8 @@ impl CoreStatus {
             reason: None,
             pid: None,
             guest_ready: false,
+            ready_via: None,
+            booted_unix_ms: 0,
             started_at: None,
             intent: Intent::Stop,
             console_offset: 0,

@@ -72,6 +72,7 @@ use nimbus_qemu::QemuConfig;
 use segment::Segment;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use vxlan::{PeerChanges, VxlanParams};
 
 /// The mount namespace (a path, `/proc/<pid>/ns/mnt`) where the agent makes the named network
@@ -91,6 +92,9 @@ pub struct HostNetwork {
     controller: Option<SocketAddr>,
     /// Serializes every change (registration, launches and deletes run concurrently).
     state: tokio::sync::Mutex<State>,
+    /// What the metadata servers answer from, and the guests' readiness reports (read by
+    /// the VMs' actors without waiting for `state`).
+    metadata: Arc<metadata::registry::Registry>,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +203,7 @@ impl HostNetwork {
             disabled: None,
             underlay,
             controller: None,
+            metadata: state.metadata.shared_registry(),
             state: tokio::sync::Mutex::new(state),
         }
     }
@@ -243,6 +248,12 @@ impl HostNetwork {
                 Self::new(shell, None)
             }
         }
+    }
+
+    /// When the guest of VM `id` last reported ready to this host's metadata service (unix
+    /// ms), if it has since it was registered here.
+    pub fn ready_report(&self, id: uuid::Uuid) -> Option<u64> {
+        self.metadata.ready_report(id)
     }
 
     /// This host's underlay address.

@@ -29,6 +29,7 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
                 ("name", i.name.clone()),
                 ("state", i.state.to_string()),
                 ("reason", output::opt(&i.reason)),
+                ("ready", ready_text(i)),
                 ("host", output::opt(&i.host)),
                 (
                     "flavor",
@@ -48,6 +49,14 @@ fn show(out: Output, i: &InstanceView) -> anyhow::Result<()> {
             ]);
             Ok(())
         }
+    }
+}
+
+/// `yes (metadata)`: what said the guest is up; `no` while it is not (yet).
+fn ready_text(i: &InstanceView) -> String {
+    match i.ready {
+        Some(via) => format!("yes ({})", via.as_str()),
+        None => "no".into(),
     }
 }
 

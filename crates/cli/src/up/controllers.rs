@@ -37,6 +37,7 @@ pub struct ControllersPlan {
     pub ram_ratio: f64,
     pub strategy: &'static str,
     pub lease_ttl: Duration,
+    pub boot_timeout_secs: u64,
 }
 
 /// Checks `--controllers` against the database before anything starts.
@@ -199,6 +200,8 @@ fn spawn(
         plan.strategy.into(),
         "--lease-ttl".into(),
         format!("{}s", plan.lease_ttl.as_secs().max(1)),
+        "--boot-timeout-secs".into(),
+        plan.boot_timeout_secs.to_string(),
         "--network".into(),
         if plan.network {
             "10.200.0.0/16".into()

@@ -59,6 +59,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = ControllerConfig::new(data_dir.clone());
     config.listen = vec![args.listen];
     config.lease_ttl = args.lease_ttl;
+    config.boot_timeout = std::time::Duration::from_secs(args.boot_timeout_secs);
     // Where the agents call controller 1 (the others: the next ports).
     let agents_reach = match &net {
         Some(n) => {
@@ -117,6 +118,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 crate::args::StrategyArg::Pack => "pack",
             },
             lease_ttl: args.lease_ttl,
+            boot_timeout_secs: args.boot_timeout_secs,
         },
         args.controllers,
     )?;

@@ -14,8 +14,11 @@ pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 50;
 
 impl App {
     /// An instance booted through UEFI keeps its EFI variables in a file of its host
-    /// (`efivars.fd`) that migrations and snapshots do not carry yet: refused, rather than
-    /// resetting the guest's boot entries without a word.
+    /// (`efivars.fd`). They move inside QEMU's migration stream (the flash device's contents
+    /// are guest RAM, written into the target's file when the guest resumes there), so a live
+    /// migration and a snapshot with memory carry them; a cold migration or a disk-only
+    /// snapshot, which have no stream, would lose them: refused, rather than resetting the
+    /// guest's boot entries without a word.
     pub(crate) async fn refuse_if_uefi(
         &self,
         inst: &nimbus_store::InstanceRecord,
@@ -27,8 +30,8 @@ impl App {
         }
         Err(AppError::conflict(format!(
             "cannot {action} instance {}: it boots through UEFI (image {:?}) and its EFI \
-             variables file does not move with it yet (docs/images.md); images that boot \
-             with BIOS too can be uploaded with --firmware bios",
+             variables move only inside a running VM's state: migrate it while it runs, and \
+             snapshot it with memory (docs/images.md)",
             inst.name, img.name
         )))
     }
@@ -57,7 +60,9 @@ impl App {
             .host
             .clone()
             .ok_or_else(|| AppError::conflict(format!("instance {} has no host", inst.name)))?;
-        self.refuse_if_uefi(&inst, "migrate").await?;
+        if kind == OperationKind::InstanceColdMigrate {
+            self.refuse_if_uefi(&inst, "cold-migrate").await?;
+        }
         if let Some(ms) = req.max_downtime_ms {
             if !(1..=60_000).contains(&ms) {
                 return Err(AppError::bad_request(

@@ -31,7 +31,10 @@ impl App {
             .map_err(|e| AppError::bad_request(format!("invalid snapshot name {name:?}: {e}")))?;
         let memory = !req.disk_only;
         check_snapshottable(&inst, memory)?;
-        self.refuse_if_uefi(&inst, "snapshot").await?;
+        if !memory {
+            self.refuse_if_uefi(&inst, "take a disk-only snapshot of")
+                .await?;
+        }
         let host = snapshot_host(&inst)?;
         self.require_host_up(&host, &format!("where instance {} runs", inst.name))
             .await?;

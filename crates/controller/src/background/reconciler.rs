@@ -170,6 +170,12 @@ async fn copy_elsewhere(
 }
 
 async fn apply_report(app: &App, inst: &InstanceRecord, vm: &VmStatus) -> Result<(), StoreError> {
+    let ready = vm
+        .ready_via
+        .filter(|_| vm.guest_ready && vm.state == VmRunState::Running);
+    if ready != inst.ready {
+        app.store().set_guest_ready(inst.id, ready).await?;
+    }
     let gen = vm.generation as i64;
     if gen <= inst.agent_generation || inst.operation_id.is_some() {
         return Ok(());

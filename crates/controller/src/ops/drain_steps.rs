@@ -164,6 +164,7 @@ mod tests {
             host: Some("host1".into()),
             state: InstanceState::Running,
             reason: None,
+            ready: None,
             ip: None,
             mac: None,
             group_id: None,

@@ -169,7 +169,8 @@ impl Step<App> for Boot {
     }
 }
 
-/// Waits until the guest printed its ready marker (or QEMU runs, for images without one).
+/// Waits until the guest is ready (its report to the metadata service, or its ready marker;
+/// see `ready_via`), or QEMU runs, for images without a marker.
 pub struct WaitReady(pub Uuid);
 
 #[async_trait]
@@ -202,7 +203,15 @@ impl Step<App> for WaitReady {
                     return Err(StepError::permanent("the VM powered off while booting"));
                 }
                 Ok(st) if st.state == VmRunState::Running && (st.guest_ready || !has_marker) => {
-                    return Ok(json!({ "boot_ms": waited.as_millis() as u64 }));
+                    let via = st.ready_via.filter(|_| st.guest_ready);
+                    // Shown by `instance show` at once (the reconciler keeps it current).
+                    if let Err(e) = app.store().set_guest_ready(self.0, via).await {
+                        tracing::warn!(instance_id = %self.0, error = %e, "cannot record readiness");
+                    }
+                    return Ok(json!({
+                        "boot_ms": waited.as_millis() as u64,
+                        "ready_via": via.map(|v| v.as_str()),
+                    }));
                 }
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {

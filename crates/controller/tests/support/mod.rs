@@ -97,6 +97,7 @@ pub fn status(id: Uuid, state: VmRunState) -> VmStatus {
         reason: None,
         pid: Some(4242),
         guest_ready: true,
+        ready_via: Some(nimbus_api::ReadySource::Console),
         started_at: None,
         heartbeat_age_ms: Some(100),
         cpu_time_ns: 0,

@@ -165,9 +165,10 @@ impl Actor {
             s.started_at = Some(started_at.unwrap_or_else(Utc::now));
             if fresh {
                 s.guest_ready = false;
+                s.booted_unix_ms = super::ready::unix_ms_now();
             }
         });
-        self.poll_marker();
+        self.poll_ready();
     }
 
     pub(super) async fn stop(&mut self, req: StopRequest, reply: Reply) {

@@ -419,7 +419,10 @@ impl Actor {
         if record_first || now_ready {
             self.update(|s| {
                 s.first_heartbeat_unix_ms = s.first_heartbeat_unix_ms.or(beat);
-                s.guest_ready |= now_ready;
+                if now_ready {
+                    s.guest_ready = true;
+                    s.ready_via = Some(nimbus_api::ReadySource::Resumed);
+                }
             });
         }
     }

@@ -201,6 +201,7 @@ impl Actor {
             s.state = VmRunState::Running;
             s.incoming = false;
             s.guest_ready = true;
+            s.ready_via = Some(nimbus_api::ReadySource::Resumed);
         });
         if let Err(e) = qmp.announce_self().await {
             tracing::warn!(error = error_chain(&e), "announce-self failed");

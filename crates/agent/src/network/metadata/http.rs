@@ -10,8 +10,16 @@
 //! `<version>` is `latest` or a dated one (`2009-04-04`, ...), all answered alike. The caller
 //! is the instance whose port on this network has the request's source address (port
 //! security pins it to that port: see docs/cloud-init.md); any other source gets 403.
+//!
+//! nimbus's own path, the readiness report the seed's vendor-data makes the guest send once
+//! cloud-init has finished, each boot (see [`crate::instance::seed`]):
+//! ```text
+//! POST /nimbus/v1/ready          X-aws-ec2-metadata-token: <token>; body: cloud-init's
+//!                                status, at most 1 KiB (logged) → 204; again within 2 s → 429
+//! ```
+//! It marks only the calling instance ready: no field of the body names an instance.
 
-use super::registry::{Instance, Registry};
+use super::registry::{Instance, Registry, ReportRefused};
 use super::token::{Tokens, MAX_TTL_SECS, MIN_TTL_SECS};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -24,6 +32,10 @@ use std::time::{Duration, SystemTime};
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_PATH: &str = "/latest/api/token";
+/// Where the guest reports that cloud-init has finished.
+pub const READY_PATH: &str = "/nimbus/v1/ready";
+/// The largest request body taken (only the readiness report has one).
+pub const MAX_BODY_BYTES: usize = 1024;
 
 /// The server of one network (`vni`) on this host.
 #[derive(Debug, Clone)]
@@ -44,15 +56,31 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    answer(
-        &svc,
-        peer.ip(),
-        &method,
-        uri.path(),
-        &headers,
-        SystemTime::now(),
-    )
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body may have at most {MAX_BODY_BYTES} bytes\n"),
+        );
+    };
+    let req = Request {
+        method: &method,
+        path: uri.path(),
+        headers: &headers,
+        body: &body,
+    };
+    answer(&svc, peer.ip(), &req, SystemTime::now())
+}
+
+/// What the service looks at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// At most [`MAX_BODY_BYTES`].
+    pub body: &'a [u8],
 }
 
 fn text(status: StatusCode, body: impl Into<Body>) -> Response {
@@ -60,14 +88,13 @@ fn text(status: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 /// The answer to one request from `peer`.
-pub fn answer(
-    svc: &Service,
-    peer: IpAddr,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    now: SystemTime,
-) -> Response {
+pub fn answer(svc: &Service, peer: IpAddr, req: &Request, now: SystemTime) -> Response {
+    let Request {
+        method,
+        path,
+        headers,
+        body,
+    } = *req;
     let inst = match peer {
         IpAddr::V4(ip) => svc.registry.instance(svc.vni, ip),
         IpAddr::V6(_) => None,
@@ -83,8 +110,19 @@ pub fn answer(
             text(StatusCode::METHOD_NOT_ALLOWED, "PUT a token request\n")
         };
     }
-    if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    let reporting = path == READY_PATH;
+    let allowed = if reporting {
+        method == Method::POST
+    } else {
+        method == Method::GET || method == Method::HEAD
+    };
+    if !allowed {
+        let only = if reporting {
+            "only POST\n"
+        } else {
+            "only GET\n"
+        };
+        return text(StatusCode::METHOD_NOT_ALLOWED, only);
     }
     let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
     if token
@@ -96,10 +134,47 @@ pub fn answer(
             "a valid X-aws-ec2-metadata-token is required (PUT /latest/api/token)\n",
         );
     }
+    if reporting {
+        return report_ready(svc, &inst, body, now);
+    }
     match lookup(&svc.registry, &inst, path) {
         Some(body) => text(StatusCode::OK, body),
         None => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /nimbus/v1/ready`: the caller's guest has finished cloud-init.
+fn report_ready(svc: &Service, inst: &Instance, body: &[u8], now: SystemTime) -> Response {
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match svc.registry.report_ready(inst, now_ms) {
+        Ok(()) => {
+            tracing::info!(instance_id = %inst.id, status = %printable(body), "guest reported ready");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(ReportRefused::TooSoon(wait_ms)) => {
+            let mut resp = text(StatusCode::TOO_MANY_REQUESTS, "reported just now\n");
+            let secs = wait_ms.div_ceil(1000).to_string();
+            if let Ok(v) = secs.parse() {
+                resp.headers_mut().insert("retry-after", v);
+            }
+            resp
+        }
+    }
+}
+
+/// Guest text made safe for one log line: printable ASCII, at most 200 characters.
+fn printable(body: &[u8]) -> String {
+    body.iter()
+        .take(200)
+        .map(|b| match b {
+            b' '..=b'~' => char::from(*b),
+            _ => ' ',
+        })
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// `PUT /latest/api/token`. As EC2, a request carrying `X-Forwarded-For` is refused: it came

@@ -42,17 +42,28 @@ async fn body(resp: Response) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// The answer to `method path` with `h` and `body` from `from`.
+fn call(
+    svc: &Service,
+    from: &str,
+    method: Method,
+    path: &str,
+    h: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let req = Request {
+        method: &method,
+        path,
+        headers: h,
+        body,
+    };
+    answer(svc, peer(from), &req, SystemTime::now())
+}
+
 /// A token for the instance at 10.0.0.11.
 async fn token(svc: &Service) -> String {
     let h = headers(&[(TTL_HEADER, "60")]);
-    let resp = answer(
-        svc,
-        peer("10.0.0.11"),
-        &Method::PUT,
-        TOKEN_PATH,
-        &h,
-        SystemTime::now(),
-    );
+    let resp = call(svc, "10.0.0.11", Method::PUT, TOKEN_PATH, &h, b"");
     let (status, token) = body(resp).await;
     assert_eq!(status, StatusCode::OK);
     token
@@ -63,15 +74,7 @@ async fn get(svc: &Service, from: &str, path: &str, token: Option<&str>) -> (Sta
         Some(t) => headers(&[(TOKEN_HEADER, t)]),
         None => HeaderMap::new(),
     };
-    body(answer(
-        svc,
-        peer(from),
-        &Method::GET,
-        path,
-        &h,
-        SystemTime::now(),
-    ))
-    .await
+    body(call(svc, from, Method::GET, path, &h, b"")).await
 }
 
 #[tokio::test]
@@ -102,43 +105,27 @@ async fn every_get_needs_a_token_of_the_same_instance() {
 #[tokio::test]
 async fn token_requests_are_checked() {
     let (svc, _) = service();
-    let now = SystemTime::now();
+    let put = |h: &HeaderMap| call(&svc, "10.0.0.11", Method::PUT, TOKEN_PATH, h, b"");
     for h in [
         headers(&[]),
         headers(&[(TTL_HEADER, "0")]),
         headers(&[(TTL_HEADER, "21601")]),
         headers(&[(TTL_HEADER, "ten")]),
     ] {
-        let resp = answer(&svc, peer("10.0.0.11"), &Method::PUT, TOKEN_PATH, &h, now);
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{h:?}");
+        assert_eq!(put(&h).status(), StatusCode::BAD_REQUEST, "{h:?}");
     }
     let proxied = headers(&[(TTL_HEADER, "60"), ("x-forwarded-for", "10.0.0.5")]);
-    let resp = answer(
+    assert_eq!(put(&proxied).status(), StatusCode::FORBIDDEN);
+    let get = call(
         &svc,
-        peer("10.0.0.11"),
-        &Method::PUT,
-        TOKEN_PATH,
-        &proxied,
-        now,
-    );
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let resp = answer(
-        &svc,
-        peer("10.0.0.11"),
-        &Method::GET,
+        "10.0.0.11",
+        Method::GET,
         TOKEN_PATH,
         &headers(&[]),
-        now,
+        b"",
     );
-    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let ok = answer(
-        &svc,
-        peer("10.0.0.11"),
-        &Method::PUT,
-        TOKEN_PATH,
-        &headers(&[(TTL_HEADER, "21600")]),
-        now,
-    );
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let ok = put(&headers(&[(TTL_HEADER, "21600")]));
     assert_eq!(ok.headers()[TTL_HEADER], "21600");
 }
 
@@ -192,4 +179,81 @@ async fn the_instance_reads_its_own_metadata_in_the_ec2_layout() {
         ok("203.0.113.5")
     );
     assert!(read("/latest/meta-data").await.1.contains("public-ipv4"));
+}
+
+#[tokio::test]
+async fn a_readiness_report_marks_only_the_calling_instance_and_is_rate_limited() {
+    let (svc, spec) = service();
+    let mut other = vm("10.0.0.12", 7);
+    other.id = uuid::Uuid::new_v4();
+    svc.registry.register(&other);
+    let t = token(&svc).await;
+    let with = |t: &str| headers(&[(TOKEN_HEADER, t)]);
+    let post =
+        |from: &str, h: &HeaderMap| call(&svc, from, Method::POST, READY_PATH, h, b"status: done");
+    // No token, a token of another instance, a GET, an address of no instance: refused,
+    // and nothing is recorded.
+    assert_eq!(
+        post("10.0.0.11", &headers(&[])).status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post("10.0.0.12", &with(&t)).status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(post("10.0.0.99", &with(&t)).status(), StatusCode::FORBIDDEN);
+    let get = call(&svc, "10.0.0.11", Method::GET, READY_PATH, &with(&t), b"");
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(svc.registry.ready_report(spec.id), None);
+    // The instance's own report marks it, and it alone.
+    assert_eq!(
+        post("10.0.0.11", &with(&t)).status(),
+        StatusCode::NO_CONTENT
+    );
+    let at = svc.registry.ready_report(spec.id).expect("recorded");
+    assert_eq!(svc.registry.ready_report(other.id), None);
+    // Again at once: 429 with a Retry-After, and the first report's time stays.
+    let again = post("10.0.0.11", &with(&t));
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(again.headers()["retry-after"], "2");
+    assert_eq!(svc.registry.ready_report(spec.id), Some(at));
+    // Forgetting the instance (it left this host) forgets its report.
+    svc.registry.forget(&spec);
+    assert_eq!(svc.registry.ready_report(spec.id), None);
+}
+
+#[tokio::test]
+async fn a_body_over_the_bound_is_refused_before_anything_else() {
+    use tower::ServiceExt as _;
+    let (svc, spec) = service();
+    let t = token(&svc).await;
+    let app = router(svc.clone()).layer(axum::Extension(ConnectInfo(SocketAddr::from((
+        [10, 0, 0, 11],
+        40000,
+    )))));
+    let request = |len: usize| {
+        axum::http::Request::post(READY_PATH)
+            .header(TOKEN_HEADER, &t)
+            .body(Body::from(vec![b'x'; len]))
+            .expect("request")
+    };
+    let big = app
+        .clone()
+        .oneshot(request(MAX_BODY_BYTES + 1))
+        .await
+        .expect("answer");
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(svc.registry.ready_report(spec.id), None);
+    let ok = app.oneshot(request(MAX_BODY_BYTES)).await.expect("answer");
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert!(svc.registry.ready_report(spec.id).is_some());
+}
+
+#[test]
+fn reported_text_is_logged_as_one_printable_line() {
+    assert_eq!(
+        printable(b"status: done\n\x1b[31mfake\x00"),
+        "status: done  [31mfake"
+    );
+    assert_eq!(printable(&[b'a'; 500]).len(), 200);
 }

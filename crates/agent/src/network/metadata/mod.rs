@@ -81,6 +81,11 @@ impl Metadata {
         &self.registry
     }
 
+    /// What the servers answer from, to share.
+    pub fn shared_registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     /// Makes sure network `vni` has its server in router namespace `netns`.
     pub async fn serve(&mut self, vni: u32, netns: &str) -> Result<(), NetError> {
         if self.servers.get(&vni).is_some_and(|s| !s.0.is_finished()) {

@@ -58,7 +58,21 @@ struct Inner {
     ports: HashMap<(u32, Ipv4Addr), Arc<Instance>>,
     /// (network, private address) → floating IP.
     floating: HashMap<(u32, Ipv4Addr), Ipv4Addr>,
+    /// Instance → unix ms of its guest's last accepted readiness report. Only instances
+    /// with a port here can report, and forgetting the instance drops its entry: bounded.
+    ready: HashMap<Uuid, u64>,
 }
+
+/// Why a readiness report was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportRefused {
+    /// The instance reported less than [`REPORT_INTERVAL_MS`] ago; retry after this many ms.
+    TooSoon(u64),
+}
+
+/// The shortest time between two accepted readiness reports of one instance: a guest that
+/// reports in a loop costs one map write per interval.
+pub const REPORT_INTERVAL_MS: u64 = 2_000;
 
 impl Registry {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -78,9 +92,11 @@ impl Registry {
         }
     }
 
-    /// Forgets `spec`'s NICs, unless another instance holds their address by now.
+    /// Forgets `spec`'s NICs, unless another instance holds their address by now, and its
+    /// readiness report.
     pub fn forget(&self, spec: &VmSpec) {
         let mut inner = self.write();
+        inner.ready.remove(&spec.id);
         for key in spec.nics.iter().filter_map(address_of) {
             if inner.ports.get(&key).is_some_and(|i| i.id == spec.id) {
                 inner.ports.remove(&key);
@@ -100,6 +116,25 @@ impl Registry {
     /// The instance whose port on network `vni` has address `ip`.
     pub fn instance(&self, vni: u32, ip: Ipv4Addr) -> Option<Arc<Instance>> {
         self.read().ports.get(&(vni, ip)).cloned()
+    }
+
+    /// Records that `inst`'s guest reported ready at `now_ms`, at most once per
+    /// [`REPORT_INTERVAL_MS`].
+    pub fn report_ready(&self, inst: &Instance, now_ms: u64) -> Result<(), ReportRefused> {
+        let mut inner = self.write();
+        if let Some(last) = inner.ready.get(&inst.id) {
+            let since = now_ms.saturating_sub(*last);
+            if since < REPORT_INTERVAL_MS {
+                return Err(ReportRefused::TooSoon(REPORT_INTERVAL_MS - since));
+            }
+        }
+        inner.ready.insert(inst.id, now_ms);
+        Ok(())
+    }
+
+    /// When instance `id`'s guest last reported ready (unix ms).
+    pub fn ready_report(&self, id: Uuid) -> Option<u64> {
+        self.read().ready.get(&id).copied()
     }
 
     /// The floating IP of `inst`, if one is attached.
