@@ -106,6 +106,7 @@ fn stopped(id: Uuid) -> VmStatus {
         reason: Some(STAND_IN.into()),
         pid: None,
         guest_ready: false,
+        ready_via: None,
         started_at: None,
         heartbeat_age_ms: None,
         cpu_time_ns: 0,

@@ -235,6 +235,30 @@ pub(crate) mod testing {
         }
     }
 
+    /// A host `name` that reported just now, with room for `cpus` vCPUs and `memory_mib`.
+    pub fn host_record(name: &str, cpus: u32, memory_mib: u64) -> super::HostRecord {
+        super::HostRecord {
+            name: name.into(),
+            agent_url: format!("http://{name}:7701"),
+            enabled: true,
+            cpus,
+            memory_mib,
+            disk_gib: 1000,
+            accelerator: "tcg".into(),
+            qemu_version: "10".into(),
+            agent_version: "test".into(),
+            shared_storage: None,
+            cpu_allocation_ratio: None,
+            ram_allocation_ratio: None,
+            ksm: None,
+            image_cache: None,
+            last_seen: chrono::Utc::now(),
+            silent_ms: None,
+            down_since: None,
+            ha_restarted: 0,
+        }
+    }
+
     /// A small instance of `project` and the operation that creates it.
     pub fn new_instance(project: &str, name: &str) -> (NewInstance, NewOperation) {
         let id = Uuid::new_v4();

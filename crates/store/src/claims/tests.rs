@@ -1,7 +1,7 @@
 //! Capacity claims from 20 concurrent callers at the edge, on every backend (PostgreSQL runs
 //! them truly in parallel; without the host lock of `check_room` these tests fail there).
 
-use crate::testing::{new_instance, pick, stores};
+use crate::testing::{host_record, new_instance, pick, stores};
 use crate::{Allocation, HostClaim, HostRecord, NewMigration, Store, StoreError};
 use nimbus_api::{PlacementPolicy, QuotaLimits};
 use uuid::Uuid;
@@ -11,26 +11,7 @@ const CALLERS: usize = 20;
 const ROOM: usize = 5;
 
 fn host(name: &str) -> HostRecord {
-    HostRecord {
-        name: name.into(),
-        agent_url: format!("http://{name}:7701"),
-        enabled: true,
-        cpus: 64,
-        memory_mib: 512 * ROOM as u64,
-        disk_gib: 1000,
-        accelerator: "tcg".into(),
-        qemu_version: "10".into(),
-        agent_version: "test".into(),
-        shared_storage: None,
-        cpu_allocation_ratio: None,
-        ram_allocation_ratio: None,
-        ksm: None,
-        image_cache: None,
-        last_seen: chrono::Utc::now(),
-        silent_ms: None,
-        down_since: None,
-        ha_restarted: 0,
-    }
+    host_record(name, 64, 512 * ROOM as u64)
 }
 
 fn claim(host: &str, spread_group: Option<Uuid>) -> HostClaim {

@@ -1,26 +1,11 @@
 use crate::snapshots::tests::{instance, snapshot};
-use crate::testing::stores;
+use crate::testing::{host_record, stores};
 use crate::{HostRecord, Store};
 
 fn host(name: &str, shared: Option<&str>) -> HostRecord {
     HostRecord {
-        name: name.into(),
-        agent_url: format!("http://{name}:7701"),
-        enabled: true,
-        cpus: 4,
-        memory_mib: 4096,
-        disk_gib: 100,
-        accelerator: "tcg".into(),
-        qemu_version: "10".into(),
-        agent_version: "test".into(),
         shared_storage: shared.map(str::to_string),
-        cpu_allocation_ratio: None,
-        ram_allocation_ratio: None,
-        ksm: None,
-        image_cache: None,
-        last_seen: chrono::Utc::now(),
-        down_since: None,
-        ha_restarted: 0,
+        ..host_record(name, 4, 4096)
     }
 }
 
