@@ -13,11 +13,14 @@ use nimbus_controller::background::{host_liveness, reconciler};
 use nimbus_store::Scope;
 use support::Cloud;
 
-/// Makes the controller's last report from `host` `secs` seconds old.
+/// Makes the controller's last report from `host` `secs` seconds old (the time of day shown
+/// and the database-clock time liveness is judged by; this test's database is SQLite on
+/// this machine's clock).
 async fn silence(cloud: &Cloud, host: &str, secs: u64) {
     let then = chrono::Utc::now() - chrono::Duration::seconds(secs as i64);
-    sqlx::query("UPDATE hosts SET last_seen = $1 WHERE name = $2")
+    sqlx::query("UPDATE hosts SET last_seen = $1, last_seen_ms = $2 WHERE name = $3")
         .bind(then.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .bind(then.timestamp_millis())
         .bind(host)
         .execute(cloud.app.store().pool())
         .await

@@ -51,6 +51,11 @@ After=cloud-final.service
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/nimbus-report-ready
+# Its retries (30, 2 s apart, 5 s per request) may outlast the default 90 s start timeout
+# on a slow guest; its messages go to the console too, where the platform can see why.
+TimeoutStartSec=10min
+StandardOutput=journal+console
+StandardError=journal+console
 
 [Install]
 WantedBy=cloud-init.target

@@ -106,7 +106,8 @@ fn vendor_data(report: bool) -> String {
     )
 }
 
-/// Network config version 2: each NIC by its MAC, with its static address and gateway.
+/// Network config version 2: each NIC by its MAC, with its static address and gateway (the
+/// default route, which also reaches the metadata service at 169.254.169.254).
 fn network_config(nics: &[NicSpec]) -> serde_json::Value {
     let mut ethernets = serde_json::Map::new();
     for (i, nic) in nics.iter().enumerate() {
@@ -114,8 +115,11 @@ fn network_config(nics: &[NicSpec]) -> serde_json::Value {
             "match": { "macaddress": nic.mac },
             "addresses": [nic.ip],
         });
+        // `gateway4`, not a `routes` entry to 0.0.0.0/0: Debian 12's cloud-init renders the
+        // latter into no default route (seen: the guest's report to 169.254.169.254 failed
+        // with "Network is unreachable"); `gateway4` becomes ifupdown's `gateway`.
         if let Some(gw) = &nic.gateway {
-            e["routes"] = serde_json::json!([{ "to": "0.0.0.0/0", "via": gw }]);
+            e["gateway4"] = serde_json::json!(gw);
         }
         ethernets.insert(format!("nic{i}"), e);
     }
@@ -256,6 +260,7 @@ mod tests {
         let net: serde_json::Value =
             serde_json::from_str(&mtype(&image, "network-config")).expect("JSON");
         assert_eq!(net["ethernets"]["nic0"]["addresses"][0], "10.200.0.7/16");
+        assert_eq!(net["ethernets"]["nic0"]["gateway4"], "10.200.0.1");
         assert_eq!(
             net["ethernets"]["nic0"]["match"]["macaddress"],
             "52:54:00:00:00:07"
