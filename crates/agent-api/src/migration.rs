@@ -65,6 +65,11 @@ pub struct IncomingRequest {
     /// Absent (an older controller): QEMU gets the host's own key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_credential: Option<MigrationCredential>,
+    /// The guest was ready on the source: it is ready here once it runs after the switch-over
+    /// (a guest without nimbus's heartbeat, such as a cloud image, gives no other sign, and
+    /// cloud-init does not report again without a boot).
+    #[serde(default)]
+    pub guest_ready: bool,
 }
 
 /// A key and a certificate of the cloud CA issued by the controller for one migration and

@@ -307,6 +307,7 @@ impl Manager {
             policy: req.policy.clone(),
             ready: None,
             resumed: false,
+            guest_ready: req.guest_ready,
         };
         let role = MigrationRole::Incoming(record);
         self.define_arriving(id, &req.spec, &req.disk, Some(role), cached)

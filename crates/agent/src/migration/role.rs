@@ -41,6 +41,9 @@ pub struct IncomingRecord {
     pub ready: Option<IncomingReady>,
     /// The guest resumed here: the migration completed.
     pub resumed: bool,
+    /// The guest was ready on the source (see [`IncomingRequest::guest_ready`]).
+    #[serde(default)]
+    pub guest_ready: bool,
 }
 
 /// The source's side.
@@ -106,6 +109,7 @@ mod tests {
             policy: MigrationPolicy::default(),
             ready: None,
             resumed: false,
+            guest_ready: true,
         });
         write(&dir, &incoming).expect("write");
         assert_eq!(read(&dir).expect("read"), Some(incoming));

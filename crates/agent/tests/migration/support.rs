@@ -120,6 +120,7 @@ pub async fn incoming_with(
         policy,
         source_host: None,
         tls_credential: None,
+        guest_ready: false,
     };
     let ready = pair
         .b

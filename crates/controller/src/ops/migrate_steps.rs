@@ -200,6 +200,7 @@ impl Step<App> for PrepareTarget {
                 // Over TLS the target accepts only this host's certificate.
                 source_host: Some(r.source.clone()),
                 tls_credential,
+                guest_ready: inst.ready.is_some(),
             })
             .await
             .map_err(agent_err)?;
