@@ -337,6 +337,15 @@ async fn a_debian_guest_is_configured_by_cloud_init_and_used_over_ssh() {
     let second = moved.host.clone().expect("placed");
     assert_ne!(second, first, "instance show names the new host");
     assert_eq!(moved.state, InstanceState::Running);
+    // Ready on the target as it was on the source: cloud-init does not report again.
+    wait_until(
+        "deb1 shown ready on its new host",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || async { (show(&cloud, "deb1").ready == Some(ReadySource::Resumed)).then_some(()) },
+    )
+    .await
+    .expect("ready: resumed after the migration");
     assert_eq!(
         cached(&cloud, &second, &digest).await.0,
         1,
