@@ -316,10 +316,18 @@ impl Actor {
             return;
         }
         tracing::info!(resumed_unix_ms = ms, "the migrated guest resumed here");
+        // Ready here if it was on the source: a cloud image has no heartbeat, and its
+        // cloud-init reports only after a boot. Once only: a later reboot clears it.
+        let was_ready =
+            matches!(&self.migration.role, Some(MigrationRole::Incoming(r)) if r.guest_ready);
         self.update(|s| {
             s.state = VmRunState::Running;
             s.incoming = false;
             s.resumed_unix_ms = ms;
+            if was_ready {
+                s.guest_ready = true;
+                s.ready_via = Some(nimbus_api::ReadySource::Resumed);
+            }
         });
         self.incoming_done();
     }
@@ -400,8 +408,8 @@ impl Actor {
     }
 
     /// Each tick: records the first heartbeat of the current QEMU; a guest that arrived
-    /// by migration is ready once it beats here, or at once if it was ready on the source
-    /// (its ready marker or report came there and will not come again without a boot).
+    /// by migration is ready once it beats here (its ready marker was printed on the
+    /// source's console and will not come again).
     pub(super) fn poll_heartbeat(&mut self) {
         let (pid, first, ready, state) = {
             let s = self.status.borrow();
@@ -411,15 +419,11 @@ impl Actor {
             return;
         }
         let beat = self.last_beat.first_unix_ms();
-        let (arrived, was_ready) = match &self.migration.role {
-            Some(MigrationRole::Incoming(r)) => (r.resumed, r.guest_ready),
-            _ => (false, false),
-        };
+        let arrived = matches!(&self.migration.role,
+            Some(MigrationRole::Incoming(r)) if r.resumed);
         let record_first = first.is_none() && beat.is_some();
-        let now_ready = arrived
-            && !ready
-            && state == VmRunState::Running
-            && (was_ready || first.or(beat).is_some());
+        let now_ready =
+            arrived && !ready && state == VmRunState::Running && (first.or(beat)).is_some();
         if record_first || now_ready {
             self.update(|s| {
                 s.first_heartbeat_unix_ms = s.first_heartbeat_unix_ms.or(beat);
