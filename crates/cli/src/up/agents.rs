@@ -3,12 +3,11 @@
 //! to `<state dir>/agent.log`.
 
 use super::network::HostNetwork;
+use super::supervise::{child_command, supervise, StartError, Unit};
 use anyhow::Context;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -112,7 +111,18 @@ impl Supervisor {
                 state_dir,
                 enrol: plan.enrol.clone(),
             };
-            tasks.push(tokio::spawn(supervise(spec, stop_rx.clone())));
+            let unit = Unit {
+                kind: "agent",
+                name: spec.name.clone(),
+                pid_file: spec.state_dir.join("agent.pid"),
+                log: spec.state_dir.join("agent.log"),
+            };
+            let spec = Arc::new(spec);
+            let start = move || {
+                let spec = Arc::clone(&spec);
+                async move { start(&spec).await }
+            };
+            tasks.push(tokio::spawn(supervise(unit, None, start, stop_rx.clone())));
         }
         Ok(Self { stop, tasks })
     }
@@ -134,84 +144,15 @@ struct ChildSpec {
     enrol: Enrolment,
 }
 
-/// The first restart's delay; it doubles (up to [`MAX_BACKOFF`]) while the agent keeps dying
-/// young, and comes back to this once an agent ran longer than [`HEALTHY_RUN`].
-pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
-pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(30);
-
-async fn supervise(spec: ChildSpec, mut stop: watch::Receiver<bool>) {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let stopping = *stop.borrow();
-        if stopping {
-            return;
-        }
-        // A host not enrolled yet (its first start) gets a join token; later starts reuse
-        // the certificate of its state dir.
-        let join = if nimbus_pki::HostCredentials::new(&spec.state_dir).enrolled() {
-            None
-        } else {
-            match spec.enrol.join_token().await {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::debug!(host = %spec.name, error = %e, "no join token yet; retrying");
-                    tokio::time::sleep(FIRST_BACKOFF).await;
-                    continue;
-                }
-            }
-        };
-        let mut child = match spawn(&spec, join.as_deref()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(host = %spec.name, error = %e, "cannot start agent");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
-        let started = tokio::time::Instant::now();
-        let pid = child.id();
-        if let Some(pid) = pid {
-            let _ = std::fs::write(spec.state_dir.join("agent.pid"), pid.to_string());
-        }
-        tokio::select! {
-            status = child.wait() => {
-                if started.elapsed() >= HEALTHY_RUN {
-                    backoff = FIRST_BACKOFF;
-                }
-                tracing::warn!(
-                    host = %spec.name,
-                    ?status,
-                    restart_in_ms = backoff.as_millis() as u64,
-                    log = %spec.state_dir.join("agent.log").display(),
-                    "agent exited; restarting it"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            _ = stopped(&mut stop) => {
-                if let Some(pid) = pid {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                }
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// Resolves once stop is requested (or the sender is gone).
-pub(super) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
+/// Starts host `spec`'s agent. A host not enrolled yet (its first start) gets a join token
+/// first; later starts reuse the certificate of its state dir.
+async fn start(spec: &ChildSpec) -> Result<tokio::process::Child, StartError> {
+    let join = if nimbus_pki::HostCredentials::new(&spec.state_dir).enrolled() {
+        None
+    } else {
+        Some(spec.enrol.join_token().await.map_err(StartError::NotYet)?)
+    };
+    spawn(spec, join.as_deref()).map_err(StartError::Failed)
 }
 
 fn spawn(spec: &ChildSpec, join: Option<&str>) -> anyhow::Result<tokio::process::Child> {
@@ -219,16 +160,7 @@ fn spawn(spec: &ChildSpec, join: Option<&str>) -> anyhow::Result<tokio::process:
         .create(true)
         .append(true)
         .open(spec.state_dir.join("agent.log"))?;
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    // An agent must not outlive the `nimbus up` that supervises it (its QEMUs do).
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = child_command(&spec.program);
     // The join token goes through the environment, not the command line others can read.
     match join {
         Some(t) => cmd.env("NIMBUS_JOIN_TOKEN", t),

@@ -7,10 +7,8 @@
 //! back-off and a log line; meanwhile the others carry on with its work (that is the point of
 //! running several), and the restarted process joins them with a new identity.
 
-use super::agents::{stopped, FIRST_BACKOFF, HEALTHY_RUN, MAX_BACKOFF};
+use super::supervise::{child_command, supervise, StartError, Unit};
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -82,13 +80,23 @@ impl ExtraControllers {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let child = spawn(&exe, plan, i, &dir)?;
-            let spec = Supervised {
-                i,
-                exe: exe.clone(),
-                plan: plan.clone(),
-                dir,
+            let unit = Unit {
+                kind: "controller",
+                name: format!("ctl{i}"),
+                pid_file: dir.join("controller.pid"),
+                log: dir.join("controller.log"),
             };
-            tasks.push(tokio::spawn(supervise(spec, child, stop_rx.clone())));
+            let (exe, plan) = (exe.clone(), plan.clone());
+            let start = move || {
+                let started = spawn(&exe, &plan, i, &dir).map_err(StartError::Failed);
+                std::future::ready(started)
+            };
+            tasks.push(tokio::spawn(supervise(
+                unit,
+                Some(child),
+                start,
+                stop_rx.clone(),
+            )));
         }
         Ok(Self { stop, tasks })
     }
@@ -98,77 +106,6 @@ impl ExtraControllers {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
-        }
-    }
-}
-
-/// One extra controller and how to start it again.
-struct Supervised {
-    i: u32,
-    exe: PathBuf,
-    plan: ControllersPlan,
-    dir: PathBuf,
-}
-
-/// Runs controller `spec.i` (its first process is `child`) until stopped, restarting it when
-/// it exits: after [`FIRST_BACKOFF`], doubled up to [`MAX_BACKOFF`] while it keeps dying
-/// young, as the agents.
-async fn supervise(
-    spec: Supervised,
-    first: tokio::process::Child,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut next = Some(first);
-    loop {
-        let mut child = match next.take() {
-            Some(c) => c,
-            None => match spawn(&spec.exe, &spec.plan, spec.i, &spec.dir) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(controller = spec.i, error = %e, "cannot start controller");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stopped(&mut stop) => return,
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            },
-        };
-        let started = tokio::time::Instant::now();
-        let pid = child.id();
-        if let Some(pid) = pid {
-            let _ = std::fs::write(spec.dir.join("controller.pid"), pid.to_string());
-        }
-        tokio::select! {
-            status = child.wait() => {
-                if started.elapsed() >= HEALTHY_RUN {
-                    backoff = FIRST_BACKOFF;
-                }
-                tracing::warn!(
-                    controller = spec.i,
-                    ?status,
-                    restart_in_ms = backoff.as_millis() as u64,
-                    log = %spec.dir.join("controller.log").display(),
-                    "controller exited; restarting it"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stopped(&mut stop) => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            () = stopped(&mut stop) => {
-                if let Some(pid) = pid {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                }
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                    eprintln!("controller {} did not stop within 10 s; killing it", spec.i);
-                    let _ = child.kill().await;
-                }
-                return;
-            }
         }
     }
 }
@@ -218,17 +155,8 @@ fn spawn(
     if let Some(pool) = &plan.floating_ip_pool {
         args.extend(["--floating-ip-pool".into(), pool.clone()]);
     }
-    let mut cmd = tokio::process::Command::new(exe);
-    // A controller must not outlive the `nimbus up` that started it.
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-        });
-    }
-    cmd.args(&args)
+    child_command(exe)
+        .args(&args)
         // The database URL may carry a password: through the environment, not the command
         // line others can read.
         .env("NIMBUS_DATABASE_URL", &plan.database_url)

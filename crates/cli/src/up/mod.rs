@@ -11,6 +11,7 @@ mod agents;
 mod controllers;
 mod image;
 mod network;
+mod supervise;
 
 use crate::args::UpArgs;
 use crate::commands::server::{strategy, ShutdownSignal};
