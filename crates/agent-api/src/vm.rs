@@ -157,6 +157,31 @@ pub struct VmStatus {
     pub first_heartbeat_unix_ms: Option<u64>,
 }
 
+impl VmStatus {
+    /// A status at generation 1 with nothing measured or reported yet: the base that
+    /// stand-ins and tests fill in (`VmStatus { pid: Some(..), ..VmStatus::new(id, state) }`).
+    pub fn new(id: Uuid, state: VmRunState) -> Self {
+        Self {
+            id,
+            state,
+            generation: 1,
+            reason: None,
+            pid: None,
+            guest_ready: false,
+            ready_via: None,
+            started_at: None,
+            heartbeat_age_ms: None,
+            cpu_time_ns: 0,
+            rss_bytes: 0,
+            disk_allocated_bytes: 0,
+            disk_path: None,
+            incoming: false,
+            resumed_unix_ms: None,
+            first_heartbeat_unix_ms: None,
+        }
+    }
+}
+
 /// Parameters of a stop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopRequest {

@@ -100,22 +100,8 @@ impl FakeVms {
 
 fn stopped(id: Uuid) -> VmStatus {
     VmStatus {
-        id,
-        state: VmRunState::Stopped,
-        generation: 1,
         reason: Some(STAND_IN.into()),
-        pid: None,
-        guest_ready: false,
-        ready_via: None,
-        started_at: None,
-        heartbeat_age_ms: None,
-        cpu_time_ns: 0,
-        rss_bytes: 0,
-        disk_allocated_bytes: 0,
-        disk_path: None,
-        incoming: false,
-        resumed_unix_ms: None,
-        first_heartbeat_unix_ms: None,
+        ..VmStatus::new(id, VmRunState::Stopped)
     }
 }
 

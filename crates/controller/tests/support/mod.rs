@@ -91,22 +91,12 @@ fn error(status: u16, message: &str) -> Response {
 
 pub fn status(id: Uuid, state: VmRunState) -> VmStatus {
     VmStatus {
-        id,
-        state,
-        generation: 1,
-        reason: None,
         pid: Some(4242),
         guest_ready: true,
         ready_via: Some(nimbus_api::ReadySource::Console),
-        started_at: None,
         heartbeat_age_ms: Some(100),
-        cpu_time_ns: 0,
-        rss_bytes: 0,
-        disk_allocated_bytes: 0,
-        disk_path: None,
-        incoming: false,
-        resumed_unix_ms: None,
         first_heartbeat_unix_ms: Some(1),
+        ..VmStatus::new(id, state)
     }
 }
 
