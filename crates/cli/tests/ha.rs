@@ -76,18 +76,7 @@ async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
     let killed = Instant::now();
     let agent = cloud.kill_host(&dead).expect("kill the host");
     let id = db.id.to_string();
-    let back = wait_until(
-        "db1 running elsewhere",
-        Duration::from_secs(150),
-        Duration::from_millis(500),
-        || async {
-            let i = instance(&client, "db1").await;
-            (i.state == InstanceState::Running && i.host.as_deref() != Some(dead.as_str()))
-                .then_some(i)
-        },
-    )
-    .await
-    .expect("db1 restarted");
+    let back = wait_running_elsewhere(&client, "db1", &dead, Duration::from_secs(150)).await;
     let restart = killed.elapsed();
     println!(
         "HA restart from host death to guest ready elsewhere: {:.1} s (goal 60 s; Proxmox documents about 120 s)",
@@ -112,17 +101,7 @@ async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
 
     // Revived: it reports again and never runs the old copy.
     kill(Pid::from_raw(agent), Signal::SIGCONT).expect("thaw the agent");
-    wait_until(
-        "the host up again",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || async {
-            let h = client.host(&dead).await.ok()?;
-            (h.state == nimbus_api::HostState::Up).then_some(())
-        },
-    )
-    .await
-    .expect("host back");
+    wait_host_up(&client, &dead).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(cloud.qemu_count(&id), 1, "still one copy");
     assert_eq!(instance(&client, "db1").await.host, back.host);
@@ -182,17 +161,7 @@ async fn a_dead_host_s_ha_instance_runs_again_elsewhere() {
         "ha-data"
     );
     cut.restore().expect("restore the link");
-    wait_until(
-        "the cut-off host up again",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || async {
-            let h = client.host(&running_on).await.ok()?;
-            (h.state == nimbus_api::HostState::Up).then_some(())
-        },
-    )
-    .await
-    .expect("host back");
+    wait_host_up(&client, &running_on).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(cloud.qemu_count(&id), 1, "the fenced copy stays stopped");
     assert_eq!(instance(&client, "db1").await.host, moved.host);

@@ -8,7 +8,6 @@
 //! A file of its own (not a second cloud in crates/cli/tests/ha.rs): two clouds in one test
 //! process would share its pid-based network names.
 
-use nimbus_api::InstanceState;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
 use nix::sys::signal::{kill, Signal};
@@ -65,18 +64,7 @@ async fn a_dead_host_s_local_disk_ha_instance_restarts_from_its_replicated_snaps
     let dead = db.host.clone().expect("placed");
     let killed = Instant::now();
     let agent = cloud.kill_host(&dead).expect("kill the host");
-    let back = wait_until(
-        "db2 running elsewhere",
-        Duration::from_secs(150),
-        Duration::from_millis(500),
-        || async {
-            let i = instance(&client, "db2").await;
-            (i.state == InstanceState::Running && i.host.as_deref() != Some(dead.as_str()))
-                .then_some(i)
-        },
-    )
-    .await
-    .expect("db2 restarted from its snapshot");
+    let back = wait_running_elsewhere(&client, "db2", &dead, Duration::from_secs(150)).await;
     println!(
         "HA restart from a replicated snapshot, host death to guest running elsewhere: {:.1} s",
         killed.elapsed().as_secs_f64()

@@ -224,3 +224,40 @@ pub async fn wait_running(client: &Client, name: &str) {
     .await
     .unwrap_or_else(|e| panic!("{name}: {e}"));
 }
+
+/// Waits (bounded by `limit`) until instance `name` runs on a host other than `away_from`
+/// (the host that died or was cut off), and returns it.
+pub async fn wait_running_elsewhere(
+    client: &Client,
+    name: &str,
+    away_from: &str,
+    limit: Duration,
+) -> InstanceView {
+    wait_until(
+        &format!("{name} running on a host other than {away_from}"),
+        limit,
+        Duration::from_millis(500),
+        || async {
+            let i = instance(client, name).await;
+            (i.state == nimbus_api::InstanceState::Running && i.host.as_deref() != Some(away_from))
+                .then_some(i)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Waits (30 s at most) until `host` reports `up` again.
+pub async fn wait_host_up(client: &Client, host: &str) {
+    wait_until(
+        &format!("host {host} up again"),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let h = client.host(host).await.ok()?;
+            (h.state == nimbus_api::HostState::Up).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
