@@ -304,6 +304,18 @@ impl AgentClient {
             .await
     }
 
+    /// Source side: progress once the migration has ended, or as it is after `within`
+    /// (the agent holds the request; at most 5 s). An agent of an older release answers at
+    /// once: callers must not assume it waited.
+    pub async fn migration_when_final(
+        &self,
+        id: Uuid,
+        within: std::time::Duration,
+    ) -> Result<MigrationProgress, AgentError> {
+        let path = format!("/vms/{id}/migration?wait_final_ms={}", within.as_millis());
+        self.send(self.request(Method::GET, &path)).await
+    }
+
     /// Source side: cancel; the VM keeps (or resumes) running on the source.
     pub async fn migration_cancel(&self, id: Uuid) -> Result<MigrationProgress, AgentError> {
         self.send(self.request(Method::POST, &format!("/vms/{id}/migration/cancel")))

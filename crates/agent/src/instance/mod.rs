@@ -269,6 +269,19 @@ impl VmHandle {
         self.migration.borrow().clone()
     }
 
+    /// Progress of the current or last outgoing migration once it has ended, or as it is
+    /// after `within` (whichever comes first): lets the controller follow a migration
+    /// without a polling delay added to its end.
+    pub async fn migration_when_final(&self, within: std::time::Duration) -> MigrationProgress {
+        let mut rx = self.migration.clone();
+        let ended = async move { rx.wait_for(|p| p.phase.is_final()).await.map(|p| p.clone()) };
+        match tokio::time::timeout(within, ended).await {
+            Ok(Ok(p)) => p,
+            // Timed out, or the actor is gone: what is known now.
+            _ => self.migration(),
+        }
+    }
+
     /// Launches QEMU (nothing to do when running).
     pub async fn start(&self) -> Result<VmStatus> {
         self.call(Command::Start).await

@@ -369,6 +369,10 @@ impl Step<App> for Transfer {
     }
 }
 
+/// How long the source agent may hold a progress request until the migration ends: the
+/// end is seen at once, and progress and cancel requests are looked at this often.
+const PROGRESS_WAIT: Duration = Duration::from_millis(1000);
+
 impl Transfer {
     /// Follows the migration on the source to its end (or cancels it when asked).
     async fn watch(&self, app: &App, s: &StepContext<'_>, r: &Route) -> Result<Value, StepError> {
@@ -385,7 +389,8 @@ impl Transfer {
                 }
                 return Err(StepError::Cancelled);
             }
-            let p = match source.migration(self.0).await {
+            let asked = Instant::now();
+            let p = match source.migration_when_final(self.0, PROGRESS_WAIT).await {
                 Ok(p) => p,
                 Err(e) if e.is_transient() => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -409,7 +414,12 @@ impl Transfer {
                     )))
                 }
                 MigrationPhase::Cancelled => return Err(StepError::Cancelled),
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                // An agent that did not hold the request (an older release) is not asked
+                // again at once.
+                _ if asked.elapsed() < PROGRESS_WAIT / 2 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                _ => {}
             }
         }
     }
