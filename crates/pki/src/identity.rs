@@ -130,7 +130,8 @@ pub fn is_migration_peer(der: &[u8], name: &str) -> bool {
     };
     let unit = only(&mut subject.iter_organizational_unit());
     let common = only(&mut subject.iter_common_name());
-    let unit_ok = matches!(unit.as_deref(), Some(u) if u == crate::MIGRATION_UNIT || u == Role::Host.unit());
+    let unit_ok =
+        matches!(unit.as_deref(), Some(u) if u == crate::MIGRATION_UNIT || u == Role::Host.unit());
     unit_ok && common.as_deref() == Some(name)
 }
 

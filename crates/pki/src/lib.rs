@@ -32,8 +32,8 @@ pub use identity::{
 pub use join_token::JoinToken;
 pub use listener::{PeerInfo, TlsListener};
 pub use rustls;
-pub use tokio_rustls;
 pub use tls::{client_config, server_config, ClientAuth, TlsIdentity};
+pub use tokio_rustls;
 
 use sha2::{Digest, Sha256};
 

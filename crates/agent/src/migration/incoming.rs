@@ -140,7 +140,9 @@ async fn tunnel_to_qemu(
     if let Some(host) = &plan.source_host {
         tls::check_host_name(host)?;
     } else {
-        tracing::warn!("no source host named: any host certificate of the cloud CA may send this VM");
+        tracing::warn!(
+            "no source host named: any host certificate of the cloud CA may send this VM"
+        );
     }
     let settings = tls.tunnel()?;
     // Relative to QEMU's working directory, the VM directory (see tunnel.rs).

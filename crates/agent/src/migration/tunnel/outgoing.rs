@@ -124,7 +124,12 @@ async fn forward(target: Arc<Target>, qemu: UnixStream) {
     tracing::info!(target = target.address, "migration channel open");
     match carry(qemu, tls).await {
         Ok((sent, received)) => {
-            tracing::info!(target = target.address, sent, received, "migration channel closed")
+            tracing::info!(
+                target = target.address,
+                sent,
+                received,
+                "migration channel closed"
+            )
         }
         Err(e) => tracing::warn!(target = target.address, error = %e, "migration channel broken"),
     }

@@ -32,7 +32,10 @@ fn hosts() -> Hosts {
 }
 
 /// A target tunnel in front of a stand-in QEMU listening on its socket.
-async fn target(tls: &TunnelTls, source: &str) -> (tempfile::TempDir, IncomingTunnel, UnixListener) {
+async fn target(
+    tls: &TunnelTls,
+    source: &str,
+) -> (tempfile::TempDir, IncomingTunnel, UnixListener) {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join(INCOMING_SOCKET);
     let qemu = UnixListener::bind(&socket).expect("bind");
