@@ -464,7 +464,9 @@ impl Transfer {
             }
         }
         if let Some(tunnel) = self.tunnel.take() {
-            tunnel.finish(stall_bound(&self.ctx)).await;
+            // What QEMU wrote is in the tunnel or the kernel, as it would be in a TCP
+            // socket: it drains on its own (bounded) while the controller checks the target.
+            tokio::spawn(tunnel.finish(stall_bound(&self.ctx)));
         }
         let info = self.query().await?;
         if let Some(mirror) = self.mirror.take() {
