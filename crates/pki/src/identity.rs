@@ -112,6 +112,29 @@ pub fn migration_subject_forms(name: &str) -> [String; 2] {
     subject_forms(crate::MIGRATION_UNIT, name)
 }
 
+/// True when `der` (a certificate TLS already verified against the CA) is host `name`'s
+/// certificate of one migration (`OU=migration`) or its host certificate (`OU=host`): the
+/// only peers a migration's tunnel between two agents accepts.
+pub fn is_migration_peer(der: &[u8], name: &str) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let subject = cert.subject();
+    let only = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue>| {
+        let first = it.next().and_then(|a| a.as_str().ok()).map(str::to_string);
+        // A second OU or CN would make the subject ambiguous.
+        if it.next().is_some() {
+            return None;
+        }
+        first
+    };
+    let unit = only(&mut subject.iter_organizational_unit());
+    let common = only(&mut subject.iter_common_name());
+    let unit_ok =
+        matches!(unit.as_deref(), Some(u) if u == crate::MIGRATION_UNIT || u == Role::Host.unit());
+    unit_ok && common.as_deref() == Some(name)
+}
+
 fn subject_forms(unit: &str, name: &str) -> [String; 2] {
     [
         format!("O=nimbus,OU={unit},CN={name}"),

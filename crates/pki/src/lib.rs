@@ -26,11 +26,14 @@ mod tls;
 pub use ca::{CloudCa, IssuedHost};
 pub use error::PkiError;
 pub use host_key::{HostCredentials, HOST_CERT_FILE, HOST_KEY_FILE};
-pub use identity::{host_subject_forms, migration_subject_forms, PeerIdentity, Role};
+pub use identity::{
+    host_subject_forms, is_migration_peer, migration_subject_forms, PeerIdentity, Role,
+};
 pub use join_token::JoinToken;
 pub use listener::{PeerInfo, TlsListener};
 pub use rustls;
 pub use tls::{client_config, server_config, ClientAuth, TlsIdentity};
+pub use tokio_rustls;
 
 use sha2::{Digest, Sha256};
 

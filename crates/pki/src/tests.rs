@@ -229,3 +229,24 @@ async fn a_migration_certificate_is_short_lived_and_no_identity() {
         "a migration certificate is no identity"
     );
 }
+
+/// The agents' migration tunnel accepts host `name`'s migration or host certificate, and
+/// nothing else: not another host's, not the controller's.
+#[test]
+fn a_migration_peer_is_the_named_host_only() {
+    let (_d, ca) = ca();
+    let der = |pem: &str| certs_from_pem(pem).expect("pem").remove(0);
+    let issued = ca
+        .issue_migration("host3", std::time::Duration::from_secs(60))
+        .expect("issue");
+    assert!(is_migration_peer(&der(&issued.cert_pem), "host3"));
+    assert!(!is_migration_peer(&der(&issued.cert_pem), "host4"));
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    let (host, _) = enrol(&ca, host_dir.path(), "host3", "127.0.0.1");
+    assert!(is_migration_peer(&der(&host.cert_pem), "host3"));
+    let controller = ca
+        .issue_controller(&["host3".to_string()])
+        .expect("controller");
+    assert!(!is_migration_peer(&der(&controller.cert_pem), "host3"));
+    assert!(!is_migration_peer(b"not a certificate", "host3"));
+}

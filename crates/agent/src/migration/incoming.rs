@@ -15,6 +15,7 @@
 
 use super::endpoint::{free_port, tcp_uri};
 use super::tls::{self, MigrationTls};
+use super::tunnel::{IncomingTunnel, INCOMING_SOCKET};
 use super::{policy, MigrationError};
 use crate::error::{Error, Result};
 use crate::instance::disk;
@@ -92,51 +93,80 @@ pub async fn prepare_disk(
     }
 }
 
-/// Opens the endpoints on a QEMU launched with `-incoming defer`: capabilities, TLS, the
-/// NBD export of the disk for a mirror, and the migration listener (port chosen by the
-/// kernel).
+/// Opens the endpoints on a QEMU launched with `-incoming defer`: capabilities, the NBD
+/// export of the disk for a mirror (over QEMU's TLS), and the migration listener: the
+/// agents' TLS tunnel in front of QEMU's unix socket, or (`--insecure-migration`) QEMU's
+/// own TCP port. The tunnel, when there is one, must live until the guest runs here.
 pub async fn listen(
     qmp: &Qmp,
     dir: &VmDir,
     plan: &IncomingPlan,
     export: &str,
     tls: &MigrationTls,
-) -> Result<IncomingReady, MigrationError> {
+) -> Result<(IncomingReady, Option<IncomingTunnel>), MigrationError> {
     set_capabilities(qmp, &plan.policy).await?;
-    let tls = tls.serve(qmp, dir, plan.source_host.as_deref()).await?;
-    let mut params = policy::target_parameters(&plan.policy).unwrap_or_default();
-    if let Some(t) = &tls {
-        params.tls_creds = Some(t.creds.clone());
-        params.tls_authz = t.authz.clone();
-    }
-    if params != Default::default() {
+    if let Some(params) = policy::target_parameters(&plan.policy) {
         qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
     }
     let nbd = if plan.mirror {
-        Some(serve_disk(qmp, &plan.host, export, tls.as_ref()).await?)
+        let nbd_tls = tls.serve(qmp, dir, plan.source_host.as_deref()).await?;
+        Some(serve_disk(qmp, &plan.host, export, nbd_tls.as_ref()).await?)
     } else {
         None
     };
-    qmp.migrate_incoming(&tcp_uri(&plan.host, 0))
+    let (port, tunnel) = if tls.serves_tls() {
+        let tunnel = tunnel_to_qemu(qmp, dir, plan, tls).await?;
+        (tunnel.port(), Some(tunnel))
+    } else {
+        (qemu_listens(qmp, &plan.host).await?, None)
+    };
+    let ready = IncomingReady {
+        migration_uri: tcp_uri(&plan.host, port),
+        nbd,
+        tls: tunnel.is_some(),
+    };
+    Ok((ready, tunnel))
+}
+
+/// QEMU listens on its unix socket; the agent's tunnel on a TCP port of `plan.host`.
+async fn tunnel_to_qemu(
+    qmp: &Qmp,
+    dir: &VmDir,
+    plan: &IncomingPlan,
+    tls: &MigrationTls,
+) -> Result<IncomingTunnel, MigrationError> {
+    if let Some(host) = &plan.source_host {
+        tls::check_host_name(host)?;
+    } else {
+        tracing::warn!(
+            "no source host named: any host certificate of the cloud CA may send this VM"
+        );
+    }
+    let settings = tls.tunnel()?;
+    // Relative to QEMU's working directory, the VM directory (see tunnel.rs).
+    qmp.migrate_incoming(&format!("unix:{INCOMING_SOCKET}"))
+        .await
+        .map_err(MigrationError::qmp("migrate-incoming"))?;
+    let socket = dir.dir().join(INCOMING_SOCKET);
+    IncomingTunnel::open(&plan.host, socket, &settings, plan.source_host.clone()).await
+}
+
+/// QEMU listens in clear on a port of `host` (the kernel's choice); answers the port.
+async fn qemu_listens(qmp: &Qmp, host: &str) -> Result<u16, MigrationError> {
+    qmp.migrate_incoming(&tcp_uri(host, 0))
         .await
         .map_err(MigrationError::qmp("migrate-incoming"))?;
     let info = qmp
         .query_migrate()
         .await
         .map_err(MigrationError::qmp("query-migrate"))?;
-    let port = info
-        .socket_address
+    info.socket_address
         .unwrap_or_default()
         .iter()
         .find_map(|a| a.port.as_deref().and_then(|p| p.parse::<u16>().ok()))
-        .ok_or_else(|| MigrationError::Setup("QEMU did not report its listening port".into()))?;
-    Ok(IncomingReady {
-        migration_uri: tcp_uri(&plan.host, port),
-        nbd,
-        tls: tls.is_some(),
-    })
+        .ok_or_else(|| MigrationError::Setup("QEMU did not report its listening port".into()))
 }
 
 /// Both ends must agree on post-copy; the target enables it whenever the host can

@@ -6,15 +6,17 @@
 //!  VM dir: spec, disk = link to the shared path
 //!          or a fresh overlay on the same base
 //!  QEMU -incoming defer          state starting, incoming
-//!  TLS server credentials, authz = source host (tls.rs)
-//!  [mirror] nbd-server-start + block-export-add (writable)
-//!  migrate-incoming tcp:<agent ip>:0 -> port
+//!  [mirror] TLS server credentials, authz = source host (tls.rs),
+//!           nbd-server-start + block-export-add (writable)
+//!  migrate-incoming unix:migration-in.sock, the
+//!  agent's TLS port in front of it (tunnel.rs)
 //!  ── IncomingReady {uri, nbd, tls} ─────────────▶ capabilities + parameters (policy.rs),
-//!                                                 TLS client credentials (tls.rs)
+//!                                                 [mirror] TLS client credentials (tls.rs)
 //!                                                 [mirror] blockdev-add nbd, blockdev-mirror
 //!                                                   (disk_mirror.rs)   phase mirroring_disk
 //!                                                   until ready
-//!              ◀═══════ RAM pre-copy rounds ══════ migrate            phase pre_copy
+//!              ◀═══════ RAM pre-copy rounds ══════ migrate unix:migration-out.sock,
+//!                 (agent to agent, TLS 1.3)         carried by the agent  phase pre_copy
 //!                                                 poll query-migrate, escalate (policy.rs)
 //!                                                 STOP (downtime starts)
 //!                                                 [mirror] pre-switchover: complete the mirror
@@ -37,8 +39,9 @@
 //! - [`progress`] turns QEMU's statistics into [`MigrationProgress`].
 //! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds;
 //!   [`receive_watch`] does the same on the target, for a stream that stops arriving.
-//! - [`tls`]: the migration stream and the NBD mirror run over TLS with the hosts'
-//!   certificates of the cloud CA; each end checks the other is the host the controller named.
+//! - [`tunnel`]: the migration stream runs between the agents over TLS 1.3 (QEMU writes to a
+//!   unix socket); [`tls`]: the NBD mirror runs over QEMU's TLS. Both with certificates of
+//!   the cloud CA; each end checks the other is the host the controller named.
 
 pub mod cold;
 pub mod disk_mirror;
@@ -51,6 +54,7 @@ pub mod receive_watch;
 pub mod role;
 pub mod stall;
 pub mod tls;
+pub mod tunnel;
 
 use crate::instance::state::CoreStatus;
 use nimbus_agent_api::{MigrationProgress, VmRunState};

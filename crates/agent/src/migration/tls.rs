@@ -1,12 +1,14 @@
-//! TLS of the migration stream and of the NBD disk mirror: QEMU's own `tls-creds-x509`
-//! with the host certificates of the cloud CA, so that nobody on the underlay can read a
-//! guest's memory or disk, feed a target a VM, or write into a mirrored disk.
+//! TLS of a migration: the rule of this agent (required, or `--insecure-migration`), the
+//! settings of the agents' tunnel that carries the memory stream (see `tunnel.rs`), and
+//! QEMU's own `tls-creds-x509` for the NBD disk mirror, with the certificates of the cloud
+//! CA, so that nobody on the underlay can read a guest's memory or disk, feed a target a
+//! VM, or write into a mirrored disk. The picture below is the NBD connection's:
 //!
 //! ```text
 //!  source QEMU (client)                                 target QEMU (server)
 //!  tls-creds-x509 endpoint=client verify-peer            tls-creds-x509 endpoint=server verify-peer
 //!    cert: source host's, CA: the cloud's                  cert: target host's, CA: the cloud's
-//!  migrate / blockdev-add nbd                            migrate-incoming / nbd-server-start
+//!  blockdev-add nbd                                      nbd-server-start
 //!    tls-hostname = target host name  ──── TLS 1.3 ────▶   tls-authz = authz-list: allow only
 //!    (its certificate must name it)                        CN=<source host> (the controller's
 //!                                                          choice; OU=migration or host),
@@ -31,6 +33,7 @@
 //!   migrations over plain TCP and, as a source, follows what the target serves. An agent
 //!   that requires TLS refuses to send a VM in clear.
 
+use super::tunnel::{OutgoingTunnel, TunnelTls};
 use super::MigrationError;
 use crate::instance::files::VmDir;
 use nimbus_agent_api::{IncomingReady, MigrationCredential};
@@ -172,8 +175,57 @@ impl MigrationTls {
         }))
     }
 
-    /// Source: loads the client credentials into QEMU when the target serves TLS; `None`
-    /// for a plain target, which only an insecure agent accepts.
+    /// Whether incoming migrations are served over TLS (the agents' tunnel).
+    pub fn serves_tls(&self) -> bool {
+        self.creds.is_some() && !self.insecure
+    }
+
+    /// The settings of the agents' tunnel (see `tunnel.rs`), from this end's credentials.
+    pub fn tunnel(&self) -> Result<TunnelTls, MigrationError> {
+        let creds = self.creds.as_deref().ok_or_else(|| {
+            MigrationError::Setup("this agent has no host certificate for TLS".into())
+        })?;
+        TunnelTls::new(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
+    }
+
+    /// Source: where QEMU sends the memory of a VM to `target`: through a tunnel to the
+    /// target agent when it serves TLS, else straight to its URI (checked by
+    /// [`Self::connect`] first: only an insecure agent sends in clear).
+    pub fn outgoing_stream(
+        &self,
+        dir: &VmDir,
+        target: &IncomingReady,
+        target_host: Option<&str>,
+    ) -> Result<(String, Option<OutgoingTunnel>), MigrationError> {
+        if !target.tls {
+            return Ok((target.migration_uri.clone(), None));
+        }
+        let host = target_host.ok_or_else(|| {
+            MigrationError::Setup(
+                "the controller named no target host: the target of a TLS migration cannot \
+                 be checked (upgrade the controller)"
+                    .into(),
+            )
+        })?;
+        check_host_name(host)?;
+        let address = target
+            .migration_uri
+            .strip_prefix("tcp:")
+            .ok_or_else(|| {
+                MigrationError::Setup(format!(
+                    "the target's migration address {:?} is not tcp:HOST:PORT",
+                    target.migration_uri
+                ))
+            })?
+            .to_string();
+        let tunnel = OutgoingTunnel::open(dir, address, host, &self.tunnel()?)?;
+        Ok((OutgoingTunnel::qemu_uri(), Some(tunnel)))
+    }
+
+    /// Source: checks the target's TLS matches this agent's rule, and loads the client
+    /// credentials into QEMU when it mirrors the disk to a TLS target (`nbd`): the NBD
+    /// connection is QEMU's own. `None` without a mirror or for a plain target, which
+    /// only an insecure agent accepts.
     pub async fn connect(
         &self,
         qmp: &Qmp,
@@ -199,6 +251,9 @@ impl MigrationTls {
         };
         if let Some(host) = target_host {
             check_host_name(host)?;
+        }
+        if target.nbd.is_none() {
+            return Ok(None);
         }
         load_creds(qmp, dir, creds, TlsEndpoint::Client).await?;
         Ok(Some(ClientTls {
@@ -320,7 +375,7 @@ fn give(dir: &VmDir, path: &Path) -> Result<(), MigrationError> {
 }
 
 /// A host name as the controller allows them (a DNS label): safe in a distinguished name.
-fn check_host_name(name: &str) -> Result<(), MigrationError> {
+pub(super) fn check_host_name(name: &str) -> Result<(), MigrationError> {
     nimbus_api::name::validate_name(name).map_err(|e| {
         MigrationError::Setup(format!(
             "{name:?} is not a host name ({e}): the peer of a migration cannot be checked"

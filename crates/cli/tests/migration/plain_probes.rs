@@ -46,8 +46,8 @@ pub async fn migration_port_gives_nothing(uri: &str) {
 
 /// A client with a valid certificate of the cloud CA that is not the source's (here the
 /// target host's own) completes its side of the TLS handshake, then the target closes
-/// the connection without sending anything: its authz allows the source host only.
-/// Answers the certificate the target's QEMU served (DER).
+/// the connection without sending anything: the target agent's tunnel accepts the source
+/// host only. Answers the certificate the target served (DER).
 pub async fn other_host_is_refused(uri: &str, host_dir: &std::path::Path, host: &str) -> Vec<u8> {
     use nimbus_pki::rustls;
     use std::io::{Read, Write};
@@ -86,7 +86,7 @@ pub async fn other_host_is_refused(uri: &str, host_dir: &std::path::Path, host: 
     served.expect("the target served a certificate")
 }
 
-/// The certificate a target's QEMU serves is the one the controller issued for this
+/// The certificate a target serves on its migration port is the one the controller issued for this
 /// migration (`OU=migration`, the target's name, expiring within the hour), not the host's
 /// long-term one.
 pub fn assert_migration_certificate(der: &[u8], host: &str) {

@@ -12,6 +12,7 @@ use crate::migration::progress::{now_unix_ms, unix_ms};
 use crate::migration::receive_watch::{self, ReceiveWatch};
 use crate::migration::role::{self, MigrationRole, OutgoingRecord};
 use crate::migration::tls::MigrationTls;
+use crate::migration::tunnel::IncomingTunnel;
 use nimbus_agent_api::{
     DiskTransfer, IncomingReady, MigrateRequest, MigrationCredential, MigrationPhase,
     MigrationProgress, VmRunState,
@@ -21,6 +22,10 @@ use nimbus_qemu::Qmp;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::Instrument;
+
+/// How long the tunnel of an arrived VM may stay open after the guest resumed here (a
+/// post-copy's last pages).
+const TUNNEL_DRAIN: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The migration state the actor keeps.
 pub(super) struct MigrationSlot {
@@ -37,6 +42,8 @@ pub(super) struct MigrationSlot {
     tls: MigrationTls,
     /// Target: what arrives, while QEMU waits for the VM.
     receiving: Option<ReceiveWatch>,
+    /// Target: the agents' TLS tunnel to the waiting QEMU, until the guest runs here.
+    tunnel: Option<IncomingTunnel>,
 }
 
 impl MigrationSlot {
@@ -49,6 +56,7 @@ impl MigrationSlot {
             role: None,
             newest_owner: None,
             receiving: None,
+            tunnel: None,
         }
     }
 }
@@ -103,9 +111,10 @@ impl Actor {
             .migration
             .tls
             .for_migration(plan.tls_credential.as_ref());
-        let ready = incoming::listen(&qmp, &self.dir, &plan, &export, &tls)
+        let (ready, tunnel) = incoming::listen(&qmp, &self.dir, &plan, &export, &tls)
             .await
             .map_err(|e| Error::QemuFailed(error_chain(&e)))?;
+        self.migration.tunnel = tunnel;
         tracing::info!(
             uri = ready.migration_uri,
             nbd = ?ready.nbd,
@@ -339,6 +348,7 @@ impl Actor {
         tracing::debug!(status, "MIGRATION event");
         if status == "failed" && self.status.borrow().incoming {
             tracing::warn!("incoming migration failed");
+            self.migration.tunnel = None;
             self.update(|s| {
                 s.state = VmRunState::Crashed;
                 s.reason = Some("incoming migration failed".into());
@@ -377,6 +387,7 @@ impl Actor {
             return;
         };
         self.migration.receiving = None;
+        self.migration.tunnel = None;
         tracing::warn!(reason = %gave_up, "incoming migration given up");
         if let Some(run) = self.run.as_mut() {
             if let Err(e) = run.qemu.kill(std::time::Duration::ZERO).await {
@@ -401,6 +412,10 @@ impl Actor {
         };
         record.resumed = true;
         let mirror = record.disk == DiskTransfer::Mirror;
+        if let Some(tunnel) = self.migration.tunnel.take() {
+            // Post-copy still moves pages after the guest resumed: the source closes.
+            tunnel.close_when_done(TUNNEL_DRAIN);
+        }
         self.set_role(MigrationRole::Incoming(record));
         if let Some(qmp) = self.current_qmp() {
             tokio::spawn(incoming::finish(qmp, mirror).in_current_span());

@@ -9,6 +9,7 @@ use crate::migration::progress::{self, now_unix_ms, unix_ms, QemuStage};
 use crate::migration::role::{self, MigrationRole};
 use crate::migration::stall::StallWatch;
 use crate::migration::tls;
+use crate::migration::tunnel::OutgoingTunnel;
 use crate::migration::MigrationError;
 use nimbus_agent_api::{MigrationPhase, MigrationProgress};
 use nimbus_qemu::qmp::{EventKind, MigrationInfo};
@@ -40,6 +41,8 @@ pub(super) struct Transfer {
     memory_stall: StallWatch,
     /// Disk copied by the mirror before it is in sync, watched the same way.
     disk_stall: StallWatch,
+    /// The agents' TLS tunnel QEMU sends through (a TLS target).
+    tunnel: Option<OutgoingTunnel>,
 }
 
 impl Transfer {
@@ -56,6 +59,7 @@ impl Transfer {
             continued: false,
             memory_stall: StallWatch::new("memory sent", bound, Instant::now()),
             disk_stall: StallWatch::new("disk copied", bound, Instant::now()),
+            tunnel: None,
         }
     }
 
@@ -111,8 +115,8 @@ impl Transfer {
                 request.target_host.as_deref(),
             )
             .await?;
-        let params =
-            tls::client_parameters(policy::source_parameters(&request.policy), tls.as_ref());
+        // The memory goes in clear to the agents' tunnel (tunnel.rs), never QEMU's TLS.
+        let params = tls::client_parameters(policy::source_parameters(&request.policy), None);
         qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
@@ -130,8 +134,14 @@ impl Transfer {
     }
 
     async fn migrate(&mut self) -> Result<(), MigrationError> {
-        let uri = self.ctx.record.request.target.migration_uri.clone();
-        tracing::info!(uri, "sending memory");
+        let request = &self.ctx.record.request;
+        let (uri, tunnel) = self.ctx.tls.outgoing_stream(
+            &self.ctx.dir,
+            &request.target,
+            request.target_host.as_deref(),
+        )?;
+        self.tunnel = tunnel;
+        tracing::info!(uri, target = request.target.migration_uri, "sending memory");
         self.memory_stall.restart(Instant::now());
         self.publish(|p| p.phase = MigrationPhase::PreCopy);
         self.ctx
@@ -453,6 +463,11 @@ impl Transfer {
                 Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
             }
         }
+        if let Some(tunnel) = self.tunnel.take() {
+            // What QEMU wrote is in the tunnel or the kernel, as it would be in a TCP
+            // socket: it drains on its own (bounded) while the controller checks the target.
+            tokio::spawn(tunnel.finish(stall_bound(&self.ctx)));
+        }
         let info = self.query().await?;
         if let Some(mirror) = self.mirror.take() {
             // Only a migration resumed after a restart can get here with a mirror.
@@ -493,6 +508,8 @@ impl Transfer {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // Closes every connection to the target.
+        self.tunnel = None;
         let mirror = self.mirror.take().or_else(|| {
             self.ctx
                 .record

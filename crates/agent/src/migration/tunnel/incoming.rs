@@ -1,0 +1,140 @@
+//! Target side of the tunnel: a TLS port opened for one migration, each authenticated
+//! connection carried to the waiting QEMU's unix socket.
+
+use super::{carry, refusal, Accept, ChannelTask, Channels, TunnelTls, HANDSHAKE_TIMEOUT};
+use crate::migration::MigrationError;
+use nimbus_pki::tokio_rustls::TlsAcceptor;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The target's end of a migration's tunnel; dropping it closes every connection.
+pub struct IncomingTunnel {
+    port: u16,
+    channels: Channels,
+}
+
+impl IncomingTunnel {
+    /// Listens on a port of `host` (the kernel's choice) for `source_host`'s connections,
+    /// carried to QEMU's unix socket `qemu_socket`.
+    pub async fn open(
+        host: &str,
+        qemu_socket: PathBuf,
+        tls: &TunnelTls,
+        source_host: Option<String>,
+    ) -> Result<Self, MigrationError> {
+        super::check_socket_path(&qemu_socket)?;
+        let listener = TcpListener::bind((host, 0))
+            .await
+            .map_err(|e| MigrationError::Setup(format!("cannot listen on {host}: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| MigrationError::Setup(format!("cannot read a bound port: {e}")))?
+            .port();
+        let accept = Incoming {
+            listener,
+            peer: Arc::new(Peer {
+                acceptor: TlsAcceptor::from(tls.server.clone()),
+                source_host,
+                qemu_socket,
+            }),
+        };
+        Ok(Self {
+            port,
+            channels: Channels::spawn(accept),
+        })
+    }
+
+    /// The TCP port the source connects to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The guest runs here: no new connection is taken; those open (post-copy still moves
+    /// pages) end by themselves, or are closed after `limit`.
+    pub fn close_when_done(self, limit: Duration) {
+        tokio::spawn(self.channels.close(limit));
+    }
+}
+
+struct Incoming {
+    listener: TcpListener,
+    peer: Arc<Peer>,
+}
+
+/// What every connection of the tunnel is checked against and carried to.
+struct Peer {
+    acceptor: TlsAcceptor,
+    source_host: Option<String>,
+    qemu_socket: PathBuf,
+}
+
+impl Accept for Incoming {
+    async fn next(&mut self) -> Option<ChannelTask> {
+        match self.listener.accept().await {
+            Ok((tcp, addr)) => Some(Box::pin(serve(self.peer.clone(), tcp, addr))),
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "cannot accept a migration connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
+            }
+        }
+    }
+}
+
+/// One connection: TLS with the source host, then the bytes to and from QEMU.
+async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    if let Err(why) = starts_with_handshake(&tcp).await {
+        tracing::warn!(peer = %addr, why, "migration connection refused");
+        return;
+    }
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "migration TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %addr, "migration TLS handshake timed out");
+            return;
+        }
+    };
+    if let Some(why) = refusal(tls.get_ref().1, peer.source_host.as_deref()) {
+        tracing::warn!(peer = %addr, why, "migration connection refused");
+        return;
+    }
+    let qemu = match UnixStream::connect(&peer.qemu_socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(socket = %peer.qemu_socket.display(), error = %e, "cannot reach the waiting QEMU");
+            return;
+        }
+    };
+    tracing::info!(peer = %addr, "migration channel open");
+    match carry(tls, qemu).await {
+        Ok((received, sent)) => {
+            tracing::info!(peer = %addr, received, sent, "migration channel closed")
+        }
+        Err(e) => tracing::warn!(peer = %addr, error = %e, "migration channel broken"),
+    }
+}
+
+/// A client must open with a TLS handshake: a plain one (a migration stream in clear,
+/// an NBD client) is closed before rustls could answer it with an alert.
+async fn starts_with_handshake(tcp: &TcpStream) -> Result<(), String> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => Ok(()),
+        Ok(Ok(1)) => Err(format!("not TLS (first byte {:#04x})", first[0])),
+        Ok(Ok(_)) => Err("closed before sending".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("sent nothing".into()),
+    }
+}

@@ -1,0 +1,145 @@
+//! The tunnel on loopback between two "hosts" of one CA, with unix sockets standing in
+//! for the two QEMUs (the subject here is the tunnel, not QEMU: crates/cli/tests/migration.rs
+//! migrates real guests through it).
+
+use super::*;
+use crate::instance::files::VmDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+struct Hosts {
+    _ca_dir: tempfile::TempDir,
+    source: TunnelTls,
+    target: TunnelTls,
+    other: TunnelTls,
+}
+
+fn hosts() -> Hosts {
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca = nimbus_pki::CloudCa::load_or_create(ca_dir.path()).expect("ca");
+    let tls = |host: &str| {
+        let id = ca
+            .issue_migration(host, Duration::from_secs(600))
+            .expect("issue");
+        TunnelTls::new(ca.cert_pem(), &id.cert_pem, &id.key_pem).expect("tls")
+    };
+    Hosts {
+        source: tls("src"),
+        target: tls("dst"),
+        other: tls("evil"),
+        _ca_dir: ca_dir,
+    }
+}
+
+/// A target tunnel in front of a stand-in QEMU listening on its socket.
+async fn target(
+    tls: &TunnelTls,
+    source: &str,
+) -> (tempfile::TempDir, IncomingTunnel, UnixListener) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join(INCOMING_SOCKET);
+    let qemu = UnixListener::bind(&socket).expect("bind");
+    let tunnel = IncomingTunnel::open("127.0.0.1", socket, tls, Some(source.into()))
+        .await
+        .expect("open");
+    (dir, tunnel, qemu)
+}
+
+fn source(tls: &TunnelTls, port: u16, target_host: &str) -> (tempfile::TempDir, OutgoingTunnel) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = VmDir::new(dir.path().to_path_buf());
+    let tunnel =
+        OutgoingTunnel::open(&vm, format!("127.0.0.1:{port}"), target_host, tls).expect("open");
+    (dir, tunnel)
+}
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
+    let h = hosts();
+    let (_t, incoming, qemu_in) = target(&h.target, "src").await;
+    let (sdir, outgoing) = source(&h.source, incoming.port(), "dst");
+    let mut qemu_out = UnixStream::connect(sdir.path().join(OUTGOING_SOCKET))
+        .await
+        .expect("QEMU connects");
+    let (mut arrived, _) = tokio::time::timeout(LIMIT, qemu_in.accept())
+        .await
+        .expect("in time")
+        .expect("the target QEMU gets the channel");
+    let stream: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = stream.clone();
+    let writer = tokio::spawn(async move {
+        qemu_out.write_all(&sent).await.expect("write");
+        // The return path (QEMU's target answers on the same connection).
+        let mut ack = [0u8; 3];
+        qemu_out.read_exact(&mut ack).await.expect("ack");
+        assert_eq!(&ack, b"ack");
+    });
+    let mut got = vec![0u8; stream.len()];
+    tokio::time::timeout(LIMIT, arrived.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(got == stream, "the stream arrives intact");
+    arrived.write_all(b"ack").await.expect("ack");
+    tokio::time::timeout(LIMIT, writer)
+        .await
+        .expect("in time")
+        .expect("writer");
+    drop(arrived);
+    tokio::time::timeout(LIMIT, outgoing.finish(LIMIT))
+        .await
+        .expect("drains in time");
+    assert!(
+        !sdir.path().join(OUTGOING_SOCKET).exists(),
+        "the socket is removed"
+    );
+    incoming.close_when_done(LIMIT);
+}
+
+/// A host of the cloud other than the one the controller named gets no channel to QEMU,
+/// and a source never sends to a target that is not the named host.
+#[tokio::test]
+async fn only_the_named_hosts_are_carried() {
+    let h = hosts();
+    let (_t, incoming, qemu_in) = target(&h.target, "src").await;
+    let (sdir, _outgoing) = source(&h.other, incoming.port(), "dst");
+    let mut qemu_out = UnixStream::connect(sdir.path().join(OUTGOING_SOCKET))
+        .await
+        .expect("QEMU connects");
+    let _ = qemu_out.write_all(b"QEVM").await;
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(LIMIT, qemu_out.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "the impostor is cut off");
+    let nothing = tokio::time::timeout(Duration::from_millis(300), qemu_in.accept()).await;
+    assert!(nothing.is_err(), "the target QEMU got a connection");
+    // The source names "other" as its target: the real target's certificate is refused.
+    let (sdir, _outgoing) = source(&h.source, incoming.port(), "evil");
+    let mut qemu_out = UnixStream::connect(sdir.path().join(OUTGOING_SOCKET))
+        .await
+        .expect("QEMU connects");
+    let _ = qemu_out.write_all(b"QEVM").await;
+    let read = tokio::time::timeout(LIMIT, qemu_out.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "not sent to the wrong host");
+}
+
+/// A plain client (a migration stream in clear) gets the connection closed without a byte.
+#[tokio::test]
+async fn a_plain_client_gets_nothing() {
+    let h = hosts();
+    let (_t, incoming, _qemu_in) = target(&h.target, "src").await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", incoming.port()))
+        .await
+        .expect("connect");
+    let _ = tcp.write_all(b"QEVM\x00\x00\x00\x03").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, tcp.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "answered: {read:?}");
+}
