@@ -34,7 +34,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from agent_restart import controller_tls, free_port  # noqa: E402 (one way to act as the controller)
-import network_dhcp  # noqa: E402
+import network_dhcp, network_migration  # noqa: E402
 
 NET_NAME, NET_INDEX = "nbnet", 252
 HOST_NS = f"{NET_NAME}-host1"
@@ -146,18 +146,20 @@ def rules_part(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["rules", "dhcp"], action="append",
+    ap.add_argument("--part", choices=["rules", "dhcp", "migration"], action="append",
                     help="which measurement (repeatable; default: all)")
     ap.add_argument("--bin", default="target/release/nimbus")
     ap.add_argument("--runs", type=int, default=10, help="rule updates per size")
     ap.add_argument("--ports", default="1,100,1000")
     ap.add_argument("--dhcp-runs", type=int, default=500, help="DHCP exchanges per server")
     args = ap.parse_args()
-    for part in args.part or ["rules", "dhcp"]:
+    for part in args.part or ["rules", "dhcp", "migration"]:
         if part == "rules":
             rules_part(args)
         elif part == "dhcp":
             network_dhcp.run(args, pct)
+        elif part == "migration":
+            network_migration.run(args, pct)
 
 
 if __name__ == "__main__":
