@@ -97,9 +97,13 @@ def run(args, pct):
             raise RuntimeError(f"the migration failed: {op.get('error')}\n{cloud.log_tail()}")
         stats = cloud.api.req("GET", f"/v1/migrations/{op['id']}")["stats"]
         report(results, stats, mig["host"], target, stay["host"], load, pct)
-        ends = [c["gap_end"] - asked for r in results.values() for c in r["connections"] if c["gap_end"]]
-        print(f"the longest silences ended {min(ends):.2f} s to {max(ends):.2f} s after the migrate call "
-              f"(which returned after {done - asked:.2f} s)")
+        for name, r in results.items():
+            spans = [(c["gap_end"] - c["gap"] - asked, c["gap_end"] - asked)
+                     for c in r["connections"] if c["gap_end"]]
+            if spans:
+                print(f"{name}: the longest silences began {min(a for a, _ in spans):.2f}..{max(a for a, _ in spans):.2f} s "
+                      f"and ended {min(b for _, b in spans):.2f}..{max(b for _, b in spans):.2f} s after the "
+                      f"migrate call (which returned after {done - asked:.2f} s)")
     finally:
         if client:
             client.close()

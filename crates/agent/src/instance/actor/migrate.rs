@@ -402,6 +402,13 @@ impl Actor {
         record.resumed = true;
         let mirror = record.disk == DiskTransfer::Mirror;
         self.set_role(MigrationRole::Incoming(record));
+        let (network, spec) = (self.network.clone(), self.spec.clone());
+        let claim = async move {
+            if let Err(e) = network.arrived(&spec).await {
+                tracing::warn!(error = %e, "the floating IPs of the migrated VM not claimed here");
+            }
+        };
+        tokio::spawn(claim.in_current_span());
         if let Some(qmp) = self.current_qmp() {
             tokio::spawn(incoming::finish(qmp, mirror).in_current_span());
         }
