@@ -19,20 +19,12 @@ import json, os, subprocess, sys, tempfile, time, shutil
 
 import guest_ssh
 from migration import Nimbus
+from real_guest import cli_out as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKER = os.path.join(ROOT, "bench", "tcp_ticker.py")
 PORT = 7000
 PER_PEER = 10
-
-
-def cli(cloud, *args):
-    env = dict(os.environ, NIMBUS_API=cloud.api.base, NIMBUS_TOKEN=cloud.api.token,
-               NIMBUS_CA_CERT=os.path.join(cloud.data, "ca.crt"))
-    r = subprocess.run([cloud.bin, *args], env=env, capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise RuntimeError(f"nimbus {' '.join(args)}: {r.stderr}\n{cloud.log_tail()}")
-    return r.stdout
 
 
 def start_peer(prefix, address):
