@@ -3,7 +3,7 @@ across hosts, through nimbus's network and to the other's floating IP, against t
 guests on a flat bridge, in the same run.
 
 A 2-host `nimbus up` cloud (bench/migration.py's `Nimbus`, TCG guests of the default image):
-`srv` serves a 16 MiB file from tmpfs with busybox `httpd`, `cli` (on the other host) fetches
+`srv` serves a 64 MiB file from tmpfs with busybox `httpd`, `cli` (on the other host) fetches
 it with busybox `wget` (timed by busybox `time`, in the guest) and pings `srv` (20 pings,
 0.2 s apart; busybox `ping`'s average). Paths:
 - private: cli -> tap -> port security, security groups -> bridge -> VXLAN -> the other host
@@ -23,9 +23,9 @@ import json, os, re, shutil, statistics, subprocess, tempfile
 from migration import Nimbus
 from real_guest import cli_out as cli
 
-FILE_MIB = 16
+FILE_MIB = 64
 PORT = 8080
-ROUNDS = 3
+ROUNDS = 5
 
 
 def guest(cloud, name, cmd):
@@ -39,7 +39,7 @@ def fetch_mbit(cloud, address):
     """Median Mbit/s of ROUNDS fetches of the file by `cli` from `address`."""
     rates = []
     for _ in range(ROUNDS):
-        out = guest(cloud, "cli", f"time wget -q -O /dev/null http://{address}:{PORT}/big 2>&1")
+        out = guest(cloud, "cli", f"time timeout 25 wget -q -O /dev/null http://{address}:{PORT}/big 2>&1")
         m = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
         if not m:
             raise RuntimeError(f"no time in: {out}")
@@ -57,6 +57,12 @@ def ping_ms(cloud, address):
 
 
 def measure(cloud, address):
+    """The figures of the path to `address`, once `cli` reaches it (a moved tap takes a moment)."""
+    for _ in range(10):
+        if cloud.api.exec("cli", f"ping -c 1 -W 1 {address}")[0] == 0:
+            break
+    else:
+        raise RuntimeError(f"cli does not reach {address}")
     return {"mbit": fetch_mbit(cloud, address), "rtt": ping_ms(cloud, address)}
 
 
