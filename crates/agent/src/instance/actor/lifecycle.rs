@@ -49,10 +49,6 @@ impl Actor {
                 disk.display()
             )));
         }
-        if incoming {
-            // Its floating IPs are claimed here once it resumes here (incoming_done).
-            self.network.expect_arrival(&self.spec).await;
-        }
         let mut config = launch::prepare(&self.spec, &self.dir, self.accel, &self.network).await?;
         config.incoming = incoming.then(|| "defer".to_string());
         crate::confine::prepare(&mut config, &self.dir, self.id)?;

@@ -93,6 +93,9 @@ impl Actor {
                 _ => Err(Error::Conflict(format!("VM {} already runs here", self.id))),
             };
         }
+        // Its floating IPs are claimed here once it resumes here (incoming_done), not before:
+        // until then only the source reaches it.
+        self.network.expect_arrival(&self.spec).await;
         self.launch(true).await?;
         let qmp = self
             .qmp()
