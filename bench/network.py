@@ -1,5 +1,12 @@
 #!/usr/bin/env python3
-"""Network benchmark: security-group rule updates on a host, with 1, 100 and 1,000 ports.
+"""Network benchmark, in parts (`--part`, repeatable; default all):
+- rules: security-group rule updates on a host, with 1, 100 and 1,000 ports (below);
+- dhcp: DISCOVER to ACK on a port of a nimbus network against dnsmasq (bench/network_dhcp.py);
+- migration: the gap 20 TCP connections see across a live migration (bench/network_migration.py);
+- throughput: guest to guest across hosts, private and floating, against a flat bridge
+  (bench/network_throughput.py).
+
+Part rules:
 
 A one-host cloud (`nimbus up`, no guest: the rules name the ports' taps, which need not exist)
 gets, straight on its agent's API (`PUT /agent/v1/firewall`, as the controller's
@@ -17,18 +24,17 @@ network namespace.
 Not included: the controller's sync period (`firewall_sync` looks every 0.5 s), which adds up
 to 0.5 s between the API call of a user and the agent's apply.
 
-Not measured here (see docs/networking.md): DHCP DISCOVER->ACK against dnsmasq (dnsmasq is not
-installed by scripts/install-deps.sh; crates/agent/tests/dhcp.rs prints udhcpc's time to a
-lease), VM-to-VM throughput and the connectivity gap during a live migration.
-
-Usage (as root, after `cargo build --release -p nimbus-cli`):
-  bench/network.py [--bin target/release/nimbus] [--runs 10] [--ports 1,100,1000]
+Usage (as root, after `cargo build --release -p nimbus-cli`; part dhcp builds its harness, a
+test of crates/agent, with cargo):
+  bench/network.py [--part rules|dhcp|migration|throughput] [--bin target/release/nimbus] [--runs 10]
+                   [--ports 1,100,1000] [--dhcp-runs 500]
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time, uuid
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from agent_restart import controller_tls, free_port  # noqa: E402 (one way to act as the controller)
+import network_dhcp, network_migration, network_throughput  # noqa: E402
 
 NET_NAME, NET_INDEX = "nbnet", 252
 HOST_NS = f"{NET_NAME}-host1"
@@ -108,12 +114,7 @@ def wait_for_cloud(binary, env, data):
     sys.exit("cloud did not come up")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/nimbus")
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--ports", default="1,100,1000")
-    args = ap.parse_args()
+def rules_part(args):
     work = tempfile.mkdtemp(prefix="nimbus-bench-")
     data = os.path.join(work, "data")
     port = free_port()
@@ -141,6 +142,26 @@ def main():
         subprocess.run(["ip", "netns", "del", HOST_NS], capture_output=True)
         subprocess.run(["ip", "link", "del", f"{NET_NAME}-br"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["rules", "dhcp", "migration", "throughput"], action="append",
+                    help="which measurement (repeatable; default: all)")
+    ap.add_argument("--bin", default="target/release/nimbus")
+    ap.add_argument("--runs", type=int, default=10, help="rule updates per size")
+    ap.add_argument("--ports", default="1,100,1000")
+    ap.add_argument("--dhcp-runs", type=int, default=500, help="DHCP exchanges per server")
+    args = ap.parse_args()
+    for part in args.part or ["rules", "dhcp", "migration", "throughput"]:
+        if part == "rules":
+            rules_part(args)
+        elif part == "dhcp":
+            network_dhcp.run(args, pct)
+        elif part == "migration":
+            network_migration.run(args, pct)
+        elif part == "throughput":
+            network_throughput.run(args, pct)
 
 
 if __name__ == "__main__":

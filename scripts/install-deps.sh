@@ -55,6 +55,8 @@ main() {
     # UEFI boot of images uploaded with --firmware uefi (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd), and
     # the EFI loader of guest/build-efi.sh's test disk (systemd-bootx64.efi).
     pkgs+=(ovmf systemd-boot-efi)
+    # bench/network.py --part dhcp: the anchor, dnsmasq's DHCP server on a plain bridge.
+    pkgs+=(dnsmasq-base)
     local need_apt=0
     for p in "${pkgs[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || need_apt=1

@@ -362,7 +362,20 @@ async fn gateways_go_out_only_and_floating_ips_come_in() {
         private: "10.40.0.10".into(),
     };
     let fw = firewall(&[(VNI_A, &va), (VNI_B, &vb)], vec![nat]);
+    // As on a migration's target: sent before the VM resumes here, the floating IP is routed
+    // but not claimed (no ARP answer, no announce) until it does.
+    host.expect_arrival(&va).await;
     host.apply_firewall(&fw).await.expect("attach");
+    let proxies = || async {
+        let out = shell.ip(&["neigh", "show", "proxy"]).run().await;
+        out.expect("ip neigh show proxy")
+    };
+    assert!(
+        !proxies().await.contains(&floating.to_string()),
+        "{floating} claimed before its VM arrived"
+    );
+    host.arrived(&va).await.expect("arrived");
+    assert!(proxies().await.contains(&floating.to_string()));
     serve(Some(&ga), "10.40.0.10:4798".parse().expect("addr"), 2);
     let public = SocketAddr::new(floating.into(), 4798);
     assert_eq!(answer(None, public), Some(t.root_ip().to_string()));

@@ -6,6 +6,13 @@
 //! (attach, or a migration's target) it announces it with a gratuitous ARP, so the uplink
 //! network forgets the previous host at once.
 //!
+//! A host routes a floating IP as soon as the controller sends it (a migration's target gets
+//! it before the VM arrives), but claims it on the uplink (answers ARP, announces) only once
+//! its instance's port is here and running ([`claimed`]): until the VM resumes on a target,
+//! the source's router is the only one that can reach it (gateway frames never cross the
+//! VXLAN), so a target that announced early took the address's traffic into a dead end for
+//! the whole migration.
+//!
 //! ```text
 //! ip route replace <floating>/32 via <router transit> dev nu<vni> proto 77
 //! ip neigh replace proxy <floating> dev <uplink>
@@ -79,13 +86,14 @@ async fn routed(shell: &Shell) -> Result<BTreeMap<Ipv4Addr, String>, NetError> {
         .collect())
 }
 
-/// Makes the host route and answer ARP for exactly `held` (floating IP → its network's VNI)
-/// on `uplink`. Returns the floating IPs it newly took (to announce).
+/// Makes the host route exactly `held` (floating IP → its network's VNI) and answer ARP on
+/// `uplink` for those of them in `claimed` only.
 pub async fn reconcile(
     shell: &Shell,
     uplink: Option<&str>,
     held: &BTreeMap<Ipv4Addr, u32>,
-) -> Result<Vec<Ipv4Addr>, NetError> {
+    claimed: &BTreeSet<Ipv4Addr>,
+) -> Result<(), NetError> {
     let now = routed(shell).await?;
     for (addr, dev) in &now {
         let wanted = held.get(addr).map(|vni| format!("{UPLINK_PREFIX}{vni}"));
@@ -105,7 +113,6 @@ pub async fn reconcile(
                 .await?;
         }
     }
-    let mut taken = Vec::new();
     for (addr, vni) in held {
         let dst = format!("{addr}/32");
         let via = transit_address(*vni)?.to_string();
@@ -125,23 +132,33 @@ pub async fn reconcile(
             .run()
             .await?;
         if let Some(uplink) = uplink {
-            shell
-                .ip(&[
-                    "neigh",
-                    "replace",
-                    "proxy",
-                    &addr.to_string(),
-                    "dev",
-                    uplink,
-                ])
-                .run()
-                .await?;
-        }
-        if now.get(addr) != Some(&dev) {
-            taken.push(*addr);
+            let how = if claimed.contains(addr) {
+                "replace"
+            } else {
+                "del"
+            };
+            let cmd = shell.ip(&["neigh", how, "proxy", &addr.to_string(), "dev", uplink]);
+            if claimed.contains(addr) {
+                cmd.run().await?;
+            } else {
+                // Not claimed (yet): no answer here; absent already is fine.
+                let _ = cmd.output().await?;
+            }
         }
     }
-    Ok(taken)
+    Ok(())
+}
+
+/// The floating IPs of `held` this host claims on its uplink: those whose instance's port is
+/// `settled` here (plugged, and not a migration's VM that has not resumed here yet).
+pub fn claimed(
+    held: &BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
+    settled: impl Fn(u32, Ipv4Addr) -> bool,
+) -> BTreeSet<Ipv4Addr> {
+    held.iter()
+        .filter(|(_, (vni, private))| settled(*vni, *private))
+        .map(|(floating, _)| *floating)
+        .collect()
 }
 
 /// Prepares `uplink` to answer ARP for floating IPs at once (no random proxy delay).
@@ -211,6 +228,22 @@ mod tests {
         assert_eq!(&f[12..14], &[0x08, 0x06]);
         assert_eq!(&f[28..32], &[10, 249, 7, 193], "sender address");
         assert_eq!(&f[38..42], &[10, 249, 7, 193], "target address");
+    }
+
+    #[test]
+    fn a_floating_ip_is_claimed_only_once_its_port_is_settled_here() {
+        let (f1, f2) = (
+            Ipv4Addr::new(10, 249, 7, 193),
+            Ipv4Addr::new(10, 249, 7, 194),
+        );
+        let (here, arriving) = (Ipv4Addr::new(10, 10, 0, 11), Ipv4Addr::new(10, 10, 0, 12));
+        let held = BTreeMap::from([(f1, (4201, here)), (f2, (4201, arriving))]);
+        let settled = |vni, ip| vni == 4201 && ip == here;
+        assert_eq!(claimed(&held, settled), BTreeSet::from([f1]));
+        assert!(
+            claimed(&held, |_, _| false).is_empty(),
+            "a migration's target before the VM resumes there claims nothing"
+        );
     }
 
     #[test]

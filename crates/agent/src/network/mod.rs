@@ -44,6 +44,7 @@
 //! Everything runs `ip`/`bridge` (iproute2): plain, inspectable, and every step checks
 //! before it changes, so all of it is idempotent.
 
+mod arrival;
 pub mod bridge;
 pub mod command;
 pub mod dhcp;
@@ -121,6 +122,11 @@ struct State {
     floating: Option<Vec<nimbus_agent_api::FloatingNat>>,
     /// The device of the underlay address, once known.
     uplink: Option<String>,
+    /// The addresses (VNI, IP) of VMs migrating in that have not resumed here yet: their
+    /// floating IPs are routed here but not claimed ([`floating::claimed`]).
+    arriving: BTreeSet<(u32, Ipv4Addr)>,
+    /// The floating IPs claimed at the last apply (a newly claimed one is announced).
+    claimed: BTreeSet<Ipv4Addr>,
     /// The metadata servers (one per router) and what they answer.
     metadata: metadata::Metadata,
     /// The security-group rules this agent put into the kernel (what the next apply changes).
@@ -181,7 +187,12 @@ impl HostNetwork {
         }
         egress::ensure(&self.shell, &self.protected(state)).await?;
         let by_vni = held.iter().map(|(f, (v, _))| (*f, *v)).collect();
-        let taken = floating::reconcile(&self.shell, state.uplink.as_deref(), &by_vni).await?;
+        let claimed = floating::claimed(&held, |vni, ip| {
+            state.leases.holds(vni, ip) && !state.arriving.contains(&(vni, ip))
+        });
+        floating::reconcile(&self.shell, state.uplink.as_deref(), &by_vni, &claimed).await?;
+        let taken: Vec<Ipv4Addr> = claimed.difference(&state.claimed).copied().collect();
+        state.claimed = claimed;
         if let Some(uplink) = &state.uplink {
             if !taken.is_empty() {
                 tracing::info!(?taken, uplink, "floating IPs taken here");
@@ -484,6 +495,9 @@ impl HostNetwork {
             return Ok(());
         }
         let mut state = self.state.lock().await;
+        for a in arrival::addresses(spec) {
+            state.arriving.remove(&a);
+        }
         state.metadata.registry().forget(spec);
         let taps: Vec<String> = (0..spec.nics.len())
             .map(|i| tap::tap_name(spec.id, i))

@@ -101,6 +101,9 @@ impl Actor {
                 _ => Err(Error::Conflict(format!("VM {} already runs here", self.id))),
             };
         }
+        // Its floating IPs are claimed here once it resumes here (incoming_done), not before:
+        // until then only the source reaches it.
+        self.network.expect_arrival(&self.spec).await;
         self.launch(true).await?;
         let qmp = self
             .qmp()
@@ -417,6 +420,13 @@ impl Actor {
             tunnel.close_when_done(TUNNEL_DRAIN);
         }
         self.set_role(MigrationRole::Incoming(record));
+        let (network, spec) = (self.network.clone(), self.spec.clone());
+        let claim = async move {
+            if let Err(e) = network.arrived(&spec).await {
+                tracing::warn!(error = %e, "the floating IPs of the migrated VM not claimed here");
+            }
+        };
+        tokio::spawn(claim.in_current_span());
         if let Some(qmp) = self.current_qmp() {
             tokio::spawn(incoming::finish(qmp, mirror).in_current_span());
         }

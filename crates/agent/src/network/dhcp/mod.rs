@@ -45,6 +45,13 @@ impl Leases {
         }
     }
 
+    /// Whether a port here on network `vni` has address `ip`.
+    pub fn holds(&self, vni: u32, ip: Ipv4Addr) -> bool {
+        self.map()
+            .iter()
+            .any(|((v, _), lease)| *v == vni && lease.ip == ip)
+    }
+
     /// The lease of `mac` on network `vni`.
     pub fn get(&self, vni: u32, mac: [u8; 6]) -> Option<Lease> {
         self.map().get(&(vni, mac)).copied()
@@ -91,6 +98,7 @@ mod tests {
         let lease = leases.get(4300, mac).expect("lease");
         assert_eq!((lease.ip, lease.prefix), (Ipv4Addr::new(10, 40, 0, 10), 24));
         assert!(leases.get(4301, mac).is_none(), "per network");
+        assert!(leases.holds(4300, lease.ip) && !leases.holds(4301, lease.ip));
         leases.remove(4300, &nic);
         assert!(leases.get(4300, mac).is_none());
         assert!(lease_of(&NicSpec {
