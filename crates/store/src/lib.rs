@@ -52,7 +52,7 @@ pub use group_events::NewGroupEvent;
 pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use host_identities::{HostIdentityRecord, JoinRefusal, RemoveRefusal};
 pub use hosts::HostRecord;
-pub use images::NewImage;
+pub use images::{NewImage, PATH_IMAGE_PROJECT};
 pub use instances::{InstanceRecord, NewInstance};
 pub use leases::{ControllerRecord, FencedLog, OperationClaim};
 pub use migrations::NewMigration;
@@ -269,6 +269,7 @@ pub(crate) mod testing {
                 name: name.into(),
                 flavor: "small".into(),
                 image: DEFAULT_IMAGE.into(),
+                image_project: "default".into(),
                 vcpus: 1,
                 memory_mib: 512,
                 disk_gib: 2,

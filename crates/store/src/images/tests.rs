@@ -115,6 +115,7 @@ async fn an_image_in_use_cannot_be_deleted() {
             .expect("insert");
         let (mut inst, op) = new_instance("a", "vm");
         inst.image = "deb".into();
+        inst.image_project = "a".into();
         s.insert_instance(&inst, &op, pick).await.expect("instance");
         let e = s
             .delete_image("deb", &Scope::project("a"))
