@@ -226,6 +226,18 @@ pub(crate) mod testing {
         id
     }
 
+    /// Creates project `name` with no quota limits and the default network.
+    pub async fn project(s: &Store, name: &str) {
+        s.create_project(
+            name,
+            None,
+            &nimbus_api::QuotaLimits::UNLIMITED,
+            &default_network(),
+        )
+        .await
+        .expect("project");
+    }
+
     /// The default network of new projects in tests.
     pub fn default_network() -> NewNetwork {
         NewNetwork {

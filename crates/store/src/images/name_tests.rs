@@ -2,33 +2,19 @@
 //! foreign private image that is never revealed.
 
 use super::*;
-use crate::testing::{database_before, new_instance, pick, stores};
-use nimbus_api::QuotaLimits;
+use crate::testing::{database_before, new_instance, pick, project, stores};
 
 fn image(name: &str, project: &str, public: bool, digest_byte: &str) -> NewImage {
     NewImage {
-        name: name.into(),
-        project: project.into(),
         public,
         digest: format!("sha256:{}", digest_byte.repeat(32)),
-        format: "qcow2".into(),
-        virtual_size: 1 << 30,
-        size_bytes: 10,
-        firmware: Firmware::Bios,
-        ready_marker: None,
+        ..super::tests::uploaded(name, project, 10)
     }
 }
 
 async fn projects(s: &Store, names: &[&str]) {
     for name in names {
-        s.create_project(
-            name,
-            None,
-            &QuotaLimits::UNLIMITED,
-            &crate::testing::default_network(),
-        )
-        .await
-        .expect("project");
+        project(s, name).await;
     }
 }
 
@@ -260,14 +246,7 @@ async fn the_upgrade_keeps_images_and_pins_instances_to_them() {
         .expect_err("in use");
     assert!(e.to_string().contains("used by 1 instance"), "{e}");
     // The new key: another project may now take the name.
-    s.create_project(
-        "globex",
-        None,
-        &QuotaLimits::UNLIMITED,
-        &crate::testing::default_network(),
-    )
-    .await
-    .expect("project");
+    project(&s, "globex").await;
     s.insert_uploaded_image(&image("deb", "globex", false, "bb"))
         .await
         .expect("globex's deb");
