@@ -221,6 +221,51 @@ async fn uefi_images_boot_through_ovmf(cloud: &Cloud) {
     cli_ok(cloud, &["image", "delete", "efi"]);
 }
 
+/// Image names are per project: another project uploads its own `halt` and `baked` beside
+/// the default project's (private, in use), sees and deletes only its own, and the shared
+/// bytes stay for the default project's image. No guest is booted for this: the store and
+/// controller tests cover how an instance pins the image row of its project.
+fn images_are_named_per_project(cloud: &Cloud, file: &str, digest: &str) {
+    let globex = project_member(cloud, "globex");
+    for name in ["halt", "baked"] {
+        let up = ["image", "upload", name, "--file", file, "--no-ready-marker"];
+        cli_ok_as(cloud, &globex, &up);
+    }
+    let again = ["image", "upload", "halt", "--file", file];
+    let err = cli_err_as(cloud, &globex, &again);
+    assert!(err.contains("already exists in project globex"), "{err}");
+    assert!(!err.contains("default"), "names no other project: {err}");
+    let list = ["image", "list", "-o", "json"];
+    let listed: Vec<ImageView> = json(&cli_ok_as(cloud, &globex, &list));
+    let mut own: Vec<(&str, &str)> = listed
+        .iter()
+        .filter(|i| !i.public)
+        .map(|i| (i.name.as_str(), i.project.as_str()))
+        .collect();
+    own.sort();
+    assert_eq!(own, [("baked", "globex"), ("halt", "globex")]);
+    let show = ["image", "show", "halt", "-o", "json"];
+    let shown: ImageView = json(&cli_ok_as(cloud, &globex, &show));
+    assert_eq!(
+        (shown.project.as_str(), shown.digest.as_deref()),
+        ("globex", Some(digest))
+    );
+    // The default project's `halt` is in use there; globex's is not, and goes alone.
+    for name in ["halt", "baked"] {
+        cli_ok_as(cloud, &globex, &["image", "delete", name]);
+    }
+    let kept: ImageView = json(&cli_ok(cloud, &show));
+    assert_eq!(kept.project, "default");
+    let blob = cloud
+        .data_dir()
+        .join("images/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    assert!(
+        blob.exists(),
+        "the default project's image still needs the bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     let cloud = Cloud::start(Path::new(BIN), CloudOptions::default())
@@ -359,6 +404,7 @@ async fn uploaded_images_are_fetched_once_per_host_verified_and_preferred() {
     running_on(&cloud, "c1").await;
 
     uefi_images_boot_through_ovmf(&cloud).await;
+    images_are_named_per_project(&cloud, file, &digest);
 
     // In use: not deletable; once its instances are gone, it goes.
     let err = cli_err(&cloud, &["image", "delete", "halt"]);

@@ -204,8 +204,44 @@ async fn images_are_private_to_their_project_public_ones_are_the_admins() {
     assert_eq!(names, ["pub"]);
     let (s, b) = call(&f, "DELETE", "/v1/images/pub", Some(&beta), None).await;
     refused(s, &b, ErrorCode::Forbidden, "belongs to project default");
+    // Names are per project: acme's private `mine` neither blocks beta's nor shows in the
+    // answer; a second `mine` in beta names beta only.
     let (s, b) = upload(&f, "/v1/images/mine/upload", &beta, &disk).await;
-    refused(s, &b, ErrorCode::Conflict, "already exists");
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = upload(&f, "/v1/images/mine/upload", &beta, &disk).await;
+    refused(s, &b, ErrorCode::Conflict, "already exists in project beta");
+    assert!(!b.contains("acme"), "{b}");
+    let owner = |b: &str| serde_json::from_str::<ImageView>(b).expect("image").project;
+    let (_, b) = call(&f, "GET", "/v1/images/mine", Some(&acme), None).await;
+    assert_eq!(owner(&b), "acme");
+    let (_, b) = call(&f, "GET", "/v1/images/mine", Some(&beta), None).await;
+    assert_eq!(owner(&b), "beta");
+    // An admin acting in a project resolves the name as that project does.
+    let (_, b) = call(
+        &f,
+        "GET",
+        "/v1/images/mine?project=acme",
+        Some(&f.token),
+        None,
+    )
+    .await;
+    assert_eq!(owner(&b), "acme");
+    // A project's own image wins over a public one of that name, for that project only.
+    let (s, b) = upload(&f, "/v1/images/pub/upload", &beta, &disk).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (_, b) = call(&f, "GET", "/v1/images/pub", Some(&beta), None).await;
+    assert_eq!(owner(&b), "beta");
+    let (_, b) = call(&f, "GET", "/v1/images/pub", Some(&acme), None).await;
+    assert_eq!(owner(&b), "default");
+    // Deleting by name deletes the project's own: beta's, then acme's, each left alone.
+    let (s, _) = call(&f, "DELETE", "/v1/images/mine", Some(&beta), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = call(&f, "GET", "/v1/images/mine", Some(&acme), None).await;
+    assert_eq!((s, owner(&b)), (StatusCode::OK, "acme".to_string()));
+    let (s, _) = call(&f, "DELETE", "/v1/images/pub", Some(&beta), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, b) = call(&f, "GET", "/v1/images/pub", Some(&beta), None).await;
+    assert_eq!(owner(&b), "default", "beta sees the public one again");
 }
 
 #[tokio::test]

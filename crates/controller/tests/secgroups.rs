@@ -326,6 +326,7 @@ async fn placed(
         name: name.into(),
         flavor: "tiny".into(),
         image: "img".into(),
+        image_project: nimbus_store::PATH_IMAGE_PROJECT.into(),
         vcpus: 1,
         memory_mib: 128,
         disk_gib: 1,

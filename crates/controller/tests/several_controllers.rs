@@ -313,6 +313,7 @@ async fn usage_pushed_to_every_controller_is_counted_once() {
         name: "web1".into(),
         flavor: "small".into(),
         image: "img".into(),
+        image_project: nimbus_store::PATH_IMAGE_PROJECT.into(),
         vcpus: 2,
         memory_mib: 512,
         disk_gib: 1,

@@ -126,6 +126,7 @@ async fn samples_are_stored_once_and_reported_per_instance() {
         name: "web1".into(),
         flavor: "small".into(),
         image: "default".into(),
+        image_project: nimbus_store::PATH_IMAGE_PROJECT.into(),
         vcpus: 2,
         memory_mib: 512,
         disk_gib: 1,

@@ -1,14 +1,18 @@
 //! Images: registered by path (admin, public) or uploaded by a project and stored by digest.
 //!
-//! Names are unique across the cloud (instances name their image), so a project sees its
-//! own images and the public ones; a private image of another project answers not found.
+//! Names are unique per project (the key is `(project, name)`), so two projects may each
+//! have their own `app-golden`, and a project's private names neither collide with nor
+//! reveal another's. A project sees its own images and the public ones; a name resolves to
+//! the project's own image first, then to a public one; a private image of another project
+//! answers not found. Public names are unique among public images, so that resolution has
+//! at most one public candidate. An instance records the project of the image it boots.
 
 use crate::locks::lock_image;
 use crate::page::{KeyColumn, Keyset, Page, PageRequest};
 use crate::quotas::{lock_quota, usage_in};
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{Firmware, ImageView, ImportImage};
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 /// An uploaded image whose bytes are stored and inspected.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +62,34 @@ fn visible(scope: &Scope, n: usize) -> String {
     }
 }
 
+/// The project of images registered by path (admin, public).
+pub const PATH_IMAGE_PROJECT: &str = "default";
+
+/// Refuses a public image `name` of `project` when another project already has a public
+/// image of that name (public images are visible to all, so saying so reveals nothing):
+/// a name then resolves to at most one public image.
+async fn refuse_public_name_taken(
+    tx: &mut Transaction<'_, Any>,
+    project: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    let other: Option<String> = sqlx::query(
+        "SELECT project FROM images WHERE name = $1 AND public = 1 AND project <> $2 LIMIT 1",
+    )
+    .bind(name)
+    .bind(project)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| r.try_get("project"))
+    .transpose()?;
+    match other {
+        Some(owner) => Err(StoreError::Conflict(format!(
+            "a public image {name:?} already exists (project {owner}); choose another name"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Store {
     /// Registers an image by path: public, in the default project.
     pub async fn create_image(
@@ -65,10 +97,13 @@ impl Store {
         img: &ImportImage,
         size_bytes: u64,
     ) -> Result<ImageView, StoreError> {
+        let mut tx = self.begin().await?;
+        refuse_public_name_taken(&mut tx, PATH_IMAGE_PROJECT, &img.name).await?;
         sqlx::query(
-            "INSERT INTO images (name, kernel, initrd, cmdline, disk, ready_marker, size_bytes, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO images (project, public, name, kernel, initrd, cmdline, disk, ready_marker, \
+             size_bytes, created_at) VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
+        .bind(PATH_IMAGE_PROJECT)
         .bind(&img.name)
         .bind(img.kernel.clone())
         .bind(img.initrd.clone())
@@ -77,10 +112,45 @@ impl Store {
         .bind(img.ready_marker.clone())
         .bind(size_bytes as i64)
         .bind(time::now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| StoreError::unique_or(e, || format!("image {:?} already exists", img.name)))?;
-        self.get_image(&img.name, &Scope::All).await
+        .map_err(|e| {
+            StoreError::unique_or(e, || {
+                format!(
+                    "image {:?} already exists in project {PATH_IMAGE_PROJECT}",
+                    img.name
+                )
+            })
+        })?;
+        tx.commit().await?;
+        self.get_image_in(PATH_IMAGE_PROJECT, &img.name).await
+    }
+
+    /// Whether `project` could add an image `name` now (a quick refusal before an upload or
+    /// a bake starts; the insert checks again): refused if the project has one of that name,
+    /// or, for a public image, if another project has a public one. Another project's
+    /// private image of that name is no conflict and is never mentioned.
+    pub async fn check_image_name_free(
+        &self,
+        project: &str,
+        name: &str,
+        public: bool,
+    ) -> Result<(), StoreError> {
+        match self.get_image_in(project, name).await {
+            Ok(_) => {
+                return Err(StoreError::Conflict(format!(
+                    "image {name:?} already exists in project {project}; choose another name"
+                )))
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if public {
+            let mut tx = self.begin().await?;
+            refuse_public_name_taken(&mut tx, project, name).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Whether `project` could add an image of `size_bytes` now (a quick refusal before an
@@ -110,6 +180,9 @@ impl Store {
             };
             crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
         }
+        if new.public {
+            refuse_public_name_taken(&mut tx, &new.project, &new.name).await?;
+        }
         sqlx::query(
             "INSERT INTO images (name, project, public, digest, format, virtual_size, firmware, \
              size_bytes, created_at, ready_marker) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -126,19 +199,49 @@ impl Store {
         .bind(new.ready_marker.clone())
         .execute(&mut *tx)
         .await
-        .map_err(|e| StoreError::unique_or(e, || format!("image {:?} already exists", new.name)))?;
+        .map_err(|e| {
+            // Names only the caller's own project: another project's image of that name,
+            // private or public, is no conflict.
+            StoreError::unique_or(e, || {
+                format!(
+                    "image {:?} already exists in project {}",
+                    new.name, new.project
+                )
+            })
+        })?;
         tx.commit().await?;
-        self.get_image(&new.name, &Scope::All).await
+        self.get_image_in(&new.project, &new.name).await
     }
 
-    /// An image `scope` may see (its project's or a public one).
+    /// Image `name` as `scope` resolves it: a project's own image first, else a public one
+    /// (a private image of another project is not found). [`Scope::All`] (the controller
+    /// itself) prefers a public image, then the first project by name.
     pub async fn get_image(&self, name: &str, scope: &Scope) -> Result<ImageView, StoreError> {
-        let sql = format!(
-            "SELECT * FROM images WHERE name = $1 AND {}",
-            visible(scope, 2)
-        );
-        let row = scope
-            .bind(sqlx::query(&sql).bind(name))
+        let query = match scope {
+            Scope::Project(project) => sqlx::query(
+                "SELECT * FROM images WHERE name = $1 AND (public = 1 OR project = $2) \
+                 ORDER BY CASE WHEN project = $3 THEN 0 ELSE 1 END, project LIMIT 1",
+            )
+            .bind(name)
+            .bind(project.as_str())
+            .bind(project.as_str()),
+            Scope::All => sqlx::query(
+                "SELECT * FROM images WHERE name = $1 ORDER BY public DESC, project LIMIT 1",
+            )
+            .bind(name),
+        };
+        let row = query
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("image", name))?;
+        from_row(&row)
+    }
+
+    /// The image `name` of `project` exactly (how an instance refers to the image it boots).
+    pub async fn get_image_in(&self, project: &str, name: &str) -> Result<ImageView, StoreError> {
+        let row = sqlx::query("SELECT * FROM images WHERE project = $1 AND name = $2")
+            .bind(project)
+            .bind(name)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::not_found("image", name))?;
@@ -148,7 +251,7 @@ impl Store {
     /// The images `scope` may see.
     pub async fn list_images(&self, scope: &Scope) -> Result<Vec<ImageView>, StoreError> {
         let sql = format!(
-            "SELECT * FROM images WHERE {} ORDER BY name",
+            "SELECT * FROM images WHERE {} ORDER BY name, project",
             visible(scope, 1)
         );
         let rows = scope.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
@@ -161,7 +264,8 @@ impl Store {
         scope: &Scope,
         page: &PageRequest,
     ) -> Result<Page<ImageView>, StoreError> {
-        const KEY: Keyset = Keyset::ascending(&[KeyColumn::text("name")]);
+        const KEY: Keyset =
+            Keyset::ascending(&[KeyColumn::text("name"), KeyColumn::text("project")]);
         let filter = visible(scope, 1);
         let rows = KEY
             .fetch(
@@ -185,9 +289,10 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Deletes an image of a project `scope` acts in (a public image of another project is
-    /// visible but not deletable); refused while instances use it (their disks are overlays
-    /// of it). Returns the deleted image.
+    /// Deletes image `name` as `scope` resolves it, if it is the scope's project's own (a
+    /// public image of another project is visible but not deletable: an admin passes that
+    /// image's project); refused while instances use it (their disks are overlays of it).
+    /// Returns the deleted image.
     pub async fn delete_image(&self, name: &str, scope: &Scope) -> Result<ImageView, StoreError> {
         let img = self.get_image(name, scope).await?;
         if !scope.allows(&img.project) {
@@ -199,18 +304,22 @@ impl Store {
         // Locked first: a create using the image either committed (and is counted) or
         // waits and then finds the image gone.
         let mut tx = self.begin().await?;
-        lock_image(&mut tx, name).await?;
-        let users: i64 = sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE image = $1")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
+        lock_image(&mut tx, &img.project, name).await?;
+        let users: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM instances WHERE image = $1 AND image_project = $2",
+        )
+        .bind(name)
+        .bind(&img.project)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
         if users > 0 {
             return Err(StoreError::Conflict(format!(
                 "image {name:?} is used by {users} instance(s); delete them first"
             )));
         }
-        sqlx::query("DELETE FROM images WHERE name = $1")
+        sqlx::query("DELETE FROM images WHERE project = $1 AND name = $2")
+            .bind(&img.project)
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -219,5 +328,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod name_tests;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,8 @@ pub struct InstanceRecord {
     pub name: String,
     pub flavor: String,
     pub image: String,
+    /// The project owning its image (image names are unique per project).
+    pub image_project: String,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
@@ -102,6 +104,8 @@ pub struct NewInstance {
     pub name: String,
     pub flavor: String,
     pub image: String,
+    /// The project owning its image, as the name resolved for the instance's project.
+    pub image_project: String,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
@@ -141,6 +145,7 @@ pub(crate) fn instance_from_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord,
         name: r.try_get("name")?,
         flavor: r.try_get("flavor")?,
         image: r.try_get("image")?,
+        image_project: r.try_get("image_project")?,
         vcpus: r.try_get::<i64, _>("vcpus")? as u32,
         memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
         disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
@@ -198,7 +203,7 @@ impl Store {
         // Locked, not just read: a project or image deleted meanwhile is seen as gone, and
         // one being deleted waits and then sees this instance.
         lock_project(&mut tx, &new.project).await?;
-        lock_image(&mut tx, &new.image).await?;
+        lock_image(&mut tx, &new.image_project, &new.image).await?;
         if let Some(limits) = limits {
             let in_use = usage_in(&mut tx, &new.project).await?;
             let want = nimbus_api::QuotaUsage {
@@ -213,8 +218,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
              host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id, \
-             placement_group, ha, ha_priority) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15, $16, $17, $18)",
+             placement_group, ha, ha_priority, image_project) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, NULL, $10, 1, 0, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -234,6 +239,7 @@ impl Store {
         .bind(new.placement_group.map(|g| g.to_string()))
         .bind(new.ha_restart.then(|| "restart".to_string()))
         .bind(i64::from(new.ha_priority))
+        .bind(&new.image_project)
         .execute(&mut *tx)
         .await
         .map_err(|e| {

@@ -52,7 +52,7 @@ pub use group_events::NewGroupEvent;
 pub use groups::{GroupRecord, GroupSizes, NewGroup, GROUP_ACTIVE, GROUP_DELETING};
 pub use host_identities::{HostIdentityRecord, JoinRefusal, RemoveRefusal};
 pub use hosts::HostRecord;
-pub use images::NewImage;
+pub use images::{NewImage, PATH_IMAGE_PROJECT};
 pub use instances::{InstanceRecord, NewInstance};
 pub use leases::{ControllerRecord, FencedLog, OperationClaim};
 pub use migrations::NewMigration;
@@ -226,6 +226,18 @@ pub(crate) mod testing {
         id
     }
 
+    /// Creates project `name` with no quota limits and the default network.
+    pub async fn project(s: &Store, name: &str) {
+        s.create_project(
+            name,
+            None,
+            &nimbus_api::QuotaLimits::UNLIMITED,
+            &default_network(),
+        )
+        .await
+        .expect("project");
+    }
+
     /// The default network of new projects in tests.
     pub fn default_network() -> NewNetwork {
         NewNetwork {
@@ -269,6 +281,7 @@ pub(crate) mod testing {
                 name: name.into(),
                 flavor: "small".into(),
                 image: DEFAULT_IMAGE.into(),
+                image_project: "default".into(),
                 vcpus: 1,
                 memory_mib: 512,
                 disk_gib: 2,

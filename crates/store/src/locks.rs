@@ -28,9 +28,11 @@ pub(crate) async fn lock_project(
 /// Locks the image's row; `NotFound` if there is no such image (deleted meanwhile).
 pub(crate) async fn lock_image(
     tx: &mut Transaction<'_, Any>,
+    project: &str,
     image: &str,
 ) -> Result<(), StoreError> {
-    let r = sqlx::query("UPDATE images SET name = name WHERE name = $1")
+    let r = sqlx::query("UPDATE images SET name = name WHERE project = $1 AND name = $2")
+        .bind(project)
         .bind(image)
         .execute(&mut **tx)
         .await?;

@@ -2,22 +2,10 @@
 //! every row exactly once while rows come and go between pages, in a stable order, and
 //! never another project's rows.
 
-use crate::testing::{new_instance, pick, stores};
+use crate::testing::{new_instance, pick, project, stores};
 use crate::{KeyPart, Page, PageKey, PageRequest, Scope, Store, StoreError};
-use nimbus_api::QuotaLimits;
 use std::collections::HashSet;
 use uuid::Uuid;
-
-async fn project(s: &Store, name: &str) {
-    s.create_project(
-        name,
-        None,
-        &QuotaLimits::UNLIMITED,
-        &crate::testing::default_network(),
-    )
-    .await
-    .expect("project");
-}
 
 async fn add_instance(s: &Store, project: &str, name: &str) -> Uuid {
     let (inst, op) = new_instance(project, name);

@@ -70,6 +70,7 @@ impl App {
             name: req.name.clone(),
             flavor: source.flavor.clone(),
             image: source.image.clone(),
+            image_project: source.image_project.clone(),
             placement_group: None,
             vcpus: source.vcpus,
             memory_mib: source.memory_mib,

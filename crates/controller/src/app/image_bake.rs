@@ -6,7 +6,7 @@
 use crate::app::{App, AppError, Caller};
 use futures::TryStreamExt;
 use nimbus_api::{validate_name, CreateImageFromInstance, ErrorCode, ImageView, InstanceState};
-use nimbus_store::{NewImage, Scope, StoreError};
+use nimbus_store::NewImage;
 
 impl App {
     /// Creates image `name` from the stopped instance `req.instance`.
@@ -22,11 +22,9 @@ impl App {
         }
         validate_name(name)
             .map_err(|e| AppError::bad_request(format!("invalid image name {name:?}: {e}")))?;
-        match self.store().get_image(name, &Scope::All).await {
-            Ok(_) => return Err(AppError::conflict(format!("image {name:?} already exists"))),
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.store()
+            .check_image_name_free(&caller.project, name, req.public)
+            .await?;
         let inst = self.find_instance(caller, &req.instance).await?;
         let (InstanceState::Stopped, Some(host)) = (inst.state, &inst.host) else {
             return Err(AppError::conflict(format!(
@@ -35,7 +33,10 @@ impl App {
                 inst.name, inst.state, inst.name
             )));
         };
-        let source = self.store().get_image(&inst.image, &Scope::All).await?;
+        let source = self
+            .store()
+            .get_image_in(&inst.image_project, &inst.image)
+            .await?;
         let resp = self
             .agent_of(host)
             .await?

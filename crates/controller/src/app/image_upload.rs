@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::Stream;
 use nimbus_api::{validate_name, ErrorCode, ImageView, UploadImage};
 use nimbus_image::{Digest, FormatError};
-use nimbus_store::{NewImage, Scope, StoreError};
+use nimbus_store::NewImage;
 
 /// Largest image accepted (1 TiB): a bound on what one request may write to the controller.
 pub const MAX_IMAGE_BYTES: u64 = 1 << 40;
@@ -139,15 +139,9 @@ impl App {
                 format!("an image must have 1 to {MAX_IMAGE_BYTES} bytes, not {length}"),
             ));
         }
-        match self.store().get_image(name, &Scope::All).await {
-            Ok(_) => {
-                return Err(AppError::conflict(format!(
-                    "image {name:?} already exists; choose another name"
-                )))
-            }
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.store()
+            .check_image_name_free(&caller.project, name, q.public)
+            .await?;
         self.store()
             .check_image_quota(&caller.project, length)
             .await?;

@@ -47,17 +47,25 @@ impl App {
 
     /// Registers an image unless one of that name exists.
     pub async fn ensure_image(&self, req: &ImportImage) -> Result<(), AppError> {
-        match self.store().get_image(&req.name, &Scope::All).await {
+        match self
+            .store()
+            .get_image_in(nimbus_store::PATH_IMAGE_PROJECT, &req.name)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound { .. }) => self.import_image(req).await.map(|_| ()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Hosts whose cache holds image `name`'s bytes, by their agents' last reports (none for
-    /// images registered by path, which every host reads in place).
-    pub async fn hosts_holding(&self, name: &str) -> Result<HashSet<String>, AppError> {
-        let img = self.store().get_image(name, &Scope::All).await?;
+    /// Hosts whose cache holds the bytes of image `name` of `project`, by their agents' last
+    /// reports (none for images registered by path, which every host reads in place).
+    pub async fn hosts_holding(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<HashSet<String>, AppError> {
+        let img = self.store().get_image_in(project, name).await?;
         let Some(digest) = img.digest else {
             return Ok(HashSet::new());
         };
@@ -108,18 +116,14 @@ impl App {
         Ok(self.store().get_image(name, &caller.scope()).await?)
     }
 
-    /// Deletes an image of the caller's project (an admin: any image); refused while
+    /// Deletes image `name` as the caller's project resolves it (its own first, then a
+    /// public one), if it is the project's own or the caller is an admin; refused while
     /// instances use it. An uploaded image's bytes go when no image names them any more;
     /// files registered by path stay.
     pub async fn delete_image(&self, caller: &Caller, name: &str) -> Result<(), AppError> {
         caller.require_write()?;
-        let scope = if caller.role == nimbus_api::Role::Admin {
-            Scope::All
-        } else {
-            caller.scope()
-        };
-        let img = self.store().get_image(name, &scope).await?;
-        if !scope.allows(&img.project) {
+        let img = self.store().get_image(name, &caller.scope()).await?;
+        if img.project != caller.project && caller.role != nimbus_api::Role::Admin {
             return Err(AppError::new(
                 nimbus_api::ErrorCode::Forbidden,
                 format!(
@@ -128,7 +132,11 @@ impl App {
                 ),
             ));
         }
-        let img = self.store().delete_image(name, &scope).await?;
+        // The owner's scope names exactly this row: a project's own image wins there.
+        let img = self
+            .store()
+            .delete_image(name, &Scope::project(&img.project))
+            .await?;
         if let Some(digest) = img.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
             let store = self.store();
             let text = digest.to_string();

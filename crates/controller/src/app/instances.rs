@@ -91,6 +91,7 @@ impl App {
             name: req.name.clone(),
             flavor: flavor.name,
             image: image.clone(),
+            image_project: img.project.clone(),
             vcpus: flavor.vcpus,
             memory_mib: flavor.memory_mib,
             disk_gib: flavor.disk_gib,
@@ -253,7 +254,10 @@ impl App {
 
     /// The VM spec an agent needs for this instance.
     pub async fn vm_spec(&self, inst: &InstanceRecord) -> Result<VmSpec, AppError> {
-        let img = self.store().get_image(&inst.image, &Scope::All).await?;
+        let img = self
+            .store()
+            .get_image_in(&inst.image_project, &inst.image)
+            .await?;
         let blob = super::images::blob_of(&img);
         let seed = self.cloud_init_seed(inst, &img).await?;
         Ok(VmSpec {

@@ -24,7 +24,10 @@ impl App {
         inst: &nimbus_store::InstanceRecord,
         action: &str,
     ) -> Result<(), AppError> {
-        let img = self.store().get_image(&inst.image, &Scope::All).await?;
+        let img = self
+            .store()
+            .get_image_in(&inst.image_project, &inst.image)
+            .await?;
         if img.firmware != nimbus_api::Firmware::Uefi {
             return Ok(());
         }

@@ -158,6 +158,7 @@ mod tests {
             name: name.into(),
             flavor: "small".into(),
             image: "default".into(),
+            image_project: "default".into(),
             vcpus: 1,
             memory_mib,
             disk_gib: 1,

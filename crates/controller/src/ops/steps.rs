@@ -83,7 +83,10 @@ impl Step<App> for Place {
         };
         // Hosts that already hold the image first (no download), if one of them suits the
         // placement group too; else any host.
-        let holding = app.hosts_holding(&inst.image).await.map_err(app_err)?;
+        let holding = app
+            .hosts_holding(&inst.image_project, &inst.image)
+            .await
+            .map_err(app_err)?;
         let strategy = app.config().strategy;
         let choose = |pool: &[HostCapacity], group: Option<&GroupContext>| {
             let preferred: Vec<_> = pool
@@ -184,7 +187,7 @@ impl Step<App> for WaitReady {
         let agent = placed_agent(app, &inst).await?;
         let has_marker = app
             .store()
-            .get_image(&inst.image, &nimbus_store::Scope::All)
+            .get_image_in(&inst.image_project, &inst.image)
             .await
             .map(|i| i.ready_marker.is_some())
             .unwrap_or(false);

@@ -343,6 +343,7 @@ impl Cloud {
             name: name.into(),
             flavor: "small".into(),
             image: "default".into(),
+            image_project: nimbus_store::PATH_IMAGE_PROJECT.into(),
             vcpus: 1,
             memory_mib,
             disk_gib: 2,

@@ -48,6 +48,7 @@ async fn add_member(s: &Store, group: Option<Uuid>, name: &str) -> Uuid {
         name: name.into(),
         flavor: "tiny".into(),
         image: "default".into(),
+        image_project: "default".into(),
         vcpus: 1,
         memory_mib: 256,
         disk_gib: 1,

@@ -1,8 +1,8 @@
 use super::*;
-use crate::testing::{new_instance, pick, stores};
+use crate::testing::{new_instance, pick, project, stores};
 use nimbus_api::QuotaLimits;
 
-fn uploaded(name: &str, project: &str, size_bytes: u64) -> NewImage {
+pub(super) fn uploaded(name: &str, project: &str, size_bytes: u64) -> NewImage {
     NewImage {
         name: name.into(),
         project: project.into(),
@@ -14,17 +14,6 @@ fn uploaded(name: &str, project: &str, size_bytes: u64) -> NewImage {
         firmware: Firmware::Bios,
         ready_marker: None,
     }
-}
-
-async fn project(s: &Store, name: &str) {
-    s.create_project(
-        name,
-        None,
-        &QuotaLimits::UNLIMITED,
-        &crate::testing::default_network(),
-    )
-    .await
-    .expect("project");
 }
 
 #[tokio::test]
@@ -115,6 +104,7 @@ async fn an_image_in_use_cannot_be_deleted() {
             .expect("insert");
         let (mut inst, op) = new_instance("a", "vm");
         inst.image = "deb".into();
+        inst.image_project = "a".into();
         s.insert_instance(&inst, &op, pick).await.expect("instance");
         let e = s
             .delete_image("deb", &Scope::project("a"))

@@ -23,6 +23,7 @@ pub(crate) async fn instance(s: &Store, name: &str) -> InstanceRecord {
         name: name.into(),
         flavor: "small".into(),
         image: "default".into(),
+        image_project: "default".into(),
         vcpus: 1,
         memory_mib: 512,
         disk_gib: 2,
