@@ -37,18 +37,20 @@ def proc_cpu(pid):
     return (int(f[11]) + int(f[12])) / TICK
 
 
-def qemu_pid(needle):
-    """The PID of the QEMU process whose command line contains `needle`, or None."""
+def cmdlines():
+    """(pid, command line) of every process."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            yield int(pid), open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if cmd.startswith(b"qemu-system") and needle.encode() in cmd:
-            return int(pid)
-    return None
+
+
+def qemu_pid(needle):
+    """The PID of the QEMU process whose command line contains `needle`, or None."""
+    return next((pid for pid, cmd in cmdlines() if cmd.startswith(b"qemu-system") and needle.encode() in cmd), None)
 
 
 class Phases:
@@ -174,13 +176,7 @@ def guest_view(argv):
 def machine_load():
     """The 1-minute load and what runs besides us: QEMU processes and compilers."""
     qemus = rustcs = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-        except OSError:
-            continue
+    for _, cmd in cmdlines():
         name = os.path.basename(cmd.split(b"\0", 1)[0])
         qemus += name.startswith(b"qemu-system")
         rustcs += name in (b"rustc", b"cc1", b"ld", b"cc")

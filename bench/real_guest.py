@@ -4,7 +4,7 @@
   - upload throughput: `nimbus image upload` of an N MiB raw disk and of the Debian image
     (guest/build-debian.sh's qcow2) (the CLI hashes it, streams
     it; the controller hashes, writes, inspects, stores it by digest) against the anchor
-    `sha256sum F && cp F <same file system as the controller's data dir>`, interleaved, same
+    `sha256sum F && cp F <same file system as the controller's data dir> && sync <the copy>`, interleaved, same
     run; goal: at least 0.8x the anchor's throughput;
   - first use on a host (the agent fetches the image, checks its digest, caches it) against a
     cache hit (the agent re-hashes its cached copy), as `instance create --wait` wall time of
@@ -51,7 +51,9 @@ def anchor(src, dst_dir):
     subprocess.run(["sha256sum", src], check=True, capture_output=True)
     dst = os.path.join(dst_dir, "copy.raw")
     subprocess.run(["cp", src, dst], check=True)
-    os.sync()
+    # This file's data on disk, as the controller fsyncs its copy (os.sync() would also
+    # flush whatever the rest of the machine has written).
+    subprocess.run(["sync", dst], check=True)
     took = time.monotonic() - t0
     os.remove(dst)
     return took
@@ -96,14 +98,14 @@ def nimbus_to_ssh(cloud, name, key):
             if inst["state"] == "error":
                 raise RuntimeError(f"{name}: {inst.get('reason')}\n{cloud.log_tail()}")
             bridge_up = inst.get("host") and inst.get("ip") and subprocess.run(
-                ["ip", "-n", f"{NET_NAME}-{inst['host']}", "link", "show", f"nb{cloud.vni}"],
+                ["ip", "-n", f"{cloud.net}-{inst['host']}", "link", "show", f"nb{cloud.vni}"],
                 capture_output=True).returncode == 0
             if bridge_up:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} has no host, address or bridge after 600 s")
             time.sleep(0.2)
-        client = guest_ssh.NetClient(f"{NET_NAME}-{inst['host']}", cloud.vni, inst["ip"])
+        client = guest_ssh.NetClient(f"{cloud.net}-{inst['host']}", cloud.vni, inst["ip"])
         try:
             ip = inst["ip"].split("/")[0]
             ssh = ["ip", "netns", "exec", client.ns, "ssh", "-i", key, *guest_ssh.SSH_OPTS, f"debian@{ip}"]
@@ -196,9 +198,10 @@ def main():
     ap.add_argument("--ssh-runs", type=int, default=2)
     ap.add_argument("--skip-upload", action="store_true", help="only the create-to-SSH part")
     ap.add_argument("--skip-ssh", action="store_true", help="only the upload and cache part")
+    ap.add_argument("--net-name", default=NET_NAME, help="prefix of the cloud's namespaces and bridge")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="nimbus-bench-")
-    cloud = Nimbus(os.path.abspath(args.bin), work)
+    cloud = Nimbus(os.path.abspath(args.bin), work, net_name=args.net_name)
     try:
         cloud.wait_up()
         if not args.skip_upload:
@@ -236,8 +239,8 @@ def upload_and_cache(cloud, work, args):
     deb = guest_ssh.debian_image()
     measure_upload(cloud, deb, "udeb", args.runs, f"the Debian image ({os.path.getsize(deb) / MIB:.0f} MiB qcow2)")
 
-    miss = cli(cloud, "instance", "create", "miss", "--flavor", "tiny", "--image", "u0", "--wait")
-    hit = cli(cloud, "instance", "create", "hit", "--flavor", "tiny", "--image", "u0", "--wait")
+    miss = cli(cloud, "instance", "create", "miss", "--flavor", "small", "--image", "u0", "--wait")
+    hit = cli(cloud, "instance", "create", "hit", "--flavor", "small", "--image", "u0", "--wait")
     print(f"create --wait, image not on the host (fetch + verify)  {miss:.2f} s")
     print(f"create --wait, image cached (re-hash)                   {hit:.2f} s")
     print(f"cache miss / hit       {miss / hit:.2f}x")
