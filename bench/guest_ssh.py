@@ -3,13 +3,17 @@
 Two ways to boot the same qcow2 with a NoCloud seed and the same key, one at a time:
   - raw QEMU by hand: an overlay on the image, a CIDATA seed made with mkfs.vfat + mcopy, the
     VM started with the options nimbus gives its VMs (q35, TCG or KVM as probed, -cpu max,
-    1 vCPU, 512 MiB, virtio disks and NIC), SSH through QEMU's user network (hostfwd);
+    1 vCPU, 512 MiB, virtio disks by -blockdev, virtio NIC without option ROM, the console on
+    a serial socket with a log file), SSH through QEMU's user network (hostfwd);
   - nimbus: `instance create` (no --wait), SSH to the guest's address from a client
     namespace plugged into its network's bridge on its host (what crates/test-utils'
     NetClient does), port 22 opened in the default security group.
-Both are timed from the command to the first `ssh ... true` that succeeds (polled every 0.5 s).
+Both are timed from the command to the first `ssh ... true` that succeeds (once sshd's banner
+answers, probed every 0.25 s: boot_phases.wait_ssh), with the boot's phases on the way (boot_phases.Phases).
 """
 import json, os, subprocess, time
+
+import boot_phases
 
 SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3"]
@@ -24,16 +28,6 @@ def debian_image():
     except OSError as e:
         raise SystemExit(f"no Debian image in {d} ({e}): run guest/build-debian.sh")
     return os.path.join(d, manifest["disk"])
-
-
-def wait_ssh(argv, timeout=600):
-    """Seconds until `argv + ['true']` succeeds (bounded)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if subprocess.run(argv + ["true"], capture_output=True, timeout=30).returncode == 0:
-            return time.monotonic() - t0
-        time.sleep(0.5)
-    raise RuntimeError(f"no SSH login within {timeout} s: {' '.join(argv)}")
 
 
 def make_seed(d, pubkey):
@@ -62,23 +56,38 @@ def accel():
 
 
 def raw_qemu_to_ssh(image, key, work, port):
+    """Seconds from the command to the first SSH login, and the boot's phases."""
     d = os.path.join(work, f"raw-{port}")
     os.makedirs(d)
     overlay = os.path.join(d, "disk.qcow2")
     seed = make_seed(d, open(key + ".pub").read().strip())
+    console = os.path.join(d, "console.log")
+    vm = None
     t0 = time.monotonic()
+    phases = boot_phases.Phases(t0, lambda: console, lambda: vm.pid if vm else None)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image, "-F", "qcow2", overlay, "2G"], check=True)
+    drives = []
+    for node, path, fmt, dev in (("disk0", overlay, "qcow2", "vda"), ("seed0", seed, "raw", "vdb")):
+        drives += ["-blockdev", f"driver=file,filename={path},node-name={node}-file",
+                   "-blockdev", f"driver={fmt},file={node}-file,node-name={node}",
+                   "-device", f"virtio-blk-pci,drive={node},id={dev}"]
     vm = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "q35", "-accel", accel(), "-cpu", "max", "-smp", "1", "-m", "512",
-         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
-         "-drive", f"file={overlay},if=virtio,format=qcow2", "-drive", f"file={seed},if=virtio,format=raw",
-         "-serial", f"file:{d}/console.log",
-         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22", "-device", "virtio-net-pci,netdev=n0"],
+         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", *drives,
+         "-chardev", f"socket,id=console,path={d}/console.sock,server=on,wait=off,logfile={console},logappend=on",
+         "-serial", "chardev:console",
+         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22", "-device", "virtio-net-pci,netdev=n0,romfile="],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "qemu.err"), "w"))
     try:
-        wait_ssh(["ssh", "-i", key, "-p", str(port), *SSH_OPTS, "debian@127.0.0.1"])
-        return time.monotonic() - t0
+        ssh = ["ssh", "-i", key, "-p", str(port), *SSH_OPTS, "debian@127.0.0.1"]
+        boot_phases.wait_ssh(ssh, "127.0.0.1", port)
+        took = time.monotonic() - t0
+        phases.mark("ssh", t0 + took)
+        phases.mark_cpu()
+        at = phases.stop()
+        return took, at, boot_phases.guest_view(ssh)
     finally:
+        phases.stop()
         vm.kill()
         vm.wait()
 

@@ -13,8 +13,15 @@
 # a mount: sfdisk writes the partition table into the file, mkfs.vfat and mtools fill the
 # partition's image, dd puts it in place.
 #
-# Needs guest/build.sh's default image and, from scripts/install-deps.sh: systemd-boot-efi,
-# dosfstools, mtools, fdisk (sfdisk).
+# The loader comes from Debian's systemd-boot-efi package, which is fetched, never installed:
+# installing it would pull a matching systemd onto the host (an operator's init system must
+# not change because nimbus's tests need an EFI binary). `apt-get download` takes the
+# candidate version from this machine's apt sources, its SHA256 is checked against apt's
+# (signed) index, `dpkg-deb -x` unpacks it, and the loader is kept in
+# OUT_DIR/loader/VERSION/ (offline afterwards).
+#
+# Needs guest/build.sh's default image and, from scripts/install-deps.sh: dosfstools, mtools,
+# fdisk (sfdisk); apt-get and dpkg-deb (Debian/Ubuntu).
 #
 # Usage: guest/build-efi.sh [OUT_DIR]
 set -euo pipefail
@@ -23,7 +30,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${NIMBUS_IMAGE_CACHE:-/var/cache/nimbus}
 OUT_DIR=${1:-$CACHE/images/efi}
 DEFAULT_DIR=$CACHE/images/default
-LOADER=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
+LOADER_PACKAGE=systemd-boot-efi
+LOADER_IN_PACKAGE=usr/lib/systemd/boot/efi/systemd-bootx64.efi
 DISK_MIB=64
 # The partition starts at 1 MiB (sector 2048) and fills the disk but GPT's backup (33
 # sectors at the end): the FAT image is one MiB less 1 MiB of slack.
@@ -38,12 +46,62 @@ die() {
 
 field() { sed -n "s/^ *\"$2\": *\"\\([^\"]*\\)\".*/\\1/p" "$1" | head -1; }
 
+# candidate_version: the version of $LOADER_PACKAGE apt would install (empty: none known).
+candidate_version() {
+    apt-cache policy "$LOADER_PACKAGE" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)' || true
+}
+
+# fetch_loader: prints the path of the loader of the candidate $LOADER_PACKAGE, fetched and
+# unpacked into OUT_DIR/loader/VERSION/ unless it is there already.
+fetch_loader() {
+    local version
+    version=$(candidate_version)
+    if [ -z "$version" ]; then
+        log "apt knows no $LOADER_PACKAGE: updating the package lists"
+        apt-get update -qq >&2 || die "apt-get update failed: no package lists to find $LOADER_PACKAGE in"
+        version=$(candidate_version)
+        [ -n "$version" ] || die "no $LOADER_PACKAGE in this machine's apt sources"
+    fi
+    local dir=$OUT_DIR/loader/${version//[^A-Za-z0-9.+~-]/_}
+    local loader=$dir/$(basename "$LOADER_IN_PACKAGE")
+    if [ -f "$loader" ]; then
+        echo "$loader"
+        return 0
+    fi
+    local want tmp deb got
+    want=$(apt-cache show "$LOADER_PACKAGE=$version" | sed -n 's/^SHA256: *//p' | head -1)
+    [ -n "$want" ] || die "apt gives no SHA256 for $LOADER_PACKAGE $version"
+    mkdir -p "$OUT_DIR/loader"
+    tmp=$(mktemp -d "$OUT_DIR/loader/.fetch.XXXXXX")
+    # apt's download sandbox user must be able to write the file.
+    chmod 755 "$tmp"
+    if id _apt >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then chown _apt "$tmp"; fi
+    (cd "$tmp" && apt-get download -qq "$LOADER_PACKAGE=$version" >&2) ||
+        { rm -rf "$tmp"; die "cannot download $LOADER_PACKAGE $version (apt-get download)"; }
+    deb=$(ls "$tmp"/*.deb)
+    got=$(sha256sum "$deb" | cut -d' ' -f1)
+    if [ "$got" != "$want" ]; then
+        rm -rf "$tmp"
+        die "$LOADER_PACKAGE $version: sha256 $got, apt's index says $want"
+    fi
+    dpkg-deb -x "$deb" "$tmp/root"
+    [ -f "$tmp/root/$LOADER_IN_PACKAGE" ] || { rm -rf "$tmp"; die "$LOADER_PACKAGE $version has no $LOADER_IN_PACKAGE"; }
+    mkdir -p "$dir"
+    install -m 644 "$tmp/root/$LOADER_IN_PACKAGE" "$loader.tmp"
+    mv -f "$loader.tmp" "$loader"
+    rm -rf "$tmp"
+    log "fetched $LOADER_PACKAGE $version (sha256 $got)"
+    echo "$loader"
+}
+
 main() {
     local t
-    for t in sfdisk mkfs.vfat mcopy mmd sha256sum; do
+    for t in sfdisk mkfs.vfat mcopy mmd sha256sum apt-get apt-cache dpkg-deb; do
         command -v "$t" >/dev/null 2>&1 || die "missing $t (run scripts/install-deps.sh)"
     done
-    [ -f "$LOADER" ] || die "no $LOADER: install systemd-boot-efi (scripts/install-deps.sh)"
+    mkdir -p "$OUT_DIR"
+    # Global: mcopy below copies it.
+    LOADER=$(fetch_loader)
     [ -f "$DEFAULT_DIR/image.json" ] || die "no default image in $DEFAULT_DIR: run guest/build.sh"
     local base version kernel initrd cmdline
     base=$(field "$DEFAULT_DIR/image.json" version)
@@ -56,7 +114,6 @@ main() {
         log "$OUT_DIR is up to date (version $version)"
         return 0
     fi
-    mkdir -p "$OUT_DIR"
     exec 9>"$OUT_DIR/.lock"
     flock 9
     # Global: the EXIT trap reads it after main has returned.

@@ -52,9 +52,10 @@ main() {
         dosfstools mtools)
     # guest/build-debian.sh (the Debian test image: mmdebstrap, GRUB for BIOS, sfdisk) and SSH in its tests.
     pkgs+=(mmdebstrap debian-archive-keyring grub-pc-bin fdisk openssh-client)
-    # UEFI boot of images uploaded with --firmware uefi (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd), and
-    # the EFI loader of guest/build-efi.sh's test disk (systemd-bootx64.efi).
-    pkgs+=(ovmf systemd-boot-efi)
+    # UEFI boot of images uploaded with --firmware uefi (OVMF_CODE_4M.fd, OVMF_VARS_4M.fd). The
+    # EFI loader of guest/build-efi.sh's test disk is fetched by that script (apt-get download,
+    # never installed: systemd-boot-efi would pull a newer systemd onto the host).
+    pkgs+=(ovmf)
     # bench/network.py --part dhcp: the anchor, dnsmasq's DHCP server on a plain bridge.
     pkgs+=(dnsmasq-base)
     local need_apt=0

@@ -160,6 +160,8 @@ impl Store {
 }
 
 #[cfg(test)]
+mod guest_ready_tests;
+#[cfg(test)]
 mod page_tests;
 #[cfg(test)]
 mod race_tests;
