@@ -7,14 +7,6 @@
 //! cgroup v2 (one unified hierarchy: `cpu.weight`, `memory.max`, `pids.max`) where the
 //! host mounts it with those controllers; else the v1 hierarchies (`cpu.shares`,
 //! `memory.limit_in_bytes`, `pids.max`), as on hosts booted in hybrid mode.
-//!
-//! CPU weight: a VM weighs one default share per vCPU, and each parent (`nimbus/<host>`,
-//! `nimbus`) weighs the sum of the VMs it holds that run ([`Layout::rebalance`]). With the parents at
-//! the default weight, all the VMs of a host together weighed like one busy process: on a
-//! host with a dozen busy processes (measured: builds beside TCG guests) a VM got a third of
-//! the CPU the same QEMU got outside the cgroup, and booted 2-3x slower. Summed, the VMs
-//! compete with the host's processes as their vCPU threads would without cgroups, and
-//! between themselves by vCPU.
 
 use super::Limits;
 use crate::error::{Error, Result};
@@ -107,45 +99,7 @@ impl Layout {
             }
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
-        self.rebalance(host);
         Ok(())
-    }
-
-    /// The CPU weight file and its bounds: (hierarchy root, file, min, max).
-    fn cpu_weight(&self) -> (&Path, &'static str, u64, u64) {
-        match self {
-            Layout::V2(root) => (root, "cpu.weight", 1, 10_000),
-            Layout::V1 { cpu, .. } => (cpu, "cpu.shares", 2, 262_144),
-        }
-    }
-
-    /// Sets the weight of `nimbus/<host>` to the sum of its running VMs' and that of
-    /// `nimbus` to the sum of every host's running VMs' (several agents may share a machine). Weights only shape CPU
-    /// sharing: a failure is logged, never fails a VM. Two agents or VMs changing at once
-    /// may write a sum a moment stale; the next VM placed or removed corrects it.
-    pub fn rebalance(&self, host: &str) {
-        let (root, file, min, max) = self.cpu_weight();
-        let top = root.join(PARENT);
-        let all: u64 = subdirs(&top).iter().map(|h| vms_weight(h, file)).sum();
-        let sums = [
-            (top.join(host), vms_weight(&top.join(host), file)),
-            (top.clone(), all),
-        ];
-        for (dir, sum) in sums {
-            if !dir.is_dir() {
-                continue;
-            }
-            // No VM: back to one default share, so that nothing holds a large weight.
-            let default = if file == "cpu.weight" { 100 } else { 1024 };
-            let weight = if sum == 0 {
-                default
-            } else {
-                sum.clamp(min, max)
-            };
-            if let Err(e) = write(&dir.join(file), &weight.to_string()) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot set the CPU weight of VMs' parent cgroup");
-            }
-        }
     }
 
     /// The files to write in each directory of [`Layout::dirs`].
@@ -181,7 +135,6 @@ impl Layout {
                 }
             }
         }
-        self.rebalance(host);
     }
 
     /// Removes the VM cgroups left empty (a VM whose QEMU was killed by someone else). Only
@@ -209,34 +162,7 @@ impl Layout {
                 }
             }
         }
-        self.rebalance(host);
     }
-}
-
-/// The sub-directories of `dir`.
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect()
-}
-
-/// The sum of the CPU weights (`file`) of the VM cgroups in host directory `dir` that hold
-/// a process: a VM whose QEMU is gone weighs nothing.
-fn vms_weight(dir: &Path, file: &str) -> u64 {
-    let runs = |vm: &PathBuf| {
-        std::fs::read_to_string(vm.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
-    };
-    subdirs(dir)
-        .iter()
-        .filter(|vm| runs(vm))
-        .filter_map(|vm| std::fs::read_to_string(vm.join(file)).ok())
-        .filter_map(|v| v.trim().parse::<u64>().ok())
-        .sum()
 }
 
 fn mkdir(dir: &Path) -> Result<()> {
@@ -288,61 +214,6 @@ mod tests {
             Layout::probe_at(root.path()),
             Some(Layout::V1 { .. })
         ));
-    }
-
-    #[test]
-    fn parents_weigh_the_sum_of_their_vms() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::V2(root.path().to_path_buf());
-        let nimbus = root.path().join(PARENT);
-        let vm = |host: &str, name: &str, weight: &str| {
-            let dir = nimbus.join(host).join(name);
-            std::fs::create_dir_all(&dir).expect("mkdir");
-            std::fs::write(dir.join("cpu.weight"), weight).expect("write");
-            std::fs::write(dir.join("cgroup.procs"), "4242\n").expect("write");
-        };
-        let weight =
-            |dir: &Path| std::fs::read_to_string(dir.join("cpu.weight")).expect("read weight");
-        vm("host1", "a", "100\n");
-        vm("host1", "b", "400\n");
-        vm("host2", "c", "200\n");
-        // A VM whose QEMU is gone (no process) weighs nothing.
-        vm("host1", "gone", "800");
-        std::fs::write(nimbus.join("host1/gone/cgroup.procs"), "").expect("write");
-        // An empty host directory with the default weight adds nothing either.
-        std::fs::create_dir_all(nimbus.join("host3")).expect("mkdir");
-        std::fs::write(nimbus.join("host3/cpu.weight"), "100").expect("write");
-        layout.rebalance("host1");
-        assert_eq!(weight(&nimbus.join("host1")), "500");
-        // The top sums every host's VMs.
-        assert_eq!(weight(&nimbus), "700");
-        layout.rebalance("host2");
-        assert_eq!(weight(&nimbus.join("host2")), "200");
-        assert_eq!(weight(&nimbus), "700");
-        // Bounded by the controller's maximum; back to the default when empty.
-        vm("host2", "d", "9900");
-        layout.rebalance("host2");
-        assert_eq!(weight(&nimbus.join("host2")), "10000");
-        for name in ["c", "d"] {
-            std::fs::remove_dir_all(nimbus.join("host2").join(name)).expect("rm");
-        }
-        layout.rebalance("host2");
-        assert_eq!(weight(&nimbus.join("host2")), "100");
-        assert_eq!(weight(&nimbus), "500");
-        // v1: cpu.shares, in the cpu hierarchy.
-        let v1 = tempfile::tempdir().expect("tempdir");
-        let dir = v1.path().join("cpu").join(PARENT).join("host1").join("a");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(dir.join("cpu.shares"), "2048").expect("write");
-        std::fs::write(dir.join("cgroup.procs"), "4242").expect("write");
-        let layout = Layout::V1 {
-            cpu: v1.path().join("cpu"),
-            memory: v1.path().join("memory"),
-            pids: v1.path().join("pids"),
-        };
-        layout.rebalance("host1");
-        let shares = |p: PathBuf| std::fs::read_to_string(p.join("cpu.shares")).expect("read");
-        assert_eq!(shares(v1.path().join("cpu").join(PARENT)), "2048");
     }
 
     #[test]
