@@ -23,6 +23,8 @@ pub struct NewTop {
     pub path: PathBuf,
     /// QEMU block node name for it.
     pub node: String,
+    /// Its virtual size, the same as its backing's (the disk the guest sees).
+    pub virtual_size: u64,
 }
 
 /// Creates an empty layer on `backing` (which QEMU may hold open) with `backing`'s virtual
@@ -46,6 +48,7 @@ pub async fn new_layer_on(dir: &VmDir, backing: &Path) -> Result<NewTop> {
     Ok(NewTop {
         path,
         node: format!("layer-{}", &id[..12]),
+        virtual_size: size,
     })
 }
 
