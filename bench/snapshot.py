@@ -308,7 +308,20 @@ def main():
             json.dump(results, open(args.json, "w"), indent=1)
     finally:
         cloud.close()
+        print_host_phases(cloud.data)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def print_host_phases(data):
+    """The agents' own account of each snapshot (phases from the request, and the pause)."""
+    hosts = os.path.join(data, "hosts")
+    for host in sorted(os.listdir(hosts)) if os.path.isdir(hosts) else []:
+        try:
+            for line in open(os.path.join(hosts, host, "agent.log"), errors="replace"):
+                if "snapshot phases" in line or "snapshot pause" in line:
+                    print(line.rstrip(), file=sys.stderr)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
