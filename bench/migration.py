@@ -388,7 +388,7 @@ class Api:
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}") from None
 
-    def wait_op(self, op_id, timeout, cancel_after=None):
+    def wait_op(self, op_id, timeout, cancel_after=None, poll=0.1):
         t0 = time.monotonic()
         cancelled = False
         while True:
@@ -400,7 +400,7 @@ class Api:
                 cancelled = True
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"operation {op_id} still {op['state']} after {timeout} s")
-            time.sleep(0.1)
+            time.sleep(poll)
 
     def exec(self, name, cmd):
         out = self.req("POST", f"/v1/instances/{name}/exec", {"command": cmd, "timeout_secs": 30})

@@ -34,9 +34,10 @@ Per-run lines go to stderr, the tables to stdout.
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from migration import Nimbus, RawVM, fmt, med, parse_ts, ratio, start_workload  # noqa: E402
+from migration import Nimbus, RawVM, fmt, med, parse_ts, ratio, start_workload, step_ms  # noqa: E402
 
 GAP_S = 3.0
+POLL_S = 0.01
 MIB = 1 << 20
 
 
@@ -68,10 +69,16 @@ def nimbus_run(cloud, rate, run):
     for i in (1, 2):
         t0 = time.time()
         op = cloud.api.req("POST", "/v1/snapshots", {"instance": name, "name": f"{name}-s{i}"})
-        op, _ = cloud.api.wait_op(op["id"], 300)
+        # Polled as often as the raw QEMU variants poll query-migrate, so that the client's
+        # polling adds to neither more than the other.
+        op, _ = cloud.api.wait_op(op["id"], 300, poll=POLL_S)
         t1 = time.time()
         if op["state"] != "succeeded":
             raise RuntimeError(f"snapshot: {op.get('error')}")
+        # Where the time went: the host's own measure, and each step of the operation.
+        take = next(s for s in op["steps"] if s["name"] == "take")
+        res[f"host_s_{i}"] = (take.get("output") or {}).get("total_ms", float("nan")) / 1000
+        res[f"steps_ms_{i}"] = {k: round(v, 1) for k, v in step_ms(op).items()}
         snap = cloud.api.req("GET", f"/v1/snapshots/{name}-s{i}")
         time.sleep(0.5)
         res[f"pause_ms_{i}"] = snap["vm_pause_ms"]
@@ -150,7 +157,7 @@ def raw_run(work, rate, run, variant):
                 out = os.path.join(d, f"mem{i}")
                 vm.qmp.cmd("migrate", {"uri": f"file:{out}"})
                 while vm.qmp.cmd("query-migrate").get("status") not in ("completed", "failed"):
-                    time.sleep(0.01)
+                    time.sleep(POLL_S)
                 res[f"bytes_{i}"] = os.stat(out).st_blocks * 512
             t1 = time.monotonic()
             res[f"total_s_{i}"] = t1 - t0
@@ -186,19 +193,21 @@ def report(rate, results):
     rows = [("VM pause 1st (ms)", "pause_ms_1", 1, 1), ("VM pause 2nd (ms)", "pause_ms_2", 1, 1),
             ("guest pause 1st (ms)", "guest_pause_ms_1", 1, 0),
             ("total 1st (s)", "total_s_1", 1, 2), ("total 2nd (s)", "total_s_2", 1, 2),
+            ("of which on the host 1st (s)", "host_s_1", 1, 2), ("of which on the host 2nd (s)", "host_s_2", 1, 2),
             ("stored 1st (MiB)", "bytes_1", 1 / MIB, 1), ("stored 2nd (MiB)", "bytes_2", 1 / MIB, 1),
             ("restore to running (s)", "restore_running_s", 1, 2),
             ("restore to heartbeat (s)", "restore_heartbeat_s", 1, 2)]
     variants = [v for v in NAMES if any(r["variant"] == v for r in results)]
-    print("| metric | " + " | ".join(NAMES[v] for v in variants) + " | nimbus / savevm |")
-    print("|---" * (len(variants) + 2) + "|")
+    print("| metric | " + " | ".join(NAMES[v] for v in variants) + " | nimbus / savevm | nimbus / bg snapshot |")
+    print("|---" * (len(variants) + 3) + "|")
     for title, key, scale, digits in rows:
         cells, meds = [], {}
         for v in variants:
             xs = [r.get(key) for r in results if r["variant"] == v]
             cells.append(fmt(xs, scale, digits))
             meds[v] = med([x for x in xs if x is not None])
-        print(f"| {title} | " + " | ".join(cells) + f" | {ratio(meds.get('nimbus'), meds.get('savevm'))} |")
+        print(f"| {title} | " + " | ".join(cells) + f" | {ratio(meds.get('nimbus'), meds.get('savevm'))} | "
+              f"{ratio(meds.get('nimbus'), meds.get('bgsnap'))} |")
     for v in variants:
         a = med([r.get("bytes_1") for r in results if r["variant"] == v])
         b = med([r.get("bytes_2") for r in results if r["variant"] == v])
@@ -222,7 +231,7 @@ def migrate_once(cloud, name):
     copied = {s["name"]: (s.get("output") or {}).get("snapshots") for s in op["steps"]
               if s["name"] in ("prepare_target", "transfer")}
     return {"total_s": st["total_ms"] / 1000, "wall_s": wall, "downtime_ms": st.get("downtime_ms"),
-            "snapshots": copied, "disk_transfer": st.get("disk_transfer")}
+            "snapshots": copied, "disk_transfer": st.get("disk_transfer"), "steps_ms": step_ms(op)}
 
 
 def migration_bench(args):
@@ -255,6 +264,14 @@ def migration_bench(args):
             a = [r[key] for r in rows["with 3 snapshots"]]
             b = [r[key] for r in rows["without"]]
             print(f"| {title} | {fmt(a, 1, digits)} | {fmt(b, 1, digits)} | {ratio(med(a), med(b))} |")
+        # Where the difference is: each step of the operation (median, ms).
+        steps = sorted({k for r in rows["with 3 snapshots"] + rows["without"] for k in r["steps_ms"]})
+        print("\n| step (median ms) | with 3 snapshots | without |")
+        print("|---|---|---|")
+        for step in steps:
+            a = med([r["steps_ms"].get(step) for r in rows["with 3 snapshots"]])
+            b = med([r["steps_ms"].get(step) for r in rows["without"]])
+            print(f"| {step} | {a if a is None else round(a)} | {b if b is None else round(b)} |")
         if args.json:
             json.dump(rows, open(args.json, "w"), indent=1)
     finally:
@@ -291,7 +308,20 @@ def main():
             json.dump(results, open(args.json, "w"), indent=1)
     finally:
         cloud.close()
+        print_host_phases(cloud.data)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def print_host_phases(data):
+    """The agents' own account of each snapshot (phases from the request, and the pause)."""
+    hosts = os.path.join(data, "hosts")
+    for host in sorted(os.listdir(hosts)) if os.path.isdir(hosts) else []:
+        try:
+            for line in open(os.path.join(hosts, host, "agent.log"), errors="replace"):
+                if "snapshot phases" in line or "snapshot pause" in line:
+                    print(line.rstrip(), file=sys.stderr)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ use super::packs::{PackReader, PackStore};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Chunk sizes: small enough that a page dirtied here and there costs little, large enough
@@ -80,11 +80,17 @@ impl ChunkStore {
     /// Cuts the file `image` into chunks and stores those not yet stored.
     pub fn put_file(&self, image: &Path) -> Result<(ChunkedImage, Stored)> {
         let file = std::fs::File::open(image).map_err(Error::io("open", image))?;
+        self.put_stream(file, image)
+    }
+
+    /// Cuts the stream `from` (the memory image `image`) into chunks and stores those not yet
+    /// stored; makes them durable once, at the end.
+    pub fn put_stream(&self, from: impl Read, image: &Path) -> Result<(ChunkedImage, Stored)> {
         let mut whole = blake3::Hasher::new();
         let mut chunks = Vec::new();
         let mut stored = Stored::default();
         let mut len = 0u64;
-        let cutter = fastcdc::v2020::StreamCDC::new(file, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
+        let cutter = fastcdc::v2020::StreamCDC::new(from, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
         for chunk in cutter {
             let chunk = chunk
                 .map_err(|e| Error::Internal(format!("cannot read {}: {e}", image.display())))?;

@@ -23,18 +23,23 @@ pub struct NewTop {
     pub path: PathBuf,
     /// QEMU block node name for it.
     pub node: String,
+    /// Its virtual size, the same as its backing's (the disk the guest sees).
+    pub virtual_size: u64,
 }
 
 /// Creates an empty layer on `backing` (which QEMU may hold open) with `backing`'s virtual
 /// size.
 pub async fn new_layer_on(dir: &VmDir, backing: &Path) -> Result<NewTop> {
-    let size = img::info(backing)
-        .await?
-        .top()
-        .map(|t| t.virtual_size)
-        .ok_or_else(|| {
-            Error::Internal(format!("qemu-img info of {} is empty", backing.display()))
-        })?;
+    let size = match qcow2_virtual_size(backing) {
+        Some(size) => size,
+        None => img::info(backing)
+            .await?
+            .top()
+            .map(|t| t.virtual_size)
+            .ok_or_else(|| {
+                Error::Internal(format!("qemu-img info of {} is empty", backing.display()))
+            })?,
+    };
     let layers = dir.layers_dir();
     std::fs::create_dir_all(&layers).map_err(Error::io("create", &layers))?;
     let id = Uuid::new_v4().simple().to_string();
@@ -46,7 +51,22 @@ pub async fn new_layer_on(dir: &VmDir, backing: &Path) -> Result<NewTop> {
     Ok(NewTop {
         path,
         node: format!("layer-{}", &id[..12]),
+        virtual_size: size,
     })
+}
+
+/// The virtual size in a qcow2 file's header (big-endian at byte 24), read directly: a
+/// snapshot asks it before the VM's pause, and `qemu-img info` costs a process and the
+/// opening of the whole backing chain. `None` when the file is not a qcow2 we can read.
+fn qcow2_virtual_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .ok()?;
+    let version = u32::from_be_bytes(head[4..8].try_into().ok()?);
+    (&head[..4] == b"QFI\xfb" && (2..=3).contains(&version))
+        .then(|| u64::from_be_bytes(head[24..32].try_into().unwrap_or_default()))
 }
 
 /// The backing file of a layer and its format, if it has one.
@@ -173,5 +193,14 @@ mod tests {
         assert!(same_file(&backing, &a.path) && format == "qcow2");
         dir.set_top_disk(&c.path).expect("top");
         assert_eq!(dir.top_disk(), c.path);
+        // The size read from the header is qemu-img's, for the image and each layer.
+        for layer in [&dir.disk(), &a.path, &c.path] {
+            let info = img::info(layer).await.expect("info");
+            let want = info.top().expect("top").virtual_size;
+            assert_eq!(qcow2_virtual_size(layer), Some(want), "{}", layer.display());
+        }
+        assert_eq!(c.virtual_size, 64 << 20);
+        std::fs::write(tmp.path().join("raw"), [0u8; 4096]).expect("raw");
+        assert_eq!(qcow2_virtual_size(&tmp.path().join("raw")), None);
     }
 }

@@ -5,6 +5,7 @@
 //! - [`chunks`]: memory images stored as content-defined, content-addressed chunks shared by
 //!   every snapshot on the host, so a snapshot of a guest that changed little costs little.
 //! - [`manifest`]: what a snapshot is made of, with checksums, validated before a restore.
+//! - [`follow`]: a memory image read while QEMU writes it, so chunking overlaps the write.
 //! - [`take`], [`restore`], [`delete`], [`clone`]: the operations.
 //!
 //! ```text
@@ -20,6 +21,7 @@ pub mod chunks;
 pub mod clone;
 pub mod delete;
 pub mod failpoint;
+pub mod follow;
 pub mod layers;
 pub mod manifest;
 pub mod memory;
@@ -64,6 +66,19 @@ impl SnapshotStore {
         let chunks = self.chunks.clone();
         let image = image.to_path_buf();
         blocking(move || chunks.put_file(&image)).await
+    }
+
+    /// Cuts a memory image into chunks and stores the new ones as QEMU writes it, until
+    /// `reader`'s signal says the image is complete (see [`follow`]).
+    pub async fn put_following(
+        &self,
+        reader: follow::Following,
+        image: &Path,
+    ) -> Result<(ChunkedImage, Stored)> {
+        let _one = self.writers.lock().await;
+        let chunks = self.chunks.clone();
+        let image = image.to_path_buf();
+        blocking(move || chunks.put_stream(reader, &image)).await
     }
 
     /// Checks that every chunk of `image` is there (not their content).

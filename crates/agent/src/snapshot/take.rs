@@ -1,13 +1,15 @@
 //! Taking a snapshot: a new top layer prepared, the short pause (in the VM's actor), then,
 //! while the guest runs on, the memory image cut into chunks and the manifest written.
 
+use super::chunks::{ChunkedImage, Stored};
 use super::manifest::{self, DiskLayer, Manifest, Pending, SnapshotFiles, FORMAT_VERSION};
 use super::SnapshotStore;
-use super::{failpoint, layers};
+use super::{failpoint, follow, layers};
 use crate::error::{Error, Result};
 use crate::instance::{TakePlan, VmHandle};
 use chrono::Utc;
 use nimbus_agent_api::{SnapshotRequest, SnapshotResult};
+use std::path::Path;
 use std::time::Instant;
 
 /// Takes snapshot `req.snapshot_id` of `vm`. Idempotent: a snapshot already taken answers
@@ -44,13 +46,25 @@ pub async fn take(
         return Err(e);
     }
     let stream = req.memory.then(|| files.stream_file());
+    let chunking = stream.as_ref().map(|path| start_chunking(store, path));
+    let prepared = started.elapsed();
     let plan = TakePlan {
         new_top: new_top.clone(),
         stream: stream.clone(),
     };
-    let taken = match vm.take_snapshot(plan).await {
-        Ok(t) => t,
-        Err(e) => {
+    let (taken, chunking) = match (vm.take_snapshot(plan).await, chunking) {
+        (Ok(t), Some((task, signal))) => {
+            signal.complete();
+            (t, Some(task))
+        }
+        (Ok(t), None) => (t, None),
+        (Err(e), chunking) => {
+            // Dropping the signal ends the chunker; what it stored is garbage the next
+            // collection takes.
+            if let Some((task, signal)) = chunking {
+                drop(signal);
+                let _ = task.await;
+            }
             if !layers::same_file(&dir.top_disk(), &new_top.path) {
                 // The disk never switched: nothing of this snapshot exists.
                 let _ = std::fs::remove_file(&new_top.path);
@@ -59,21 +73,28 @@ pub async fn take(
             return Err(e);
         }
     };
-    failpoint::check("take.after_pause")?;
-    let (memory, stored) = match &stream {
-        Some(path) => {
-            let (image, stored) = store.put_image(path).await?;
-            let _ = std::fs::remove_file(path);
-            (Some(image), stored)
-        }
-        None => (None, Default::default()),
-    };
+    let written = started.elapsed();
+    // The frozen layer is hashed while the chunker finishes the image's tail.
     let layer_path = frozen.clone();
-    let hash = super::blocking(move || manifest::hash_file(&layer_path)).await?;
-    let virtual_size = nimbus_qemu::img::info(&frozen)
-        .await?
-        .top()
-        .map_or(0, |t| t.virtual_size);
+    let (chunked, hash) = tokio::join!(
+        async {
+            let Some(task) = chunking else {
+                return Ok((None, Stored::default()));
+            };
+            let (image, stored) = task
+                .await
+                .map_err(|e| Error::Internal(format!("cutting the memory image failed: {e}")))??;
+            if let Some(path) = &stream {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok::<_, Error>((Some(image), stored))
+        },
+        super::blocking(move || manifest::hash_file(&layer_path)),
+    );
+    let (memory, stored) = chunked?;
+    let (hash, chunked) = (hash?, started.elapsed());
+    failpoint::check("take.after_pause")?;
+    let virtual_size = new_top.virtual_size;
     let disk_layer_bytes = layers::allocated_bytes(&frozen);
     let memory_bytes = memory.as_ref().map_or(0, |m| m.len);
     let result = SnapshotResult {
@@ -103,6 +124,15 @@ pub async fn take(
         result: result.clone(),
     })?;
     let _ = std::fs::remove_file(files.pending_file());
+    // The phases, from the request: what to look at when a snapshot is slow.
+    tracing::info!(
+        instance_id = %vm.id(),
+        ?prepared,
+        ?written,
+        ?chunked,
+        recorded = ?started.elapsed(),
+        "snapshot phases"
+    );
     tracing::info!(
         instance_id = %vm.id(),
         snapshot_id = %req.snapshot_id,
@@ -113,4 +143,21 @@ pub async fn take(
         "snapshot stored"
     );
     Ok(result)
+}
+
+/// Starts cutting the memory image QEMU is about to write to `path` into chunks, as it is
+/// written (see [`follow`]); the signal tells the chunker when the image is whole.
+fn start_chunking(
+    store: &SnapshotStore,
+    path: &Path,
+) -> (
+    tokio::task::JoinHandle<Result<(ChunkedImage, Stored)>>,
+    follow::FollowSignal,
+) {
+    // A file left by an earlier attempt must not be read as the start of this one.
+    let _ = std::fs::remove_file(path);
+    let (reader, signal) = follow::follow(path.to_path_buf());
+    let (store, path) = (store.clone(), path.to_path_buf());
+    let task = tokio::spawn(async move { store.put_following(reader, &path).await });
+    (task, signal)
 }

@@ -8,7 +8,9 @@
 //! frame by frame, kept only when complete. The transfer is bounded in rate
 //! ([`MAX_RATE`], so replication does not starve the host's or the controller's other
 //! traffic) and gives up when the host sends nothing for the stall bound (10 s); a failed or
-//! cut replication leaves nothing and is tried again at the next pass.
+//! cut replication leaves nothing and is tried again later: after 2 s, then twice as long
+//! after each further failure of the same instance, up to [`MAX_RETRY_DELAY`] ([`Retries`]),
+//! so a host that keeps failing is not asked for its whole set every 2 s forever.
 //!
 //! After a snapshot is deleted (its row gone), the store is swept: what no remaining
 //! replica uses goes. Replicas are not billed again: a snapshot's storage is metered once,
@@ -25,7 +27,7 @@ use crate::ops::snapshot_move::{stall_bounded, STALL_BOUND};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nimbus_agent_api::{ExportSnapshotSet, SnapshotSetPart};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -36,10 +38,50 @@ pub const MAX_RATE: u64 = 64 << 20;
 /// Time between two passes.
 const INTERVAL: Duration = Duration::from_secs(2);
 
-/// The replication task; remembers the snapshots it saw, to sweep when one is gone.
+/// Longest wait before a replication that keeps failing is tried again.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(64);
+
+/// The replication task; remembers the snapshots it saw, to sweep when one is gone, and
+/// the instances whose replication failed, to try them again later.
 #[derive(Default)]
 pub struct Replication {
     known: Option<BTreeSet<Uuid>>,
+    retries: Retries,
+}
+
+/// When instances whose replication failed are tried again: after [`INTERVAL`], doubled at
+/// each further failure up to [`MAX_RETRY_DELAY`]; forgotten after a success.
+#[derive(Debug, Default)]
+pub struct Retries {
+    /// Per instance: failures in a row and when it may be tried again.
+    failed: HashMap<Uuid, (u32, Instant)>,
+}
+
+impl Retries {
+    /// Whether `vm` may be tried at `now`.
+    pub fn due(&self, vm: Uuid, now: Instant) -> bool {
+        self.failed.get(&vm).is_none_or(|(_, next)| *next <= now)
+    }
+
+    /// Records a failure of `vm` at `now`; answers the wait before the next attempt.
+    pub fn failed(&mut self, vm: Uuid, now: Instant) -> Duration {
+        let failures = self.failed.get(&vm).map_or(0, |(n, _)| *n) + 1;
+        let delay = INTERVAL
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(MAX_RETRY_DELAY);
+        self.failed.insert(vm, (failures, now + delay));
+        delay
+    }
+
+    /// `vm` was replicated (or needs nothing): its next failure starts over.
+    pub fn succeeded(&mut self, vm: Uuid) {
+        self.failed.remove(&vm);
+    }
+
+    /// Forgets instances no longer to replicate (deleted, moved to shared storage, no HA).
+    pub fn keep_only(&mut self, vms: &BTreeSet<Uuid>) {
+        self.failed.retain(|vm, _| vms.contains(vm));
+    }
 }
 
 #[async_trait::async_trait]
@@ -64,10 +106,17 @@ impl Task for Replication {
             }
         }
         let mut known = live;
-        for (vm, host) in app.store().instances_to_replicate().await? {
+        let todo = app.store().instances_to_replicate().await?;
+        self.retries
+            .keep_only(&todo.iter().map(|(vm, _)| *vm).collect());
+        for (vm, host) in todo {
             let started = Instant::now();
+            if !self.retries.due(vm, started) {
+                continue;
+            }
             match replicate(app, vm, &host).await {
                 Ok(got) => {
+                    self.retries.succeeded(vm);
                     for sid in &got.snapshots {
                         app.store()
                             .mark_snapshot_replicated(*sid, got.bytes())
@@ -80,7 +129,8 @@ impl Task for Replication {
                         "snapshots replicated to the controller");
                 }
                 Err(e) => {
-                    tracing::warn!(instance_id = %vm, %host, error = %e, "replicating snapshots failed; trying again at the next pass")
+                    let retry_in = self.retries.failed(vm, Instant::now());
+                    tracing::warn!(instance_id = %vm, %host, error = %e, ?retry_in, "replicating snapshots failed; trying again later")
                 }
             }
         }
@@ -137,6 +187,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_replications_back_off_up_to_the_cap_and_start_over_after_a_success() {
+        let (vm, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut retries = Retries::default();
+        let now = Instant::now();
+        assert!(retries.due(vm, now));
+        let delays: Vec<u64> = (0..8).map(|_| retries.failed(vm, now).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 64, 64]);
+        assert!(!retries.due(vm, now + Duration::from_secs(63)));
+        assert!(retries.due(vm, now + MAX_RETRY_DELAY));
+        assert!(retries.due(other, now), "another instance is not held back");
+        retries.succeeded(vm);
+        assert!(retries.due(vm, now));
+        assert_eq!(retries.failed(vm, now), INTERVAL);
+        retries.keep_only(&BTreeSet::from([other]));
+        assert!(
+            retries.due(vm, now),
+            "an instance no longer replicated is forgotten"
+        );
+    }
 
     #[tokio::test]
     async fn the_rate_is_bounded() {

@@ -74,12 +74,23 @@ impl Actor {
         }
         let qmp = self.live_qmp().await?;
         let mut events = qmp.events();
-        let top_node = qmp.top_node(DISK_DEVICE).await?;
-        qmp.blockdev_add_overlay(&plan.new_top.node, &plan.new_top.path)
-            .await?;
-        if plan.stream.is_some() {
-            memory::set_background(&qmp, true).await?;
-        }
+        // Independent of each other: sent together, not one round trip after another.
+        let (top_node, (), ()) = tokio::try_join!(
+            async { qmp.top_node(DISK_DEVICE).await.map_err(Error::from) },
+            async {
+                qmp.blockdev_add_overlay(&plan.new_top.node, &plan.new_top.path)
+                    .await
+                    .map_err(Error::from)
+            },
+            async {
+                match plan.stream {
+                    Some(_) => memory::set_background(&qmp, true)
+                        .await
+                        .map_err(Error::from),
+                    None => Ok(()),
+                }
+            },
+        )?;
         let old_top = self.dir.top_disk();
         // The link first, before the pause: after a crash from here on, a relaunch finds the
         // old layer under the new, empty one, which is the same disk.

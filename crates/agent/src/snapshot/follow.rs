@@ -1,0 +1,166 @@
+//! Reading a memory image while QEMU still writes it.
+//!
+//! QEMU writes a background snapshot to a file sequentially (the plain `file:` stream, no
+//! `mapped-ram`), so every byte below the file's current length is final. Cutting, hashing
+//! and compressing those bytes while QEMU writes the rest makes a snapshot's total time
+//! about QEMU's own instead of QEMU's plus ours. The file is followed rather than read from a
+//! pipe so that QEMU never waits for us: with a background snapshot a guest write to a page
+//! not yet saved waits until QEMU has saved it, and a pipe would make it wait for our
+//! chunking too.
+//!
+//! ```text
+//! take.rs ── Follow::new ──▶ FollowSignal (taker)      Following (chunker, blocking thread)
+//!            QEMU writes ─────────────────────────────▶ reads to the current end, waits 2 ms
+//!            signal.complete() once QEMU says done  ──▶ reads to the end, then end of stream
+//!            dropped or signal.abort() on failure   ──▶ the read fails: nothing is recorded
+//! ```
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WRITING: u8 = 0;
+const COMPLETE: u8 = 1;
+const ABORTED: u8 = 2;
+
+/// How long the reader waits when it has caught up with QEMU.
+const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
+
+/// The writer's side: tells the reader that the file is complete, or that it never will be.
+/// Dropped without [`FollowSignal::complete`] it aborts the reader, so an abandoned snapshot
+/// never leaves a thread waiting for bytes that will not come.
+#[derive(Debug)]
+pub struct FollowSignal(Arc<AtomicU8>);
+
+impl FollowSignal {
+    /// The file is whole: the reader ends at its end.
+    pub fn complete(self) {
+        self.0.store(COMPLETE, Ordering::Release);
+    }
+}
+
+impl Drop for FollowSignal {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(WRITING, ABORTED, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// The reader's side: reads `path` as it grows until the signal says it is complete.
+#[derive(Debug)]
+pub struct Following {
+    path: PathBuf,
+    file: Option<File>,
+    state: Arc<AtomicU8>,
+}
+
+/// A follower of `path` (which need not exist yet) and the signal that ends it.
+pub fn follow(path: PathBuf) -> (Following, FollowSignal) {
+    let state = Arc::new(AtomicU8::new(WRITING));
+    let reader = Following {
+        path,
+        file: None,
+        state: state.clone(),
+    };
+    (reader, FollowSignal(state))
+}
+
+impl Following {
+    fn aborted(&self) -> io::Error {
+        io::Error::other(format!(
+            "the memory image {} was abandoned before it was complete",
+            self.path.display()
+        ))
+    }
+
+    /// The file, opened once it exists.
+    fn file(&mut self) -> io::Result<Option<&mut File>> {
+        if self.file.is_none() {
+            match File::open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.file.as_mut())
+    }
+}
+
+impl Read for Following {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // The state is read before the file: a read that finds nothing after QEMU was
+            // done is the true end.
+            let state = self.state.load(Ordering::Acquire);
+            if state == ABORTED {
+                return Err(self.aborted());
+            }
+            if let Some(file) = self.file()? {
+                let n = file.read(buf)?;
+                if n > 0 || state == COMPLETE {
+                    return Ok(n);
+                }
+            } else if state == COMPLETE {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the memory image {} was never written", self.path.display()),
+                ));
+            }
+            std::thread::sleep(CAUGHT_UP_WAIT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_what_is_written_while_it_grows_until_complete() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("stream");
+        let (mut reader, signal) = follow(path.clone());
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut f = File::create(&path).expect("create");
+            for i in 0..50u8 {
+                f.write_all(&[i; 1000]).expect("write");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            signal.complete();
+        });
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).expect("read");
+        writer.join().expect("writer");
+        let want: Vec<u8> = (0..50u8).flat_map(|i| [i; 1000]).collect();
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn an_abandoned_image_fails_the_reader() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("stream");
+        std::fs::write(&path, b"partial").expect("write");
+        let (mut reader, signal) = follow(path);
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(signal);
+        });
+        let err = reader.read_to_end(&mut Vec::new()).expect_err("aborted");
+        dropper.join().expect("dropper");
+        assert!(err.to_string().contains("abandoned"), "{err}");
+    }
+
+    #[test]
+    fn a_complete_image_never_written_is_an_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut reader, signal) = follow(tmp.path().join("never"));
+        signal.complete();
+        assert!(reader.read_to_end(&mut Vec::new()).is_err());
+    }
+}
