@@ -45,7 +45,7 @@ async fn holders_are_live_controllers_and_gone_ones_are_forgotten() {
         s.add_image_holder(&d1, a).await.expect("idempotent");
         assert_eq!(
             s.image_digests_missing_on(a).await.expect("a"),
-            [d2.clone()]
+            std::slice::from_ref(&d2)
         );
         let holders = s.live_image_holders(&d1, TTL).await.expect("holders");
         assert_eq!(holders.len(), 1);
