@@ -563,6 +563,19 @@ async fn snapshot_survives_its_controller(cloud: &Cloud, instance: &str) {
         nimbus_api::OperationState::Succeeded,
         "{done:?}"
     );
+    let logs = controller_logs(cloud);
+    let owned_by_3 = logs[2]
+        .lines()
+        .any(|l| l.contains("snapshot.take") && l.contains("holding the step in flight"));
+    let taken = logs.iter().any(|log| {
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("took the operation over"))
+    });
+    assert!(
+        owned_by_3 && taken,
+        "controller 3 held the step when killed ({owned_by_3}) and another took the \
+         snapshot over ({taken})"
+    );
     let snap = ctl1.snapshot("held").await.expect("the snapshot");
     assert_eq!(snap.state, nimbus_api::SnapshotState::Available, "{snap:?}");
     assert!(snap.memory, "{snap:?}");
@@ -622,4 +635,17 @@ async fn kill_in_step(
     )
     .unwrap_or_else(|e| panic!("kill -9 controller {i}: {e}"));
     Instant::now()
+}
+
+/// The logs of controllers 1 (in `nimbus up`'s log), 2 and 3 (every run, appended).
+fn controller_logs(cloud: &Cloud) -> [String; 3] {
+    let of = |i: u16| {
+        let log = cloud
+            .data_dir()
+            .join("controllers")
+            .join(format!("ctl{i}"))
+            .join("controller.log");
+        std::fs::read_to_string(log).unwrap_or_default()
+    };
+    [cloud.log_tail(usize::MAX), of(2), of(3)]
 }
