@@ -154,4 +154,24 @@ impl App {
             }
         }
     }
+
+    /// Removes this controller's copy of `digest` and its holder row if no image names the
+    /// digest any more (checked under the blob store's lock; when unsure, the copy stays: an
+    /// orphan file is better than a lost image). Answers whether it went.
+    pub(crate) async fn drop_unused_image_blob(&self, digest: &Digest) -> Result<bool, AppError> {
+        let store = self.store();
+        let text = digest.to_string();
+        let removed = self
+            .image_blobs()
+            .remove_unused(digest, async {
+                store.image_digest_used(&text).await.unwrap_or(true)
+            })
+            .await;
+        if removed {
+            store
+                .remove_image_holder(&text, self.controller_id())
+                .await?;
+        }
+        Ok(removed)
+    }
 }

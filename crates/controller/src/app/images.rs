@@ -151,21 +151,8 @@ impl App {
         }
         let img = self.store().delete_image(name, &scope).await?;
         if let Some(digest) = img.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
-            let store = self.store();
-            let text = digest.to_string();
-            let removed = self
-                .image_blobs()
-                .remove_unused(&digest, async {
-                    // When unsure, keep the bytes: an orphan file is better than a lost image.
-                    store.image_digest_used(&text).await.unwrap_or(true)
-                })
-                .await;
             // Other controllers remove their copies at their next copy pass.
-            if removed {
-                store
-                    .remove_image_holder(&text, self.controller_id())
-                    .await?;
-            }
+            self.drop_unused_image_blob(&digest).await?;
         }
         Ok(())
     }

@@ -59,19 +59,8 @@ async fn sweep(app: &App) -> Result<(), PassError> {
         crate::app::AppError::internal(format!("cannot list the stored images: {e}"))
     })?;
     for digest in local {
-        let text = digest.to_string();
-        let store = app.store();
-        let removed = app
-            .image_blobs()
-            .remove_unused(&digest, async {
-                store.image_digest_used(&text).await.unwrap_or(true)
-            })
-            .await;
-        if removed {
+        if app.drop_unused_image_blob(&digest).await? {
             tracing::info!(%digest, "bytes of a deleted image removed from this controller");
-            store
-                .remove_image_holder(&text, app.controller_id())
-                .await?;
         }
     }
     Ok(())
