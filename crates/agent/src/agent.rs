@@ -70,17 +70,20 @@ impl Agent {
             }),
         })
         .await?;
-        // Image downloads and the gateways' protected address use the first controller.
-        let first_controller = config
+        // The gateways' protected address is the first controller's; image downloads try
+        // every controller in turn.
+        let controllers = config
             .controller_url
             .as_deref()
-            .map(crate::controllers::ControllerUrls::parse)
+            .map(crate::controllers::ControllerUrls::parse);
+        let first_controller = controllers
+            .as_ref()
             .and_then(|c| c.first().map(str::to_string));
         let network = Arc::new(
             HostNetwork::for_agent(&config.advertise_url, first_controller.as_deref()).await,
         );
-        let source = first_controller.map(|controller_url| ImageSource {
-            controller_url,
+        let source = controllers.map(|c| ImageSource {
+            controller_urls: c.all().to_vec(),
             tls: config.controller_tls.clone(),
             token: config.token.clone(),
         });

@@ -42,9 +42,14 @@ impl ControllerUrls {
         }
     }
 
-    /// The first URL (e.g. for image downloads, which retry on their own).
+    /// The first URL (the gateways' protected address).
     pub fn first(&self) -> Option<&str> {
         self.urls.first().map(String::as_str)
+    }
+
+    /// Every URL, in the order given (image downloads try each in turn).
+    pub fn all(&self) -> &[String] {
+        &self.urls
     }
 }
 

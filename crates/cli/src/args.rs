@@ -422,6 +422,11 @@ pub struct ControllerArgs {
     /// another controller takes them over (see docs/control-plane.md).
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub lease_ttl: std::time::Duration,
+    /// Where this controller keeps its own copies of uploaded images' bytes [default: the
+    /// data directory]; every controller copies each image from the others, so each needs
+    /// its own (controllers sharing a data directory on one machine: one each).
+    #[arg(long, value_name = "DIR")]
+    pub blob_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

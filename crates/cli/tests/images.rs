@@ -18,6 +18,7 @@
 //! with why.
 
 use nimbus_api::{HostView, ImageView, InstanceState, InstanceView, OperationView};
+use nimbus_test_utils::disks::halting_disk;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{wait_until, Cloud, CloudOptions};
 use std::path::{Path, PathBuf};
@@ -27,18 +28,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
 fn json<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON expected ({e}): {text}"))
-}
-
-/// 4 MiB raw disk: an MBR boot sector that halts, then a recognisable pattern.
-fn halting_disk(dir: &Path) -> PathBuf {
-    let mut d: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
-    d[..512].fill(0);
-    d[..4].copy_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp back to hlt
-    d[510] = 0x55;
-    d[511] = 0xaa;
-    let p = dir.join("halt.raw");
-    std::fs::write(&p, d).expect("write the disk");
-    p
 }
 
 fn host(cloud: &Cloud, name: &str) -> HostView {

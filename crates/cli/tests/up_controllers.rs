@@ -4,19 +4,28 @@
 //! room succeed); the CLI given several URLs moving to a live one when the first was killed
 //! -9; a real guest's create finished by another controller after its own was killed -9
 //! mid-boot, and a live migration after its controller was killed -9 mid-copy (one QEMU,
-//! capacity counted once); each killed controller restarted by `nimbus up` and serving
-//! again within a bound; `--controllers 2` refused without PostgreSQL.
+//! capacity counted once); an image uploaded through one controller copied to every
+//! controller, and an instance created from it through another after the first was killed -9
+//! (it boots); a snapshot of that instance started through controller 3, killed -9 in the
+//! snapshot's step in flight: another controller finishes it, it restores, one QEMU
+//! (deleting the image then removes every controller's copy); each killed controller
+//! restarted by `nimbus up` and serving again within a bound; `--controllers 2` refused
+//! without PostgreSQL.
 //!
 //! Needs `NIMBUS_TEST_POSTGRES_URL` (CI sets it; `bash scripts/ci-postgres.sh` prints one):
 //! fails clearly without it.
 
 use nimbus_api::ControllerView;
 use nimbus_test_utils::controllers::TestDatabase;
+use nimbus_test_utils::disks::halting_disk;
+use nimbus_test_utils::guest::cli_ok;
 use nimbus_test_utils::{Cloud, CloudOptions};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
+/// The instance created from the uploaded image (then snapshotted).
+const FROM_UPLOAD: &str = "from-upload";
 const TASKS: [&str; 5] = [
     "autoscaler",
     "firewall_sync",
@@ -65,6 +74,9 @@ fn several_controllers_without_postgresql_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_controllers_carry_on_after_kill_9() {
+    // Every controller keeps a snapshot's `take` step in flight 8 s after the host took it,
+    // so that its owner can be killed there (the only snapshot of this test).
+    std::env::set_var("NIMBUS_FAILPOINT_HOLD", "snapshot.take:8");
     let db = TestDatabase::create().expect("PostgreSQL for the several-controllers tests");
     let opts = CloudOptions {
         hosts: 2,
@@ -125,6 +137,14 @@ async fn three_controllers_carry_on_after_kill_9() {
     let second = this_controller(&cloud, 2);
     migration_survives_its_controller(&cloud).await;
     killed_controller_comes_back(&cloud, 2, &second);
+    let third = this_controller(&cloud, 3);
+    let digest = image_survives_its_controller(&cloud).await;
+    killed_controller_comes_back(&cloud, 3, &third);
+    let third = this_controller(&cloud, 3);
+    snapshot_survives_its_controller(&cloud, FROM_UPLOAD).await;
+    killed_controller_comes_back(&cloud, 3, &third);
+    delete_instance_and_image(&cloud);
+    deleted_image_leaves_every_controller(&cloud, &digest);
     let live = controllers(&cloud, &url_of(&cloud, 1));
     assert_eq!(live.len(), 3, "controllers 2 and 3 restarted: {live:?}");
 }
@@ -202,32 +222,7 @@ async fn migration_survives_its_controller(cloud: &Cloud) {
         .await
         .expect("migration accepted by controller 2");
     let id = op.id.to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let now = ctl2.operation(&id).await.expect("operation");
-        let copying = now
-            .steps
-            .iter()
-            .any(|s| s.name == "transfer" && s.state == nimbus_api::StepState::Running);
-        if copying {
-            break;
-        }
-        assert!(
-            now.state == nimbus_api::OperationState::Running,
-            "the migration ended before the kill: {now:?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the transfer never started: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid_of(cloud, 2)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 controller 2");
-    let killed = Instant::now();
+    let killed = kill_in_step(cloud, &ctl2, &id, "transfer", 2, Duration::ZERO).await;
     let ctl1 = cloud.client().expect("client of controller 1");
     let done = ctl1
         .wait_operation(&id, Duration::from_secs(180), |_| {})
@@ -384,32 +379,7 @@ async fn create_survives_its_controller(cloud: &Cloud) {
         .expect("create accepted by controller 3");
     let id = op.id.to_string();
     // Mid-flight: the guest is defined and booting (the step waiting for it runs).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let now = ctl3.operation(&id).await.expect("operation");
-        let booting = now
-            .steps
-            .iter()
-            .any(|s| s.name == "wait_ready" && s.state == nimbus_api::StepState::Running);
-        if booting {
-            break;
-        }
-        assert!(
-            now.state == nimbus_api::OperationState::Running,
-            "the create ended before the kill: {now:?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the guest never started booting: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid_of(cloud, 3)),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9 controller 3");
-    let killed = Instant::now();
+    let killed = kill_in_step(cloud, &ctl3, &id, "wait_ready", 3, Duration::ZERO).await;
     // Controller 1 (the CLI's default) finishes it.
     let ctl1 = cloud.client().expect("client of controller 1");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -439,4 +409,243 @@ async fn create_survives_its_controller(cloud: &Cloud) {
         (n + h.instances, m + h.memory_mib_allocated)
     });
     assert_eq!(held, (1, 256), "capacity counted once: {hosts:?}");
+}
+
+/// Where controller `i` keeps its copy of the image bytes `digest` (controller 1: the data
+/// dir; the others: their own directory, as on separate machines).
+fn copy_on(cloud: &Cloud, i: u16, digest: &str) -> std::path::PathBuf {
+    let root = match i {
+        1 => cloud.data_dir(),
+        i => cloud.data_dir().join("controllers").join(format!("ctl{i}")),
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    root.join("images").join("sha256").join(hex)
+}
+
+/// An image uploaded through controller 3 is copied to every controller (a user sees the
+/// same bytes in each one's store); controller 3 is killed -9; an instance created from the
+/// image through controller 2 boots, its host fetching the bytes from a live controller.
+/// Answers the image's digest.
+async fn image_survives_its_controller(cloud: &Cloud) -> String {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = halting_disk(tmp.path());
+    let img: nimbus_api::ImageView = serde_json::from_str(&cli_ok(
+        cloud,
+        &[
+            "--api",
+            &url_of(cloud, 3),
+            "image",
+            "upload",
+            "halt",
+            "--file",
+            disk.to_str().expect("utf-8"),
+            "--no-ready-marker",
+            "--wait",
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("the uploaded image");
+    let digest = img.digest.expect("an uploaded image's digest");
+    let uploaded = Instant::now();
+    let bytes = std::fs::read(&disk).expect("the disk");
+    for i in 1..=3 {
+        let copy = copy_on(cloud, i, &digest);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read(&copy).ok().as_deref() != Some(&bytes[..]) {
+            assert!(
+                Instant::now() < deadline,
+                "controller {i} holds no copy of the image at {}\n{}",
+                copy.display(),
+                cloud.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    eprintln!(
+        "image copied to the 3 controllers {:.1} s after its upload",
+        uploaded.elapsed().as_secs_f64()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(cloud, 3)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 controller 3");
+    let op: nimbus_api::OperationView = serde_json::from_str(&cli_ok(
+        cloud,
+        &[
+            "--api",
+            &url_of(cloud, 2),
+            "instance",
+            "create",
+            FROM_UPLOAD,
+            "--flavor",
+            "tiny",
+            "--image",
+            "halt",
+            "--wait",
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("the create's operation");
+    assert_eq!(
+        op.state,
+        nimbus_api::OperationState::Succeeded,
+        "{op:?}\n{}",
+        cloud.log_tail(30)
+    );
+    let ctl2 = client_of(cloud, 2);
+    let inst = ctl2.instance(FROM_UPLOAD).await.expect("instance");
+    assert_eq!(inst.state, nimbus_api::InstanceState::Running, "{inst:?}");
+    assert_eq!(cloud.qemu_count(&inst.id.to_string()), 1, "it boots, once");
+    digest
+}
+
+/// Deletes the instance made from the uploaded image (and its snapshot), then the image,
+/// through controller 2.
+fn delete_instance_and_image(cloud: &Cloud) {
+    let ctl2 = url_of(cloud, 2);
+    cli_ok(
+        cloud,
+        &["--api", &ctl2, "instance", "delete", FROM_UPLOAD, "--wait"],
+    );
+    cli_ok(cloud, &["--api", &ctl2, "image", "delete", "halt"]);
+}
+
+/// After the image was deleted (through one controller), every controller removes its
+/// copy, controller 3 (restarted meanwhile) included.
+fn deleted_image_leaves_every_controller(cloud: &Cloud, digest: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 1..=3 {
+        let copy = copy_on(cloud, i, digest);
+        while copy.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "controller {i} kept the deleted image's bytes at {}",
+                copy.display()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// A snapshot (with memory) of `instance` started through controller 3, which is killed -9
+/// while the snapshot's `take` step is in flight (the failpoint holds it there after the
+/// host took it): another controller takes the operation over, re-runs the step (the host
+/// answers the snapshot it took) and finishes it; the snapshot restores, and the VM runs in
+/// exactly one place.
+async fn snapshot_survives_its_controller(cloud: &Cloud, instance: &str) {
+    let ctl3 = client_of(cloud, 3);
+    let op = ctl3
+        .create_snapshot(&nimbus_api::CreateSnapshot {
+            instance: instance.into(),
+            name: Some("held".into()),
+            disk_only: false,
+        })
+        .await
+        .expect("snapshot accepted by controller 3");
+    let id = op.id.to_string();
+    // Inside the step: the host is taking it, or has and the failpoint holds the step.
+    let killed = kill_in_step(cloud, &ctl3, &id, "take", 3, Duration::from_secs(1)).await;
+    let ctl1 = cloud.client().expect("client of controller 1");
+    let done = ctl1
+        .wait_operation(&id, Duration::from_secs(120), |_| {})
+        .await
+        .expect("the snapshot ends");
+    eprintln!(
+        "snapshot ended ({:?}) {:.1} s after kill -9 of its controller",
+        done.state,
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        done.state,
+        nimbus_api::OperationState::Succeeded,
+        "{done:?}"
+    );
+    let logs = controller_logs(cloud);
+    let owned_by_3 = logs[2]
+        .lines()
+        .any(|l| l.contains("snapshot.take") && l.contains("holding the step in flight"));
+    let taken = logs.iter().any(|log| {
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("took the operation over"))
+    });
+    assert!(
+        owned_by_3 && taken,
+        "controller 3 held the step when killed ({owned_by_3}) and another took the \
+         snapshot over ({taken})"
+    );
+    let snap = ctl1.snapshot("held").await.expect("the snapshot");
+    assert_eq!(snap.state, nimbus_api::SnapshotState::Available, "{snap:?}");
+    assert!(snap.memory, "{snap:?}");
+    let op = ctl1.restore_snapshot("held").await.expect("restore");
+    let restored = ctl1
+        .wait_operation(&op.id.to_string(), Duration::from_secs(180), |_| {})
+        .await
+        .expect("the restore ends");
+    assert_eq!(
+        restored.state,
+        nimbus_api::OperationState::Succeeded,
+        "{restored:?}"
+    );
+    let inst = ctl1.instance(instance).await.expect("instance");
+    assert_eq!(inst.state, nimbus_api::InstanceState::Running, "{inst:?}");
+    assert_eq!(
+        cloud.qemu_count(&inst.id.to_string()),
+        1,
+        "one QEMU after the restore"
+    );
+}
+
+/// Waits (bounded) until operation `id`'s step `step` runs, then `settle` more, and kills
+/// controller `i` -9; answers when.
+async fn kill_in_step(
+    cloud: &Cloud,
+    client: &nimbus_client::Client,
+    id: &str,
+    step: &str,
+    i: u16,
+    settle: Duration,
+) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = client.operation(id).await.expect("operation");
+        let running = now
+            .steps
+            .iter()
+            .any(|s| s.name == step && s.state == nimbus_api::StepState::Running);
+        if running {
+            break;
+        }
+        assert!(
+            now.state == nimbus_api::OperationState::Running,
+            "the operation ended before the kill: {now:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "step {step} never started: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(settle).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_of(cloud, i)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("kill -9 controller {i}: {e}"));
+    Instant::now()
+}
+
+/// The logs of controllers 1 (in `nimbus up`'s log), 2 and 3 (every run, appended).
+fn controller_logs(cloud: &Cloud) -> [String; 3] {
+    let of = |i: u16| {
+        let log = cloud
+            .data_dir()
+            .join("controllers")
+            .join(format!("ctl{i}"))
+            .join("controller.log");
+        std::fs::read_to_string(log).unwrap_or_default()
+    };
+    [cloud.log_tail(usize::MAX), of(2), of(3)]
 }

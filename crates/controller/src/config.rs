@@ -48,6 +48,10 @@ pub struct ControllerConfig {
     /// addresses, loopback, `localhost` and the machine's host name: how agents and clients
     /// on other machines reach it.
     pub tls_names: Vec<String>,
+    /// Where this controller keeps its own copies of uploaded images' bytes (`None`: the
+    /// data dir). Every controller needs its own: controllers sharing one data dir on one
+    /// machine (`nimbus up --controllers N`) get one each (see docs/control-plane.md).
+    pub blob_dir: Option<PathBuf>,
 }
 
 /// How long the tables that grow with use keep their rows (see `background::retention`).
@@ -115,6 +119,12 @@ impl ControllerConfig {
             clock_offset: chrono::TimeDelta::zero(),
             retention: Retention::default(),
             tls_names: Vec::new(),
+            blob_dir: None,
         }
+    }
+
+    /// Where this controller's copies of image bytes live.
+    pub fn blob_dir(&self) -> &std::path::Path {
+        self.blob_dir.as_deref().unwrap_or(&self.data_dir)
     }
 }

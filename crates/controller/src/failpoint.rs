@@ -1,7 +1,8 @@
 //! Failure injection for end-to-end tests of the operations' undo paths: with
 //! `NIMBUS_FAILPOINTS=migrate.after_prepare_target` the named step fails after its work was
 //! done, as if its answer had been lost; with `NIMBUS_FAILPOINT_HOLD=drain.disable_host:8`
-//! the named step stays in flight 8 s after its work (to kill or pause its controller there).
+//! the named step stays in flight 8 s after its work (to kill or pause its controller there;
+//! `drain.disable_host`, `snapshot.take`).
 //! One environment lookup per step; never set in production.
 
 use nimbus_ops::StepError;

@@ -269,6 +269,46 @@ async fn the_image_quota_refuses_an_upload_before_and_after_its_bytes() {
     assert_eq!(stored(&f, "sha256").len(), 1);
 }
 
+/// Another controller copies an image's bytes with its controller certificate only; a
+/// controller whose copy is gone and that no live controller can give one to says which
+/// image is lost and what to do, and serves nothing.
+#[tokio::test]
+async fn controllers_copy_bytes_from_each_other_and_say_which_image_is_lost() {
+    use nimbus_controller::http::peer::ClientCert;
+    let f = fixture().await;
+    let disk = raw_disk(2);
+    let (s, b) = upload(&f, "/v1/images/held/upload", &f.token, &disk).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let peer_uri = format!("/v1/internal/peers/images/{}", sha256(&disk));
+    let (s, _) = common::get_bytes_as_host(&f, &peer_uri, "host1").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a host is not a controller");
+    let (s, _) = call(&f, "GET", &peer_uri, Some(&f.token), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "nor is the admin token");
+    let (s, body) = common::get_bytes_as(&f, &peer_uri, ClientCert::controller()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, disk);
+
+    // The only copy is lost (this is the only controller): agents get a clear refusal.
+    for p in stored(&f, "sha256") {
+        std::fs::remove_file(p).expect("remove the copy");
+    }
+    let uri = format!("/v1/internal/images/{}", sha256(&disk));
+    let (s, body) = common::get_bytes_as_host(&f, &uri, "host1").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("image held") && body.contains("upload the image again"),
+        "{body}"
+    );
+    let (s, _) = common::get_bytes_as(&f, &peer_uri, ClientCert::controller()).await;
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a peer is served held copies only"
+    );
+    assert!(stored(&f, "incoming").is_empty());
+}
+
 #[tokio::test]
 async fn agents_fetch_an_images_bytes_by_digest_with_their_host_certificate() {
     let f = fixture().await;

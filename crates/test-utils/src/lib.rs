@@ -10,6 +10,7 @@
 mod cloud;
 pub mod controllers;
 pub mod damage;
+pub mod disks;
 pub mod guest;
 mod link;
 pub mod logs;

@@ -26,7 +26,9 @@ fn unavailable(digest: &Digest, why: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Fetches `blob` into `target` (inside `cache_dir`), checked.
+/// Fetches `blob` into `target` (inside `cache_dir`), checked: from the first controller of
+/// the source that serves it (any controller serves every image; one that is down, or that
+/// sent bytes that fail the checks, is passed over for the next).
 pub async fn download(
     http: &reqwest::Client,
     source: &ImageSource,
@@ -35,9 +37,32 @@ pub async fn download(
     cache_dir: &Path,
     target: &Path,
 ) -> Result<()> {
+    let mut failed = None;
+    for base in &source.controller_urls {
+        match download_from(http, base, source, blob, digest, cache_dir, target).await {
+            Ok(()) => return Ok(()),
+            Err(e @ Error::ImageUnavailable(_)) => {
+                tracing::warn!(controller = base, error = %e, "image download failed; trying the next controller");
+                failed = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| unavailable(digest, "no controller URL is configured")))
+}
+
+async fn download_from(
+    http: &reqwest::Client,
+    base: &str,
+    source: &ImageSource,
+    blob: &ImageBlob,
+    digest: &Digest,
+    cache_dir: &Path,
+    target: &Path,
+) -> Result<()> {
     let url = format!(
         "{}/v1/internal/images/{}",
-        source.controller_url.trim_end_matches('/'),
+        base.trim_end_matches('/'),
         digest.hex()
     );
     let resp = crate::controller_link::authorize(http.get(&url), source.token.as_deref())

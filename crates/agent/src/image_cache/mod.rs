@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 /// Where the cache fetches images from.
 #[derive(Debug, Clone)]
 pub struct ImageSource {
-    /// The controller's URL.
-    pub controller_url: String,
+    /// The controllers' URLs, in the order they are tried (each serves every image).
+    pub controller_urls: Vec<String>,
     /// TLS of the calls to the controller.
     pub tls: Option<nimbus_pki::rustls::ClientConfig>,
     /// The agent token (without TLS), which the controller's internal routes accept.

@@ -80,7 +80,7 @@ fn publish(served: &Served, bytes: &[u8]) -> ImageBlob {
 
 async fn cache(dir: &Path, served: &Served, max_bytes: u64) -> ImageCache {
     let source = ImageSource {
-        controller_url: controller(served.clone()).await,
+        controller_urls: vec![controller(served.clone()).await],
         tls: None,
         token: Some("secret".into()),
     };
@@ -132,6 +132,28 @@ async fn concurrent_ensures_download_once_and_a_damaged_copy_is_fetched_again() 
     assert_eq!(report.used_bytes, bytes.len() as u64);
 }
 
+/// Any controller serves every image: a controller that is down (nothing listens at its
+/// address, as after a kill -9) is passed over for the next one.
+#[tokio::test]
+async fn a_controller_that_is_down_is_passed_over_for_the_next() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let served = Served::default();
+    let bytes = disk(64, 5);
+    let blob = publish(&served, &bytes);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let source = ImageSource {
+        controller_urls: vec![dead_url, controller(served.clone()).await],
+        tls: None,
+        token: Some("secret".into()),
+    };
+    let c = ImageCache::open(tmp.path(), Some(source), 1 << 30).expect("open");
+    let lease = c.ensure(&blob, &HashSet::new()).await.expect("fetched");
+    assert_eq!(std::fs::read(&lease.path).expect("read"), bytes);
+    assert_eq!(served.requests.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn bytes_that_do_not_match_the_digest_never_enter_the_cache() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -150,7 +172,7 @@ async fn bytes_that_do_not_match_the_digest_never_enter_the_cache() {
     assert!(incoming_is_empty(tmp.path()));
     // A wrong token is refused by the controller: an error, nothing cached.
     let source = ImageSource {
-        controller_url: controller(served.clone()).await,
+        controller_urls: vec![controller(served.clone()).await],
         tls: None,
         token: Some("wrong".into()),
     };

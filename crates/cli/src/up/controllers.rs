@@ -2,7 +2,8 @@
 //! up` process; controllers 2..N are `nimbus controller` child processes over the same
 //! PostgreSQL database and data directory (tokens, CA), listening on the next ports. Each
 //! writes its pid to `<data dir>/controllers/ctlN/controller.pid` and its log beside it, so
-//! one can be killed to watch the others take its work over. A controller that dies is
+//! one can be killed to watch the others take its work over, and keeps its own copies of
+//! image bytes there (`ctlN/images/`), as on separate machines. A controller that dies is
 //! restarted, as the agents are (systemd would on a real machine), with the same bounded
 //! back-off and a log line; meanwhile the others carry on with its work (that is the point of
 //! running several), and the restarted process joins them with a new identity.
@@ -139,6 +140,10 @@ fn spawn(
         format!("{}s", plan.lease_ttl.as_secs().max(1)),
         "--boot-timeout-secs".into(),
         plan.boot_timeout_secs.to_string(),
+        // Its own copies of image bytes: each controller holds every image, as on
+        // separate machines (the data dir is shared here for the tokens and the CA).
+        "--blob-dir".into(),
+        dir.display().to_string(),
         "--network".into(),
         if plan.network {
             "10.200.0.0/16".into()

@@ -13,7 +13,9 @@
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nimbus_image::{Digest, Sha256Writer};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// Why receiving an upload failed; nothing of it is kept.
@@ -60,6 +62,9 @@ pub struct ImageBlobs {
     /// Serialises commits and removals, so a blob being removed is never one an upload of
     /// the same bytes just committed against.
     lock: tokio::sync::Mutex<()>,
+    /// One lock per digest being fetched from another controller, so that concurrent
+    /// requests for a missing blob wait for a single download.
+    fetching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ImageBlobs {
@@ -75,7 +80,38 @@ impl ImageBlobs {
         Ok(Self {
             root,
             lock: tokio::sync::Mutex::new(()),
+            fetching: Default::default(),
         })
+    }
+
+    /// Whether the bytes of `digest` are stored here.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Digests of the blobs stored here (files not named by a digest are skipped).
+    pub fn local_digests(&self) -> std::io::Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("sha256"))? {
+            let name = entry?.file_name();
+            if let Some(d) = name.to_str().and_then(|hex| hex.parse::<Digest>().ok()) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Held while `digest` is fetched from another controller: a second fetch of the same
+    /// digest waits, then finds the blob stored.
+    pub async fn fetch_guard(&self, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self
+                .fetching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(digest.hex()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Where the bytes of `digest` live.
@@ -148,15 +184,17 @@ impl ImageBlobs {
     }
 
     /// Removes the bytes of `digest` if `still_used` (checked under the store lock) says no
-    /// image names them any more.
-    pub async fn remove_unused<F>(&self, digest: &Digest, still_used: F)
+    /// image names them any more; answers whether they went.
+    pub async fn remove_unused<F>(&self, digest: &Digest, still_used: F) -> bool
     where
         F: std::future::Future<Output = bool>,
     {
         let _held = self.lock.lock().await;
-        if !still_used.await {
-            remove(&self.path(digest)).await;
+        if still_used.await {
+            return false;
         }
+        remove(&self.path(digest)).await;
+        true
     }
 
     /// Uploads being received now (their files in `incoming/`).

@@ -100,14 +100,22 @@ impl App {
         new: &NewImage,
     ) -> Result<ImageView, AppError> {
         let store = self.store();
-        self.image_blobs()
+        let digest = incoming.digest.to_string();
+        let image = self
+            .image_blobs()
             .commit(incoming, async {
                 store
                     .insert_uploaded_image(new)
                     .await
                     .map_err(AppError::from)
             })
-            .await
+            .await?;
+        // Held here, hashed on receipt: other controllers copy it from here. If this fails,
+        // the copy pass records it later.
+        if let Err(e) = store.add_image_holder(&digest, self.controller_id()).await {
+            tracing::warn!(%digest, error = %e, "cannot record this controller as the image's holder yet");
+        }
+        Ok(image)
     }
 
     /// Checks everything that can be checked before a byte is received; returns the number

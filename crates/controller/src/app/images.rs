@@ -82,20 +82,41 @@ impl App {
             .collect())
     }
 
-    /// Opens the stored bytes of `digest` for an agent, if an image names them: their length
-    /// and the file.
+    /// Opens the bytes of `digest` for an agent, if an image names them: their length and
+    /// the file. Bytes this controller lacks are first fetched from another controller.
     pub async fn open_image_blob(&self, digest: &str) -> Result<(u64, tokio::fs::File), AppError> {
+        let digest = self.named_digest(digest).await?;
+        self.ensure_image_blob(&digest).await?;
+        self.open_stored_blob(&digest).await
+    }
+
+    /// Opens the bytes of `digest` for another controller: only a copy held here (a peer
+    /// asks only holders; fetching on its behalf could loop).
+    pub async fn open_held_image_blob(
+        &self,
+        digest: &str,
+    ) -> Result<(u64, tokio::fs::File), AppError> {
+        let digest = self.named_digest(digest).await?;
+        self.open_stored_blob(&digest).await
+    }
+
+    /// `digest` parsed, if some image names it.
+    async fn named_digest(&self, digest: &str) -> Result<Digest, AppError> {
         let digest: Digest = digest
             .parse()
             .map_err(|e| AppError::bad_request(format!("{e}")))?;
         if !self.store().image_digest_used(&digest.to_string()).await? {
             return Err(AppError::not_found(format!("no image has digest {digest}")));
         }
-        let path = self.image_blobs().path(&digest);
+        Ok(digest)
+    }
+
+    async fn open_stored_blob(&self, digest: &Digest) -> Result<(u64, tokio::fs::File), AppError> {
+        let path = self.image_blobs().path(digest);
         let file = tokio::fs::File::open(&path).await.map_err(|e| {
             tracing::error!(path = %path.display(), error = %e, "an image's bytes are missing");
-            AppError::internal(format!(
-                "the bytes of image {digest} are missing on the controller"
+            AppError::unavailable(format!(
+                "the bytes of image {digest} are missing on this controller"
             ))
         })?;
         let len = file.metadata().await.map_err(AppError::from)?.len();
@@ -138,14 +159,8 @@ impl App {
             .delete_image(name, &Scope::project(&img.project))
             .await?;
         if let Some(digest) = img.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) {
-            let store = self.store();
-            let text = digest.to_string();
-            self.image_blobs()
-                .remove_unused(&digest, async {
-                    // When unsure, keep the bytes: an orphan file is better than a lost image.
-                    store.image_digest_used(&text).await.unwrap_or(true)
-                })
-                .await;
+            // Other controllers remove their copies at their next copy pass.
+            self.drop_unused_image_blob(&digest).await?;
         }
         Ok(())
     }

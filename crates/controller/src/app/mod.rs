@@ -19,6 +19,7 @@ pub mod ha;
 pub mod hosts;
 pub mod image_bake;
 pub mod image_blobs;
+pub mod image_copies;
 pub mod image_upload;
 pub mod images;
 pub mod instances;
@@ -80,7 +81,7 @@ impl App {
     /// Opens the store (running migrations).
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
-        let blobs = image_blobs::ImageBlobs::open(&config.data_dir)?;
+        let blobs = image_blobs::ImageBlobs::open(config.blob_dir())?;
         let replicas = replicas::ReplicaStore::open(&config.data_dir)?;
         let tls = tls::ControllerTls::load(&config).map_err(|e| {
             AppError::internal(format!(

@@ -17,6 +17,9 @@ pub struct ControllerTls {
     pub client: Arc<nimbus_pki::rustls::ClientConfig>,
     /// The HTTP client of calls to agents (with `client`; one connection pool).
     pub agent_http: reqwest::Client,
+    /// The HTTP client of calls to other controllers (fetching image bytes one lacks): no
+    /// bound on a whole download, only on connecting and on each read.
+    pub peer_http: reqwest::Client,
 }
 
 impl std::fmt::Debug for ControllerTls {
@@ -38,12 +41,19 @@ impl ControllerTls {
             .use_preconfigured_tls(client.clone())
             .build()
             .map_err(|e| nimbus_pki::PkiError::Tls(e.to_string()))?;
+        let peer_http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .use_preconfigured_tls(client.clone())
+            .build()
+            .map_err(|e| nimbus_pki::PkiError::Tls(e.to_string()))?;
         Ok(Self {
             ca,
             identity,
             server,
             client: Arc::new(client),
             agent_http,
+            peer_http,
         })
     }
 }

@@ -168,6 +168,30 @@ impl FromRequestParts<App> for AgentCaller {
     }
 }
 
+/// The caller is another controller of this cloud: a controller certificate of the
+/// cloud's CA, verified by the TLS handshake. A bearer token gets nothing here.
+pub struct PeerController;
+
+impl FromRequestParts<App> for PeerController {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<super::peer::ClientCert>() {
+            Some(super::peer::ClientCert(id)) if id.role == nimbus_pki::Role::Controller => {
+                Ok(PeerController)
+            }
+            _ => {
+                tracing::warn!(peer = ?peer_ip(parts), path = %parts.uri.path(),
+                    "controller call refused: no controller certificate");
+                Err(ApiError(AppError::new(
+                    ErrorCode::Unauthorized,
+                    "only another controller of this cloud (its certificate, mutual TLS) may call this",
+                )))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

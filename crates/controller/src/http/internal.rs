@@ -1,6 +1,6 @@
-//! Routes for agents, not tenants.
+//! Routes for agents and for other controllers, not tenants.
 
-use super::auth::AgentCaller;
+use super::auth::{AgentCaller, PeerController};
 use super::error::ApiJson;
 use super::ApiError;
 use crate::app::App;
@@ -66,20 +66,35 @@ pub async fn usage_samples(
     Ok(Json(app.ingest_usage(&batch).await?))
 }
 
-/// An agent fetches the bytes of an uploaded image, by digest (streamed from the file).
+/// An agent fetches the bytes of an uploaded image, by digest (streamed from the file;
+/// fetched from another controller first when this one lacks them).
 pub async fn image_blob(
     State(app): State<App>,
     _agent: AgentCaller,
     super::error::ApiPath(hex): super::error::ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let (len, file) = app.open_image_blob(&hex).await?;
+    Ok(blob_response(len, file))
+}
+
+/// Another controller copies the bytes of an uploaded image this one holds.
+pub async fn peer_image_blob(
+    State(app): State<App>,
+    _peer: PeerController,
+    super::error::ApiPath(hex): super::error::ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let (len, file) = app.open_held_image_blob(&hex).await?;
+    Ok(blob_response(len, file))
+}
+
+fn blob_response(len: u64, file: tokio::fs::File) -> Response {
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::CONTENT_LENGTH, len.to_string()),
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }

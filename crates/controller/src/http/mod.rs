@@ -165,6 +165,10 @@ pub fn router(app: App) -> Router {
         .route("/internal/hosts/register", post(internal::register_host))
         .route("/internal/usage/samples", post(internal::usage_samples))
         .route("/internal/images/{digest}", get(internal::image_blob))
+        .route(
+            "/internal/peers/images/{digest}",
+            get(internal::peer_image_blob),
+        )
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -40,4 +40,16 @@ impl ClientCert {
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
         }))
     }
+
+    /// A controller's identity, as the TLS listener records it for another controller of
+    /// the cloud: for calling the router in-process (tests).
+    pub fn controller() -> Self {
+        Self(Arc::new(PeerIdentity {
+            role: nimbus_pki::Role::Controller,
+            name: "nimbus-controller".to_string(),
+            serial: "test-controller".to_string(),
+            fingerprint: "test-controller".to_string(),
+            addresses: vec!["127.0.0.1".to_string()],
+        }))
+    }
 }

@@ -103,6 +103,7 @@ impl Step<App> for Take {
             memory: p.memory,
         };
         let result = agent.snapshot(self.0, &req).await.map_err(agent_err)?;
+        crate::failpoint::hold("snapshot.take").await;
         tracing::info!(instance_id = %self.0, snapshot_id = %p.snapshot_id,
             vm_pause_ms = result.vm_pause_ms, stored_bytes = result.stored_bytes, "snapshot taken");
         serde_json::to_value(&result).map_err(|e| StepError::permanent(e.to_string()))

@@ -183,13 +183,17 @@ pub async fn upload(f: &Fixture, uri: &str, token: &str, bytes: &[u8]) -> (Statu
 
 /// A GET by host `host`'s agent whose answer is bytes (an image).
 pub async fn get_bytes_as_host(f: &Fixture, uri: &str, host: &str) -> (StatusCode, Vec<u8>) {
+    get_bytes_as(f, uri, ClientCert::host(host, &["127.0.0.1"])).await
+}
+
+/// GET `uri` on a connection whose verified client certificate is `cert`.
+pub async fn get_bytes_as(f: &Fixture, uri: &str, cert: ClientCert) -> (StatusCode, Vec<u8>) {
     let mut req = Request::builder()
         .method("GET")
         .uri(uri)
         .body(Body::empty())
         .expect("request");
-    req.extensions_mut()
-        .insert(ClientCert::host(host, &["127.0.0.1"]));
+    req.extensions_mut().insert(cert);
     let resp = router(f.app.clone()).oneshot(req).await.expect("response");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
