@@ -220,6 +220,18 @@ pub(crate) mod testing {
         pool
     }
 
+    /// Adds project `name` to a database made by [`database_before`] (raw SQL: the store's
+    /// API speaks the newest schema).
+    pub async fn old_project(pool: &sqlx::AnyPool, name: &str) {
+        sqlx::query(
+            "INSERT INTO projects (name, created_at) VALUES ($1, '2026-01-01T00:00:00.000000Z')",
+        )
+        .bind(name)
+        .execute(pool)
+        .await
+        .expect("project");
+    }
+
     /// Registers a new controller (at a loopback URL of its own) with lease `ttl`.
     pub async fn controller(s: &Store, ttl: std::time::Duration) -> Uuid {
         let id = Uuid::new_v4();

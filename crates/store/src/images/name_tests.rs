@@ -2,7 +2,7 @@
 //! foreign private image that is never revealed.
 
 use super::*;
-use crate::testing::{database_before, new_instance, pick, project, stores};
+use crate::testing::{database_before, new_instance, old_project, pick, project, stores};
 
 fn image(name: &str, project: &str, public: bool, digest_byte: &str) -> NewImage {
     NewImage {
@@ -206,12 +206,7 @@ async fn an_instance_pins_the_image_row_of_its_project() {
 async fn the_upgrade_keeps_images_and_pins_instances_to_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = database_before(dir.path(), "0035").await;
-    sqlx::query(
-        "INSERT INTO projects (name, created_at) VALUES ('acme', '2026-01-01T00:00:00.000000Z')",
-    )
-    .execute(&pool)
-    .await
-    .expect("project");
+    old_project(&pool, "acme").await;
     sqlx::query(
         "INSERT INTO images (name, project, public, digest, format, size_bytes, created_at) \
          VALUES ('deb', 'acme', 0, 'sha256:x', 'qcow2', 10, '2026-01-01T00:00:00.000000Z')",

@@ -1,6 +1,6 @@
 //! Networks and ports on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{database_before, default_network, new_instance, pick, stores};
+use crate::testing::{database_before, default_network, new_instance, old_project, pick, stores};
 use crate::{NewNetwork, NicPlan, Scope, Store, StoreError, FIRST_VNI};
 use nimbus_api::QuotaLimits;
 
@@ -162,12 +162,7 @@ async fn ports_claim_addresses_per_network_and_block_deletes() {
 async fn the_upgrade_moves_instances_onto_their_default_network() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = database_before(dir.path(), "0007").await;
-    sqlx::query(
-        "INSERT INTO projects (name, created_at) VALUES ('acme', '2026-01-01T00:00:00.000000Z')",
-    )
-    .execute(&pool)
-    .await
-    .expect("project");
+    old_project(&pool, "acme").await;
     for (id, project, ip) in [
         (
             "00000000-0000-0000-0000-000000000001",

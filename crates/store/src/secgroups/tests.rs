@@ -1,6 +1,6 @@
 //! Security groups on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{database_before, default_network, new_instance, pick, stores};
+use crate::testing::{database_before, default_network, new_instance, old_project, pick, stores};
 use crate::{NewRule, Scope, Store, StoreError};
 use nimbus_api::{Direction, Protocol, QuotaLimits};
 
@@ -208,12 +208,7 @@ async fn groups_in_use_are_not_deleted() {
 async fn the_upgrade_puts_existing_instances_in_their_default_group() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = database_before(dir.path(), "0012").await;
-    sqlx::query(
-        "INSERT INTO projects (name, created_at) VALUES ('acme', '2026-01-01T00:00:00.000000Z')",
-    )
-    .execute(&pool)
-    .await
-    .expect("project");
+    old_project(&pool, "acme").await;
     let id = "00000000-0000-0000-0000-000000000007";
     sqlx::query(
         "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
