@@ -149,8 +149,7 @@ async fn tunnel_to_qemu(
     qmp.migrate_incoming(&format!("unix:{INCOMING_SOCKET}"))
         .await
         .map_err(MigrationError::qmp("migrate-incoming"))?;
-    let socket = dir.dir().join(INCOMING_SOCKET);
-    IncomingTunnel::open(&plan.host, socket, &settings, plan.source_host.clone()).await
+    IncomingTunnel::open(&plan.host, dir.dir(), &settings, plan.source_host.clone()).await
 }
 
 /// QEMU listens in clear on a port of `host` (the kernel's choice); answers the port.

@@ -120,16 +120,38 @@ where
     tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER, BUFFER).await
 }
 
-/// A unix socket path the kernel accepts.
-fn check_socket_path(path: &std::path::Path) -> Result<(), MigrationError> {
-    if path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(MigrationError::Setup(format!(
-            "the migration socket path {} is longer than {MAX_SOCKET_PATH} bytes: use a \
-             shorter --state-dir",
-            path.display()
-        )));
+/// The path to bind or connect unix socket `name` of directory `dir` by, whatever the
+/// length of `dir`'s path (`sun_path` holds [`MAX_SOCKET_PATH`] bytes; a deep `--state-dir`
+/// exceeds it): the path itself when short enough, else `/proc/self/fd/N/name` through a
+/// handle on `dir` that this keeps open. Either way the kernel checks the directory's
+/// permissions as for the path itself.
+struct SocketPath {
+    path: std::path::PathBuf,
+    _dir: Option<std::fs::File>,
+}
+
+impl SocketPath {
+    fn new(dir: &std::path::Path, name: &str) -> Result<Self, MigrationError> {
+        let full = dir.join(name);
+        if full.as_os_str().len() <= MAX_SOCKET_PATH {
+            return Ok(Self {
+                path: full,
+                _dir: None,
+            });
+        }
+        let handle = std::fs::File::open(dir)
+            .map_err(|e| MigrationError::Setup(format!("cannot open {}: {e}", dir.display())))?;
+        use std::os::fd::AsRawFd;
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", handle.as_raw_fd()));
+        Ok(Self {
+            path,
+            _dir: Some(handle),
+        })
     }
-    Ok(())
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
 }
 
 /// The work of one accepted connection.

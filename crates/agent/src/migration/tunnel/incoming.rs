@@ -1,11 +1,14 @@
 //! Target side of the tunnel: a TLS port opened for one migration, each authenticated
 //! connection carried to the waiting QEMU's unix socket.
 
-use super::{carry, refusal, Accept, ChannelTask, Channels, TunnelTls, HANDSHAKE_TIMEOUT};
+use super::{
+    carry, refusal, Accept, ChannelTask, Channels, SocketPath, TunnelTls, HANDSHAKE_TIMEOUT,
+    INCOMING_SOCKET,
+};
 use crate::migration::MigrationError;
 use nimbus_pki::tokio_rustls::TlsAcceptor;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -21,14 +24,14 @@ pub struct IncomingTunnel {
 
 impl IncomingTunnel {
     /// Listens on a port of `host` (the kernel's choice) for `source_host`'s connections,
-    /// carried to QEMU's unix socket `qemu_socket`.
+    /// carried to QEMU's unix socket [`INCOMING_SOCKET`] in its VM directory `vm_dir`.
     pub async fn open(
         host: &str,
-        qemu_socket: PathBuf,
+        vm_dir: &Path,
         tls: &TunnelTls,
         source_host: Option<String>,
     ) -> Result<Self, MigrationError> {
-        super::check_socket_path(&qemu_socket)?;
+        let qemu_socket = SocketPath::new(vm_dir, INCOMING_SOCKET)?;
         let listener = TcpListener::bind((host, 0))
             .await
             .map_err(|e| MigrationError::Setup(format!("cannot listen on {host}: {e}")))?;
@@ -71,7 +74,7 @@ struct Incoming {
 struct Peer {
     acceptor: TlsAcceptor,
     source_host: Option<String>,
-    qemu_socket: PathBuf,
+    qemu_socket: SocketPath,
 }
 
 impl Accept for Incoming {
@@ -110,10 +113,10 @@ async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
         tracing::warn!(peer = %addr, why, "migration connection refused");
         return;
     }
-    let qemu = match UnixStream::connect(&peer.qemu_socket).await {
+    let qemu = match UnixStream::connect(peer.qemu_socket.path()).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(socket = %peer.qemu_socket.display(), error = %e, "cannot reach the waiting QEMU");
+            tracing::warn!(socket = %peer.qemu_socket.path().display(), error = %e, "cannot reach the waiting QEMU");
             return;
         }
     };

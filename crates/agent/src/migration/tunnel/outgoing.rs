@@ -31,10 +31,10 @@ impl OutgoingTunnel {
             MigrationError::Setup(format!("{target_host:?} is not a host name: {e}"))
         })?;
         let socket = dir.dir().join(OUTGOING_SOCKET);
-        super::check_socket_path(&socket)?;
         // A socket left by an agent that died in the middle.
         let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).map_err(|e| {
+        let bind_at = super::SocketPath::new(dir.dir(), OUTGOING_SOCKET)?;
+        let listener = UnixListener::bind(bind_at.path()).map_err(|e| {
             MigrationError::Setup(format!("cannot create {}: {e}", socket.display()))
         })?;
         let mut tunnel = Self {

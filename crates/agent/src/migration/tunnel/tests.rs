@@ -37,20 +37,44 @@ async fn target(
     source: &str,
 ) -> (tempfile::TempDir, IncomingTunnel, UnixListener) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join(INCOMING_SOCKET);
-    let qemu = UnixListener::bind(&socket).expect("bind");
-    let tunnel = IncomingTunnel::open("127.0.0.1", socket, tls, Some(source.into()))
+    let vm_dir = deep_dir(dir.path());
+    let socket = SocketPath::new(&vm_dir, INCOMING_SOCKET).expect("socket path");
+    let qemu = UnixListener::bind(socket.path()).expect("bind");
+    let tunnel = IncomingTunnel::open("127.0.0.1", &vm_dir, tls, Some(source.into()))
         .await
         .expect("open");
     (dir, tunnel, qemu)
 }
 
-fn source(tls: &TunnelTls, port: u16, target_host: &str) -> (tempfile::TempDir, OutgoingTunnel) {
+/// A source tunnel, and the VM directory its socket is in.
+fn source(
+    tls: &TunnelTls,
+    port: u16,
+    target_host: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, OutgoingTunnel) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let vm = VmDir::new(dir.path().to_path_buf());
+    let vm_dir = deep_dir(dir.path());
+    let vm = VmDir::new(vm_dir.clone());
     let tunnel =
         OutgoingTunnel::open(&vm, format!("127.0.0.1:{port}"), target_host, tls).expect("open");
-    (dir, tunnel)
+    (dir, vm_dir, tunnel)
+}
+
+/// A directory under `root` whose sockets' paths are longer than a unix socket address
+/// holds (as under a deep `--state-dir`).
+fn deep_dir(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = root.join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    assert!(dir.join(OUTGOING_SOCKET).as_os_str().len() > MAX_SOCKET_PATH);
+    dir
+}
+
+/// Connects to the source tunnel's socket in `vm_dir` as QEMU does.
+async fn qemu_connects(vm_dir: &std::path::Path) -> UnixStream {
+    let socket = SocketPath::new(vm_dir, OUTGOING_SOCKET).expect("socket path");
+    UnixStream::connect(socket.path())
+        .await
+        .expect("QEMU connects")
 }
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -59,10 +83,8 @@ const LIMIT: Duration = Duration::from_secs(10);
 async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
     let h = hosts();
     let (_t, incoming, qemu_in) = target(&h.target, "src").await;
-    let (sdir, outgoing) = source(&h.source, incoming.port(), "dst");
-    let mut qemu_out = UnixStream::connect(sdir.path().join(OUTGOING_SOCKET))
-        .await
-        .expect("QEMU connects");
+    let (_sdir, vm_dir, outgoing) = source(&h.source, incoming.port(), "dst");
+    let mut qemu_out = qemu_connects(&vm_dir).await;
     let (mut arrived, _) = tokio::time::timeout(LIMIT, qemu_in.accept())
         .await
         .expect("in time")
@@ -92,7 +114,7 @@ async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
         .await
         .expect("drains in time");
     assert!(
-        !sdir.path().join(OUTGOING_SOCKET).exists(),
+        !vm_dir.join(OUTGOING_SOCKET).exists(),
         "the socket is removed"
     );
     incoming.close_when_done(LIMIT);
@@ -104,10 +126,8 @@ async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
 async fn only_the_named_hosts_are_carried() {
     let h = hosts();
     let (_t, incoming, qemu_in) = target(&h.target, "src").await;
-    let (sdir, _outgoing) = source(&h.other, incoming.port(), "dst");
-    let mut qemu_out = UnixStream::connect(sdir.path().join(OUTGOING_SOCKET))
-        .await
-        .expect("QEMU connects");
+    let (_sdir, vm_dir, _outgoing) = source(&h.other, incoming.port(), "dst");
+    let mut qemu_out = qemu_connects(&vm_dir).await;
     let _ = qemu_out.write_all(b"QEVM").await;
     let mut buf = [0u8; 8];
     let read = tokio::time::timeout(LIMIT, qemu_out.read(&mut buf))
@@ -117,10 +137,8 @@ async fn only_the_named_hosts_are_carried() {
     let nothing = tokio::time::timeout(Duration::from_millis(300), qemu_in.accept()).await;
     assert!(nothing.is_err(), "the target QEMU got a connection");
     // The source names "other" as its target: the real target's certificate is refused.
-    let (sdir, _outgoing) = source(&h.source, incoming.port(), "evil");
-    let mut qemu_out = UnixStream::connect(sdir.path().join(OUTGOING_SOCKET))
-        .await
-        .expect("QEMU connects");
+    let (_sdir, vm_dir, _outgoing) = source(&h.source, incoming.port(), "evil");
+    let mut qemu_out = qemu_connects(&vm_dir).await;
     let _ = qemu_out.write_all(b"QEVM").await;
     let read = tokio::time::timeout(LIMIT, qemu_out.read(&mut buf))
         .await
