@@ -8,9 +8,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use futures::StreamExt;
 use nimbus_api::{
     CreateImageFromInstance, ErrorBody, ImageView, ImportImage, PageParams, UploadImage,
 };
+use std::time::Duration;
 
 /// Lists the images the project may boot: its own and the public ones.
 #[utoipa::path(get, path = "/v1/images", tag = "images", params(PageParams), responses((status = 200, body = [ImageView])))]
@@ -58,10 +60,39 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let img = app
-        .upload_image(&caller, &name, &q, length, body.into_data_stream())
-        .await?;
-    Ok((StatusCode::CREATED, Json(img)))
+    let mut stream = body.into_data_stream();
+    match app
+        .upload_image(&caller, &name, &q, length, &mut stream)
+        .await
+    {
+        Ok(img) => Ok((StatusCode::CREATED, Json(img))),
+        Err(e) => {
+            discard_unread(&mut stream).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Most of a refused upload's body read and dropped before the refusal is sent.
+const DISCARD_LIMIT: u64 = 64 << 20;
+/// Longest time spent on that.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Reads what is left of a refused upload (a name taken, a quota, a bad format, found before
+/// or while the bytes arrive), up to [`DISCARD_LIMIT`] bytes or [`DISCARD_TIME`]: a server
+/// that answers while the client still sends closes the connection under it, and the user
+/// sees "broken pipe" instead of the reason. Past the limit the connection is closed anyway.
+async fn discard_unread(stream: &mut axum::body::BodyDataStream) {
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 /// Bakes a stopped instance's disk (its whole chain, flattened) into a new image of the
