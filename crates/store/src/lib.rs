@@ -220,6 +220,15 @@ pub(crate) mod testing {
         pool
     }
 
+    /// Closes `pool` (made by [`database_before`] in `dir`) and opens its database as a
+    /// store, which applies the migrations it lacks.
+    pub async fn upgraded(pool: sqlx::AnyPool, dir: &std::path::Path) -> Store {
+        pool.close().await;
+        Store::connect(&format!("sqlite://{}/up.db", dir.display()))
+            .await
+            .expect("upgrade")
+    }
+
     /// Adds project `name` to a database made by [`database_before`] (raw SQL: the store's
     /// API speaks the newest schema).
     pub async fn old_project(pool: &sqlx::AnyPool, name: &str) {

@@ -2,7 +2,7 @@
 //! foreign private image that is never revealed.
 
 use super::*;
-use crate::testing::{database_before, new_instance, old_project, pick, project, stores};
+use crate::testing::{database_before, new_instance, old_project, pick, project, stores, upgraded};
 
 fn image(name: &str, project: &str, public: bool, digest_byte: &str) -> NewImage {
     NewImage {
@@ -223,11 +223,8 @@ async fn the_upgrade_keeps_images_and_pins_instances_to_them() {
     .execute(&pool)
     .await
     .expect("instance");
-    pool.close().await;
 
-    let s = Store::connect(&format!("sqlite://{}/up.db", dir.path().display()))
-        .await
-        .expect("upgrade");
+    let s = upgraded(pool, dir.path()).await;
     let inst = s
         .get_instance_by_id(&Scope::All, uuid::Uuid::from_u128(1))
         .await

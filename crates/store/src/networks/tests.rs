@@ -1,6 +1,8 @@
 //! Networks and ports on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{database_before, default_network, new_instance, old_project, pick, stores};
+use crate::testing::{
+    database_before, default_network, new_instance, old_project, pick, stores, upgraded,
+};
 use crate::{NewNetwork, NicPlan, Scope, Store, StoreError, FIRST_VNI};
 use nimbus_api::QuotaLimits;
 
@@ -188,11 +190,8 @@ async fn the_upgrade_moves_instances_onto_their_default_network() {
         .await
         .expect("instance");
     }
-    pool.close().await;
 
-    let s = Store::connect(&format!("sqlite://{}/up.db", dir.path().display()))
-        .await
-        .expect("upgrade");
+    let s = upgraded(pool, dir.path()).await;
     let ports = s.list_ports(&Scope::All).await.expect("ports");
     let got: Vec<(&str, &str, &str)> = ports
         .iter()

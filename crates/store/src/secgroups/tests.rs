@@ -1,6 +1,8 @@
 //! Security groups on SQLite and (with `NIMBUS_TEST_POSTGRES_URL`) PostgreSQL.
 
-use crate::testing::{database_before, default_network, new_instance, old_project, pick, stores};
+use crate::testing::{
+    database_before, default_network, new_instance, old_project, pick, stores, upgraded,
+};
 use crate::{NewRule, Scope, Store, StoreError};
 use nimbus_api::{Direction, Protocol, QuotaLimits};
 
@@ -221,11 +223,8 @@ async fn the_upgrade_puts_existing_instances_in_their_default_group() {
     .execute(&pool)
     .await
     .expect("instance");
-    pool.close().await;
 
-    let s = Store::connect(&format!("sqlite://{}/up.db", dir.path().display()))
-        .await
-        .expect("upgrade");
+    let s = upgraded(pool, dir.path()).await;
     let id = uuid::Uuid::parse_str(id).expect("uuid");
     assert_eq!(s.instance_secgroups(id).await.expect("groups"), ["default"]);
     let g = s
