@@ -3,7 +3,7 @@ across hosts, through nimbus's network and to the other's floating IP, against t
 guests on a flat bridge, in the same run.
 
 A 2-host `nimbus up` cloud (bench/migration.py's `Nimbus`, TCG guests of the default image):
-`srv` serves a 64 MiB file from tmpfs with busybox `httpd`, `cli` (on the other host) fetches
+`srv` serves a 128 MiB file from tmpfs with busybox `httpd`, `cli` (on the other host) fetches
 it with busybox `wget` (timed by busybox `time`, in the guest) and pings `srv` (20 pings,
 0.2 s apart; busybox `ping`'s average). Paths:
 - private: cli -> tap -> port security, security groups -> bridge -> VXLAN -> the other host
@@ -12,8 +12,11 @@ it with busybox `wget` (timed by busybox `time`, in the guest) and pings `srv` (
   NAT) -> srv.
 Anchor (flat): then the two guests' taps are moved (QEMU keeps them open) into two scratch
 namespaces, each with a plain Linux bridge, joined by a veth pair: no nftables, no conntrack
-zone, no VXLAN, the same guests and MTU; then back onto their network's bridges, and the
-private path is measured once more (the machine's load changes between the three).
+zone, no VXLAN, the same guests and MTU; then back onto their network's bridges. The three paths are measured in turn, in CYCLES
+cycles (private, floating, flat; again...), so that the machine's load at each moment and the
+guests' warm-up weigh on every path alike; each path's figure is the median over the cycles.
+Each measurement is the median of 5 fetches after one warm-up fetch; busybox `time` counts in
+10 ms steps, so a fetch lasts at least ~0.5 s (128 MiB) to keep that step under 2%.
 Under TCG the guests' emulated CPUs are the bottleneck (virtio-net and TCP in the emulator):
 the figures say how much nimbus's datapath costs on top of that, not what it can carry with
 KVM.
@@ -23,9 +26,10 @@ import json, os, re, shutil, statistics, subprocess, tempfile
 from migration import Nimbus
 from real_guest import cli_out as cli
 
-FILE_MIB = 64
+FILE_MIB = 128
 PORT = 8080
 ROUNDS = 5
+CYCLES = 3
 
 
 def guest(cloud, name, cmd):
@@ -36,15 +40,17 @@ def guest(cloud, name, cmd):
 
 
 def fetch_mbit(cloud, address):
-    """Median Mbit/s of ROUNDS fetches of the file by `cli` from `address`."""
+    """Median Mbit/s of ROUNDS fetches of the file by `cli` from `address`, after one fetch
+    that is not counted (the first fetch of a path ran up to 0.3x slower: caches, ARP, conntrack)."""
     rates = []
-    for _ in range(ROUNDS):
+    for i in range(ROUNDS + 1):
         out = guest(cloud, "cli", f"time timeout 25 wget -q -O /dev/null http://{address}:{PORT}/big 2>&1")
         m = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
         if not m:
             raise RuntimeError(f"no time in: {out}")
         seconds = int(m.group(1)) * 60 + float(m.group(2))
-        rates.append(FILE_MIB * 8 * 1.048576 / max(seconds, 0.01))
+        if i > 0:
+            rates.append(FILE_MIB * 8 * 1.048576 / max(seconds, 0.01))
     return statistics.median(rates)
 
 
@@ -117,16 +123,19 @@ def run(args, pct):
         cli(cloud, "ip", "attach", floating, "srv")
         private = srv["ip"].split("/")[0]
         load = os.getloadavg()[0]
-        results = {"private": measure(cloud, private), "floating": measure(cloud, floating)}
         taps = ["nt" + i["id"].replace("-", "")[:10] for i in (srv, client)]
         hosts = [srv["host"], client["host"]]
-        flat = flatten(cloud, taps, hosts)
-        results["flat"] = measure(cloud, private)
-        # Back through nimbus: the private path once more, so that the machine's load at
-        # each moment does not pass for a difference of the paths.
         vni = json.loads(cli(cloud, "network", "show", "default", "-o", "json"))["vni"]
-        unflatten(cloud, taps, hosts, flat, vni)
-        results["private again"] = measure(cloud, private)
+        results = {"private": [], "floating": [], "flat": []}
+        for _ in range(CYCLES):
+            results["private"].append(measure(cloud, private))
+            results["floating"].append(measure(cloud, floating))
+            flat = flatten(cloud, taps, hosts)
+            results["flat"].append(measure(cloud, private))
+            unflatten(cloud, taps, hosts, flat, vni)
+            for ns in flat:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            flat = []
         report(results, srv["host"], client["host"], load)
     finally:
         for ns in flat:
@@ -135,12 +144,17 @@ def run(args, pct):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results, srv_host, cli_host, load):
+def report(cycles, srv_host, cli_host, load):
+    results = {name: {"mbit": statistics.median(r["mbit"] for r in rs),
+                      "rtt": statistics.median(r["rtt"] for r in rs),
+                      "each": " ".join(f"{r['mbit']:.0f}" for r in rs)}
+               for name, rs in cycles.items()}
     print(f"\nThroughput and RTT: guest 'cli' on {cli_host} fetches {FILE_MIB} MiB from 'srv' on {srv_host} "
-          f"(busybox wget/httpd, median of {ROUNDS}), 20 pings; TCG guests; load average before: {load:.1f}")
+          f"(busybox wget/httpd, median of {ROUNDS} per measurement, {CYCLES} cycles of the paths in turn), "
+          f"20 pings; TCG guests; load average before: {load:.1f}")
     flat = results["flat"]
-    print(f"{'path':>13} {'Mbit/s':>8} {'ratio':>6} {'ping avg':>9} {'ratio':>6}")
+    print(f"{'path':>9} {'Mbit/s':>8} {'ratio':>6} {'ping avg':>9} {'ratio':>6}  each cycle (Mbit/s)")
     for name, r in results.items():
-        print(f"{name:>13} {r['mbit']:>8.1f} {r['mbit'] / flat['mbit']:>5.2f}x {r['rtt']:>7.2f}ms "
-              f"{r['rtt'] / flat['rtt']:>5.2f}x")
+        print(f"{name:>9} {r['mbit']:>8.1f} {r['mbit'] / flat['mbit']:>5.2f}x {r['rtt']:>7.2f}ms "
+              f"{r['rtt'] / flat['rtt']:>5.2f}x  {r['each']}")
     print("goal: throughput at least 0.9x of the flat bridge (ratio column of Mbit/s)")
