@@ -376,6 +376,16 @@ async fn gateways_go_out_only_and_floating_ips_come_in() {
     );
     host.arrived(&va).await.expect("arrived");
     assert!(proxies().await.contains(&floating.to_string()));
+    // As on a migration's source when the guest stops for the switch-over: no longer
+    // claimed here (the announcement at the target's MAC needs a target: none here); and
+    // claimed again when the guest resumes here (a switch-over that failed).
+    host.handing_over(&va, None).await.expect("handing over");
+    assert!(
+        !proxies().await.contains(&floating.to_string()),
+        "{floating} still claimed after its VM left"
+    );
+    host.resumed_here(&va).await.expect("resumed here");
+    assert!(proxies().await.contains(&floating.to_string()));
     serve(Some(&ga), "10.40.0.10:4798".parse().expect("addr"), 2);
     let public = SocketAddr::new(floating.into(), 4798);
     assert_eq!(answer(None, public), Some(t.root_ip().to_string()));

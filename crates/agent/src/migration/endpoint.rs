@@ -19,6 +19,15 @@ pub fn agent_host(advertise_url: &str) -> Result<String, MigrationError> {
         .to_string())
 }
 
+/// The address of a QEMU `tcp:HOST:PORT` URI whose host is an IP literal.
+pub fn uri_address(uri: &str) -> Option<IpAddr> {
+    let (host, _port) = uri.strip_prefix("tcp:")?.rsplit_once(':')?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
 /// A QEMU `tcp:` URI for `host:port`.
 pub fn tcp_uri(host: &str, port: u16) -> String {
     if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6()) {
@@ -48,6 +57,16 @@ pub fn uri_port(uri: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_of_a_tcp_uri() {
+        let v4: IpAddr = "10.88.0.12".parse().expect("ip");
+        assert_eq!(uri_address("tcp:10.88.0.12:49152"), Some(v4));
+        let v6: IpAddr = "fd00::1".parse().expect("ip");
+        assert_eq!(uri_address(&tcp_uri("fd00::1", 49152)), Some(v6));
+        assert_eq!(uri_address("tcp:node-3:49152"), None);
+        assert_eq!(uri_address("unix:/run/vm/migrate.sock"), None);
+    }
 
     #[test]
     fn host_of_the_advertised_url() {

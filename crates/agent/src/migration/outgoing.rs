@@ -51,6 +51,8 @@ pub struct Context {
     pub record: OutgoingRecord,
     /// How the stream and the disk mirror are secured.
     pub tls: MigrationTls,
+    /// Called once, when the guest stops for the switch-over (its network moves then).
+    pub on_switch_over: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// A running outgoing migration. Dropping it aborts the task (QEMU goes on migrating).

@@ -171,11 +171,17 @@ pub async fn prepare_uplink(shell: &Shell, uplink: &str) -> Result<(), NetError>
 /// A gratuitous ARP (a request for `addr` from `addr`) from `mac`: whoever caches `addr`
 /// learns `mac` for it.
 pub fn gratuitous_arp(mac: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
+    arp_announcement(mac, mac, addr)
+}
+
+/// An ARP announcement sent from `sender` (the frame's source) saying that `addr` is at
+/// `owner`: a host hands an address over to another one.
+fn arp_announcement(sender: [u8; 6], owner: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
     let mut f = Vec::with_capacity(42);
     f.extend_from_slice(&[0xff; 6]);
-    f.extend_from_slice(&mac);
+    f.extend_from_slice(&sender);
     f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    f.extend_from_slice(&mac);
+    f.extend_from_slice(&owner);
     f.extend_from_slice(&addr.octets());
     f.extend_from_slice(&[0; 6]);
     f.extend_from_slice(&addr.octets());
@@ -185,6 +191,26 @@ pub fn gratuitous_arp(mac: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
 /// Announces `addrs` on `uplink` (in `netns`, if given) with gratuitous ARP. Best effort:
 /// without it the uplink network learns the new host when its ARP entry expires.
 pub async fn announce(netns: Option<String>, uplink: String, addrs: Vec<Ipv4Addr>) {
+    send_announcements(netns, uplink, None, addrs).await
+}
+
+/// Announces on `uplink` that `addrs` are at `owner` (another host's uplink MAC) now. Best
+/// effort, as [`announce`].
+pub async fn hand_over(
+    netns: Option<String>,
+    uplink: String,
+    owner: [u8; 6],
+    addrs: Vec<Ipv4Addr>,
+) {
+    send_announcements(netns, uplink, Some(owner), addrs).await
+}
+
+async fn send_announcements(
+    netns: Option<String>,
+    uplink: String,
+    owner: Option<[u8; 6]>,
+    addrs: Vec<Ipv4Addr>,
+) {
     if addrs.is_empty() {
         return;
     }
@@ -193,7 +219,11 @@ pub async fn announce(netns: Option<String>, uplink: String, addrs: Vec<Ipv4Addr
     let done = tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || {
             super::dhcp::send_frames(netns.as_deref(), &uplink, |mac| {
-                addrs.iter().map(|a| gratuitous_arp(mac, *a)).collect()
+                let owner = owner.unwrap_or(mac);
+                addrs
+                    .iter()
+                    .map(|a| arp_announcement(mac, owner, *a))
+                    .collect()
             })
         })
         .join()
@@ -204,6 +234,37 @@ pub async fn announce(netns: Option<String>, uplink: String, addrs: Vec<Ipv4Addr
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "floating IPs not announced"),
         _ => tracing::warn!("floating IPs not announced: the sending thread failed"),
     }
+}
+
+#[derive(Deserialize)]
+struct Neighbour {
+    #[serde(default)]
+    lladdr: Option<String>,
+}
+
+/// The MAC address `addr` has on `uplink` in this host's neighbour table, if it is known
+/// there (a host this one talked to lately).
+pub async fn neighbour_mac(
+    shell: &Shell,
+    uplink: &str,
+    addr: IpAddr,
+) -> Result<Option<[u8; 6]>, NetError> {
+    let target = addr.to_string();
+    let cmd = shell.ip(&["-j", "neigh", "show", &target, "dev", uplink]);
+    let out = cmd.run().await?;
+    let found: Vec<Neighbour> = serde_json::from_str(&out).map_err(|e| NetError::Output {
+        command: cmd.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(found.iter().find_map(|n| parse_mac(n.lladdr.as_deref()?)))
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 /// The floating IPs of `nats` whose network has a router here, by address.
@@ -220,6 +281,17 @@ pub fn held(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hand_over_names_the_new_owner_and_a_mac_parses() {
+        let (me, owner) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let f = arp_announcement(me, owner, Ipv4Addr::new(10, 249, 7, 193));
+        assert_eq!(&f[6..12], &me, "sent by this host");
+        assert_eq!(&f[22..28], &owner, "the address is at the other host");
+        assert_eq!(parse_mac("02:00:00:00:00:02"), Some(owner));
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("zz:00:00:00:00:02"), None);
+    }
 
     #[test]
     fn a_gratuitous_arp_claims_the_address() {

@@ -125,6 +125,9 @@ struct State {
     /// The addresses (VNI, IP) of VMs migrating in that have not resumed here yet: their
     /// floating IPs are routed here but not claimed ([`floating::claimed`]).
     arriving: BTreeSet<(u32, Ipv4Addr)>,
+    /// The addresses of VMs that migrated away but are not unplugged yet: their floating IPs
+    /// run on the target now, so this host no longer claims them ([`arrival`]).
+    departed: BTreeSet<(u32, Ipv4Addr)>,
     /// The floating IPs claimed at the last apply (a newly claimed one is announced).
     claimed: BTreeSet<Ipv4Addr>,
     /// The metadata servers (one per router) and what they answer.
@@ -188,7 +191,9 @@ impl HostNetwork {
         egress::ensure(&self.shell, &self.protected(state)).await?;
         let by_vni = held.iter().map(|(f, (v, _))| (*f, *v)).collect();
         let claimed = floating::claimed(&held, |vni, ip| {
-            state.leases.holds(vni, ip) && !state.arriving.contains(&(vni, ip))
+            state.leases.holds(vni, ip)
+                && !state.arriving.contains(&(vni, ip))
+                && !state.departed.contains(&(vni, ip))
         });
         floating::reconcile(&self.shell, state.uplink.as_deref(), &by_vni, &claimed).await?;
         let taken: Vec<Ipv4Addr> = claimed.difference(&state.claimed).copied().collect();
@@ -497,6 +502,7 @@ impl HostNetwork {
         let mut state = self.state.lock().await;
         for a in arrival::addresses(spec) {
             state.arriving.remove(&a);
+            state.departed.remove(&a);
         }
         state.metadata.registry().forget(spec);
         let taps: Vec<String> = (0..spec.nics.len())

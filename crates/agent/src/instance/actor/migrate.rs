@@ -5,6 +5,7 @@
 use super::Actor;
 use crate::error::{error_chain, Error, Result};
 use crate::instance::Reply;
+use crate::migration::endpoint::uri_address;
 use crate::migration::incoming::{self, IncomingPlan};
 use crate::migration::outgoing::{Context, Outcome, OutgoingTask};
 use crate::migration::policy;
@@ -13,6 +14,8 @@ use crate::migration::receive_watch::{self, ReceiveWatch};
 use crate::migration::role::{self, MigrationRole, OutgoingRecord};
 use crate::migration::tls::MigrationTls;
 use crate::migration::tunnel::IncomingTunnel;
+use crate::network::{HostNetwork, NetError};
+use nimbus_agent_api::VmSpec;
 use nimbus_agent_api::{
     DiskTransfer, IncomingReady, MigrateRequest, MigrationCredential, MigrationPhase,
     MigrationProgress, VmRunState,
@@ -44,6 +47,9 @@ pub(super) struct MigrationSlot {
     receiving: Option<ReceiveWatch>,
     /// Target: the agents' TLS tunnel to the waiting QEMU, until the guest runs here.
     tunnel: Option<IncomingTunnel>,
+    /// Orders the changes to the VM's floating IPs here: a hand-over at switch-over comes
+    /// before the claim of a resume here that follows it (a switch-over that failed).
+    network_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MigrationSlot {
@@ -57,6 +63,7 @@ impl MigrationSlot {
             newest_owner: None,
             receiving: None,
             tunnel: None,
+            network_turn: Arc::default(),
         }
     }
 }
@@ -228,6 +235,7 @@ impl Actor {
         resume: bool,
         credential: Option<MigrationCredential>,
     ) {
+        let target = uri_address(&record.request.target.migration_uri);
         let ctx = Context {
             id: self.id,
             qmp,
@@ -236,6 +244,7 @@ impl Actor {
             last_beat: self.last_beat.clone(),
             record,
             tls: self.migration.tls.for_migration(credential.as_ref()),
+            on_switch_over: Some(self.hand_over_at_switch_over(target)),
         };
         self.migration.outgoing = Some(OutgoingTask::spawn(ctx, resume));
     }
@@ -324,6 +333,9 @@ impl Actor {
     pub(super) fn on_resume(&mut self, ts: QmpTimestamp) {
         let ms = unix_ms(ts);
         if !self.status.borrow().incoming {
+            // After a switch-over that failed, or a completed migration undone: the floating
+            // IPs handed over come back.
+            self.spawn_network(|network, spec| async move { network.resumed_here(&spec).await });
             self.update(|s| s.resumed_unix_ms = ms);
             return;
         }
@@ -420,16 +432,54 @@ impl Actor {
             tunnel.close_when_done(TUNNEL_DRAIN);
         }
         self.set_role(MigrationRole::Incoming(record));
-        let (network, spec) = (self.network.clone(), self.spec.clone());
-        let claim = async move {
-            if let Err(e) = network.arrived(&spec).await {
-                tracing::warn!(error = %e, "the floating IPs of the migrated VM not claimed here");
-            }
-        };
-        tokio::spawn(claim.in_current_span());
+        self.spawn_network(|network, spec| async move { network.arrived(&spec).await });
         if let Some(qmp) = self.current_qmp() {
             tokio::spawn(incoming::finish(qmp, mirror).in_current_span());
         }
+    }
+
+    /// Claims the VM's floating IPs here in the background (`change` is
+    /// [`HostNetwork::arrived`] or [`HostNetwork::resumed_here`]), in the VM's network turn:
+    /// its peers wait for it, the actor does not.
+    fn spawn_network<F, Fut>(&self, change: F)
+    where
+        F: FnOnce(Arc<HostNetwork>, VmSpec) -> Fut,
+        Fut: std::future::Future<Output = Result<(), NetError>> + Send + 'static,
+    {
+        let turn = self.migration.network_turn.clone();
+        let done = change(self.network.clone(), self.spec.clone());
+        let task = async move {
+            let _turn = turn.lock_owned().await;
+            if let Err(e) = done.await {
+                tracing::warn!(error = %e, "the floating IPs of the VM not claimed here");
+            }
+        };
+        tokio::spawn(task.in_current_span());
+    }
+
+    /// What the outgoing task calls when the guest stops for the switch-over: hands its
+    /// floating IPs over to `target` (its underlay address; [`HostNetwork::handing_over`]) in the background,
+    /// having taken the VM's network turn at once, so that a resume here after it claims
+    /// them back only after the hand-over.
+    fn hand_over_at_switch_over(
+        &self,
+        target: Option<std::net::IpAddr>,
+    ) -> Box<dyn FnOnce() + Send + Sync> {
+        let (network, spec) = (self.network.clone(), self.spec.clone());
+        let turn = self.migration.network_turn.clone();
+        Box::new(move || {
+            let now = turn.clone().try_lock_owned();
+            let task = async move {
+                let _turn = match now {
+                    Ok(held) => held,
+                    Err(_) => turn.lock_owned().await,
+                };
+                if let Err(e) = network.handing_over(&spec, target).await {
+                    tracing::warn!(error = %e, "the floating IPs not handed over to the target");
+                }
+            };
+            tokio::spawn(task.in_current_span());
+        })
     }
 
     /// Each tick: records the first heartbeat of the current QEMU; a guest that arrived

@@ -294,6 +294,7 @@ impl Transfer {
                 let ms = unix_ms(ev.timestamp);
                 tracing::info!(unix_ms = ms, "guest stopped for switch-over");
                 self.publish(|p| p.stopped_unix_ms = ms);
+                self.switching_over();
                 false
             }
             EventKind::Migration { status } => {
@@ -436,6 +437,7 @@ impl Transfer {
         if self.continued {
             return Ok(());
         }
+        self.switching_over();
         if let Some(mirror) = self.mirror.take() {
             let t0 = Instant::now();
             mirror.complete(stall_bound(&self.ctx)).await?;
@@ -449,6 +451,14 @@ impl Transfer {
             .map_err(MigrationError::qmp("migrate-continue"))?;
         self.continued = true;
         Ok(())
+    }
+
+    /// The guest stopped for the switch-over (its STOP event, or QEMU's pre-switchover
+    /// state seen first): tells the VM's network once.
+    fn switching_over(&mut self) {
+        if let Some(switching_over) = self.ctx.on_switch_over.take() {
+            switching_over();
+        }
     }
 
     /// QEMU says completed: wait for its event so the statistics are final, record them.
