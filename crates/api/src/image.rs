@@ -97,6 +97,20 @@ pub struct UploadImage {
     pub ready_marker: Option<String>,
 }
 
+/// Body of `POST /v1/images/{image}/upload-check`: whether an upload of that many bytes
+/// would be admitted now (caller's rights, name, size, quota), asked before the bytes are
+/// sent. A refused upload is answered early, while the client still sends, and a client
+/// that does not read the answer until it has sent everything sees a broken connection
+/// instead of the reason; this answer comes first. The upload itself checks everything again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UploadCheck {
+    /// The size of the image to upload, in bytes (its `Content-Length`).
+    pub size_bytes: u64,
+    /// The upload would publish it to every project (admin only).
+    #[serde(default)]
+    pub public: bool,
+}
+
 /// Body of `POST /v1/images/{image}/from-instance`: bakes a stopped instance's disk into a
 /// new image of its project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -7,7 +7,8 @@
 //! once, on first use, and `host show` lists it; the next create prefers that host and
 //! downloads nothing; a cached copy with one byte changed is detected and fetched again; the
 //! other host downloads once for two concurrent creates; a qcow2 whose backing file is a
-//! host file is refused at upload; a stopped instance's disk is baked into a new image that
+//! host file is refused at upload; an upload over 64 MiB of a name taken or over the quota
+//! is refused with the reason before a byte is sent; a stopped instance's disk is baked into a new image that
 //! boots; an image in use cannot be deleted.
 //!
 //! UEFI: an image uploaded with `--firmware uefi` boots a real EFI loader through OVMF: the
@@ -224,6 +225,7 @@ fn images_are_named_per_project(cloud: &Cloud, file: &str, digest: &str) {
     let err = cli_err_as(cloud, &globex, &again);
     assert!(err.contains("already exists in project globex"), "{err}");
     assert!(!err.contains("default"), "names no other project: {err}");
+    refused_large_uploads_say_why(cloud, &globex, Path::new(file));
     let list = ["image", "list", "-o", "json"];
     let listed: Vec<ImageView> = json(&cli_ok_as(cloud, &globex, &list));
     let mut own: Vec<(&str, &str)> = listed
@@ -253,6 +255,38 @@ fn images_are_named_per_project(cloud: &Cloud, file: &str, digest: &str) {
         blob.exists(),
         "the default project's image still needs the bytes"
     );
+}
+
+/// A refused upload of more than the controller reads of a refused body (64 MiB) is
+/// answered with the reason, not a broken pipe: the CLI asks before it hashes or sends a
+/// byte. `globex` (a member's token) already has an image `halt`; `small` is a disk.
+fn refused_large_uploads_say_why(cloud: &Cloud, globex: &str, small: &Path) {
+    let big = small.with_file_name("big.raw");
+    std::fs::copy(small, &big).expect("copy");
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .and_then(|f| f.set_len(200 << 20))
+        .expect("a sparse 200 MiB disk");
+    let big = big.to_str().expect("utf-8");
+    let err = cli_err_as(cloud, globex, &["image", "upload", "halt", "--file", big]);
+    assert!(
+        err.contains("image \"halt\" already exists in project globex; choose another name"),
+        "{err}"
+    );
+    assert!(!err.contains("sha256:"), "refused before hashing: {err}");
+    cli_ok(cloud, &["quota", "set", "globex", "--image-mib", "100"]);
+    let err = cli_err_as(cloud, globex, &["image", "upload", "big", "--file", big]);
+    assert!(
+        err.contains("image_mib quota 100 would be exceeded"),
+        "{err}"
+    );
+    assert!(!err.contains("sha256:"), "refused before hashing: {err}");
+    cli_ok(
+        cloud,
+        &["quota", "set", "globex", "--image-mib", "unlimited"],
+    );
+    assert!(cli_err_as(cloud, globex, &["image", "show", "big"]).contains("not found"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

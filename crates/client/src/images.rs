@@ -2,7 +2,7 @@
 
 use crate::{Client, ClientError};
 use futures::StreamExt;
-use nimbus_api::{ImageView, UploadImage};
+use nimbus_api::{ImageView, UploadCheck, UploadImage};
 use reqwest::Method;
 use std::path::Path;
 use std::time::Duration;
@@ -44,6 +44,18 @@ impl Client {
             .timeout(timeout)
             .body(reqwest::Body::wrap_stream(stream));
         self.send(r).await
+    }
+
+    /// Asks whether an upload of `check.size_bytes` bytes as image `name` would be admitted
+    /// now: the reason it would not (a name taken, a quota) comes back as the error, before
+    /// a byte is sent.
+    pub async fn check_image_upload(
+        &self,
+        name: &str,
+        check: &UploadCheck,
+    ) -> Result<(), ClientError> {
+        self.post(&format!("/v1/images/{name}/upload-check"), check)
+            .await
     }
 
     /// Bakes the stopped `instance`'s disk into image `name`.

@@ -269,6 +269,52 @@ async fn the_image_quota_refuses_an_upload_before_and_after_its_bytes() {
     assert_eq!(stored(&f, "sha256").len(), 1);
 }
 
+async fn check(f: &Fixture, who: &str, name: &str, body: &str) -> (StatusCode, String) {
+    let uri = format!("/v1/images/{name}/upload-check");
+    call(f, "POST", &uri, Some(who), Some(body)).await
+}
+
+/// `upload-check` answers what the upload would before a byte is sent (the CLI asks it
+/// first: a refused upload of more than the controller drains reads as a broken pipe), and
+/// keeps nothing.
+#[tokio::test]
+async fn an_upload_check_answers_what_the_upload_would() {
+    let f = fixture().await;
+    project(&f, "acme").await;
+    let acme = token(&f, "acme", "member").await;
+    let reader = token(&f, "acme", "reader").await;
+    let quota = Some(r#"{"image_mib": 3}"#);
+    let (s, b) = call(&f, "PUT", "/v1/projects/acme/quota", Some(&f.token), quota).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = upload(&f, "/v1/images/a/upload", &acme, &raw_disk(2)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = check(&f, &acme, "b", r#"{"size_bytes": 1048576}"#).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    let (s, b) = check(&f, &acme, "a", r#"{"size_bytes": 1048576}"#).await;
+    refused(
+        s,
+        &b,
+        ErrorCode::Conflict,
+        "already exists in project acme; choose another name",
+    );
+    let (s, b) = check(&f, &acme, "b", r#"{"size_bytes": 2097152}"#).await;
+    refused(
+        s,
+        &b,
+        ErrorCode::QuotaExceeded,
+        "image_mib quota 3 would be exceeded",
+    );
+    let (s, b) = check(&f, &acme, "b", r#"{"size_bytes": 0}"#).await;
+    refused(s, &b, ErrorCode::PayloadTooLarge, "1 to");
+    let (s, b) = check(&f, &acme, "b", r#"{"size_bytes": 1, "public": true}"#).await;
+    refused(s, &b, ErrorCode::Forbidden, "only an admin");
+    let (s, b) = check(&f, &reader, "b", r#"{"size_bytes": 1}"#).await;
+    refused(s, &b, ErrorCode::Forbidden, "reader");
+    let (s, _) = call(&f, "GET", "/v1/images/b", Some(&acme), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a check stores nothing");
+    assert!(stored(&f, "incoming").is_empty());
+}
+
 /// Another controller copies an image's bytes with its controller certificate only; a
 /// controller whose copy is gone and that no live controller can give one to says which
 /// image is lost and what to do, and serves nothing.

@@ -32,6 +32,8 @@ pub struct Cloud {
     opts: CloudOptions,
     net_name: String,
     net_index: u8,
+    /// Holds the subnet claimed for this cloud until it is dropped (after its clean-up).
+    _net_claim: crate::netname::NetName,
     port: u16,
     netns: bool,
     up: Option<Child>,
@@ -46,15 +48,17 @@ impl Cloud {
     /// Starts `nimbus up` (binary `bin`) and waits until all hosts registered.
     pub async fn start(bin: &Path, opts: CloudOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("nimbus-e2e-").tempdir()?;
-        let pid = std::process::id();
+        let netns = nix::unistd::geteuid().is_root();
+        let net = crate::netname::NetName::new(netns)?;
         let mut cloud = Self {
             bin: bin.to_path_buf(),
             dir,
             opts,
-            net_name: format!("nt{}", pid % 100_000),
-            net_index: 100 + (pid % 150) as u8,
+            net_name: net.name.clone(),
+            net_index: net.index,
+            _net_claim: net,
             port: free_port()?,
-            netns: nix::unistd::geteuid().is_root(),
+            netns,
             up: None,
         };
         cloud.launch()?;

@@ -1,8 +1,8 @@
 //! Harness for end-to-end tests: a real cloud started through the real `nimbus` binary.
 //!
 //! [`Cloud::start`] runs `nimbus up` in a temporary data directory, with its hosts in network
-//! namespaces of their own when run as root (names and subnet unique per test process), and
-//! waits (bounded) until every host has registered. Dropping the [`Cloud`] stops it and
+//! namespaces of their own when run as root (names and subnet unique per cloud, even in one
+//! process: `netname.rs`), and waits (bounded) until every host has registered. Dropping the [`Cloud`] stops it and
 //! removes everything it made: VMs (by the pids in their state directories: only processes
 //! this cloud started), namespaces, the bridge and the temporary directory; when the test
 //! failed (panicked), the cloud's logs are kept first and their place printed ([`logs`]).
@@ -15,6 +15,7 @@ pub mod guest;
 mod link;
 pub mod logs;
 mod netclient;
+mod netname;
 mod routers;
 mod tls;
 mod wait;

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use futures::StreamExt;
 use nimbus_agent_api::ImageBlob;
 use nimbus_image::{Digest, Sha256Writer};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
@@ -93,6 +94,11 @@ async fn download_from(
             .await
             .map_err(Error::io("write", &partial.0))?;
     }
+    // Read-only from here on: nothing on this host writes a cached image (instance disks
+    // are overlays), and a slip by a tool not running as root cannot either.
+    file.set_permissions(std::fs::Permissions::from_mode(0o444))
+        .await
+        .map_err(Error::io("chmod", &partial.0))?;
     file.sync_all()
         .await
         .map_err(Error::io("sync", &partial.0))?;

@@ -1,18 +1,22 @@
 //! The host's cache of uploaded images, by digest:
 //!
 //! ```text
-//! <state_dir>/images/sha256/<hex>          a verified image (instance disks overlay it)
+//! <state_dir>/images/sha256/<hex>          a verified image, read-only (instance disks overlay it)
+//! <state_dir>/images/verified/<hex>        what its last hash saw of the file; its last use
 //! <state_dir>/images/incoming/<uuid>.part  a download in progress (all removed at start)
 //! ```
 //!
-//! [`ImageCache::ensure`] returns a verified local copy: a cached file is re-hashed before
-//! each use (a damaged one, even by one byte, is removed and fetched again); a missing one is
-//! fetched from the controller ([`fetch`]), its digest, size and format checked before it
-//! enters the cache. Concurrent calls for one digest wait for a single download. After a
-//! download, least recently used images beyond the size bound are evicted, never one that
-//! an instance disk on this host overlays or that a define is using ([`Lease`]).
+//! [`ImageCache::ensure`] returns a verified local copy. A cached file is hashed again
+//! before use unless its marker shows it untouched since a hash ([`verified`]: same inode,
+//! size and change times), so the creates after the first pay no hash; a damaged one (even
+//! by one byte) is removed and fetched again. A missing one is fetched from the controller
+//! ([`fetch`]), its digest, size and format checked before it enters the cache. Concurrent
+//! calls for one digest wait for a single download. After a download, least recently used
+//! images beyond the size bound are evicted, never one that an instance disk on this host
+//! overlays or that a define is using ([`Lease`]).
 
 mod fetch;
+mod verified;
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -22,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use verified::{Markers, Seen};
 
 /// Where the cache fetches images from.
 #[derive(Debug, Clone)]
@@ -37,6 +42,7 @@ pub struct ImageSource {
 /// The image cache of this host.
 pub struct ImageCache {
     dir: PathBuf,
+    markers: Markers,
     source: Option<ImageSource>,
     max_bytes: u64,
     http: reqwest::Client,
@@ -46,6 +52,8 @@ pub struct ImageCache {
     leases: Arc<Mutex<HashMap<Digest, usize>>>,
     downloads: AtomicU64,
     repairs: AtomicU64,
+    /// Cached images hashed to verify them (a use whose marker holds hashes nothing).
+    hashes: AtomicU64,
 }
 
 /// Keeps an image from eviction while it lives.
@@ -83,7 +91,7 @@ impl ImageCache {
         if incoming.exists() {
             std::fs::remove_dir_all(&incoming).map_err(Error::io("clean", &incoming))?;
         }
-        for d in [&incoming, &dir.join("sha256")] {
+        for d in [&incoming, &dir.join("sha256"), &dir.join("verified")] {
             std::fs::create_dir_all(d).map_err(Error::io("create", d))?;
         }
         let builder = reqwest::Client::builder()
@@ -93,6 +101,7 @@ impl ImageCache {
             crate::controller_link::client(builder, source.as_ref().and_then(|s| s.tls.as_ref()))
                 .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
+            markers: Markers::new(dir.join("verified")),
             dir,
             source,
             max_bytes,
@@ -101,6 +110,7 @@ impl ImageCache {
             leases: Arc::default(),
             downloads: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
+            hashes: AtomicU64::new(0),
         })
     }
 
@@ -132,12 +142,13 @@ impl ImageCache {
         let _held = lock.lock().await;
         let path = self.path(&digest);
         if path.is_file() {
-            if verify(&path, &digest).await? {
-                touch(&path);
+            if self.markers.hold(&digest, &path) || self.verify(&digest, &path).await? {
+                self.touch(&digest, &path);
                 return Ok(self.lease(digest, path));
             }
             self.repairs.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%digest, "cached image is damaged (digest mismatch); fetching it again");
+            self.markers.remove(&digest);
             std::fs::remove_file(&path).map_err(Error::io("remove", &path))?;
         }
         let source = self.source.as_ref().ok_or_else(|| {
@@ -146,6 +157,7 @@ impl ImageCache {
             ))
         })?;
         let started = std::time::Instant::now();
+        self.markers.remove(&digest);
         fetch::download(&self.http, source, blob, &digest, &self.dir, &path).await?;
         self.downloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%digest, bytes = blob.size_bytes, secs = started.elapsed().as_secs_f64(),
@@ -160,7 +172,7 @@ impl ImageCache {
     fn evict(&self, in_use: &HashSet<Digest>) {
         let mut entries = self.entries();
         let mut used: u64 = entries.iter().map(|e| e.size).sum();
-        entries.sort_by_key(|e| e.mtime);
+        entries.sort_by_key(|e| e.last_used);
         let leased: HashSet<Digest> = self
             .leases
             .lock()
@@ -177,6 +189,7 @@ impl ImageCache {
             }
             let lock = self.lock_of(&e.digest);
             let Ok(_busy) = lock.try_lock() else { continue };
+            self.markers.remove(&e.digest);
             match std::fs::remove_file(&e.path) {
                 Ok(()) => {
                     used -= e.size;
@@ -197,14 +210,54 @@ impl ImageCache {
             .filter_map(|e| {
                 let digest: Digest = e.file_name().to_str()?.parse().ok()?;
                 let meta = e.metadata().ok()?;
+                let written = meta.modified().ok()?;
                 Some(Entry {
-                    digest,
                     path: e.path(),
                     size: meta.len(),
-                    mtime: meta.modified().ok()?,
+                    last_used: self
+                        .markers
+                        .last_used(&digest)
+                        .map_or(written, |used| used.max(written)),
+                    digest,
                 })
             })
             .collect()
+    }
+
+    /// How many times a cached image was hashed to verify it since the agent started.
+    pub fn hashes(&self) -> u64 {
+        self.hashes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cached file of `digest` still hashes to it (off the async threads);
+    /// remembered in its marker when the file had settled (see [`verified`]).
+    async fn verify(&self, digest: &Digest, path: &Path) -> Result<bool> {
+        let before = Seen::of(path).map_err(Error::io("stat", path))?;
+        let began = std::time::SystemTime::now();
+        let p = path.to_path_buf();
+        self.hashes.fetch_add(1, Ordering::Relaxed);
+        let found = tokio::task::spawn_blocking(move || Digest::of_file(&p))
+            .await
+            .map_err(|e| Error::Internal(format!("image verification panicked: {e}")))?
+            .map_err(Error::io("read", path))?;
+        if found != *digest {
+            return Ok(false);
+        }
+        self.markers.record(digest, path, before, began);
+        Ok(true)
+    }
+
+    /// Marks the image used now (the order of eviction): in its marker, or, without one,
+    /// the image's own mtime (it is hashed at its next use anyway).
+    fn touch(&self, digest: &Digest, path: &Path) {
+        if self.markers.touch(digest) {
+            return;
+        }
+        if let Err(e) =
+            std::fs::File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        {
+            tracing::debug!(path = %path.display(), error = %e, "cannot mark an image used");
+        }
     }
 
     /// What the cache holds, for the host's inventory.
@@ -215,7 +268,7 @@ impl ImageCache {
             .map(|e| CachedImage {
                 digest: e.digest.to_string(),
                 size_bytes: e.size,
-                last_used: DateTime::<Utc>::from(e.mtime),
+                last_used: DateTime::<Utc>::from(e.last_used),
                 in_use: in_use.contains(&e.digest),
             })
             .collect();
@@ -234,29 +287,8 @@ struct Entry {
     digest: Digest,
     path: PathBuf,
     size: u64,
-    mtime: std::time::SystemTime,
-}
-
-/// Whether the file's bytes still hash to `digest` (hashed off the async threads).
-async fn verify(path: &Path, digest: &Digest) -> Result<bool> {
-    let p = path.to_path_buf();
-    let found = tokio::task::spawn_blocking(move || Digest::of_file(&p))
-        .await
-        .map_err(|e| Error::Internal(format!("image verification panicked: {e}")))?
-        .map_err(Error::io("read", path))?;
-    Ok(found == *digest)
-}
-
-/// Marks the image used now (its mtime orders eviction).
-fn touch(path: &Path) {
-    let now = std::time::SystemTime::now();
-    if let Err(e) = std::fs::File::options()
-        .append(true)
-        .open(path)
-        .and_then(|f| f.set_modified(now))
-    {
-        tracing::debug!(path = %path.display(), error = %e, "cannot mark an image used");
-    }
+    /// The later of the image's mtime (its download) and its marker's (its last use).
+    last_used: std::time::SystemTime,
 }
 
 #[cfg(test)]

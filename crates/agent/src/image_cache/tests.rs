@@ -6,6 +6,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use nimbus_image::Sha256Writer;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::AtomicUsize;
 
 #[derive(Clone, Default)]
@@ -229,4 +230,49 @@ async fn eviction_drops_the_least_recently_used_image_no_vm_uses() {
         [b.digest.clone(), c3.digest.clone()].into(),
         "a, no longer used, went"
     );
+}
+
+/// A cached image is hashed again until its file has settled, then used without a hash while
+/// the file is untouched; a change, even one that sets the mtime back, is hashed and repaired.
+#[tokio::test]
+async fn an_untouched_cached_image_is_used_without_hashing_it_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let served = Served::default();
+    let bytes = disk(256, 9);
+    let blob = publish(&served, &bytes);
+    let c = cache(tmp.path(), &served, 1 << 30).await;
+    let none = HashSet::new();
+    let path = c.ensure(&blob, &none).await.expect("download").path.clone();
+    assert_eq!(c.hashes(), 0, "the download hashed the bytes on the way");
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o444, "cached images are read-only");
+
+    // Just written: too fresh for its times to prove anything, so hashed at each use.
+    c.ensure(&blob, &none).await.expect("fresh");
+    assert_eq!(c.hashes(), 1);
+    tokio::time::sleep(verified::SETTLED + std::time::Duration::from_millis(100)).await;
+    c.ensure(&blob, &none).await.expect("settled");
+    assert_eq!(c.hashes(), 2, "hashed once more, and remembered");
+    for _ in 0..3 {
+        c.ensure(&blob, &none).await.expect("cached");
+    }
+    assert_eq!(c.hashes(), 2, "untouched: no hash");
+    assert_eq!(served.requests.load(Ordering::SeqCst), 1);
+
+    // One byte changed, the mtime set back: the change time still tells.
+    let mtime = std::fs::metadata(&path)
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    let mut damaged = bytes.clone();
+    damaged[1000] ^= 0xff;
+    std::fs::write(&path, &damaged).expect("damage");
+    std::fs::File::open(&path)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("mtime back");
+    let lease = c.ensure(&blob, &none).await.expect("repair");
+    assert_eq!(std::fs::read(&lease.path).expect("read"), bytes);
+    assert_eq!(c.hashes(), 3);
+    let report = c.report(&none);
+    assert_eq!((report.downloads, report.repairs), (2, 1));
 }

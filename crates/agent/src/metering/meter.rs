@@ -192,29 +192,29 @@ mod tests {
         })
     }
 
+    /// What `m` emits seeing the VM running as pid 7, read at `at_ms` (also now) with those
+    /// counters.
+    fn running(
+        m: &mut MeterState,
+        at_ms: u64,
+        cpu_ns: u64,
+        rx: u64,
+        occasion: Occasion,
+    ) -> Vec<UsageSample> {
+        m.observe(
+            &vm(true, Some(7)),
+            reading(at_ms, cpu_ns, rx),
+            at_ms,
+            occasion,
+        )
+    }
+
     #[test]
     fn opens_samples_cumulatively_and_closes_at_exit() {
         let mut m = MeterState::default();
-        assert!(m
-            .observe(
-                &vm(true, Some(7)),
-                reading(1_200, 500, 100),
-                1_200,
-                Occasion::Change
-            )
-            .is_empty());
-        let s0 = m.observe(
-            &vm(true, Some(7)),
-            reading(11_000, 900, 150),
-            11_000,
-            Occasion::Tick,
-        );
-        let s1 = m.observe(
-            &vm(true, Some(7)),
-            reading(21_000, 1_500, 400),
-            21_000,
-            Occasion::Tick,
-        );
+        assert!(running(&mut m, 1_200, 500, 100, Occasion::Change).is_empty());
+        let s0 = running(&mut m, 11_000, 900, 150, Occasion::Tick);
+        let s1 = running(&mut m, 21_000, 1_500, 400, Occasion::Tick);
         assert_eq!((s0[0].seq, s1[0].seq), (0, 1));
         assert_eq!(s0[0].running_ms, 10_000, "counted from the run start");
         assert_eq!(s1[0].running_ms, 20_000);
@@ -238,18 +238,8 @@ mod tests {
     #[test]
     fn a_migration_away_closes_at_the_stop_event_and_a_new_process_opens_a_new_meter() {
         let mut m = MeterState::default();
-        m.observe(
-            &vm(true, Some(7)),
-            reading(1_000, 0, 0),
-            1_000,
-            Occasion::Change,
-        );
-        m.observe(
-            &vm(true, Some(7)),
-            reading(5_000, 10, 0),
-            5_000,
-            Occasion::Tick,
-        );
+        running(&mut m, 1_000, 0, 0, Occasion::Change);
+        running(&mut m, 5_000, 10, 0, Occasion::Tick);
         let mut paused = vm(false, Some(7));
         paused.run_ended_ms = Some(8_000);
         let end = m.observe(&paused, reading(9_000, 30, 0), 9_000, Occasion::Change);
@@ -266,48 +256,16 @@ mod tests {
     #[test]
     fn after_an_agent_restart_a_gone_process_closes_at_its_last_sample() {
         let mut m = MeterState::default();
-        m.observe(
-            &vm(true, Some(7)),
-            reading(1_000, 0, 0),
-            1_000,
-            Occasion::Change,
-        );
-        m.observe(
-            &vm(true, Some(7)),
-            reading(6_000, 10, 0),
-            6_000,
-            Occasion::Tick,
-        );
+        running(&mut m, 1_000, 0, 0, Occasion::Change);
+        running(&mut m, 6_000, 10, 0, Occasion::Tick);
         let end = m.observe(&vm(false, None), None, 60_000, Occasion::Resume);
         assert_eq!((end[0].sampled_unix_ms, end[0].running_ms), (6_000, 5_000));
         // The same process still running after a restart continues the sequence.
         let mut m2 = MeterState::default();
-        m2.observe(
-            &vm(true, Some(7)),
-            reading(1_000, 0, 0),
-            1_000,
-            Occasion::Change,
-        );
-        m2.observe(
-            &vm(true, Some(7)),
-            reading(2_000, 0, 0),
-            2_000,
-            Occasion::Tick,
-        );
-        assert!(m2
-            .observe(
-                &vm(true, Some(7)),
-                reading(30_000, 0, 0),
-                30_000,
-                Occasion::Resume
-            )
-            .is_empty());
-        let s = m2.observe(
-            &vm(true, Some(7)),
-            reading(31_000, 0, 0),
-            31_000,
-            Occasion::Tick,
-        );
+        running(&mut m2, 1_000, 0, 0, Occasion::Change);
+        running(&mut m2, 2_000, 0, 0, Occasion::Tick);
+        assert!(running(&mut m2, 30_000, 0, 0, Occasion::Resume).is_empty());
+        let s = running(&mut m2, 31_000, 0, 0, Occasion::Tick);
         assert_eq!(
             (s[0].seq, s[0].running_ms),
             (1, 30_000),
@@ -318,22 +276,12 @@ mod tests {
     #[test]
     fn a_reopened_meter_never_starts_before_the_last_one_closed() {
         let mut m = MeterState::default();
-        m.observe(
-            &vm(true, Some(7)),
-            reading(1_000, 0, 0),
-            1_000,
-            Occasion::Change,
-        );
+        running(&mut m, 1_000, 0, 0, Occasion::Change);
         let mut paused = vm(false, Some(7));
         paused.run_ended_ms = Some(9_000);
         m.observe(&paused, reading(9_500, 0, 0), 9_500, Occasion::Change);
         // The migration is undone: the same QEMU runs again; its last RESUME is from 1 s.
-        m.observe(
-            &vm(true, Some(7)),
-            reading(12_000, 0, 0),
-            12_000,
-            Occasion::Change,
-        );
+        running(&mut m, 12_000, 0, 0, Occasion::Change);
         assert_eq!(m.open.as_ref().map(|o| o.started_ms), Some(12_000));
     }
 

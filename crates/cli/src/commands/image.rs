@@ -4,7 +4,7 @@ use crate::args::{Connection, ImageCmd, Output};
 use crate::{context, output};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use nimbus_api::{ImageView, ImportImage, UploadImage};
+use nimbus_api::{ImageView, ImportImage, UploadCheck, UploadImage};
 use nimbus_client::Client;
 use nimbus_image::Digest;
 use std::path::Path;
@@ -146,7 +146,9 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Hashes the file (shown), streams it, and checks the controller stored those bytes.
+/// Asks the controller whether it would take the upload (its reason if not, before any
+/// hashing or sending), hashes the file (shown), streams it, and checks the controller
+/// stored those bytes.
 async fn upload(
     client: &Client,
     name: &str,
@@ -156,6 +158,11 @@ async fn upload(
     let len = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
+    let check = UploadCheck {
+        size_bytes: len,
+        public: q.public,
+    };
+    client.check_image_upload(name, &check).await?;
     let path = file.to_path_buf();
     let hashing = bar(len, "sha256");
     let digest = {

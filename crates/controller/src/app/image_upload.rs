@@ -6,7 +6,7 @@ use crate::app::image_blobs::{Incoming, ReceiveError};
 use crate::app::{App, AppError, Caller};
 use bytes::Bytes;
 use futures::Stream;
-use nimbus_api::{validate_name, ErrorCode, ImageView, UploadImage};
+use nimbus_api::{validate_name, ErrorCode, ImageView, UploadCheck, UploadImage};
 use nimbus_image::{Digest, FormatError};
 use nimbus_store::NewImage;
 
@@ -52,7 +52,7 @@ impl App {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let expected = self.admit_upload(caller, name, q, length).await?;
+        let expected = self.admit_upload(caller, name, q.public, length).await?;
         let want: Option<Digest> = q
             .sha256
             .as_deref()
@@ -118,17 +118,31 @@ impl App {
         Ok(image)
     }
 
+    /// Whether an upload of `check.size_bytes` bytes as image `name` would be admitted now:
+    /// what [`App::upload_image`] checks before it reads a byte, asked before the client
+    /// sends any (the upload checks it all again).
+    pub async fn check_upload(
+        &self,
+        caller: &Caller,
+        name: &str,
+        check: &UploadCheck,
+    ) -> Result<(), AppError> {
+        self.admit_upload(caller, name, check.public, Some(check.size_bytes))
+            .await
+            .map(|_| ())
+    }
+
     /// Checks everything that can be checked before a byte is received; returns the number
     /// of bytes to receive.
     async fn admit_upload(
         &self,
         caller: &Caller,
         name: &str,
-        q: &UploadImage,
+        public: bool,
         length: Option<u64>,
     ) -> Result<u64, AppError> {
         caller.require_write()?;
-        if q.public {
+        if public {
             caller.require_admin().map_err(|_| {
                 AppError::new(
                     ErrorCode::Forbidden,
@@ -148,7 +162,7 @@ impl App {
             ));
         }
         self.store()
-            .check_image_name_free(&caller.project, name, q.public)
+            .check_image_name_free(&caller.project, name, public)
             .await?;
         self.store()
             .check_image_quota(&caller.project, length)

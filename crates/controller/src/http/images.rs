@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use futures::StreamExt;
 use nimbus_api::{
-    CreateImageFromInstance, ErrorBody, ImageView, ImportImage, PageParams, UploadImage,
+    CreateImageFromInstance, ErrorBody, ImageView, ImportImage, PageParams, UploadCheck,
+    UploadImage,
 };
 use std::time::Duration;
 
@@ -71,6 +72,28 @@ pub async fn upload(
             Err(e.into())
         }
     }
+}
+
+/// Answers whether an upload of that many bytes as this image would be admitted now (the
+/// caller may write, `public` only for admins, the name is valid and free, the size within
+/// bounds, the project's image quota has room), with the error the upload would give.
+/// Clients ask first: a refused upload's answer may come while they still send, and one
+/// that reads it only after sending sees a broken connection. The upload checks it all
+/// again.
+#[utoipa::path(post, path = "/v1/images/{image}/upload-check", tag = "images",
+    params(("image" = String, Path, description = "name of the new image")),
+    request_body = UploadCheck,
+    responses((status = 204, description = "An upload would be admitted now."),
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn upload_check(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(check): ApiJson<UploadCheck>,
+) -> Result<StatusCode, ApiError> {
+    app.check_upload(&caller, &name, &check).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Most of a refused upload's body read and dropped before the refusal is sent.

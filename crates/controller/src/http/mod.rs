@@ -120,6 +120,7 @@ pub fn router(app: App) -> Router {
         .route("/images", get(images::list).post(images::import))
         .route("/images/{image}", get(images::show).delete(images::delete))
         .route("/images/{image}/upload", post(images::upload))
+        .route("/images/{image}/upload-check", post(images::upload_check))
         .route("/images/{image}/from-instance", post(images::from_instance))
         .route("/keypairs", get(keypairs::list).post(keypairs::create))
         .route(
