@@ -9,7 +9,8 @@
 //! ga reaches a server in the root namespace, masqueraded to the host's address; it reaches
 //! neither B's router (whose address the host routes) nor a server of the host itself. A
 //! floating IP on the root namespace's subnet reaches ga from the root namespace, with the
-//! client's own address, and stops when the controller sends it no more. Each network's DNS
+//! client's own address, and stops when the controller sends it no more; a connection
+//! through it ends when the address moves to another guest. Each network's DNS
 //! server answers its own names to its own guests only. Root only; no guest
 //! boots, so this runs in seconds (the same with real guests: `crates/cli/tests/gateway.rs`).
 
@@ -117,6 +118,31 @@ fn pings(ns: &str, ip: &str) -> bool {
         .expect("ping")
         .status
         .success()
+}
+
+/// A server on `addr` in namespace `ns` that passes on each line of its first connection
+/// (for 10 s at most).
+fn serve_lines(ns: &str, addr: SocketAddr) -> std::sync::mpsc::Receiver<String> {
+    let (up, is_up) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    drop(in_netns(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        up.send(()).expect("ready");
+        let Ok((conn, _)) = listener.accept() else {
+            return;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+        for line in std::io::BufRead::lines(std::io::BufReader::new(conn)) {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    }));
+    is_up
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server up");
+    rx
 }
 
 /// The DNS answer (response code and addresses) of the server at `server` to a query for the
@@ -393,6 +419,30 @@ async fn gateways_go_out_only_and_floating_ips_come_in() {
     let outside2 = SocketAddr::new(t.root_ip(), 4799);
     serve(None, outside2, 1);
     assert_eq!(answer(Some(&ga), outside2), Some(floating.to_string()));
+    // The address moved to another guest of the network (the controller translates it to
+    // 10.40.0.11 now): a connection the router tracked for ga carries nothing more to ga.
+    let lines = serve_lines(&ga, "10.40.0.10:4801".parse().expect("addr"));
+    let through = SocketAddr::new(floating.into(), 4801);
+    let mut conn = TcpStream::connect_timeout(&through, Duration::from_secs(2)).expect("connect");
+    conn.write_all(b"one\n").expect("send");
+    let first = lines.recv_timeout(Duration::from_secs(2)).ok();
+    assert_eq!(first.as_deref(), Some("one"));
+    let moved = FloatingNat {
+        vni: VNI_A,
+        floating: floating.to_string(),
+        private: "10.40.0.11".into(),
+    };
+    let vms = [(VNI_A, &va), (VNI_B, &vb)];
+    host.apply_firewall(&firewall(&vms, vec![moved]))
+        .await
+        .expect("moved");
+    conn.write_all(b"two\n").expect("send");
+    assert!(
+        lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        "ga still gets the traffic of {floating}, now another guest's"
+    );
+    drop(conn);
+    host.apply_firewall(&fw).await.expect("back to ga");
     // A restarted agent (a new HostNetwork adopting the VMs) changes nothing that runs, also
     // before the controller sends it the floating IPs again.
     let host = HostNetwork::new(Shell::in_netns(t.host_ns(1)), Some(host_ip));

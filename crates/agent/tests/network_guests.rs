@@ -12,99 +12,17 @@
 mod common;
 mod netns;
 
-use common::{wait_for, QemuReaper, TOKEN};
-use netns::{in_netns, Topology};
+use common::{wait_for, QemuReaper};
+use netns::agent::{stand_in_controller, HostAgent};
+use netns::Topology;
 use nimbus_agent::network::{link, tap, vxlan, Shell};
-use nimbus_agent::{AgentConfig, ImageManifest};
-use nimbus_agent_api::{
-    Accelerator, AgentClient, DiskSpec, ExecRequest, NetworkConfig, NicSpec, RegisterResponse,
-    VmSpec,
-};
+use nimbus_agent::ImageManifest;
+use nimbus_agent_api::{AgentClient, DiskSpec, ExecRequest, NetworkConfig, NicSpec, VmSpec};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
-
-/// An agent running in a host namespace, on a runtime of its own.
-struct HostAgent {
-    client: AgentClient,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl HostAgent {
-    fn start(t: &Topology, i: u8, state_dir: PathBuf, controller: &str) -> Self {
-        let ip = t.host_ip(i);
-        let url = format!("http://{ip}:7701");
-        let config = AgentConfig {
-            name: format!("host{i}"),
-            listen: SocketAddr::new(ip, 7701),
-            advertise_url: url.clone(),
-            controller_url: Some(controller.to_string()),
-            controller_tls: None,
-            token: Some(TOKEN.into()),
-            tls: None,
-            state_dir,
-            shared_storage: None,
-            accelerator: Some(Accelerator::Tcg),
-            probe_image: None,
-            probe_cache: None,
-            overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
-            metering: Default::default(),
-            image_cache_gib: 20,
-            migration_tls: nimbus_agent::MigrationTls::insecure(None),
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = in_netns(&t.host_ns(i), move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(nimbus_agent::run(config, async {
-                let _ = stopped.await;
-            }))
-        });
-        Self {
-            client: AgentClient::new(&url, TOKEN),
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let ran = tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .expect("join");
-            ran.expect("agent thread").expect("agent ran");
-        }
-    }
-}
-
-/// Answers every registration with the cloud network: VNI `vni`, every host a peer.
-async fn stand_in_controller(bind: SocketAddr, network: NetworkConfig) -> String {
-    let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = axum::Router::new().route(
-        "/v1/internal/hosts/register",
-        axum::routing::post(move || {
-            let answer = RegisterResponse {
-                network: Some(network.clone()),
-            };
-            async move { axum::Json(answer) }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
-}
 
 async fn exec(c: &AgentClient, id: Uuid, command: &str) -> (i32, String) {
     let req = ExecRequest {

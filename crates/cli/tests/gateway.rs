@@ -21,20 +21,26 @@
 //! projects with the same address); another guest can use neither the first one's token nor
 //! its address (port security drops the forged source at the tap); the agent's port is not
 //! reachable there; `public-ipv4` is the floating IP, on the new host after a migration too.
+//!
+//! The hosts, read as an operator would (`gateway/hosts.rs`): both agents killed with -9 and
+//! restarted change nothing of their networks; once the guests and a network are deleted,
+//! nothing on either host names them.
 
 #[path = "gateway/floating.rs"]
 mod floating;
 #[path = "gateway/follow.rs"]
 mod follow;
+#[path = "gateway/hosts.rs"]
+mod hosts;
 #[path = "gateway/metadata.rs"]
 mod metadata;
 
 use floating::*;
-use nimbus_api::{FloatingIpView, InstanceView, NetworkView};
+use nimbus_api::{InstanceView, NetworkView};
 use nimbus_client::Client;
 use nimbus_test_utils::guest::*;
 use nimbus_test_utils::{routers, Cloud, CloudOptions};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -274,9 +280,23 @@ async fn gateways_end_to_end() {
 
     let a3 = instance(&acme, "a3").await;
     metadata_service(&cloud, &acme, &globex, [&a1, &a3, &g1]).await;
-    floating_ips(&cloud, &acme_token, &globex_token, &acme).await;
+    let (fip, pong) = floating_ips(&cloud, &acme_token, &globex_token, &acme).await;
+    let guests = [(&acme, "a1"), (&acme, "a2"), (&globex, "g1"), (&acme, "a3")];
+    let restarts = Instant::now();
+    hosts::agent_restarts_change_nothing(&cloud, &guests, &acme_token, pong).await;
+    eprintln!("agent restarts: {:.0} s", restarts.elapsed().as_secs_f64());
+    cli_ok_as(&cloud, &acme_token, &["ip", "detach", &fip]);
+    cli_ok_as(&cloud, &acme_token, &["ip", "release", &fip]);
 
-    // The routers go with the last guest of their network.
+    // The routers go with the last guest of their network, and nothing else of the guests,
+    // their networks (backend deleted too) or the released floating IP stays on the hosts.
+    let mut traces = vec![fip];
+    for (client, name) in guests {
+        traces.extend(hosts::traces_of(&instance(client, name).await));
+    }
+    for vni in [acme_default, backend, globex_default] {
+        traces.extend(hosts::traces_of_network(vni));
+    }
     for (token, name) in [
         (&acme_token, "a1"),
         (&acme_token, "a2"),
@@ -289,6 +309,8 @@ async fn gateways_end_to_end() {
         let ns = cloud.host_netns(host).expect("netns");
         assert!(routers(&ns).is_empty(), "{ns}: {:?}", routers(&ns));
     }
+    cli_ok_as(&cloud, &acme_token, &["network", "delete", "backend"]);
+    hosts::nothing_left(&cloud, &traces).await;
     eprintln!(
         "gateways_end_to_end: {:.0} s",
         started.elapsed().as_secs_f64()
@@ -380,155 +402,4 @@ async fn metadata_service(
         "a1 reached port {AGENT_PORT} at 169.254.169.254"
     );
     eprintln!("metadata steps: {:.0} s", started.elapsed().as_secs_f64());
-}
-
-/// Floating IPs: acme's a1 reachable from the root namespace at its floating IP (across
-/// detach, attach and a live migration), bad requests refused.
-async fn floating_ips(cloud: &Cloud, acme_token: &str, globex_token: &str, acme: &Client) {
-    let ip: FloatingIpView = json(&cli_ok_as(
-        cloud,
-        acme_token,
-        &["ip", "allocate", "-o", "json"],
-    ));
-    let fip: Ipv4Addr = ip.address.parse().expect("an IPv4 address");
-    cli_ok_as(cloud, acme_token, &["ip", "attach", &ip.address, "a1"]);
-    let shown = instance(acme, "a1").await;
-    assert_eq!(shown.floating_ip.as_deref(), Some(ip.address.as_str()));
-    let table = cli_ok_as(cloud, acme_token, &["instance", "show", "a1"]);
-    assert!(table.contains(&ip.address), "{table}");
-    // Open to the outside on two ports (the default group admits only its members).
-    for port in ["8080", "9000"] {
-        cli_ok_as(
-            cloud,
-            acme_token,
-            &[
-                "secgroup",
-                "rule",
-                "add",
-                "default",
-                "--ingress",
-                "--proto",
-                "tcp",
-                "--port",
-                port,
-                "--cidr",
-                "0.0.0.0/0",
-            ],
-        );
-    }
-    serve_pong(acme, "a1", 8080).await;
-    let pong = SocketAddr::from((fip, 8080));
-    assert!(
-        greeting_becomes(pong, Some("pong")).await,
-        "a1 not reachable at {fip}"
-    );
-    // The same push from the controller gave the host the address for the metadata service.
-    let public = metadata::read(acme, "a1", "public-ipv4").await;
-    assert_eq!((public.status, public.body), (200, ip.address.clone()));
-
-    // Bad requests: attached elsewhere, another project's address, release while attached,
-    // over the quota.
-    let err = cli_err_as(cloud, acme_token, &["ip", "attach", &ip.address, "a3"]);
-    assert!(err.contains("attached to instance \"a1\""), "{err}");
-    let err = cli_err_as(cloud, globex_token, &["ip", "attach", &ip.address, "g1"]);
-    assert!(err.contains("not found"), "{err}");
-    let err = cli_err_as(cloud, globex_token, &["ip", "release", &ip.address]);
-    assert!(err.contains("not found"), "{err}");
-    let err = cli_err_as(cloud, acme_token, &["ip", "release", &ip.address]);
-    assert!(err.contains("detach it first"), "{err}");
-    cli_ok(cloud, &["quota", "set", "globex", "--floating-ips", "0"]);
-    let err = cli_err_as(cloud, globex_token, &["ip", "allocate"]);
-    assert!(err.contains("floating_ips quota 0"), "{err}");
-
-    // Detach: unreachable; attach again: reachable.
-    cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
-    assert!(
-        greeting_becomes(pong, None).await,
-        "{fip} still answers after detach"
-    );
-    let listed: Vec<FloatingIpView> =
-        json(&cli_ok_as(cloud, acme_token, &["ip", "list", "-o", "json"]));
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].instance, None);
-    cli_ok_as(cloud, acme_token, &["ip", "attach", &ip.address, "a1"]);
-    assert!(
-        greeting_becomes(pong, Some("pong")).await,
-        "{fip} not back after attach"
-    );
-
-    // Connections through the floating IP (from here) and the private IP (from a3) stay
-    // open across a live migration of a1.
-    let a1_ip = addr(&instance(acme, "a1").await);
-    serve_sink(acme, "a1", 9000).await;
-    serve_sink(acme, "a1", 9001).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut outside = open(SocketAddr::from((fip, 9000)));
-    send(&mut outside, "before");
-    open_from_guest(acme, "a3", &a1_ip, 9001, "before").await;
-    let old_host = instance(acme, "a1").await.host.expect("placed");
-    cli_ok(
-        cloud,
-        &["instance", "migrate", "a1", "--project", "acme", "--wait"],
-    );
-    let new_host = instance(acme, "a1").await.host.expect("placed");
-    assert_ne!(new_host, old_host, "a1 moved");
-    send(&mut outside, "after");
-    send_from_guest(acme, "a3", 9001, "after").await;
-    let mut both = false;
-    for _ in 0..20 {
-        let (f, p) = (
-            received(acme, "a1", 9000).await,
-            received(acme, "a1", 9001).await,
-        );
-        if f.contains("before\nafter") && p.contains("before\nafter") {
-            both = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        both,
-        "a connection broke across the migration: floating {:?}, private {:?}",
-        received(acme, "a1", 9000).await,
-        received(acme, "a1", 9001).await
-    );
-    assert!(
-        greeting_becomes(pong, Some("pong")).await,
-        "new connections after the move"
-    );
-    // The metadata followed a1 to its new host.
-    for (key, want) in [
-        ("instance-id", shown.id.to_string()),
-        ("public-ipv4", ip.address.clone()),
-    ] {
-        let got = metadata::read(acme, "a1", key).await;
-        assert_eq!((got.status, got.body), (200, want), "{key} on {new_host}");
-    }
-    // Nothing of a1 is left on its old host: no tap, no floating route.
-    let old: usize = old_host.trim_start_matches("host").parse().expect("index");
-    let old_ns = cloud.host_netns(old).expect("netns");
-    let links = Command::new("ip")
-        .args(["-n", &old_ns, "-o", "link"])
-        .output()
-        .expect("ip");
-    let tap = format!("nt{}", &shown.id.simple().to_string()[..10]);
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(&tap),
-        "{tap} left on {old_host}"
-    );
-    assert!(
-        !routes_floating(&old_ns, fip),
-        "{fip} still routed on {old_host}"
-    );
-    drop(outside);
-    let follow_started = Instant::now();
-    follow::dhcp_renewal_keeps_the_address(acme, "a1", &a1_ip).await;
-    let renewed = follow_started.elapsed().as_secs_f64();
-    follow::floating_ip_survives_drain_and_restore(cloud, acme_token, acme, fip).await;
-    eprintln!(
-        "follow the VM: DHCP renewal {renewed:.1} s, drain and restore {:.0} s",
-        follow_started.elapsed().as_secs_f64() - renewed
-    );
-    cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
-    cli_ok_as(cloud, acme_token, &["ip", "release", &ip.address]);
 }

@@ -1,7 +1,8 @@
 //! Tenant networks at the API edge, without agents: validation of CIDRs and addresses,
 //! overlap inside a project and across projects, 404 across projects, NICs of instance
-//! creates (`networks`, `ip`), deletes refused while in use. Creates are accepted and
-//! recorded; no VM boots (no agent answers).
+//! creates (`networks`, `ip`), deletes refused while in use, the bounds on networks per
+//! project and NICs per instance. Creates are accepted and recorded; no VM boots (no agent
+//! answers).
 
 mod common;
 
@@ -302,6 +303,50 @@ async fn instances_get_one_nic_per_network_and_hold_their_addresses() {
         None,
         S::NOT_FOUND,
         None,
+    )
+    .await;
+}
+
+/// What a tenant creates is bounded where every host or the cloud's VNI space pays for it:
+/// at most 100 networks per project (its default one included) and 8 NICs per instance.
+/// Past the bound a clear refusal that changes nothing.
+#[tokio::test]
+async fn networks_and_nics_are_bounded() {
+    let f = setup().await;
+    let acme = member(&f, "acme", "member").await;
+    use StatusCode as S;
+    for i in 1..100 {
+        create_net(&f, &acme, &format!("n{i}"), &format!("10.{i}.0.0/16")).await;
+    }
+    let body = net("one-more", "172.16.0.0/16");
+    let conflict = Some(ErrorCode::Conflict);
+    let uri = "/v1/networks";
+    let b = expect(&f, &acme, "POST", uri, Some(&body), S::CONFLICT, conflict).await;
+    assert!(
+        b.contains("100 networks, the most a project may have"),
+        "{b}"
+    );
+    let not_found = Some(ErrorCode::NotFound);
+    let one_more = "/v1/networks/one-more";
+    expect(&f, &acme, "GET", one_more, None, S::NOT_FOUND, not_found).await;
+
+    let nets: Vec<String> = (1..=9).map(|i| format!(r#""n{i}""#)).collect();
+    let body = format!(
+        r#"{{"name":"wide","flavor":"tiny","image":"img","networks":[{}]}}"#,
+        nets.join(",")
+    );
+    let bad = Some(ErrorCode::BadRequest);
+    let uri = "/v1/instances";
+    let b = expect(&f, &acme, "POST", uri, Some(&body), S::BAD_REQUEST, bad).await;
+    assert!(b.contains("at most 8 NICs"), "{b}");
+    expect(
+        &f,
+        &acme,
+        "GET",
+        "/v1/instances/wide",
+        None,
+        S::NOT_FOUND,
+        not_found,
     )
     .await;
 }

@@ -1,7 +1,8 @@
 //! Security groups at the API edge, without agents: validation of rules (protocols, ports,
 //! CIDRs, one remote), 404 across projects (a rule naming another project's group, another
 //! project's group or instance), the `default` group of instances created without
-//! `secgroups`, `PUT /v1/instances/{i}/secgroups`, deletes refused while in use.
+//! `secgroups`, `PUT /v1/instances/{i}/secgroups`, deletes refused while in use, the bounds on
+//! rules per group and groups per instance.
 
 mod common;
 
@@ -429,4 +430,86 @@ async fn a_hosts_firewall_has_its_ports_and_the_members_their_rules_name() {
     assert_ne!(default.vni, web.vni);
     let host2 = f.app.host_firewall("host2").await.expect("firewall");
     assert_eq!(host2.ports.len(), 1);
+}
+
+/// A group holds at most 100 rules (each is compiled into the chain of every port of the
+/// group on every host) and an instance is in at most 5 groups: past the bound a clear
+/// refusal that changes nothing.
+#[tokio::test]
+async fn rules_and_groups_of_an_instance_are_bounded() {
+    let f = setup().await;
+    let acme = member(&f, "acme", "member").await;
+    for g in ["web", "g2", "g3", "g4", "g5", "g6"] {
+        let body = format!(r#"{{"name":"{g}"}}"#);
+        expect(
+            &f,
+            &acme,
+            "POST",
+            "/v1/secgroups",
+            Some(&body),
+            S::CREATED,
+            None,
+        )
+        .await;
+    }
+    // A new group has its egress rule: 99 more make 100.
+    let rules = "/v1/secgroups/web/rules";
+    for port in 1..100 {
+        let r = rule(
+            "ingress",
+            "tcp",
+            &format!(r#","port_min":{port},"cidr":"0.0.0.0/0""#),
+        );
+        expect(&f, &acme, "POST", rules, Some(&r), S::CREATED, None).await;
+    }
+    let r = rule("ingress", "tcp", r#","port_min":100,"cidr":"0.0.0.0/0""#);
+    let conflict = Some(ErrorCode::Conflict);
+    let b = expect(&f, &acme, "POST", rules, Some(&r), S::CONFLICT, conflict).await;
+    assert!(b.contains("100 rules, the most a group may have"), "{b}");
+    let b = expect(&f, &acme, "GET", "/v1/secgroups/web", None, S::OK, None).await;
+    let web: SecurityGroupView = serde_json::from_str(&b).expect("web");
+    assert_eq!(web.rules.len(), 100);
+
+    let six = r#""web","g2","g3","g4","g5","g6""#;
+    let body = format!(r#"{{"name":"many","flavor":"tiny","image":"img","secgroups":[{six}]}}"#);
+    let bad = Some(ErrorCode::BadRequest);
+    let b = expect(
+        &f,
+        &acme,
+        "POST",
+        "/v1/instances",
+        Some(&body),
+        S::BAD_REQUEST,
+        bad,
+    )
+    .await;
+    assert!(b.contains("at most 5 security groups"), "{b}");
+    let not_found = Some(ErrorCode::NotFound);
+    expect(
+        &f,
+        &acme,
+        "GET",
+        "/v1/instances/many",
+        None,
+        S::NOT_FOUND,
+        not_found,
+    )
+    .await;
+    let body = r#"{"name":"few","flavor":"tiny","image":"img"}"#;
+    expect(
+        &f,
+        &acme,
+        "POST",
+        "/v1/instances",
+        Some(body),
+        S::ACCEPTED,
+        None,
+    )
+    .await;
+    let set = "/v1/instances/few/secgroups";
+    let body = format!(r#"{{"secgroups":[{six}]}}"#);
+    expect(&f, &acme, "PUT", set, Some(&body), S::BAD_REQUEST, bad).await;
+    let b = expect(&f, &acme, "GET", "/v1/secgroups/default", None, S::OK, None).await;
+    let default: SecurityGroupView = serde_json::from_str(&b).expect("default");
+    assert_eq!(default.members, 1, "few stays in default");
 }

@@ -19,6 +19,10 @@ pub const FIRST_VNI: u32 = 4201;
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Attempts at a VNI when concurrent creates take the same one.
 const VNI_ATTEMPTS: usize = 5;
+/// The most networks a project may have, its `default` one included: each takes a VNI of
+/// the cloud's 24-bit space, and a segment, router and servers on every host with one of its
+/// ports, so no tenant may create them without bound.
+pub const MAX_NETWORKS_PER_PROJECT: usize = 100;
 
 /// A network row, with the number of ports on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +106,13 @@ impl Store {
                         new.cidr
                     )));
                 }
+            }
+            if existing.len() >= MAX_NETWORKS_PER_PROJECT {
+                return Err(StoreError::Conflict(format!(
+                    "project {project:?} has {} networks, the most a project may have; \
+                     delete one it no longer uses first",
+                    existing.len()
+                )));
             }
             let vni = next_vni(&mut tx).await?;
             match insert_network(&mut tx, project, new, vni).await {

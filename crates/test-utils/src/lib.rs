@@ -12,6 +12,7 @@ pub mod controllers;
 pub mod damage;
 pub mod disks;
 pub mod guest;
+pub mod hostnet;
 mod link;
 pub mod logs;
 mod netclient;

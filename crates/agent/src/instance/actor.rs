@@ -141,6 +141,7 @@ impl Actor {
     async fn run(mut self, adopt: Option<QemuProcess>, ready: oneshot::Sender<()>) {
         if let Some(qemu) = adopt {
             self.attach(qemu, None, false).await;
+            self.adopt_ports().await;
         }
         self.reconcile_migration().await;
         let _ = ready.send(());

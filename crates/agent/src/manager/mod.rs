@@ -82,14 +82,7 @@ impl Manager {
                 continue;
             };
             match manager.load_one(id) {
-                Ok(Some((ready, adopted))) => {
-                    attached.push(ready);
-                    if let Some(spec) = adopted {
-                        if let Err(e) = manager.network.protect(&spec).await {
-                            tracing::warn!(instance_id = %id, error = %e, "cannot re-apply port security; the VM's ports send nothing until it is relaunched");
-                        }
-                    }
-                }
+                Ok(Some(ready)) => attached.push(ready),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(instance_id = %id, error = %e.chain(), "cannot load VM; skipped")
@@ -108,12 +101,9 @@ impl Manager {
         Ok(manager)
     }
 
-    /// Loads one VM; answers its actor's readiness, and its spec when its QEMU was adopted.
-    #[allow(clippy::type_complexity)]
-    fn load_one(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<(tokio::sync::oneshot::Receiver<()>, Option<VmSpec>)>> {
+    /// Loads one VM; answers its actor's readiness (its actor re-applies the ports of a QEMU
+    /// it adopts, knowing whether the guest runs here).
+    fn load_one(&self, id: Uuid) -> Result<Option<tokio::sync::oneshot::Receiver<()>>> {
         let dir = VmDir::new(self.vms_dir.join(id.to_string()));
         let Some(spec) = dir.read_spec()? else {
             tracing::info!(instance_id = %id, "VM directory without spec.json (define did not complete)");
@@ -134,7 +124,6 @@ impl Manager {
                 dir.write_state(&status)?;
             }
         }
-        let adopted = adopt.as_ref().map(|_| spec.clone());
         let (handle, ready) = VmHandle::spawn(ActorSetup {
             id,
             spec,
@@ -146,7 +135,7 @@ impl Manager {
             migration_tls: self.migration_tls.clone(),
         });
         self.lock().insert(id, handle);
-        Ok(Some((ready, adopted)))
+        Ok(Some(ready))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<VmHandle>>> {

@@ -27,7 +27,7 @@
 
 use super::command::Shell;
 use super::error::NetError;
-use super::port_security::{apply, field, matches};
+use super::port_security::{apply, field, list_json, matches};
 use super::router::{GATEWAY_MAC, TRANSIT_BASE, TRANSIT_PREFIX, UPLINK_PREFIX};
 use super::segment::VXLAN_PREFIX;
 use serde_json::{json, Value};
@@ -197,6 +197,31 @@ pub fn local_gateways() -> Vec<Value> {
         }
     }
     replace("bridge", BRIDGE_TABLE, body)
+}
+
+/// The protections in force now (what a previous run of the agent left): the hosts and
+/// floating IPs of their sets; empty without the table. A restarted agent keeps them until
+/// the controller tells it again, so that no restart opens a path a router must not have.
+pub async fn in_force(shell: &Shell) -> Result<Protected, NetError> {
+    let mut kept = Protected::default();
+    for name in [HOSTS_SET, FLOATING_SET] {
+        let listing = list_json(shell, &["set", "ip", TABLE, name]).await?;
+        let sets = listing.as_ref().and_then(|l| l["nftables"].as_array());
+        let addrs = sets
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["set"]["elem"].as_array())
+            .flatten()
+            .filter_map(|e| e.as_str()?.parse::<Ipv4Addr>().ok());
+        for addr in addrs {
+            if name == HOSTS_SET {
+                kept.hosts.insert(IpAddr::V4(addr));
+            } else {
+                kept.floating.insert(addr);
+            }
+        }
+    }
+    Ok(kept)
 }
 
 /// Makes the host's egress rules exactly these (both tables, one transaction).

@@ -87,13 +87,26 @@ async fn routed(shell: &Shell) -> Result<BTreeMap<Ipv4Addr, String>, NetError> {
 }
 
 /// Makes the host route exactly `held` (floating IP → its network's VNI) and answer ARP on
-/// `uplink` for those of them in `claimed` only.
+/// `uplink` for those of them in `claimed` only; `before` are the addresses claimed until
+/// now, whose answers go when they are not claimed any more, also when their route went
+/// already (with its router, after the network's last port left).
 pub async fn reconcile(
     shell: &Shell,
     uplink: Option<&str>,
     held: &BTreeMap<Ipv4Addr, u32>,
     claimed: &BTreeSet<Ipv4Addr>,
+    before: &BTreeSet<Ipv4Addr>,
 ) -> Result<(), NetError> {
+    if let Some(uplink) = uplink {
+        for addr in before.difference(claimed) {
+            // Absent already is fine.
+            let addr = addr.to_string();
+            let _ = shell
+                .ip(&["neigh", "del", "proxy", &addr, "dev", uplink])
+                .output()
+                .await?;
+        }
+    }
     let now = routed(shell).await?;
     for (addr, dev) in &now {
         let wanted = held.get(addr).map(|vni| format!("{UPLINK_PREFIX}{vni}"));

@@ -43,6 +43,13 @@
 //! An advertised name that does not resolve gives bridge and taps, but no VXLAN.
 //! Everything runs `ip`/`bridge` (iproute2): plain, inspectable, and every step checks
 //! before it changes, so all of it is idempotent.
+//!
+//! Where each part lives: `registration` (the flat network, every VXLAN device's flood
+//! list), `ports` (where a VM's ports are plugged: taps, port security, DHCP lease),
+//! `gateway` (each network's router with its DNS and metadata servers, and the host's
+//! egress rules), `firewall` (where traffic is filtered and translated: the controller's
+//! security groups, names and floating IPs), `arrival` (a VM migrating in claims its
+//! floating IPs once it runs here).
 
 mod arrival;
 pub mod bridge;
@@ -51,11 +58,15 @@ pub mod dhcp;
 pub mod dns;
 pub mod egress;
 pub mod error;
+mod firewall;
 pub mod floating;
+mod gateway;
 pub mod guest;
 pub mod link;
 pub mod metadata;
 pub mod port_security;
+mod ports;
+mod registration;
 pub mod router;
 pub mod secgroups;
 pub mod segment;
@@ -67,14 +78,11 @@ pub mod worker;
 pub use command::Shell;
 pub use error::NetError;
 pub use guest::NIC_MTU;
+pub use registration::Applied;
 
-use nimbus_agent_api::{HostFirewall, NetworkConfig, VmSpec};
-use nimbus_qemu::QemuConfig;
-use segment::Segment;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use vxlan::{PeerChanges, VxlanParams};
 
 /// The mount namespace (a path, `/proc/<pid>/ns/mnt`) where the agent makes the named network
 /// namespaces of its gateways, when it is not its own (`nimbus up` sets it: its agents run
@@ -105,6 +113,12 @@ struct State {
     /// The other hosts' underlay addresses, as of the last registration: the flood list of
     /// every VXLAN device made here.
     peers: BTreeSet<IpAddr>,
+    /// Whether a registration was answered since the agent started (`peers` is the pool).
+    registered: bool,
+    /// The egress protections in force when the agent started (a previous run's, read back
+    /// by [`egress::in_force`]): kept until the controller tells this run, so that a restart
+    /// never opens a path a router must not have ([`HostNetwork::protected`]).
+    kept: egress::Protected,
     /// The DHCP leases of this host's ports.
     leases: dhcp::Leases,
     /// A DHCP responder per tenant network present here, by VNI.
@@ -136,78 +150,7 @@ struct State {
     firewall: secgroups::Installed,
 }
 
-/// What [`HostNetwork::apply`] changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Applied {
-    pub bridge_created: bool,
-    pub vxlan_created: bool,
-    pub peers: PeerChanges,
-}
-
-impl Applied {
-    fn changed(&self) -> bool {
-        self.bridge_created || self.vxlan_created || self.peers != PeerChanges::default()
-    }
-}
-
 impl HostNetwork {
-    /// Makes the host's security-group rules exactly `fw` (see [`secgroups`]); answers
-    /// whether they are enforced (not on a host without networking, whose VMs have no NICs).
-    pub async fn apply_firewall(&self, fw: &HostFirewall) -> Result<bool, NetError> {
-        let mut state = self.state.lock().await;
-        if self.disabled.is_some() {
-            return Ok(false);
-        }
-        state.firewall.apply(&self.shell, fw).await?;
-        state.zones.replace(&fw.names);
-        state.metadata.registry().set_floating(&fw.floating);
-        state.floating = Some(fw.floating.clone());
-        self.apply_floating(&mut state).await?;
-        Ok(true)
-    }
-
-    /// Makes the floating IPs of `state` that have their router here translated (each
-    /// router's NATs, the host's routes, ARP answers and egress exceptions), and announces
-    /// the ones this host just took.
-    async fn apply_floating(&self, state: &mut State) -> Result<(), NetError> {
-        let Some(nats) = &state.floating else {
-            // Not told yet (a restarted agent): routers and routes stay as they are.
-            return egress::ensure(&self.shell, &self.protected(state)).await;
-        };
-        let routers: BTreeSet<u32> = state.routers.keys().copied().collect();
-        let held = floating::held(nats, &routers);
-        for (vni, netns) in &state.routers {
-            let nats = nats_of(state, *vni).unwrap_or_default();
-            router::set_nats(netns, &nats).await?;
-        }
-        if state.uplink.is_none() {
-            if let Some(underlay) = self.underlay {
-                state.uplink = floating::uplink_device(&self.shell, underlay).await?;
-                if let Some(uplink) = &state.uplink {
-                    floating::prepare_uplink(&self.shell, uplink).await?;
-                }
-            }
-        }
-        egress::ensure(&self.shell, &self.protected(state)).await?;
-        let by_vni = held.iter().map(|(f, (v, _))| (*f, *v)).collect();
-        let claimed = floating::claimed(&held, |vni, ip| {
-            state.leases.holds(vni, ip)
-                && !state.arriving.contains(&(vni, ip))
-                && !state.departed.contains(&(vni, ip))
-        });
-        floating::reconcile(&self.shell, state.uplink.as_deref(), &by_vni, &claimed).await?;
-        let taken: Vec<Ipv4Addr> = claimed.difference(&state.claimed).copied().collect();
-        state.claimed = claimed;
-        if let Some(uplink) = &state.uplink {
-            if !taken.is_empty() {
-                tracing::info!(?taken, uplink, "floating IPs taken here");
-            }
-            let netns = self.shell.netns().map(str::to_string);
-            floating::announce(netns, uplink.clone(), taken).await;
-        }
-        Ok(())
-    }
-
     /// Devices managed through `shell`; VXLAN traffic leaves from `underlay`.
     pub fn new(shell: Shell, underlay: Option<IpAddr>) -> Self {
         let state = State {
@@ -253,17 +196,32 @@ impl HostNetwork {
             return Self::disabled("the agent does not run as root");
         }
         let shell = Shell::here().with_netns_mounts(std::env::var(NETNS_MOUNTS_ENV).ok());
-        match underlay::local_address(advertise_url).await {
+        let network = match underlay::local_address(advertise_url).await {
             Ok(Some(underlay)) => Self::new(shell, Some(underlay)),
-            Ok(None) => Self::disabled(
-                "the agent advertises a loopback address: agents may share this network \
-                 namespace, so none of them owns its devices",
-            ),
+            Ok(None) => {
+                return Self::disabled(
+                    "the agent advertises a loopback address: agents may share this network \
+                     namespace, so none of them owns its devices",
+                )
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "no underlay address: VMs get the bridge, but no VXLAN");
                 Self::new(shell, None)
             }
+        };
+        network.keeping_what_runs().await
+    }
+
+    /// Keeps the egress protections a previous run of the agent left in force until the
+    /// controller tells this run what they are ([`State::kept`]).
+    async fn keeping_what_runs(mut self) -> Self {
+        match egress::in_force(&self.shell).await {
+            Ok(kept) => self.state.get_mut().kept = kept,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the egress rules in force; they are made anew from what the controller sends")
+            }
         }
+        self
     }
 
     /// When the guest of VM `id` last reported ready to this host's metadata service (unix
@@ -281,282 +239,6 @@ impl HostNetwork {
     pub fn disabled_reason(&self) -> Option<&str> {
         self.disabled.as_deref()
     }
-
-    /// Sets up (or repairs) the bridge, the VXLAN device and its peers for `config`.
-    pub async fn apply(&self, config: &NetworkConfig) -> Result<Applied, NetError> {
-        if let Some(reason) = &self.disabled {
-            tracing::debug!(reason, "host networking is off: cloud network not set up");
-            return Ok(Applied::default());
-        }
-        let mut state = self.state.lock().await;
-        let mut applied = Applied {
-            bridge_created: bridge::ensure(&self.shell, bridge::BRIDGE, NIC_MTU).await?,
-            ..Applied::default()
-        };
-        let Some(local) = self.underlay else {
-            warn_once(
-                &mut state,
-                "no underlay",
-                "no underlay address: this host's VMs reach no other host",
-            );
-            return Ok(applied);
-        };
-        let params = VxlanParams {
-            vni: config.vni,
-            local,
-        };
-        let flat = Segment::flat(config.vni);
-        applied.vxlan_created = vxlan::ensure(&self.shell, &flat, params, NIC_MTU).await?;
-        let mut peers = BTreeSet::new();
-        for peer in &config.peers {
-            match underlay::peer_address(peer, local).await {
-                Some(addr) if addr != local => {
-                    peers.insert(addr);
-                }
-                Some(_) => {}
-                None => warn_once(&mut state, peer, "cannot resolve VXLAN peer; skipped"),
-            }
-        }
-        applied.peers = vxlan::reconcile_peers(&self.shell, vxlan::VXLAN, &peers).await?;
-        // Tenant networks present here flood to the same hosts.
-        let segments = segment::existing(&self.shell).await?;
-        for seg in &segments {
-            vxlan::reconcile_peers(&self.shell, &seg.vxlan, &peers).await?;
-        }
-        let peers_changed = state.peers != peers;
-        state.peers = peers;
-        if peers_changed && !segments.is_empty() {
-            egress::ensure(&self.shell, &self.protected(&state)).await?;
-        }
-        if applied.changed() {
-            tracing::info!(
-                vni = config.vni,
-                %local,
-                bridge_created = applied.bridge_created,
-                vxlan_created = applied.vxlan_created,
-                peers_added = ?applied.peers.added,
-                peers_removed = ?applied.peers.removed,
-                "cloud network set up"
-            );
-        }
-        Ok(applied)
-    }
-
-    /// Creates the taps of `spec`'s NICs (and the bridge, if needed) and adds the NICs to
-    /// `config`. Every QEMU launch calls this; nothing happens for a VM without NICs.
-    pub async fn plug(&self, spec: &VmSpec, config: &mut QemuConfig) -> Result<(), NetError> {
-        if spec.nics.is_empty() {
-            return Ok(());
-        }
-        let mut state = self.state.lock().await;
-        if let Some(reason) = &self.disabled {
-            tracing::warn!(
-                instance_id = %spec.id,
-                reason,
-                "host networking is off: the VM starts without its NICs"
-            );
-            return Ok(());
-        }
-        for (i, nic) in spec.nics.iter().enumerate() {
-            let bridge = match nic.vni {
-                Some(vni) => {
-                    let seg = Segment::tenant(vni);
-                    let peers = &state.peers;
-                    if segment::ensure(&self.shell, &seg, self.underlay, peers, NIC_MTU).await? {
-                        tracing::info!(vni, bridge = seg.bridge, "network segment created");
-                    }
-                    self.serve_dhcp(&mut state, &seg, nic);
-                    self.route(&mut state, &seg, nic).await?;
-                    seg.bridge
-                }
-                None => {
-                    bridge::ensure(&self.shell, bridge::BRIDGE, NIC_MTU).await?;
-                    bridge::BRIDGE.to_string()
-                }
-            };
-            let name = tap::tap_name(spec.id, i);
-            if tap::ensure(&self.shell, &name, &bridge, NIC_MTU).await? {
-                tracing::info!(instance_id = %spec.id, tap = name, bridge, "tap created");
-            }
-        }
-        port_security::secure(&self.shell, &ports_of(spec)).await?;
-        state.metadata.registry().register(spec);
-        guest::add_to_config(spec, config);
-        Ok(())
-    }
-
-    /// (Re)applies the port security of `spec`'s NICs, for a VM whose QEMU a restarted agent
-    /// adopted (its taps exist; their rules normally do too, and re-applying is harmless).
-    pub async fn protect(&self, spec: &VmSpec) -> Result<(), NetError> {
-        if spec.nics.is_empty() || self.disabled.is_some() {
-            return Ok(());
-        }
-        let mut state = self.state.lock().await;
-        for nic in &spec.nics {
-            if let Some(vni) = nic.vni {
-                let seg = Segment::tenant(vni);
-                self.serve_dhcp(&mut state, &seg, nic);
-                self.route(&mut state, &seg, nic).await?;
-            }
-        }
-        port_security::secure(&self.shell, &ports_of(spec)).await?;
-        state.metadata.registry().register(spec);
-        Ok(())
-    }
-
-    /// Adds `nic`'s lease and makes sure its network's DHCP responder runs. A responder that
-    /// cannot start is logged: the guest then keeps the address its kernel command line
-    /// gives it, and the next launch on this network tries again.
-    fn serve_dhcp(&self, state: &mut State, seg: &Segment, nic: &nimbus_agent_api::NicSpec) {
-        state.leases.insert(seg.vni, nic);
-        if state.responders.contains_key(&seg.vni) {
-            return;
-        }
-        let (leases, zones) = (state.leases.clone(), state.zones.clone());
-        match dhcp::Responder::start(self.shell.netns(), &seg.bridge, seg.vni, leases, zones) {
-            Ok(r) => {
-                state.responders.insert(seg.vni, r);
-            }
-            Err(e) => tracing::warn!(vni = seg.vni, error = %e, "no DHCP on this network here"),
-        }
-    }
-
-    /// Makes sure router `r` answers its network's names. A server that cannot start is
-    /// logged (names do not resolve there; addresses work) and tried again at the next launch.
-    fn serve_dns(&self, state: &mut State, r: &router::Router) {
-        if state.dns.contains_key(&r.vni) {
-            return;
-        }
-        let zones = state.zones.clone();
-        match dns::Server::start(&r.netns, router::ROUTER_GATEWAY, r.gateway, r.vni, zones) {
-            Ok(server) => {
-                state.dns.insert(r.vni, server);
-            }
-            Err(e) => tracing::warn!(vni = r.vni, error = %e, "no DNS on this network here"),
-        }
-    }
-
-    /// What tenant gateways must not reach: the other hosts and the controller's API.
-    fn protected(&self, state: &State) -> egress::Protected {
-        let routers = state.routers.keys().copied().collect();
-        egress::Protected {
-            hosts: state.peers.clone(),
-            controller: self.controller,
-            floating: state
-                .floating
-                .as_deref()
-                .map(|nats| floating::held(nats, &routers).into_keys().collect())
-                .unwrap_or_default(),
-        }
-    }
-
-    /// The name this host's routers start with (asked once).
-    async fn router_host(&self, state: &mut State) -> Result<String, NetError> {
-        if let Some(name) = &state.router_host {
-            return Ok(name.clone());
-        }
-        let name = router::host_name(&self.shell).await?;
-        state.router_host = Some(name.clone());
-        Ok(name)
-    }
-
-    /// Makes sure `nic`'s network has its gateway router here (for a NIC with an IPv4
-    /// gateway), and the host's egress rules with it.
-    async fn route(
-        &self,
-        state: &mut State,
-        seg: &Segment,
-        nic: &nimbus_agent_api::NicSpec,
-    ) -> Result<(), NetError> {
-        let Some(lease) = dhcp::lease_of(nic) else {
-            return Ok(());
-        };
-        let Some(gateway) = lease.gateway.filter(|g| *g != Ipv4Addr::UNSPECIFIED) else {
-            return Ok(());
-        };
-        let host = self.router_host(state).await?;
-        let r = router::Router::new(&host, seg.vni, gateway, lease.prefix);
-        egress::ensure(&self.shell, &self.protected(state)).await?;
-        let nats = nats_of(state, seg.vni);
-        if router::ensure(&self.shell, seg, &r, nats.as_deref()).await? {
-            tracing::info!(vni = seg.vni, netns = r.netns, %gateway, "network gateway created");
-        }
-        self.serve_dns(state, &r);
-        if let Err(e) = state.metadata.serve(seg.vni, &r.netns).await {
-            // The guests still boot and route; the next launch on this network tries again.
-            tracing::warn!(vni = seg.vni, error = %e, "no metadata service on this network here");
-        }
-        // Floating IPs of this network the controller sent before the router existed.
-        if state.routers.insert(seg.vni, r.netns).is_none() {
-            self.apply_floating(state).await?;
-        }
-        Ok(())
-    }
-
-    /// Removes the taps of `spec`'s NICs (absent ones are fine), and the segments of its
-    /// networks that no other port here uses any more.
-    pub async fn unplug(&self, spec: &VmSpec) -> Result<(), NetError> {
-        if spec.nics.is_empty() || self.disabled.is_some() {
-            return Ok(());
-        }
-        let mut state = self.state.lock().await;
-        for a in arrival::addresses(spec) {
-            state.arriving.remove(&a);
-            state.departed.remove(&a);
-        }
-        state.metadata.registry().forget(spec);
-        let taps: Vec<String> = (0..spec.nics.len())
-            .map(|i| tap::tap_name(spec.id, i))
-            .collect();
-        port_security::release(&self.shell, &taps).await?;
-        for i in 0..spec.nics.len() {
-            let name = tap::tap_name(spec.id, i);
-            if tap::remove(&self.shell, &name).await? {
-                tracing::info!(instance_id = %spec.id, tap = name, "tap removed");
-            }
-        }
-        for nic in &spec.nics {
-            let Some(vni) = nic.vni else { continue };
-            state.leases.remove(vni, nic);
-            let seg = Segment::tenant(vni);
-            if segment::remove_if_unused(&self.shell, &seg).await? {
-                state.responders.remove(&vni);
-                state.dns.remove(&vni);
-                state.metadata.stop(vni);
-                let host = self.router_host(&mut state).await?;
-                router::remove(&self.shell, &host, vni).await?;
-                state.routers.remove(&vni);
-                self.apply_floating(&mut state).await?;
-                tracing::info!(
-                    vni,
-                    bridge = seg.bridge,
-                    "network segment removed: no port left"
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The 1:1 NATs of network `vni`'s router, from the floating IPs the controller last sent
-/// (`None`: not sent yet).
-fn nats_of(state: &State, vni: u32) -> Option<Vec<router::Nat>> {
-    let nats = state.floating.as_deref()?;
-    Some(
-        floating::held(nats, &[vni].into())
-            .into_iter()
-            .map(|(floating, (_, private))| router::Nat { floating, private })
-            .collect(),
-    )
-}
-
-/// The port-security view of `spec`'s NICs.
-fn ports_of(spec: &VmSpec) -> Vec<port_security::Port> {
-    spec.nics
-        .iter()
-        .enumerate()
-        .map(|(i, nic)| port_security::Port::of(tap::tap_name(spec.id, i), nic))
-        .collect()
 }
 
 fn warn_once(state: &mut State, key: &str, message: &str) {
@@ -569,6 +251,7 @@ fn warn_once(state: &mut State, key: &str, message: &str) {
 mod tests {
     use super::guest::tests::{config, nic, spec};
     use super::*;
+    use nimbus_agent_api::NetworkConfig;
 
     fn network() -> NetworkConfig {
         NetworkConfig {

@@ -159,6 +159,25 @@ pub async fn table_exists(shell: &Shell) -> Result<bool, NetError> {
     nft_table_exists(shell, FAMILY, TABLE).await
 }
 
+/// `nft -j list ...`, parsed; `None` when the object does not exist.
+pub async fn list_json(shell: &Shell, what: &[&str]) -> Result<Option<Value>, NetError> {
+    let mut args = vec!["-j", "list"];
+    args.extend_from_slice(what);
+    let cmd = shell.nft(&args);
+    let done = cmd.output().await?;
+    if !done.success {
+        if done.stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(cmd.failed(&done));
+    }
+    let parsed = serde_json::from_str(&done.stdout).map_err(|e| NetError::Output {
+        command: format!("nft {}", args.join(" ")),
+        detail: e.to_string(),
+    })?;
+    Ok(Some(parsed))
+}
+
 /// Whether nftables table `family name` exists where `shell` runs.
 pub async fn nft_table_exists(shell: &Shell, family: &str, name: &str) -> Result<bool, NetError> {
     let cmd = shell.nft(&["list", "table", family, name]);

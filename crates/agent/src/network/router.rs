@@ -38,8 +38,10 @@ use super::error::NetError;
 use super::link;
 use super::port_security::nft_table_exists;
 use super::segment::Segment;
-use serde_json::{json, Value};
 use std::net::Ipv4Addr;
+
+mod rules;
+pub use rules::{filter, Nat};
 
 /// The gateway's MAC on every network and every host (locally administered, unicast): one
 /// network is one L2 domain, so several networks may share it, and every host answering with
@@ -271,127 +273,6 @@ pub async fn remove(shell: &Shell, host: &str, vni: u32) -> Result<(), NetError>
     Ok(())
 }
 
-fn chain(name: &str, hook: &str, prio: i32, policy: &str, kind: &str) -> Value {
-    json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": name, "type": kind,
-        "hook": hook, "prio": prio, "policy": policy}}})
-}
-
-fn rule(chain: &str, expr: Value) -> Value {
-    json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}})
-}
-
-fn is(key: &str, value: &str) -> Value {
-    json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": value}})
-}
-
-fn ct_state(states: &[&str]) -> Value {
-    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": states}})
-}
-
-/// A floating IP (`floating`) translated 1:1 to a guest's address (`private`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Nat {
-    pub floating: Ipv4Addr,
-    pub private: Ipv4Addr,
-}
-
-fn ip_is(field: &str, addr: Ipv4Addr) -> Value {
-    json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}},
-        "right": addr.to_string()}})
-}
-
-/// The router's own rules, in one transaction that replaces the previous ones: forward only
-/// from the network to the uplink (and the replies), and from the uplink to the guests of its
-/// floating IPs (`nats`: destination rewritten on the way in, source on the way out);
-/// masquerade everything else to the transit address; answer nothing but ICMP echo on its own
-/// addresses.
-pub fn filter(nats: &[Nat]) -> Vec<Value> {
-    let accept = json!({"accept": null});
-    let mut cmds = vec![
-        json!({"add": {"table": {"family": "ip", "name": TABLE}}}),
-        json!({"delete": {"table": {"family": "ip", "name": TABLE}}}),
-        json!({"add": {"table": {"family": "ip", "name": TABLE}}}),
-        chain("input", "input", 0, "drop", "filter"),
-        rule("input", json!([is("iifname", "lo"), accept])),
-        rule(
-            "input",
-            json!([ct_state(&["established", "related"]), accept]),
-        ),
-        rule(
-            "input",
-            json!([
-                {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
-                    "right": "echo-request"}},
-                accept
-            ]),
-        ),
-        // The network's DNS server (super::dns) and the metadata service, from the
-        // network's side only.
-        rule(
-            "input",
-            json!([
-                is("iifname", ROUTER_GATEWAY),
-                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
-                    "right": {"set": ["udp", "tcp"]}}},
-                {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}},
-                    "right": super::dns::PORT}},
-                accept
-            ]),
-        ),
-        rule(
-            "input",
-            json!([
-                is("iifname", ROUTER_GATEWAY),
-                ip_is("daddr", super::metadata::ADDRESS),
-                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
-                    "right": super::metadata::PORT}},
-                accept
-            ]),
-        ),
-        chain("forward", "forward", 0, "drop", "filter"),
-        rule(
-            "forward",
-            json!([ct_state(&["established", "related"]), accept]),
-        ),
-        rule(
-            "forward",
-            json!([
-                is("iifname", ROUTER_GATEWAY),
-                is("oifname", ROUTER_UPLINK),
-                accept
-            ]),
-        ),
-        rule(
-            "forward",
-            json!([
-                is("iifname", ROUTER_UPLINK),
-                is("oifname", ROUTER_GATEWAY),
-                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-                accept
-            ]),
-        ),
-        chain("prerouting", "prerouting", -100, "accept", "nat"),
-        chain("postrouting", "postrouting", 100, "accept", "nat"),
-    ];
-    for nat in nats {
-        cmds.push(rule(
-            "prerouting",
-            json!([is("iifname", ROUTER_UPLINK), ip_is("daddr", nat.floating),
-                {"dnat": {"addr": nat.private.to_string()}}]),
-        ));
-        cmds.push(rule(
-            "postrouting",
-            json!([is("oifname", ROUTER_UPLINK), ip_is("saddr", nat.private),
-                {"snat": {"addr": nat.floating.to_string()}}]),
-        ));
-    }
-    cmds.push(rule(
-        "postrouting",
-        json!([is("oifname", ROUTER_UPLINK), {"masquerade": null}]),
-    ));
-    cmds
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,37 +297,5 @@ mod tests {
                 .len()
                 <= 15
         );
-    }
-
-    #[test]
-    fn the_router_forwards_only_to_its_uplink() {
-        let text = serde_json::to_string(&filter(&[])).expect("json");
-        assert!(text.contains(r#""policy":"drop""#), "{text}");
-        assert!(text.contains(r#"{"masquerade":null}"#), "{text}");
-        // The only new connections forwarded go from the network to the uplink.
-        let cmds = filter(&[]);
-        let forwards = cmds
-            .iter()
-            .filter(|c| c["add"]["rule"]["chain"] == "forward")
-            .count();
-        assert_eq!(forwards, 3, "replies, out, and in to a floating IP's guest");
-    }
-
-    #[test]
-    fn floating_ips_are_translated_both_ways_before_the_masquerade() {
-        let nat = Nat {
-            floating: Ipv4Addr::new(10, 249, 7, 193),
-            private: Ipv4Addr::new(10, 10, 0, 11),
-        };
-        let cmds = filter(&[nat]);
-        let post: Vec<&Value> = cmds
-            .iter()
-            .filter(|c| c["add"]["rule"]["chain"] == "postrouting")
-            .map(|c| &c["add"]["rule"]["expr"])
-            .collect();
-        assert_eq!(post[0][2]["snat"]["addr"], "10.249.7.193");
-        assert_eq!(post[1][1], json!({"masquerade": null}));
-        let text = serde_json::to_string(&cmds).expect("json");
-        assert!(text.contains(r#"{"dnat":{"addr":"10.10.0.11"}}"#), "{text}");
     }
 }

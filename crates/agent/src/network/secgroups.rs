@@ -49,7 +49,7 @@ mod plan;
 
 use super::command::Shell;
 use super::error::NetError;
-use super::port_security;
+use super::port_security::{self, list_json};
 use super::segment::BRIDGE_PREFIX;
 use compile::bridge_obj;
 use nimbus_agent_api::HostFirewall;
@@ -173,25 +173,6 @@ fn skeleton(tag_chains: &[String]) -> Vec<Value> {
     }
     cmds.extend(compile::forward_rules());
     cmds
-}
-
-/// `nft -j list ...`, parsed; `None` when the object does not exist.
-async fn list_json(shell: &Shell, what: &[&str]) -> Result<Option<Value>, NetError> {
-    let mut args = vec!["-j", "list"];
-    args.extend_from_slice(what);
-    let cmd = shell.nft(&args);
-    let done = cmd.output().await?;
-    if !done.success {
-        if done.stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(cmd.failed(&done));
-    }
-    let parsed = serde_json::from_str(&done.stdout).map_err(|e| NetError::Output {
-        command: format!("nft {}", args.join(" ")),
-        detail: e.to_string(),
-    })?;
-    Ok(Some(parsed))
 }
 
 /// The per-port tag chains in the host's bridge table (none without a table).

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use nimbus_agent::network::{bridge, Shell, NIC_MTU};
 use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
 use nimbus_qemu::config::MachineSection;

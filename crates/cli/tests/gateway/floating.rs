@@ -1,10 +1,15 @@
 //! Floating-IP steps of the gateway test: reach a guest from the root namespace, across attach,
 //! detach and a live migration.
 
+use super::{addr, follow, metadata};
+use nimbus_api::FloatingIpView;
 use nimbus_client::Client;
+use nimbus_test_utils::guest::*;
+use nimbus_test_utils::Cloud;
 use std::io::{BufRead, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// What a TCP server at `addr` says first (within 3 s), or `None` if it cannot be reached.
 pub fn greeting(addr: SocketAddr) -> Option<String> {
@@ -98,4 +103,160 @@ pub fn routes_floating(ns: &str, addr: Ipv4Addr) -> bool {
     let mut text = String::new();
     let _ = out.stdout.as_slice().read_to_string(&mut text);
     text.lines().any(|l| l.starts_with(&format!("{addr} ")))
+}
+
+/// Floating IPs: acme's a1 reachable from the root namespace at its floating IP (across
+/// detach, attach and a live migration), bad requests refused. Answers the address, still
+/// attached to a1, and where a1's server answers through it.
+pub async fn floating_ips(
+    cloud: &Cloud,
+    acme_token: &str,
+    globex_token: &str,
+    acme: &Client,
+) -> (String, SocketAddr) {
+    let ip: FloatingIpView = json(&cli_ok_as(
+        cloud,
+        acme_token,
+        &["ip", "allocate", "-o", "json"],
+    ));
+    let fip: Ipv4Addr = ip.address.parse().expect("an IPv4 address");
+    cli_ok_as(cloud, acme_token, &["ip", "attach", &ip.address, "a1"]);
+    let shown = instance(acme, "a1").await;
+    assert_eq!(shown.floating_ip.as_deref(), Some(ip.address.as_str()));
+    let table = cli_ok_as(cloud, acme_token, &["instance", "show", "a1"]);
+    assert!(table.contains(&ip.address), "{table}");
+    // Open to the outside on two ports (the default group admits only its members).
+    for port in ["8080", "9000"] {
+        cli_ok_as(
+            cloud,
+            acme_token,
+            &[
+                "secgroup",
+                "rule",
+                "add",
+                "default",
+                "--ingress",
+                "--proto",
+                "tcp",
+                "--port",
+                port,
+                "--cidr",
+                "0.0.0.0/0",
+            ],
+        );
+    }
+    serve_pong(acme, "a1", 8080).await;
+    let pong = SocketAddr::from((fip, 8080));
+    assert!(
+        greeting_becomes(pong, Some("pong")).await,
+        "a1 not reachable at {fip}"
+    );
+    // The same push from the controller gave the host the address for the metadata service.
+    let public = metadata::read(acme, "a1", "public-ipv4").await;
+    assert_eq!((public.status, public.body), (200, ip.address.clone()));
+
+    // Bad requests: attached elsewhere, another project's address, release while attached,
+    // over the quota.
+    let err = cli_err_as(cloud, acme_token, &["ip", "attach", &ip.address, "a3"]);
+    assert!(err.contains("attached to instance \"a1\""), "{err}");
+    let err = cli_err_as(cloud, globex_token, &["ip", "attach", &ip.address, "g1"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = cli_err_as(cloud, globex_token, &["ip", "release", &ip.address]);
+    assert!(err.contains("not found"), "{err}");
+    let err = cli_err_as(cloud, acme_token, &["ip", "release", &ip.address]);
+    assert!(err.contains("detach it first"), "{err}");
+    cli_ok(cloud, &["quota", "set", "globex", "--floating-ips", "0"]);
+    let err = cli_err_as(cloud, globex_token, &["ip", "allocate"]);
+    assert!(err.contains("floating_ips quota 0"), "{err}");
+
+    // Detach: unreachable; attach again: reachable.
+    cli_ok_as(cloud, acme_token, &["ip", "detach", &ip.address]);
+    assert!(
+        greeting_becomes(pong, None).await,
+        "{fip} still answers after detach"
+    );
+    let listed: Vec<FloatingIpView> =
+        json(&cli_ok_as(cloud, acme_token, &["ip", "list", "-o", "json"]));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].instance, None);
+    cli_ok_as(cloud, acme_token, &["ip", "attach", &ip.address, "a1"]);
+    assert!(
+        greeting_becomes(pong, Some("pong")).await,
+        "{fip} not back after attach"
+    );
+
+    // Connections through the floating IP (from here) and the private IP (from a3) stay
+    // open across a live migration of a1.
+    let a1_ip = addr(&instance(acme, "a1").await);
+    serve_sink(acme, "a1", 9000).await;
+    serve_sink(acme, "a1", 9001).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut outside = open(SocketAddr::from((fip, 9000)));
+    send(&mut outside, "before");
+    open_from_guest(acme, "a3", &a1_ip, 9001, "before").await;
+    let old_host = instance(acme, "a1").await.host.expect("placed");
+    cli_ok(
+        cloud,
+        &["instance", "migrate", "a1", "--project", "acme", "--wait"],
+    );
+    let new_host = instance(acme, "a1").await.host.expect("placed");
+    assert_ne!(new_host, old_host, "a1 moved");
+    send(&mut outside, "after");
+    send_from_guest(acme, "a3", 9001, "after").await;
+    let mut both = false;
+    for _ in 0..20 {
+        let (f, p) = (
+            received(acme, "a1", 9000).await,
+            received(acme, "a1", 9001).await,
+        );
+        if f.contains("before\nafter") && p.contains("before\nafter") {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        both,
+        "a connection broke across the migration: floating {:?}, private {:?}",
+        received(acme, "a1", 9000).await,
+        received(acme, "a1", 9001).await
+    );
+    assert!(
+        greeting_becomes(pong, Some("pong")).await,
+        "new connections after the move"
+    );
+    // The metadata followed a1 to its new host.
+    for (key, want) in [
+        ("instance-id", shown.id.to_string()),
+        ("public-ipv4", ip.address.clone()),
+    ] {
+        let got = metadata::read(acme, "a1", key).await;
+        assert_eq!((got.status, got.body), (200, want), "{key} on {new_host}");
+    }
+    // Nothing of a1 is left on its old host: no tap, no floating route.
+    let old: usize = old_host.trim_start_matches("host").parse().expect("index");
+    let old_ns = cloud.host_netns(old).expect("netns");
+    let links = Command::new("ip")
+        .args(["-n", &old_ns, "-o", "link"])
+        .output()
+        .expect("ip");
+    let tap = format!("nt{}", &shown.id.simple().to_string()[..10]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&tap),
+        "{tap} left on {old_host}"
+    );
+    assert!(
+        !routes_floating(&old_ns, fip),
+        "{fip} still routed on {old_host}"
+    );
+    drop(outside);
+    let follow_started = Instant::now();
+    follow::dhcp_renewal_keeps_the_address(acme, "a1", &a1_ip).await;
+    let renewed = follow_started.elapsed().as_secs_f64();
+    follow::floating_ip_survives_drain_and_restore(cloud, acme_token, acme, fip).await;
+    eprintln!(
+        "follow the VM: DHCP renewal {renewed:.1} s, drain and restore {:.0} s",
+        follow_started.elapsed().as_secs_f64() - renewed
+    );
+    (ip.address, pong)
 }

@@ -56,6 +56,7 @@ impl App {
         let flavor = self.flavor_named(flavor_name).await?;
         let img = self.image_named(image, &caller.scope()).await?;
         super::images::check_image_fits(&img, flavor.disk_gib)?;
+        super::secgroups::check_instance_groups(&req.secgroups)?;
         let nics = self
             .plan_nics(caller, &req.networks, req.ip.as_deref())
             .await?;

@@ -7,6 +7,10 @@ use nimbus_api::{validate_name, CreateNetwork, NetworkView, DEFAULT_NETWORK};
 use nimbus_store::{NetworkRecord, NewNetwork, NicPlan, StoreError};
 use nimbus_store::{Page, PageRequest};
 
+/// The most NICs an instance may have (one per network): each is a PCI device of the VM and
+/// puts its network's segment, router and servers on the VM's host.
+pub const MAX_NICS: usize = 8;
+
 impl App {
     /// Creates a network in the caller's project.
     pub async fn create_network(
@@ -104,6 +108,12 @@ impl App {
         } else {
             networks
         };
+        if names.len() > MAX_NICS {
+            return Err(AppError::bad_request(format!(
+                "an instance has at most {MAX_NICS} NICs, one per --network; {} were asked for",
+                names.len()
+            )));
+        }
         let mut plans = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             if names[..i].contains(name) {

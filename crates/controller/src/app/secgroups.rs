@@ -11,6 +11,10 @@ use nimbus_api::{
 use nimbus_store::{NewRule, StoreError};
 use nimbus_store::{Page, PageRequest};
 
+/// The most security groups an instance may be in (EC2's default): each port's rules are
+/// those of all its groups, compiled on its host.
+pub const MAX_GROUPS_PER_INSTANCE: usize = 5;
+
 impl App {
     /// Creates a group in the caller's project: no inbound, all outbound.
     pub async fn create_secgroup(
@@ -114,9 +118,7 @@ impl App {
                 "an instance is in at least one security group; name one or more with --secgroup",
             ));
         }
-        for name in &req.secgroups {
-            check_name(name)?;
-        }
+        check_instance_groups(&req.secgroups)?;
         let instance = self.find_instance(caller, id_or_name).await?;
         self.store()
             .set_instance_secgroups(&caller.project, instance.id, &req.secgroups)
@@ -125,6 +127,18 @@ impl App {
         tracing::info!(instance_id = %instance.id, secgroups = ?req.secgroups, "instance security groups set");
         Ok(self.store().instance_secgroups(instance.id).await?)
     }
+}
+
+/// Checks the groups named for an instance: valid names, at most
+/// [`MAX_GROUPS_PER_INSTANCE`] of them.
+pub(crate) fn check_instance_groups(names: &[String]) -> Result<(), AppError> {
+    if names.len() > MAX_GROUPS_PER_INSTANCE {
+        return Err(AppError::bad_request(format!(
+            "an instance is in at most {MAX_GROUPS_PER_INSTANCE} security groups; {} were named",
+            names.len()
+        )));
+    }
+    names.iter().try_for_each(|name| check_name(name))
 }
 
 fn check_name(name: &str) -> Result<(), AppError> {

@@ -5,7 +5,11 @@ use super::{group_id, next_id, ID_ATTEMPTS};
 use crate::locks::lock_project;
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{Direction, Protocol, SecurityRuleView};
-use sqlx::{Any, Transaction};
+use sqlx::{Any, Row, Transaction};
+
+/// The most rules a group may have: every rule is compiled into the rule chain of every port
+/// in the group, on every host, so no tenant may add them without bound.
+pub const MAX_RULES_PER_GROUP: i64 = 100;
 
 /// A rule to add.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +51,18 @@ impl Store {
             let mut tx = self.begin().await?;
             lock_project(&mut tx, project).await?;
             let id = group_id(&mut tx, project, group).await?;
+            let rules: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM secgroup_rules WHERE group_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if rules >= MAX_RULES_PER_GROUP {
+                return Err(StoreError::Conflict(format!(
+                    "security group {group:?} has {rules} rules, the most a group may have; \
+                     delete one first (`nimbus secgroup show {group}` lists them)"
+                )));
+            }
             let remote = match &rule.group {
                 Some(name) => Some(group_id(&mut tx, project, name).await?),
                 None => None,

@@ -12,6 +12,9 @@ use nimbus_qemu::{QemuProcess, Qmp};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// QEMU's run state while it waits for (or receives) an incoming migration.
+const INMIGRATE: &str = "inmigrate";
+
 impl Actor {
     pub(super) async fn start(&mut self) -> Result<()> {
         self.launch(false).await
@@ -34,6 +37,7 @@ impl Actor {
                 "a QEMU already runs for this VM: adopting it"
             );
             self.attach(qemu, None, false).await;
+            self.adopt_ports().await;
             return Ok(());
         }
         disk::check_image(&self.spec)?;
@@ -169,6 +173,42 @@ impl Actor {
             }
         });
         self.poll_ready();
+    }
+
+    /// The ports of a QEMU this agent adopted (it restarted): their rules, DHCP lease and
+    /// gateway again; their floating IPs are claimed here only if the guest runs here. A
+    /// QEMU that still waits for an incoming migration has no guest yet (it runs on the
+    /// source, whose router alone reaches it): asked over QMP, not taken from the recorded
+    /// state, which may predate the switch-over.
+    pub(super) async fn adopt_ports(&mut self) {
+        if self.spec.nics.is_empty() {
+            return;
+        }
+        if self.waits_for_migration().await {
+            self.network.expect_arrival(&self.spec).await;
+        }
+        if let Err(e) = self.network.protect(&self.spec).await {
+            tracing::warn!(error = %e, "cannot re-apply port security; the VM's ports send nothing until it is relaunched");
+        }
+    }
+
+    /// Whether QEMU waits for (or is receiving) an incoming migration (its run state is
+    /// `inmigrate`); what the recorded state says when QMP cannot answer.
+    async fn waits_for_migration(&mut self) -> bool {
+        let recorded = self.status.borrow().incoming;
+        let Some(qmp) = self.qmp().await else {
+            return recorded;
+        };
+        match qmp.query_status().await {
+            Ok(s) => s.status == INMIGRATE,
+            Err(e) => {
+                tracing::warn!(
+                    error = error_chain(&e),
+                    "cannot read QEMU's run state; taking the recorded one"
+                );
+                recorded
+            }
+        }
     }
 
     pub(super) async fn stop(&mut self, req: StopRequest, reply: Reply) {
