@@ -45,7 +45,9 @@ pub use host::{
     CreateJoinToken, EvacuateLeft, EvacuateResult, HostCachedImage, HostImageCache, HostKsm,
     HostState, HostView, JoinTokenView, OrphanKind, OrphanView,
 };
-pub use image::{CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadImage};
+pub use image::{
+    CreateImageFromInstance, Firmware, ImageCopies, ImageView, ImportImage, UploadImage,
+};
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,
     MigrateInstance, ReadySource, MAX_USER_DATA_BYTES,
