@@ -23,8 +23,10 @@
    that the control plane has no global serialisation (no in-process lock, no hot row), so
    that throughput grows with controllers when each is its own machine. Each controller
    process therefore runs in a cgroup of its own with the same CPU budget (--controller-cpu
-   cores, default 0.3; bench/cpu_budget.py), PostgreSQL, the agents and the client outside:
-   the figure shows controller-side scaling, not PostgreSQL's. The creates are waited for in
+   cores, default 0.3; bench/cpu_budget.py); the agents, the client and, with
+   --shield-postgres, PostgreSQL stay outside the budgets, in one unbudgeted cgroup at a high
+   weight (so that other work on the machine does not starve them): the figure shows
+   controller-side scaling, not PostgreSQL's. The creates are waited for in
    the database (psql), so the waiting puts no load on the controllers. Each round runs
    1, 2 and 3 controllers; the ratios are of the medians over --rounds.
 
