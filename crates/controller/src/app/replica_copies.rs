@@ -41,27 +41,16 @@ impl App {
             .store()
             .live_replica_holders(sid, self.config().lease_ttl)
             .await?;
-        let mut failures = Vec::new();
-        for holder in holders.iter().filter(|h| h.controller != me) {
-            let started = std::time::Instant::now();
-            match self.copy_replica(holder, vm, sid).await {
-                Ok(bytes) => {
-                    tracing::info!(instance_id = %vm, snapshot_id = %sid, from = %holder.url,
-                        bytes, ms = started.elapsed().as_millis() as u64,
-                        "snapshot replica copied from another controller");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(instance_id = %vm, snapshot_id = %sid, from = %holder.url,
-                        error = %e, "cannot copy a snapshot replica from another controller");
-                    failures.push(format!("{}: {e}", holder.url));
-                }
+        let copy =
+            super::image_copies::from_first_holder(&holders, me, |h| self.copy_replica(h, vm, sid));
+        let tried = match copy.await {
+            Ok(copied) => {
+                tracing::info!(instance_id = %vm, snapshot_id = %sid, from = %copied.from,
+                    bytes = copied.value, ms = copied.ms,
+                    "snapshot replica copied from another controller");
+                return Ok(());
             }
-        }
-        let tried = if failures.is_empty() {
-            "no live controller holds one".to_string()
-        } else {
-            format!("every live holder failed ({})", failures.join("; "))
+            Err(tried) => tried,
         };
         Err(AppError::unavailable(format!(
             "the replica of snapshot {sid} is not on this controller and {tried}"
