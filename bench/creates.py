@@ -1,11 +1,14 @@
 """Part 1 of bench/control_plane.py: instance creates per second with 1, 2 and 3 controllers
 on one PostgreSQL (see that file's docstring). The agents run the VM runtime stand-in
-(`nimbus agent --fake-vms`): VMs are records, no QEMU runs."""
-import glob, json, os, shutil, signal, ssl, subprocess, tempfile, threading, time
+(`nimbus agent --fake-vms`): VMs are records, no QEMU runs. Each controller process runs
+under the same CPU budget in a cgroup of its own (bench/cpu_budget.py: a stand-in for one
+machine per controller), unless --controller-cpu 0."""
+import glob, json, os, shutil, signal, ssl, statistics, subprocess, tempfile, threading, time
 import http.client
 from datetime import datetime
 
 from boot import free_port
+from cpu_budget import SHIELD, ControllerBudgets, cpu_seconds, describe as describe_budget, postgres_pids
 
 STAND_IN = ("VM runtime: STAND-IN (`nimbus agent --fake-vms`, NIMBUS_BENCHMARK=1): VMs are "
             "records, no QEMU; measured: API, store, placement, operations, leases, agent API over mTLS")
@@ -36,7 +39,11 @@ def start_cloud(args, work, db_url, controllers, port):
     env.pop("NIMBUS_API", None)
     up = subprocess.Popen([args.bin, "up", "--data-dir", data, "--hosts", str(args.hosts),
                            "--listen", f"127.0.0.1:{port}", "--controllers", str(controllers),
-                           "--database-url", db_url, "--cpu-ratio", "64", "--ram-ratio", "4",
+                           "--database-url", db_url,
+                           # Records only: the hosts offer room for every create of the run
+                           # (the stand-in writes nothing; at ratio 1 the hosts' free disk
+                           # bounded a run to about a hundred 1-GiB instances).
+                           "--cpu-ratio", "1024", "--ram-ratio", "16", "--disk-ratio", "256",
                            "--net-name", "ncc", "--net-index", "247"],
                           env=env, stdout=open(os.path.join(work, "up.log"), "w"), stderr=subprocess.STDOUT)
     return up, data
@@ -65,7 +72,8 @@ def parse_time(t):
 
 
 def wait_ops(api, ids, limit_s=600):
-    """Waits until every operation ended; answers their views."""
+    """Waits until every operation ended; answers their views (through the API: for the
+    warm-up only, the measured creates are waited for in the database)."""
     views, pending = {}, list(ids)
     deadline = time.monotonic() + limit_s
     while pending:
@@ -84,6 +92,28 @@ def wait_ops(api, ids, limit_s=600):
     return views
 
 
+def query(url, sql):
+    """Rows of `sql` on the benchmark's database (psql, unaligned, `|`-separated)."""
+    out = subprocess.run(["psql", url, "-AtF|", "-c", sql], check=True, capture_output=True, text=True)
+    return [line.split("|") for line in out.stdout.splitlines() if line]
+
+
+MEASURED = "kind = 'instance_create' AND target_name LIKE 'c%'"
+
+
+def wait_measured(db_url, n, limit_s=900):
+    """Waits, reading the database (no load on the controllers), until the `n` measured creates
+    ended; answers (state, created_at, updated_at) of each."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        rows = query(db_url, f"SELECT state, created_at, updated_at FROM operations WHERE {MEASURED}")
+        if len(rows) >= n and all(r[0] not in ("running", "unwinding") for r in rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the creates did not end within {limit_s} s")
+        time.sleep(0.25)
+
+
 def claim_retries(work):
     logs = [os.path.join(work, "up.log")] + glob.glob(os.path.join(work, "data", "controllers", "*", "controller.log"))
     n = 0
@@ -93,14 +123,39 @@ def claim_retries(work):
     return n
 
 
-def one_count(args, psql, controllers):
+def make_projects(api, n):
+    """`n` projects (tenants) the creates are spread over, without quota limits: a project's
+    quota and addresses are checked under its own row lock, so one tenant's creates are
+    serialised by design; the benchmark measures a cloud's creates from many tenants."""
+    names = [f"bench{j}" for j in range(n)]
+    unlimited = {k: None for k in ("instances", "vcpus", "memory_mib", "disk_gib", "snapshots", "image_mib", "floating_ips")}
+    for name in names:
+        api.call("POST", "/v1/projects", {"name": name})
+        api.call("PUT", f"/v1/projects/{name}/quota", unlimited)
+    return names
+
+
+def controller_pids(up, data, controllers):
+    """PIDs of controllers 1..K: controller 1 lives in the `nimbus up` process."""
+    pids = {"ctl1": up.pid}
+    for i in range(2, controllers + 1):
+        pids[f"ctl{i}"] = int(open(os.path.join(data, "controllers", f"ctl{i}", "controller.pid")).read())
+    return pids
+
+
+def one_count(args, psql, controllers, r):
     work = tempfile.mkdtemp(prefix="nimbus-bench-creates-")
     port = free_port()
-    db = f"nimbus_bench_cr_{os.getpid()}_{controllers}"
+    db = f"nimbus_bench_cr_{os.getpid()}_{controllers}_{r}"
     psql(args.postgres, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     psql(args.postgres, f"CREATE DATABASE {db}")
     db_url = args.postgres.rsplit("/", 1)[0] + "/" + db
     urls = [f"https://127.0.0.1:{port + i}" for i in range(controllers)]
+    budgets = ControllerBudgets(args.controller_cpu) if args.controller_cpu > 0 else None
+    if budgets:
+        # This client, and through it `nimbus up` and its agents (children), and PostgreSQL
+        # if asked: unbudgeted, at a high weight; the controllers are moved out below.
+        budgets.shield(SHIELD, [os.getpid()] + (postgres_pids() if args.shield_postgres else []))
     up, data = start_cloud(args, work, db_url, controllers, port)
     try:
         deadline = time.monotonic() + 120
@@ -112,6 +167,11 @@ def one_count(args, psql, controllers):
         token = open(os.path.join(data, "admin.token")).read().strip()
         ca = os.path.join(data, "ca.crt")
         wait_ready(lambda: Api(urls[0], ca, token), controllers, args.hosts, work)
+        projects = make_projects(Api(urls[0], ca, token), args.projects)
+        pids = controller_pids(up, data, controllers)
+        if budgets:
+            for name, pid in pids.items():
+                budgets.place(name, pid)
         # Warm-up: one create through each controller (connections, caches, first plan).
         warm = [Api(u, ca, token).call("POST", "/v1/instances", {"name": f"warm{i}", "flavor": "tiny", "image": "default"})["id"]
                 for i, u in enumerate(urls)]
@@ -119,7 +179,9 @@ def one_count(args, psql, controllers):
         if failed:
             raise RuntimeError(f"warm-up create failed: {failed[0].get('error')}; see {work}/up.log")
         retries_before = claim_retries(work)
-        ops, errors, lock = [], [], threading.Lock()
+        cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+        throttled_before = budgets.throttling() if budgets else {}
+        errors, lock = [], threading.Lock()
         names = iter(range(args.creates))
 
         def client(k):
@@ -132,9 +194,8 @@ def one_count(args, psql, controllers):
                 url = urls[i % controllers]
                 try:
                     api = apis.setdefault(url, Api(url, ca, token))
-                    op = api.call("POST", "/v1/instances", {"name": f"c{i}", "flavor": "tiny", "image": "default"})
-                    with lock:
-                        ops.append(op["id"])
+                    api.call("POST", f"/v1/instances?project={projects[i % len(projects)]}",
+                             {"name": f"c{i}", "flavor": "tiny", "image": "default"})
                 except Exception as e:  # noqa: BLE001 (reported, and the run fails)
                     with lock:
                         errors.append(str(e))
@@ -148,22 +209,30 @@ def one_count(args, psql, controllers):
         sent = time.monotonic() - t0
         if errors:
             raise RuntimeError(f"{len(errors)} creates refused, e.g. {errors[0]}")
-        views = wait_ops(Api(urls[0], ca, token), ops).values()
-        bad = [v for v in views if v["state"] != "succeeded"]
+        rows = wait_measured(db_url, args.creates)
+        cpu = {n: cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
+        throttled = {}
+        if budgets:
+            after = budgets.throttling()
+            throttled = {n: (after[n][0] - throttled_before[n][0], after[n][1] - throttled_before[n][1]) for n in after}
+        bad = [row for row in rows if row[0] != "succeeded"]
         if bad:
-            raise RuntimeError(f"{len(bad)} creates did not succeed, e.g. {bad[0].get('error')}; see {work}")
-        start = min(parse_time(v["created_at"]) for v in views)
-        end = max(parse_time(v["updated_at"]) for v in views)
-        latencies = sorted(parse_time(v["updated_at"]) - parse_time(v["created_at"]) for v in views)
+            raise RuntimeError(f"{len(bad)} creates did not succeed (e.g. {bad[0][0]}); see {work}")
+        start = min(parse_time(row[1]) for row in rows)
+        end = max(parse_time(row[2]) for row in rows)
+        latencies = sorted(parse_time(row[2]) - parse_time(row[1]) for row in rows)
         retries = claim_retries(work) - retries_before
         return {
-            "controllers": controllers, "rate": len(views) / (end - start), "span_s": end - start,
+            "controllers": controllers, "rate": len(rows) / (end - start), "span_s": end - start,
             "send_s": sent, "retries": retries, "p50_s": latencies[len(latencies) // 2],
             "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "cpu_s": cpu, "throttled": throttled,
         }
     finally:
         stop_cloud(up, lambda: psql(args.postgres, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
                    "ncc", args.hosts, work)
+        if budgets:
+            budgets.remove()
 
 
 def stop_cloud(up, drop_db, net_name, hosts, work):
@@ -182,21 +251,40 @@ def stop_cloud(up, drop_db, net_name, hosts, work):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def describe(r):
+    cpu = ", ".join(f"{n} {c:.1f}" for n, c in sorted(r["cpu_s"].items()))
+    thr = ", ".join(f"{n} {100 * t / max(p, 1):.0f}%" for n, (t, p) in sorted(r["throttled"].items()))
+    return (f"{r['rate']:.1f} creates/s ({r['span_s']:.2f} s, sent in {r['send_s']:.2f} s; accept-to-done p50 {r['p50_s'] * 1000:.0f} ms, "
+            f"p99 {r['p99_s'] * 1000:.0f} ms; conflict retries {r['retries']}; controller CPU s: {cpu}"
+            + (f"; periods throttled: {thr}" if thr else "") + ")")
+
+
 def creates_part(args, psql):
     print(STAND_IN, flush=True)
-    print(f"creates: {args.creates} per run (flavor tiny), {args.clients} client threads, "
-          f"{args.hosts} hosts, one PostgreSQL, binary {args.bin}", flush=True)
-    results = {}
+    if args.controller_cpu > 0:
+        print("CONTROLLER MACHINES: STAND-IN (bench/cpu_budget.py): each controller process in a cgroup of its "
+              f"own, {describe_budget(args.controller_cpu)}; the agents, this client"
+              + (" and PostgreSQL" if args.shield_postgres else "")
+              + " unbudgeted at a high weight (not starved by other work on the machine)"
+              + ("" if args.shield_postgres else "; PostgreSQL as it runs")
+              + ": the figure shows controller-side scaling, not PostgreSQL's", flush=True)
+    else:
+        print("controllers unbudgeted (--controller-cpu 0): they share this machine's CPUs", flush=True)
+    print(f"creates: {args.creates} per run (flavor tiny) spread over {args.projects} projects, {args.clients} client threads, "
+          f"{args.hosts} hosts, one PostgreSQL, {args.rounds} round(s), binary {args.bin}; "
+          f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    runs = {1: [], 2: [], 3: []}
+    for r in range(1, args.rounds + 1):
+        for k in (1, 2, 3):
+            res = one_count(args, psql, k, r)
+            runs[k].append(res)
+            print(f"  round {r}, {k} controller(s): {describe(res)}; load {os.getloadavg()[0]:.1f}", flush=True)
+    rate = {k: statistics.median(x["rate"] for x in v) for k, v in runs.items()}
     for k in (1, 2, 3):
-        r = one_count(args, psql, k)
-        results[k] = r
-        print(f"  {k} controller(s): {r['rate']:.1f} creates/s  ({args.creates} in {r['span_s']:.2f} s; "
-              f"accept-to-done p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms; "
-              f"conflict retries {r['retries']} = {100 * r['retries'] / args.creates:.1f}%)", flush=True)
-    one = results[1]["rate"]
+        print(f"  {k} controller(s): median {rate[k]:.1f} creates/s over {len(runs[k])} round(s)")
     for k, goal in ((2, 1.7), (3, 2.4)):
-        ratio = results[k]["rate"] / one
-        print(f"  ratio {k}/1 controllers: {ratio:.2f}x   goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'}")
-    worst = max(r["retries"] / args.creates for r in results.values())
+        ratio = rate[k] / rate[1]
+        print(f"  ratio {k}/1 controllers (medians): {ratio:.2f}x   goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'}")
+    worst = max(x["retries"] / args.creates for v in runs.values() for x in v)
     print(f"  conflict retries: at most {100 * worst:.1f}%   goal < 5%: {'met' if worst < 0.05 else 'NOT met'}")
-    return results
+    return runs

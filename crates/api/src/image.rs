@@ -35,6 +35,23 @@ pub struct ImageView {
     /// Firmware a disk image boots with.
     pub firmware: Firmware,
     pub created_at: DateTime<Utc>,
+    /// Which live controllers hold a copy of an uploaded image's bytes (shown by
+    /// `GET /v1/images/{image}`; absent in listings and for images registered by path).
+    #[serde(default)]
+    pub copies: Option<ImageCopies>,
+}
+
+/// Where an uploaded image's bytes are: every controller keeps its own verified copy, and
+/// copies what it lacks from another within seconds (docs/control-plane.md). While `held` is
+/// 0 no agent can fetch the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageCopies {
+    /// Live controllers holding a verified copy.
+    pub held: u32,
+    /// Live controllers in all.
+    pub controllers: u32,
+    /// The URLs of the holders (for admins; empty for other callers).
+    pub held_by: Vec<String>,
 }
 
 /// Firmware that boots a disk image.

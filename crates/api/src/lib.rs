@@ -46,7 +46,8 @@ pub use host::{
     HostState, HostView, JoinTokenView, OrphanKind, OrphanView,
 };
 pub use image::{
-    CreateImageFromInstance, Firmware, ImageView, ImportImage, UploadCheck, UploadImage,
+    CreateImageFromInstance, Firmware, ImageCopies, ImageView, ImportImage, UploadCheck,
+    UploadImage,
 };
 pub use instance::{
     ConsoleLog, CreateInstance, ExecInstance, ExecOutput, HaPolicy, InstanceState, InstanceView,

@@ -331,6 +331,10 @@ pub struct UpArgs {
     /// RAM allocation ratio.
     #[arg(long, default_value_t = 1.0)]
     pub ram_ratio: f64,
+    /// Disk allocation ratio (instance disks are copy-on-write overlays: a ratio above 1
+    /// offers more GiB than the hosts' free space).
+    #[arg(long, default_value_t = 1.0)]
+    pub disk_ratio: f64,
     /// Placement strategy.
     #[arg(long, value_enum, default_value = "spread")]
     pub strategy: StrategyArg,
@@ -427,6 +431,11 @@ pub struct ControllerArgs {
     /// its own (controllers sharing a data directory on one machine: one each).
     #[arg(long, value_name = "DIR")]
     pub blob_dir: Option<PathBuf>,
+    /// URL the other controllers reach this one at (they copy image bytes from one
+    /// another), e.g. https://10.0.0.11:7700 [default: https://<first --listen>]; needed
+    /// with several controllers when the first --listen address is 0.0.0.0 or ::.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,9 +5,10 @@
 //! -9; a real guest's create finished by another controller after its own was killed -9
 //! mid-boot, and a live migration after its controller was killed -9 mid-copy (one QEMU,
 //! capacity counted once); an image uploaded through one controller copied to every
-//! controller, and an instance created from it through another after the first was killed -9
-//! (it boots); a snapshot of that instance started through controller 3, killed -9 in the
-//! snapshot's step in flight: another controller finishes it, it restores, one QEMU
+//! controller (`image show`: 3 of 3 live controllers), and an instance created from it
+//! through another after the first was killed -9 (it boots); a snapshot of that instance
+//! started through controller 3, killed -9 in the snapshot's step in flight: another
+//! controller finishes it, it restores, one QEMU
 //! (deleting the image then removes every controller's copy); each killed controller
 //! restarted by `nimbus up` and serving again within a bound; `--controllers 2` refused
 //! without PostgreSQL.
@@ -466,6 +467,24 @@ async fn image_survives_its_controller(cloud: &Cloud) -> String {
         "image copied to the 3 controllers {:.1} s after its upload",
         uploaded.elapsed().as_secs_f64()
     );
+    // `image show` says so (an admin sees which controllers).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown: nimbus_api::ImageView =
+            serde_json::from_str(&cli_ok(cloud, &["image", "show", "halt", "-o", "json"]))
+                .expect("image show");
+        let copies = shown.copies.expect("an uploaded image's copies");
+        if copies.held == 3 {
+            assert_eq!(
+                (copies.controllers, copies.held_by.len()),
+                (3, 3),
+                "{copies:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "image show says {copies:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid_of(cloud, 3)),
         nix::sys::signal::Signal::SIGKILL,

@@ -52,6 +52,9 @@ pub struct ControllerConfig {
     /// data dir). Every controller needs its own: controllers sharing one data dir on one
     /// machine (`nimbus up --controllers N`) get one each (see docs/control-plane.md).
     pub blob_dir: Option<PathBuf>,
+    /// The URL the other controllers reach this one at (copies of image bytes between
+    /// controllers); `None`: `https://<first listen address>`. See [`Self::peer_url`].
+    pub advertise_url: Option<String>,
 }
 
 /// How long the tables that grow with use keep their rows (see `background::retention`).
@@ -120,6 +123,20 @@ impl ControllerConfig {
             retention: Retention::default(),
             tls_names: Vec::new(),
             blob_dir: None,
+            advertise_url: None,
+        }
+    }
+
+    /// The URL the other controllers reach this one at: `advertise_url`, else
+    /// `https://<first listen address>`.
+    pub fn peer_url(&self) -> String {
+        match &self.advertise_url {
+            Some(url) => url.clone(),
+            None => self
+                .listen
+                .first()
+                .map(|a| format!("https://{a}"))
+                .unwrap_or_default(),
         }
     }
 

@@ -48,6 +48,9 @@ pub async fn run(
         tokio::spawn(Runner::new(background::leases::LeaseKeeper).run(app.clone())),
         tokio::spawn(Runner::new(background::retention::RetentionTask).run(app.clone())),
         tokio::spawn(Runner::new(background::image_copies::ImageCopies).run(app.clone())),
+        tokio::spawn(
+            Runner::new(background::replica_copies::ReplicaCopies::default()).run(app.clone()),
+        ),
         tokio::spawn(Runner::new(background::replication::Replication::default()).run(app.clone())),
     ];
     let router = http::router(app.clone());

@@ -20,7 +20,7 @@ pub struct BlobHolder {
     pub url: String,
 }
 
-fn ms(d: Duration) -> i64 {
+pub(crate) fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
@@ -55,14 +55,28 @@ impl Store {
         digest: &str,
         ttl: Duration,
     ) -> Result<Vec<BlobHolder>, StoreError> {
+        self.live_holders("image_holders", "digest", digest, ttl)
+            .await
+    }
+
+    /// The live controllers (heartbeat younger than `ttl`) holding what `key_column` of
+    /// holders table `table` names `key`, freshest heartbeat first (tables and columns are
+    /// this crate's constants).
+    pub(crate) async fn live_holders(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Vec<BlobHolder>, StoreError> {
         let now = self.now_ms();
         let rows = sqlx::query(&format!(
-            "SELECT c.id AS id, c.url AS url FROM image_holders h \
+            "SELECT c.id AS id, c.url AS url FROM {table} h \
              JOIN controllers c ON c.id = h.controller \
-             WHERE h.digest = $1 AND c.heartbeat_ms >= {now} - $2 \
+             WHERE h.{key_column} = $1 AND c.heartbeat_ms >= {now} - $2 \
              ORDER BY c.heartbeat_ms DESC, c.id"
         ))
-        .bind(digest)
+        .bind(key)
         .bind(ms(ttl))
         .fetch_all(&self.pool)
         .await?;

@@ -51,6 +51,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<ImageView, StoreError> {
         firmware: Firmware::parse(&firmware)
             .ok_or_else(|| StoreError::Corrupt(format!("image firmware {firmware:?}")))?,
         created_at: time::parse(&r.try_get::<String, _>("created_at")?)?,
+        copies: None,
     })
 }
 

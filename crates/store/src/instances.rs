@@ -1,6 +1,6 @@
 //! Instances: their desired state, placement and the operation acting on them.
 
-use crate::locks::{lock_image, lock_project};
+use crate::locks::{lock_project, share_image};
 use crate::page::{Page, PageRequest, OLDEST_FIRST};
 use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
 use crate::quotas::{lock_quota, usage_in};
@@ -201,9 +201,10 @@ impl Store {
         let mut tx = self.begin().await?;
         let limits = lock_quota(&mut tx, &new.project).await?;
         // Locked, not just read: a project or image deleted meanwhile is seen as gone, and
-        // one being deleted waits and then sees this instance.
+        // one being deleted waits and then sees this instance. The image only shared: one
+        // image serves every project's creates.
         lock_project(&mut tx, &new.project).await?;
-        lock_image(&mut tx, &new.image_project, &new.image).await?;
+        share_image(&mut tx, self.postgres, &new.image_project, &new.image).await?;
         if let Some(limits) = limits {
             let in_use = usage_in(&mut tx, &new.project).await?;
             let want = nimbus_api::QuotaUsage {

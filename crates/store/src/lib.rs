@@ -35,6 +35,7 @@ mod placement_groups;
 mod ports;
 mod projects;
 mod quotas;
+mod replica_holders;
 mod retention;
 mod scope;
 mod secgroups;

@@ -42,6 +42,35 @@ pub(crate) async fn lock_image(
     Ok(())
 }
 
+/// Holds the image's row against its deletion without serialising the creates that use it:
+/// on PostgreSQL a shared row lock (`FOR SHARE`: creates from one image take it together,
+/// an image delete's exclusive lock waits for them and they for it, so a create either
+/// commits before the delete counts users or finds the image gone); on SQLite a read (its
+/// write transactions are serialised anyway). An exclusive lock here made one public image
+/// (the default one) a row every create of every project queued on. `NotFound` if there is
+/// no such image (deleted meanwhile).
+pub(crate) async fn share_image(
+    tx: &mut Transaction<'_, Any>,
+    postgres: bool,
+    project: &str,
+    image: &str,
+) -> Result<(), StoreError> {
+    let sql = if postgres {
+        "SELECT name FROM images WHERE project = $1 AND name = $2 FOR SHARE"
+    } else {
+        "SELECT name FROM images WHERE project = $1 AND name = $2"
+    };
+    let row = sqlx::query(sql)
+        .bind(project)
+        .bind(image)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if row.is_none() {
+        return Err(StoreError::not_found("image", image));
+    }
+    Ok(())
+}
+
 /// Locks the host's row (capacity claims on it serialise); `NotFound` if it is gone.
 pub(crate) async fn lock_host(tx: &mut Transaction<'_, Any>, host: &str) -> Result<(), StoreError> {
     let r = sqlx::query("UPDATE hosts SET name = name WHERE name = $1")

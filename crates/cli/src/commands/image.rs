@@ -46,11 +46,24 @@ fn show(i: &ImageView) {
             output::opt(&i.virtual_size_bytes.map(output::bytes)),
         ),
         ("digest", output::opt(&i.digest)),
+        ("copies", output::opt(&i.copies.as_ref().map(copies))),
         ("kernel", output::opt(&i.kernel)),
         ("disk", output::opt(&i.disk)),
         ("ready_marker", output::opt(&i.ready_marker)),
         ("created_at", i.created_at.to_rfc3339()),
     ]);
+}
+
+/// `2 of 3 live controllers (https://..., https://...)`: where agents can fetch the bytes.
+fn copies(c: &nimbus_api::ImageCopies) -> String {
+    let mut s = format!("{} of {} live controllers", c.held, c.controllers);
+    if !c.held_by.is_empty() {
+        s.push_str(&format!(" ({})", c.held_by.join(", ")));
+    }
+    if c.held == 0 {
+        s.push_str(": no agent can fetch it; upload it again");
+    }
+    s
 }
 
 pub async fn run(conn: &Connection, out: Output, cmd: ImageCmd) -> anyhow::Result<()> {

@@ -63,6 +63,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.tls_names = args.tls_names;
     config.lease_ttl = args.lease_ttl;
     config.blob_dir = args.blob_dir;
+    config.advertise_url = args.advertise_url;
     config.boot_timeout = Duration::from_secs(args.boot_timeout_secs);
     if let Some(url) = args.database_url {
         config.database_url = url;

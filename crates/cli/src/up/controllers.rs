@@ -34,6 +34,7 @@ pub struct ControllersPlan {
     pub floating_ip_pool: Option<String>,
     pub cpu_ratio: f64,
     pub ram_ratio: f64,
+    pub disk_ratio: f64,
     pub strategy: &'static str,
     pub lease_ttl: Duration,
     pub boot_timeout_secs: u64,
@@ -134,6 +135,8 @@ fn spawn(
         plan.cpu_ratio.to_string(),
         "--ram-ratio".into(),
         plan.ram_ratio.to_string(),
+        "--disk-ratio".into(),
+        plan.disk_ratio.to_string(),
         "--strategy".into(),
         plan.strategy.into(),
         "--lease-ttl".into(),
@@ -151,7 +154,12 @@ fn spawn(
             "none".into()
         },
     ];
-    for addr in listen_of(&plan.listen, i) {
+    let listen = listen_of(&plan.listen, i);
+    if let Some(first) = listen.first() {
+        let peer = super::loopback_of(*first);
+        args.extend(["--advertise-url".into(), format!("https://{peer}")]);
+    }
+    for addr in listen {
         args.extend(["--listen".into(), addr.to_string()]);
     }
     for name in &plan.tls_names {

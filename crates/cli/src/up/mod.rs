@@ -60,6 +60,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = ControllerConfig::new(data_dir.clone());
     config.listen = vec![args.listen];
     config.lease_ttl = args.lease_ttl;
+    // The other controllers copy image bytes from this one on this machine's loopback
+    // (`--listen 0.0.0.0` names no address they could reach).
+    config.advertise_url = Some(format!("https://{}", loopback_of(args.listen)));
     config.boot_timeout = std::time::Duration::from_secs(args.boot_timeout_secs);
     // Where the agents call controller 1 (the others: the next ports).
     let agents_reach = match &net {
@@ -81,7 +84,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.ratios = AllocationRatios {
         cpu: args.cpu_ratio,
         ram: args.ram_ratio,
-        disk: 1.0,
+        disk: args.disk_ratio,
     };
     config.strategy = strategy(args.strategy);
     config.default_image = Some(default_image);
@@ -114,6 +117,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             floating_ip_pool: net.as_ref().map(|n| n.floating_ip_pool().to_string()),
             cpu_ratio: args.cpu_ratio,
             ram_ratio: args.ram_ratio,
+            disk_ratio: args.disk_ratio,
             strategy: match args.strategy {
                 crate::args::StrategyArg::Spread => "spread",
                 crate::args::StrategyArg::Pack => "pack",

@@ -57,28 +57,16 @@ impl App {
             .store()
             .live_image_holders(&text, self.config().lease_ttl)
             .await?;
-        let mut failures = Vec::new();
-        for holder in holders.iter().filter(|h| h.controller != me) {
-            let started = std::time::Instant::now();
-            match self.fetch_image_blob(holder, digest, size).await {
-                Ok(()) => {
-                    tracing::info!(%digest, from = %holder.url, bytes = size,
-                        ms = started.elapsed().as_millis() as u64,
-                        "image bytes copied from another controller");
+        let tried =
+            match from_first_holder(&holders, me, |h| self.fetch_image_blob(h, digest, size)).await
+            {
+                Ok(copied) => {
+                    tracing::info!(%digest, from = %copied.from, bytes = size, ms = copied.ms,
+                    "image bytes copied from another controller");
                     return Ok(());
                 }
-                Err(e) => {
-                    tracing::warn!(%digest, from = %holder.url, error = %e,
-                        "cannot copy image bytes from another controller");
-                    failures.push(format!("{}: {e}", holder.url));
-                }
-            }
-        }
-        let tried = if failures.is_empty() {
-            "no live controller holds them".to_string()
-        } else {
-            format!("every live holder failed ({})", failures.join("; "))
-        };
+                Err(tried) => tried,
+            };
         Err(AppError::unavailable(format!(
             "the bytes of image {} ({digest}) are not on this controller and {tried}; \
              if the controllers that held them are gone, upload the image again",
@@ -174,4 +162,49 @@ impl App {
         }
         Ok(removed)
     }
+}
+
+/// A copy made by [`from_first_holder`].
+pub(crate) struct Copied<T> {
+    pub value: T,
+    /// The holder's URL.
+    pub from: String,
+    pub ms: u64,
+}
+
+/// Tries `copy` from each live holder but this controller (`me`), freshest first, until
+/// one succeeds; each failure is logged. Otherwise answers why none could give a copy
+/// (`no live controller holds one`, or each holder's failure), for the caller's message.
+pub(crate) async fn from_first_holder<'h, T, E, F, Fut>(
+    holders: &'h [BlobHolder],
+    me: uuid::Uuid,
+    mut copy: F,
+) -> Result<Copied<T>, String>
+where
+    F: FnMut(&'h BlobHolder) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut failures = Vec::new();
+    for holder in holders.iter().filter(|h| h.controller != me) {
+        let started = std::time::Instant::now();
+        match copy(holder).await {
+            Ok(value) => {
+                return Ok(Copied {
+                    value,
+                    from: holder.url.clone(),
+                    ms: started.elapsed().as_millis() as u64,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(from = %holder.url, error = %e, "cannot copy from another controller");
+                failures.push(format!("{}: {e}", holder.url));
+            }
+        }
+    }
+    Err(if failures.is_empty() {
+        "no live controller holds one".to_string()
+    } else {
+        format!("every live holder failed ({})", failures.join("; "))
+    })
 }

@@ -134,7 +134,33 @@ impl App {
 
     /// An image the caller may boot.
     pub async fn get_image(&self, caller: &Caller, name: &str) -> Result<ImageView, AppError> {
-        Ok(self.store().get_image(name, &caller.scope()).await?)
+        let mut img = self.store().get_image(name, &caller.scope()).await?;
+        if let Some(digest) = &img.digest {
+            img.copies = Some(self.image_copies(caller, digest).await?);
+        }
+        Ok(img)
+    }
+
+    /// Which live controllers hold the bytes of `digest` (their URLs for admins only: the
+    /// controllers' addresses are the operator's).
+    async fn image_copies(
+        &self,
+        caller: &Caller,
+        digest: &str,
+    ) -> Result<nimbus_api::ImageCopies, AppError> {
+        let ttl = self.config().lease_ttl;
+        let holders = self.store().live_image_holders(digest, ttl).await?;
+        let controllers = self.store().list_controllers(ttl).await?.len();
+        let admin = caller.role == nimbus_api::Role::Admin;
+        Ok(nimbus_api::ImageCopies {
+            held: holders.len() as u32,
+            controllers: controllers as u32,
+            held_by: if admin {
+                holders.into_iter().map(|h| h.url).collect()
+            } else {
+                Vec::new()
+            },
+        })
     }
 
     /// Deletes image `name` as the caller's project resolves it (its own first, then a

@@ -32,6 +32,7 @@ pub mod orphans;
 pub mod placement_groups;
 pub mod projects;
 pub mod quotas;
+pub mod replica_copies;
 pub mod replicas;
 pub mod scaling;
 pub mod secgroups;
@@ -82,7 +83,9 @@ impl App {
     pub async fn open(config: ControllerConfig) -> Result<Self, AppError> {
         let store = Store::connect(&config.database_url).await?;
         let blobs = image_blobs::ImageBlobs::open(config.blob_dir())?;
-        let replicas = replicas::ReplicaStore::open(&config.data_dir)?;
+        // Its own replicas beside its own image copies: each controller holds every
+        // replicated snapshot (see `replica_copies`).
+        let replicas = replicas::ReplicaStore::open(config.blob_dir())?;
         let tls = tls::ControllerTls::load(&config).map_err(|e| {
             AppError::internal(format!(
                 "cannot set up the cloud CA in {}: {e}",

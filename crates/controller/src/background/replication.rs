@@ -12,13 +12,13 @@
 //! after each further failure of the same instance, up to [`MAX_RETRY_DELAY`] ([`Retries`]),
 //! so a host that keeps failing is not asked for its whole set every 2 s forever.
 //!
-//! After a snapshot is deleted (its row gone), the store is swept: what no remaining
-//! replica uses goes. Replicas are not billed again: a snapshot's storage is metered once,
-//! on its `stored_bytes`.
+//! Replicas are not billed again: a snapshot's storage is metered once, on its
+//! `stored_bytes`.
 //!
-//! One controller at a time runs it. The store is the controller's data dir: with several
-//! controllers that dir must be shared (a replica written by one is read by whichever runs
-//! the restart), see docs/snapshots.md.
+//! One controller at a time runs it, into its own replica store (under its blob dir), and
+//! records itself as the replicas' holder; every other controller then copies them
+//! (`background::replica_copies`, which also sweeps each store after a snapshot is deleted),
+//! so any live controller can run the restart (docs/control-plane.md).
 
 use crate::app::replicas::receive::Received;
 use crate::app::App;
@@ -41,11 +41,10 @@ const INTERVAL: Duration = Duration::from_secs(2);
 /// Longest wait before a replication that keeps failing is tried again.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(64);
 
-/// The replication task; remembers the snapshots it saw, to sweep when one is gone, and
-/// the instances whose replication failed, to try them again later.
+/// The replication task; remembers the instances whose replication failed, to try them
+/// again later.
 #[derive(Default)]
 pub struct Replication {
-    known: Option<BTreeSet<Uuid>>,
     retries: Retries,
 }
 
@@ -94,18 +93,6 @@ impl Task for Replication {
     }
 
     async fn pass(&mut self, app: &App) -> Result<(), PassError> {
-        let live: BTreeSet<Uuid> = app.store().all_snapshot_ids().await?.into_iter().collect();
-        let gone = self.known.as_ref().is_none_or(|k| !k.is_subset(&live));
-        if gone {
-            match app.replicas().sweep(&live).await {
-                Ok(freed) if freed > 0 => {
-                    tracing::info!(freed, "replicas of deleted snapshots collected")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "sweeping the replica store failed"),
-            }
-        }
-        let mut known = live;
         let todo = app.store().instances_to_replicate().await?;
         self.retries
             .keep_only(&todo.iter().map(|(vm, _)| *vm).collect());
@@ -119,10 +106,12 @@ impl Task for Replication {
                     self.retries.succeeded(vm);
                     for sid in &got.snapshots {
                         app.store()
+                            .add_replica_holder(*sid, app.controller_id())
+                            .await?;
+                        app.store()
                             .mark_snapshot_replicated(*sid, got.bytes())
                             .await?;
                     }
-                    known.extend(got.snapshots.iter().copied());
                     tracing::info!(instance_id = %vm, %host, snapshots = got.snapshots.len(),
                         layers = got.layers, layer_bytes = got.layer_bytes, chunks = got.chunks,
                         chunk_bytes = got.chunk_bytes, ms = started.elapsed().as_millis() as u64,
@@ -134,7 +123,6 @@ impl Task for Replication {
                 }
             }
         }
-        self.known = Some(known);
         Ok(())
     }
 }

@@ -87,6 +87,23 @@ pub async fn peer_image_blob(
     Ok(blob_response(len, file))
 }
 
+/// Another controller copies the replica of a snapshot this one holds: the frames of the
+/// VM's replicated snapshots (layers, manifests, chunks), as a restart sends them to a host.
+pub async fn peer_replica(
+    State(app): State<App>,
+    _peer: PeerController,
+    super::error::ApiPath((vm, snapshot)): super::error::ApiPath<(uuid::Uuid, uuid::Uuid)>,
+) -> Result<Response, ApiError> {
+    let set = app.replicas().restore_set(vm, snapshot).map_err(|e| {
+        ApiError(crate::app::AppError::not_found(format!(
+            "this controller holds no replica of snapshot {snapshot}: {e}"
+        )))
+    })?;
+    let chunks = set.chunks.clone();
+    let body = Body::from_stream(app.replicas().stream(set, chunks));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
 fn blob_response(len: u64, file: tokio::fs::File) -> Response {
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     (

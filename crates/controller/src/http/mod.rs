@@ -170,6 +170,10 @@ pub fn router(app: App) -> Router {
             "/internal/peers/images/{digest}",
             get(internal::peer_image_blob),
         )
+        .route(
+            "/internal/peers/replicas/{vm}/{snapshot}",
+            get(internal::peer_replica),
+        )
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -94,6 +94,9 @@ pub async fn define(
     target: &str,
     snap: &FromSnapshot,
 ) -> Result<Value, StepError> {
+    // The replica may have been received by another controller (dead by now): copied here
+    // first from any live holder (a transient failure while some holder may yet answer).
+    app.ensure_replica(id, snap.id).await.map_err(app_err)?;
     let set = app
         .replicas()
         .restore_set(id, snap.id)

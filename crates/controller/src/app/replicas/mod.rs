@@ -129,6 +129,9 @@ impl ManifestRefs {
 pub struct ReplicaStore {
     root: PathBuf,
     lock: tokio::sync::Mutex<()>,
+    /// Held while a replica is copied from another controller, so that the copy pass and a
+    /// restart needing the same replica make one copy (see `app::replica_copies`).
+    copying: tokio::sync::Mutex<()>,
 }
 
 impl ReplicaStore {
@@ -147,7 +150,13 @@ impl ReplicaStore {
         Ok(Self {
             root,
             lock: tokio::sync::Mutex::new(()),
+            copying: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Held while a replica is copied from another controller.
+    pub async fn copy_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.copying.lock().await
     }
 
     pub fn root(&self) -> &Path {
@@ -251,10 +260,18 @@ impl ReplicaStore {
     /// Mark and sweep: manifests of snapshots not in `live` go, then the layers no
     /// remaining manifest's chain uses, then the chunks no remaining manifest names.
     /// Answers the bytes freed.
-    pub async fn sweep(&self, live: &BTreeSet<Uuid>) -> Result<u64, ReplicaError> {
+    /// `live` is read under the store's lock (`None`: unknown, nothing is swept), so that a
+    /// replica committed meanwhile is of a snapshot it names.
+    pub async fn sweep<F>(&self, live: F) -> Result<u64, ReplicaError>
+    where
+        F: std::future::Future<Output = Option<BTreeSet<Uuid>>>,
+    {
         let _serial = self.lock.lock().await;
+        let Some(live) = live.await else {
+            return Ok(0);
+        };
         // Runs only after a snapshot was deleted (and once at start): small file work.
-        self.sweep_locked(live)
+        self.sweep_locked(&live)
     }
 
     fn sweep_locked(&self, live: &BTreeSet<Uuid>) -> Result<u64, ReplicaError> {

@@ -216,7 +216,10 @@ async fn deleting_a_snapshot_frees_what_no_other_replica_uses() {
         .end();
     receive(&store, vm, &set).await.expect("received");
     // s1 deleted: s2 still needs the first layer (its backing) and the shared chunk.
-    let freed = store.sweep(&[s2].into()).await.expect("sweep");
+    let freed = store
+        .sweep(async { Some([s2].into()) })
+        .await
+        .expect("sweep");
     assert!(freed > 0);
     assert!(!store.chunk_path(&chunk(b"only s1")).exists());
     assert!(store.chunk_path(&chunk(b"shared")).exists());
@@ -225,6 +228,9 @@ async fn deleting_a_snapshot_frees_what_no_other_replica_uses() {
     assert_eq!(layers, vec![L1.to_string(), ROOT_LAYER.to_string()]);
     store.restore_set(vm, s2).expect("s2 still restorable");
     // Every snapshot gone: nothing left.
-    store.sweep(&BTreeSet::new()).await.expect("sweep");
+    store
+        .sweep(async { Some(BTreeSet::new()) })
+        .await
+        .expect("sweep");
     assert_eq!(files_under(store.root()), 0);
 }
