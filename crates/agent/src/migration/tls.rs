@@ -189,13 +189,15 @@ impl MigrationTls {
     }
 
     /// Source: where QEMU sends the memory of a VM to `target`: through a tunnel to the
-    /// target agent when it serves TLS, else straight to its URI (checked by
-    /// [`Self::connect`] first: only an insecure agent sends in clear).
+    /// target agent when it serves TLS (its first `channels` connections opened at once),
+    /// else straight to its URI (checked by [`Self::connect`]: only an insecure agent
+    /// sends in clear).
     pub fn outgoing_stream(
         &self,
         dir: &VmDir,
         target: &IncomingReady,
         target_host: Option<&str>,
+        channels: usize,
     ) -> Result<(String, Option<OutgoingTunnel>), MigrationError> {
         if !target.tls {
             return Ok((target.migration_uri.clone(), None));
@@ -218,7 +220,7 @@ impl MigrationTls {
                 ))
             })?
             .to_string();
-        let tunnel = OutgoingTunnel::open(dir, address, host, &self.tunnel()?)?;
+        let tunnel = OutgoingTunnel::open(dir, address, host, &self.tunnel()?, channels)?;
         Ok((OutgoingTunnel::qemu_uri(), Some(tunnel)))
     }
 

@@ -13,7 +13,8 @@
 //!   write of the migration stream (strace: 35,909 `sendmsg` against 747 in clear for the
 //!   same guest), which made a TLS migration 2.5 times slower than a plain one. Here QEMU
 //!   writes in clear into a local socket, and the agents move it in 256 KiB reads, sealed
-//!   into full 16 KiB records.
+//!   into full 16 KiB records (and on the target, opened records gathered back into
+//!   256 KiB writes: gather.rs).
 //! - Both ends verify the other against the cloud CA, and the names come from the
 //!   controller (`IncomingRequest::source_host`, `MigrateRequest::target_host`), never from
 //!   the peer: the source checks the target's certificate names the target host (TLS server
@@ -23,11 +24,14 @@
 //! - The sockets are in the VM's directory, which only its confined QEMU user (and root)
 //!   may enter; QEMU gets a path relative to its working directory, that directory.
 //! - Every connection QEMU opens (the main channel, multifd channels, post-copy's
-//!   preemption channel) gets its own TLS connection. The tasks live in a [`Channels`]
-//!   that ends them all when dropped: cancelling or abandoning a migration closes its tunnel.
+//!   preemption channel) gets its own TLS connection; those of the main and multifd
+//!   channels are opened when the tunnel is (outgoing.rs), before QEMU asks. The tasks
+//!   live in a [`Channels`] that ends them all when dropped: cancelling or abandoning a
+//!   migration closes its tunnel.
 //! - The tunnel lives in the agent: a migration in flight does not survive an agent
 //!   restart (it fails and the VM runs on at its source).
 
+mod gather;
 mod incoming;
 mod outgoing;
 

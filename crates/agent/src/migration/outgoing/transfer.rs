@@ -99,6 +99,8 @@ impl Transfer {
     }
 
     async fn start(&mut self) -> Result<(), MigrationError> {
+        // The tunnel's TLS connections open while QEMU is set up (see tunnel/outgoing.rs).
+        self.open_stream()?;
         let qmp = self.ctx.qmp.clone();
         let request = self.ctx.record.request.clone();
         let caps = policy::source_capabilities(&request.policy, request.target.nbd.is_some());
@@ -133,14 +135,27 @@ impl Transfer {
         self.migrate().await
     }
 
-    async fn migrate(&mut self) -> Result<(), MigrationError> {
+    /// The URI QEMU migrates to; opens the agents' tunnel to a TLS target if not yet open.
+    fn open_stream(&mut self) -> Result<String, MigrationError> {
+        if self.tunnel.is_some() {
+            return Ok(OutgoingTunnel::qemu_uri());
+        }
         let request = &self.ctx.record.request;
+        // QEMU's main channel and its multifd channels.
+        let channels = 1 + usize::from(request.policy.multifd_channels.unwrap_or(0));
         let (uri, tunnel) = self.ctx.tls.outgoing_stream(
             &self.ctx.dir,
             &request.target,
             request.target_host.as_deref(),
+            channels,
         )?;
         self.tunnel = tunnel;
+        Ok(uri)
+    }
+
+    async fn migrate(&mut self) -> Result<(), MigrationError> {
+        let uri = self.open_stream()?;
+        let request = &self.ctx.record.request;
         tracing::info!(uri, target = request.target.migration_uri, "sending memory");
         self.memory_stall.restart(Instant::now());
         self.publish(|p| p.phase = MigrationPhase::PreCopy);

@@ -1,9 +1,15 @@
 //! Target side of the tunnel: a TLS port opened for one migration, each authenticated
 //! connection carried to the waiting QEMU's unix socket.
+//!
+//! A connection reaches QEMU only once its first bytes arrived: the source opens its
+//! connections ahead of QEMU's (see outgoing.rs), and QEMU, which tells its channels
+//! apart by their first bytes, would wait on an empty one (a connection the source
+//! opened but QEMU never used is closed with the tunnel without QEMU seeing it).
 
+use super::gather::Gather;
 use super::{
-    carry, refusal, Accept, ChannelTask, Channels, SocketPath, TunnelTls, HANDSHAKE_TIMEOUT,
-    INCOMING_SOCKET,
+    carry, refusal, Accept, ChannelTask, Channels, SocketPath, TunnelTls, BUFFER,
+    HANDSHAKE_TIMEOUT, INCOMING_SOCKET,
 };
 use crate::migration::MigrationError;
 use nimbus_pki::tokio_rustls::TlsAcceptor;
@@ -11,7 +17,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::time::Instant;
 
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -91,13 +99,19 @@ impl Accept for Incoming {
     }
 }
 
-/// One connection: TLS with the source host, then the bytes to and from QEMU.
+/// Most bytes read before QEMU's socket is connected.
+const FIRST_READ: usize = 64 * 1024;
+
+/// One connection: TLS with the source host, then (from its first bytes on) the bytes to
+/// and from QEMU.
 async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
+    let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     if let Err(why) = starts_with_handshake(&tcp).await {
         tracing::warn!(peer = %addr, why, "migration connection refused");
         return;
     }
+    let tcp = tokio::io::BufReader::with_capacity(BUFFER, tcp);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peer.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -113,18 +127,42 @@ async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
         tracing::warn!(peer = %addr, why, "migration connection refused");
         return;
     }
-    let qemu = match UnixStream::connect(peer.qemu_socket.path()).await {
+    let mut tls = Gather::new(tls);
+    let handshake_us = accepted.elapsed().as_micros() as u64;
+    let mut first = vec![0u8; FIRST_READ];
+    let n = match tls.read(&mut first).await {
+        Ok(0) => {
+            tracing::debug!(peer = %addr, "migration connection closed unused");
+            return;
+        }
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(peer = %addr, error = %e, "migration connection ended unused");
+            return;
+        }
+    };
+    let waited_us = accepted.elapsed().as_micros() as u64;
+    let mut qemu = match UnixStream::connect(peer.qemu_socket.path()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(socket = %peer.qemu_socket.path().display(), error = %e, "cannot reach the waiting QEMU");
             return;
         }
     };
-    tracing::info!(peer = %addr, "migration channel open");
+    if let Err(e) = qemu.write_all(&first[..n]).await {
+        tracing::warn!(peer = %addr, error = %e, "migration channel broken");
+        return;
+    }
+    drop(first);
+    tracing::info!(peer = %addr, handshake_us, waited_us, "migration channel open");
     match carry(tls, qemu).await {
-        Ok((received, sent)) => {
-            tracing::info!(peer = %addr, received, sent, "migration channel closed")
-        }
+        Ok((received, sent)) => tracing::info!(
+            peer = %addr,
+            received = received + n as u64,
+            sent,
+            open_ms = accepted.elapsed().as_millis() as u64,
+            "migration channel closed"
+        ),
         Err(e) => tracing::warn!(peer = %addr, error = %e, "migration channel broken"),
     }
 }

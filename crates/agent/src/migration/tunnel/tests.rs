@@ -46,17 +46,19 @@ async fn target(
     (dir, tunnel, qemu)
 }
 
-/// A source tunnel, and the VM directory its socket is in.
+/// A source tunnel with `ahead` connections opened ahead, and the VM directory its
+/// socket is in.
 fn source(
     tls: &TunnelTls,
     port: u16,
     target_host: &str,
+    ahead: usize,
 ) -> (tempfile::TempDir, std::path::PathBuf, OutgoingTunnel) {
     let dir = tempfile::tempdir().expect("tempdir");
     let vm_dir = deep_dir(dir.path());
     let vm = VmDir::new(vm_dir.clone());
-    let tunnel =
-        OutgoingTunnel::open(&vm, format!("127.0.0.1:{port}"), target_host, tls).expect("open");
+    let tunnel = OutgoingTunnel::open(&vm, format!("127.0.0.1:{port}"), target_host, tls, ahead)
+        .expect("open");
     (dir, vm_dir, tunnel)
 }
 
@@ -79,16 +81,29 @@ async fn qemu_connects(vm_dir: &std::path::Path) -> UnixStream {
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// Two streams cross intact both ways, one on a connection opened ahead and one opened
+/// when asked; then the tunnel drains.
 #[tokio::test]
 async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
     let h = hosts();
     let (_t, incoming, qemu_in) = target(&h.target, "src").await;
-    let (_sdir, vm_dir, outgoing) = source(&h.source, incoming.port(), "dst");
-    let mut qemu_out = qemu_connects(&vm_dir).await;
-    let (mut arrived, _) = tokio::time::timeout(LIMIT, qemu_in.accept())
+    let (_sdir, vm_dir, outgoing) = source(&h.source, incoming.port(), "dst", 1);
+    for _ in 0..2 {
+        cross(&vm_dir, &qemu_in).await;
+    }
+    tokio::time::timeout(LIMIT, outgoing.finish(LIMIT))
         .await
-        .expect("in time")
-        .expect("the target QEMU gets the channel");
+        .expect("drains in time");
+    assert!(
+        !vm_dir.join(OUTGOING_SOCKET).exists(),
+        "the socket is removed"
+    );
+    incoming.close_when_done(LIMIT);
+}
+
+/// What QEMU does on one channel: 4 MiB to the target, 3 bytes back.
+async fn cross(vm_dir: &std::path::Path, qemu_in: &UnixListener) {
+    let mut qemu_out = qemu_connects(vm_dir).await;
     let stream: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let sent = stream.clone();
     let writer = tokio::spawn(async move {
@@ -98,6 +113,10 @@ async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
         qemu_out.read_exact(&mut ack).await.expect("ack");
         assert_eq!(&ack, b"ack");
     });
+    let (mut arrived, _) = tokio::time::timeout(LIMIT, qemu_in.accept())
+        .await
+        .expect("in time")
+        .expect("the target QEMU gets the channel");
     let mut got = vec![0u8; stream.len()];
     tokio::time::timeout(LIMIT, arrived.read_exact(&mut got))
         .await
@@ -109,14 +128,24 @@ async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
         .await
         .expect("in time")
         .expect("writer");
-    drop(arrived);
+}
+
+/// Connections opened ahead that QEMU never uses never reach the target's QEMU (which
+/// would wait for their first bytes), and go with the tunnel.
+#[tokio::test]
+async fn connections_opened_ahead_reach_qemu_only_when_used() {
+    let h = hosts();
+    let (_t, incoming, qemu_in) = target(&h.target, "src").await;
+    let (_sdir, vm_dir, outgoing) = source(&h.source, incoming.port(), "dst", 3);
+    // Time for the three handshakes: QEMU's side sees none of them.
+    let early = tokio::time::timeout(Duration::from_millis(500), qemu_in.accept()).await;
+    assert!(early.is_err(), "a connection opened ahead reached QEMU");
+    cross(&vm_dir, &qemu_in).await;
     tokio::time::timeout(LIMIT, outgoing.finish(LIMIT))
         .await
         .expect("drains in time");
-    assert!(
-        !vm_dir.join(OUTGOING_SOCKET).exists(),
-        "the socket is removed"
-    );
+    let late = tokio::time::timeout(Duration::from_millis(500), qemu_in.accept()).await;
+    assert!(late.is_err(), "an unused connection reached QEMU");
     incoming.close_when_done(LIMIT);
 }
 
@@ -126,7 +155,7 @@ async fn a_stream_crosses_both_ways_and_the_tunnel_drains() {
 async fn only_the_named_hosts_are_carried() {
     let h = hosts();
     let (_t, incoming, qemu_in) = target(&h.target, "src").await;
-    let (_sdir, vm_dir, _outgoing) = source(&h.other, incoming.port(), "dst");
+    let (_sdir, vm_dir, _outgoing) = source(&h.other, incoming.port(), "dst", 1);
     let mut qemu_out = qemu_connects(&vm_dir).await;
     let _ = qemu_out.write_all(b"QEVM").await;
     let mut buf = [0u8; 8];
@@ -137,7 +166,7 @@ async fn only_the_named_hosts_are_carried() {
     let nothing = tokio::time::timeout(Duration::from_millis(300), qemu_in.accept()).await;
     assert!(nothing.is_err(), "the target QEMU got a connection");
     // The source names "other" as its target: the real target's certificate is refused.
-    let (_sdir, vm_dir, _outgoing) = source(&h.source, incoming.port(), "evil");
+    let (_sdir, vm_dir, _outgoing) = source(&h.source, incoming.port(), "evil", 0);
     let mut qemu_out = qemu_connects(&vm_dir).await;
     let _ = qemu_out.write_all(b"QEVM").await;
     let read = tokio::time::timeout(LIMIT, qemu_out.read(&mut buf))
