@@ -99,26 +99,18 @@ impl Transfer {
     }
 
     async fn start(&mut self) -> Result<(), MigrationError> {
-        // The tunnel's TLS connections open while QEMU is set up (see tunnel/outgoing.rs).
-        self.open_stream()?;
         let qmp = self.ctx.qmp.clone();
         let request = self.ctx.record.request.clone();
+        let target_host = request.target_host.as_deref();
+        self.ctx.tls.check_target(&request.target, target_host)?;
+        // The tunnel's TLS connections open while QEMU is set up (see tunnel/outgoing.rs).
+        self.open_stream()?;
         let caps = policy::source_capabilities(&request.policy, request.target.nbd.is_some());
         qmp.migrate_set_capabilities(&caps)
             .await
             .map_err(MigrationError::qmp("migrate-set-capabilities"))?;
-        let tls = self
-            .ctx
-            .tls
-            .connect(
-                &qmp,
-                &self.ctx.dir,
-                &request.target,
-                request.target_host.as_deref(),
-            )
-            .await?;
         // The memory goes in clear to the agents' tunnel (tunnel.rs), never QEMU's TLS.
-        let params = tls::client_parameters(policy::source_parameters(&request.policy), None);
+        let params = tls::client_parameters(policy::source_parameters(&request.policy));
         qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
@@ -129,7 +121,11 @@ impl Transfer {
                 port = nbd.port,
                 "mirroring the disk to the target"
             );
-            self.mirror = Some(DiskMirror::start(&qmp, self.ctx.id, nbd, tls.as_ref()).await?);
+            let route =
+                self.ctx
+                    .tls
+                    .outgoing_disk(&self.ctx.dir, &request.target, nbd, target_host)?;
+            self.mirror = Some(DiskMirror::start(&qmp, self.ctx.id, route).await?);
             self.wait_mirror_ready().await?;
         }
         self.migrate().await
@@ -537,8 +533,6 @@ impl Transfer {
         if let Some(mirror) = mirror {
             mirror.abort().await;
         }
-        // The host key leaves the memory of a QEMU that goes on running here.
-        tls::unload(&qmp).await;
         if self.ctx.record.ladder.postcopy {
             // The guest ran on the target: this copy's memory is stale, never resume it.
             tracing::error!("post-copy failed: the VM is lost unless the target recovers");

@@ -1,15 +1,17 @@
 //! Target side of the tunnel: a TLS port opened for one migration, each authenticated
 //! connection carried to the waiting QEMU's unix socket.
 //!
-//! A connection reaches QEMU only once its first bytes arrived: the source opens its
-//! connections ahead of QEMU's (see outgoing.rs), and QEMU, which tells its channels
-//! apart by their first bytes, would wait on an empty one (a connection the source
-//! opened but QEMU never used is closed with the tunnel without QEMU seeing it).
+//! A connection of the migration stream reaches QEMU only once its first bytes arrived:
+//! the source opens its connections ahead of QEMU's (see outgoing.rs), and QEMU, which
+//! tells its channels apart by their first bytes, would wait on an empty one (a connection
+//! the source opened but QEMU never used is closed with the tunnel without QEMU seeing it).
+//! A connection to the NBD server of a mirrored disk reaches QEMU at once: the server
+//! speaks first.
 
 use super::gather::Gather;
 use super::{
-    carry, refusal, Accept, ChannelTask, Channels, SocketPath, TunnelTls, BUFFER,
-    HANDSHAKE_TIMEOUT, INCOMING_SOCKET,
+    carry, refusal, Accept, ChannelTask, Channels, SocketPath, Stream, TunnelTls, BUFFER,
+    HANDSHAKE_TIMEOUT,
 };
 use crate::migration::MigrationError;
 use nimbus_pki::tokio_rustls::TlsAcceptor;
@@ -31,15 +33,16 @@ pub struct IncomingTunnel {
 }
 
 impl IncomingTunnel {
-    /// Listens on a port of `host` (the kernel's choice) for `source_host`'s connections,
-    /// carried to QEMU's unix socket [`INCOMING_SOCKET`] in its VM directory `vm_dir`.
+    /// Listens on a port of `host` (the kernel's choice) for `source_host`'s connections
+    /// of `stream`, carried to QEMU's unix socket for it in its VM directory `vm_dir`.
     pub async fn open(
         host: &str,
         vm_dir: &Path,
+        stream: Stream,
         tls: &TunnelTls,
         source_host: Option<String>,
     ) -> Result<Self, MigrationError> {
-        let qemu_socket = SocketPath::new(vm_dir, INCOMING_SOCKET)?;
+        let qemu_socket = SocketPath::new(vm_dir, stream.incoming_socket())?;
         let listener = TcpListener::bind((host, 0))
             .await
             .map_err(|e| MigrationError::Setup(format!("cannot listen on {host}: {e}")))?;
@@ -53,6 +56,7 @@ impl IncomingTunnel {
                 acceptor: TlsAcceptor::from(tls.server.clone()),
                 source_host,
                 qemu_socket,
+                stream,
             }),
         };
         Ok(Self {
@@ -83,6 +87,7 @@ struct Peer {
     acceptor: TlsAcceptor,
     source_host: Option<String>,
     qemu_socket: SocketPath,
+    stream: Stream,
 }
 
 impl Accept for Incoming {
@@ -102,8 +107,8 @@ impl Accept for Incoming {
 /// Most bytes read before QEMU's socket is connected.
 const FIRST_READ: usize = 64 * 1024;
 
-/// One connection: TLS with the source host, then (from its first bytes on) the bytes to
-/// and from QEMU.
+/// One connection: TLS with the source host, then the bytes to and from QEMU (connected
+/// on the connection's first bytes, or at once when QEMU speaks first).
 async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
@@ -129,16 +134,15 @@ async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
     }
     let mut tls = Gather::new(tls);
     let handshake_us = accepted.elapsed().as_micros() as u64;
-    let mut first = vec![0u8; FIRST_READ];
-    let n = match tls.read(&mut first).await {
-        Ok(0) => {
-            tracing::debug!(peer = %addr, "migration connection closed unused");
-            return;
-        }
-        Ok(n) => n,
-        Err(e) => {
-            tracing::debug!(peer = %addr, error = %e, "migration connection ended unused");
-            return;
+    let first = if peer.stream.qemu_speaks_first() {
+        Vec::new()
+    } else {
+        match first_bytes(&mut tls).await {
+            Some(first) => first,
+            None => {
+                tracing::debug!(peer = %addr, "migration connection closed unused");
+                return;
+            }
         }
     };
     let waited_us = accepted.elapsed().as_micros() as u64;
@@ -149,21 +153,35 @@ async fn serve(peer: Arc<Peer>, tcp: TcpStream, addr: SocketAddr) {
             return;
         }
     };
-    if let Err(e) = qemu.write_all(&first[..n]).await {
+    if let Err(e) = qemu.write_all(&first).await {
         tracing::warn!(peer = %addr, error = %e, "migration channel broken");
         return;
     }
-    drop(first);
-    tracing::info!(peer = %addr, handshake_us, waited_us, "migration channel open");
+    let stream = peer.stream;
+    tracing::info!(peer = %addr, ?stream, handshake_us, waited_us, "migration channel open");
     match carry(tls, qemu).await {
         Ok((received, sent)) => tracing::info!(
             peer = %addr,
-            received = received + n as u64,
+            ?stream,
+            received = received + first.len() as u64,
             sent,
             open_ms = accepted.elapsed().as_millis() as u64,
             "migration channel closed"
         ),
-        Err(e) => tracing::warn!(peer = %addr, error = %e, "migration channel broken"),
+        Err(e) => tracing::warn!(peer = %addr, ?stream, error = %e, "migration channel broken"),
+    }
+}
+
+/// The first bytes the source sends; `None` when it closes the connection first (one it
+/// opened ahead and did not need).
+async fn first_bytes<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Option<Vec<u8>> {
+    let mut first = vec![0u8; FIRST_READ];
+    match tls.read(&mut first).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            first.truncate(n);
+            Some(first)
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Source side of the tunnel: a unix socket in the VM's directory that QEMU migrates to,
-//! each of its connections carried over TLS to the target agent.
+//! Source side of the tunnel: a unix socket in the VM's directory that QEMU migrates (or
+//! mirrors a disk) to, each of its connections carried over TLS to the target agent.
 //!
 //! The TLS connections QEMU will ask for (its main channel and one per multifd channel)
 //! are opened when the tunnel is, while QEMU is still being set up: each connection QEMU
@@ -8,7 +8,7 @@
 //! connection beyond those is opened when QEMU asks; one of the pool that QEMU never asks
 //! for is closed with the tunnel (the target never hands it to its QEMU: see incoming.rs).
 
-use super::{carry, refusal, Accept, ChannelTask, Channels, TunnelTls, OUTGOING_SOCKET};
+use super::{carry, refusal, Accept, ChannelTask, Channels, Stream, TunnelTls, OUTGOING_SOCKET};
 use crate::instance::files::VmDir;
 use crate::migration::MigrationError;
 use nimbus_pki::rustls::pki_types::ServerName;
@@ -32,23 +32,24 @@ pub struct OutgoingTunnel {
 }
 
 impl OutgoingTunnel {
-    /// Opens the socket QEMU migrates to in `dir`; each connection goes to `target`
-    /// (`host:port`), which must prove it is host `target_host`. The first `channels`
-    /// connections (QEMU's main channel and its multifd channels) are opened now.
+    /// Opens the socket for `stream` that QEMU connects to in `dir`; each connection goes
+    /// to `target` (`host:port`), which must prove it is host `target_host`. The first
+    /// `ahead` connections (QEMU's main channel and its multifd channels) are opened now.
     pub fn open(
         dir: &VmDir,
+        stream: Stream,
         target: String,
         target_host: &str,
         tls: &TunnelTls,
-        channels: usize,
+        ahead: usize,
     ) -> Result<Self, MigrationError> {
         let name = ServerName::try_from(target_host.to_string()).map_err(|e| {
             MigrationError::Setup(format!("{target_host:?} is not a host name: {e}"))
         })?;
-        let socket = dir.dir().join(OUTGOING_SOCKET);
+        let socket = dir.dir().join(stream.outgoing_socket());
         // A socket left by an agent that died in the middle.
         let _ = std::fs::remove_file(&socket);
-        let bind_at = super::SocketPath::new(dir.dir(), OUTGOING_SOCKET)?;
+        let bind_at = super::SocketPath::new(dir.dir(), stream.outgoing_socket())?;
         let listener = UnixListener::bind(bind_at.path()).map_err(|e| {
             MigrationError::Setup(format!("cannot create {}: {e}", socket.display()))
         })?;
@@ -73,7 +74,7 @@ impl OutgoingTunnel {
         let accept = Outgoing {
             listener,
             peer: Arc::new(Peer {
-                pool: Pool::fill(&target, channels.min(super::MAX_CHANNELS)),
+                pool: Pool::fill(&target, ahead.min(super::MAX_CHANNELS)),
                 target,
             }),
         };
@@ -81,8 +82,9 @@ impl OutgoingTunnel {
         Ok(tunnel)
     }
 
-    /// The URI QEMU migrates to (relative to its working directory, the VM directory:
-    /// the directories above may be closed to the VM's user).
+    /// The URI QEMU migrates to through a [`Stream::Memory`] tunnel (relative to its
+    /// working directory, the VM directory: the directories above may be closed to the
+    /// VM's user).
     pub fn qemu_uri() -> String {
         format!("unix:{OUTGOING_SOCKET}")
     }

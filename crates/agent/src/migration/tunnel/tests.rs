@@ -31,34 +31,53 @@ fn hosts() -> Hosts {
     }
 }
 
-/// A target tunnel in front of a stand-in QEMU listening on its socket.
+/// A target tunnel of the migration stream in front of a stand-in QEMU listening on its
+/// socket.
 async fn target(
     tls: &TunnelTls,
     source: &str,
 ) -> (tempfile::TempDir, IncomingTunnel, UnixListener) {
+    target_of(tls, source, Stream::Memory).await
+}
+
+async fn target_of(
+    tls: &TunnelTls,
+    source: &str,
+    stream: Stream,
+) -> (tempfile::TempDir, IncomingTunnel, UnixListener) {
     let dir = tempfile::tempdir().expect("tempdir");
     let vm_dir = deep_dir(dir.path());
-    let socket = SocketPath::new(&vm_dir, INCOMING_SOCKET).expect("socket path");
+    let socket = SocketPath::new(&vm_dir, stream.incoming_socket()).expect("socket path");
     let qemu = UnixListener::bind(socket.path()).expect("bind");
-    let tunnel = IncomingTunnel::open("127.0.0.1", &vm_dir, tls, Some(source.into()))
+    let tunnel = IncomingTunnel::open("127.0.0.1", &vm_dir, stream, tls, Some(source.into()))
         .await
         .expect("open");
     (dir, tunnel, qemu)
 }
 
-/// A source tunnel with `ahead` connections opened ahead, and the VM directory its
-/// socket is in.
+/// A source tunnel of the migration stream with `ahead` connections opened ahead, and the
+/// VM directory its socket is in.
 fn source(
     tls: &TunnelTls,
     port: u16,
     target_host: &str,
     ahead: usize,
 ) -> (tempfile::TempDir, std::path::PathBuf, OutgoingTunnel) {
+    source_of(tls, port, target_host, Stream::Memory, ahead)
+}
+
+fn source_of(
+    tls: &TunnelTls,
+    port: u16,
+    target_host: &str,
+    stream: Stream,
+    ahead: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, OutgoingTunnel) {
     let dir = tempfile::tempdir().expect("tempdir");
     let vm_dir = deep_dir(dir.path());
     let vm = VmDir::new(vm_dir.clone());
-    let tunnel = OutgoingTunnel::open(&vm, format!("127.0.0.1:{port}"), target_host, tls, ahead)
-        .expect("open");
+    let address = format!("127.0.0.1:{port}");
+    let tunnel = OutgoingTunnel::open(&vm, stream, address, target_host, tls, ahead).expect("open");
     (dir, vm_dir, tunnel)
 }
 
@@ -146,6 +165,42 @@ async fn connections_opened_ahead_reach_qemu_only_when_used() {
         .expect("drains in time");
     let late = tokio::time::timeout(Duration::from_millis(500), qemu_in.accept()).await;
     assert!(late.is_err(), "an unused connection reached QEMU");
+    incoming.close_when_done(LIMIT);
+}
+
+/// An NBD server speaks first: the target agent connects to it as soon as the source is
+/// authenticated, and its greeting reaches the source's QEMU before that sent anything.
+#[tokio::test]
+async fn a_server_that_speaks_first_is_reached_at_once() {
+    let h = hosts();
+    let (_t, incoming, server) = target_of(&h.target, "src", Stream::Disk).await;
+    let greeter = tokio::spawn(async move {
+        let (mut conn, _) = server.accept().await.expect("accept");
+        conn.write_all(b"NBDMAGIC").await.expect("greet");
+        let mut option = [0u8; 4];
+        conn.read_exact(&mut option).await.expect("option");
+        option
+    });
+    let port = incoming.port();
+    let (_sdir, vm_dir, outgoing) = source_of(&h.source, port, "dst", Stream::Disk, 0);
+    let socket = SocketPath::new(&vm_dir, NBD_OUTGOING_SOCKET).expect("socket path");
+    let mut client = UnixStream::connect(socket.path()).await.expect("connect");
+    let mut greeting = [0u8; 8];
+    tokio::time::timeout(LIMIT, client.read_exact(&mut greeting))
+        .await
+        .expect("in time")
+        .expect("greeting");
+    assert_eq!(&greeting, b"NBDMAGIC");
+    client.write_all(b"OPTS").await.expect("option");
+    let option = tokio::time::timeout(LIMIT, greeter)
+        .await
+        .expect("in time")
+        .expect("greeter");
+    assert_eq!(&option, b"OPTS");
+    drop(client);
+    tokio::time::timeout(LIMIT, outgoing.finish(LIMIT))
+        .await
+        .expect("drains in time");
     incoming.close_when_done(LIMIT);
 }
 
