@@ -150,7 +150,7 @@ async fn idle_guest_moves_with_its_disk_and_state(cloud: &Cloud, client: &Client
 }
 
 /// The busy guest's migration runs over TLS; while its target waits, a client without a
-/// certificate gets nothing from the target's migration port or its NBD export of the disk,
+/// certificate gets nothing from the target's migration port or its NBD port of the disk,
 /// and neither does a host of the cloud other than the source (the target's own certificate).
 async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
     let (v0, _) = start_memcheck(client, "busy1", 64, 50).await;
@@ -181,13 +181,20 @@ async fn busy_guest_memory_stays_intact(cloud: &Cloud, client: &Client) {
         .expect("a target host");
     let served = plain_probes::other_host_is_refused(uri, &cloud.host_dir(&dst), &dst).await;
     plain_probes::assert_migration_certificate(&served, &dst);
+    // The disk mirror's NBD port is the target agent's tunnel too.
     let nbd = &ready["nbd"];
-    plain_probes::nbd_export_needs_tls(
+    let (nbd_host, nbd_port) = (
         nbd["host"].as_str().expect("nbd host"),
         nbd["port"].as_u64().expect("nbd port") as u16,
+    );
+    plain_probes::nbd_port_gives_nothing(
+        nbd_host,
+        nbd_port,
         nbd["export"].as_str().expect("export"),
     )
     .await;
+    let nbd_uri = format!("tcp:{nbd_host}:{nbd_port}");
+    plain_probes::other_host_is_refused(&nbd_uri, &cloud.host_dir(&dst), &dst).await;
     let op = client
         .wait_operation(&id, Duration::from_secs(300), |_| {})
         .await

@@ -21,12 +21,10 @@ mod block;
 mod commands;
 mod events;
 mod layers;
-mod tls;
 
-pub use block::BlockJobInfo;
+pub use block::{BlockJobInfo, NbdAddress};
 pub use commands::{MigrateParameters, MigrationInfo, MigrationRam, SocketAddress, StatusInfo};
 pub use events::{EventKind, QmpEvent, QmpTimestamp};
-pub use tls::{ClientTls, ServerTls, TlsEndpoint};
 
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;

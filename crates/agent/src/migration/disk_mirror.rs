@@ -1,7 +1,8 @@
 //! Copying a local disk to the target while the VM runs (block migration).
 //!
-//! The target serves its fresh overlay (same base image, same virtual size) over NBD (over
-//! TLS: see [`super::tls`]). The source adds an NBD client node for it and runs `blockdev-mirror` of its disk into it:
+//! The target serves its fresh overlay (same base image, same virtual size) over NBD, the
+//! agents carrying the connection over TLS (see [`super::tls`]). The source adds an NBD
+//! client node for it and runs `blockdev-mirror` of its disk into it:
 //! - `sync: top` copies only the overlay's own clusters: both overlays share the read-only
 //!   base image, which the target reads through its own overlay;
 //! - `copy-mode: write-blocking` makes every guest write reach the target before it
@@ -11,9 +12,9 @@
 //! ends with `BLOCK_JOB_COMPLETED`) while the guest is stopped at `pre-switchover` and
 //! before the target resumes, so the target starts on an exact copy.
 
+use super::tls::DiskRoute;
 use super::MigrationError;
-use nimbus_agent_api::NbdTarget;
-use nimbus_qemu::qmp::{BlockJobInfo, ClientTls, EventKind};
+use nimbus_qemu::qmp::{BlockJobInfo, EventKind};
 use nimbus_qemu::{Qmp, QmpEvent};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -29,10 +30,12 @@ pub const NBD_NODE: &str = "migration-nbd";
 /// How long a force-cancelled job may take to go away.
 const ABORT_LIMIT: Duration = Duration::from_secs(10);
 
-/// The mirror job of one VM.
+/// The mirror job of one VM (and, when tunnelled, the tunnel its NBD client uses: closed
+/// when this is dropped).
 pub struct DiskMirror {
     qmp: Qmp,
     job: String,
+    _route: Option<DiskRoute>,
 }
 
 /// Job id of the disk mirror of VM `id`.
@@ -41,19 +44,17 @@ pub fn job_id(id: Uuid) -> String {
 }
 
 impl DiskMirror {
-    /// Connects to the target's export and starts mirroring into it.
-    pub async fn start(
-        qmp: &Qmp,
-        id: Uuid,
-        target: &NbdTarget,
-        tls: Option<&ClientTls>,
-    ) -> Result<Self, MigrationError> {
-        qmp.blockdev_add_nbd(NBD_NODE, &target.host, target.port, &target.export, tls)
+    /// Connects to the target's export by `route` and starts mirroring into it.
+    pub async fn start(qmp: &Qmp, id: Uuid, route: DiskRoute) -> Result<Self, MigrationError> {
+        qmp.blockdev_add_nbd(NBD_NODE, route.address(), route.export())
             .await
             .map_err(MigrationError::qmp(
                 "blockdev-add of the target's NBD export",
             ))?;
-        let mirror = Self::adopt(qmp, id);
+        let mirror = Self {
+            _route: Some(route),
+            ..Self::adopt(qmp, id)
+        };
         // The guest's top layer: `disk0` until a snapshot put a layer on it (its layers below
         // are on the target already, moved with the snapshots).
         let source = match qmp.top_node(DISK_DEVICE).await {
@@ -79,6 +80,7 @@ impl DiskMirror {
         Self {
             qmp: qmp.clone(),
             job: job_id(id),
+            _route: None,
         }
     }
 

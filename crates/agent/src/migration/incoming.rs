@@ -11,19 +11,20 @@
 //! - `Mirror`: a fresh overlay on the same base image with the same virtual size as the
 //!   source's (both are made from the spec by [`crate::instance::disk::ensure_disk`]), where
 //!   this host keeps disks (its shared storage, if any), exported writable over NBD for the
-//!   source to mirror into.
+//!   source to mirror into (behind the agent's TLS tunnel, see `tunnel.rs`).
 
 use super::endpoint::{free_port, tcp_uri};
 use super::tls::{self, MigrationTls};
-use super::tunnel::{IncomingTunnel, INCOMING_SOCKET};
+use super::tunnel::{IncomingTunnel, Stream, TunnelTls, INCOMING_SOCKET, NBD_INCOMING_SOCKET};
 use super::{policy, MigrationError};
 use crate::error::{Error, Result};
 use crate::instance::disk;
 use crate::instance::files::VmDir;
 use crate::storage::DiskStore;
 use nimbus_agent_api::{DiskTransfer, IncomingReady, MigrationPolicy, NbdTarget, VmSpec};
-use nimbus_qemu::qmp::ServerTls;
+use nimbus_qemu::qmp::NbdAddress;
 use nimbus_qemu::Qmp;
+use std::path::Path;
 use uuid::Uuid;
 
 /// Id of the NBD export of the disk on the target.
@@ -41,7 +42,7 @@ pub struct IncomingPlan {
     pub policy: MigrationPolicy,
     /// The only host allowed to send the VM (over TLS).
     pub source_host: Option<String>,
-    /// This migration's certificate for the target QEMU (see `tls.rs`).
+    /// This migration's certificate for the target agent's tunnels (see `tls.rs`).
     pub tls_credential: Option<nimbus_agent_api::MigrationCredential>,
 }
 
@@ -94,49 +95,72 @@ pub async fn prepare_disk(
 }
 
 /// Opens the endpoints on a QEMU launched with `-incoming defer`: capabilities, the NBD
-/// export of the disk for a mirror (over QEMU's TLS), and the migration listener: the
-/// agents' TLS tunnel in front of QEMU's unix socket, or (`--insecure-migration`) QEMU's
-/// own TCP port. The tunnel, when there is one, must live until the guest runs here.
+/// export of the disk for a mirror, and the migration listener. With TLS (the default),
+/// QEMU listens on unix sockets of its VM directory and the agents' TLS tunnels are in
+/// front of them, one TCP port each; with `--insecure-migration`, QEMU's own TCP ports.
+/// The tunnels must live until the guest runs here.
 pub async fn listen(
     qmp: &Qmp,
     dir: &VmDir,
     plan: &IncomingPlan,
     export: &str,
     tls: &MigrationTls,
-) -> Result<(IncomingReady, Option<IncomingTunnel>), MigrationError> {
+) -> Result<(IncomingReady, Vec<IncomingTunnel>), MigrationError> {
     set_capabilities(qmp, &plan.policy).await?;
     if let Some(params) = policy::target_parameters(&plan.policy) {
         qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
     }
-    let nbd = if plan.mirror {
-        let nbd_tls = tls.serve(qmp, dir, plan.source_host.as_deref()).await?;
-        Some(serve_disk(qmp, &plan.host, export, nbd_tls.as_ref()).await?)
+    let tunnel_tls = if tls.serves_tls() {
+        Some(tunnel_settings(plan, tls)?)
     } else {
         None
     };
-    let (port, tunnel) = if tls.serves_tls() {
-        let tunnel = tunnel_to_qemu(qmp, dir, plan, tls).await?;
-        (tunnel.port(), Some(tunnel))
-    } else {
-        (qemu_listens(qmp, &plan.host).await?, None)
+    let mut tunnels = Vec::new();
+    let nbd = match (plan.mirror, &tunnel_tls) {
+        (false, _) => None,
+        (true, Some(settings)) => {
+            // Relative to QEMU's working directory, the VM directory (see tunnel.rs).
+            let socket = NbdAddress::Unix(Path::new(NBD_INCOMING_SOCKET));
+            qmp.nbd_server_start(socket)
+                .await
+                .map_err(MigrationError::qmp("nbd-server-start"))?;
+            export_disk(qmp, export).await?;
+            let tunnel = open_tunnel(dir, plan, Stream::Disk, settings).await?;
+            let nbd = NbdTarget {
+                host: plan.host.clone(),
+                port: tunnel.port(),
+                export: export.to_string(),
+            };
+            tunnels.push(tunnel);
+            Some(nbd)
+        }
+        (true, None) => Some(serve_disk_in_clear(qmp, &plan.host, export).await?),
+    };
+    let port = match &tunnel_tls {
+        Some(settings) => {
+            // Relative to QEMU's working directory, the VM directory (see tunnel.rs).
+            qmp.migrate_incoming(&format!("unix:{INCOMING_SOCKET}"))
+                .await
+                .map_err(MigrationError::qmp("migrate-incoming"))?;
+            let tunnel = open_tunnel(dir, plan, Stream::Memory, settings).await?;
+            let port = tunnel.port();
+            tunnels.push(tunnel);
+            port
+        }
+        None => qemu_listens(qmp, &plan.host).await?,
     };
     let ready = IncomingReady {
         migration_uri: tcp_uri(&plan.host, port),
         nbd,
-        tls: tunnel.is_some(),
+        tls: tunnel_tls.is_some(),
     };
-    Ok((ready, tunnel))
+    Ok((ready, tunnels))
 }
 
-/// QEMU listens on its unix socket; the agent's tunnel on a TCP port of `plan.host`.
-async fn tunnel_to_qemu(
-    qmp: &Qmp,
-    dir: &VmDir,
-    plan: &IncomingPlan,
-    tls: &MigrationTls,
-) -> Result<IncomingTunnel, MigrationError> {
+/// The tunnels' TLS settings, once the source host the controller named is checked.
+fn tunnel_settings(plan: &IncomingPlan, tls: &MigrationTls) -> Result<TunnelTls, MigrationError> {
     if let Some(host) = &plan.source_host {
         tls::check_host_name(host)?;
     } else {
@@ -144,12 +168,24 @@ async fn tunnel_to_qemu(
             "no source host named: any host certificate of the cloud CA may send this VM"
         );
     }
-    let settings = tls.tunnel()?;
-    // Relative to QEMU's working directory, the VM directory (see tunnel.rs).
-    qmp.migrate_incoming(&format!("unix:{INCOMING_SOCKET}"))
-        .await
-        .map_err(MigrationError::qmp("migrate-incoming"))?;
-    IncomingTunnel::open(&plan.host, dir.dir(), &settings, plan.source_host.clone()).await
+    tls.tunnel()
+}
+
+/// The agent's tunnel for `stream` on a TCP port of `plan.host`, in front of QEMU's socket.
+async fn open_tunnel(
+    dir: &VmDir,
+    plan: &IncomingPlan,
+    stream: Stream,
+    settings: &TunnelTls,
+) -> Result<IncomingTunnel, MigrationError> {
+    IncomingTunnel::open(
+        &plan.host,
+        dir.dir(),
+        stream,
+        settings,
+        plan.source_host.clone(),
+    )
+    .await
 }
 
 /// QEMU listens in clear on a port of `host` (the kernel's choice); answers the port.
@@ -181,21 +217,25 @@ async fn set_capabilities(qmp: &Qmp, policy: &MigrationPolicy) -> Result<(), Mig
     Ok(())
 }
 
-/// Starts the NBD server on a free port of `host` and exports the disk, writable.
-async fn serve_disk(
+/// Exports the disk, writable, on the NBD server QEMU runs.
+async fn export_disk(qmp: &Qmp, export: &str) -> Result<(), MigrationError> {
+    qmp.nbd_export_add(EXPORT_ID, super::disk_mirror::DISK_NODE, export, true)
+        .await
+        .map_err(MigrationError::qmp("block-export-add"))
+}
+
+/// `--insecure-migration`: the NBD server on a free TCP port of `host`, in clear.
+async fn serve_disk_in_clear(
     qmp: &Qmp,
     host: &str,
     export: &str,
-    tls: Option<&ServerTls>,
 ) -> Result<NbdTarget, MigrationError> {
     let mut last = None;
     for _ in 0..NBD_PORT_TRIES {
         let port = free_port(host)?;
-        match qmp.nbd_server_start(host, port, tls).await {
+        match qmp.nbd_server_start(NbdAddress::Tcp { host, port }).await {
             Ok(()) => {
-                qmp.nbd_export_add(EXPORT_ID, super::disk_mirror::DISK_NODE, export, true)
-                    .await
-                    .map_err(MigrationError::qmp("block-export-add"))?;
+                export_disk(qmp, export).await?;
                 return Ok(NbdTarget {
                     host: host.to_string(),
                     port,
@@ -216,16 +256,14 @@ pub fn export_name(id: Uuid) -> String {
     format!("disk-{id}")
 }
 
-/// After the guest resumed here: close the NBD server (and with it the export), drop the
-/// TLS credentials, and make the network learn the VM's new location. Best effort: each
-/// step is logged.
+/// After the guest resumed here: close the NBD server (and with it the export), and make
+/// the network learn the VM's new location. Best effort: each step is logged.
 pub async fn finish(qmp: Qmp, mirror: bool) {
     if mirror {
         if let Err(e) = qmp.nbd_server_stop().await {
             tracing::warn!(error = %e, "cannot stop the NBD server");
         }
     }
-    tls::unload(&qmp).await;
     if let Err(e) = qmp.announce_self().await {
         tracing::warn!(error = %e, "announce-self failed");
     }

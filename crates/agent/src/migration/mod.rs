@@ -6,13 +6,16 @@
 //!  VM dir: spec, disk = link to the shared path
 //!          or a fresh overlay on the same base
 //!  QEMU -incoming defer          state starting, incoming
-//!  [mirror] TLS server credentials, authz = source host (tls.rs),
-//!           nbd-server-start + block-export-add (writable)
+//!  [mirror] nbd-server-start unix:nbd-in.sock +
+//!           block-export-add (writable), the
+//!           agent's TLS port in front of it (tunnel.rs)
 //!  migrate-incoming unix:migration-in.sock, the
 //!  agent's TLS port in front of it (tunnel.rs)
-//!  ── IncomingReady {uri, nbd, tls} ─────────────▶ capabilities + parameters (policy.rs),
-//!                                                 [mirror] TLS client credentials (tls.rs)
-//!                                                 [mirror] blockdev-add nbd, blockdev-mirror
+//!  ── IncomingReady {uri, nbd, tls} ─────────────▶ tunnel of the memory stream opened
+//!                                                 (its TLS connections made ahead),
+//!                                                 capabilities + parameters (policy.rs),
+//!                                                 [mirror] tunnel of the disk, blockdev-add
+//!                                                   nbd unix:nbd-out.sock, blockdev-mirror
 //!                                                   (disk_mirror.rs)   phase mirroring_disk
 //!                                                   until ready
 //!              ◀═══════ RAM pre-copy rounds ══════ migrate unix:migration-out.sock,
@@ -39,9 +42,10 @@
 //! - [`progress`] turns QEMU's statistics into [`MigrationProgress`].
 //! - [`stall`] gives up a transfer that makes no progress (a cut link) within seconds;
 //!   [`receive_watch`] does the same on the target, for a stream that stops arriving.
-//! - [`tunnel`]: the migration stream runs between the agents over TLS 1.3 (QEMU writes to a
-//!   unix socket); [`tls`]: the NBD mirror runs over QEMU's TLS. Both with certificates of
-//!   the cloud CA; each end checks the other is the host the controller named.
+//! - [`tunnel`]: the migration stream and the disk mirror's NBD connection run between the
+//!   agents over TLS 1.3 (QEMU talks to unix sockets); [`tls`]: this agent's rule and the
+//!   tunnels' certificates of the cloud CA; each end checks the other is the host the
+//!   controller named.
 
 pub mod cold;
 pub mod disk_mirror;

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! setup ──▶ mirroring_disk ──▶ pre_copy ──────────────────────────────▶ completed
-//!  caps,     [nbd target]       migrate; poll query-migrate every        stats re-read
-//!  params,   blockdev-mirror    150 ms (and at each MIGRATION event);     after the
-//!  TLS       until ready        escalate (policy.rs); at pre-switchover   MIGRATION event
+//!  tunnel,   [nbd target]       migrate; poll query-migrate every        stats re-read
+//!  caps,     blockdev-mirror    150 ms (and at each MIGRATION event);     after the
+//!  params    until ready        escalate (policy.rs); at pre-switchover   MIGRATION event
 //!  (tls.rs)                     complete the mirror, migrate-continue
 //!                                  └──▶ post_copy (policy) ──────────────▶ completed
 //! any step ──▶ failed | cancelled: migrate_cancel, force-cancel the mirror, remove the NBD

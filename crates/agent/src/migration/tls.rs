@@ -1,68 +1,36 @@
-//! TLS of a migration: the rule of this agent (required, or `--insecure-migration`), the
-//! settings of the agents' tunnel that carries the memory stream (see `tunnel.rs`), and
-//! QEMU's own `tls-creds-x509` for the NBD disk mirror, with the certificates of the cloud
+//! TLS of a migration: the rule of this agent (required, or `--insecure-migration`) and the
+//! settings of the agents' tunnels (see `tunnel.rs`) that carry both the memory stream and
+//! the NBD connection of a mirrored disk between the hosts, with certificates of the cloud
 //! CA, so that nobody on the underlay can read a guest's memory or disk, feed a target a
-//! VM, or write into a mirrored disk. The picture below is the NBD connection's:
+//! VM, or write into a mirrored disk.
 //!
 //! ```text
-//!  source QEMU (client)                                 target QEMU (server)
-//!  tls-creds-x509 endpoint=client verify-peer            tls-creds-x509 endpoint=server verify-peer
-//!    cert: source host's, CA: the cloud's                  cert: target host's, CA: the cloud's
-//!  blockdev-add nbd                                      nbd-server-start
-//!    tls-hostname = target host name  ──── TLS 1.3 ────▶   tls-authz = authz-list: allow only
-//!    (its certificate must name it)                        CN=<source host> (the controller's
-//!                                                          choice; OU=migration or host),
-//!                                                          deny everything else
+//!  source QEMU                 source agent                     target agent        target QEMU
+//!  migrate unix:migration-out.sock ─▶ ═══ TLS 1.3, mTLS ═══▶ port 1 ─▶ migrate-incoming unix:migration-in.sock
+//!  blockdev-add nbd unix:nbd-out.sock ▶ ═══ TLS 1.3, mTLS ═══▶ port 2 ─▶ nbd-server-start unix:nbd-in.sock
 //! ```
 //! - Both ends verify the other's certificate against the cloud CA; the names come from
 //!   the controller (`IncomingRequest::source_host`, `MigrateRequest::target_host`), never
 //!   from the peer.
-//! - QEMU gets the certificate the controller issued for this one migration and this end
-//!   (`IncomingRequest::tls_credential`, `MigrateRequest::tls_credential`: `OU=migration`,
-//!   `CN` = the host, expiring with the migration's timeout plus 5 minutes), never the
-//!   host's long-term key: a guest that escapes into its QEMU during a migration gets a key
-//!   that expires in minutes and that no API of the cloud accepts. Only a request of an
-//!   older controller, without one, makes QEMU load the host's own key.
-//! - The credentials are handed to the confined QEMU without widening what it can read:
-//!   the files are written into `<vm dir>/migration-tls/` (0700, files 0600, owned by the
-//!   VM's user, like everything else of that VM), QEMU loads them when the object is created
-//!   (by a path relative to its working directory, the VM directory: the directories above
-//!   may be closed to the VM's user), and the directory is removed right after. QEMU keeps
-//!   the key in its memory until the migration ends (see docs/security.md).
+//! - The agents use the certificate the controller issued for this one migration and this
+//!   end (`IncomingRequest::tls_credential`, `MigrateRequest::tls_credential`: `OU=migration`,
+//!   `CN` = the host, expiring with the migration's timeout plus 5 minutes); only a request
+//!   of an older controller, without one, makes the tunnel use the host's own key. QEMU
+//!   holds no key at all: it talks in clear to unix sockets of its VM directory, which only
+//!   its confined user (and root) may enter.
 //! - `nimbus agent --insecure-migration` (benchmarks, trusted underlays) serves incoming
-//!   migrations over plain TCP and, as a source, follows what the target serves. An agent
-//!   that requires TLS refuses to send a VM in clear.
+//!   migrations and disk mirrors over plain TCP and, as a source, follows what the target
+//!   serves. An agent that requires TLS refuses to send a VM in clear.
 
-use super::tunnel::{OutgoingTunnel, TunnelTls};
+use super::tunnel::{OutgoingTunnel, Stream, TunnelTls, NBD_OUTGOING_SOCKET};
 use super::MigrationError;
 use crate::instance::files::VmDir;
-use nimbus_agent_api::{IncomingReady, MigrationCredential};
-use nimbus_qemu::qmp::{ClientTls, MigrateParameters, ServerTls, TlsEndpoint};
-use nimbus_qemu::Qmp;
-use std::path::{Path, PathBuf};
+use nimbus_agent_api::{IncomingReady, MigrationCredential, NbdTarget};
+use nimbus_qemu::qmp::{MigrateParameters, NbdAddress};
+use std::path::Path;
 use std::sync::Arc;
 
-/// Id of the `tls-creds-x509` object of a migration (source and target).
-pub const CREDS_ID: &str = "migration-tls";
-/// Id of the target's `authz-list` object naming the accepted source.
-pub const AUTHZ_ID: &str = "migration-authz";
-/// Directory of the VM where the credentials exist while QEMU loads them.
-const FILES_DIR: &str = "migration-tls";
-/// The RFC 7919 `ffdhe2048` group, for the server's `dh-params.pem`: without that file QEMU
-/// generates fresh 2048-bit Diffie-Hellman parameters when the object is created, which
-/// took 0.6 to 1.5 s of every migration's preparation (measured). A published group is as
-/// safe (TLS 1.3 negotiates elliptic-curve key exchange anyway).
-const FFDHE2048_PEM: &str = "\
------BEGIN DH PARAMETERS-----\n\
-MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n\
-+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a\n\
-87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7\n\
-YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi\n\
-7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD\n\
-ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==\n\
------END DH PARAMETERS-----\n";
-
-/// The host's identity, as QEMU needs it: its name, certificate, key and the cloud CA.
+/// The host's identity, as the tunnels need it: its name, certificate, key and the cloud CA.
 pub struct HostTlsFiles {
     /// The host's name (its certificate's `CN`).
     pub host: String,
@@ -119,8 +87,8 @@ impl MigrationTls {
         }
     }
 
-    /// The same, with QEMU given `issued` (this migration's certificate, see the module doc)
-    /// instead of the host's key; unchanged without one.
+    /// The same, with the tunnels using `issued` (this migration's certificate, see the
+    /// module doc) instead of the host's key; unchanged without one.
     pub fn for_migration(&self, issued: Option<&MigrationCredential>) -> Self {
         let (Some(host), Some(issued)) = (&self.creds, issued) else {
             return self.clone();
@@ -134,45 +102,6 @@ impl MigrationTls {
             })),
             insecure: self.insecure,
         }
-    }
-
-    /// Target: loads the server credentials into QEMU and allows only `source_host`'s
-    /// certificate; `None` when this agent serves migrations in clear.
-    pub async fn serve(
-        &self,
-        qmp: &Qmp,
-        dir: &VmDir,
-        source_host: Option<&str>,
-    ) -> Result<Option<ServerTls>, MigrationError> {
-        let creds = match (&self.creds, self.insecure) {
-            (Some(c), false) => c,
-            _ => return Ok(None),
-        };
-        load_creds(qmp, dir, creds, TlsEndpoint::Server).await?;
-        let authz = match source_host {
-            Some(host) => {
-                check_host_name(host)?;
-                let _ = qmp.object_del(AUTHZ_ID).await;
-                // Its certificate for this migration, or (an older controller or source agent)
-                // its host certificate.
-                let mut allowed = nimbus_pki::migration_subject_forms(host).to_vec();
-                allowed.extend(nimbus_pki::host_subject_forms(host));
-                qmp.object_add_authz_list(AUTHZ_ID, &allowed)
-                    .await
-                    .map_err(MigrationError::qmp("object-add authz-list"))?;
-                Some(AUTHZ_ID.to_string())
-            }
-            None => {
-                tracing::warn!(
-                    "no source host named: any host certificate of the cloud CA may send this VM"
-                );
-                None
-            }
-        };
-        Ok(Some(ServerTls {
-            creds: CREDS_ID.to_string(),
-            authz,
-        }))
     }
 
     /// Whether incoming migrations are served over TLS (the agents' tunnel).
@@ -189,25 +118,19 @@ impl MigrationTls {
     }
 
     /// Source: where QEMU sends the memory of a VM to `target`: through a tunnel to the
-    /// target agent when it serves TLS, else straight to its URI (checked by
-    /// [`Self::connect`] first: only an insecure agent sends in clear).
+    /// target agent when it serves TLS (its first `ahead` connections opened at once),
+    /// else straight to its URI (checked by [`Self::check_target`]: only an insecure
+    /// agent sends in clear).
     pub fn outgoing_stream(
         &self,
         dir: &VmDir,
         target: &IncomingReady,
         target_host: Option<&str>,
+        ahead: usize,
     ) -> Result<(String, Option<OutgoingTunnel>), MigrationError> {
         if !target.tls {
             return Ok((target.migration_uri.clone(), None));
         }
-        let host = target_host.ok_or_else(|| {
-            MigrationError::Setup(
-                "the controller named no target host: the target of a TLS migration cannot \
-                 be checked (upgrade the controller)"
-                    .into(),
-            )
-        })?;
-        check_host_name(host)?;
         let address = target
             .migration_uri
             .strip_prefix("tcp:")
@@ -218,21 +141,58 @@ impl MigrationTls {
                 ))
             })?
             .to_string();
-        let tunnel = OutgoingTunnel::open(dir, address, host, &self.tunnel()?)?;
+        let tunnel = self.open_tunnel(dir, Stream::Memory, address, target_host, ahead)?;
         Ok((OutgoingTunnel::qemu_uri(), Some(tunnel)))
     }
 
-    /// Source: checks the target's TLS matches this agent's rule, and loads the client
-    /// credentials into QEMU when it mirrors the disk to a TLS target (`nbd`): the NBD
-    /// connection is QEMU's own. `None` without a mirror or for a plain target, which
-    /// only an insecure agent accepts.
-    pub async fn connect(
+    /// Source: where QEMU's NBD client mirrors the disk to the export `nbd` of `target`:
+    /// through a tunnel to the target agent when it serves TLS, else straight to the
+    /// target QEMU's NBD port.
+    pub fn outgoing_disk(
         &self,
-        qmp: &Qmp,
         dir: &VmDir,
         target: &IncomingReady,
+        nbd: &NbdTarget,
         target_host: Option<&str>,
-    ) -> Result<Option<ClientTls>, MigrationError> {
+    ) -> Result<DiskRoute, MigrationError> {
+        let tunnel = if target.tls {
+            let address = format!("{}:{}", nbd.host, nbd.port);
+            Some(self.open_tunnel(dir, Stream::Disk, address, target_host, 0)?)
+        } else {
+            None
+        };
+        Ok(DiskRoute {
+            target: nbd.clone(),
+            tunnel,
+        })
+    }
+
+    fn open_tunnel(
+        &self,
+        dir: &VmDir,
+        stream: Stream,
+        address: String,
+        target_host: Option<&str>,
+        ahead: usize,
+    ) -> Result<OutgoingTunnel, MigrationError> {
+        let host = target_host.ok_or_else(|| {
+            MigrationError::Setup(
+                "the controller named no target host: the target of a TLS migration cannot \
+                 be checked (upgrade the controller)"
+                    .into(),
+            )
+        })?;
+        check_host_name(host)?;
+        OutgoingTunnel::open(dir, stream, address, host, &self.tunnel()?, ahead)
+    }
+
+    /// Source: checks the target's TLS matches this agent's rule: a plain target only for
+    /// an insecure agent, a TLS one only with a certificate.
+    pub fn check_target(
+        &self,
+        target: &IncomingReady,
+        target_host: Option<&str>,
+    ) -> Result<(), MigrationError> {
         if !target.tls {
             if !self.insecure {
                 return Err(MigrationError::Setup(
@@ -242,136 +202,53 @@ impl MigrationTls {
                         .into(),
                 ));
             }
-            return Ok(None);
+            return Ok(());
         }
-        let Some(creds) = &self.creds else {
+        if self.creds.is_none() {
             return Err(MigrationError::Setup(
                 "the target requires TLS but this agent has no host certificate".into(),
             ));
-        };
+        }
         if let Some(host) = target_host {
             check_host_name(host)?;
         }
-        if target.nbd.is_none() {
-            return Ok(None);
-        }
-        load_creds(qmp, dir, creds, TlsEndpoint::Client).await?;
-        Ok(Some(ClientTls {
-            creds: CREDS_ID.to_string(),
-            hostname: target_host.map(str::to_string),
-        }))
+        Ok(())
     }
 }
 
-/// The source's migration parameters `params` with its TLS settings: on with `tls`,
-/// explicitly off without (a QEMU keeps the parameters of its previous migration).
-pub fn client_parameters(
-    mut params: MigrateParameters,
-    tls: Option<&ClientTls>,
-) -> MigrateParameters {
-    params.tls_creds = Some(tls.map(|t| t.creds.clone()).unwrap_or_default());
-    // Empty: the host of the migration URI must be one of the target certificate's names.
-    params.tls_hostname = Some(tls.and_then(|t| t.hostname.clone()).unwrap_or_default());
+/// Where the source QEMU's NBD client connects for a disk mirror, and the tunnel that
+/// carries it (a TLS target) while this lives.
+pub struct DiskRoute {
+    target: NbdTarget,
+    tunnel: Option<OutgoingTunnel>,
+}
+
+impl DiskRoute {
+    /// The address for QEMU's `blockdev-add nbd` (a socket relative to its working
+    /// directory, the VM directory, when tunnelled).
+    pub fn address(&self) -> NbdAddress<'_> {
+        match self.tunnel {
+            Some(_) => NbdAddress::Unix(Path::new(NBD_OUTGOING_SOCKET)),
+            None => NbdAddress::Tcp {
+                host: &self.target.host,
+                port: self.target.port,
+            },
+        }
+    }
+
+    /// The name of the export.
+    pub fn export(&self) -> &str {
+        &self.target.export
+    }
+}
+
+/// The source's migration parameters `params` with QEMU's own TLS explicitly off: the
+/// agents carry the stream, and a QEMU keeps the parameters of its previous migrations (one
+/// started under an older agent may still name a TLS object it no longer has).
+pub fn client_parameters(mut params: MigrateParameters) -> MigrateParameters {
+    params.tls_creds = Some(String::new());
+    params.tls_hostname = Some(String::new());
     params
-}
-
-/// After the migration: the credentials leave QEMU's memory. Best effort.
-pub async fn unload(qmp: &Qmp) {
-    // The parameters would go on naming the deleted object, and any later migration of this
-    // QEMU (a memory snapshot to a file) would fail looking for it.
-    if let Err(e) = qmp
-        .migrate_set_parameters(&client_parameters(MigrateParameters::default(), None))
-        .await
-    {
-        tracing::debug!(error = %e, "cannot turn the migration's TLS parameters off");
-    }
-    for id in [AUTHZ_ID, CREDS_ID] {
-        if let Err(e) = qmp.object_del(id).await {
-            tracing::debug!(id, error = %e, "no TLS object to remove");
-        }
-    }
-}
-
-/// Replaces the VM's `tls-creds-x509` object by one of `creds` for `endpoint`; the files
-/// exist only while QEMU loads them.
-async fn load_creds(
-    qmp: &Qmp,
-    dir: &VmDir,
-    creds: &HostTlsFiles,
-    endpoint: TlsEndpoint,
-) -> Result<(), MigrationError> {
-    let files = dir.dir().join(FILES_DIR);
-    let written = write_files(dir, &files, creds, endpoint);
-    let loaded = match written {
-        Ok(()) => {
-            // An earlier migration of this QEMU left its object: a new one replaces it.
-            let _ = qmp.object_del(CREDS_ID).await;
-            // Relative to QEMU's working directory, its VM directory: the VM's user may not
-            // search the directories above it. A QEMU started elsewhere (before nimbus set
-            // its working directory) gets the absolute path.
-            let relative = qmp
-                .object_add_tls_creds(CREDS_ID, Path::new(FILES_DIR), endpoint)
-                .await;
-            match relative {
-                Ok(()) => Ok(()),
-                Err(_) => qmp
-                    .object_add_tls_creds(CREDS_ID, &files, endpoint)
-                    .await
-                    .map_err(MigrationError::qmp("object-add tls-creds-x509")),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = std::fs::remove_dir_all(&files) {
-        tracing::warn!(dir = %files.display(), error = %e, "cannot remove the TLS credentials given to QEMU");
-    }
-    loaded
-}
-
-/// `ca-cert.pem`, `<endpoint>-cert.pem`, `<endpoint>-key.pem` in `files` (mode 0700,
-/// files 0600), owned by the VM's user.
-fn write_files(
-    dir: &VmDir,
-    files: &Path,
-    creds: &HostTlsFiles,
-    endpoint: TlsEndpoint,
-) -> Result<(), MigrationError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let setup = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        MigrationError::Setup(format!("cannot {what} {}: {e}", p.display()))
-    };
-    // A directory left by an agent that died in the middle: never reuse it.
-    let _ = std::fs::remove_dir_all(files);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(files)
-        .map_err(|e| setup("create", files, &e))?;
-    give(dir, files)?;
-    let ep = endpoint.as_str();
-    let mut contents: Vec<(PathBuf, &str)> = vec![
-        (files.join("ca-cert.pem"), &creds.ca_pem),
-        (files.join(format!("{ep}-cert.pem")), &creds.cert_pem),
-        (files.join(format!("{ep}-key.pem")), &creds.key_pem),
-    ];
-    if endpoint == TlsEndpoint::Server {
-        contents.push((files.join("dh-params.pem"), FFDHE2048_PEM));
-    }
-    for (path, text) in &contents {
-        nimbus_pki::write_private(path, text.as_bytes()).map_err(|e| setup("write", path, &e))?;
-        give(dir, path)?;
-    }
-    Ok(())
-}
-
-/// Gives `path` to the VM's user (when QEMU is confined).
-fn give(dir: &VmDir, path: &Path) -> Result<(), MigrationError> {
-    crate::confine::user::give_new_file(dir.dir(), path).map_err(|e| {
-        MigrationError::Setup(format!(
-            "cannot give {} to the VM's user: {}",
-            path.display(),
-            e.chain()
-        ))
-    })
 }
 
 /// A host name as the controller allows them (a DNS label): safe in a distinguished name.
@@ -396,29 +273,25 @@ mod tests {
         }
     }
 
+    /// A secure agent never sends in clear; an insecure one follows the target.
     #[test]
-    fn credential_files_are_private_and_named_for_the_endpoint() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = VmDir::new(tmp.path().to_path_buf());
-        let out = tmp.path().join(FILES_DIR);
-        write_files(&dir, &out, &files(), TlsEndpoint::Server).expect("write");
-        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
-        assert_eq!(mode(&out), 0o700);
-        for (name, text) in [
-            ("ca-cert.pem", "CA"),
-            ("server-cert.pem", "CERT"),
-            ("server-key.pem", "KEY"),
-            ("dh-params.pem", FFDHE2048_PEM),
-        ] {
-            let p = out.join(name);
-            assert_eq!(std::fs::read_to_string(&p).expect("read"), text);
-            assert_eq!(mode(&p), 0o600, "{name}");
-        }
-        // Written again (a stale directory): replaced, not merged.
-        write_files(&dir, &out, &files(), TlsEndpoint::Client).expect("again");
-        assert!(!out.join("server-key.pem").exists());
-        assert!(out.join("client-key.pem").exists());
+    fn only_an_insecure_agent_sends_to_a_plain_target() {
+        let plain = IncomingReady {
+            migration_uri: "tcp:10.0.0.2:4444".into(),
+            nbd: None,
+            tls: false,
+        };
+        let secure = MigrationTls::required(files());
+        assert!(secure.check_target(&plain, Some("h2")).is_err());
+        assert!(MigrationTls::insecure(None)
+            .check_target(&plain, Some("h2"))
+            .is_ok());
+        let tls = IncomingReady { tls: true, ..plain };
+        assert!(secure.check_target(&tls, Some("h2")).is_ok());
+        assert!(secure.check_target(&tls, Some("h,OU=x")).is_err());
+        assert!(MigrationTls::insecure(None)
+            .check_target(&tls, Some("h2"))
+            .is_err());
     }
 
     #[test]
@@ -430,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn qemu_gets_the_migration_key_not_the_host_key() {
+    fn the_tunnel_gets_the_migration_key_not_the_host_key() {
         let issued = MigrationCredential {
             cert_pem: "MCERT".into(),
             key_pem: "MKEY".into(),

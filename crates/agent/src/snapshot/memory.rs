@@ -42,7 +42,7 @@ pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
     if on {
         // A VM that migrated may keep its last migration's TLS parameters, naming
         // credentials that are gone; a snapshot into a local file needs none.
-        let plain = crate::migration::tls::client_parameters(Default::default(), None);
+        let plain = crate::migration::tls::client_parameters(Default::default());
         qmp.migrate_set_parameters(&plain).await?;
     }
     Ok(())

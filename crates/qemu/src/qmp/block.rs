@@ -1,9 +1,40 @@
 //! Typed QMP commands for block devices over the network: the NBD server and exports of a
 //! migration target, and the NBD client node and `blockdev-mirror` job of a source.
 
-use super::{ClientTls, Qmp, QmpError, ServerTls};
+use super::{Qmp, QmpError};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::path::Path;
+
+/// Where an NBD server listens or an NBD client connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NbdAddress<'a> {
+    /// A TCP port of `host`.
+    Tcp { host: &'a str, port: u16 },
+    /// A unix socket (a relative path is relative to QEMU's working directory).
+    Unix(&'a Path),
+}
+
+impl NbdAddress<'_> {
+    /// The flat `SocketAddress` form (`blockdev-add`).
+    fn flat(self) -> Value {
+        match self {
+            NbdAddress::Tcp { host, port } => inet_flat(host, port),
+            NbdAddress::Unix(path) => json!({"type": "unix", "path": path.to_string_lossy()}),
+        }
+    }
+
+    /// The legacy `SocketAddressLegacy` form: `{"type": ..., "data": {...}}`
+    /// (`nbd-server-start`).
+    fn legacy(self) -> Value {
+        match self {
+            NbdAddress::Tcp { host, port } => json!({"type": "inet", "data": inet(host, port)}),
+            NbdAddress::Unix(path) => {
+                json!({"type": "unix", "data": {"path": path.to_string_lossy()}})
+            }
+        }
+    }
+}
 
 /// One entry of `query-block-jobs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -53,24 +84,11 @@ impl Qmp {
         self.execute(command, Some(args)).await.map(|_| ())
     }
 
-    /// `nbd-server-start` listening on `host:port`; with `tls`, clients must complete a TLS
-    /// handshake (and be allowed by its authz) before any export is reachable.
-    pub async fn nbd_server_start(
-        &self,
-        host: &str,
-        port: u16,
-        tls: Option<&ServerTls>,
-    ) -> Result<(), QmpError> {
-        // The legacy `SocketAddressLegacy` form: {"type": "inet", "data": {...}}.
-        let addr = json!({"type": "inet", "data": inet(host, port)});
-        let mut args = json!({ "addr": addr });
-        if let Some(tls) = tls {
-            args["tls-creds"] = json!(tls.creds);
-            if let Some(authz) = &tls.authz {
-                args["tls-authz"] = json!(authz);
-            }
-        }
-        self.run_block("nbd-server-start", args).await
+    /// `nbd-server-start` listening on `addr`. No TLS: a server reachable over the network
+    /// is the agent's tunnel in front of a unix socket (see the agent's migration tunnel).
+    pub async fn nbd_server_start(&self, addr: NbdAddress<'_>) -> Result<(), QmpError> {
+        self.run_block("nbd-server-start", json!({ "addr": addr.legacy() }))
+            .await
     }
 
     /// `nbd-server-stop`: closes the server and every NBD export.
@@ -94,26 +112,16 @@ impl Qmp {
         self.run_block("block-export-add", args).await
     }
 
-    /// `blockdev-add` of an NBD client node `node` connected to `export` at `host:port`,
-    /// over TLS when `tls` is given.
+    /// `blockdev-add` of an NBD client node `node` connected to `export` at `addr`.
     pub async fn blockdev_add_nbd(
         &self,
         node: &str,
-        host: &str,
-        port: u16,
+        addr: NbdAddress<'_>,
         export: &str,
-        tls: Option<&ClientTls>,
     ) -> Result<(), QmpError> {
-        let mut args = json!({
-            "driver": "nbd", "node-name": node, "server": inet_flat(host, port),
-            "export": export
+        let args = json!({
+            "driver": "nbd", "node-name": node, "server": addr.flat(), "export": export
         });
-        if let Some(tls) = tls {
-            args["tls-creds"] = json!(tls.creds);
-            if let Some(hostname) = &tls.hostname {
-                args["tls-hostname"] = json!(hostname);
-            }
-        }
         self.run_block("blockdev-add", args).await
     }
 
@@ -182,6 +190,28 @@ mod tests {
         assert_eq!(jobs[0].device, "mirror-x");
         assert_eq!(jobs[0].remaining(), 61440);
         assert!(!jobs[0].ready);
+    }
+
+    #[test]
+    fn nbd_addresses_in_both_qmp_forms() {
+        let unix = NbdAddress::Unix(Path::new("nbd-in.sock"));
+        assert_eq!(
+            unix.legacy(),
+            json!({"type": "unix", "data": {"path": "nbd-in.sock"}})
+        );
+        assert_eq!(unix.flat(), json!({"type": "unix", "path": "nbd-in.sock"}));
+        let tcp = NbdAddress::Tcp {
+            host: "10.0.0.1",
+            port: 10809,
+        };
+        assert_eq!(
+            tcp.legacy(),
+            json!({"type": "inet", "data": {"host": "10.0.0.1", "port": "10809"}})
+        );
+        assert_eq!(
+            tcp.flat(),
+            json!({"type": "inet", "host": "10.0.0.1", "port": "10809"})
+        );
     }
 
     #[test]

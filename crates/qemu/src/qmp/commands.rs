@@ -91,15 +91,14 @@ pub struct MigrateParameters {
     /// Highest vCPU throttle auto-converge may apply, in percent (QEMU's default is 99).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_cpu_throttle: Option<u8>,
-    /// Id of the `tls-creds-x509` object the migration stream uses (TLS on when set).
+    /// Id of a `tls-creds-x509` object for QEMU's own TLS on the migration stream; nimbus
+    /// only ever sets it empty (off: the agents carry the stream over TLS), since a QEMU
+    /// keeps the parameters of its previous migrations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_creds: Option<String>,
-    /// Source: the name the target's certificate must carry.
+    /// The name QEMU's own TLS would check on the target's certificate (set empty too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_hostname: Option<String>,
-    /// Target: id of the `authz-list` object naming the accepted source.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_authz: Option<String>,
 }
 
 fn decode<T: DeserializeOwned>(command: &str, value: Value) -> Result<T, QmpError> {

@@ -45,8 +45,9 @@ pub(super) struct MigrationSlot {
     tls: MigrationTls,
     /// Target: what arrives, while QEMU waits for the VM.
     receiving: Option<ReceiveWatch>,
-    /// Target: the agents' TLS tunnel to the waiting QEMU, until the guest runs here.
-    tunnel: Option<IncomingTunnel>,
+    /// Target: the agents' TLS tunnels to the waiting QEMU (memory stream, disk mirror),
+    /// until the guest runs here.
+    tunnels: Vec<IncomingTunnel>,
     /// Orders the changes to the VM's floating IPs here: a hand-over at switch-over comes
     /// before the claim of a resume here that follows it (a switch-over that failed).
     network_turn: Arc<tokio::sync::Mutex<()>>,
@@ -62,7 +63,7 @@ impl MigrationSlot {
             role: None,
             newest_owner: None,
             receiving: None,
-            tunnel: None,
+            tunnels: Vec::new(),
             network_turn: Arc::default(),
         }
     }
@@ -121,10 +122,10 @@ impl Actor {
             .migration
             .tls
             .for_migration(plan.tls_credential.as_ref());
-        let (ready, tunnel) = incoming::listen(&qmp, &self.dir, &plan, &export, &tls)
+        let (ready, tunnels) = incoming::listen(&qmp, &self.dir, &plan, &export, &tls)
             .await
             .map_err(|e| Error::QemuFailed(error_chain(&e)))?;
-        self.migration.tunnel = tunnel;
+        self.migration.tunnels = tunnels;
         tracing::info!(
             uri = ready.migration_uri,
             nbd = ?ready.nbd,
@@ -363,7 +364,7 @@ impl Actor {
         tracing::debug!(status, "MIGRATION event");
         if status == "failed" && self.status.borrow().incoming {
             tracing::warn!("incoming migration failed");
-            self.migration.tunnel = None;
+            self.migration.tunnels.clear();
             self.update(|s| {
                 s.state = VmRunState::Crashed;
                 s.reason = Some("incoming migration failed".into());
@@ -402,7 +403,7 @@ impl Actor {
             return;
         };
         self.migration.receiving = None;
-        self.migration.tunnel = None;
+        self.migration.tunnels.clear();
         tracing::warn!(reason = %gave_up, "incoming migration given up");
         if let Some(run) = self.run.as_mut() {
             if let Err(e) = run.qemu.kill(std::time::Duration::ZERO).await {
@@ -427,7 +428,7 @@ impl Actor {
         };
         record.resumed = true;
         let mirror = record.disk == DiskTransfer::Mirror;
-        if let Some(tunnel) = self.migration.tunnel.take() {
+        for tunnel in std::mem::take(&mut self.migration.tunnels) {
             // Post-copy still moves pages after the guest resumed: the source closes.
             tunnel.close_when_done(TUNNEL_DRAIN);
         }

@@ -101,22 +101,16 @@ impl Transfer {
     async fn start(&mut self) -> Result<(), MigrationError> {
         let qmp = self.ctx.qmp.clone();
         let request = self.ctx.record.request.clone();
+        let target_host = request.target_host.as_deref();
+        self.ctx.tls.check_target(&request.target, target_host)?;
+        // The tunnel's TLS connections open while QEMU is set up (see tunnel/outgoing.rs).
+        self.open_stream()?;
         let caps = policy::source_capabilities(&request.policy, request.target.nbd.is_some());
         qmp.migrate_set_capabilities(&caps)
             .await
             .map_err(MigrationError::qmp("migrate-set-capabilities"))?;
-        let tls = self
-            .ctx
-            .tls
-            .connect(
-                &qmp,
-                &self.ctx.dir,
-                &request.target,
-                request.target_host.as_deref(),
-            )
-            .await?;
         // The memory goes in clear to the agents' tunnel (tunnel.rs), never QEMU's TLS.
-        let params = tls::client_parameters(policy::source_parameters(&request.policy), None);
+        let params = tls::client_parameters(policy::source_parameters(&request.policy));
         qmp.migrate_set_parameters(&params)
             .await
             .map_err(MigrationError::qmp("migrate-set-parameters"))?;
@@ -127,20 +121,37 @@ impl Transfer {
                 port = nbd.port,
                 "mirroring the disk to the target"
             );
-            self.mirror = Some(DiskMirror::start(&qmp, self.ctx.id, nbd, tls.as_ref()).await?);
+            let route =
+                self.ctx
+                    .tls
+                    .outgoing_disk(&self.ctx.dir, &request.target, nbd, target_host)?;
+            self.mirror = Some(DiskMirror::start(&qmp, self.ctx.id, route).await?);
             self.wait_mirror_ready().await?;
         }
         self.migrate().await
     }
 
-    async fn migrate(&mut self) -> Result<(), MigrationError> {
+    /// The URI QEMU migrates to; opens the agents' tunnel to a TLS target if not yet open.
+    fn open_stream(&mut self) -> Result<String, MigrationError> {
+        if self.tunnel.is_some() {
+            return Ok(OutgoingTunnel::qemu_uri());
+        }
         let request = &self.ctx.record.request;
+        // QEMU's main channel and its multifd channels.
+        let channels = 1 + usize::from(request.policy.multifd_channels.unwrap_or(0));
         let (uri, tunnel) = self.ctx.tls.outgoing_stream(
             &self.ctx.dir,
             &request.target,
             request.target_host.as_deref(),
+            channels,
         )?;
         self.tunnel = tunnel;
+        Ok(uri)
+    }
+
+    async fn migrate(&mut self) -> Result<(), MigrationError> {
+        let uri = self.open_stream()?;
+        let request = &self.ctx.record.request;
         tracing::info!(uri, target = request.target.migration_uri, "sending memory");
         self.memory_stall.restart(Instant::now());
         self.publish(|p| p.phase = MigrationPhase::PreCopy);
@@ -532,8 +543,6 @@ impl Transfer {
         if let Some(mirror) = mirror {
             mirror.abort().await;
         }
-        // The host key leaves the memory of a QEMU that goes on running here.
-        tls::unload(&qmp).await;
         if self.ctx.record.ladder.postcopy {
             // The guest ran on the target: this copy's memory is stale, never resume it.
             tracing::error!("post-copy failed: the VM is lost unless the target recovers");
