@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Chunk sizes: small enough that a page dirtied here and there costs little, large enough
 /// that a 1 GiB image is about a hundred thousand files at most. Measured on two images of
@@ -58,6 +59,9 @@ pub struct Stored {
 pub struct ChunkStore {
     dir: PathBuf,
     packs: PackStore,
+    /// Whether chunks of the first layout may exist (looked at once: new chunks never go
+    /// there, so a store without them saves a `stat` per chunk stored).
+    first_layout: Arc<OnceLock<bool>>,
 }
 
 /// The directory of the packs, under the chunk directory.
@@ -68,6 +72,7 @@ impl ChunkStore {
         Self {
             packs: PackStore::new(dir.join(PACKS)),
             dir,
+            first_layout: Arc::default(),
         }
     }
 
@@ -75,6 +80,15 @@ impl ChunkStore {
     fn path(&self, hash: &str) -> PathBuf {
         let prefix = hash.get(..2).unwrap_or("xx");
         self.dir.join(prefix).join(hash)
+    }
+
+    /// Whether chunk `hash` is a file of the first layout.
+    fn in_first_layout(&self, hash: &str) -> bool {
+        let any = *self.first_layout.get_or_init(|| {
+            std::fs::read_dir(&self.dir)
+                .is_ok_and(|entries| entries.flatten().any(|e| e.file_name() != PACKS))
+        });
+        any && self.path(hash).is_file()
     }
 
     /// Cuts the file `image` into chunks and stores those not yet stored.
@@ -119,7 +133,7 @@ impl ChunkStore {
     /// bytes it occupies when it was new.
     fn put_chunk(&self, hash: &str, data: &[u8]) -> Result<Option<u64>> {
         let digest = digest_of(hash)?;
-        if self.path(hash).is_file() {
+        if self.packs.contains(&digest)? || self.in_first_layout(hash) {
             return Ok(None);
         }
         self.packs.append(&digest, data)
@@ -128,7 +142,7 @@ impl ChunkStore {
     /// Whether chunk `hash` is stored.
     pub fn has(&self, hash: &str) -> bool {
         let in_pack = digest_of(hash).and_then(|d| self.packs.contains(&d));
-        in_pack.unwrap_or(false) || self.path(hash).is_file()
+        in_pack.unwrap_or(false) || self.in_first_layout(hash)
     }
 
     /// The pack file holding chunk `hash` and the byte range of its stored data there, for
@@ -216,7 +230,7 @@ impl ChunkStore {
                     "received memory chunk {hash} does not match its checksum: damaged in transit"
                 )));
             };
-            if self.path(hash).is_file() {
+            if self.in_first_layout(hash) {
                 continue;
             }
             if let Some(b) = self
