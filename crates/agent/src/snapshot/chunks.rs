@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, OnceLock};
 
 /// Chunk sizes: small enough that a page dirtied here and there costs little, large enough
 /// that a 1 GiB image is about a hundred thousand files at most. Measured on two images of
@@ -25,6 +27,12 @@ use std::path::{Path, PathBuf};
 const MIN_CHUNK: u32 = 2 << 10;
 const AVG_CHUNK: u32 = 8 << 10;
 pub const MAX_CHUNK: u32 = 32 << 10;
+
+/// Chunks queued between the cutter and the appender (about 2 MiB).
+const APPEND_QUEUE: usize = 256;
+
+/// A chunk to store: its BLAKE3 digest and content.
+type NewChunk = ([u8; 32], Vec<u8>);
 
 /// One chunk of an image, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +66,9 @@ pub struct Stored {
 pub struct ChunkStore {
     dir: PathBuf,
     packs: PackStore,
+    /// Whether chunks of the first layout may exist (looked at once: new chunks never go
+    /// there, so a store without them saves a `stat` per chunk stored).
+    first_layout: Arc<OnceLock<bool>>,
 }
 
 /// The directory of the packs, under the chunk directory.
@@ -68,6 +79,7 @@ impl ChunkStore {
         Self {
             packs: PackStore::new(dir.join(PACKS)),
             dir,
+            first_layout: Arc::default(),
         }
     }
 
@@ -75,6 +87,15 @@ impl ChunkStore {
     fn path(&self, hash: &str) -> PathBuf {
         let prefix = hash.get(..2).unwrap_or("xx");
         self.dir.join(prefix).join(hash)
+    }
+
+    /// Whether chunk `hash` is a file of the first layout.
+    fn in_first_layout(&self, hash: &str) -> bool {
+        let any = *self.first_layout.get_or_init(|| {
+            std::fs::read_dir(&self.dir)
+                .is_ok_and(|entries| entries.flatten().any(|e| e.file_name() != PACKS))
+        });
+        any && self.path(hash).is_file()
     }
 
     /// Cuts the file `image` into chunks and stores those not yet stored.
@@ -85,10 +106,37 @@ impl ChunkStore {
 
     /// Cuts the stream `from` (the memory image `image`) into chunks and stores those not yet
     /// stored; makes them durable once, at the end.
+    ///
+    /// New chunks are compressed and appended on a second thread while this one cuts and
+    /// hashes the rest: compression is most of the work when every chunk is new (a first
+    /// snapshot), and the image is read while QEMU writes it, so the chunker must keep up.
     pub fn put_stream(&self, from: impl Read, image: &Path) -> Result<(ChunkedImage, Stored)> {
+        let (to_append, queue) = std::sync::mpsc::sync_channel(APPEND_QUEUE);
+        let (cut, stored) = std::thread::scope(|scope| {
+            let appender = scope.spawn(move || self.append_all(queue));
+            let cut = self.cut(from, image, &to_append);
+            drop(to_append);
+            let stored = appender
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the chunk appender failed".into())));
+            (cut, stored)
+        });
+        // The appender's error first: when it stops, the cutter only sees a closed queue.
+        let stored = stored?;
+        let image = cut?;
+        self.packs.sync()?;
+        Ok((image, stored))
+    }
+
+    /// Cuts `from` into chunks and hashes them; those not stored yet go to `to_append`.
+    fn cut(
+        &self,
+        from: impl Read,
+        image: &Path,
+        to_append: &SyncSender<NewChunk>,
+    ) -> Result<ChunkedImage> {
         let mut whole = blake3::Hasher::new();
         let mut chunks = Vec::new();
-        let mut stored = Stored::default();
         let mut len = 0u64;
         let cutter = fastcdc::v2020::StreamCDC::new(from, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
         for chunk in cutter {
@@ -96,30 +144,43 @@ impl ChunkStore {
                 .map_err(|e| Error::Internal(format!("cannot read {}: {e}", image.display())))?;
             whole.update(&chunk.data);
             len += chunk.data.len() as u64;
-            let hash = blake3::hash(&chunk.data).to_hex().to_string();
-            if let Some(bytes) = self.put_chunk(&hash, &chunk.data)? {
-                stored.new_bytes += bytes;
-                stored.new_chunks += 1;
-            }
+            let digest = blake3::hash(&chunk.data);
+            let hash = digest.to_hex().to_string();
             chunks.push(ChunkRef {
                 hash,
                 len: chunk.data.len() as u32,
             });
+            let known = self.packs.contains(digest.as_bytes())?
+                || chunks.last().is_some_and(|c| self.in_first_layout(&c.hash));
+            if !known && to_append.send((*digest.as_bytes(), chunk.data)).is_err() {
+                return Err(Error::Internal("the chunk appender stopped".into()));
+            }
         }
-        self.packs.sync()?;
-        let image = ChunkedImage {
+        Ok(ChunkedImage {
             len,
             hash: whole.finalize().to_hex().to_string(),
             chunks,
-        };
-        Ok((image, stored))
+        })
+    }
+
+    /// Compresses and appends the chunks of `queue` until it closes (a chunk queued twice
+    /// is stored once).
+    fn append_all(&self, queue: Receiver<NewChunk>) -> Result<Stored> {
+        let mut stored = Stored::default();
+        for (digest, data) in queue {
+            if let Some(bytes) = self.packs.append(&digest, &data)? {
+                stored.new_bytes += bytes;
+                stored.new_chunks += 1;
+            }
+        }
+        Ok(stored)
     }
 
     /// Stores one chunk unless present (in a pack, or in the first layout); answers the
     /// bytes it occupies when it was new.
     fn put_chunk(&self, hash: &str, data: &[u8]) -> Result<Option<u64>> {
         let digest = digest_of(hash)?;
-        if self.path(hash).is_file() {
+        if self.packs.contains(&digest)? || self.in_first_layout(hash) {
             return Ok(None);
         }
         self.packs.append(&digest, data)
@@ -128,7 +189,7 @@ impl ChunkStore {
     /// Whether chunk `hash` is stored.
     pub fn has(&self, hash: &str) -> bool {
         let in_pack = digest_of(hash).and_then(|d| self.packs.contains(&d));
-        in_pack.unwrap_or(false) || self.path(hash).is_file()
+        in_pack.unwrap_or(false) || self.in_first_layout(hash)
     }
 
     /// The pack file holding chunk `hash` and the byte range of its stored data there, for
@@ -216,7 +277,7 @@ impl ChunkStore {
                     "received memory chunk {hash} does not match its checksum: damaged in transit"
                 )));
             };
-            if self.path(hash).is_file() {
+            if self.in_first_layout(hash) {
                 continue;
             }
             if let Some(b) = self
@@ -330,119 +391,4 @@ pub fn is_digest(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::test_support::pseudo_random;
-
-    #[test]
-    fn a_slightly_changed_image_shares_most_chunks() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = ChunkStore::new(tmp.path().join("chunks"));
-        let first = pseudo_random(4 << 20, 1);
-        let mut second = first.clone();
-        // An insertion shifts every later offset; a few bytes change elsewhere.
-        second.splice(1_000_000..1_000_000, [7u8; 100]);
-        second[3_000_000] ^= 0xff;
-        let (a_path, b_path) = (tmp.path().join("a"), tmp.path().join("b"));
-        std::fs::write(&a_path, &first).expect("write");
-        std::fs::write(&b_path, &second).expect("write");
-        let (a, stored_a) = store.put_file(&a_path).expect("put a");
-        let (b, stored_b) = store.put_file(&b_path).expect("put b");
-        // Random bytes are stored raw: the image plus a small header per chunk.
-        let len = first.len() as u64;
-        assert!(
-            stored_a.new_bytes >= len && stored_a.new_bytes < len + len / 100,
-            "{stored_a:?}"
-        );
-        assert!(
-            stored_b.new_bytes < first.len() as u64 / 10,
-            "second image added {} bytes",
-            stored_b.new_bytes
-        );
-        // Both come back exactly.
-        let out = tmp.path().join("out");
-        store.assemble(&a, &out).expect("assemble a");
-        assert_eq!(std::fs::read(&out).expect("read"), first);
-        store.assemble(&b, &out).expect("assemble b");
-        assert_eq!(std::fs::read(&out).expect("read"), second);
-        // Dropping `a` frees what only it used; `b` stays whole.
-        let keep: HashSet<String> = b.chunks.iter().map(|c| c.hash.clone()).collect();
-        let freed = store.collect_garbage(&keep).expect("gc");
-        assert!(
-            freed > 0 && freed < first.len() as u64 / 10,
-            "freed {freed}"
-        );
-        store.check(&b).expect("b intact");
-        assert!(store.check(&a).is_err());
-    }
-
-    #[test]
-    fn damaged_packs_are_refused() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = ChunkStore::new(tmp.path().join("chunks"));
-        let path = tmp.path().join("img");
-        std::fs::write(&path, pseudo_random(200_000, 9)).expect("write");
-        let (image, _) = store.put_file(&path).expect("put");
-        let loc = store
-            .packs
-            .location(&digest_of(&image.chunks[1].hash).expect("digest"))
-            .expect("index")
-            .expect("in a pack");
-        let pack = tmp.path().join("chunks/packs/00000001.pack");
-        let mut bytes = std::fs::read(&pack).expect("read");
-        bytes[(loc.offset + 41 + 10) as usize] ^= 1;
-        std::fs::write(&pack, &bytes).expect("write");
-        store
-            .check(&image)
-            .expect("same length passes the cheap check");
-        let err = store
-            .assemble(&image, &tmp.path().join("out"))
-            .expect_err("damaged");
-        assert!(
-            err.to_string().contains("damaged") && err.to_string().contains("checksum"),
-            "{err}"
-        );
-        bytes.truncate(bytes.len() - 100);
-        std::fs::write(&pack, &bytes).expect("write");
-        assert!(store.check(&image).is_err());
-    }
-
-    /// Snapshots taken before packs (one file per chunk) are still read, checked and
-    /// collected; a chunk of that layout is not stored again in a pack.
-    #[test]
-    fn chunks_of_the_first_layout_keep_working() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("chunks");
-        let store = ChunkStore::new(dir.clone());
-        let data = pseudo_random(300_000, 5);
-        let path = tmp.path().join("img");
-        std::fs::write(&path, &data).expect("write");
-        let (image, _) = store.put_file(&path).expect("put");
-        // Move every chunk out of the packs into the first layout.
-        let mut reader = store.packs.reader();
-        for c in &image.chunks {
-            let bytes = store.read_with(&mut reader, &c.hash).expect("read");
-            let old = store.path(&c.hash);
-            std::fs::create_dir_all(old.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&old, bytes).expect("write");
-        }
-        drop(reader);
-        std::fs::remove_dir_all(dir.join(PACKS)).expect("no packs");
-        let store = ChunkStore::new(dir.clone());
-        store.check(&image).expect("present");
-        let out = tmp.path().join("out");
-        store.assemble(&image, &out).expect("assemble");
-        assert_eq!(std::fs::read(&out).expect("read"), data);
-        let (_, stored) = store.put_file(&path).expect("again");
-        assert_eq!(stored.new_chunks, 0, "deduplicated against the old layout");
-        let victim = store.path(&image.chunks[0].hash);
-        let mut bytes = std::fs::read(&victim).expect("read");
-        bytes[3] ^= 1;
-        std::fs::write(&victim, &bytes).expect("damage");
-        let err = store.assemble(&image, &out).expect_err("damaged");
-        assert!(err.to_string().contains("damaged"), "{err}");
-        assert!(store.collect_garbage(&HashSet::new()).expect("gc") > 0);
-        assert!(!victim.exists());
-    }
-}
+mod tests;

@@ -67,10 +67,24 @@ pub fn check_file_header(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<()
     Ok(())
 }
 
+thread_local! {
+    /// One compression context per thread, reused: creating one per chunk (8 KiB) cost as
+    /// much as compressing it.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The stored form of `data`: compressed when that saves at least an eighth.
 pub fn encode(data: &[u8]) -> (u8, std::borrow::Cow<'_, [u8]>) {
-    match zstd::bulk::compress(data, LEVEL) {
-        Ok(z) if z.len() < data.len() - data.len() / 8 => (ZSTD, z.into()),
+    let compressed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(LEVEL).ok();
+        }
+        c.as_mut().and_then(|c| c.compress(data).ok())
+    });
+    match compressed {
+        Some(z) if z.len() < data.len() - data.len() / 8 => (ZSTD, z.into()),
         _ => (0, data.into()),
     }
 }
