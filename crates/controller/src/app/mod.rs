@@ -75,6 +75,8 @@ struct Inner {
     replicas: replicas::ReplicaStore,
     /// The CA and the controller's certificate.
     tls: tls::ControllerTls,
+    /// Snapshot copies of live migrations running in the background.
+    snapshot_copies: crate::ops::snapshot_copies::SnapshotCopies,
 }
 
 impl App {
@@ -103,6 +105,7 @@ impl App {
                 blobs,
                 replicas,
                 tls,
+                snapshot_copies: Default::default(),
             }),
         })
     }
@@ -158,6 +161,12 @@ impl App {
     /// The CA and the controller's certificate.
     pub fn tls(&self) -> &tls::ControllerTls {
         &self.inner.tls
+    }
+
+    /// Snapshot copies of live migrations running in the background (see
+    /// [`crate::ops::snapshot_copies`]).
+    pub fn snapshot_copies(&self) -> &crate::ops::snapshot_copies::SnapshotCopies {
+        &self.inner.snapshot_copies
     }
 
     /// Failed authentications per client address.
