@@ -28,7 +28,7 @@ unchanged).
 
 Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/snapshot.py [--bin target/release/nimbus] [--runs 3] [--rates 0,100] [--json FILE]
-  bench/snapshot.py --migration [--shared] [--runs 3]
+  bench/snapshot.py --migration [--shared] [--runs 3] [--logs DIR]
 Per-run lines go to stderr, the tables to stdout.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
@@ -272,11 +272,32 @@ def migration_bench(args):
             a = med([r["steps_ms"].get(step) for r in rows["with 3 snapshots"]])
             b = med([r["steps_ms"].get(step) for r in rows["without"]])
             print(f"| {step} | {a if a is None else round(a)} | {b if b is None else round(b)} |")
+        # The snapshot copy's own time per part (controller: inventory and missing chunks,
+        # then the stream from the source through the target's checks).
+        print("\n| snapshot copy (median ms) | inventory | stream |")
+        print("|---|---|---|")
+        for step, part in (("prepare_target", "layers"), ("transfer", "manifests and chunks")):
+            ms = [((r["snapshots"] or {}).get(step) or {}).get("ms") or {} for r in rows["with 3 snapshots"]]
+            print(f"| {part} ({step}) | {med([m.get('inventory') for m in ms if m])} | "
+                  f"{med([m.get('stream') for m in ms if m])} |")
         if args.json:
             json.dump(rows, open(args.json, "w"), indent=1)
     finally:
         cloud.close()
+        if args.logs:
+            keep_logs(cloud.data, args.logs)
+            shutil.copy(cloud.log, args.logs)  # `nimbus up`'s own, with the controller's
         shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_logs(data, dest):
+    """Copies the cloud's logs (controller, agents) to `dest` before the work dir goes."""
+    for root, _, files in os.walk(data):
+        for f in files:
+            if f.endswith(".log"):
+                rel = os.path.relpath(os.path.join(root, f), data)
+                os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+                shutil.copy(os.path.join(root, f), os.path.join(dest, rel))
 
 
 def main():
@@ -287,6 +308,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--migration", action="store_true", help="migration with 3 snapshots vs without")
     ap.add_argument("--shared", action="store_true", help="with --migration: shared storage")
+    ap.add_argument("--logs", help="with --migration: keep the cloud's logs in this directory")
     args = ap.parse_args()
     if args.migration:
         return migration_bench(args)

@@ -562,9 +562,9 @@ async fn a_failed_clone_leaves_no_vm_and_no_reservation() {
 
 /// A drain no longer leaves an instance behind for its snapshots: its live migration sends
 /// the disk part of the snapshot set (no chunk) to the target before the target QEMU starts;
-/// the memory part would go beside the memory transfer. (The fake host cannot receive a
+/// the memory part goes in the background from then on. (The fake host cannot receive a
 /// live VM, so the move then fails and unwinds: the instance stays where it was, with its
-/// snapshot, and no memory chunk was asked for.)
+/// snapshot.)
 #[tokio::test]
 async fn a_drain_sends_the_snapshots_of_a_running_instance_first() {
     let (f, web) = web1_with_s1().await;
@@ -580,10 +580,6 @@ async fn a_drain_sends_the_snapshots_of_a_running_instance_first() {
     assert!(
         calls.contains(&format!("export_snapshot_set {web} 0"))
             && calls.contains(&format!("import_snapshot_set {web} set-of-{web}")),
-        "{calls:?}"
-    );
-    assert!(
-        !calls.iter().any(|c| c.starts_with("missing_chunks")),
         "{calls:?}"
     );
     let s1 = f

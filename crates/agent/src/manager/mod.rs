@@ -347,8 +347,12 @@ impl Manager {
             let _ = std::fs::remove_dir(dir.dir());
             return Err(e);
         }
-        // Its snapshots, received beforehand (a failure is undone with the VM's removal).
+        // Its snapshots, received beforehand (a failure is undone with the VM's removal):
+        // the disk part, then the memory part of a live move if it is complete already
+        // (else it is installed when it is, see `import_snapshot_set`).
         crate::snapshot::moving::install::install(&dir, &self.snapshots.arriving(id)).await?;
+        crate::snapshot::moving::install::install(&dir, &self.snapshots.arriving_memory(id))
+            .await?;
         let status = CoreStatus::defined();
         dir.write_state(&status)?;
         if let Some(role) = &role {
@@ -400,14 +404,14 @@ impl Manager {
             }
             None => {
                 // Only snapshots staged for a VM that never arrived.
-                if self.snapshots.arriving(id).remove()? {
+                if self.snapshots.remove_arriving(id)? {
                     self.collect_chunks().await;
                     return Ok(());
                 }
                 return Err(Error::NotFound(id));
             }
         };
-        self.snapshots.arriving(id).remove()?;
+        self.snapshots.remove_arriving(id)?;
         if let Some(spec) = &spec {
             self.network.unplug(spec).await?;
         }

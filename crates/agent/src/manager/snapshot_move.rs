@@ -37,9 +37,10 @@ impl Manager {
     }
 
     /// Receives `part` of the snapshot set of VM `id`, arriving here. The memory part of a
-    /// live move comes while the VM's memory does, so the VM is usually defined already:
-    /// the part is then installed into it at once (under the lifecycle lock, so that a
-    /// concurrent removal of the VM cannot leave its manifests behind).
+    /// live move comes beside the disk part and the VM's definition: it is staged apart, and
+    /// installed into the VM once both are here, by whichever comes last (here, or the
+    /// define), under the lifecycle lock, so that a concurrent removal of the VM cannot leave
+    /// its manifests behind.
     pub async fn import_snapshot_set<R: AsyncRead + Unpin>(
         &self,
         id: Uuid,
@@ -55,7 +56,7 @@ impl Manager {
         if part == SnapshotSetPart::Memory {
             let _serial = self.lifecycle.lock().await;
             if let Ok(vm) = self.get(id) {
-                let arriving = self.snapshots.arriving(id);
+                let arriving = self.snapshots.arriving_memory(id);
                 if let Err(e) = install::install(vm.dir(), &arriving).await {
                     let _ = arriving.remove();
                     return Err(e);

@@ -237,20 +237,22 @@ impl ChunkStore {
         }
         if blake3::hash(data).to_hex().as_str() != hash {
             return Err(Error::BadRequest(format!(
-                "received memory chunk {hash} does not match its checksum: damaged in transit"
+                "received memory chunk {hash} does not match its checksum: damaged on its \
+                 source host or in transit"
             )));
         }
         Ok(self.put_chunk(hash, data)?.is_some())
     }
 
-    /// Chunks as stored (flags, bytes: zstd-compressed or raw), checked, to copy them to
-    /// another host as they are.
+    /// Chunks as stored (flags, bytes: zstd-compressed or raw), to copy them to another host
+    /// as they are. Their content is not checked here: the receiver checks every chunk
+    /// against its name (see [`super::packs::PackReader::read_stored`]).
     pub fn read_stored(&self, hashes: &[String]) -> Result<Vec<(u8, Vec<u8>)>> {
         let mut reader = self.packs.reader();
         let mut out = Vec::with_capacity(hashes.len());
         for hash in hashes {
-            match reader.read_record(&digest_of(hash)?, hash)? {
-                Some(r) => out.push((r.flags, r.stored)),
+            match reader.read_stored(&digest_of(hash)?, hash)? {
+                Some(stored) => out.push(stored),
                 None => out.push((0, self.read_with(&mut reader, hash)?)),
             }
         }
@@ -274,7 +276,8 @@ impl ChunkStore {
                 .filter(|r| r.len() <= MAX_CHUNK as usize && blake3::hash(r).as_bytes() == &digest);
             let Some(raw) = raw else {
                 return Err(Error::BadRequest(format!(
-                    "received memory chunk {hash} does not match its checksum: damaged in transit"
+                    "received memory chunk {hash} does not match its checksum: damaged on its \
+                     source host or in transit"
                 )));
             };
             if self.in_first_layout(hash) {

@@ -14,6 +14,7 @@
 //! <state_dir>/vms/<id>/snapshots/<sid>/       manifest.json (pending.json while taken)
 //! <disk dir>/layers/<uuid>.qcow2              disk layers
 //! <state_dir>/arriving/<id>/                   snapshots of a VM moving here, staged
+//! <state_dir>/arriving/<id>.memory/            their memory part, when it comes apart
 //! ```
 //! - [`moving`]: a VM's snapshots sent to and received from another host when it migrates.
 
@@ -127,6 +128,30 @@ impl SnapshotStore {
     /// Where the snapshots of VM `id`, arriving from another host, are staged.
     pub fn arriving(&self, id: uuid::Uuid) -> moving::Arriving {
         moving::Arriving::new(self.arriving_dir.join(id.to_string()))
+    }
+
+    /// Where the memory part of a live move of VM `id` (manifests; the chunks go into the
+    /// store) is staged: apart from the disk part, as the two arrive side by side.
+    pub fn arriving_memory(&self, id: uuid::Uuid) -> moving::Arriving {
+        moving::Arriving::new(self.arriving_dir.join(format!("{id}.memory")))
+    }
+
+    /// The staging of `part` of VM `id`'s snapshot set.
+    pub fn arriving_part(
+        &self,
+        id: uuid::Uuid,
+        part: nimbus_agent_api::SnapshotSetPart,
+    ) -> moving::Arriving {
+        match part {
+            nimbus_agent_api::SnapshotSetPart::Memory => self.arriving_memory(id),
+            _ => self.arriving(id),
+        }
+    }
+
+    /// Removes every staged part of VM `id`'s snapshot set; true when there was one.
+    pub fn remove_arriving(&self, id: uuid::Uuid) -> Result<bool> {
+        let disk = self.arriving(id).remove()?;
+        Ok(self.arriving_memory(id).remove()? || disk)
     }
 
     /// Serialises a writer of chunks with garbage collection (see the type's doc).

@@ -92,7 +92,12 @@ pub async fn snapshots_follow_a_live_migration(cloud: &Cloud, client: &Client) {
     );
     assert!(
         !cloud.host_dir(dst).join("vms").join(&id).exists()
-            && !cloud.host_dir(dst).join("arriving").join(&id).exists(),
+            && !cloud.host_dir(dst).join("arriving").join(&id).exists()
+            && !cloud
+                .host_dir(dst)
+                .join("arriving")
+                .join(format!("{id}.memory"))
+                .exists(),
         "no copy on the target"
     );
     assert!(
@@ -107,7 +112,7 @@ pub async fn snapshots_follow_a_live_migration(cloud: &Cloud, client: &Client) {
     counter_passes(client, "snap1", c).await;
 
     // The real move: the layers before the target QEMU starts, the manifests and the memory
-    // chunks beside the memory transfer.
+    // chunks in the background from the same moment, awaited beside the memory transfer.
     let started = std::time::Instant::now();
     let op = client
         .migrate_instance("snap1", &Default::default())

@@ -76,6 +76,8 @@ struct Inner {
     replicas: replicas::ReplicaStore,
     /// The CA and the controller's certificate.
     tls: tls::ControllerTls,
+    /// Snapshot copies of live migrations running in the background.
+    snapshot_copies: crate::ops::snapshot_copies::SnapshotCopies,
 }
 
 impl App {
@@ -106,6 +108,7 @@ impl App {
                 blobs,
                 replicas,
                 tls,
+                snapshot_copies: Default::default(),
             }),
         })
     }
@@ -161,6 +164,12 @@ impl App {
     /// The CA and the controller's certificate.
     pub fn tls(&self) -> &tls::ControllerTls {
         &self.inner.tls
+    }
+
+    /// Snapshot copies of live migrations running in the background (see
+    /// [`crate::ops::snapshot_copies`]).
+    pub fn snapshot_copies(&self) -> &crate::ops::snapshot_copies::SnapshotCopies {
+        &self.inner.snapshot_copies
     }
 
     /// Failed authentications per client address.

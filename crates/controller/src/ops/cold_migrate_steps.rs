@@ -33,12 +33,12 @@ impl Step<App> for PrepareColdTarget {
         };
         let snapshots = SnapshotMove {
             instance: self.0,
-            source: &r.source,
-            target: &r.target,
+            source: r.source.clone(),
+            target: r.target.clone(),
             shared: kind == "shared",
             live: false,
         }
-        .copy(app, s, SnapshotSetPart::All)
+        .copy(app, Some(s), SnapshotSetPart::All)
         .await?;
         app.agent(&dst_host.agent_url)
             .cold_incoming(&ColdIncomingRequest { spec, disk })

@@ -1,6 +1,7 @@
 //! The steps of a live migration and of a host drain.
 
 use super::shared_disk::{has_dots, is_own_shared_disk};
+use super::snapshot_copies::joined;
 use super::snapshot_move::{beside_transfer, ensure_copied, switched_over_on_shared, SnapshotMove};
 use super::steps::{agent_err, app_err, instance, op_params, store_err};
 use crate::app::migrations::{migration_target, DEFAULT_MAX_DOWNTIME_MS};
@@ -178,17 +179,18 @@ impl Step<App> for PrepareTarget {
         let inst = instance(app, self.0).await?;
         let spec = app.vm_spec(&inst).await.map_err(app_err)?;
         let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
-        // Only the layers (the target QEMU opens its disk on them): the rest goes beside
-        // the memory transfer.
-        let snapshots = SnapshotMove {
+        let set = SnapshotMove {
             instance: self.0,
-            source: &r.source,
-            target: &r.target,
+            source: r.source.clone(),
+            target: r.target.clone(),
             shared: kind == "shared",
             live: true,
-        }
-        .copy(app, s, SnapshotSetPart::Disk)
-        .await?;
+        };
+        // The manifests and memory chunks (the bulk) from now on, in the background: beside
+        // the layers, the target's start and the memory transfer, which waits for them.
+        // Only the layers before the target QEMU starts: it opens its disk on them.
+        set.start_memory(app, s.operation_id);
+        let snapshots = set.copy(app, Some(s), SnapshotSetPart::Disk).await?;
         let policy = policy(&params(app, s.operation_id).await?);
         let tls_credential = Some(migration_credential(app, &r.target, &policy)?);
         let ready = app
@@ -208,8 +210,10 @@ impl Step<App> for PrepareTarget {
         Ok(json!({ "ready": ready, "disk_transfer": kind, "snapshots": snapshots }))
     }
 
-    /// Removes the target's copy; its disk only when the target provably made it.
+    /// Ends the snapshot copy in the background, then removes the target's copy; its disk
+    /// only when the target provably made it.
     async fn undo(&self, app: &App, s: &StepContext<'_>) -> Result<(), StepError> {
+        app.snapshot_copies().end(s.operation_id).await;
         let r = route(s)?;
         let keep_disk = !r.target_made_disk();
         if r.disk_transfer.is_none() {
@@ -291,6 +295,21 @@ impl Step<App> for Transfer {
         let r = route(s)?;
         let ready: IncomingReady = from_output(s, "prepare_target", "ready")?;
         let req = params(app, s.operation_id).await?;
+        let copy = || {
+            let set = SnapshotMove::live(self.0, &r);
+            async move { set.copy(app, Some(s), SnapshotSetPart::Memory).await }
+        };
+        // The copy the prepare step started (after a restart of this controller, a new one);
+        // one that failed already fails the migration before it starts.
+        let first: futures::future::BoxFuture<'_, Result<Value, StepError>> =
+            match app.snapshot_copies().take(s.operation_id) {
+                Some(started) if started.is_finished() => {
+                    let copied = joined(started).await?;
+                    Box::pin(async move { Ok(copied) })
+                }
+                Some(started) => Box::pin(joined(started)),
+                None => Box::pin(copy()),
+            };
         let source = app.agent_of(&r.source).await.map_err(app_err)?;
         let current = source.migration(self.0).await.map_err(agent_err)?;
         let ours = current.migration_id == Some(s.operation_id);
@@ -327,16 +346,13 @@ impl Step<App> for Transfer {
                 .await
                 .map_err(agent_err)?;
         }
-        let copy = || {
-            let set = SnapshotMove::live(self.0, &r);
-            async move { set.copy(app, s, SnapshotSetPart::Memory).await }
-        };
         let cancel = || async {
             if let Err(e) = source.migration_cancel(self.0).await {
                 tracing::warn!(instance_id = %self.0, error = %e, "cannot cancel the migration");
             }
         };
-        let (mut out, snapshots) = beside_transfer(self.watch(app, s, &r), copy, cancel).await?;
+        let (mut out, snapshots) =
+            beside_transfer(self.watch(app, s, &r), first, copy, cancel).await?;
         out["snapshots"] = snapshots;
         Ok(out)
     }

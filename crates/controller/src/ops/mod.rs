@@ -19,6 +19,7 @@ pub mod instance_start;
 pub mod instance_stop;
 pub mod migrate_steps;
 mod shared_disk;
+pub(crate) mod snapshot_copies;
 pub mod snapshot_create;
 pub mod snapshot_delete;
 pub(crate) mod snapshot_move;

@@ -6,9 +6,11 @@
 //! API (moving to mutual TLS), as for a cold migration's disk; no new socket, no trust
 //! between agents. A live migration sends the set in two parts: the disk layers before the
 //! target QEMU starts (it opens its disk on them; with shared storage only the name of the
-//! top), then the manifests and the memory chunks *beside* the memory transfer (see
-//! `migrate_steps::Transfer`), so the move takes about as long as one without snapshots and
-//! the guest's downtime does not change. A cold migration sends it all before the define.
+//! top), and the manifests and the memory chunks (the bulk) in the background from the same
+//! moment on: beside the layers, the target's start and the memory transfer, which waits for
+//! it before the verification (see `migrate_steps::Transfer` and [`super::snapshot_copies`]),
+//! so the move takes about as long as one without snapshots and the guest's downtime does
+//! not change. A cold migration sends it all before the define.
 //! Only what the target does not hold is sent (chunks by digest), in one stream of large
 //! batches, and with shared storage the layers are not sent at all. Nothing is deleted on
 //! the source before the commit: its copy goes with the source VM in `cleanup_source`; a
@@ -23,38 +25,49 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// How the snapshot set of one move goes.
-pub(super) struct SnapshotMove<'a> {
+#[derive(Debug, Clone)]
+pub(super) struct SnapshotMove {
     pub instance: Uuid,
-    pub source: &'a str,
-    pub target: &'a str,
+    pub source: String,
+    pub target: String,
     /// Both hosts see the disk layers on shared storage: they are not copied.
     pub shared: bool,
     /// A live migration: the top layer (the guest writes it) moves by the disk mirror.
     pub live: bool,
 }
 
-impl<'a> SnapshotMove<'a> {
+impl SnapshotMove {
     /// The set of a live migration on route `r`, once its disk transfer is recorded.
-    pub fn live(instance: Uuid, r: &'a Route) -> Self {
+    pub fn live(instance: Uuid, r: &Route) -> Self {
         Self {
             instance,
-            source: &r.source,
-            target: &r.target,
+            source: r.source.clone(),
+            target: r.target.clone(),
             shared: r.shared(),
             live: true,
         }
     }
 
-    /// Copies `part` of the set; `Value::Null` when nothing of it has to move (no
-    /// snapshots, nor layers).
+    /// Starts copying the memory part in the background of operation `op` (see
+    /// [`super::snapshot_copies`]).
+    pub fn start_memory(&self, app: &App, op: Uuid) {
+        let (set, app_bg) = (self.clone(), app.clone());
+        app.snapshot_copies().start(op, async move {
+            set.copy(&app_bg, None, SnapshotSetPart::Memory).await
+        });
+    }
+
+    /// Copies `part` of the set, saying so in `s`'s progress when given; `Value::Null` when
+    /// nothing of it has to move (no snapshots, nor layers).
     pub async fn copy(
         &self,
         app: &App,
-        s: &StepContext<'_>,
+        s: Option<&StepContext<'_>>,
         part: SnapshotSetPart,
     ) -> Result<Value, StepError> {
-        let source = app.agent_of(self.source).await.map_err(app_err)?;
-        let target = app.agent_of(self.target).await.map_err(app_err)?;
+        let started = std::time::Instant::now();
+        let source = app.agent_of(&self.source).await.map_err(app_err)?;
+        let target = app.agent_of(&self.target).await.map_err(app_err)?;
         let inventory = source
             .snapshot_set(self.instance)
             .await
@@ -74,8 +87,12 @@ impl<'a> SnapshotMove<'a> {
         } else {
             (0, Vec::new())
         };
-        s.progress(&self.progress_line(part, inventory.snapshots, missing.len(), chunks))
-            .await;
+        let asked = started.elapsed();
+        let line = self.progress_line(part, inventory.snapshots, missing.len(), chunks);
+        match s {
+            Some(s) => s.progress(&line).await,
+            None => tracing::info!(instance_id = %self.instance, "{line}"),
+        }
         let req = ExportSnapshotSet {
             part,
             chunks: missing,
@@ -99,8 +116,13 @@ impl<'a> SnapshotMove<'a> {
                 self.target, got.snapshots, inventory.snapshots
             )));
         }
-        tracing::info!(instance_id = %self.instance, source = self.source, target = self.target, ?part, ?got, "snapshot set copied");
+        let ms = json!({
+            "inventory": asked.as_millis() as u64,
+            "stream": (started.elapsed() - asked).as_millis() as u64,
+        });
+        tracing::info!(instance_id = %self.instance, source = %self.source, target = %self.target, ?part, ?got, %ms, "snapshot set copied");
         Ok(json!({
+            "ms": ms,
             "snapshots": got.snapshots,
             "layers": got.layers,
             "layer_bytes": got.layer_bytes,
@@ -126,7 +148,7 @@ impl<'a> SnapshotMove<'a> {
         match part {
             SnapshotSetPart::Disk => format!("copying {layers} of {snapshots} snapshots {route}"),
             SnapshotSetPart::Memory => format!(
-                "copying {snapshots} snapshots {route} beside the memory: {missing} of {chunks} memory chunks"
+                "copying {snapshots} snapshots {route} in the background: {missing} of {chunks} memory chunks"
             ),
             SnapshotSetPart::All => format!(
                 "copying {snapshots} snapshots {route}: {missing} of {chunks} memory chunks, {layers}"
@@ -135,28 +157,30 @@ impl<'a> SnapshotMove<'a> {
     }
 }
 
-/// Runs `transfer` (the memory transfer, followed to its end) and `copy` (the memory part
-/// of the snapshot set) side by side, and answers both outputs: the migration goes on to
-/// its verification and commit only when both succeeded. A copy that fails while the memory
-/// still moves has the migration cancelled (`cancel`), and the step fails with the copy's
-/// error once the transfer ended (its undo resumes the VM at its source, with all its
-/// snapshots). A copy that fails after a switch-over on shared storage, which cannot be
-/// undone, is tried again (it sends only what is still missing); if it still fails, its
-/// error is the copy's output, and the commit tries once more before it moves anything
-/// (see [`ensure_copied`]): the source keeps its copy until the commit, so nothing is lost.
-pub(super) async fn beside_transfer<T, C, F, K, KF>(
+/// Runs `transfer` (the memory transfer, followed to its end) and `first` (the copy of the
+/// memory part of the snapshot set, started before) side by side, and answers both
+/// outputs: the migration goes on to its verification and commit only when both succeeded.
+/// A copy that fails while the memory still moves has the migration cancelled (`cancel`),
+/// and the step fails with the copy's error once the transfer ended (its undo resumes the
+/// VM at its source, with all its snapshots). A copy that fails after a switch-over on
+/// shared storage, which cannot be undone, is tried again (`copy`: it sends only what is
+/// still missing); if it still fails, its error is the copy's output, and the commit tries
+/// once more before it moves anything (see [`ensure_copied`]): the source keeps its copy
+/// until the commit, so nothing is lost.
+pub(super) async fn beside_transfer<T, FF, C, F, K, KF>(
     transfer: T,
+    first: FF,
     copy: C,
     cancel: K,
 ) -> Result<(Value, Value), StepError>
 where
     T: std::future::Future<Output = Result<Value, StepError>>,
+    FF: std::future::Future<Output = Result<Value, StepError>>,
     C: Fn() -> F,
     F: std::future::Future<Output = Result<Value, StepError>>,
     K: FnOnce() -> KF,
     KF: std::future::Future<Output = ()>,
 {
-    let first = copy();
     tokio::pin!(transfer, first);
     let (moved, mut copied) = tokio::select! {
         moved = &mut transfer => (moved?, first.await),
@@ -198,7 +222,7 @@ pub(super) fn switched_over_on_shared(output: &Value) -> bool {
 /// (`copied`, see [`beside_transfer`]): a commit moves the snapshots only once they are all
 /// on the target.
 pub(super) async fn ensure_copied(
-    set: &SnapshotMove<'_>,
+    set: &SnapshotMove,
     copied: Option<&Value>,
     app: &App,
     s: &StepContext<'_>,
@@ -207,7 +231,9 @@ pub(super) async fn ensure_copied(
         return Ok(());
     };
     tracing::warn!(instance_id = %set.instance, %error, "the snapshot copy failed beside the transfer; trying once more before the commit");
-    set.copy(app, s, SnapshotSetPart::Memory).await.map(drop)
+    set.copy(app, Some(s), SnapshotSetPart::Memory)
+        .await
+        .map(drop)
 }
 
 /// No byte from the source for this long: the copy has stalled (a cut link, a stuck host)
@@ -288,13 +314,10 @@ mod tests {
     async fn a_copy_that_fails_while_the_memory_moves_cancels_the_migration() {
         let (calls, cancelled) = (AtomicU32::new(0), tokio::sync::Notify::new());
         let cancel = || async { cancelled.notify_one() };
+        let copies = failing_copies(1, &calls);
         let got = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            beside_transfer(
-                transfer(None, &cancelled),
-                failing_copies(1, &calls),
-                cancel,
-            ),
+            beside_transfer(transfer(None, &cancelled), copies(), &copies, cancel),
         )
         .await
         .expect("the transfer was cancelled");
@@ -317,9 +340,11 @@ mod tests {
             let cancelled = &cancelled;
             async move {
                 let calls = AtomicU32::new(0);
+                let copies = failing_copies(fails, &calls);
                 let got = beside_transfer(
                     transfer(Some(ends), cancelled),
-                    failing_copies(fails, &calls),
+                    copies(),
+                    &copies,
                     || async {},
                 )
                 .await;
@@ -352,7 +377,8 @@ mod tests {
 
         let failed = async { Err(StepError::permanent("migration failed")) };
         let calls = AtomicU32::new(0);
-        let got = beside_transfer(failed, failing_copies(0, &calls), || async {}).await;
+        let copies = failing_copies(0, &calls);
+        let got = beside_transfer(failed, copies(), &copies, || async {}).await;
         assert!(got.is_err());
     }
 

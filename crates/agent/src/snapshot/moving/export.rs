@@ -20,16 +20,21 @@ const CHUNK_BATCH: usize = 256;
 /// What the VM in `dir` holds of snapshots.
 pub fn inventory(dir: &VmDir) -> Result<SnapshotSetInventory> {
     let manifests = manifest::all(dir)?;
-    let chunks: BTreeSet<String> = manifests
-        .iter()
-        .filter_map(|m| m.memory.as_ref())
-        .flat_map(|i| i.chunks.iter().map(|c| c.hash.clone()))
-        .collect();
     Ok(SnapshotSetInventory {
         snapshots: manifests.len() as u32,
         layered: dir.top_link().symlink_metadata().is_ok(),
-        chunks: chunks.into_iter().collect(),
+        chunks: chunks_of(&manifests),
     })
+}
+
+/// The memory chunks `manifests` use, once each, sorted.
+fn chunks_of(manifests: &[Manifest]) -> Vec<String> {
+    let chunks: BTreeSet<&String> = manifests
+        .iter()
+        .filter_map(|m| m.memory.as_ref())
+        .flat_map(|i| i.chunks.iter().map(|c| &c.hash))
+        .collect();
+    chunks.into_iter().cloned().collect()
 }
 
 /// A layer about to be sent.
@@ -60,12 +65,24 @@ fn name_of(dir: &VmDir, path: &Path) -> Option<String> {
 }
 
 async fn plan(dir: &VmDir, req: &ExportSnapshotSet) -> Result<Plan> {
+    let (disk, memory) = match req.part {
+        SnapshotSetPart::All => (true, true),
+        SnapshotSetPart::Disk => (true, false),
+        SnapshotSetPart::Memory => (false, true),
+    };
     let top = dir.top_disk();
     let top_name = name_of(dir, &top)
         .ok_or_else(|| Error::Internal(format!("the top layer {} is unknown", top.display())))?;
     let mut layers_out = Vec::new();
     let mut top_backing = None;
-    for path in layers::layer_files(dir) {
+    // The layers only for a part that carries them (not the memory part, which goes beside
+    // the memory transfer, nor with shared storage).
+    let layer_files = if disk && req.layers {
+        layers::layer_files(dir)
+    } else {
+        Vec::new()
+    };
+    for path in layer_files {
         let name = name_of(dir, &path).ok_or_else(|| {
             Error::Internal(format!("layer {} has no transferable name", path.display()))
         })?;
@@ -91,7 +108,19 @@ async fn plan(dir: &VmDir, req: &ExportSnapshotSet) -> Result<Plan> {
             backing,
         });
     }
-    let mut manifests = manifest::all(dir)?;
+    let mut manifests = if memory {
+        manifest::all(dir)?
+    } else {
+        Vec::new()
+    };
+    // Only chunks of this VM's snapshots, whatever was asked.
+    let own = chunks_of(&manifests);
+    let chunks = req
+        .chunks
+        .iter()
+        .filter(|c| own.binary_search(c).is_ok())
+        .cloned()
+        .collect();
     for m in &mut manifests {
         let name = name_of(dir, &m.disk.path).ok_or_else(|| {
             Error::Internal(format!(
@@ -102,33 +131,16 @@ async fn plan(dir: &VmDir, req: &ExportSnapshotSet) -> Result<Plan> {
         })?;
         m.disk.path = PathBuf::from(name);
     }
-    // Only chunks of this VM's snapshots, whatever was asked.
-    let own = inventory(dir)?.chunks;
-    let chunks = req
-        .chunks
-        .iter()
-        .filter(|c| own.binary_search(c).is_ok())
-        .cloned()
-        .collect();
     let top = match (req.live && req.layers, top_backing) {
         (true, Some(below)) => Some((below, true)),
         (true, None) => None,
         (false, _) => Some((top_name, false)),
     };
     layers_out.retain(|l| !req.skip_layers.contains(&l.name));
-    let (disk, memory) = match req.part {
-        SnapshotSetPart::All => (true, true),
-        SnapshotSetPart::Disk => (true, false),
-        SnapshotSetPart::Memory => (false, true),
-    };
     Ok(Plan {
-        layers: if req.layers && disk {
-            layers_out
-        } else {
-            Vec::new()
-        },
-        manifests: if memory { manifests } else { Vec::new() },
-        chunks: if memory { chunks } else { Vec::new() },
+        layers: layers_out,
+        manifests,
+        chunks,
         top: top.filter(|_| disk),
     })
 }
@@ -140,13 +152,21 @@ pub async fn stream(
     store: &SnapshotStore,
     req: &ExportSnapshotSet,
 ) -> Result<mpsc::Receiver<std::io::Result<Bytes>>> {
+    let started = std::time::Instant::now();
     let plan = plan(dir, req).await?;
+    let planned = started.elapsed();
     let (mut tx, rx) = mpsc::channel(16);
     let store = store.clone();
+    let part = req.part;
     tokio::spawn(async move {
-        if let Err(e) = send(&mut tx, &store, plan).await {
-            tracing::warn!(error = %e.chain(), "sending the snapshot set failed");
-            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+        match send(&mut tx, &store, plan).await {
+            Ok(read) => {
+                tracing::info!(?part, ?planned, reading_chunks = ?read, took = ?started.elapsed(), "snapshot set sent")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "sending the snapshot set failed");
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            }
         }
     });
     Ok(rx)
@@ -160,7 +180,9 @@ async fn put(tx: &mut Tx, bytes: Vec<u8>) -> Result<()> {
         .map_err(|_| Error::Internal("the receiver of the snapshot set went away".into()))
 }
 
-async fn send(tx: &mut Tx, store: &SnapshotStore, plan: Plan) -> Result<()> {
+/// Sends `plan`; answers the time spent reading chunks.
+async fn send(tx: &mut Tx, store: &SnapshotStore, plan: Plan) -> Result<std::time::Duration> {
+    let mut reading = std::time::Duration::ZERO;
     for layer in plan.layers {
         send_layer(tx, layer).await?;
     }
@@ -173,7 +195,9 @@ async fn send(tx: &mut Tx, store: &SnapshotStore, plan: Plan) -> Result<()> {
     for batch in plan.chunks.chunks(CHUNK_BATCH) {
         let chunks = store.chunks().clone();
         let hashes = batch.to_vec();
+        let t0 = std::time::Instant::now();
         let stored = crate::snapshot::blocking(move || chunks.read_stored(&hashes)).await?;
+        reading += t0.elapsed();
         let mut frames = Vec::new();
         for (hash, (flags, data)) in batch.iter().zip(stored) {
             let header = Header::Chunk {
@@ -188,7 +212,8 @@ async fn send(tx: &mut Tx, store: &SnapshotStore, plan: Plan) -> Result<()> {
     if let Some((name, fresh)) = plan.top {
         put(tx, encode_header(&Header::Top { name, fresh }, 0)).await?;
     }
-    put(tx, encode_header(&Header::End, 0)).await
+    put(tx, encode_header(&Header::End, 0)).await?;
+    Ok(reading)
 }
 
 async fn send_layer(tx: &mut Tx, layer: LayerPlan) -> Result<()> {

@@ -17,35 +17,54 @@ use uuid::Uuid;
 /// disk's virtual size plus qcow2 metadata).
 const MAX_LAYER: u64 = 4 << 40;
 
-/// Receives `part` of the snapshot set of VM `id` from `body`. On any failure nothing is
-/// staged (the chunks already stored are collected as garbage).
+/// Receives `part` of the snapshot set of VM `id` from `body` into its staging (the memory
+/// part of a live move apart from the disk part: the two may arrive side by side). On any
+/// failure nothing is staged (the chunks already stored are collected as garbage).
+///
+/// A part with chunks holds the store's writer lock throughout: two receives of the same
+/// staging (a retried copy) follow each other, and no collection removes a chunk received
+/// before its manifest is staged. The disk part stores no chunk and takes no lock.
 pub async fn receive<R: AsyncRead + Unpin>(
     store: &SnapshotStore,
     id: Uuid,
     part: SnapshotSetPart,
     body: &mut R,
 ) -> Result<ImportedSnapshotSet> {
-    let arriving = store.arriving(id);
-    arriving.remove()?;
-    std::fs::create_dir_all(arriving.layers_dir())
-        .map_err(Error::io("create", &arriving.layers_dir()))?;
+    let arriving = store.arriving_part(id, part);
+    let started = std::time::Instant::now();
     let received = {
-        let _one = store.writer().await;
-        Receiver::new(store, &arriving, id, part).run(body).await
+        let _one = match part {
+            SnapshotSetPart::Disk => None,
+            _ => Some(store.writer().await),
+        };
+        let received = match fresh_staging(&arriving) {
+            Ok(()) => Receiver::new(store, &arriving, id, part).run(body).await,
+            Err(e) => Err(e),
+        };
+        if received.is_err() {
+            let _ = arriving.remove();
+        }
+        received
     };
     match received {
-        Ok(stats) => {
-            tracing::info!(instance_id = %id, ?stats, "snapshot set received");
+        Ok((stats, work)) => {
+            tracing::info!(instance_id = %id, ?part, ?stats, took = ?started.elapsed(), checking_chunks = ?work.chunks, writing_layers = ?work.layers, finishing = ?work.finish, "snapshot set received");
             Ok(stats)
         }
         Err(e) => {
-            let _ = arriving.remove();
             if let Err(gc) = store.collect_garbage().await {
                 tracing::warn!(error = %gc.chain(), "cannot collect unused memory chunks");
             }
             Err(e)
         }
     }
+}
+
+/// Empties `arriving` (a set an earlier attempt left) for a new receive.
+fn fresh_staging(arriving: &Arriving) -> Result<()> {
+    arriving.remove()?;
+    std::fs::create_dir_all(arriving.layers_dir())
+        .map_err(Error::io("create", &arriving.layers_dir()))
 }
 
 struct Receiver<'a> {
@@ -59,6 +78,15 @@ struct Receiver<'a> {
     /// Chunks received, not yet stored: (hash, flags, stored bytes).
     pending: Vec<(String, u8, Vec<u8>)>,
     pending_bytes: usize,
+    work: Work,
+}
+
+/// Where a receiver spent its time besides waiting for the stream (logged per set).
+#[derive(Debug, Default)]
+struct Work {
+    chunks: std::time::Duration,
+    layers: std::time::Duration,
+    finish: std::time::Duration,
 }
 
 /// Chunks are checked and stored by batches of about this many bytes.
@@ -81,10 +109,14 @@ impl<'a> Receiver<'a> {
             stats: ImportedSnapshotSet::default(),
             pending: Vec::new(),
             pending_bytes: 0,
+            work: Work::default(),
         }
     }
 
-    async fn run<R: AsyncRead + Unpin>(mut self, body: &mut R) -> Result<ImportedSnapshotSet> {
+    async fn run<R: AsyncRead + Unpin>(
+        mut self,
+        body: &mut R,
+    ) -> Result<(ImportedSnapshotSet, Work)> {
         loop {
             let (header, len) = read_header(body).await?;
             self.check_part(&header)?;
@@ -155,7 +187,9 @@ impl<'a> Receiver<'a> {
         let chunks = self.store.chunks().clone();
         let count = batch.len() as u64;
         let wire: u64 = batch.iter().map(|(_, _, d)| d.len() as u64).sum();
+        let t0 = std::time::Instant::now();
         crate::snapshot::blocking(move || chunks.put_received_stored(&batch)).await?;
+        self.work.chunks += t0.elapsed();
         self.stats.chunks += count;
         self.stats.chunk_bytes += wire;
         failpoint::check_host(self.store.state_dir(), "snapshot_import.receiving")
@@ -179,7 +213,9 @@ impl<'a> Receiver<'a> {
             )));
         }
         let path = self.arriving.layers_dir().join(&name);
+        let t0 = std::time::Instant::now();
         let got = write_hashed(body, &path, len).await?;
+        self.work.layers += t0.elapsed();
         if !got.eq_ignore_ascii_case(digest) {
             return Err(Error::BadRequest(format!(
                 "received disk layer {name} does not match its checksum: damaged in transit"
@@ -218,9 +254,13 @@ impl<'a> Receiver<'a> {
 
     /// The set is complete: every snapshot's chunks are here and its layer was sent (or
     /// lives on shared storage); the manifests and `set.json` are written last.
-    fn finish(mut self) -> Result<ImportedSnapshotSet> {
-        // Durable, and readable: the checks below read the packs' files.
-        self.store.chunks().sync()?;
+    fn finish(mut self) -> Result<(ImportedSnapshotSet, Work)> {
+        let t0 = std::time::Instant::now();
+        if self.part != SnapshotSetPart::Disk {
+            // Durable, and readable: the checks below read the packs' files (a disk part
+            // stores no chunk and holds no writer lock).
+            self.store.chunks().sync()?;
+        }
         let sent_layers = !self.set.layers.is_empty();
         for m in &self.manifests {
             if let Some(image) = &m.memory {
@@ -241,7 +281,8 @@ impl<'a> Receiver<'a> {
         self.stats.snapshots = self.manifests.len() as u32;
         self.set.layers.sort_by(|a, b| a.name.cmp(&b.name));
         self.arriving.write_set(&self.set)?;
-        Ok(self.stats)
+        self.work.finish = t0.elapsed();
+        Ok((self.stats, self.work))
     }
 }
 

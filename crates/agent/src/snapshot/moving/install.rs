@@ -25,14 +25,17 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
     let Some(set) = arriving.read_set()? else {
         return Ok(false);
     };
+    let started = std::time::Instant::now();
     if !set.layers.is_empty() {
         install_layers(dir, arriving, &set).await?;
     }
+    let rebased = started.elapsed();
     // Layers received (now or before, by a disk part) were rebased onto this host's paths:
     // new bytes, the same guest-visible content. Shared layers are the source's own files.
     let rehash = !set.layers.is_empty() || !is_shared_disk(dir);
     let staged = VmDir::new(arriving.dir().to_path_buf());
-    for mut m in manifest::all(&staged)? {
+    // Each manifest on its own (the layers are hashed side by side).
+    let manifests = manifest::all(&staged)?.into_iter().map(|mut m| async move {
         let name = m.disk.path.to_string_lossy().into_owned();
         m.disk.path = final_path(dir, &name);
         if !m.disk.path.is_file() {
@@ -46,8 +49,9 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
             let path = m.disk.path.clone();
             m.disk.hash = crate::snapshot::blocking(move || manifest::hash_file(&path)).await?;
         }
-        SnapshotFiles::new(dir, m.snapshot_id).write(&m)?;
-    }
+        SnapshotFiles::new(dir, m.snapshot_id).write(&m)
+    });
+    futures::future::try_join_all(manifests).await?;
     if let Some((name, fresh)) = &set.top {
         let below = final_path(dir, name);
         if !below.is_file() {
@@ -64,7 +68,7 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
         dir.set_top_disk(&top)?;
     }
     arriving.remove()?;
-    tracing::info!(layers = set.layers.len(), top = ?set.top, "arriving snapshots installed");
+    tracing::info!(layers = set.layers.len(), top = ?set.top, ?rebased, took = ?started.elapsed(), "arriving snapshots installed");
     Ok(true)
 }
 
@@ -90,6 +94,8 @@ async fn install_layers(dir: &VmDir, arriving: &Arriving, set: &StagedSet) -> Re
     let layers_dir = dir.layers_dir();
     std::fs::create_dir_all(&layers_dir).map_err(Error::io("create", &layers_dir))?;
     crate::confine::user::give_new_file(dir.dir(), &layers_dir)?;
+    // Each layer is rebased on its own: side by side (one `qemu-img` process each).
+    let mut rebases = Vec::new();
     for layer in &set.layers {
         let from = staged_layer(arriving, &layer.name);
         let to = final_path(dir, &layer.name);
@@ -98,9 +104,12 @@ async fn install_layers(dir: &VmDir, arriving: &Arriving, set: &StagedSet) -> Re
             Some(b) => Some((final_path(dir, b), "qcow2".to_string())),
             None => base.clone(),
         };
-        let backing = backing.as_ref().map(|(p, f)| (p.as_path(), f.as_str()));
-        nimbus_qemu::img::rebase_unchecked(&to, backing).await?;
-        crate::confine::user::give_new_file(dir.dir(), &to)?;
+        rebases.push(async move {
+            let backing = backing.as_ref().map(|(p, f)| (p.as_path(), f.as_str()));
+            nimbus_qemu::img::rebase_unchecked(&to, backing).await?;
+            crate::confine::user::give_new_file(dir.dir(), &to)
+        });
     }
+    futures::future::try_join_all(rebases).await?;
     Ok(())
 }

@@ -220,7 +220,7 @@ async fn a_snapshot_set_moves_cold_and_live() {
     import::receive(&live_store, id, SnapshotSetPart::Memory, &mut &bytes[..])
         .await
         .expect("memory part");
-    assert!(install::install(&live, &live_store.arriving(id))
+    assert!(install::install(&live, &live_store.arriving_memory(id))
         .await
         .expect("install"));
     all_restorable(&live_store, &live, &memories).await;
@@ -233,6 +233,25 @@ async fn a_snapshot_set_moves_cold_and_live() {
         "a fresh top"
     );
     assert_eq!(chain_names(&chain)[1..3], chain_names(&src_chain)[1..3]);
+
+    // The memory part may also come first (it starts with the disk part): staged apart, it
+    // survives the disk part's arrival, and the define takes both.
+    let early_root = tmp.path().join("early");
+    let (early_store, _) = host(&early_root, Uuid::new_v4());
+    import::receive(&early_store, id, SnapshotSetPart::Memory, &mut &bytes[..])
+        .await
+        .expect("memory part first");
+    let (early_store, early) =
+        arrive(&early_root, &base, id, SnapshotSetPart::Disk, &disk_bytes).await;
+    assert!(
+        manifest::all(&early).expect("manifests").is_empty(),
+        "the disk part alone"
+    );
+    assert!(install::install(&early, &early_store.arriving_memory(id))
+        .await
+        .expect("install"));
+    assert!(!early_store.arriving_memory(id).dir().exists());
+    all_restorable(&early_store, &early, &memories).await;
 
     // A byte damaged anywhere in transit: refused, nothing staged, no stray chunk kept.
     let fresh_root = tmp.path().join("damaged");
@@ -253,6 +272,30 @@ async fn a_snapshot_set_moves_cold_and_live() {
             "chunks collected"
         );
     }
+
+    // A chunk damaged on the source's disk goes as stored (the source does not check what
+    // the receiver checks anyway) and is refused by the receiver all the same.
+    let victim = &inventory.chunks[inventory.chunks.len() / 2];
+    let (pack, span) = src_store
+        .chunks()
+        .stored_span(victim)
+        .expect("index")
+        .expect("in a pack");
+    let mut packed = std::fs::read(&pack).expect("read");
+    packed[span.start as usize + 7] ^= 0x40;
+    std::fs::write(&pack, &packed).expect("damage");
+    let bytes = export_part(SnapshotSetPart::Memory).await;
+    let err = import::receive(&fresh_store, id, SnapshotSetPart::Memory, &mut &bytes[..])
+        .await
+        .expect_err("damaged on the source");
+    assert!(
+        err.to_string().contains(victim) && err.to_string().contains("source host"),
+        "{err}"
+    );
+    assert!(inventory
+        .chunks
+        .iter()
+        .all(|c| !fresh_store.chunks().has(c)));
 }
 
 /// A received layer with an external data file would open a file the sender names: refused.

@@ -437,6 +437,34 @@ impl PackReader<'_> {
 
     /// Chunk `hash` as stored and as content, checked against its hash.
     pub fn read_record(&mut self, hash: &[u8; 32], name: &str) -> Result<Option<ReadRecord>> {
+        let Some((loc, stored)) = self.record(hash, name)? else {
+            return Ok(None);
+        };
+        let damaged = || damaged(&self.store.pack_path(loc.pack), name);
+        let raw = record::decode(loc.flags, &stored, loc.raw_len).ok_or_else(damaged)?;
+        if blake3::hash(&raw).as_bytes() != hash {
+            return Err(damaged());
+        }
+        Ok(Some(ReadRecord {
+            flags: loc.flags,
+            stored,
+            raw,
+        }))
+    }
+
+    /// Chunk `hash` as stored (flags, bytes), its record's header checked against the index
+    /// but not its content: for a copy to another host, which checks every chunk's content
+    /// against its name itself (it trusts no sender), so checking it here too would only
+    /// double the work.
+    pub fn read_stored(&mut self, hash: &[u8; 32], name: &str) -> Result<Option<(u8, Vec<u8>)>> {
+        Ok(self
+            .record(hash, name)?
+            .map(|(loc, stored)| (loc.flags, stored)))
+    }
+
+    /// The stored bytes of chunk `hash`'s record, whose header matches the index; `None`
+    /// when no pack holds it.
+    fn record(&mut self, hash: &[u8; 32], name: &str) -> Result<Option<(Location, Vec<u8>)>> {
         let Some(loc) = self.store.location(hash)? else {
             return Ok(None);
         };
@@ -447,38 +475,31 @@ impl PackReader<'_> {
             })?;
             e.insert(f);
         }
-        let damaged = || {
-            Error::Conflict(format!(
-                "memory chunk {name} in pack {} is damaged: its content does not match its \
-                 checksum",
-                path.display()
-            ))
-        };
         let file = self
             .files
             .get(&loc.pack)
             .ok_or_else(|| Error::Internal("pack file not open".into()))?;
         let mut buf = vec![0u8; loc.record_len() as usize];
         file.read_exact_at(&mut buf, loc.offset)
-            .map_err(|_| damaged())?;
+            .map_err(|_| damaged(&path, name))?;
         let mut h = [0u8; 41];
         h.copy_from_slice(&buf[..41]);
         let (got, flags, raw_len, stored_len) = record::parse_record_header(&h);
         if got != *hash || (flags, raw_len, stored_len) != (loc.flags, loc.raw_len, loc.stored_len)
         {
-            return Err(damaged());
-        }
-        let raw = record::decode(flags, &buf[41..], raw_len).ok_or_else(damaged)?;
-        if blake3::hash(&raw).as_bytes() != hash {
-            return Err(damaged());
+            return Err(damaged(&path, name));
         }
         buf.drain(..41);
-        Ok(Some(ReadRecord {
-            flags,
-            stored: buf,
-            raw,
-        }))
+        Ok(Some((loc, buf)))
     }
+}
+
+/// Chunk `name` in the pack at `path` is damaged.
+fn damaged(path: &Path, name: &str) -> Error {
+    Error::Conflict(format!(
+        "memory chunk {name} in pack {} is damaged: its content does not match its checksum",
+        path.display()
+    ))
 }
 
 /// A chunk read from its pack: as stored (to copy it elsewhere as is) and its content.
