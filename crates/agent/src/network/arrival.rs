@@ -54,29 +54,39 @@ impl HostNetwork {
         if self.disabled.is_some() {
             return Ok(());
         }
-        if let (Some(nats), Some(uplink), Some(target)) = (&state.floating, &state.uplink, target) {
-            let routers = state.routers.keys().copied().collect();
-            let held = floating::held(nats, &routers);
-            let addrs: Vec<Ipv4Addr> =
-                floating::claimed(&held, |vni, ip| mine.contains(&(vni, ip)))
-                    .into_iter()
-                    .collect();
-            if !addrs.is_empty() {
-                match floating::neighbour_mac(&self.shell, uplink, target).await? {
-                    Some(owner) => {
-                        tracing::info!(?addrs, %target, "floating IPs handed over to the migration's target");
-                        let netns = self.shell.netns().map(str::to_string);
-                        floating::hand_over(netns, uplink.clone(), owner, addrs).await;
-                    }
-                    None => tracing::info!(
-                        %target,
-                        "the migration's target is not a neighbour on the uplink: its floating \
-                         IPs move when it announces them"
-                    ),
+        let (Some(nats), Some(uplink)) = (&state.floating, state.uplink.clone()) else {
+            return Ok(());
+        };
+        // Only this VM's addresses claimed here, and only their ARP answers: the guest is
+        // paused now, every command here competes with its resume on the target.
+        let routers = state.routers.keys().copied().collect();
+        let held = floating::held(nats, &routers);
+        let addrs: Vec<Ipv4Addr> = floating::claimed(&held, |vni, ip| mine.contains(&(vni, ip)))
+            .intersection(&state.claimed)
+            .copied()
+            .collect();
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        if let Some(target) = target {
+            match floating::neighbour_mac(&self.shell, &uplink, target).await? {
+                Some(owner) => {
+                    tracing::info!(?addrs, %target, "floating IPs handed over to the migration's target");
+                    let netns = self.shell.netns().map(str::to_string);
+                    floating::hand_over(netns, uplink.clone(), owner, addrs.clone()).await;
                 }
+                None => tracing::info!(
+                    %target,
+                    "the migration's target is not a neighbour on the uplink: its floating IPs \
+                     move when it announces them"
+                ),
             }
         }
-        self.apply_floating(&mut state).await
+        for addr in &addrs {
+            floating::unclaim(&self.shell, &uplink, *addr).await?;
+            state.claimed.remove(addr);
+        }
+        Ok(())
     }
 
     /// `spec`'s guest resumed here, where it runs already: claims its floating IPs back if

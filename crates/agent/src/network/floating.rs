@@ -99,12 +99,7 @@ pub async fn reconcile(
 ) -> Result<(), NetError> {
     if let Some(uplink) = uplink {
         for addr in before.difference(claimed) {
-            // Absent already is fine.
-            let addr = addr.to_string();
-            let _ = shell
-                .ip(&["neigh", "del", "proxy", &addr, "dev", uplink])
-                .output()
-                .await?;
+            unclaim(shell, uplink, *addr).await?;
         }
     }
     let now = routed(shell).await?;
@@ -120,10 +115,7 @@ pub async fn reconcile(
             .await?;
         if let Some(uplink) = uplink {
             // Absent already is fine (a host restarted meanwhile).
-            let _ = shell
-                .ip(&["neigh", "del", "proxy", &addr.to_string(), "dev", uplink])
-                .output()
-                .await?;
+            unclaim(shell, uplink, *addr).await?;
         }
     }
     for (addr, vni) in held {
@@ -278,6 +270,15 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
         .map(|b| u8::from_str_radix(b, 16).ok())
         .collect::<Option<_>>()?;
     bytes.try_into().ok()
+}
+
+/// Stops answering ARP for `addr` on `uplink` (absent already is fine); its route stays.
+pub async fn unclaim(shell: &Shell, uplink: &str, addr: Ipv4Addr) -> Result<(), NetError> {
+    let _ = shell
+        .ip(&["neigh", "del", "proxy", &addr.to_string(), "dev", uplink])
+        .output()
+        .await?;
+    Ok(())
 }
 
 /// The floating IPs of `nats` whose network has a router here, by address.
