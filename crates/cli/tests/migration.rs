@@ -14,6 +14,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migration_end_to_end() {
+    // Every migration's transfer starts 2 s after its target is ready, so that the probes
+    // of a waiting target (plain_probes) find its ports open: a fast migration closed them
+    // before the second probe (clean-clone CI run).
+    std::env::set_var("NIMBUS_FAILPOINT_HOLD", "migrate.transfer:2");
     let mut cloud = Cloud::start(Path::new(BIN), CloudOptions::default())
         .await
         .expect("start the cloud");

@@ -2,7 +2,8 @@
 //! `NIMBUS_FAILPOINTS=migrate.after_prepare_target` the named step fails after its work was
 //! done, as if its answer had been lost; with `NIMBUS_FAILPOINT_HOLD=drain.disable_host:8`
 //! the named step stays in flight 8 s after its work (to kill or pause its controller there;
-//! `drain.disable_host`, `snapshot.take`).
+//! `drain.disable_host`, `snapshot.take`; `migrate.transfer` holds before its work, so the
+//! target waits with its ports open).
 //! One environment lookup per step; never set in production.
 
 use nimbus_ops::StepError;

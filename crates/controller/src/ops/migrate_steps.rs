@@ -292,6 +292,7 @@ impl Step<App> for Transfer {
     }
 
     async fn action(&self, app: &App, s: &StepContext<'_>) -> Result<Value, StepError> {
+        crate::failpoint::hold("migrate.transfer").await;
         let r = route(s)?;
         let ready: IncomingReady = from_output(s, "prepare_target", "ready")?;
         let req = params(app, s.operation_id).await?;
