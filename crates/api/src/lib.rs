@@ -67,7 +67,8 @@ pub use secgroup::{
     SecurityRuleView, SetSecurityGroups, DEFAULT_SECGROUP,
 };
 pub use snapshot::{
-    CreateSnapshot, SnapshotDeleted, SnapshotFilter, SnapshotRestored, SnapshotState, SnapshotView,
+    CreateSnapshot, ReplicaCopies, SnapshotDeleted, SnapshotFilter, SnapshotRestored,
+    SnapshotState, SnapshotView,
 };
 pub use token::{CreateToken, CreatedToken, Role, TokenView};
 pub use usage::{InstanceUsage, UsageAmounts, UsageQuery, UsageReport};

@@ -102,8 +102,24 @@ pub struct SnapshotView {
     /// Bytes its replication sent to the controller (what the store lacked; 0: none).
     #[serde(default)]
     pub replica_bytes: u64,
+    /// Which live controllers hold its replica (shown by `GET /v1/snapshots/{snapshot}` for
+    /// a replicated snapshot; absent in listings): an HA restart can use it only while at
+    /// least one does, and every controller copies it within seconds (docs/hosts.md).
+    #[serde(default)]
+    pub replicas: Option<ReplicaCopies>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a snapshot's replica is: every controller keeps its own complete copy, copied from
+/// another within seconds of the replication. While `held` is 0 an HA restart cannot use
+/// this snapshot (it falls back to an older one that a live controller holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaCopies {
+    /// Live controllers holding a complete replica.
+    pub held: u32,
+    /// Live controllers in all.
+    pub controllers: u32,
 }
 
 /// Body of `POST /v1/snapshots`.

@@ -1,6 +1,6 @@
 //! Snapshots replicated to the controller's content-addressed store (issue 14, part 4): which
-//! snapshots still need a replica, marking them replicated, and the latest replicated one of
-//! an instance (what an HA restart of an instance with a local disk restores).
+//! snapshots still need a replica, marking them replicated, and the replicated ones of an
+//! instance (what an HA restart of an instance with a local disk chooses from).
 //!
 //! Only snapshots of instances with `--ha restart` whose host keeps disks locally (no shared
 //! storage) are replicated: for the others a replica buys nothing (they restart from their
@@ -55,35 +55,60 @@ impl Store {
         Ok(())
     }
 
-    /// The instance's newest snapshot with a complete replica, if any.
-    pub async fn latest_replicated_snapshot(
+    /// The instance's `available` snapshots with a complete replica, newest first: what an
+    /// HA restart of an instance with a local disk chooses from (the newest one a live
+    /// controller holds, see `live_replica_holders`).
+    pub async fn replicated_snapshots(
         &self,
         instance: Uuid,
-    ) -> Result<Option<SnapshotRecord>, StoreError> {
-        let row = sqlx::query(&format!(
+    ) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
             "{SELECT} WHERE s.instance_id = $1 AND s.replicated_at IS NOT NULL \
-             AND s.state = $2 ORDER BY s.created_at DESC, s.id DESC LIMIT 1"
+             AND s.state = $2 ORDER BY s.created_at DESC, s.id DESC"
         ))
         .bind(instance.to_string())
         .bind(SnapshotState::Available.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref().map(snapshot_from_row).transpose()
+        rows.iter().map(snapshot_from_row).collect()
     }
 
-    /// After an HA restart from a replica: the instance's snapshots without one are not on
-    /// its new host; they go `error` (deletable, not restorable). Answers how many.
-    pub async fn fail_unreplicated_snapshots(&self, instance: Uuid) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "UPDATE snapshots SET state = $1, updated_at = $2 \
-             WHERE instance_id = $3 AND replicated_at IS NULL",
-        )
-        .bind(SnapshotState::Error.as_str())
-        .bind(time::now())
-        .bind(instance.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
+    /// After an HA restart from a replica: the instance's snapshots that were not sent to its
+    /// new host with the replica (all but `kept`) are not there; they go `error` (deletable,
+    /// not restorable). Answers how many.
+    pub async fn fail_snapshots_not_sent(
+        &self,
+        instance: Uuid,
+        kept: &[Uuid],
+    ) -> Result<u64, StoreError> {
+        let mut failed = 0;
+        for snap in self.snapshots_of_instance(instance).await? {
+            if kept.contains(&snap) {
+                continue;
+            }
+            let r = sqlx::query(
+                "UPDATE snapshots SET state = $1, updated_at = $2 \
+                 WHERE id = $3 AND state <> $1",
+            )
+            .bind(SnapshotState::Error.as_str())
+            .bind(time::now())
+            .bind(snap.to_string())
+            .execute(&self.pool)
+            .await?;
+            failed += r.rows_affected();
+        }
+        Ok(failed)
+    }
+
+    /// Ids of the instance's snapshots (any state).
+    async fn snapshots_of_instance(&self, instance: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM snapshots WHERE instance_id = $1")
+            .bind(instance.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| parse_uuid(&r.try_get::<String, _>("id")?))
+            .collect()
     }
 
     /// Ids of every snapshot that exists (any state): the roots of the replica store's

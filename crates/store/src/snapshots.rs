@@ -83,6 +83,7 @@ impl SnapshotRecord {
             operation: self.operation_id,
             replicated_at: self.replicated_at,
             replica_bytes: self.replica_bytes,
+            replicas: None,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }

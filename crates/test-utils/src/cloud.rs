@@ -256,6 +256,11 @@ impl Cloud {
         Ok((format!("{}-{a}", self.net_name), peer))
     }
 
+    /// Pid of the `nimbus up` process (controller 1 runs in it), while it runs.
+    pub fn up_pid(&self) -> Option<i32> {
+        self.up.as_ref().map(|c| c.id() as i32)
+    }
+
     /// Pid of a host's agent process.
     pub fn agent_pid(&self, host: &str) -> anyhow::Result<i32> {
         let text = std::fs::read_to_string(self.host_dir(host).join("agent.pid"))?;

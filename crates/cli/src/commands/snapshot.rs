@@ -183,17 +183,24 @@ fn stored(s: &SnapshotView) -> String {
     )
 }
 
-/// `yes, at 2026-12-06T03:10:02Z (31.2 MiB sent)` or `no`: whether an HA restart of an
-/// instance with a local disk can use it.
+/// `yes, at 2026-12-06T03:10:02Z (31.2 MiB sent), held by 2 of 2 live controllers` or `no`:
+/// whether an HA restart of an instance with a local disk can use it.
 fn replicated(s: &SnapshotView) -> String {
-    match s.replicated_at {
-        Some(at) => format!(
-            "yes, at {} ({} sent)",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            output::bytes(s.replica_bytes)
-        ),
-        None => "no".into(),
-    }
+    let Some(at) = s.replicated_at else {
+        return "no".into();
+    };
+    let held = match &s.replicas {
+        Some(r) if r.held == 0 => {
+            ", held by no live controller (an HA restart cannot use it)".to_string()
+        }
+        Some(r) => format!(", held by {} of {} live controllers", r.held, r.controllers),
+        None => String::new(),
+    };
+    format!(
+        "yes, at {} ({} sent){held}",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        output::bytes(s.replica_bytes)
+    )
 }
 
 /// The summary after `snapshot create --wait`.

@@ -7,8 +7,8 @@ use crate::ops::snapshot_create::CreateParams;
 use crate::ops::SnapshotParams;
 use chrono::Utc;
 use nimbus_api::{
-    validate_name, CreateSnapshot, InstanceState, OperationKind, OperationView, SnapshotState,
-    SnapshotView,
+    validate_name, CreateSnapshot, InstanceState, OperationKind, OperationView, ReplicaCopies,
+    SnapshotState, SnapshotView,
 };
 use nimbus_store::{InstanceRecord, NewOperation, NewSnapshot, Scope, SnapshotRecord, StoreError};
 use nimbus_store::{Page, PageRequest};
@@ -82,6 +82,27 @@ impl App {
                 )),
                 e => e.into(),
             })
+    }
+
+    /// A snapshot as `GET /v1/snapshots/{snapshot}` shows it: a replicated one says how many
+    /// live controllers hold its replica.
+    pub async fn show_snapshot(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<SnapshotView, AppError> {
+        let snap = self.find_snapshot(caller, id_or_name).await?;
+        let mut view = snap.view();
+        if snap.replicated_at.is_some() {
+            let ttl = self.config().lease_ttl;
+            let held = self.store().live_replica_holders(snap.id, ttl).await?.len();
+            let controllers = self.store().list_controllers(ttl).await?.len();
+            view.replicas = Some(ReplicaCopies {
+                held: held as u32,
+                controllers: controllers as u32,
+            });
+        }
+        Ok(view)
     }
 
     /// The caller's snapshots, of one instance if given; parents before their children.

@@ -54,7 +54,7 @@ pub async fn show(
     caller: Caller,
     ApiPath(snapshot): ApiPath<String>,
 ) -> Result<Json<SnapshotView>, ApiError> {
-    Ok(Json(app.find_snapshot(&caller, &snapshot).await?.view()))
+    Ok(Json(app.show_snapshot(&caller, &snapshot).await?))
 }
 
 /// Restores the snapshot's instance to it (memory, CPU and disk as they were); answers the

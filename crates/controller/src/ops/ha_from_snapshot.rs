@@ -1,25 +1,27 @@
-//! HA restart of an instance whose disk was local to the dead host, from its latest
-//! replicated snapshot (issue 14, part 4; the replicas: [`crate::app::replicas`]).
+//! HA restart of an instance whose disk was local to the dead host, from the newest snapshot
+//! whose replica a live controller holds (issue 14, part 4; the choice:
+//! [`super::ha_replica_choice`]; the replicas: [`crate::app::replicas`]).
 //!
 //! ```text
-//! choose_restart_host   the latest snapshot with a complete replica; any host with room
+//! choose_restart_host   the newest snapshot restorable from a live controller (copied to
+//!                       this one if need be); any host with room
 //! define_on_target      target: which chunks do you lack? ─▶ the replica's frames (layers,
 //!                       manifests, those chunks, a fresh top on the snapshot's layer),
 //!                       checked and staged ─▶ cold define: the VM takes the staged set
 //! boot                  restore the snapshot on the target (memory, CPU, devices)
 //! wait_ready            the guest runs
-//! record_restart        the snapshots follow the instance to the target; those without a
-//!                       replica (not on the target) go `error`; the note for the user
+//! record_restart        the snapshots follow the instance to the target; those not sent
+//!                       with the replica (not on the target) go `error`; the note for the user
 //! ```
 //! What was lost is said, not hidden: the instance's reason (`instance show`) and the
 //! operation's output read "restarted from snapshot S taken at T on host H; changes after it
-//! are lost".
+//! are lost", and name each newer snapshot that could not be used and why.
 
+pub use super::ha_replica_choice::{restorable_replica, FromSnapshot};
 use super::snapshot_move::{stall_bounded, STALL_BOUND};
 use super::steps::{agent_err, app_err, instance, store_err};
 use crate::app::App;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use nimbus_agent_api::{
     ColdIncomingRequest, DiskTransfer, MissingChunks, RestoreRequest, SnapshotSetPart,
 };
@@ -27,64 +29,6 @@ use nimbus_api::OperationKind;
 use nimbus_ops::{Step, StepContext, StepError};
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-/// The snapshot a restart uses, as `choose_restart_host` records it.
-pub struct FromSnapshot {
-    pub id: Uuid,
-    pub name: String,
-    pub taken_at: DateTime<Utc>,
-}
-
-impl FromSnapshot {
-    /// Read back from `choose_restart_host`'s output (`None`: a restart from a shared disk).
-    pub fn of(s: &StepContext<'_>) -> Option<Self> {
-        let out = s.output("choose_restart_host")?.get("snapshot")?;
-        Some(Self {
-            id: out.get("id")?.as_str()?.parse().ok()?,
-            name: out.get("name")?.as_str()?.to_string(),
-            taken_at: out.get("taken_at")?.as_str()?.parse().ok()?,
-        })
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({ "id": self.id, "name": self.name, "taken_at": self.taken_at })
-    }
-
-    /// What the user is told.
-    pub fn note(&self, source: &str) -> String {
-        format!(
-            "restarted from snapshot {} taken at {} on host {source}; changes after it are lost",
-            self.name,
-            self.taken_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )
-    }
-}
-
-/// The latest replicated snapshot of `instance`, or why it cannot restart elsewhere.
-pub async fn latest_replica(
-    app: &App,
-    instance: Uuid,
-    source: &str,
-) -> Result<FromSnapshot, StepError> {
-    let snap = app
-        .store()
-        .latest_replicated_snapshot(instance)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| {
-            StepError::permanent(format!(
-                "its disk is local to host {source}, which is down, and it has no snapshot \
-                 replicated to the controller: it cannot be restarted elsewhere (that would \
-                 start it from nothing); it runs again when {source} is back"
-            ))
-        })?;
-    Ok(FromSnapshot {
-        id: snap.id,
-        name: snap.name,
-        taken_at: snap.created_at,
-    })
-}
 
 /// Sends the replica to `target` and defines the instance there, stopped, on it.
 pub async fn define(
@@ -118,6 +62,7 @@ pub async fn define(
     ))
     .await;
     let (chunks_total, layer_bytes) = (set.chunks.len(), set.layer_bytes());
+    let sent = set.snapshots.clone();
     let stream = app.replicas().stream(set, missing.chunks);
     let body = reqwest::Body::wrap_stream(stall_bounded(stream, STALL_BOUND));
     let got = agent
@@ -136,6 +81,7 @@ pub async fn define(
     tracing::info!(instance_id = %id, %target, snapshot = %snap.name, ?got, "HA restart: replica installed on the target");
     Ok(json!({
         "snapshot": snap.name,
+        "snapshots_sent": sent,
         "layer_bytes": layer_bytes,
         "chunks_sent": got.chunks,
         "chunks_skipped": chunks_total as u64 - got.chunks.min(chunks_total as u64),
@@ -201,7 +147,7 @@ impl Step<App> for RecordRestart {
             .await
             .map_err(store_err)?;
         let lost = store
-            .fail_unreplicated_snapshots(self.0)
+            .fail_snapshots_not_sent(self.0, &sent_snapshots(app, s, self.0, snap.id))
             .await
             .map_err(store_err)?;
         store
@@ -210,8 +156,23 @@ impl Step<App> for RecordRestart {
             .map_err(store_err)?;
         let note = snap.note(&source);
         tracing::info!(instance_id = %self.0, %source, %target, snapshots_lost = lost, "{note}");
-        Ok(json!({ "note": note, "snapshots_without_replica": lost }))
+        Ok(json!({ "note": note, "snapshots_not_on_new_host": lost }))
     }
+}
+
+/// The snapshots `define_on_target` sent the new host with the replica (recomputed from
+/// this controller's replica for an operation recorded without them).
+fn sent_snapshots(app: &App, s: &StepContext<'_>, vm: Uuid, restored: Uuid) -> Vec<Uuid> {
+    let recorded = s
+        .output("define_on_target")
+        .and_then(|o| o.get("snapshots_sent"))
+        .and_then(|v| serde_json::from_value::<Vec<Uuid>>(v.clone()).ok());
+    recorded.unwrap_or_else(|| {
+        app.replicas()
+            .restore_set(vm, restored)
+            .map(|set| set.snapshots)
+            .unwrap_or_else(|_| vec![restored])
+    })
 }
 
 /// The reason an instance keeps after a successful operation: for an HA restart from a

@@ -83,7 +83,7 @@ impl Step<App> for ChooseRestartHost {
         let source = app.store().get_host(&p.source).await.map_err(store_err)?;
         let from_snapshot = match source.shared_storage {
             Some(_) => None,
-            None => Some(ha_from_snapshot::latest_replica(app, self.0, &p.source).await?),
+            None => Some(ha_from_snapshot::restorable_replica(app, self.0, &p.source).await?),
         };
         let target = match inst.host.as_deref() {
             // Moved already (this step runs again after a crash).

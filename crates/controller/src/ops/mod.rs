@@ -7,6 +7,7 @@ pub mod cold_migrate_steps;
 pub mod drain_steps;
 pub mod group_delete;
 pub mod ha_from_snapshot;
+pub mod ha_replica_choice;
 pub mod host_drain;
 pub mod instance_clone;
 pub mod instance_cold_migrate;
