@@ -1,6 +1,7 @@
 //! Restart an HA instance of a down host on another host, from its disk on shared storage or,
-//! for a disk local to the dead host, from its latest snapshot replicated to the controller
-//! (issue 14, part 4; see [`super::ha_from_snapshot`]).
+//! for a disk local to the dead host, from its newest snapshot whose replica a live
+//! controller holds (issue 14, part 4; see [`super::ha_from_snapshot`] and
+//! [`super::ha_replica_choice`]).
 //!
 //! ```text
 //! choose_restart_host ─▶ define_on_target ─▶ boot ─▶ wait_ready ─▶ record_restart
@@ -18,8 +19,8 @@
 //! Started by the host liveness pass only once the host is `down`, i.e. after the fence
 //! timeout plus its margin since the host's last report: its agent, if it still runs, has
 //! stopped the old copy (see `nimbus_agent_api::liveness`). A disk local to the dead host
-//! cannot be reached: the instance restarts from its latest replicated snapshot, and without
-//! one the operation fails at once saying so, and the instance stays `error` until its host
+//! cannot be reached: the instance restarts from its newest restorable replicated snapshot,
+//! and without one the operation fails at once saying so, and the instance stays `error` until its host
 //! is back (restart from nothing would lose the disk). Until `boot` a failure moves the
 //! instance back to the dead host's placement and deletes the target's definition (never
 //! the shared disk).
