@@ -10,7 +10,6 @@ use nimbus_api::{
 };
 use nimbus_controller::app::Caller;
 use nimbus_store::{NewOperation, PageRequest, Scope};
-use std::time::Duration;
 use support::Cloud;
 use uuid::Uuid;
 
@@ -39,19 +38,7 @@ async fn running_instance(f: &Fixture, name: &str) -> Uuid {
 }
 
 async fn wait(f: &Fixture, op: &OperationView) -> OperationView {
-    for _ in 0..200 {
-        let now = f
-            .app
-            .store()
-            .get_operation(&Scope::All, op.id)
-            .await
-            .expect("op");
-        if now.state.is_final() {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("operation {} did not end", op.id);
+    f.wait_operation(op.id).await
 }
 
 async fn snapshot(f: &Fixture, instance: &str, name: &str) -> OperationView {

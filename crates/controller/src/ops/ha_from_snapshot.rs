@@ -17,7 +17,7 @@
 //! operation's output read "restarted from snapshot S taken at T on host H; changes after it
 //! are lost", and name each newer snapshot that could not be used and why.
 
-pub use super::ha_replica_choice::{restorable_replica, FromSnapshot};
+use super::ha_replica_choice::FromSnapshot;
 use super::snapshot_move::{stall_bounded, STALL_BOUND};
 use super::steps::{agent_err, app_err, instance, store_err};
 use crate::app::App;

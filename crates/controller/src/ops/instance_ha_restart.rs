@@ -25,7 +25,8 @@
 //! instance back to the dead host's placement and deletes the target's definition (never
 //! the shared disk).
 
-use super::ha_from_snapshot::{self, FromSnapshot, RecordRestart, RestoreOrBoot};
+use super::ha_from_snapshot::{self, RecordRestart, RestoreOrBoot};
+use super::ha_replica_choice::{restorable_replica, FromSnapshot};
 use super::steps::{agent_err, app_err, instance, op_params, store_err, WaitReady};
 use super::Plan;
 use crate::app::ha::restart_rank;
@@ -84,7 +85,7 @@ impl Step<App> for ChooseRestartHost {
         let source = app.store().get_host(&p.source).await.map_err(store_err)?;
         let from_snapshot = match source.shared_storage {
             Some(_) => None,
-            None => Some(ha_from_snapshot::restorable_replica(app, self.0, &p.source).await?),
+            None => Some(restorable_replica(app, self.0, &p.source).await?),
         };
         let target = match inst.host.as_deref() {
             // Moved already (this step runs again after a crash).

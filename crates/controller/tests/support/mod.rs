@@ -333,6 +333,24 @@ impl Cloud {
         }
     }
 
+    /// Waits (5 s at most) until operation `id` ends; answers it.
+    #[allow(dead_code)] // not every test file using this support waits for an operation
+    pub async fn wait_operation(&self, id: Uuid) -> nimbus_api::OperationView {
+        for _ in 0..200 {
+            let now = self
+                .app
+                .store()
+                .get_operation(&nimbus_store::Scope::All, id)
+                .await
+                .expect("op");
+            if now.state.is_final() {
+                return now;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("operation {id} did not end");
+    }
+
     /// An instance running on host1 with no operation, as a finished create leaves it.
     pub async fn running_instance(&self, name: &str, memory_mib: u64) -> Uuid {
         use nimbus_api::{InstanceState, OperationKind};
