@@ -98,6 +98,18 @@ async fn move_replication_to_controller_2(cloud: &Cloud) {
     moved.expect("controller 2 runs the replication");
 }
 
+/// Thaws the processes the test froze when it ends, by a panic too (a frozen process
+/// would not act on `nimbus up`'s stop and outlive the test).
+struct Thaw(Vec<Pid>);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = kill(*pid, Signal::SIGCONT);
+        }
+    }
+}
+
 /// Waits (bounded) until `snapshot show` through `api` says `want` about the replica.
 async fn wait_replica(cloud: &Cloud, api: &str, name: &str, want: &str) -> String {
     wait_until(
@@ -133,6 +145,8 @@ async fn a_dead_host_s_local_disk_ha_instance_restarts_from_the_newest_replica_a
         .await
         .expect("start the cloud");
     let client = cloud.client().expect("client");
+    let up = Pid::from_raw(cloud.up_pid().expect("nimbus up runs"));
+    let mut thaw = Thaw(vec![up]);
     move_replication_to_controller_2(&cloud).await;
     cli_ok(
         &cloud,
@@ -156,7 +170,6 @@ async fn a_dead_host_s_local_disk_ha_instance_restarts_from_the_newest_replica_a
     exec(&client, "db2", "echo between > /data/marker2 && sync").await;
 
     // s2 only on controller 2: controller 1 is frozen while it is taken and replicated.
-    let up = Pid::from_raw(cloud.up_pid().expect("nimbus up runs"));
     kill(up, Signal::SIGSTOP).expect("freeze controller 1");
     via_ctl2(
         &cloud,
@@ -173,6 +186,7 @@ async fn a_dead_host_s_local_disk_ha_instance_restarts_from_the_newest_replica_a
     kill(pid2, Signal::SIGSTOP).expect("freeze controller 2");
     let killed = Instant::now();
     let agent = cloud.kill_host(&dead).expect("kill the host");
+    thaw.0.push(Pid::from_raw(agent));
     std::fs::remove_dir_all(ctl2_dir(&cloud).join("replicas")).expect("controller 2's disk");
     kill(pid2, Signal::SIGKILL).expect("kill -9 controller 2");
     kill(up, Signal::SIGCONT).expect("thaw controller 1");
@@ -233,4 +247,5 @@ async fn a_dead_host_s_local_disk_ha_instance_restarts_from_the_newest_replica_a
     );
     assert_eq!(instance(&client, "db2").await.state, InstanceState::Running);
     kill(Pid::from_raw(agent), Signal::SIGCONT).expect("thaw the agent");
+    drop(thaw);
 }
