@@ -34,10 +34,17 @@ stream and NBD disk mirror). Printed: total time, downtime, pause, bytes of both
 ratios TLS / plain (goal: total <= 1.15x, downtime unchanged). --local-disks makes the disks
 local to each host so the NBD mirror is measured too; --no-raw skips the raw QEMU variants.
 
+Block migration (--local-disks --disk-mib N): before the first run, each cloud's guest writes
+N MiB of random data (incompressible, no zero blocks the mirror could skip) to a file on its
+disk (/data), so every migration's NBD mirror carries at least that much real disk data
+through the tunnel (TLS) or QEMU's plain NBD (--insecure-migration); after the runs the file's
+checksum is compared with the one taken at write time. Printed like the TLS rows, plus the
+disk bytes each migration mirrors (the guest's top disk layer, measured on the host).
+
 Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/migration.py [--bin target/release/nimbus] [--runs 3] [--rates 0,20,100,400]
                      [--raw-nimbus-policy] [--timeout 60] [--json FILE] [--no-nimbus]
-                     [--tls] [--local-disks] [--no-raw]
+                     [--tls] [--local-disks [--disk-mib 256]] [--no-raw]
 NIMBUS_BENCH_NET=NAME names the first cloud's bridge/namespaces (default nbm; the plain one is nbp).
 Takes ~7 minutes with 3 runs (most of it the raw defaults timing out at 400 MiB/s), ~8 with
 --raw-nimbus-policy. Per-run lines go to stderr, the tables to stdout.
@@ -486,9 +493,36 @@ class Nimbus:
             raise RuntimeError(f"instance {name} is {inst['state']}")
         return inst
 
+    def fill_disk(self, name, mib, chunk_mib=16):
+        """Writes `mib` MiB of random data to /data/blob in the guest (in chunks: each exec is
+        bounded), synced; answers its checksum."""
+        for i in range(0, mib, chunk_mib):
+            n = min(chunk_mib, mib - i)
+            code, out = self.api.exec(name, f"dd if=/dev/urandom of=/data/blob bs=1M count={n} seek={i} "
+                                            f"conv=notrunc 2>&1 && sync")
+            if code != 0:
+                raise RuntimeError(f"filling the disk of {name}: {out}")
+        return self.disk_checksum(name)
+
+    def disk_checksum(self, name):
+        code, out = self.api.exec(name, "sync && md5sum /data/blob && ls -l /data/blob")
+        if code != 0:
+            raise RuntimeError(f"checksum of {name}'s /data/blob: {out}")
+        return out.split()[0]
+
+    def disk_bytes(self, name):
+        """Bytes the guest's disk occupies on its host (allocated blocks of the instance's
+        disk.qcow2 under this cloud's data dir): what its mirror copies, at least."""
+        inst = self.api.req("GET", f"/v1/instances/{name}")
+        for root, dirs, files in os.walk(self.data):
+            if os.path.basename(root) == inst["id"] and "disk.qcow2" in files and inst["host"] in root:
+                return os.stat(os.path.realpath(os.path.join(root, "disk.qcow2"))).st_blocks * 512
+        return None
+
     def run(self, name, rate):
         inst = self.api.req("GET", f"/v1/instances/{name}")
         target = next(h for h in self.hosts if h != inst["host"])
+        disk = self.disk_bytes(name) if not self.shared else None
         measured = start_workload(lambda c: self.api.exec(name, c), rate)
         op = self.api.req("POST", f"/v1/instances/{name}/migrate", {"to": target})
         op, cancelled = self.api.wait_op(op["id"], TIMEOUT_S + 180, cancel_after=TIMEOUT_S)
@@ -500,7 +534,7 @@ class Nimbus:
                "rounds": st.get("rounds"), "escalations": st.get("escalations") or [],
                "disk_transfer": st.get("disk_transfer"), "steps": step_ms(op), "op_id": op["id"],
                "from": inst["host"], "to": target, "state": op["state"], "error": op.get("error"),
-               "cancelled_by_bench": cancelled}
+               "cancelled_by_bench": cancelled, "disk_bytes": disk}
         if rate:
             self.api.exec(name, "killall memcheck; true")
         return res
@@ -578,8 +612,9 @@ def report_tls(results):
     conv = {v: [r for r in results[v] if r["converged"]] for v in ("nimbus", "plain")}
     parts = []
     for key, name, unit in (("total", "total time", "s"), ("downtime_ms", "downtime", "ms"),
-                            ("pause_ms", "guest pause", "ms"), ("bytes", "bytes sent", "MiB")):
-        scale = 1 / MIB if key == "bytes" else 1
+                            ("pause_ms", "guest pause", "ms"), ("bytes", "bytes sent", "MiB"),
+                            ("disk_bytes", "disk mirrored (at least)", "MiB")):
+        scale = 1 / MIB if unit == "MiB" else 1
         t = med([r.get(key) for r in conv["nimbus"]])
         p = med([r.get(key) for r in conv["plain"]])
         t, p = (None if t is None else t * scale), (None if p is None else p * scale)
@@ -712,7 +747,12 @@ def main():
     ap.add_argument("--local-disks", action="store_true",
                     help="disks local to each host (mirrored over NBD) instead of shared storage")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw QEMU variants")
+    ap.add_argument("--disk-mib", type=int, default=0,
+                    help="with --local-disks: MiB of random data each guest writes to its disk first, "
+                         "so the mirror carries real disk data")
     args = ap.parse_args()
+    if args.disk_mib and not args.local_disks:
+        ap.error("--disk-mib needs --local-disks (shared storage mirrors nothing)")
     rates = [int(x) for x in args.rates.split(",")]
     TIMEOUT_S = args.timeout
     variants = ([] if args.no_nimbus else ["nimbus"]) + (["plain"] if args.tls and not args.no_nimbus else []) + (
@@ -726,6 +766,7 @@ def main():
             cloud = Nimbus(os.path.abspath(args.bin), work, shared=shared)
             cloud.wait_up()
             cloud.create("mig1")
+        sums = {}
         if "plain" in variants:
             # Started once the first cloud has its addresses: it picks the next free network.
             # A directory of its own, as short as the first (QEMU's socket paths: < 108 bytes).
@@ -734,6 +775,13 @@ def main():
                            net_name="nbp", insecure_migration=True, avoid=(cloud.index,))
             plain.wait_up()
             plain.create("mig1")
+        if args.disk_mib:
+            for name, c in (("nimbus", cloud), ("plain", plain)):
+                if c:
+                    t0 = time.monotonic()
+                    sums[name] = c.fill_disk("mig1", args.disk_mib)
+                    print(f"  {name}: {args.disk_mib} MiB of random data written to the guest's disk in "
+                          f"{time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
         qv = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
         print(f"live migration benchmark: {qv}; TCG, 1 vCPU, {MEM_MIB} MiB guest (default image), loopback; "
               f"{os.cpu_count()} host CPUs, load average at start {os.getloadavg()[0]:.2f}")
@@ -766,6 +814,7 @@ def main():
                           f"converged={r['converged']} total={r.get('total', float('nan')):.2f}s "
                           f"downtime={r.get('downtime_ms')} pause={r.get('pause_ms')} "
                           f"bytes={(r.get('bytes') or 0) / MIB:.0f}MiB"
+                          + (f" disk={r['disk_bytes'] / MIB:.0f}MiB" if r.get("disk_bytes") else "")
                           + (f" error={r.get('error')}" if r.get("error") else ""), file=sys.stderr, flush=True)
             if rate == 0 and results.get("nimbus"):
                 idle_bytes = med([r["bytes"] for r in results["nimbus"] if r["converged"]])
@@ -776,6 +825,12 @@ def main():
                 print(f"`nimbus operation show` of the last nimbus run ({last['from']}->{last['to']}):")
                 print("    " + cloud.operation_show(last["op_id"]).replace("\n", "\n    "))
             sys.stdout.flush()
+        for name, c in (("nimbus", cloud), ("plain", plain)):
+            if c and name in sums:
+                after = c.disk_checksum("mig1")
+                print(f"{VARIANT_NAMES[name]}: the {args.disk_mib} MiB written before the runs "
+                      + ("are intact after every migration (md5 " + after + ")" if after == sums[name]
+                         else f"CHANGED: md5 {sums[name]} before, {after} after"))
         print(f"\nbenchmark wall time: {time.monotonic() - t_start:.0f} s, load average at end "
               f"{os.getloadavg()[0]:.2f}")
         if args.json:

@@ -54,6 +54,31 @@ pub struct HostInventory {
     /// The host's cache of uploaded images.
     #[serde(default)]
     pub image_cache: Option<crate::ImageCacheReport>,
+    /// What the agent can do beyond the base protocol ([`capability`]); an agent older than
+    /// this field sends none. The controller refuses up front (or skips the host) an
+    /// operation that needs one the agent lacks, instead of failing it midway.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// Names of the capabilities an agent reports in [`HostInventory::capabilities`]. Strings,
+/// not an enum: a controller reads an inventory with names it does not know yet.
+pub mod capability {
+    /// Sends and receives a VM's snapshots with the VM, in a live or cold migration (the
+    /// snapshot-set routes of [`crate::snapshot_move`]).
+    pub const SNAPSHOT_MOVE: &str = "snapshot-move";
+
+    /// Every capability of this version: what its agent reports.
+    pub fn all() -> Vec<String> {
+        vec![SNAPSHOT_MOVE.to_string()]
+    }
+}
+
+impl HostInventory {
+    /// The agent reported capability `name`.
+    pub fn can(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|c| c == name)
+    }
 }
 
 /// Kernel same-page merging, from `/sys/kernel/mm/ksm/`. The counters are the kernel's,

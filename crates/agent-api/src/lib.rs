@@ -62,7 +62,7 @@ pub use firewall::{
     NetworkNames, PortFirewall, Remote,
 };
 pub use host::{
-    Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
+    capability, Accelerator, HostInventory, KsmStats, NetworkConfig, RegisterHost, RegisterResponse,
 };
 pub use image::{CachedImage, ImageBlob, ImageCacheReport};
 pub use metering::{MeterKind, UsageAck, UsageBatch, UsageSample};

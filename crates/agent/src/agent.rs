@@ -196,6 +196,7 @@ impl Agent {
                     .images()
                     .report(&self.inner.manager.images_in_use()),
             ),
+            capabilities: nimbus_agent_api::capability::all(),
         }
     }
 

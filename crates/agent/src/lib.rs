@@ -99,6 +99,33 @@ pub struct AgentConfig {
     pub migration_tls: MigrationTls,
 }
 
+impl AgentConfig {
+    /// An agent for in-process tests: the API on `listen` in plain HTTP with the bearer
+    /// `token`, no controller, TCG forced (no probe), the host's overcommit untouched, default
+    /// metering, a 20 GiB image cache and plain TCP migrations. Tests change what they need
+    /// with struct update syntax (`AgentConfig { controller_url, ..AgentConfig::in_process(..) }`).
+    pub fn in_process(name: &str, listen: SocketAddr, state_dir: PathBuf, token: &str) -> Self {
+        Self {
+            name: name.into(),
+            listen,
+            advertise_url: format!("http://{listen}"),
+            controller_url: None,
+            controller_tls: None,
+            token: Some(token.into()),
+            tls: None,
+            state_dir,
+            shared_storage: None,
+            accelerator: Some(Accelerator::Tcg),
+            probe_image: None,
+            probe_cache: None,
+            overcommit: overcommit::Overcommit::untouched(),
+            metering: metering::MeteringConfig::default(),
+            image_cache_gib: 20,
+            migration_tls: MigrationTls::insecure(None),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` completes. The VMs keep running afterwards.
 pub async fn run(
     config: AgentConfig,
@@ -174,7 +201,7 @@ pub async fn run(
 /// Fixtures shared by the unit tests of several modules.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
+    use nimbus_agent_api::{NicSpec, VmSpec};
     use uuid::Uuid;
 
     /// `len` bytes that do not compress nor repeat (xorshift from `seed`).
@@ -193,24 +220,8 @@ pub(crate) mod test_support {
     /// A VM spec with no kernel, base disk or ready marker: enough for code that never boots.
     pub fn blank_spec(id: Uuid, nics: Vec<NicSpec>) -> VmSpec {
         VmSpec {
-            id,
-            name: "vm".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            image: GuestImage {
-                name: "none".into(),
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                base_disk: None,
-                blob: None,
-                ready_marker: None,
-                uefi: false,
-            },
-            disk: DiskSpec { size_gib: 1 },
             nics,
-            ha: false,
-            seed: None,
+            ..nimbus_test_utils::specs::blank_vm_spec(id, "vm")
         }
     }
 }

@@ -6,31 +6,17 @@
 mod common;
 
 use common::{qemu_pids_for, wait_for, wait_pid_gone, QemuReaper, TestAgent};
-use nimbus_agent_api::{DiskSpec, GuestImage, StopRequest, VmRunState, VmSpec};
+use nimbus_agent_api::{StopRequest, VmRunState, VmSpec};
 use std::time::Duration;
 use uuid::Uuid;
 
 fn firmware_only_spec(id: Uuid, base: &std::path::Path) -> VmSpec {
-    VmSpec {
-        id,
-        name: format!("fw-{}", &id.to_string()[..8]),
-        vcpus: 1,
-        memory_mib: 64,
-        image: GuestImage {
-            name: "blank".into(),
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            base_disk: Some(base.to_path_buf()),
-            blob: None,
-            ready_marker: None,
-            uefi: false,
-        },
-        disk: DiskSpec { size_gib: 1 },
-        ha: false,
-        nics: Vec::new(),
-        seed: None,
-    }
+    let mut spec =
+        nimbus_test_utils::specs::blank_vm_spec(id, &format!("fw-{}", &id.to_string()[..8]));
+    spec.memory_mib = 64;
+    spec.image.name = "blank".into();
+    spec.image.base_disk = Some(base.to_path_buf());
+    spec
 }
 
 fn kill9(pid: u32) {

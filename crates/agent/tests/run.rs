@@ -41,22 +41,8 @@ async fn run_serves_registers_and_stops() {
         .expect("free port");
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = AgentConfig {
-        name: "run-test".into(),
-        listen,
-        advertise_url: format!("http://{listen}"),
         controller_url: Some(controller_url),
-        controller_tls: None,
-        token: Some("tok".into()),
-        tls: None,
-        state_dir: tmp.path().join("state"),
-        shared_storage: None,
-        accelerator: Some(Accelerator::Tcg),
-        probe_image: None,
-        probe_cache: None,
-        overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
-        metering: Default::default(),
-        image_cache_gib: 20,
-        migration_tls: nimbus_agent::MigrationTls::insecure(None),
+        ..AgentConfig::in_process("run-test", listen, tmp.path().join("state"), "tok")
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {
@@ -118,22 +104,11 @@ async fn stop_during_the_accelerator_probe_frees_the_port_at_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state_dir = tmp.path().join("state");
     let config = AgentConfig {
-        name: "probe-stop".into(),
-        listen,
-        advertise_url: format!("http://{listen}"),
-        controller_url: None,
-        controller_tls: None,
-        token: Some("tok".into()),
-        tls: None,
-        state_dir: state_dir.clone(),
-        shared_storage: None,
         accelerator: None,
         probe_image: Some((kernel, initrd, hanging)),
         probe_cache: Some(tmp.path().join("accel-probe.json")),
-        overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
-        metering: Default::default(),
         image_cache_gib: 1,
-        migration_tls: nimbus_agent::MigrationTls::insecure(None),
+        ..AgentConfig::in_process("probe-stop", listen, state_dir.clone(), "tok")
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run(config, async {

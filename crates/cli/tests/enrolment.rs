@@ -211,6 +211,7 @@ fn registration(name: &str, agent_url: &str) -> RegisterHost {
             ram_allocation_ratio: None,
             ksm: None,
             image_cache: None,
+            capabilities: nimbus_agent_api::capability::all(),
         },
     }
 }

@@ -49,6 +49,7 @@ async fn report_with(cloud: &Cloud, host: &str, url: &str, shared: Option<&str>)
                 ram_allocation_ratio: None,
                 ksm: None,
                 image_cache: None,
+                capabilities: nimbus_agent_api::capability::all(),
             },
         })
         .await

@@ -76,6 +76,7 @@ async fn three_controllers() -> Controllers {
                 ram_allocation_ratio: None,
                 ksm: None,
                 image_cache: None,
+                capabilities: nimbus_agent_api::capability::all(),
             },
         })
         .await

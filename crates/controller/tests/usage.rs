@@ -267,6 +267,7 @@ async fn hosts_report_their_ratios_and_ksm() {
                 page_size: 4096,
             }),
             image_cache: None,
+            capabilities: nimbus_agent_api::capability::all(),
         },
     };
     let (s, body) = call_as_host(

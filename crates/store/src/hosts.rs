@@ -26,6 +26,9 @@ pub struct HostRecord {
     pub ksm: Option<String>,
     /// The host's last image cache report, as JSON (the agent API's `ImageCacheReport`).
     pub image_cache: Option<String>,
+    /// What the host's agent can do beyond the base protocol (the agent API's
+    /// `capability` names); empty for an agent older than capabilities.
+    pub capabilities: Vec<String>,
     /// When the host last reported, by the clock of the controller that recorded it (for
     /// display; liveness uses [`HostRecord::silent_ms`]).
     pub last_seen: DateTime<Utc>,
@@ -42,7 +45,7 @@ pub struct HostRecord {
 
 const COLUMNS: &str = "name, agent_url, enabled, cpus, memory_mib, disk_gib, accelerator, \
                        qemu_version, agent_version, last_seen, shared_storage, \
-                       cpu_allocation_ratio, ram_allocation_ratio, ksm, image_cache";
+                       cpu_allocation_ratio, ram_allocation_ratio, ksm, image_cache, capabilities";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
@@ -61,12 +64,26 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<HostRecord, StoreError> {
         ram_allocation_ratio: r.try_get("ram_allocation_ratio")?,
         ksm: r.try_get("ksm")?,
         image_cache: r.try_get("image_cache")?,
+        capabilities: capabilities_from(r.try_get("capabilities")?),
         silent_ms: r
             .try_get::<Option<i64>, _>("silent_ms")?
             .map(|ms| ms.max(0) as u64),
         down_since: time::parse_opt(r.try_get("down_since")?)?,
         ha_restarted: r.try_get::<i64, _>("ha_restarted")? as u32,
     })
+}
+
+/// The stored form of a host's capabilities: a JSON list, NULL when it has none.
+fn capabilities_to(names: &[String]) -> Option<String> {
+    (!names.is_empty()).then(|| serde_json::Value::from(names.to_vec()).to_string())
+}
+
+/// A host's capabilities from their stored form; what cannot be read counts as none (the
+/// next registration writes them again).
+fn capabilities_from(stored: Option<String>) -> Vec<String> {
+    stored
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
 }
 
 impl Store {
@@ -87,7 +104,7 @@ impl Store {
             "UPDATE hosts SET agent_url = $1, cpus = $2, memory_mib = $3, disk_gib = $4, \
              accelerator = $5, qemu_version = $6, agent_version = $7, last_seen = $8, \
              shared_storage = $9, cpu_allocation_ratio = $10, ram_allocation_ratio = $11, \
-             ksm = $12, image_cache = $13, last_seen_ms = {} WHERE name = $14",
+             ksm = $12, image_cache = $13, capabilities = $14, last_seen_ms = {} WHERE name = $15",
             self.now_ms()
         ))
         .bind(&h.agent_url)
@@ -103,6 +120,7 @@ impl Store {
         .bind(h.ram_allocation_ratio)
         .bind(h.ksm.clone())
         .bind(h.image_cache.clone())
+        .bind(capabilities_to(&h.capabilities))
         .bind(&h.name)
         .execute(&self.pool)
         .await?;
@@ -110,7 +128,7 @@ impl Store {
             return Ok(());
         }
         sqlx::query(&format!(
-            "INSERT INTO hosts ({COLUMNS}, created_at, last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, {})",
+            "INSERT INTO hosts ({COLUMNS}, created_at, last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, {})",
             self.now_ms()
         ))
         .bind(&h.name)
@@ -128,6 +146,7 @@ impl Store {
         .bind(h.ram_allocation_ratio)
         .bind(h.ksm.clone())
         .bind(h.image_cache.clone())
+        .bind(capabilities_to(&h.capabilities))
         .bind(&now)
         .execute(&self.pool)
         .await

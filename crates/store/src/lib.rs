@@ -290,6 +290,7 @@ pub(crate) mod testing {
             ram_allocation_ratio: None,
             ksm: None,
             image_cache: None,
+            capabilities: vec!["snapshot-move".into()],
             last_seen: chrono::Utc::now(),
             silent_ms: None,
             down_since: None,

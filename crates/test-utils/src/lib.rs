@@ -18,6 +18,7 @@ pub mod logs;
 mod netclient;
 mod netname;
 mod routers;
+pub mod specs;
 mod tls;
 mod wait;
 

@@ -106,14 +106,22 @@ fn give_tree(dir: &Path, user: RunAs) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
         let entry = entry.map_err(Error::io("list", dir))?;
         let path = entry.path();
-        let kind = entry.file_type().map_err(Error::io("stat", &path))?;
-        if kind.is_symlink() {
-            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
-                .map_err(Error::io("chown", &path))?;
-        } else if kind.is_dir() {
-            give_tree(&path, user)?;
-        } else {
-            give_file(&path, user)?;
+        let given = match entry.file_type() {
+            Ok(kind) if kind.is_symlink() => {
+                std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
+                    .map_err(Error::io("chown", &path))
+            }
+            Ok(kind) if kind.is_dir() => give_tree(&path, user),
+            Ok(_) => give_file(&path, user),
+            Err(e) => Err(Error::io("stat", &path)(e)),
+        };
+        // The agent's own tasks keep writing in the directory while a VM starts (the meter's
+        // temporary file is renamed away at any time): what is gone needs no owner.
+        match given {
+            Err(e) if path.symlink_metadata().is_err() => {
+                tracing::debug!(path = %path.display(), error = %e.chain(), "gone while given to the VM user");
+            }
+            other => other?,
         }
     }
     Ok(())
@@ -177,5 +185,34 @@ mod tests {
         assert_eq!((m.uid(), m.mode() & 0o777), (ua.uid, 0o600));
         let m = std::fs::metadata(&da).expect("stat");
         assert_eq!((m.uid(), m.mode() & 0o777), (ua.uid, 0o700));
+    }
+
+    #[test]
+    fn files_renamed_away_while_the_directory_is_given_do_not_fail_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing owners needs root");
+            return;
+        }
+        let vms = tempfile::tempdir().expect("tempdir");
+        let id = Uuid::new_v4();
+        let dir = vms.path().join(id.to_string());
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("disk.qcow2"), b"disk").expect("write");
+        // The meter rewrites its file in a loop, as it does while a VM starts.
+        let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = {
+            let (writes, meter) = (writes.clone(), dir.join("meter.json"));
+            std::thread::spawn(move || {
+                while writes.load(std::sync::atomic::Ordering::Relaxed) < 800 {
+                    crate::instance::files::write_json(&meter, &vec![1u8; 64]).expect("meter");
+                    writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let user = user_of(vms.path(), &dir, id).expect("user");
+        while !writer.is_finished() {
+            give(&dir, None, user).expect("giving never fails on a vanished file");
+        }
+        writer.join().expect("writer");
     }
 }

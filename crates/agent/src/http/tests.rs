@@ -15,22 +15,13 @@ async fn test_agent(dir: &std::path::Path) -> Agent {
 
 fn config(dir: &std::path::Path) -> AgentConfig {
     AgentConfig {
-        name: "h1".into(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
         advertise_url: "http://127.0.0.1:1".into(),
-        controller_url: None,
-        controller_tls: None,
-        token: Some("secret".into()),
-        tls: None,
-        state_dir: dir.to_path_buf(),
-        shared_storage: None,
-        accelerator: Some(nimbus_agent_api::Accelerator::Tcg),
-        probe_image: None,
-        probe_cache: None,
-        overcommit: crate::overcommit::Overcommit::untouched(),
-        metering: Default::default(),
-        image_cache_gib: 20,
-        migration_tls: crate::MigrationTls::insecure(None),
+        ..AgentConfig::in_process(
+            "h1",
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.to_path_buf(),
+            "secret",
+        )
     }
 }
 

@@ -222,14 +222,12 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
     }
 }
 
-/// Writes a file through a temporary file and a rename, so a reader never sees half of it
-/// (the temporary file is per process: agents sharing a host-wide file never collide).
+/// Writes a file whole, so a reader never sees half of it, and never an older state after a
+/// newer one written by another task ([`super::atomic_file`]).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::Internal(format!("cannot serialize {}: {e}", path.display())))?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(Error::io("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io("rename", path))
+    super::atomic_file::replace(path, &bytes)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 //! figures (heartbeat age, CPU time, RSS, disk usage) are read when a status is asked for.
 
 mod actor;
+pub mod atomic_file;
 pub mod disk;
 pub mod exec;
 pub mod files;

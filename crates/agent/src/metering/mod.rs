@@ -97,11 +97,37 @@ pub async fn run(agent: Agent, outbox: Arc<Outbox>, config: MeteringConfig) {
                 .get(&handle.id())
                 .is_some_and(|(h, _)| Arc::ptr_eq(h, &handle));
             if !known {
-                let task = tokio::spawn(watch_vm(handle.clone(), outbox.clone(), config.interval));
+                // The watcher of the VM's previous incarnation may still write its last state:
+                // the new one waits for it, so their writes of `meter.json` never interleave.
+                let previous = watched.remove(&handle.id()).map(|(_, task)| task);
+                let watcher = watch_vm(handle.clone(), outbox.clone(), config.interval);
+                let task = tokio::spawn(after(previous, watcher));
                 watched.insert(handle.id(), (handle, task));
             }
         }
     }
+}
+
+/// How long a VM's new watcher waits for the previous one to end (it ends when the old
+/// actor's status channel closes, which a delete does at once).
+const PREVIOUS_WATCHER_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `watcher` once `previous` has ended (aborted after [`PREVIOUS_WATCHER_GRACE`]).
+async fn after(
+    previous: Option<tokio::task::JoinHandle<()>>,
+    watcher: impl std::future::Future<Output = ()>,
+) {
+    if let Some(mut previous) = previous {
+        if tokio::time::timeout(PREVIOUS_WATCHER_GRACE, &mut previous)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the meter of a VM's previous incarnation did not end; stopping it");
+            previous.abort();
+            let _ = previous.await;
+        }
+    }
+    watcher.await;
 }
 
 /// Follows one VM until its actor ends (delete, or agent shutdown).
@@ -187,7 +213,7 @@ fn persist(path: &std::path::Path, state: &VmMeters) {
         }
     };
     if let Err(e) = result {
-        tracing::debug!(path = %path.display(), error = %e.chain(), "cannot persist the meter");
+        tracing::warn!(path = %path.display(), error = %e.chain(), "cannot persist the meter; it is kept in memory and written at its next change");
     }
 }
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use nimbus_agent::{router, Agent, AgentConfig};
-use nimbus_agent_api::{Accelerator, AgentClient, ExecRequest, VmStatus};
+use nimbus_agent_api::{AgentClient, ExecRequest, VmStatus};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -26,22 +26,13 @@ impl TestAgent {
     /// Starts an agent on `state_dir` (TCG forced: the probe is tested elsewhere).
     pub async fn start(state_dir: &Path) -> Self {
         let config = AgentConfig {
-            name: "test-host".into(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
             advertise_url: "http://127.0.0.1:0".into(),
-            controller_url: None,
-            controller_tls: None,
-            token: Some(TOKEN.into()),
-            tls: None,
-            state_dir: state_dir.to_path_buf(),
-            shared_storage: None,
-            accelerator: Some(Accelerator::Tcg),
-            probe_image: None,
-            probe_cache: None,
-            overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
-            metering: Default::default(),
-            image_cache_gib: 20,
-            migration_tls: nimbus_agent::MigrationTls::insecure(None),
+            ..AgentConfig::in_process(
+                "test-host",
+                "127.0.0.1:0".parse().expect("addr"),
+                state_dir.to_path_buf(),
+                TOKEN,
+            )
         };
         let agent = Agent::start(&config).await.expect("agent starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

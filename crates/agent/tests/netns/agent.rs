@@ -3,7 +3,7 @@
 
 use super::{in_netns, Topology};
 use nimbus_agent::AgentConfig;
-use nimbus_agent_api::{Accelerator, AgentClient, NetworkConfig, RegisterResponse};
+use nimbus_agent_api::{AgentClient, NetworkConfig, RegisterResponse};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,22 +25,14 @@ impl HostAgent {
         let ip = t.host_ip(i);
         let url = format!("http://{ip}:7701");
         let config = AgentConfig {
-            name: format!("host{i}"),
-            listen: SocketAddr::new(ip, 7701),
             advertise_url: url.clone(),
             controller_url: Some(controller.to_string()),
-            controller_tls: None,
-            token: Some(TOKEN.into()),
-            tls: None,
-            state_dir,
-            shared_storage: None,
-            accelerator: Some(Accelerator::Tcg),
-            probe_image: None,
-            probe_cache: None,
-            overcommit: nimbus_agent::overcommit::Overcommit::untouched(),
-            metering: Default::default(),
-            image_cache_gib: 20,
-            migration_tls: nimbus_agent::MigrationTls::insecure(None),
+            ..AgentConfig::in_process(
+                &format!("host{i}"),
+                SocketAddr::new(ip, 7701),
+                state_dir,
+                TOKEN,
+            )
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = in_netns(&t.host_ns(i), move || {

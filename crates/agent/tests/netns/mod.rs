@@ -12,7 +12,7 @@
 pub mod agent;
 
 use nimbus_agent::network::{bridge, Shell, NIC_MTU};
-use nimbus_agent_api::{DiskSpec, GuestImage, NicSpec, VmSpec};
+use nimbus_agent_api::{NicSpec, VmSpec};
 use nimbus_qemu::config::MachineSection;
 use nimbus_qemu::{Accel, QemuConfig, VmPaths};
 use std::net::IpAddr;
@@ -20,24 +20,9 @@ use std::net::IpAddr;
 /// A VM spec with `nics` and nothing to boot: enough for plugging its network.
 pub fn vm_spec(nics: Vec<NicSpec>) -> VmSpec {
     VmSpec {
-        id: uuid::Uuid::new_v4(),
-        name: "net-test".into(),
-        vcpus: 1,
         memory_mib: 64,
-        image: GuestImage {
-            name: "none".into(),
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            base_disk: None,
-            blob: None,
-            ready_marker: None,
-            uefi: false,
-        },
-        disk: DiskSpec { size_gib: 1 },
-        ha: false,
-        seed: None,
         nics,
+        ..nimbus_test_utils::specs::blank_vm_spec(uuid::Uuid::new_v4(), "net-test")
     }
 }
 

@@ -44,6 +44,7 @@ impl App {
         validate_name(&inv.name)
             .map_err(|e| AppError::bad_request(format!("invalid host name {:?}: {e}", inv.name)))?;
         check_agent_url(&req.agent_url)?;
+        crate::app::host_capabilities::check_names(&inv.capabilities)?;
         let rec = HostRecord {
             name: inv.name.clone(),
             agent_url: req.agent_url.clone(),
@@ -62,6 +63,7 @@ impl App {
                 .image_cache
                 .as_ref()
                 .and_then(|c| serde_json::to_string(c).ok()),
+            capabilities: inv.capabilities.clone(),
             last_seen: self.clock_now(),
             silent_ms: None,
             down_since: None,

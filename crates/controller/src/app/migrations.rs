@@ -1,5 +1,6 @@
 //! Live migration and host drain, as the API starts them.
 
+use crate::app::host_capabilities::Unfit;
 use crate::app::placement_groups::{choose_host, GroupContext};
 use crate::app::{App, AppError, Caller};
 use crate::ops;
@@ -91,17 +92,19 @@ impl App {
     }
 
     /// The host an instance on `source` should move to: `to` if given (it must be up,
-    /// enabled and have room), else the scheduler's choice among the other hosts; both
-    /// honouring the instance's placement group.
+    /// enabled, have room and an agent that can receive what the instance holds), else the
+    /// scheduler's choice among the other hosts that can; both honouring the instance's
+    /// placement group.
     pub async fn choose_migration_target(
         &self,
         inst: &nimbus_store::InstanceRecord,
         source: &str,
         to: Option<&str>,
     ) -> Result<String, AppError> {
+        let unfit = self.unfit_targets(inst, Some(source)).await?;
         let pool = self.host_capacities().await?;
         let group = self.group_context(inst).await?;
-        migration_target(&pool, group.as_ref(), self, inst, source, to)
+        migration_target(&pool, group.as_ref(), self, inst, (source, to), &unfit)
     }
 
     /// A migration record (its id is its operation's id).
@@ -173,8 +176,8 @@ pub(crate) fn migration_target(
     group: Option<&GroupContext>,
     app: &App,
     inst: &nimbus_store::InstanceRecord,
-    source: &str,
-    to: Option<&str>,
+    (source, to): (&str, Option<&str>),
+    unfit: &Unfit,
 ) -> Result<String, AppError> {
     let want = &resources_of(inst);
     let pool: Vec<_> = pool.iter().filter(|h| h.name != source).cloned().collect();
@@ -194,8 +197,23 @@ pub(crate) fn migration_target(
                 "host {to} is down or disabled; `nimbus host list` shows which"
             )));
         }
+        if let Some(why) = unfit.reason(to) {
+            return Err(AppError::conflict(why.to_string()));
+        }
         let one = std::slice::from_ref(host);
         return choose_host(one, want, strategy, group).map(|h| h.name.clone());
     }
-    choose_host(&pool, want, strategy, group).map(|h| h.name.clone())
+    let fit: Vec<_> = pool
+        .iter()
+        .filter(|h| unfit.reason(&h.name).is_none())
+        .cloned()
+        .collect();
+    choose_host(&fit, want, strategy, group)
+        .map(|h| h.name.clone())
+        .map_err(|mut e| {
+            if let Some(skipped) = unfit.skipped_in(&pool) {
+                e.message = format!("{}; {skipped}", e.message);
+            }
+            e
+        })
 }

@@ -16,6 +16,7 @@ pub mod flavors;
 pub mod floating_ips;
 pub mod groups;
 pub mod ha;
+pub mod host_capabilities;
 pub mod hosts;
 pub mod image_bake;
 pub mod image_blobs;

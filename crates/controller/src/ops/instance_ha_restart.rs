@@ -93,17 +93,22 @@ impl Step<App> for ChooseRestartHost {
             _ => {
                 wait_for_higher_ranked(app, &inst, &p.source).await?;
                 let hosts = app.store().list_hosts().await.map_err(store_err)?;
+                let unfit = app
+                    .unfit_targets(&inst, None)
+                    .await
+                    .map_err(|e| StepError::permanent(e.message))?;
                 let choose = |pool: &[HostCapacity], group: Option<&GroupContext>| {
-                    let target = migration_target(pool, group, app, &inst, &p.source, None)
-                        .map_err(|e| {
-                            let what = if e.code == ErrorCode::NoCapacity {
-                                "no capacity to restart it on another host (higher priorities \
+                    let target =
+                        migration_target(pool, group, app, &inst, (&p.source, None), &unfit)
+                            .map_err(|e| {
+                                let what = if e.code == ErrorCode::NoCapacity {
+                                    "no capacity to restart it on another host (higher priorities \
                                  went first)"
-                            } else {
-                                "no host to restart it on"
-                            };
-                            AppError::new(e.code, format!("{what}: {}", e.message))
-                        })?;
+                                } else {
+                                    "no host to restart it on"
+                                };
+                                AppError::new(e.code, format!("{what}: {}", e.message))
+                            })?;
                     let dst = hosts
                         .iter()
                         .find(|h| h.name == target)

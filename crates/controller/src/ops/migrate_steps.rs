@@ -125,12 +125,16 @@ impl Step<App> for ChooseTarget {
             .host
             .clone()
             .ok_or_else(|| StepError::permanent("the instance has no host"))?;
+        let unfit = app
+            .unfit_targets(&inst, Some(&source))
+            .await
+            .map_err(|e| StepError::permanent(e.message))?;
         let (to, op) = (req.to.as_deref(), s.operation_id);
         let max_downtime_ms = req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS);
         let target = app
             .choose_and_claim(
                 &inst,
-                |pool, group| migration_target(pool, group, app, &inst, &source, to),
+                |pool, group| migration_target(pool, group, app, &inst, (&source, to), &unfit),
                 |claim| {
                     let m = NewMigration {
                         id: op,

@@ -145,6 +145,7 @@ pub async fn register(f: &Fixture, name: &str, memory_mib: u64) {
             ram_allocation_ratio: None,
             ksm: None,
             image_cache: None,
+            capabilities: nimbus_agent_api::capability::all(),
         },
     };
     let body = serde_json::to_string(&reg).expect("json");

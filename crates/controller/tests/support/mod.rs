@@ -309,6 +309,7 @@ impl Cloud {
                     ram_allocation_ratio: None,
                     ksm: None,
                     image_cache: None,
+                    capabilities: nimbus_agent_api::capability::all(),
                 },
             })
             .await
