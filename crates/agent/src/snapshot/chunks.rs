@@ -107,28 +107,18 @@ impl ChunkStore {
     /// Cuts the stream `from` (the memory image `image`) into chunks and stores those not yet
     /// stored; makes them durable once, at the end.
     ///
-    /// New chunks are compressed and appended on one thread while another cuts and hashes
-    /// the rest: compression is most of the work when every chunk is new (a first snapshot),
-    /// and the image is read while QEMU writes it, so the chunker must keep up. Both threads
-    /// run below the VMs' priority ([`super::priority`]): QEMU's write comes first.
-    pub fn put_stream(
-        &self,
-        from: impl Read + Send,
-        image: &Path,
-    ) -> Result<(ChunkedImage, Stored)> {
+    /// New chunks are compressed and appended on a second thread while this one cuts and
+    /// hashes the rest: compression is most of the work when every chunk is new (a first
+    /// snapshot), and the image is read while QEMU writes it, so the chunker must keep up.
+    pub fn put_stream(&self, from: impl Read, image: &Path) -> Result<(ChunkedImage, Stored)> {
         let (to_append, queue) = std::sync::mpsc::sync_channel(APPEND_QUEUE);
         let (cut, stored) = std::thread::scope(|scope| {
-            let appender = scope.spawn(move || {
-                super::priority::yield_to_vms();
-                self.append_all(queue)
-            });
-            let cutter = scope.spawn(move || {
-                super::priority::yield_to_vms();
-                self.cut(from, image, &to_append)
-            });
-            let failed = |what: &str| Error::Internal(format!("the chunk {what} failed"));
-            let cut = cutter.join().unwrap_or_else(|_| Err(failed("cutter")));
-            let stored = appender.join().unwrap_or_else(|_| Err(failed("appender")));
+            let appender = scope.spawn(move || self.append_all(queue));
+            let cut = self.cut(from, image, &to_append);
+            drop(to_append);
+            let stored = appender
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the chunk appender failed".into())));
             (cut, stored)
         });
         // The appender's error first: when it stops, the cutter only sees a closed queue.

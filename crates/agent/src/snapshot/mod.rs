@@ -6,8 +6,6 @@
 //!   every snapshot on the host, so a snapshot of a guest that changed little costs little.
 //! - [`manifest`]: what a snapshot is made of, with checksums, validated before a restore.
 //! - [`follow`]: a memory image read while QEMU writes it, so chunking overlaps the write.
-//! - [`priority`]: the chunker's threads yield the CPU to QEMU's, whose write is the critical
-//!   path.
 //! - [`take`], [`restore`], [`delete`], [`clone`]: the operations.
 //!
 //! ```text
@@ -30,7 +28,6 @@ pub mod manifest;
 pub mod memory;
 pub mod moving;
 pub mod packs;
-pub mod priority;
 pub mod restore;
 pub mod take;
 
