@@ -50,7 +50,8 @@ import argparse, json, os, signal, subprocess, sys, tempfile, time
 
 from creates import creates_part, stop_cloud
 
-from boot import free_port
+from boot import free_ports
+from controller_procs import running_pid
 
 
 def percentile(xs, p):
@@ -65,7 +66,7 @@ def psql(url, sql):
 def round_(args, r, hold):
     work = tempfile.mkdtemp(prefix="nimbus-bench-cp-")
     data = os.path.join(work, "data")
-    port = free_port()
+    port = free_ports(3)
     admin = args.postgres
     db = f"nimbus_bench_cp_{os.getpid()}_{r}"
     psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -107,7 +108,7 @@ def round_(args, r, hold):
             op = json.loads(cli("host", "drain", "host1", "-o", "json", api=url))
             op_id = op["id"] if isinstance(op, dict) and "id" in op else None
             time.sleep(1.0)  # inside the held step
-            pid = int(open(os.path.join(data, "controllers", f"ctl{victim}", "controller.pid")).read())
+            pid = running_pid(work, f"ctl{victim}")
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             while True:

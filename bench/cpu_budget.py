@@ -122,21 +122,3 @@ class ControllerBudgets:
                 pass
         self.groups = {}
 
-
-def cpu_seconds(pid):
-    """CPU time (user + system) process `pid` used so far, from /proc."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_pids():
-    """The PostgreSQL server's processes on this machine (postmaster and backends)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if open(f"/proc/{d}/comm").read().strip() == "postgres":
-                    pids.append(int(d))
-            except OSError:
-                pass
-    return pids
