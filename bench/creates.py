@@ -292,6 +292,22 @@ def describe(r, n):
             f"machine busy {cpu['machine'] / wall:.2f} of {os.cpu_count()} cores, other work {cpu['other'] / wall:.2f})")
 
 
+def limits(runs, k, args):
+    """The two ceilings of a count, from the CPU its runs used per create (medians): what
+    the controllers' budgets allow, and what this machine's cores allow once the shared parts
+    (PostgreSQL, the agents, the client) and the controllers are paid for. The lower one is
+    what the figure can measure."""
+    def per_create(pred):
+        return statistics.median(sum(c for n, c in r["cpu_s"].items() if pred(n)) / args.creates for r in runs)
+    ctl = per_create(lambda n: n.startswith("ctl"))
+    shared = per_create(lambda n: n.startswith("host") or n in ("postgres", "client"))
+    cores = os.cpu_count()
+    budget = f"{k * args.controller_cpu / ctl:.0f}/s" if args.controller_cpu > 0 else "none"
+    return (f"CPU per create: controllers {1000 * ctl:.1f} ms, shared parts {1000 * shared:.1f} ms; ceilings: "
+            f"controller budgets {budget}, this machine's {cores} cores {cores / (ctl + shared):.0f}/s "
+            f"(shared parts alone {cores / shared:.0f}/s), before any other work on it")
+
+
 def counted(args, psql, k, r):
     """One count's run, tried again once (on new ports) when it fails: the failure (a
     controller that died, with its log) is printed, not raised, so every round runs."""
@@ -335,6 +351,9 @@ def creates_part(args, psql):
         if k in rate and 1 in rate:
             ratio = rate[k] / rate[1]
             print(f"  ratio {k}/1 controllers (medians): {ratio:.2f}x   goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'}")
+    for k, v in runs.items():
+        if v:
+            print(f"  {k} controller(s): {limits(v, k, args)}")
     done = [x for v in runs.values() for x in v]
     if done:
         worst = max(x["retries"] / args.creates for x in done)
