@@ -101,26 +101,53 @@ def wait_ops(api, ids, limit_s=600):
     return views
 
 
-def query(url, sql):
-    """Rows of `sql` on the benchmark's database (psql, unaligned, `|`-separated)."""
-    out = subprocess.run(["psql", url, "-AtF|", "-c", sql], check=True, capture_output=True, text=True)
-    return [line.split("|") for line in out.stdout.splitlines() if line]
-
-
 MEASURED = "kind = 'instance_create' AND target_name LIKE 'c%'"
+
+
+class Psql:
+    """One `psql` session kept open for the polling: a new connection per poll costs the
+    PostgreSQL being measured a backend start and a password hash each time."""
+
+    def __init__(self, url):
+        self.p = subprocess.Popen(["psql", url, "-qAtF|"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, bufsize=1)
+
+    def rows(self, sql):
+        self.p.stdin.write(sql.rstrip(";") + ";\n\\echo __end__\n")
+        self.p.stdin.flush()
+        out = []
+        for line in self.p.stdout:
+            line = line.rstrip("\n")
+            if line == "__end__":
+                return [r.split("|") for r in out if r]
+            out.append(line)
+        raise RuntimeError("psql ended while the creates were waited for")
+
+    def close(self):
+        self.p.stdin.close()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
 
 
 def wait_measured(db_url, n, limit_s=900):
     """Waits, reading the database (no load on the controllers), until the `n` measured creates
     ended; answers (state, created_at, updated_at) of each."""
     deadline = time.monotonic() + limit_s
-    while True:
-        rows = query(db_url, f"SELECT state, created_at, updated_at FROM operations WHERE {MEASURED}")
-        if len(rows) >= n and all(r[0] not in ("running", "unwinding") for r in rows):
-            return rows
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the creates did not end within {limit_s} s")
-        time.sleep(0.25)
+    session = Psql(db_url)
+    try:
+        while True:
+            ended = session.rows(f"SELECT COUNT(*) FROM operations WHERE {MEASURED} "
+                                 "AND state NOT IN ('running', 'unwinding')")
+            if ended and int(ended[0][0]) >= n:
+                return session.rows(f"SELECT state, created_at, updated_at FROM operations WHERE {MEASURED}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the creates did not end within {limit_s} s")
+            time.sleep(0.25)
+    finally:
+        session.close()
 
 
 def claim_retries(work):
@@ -196,7 +223,7 @@ def one_count(args, psql, controllers, r):
         if failed:
             raise RuntimeError(f"warm-up create failed: {failed[0].get('error')}; see {work}/up.log")
         retries_before = claim_retries(work)
-        census = Census({**pids, **agent_pids(data, args.hosts)})
+        census = Census({**pids, **agent_pids(data, args.hosts)}, db)
         throttled_before = budgets.throttling() if budgets else {}
         errors, lock = [], threading.Lock()
         names = iter(range(args.creates))
