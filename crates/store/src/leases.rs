@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use nimbus_api::{OperationState, StepState};
 use nimbus_ops::{LogError, LogSnapshot, OperationLog};
 use serde_json::Value;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -257,12 +257,16 @@ impl FencedLog {
     }
 
     /// Locks the operation's row and checks the epoch: the first statement of every write.
-    async fn fence(&self, tx: &mut Transaction<'_, Any>, op: Uuid) -> Result<(), LogError> {
+    async fn fence<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = Any>,
+        op: Uuid,
+    ) -> Result<(), LogError> {
         let r = sqlx::query(FENCE)
             .bind(time::now())
             .bind(op.to_string())
             .bind(self.epoch)
-            .execute(&mut **tx)
+            .execute(executor)
             .await
             .map_err(log_err)?;
         self.written(r.rows_affected())
@@ -281,14 +285,7 @@ impl FencedLog {
     /// Still the owner? (A fenced write that changes nothing but the update time: one
     /// statement, its own transaction.)
     pub async fn check_owned(&self, op: Uuid) -> Result<(), LogError> {
-        let r = sqlx::query(FENCE)
-            .bind(time::now())
-            .bind(op.to_string())
-            .bind(self.epoch)
-            .execute(&self.store.pool)
-            .await
-            .map_err(log_err)?;
-        self.written(r.rows_affected())
+        self.fence(&self.store.pool, op).await
     }
 
     /// A fenced write as one statement (PostgreSQL): `write`, a data-modifying statement that
@@ -369,7 +366,7 @@ impl OperationLog for FencedLog {
             return self.init_steps_in_one(op, names).await;
         }
         let mut tx = self.store.pool.begin().await.map_err(log_err)?;
-        self.fence(&mut tx, op).await?;
+        self.fence(&mut *tx, op).await?;
         let existing =
             sqlx::query("SELECT COUNT(*) AS n FROM operation_steps WHERE operation_id = $1")
                 .bind(op.to_string())
@@ -421,7 +418,7 @@ impl OperationLog for FencedLog {
         }
         // SQLite (one controller): the fence, then the write, in one transaction.
         let mut tx = self.store.pool.begin().await.map_err(log_err)?;
-        self.fence(&mut tx, op).await?;
+        self.fence(&mut *tx, op).await?;
         sqlx::query(
             "UPDATE operation_steps SET state = $1, output = COALESCE($2, output), error = $3, \
              started_at = COALESCE($4, started_at), finished_at = $5 \
