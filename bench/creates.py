@@ -329,10 +329,13 @@ def limits(runs, k, args):
     ctl = per_create(lambda n: n.startswith("ctl"))
     shared = per_create(lambda n: n.startswith("host") or n in ("postgres", "client"))
     cores = os.cpu_count()
-    budget = f"{k * args.controller_cpu / ctl:.0f}/s" if args.controller_cpu > 0 else "none"
+    budgets = k * args.controller_cpu / ctl if args.controller_cpu > 0 else float("inf")
+    machine = cores / (ctl + shared)
+    bound = (" -> the MACHINE, not the controllers' budgets, bounds this count: lower --controller-cpu"
+             if machine < budgets else "")
     return (f"CPU per create: controllers {1000 * ctl:.1f} ms, shared parts {1000 * shared:.1f} ms; ceilings: "
-            f"controller budgets {budget}, this machine's {cores} cores {cores / (ctl + shared):.0f}/s "
-            f"(shared parts alone {cores / shared:.0f}/s), before any other work on it")
+            f"controller budgets {budgets:.0f}/s, this machine's {cores} cores {machine:.0f}/s "
+            f"(shared parts alone {cores / shared:.0f}/s), before any other work on it{bound}")
 
 
 def counted(args, psql, k, r):
