@@ -13,7 +13,7 @@ and the idle resident memory of the controller (`nimbus up`) and of one agent.
 Usage (as root, after `cargo build --release -p nimbus-cli`):
   bench/boot.py [--bin target/release/nimbus] [--runs 5]
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 IMAGE_DIR = os.path.join(os.environ.get("NIMBUS_IMAGE_CACHE", "/var/cache/nimbus"), "images", "default")
 
@@ -24,6 +24,35 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def free_ports(n):
+    """The first of `n` consecutive ports free on every address now, below the kernel's
+    ephemeral range: a port picked by `free_port` is in that range, and so are the local
+    ports of outgoing connections (to PostgreSQL, to agents), which the kernel hands out
+    meanwhile; a port next to it (another controller's: `nimbus up --controllers K` listens
+    on the next ports) is taken by one often enough to make that controller exit at start."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(10_000, max(low - n, 10_001))
+        if all(_bindable(p) for p in range(first, first + n)):
+            return first
+    raise RuntimeError(f"no {n} consecutive free ports found between 10000 and {low}")
+
+
+def _bindable(port):
+    """Whether a listener could bind `port` on every address (as a controller does: with
+    SO_REUSEADDR, so only listeners and connections using the port count)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("0.0.0.0", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def guest_argv(d):

@@ -23,7 +23,9 @@
    that the control plane has no global serialisation (no in-process lock, no hot row), so
    that throughput grows with controllers when each is its own machine. Each controller
    process therefore runs in a cgroup of its own with the same CPU budget (--controller-cpu
-   cores, default 0.3; bench/cpu_budget.py); the agents, the client and, with
+   cores, default 0.15: small enough that three budgets stay under what PostgreSQL, the
+   agents and the client can serve on 2 cores; each count prints both ceilings, and says
+   when the machine is the lower one; bench/cpu_budget.py); the agents, the client and, with
    --shield-postgres, PostgreSQL stay outside the budgets, in one unbudgeted cgroup at a high
    weight (so that other work on the machine does not starve them): the figure shows
    controller-side scaling, not PostgreSQL's. The creates are waited for in
@@ -44,13 +46,14 @@ Usage (as root, after `cargo build --release -p nimbus-cli`; PostgreSQL from
 `bash scripts/ci-postgres.sh`):
   bench/control_plane.py --postgres postgres://nimbus:nimbus@127.0.0.1:5432/nimbus_test \
       [--bin target/release/nimbus] [--part creates|takeover|all] [--creates 600] \
-      [--clients 12] [--projects 12] [--hosts 2] [--rounds 3] [--ttl 10] [--controller-cpu 0.3]
+      [--clients 12] [--projects 12] [--hosts 2] [--rounds 3] [--ttl 10] [--controller-cpu 0.15]
 """
 import argparse, json, os, signal, subprocess, sys, tempfile, time
 
 from creates import creates_part, stop_cloud
 
-from boot import free_port
+from boot import free_ports
+from controller_procs import running_pid
 
 
 def percentile(xs, p):
@@ -65,7 +68,7 @@ def psql(url, sql):
 def round_(args, r, hold):
     work = tempfile.mkdtemp(prefix="nimbus-bench-cp-")
     data = os.path.join(work, "data")
-    port = free_port()
+    port = free_ports(3)
     admin = args.postgres
     db = f"nimbus_bench_cp_{os.getpid()}_{r}"
     psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
@@ -107,7 +110,7 @@ def round_(args, r, hold):
             op = json.loads(cli("host", "drain", "host1", "-o", "json", api=url))
             op_id = op["id"] if isinstance(op, dict) and "id" in op else None
             time.sleep(1.0)  # inside the held step
-            pid = int(open(os.path.join(data, "controllers", f"ctl{victim}", "controller.pid")).read())
+            pid = running_pid(work, f"ctl{victim}")
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             while True:
@@ -157,8 +160,10 @@ def main():
     ap.add_argument("--projects", type=int, default=12, help="projects (tenants) the creates are spread over")
     ap.add_argument("--hosts", type=int, default=2, help="agents (with --fake-vms) of the creates part")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--controller-cpu", type=float, default=0.3,
-                    help="CPU budget of each controller process, in cores (a cgroup each; 0: none)")
+    ap.add_argument("--controller-cpu", type=float, default=0.15,
+                    help="CPU budget of each controller process, in cores (a cgroup each; 0: none); at 0.15 the "
+                         "three budgets stay under what this 2-core machine's shared parts allow (see "
+                         "docs/control-plane.md), at 0.3 the machine bounds 3 controllers")
     ap.add_argument("--shield-postgres", action="store_true",
                     help="move PostgreSQL's processes into the benchmark's unbudgeted high-weight cgroup "
                          "for the run (and back after it)")

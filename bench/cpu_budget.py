@@ -66,6 +66,8 @@ class ControllerBudgets:
         """Moves process `pid` (all its threads) into a budgeted cgroup of its own."""
         d = os.path.join(self.base, name)
         os.makedirs(d, exist_ok=True)
+        # Recorded first, so that `remove` removes it even when the process is gone.
+        self.groups[name] = d
         quota = int(self.cores * PERIOD_US)
         if self.v2:
             _write(os.path.join(d, "cpu.max"), f"{quota} {PERIOD_US}")
@@ -75,7 +77,6 @@ class ControllerBudgets:
             _write(os.path.join(d, "cpu.cfs_quota_us"), quota)
             _write(os.path.join(d, "cpu.shares"), 262144)
         _write(os.path.join(d, "cgroup.procs"), pid)
-        self.groups[name] = d
 
     def shield(self, name, pids):
         """Moves `pids` into a cgroup with a high weight and no limit: what stands for the
@@ -83,6 +84,7 @@ class ControllerBudgets:
         this machine while the controllers are budgeted."""
         d = os.path.join(self.base, name)
         os.makedirs(d, exist_ok=True)
+        self.groups[name] = d
         if self.v2:
             _write(os.path.join(d, "cpu.max"), f"max {PERIOD_US}")
             _write(os.path.join(d, "cpu.weight"), 10000)
@@ -93,7 +95,6 @@ class ControllerBudgets:
                 _write(os.path.join(d, "cgroup.procs"), pid)
             except OSError:
                 pass  # it exited meanwhile
-        self.groups[name] = d
 
     def throttling(self):
         """Per cgroup: (throttled periods, periods) so far, from cpu.stat."""
@@ -122,21 +123,3 @@ class ControllerBudgets:
                 pass
         self.groups = {}
 
-
-def cpu_seconds(pid):
-    """CPU time (user + system) process `pid` used so far, from /proc."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_pids():
-    """The PostgreSQL server's processes on this machine (postmaster and backends)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if open(f"/proc/{d}/comm").read().strip() == "postgres":
-                    pids.append(int(d))
-            except OSError:
-                pass
-    return pids

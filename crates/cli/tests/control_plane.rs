@@ -9,6 +9,7 @@
 //! - SIGSTOP of the owner past its lease: another takes it over and finishes it; after
 //!   SIGCONT none of the stalled owner's writes lands (the epoch fence) and it says it gave
 //!   the operation up;
+//! - a controller whose port is busy exits without joining (not listed as live);
 //! - a second controller on one SQLite database is refused, saying to use PostgreSQL.
 //!
 //! Needs `NIMBUS_TEST_POSTGRES_URL` (CI sets it; `bash scripts/ci-postgres.sh` prints one):
@@ -124,6 +125,23 @@ async fn controllers_take_over_and_fence_each_other() {
     b.wait_healthy().await.expect("b up");
     c.wait_healthy().await.expect("c up");
     let via_b = client(&b, dir);
+
+    // A controller that cannot listen (its port is b's) exits before it joins: never listed
+    // as live (its row would stay so for a TTL after its death) nor owning an operation.
+    let mut busy = ControllerProcess::start_on(Path::new(BIN), dir, &db.url, b.port(), TTL, &[])
+        .expect("a controller on a busy port");
+    let code = busy
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("it exits");
+    assert_ne!(code, Some(0));
+    assert!(
+        busy.log_text().contains("cannot listen on"),
+        "{}",
+        busy.log_text()
+    );
+    let live = via_b.list_controllers().await.expect("controllers");
+    assert_eq!(live.len(), 3, "only a, b and c are live: {live:?}");
 
     // The CLI lists the three, from any of them.
     let token = std::fs::read_to_string(dir.join("admin.token")).expect("token");

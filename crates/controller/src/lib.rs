@@ -25,15 +25,20 @@ use anyhow::Context;
 use std::future::Future;
 
 /// Runs the controller until `shutdown` resolves: opens the store, bootstraps (admin token,
-/// default flavors), registers in the `controllers` table, takes over the operations no live
-/// controller owns, starts the background tasks and serves the API over HTTPS on every listen
-/// address.
+/// default flavors), binds every listen address, registers in the `controllers` table, takes
+/// over the operations no live controller owns, starts the background tasks and serves the
+/// API over HTTPS on every listen address.
+///
+/// The addresses are bound before the controller registers (and listened on after): one
+/// that cannot serve (a busy port) exits without ever being listed as live or taking an
+/// operation over, instead of leaving a live-looking row and leases for a TTL after it died.
 pub async fn run(
     config: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = App::open(config.clone()).await?;
     app.bootstrap().await?;
+    let addresses = bind(&config.listen)?;
     background::leases::register(&app).await?;
     ops::take_over(&app).await?;
     ops::settle_ended(&app).await?;
@@ -56,10 +61,10 @@ pub async fn run(
     let router = http::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
-    for addr in &config.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (is another nimbus running?)"))?;
+    for (addr, socket) in addresses {
+        let listener = socket
+            .listen(LISTEN_BACKLOG)
+            .with_context(|| format!("cannot listen on {addr}"))?;
         let listener = nimbus_pki::TlsListener::new(listener, app.tls().server.clone(), None)
             .with_context(|| format!("cannot serve TLS on {addr}"))?;
         tracing::info!(%addr, ca = app.tls().ca.fingerprint(), "controller API listening (HTTPS)");
@@ -91,4 +96,32 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s).await;
     }
     Ok(())
+}
+
+/// Connections a listen address queues before the API accepts them (tokio's default).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds (without listening yet) every address in `listen`, so a busy one is found before
+/// the controller joins the others; connections are refused until it listens.
+fn bind(
+    listen: &[std::net::SocketAddr],
+) -> anyhow::Result<Vec<(std::net::SocketAddr, tokio::net::TcpSocket)>> {
+    listen
+        .iter()
+        .map(|addr| {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .context("cannot make a socket")?;
+            // As `TcpListener::bind` does: a restarted controller rebinds at once, past its
+            // previous connections in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket
+                .bind(*addr)
+                .with_context(|| format!("cannot listen on {addr} (is another nimbus running?)"))?;
+            Ok((*addr, socket))
+        })
+        .collect()
 }

@@ -6,7 +6,7 @@
 
 use crate::locks::lock_project;
 use crate::page::{KeyColumn, Keyset, Page, PageRequest};
-use crate::quotas::{admit, lock_quota, usage_in};
+use crate::quotas::check_quota;
 use crate::{time, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
 use nimbus_api::QuotaUsage;
@@ -79,14 +79,11 @@ impl Store {
     ) -> Result<FloatingIpRecord, StoreError> {
         for attempt in 1..=ALLOCATE_ATTEMPTS {
             let mut tx = self.begin().await?;
-            if let Some(limits) = lock_quota(&mut tx, project).await? {
-                let in_use = usage_in(&mut tx, project).await?;
-                let want = QuotaUsage {
-                    floating_ips: 1,
-                    ..QuotaUsage::default()
-                };
-                admit(project, &limits, &in_use, &want)?;
-            }
+            let want = QuotaUsage {
+                floating_ips: 1,
+                ..QuotaUsage::default()
+            };
+            check_quota(&mut tx, project, &want).await?;
             lock_project(&mut tx, project).await?;
             let taken: HashSet<String> = sqlx::query("SELECT address FROM floating_ips")
                 .fetch_all(&mut *tx)

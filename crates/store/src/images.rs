@@ -9,7 +9,7 @@
 
 use crate::locks::lock_image;
 use crate::page::{KeyColumn, Keyset, Page, PageRequest};
-use crate::quotas::{lock_quota, usage_in};
+use crate::quotas::check_quota;
 use crate::{time, Scope, Store, StoreError};
 use nimbus_api::{Firmware, ImageView, ImportImage};
 use sqlx::{Any, Row, Transaction};
@@ -173,14 +173,11 @@ impl Store {
     /// Records an uploaded image once its bytes are stored, inside the project's quota.
     pub async fn insert_uploaded_image(&self, new: &NewImage) -> Result<ImageView, StoreError> {
         let mut tx = self.begin().await?;
-        if let Some(limits) = lock_quota(&mut tx, &new.project).await? {
-            let in_use = usage_in(&mut tx, &new.project).await?;
-            let want = nimbus_api::QuotaUsage {
-                image_mib: new.size_bytes.div_ceil(1 << 20),
-                ..Default::default()
-            };
-            crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
-        }
+        let want = nimbus_api::QuotaUsage {
+            image_mib: new.size_bytes.div_ceil(1 << 20),
+            ..Default::default()
+        };
+        check_quota(&mut tx, &new.project, &want).await?;
         if new.public {
             refuse_public_name_taken(&mut tx, &new.project, &new.name).await?;
         }

@@ -3,7 +3,7 @@
 use crate::locks::{lock_project, share_image};
 use crate::page::{Page, PageRequest, OLDEST_FIRST};
 use crate::ports::{delete_ports, insert_ports, NicPlan, PickAddress, PortRecord};
-use crate::quotas::{lock_quota, usage_in};
+use crate::quotas::check_quota;
 use crate::secgroups::members::{join_groups, leave_groups};
 use crate::{operations::insert_operation, time, NewOperation, Scope, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -199,23 +199,19 @@ impl Store {
     ) -> Result<InstanceRecord, StoreError> {
         let now = time::now();
         let mut tx = self.begin().await?;
-        let limits = lock_quota(&mut tx, &new.project).await?;
+        let want = nimbus_api::QuotaUsage {
+            instances: 1,
+            vcpus: new.vcpus as u64,
+            memory_mib: new.memory_mib,
+            disk_gib: new.disk_gib,
+            ..Default::default()
+        };
+        check_quota(&mut tx, &new.project, &want).await?;
         // Locked, not just read: a project or image deleted meanwhile is seen as gone, and
         // one being deleted waits and then sees this instance. The image only shared: one
         // image serves every project's creates.
         lock_project(&mut tx, &new.project).await?;
         share_image(&mut tx, self.postgres, &new.image_project, &new.image).await?;
-        if let Some(limits) = limits {
-            let in_use = usage_in(&mut tx, &new.project).await?;
-            let want = nimbus_api::QuotaUsage {
-                instances: 1,
-                vcpus: new.vcpus as u64,
-                memory_mib: new.memory_mib,
-                disk_gib: new.disk_gib,
-                ..Default::default()
-            };
-            crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
-        }
         sqlx::query(
             "INSERT INTO instances (id, project, name, flavor, image, vcpus, memory_mib, disk_gib, \
              host, state, reason, operation_id, generation, agent_generation, created_at, updated_at, ip, mac, group_id, \

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use nimbus_api::{OperationState, StepState};
 use nimbus_ops::{LogError, LogSnapshot, OperationLog};
 use serde_json::Value;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -257,12 +257,16 @@ impl FencedLog {
     }
 
     /// Locks the operation's row and checks the epoch: the first statement of every write.
-    async fn fence(&self, tx: &mut Transaction<'_, Any>, op: Uuid) -> Result<(), LogError> {
-        let r = sqlx::query("UPDATE operations SET updated_at = $1 WHERE id = $2 AND epoch = $3")
+    async fn fence<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = Any>,
+        op: Uuid,
+    ) -> Result<(), LogError> {
+        let r = sqlx::query(FENCE)
             .bind(time::now())
             .bind(op.to_string())
             .bind(self.epoch)
-            .execute(&mut **tx)
+            .execute(executor)
             .await
             .map_err(log_err)?;
         self.written(r.rows_affected())
@@ -278,13 +282,78 @@ impl FencedLog {
         Ok(())
     }
 
-    /// Still the owner? (A fenced write that changes nothing but the update time.)
+    /// Still the owner? (A fenced write that changes nothing but the update time: one
+    /// statement, its own transaction.)
     pub async fn check_owned(&self, op: Uuid) -> Result<(), LogError> {
-        let mut tx = self.store.pool.begin().await.map_err(log_err)?;
-        self.fence(&mut tx, op).await?;
-        tx.commit().await.map_err(log_err)
+        self.fence(&self.store.pool, op).await
+    }
+
+    /// A fenced write as one statement (PostgreSQL): `write`, a data-modifying statement that
+    /// reads the fence's `RETURNING` (its `$1`-`$3` are the fence's), runs only when the
+    /// fence locked the row at this epoch; the answer is whether it did. One round trip
+    /// instead of four (BEGIN, fence, write, COMMIT), with the same locking: the fence's row
+    /// lock is taken first and held to the statement's commit.
+    fn fenced_statement(write: &str) -> String {
+        format!(
+            "WITH fence AS ({FENCE} RETURNING id), written AS ({write}) \
+             SELECT COUNT(*) AS n FROM fence"
+        )
+    }
+
+    /// Runs a query built by [`FencedLog::fenced_statement`]: `LeaseLost` when the fence did
+    /// not lock the row at this epoch (the write then changed nothing).
+    async fn run_fenced<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<(), LogError> {
+        let row = query.fetch_one(&self.store.pool).await.map_err(log_err)?;
+        let fenced = row.try_get::<i64, _>("n").map_err(log_err)?;
+        self.written(fenced as u64)
+    }
+
+    /// [`OperationLog::init_steps`] on PostgreSQL: the pending steps inserted behind the
+    /// fence, unless the operation has steps already, in one statement.
+    async fn init_steps_in_one(&self, op: Uuid, names: &[&str]) -> Result<(), LogError> {
+        if names.is_empty() {
+            return self.check_owned(op).await;
+        }
+        let rows: Vec<String> = (0..names.len())
+            .map(|i| {
+                format!(
+                    "(CAST(${} AS BIGINT), CAST(${} AS TEXT))",
+                    4 + 2 * i,
+                    5 + 2 * i
+                )
+            })
+            .collect();
+        let insert = format!(
+            "INSERT INTO operation_steps (operation_id, idx, name, state, output, error, \
+             started_at, finished_at) SELECT fence.id, s.idx, s.name, '{}', NULL, NULL, NULL, \
+             NULL FROM fence CROSS JOIN (VALUES {}) AS s (idx, name) WHERE NOT EXISTS \
+             (SELECT 1 FROM operation_steps WHERE operation_id = fence.id)",
+            StepState::Pending.as_str(),
+            rows.join(", ")
+        );
+        let sql = Self::fenced_statement(&insert);
+        let mut query = sqlx::query(&sql)
+            .bind(time::now())
+            .bind(op.to_string())
+            .bind(self.epoch);
+        for (i, name) in names.iter().enumerate() {
+            query = query.bind(i as i64).bind(*name);
+        }
+        self.run_fenced(query).await
     }
 }
+
+/// The fence: locks the operation's row when it is at this epoch (`$1` the update time, `$2`
+/// the operation, `$3` the epoch).
+const FENCE: &str = "UPDATE operations SET updated_at = $1 WHERE id = $2 AND epoch = $3";
+
+/// The write of a step's state behind the fence (`$4`..`$9`, after the fence's parameters).
+const SET_STEP_FENCED: &str = "UPDATE operation_steps SET state = $4, \
+     output = COALESCE($5, output), error = $6, started_at = COALESCE($7, started_at), \
+     finished_at = $8 WHERE operation_id = (SELECT id FROM fence) AND idx = $9";
 
 #[async_trait]
 impl OperationLog for FencedLog {
@@ -293,8 +362,11 @@ impl OperationLog for FencedLog {
     }
 
     async fn init_steps(&self, op: Uuid, names: &[&str]) -> Result<(), LogError> {
+        if self.store.postgres {
+            return self.init_steps_in_one(op, names).await;
+        }
         let mut tx = self.store.pool.begin().await.map_err(log_err)?;
-        self.fence(&mut tx, op).await?;
+        self.fence(&mut *tx, op).await?;
         let existing =
             sqlx::query("SELECT COUNT(*) AS n FROM operation_steps WHERE operation_id = $1")
                 .bind(op.to_string())
@@ -329,16 +401,32 @@ impl OperationLog for FencedLog {
         error: Option<&str>,
     ) -> Result<(), LogError> {
         let (started, finished) = step_times(state);
+        let (output, error) = (output.map(|o| o.to_string()), error.map(str::to_string));
+        if self.store.postgres {
+            let sql = Self::fenced_statement(SET_STEP_FENCED);
+            let query = sqlx::query(&sql)
+                .bind(time::now())
+                .bind(op.to_string())
+                .bind(self.epoch)
+                .bind(state.as_str())
+                .bind(output)
+                .bind(error)
+                .bind(started)
+                .bind(finished)
+                .bind(index as i64);
+            return self.run_fenced(query).await;
+        }
+        // SQLite (one controller): the fence, then the write, in one transaction.
         let mut tx = self.store.pool.begin().await.map_err(log_err)?;
-        self.fence(&mut tx, op).await?;
+        self.fence(&mut *tx, op).await?;
         sqlx::query(
             "UPDATE operation_steps SET state = $1, output = COALESCE($2, output), error = $3, \
              started_at = COALESCE($4, started_at), finished_at = $5 \
              WHERE operation_id = $6 AND idx = $7",
         )
         .bind(state.as_str())
-        .bind(output.map(|o| o.to_string()))
-        .bind(error.map(str::to_string))
+        .bind(output)
+        .bind(error)
         .bind(started)
         .bind(finished)
         .bind(op.to_string())

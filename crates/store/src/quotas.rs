@@ -1,9 +1,9 @@
 //! Quotas: per-project limits and the atomic check at creation.
 //!
-//! A create runs, in one transaction: [`lock_quota`] (a no-op `UPDATE` of the project's quota
-//! row, which holds the row lock on PostgreSQL and the write lock on SQLite until commit),
-//! then counts what the project holds ([`usage_in`]), then [`admit`]s the request, then
-//! inserts. A second create of the same project waits at the lock and counts after the
+//! A create runs, in one transaction: [`check_quota`]: [`lock_quota`] (a no-op `UPDATE` of
+//! the project's quota row, which holds the row lock on PostgreSQL and the write lock on
+//! SQLite until commit), then counts what the project holds of the resources the request
+//! takes and a limit bounds, then [`admit`]s the request; then inserts. A second create of the same project waits at the lock and counts after the
 //! first committed, so concurrent creates never overshoot the quota. A project without a
 //! quota row is unlimited and takes no lock.
 //!
@@ -103,24 +103,56 @@ fn limits_from_row(r: &sqlx::any::AnyRow) -> Result<QuotaLimits, StoreError> {
     })
 }
 
-/// Locks the project's quota row until `tx` ends and returns its limits; `None` when the
-/// project has no quota (unlimited, nothing locked).
+/// Locks the project's quota row until `tx` ends and returns its limits (one statement);
+/// `None` when the project has no quota (unlimited, nothing locked).
 pub(crate) async fn lock_quota(
     tx: &mut Transaction<'_, Any>,
     project: &str,
 ) -> Result<Option<QuotaLimits>, StoreError> {
-    let locked = sqlx::query("UPDATE quotas SET updated_at = updated_at WHERE project = $1")
-        .bind(project)
-        .execute(&mut **tx)
-        .await?;
-    if locked.rows_affected() == 0 {
-        return Ok(None);
-    }
-    let row = sqlx::query("SELECT * FROM quotas WHERE project = $1")
-        .bind(project)
-        .fetch_one(&mut **tx)
-        .await?;
-    limits_from_row(&row).map(Some)
+    let row =
+        sqlx::query("UPDATE quotas SET updated_at = updated_at WHERE project = $1 RETURNING *")
+            .bind(project)
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.as_ref().map(limits_from_row).transpose()
+}
+
+/// The quota check of a create that takes `want` in `project`, inside its transaction `tx`:
+/// locks the project's quota row (see the module doc) and refuses (`QuotaExceeded`) what
+/// would go over a limit. Only the resources the request takes and a limit bounds are
+/// counted: an instance create counts no snapshots, images or floating IPs, and a project
+/// without limits counts nothing.
+pub(crate) async fn check_quota(
+    tx: &mut Transaction<'_, Any>,
+    project: &str,
+    want: &QuotaUsage,
+) -> Result<(), StoreError> {
+    let Some(limits) = lock_quota(tx, project).await? else {
+        return Ok(());
+    };
+    let bounded = |limit: Option<u64>, requested: u64| limit.is_some() && requested > 0;
+    let counted = Counted {
+        instances: bounded(limits.instances, want.instances)
+            || bounded(limits.vcpus, want.vcpus)
+            || bounded(limits.memory_mib, want.memory_mib)
+            || bounded(limits.disk_gib, want.disk_gib),
+        snapshots: bounded(limits.snapshots, want.snapshots),
+        image_mib: bounded(limits.image_mib, want.image_mib),
+        floating_ips: bounded(limits.floating_ips, want.floating_ips),
+    };
+    let in_use = count_usage(tx, project, counted).await?;
+    admit(project, &limits, &in_use, want)?;
+    Ok(())
+}
+
+/// Which of a project's holdings to count (what is not counted reads 0).
+#[derive(Clone, Copy)]
+struct Counted {
+    /// Instances, and their vCPUs, memory and disk.
+    instances: bool,
+    snapshots: bool,
+    image_mib: bool,
+    floating_ips: bool,
 }
 
 /// What `project` holds now (every instance row until its delete finishes).
@@ -128,24 +160,46 @@ pub(crate) async fn usage_in(
     tx: &mut Transaction<'_, Any>,
     project: &str,
 ) -> Result<QuotaUsage, StoreError> {
-    let r = sqlx::query(
-        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
-         CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib, \
-         CAST(COALESCE(SUM(disk_gib), 0) AS BIGINT) AS disk_gib \
-         FROM instances WHERE project = $1",
-    )
-    .bind(project)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(QuotaUsage {
-        instances: r.try_get::<i64, _>("n")? as u64,
-        vcpus: r.try_get::<i64, _>("vcpus")? as u64,
-        memory_mib: r.try_get::<i64, _>("memory_mib")? as u64,
-        disk_gib: r.try_get::<i64, _>("disk_gib")? as u64,
-        snapshots: count_snapshots(tx, project).await?,
-        image_mib: image_mib(tx, project).await?,
-        floating_ips: crate::floating_ips::count_floating(tx, project).await?,
-    })
+    let all = Counted {
+        instances: true,
+        snapshots: true,
+        image_mib: true,
+        floating_ips: true,
+    };
+    count_usage(tx, project, all).await
+}
+
+async fn count_usage(
+    tx: &mut Transaction<'_, Any>,
+    project: &str,
+    counted: Counted,
+) -> Result<QuotaUsage, StoreError> {
+    let mut usage = QuotaUsage::default();
+    if counted.instances {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
+             CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib, \
+             CAST(COALESCE(SUM(disk_gib), 0) AS BIGINT) AS disk_gib \
+             FROM instances WHERE project = $1",
+        )
+        .bind(project)
+        .fetch_one(&mut **tx)
+        .await?;
+        usage.instances = r.try_get::<i64, _>("n")? as u64;
+        usage.vcpus = r.try_get::<i64, _>("vcpus")? as u64;
+        usage.memory_mib = r.try_get::<i64, _>("memory_mib")? as u64;
+        usage.disk_gib = r.try_get::<i64, _>("disk_gib")? as u64;
+    }
+    if counted.snapshots {
+        usage.snapshots = count_snapshots(tx, project).await?;
+    }
+    if counted.image_mib {
+        usage.image_mib = image_mib(tx, project).await?;
+    }
+    if counted.floating_ips {
+        usage.floating_ips = crate::floating_ips::count_floating(tx, project).await?;
+    }
+    Ok(usage)
 }
 
 /// MiB of images `project` owns, rounded up (rows appear only once their bytes are stored).

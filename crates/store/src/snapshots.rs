@@ -12,7 +12,7 @@
 use crate::instances::{claim_instance, parse_uuid};
 use crate::operations::insert_operation;
 use crate::page::{KeyColumn, Keyset, Page, PageRequest};
-use crate::quotas::{lock_quota, usage_in};
+use crate::quotas::check_quota;
 use crate::Scope;
 use crate::{time, NewOperation, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -190,14 +190,11 @@ impl Store {
         op: &NewOperation,
     ) -> Result<SnapshotRecord, StoreError> {
         let mut tx = self.begin().await?;
-        if let Some(limits) = lock_quota(&mut tx, &new.project).await? {
-            let in_use = usage_in(&mut tx, &new.project).await?;
-            let want = nimbus_api::QuotaUsage {
-                snapshots: 1,
-                ..Default::default()
-            };
-            crate::quotas::admit(&new.project, &limits, &in_use, &want)?;
-        }
+        let want = nimbus_api::QuotaUsage {
+            snapshots: 1,
+            ..Default::default()
+        };
+        check_quota(&mut tx, &new.project, &want).await?;
         claim_instance(&mut tx, new.instance_id, op).await?;
         insert_snapshot(&mut tx, new, op.id).await?;
         insert_operation(&mut tx, op).await?;

@@ -80,18 +80,31 @@ async fn a_stale_owner_can_write_nothing_after_a_takeover() {
             Err(lost.clone())
         );
         assert_eq!(log_a.set_message(op, "stale").await, Err(lost.clone()));
-        assert_eq!(log_a.check_owned(op).await, Err(lost));
+        assert_eq!(log_a.check_owned(op).await, Err(lost.clone()));
+        assert_eq!(log_a.init_steps(op, &["place", "boot"]).await, Err(lost));
         let snap = log_a.load(op).await.expect("load");
         assert_eq!(
             (snap.state, snap.steps[0].state),
             (OperationState::Running, StepState::Running)
         );
-        // B carries on.
+        // B carries on (its init of the steps keeps those recorded).
         let log_b = s.fenced_log(taken[0]);
+        log_b
+            .init_steps(op, &["place", "boot"])
+            .await
+            .expect("init again");
         log_b
             .set_step(op, 0, StepState::Done, Some(&out), None)
             .await
             .expect("new owner writes");
+        let snap = log_b.load(op).await.expect("load");
+        let names: Vec<&str> = snap.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["place", "boot"]);
+        assert_eq!(
+            (snap.steps[0].state, snap.steps[0].output.as_ref()),
+            (StepState::Done, Some(&out))
+        );
+        assert_eq!(snap.steps[1].state, StepState::Pending);
         log_b
             .set_state(op, OperationState::Succeeded, None)
             .await
