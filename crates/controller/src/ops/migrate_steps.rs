@@ -182,19 +182,26 @@ impl Step<App> for PrepareTarget {
         let r = route(s)?;
         let inst = instance(app, self.0).await?;
         let spec = app.vm_spec(&inst).await.map_err(app_err)?;
-        let (disk, kind, dst_host) = disk_transfer(app, self.0, &r).await?;
-        let set = SnapshotMove {
+        let mut set = SnapshotMove {
             instance: self.0,
             source: r.source.clone(),
             target: r.target.clone(),
-            shared: kind == "shared",
+            shared: false,
             live: true,
         };
+        // What the snapshots are made of, asked beside how the disk moves (both of the
+        // source), once for both parts.
+        let asked = Instant::now();
+        let ((disk, kind, dst_host), inventory) =
+            tokio::try_join!(disk_transfer(app, self.0, &r), set.inventory(app))?;
+        set.shared = kind == "shared";
         // The manifests and memory chunks (the bulk) from now on, in the background: beside
         // the layers, the target's start and the memory transfer, which waits for them.
         // Only the layers before the target QEMU starts: it opens its disk on them.
-        set.start_memory(app, s.operation_id);
-        let snapshots = set.copy(app, Some(s), SnapshotSetPart::Disk).await?;
+        set.start_memory(app, s.operation_id, inventory.clone());
+        let snapshots = set
+            .copy_of(app, Some(s), SnapshotSetPart::Disk, inventory, asked)
+            .await?;
         let policy = policy(&params(app, s.operation_id).await?);
         let tls_credential = Some(migration_credential(app, &r.target, &policy)?);
         let ready = app

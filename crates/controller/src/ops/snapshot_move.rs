@@ -19,7 +19,7 @@
 use super::migrate_steps::Route;
 use super::steps::{agent_err, app_err};
 use crate::app::App;
-use nimbus_agent_api::{ExportSnapshotSet, MissingChunks, SnapshotSetPart};
+use nimbus_agent_api::{ExportSnapshotSet, MissingChunks, SnapshotSetInventory, SnapshotSetPart};
 use nimbus_ops::{StepContext, StepError};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -48,12 +48,21 @@ impl SnapshotMove {
         }
     }
 
-    /// Starts copying the memory part in the background of operation `op` (see
-    /// [`super::snapshot_copies`]).
-    pub fn start_memory(&self, app: &App, op: Uuid) {
+    /// What the source holds of the instance's snapshots: asked once per move, for both
+    /// parts of a live one (each inventory reads every manifest and lists every chunk).
+    pub async fn inventory(&self, app: &App) -> Result<SnapshotSetInventory, StepError> {
+        let source = app.agent_of(&self.source).await.map_err(app_err)?;
+        source.snapshot_set(self.instance).await.map_err(agent_err)
+    }
+
+    /// Starts copying the memory part of `inventory` in the background of operation `op`
+    /// (see [`super::snapshot_copies`]); with no snapshots it ends at once, asking nothing.
+    pub fn start_memory(&self, app: &App, op: Uuid, inventory: SnapshotSetInventory) {
         let (set, app_bg) = (self.clone(), app.clone());
         app.snapshot_copies().start(op, async move {
-            set.copy(&app_bg, None, SnapshotSetPart::Memory).await
+            let started = std::time::Instant::now();
+            set.copy_of(&app_bg, None, SnapshotSetPart::Memory, inventory, started)
+                .await
         });
     }
 
@@ -66,29 +75,38 @@ impl SnapshotMove {
         part: SnapshotSetPart,
     ) -> Result<Value, StepError> {
         let started = std::time::Instant::now();
-        let source = app.agent_of(&self.source).await.map_err(app_err)?;
-        let target = app.agent_of(&self.target).await.map_err(app_err)?;
-        let inventory = source
-            .snapshot_set(self.instance)
-            .await
-            .map_err(agent_err)?;
+        let inventory = self.inventory(app).await?;
+        self.copy_of(app, s, part, inventory, started).await
+    }
+
+    /// [`Self::copy`] of the set `inventory` lists (asked at `started`).
+    pub async fn copy_of(
+        &self,
+        app: &App,
+        s: Option<&StepContext<'_>>,
+        part: SnapshotSetPart,
+        inventory: SnapshotSetInventory,
+        started: std::time::Instant,
+    ) -> Result<Value, StepError> {
         let memory = part != SnapshotSetPart::Disk;
         if inventory.is_empty() || part == SnapshotSetPart::Memory && inventory.snapshots == 0 {
             return Ok(Value::Null);
         }
+        let source = app.agent_of(&self.source).await.map_err(app_err)?;
+        let target = app.agent_of(&self.target).await.map_err(app_err)?;
+        let snapshots = inventory.snapshots;
         let (chunks, missing) = if memory {
-            let missing = target
-                .missing_chunks(&MissingChunks {
-                    chunks: inventory.chunks.clone(),
-                })
-                .await
-                .map_err(agent_err)?;
-            (inventory.chunks.len() as u64, missing.chunks)
+            let listed = inventory.chunks.len() as u64;
+            let asked = MissingChunks {
+                chunks: inventory.chunks,
+            };
+            let missing = target.missing_chunks(&asked).await.map_err(agent_err)?;
+            (listed, missing.chunks)
         } else {
             (0, Vec::new())
         };
         let asked = started.elapsed();
-        let line = self.progress_line(part, inventory.snapshots, missing.len(), chunks);
+        let line = self.progress_line(part, snapshots, missing.len(), chunks);
         match s {
             Some(s) => s.progress(&line).await,
             None => tracing::info!(instance_id = %self.instance, "{line}"),
@@ -109,11 +127,11 @@ impl SnapshotMove {
             .import_snapshot_set(self.instance, part, body)
             .await
             .map_err(agent_err)?;
-        if part == SnapshotSetPart::Memory && got.snapshots != inventory.snapshots {
+        if part == SnapshotSetPart::Memory && got.snapshots != snapshots {
             // A target that ignored the part (an older agent) would drop the snapshots.
             return Err(StepError::permanent(format!(
                 "host {} took {} of the {} snapshots sent; upgrade its agent and retry",
-                self.target, got.snapshots, inventory.snapshots
+                self.target, got.snapshots, snapshots
             )));
         }
         let ms = json!({

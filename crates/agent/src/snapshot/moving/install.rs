@@ -26,9 +26,14 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
         return Ok(false);
     };
     let started = std::time::Instant::now();
-    if !set.layers.is_empty() {
-        install_layers(dir, arriving, &set).await?;
-    }
+    // The fresh top is made beside the rebases (it does not open the layer below it).
+    let top = if set.layers.is_empty() {
+        top_of(dir, &set).await?
+    } else {
+        let rebases = place_layers(dir, arriving, &set).await?;
+        let rebased = futures::future::try_join_all(rebases);
+        tokio::try_join!(rebased, top_of(dir, &set))?.1
+    };
     let rebased = started.elapsed();
     // Layers received (now or before, by a disk part) were rebased onto this host's paths:
     // new bytes, the same guest-visible content. Shared layers are the source's own files.
@@ -52,24 +57,33 @@ pub async fn install(dir: &VmDir, arriving: &Arriving) -> Result<bool> {
         SnapshotFiles::new(dir, m.snapshot_id).write(&m)
     });
     futures::future::try_join_all(manifests).await?;
-    if let Some((name, fresh)) = &set.top {
-        let below = final_path(dir, name);
-        if !below.is_file() {
-            return Err(Error::BadRequest(format!(
-                "the top layer {} is not on this host",
-                below.display()
-            )));
-        }
-        let top = if *fresh {
-            layers::new_layer_on(dir, &below).await?.path
-        } else {
-            below
-        };
-        dir.set_top_disk(&top)?;
+    if let Some(top) = &top {
+        dir.set_top_disk(top)?;
     }
     arriving.remove()?;
     tracing::info!(layers = set.layers.len(), top = ?set.top, ?rebased, took = ?started.elapsed(), "arriving snapshots installed");
     Ok(true)
+}
+
+/// The layer the VM's disk is to open, from the staged set's top (once its layers are in
+/// place): a fresh one made on it for a live move, which the disk mirror fills; `None` when
+/// the set names no top.
+async fn top_of(dir: &VmDir, set: &StagedSet) -> Result<Option<PathBuf>> {
+    let Some((name, fresh)) = &set.top else {
+        return Ok(None);
+    };
+    let below = final_path(dir, name);
+    if !below.is_file() {
+        return Err(Error::BadRequest(format!(
+            "the top layer {} is not on this host",
+            below.display()
+        )));
+    }
+    Ok(Some(if *fresh {
+        layers::new_layer_on(dir, &below).await?.path
+    } else {
+        below
+    }))
 }
 
 /// Whether the VM's disk is a link to its disk on shared storage.
@@ -79,10 +93,14 @@ fn is_shared_disk(dir: &VmDir) -> bool {
         .is_ok_and(|m| m.file_type().is_symlink())
 }
 
-/// Moves the staged layers into the VM's disk directory and points each at its backing on
-/// this host: the first at the base image the fresh disk stands on, the others at their
-/// layer. Never over a shared disk.
-async fn install_layers(dir: &VmDir, arriving: &Arriving, set: &StagedSet) -> Result<()> {
+/// Moves the staged layers into the VM's disk directory; answers their rebases, which point
+/// each at its backing on this host: the first at the base image the fresh disk stands on,
+/// the others at their layer. Never over a shared disk.
+async fn place_layers<'a>(
+    dir: &'a VmDir,
+    arriving: &Arriving,
+    set: &StagedSet,
+) -> Result<Vec<impl std::future::Future<Output = Result<()>> + 'a>> {
     let disk = dir.disk();
     if is_shared_disk(dir) {
         return Err(Error::Conflict(format!(
@@ -110,6 +128,5 @@ async fn install_layers(dir: &VmDir, arriving: &Arriving, set: &StagedSet) -> Re
             crate::confine::user::give_new_file(dir.dir(), &to)
         });
     }
-    futures::future::try_join_all(rebases).await?;
-    Ok(())
+    Ok(rebases)
 }
