@@ -53,30 +53,34 @@ async fn serve(app: &App) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// A snapshot set of one snapshot (a root layer, a manifest, two memory chunks), in the
-/// frames a host's export sends.
-fn snapshot_set(vm: Uuid, sid: Uuid) -> Vec<u8> {
+/// A snapshot set of one snapshot (its disk layer `layer` on `backing`, a manifest, its
+/// memory chunks `pages`), in the frames a host's export sends.
+fn snapshot_set(
+    vm: Uuid,
+    sid: Uuid,
+    (layer, backing): (&str, Option<&str>),
+    pages: &[&[u8]],
+) -> Vec<u8> {
     let mut out = Vec::new();
     let mut frame = |h: Header, data: &[u8]| {
         out.extend(encode_header(&h, data.len() as u64));
         out.extend_from_slice(data);
     };
-    let layer = b"the snapshot's disk layer";
+    let content = format!("the disk layer of snapshot {sid}");
     frame(
         Header::Layer {
-            name: ROOT_LAYER.into(),
-            backing: None,
-            digest: blake3::hash(layer).to_hex().to_string(),
+            name: layer.into(),
+            backing: backing.map(str::to_string),
+            digest: blake3::hash(content.as_bytes()).to_hex().to_string(),
         },
-        layer,
+        content.as_bytes(),
     );
-    let pages: [&[u8]; 2] = [b"page a", b"page b"];
     let chunks: Vec<_> = pages
         .iter()
         .map(|p| serde_json::json!({"hash": blake3::hash(p).to_hex().to_string(), "len": p.len()}))
         .collect();
     let manifest = serde_json::json!({"format_version": 1, "snapshot_id": sid, "vm_id": vm,
-        "disk": {"path": ROOT_LAYER, "virtual_size": 1, "hash": "x"},
+        "disk": {"path": layer, "virtual_size": 1, "hash": "x"},
         "memory": {"len": 12, "hash": "x", "chunks": chunks}});
     frame(
         Header::Manifest,
@@ -88,6 +92,23 @@ fn snapshot_set(vm: Uuid, sid: Uuid) -> Vec<u8> {
     }
     frame(Header::End, b"");
     out
+}
+
+/// A memory page of 8 KiB, the size of an average chunk.
+fn page(seed: u8) -> Vec<u8> {
+    (0..8192u32).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// Flips a byte of chunk `page` in `app`'s replica store; answers what undoes it.
+fn damage_chunk(app: &App, page: &[u8]) -> impl FnOnce() {
+    let hash = blake3::hash(page).to_hex().to_string();
+    let path = app.replicas().chunk_path(&hash);
+    let good = std::fs::read(&path).expect("chunk");
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    std::fs::write(&path, bad).expect("damage");
+    move || std::fs::write(&path, good).expect("repair")
 }
 
 /// GET `uri` on `app`'s router with the verified client certificate `cert`.
@@ -113,9 +134,11 @@ async fn a_replica_outlives_the_controller_that_received_it() {
 
     // A receives a replica from "the host" and records itself as its holder.
     let (vm, sid) = (Uuid::new_v4(), Uuid::new_v4());
+    let pages = [page(1), page(2), page(3)];
+    let first = snapshot_set(vm, sid, (ROOT_LAYER, None), &[&pages[0], &pages[1]]);
     let got = a
         .replicas()
-        .receive(vm, &mut &snapshot_set(vm, sid)[..])
+        .receive(vm, &mut &first[..])
         .await
         .expect("received");
     assert_eq!(got.snapshots, [sid]);
@@ -140,8 +163,48 @@ async fn a_replica_outlives_the_controller_that_received_it() {
     );
 
     // B copies it from A over mutual TLS, checked frame by frame, and holds it.
-    b.ensure_replica(vm, sid).await.expect("B copies from A");
+    let copied = b.ensure_replica(vm, sid).await.expect("B copies from A");
+    let copied = copied.expect("B lacked it");
+    assert_eq!((copied.layers, copied.chunks), (1, 2), "{copied:?}");
     assert!(b.holds_replica(vm, sid));
+
+    // A second snapshot sharing a chunk with the first: B copies only its new layer and its
+    // new chunk, not what it holds already.
+    let sid2 = Uuid::new_v4();
+    let layer2 = format!("{}.qcow2", Uuid::new_v4().simple());
+    let second = snapshot_set(
+        vm,
+        sid2,
+        (&layer2, Some(ROOT_LAYER)),
+        &[&pages[0], &pages[2]],
+    );
+    let got = a
+        .replicas()
+        .receive(vm, &mut &second[..])
+        .await
+        .expect("second received");
+    assert_eq!(got.snapshots, [sid2]);
+    a.store()
+        .add_replica_holder(sid2, a.controller_id())
+        .await
+        .expect("holder");
+    // A damaged chunk on the sender is refused, and nothing of the set is kept.
+    let repair = damage_chunk(&a, &pages[2]);
+    let e = b.ensure_replica(vm, sid2).await.expect_err("damaged");
+    assert!(e.message.contains("damaged"), "{}", e.message);
+    assert!(!b.holds_replica(vm, sid2));
+    repair();
+    let copied = b
+        .ensure_replica(vm, sid2)
+        .await
+        .expect("B copies the second");
+    let copied = copied.expect("B lacked it");
+    assert_eq!(
+        (copied.layers, copied.chunks, copied.chunk_bytes),
+        (1, 1, pages[2].len() as u64),
+        "only the new layer and chunk: {copied:?}"
+    );
+    assert!(b.holds_replica(vm, sid2) && b.holds_replica(vm, sid));
     let holders = |app: &App| {
         let app = app.clone();
         async move {
@@ -171,7 +234,7 @@ async fn a_replica_outlives_the_controller_that_received_it() {
     c.ensure_replica(vm, sid).await.expect("C copies from B");
     for app in [&b, &c] {
         let set = app.replicas().restore_set(vm, sid).expect("restore set");
-        assert_eq!((set.snapshot, set.chunks.len()), (sid, 2));
+        assert_eq!((set.snapshot, set.chunks.len()), (sid, 3));
     }
 
     // A replica no live controller holds is refused with what happened.

@@ -28,6 +28,13 @@ pub struct RestoreSet {
 }
 
 impl RestoreSet {
+    /// The set without the layers named in `held` (a receiver that holds them already:
+    /// frozen layers keep their content, as for a replication from a host).
+    pub fn without_layers(mut self, held: &[String]) -> Self {
+        self.layers.retain(|(name, _, _)| !held.contains(name));
+        self
+    }
+
     pub fn layer_bytes(&self) -> u64 {
         self.layers.iter().map(|(_, m, _)| m.bytes).sum()
     }
