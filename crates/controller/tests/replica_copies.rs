@@ -99,14 +99,17 @@ fn page(seed: u8) -> Vec<u8> {
     (0..8192u32).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
-/// Flips a byte of chunk `page` in `app`'s replica store; answers what undoes it.
+/// Flips a byte of chunk `page` in its pack in `app`'s replica store; answers what undoes it.
 fn damage_chunk(app: &App, page: &[u8]) -> impl FnOnce() {
-    let hash = blake3::hash(page).to_hex().to_string();
-    let path = app.replicas().chunk_path(&hash);
-    let good = std::fs::read(&path).expect("chunk");
+    let packs = app.replicas().chunks().packs();
+    let loc = packs
+        .location(blake3::hash(page).as_bytes())
+        .expect("index")
+        .expect("chunk stored");
+    let path = packs.pack_path(loc.pack);
+    let good = std::fs::read(&path).expect("pack");
     let mut bad = good.clone();
-    let last = bad.len() - 1;
-    bad[last] ^= 0x40;
+    bad[(loc.offset + nimbus_packs::record::RECORD_HEADER) as usize + 100] ^= 0x40;
     std::fs::write(&path, bad).expect("damage");
     move || std::fs::write(&path, good).expect("repair")
 }
