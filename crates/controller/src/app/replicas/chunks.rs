@@ -184,3 +184,6 @@ fn read_frames(packs: &PackStore, hashes: &[String]) -> Result<Vec<u8>, ReplicaE
     }
     Ok(frames)
 }
+
+#[cfg(test)]
+mod tests;
