@@ -250,3 +250,117 @@ async fn a_replica_outlives_the_controller_that_received_it() {
     );
     server_b.abort();
 }
+
+/// Figures for bench/replicas.py (ignored otherwise; never gated on time): a controller
+/// copies the replica of a second snapshot of a 512 MiB guest (65,536 chunks of 8 KiB, 5% of
+/// them new since the first, which it holds) from another, over mutual TLS on loopback: as it
+/// does now (only the chunks and layers it lacks) and, in the same run on a third controller
+/// in the same state, as it did before (every chunk and layer of the set sent).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a figure for bench/replicas.py"]
+async fn bench_copy_a_second_snapshot() {
+    const CHUNKS: u32 = 65_536;
+    let db = TestDatabase::create().expect("PostgreSQL for the replica copies bench");
+    let data = tempfile::tempdir().expect("tempdir");
+    let a = open_controller(&db, data.path(), 0).await;
+    let b = open_controller(&db, data.path(), 1).await;
+    let c = open_controller(&db, data.path(), 2).await;
+    let server_a = serve(&a).await;
+    let runs: usize = std::env::var("NIMBUS_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let mut figures = Vec::new();
+    for run in 0..runs {
+        let (vm, s1, s2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let pages: Vec<Vec<u8>> = (0..CHUNKS + CHUNKS / 20)
+            .map(|i| {
+                let mut p = page((i % 256) as u8);
+                p[..4].copy_from_slice(&(i ^ (run as u32) << 24).to_le_bytes());
+                p
+            })
+            .collect();
+        let first: Vec<&[u8]> = pages[..CHUNKS as usize].iter().map(|p| &p[..]).collect();
+        // The second: the first with 5% of its chunks replaced.
+        let mut second = first.clone();
+        for (i, p) in pages[CHUNKS as usize..].iter().enumerate() {
+            second[i * 20] = p;
+        }
+        let layer2 = format!("{}.qcow2", Uuid::new_v4().simple());
+        let layers = [(ROOT_LAYER, None), (layer2.as_str(), Some(ROOT_LAYER))];
+        for (i, (sid, memory)) in [(s1, &first), (s2, &second)].into_iter().enumerate() {
+            let set = snapshot_set(vm, sid, layers[i], memory);
+            a.replicas()
+                .receive(vm, &mut &set[..])
+                .await
+                .expect("A receives");
+            a.store()
+                .add_replica_holder(sid, a.controller_id())
+                .await
+                .expect("holder");
+            // Receiving took longer than a lease under load: A renews its lease, as its lease
+            // task would.
+            leases::register(&a).await.expect("A renews");
+            if sid == s1 {
+                for app in [&b, &c] {
+                    app.ensure_replica(vm, s1).await.expect("the first copied");
+                }
+            }
+        }
+        // Now: B asks for what it lacks.
+        let started = std::time::Instant::now();
+        let now = b
+            .ensure_replica(vm, s2)
+            .await
+            .expect("copied")
+            .expect("new");
+        let now_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Before: C is sent the whole set (every chunk and layer), as the route did.
+        let url = format!(
+            "https://{}/v1/internal/peers/replicas/{vm}/{s2}",
+            a.config().listen[0]
+        );
+        let started = std::time::Instant::now();
+        let http = &c.tls().peer_http;
+        let inventory: nimbus_agent_api::snapshot_move::SnapshotSetInventory = http
+            .get(&url)
+            .send()
+            .await
+            .expect("inventory")
+            .json()
+            .await
+            .expect("json");
+        let everything = nimbus_agent_api::snapshot_move::ExportSnapshotSet {
+            part: Default::default(),
+            chunks: inventory.chunks,
+            layers: true,
+            live: true,
+            skip_layers: Vec::new(),
+        };
+        let resp = http
+            .post(&url)
+            .json(&everything)
+            .send()
+            .await
+            .expect("stream");
+        let bytes = futures::TryStreamExt::map_err(resp.bytes_stream(), std::io::Error::other);
+        let mut reader = tokio_util::io::StreamReader::new(Box::pin(bytes));
+        let before = c
+            .replicas()
+            .receive(vm, &mut reader)
+            .await
+            .expect("received");
+        let before_ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert!(c.holds_replica(vm, s2));
+        figures.push(serde_json::json!({
+            "now": {"ms": now_ms, "bytes": now.bytes(), "chunks": now.chunks, "layers": now.layers},
+            "before": {"ms": before_ms, "bytes": before.bytes(), "chunks": before.chunks,
+                "layers": before.layers},
+        }));
+    }
+    server_a.abort();
+    println!(
+        "BENCH-OUTPUT{}BENCH-OUTPUT",
+        serde_json::Value::from(figures)
+    );
+}

@@ -19,7 +19,7 @@
 use crate::app::replicas::receive::Received;
 use crate::app::{App, AppError};
 use crate::ops::snapshot_move::{stall_bounded, STALL_BOUND};
-use nimbus_agent_api::snapshot_move::{ExportSnapshotSet, SnapshotSetInventory, SnapshotSetPart};
+use nimbus_agent_api::snapshot_move::SnapshotSetInventory;
 use nimbus_store::BlobHolder;
 use uuid::Uuid;
 
@@ -87,13 +87,7 @@ impl App {
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        let want = ExportSnapshotSet {
-            part: SnapshotSetPart::All,
-            chunks: self.replicas().missing_chunks(&inventory.chunks),
-            layers: true,
-            live: true,
-            skip_layers: self.replicas().layer_names(vm),
-        };
+        let want = self.replicas().wanted(vm, &inventory.chunks);
         let resp = http
             .post(&url)
             .json(&want)

@@ -35,6 +35,7 @@ pub mod send;
 
 use chunks::ReplicaChunks;
 
+use nimbus_agent_api::snapshot_move::{ExportSnapshotSet, SnapshotSetPart};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -210,6 +211,18 @@ impl ReplicaStore {
             .filter(|h| !is_chunk_name(h) || !self.chunks.has(h))
             .cloned()
             .collect()
+    }
+
+    /// What to ask a sender (a host, another controller) for of the set of VM `vm` whose
+    /// chunks are `inventory`: the chunks the store lacks, the layers but those it holds.
+    pub fn wanted(&self, vm: Uuid, inventory: &[String]) -> ExportSnapshotSet {
+        ExportSnapshotSet {
+            part: SnapshotSetPart::All,
+            chunks: self.missing_chunks(inventory),
+            layers: true,
+            live: true,
+            skip_layers: self.layer_names(vm),
+        }
     }
 
     /// The layers of VM `vm` the store holds (by name).
