@@ -101,6 +101,25 @@ impl Error {
     }
 }
 
+/// A damaged pack is refused as a damaged chunk file is (a conflict); the rest is internal.
+impl From<nimbus_packs::PackError> for Error {
+    fn from(e: nimbus_packs::PackError) -> Self {
+        match e {
+            nimbus_packs::PackError::Damaged(m) => Error::Conflict(m),
+            nimbus_packs::PackError::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path,
+                source,
+            },
+            nimbus_packs::PackError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -151,5 +170,8 @@ mod tests {
         let io = Error::io("read", "/a/b")(std::io::Error::other("boom"));
         assert_eq!(io.code(), "internal");
         assert_eq!(io.chain(), "cannot read /a/b: boom");
+        let damaged = Error::from(nimbus_packs::PackError::Damaged("chunk damaged".into()));
+        assert_eq!(damaged.code(), "conflict");
+        assert_eq!(damaged.status(), StatusCode::CONFLICT);
     }
 }

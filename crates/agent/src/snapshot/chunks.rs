@@ -183,12 +183,12 @@ impl ChunkStore {
         if self.packs.contains(&digest)? || self.in_first_layout(hash) {
             return Ok(None);
         }
-        self.packs.append(&digest, data)
+        Ok(self.packs.append(&digest, data)?)
     }
 
     /// Whether chunk `hash` is stored.
     pub fn has(&self, hash: &str) -> bool {
-        let in_pack = digest_of(hash).and_then(|d| self.packs.contains(&d));
+        let in_pack = digest_of(hash).and_then(|d| Ok(self.packs.contains(&d)?));
         in_pack.unwrap_or(false) || self.in_first_layout(hash)
     }
 
@@ -296,7 +296,7 @@ impl ChunkStore {
 
     /// Makes the chunks stored so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.packs.sync()
+        Ok(self.packs.sync()?)
     }
 
     /// Every chunk of `image` is present with its full length (a cheap check before the

@@ -27,9 +27,11 @@ pub mod layers;
 pub mod manifest;
 pub mod memory;
 pub mod moving;
-pub mod packs;
 pub mod restore;
 pub mod take;
+
+/// The pack format, shared with the controller's replicas (crates/packs).
+pub use nimbus_packs as packs;
 
 use crate::error::{Error, Result};
 use crate::instance::files::VmDir;

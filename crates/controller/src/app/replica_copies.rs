@@ -6,15 +6,20 @@
 //! - the controller that replicates a snapshot off its host records itself as a holder;
 //! - a background pass on every controller (`background::replica_copies`) copies each
 //!   replicated snapshot it lacks from a live holder over the controllers' mutual TLS
-//!   (`GET /v1/internal/peers/replicas/{vm}/{snapshot}`, a controller certificate of the
-//!   cloud's CA only): the same frames a restart sends a host, checked frame by frame (chunk
-//!   contents against their names, layers against their digests, manifests of this VM) and
-//!   kept only when complete;
+//!   (`/v1/internal/peers/replicas/{vm}/{snapshot}`, a controller certificate of the cloud's
+//!   CA only): `GET` answers the chunks the VM's replicated snapshots use; this controller
+//!   `POST`s the ones its store lacks and the layers it holds, and receives the same frames a
+//!   restart sends a host with only those chunks and the other layers, checked frame by frame
+//!   (chunk contents against their names, layers against their digests, manifests of this
+//!   VM) and kept only when complete. A second snapshot of a VM thus copies only what changed
+//!   since the first (as the replication from a host asks only for what the store lacks);
 //! - an HA restart run by a controller that lacks the replica copies it first, so the
 //!   restart works through any live controller after the one that received it is gone.
 
+use crate::app::replicas::receive::Received;
 use crate::app::{App, AppError};
 use crate::ops::snapshot_move::{stall_bounded, STALL_BOUND};
+use nimbus_agent_api::snapshot_move::SnapshotSetInventory;
 use nimbus_store::BlobHolder;
 use uuid::Uuid;
 
@@ -25,14 +30,15 @@ impl App {
     }
 
     /// Makes sure this controller holds a complete replica of snapshot `sid` of `vm`,
-    /// copying it from a live controller that holds one.
-    pub async fn ensure_replica(&self, vm: Uuid, sid: Uuid) -> Result<(), AppError> {
+    /// copying it from a live controller that holds one; answers what was copied (`None`:
+    /// held already).
+    pub async fn ensure_replica(&self, vm: Uuid, sid: Uuid) -> Result<Option<Received>, AppError> {
         if self.holds_replica(vm, sid) {
-            return Ok(());
+            return Ok(None);
         }
         let _copying = self.replicas().copy_guard().await;
         if self.holds_replica(vm, sid) {
-            return Ok(());
+            return Ok(None);
         }
         let me = self.controller_id();
         // A row saying we hold it while the files are gone is wrong: drop it.
@@ -45,10 +51,12 @@ impl App {
             super::image_copies::from_first_holder(&holders, me, |h| self.copy_replica(h, vm, sid));
         let tried = match copy.await {
             Ok(copied) => {
+                let got = copied.value;
                 tracing::info!(instance_id = %vm, snapshot_id = %sid, from = %copied.from,
-                    bytes = copied.value, ms = copied.ms,
+                    layers = got.layers, layer_bytes = got.layer_bytes, chunks = got.chunks,
+                    chunk_bytes = got.chunk_bytes, ms = copied.ms,
                     "snapshot replica copied from another controller");
-                return Ok(());
+                return Ok(Some(got));
             }
             Err(tried) => tried,
         };
@@ -57,17 +65,32 @@ impl App {
         )))
     }
 
-    /// Receives the replica set of `vm` from `holder`; records every snapshot it completed
-    /// here. Answers the bytes received.
-    async fn copy_replica(&self, holder: &BlobHolder, vm: Uuid, sid: Uuid) -> Result<u64, String> {
+    /// Receives from `holder` what this controller lacks of the replica set of `vm`; records
+    /// every snapshot it completed here.
+    async fn copy_replica(
+        &self,
+        holder: &BlobHolder,
+        vm: Uuid,
+        sid: Uuid,
+    ) -> Result<Received, String> {
         let url = format!(
             "{}/v1/internal/peers/replicas/{vm}/{sid}",
             holder.url.trim_end_matches('/')
         );
-        let resp = self
-            .tls()
-            .peer_http
+        let http = &self.tls().peer_http;
+        let inventory: SnapshotSetInventory = http
             .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let want = self.replicas().wanted(vm, &inventory.chunks);
+        let resp = http
+            .post(&url)
+            .json(&want)
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -88,6 +111,6 @@ impl App {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(got.bytes())
+        Ok(got)
     }
 }

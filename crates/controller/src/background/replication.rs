@@ -26,7 +26,6 @@ use crate::background::task::{PassError, Run, Task};
 use crate::ops::snapshot_move::{stall_bounded, STALL_BOUND};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use nimbus_agent_api::{ExportSnapshotSet, SnapshotSetPart};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -131,13 +130,7 @@ impl Task for Replication {
 pub async fn replicate(app: &App, vm: Uuid, host: &str) -> Result<Received, String> {
     let agent = app.agent_of(host).await.map_err(|e| e.message)?;
     let inventory = agent.snapshot_set(vm).await.map_err(|e| e.to_string())?;
-    let req = ExportSnapshotSet {
-        part: SnapshotSetPart::All,
-        chunks: app.replicas().missing_chunks(&inventory.chunks),
-        layers: true,
-        live: true,
-        skip_layers: app.replicas().layer_names(vm),
-    };
+    let req = app.replicas().wanted(vm, &inventory.chunks);
     let response = agent
         .export_snapshot_set(vm, &req)
         .await

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nimbus_agent_api::snapshot_move::{ExportSnapshotSet, SnapshotSetInventory};
 use nimbus_agent_api::{
     EnrolRequest, EnrolResponse, RegisterHost, RegisterResponse, UsageAck, UsageBatch,
 };
@@ -87,21 +88,46 @@ pub async fn peer_image_blob(
     Ok(blob_response(len, file))
 }
 
+/// Another controller asks what the replica of a snapshot this one holds is made of: every
+/// memory chunk of the VM's replicated snapshots, so it can ask for the ones it lacks only.
+pub async fn peer_replica_inventory(
+    State(app): State<App>,
+    _peer: PeerController,
+    super::error::ApiPath((vm, snapshot)): super::error::ApiPath<(uuid::Uuid, uuid::Uuid)>,
+) -> Result<Json<SnapshotSetInventory>, ApiError> {
+    let set = held_replica(&app, vm, snapshot)?;
+    Ok(Json(SnapshotSetInventory {
+        snapshots: set.snapshots.len() as u32,
+        layered: true,
+        chunks: set.chunks,
+    }))
+}
+
 /// Another controller copies the replica of a snapshot this one holds: the frames of the
-/// VM's replicated snapshots (layers, manifests, chunks), as a restart sends them to a host.
+/// VM's replicated snapshots, as a restart sends them to a host, without the layers and
+/// chunks it says it holds already.
 pub async fn peer_replica(
     State(app): State<App>,
     _peer: PeerController,
     super::error::ApiPath((vm, snapshot)): super::error::ApiPath<(uuid::Uuid, uuid::Uuid)>,
+    ApiJson(want): ApiJson<ExportSnapshotSet>,
 ) -> Result<Response, ApiError> {
-    let set = app.replicas().restore_set(vm, snapshot).map_err(|e| {
+    let set = held_replica(&app, vm, snapshot)?.without_layers(&want.skip_layers);
+    let body = Body::from_stream(app.replicas().stream(set, want.chunks));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// The restore set of a replica this controller holds (404 when it does not).
+fn held_replica(
+    app: &App,
+    vm: uuid::Uuid,
+    snapshot: uuid::Uuid,
+) -> Result<crate::app::replicas::send::RestoreSet, ApiError> {
+    app.replicas().restore_set(vm, snapshot).map_err(|e| {
         ApiError(crate::app::AppError::not_found(format!(
             "this controller holds no replica of snapshot {snapshot}: {e}"
         )))
-    })?;
-    let chunks = set.chunks.clone();
-    let body = Body::from_stream(app.replicas().stream(set, chunks));
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+    })
 }
 
 fn blob_response(len: u64, file: tokio::fs::File) -> Response {

@@ -172,7 +172,12 @@ pub fn router(app: App) -> Router {
         )
         .route(
             "/internal/peers/replicas/{vm}/{snapshot}",
-            get(internal::peer_replica),
+            get(internal::peer_replica_inventory)
+                .post(internal::peer_replica)
+                // The list of chunks a peer lacks: as large as a manifest may be.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::app::replicas::receive::MAX_MANIFEST as usize,
+                )),
         )
         .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(

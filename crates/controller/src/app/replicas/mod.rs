@@ -3,8 +3,8 @@
 //! the image blobs agents already fetch from the controller:
 //!
 //! ```text
-//! <data_dir>/replicas/chunks/<aa>/<blake3>            a memory chunk as its pack stores it:
-//!                                                     flags byte (bit 0: zstd) | data
+//! <data_dir>/replicas/packs/<n>.pack, <n>.idx        memory chunks, in packs as the agents
+//!                                                     store them (see [`chunks`])
 //! <data_dir>/replicas/vms/<vm>/layers/<name>          a frozen disk layer (disk.qcow2 or
 //! <data_dir>/replicas/vms/<vm>/layers/<name>.json     <uuid>.qcow2) and {backing, digest}
 //! <data_dir>/replicas/vms/<vm>/snapshots/<sid>.json   a snapshot's manifest (written last)
@@ -17,19 +17,25 @@
 //!   VM it does not hold yet (frozen layers keep their guest-visible content: when the host
 //!   merges a deleted snapshot's layer into a child, the replica keeps the old pair, which
 //!   shows the guest the same disk).
-//! - Nothing is half visible: a stream is staged in `incoming/`, every frame checked (chunk
-//!   content against its name, layer against its digest, manifest of this VM and naming a
-//!   layer), and only then moved in, manifests last; a manifest is kept only when its whole
-//!   layer chain and every chunk it names are in the store.
+//! - Nothing is half visible: every frame of a stream is checked (chunk content against its
+//!   name, layer against its digest, manifest of this VM and naming a layer); chunks are
+//!   appended to the packs as they come (a chunk no manifest names is no replica; a failed
+//!   stream's chunks serve its retry, or go at the next sweep), layers and manifests are
+//!   staged in `incoming/` and moved in after the packs are durable, manifests last; a
+//!   manifest is kept only when its whole layer chain and every chunk it names are stored.
 //! - Deleting: a mark-and-sweep from the snapshots the database still has
 //!   ([`ReplicaStore::sweep`]): manifests of deleted snapshots go, then layers no remaining
 //!   manifest's chain uses, then chunks no remaining manifest names.
-//! - One lock serialises commits and sweeps, so a sweep never takes a chunk a commit is
-//!   about to reference.
+//! - One lock serialises commits and sweeps, and a sweep waits for the streams being
+//!   received, so it never takes a chunk a commit is about to reference.
 
+pub mod chunks;
 pub mod receive;
 pub mod send;
 
+use chunks::ReplicaChunks;
+
+use nimbus_agent_api::snapshot_move::{ExportSnapshotSet, SnapshotSetPart};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -47,6 +53,9 @@ pub enum ReplicaError {
     /// The stream from the host is not a valid snapshot set (or was cut short).
     #[error("the snapshot set from the host was refused: {0}")]
     Refused(String),
+    /// The store's own files are damaged (refused, never served).
+    #[error("the replica store is damaged: {0}")]
+    Damaged(String),
     /// The replica lacks what a restart needs.
     #[error("the replica of snapshot {0} is incomplete: {1}")]
     Incomplete(Uuid, String),
@@ -128,7 +137,11 @@ impl ManifestRefs {
 #[derive(Debug)]
 pub struct ReplicaStore {
     root: PathBuf,
+    chunks: ReplicaChunks,
     lock: tokio::sync::Mutex<()>,
+    /// Held (shared) by every stream being received, (exclusive) by a sweep: taken before
+    /// `lock`.
+    receiving: tokio::sync::RwLock<()>,
     /// Held while a replica is copied from another controller, so that the copy pass and a
     /// restart needing the same replica make one copy (see `app::replica_copies`).
     copying: tokio::sync::Mutex<()>,
@@ -145,11 +158,12 @@ impl ReplicaStore {
             Err(e) => return Err(e),
         }
         std::fs::create_dir_all(&incoming)?;
-        std::fs::create_dir_all(root.join("chunks"))?;
         std::fs::create_dir_all(root.join("vms"))?;
         Ok(Self {
+            chunks: ReplicaChunks::open(&root)?,
             root,
             lock: tokio::sync::Mutex::new(()),
+            receiving: tokio::sync::RwLock::new(()),
             copying: tokio::sync::Mutex::new(()),
         })
     }
@@ -167,8 +181,9 @@ impl ReplicaStore {
         self.root.join("incoming")
     }
 
-    pub fn chunk_path(&self, hash: &str) -> PathBuf {
-        self.root.join("chunks").join(&hash[..2]).join(hash)
+    /// The memory chunks.
+    pub fn chunks(&self) -> &ReplicaChunks {
+        &self.chunks
     }
 
     fn vm_dir(&self, vm: Uuid) -> PathBuf {
@@ -193,9 +208,21 @@ impl ReplicaStore {
     pub fn missing_chunks(&self, wanted: &[String]) -> Vec<String> {
         wanted
             .iter()
-            .filter(|h| !is_chunk_name(h) || !self.chunk_path(h).is_file())
+            .filter(|h| !is_chunk_name(h) || !self.chunks.has(h))
             .cloned()
             .collect()
+    }
+
+    /// What to ask a sender (a host, another controller) for of the set of VM `vm` whose
+    /// chunks are `inventory`: the chunks the store lacks, the layers but those it holds.
+    pub fn wanted(&self, vm: Uuid, inventory: &[String]) -> ExportSnapshotSet {
+        ExportSnapshotSet {
+            part: SnapshotSetPart::All,
+            chunks: self.missing_chunks(inventory),
+            layers: true,
+            live: true,
+            skip_layers: self.layer_names(vm),
+        }
     }
 
     /// The layers of VM `vm` the store holds (by name).
@@ -266,15 +293,18 @@ impl ReplicaStore {
     where
         F: std::future::Future<Output = Option<BTreeSet<Uuid>>>,
     {
+        let _no_stream = self.receiving.write().await;
         let _serial = self.lock.lock().await;
         let Some(live) = live.await else {
             return Ok(0);
         };
-        // Runs only after a snapshot was deleted (and once at start): small file work.
-        self.sweep_locked(&live)
+        // Runs only after a snapshot was deleted (and once at start).
+        let (freed, chunks_used) = self.sweep_files(&live)?;
+        Ok(freed + self.chunks.sweep(chunks_used.into_iter().collect()).await?)
     }
 
-    fn sweep_locked(&self, live: &BTreeSet<Uuid>) -> Result<u64, ReplicaError> {
+    /// Sweeps manifests and layers; answers the bytes freed and the chunks still used.
+    fn sweep_files(&self, live: &BTreeSet<Uuid>) -> Result<(u64, BTreeSet<String>), ReplicaError> {
         let mut freed = 0;
         let mut chunks_used = BTreeSet::new();
         let vms_dir = self.root.join("vms");
@@ -315,28 +345,7 @@ impl ReplicaStore {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
-        freed += self.sweep_chunks(&chunks_used)?;
-        Ok(freed)
-    }
-
-    fn sweep_chunks(&self, used: &BTreeSet<String>) -> Result<u64, ReplicaError> {
-        let mut freed = 0;
-        let dir = self.root.join("chunks");
-        for fan in std::fs::read_dir(&dir)
-            .map_err(io("list", &dir))?
-            .filter_map(|e| e.ok())
-        {
-            let Ok(files) = std::fs::read_dir(fan.path()) else {
-                continue;
-            };
-            for f in files.filter_map(|e| e.ok()) {
-                let name = f.file_name();
-                if !name.to_str().is_some_and(|n| used.contains(n)) {
-                    freed += remove_file(&f.path())?;
-                }
-            }
-        }
-        Ok(freed)
+        Ok((freed, chunks_used))
     }
 }
 

@@ -41,9 +41,6 @@ struct Staging {
 }
 
 impl Staging {
-    fn chunk(&self, hash: &str) -> PathBuf {
-        self.dir.join("chunks").join(hash)
-    }
     fn layer(&self, name: &str) -> PathBuf {
         self.dir.join("layers").join(name)
     }
@@ -69,8 +66,8 @@ fn refused(e: FrameError) -> ReplicaError {
     ReplicaError::Refused(e.to_string())
 }
 
-/// Checks a chunk as stored (zstd or raw) against its name.
-pub fn check_chunk(hash: &str, zstd: bool, data: &[u8]) -> Result<(), ReplicaError> {
+/// Checks a chunk as stored (zstd or raw) against its name; answers its raw length.
+pub fn check_chunk(hash: &str, zstd: bool, data: &[u8]) -> Result<u32, ReplicaError> {
     if !is_chunk_name(hash) {
         return Err(ReplicaError::Refused(format!(
             "{hash:?} is not a chunk name"
@@ -88,7 +85,7 @@ pub fn check_chunk(hash: &str, zstd: bool, data: &[u8]) -> Result<(), ReplicaErr
             "memory chunk {hash} is damaged: its content does not match its checksum"
         )));
     }
-    Ok(())
+    Ok(raw.len() as u32)
 }
 
 async fn write_file(path: &Path, parts: &[&[u8]]) -> Result<(), ReplicaError> {
@@ -142,6 +139,8 @@ impl ReplicaStore {
         vm: Uuid,
         r: &mut R,
     ) -> Result<Received, ReplicaError> {
+        // Chunks go to the packs as they come: no sweep until this stream is done.
+        let _streaming = self.receiving.read().await;
         let staging = Staging {
             dir: self.incoming_dir().join(Uuid::new_v4().to_string()),
         };
@@ -152,8 +151,7 @@ impl ReplicaStore {
             match header {
                 Header::Chunk { hash, zstd } => {
                     let data = read_data(r, len, MAX_CHUNK).await.map_err(refused)?;
-                    check_chunk(&hash, zstd, &data)?;
-                    write_file(&staging.chunk(&hash), &[&[u8::from(zstd)], &data]).await?;
+                    self.chunks.put(&hash, zstd, &data)?;
                     got.chunks += 1;
                     got.chunk_bytes += len;
                 }
@@ -209,14 +207,16 @@ impl ReplicaStore {
         Ok(got)
     }
 
-    /// Moves the staged set in: chunks, then layers (the store's own copy wins over a
-    /// staged one of the same name), then the manifests whose chain and chunks are complete.
+    /// Moves the staged set in: the packs made durable, then layers (the store's own copy
+    /// wins over a staged one of the same name), then the manifests whose chain and chunks
+    /// are complete.
     async fn commit(
         &self,
         vm: Uuid,
         staging: &Staging,
         manifests: &[ManifestRefs],
     ) -> Result<Vec<Uuid>, ReplicaError> {
+        self.chunks.sync().await?;
         let _serial = self.lock.lock().await;
         let layer_meta = |name: &str| -> Option<LayerMeta> {
             self.layer_meta(vm, name).or_else(|| {
@@ -230,7 +230,7 @@ impl ReplicaStore {
                 let chunks_ok = m
                     .chunks
                     .iter()
-                    .all(|c| staging.chunk(c).is_file() || self.chunk_path(c).is_file());
+                    .all(|c| self.chunks.has(c));
                 let mut seen = BTreeSet::new();
                 let mut next = Some(m.layer.clone());
                 let mut chain_ok = true;
@@ -246,30 +246,12 @@ impl ReplicaStore {
                 chunks_ok && chain_ok
             })
             .collect();
-        self.move_chunks(staging).await?;
         self.move_layers(vm, staging).await?;
         for m in &complete {
             let to = self.manifest_path(vm, m.snapshot_id);
             rename_into(&staging.manifest(m.snapshot_id), &to).await?;
         }
         Ok(complete.iter().map(|m| m.snapshot_id).collect())
-    }
-
-    async fn move_chunks(&self, staging: &Staging) -> Result<(), ReplicaError> {
-        let dir = staging.dir.join("chunks");
-        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
-            return Ok(());
-        };
-        while let Some(e) = entries.next_entry().await.map_err(io("list", &dir))? {
-            let Some(hash) = e.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let to = self.chunk_path(&hash);
-            if !to.is_file() {
-                rename_into(&e.path(), &to).await?;
-            }
-        }
-        Ok(())
     }
 
     async fn move_layers(&self, vm: Uuid, staging: &Staging) -> Result<(), ReplicaError> {

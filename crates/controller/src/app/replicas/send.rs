@@ -2,7 +2,7 @@
 //! (see `nimbus_agent_api::snapshot_move::frame`), so the target checks and stages them as it
 //! does a moving instance's set, and the instance is then defined with it.
 
-use super::{io, LayerMeta, ReplicaError, ReplicaStore};
+use super::{io, LayerMeta, ReplicaChunks, ReplicaError, ReplicaStore};
 use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::SinkExt;
@@ -28,6 +28,13 @@ pub struct RestoreSet {
 }
 
 impl RestoreSet {
+    /// The set without the layers named in `held` (a receiver that holds them already:
+    /// frozen layers keep their content, as for a replication from a host).
+    pub fn without_layers(mut self, held: &[String]) -> Self {
+        self.layers.retain(|(name, _, _)| !held.contains(name));
+        self
+    }
+
     pub fn layer_bytes(&self) -> u64 {
         self.layers.iter().map(|(_, m, _)| m.bytes).sum()
     }
@@ -61,7 +68,7 @@ impl ReplicaStore {
                 Err(why) if s == sid => return Err(incomplete(why)),
                 Err(_) => continue,
             };
-            if let Some(c) = refs.chunks.iter().find(|c| !self.chunk_path(c).is_file()) {
+            if let Some(c) = refs.chunks.iter().find(|c| !self.chunks.has(c)) {
                 if s == sid {
                     return Err(incomplete(format!(
                         "its memory chunk {c} is not in the store"
@@ -90,17 +97,14 @@ impl ReplicaStore {
         set: RestoreSet,
         send: Vec<String>,
     ) -> mpsc::Receiver<std::io::Result<Bytes>> {
-        let chunk_paths: Vec<(String, PathBuf)> = send
+        let send: Vec<String> = send
             .into_iter()
             .filter(|c| super::is_chunk_name(c))
-            .map(|c| {
-                let p = self.chunk_path(&c);
-                (c, p)
-            })
             .collect();
+        let chunks = self.chunks.clone();
         let (mut tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            if let Err(e) = send_set(&mut tx, set, chunk_paths).await {
+            if let Err(e) = send_set(&mut tx, set, &chunks, send).await {
                 tracing::warn!(error = %e, "sending a replica failed");
                 let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
             }
@@ -117,10 +121,14 @@ async fn put(tx: &mut Tx, bytes: Vec<u8>) -> Result<(), ReplicaError> {
         .map_err(|_| ReplicaError::Refused("the receiver of the replica went away".into()))
 }
 
+/// Chunks read and sent at once (about 1 MiB: chunks average 8 KiB).
+const CHUNK_BATCH: usize = 128;
+
 async fn send_set(
     tx: &mut Tx,
     set: RestoreSet,
-    chunks: Vec<(String, PathBuf)>,
+    chunks: &ReplicaChunks,
+    send: Vec<String>,
 ) -> Result<(), ReplicaError> {
     for (name, meta, path) in set.layers {
         let header = Header::Layer {
@@ -145,27 +153,9 @@ async fn send_set(
         put(tx, encode_header(&Header::Manifest, json.len() as u64)).await?;
         put(tx, json).await?;
     }
-    let mut frames = Vec::new();
-    for (hash, path) in chunks {
-        let stored = tokio::fs::read(&path).await.map_err(io("read", &path))?;
-        let Some((flags, data)) = stored.split_first() else {
-            return Err(ReplicaError::Refused(format!(
-                "chunk file {} is empty",
-                path.display()
-            )));
-        };
-        let header = Header::Chunk {
-            hash,
-            zstd: flags & 1 != 0,
-        };
-        frames.extend_from_slice(&encode_header(&header, data.len() as u64));
-        frames.extend_from_slice(data);
-        if frames.len() >= 1 << 20 {
-            put(tx, std::mem::take(&mut frames)).await?;
-        }
-    }
-    if !frames.is_empty() {
-        put(tx, frames).await?;
+    // In batches: one pass over the packs and one message per batch, not per chunk.
+    for batch in send.chunks(CHUNK_BATCH) {
+        put(tx, chunks.frames(batch.to_vec()).await?).await?;
     }
     let top = Header::Top {
         name: set.top,

@@ -7,21 +7,21 @@ use futures::StreamExt;
 use nimbus_agent_api::snapshot_move::frame::{encode_header, read_data, read_header, Header};
 use serde_json::json;
 
-fn chunk(content: &[u8]) -> String {
+pub(super) fn chunk(content: &[u8]) -> String {
     blake3::hash(content).to_hex().to_string()
 }
 
 /// A set builder: frames appended in order.
 #[derive(Default)]
-struct Set(Vec<u8>);
+pub(super) struct Set(Vec<u8>);
 
 impl Set {
-    fn frame(mut self, h: Header, data: &[u8]) -> Self {
+    pub(super) fn frame(mut self, h: Header, data: &[u8]) -> Self {
         self.0.extend(encode_header(&h, data.len() as u64));
         self.0.extend_from_slice(data);
         self
     }
-    fn layer(self, name: &str, backing: Option<&str>, data: &[u8]) -> Self {
+    pub(super) fn layer(self, name: &str, backing: Option<&str>, data: &[u8]) -> Self {
         let h = Header::Layer {
             name: name.into(),
             backing: backing.map(str::to_string),
@@ -29,7 +29,7 @@ impl Set {
         };
         self.frame(h, data)
     }
-    fn chunk(self, content: &[u8], compress: bool) -> Self {
+    pub(super) fn chunk(self, content: &[u8], compress: bool) -> Self {
         let data = if compress {
             zstd::bulk::compress(content, 1).expect("compress")
         } else {
@@ -41,7 +41,7 @@ impl Set {
         };
         self.frame(h, &data)
     }
-    fn manifest(self, vm: Uuid, sid: Uuid, layer: &str, chunks: &[&[u8]]) -> Self {
+    pub(super) fn manifest(self, vm: Uuid, sid: Uuid, layer: &str, chunks: &[&[u8]]) -> Self {
         let list: Vec<_> = chunks
             .iter()
             .map(|c| json!({"hash": chunk(c), "len": c.len()}))
@@ -51,19 +51,23 @@ impl Set {
             "memory": {"len": 0, "hash": "x", "chunks": list}});
         self.frame(Header::Manifest, &serde_json::to_vec(&m).expect("json"))
     }
-    fn end(self) -> Vec<u8> {
+    pub(super) fn end(self) -> Vec<u8> {
         self.frame(Header::End, b"").0
     }
 }
 
-const L1: &str = "0123456789abcdef0123456789abcdef.qcow2";
+pub(super) const L1: &str = "0123456789abcdef0123456789abcdef.qcow2";
 const L2: &str = "fedcba9876543210fedcba9876543210.qcow2";
 
-async fn receive(store: &ReplicaStore, vm: Uuid, bytes: &[u8]) -> Result<Received, ReplicaError> {
+pub(super) async fn receive(
+    store: &ReplicaStore,
+    vm: Uuid,
+    bytes: &[u8],
+) -> Result<Received, ReplicaError> {
     store.receive(vm, &mut &bytes[..]).await
 }
 
-fn files_under(dir: &Path) -> usize {
+pub(super) fn files_under(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |rd| {
         rd.filter_map(|e| e.ok())
             .map(|e| {
@@ -221,8 +225,8 @@ async fn deleting_a_snapshot_frees_what_no_other_replica_uses() {
         .await
         .expect("sweep");
     assert!(freed > 0);
-    assert!(!store.chunk_path(&chunk(b"only s1")).exists());
-    assert!(store.chunk_path(&chunk(b"shared")).exists());
+    assert!(!store.chunks().has(&chunk(b"only s1")));
+    assert!(store.chunks().has(&chunk(b"shared")));
     let mut layers = store.layer_names(vm);
     layers.sort();
     assert_eq!(layers, vec![L1.to_string(), ROOT_LAYER.to_string()]);

@@ -11,7 +11,7 @@
 //! its own hash, so an index can be rebuilt from its pack; the hash is BLAKE3 of the raw
 //! content, checked on every read.
 
-use crate::error::{Error, Result};
+use crate::error::{PackError as Error, Result};
 
 pub const PACK_MAGIC: &[u8; 8] = b"NIMBUSPK";
 pub const INDEX_MAGIC: &[u8; 8] = b"NIMBUSIX";
@@ -56,12 +56,12 @@ pub fn file_header(magic: &[u8; 8]) -> [u8; 12] {
 /// Checks a file header; `what` names the file for the error.
 pub fn check_file_header(bytes: &[u8], magic: &[u8; 8], what: &str) -> Result<()> {
     if bytes.len() < FILE_HEADER as usize || &bytes[..8] != magic {
-        return Err(Error::Conflict(format!("{what} is not a nimbus pack file")));
+        return Err(Error::Damaged(format!("{what} is not a nimbus pack file")));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     if version != VERSION {
-        return Err(Error::Conflict(format!(
-            "{what} has pack format {version}; this agent reads {VERSION} (upgrade the agent)"
+        return Err(Error::Damaged(format!(
+            "{what} has pack format {version}; this build reads {VERSION} (upgrade nimbus)"
         )));
     }
     Ok(())

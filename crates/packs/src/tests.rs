@@ -8,7 +8,15 @@ fn chunk(seed: u8, compressible: bool) -> (Vec<u8>, [u8; 32]) {
     let data: Vec<u8> = if compressible {
         (0..8192u32).map(|i| (i / 64) as u8 ^ seed).collect()
     } else {
-        crate::test_support::pseudo_random(8192, u64::from(seed) + 1)
+        {
+            // Incompressible: BLAKE3's output stream.
+            let mut data = vec![0u8; 8192];
+            blake3::Hasher::new()
+                .update(&[seed])
+                .finalize_xof()
+                .fill(&mut data);
+            data
+        }
     };
     let hash = *blake3::hash(&data).as_bytes();
     (data, hash)
@@ -125,7 +133,7 @@ fn a_damaged_pack_is_refused() {
     for hash in [ha, hb] {
         let err = read(&store, &hash).expect_err("damaged");
         assert!(err.to_string().contains("damaged"), "{err}");
-        assert_eq!(err.code(), "conflict");
+        assert!(matches!(err, PackError::Damaged(_)), "{err:?}");
     }
     // Cut short: the cheap check sees it.
     std::fs::write(&pack, &bytes[..bytes.len() - 10]).expect("write");

@@ -10,13 +10,19 @@
 //! a damaged pack is refused as a damaged chunk file was. Removing chunks rewrites the packs
 //! that hold them with their live records only (garbage collection).
 //!
-//! Concurrency: appends and garbage collection are serialised by the caller
-//! ([`super::SnapshotStore`]); readers hold [`PackStore::reader`] (a shared lock that a
+//! Used by the agent (its snapshots' memory) and by the controller (its replicas of them), so
+//! both store, check and collect chunks the same way.
+//!
+//! Concurrency: appends and garbage collection are serialised by the caller (the agent's
+//! `SnapshotStore`, the controller's replica store); readers hold [`PackStore::reader`] (a shared lock that a
 //! collection waits for) while they read.
 
+pub mod error;
 pub mod record;
 
-use crate::error::{Error, Result};
+pub use error::{PackError, Result};
+
+use error::PackError as Error;
 use record::Location;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -65,6 +71,7 @@ impl Writer {
 }
 
 impl PackStore {
+    /// The packs in `dir` (created at the first append); nothing is read until first use.
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
@@ -316,7 +323,7 @@ impl PackStore {
             }
         };
         if loc.raw_len != len || loc.offset + loc.record_len() > pack_len {
-            return Err(Error::Conflict(format!(
+            return Err(Error::Damaged(format!(
                 "memory chunk {name} in pack {} is damaged: the pack is shorter than its index \
                  says, or the chunk has another length",
                 path.display()
@@ -471,7 +478,7 @@ impl PackReader<'_> {
         let path = self.store.pack_path(loc.pack);
         if let std::collections::hash_map::Entry::Vacant(e) = self.files.entry(loc.pack) {
             let f = File::open(&path).map_err(|_| {
-                Error::Conflict(format!("memory pack {} is missing", path.display()))
+                Error::Damaged(format!("memory pack {} is missing", path.display()))
             })?;
             e.insert(f);
         }
@@ -496,7 +503,7 @@ impl PackReader<'_> {
 
 /// Chunk `name` in the pack at `path` is damaged.
 fn damaged(path: &Path, name: &str) -> Error {
-    Error::Conflict(format!(
+    Error::Damaged(format!(
         "memory chunk {name} in pack {} is damaged: its content does not match its checksum",
         path.display()
     ))
