@@ -165,6 +165,7 @@ pub async fn restorable_replica(
     let copy = |sid| async move {
         app.ensure_replica(instance, sid)
             .await
+            .map(|_copied| ())
             .map_err(|e| e.message)
     };
     let cannot = "it cannot be restarted elsewhere (that would start it from nothing); it \
