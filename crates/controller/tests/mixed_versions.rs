@@ -14,7 +14,6 @@ use nimbus_api::{
 };
 use nimbus_controller::app::Caller;
 use nimbus_store::Scope;
-use std::time::Duration;
 use support::Cloud;
 
 /// Registers `host` again as an agent older than capabilities registers: the same JSON
@@ -41,19 +40,7 @@ async fn register_as_old_agent(cloud: &Cloud, host: &str) {
 }
 
 async fn wait(cloud: &Cloud, op: &OperationView) -> OperationView {
-    for _ in 0..400 {
-        let now = cloud
-            .app
-            .store()
-            .get_operation(&Scope::All, op.id)
-            .await
-            .expect("op");
-        if now.state.is_final() {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("operation {} did not end", op.id);
+    cloud.wait_operation(op.id).await
 }
 
 fn to(host: &str) -> MigrateInstance {
