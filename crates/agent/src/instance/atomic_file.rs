@@ -14,7 +14,7 @@
 //! temporaries never collide either, and the last rename wins.
 
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -30,9 +30,9 @@ struct Turns {
 }
 
 /// The files being written, by path.
-static FILES: Mutex<Option<HashMap<PathBuf, Turns>>> = Mutex::new(None);
+static FILES: Mutex<BTreeMap<PathBuf, Turns>> = Mutex::new(BTreeMap::new());
 
-fn files() -> MutexGuard<'static, Option<HashMap<PathBuf, Turns>>> {
+fn files() -> MutexGuard<'static, BTreeMap<PathBuf, Turns>> {
     FILES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -46,10 +46,7 @@ struct Ticket {
 impl Ticket {
     fn take(path: &Path) -> Self {
         let mut files = files();
-        let turns = files
-            .get_or_insert_with(HashMap::new)
-            .entry(path.to_path_buf())
-            .or_default();
+        let turns = files.entry(path.to_path_buf()).or_default();
         let number = turns.next;
         turns.next += 1;
         turns.writers += 1;
@@ -64,11 +61,10 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut files = files();
-        let Some(map) = files.as_mut() else { return };
-        if let Some(turns) = map.get_mut(&self.path) {
+        if let Some(turns) = files.get_mut(&self.path) {
             turns.writers -= 1;
             if turns.writers == 0 {
-                map.remove(&self.path);
+                files.remove(&self.path);
             }
         }
     }
@@ -148,7 +144,7 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("meter.json")]);
-        assert!(files().as_ref().is_none_or(|m| !m.contains_key(&path)));
+        assert!(!files().contains_key(&path));
     }
 
     #[test]
@@ -164,7 +160,7 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || replace(&path, b"2"))
         };
-        let taken = |n: u64| files().as_ref().and_then(|m| m.get(&path).map(|t| t.next)) >= Some(n);
+        let taken = |n: u64| files().get(&path).map(|t| t.next) >= Some(n);
         for _ in 0..5000 {
             if taken(2) {
                 break;
