@@ -127,30 +127,32 @@ pub async fn create_blank(path: &Path, size: u64) -> Result<(), ImgError> {
     run("create", path, &args).await.map(|_| ())
 }
 
-/// Creates a qcow2 overlay of `size` bytes at `path` on `backing` without opening the
-/// backing file (`-u`): for a backing image that a running QEMU holds locked, or that does
-/// not exist yet.
+/// Creates an empty qcow2 overlay of `size` bytes at `path` on `backing` without opening
+/// the backing file (as `qemu-img create -u`): for a backing image that a running QEMU
+/// holds locked, or that does not exist yet. Written directly ([`crate::qcow2`]): a
+/// snapshot does this just before the VM's pause, where a `qemu-img` process costs
+/// 6-12 ms.
 pub async fn create_overlay_unchecked(
     path: &Path,
     backing: &Path,
     backing_format: &str,
     size: u64,
 ) -> Result<(), ImgError> {
-    let size = size.to_string();
-    let args: [&std::ffi::OsStr; 11] = [
-        "create".as_ref(),
-        "-q".as_ref(),
-        "-u".as_ref(),
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-b".as_ref(),
-        backing.as_os_str(),
-        "-F".as_ref(),
-        backing_format.as_ref(),
-        path.as_os_str(),
-        size.as_ref(),
-    ];
-    run("create", path, &args).await.map(|_| ())
+    let (out, backing, format) = (
+        path.to_path_buf(),
+        backing.to_path_buf(),
+        backing_format.to_string(),
+    );
+    let written = tokio::task::spawn_blocking(move || {
+        crate::qcow2::write_empty_overlay(&out, &backing, &format, size)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    written.map_err(|e| ImgError::Failed {
+        action: "create",
+        path: path.to_path_buf(),
+        stderr: e.to_string(),
+    })
 }
 
 /// Makes `new_backing` (with its format) the backing of the qcow2 `image`, or none, keeping

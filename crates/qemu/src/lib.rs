@@ -5,6 +5,7 @@
 //! - [`process`]: launching QEMU in its own session, adopting a running one, killing it.
 //! - [`qmp`]: an async QMP client with request ids, reply routing, timeouts and typed events.
 //! - [`img`]: a `qemu-img` wrapper (overlays, resize, info).
+//! - [`qcow2`]: the qcow2 header read and written directly (empty overlays, backing file).
 //! - [`probe`]: QEMU version check and the accelerator probe (a real tiny boot).
 //! - [`procfs`]: what `/proc` tells about a QEMU process (liveness, CPU time, RSS).
 
@@ -14,6 +15,7 @@ pub mod paths;
 pub mod probe;
 pub mod process;
 pub mod procfs;
+pub mod qcow2;
 pub mod qmp;
 
 pub use config::{Accel, QemuConfig};

@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::instance::files::VmDir;
-use nimbus_qemu::img;
+use nimbus_qemu::{img, qcow2};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -30,7 +30,7 @@ pub struct NewTop {
 /// Creates an empty layer on `backing` (which QEMU may hold open) with `backing`'s virtual
 /// size.
 pub async fn new_layer_on(dir: &VmDir, backing: &Path) -> Result<NewTop> {
-    let size = match qcow2_virtual_size(backing) {
+    let size = match qcow2::virtual_size(backing) {
         Some(size) => size,
         None => img::info(backing)
             .await?
@@ -55,24 +55,10 @@ pub async fn new_layer_on(dir: &VmDir, backing: &Path) -> Result<NewTop> {
     })
 }
 
-/// The virtual size in a qcow2 file's header (big-endian at byte 24), read directly: a
-/// snapshot asks it before the VM's pause, and `qemu-img info` costs a process and the
-/// opening of the whole backing chain. `None` when the file is not a qcow2 we can read.
-fn qcow2_virtual_size(path: &Path) -> Option<u64> {
-    use std::io::Read;
-    let mut head = [0u8; 32];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .ok()?;
-    let version = u32::from_be_bytes(head[4..8].try_into().ok()?);
-    (&head[..4] == b"QFI\xfb" && (2..=3).contains(&version))
-        .then(|| u64::from_be_bytes(head[24..32].try_into().unwrap_or_default()))
-}
-
 /// The backing file of a layer and its format, if it has one: from its qcow2 header (see
-/// [`qcow2_backing`]), or from `qemu-img info` for a file that header read cannot parse.
+/// [`qcow2::backing`]), or from `qemu-img info` for a file that header read cannot parse.
 pub async fn backing_of(layer: &Path) -> Result<Option<(PathBuf, String)>> {
-    if let Some(backing) = qcow2_backing(layer) {
+    if let Some(backing) = qcow2::backing(layer) {
         return Ok(backing);
     }
     let chain = img::info(layer).await?;
@@ -86,71 +72,6 @@ pub async fn backing_of(layer: &Path) -> Result<Option<(PathBuf, String)>> {
             .unwrap_or_else(|| "qcow2".into());
         (PathBuf::from(b), format)
     }))
-}
-
-/// How much of a qcow2 file's start is read for its backing file name: the header, its
-/// extensions and the name all lie in the first cluster (64 KiB by default).
-const HEADER_READ: u64 = 64 << 10;
-
-/// Backing format extension of a qcow2 header.
-const BACKING_FORMAT_EXTENSION: u32 = 0xe279_2aca;
-
-/// The backing file name and format a qcow2 header records (the same strings `qemu-img
-/// info` reports: the name as written, the format `qcow2` when none is recorded), read
-/// directly: moving a VM's snapshots asks it of every layer, and `qemu-img info` costs a
-/// process and the opening of the whole backing chain each time. `Some(None)` for a layer
-/// without backing; `None` when the file is not a qcow2 (version 2 or 3) whose header,
-/// extensions and name lie in its first [`HEADER_READ`] bytes.
-fn qcow2_backing(path: &Path) -> Option<Option<(PathBuf, String)>> {
-    use std::io::Read;
-    use std::os::unix::ffi::OsStrExt;
-    let mut head = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(HEADER_READ)
-        .read_to_end(&mut head)
-        .ok()?;
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(
-            head.get(at..at.checked_add(4)?)?.try_into().ok()?,
-        ))
-    };
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_be_bytes(
-            head.get(at..at.checked_add(8)?)?.try_into().ok()?,
-        ))
-    };
-    let version = u32_at(4)?;
-    if head.get(..4)? != b"QFI\xfb" || !(2..=3).contains(&version) {
-        return None;
-    }
-    let (offset, len) = (usize::try_from(u64_at(8)?).ok()?, u32_at(16)? as usize);
-    if offset == 0 {
-        return Some(None);
-    }
-    let name = head.get(offset..offset.checked_add(len)?)?;
-    let name = PathBuf::from(std::ffi::OsStr::from_bytes(name));
-    // Header extensions (version 3: after the header's own length; 2: after 72 bytes), each
-    // `u32 type | u32 length | data padded to 8`, ending with type 0.
-    let mut at = if version == 3 {
-        u32_at(100)? as usize
-    } else {
-        72
-    };
-    let mut format = None;
-    loop {
-        let (kind, ext_len) = (u32_at(at)?, u32_at(at.checked_add(4)?)? as usize);
-        if kind == 0 {
-            break;
-        }
-        let data = at.checked_add(8)?;
-        if kind == BACKING_FORMAT_EXTENSION {
-            let bytes = head.get(data..data.checked_add(ext_len)?)?;
-            format = Some(String::from_utf8(bytes.to_vec()).ok()?);
-        }
-        at = data.checked_add(ext_len.div_ceil(8) * 8)?;
-    }
-    Some(Some((name, format.unwrap_or_else(|| "qcow2".into()))))
 }
 
 /// The files of the chain under `layer`, `layer` first.
@@ -268,7 +189,7 @@ mod tests {
             let info = img::info(layer).await.expect("info");
             let top = info.top().expect("top");
             assert_eq!(
-                qcow2_virtual_size(layer),
+                qcow2::virtual_size(layer),
                 Some(top.virtual_size),
                 "{}",
                 layer.display()
@@ -277,7 +198,7 @@ mod tests {
                 let format = top.backing_filename_format.clone();
                 (PathBuf::from(b), format.unwrap_or_else(|| "qcow2".into()))
             });
-            assert_eq!(qcow2_backing(layer), Some(want), "{}", layer.display());
+            assert_eq!(qcow2::backing(layer), Some(want), "{}", layer.display());
         }
         // A version 2 image on a raw backing, with its format recorded.
         let raw = tmp.path().join("base.raw");
@@ -300,10 +221,10 @@ mod tests {
             .status()
             .expect("qemu-img");
         assert!(made.success());
-        assert_eq!(qcow2_backing(&v2), Some(Some((raw.clone(), "raw".into()))));
-        assert_eq!(qcow2_backing(&raw), None, "not a qcow2: qemu-img is asked");
+        assert_eq!(qcow2::backing(&v2), Some(Some((raw.clone(), "raw".into()))));
+        assert_eq!(qcow2::backing(&raw), None, "not a qcow2: qemu-img is asked");
         assert_eq!(c.virtual_size, 64 << 20);
         std::fs::write(tmp.path().join("raw"), [0u8; 4096]).expect("raw");
-        assert_eq!(qcow2_virtual_size(&tmp.path().join("raw")), None);
+        assert_eq!(qcow2::virtual_size(&tmp.path().join("raw")), None);
     }
 }
