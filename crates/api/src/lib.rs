@@ -57,7 +57,10 @@ pub use keypair::{CreateKeypair, CreatedKeypair, KeypairView};
 pub use migration::{MigrationStats, MigrationView};
 pub use name::{validate_name, NameError};
 pub use network::{CreateNetwork, NetworkView, NicView, DEFAULT_NETWORK};
-pub use operation::{OperationKind, OperationState, OperationView, StepState, StepView};
+pub use operation::{
+    OperationKind, OperationState, OperationView, OperationWaitParams, StepState, StepView,
+    MAX_OPERATION_WAIT_SECS,
+};
 pub use page::{PageParams, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, NEXT_PAGE_TOKEN_HEADER};
 pub use placement::{CreatePlacementGroup, PlacementGroupView, PlacementPolicy};
 pub use project::{CreateProject, ProjectView};

@@ -162,6 +162,21 @@ pub struct StepView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Longest wait `GET /v1/operations/{operation}?wait_secs=` accepts.
+pub const MAX_OPERATION_WAIT_SECS: u32 = 60;
+
+/// Query parameters of `GET /v1/operations/{operation}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OperationWaitParams {
+    /// Waits up to this many seconds (at most 60) for the operation to change (its state,
+    /// a step, its progress line) before answering, so that a client waiting for it learns
+    /// of its end at once instead of at its next poll. An operation that has ended is
+    /// answered at once. Absent or 0: no wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u32>,
+}
+
 /// An operation as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OperationView {

@@ -508,17 +508,28 @@ impl Client {
         .await
     }
 
-    /// Polls an operation until it is final, calling `on_progress` at each poll; gives up
-    /// after `timeout` with [`ClientError::Timeout`].
+    /// Waits until an operation is final, calling `on_progress` each time it is read; gives
+    /// up after `timeout` with [`ClientError::Timeout`]. Each read is a long poll (the
+    /// controller answers as soon as the operation changes or ends, see
+    /// [`OperationWaitParams`](nimbus_api::OperationWaitParams)); an answer that comes
+    /// back early and unchanged (a controller without long polls) is followed by a pause,
+    /// so that reads stay at most ten a second.
     pub async fn wait_operation(
         &self,
         id: &str,
         timeout: Duration,
         mut on_progress: impl FnMut(&OperationView),
     ) -> Result<OperationView, ClientError> {
+        const MIN_PERIOD: Duration = Duration::from_millis(100);
         let start = Instant::now();
+        let mut last: Option<OperationView> = None;
         loop {
-            let op = self.operation(id).await?;
+            let asked = Instant::now();
+            let left = timeout.saturating_sub(start.elapsed()).as_secs();
+            let wait = left.clamp(1, 10);
+            let op: OperationView = self
+                .get(&format!("/v1/operations/{id}?wait_secs={wait}"))
+                .await?;
             on_progress(&op);
             if op.state.is_final() {
                 return Ok(op);
@@ -529,7 +540,10 @@ impl Client {
                     secs: timeout.as_secs(),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if last.as_ref() == Some(&op) {
+                tokio::time::sleep(MIN_PERIOD.saturating_sub(asked.elapsed())).await;
+            }
+            last = Some(op);
         }
     }
 }

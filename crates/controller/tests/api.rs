@@ -272,3 +272,17 @@ async fn snapshot_routes_answer_with_error_bodies() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_operation_wait_longer_than_a_minute_is_refused_with_the_limit() {
+    let f = fixture().await;
+    let id = uuid::Uuid::new_v4();
+    let uri = format!("/v1/operations/{id}?wait_secs=61");
+    let (s, body) = call(&f, "GET", &uri, Some(&f.token), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error(&body).message.contains("at most 60"), "{body}");
+    // Within the limit, an unknown operation is 404 at once (nothing to wait for).
+    let uri = format!("/v1/operations/{id}?wait_secs=60");
+    let (s, _) = call(&f, "GET", &uri, Some(&f.token), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

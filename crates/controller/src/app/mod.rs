@@ -79,6 +79,9 @@ struct Inner {
     tls: tls::ControllerTls,
     /// Snapshot copies of live migrations running in the background.
     snapshot_copies: crate::ops::snapshot_copies::SnapshotCopies,
+    /// Bumped each time an operation run here ends: wakes the requests waiting for one
+    /// (see [`App::wait_operation`]).
+    operations_ended: tokio::sync::watch::Sender<u64>,
 }
 
 impl App {
@@ -110,6 +113,7 @@ impl App {
                 replicas,
                 tls,
                 snapshot_copies: Default::default(),
+                operations_ended: tokio::sync::watch::Sender::new(0),
             }),
         })
     }

@@ -4,9 +4,46 @@ use crate::app::{App, AppError, Caller};
 use nimbus_api::OperationView;
 use nimbus_store::StoreError;
 use nimbus_store::{Page, PageRequest};
+use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
 
+/// How often a waiting request reads again an operation whose change nothing announced
+/// here: one run by another controller, or a step or progress line of one run here.
+const WAIT_RECHECK: Duration = Duration::from_millis(100);
+
 impl App {
+    /// The operation once it differs from what it was at the request, or has ended, or
+    /// after `wait`, whichever comes first: a long poll, woken at once when an operation
+    /// run by this controller ends.
+    pub async fn wait_operation(
+        &self,
+        caller: &Caller,
+        id: &str,
+        wait: Duration,
+    ) -> Result<OperationView, AppError> {
+        let mut ended = self.inner.operations_ended.subscribe();
+        let first = self.get_operation(caller, id).await?;
+        let deadline = Instant::now() + wait;
+        let mut now = first.clone();
+        while !now.state.is_final() && now == first && Instant::now() < deadline {
+            let next = deadline.min(Instant::now() + WAIT_RECHECK);
+            if let Ok(Err(_)) = tokio::time::timeout_at(next, ended.changed()).await {
+                // No sender left (never while the app lives): fall back to the recheck.
+                tokio::time::sleep_until(next).await;
+            }
+            now = self.get_operation(caller, id).await?;
+        }
+        Ok(now)
+    }
+
+    /// Wakes the requests waiting for an operation: one run here has ended.
+    pub(crate) fn operation_ended(&self) {
+        self.inner
+            .operations_ended
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     pub async fn get_operation(
         &self,
         caller: &Caller,

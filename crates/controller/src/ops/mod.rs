@@ -197,6 +197,7 @@ async fn run_operation(app: &App, claim: OperationClaim) -> Result<(), RunError>
         }
     })
     .await?;
+    app.operation_ended();
     tracing::info!(operation_id = %id, instance_id = %instance, kind = kind.as_str(), ?outcome, "operation ended");
     Ok(())
 }
