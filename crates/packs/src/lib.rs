@@ -61,12 +61,18 @@ struct Writer {
 impl Writer {
     /// Writes out the buffers and makes them durable.
     fn sync(&mut self, path: &Path) -> Result<()> {
-        self.file
-            .flush()
-            .and_then(|()| self.idx.flush())
-            .and_then(|()| self.file.get_ref().sync_data())
-            .and_then(|()| self.idx.get_ref().sync_data())
-            .map_err(Error::io("sync", path))
+        self.file.flush().map_err(Error::io("sync", path))?;
+        self.idx.flush().map_err(Error::io("sync", path))?;
+        // Side by side: each waits for its own journal commit, and two in flight share one.
+        let (pack, idx) = (self.file.get_ref(), self.idx.get_ref());
+        let idx_synced = std::thread::scope(|scope| {
+            let idx = scope.spawn(|| idx.sync_data());
+            let pack = pack.sync_data();
+            idx.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("syncing the index failed")))
+                .and(pack)
+        });
+        idx_synced.map_err(Error::io("sync", path))
     }
 }
 

@@ -91,6 +91,8 @@ pub fn source_capabilities(policy: &MigrationPolicy, mirror: bool) -> Vec<(&'sta
         ("postcopy-ram", policy.allow_postcopy),
         ("multifd", policy.multifd_channels.is_some()),
         ("pause-before-switchover", mirror),
+        // A memory snapshot leaves it on (see `snapshot::memory::wait_written`).
+        ("background-snapshot", false),
     ]
 }
 

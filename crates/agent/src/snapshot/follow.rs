@@ -29,6 +29,11 @@ const ABORTED: u8 = 2;
 /// How long the reader waits when it has caught up with QEMU.
 const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
 
+/// While QEMU writes, the reader takes at least this much at a time (or what its buffer
+/// holds, if less), staying that far behind the end QEMU appends to: fewer, larger reads,
+/// and none of the page QEMU is filling.
+const LAG: u64 = 1 << 20;
+
 /// The writer's side: tells the reader that the file is complete, or that it never will be.
 /// Dropped without [`FollowSignal::complete`] it aborts the reader, so an abandoned snapshot
 /// never leaves a thread waiting for bytes that will not come.
@@ -55,6 +60,8 @@ impl Drop for FollowSignal {
 pub struct Following {
     path: PathBuf,
     file: Option<File>,
+    /// Bytes read so far.
+    pos: u64,
     state: Arc<AtomicU8>,
 }
 
@@ -64,6 +71,7 @@ pub fn follow(path: PathBuf) -> (Following, FollowSignal) {
     let reader = Following {
         path,
         file: None,
+        pos: 0,
         state: state.clone(),
     };
     (reader, FollowSignal(state))
@@ -99,10 +107,16 @@ impl Read for Following {
             if state == ABORTED {
                 return Err(self.aborted());
             }
+            let pos = self.pos;
             if let Some(file) = self.file()? {
-                let n = file.read(buf)?;
-                if n > 0 || state == COMPLETE {
-                    return Ok(n);
+                let written = file.metadata()?.len().saturating_sub(pos);
+                let enough = written >= LAG.min(buf.len() as u64);
+                if enough || state == COMPLETE {
+                    let n = file.read(buf)?;
+                    if n > 0 || state == COMPLETE {
+                        self.pos += n as u64;
+                        return Ok(n);
+                    }
                 }
             } else if state == COMPLETE {
                 return Err(io::Error::new(

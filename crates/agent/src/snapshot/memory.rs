@@ -38,6 +38,8 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
     let mut caps: Vec<(&str, bool)> = INCOMPATIBLE.iter().map(|c| (*c, false)).collect();
     caps.push(("background-snapshot", on));
+    // MIGRATION events tell when the image is complete (see [`wait_written`]).
+    caps.push(("events", true));
     qmp.migrate_set_capabilities(&caps).await?;
     if on {
         // A VM that migrated may keep its last migration's TLS parameters, naming
@@ -89,19 +91,37 @@ pub async fn cancel(qmp: &Qmp) {
     }
 }
 
-/// Waits for the memory image to be complete on disk.
-pub async fn wait_written(qmp: &Qmp) -> Result<()> {
-    wait_migration(qmp, WRITE_TIMEOUT, "writing the memory snapshot").await
+/// Waits for the memory image to be complete on disk. QEMU's MIGRATION event `completed`
+/// (on `events`, subscribed before the `migrate`) is enough: QEMU sets that state after the
+/// image's last bytes were written out. It is believed at once, because QEMU's main loop
+/// then cleans the snapshot up (for a guest whose huge pages a first snapshot split,
+/// 40-60 ms here) and a `query-migrate` would wait for that. Events can be missed, so
+/// `query-migrate` is asked too, between events, every 50 ms at most.
+pub async fn wait_written(qmp: &Qmp, events: &mut broadcast::Receiver<QmpEvent>) -> Result<()> {
+    wait_migration(
+        qmp,
+        WRITE_TIMEOUT,
+        "writing the memory snapshot",
+        Some(events),
+    )
+    .await
 }
 
 /// Loads a memory image into a QEMU started with `-incoming defer`; the VM is paused after.
 pub async fn load(qmp: &Qmp, stream: &Path) -> Result<()> {
     qmp.migrate_incoming(&format!("file:{}", stream.display()))
         .await?;
-    wait_migration(qmp, LOAD_TIMEOUT, "loading the memory snapshot").await
+    wait_migration(qmp, LOAD_TIMEOUT, "loading the memory snapshot", None).await
 }
 
-async fn wait_migration(qmp: &Qmp, limit: Duration, what: &str) -> Result<()> {
+/// Polls `query-migrate` until the migration completed (or failed); with `events`, between
+/// polls it sleeps only until QEMU's next MIGRATION event.
+async fn wait_migration(
+    qmp: &Qmp,
+    limit: Duration,
+    what: &str,
+    mut events: Option<&mut broadcast::Receiver<QmpEvent>>,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let info = qmp.query_migrate().await.map_err(|e| {
@@ -120,8 +140,37 @@ async fn wait_migration(qmp: &Qmp, limit: Duration, what: &str) -> Result<()> {
         if Instant::now() > deadline {
             return Err(Error::Timeout(format!("{what} took longer than {limit:?}")));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        match events.as_deref_mut() {
+            Some(events) => {
+                let status = next_migration_event(events, Duration::from_millis(50)).await;
+                if status.as_deref() == Some("completed") {
+                    return Ok(());
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
     }
+}
+
+/// The status of QEMU's next MIGRATION event, or `None` after `at_most` without one
+/// (events can be missed: the caller polls anyway).
+async fn next_migration_event(
+    events: &mut broadcast::Receiver<QmpEvent>,
+    at_most: Duration,
+) -> Option<String> {
+    let next = async {
+        loop {
+            match events.recv().await {
+                Ok(QmpEvent {
+                    kind: EventKind::Migration { status },
+                    ..
+                }) => return status,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    };
+    tokio::time::timeout(at_most, next).await.ok()
 }
 
 /// The VM's pause in milliseconds, from the first STOP to the next RESUME event seen on

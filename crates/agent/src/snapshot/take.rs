@@ -84,8 +84,11 @@ pub async fn take(
             let (image, stored) = task
                 .await
                 .map_err(|e| Error::Internal(format!("cutting the memory image failed: {e}")))??;
-            if let Some(path) = &stream {
-                let _ = std::fs::remove_file(path);
+            if let Some(path) = stream.clone() {
+                // Unlinking the image frees its page cache: 10-20 ms for an idle 512 MiB
+                // guest's image, which nobody waits for. A crash before it leaves the file
+                // in the snapshot's directory, which goes with the snapshot.
+                tokio::task::spawn_blocking(move || std::fs::remove_file(&path));
             }
             Ok::<_, Error>((Some(image), stored))
         },

@@ -144,9 +144,9 @@ impl Actor {
         }
         resumed?;
         if plan.stream.is_some() {
-            let written = memory::wait_written(&qmp).await;
-            let _ = memory::set_background(&qmp, false).await;
-            written?;
+            // The capability stays on (turning it off would wait for QEMU's clean-up, see
+            // `wait_written`): a live migration sets it off itself.
+            memory::wait_written(&qmp, &mut events).await?;
         }
         tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
         Ok(Taken { pause_ms })

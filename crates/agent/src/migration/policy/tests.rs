@@ -156,6 +156,10 @@ fn settings_follow_the_policy() {
     assert_eq!(source_parameters(&capped).max_bandwidth, Some(5 << 20));
     let caps = source_capabilities(&default, true);
     assert!(caps.contains(&("pause-before-switchover", true)));
+    assert!(
+        caps.contains(&("background-snapshot", false)),
+        "a memory snapshot leaves it on"
+    );
     assert!(caps.contains(&("auto-converge", true)));
     assert!(source_capabilities(&default, false).contains(&("pause-before-switchover", false)));
     assert_eq!(target_parameters(&default), None);
