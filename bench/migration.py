@@ -50,7 +50,7 @@ Takes ~7 minutes with 3 runs (most of it the raw defaults timing out at 400 MiB/
 --raw-nimbus-policy. Per-run lines go to stderr, the tables to stdout.
 """
 import argparse, base64, datetime, json, os, queue, re, shutil, signal, socket, statistics, subprocess
-import ssl, sys, tempfile, threading, time, urllib.error, urllib.request
+import http.client, ssl, sys, tempfile, threading, time, urllib.error, urllib.parse, urllib.request
 
 IMAGE_DIR = os.path.join(os.environ.get("NIMBUS_IMAGE_CACHE", "/var/cache/nimbus"), "images", "default")
 MEM_MIB = 512
@@ -379,27 +379,57 @@ def raw_run(work, variant, rate):
 
 
 class Api:
+    """A client of the REST API that keeps its connection (one per thread), as the CLI does:
+    a TLS handshake per request would add milliseconds to every figure measured through it."""
+
     def __init__(self, base, token, cafile):
         self.base, self.token = base, token
         # The controller serves HTTPS with a certificate of the cloud's own CA.
         self.tls = ssl.create_default_context(cafile=cafile)
+        self.local = threading.local()
+
+    def _conn(self, timeout):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            u = urllib.parse.urlsplit(self.base)
+            conn = http.client.HTTPSConnection(u.hostname, u.port, context=self.tls, timeout=timeout)
+            self.local.conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
 
     def req(self, method, path, body=None, timeout=60):
         data = json.dumps(body).encode() if body is not None else None
-        r = urllib.request.Request(self.base + path, data=data, method=method,
-                                   headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(r, timeout=timeout, context=self.tls) as resp:
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        for attempt in (1, 2):
+            conn = self._conn(timeout)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
                 raw = resp.read()
-                return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}") from None
+                break
+            except (http.client.HTTPException, ConnectionError, ssl.SSLError):
+                # A kept connection the server closed: once more on a new one.
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+        if resp.status >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status} {raw.decode(errors='replace')}")
+        return json.loads(raw) if raw else None
 
     def wait_op(self, op_id, timeout, cancel_after=None, poll=0.1):
+        """Waits for the operation's end with the API's long poll (`wait_secs`); `poll` is
+        the least time between two reads that answered unchanged (an older controller)."""
         t0 = time.monotonic()
-        cancelled = False
+        cancelled, last = False, None
         while True:
-            op = self.req("GET", f"/v1/operations/{op_id}")
+            asked = time.monotonic()
+            wait = max(1, min(10, int(timeout - (asked - t0))))
+            if cancel_after and not cancelled:
+                wait = max(1, min(wait, int(cancel_after)))
+            op = self.req("GET", f"/v1/operations/{op_id}?wait_secs={wait}", timeout=wait + 30)
             if op["state"] in ("succeeded", "failed", "cancelled"):
                 return op, cancelled
             if cancel_after and not cancelled and time.monotonic() - t0 > cancel_after:
@@ -407,7 +437,9 @@ class Api:
                 cancelled = True
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"operation {op_id} still {op['state']} after {timeout} s")
-            time.sleep(poll)
+            if op == last:
+                time.sleep(max(0.0, poll - (time.monotonic() - asked)))
+            last = op
 
     def exec(self, name, cmd):
         out = self.req("POST", f"/v1/instances/{name}/exec", {"command": cmd, "timeout_secs": 30})
