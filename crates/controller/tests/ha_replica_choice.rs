@@ -8,7 +8,7 @@
 mod support;
 
 use nimbus_agent_api::snapshot_move::frame::{encode_header, Header, ROOT_LAYER};
-use nimbus_api::{CreateSnapshot, OperationState, ReplicaCopies};
+use nimbus_api::{OperationState, ReplicaCopies};
 use nimbus_controller::app::Caller;
 use nimbus_controller::ops::ha_replica_choice::{restorable_replica, NO_LIVE_HOLDER};
 use support::Cloud;
@@ -16,16 +16,7 @@ use uuid::Uuid;
 
 /// Takes snapshot `name` of `instance` through the controller; answers its id.
 async fn snapshot(cloud: &Cloud, caller: &Caller, instance: &str, name: &str) -> Uuid {
-    let req = CreateSnapshot {
-        instance: instance.into(),
-        name: Some(name.into()),
-        disk_only: false,
-    };
-    let op = cloud
-        .app
-        .create_snapshot(caller, &req)
-        .await
-        .expect("accepted");
+    let op = cloud.begin_snapshot(caller, instance, name).await;
     let done = cloud.wait_operation(op.id).await;
     assert_eq!(done.state, OperationState::Succeeded, "{:?}", done.error);
     cloud

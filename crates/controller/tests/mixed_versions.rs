@@ -9,8 +9,7 @@ mod support;
 
 use nimbus_agent_api::RegisterHost;
 use nimbus_api::{
-    CreateSnapshot, ErrorCode, InstanceState, MigrateInstance, OperationKind, OperationState,
-    OperationView,
+    ErrorCode, InstanceState, MigrateInstance, OperationKind, OperationState, OperationView,
 };
 use nimbus_controller::app::Caller;
 use nimbus_store::Scope;
@@ -55,16 +54,7 @@ async fn snapshots_never_start_a_move_to_or_from_an_agent_that_cannot_take_them(
     let cloud = Cloud::start(&["host1", "host2", "host3"], 4096).await;
     let caller = Caller::system("test", "default");
     let web = cloud.running_instance("web1", 512).await;
-    let req = CreateSnapshot {
-        instance: "web1".into(),
-        name: Some("s1".into()),
-        disk_only: false,
-    };
-    let op = cloud
-        .app
-        .create_snapshot(&caller, &req)
-        .await
-        .expect("snap");
+    let op = cloud.begin_snapshot(&caller, "web1", "s1").await;
     assert_eq!(wait(&cloud, &op).await.state, OperationState::Succeeded);
     cloud
         .app

@@ -4,7 +4,7 @@
 
 mod support;
 
-use nimbus_api::{CreateSnapshot, OperationState};
+use nimbus_api::OperationState;
 use nimbus_controller::app::Caller;
 use std::time::Duration;
 use support::Cloud;
@@ -14,16 +14,7 @@ async fn a_waiting_request_answers_with_the_end_of_the_operation() {
     let cloud = Cloud::start(&["host1"], 4096).await;
     let caller = Caller::system("test", "default");
     cloud.running_instance("web1", 512).await;
-    let req = CreateSnapshot {
-        instance: "web1".into(),
-        name: Some("s1".into()),
-        disk_only: false,
-    };
-    let op = cloud
-        .app
-        .create_snapshot(&caller, &req)
-        .await
-        .expect("accepted");
+    let op = cloud.begin_snapshot(&caller, "web1", "s1").await;
     assert_eq!(op.state, OperationState::Running);
     let id = op.id.to_string();
     // Bounded: the operation takes milliseconds against a fake agent.

@@ -334,6 +334,25 @@ impl Cloud {
         }
     }
 
+    /// Starts a snapshot (with memory) of `instance` named `name`; answers its operation.
+    #[allow(dead_code)] // not every test file using this support takes a snapshot
+    pub async fn begin_snapshot(
+        &self,
+        caller: &nimbus_controller::app::Caller,
+        instance: &str,
+        name: &str,
+    ) -> nimbus_api::OperationView {
+        let req = nimbus_api::CreateSnapshot {
+            instance: instance.into(),
+            name: Some(name.into()),
+            disk_only: false,
+        };
+        self.app
+            .create_snapshot(caller, &req)
+            .await
+            .expect("snapshot accepted")
+    }
+
     /// Waits (5 s at most) until operation `id` ends; answers it.
     #[allow(dead_code)] // not every test file using this support waits for an operation
     pub async fn wait_operation(&self, id: Uuid) -> nimbus_api::OperationView {
