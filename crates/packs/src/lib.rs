@@ -5,8 +5,8 @@
 //! one append-only file (up to [`PACK_LIMIT`]) of records, each carrying its chunk's hash, with
 //! an index file of fixed-size entries beside it (format in [`record`]); the host's index of
 //! every chunk is loaded from the index files at first use (rebuilt from its pack when an index
-//! is behind it, e.g. after a crash between the two appends; a record cut short by a crash is
-//! cut off). Every read checks the chunk's content against its hash (after decompression), so
+//! does not end where its pack does, behind or ahead of it, e.g. after a crash between the two
+//! appends or the two syncs; a record cut short by a crash is cut off). Every read checks the chunk's content against its hash (after decompression), so
 //! a damaged pack is refused as a damaged chunk file was. Removing chunks rewrites the packs
 //! that hold them with their live records only (garbage collection).
 //!
@@ -63,7 +63,9 @@ impl Writer {
     fn sync(&mut self, path: &Path) -> Result<()> {
         self.file.flush().map_err(Error::io("sync", path))?;
         self.idx.flush().map_err(Error::io("sync", path))?;
-        // Side by side: each waits for its own journal commit, and two in flight share one.
+        // Side by side: on a journaling file system (ext4 here) two fsyncs in flight share
+        // a commit. A crash may then leave the index ahead of its pack or behind it; loading
+        // rebuilds the index from the pack either way (see `load_pack`).
         let (pack, idx) = (self.file.get_ref(), self.idx.get_ref());
         let idx_synced = std::thread::scope(|scope| {
             let idx = scope.spawn(|| idx.sync_data());
@@ -153,7 +155,7 @@ impl PackStore {
             index.extend(entries);
             return Ok(len);
         }
-        tracing::warn!(pack = %pack.display(), "pack index behind its pack: rebuilding it");
+        tracing::warn!(pack = %pack.display(), "pack index does not match its pack: rebuilding it");
         self.rebuild(n, index)
     }
 

@@ -11,7 +11,7 @@
 //! ```text
 //! cluster 0   header | backing-format extension | end of extensions | backing file name
 //! cluster 1   refcount table: one entry, the refcount block in cluster 2
-//! cluster 2   refcount block: 16-bit refcounts, 1 for each cluster of metadata (0..=3+)
+//! cluster 2   refcount block: 16-bit refcounts, 1 for each cluster 0 .. 3 + L1 clusters
 //! cluster 3+  L1 table, all zero (nothing allocated: every read goes to the backing file)
 //! ```
 
@@ -32,10 +32,16 @@ const BACKING_FORMAT_EXTENSION: u32 = 0xe279_2aca;
 /// How much of a file's start is read for its header, extensions and backing file name:
 /// they lie in the first cluster.
 const HEADER_READ: u64 = CLUSTER;
+/// The longest backing file name QEMU opens (its `PATH_MAX`-bound buffer, 1024 with the NUL).
+const MAX_BACKING_NAME: usize = 1023;
+/// The largest L1 table QEMU opens (`QCOW_MAX_L1_SIZE`, 32 MiB): 4 Mi entries, disks of up
+/// to 2 PiB with 64 KiB clusters.
+const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 
-/// Writes an empty qcow2 (version 3) overlay of `virtual_size` bytes on `backing` (of
-/// format `backing_format`) to `path`, replacing any file there. The backing file is not
-/// opened, as with `qemu-img create -u`. Not synced, as with `qemu-img create`.
+/// Writes an empty qcow2 (version 3) overlay of `virtual_size` bytes (rounded up to 512, as
+/// `qemu-img` does) on `backing` (of format `backing_format`) to the new file `path`; an
+/// existing file there is an error (never one a QEMU may hold open). The backing file is
+/// not opened, as with `qemu-img create -u`. Not synced, as with `qemu-img create`.
 pub fn write_empty_overlay(
     path: &Path,
     backing: &Path,
@@ -43,27 +49,44 @@ pub fn write_empty_overlay(
     virtual_size: u64,
 ) -> io::Result<()> {
     let image = empty_overlay(backing.as_os_str().as_bytes(), backing_format, virtual_size)?;
-    std::fs::File::create(path)?.write_all(&image)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(&image)
 }
 
 /// The bytes of an empty overlay (see the module's layout).
 fn empty_overlay(backing: &[u8], backing_format: &str, virtual_size: u64) -> io::Result<Vec<u8>> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    let virtual_size = virtual_size
+        .checked_next_multiple_of(512)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| invalid(format!("{virtual_size} bytes is no disk size")))?;
     // Each L2 table maps a cluster's worth of 8-byte entries, each one cluster.
     let per_l2 = CLUSTER * (CLUSTER / 8);
-    let l1_entries = virtual_size.div_ceil(per_l2).max(1);
-    let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER);
-    let clusters = 3 + l1_clusters;
-    // One refcount block holds CLUSTER / 2 refcounts of 16 bits.
-    if clusters > CLUSTER / 2 || virtual_size == 0 {
-        return Err(invalid("a disk of this size needs qemu-img"));
+    let l1_entries = virtual_size.div_ceil(per_l2);
+    if l1_entries > MAX_L1_ENTRIES {
+        return Err(invalid(format!(
+            "a disk of {virtual_size} bytes is larger than QEMU opens (2 PiB)"
+        )));
     }
+    let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER);
+    // Header, refcount table, refcount block, L1 table: all must be counted by the one
+    // refcount block, which holds CLUSTER / 2 refcounts of 16 bits (true up to 2 PiB).
+    let clusters = 3 + l1_clusters;
+    debug_assert!(clusters <= CLUSTER / 2);
     let format = backing_format.as_bytes();
     // Header, the backing format extension (data padded to 8), the end extension, the name.
     let name_at = u64::from(HEADER_LEN) + 8 + (format.len() as u64).div_ceil(8) * 8 + 8;
-    if backing.is_empty() || name_at + backing.len() as u64 > CLUSTER || format.is_empty() {
-        return Err(invalid("the backing file name does not fit a qcow2 header"));
+    if backing.is_empty() || backing.len() > MAX_BACKING_NAME || format.is_empty() {
+        return Err(invalid(format!(
+            "a backing file name of {} bytes (format {backing_format:?}): QEMU opens names \
+             of 1 to {MAX_BACKING_NAME} bytes",
+            backing.len()
+        )));
     }
+    debug_assert!(name_at + backing.len() as u64 <= CLUSTER);
     let l1_at = 3 * CLUSTER;
     let mut image = vec![0u8; (l1_at + l1_entries * 8) as usize];
     let mut header = Vec::with_capacity(CLUSTER as usize);

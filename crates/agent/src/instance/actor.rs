@@ -197,8 +197,12 @@ impl Actor {
                     }
                     Some(Command::CancelMigration(reply)) => self.migrate_cancel(reply).await,
                     Some(Command::TakeSnapshot(plan, reply)) => {
+                        let memory = plan.stream.is_some();
                         let r = self.take_snapshot(plan).await;
                         let _ = reply.send(r);
+                        if memory {
+                            self.background_snapshot_off().await;
+                        }
                     }
                     Some(Command::Restore(plan, reply)) => {
                         let r = self.restore(plan).await;

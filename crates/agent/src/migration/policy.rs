@@ -91,7 +91,7 @@ pub fn source_capabilities(policy: &MigrationPolicy, mirror: bool) -> Vec<(&'sta
         ("postcopy-ram", policy.allow_postcopy),
         ("multifd", policy.multifd_channels.is_some()),
         ("pause-before-switchover", mirror),
-        // A memory snapshot leaves it on (see `snapshot::memory::wait_written`).
+        // Off after every memory snapshot already; here too, whatever left it on.
         ("background-snapshot", false),
     ]
 }

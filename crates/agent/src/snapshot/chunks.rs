@@ -140,13 +140,13 @@ impl ChunkStore {
     /// Cuts the stream `from` (the memory image `image`) into chunks and stores those not yet
     /// stored; makes them durable once, at the end.
     ///
-    /// The image is read while QEMU writes it, so the chunker must keep up, on a host whose
-    /// other core QEMU's writer holds: this thread only cuts (FastCDC) and hashes the whole;
-    /// [`STORERS`] threads hash each chunk, look it up and compress and append the new ones
-    /// (compression is most of the work of a first snapshot, hashing of a second). Once
-    /// QEMU is done, the storers share the cores it leaves. (On the 2-core development
-    /// machine this measured the same as one thread cutting and hashing and one
-    /// compressing; with more cores, a large image is compressed on two.)
+    /// The image is read while QEMU writes it, so the chunker must keep up with QEMU's
+    /// writer: one thread cuts (FastCDC) and hashes the whole image; [`STORERS`] threads
+    /// hash each chunk, look it up and compress and append the new ones (compression is
+    /// most of the work of a first snapshot, hashing of a second), so that on a host with
+    /// cores to spare a large image is compressed on two. (On the 2-core development
+    /// machine, which QEMU's writer half fills, this measured the same as one thread
+    /// cutting and hashing and one compressing.)
     pub fn put_stream(
         &self,
         from: impl Read + Send,
@@ -154,13 +154,23 @@ impl ChunkStore {
     ) -> Result<(ChunkedImage, Stored)> {
         let started = std::time::Instant::now();
         let (to_store, queue) = std::sync::mpsc::sync_channel::<Cut>(STORE_QUEUE);
-        let queue = std::sync::Mutex::new(queue);
+        // Taken away by a storer that fails, so that the cutter's next send fails at once
+        // instead of waiting for room in a queue nobody reads.
+        let queue = std::sync::Mutex::new(Some(queue));
         let (to_collect, results) = std::sync::mpsc::channel::<Hashed>();
         let (cut, stored, cut_at) = std::thread::scope(|scope| {
             let storers: Vec<_> = (0..STORERS)
                 .map(|_| {
                     let (queue, results) = (&queue, to_collect.clone());
-                    scope.spawn(move || self.store_cut(queue, results))
+                    scope.spawn(move || {
+                        let stored = self.store_cut(queue, results);
+                        if stored.is_err() {
+                            if let Ok(mut q) = queue.lock() {
+                                q.take();
+                            }
+                        }
+                        stored
+                    })
                 })
                 .collect();
             drop(to_collect);
@@ -204,7 +214,7 @@ impl ChunkStore {
     ) -> Result<(u64, String, usize)> {
         let mut whole = blake3::Hasher::new();
         let (mut len, mut count) = (0u64, 0usize);
-        // Large reads: the cutter asks for a chunk's worth at a time (see `follow::LAG`).
+        // Large reads: the cutter asks for a chunk's worth at a time (see `follow::MIN_READ`).
         let from = std::io::BufReader::with_capacity(READ_BUFFER, from);
         let cutter = fastcdc::v2020::StreamCDC::new(from, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
         for chunk in cutter {
@@ -224,16 +234,17 @@ impl ChunkStore {
     /// stored yet (a chunk met twice is stored once); each chunk's name goes to `results`.
     fn store_cut(
         &self,
-        queue: &std::sync::Mutex<Receiver<Cut>>,
+        queue: &std::sync::Mutex<Option<Receiver<Cut>>>,
         results: std::sync::mpsc::Sender<Hashed>,
     ) -> Result<Stored> {
         let mut stored = Stored::default();
         loop {
             let next = match queue.lock() {
-                Ok(q) => q.recv(),
+                Ok(q) => q.as_ref().map(Receiver::recv),
                 Err(_) => return Err(Error::Internal("a chunk storer failed".into())),
             };
-            let Ok((seq, data)) = next else {
+            // Closed by the cutter (the image is whole) or by a storer that failed.
+            let Some(Ok((seq, data))) = next else {
                 return Ok(stored);
             };
             let digest = blake3::hash(&data);

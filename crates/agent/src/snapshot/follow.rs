@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! take.rs ── Follow::new ──▶ FollowSignal (taker)      Following (chunker, blocking thread)
-//!            QEMU writes ─────────────────────────────▶ reads to the current end, waits 2 ms
+//!            QEMU writes ─────────────────────────────▶ reads to the current end (1 MiB or more
+//!                                                       at a time), else waits 2 ms
 //!            signal.complete() once QEMU says done  ──▶ reads to the end, then end of stream
 //!            dropped or signal.abort() on failure   ──▶ the read fails: nothing is recorded
 //! ```
@@ -29,10 +30,9 @@ const ABORTED: u8 = 2;
 /// How long the reader waits when it has caught up with QEMU.
 const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
 
-/// While QEMU writes, the reader takes at least this much at a time (or what its buffer
-/// holds, if less), staying that far behind the end QEMU appends to: fewer, larger reads,
-/// and none of the page QEMU is filling.
-const LAG: u64 = 1 << 20;
+/// While QEMU writes, the reader waits until at least this much is there (or what its
+/// buffer holds, if less) before it reads: fewer, larger reads than one per chunk.
+const MIN_READ: u64 = 1 << 20;
 
 /// The writer's side: tells the reader that the file is complete, or that it never will be.
 /// Dropped without [`FollowSignal::complete`] it aborts the reader, so an abandoned snapshot
@@ -100,6 +100,9 @@ impl Following {
 
 impl Read for Following {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         loop {
             // The state is read before the file: a read that finds nothing after QEMU was
             // done is the true end.
@@ -110,7 +113,7 @@ impl Read for Following {
             let pos = self.pos;
             if let Some(file) = self.file()? {
                 let written = file.metadata()?.len().saturating_sub(pos);
-                let enough = written >= LAG.min(buf.len() as u64);
+                let enough = written >= MIN_READ.min(buf.len() as u64);
                 if enough || state == COMPLETE {
                     let n = file.read(buf)?;
                     if n > 0 || state == COMPLETE {

@@ -96,7 +96,7 @@ pub async fn cancel(qmp: &Qmp) {
 /// image's last bytes were written out. It is believed at once, because QEMU's main loop
 /// then cleans the snapshot up (for a guest whose huge pages a first snapshot split,
 /// 40-60 ms here) and a `query-migrate` would wait for that. Events can be missed, so
-/// `query-migrate` is asked too, between events, every 50 ms at most.
+/// `query-migrate` is asked too: after each event, and at least every 50 ms.
 pub async fn wait_written(qmp: &Qmp, events: &mut broadcast::Receiver<QmpEvent>) -> Result<()> {
     wait_migration(
         qmp,

@@ -196,8 +196,10 @@ async fn run_operation(app: &App, claim: OperationClaim) -> Result<(), RunError>
             tracing::error!(operation_id = %id, error = %e, "could not apply the end of the operation; the reconciler retries it");
         }
     })
-    .await?;
+    .await;
+    // Also when the run stopped short (its lease lost, the store failing): waiters re-read.
     app.operation_ended();
+    let outcome = outcome?;
     tracing::info!(operation_id = %id, instance_id = %instance, kind = kind.as_str(), ?outcome, "operation ended");
     Ok(())
 }

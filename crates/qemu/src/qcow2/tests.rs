@@ -32,14 +32,15 @@ fn an_empty_overlay_is_what_qemu_img_would_make() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = dir.path().join("base.qcow2");
     let base_s = base.display().to_string();
-    // An odd size, and one whose L1 table needs several entries.
-    for size in [(1u64 << 30) + 4096, 20 << 30, 512 << 20] {
+    // Sizes not a multiple of a cluster (nor of 512: rounded up, as qemu-img does), and one
+    // whose L1 table needs several entries.
+    for size in [(1u64 << 30) + 4096, (64 << 20) + 1000, 20 << 30, 512 << 20] {
         run(
             "qemu-img",
             &["create", "-q", "-f", "qcow2", &base_s, &size.to_string()],
         );
-        let ours = dir.path().join("ours.qcow2");
-        let theirs = dir.path().join("theirs.qcow2");
+        let ours = dir.path().join(format!("ours-{size}.qcow2"));
+        let theirs = dir.path().join(format!("theirs-{size}.qcow2"));
         write_empty_overlay(&ours, &base, "qcow2", size).expect("write");
         run(
             "qemu-img",
@@ -73,7 +74,7 @@ fn an_empty_overlay_is_what_qemu_img_would_make() {
             std::fs::metadata(&ours).expect("stat").len(),
             std::fs::metadata(&theirs).expect("stat").len()
         );
-        assert_eq!(virtual_size(&ours), Some(size));
+        assert_eq!(virtual_size(&ours), Some(size.next_multiple_of(512)));
         assert_eq!(
             backing(&ours),
             Some(Some((base.clone(), "qcow2".to_string())))
@@ -109,10 +110,21 @@ fn qemu_writes_into_the_overlay_and_reads_through_it() {
 }
 
 #[test]
-fn a_name_too_long_for_the_header_is_refused() {
+fn what_qemu_would_not_open_is_refused_and_nothing_is_overwritten() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let long = PathBuf::from(format!("/{}", "x".repeat(70_000)));
-    let err = write_empty_overlay(&dir.path().join("o.qcow2"), &long, "qcow2", 1 << 30)
-        .expect_err("too long");
+    let out = dir.path().join("o.qcow2");
+    let long = PathBuf::from(format!("/{}", "x".repeat(MAX_BACKING_NAME)));
+    let err = write_empty_overlay(&out, &long, "qcow2", 1 << 30).expect_err("too long");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("1 to 1023 bytes"), "{err}");
+    let base = dir.path().join("base.qcow2");
+    for size in [0, 4 << 50] {
+        let err = write_empty_overlay(&out, &base, "qcow2", size).expect_err("size");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{size}");
+    }
+    assert!(!out.exists());
+    std::fs::write(&out, b"held by someone").expect("write");
+    let err = write_empty_overlay(&out, &base, "qcow2", 1 << 30).expect_err("exists");
+    assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&out).expect("read"), b"held by someone");
 }

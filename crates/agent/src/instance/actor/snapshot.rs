@@ -144,12 +144,28 @@ impl Actor {
         }
         resumed?;
         if plan.stream.is_some() {
-            // The capability stays on (turning it off would wait for QEMU's clean-up, see
-            // `wait_written`): a live migration sets it off itself.
+            // The capability goes off once the snapshot is answered (see
+            // [`Actor::background_snapshot_off`]).
             memory::wait_written(&qmp, &mut events).await?;
         }
         tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
         Ok(Taken { pause_ms })
+    }
+
+    /// After a memory snapshot was answered: the background-snapshot capability off again,
+    /// before this VM's next command (a `migrate` with it on would be a snapshot, not a
+    /// migration; live migrations also set it off themselves). Not inside the snapshot:
+    /// QEMU answers only after its clean-up of the snapshot, 40-60 ms after a second one.
+    pub(super) async fn background_snapshot_off(&mut self) {
+        let Some(qmp) = self.qmp().await else {
+            return;
+        };
+        if let Err(e) = memory::set_background(&qmp, false).await {
+            tracing::warn!(
+                error = error_chain(&e),
+                "cannot turn the background-snapshot capability off"
+            );
+        }
     }
 
     /// Replaces the VM by one restored from a snapshot. The caller validated everything;

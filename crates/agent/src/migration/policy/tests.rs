@@ -158,7 +158,7 @@ fn settings_follow_the_policy() {
     assert!(caps.contains(&("pause-before-switchover", true)));
     assert!(
         caps.contains(&("background-snapshot", false)),
-        "a memory snapshot leaves it on"
+        "whatever left it on"
     );
     assert!(caps.contains(&("auto-converge", true)));
     assert!(source_capabilities(&default, false).contains(&("pause-before-switchover", false)));

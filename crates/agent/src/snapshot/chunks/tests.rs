@@ -112,3 +112,26 @@ fn chunks_of_the_first_layout_keep_working() {
     assert!(store.collect_garbage(&HashSet::new()).expect("gc") > 0);
     assert!(!victim.exists());
 }
+
+/// Storers that cannot write (here: where the packs go is a file) fail the image: the
+/// cutter is not left waiting for room in a queue nobody reads any more.
+#[test]
+fn an_image_whose_chunks_cannot_be_written_fails_instead_of_hanging() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("chunks");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join(PACKS), b"not a directory").expect("block the packs");
+    let store = ChunkStore::new(dir);
+    // Far more chunks than the queue holds.
+    let path = tmp.path().join("image");
+    std::fs::write(&path, pseudo_random(16 << 20, 3)).expect("write");
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(store.put_file(&path).map(|_| ()));
+    });
+    // A bound on a hang, not a measure: the failure comes in milliseconds.
+    let result = result
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("put_file returned");
+    assert!(result.is_err(), "{result:?}");
+}
