@@ -50,7 +50,7 @@ Takes ~7 minutes with 3 runs (most of it the raw defaults timing out at 400 MiB/
 --raw-nimbus-policy. Per-run lines go to stderr, the tables to stdout.
 """
 import argparse, base64, datetime, json, os, queue, re, shutil, signal, socket, statistics, subprocess
-import http.client, ssl, sys, tempfile, threading, time, urllib.error, urllib.parse, urllib.request
+import http.client, ssl, sys, tempfile, threading, time, urllib.parse
 
 IMAGE_DIR = os.path.join(os.environ.get("NIMBUS_IMAGE_CACHE", "/var/cache/nimbus"), "images", "default")
 MEM_MIB = 512

@@ -162,15 +162,7 @@ impl ChunkStore {
             let storers: Vec<_> = (0..STORERS)
                 .map(|_| {
                     let (queue, results) = (&queue, to_collect.clone());
-                    scope.spawn(move || {
-                        let stored = self.store_cut(queue, results);
-                        if stored.is_err() {
-                            if let Ok(mut q) = queue.lock() {
-                                q.take();
-                            }
-                        }
-                        stored
-                    })
+                    scope.spawn(move || self.store_cut(queue, results))
                 })
                 .collect();
             drop(to_collect);
@@ -237,6 +229,21 @@ impl ChunkStore {
         queue: &std::sync::Mutex<Option<Receiver<Cut>>>,
         results: std::sync::mpsc::Sender<Hashed>,
     ) -> Result<Stored> {
+        let stored = self.store_each(queue, results);
+        if stored.is_err() {
+            // The queue closes: the cutter and the other storer stop too.
+            if let Ok(mut q) = queue.lock() {
+                q.take();
+            }
+        }
+        stored
+    }
+
+    fn store_each(
+        &self,
+        queue: &std::sync::Mutex<Option<Receiver<Cut>>>,
+        results: std::sync::mpsc::Sender<Hashed>,
+    ) -> Result<Stored> {
         let mut stored = Stored::default();
         loop {
             let next = match queue.lock() {
@@ -247,14 +254,10 @@ impl ChunkStore {
             let Some(Ok((seq, data))) = next else {
                 return Ok(stored);
             };
-            let digest = blake3::hash(&data);
-            let hash = digest.to_hex().to_string();
-            let known = self.packs.contains(digest.as_bytes())? || self.in_first_layout(&hash);
-            if !known {
-                if let Some(bytes) = self.packs.append(digest.as_bytes(), &data)? {
-                    stored.new_bytes += bytes;
-                    stored.new_chunks += 1;
-                }
+            let hash = blake3::hash(&data).to_hex().to_string();
+            if let Some(bytes) = self.put_chunk(&hash, &data)? {
+                stored.new_bytes += bytes;
+                stored.new_chunks += 1;
             }
             let chunk = ChunkRef {
                 hash,

@@ -81,7 +81,7 @@ struct Inner {
     snapshot_copies: crate::ops::snapshot_copies::SnapshotCopies,
     /// Bumped each time an operation run here ends: wakes the requests waiting for one
     /// (see [`App::wait_operation`]).
-    operations_ended: tokio::sync::watch::Sender<u64>,
+    operations_ended: tokio::sync::watch::Sender<()>,
 }
 
 impl App {
@@ -113,7 +113,7 @@ impl App {
                 replicas,
                 tls,
                 snapshot_copies: Default::default(),
-                operations_ended: tokio::sync::watch::Sender::new(0),
+                operations_ended: tokio::sync::watch::Sender::new(()),
             }),
         })
     }

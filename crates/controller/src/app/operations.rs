@@ -39,9 +39,7 @@ impl App {
 
     /// Wakes the requests waiting for an operation: one run here has ended.
     pub(crate) fn operation_ended(&self) {
-        self.inner
-            .operations_ended
-            .send_modify(|n| *n = n.wrapping_add(1));
+        self.inner.operations_ended.send_replace(());
     }
 
     pub async fn get_operation(
