@@ -245,9 +245,19 @@ pub async fn floating_ips(
         !String::from_utf8_lossy(&links.stdout).contains(&tap),
         "{tap} left on {old_host}"
     );
+    // The old host withdraws its route once it has deleted its copy of the VM, which the
+    // operation's end does not wait for: bounded wait (the CLI's --wait now returns at once).
+    let mut routed = routes_floating(&old_ns, fip);
+    for _ in 0..50 {
+        if !routed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        routed = routes_floating(&old_ns, fip);
+    }
     assert!(
-        !routes_floating(&old_ns, fip),
-        "{fip} still routed on {old_host}"
+        !routed,
+        "{fip} still routed on {old_host} 10 s after the migration"
     );
     drop(outside);
     let follow_started = Instant::now();
