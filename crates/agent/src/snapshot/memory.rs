@@ -52,10 +52,22 @@ pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
 
 /// Waits, on a VM we paused, until the background snapshot started by `migrate` has saved
 /// the device state and write-protected RAM (pages are being written), so that the VM may
-/// resume.
-pub async fn wait_flowing(qmp: &Qmp) -> Result<()> {
+/// resume. `events` must have been subscribed before the `migrate`.
+///
+/// QEMU's migration thread first touches every page of RAM without QEMU's big lock, then
+/// announces `active` and, under the lock, saves the device state and write-protects RAM.
+/// Asking `query-migrate` over and over meanwhile would take a core and the lock from that
+/// thread (the host may have two cores), so the asking starts at `active`: the first answer
+/// then comes once the lock is released, when pages are about to flow.
+pub async fn wait_flowing(qmp: &Qmp, events: &mut broadcast::Receiver<QmpEvent>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut announced = false;
     loop {
+        if !announced {
+            // Events can be missed: without one within 20 ms, QEMU is asked anyway.
+            let status = next_migration_event(events, Duration::from_millis(20)).await;
+            announced = status.is_some_and(|s| s != "setup");
+        }
         let info = qmp.query_migrate().await?;
         let status = info.status.as_deref().unwrap_or("");
         let ram = info.ram.unwrap_or_default();
@@ -73,8 +85,8 @@ pub async fn wait_flowing(qmp: &Qmp) -> Result<()> {
                 "QEMU did not start writing the memory snapshot".into(),
             ));
         }
-        // No sleep: the round trip of the next query is the wait (a tokio timer would add a
-        // millisecond per turn, all of it inside the VM's pause).
+        // Once announced, no sleep: the round trip of the next query is the wait (a tokio
+        // timer would add a millisecond per turn, all of it inside the VM's pause).
     }
 }
 

@@ -97,27 +97,32 @@ impl Actor {
         self.dir.set_top_disk(&plan.new_top.path)?;
         let t0 = std::time::Instant::now();
         // The three commands go out together (QMP runs them in order), so the pause is what
-        // QEMU needs rather than our round trips.
+        // QEMU needs rather than our round trips. `migrate` before `blockdev-snapshot`: QEMU
+        // runs that switch while its migration thread prepares RAM (see [`memory`]); both
+        // are as of our `stop`, since a VM we paused stays paused until our `cont`.
         let uri = plan
             .stream
             .as_ref()
             .map(|s| format!("file:{}", s.display()));
-        let (stopped, switched, started) = tokio::join!(
+        let mut migration_events = qmp.events();
+        let (stopped, started, switched) = tokio::join!(
             qmp.stop(),
-            qmp.blockdev_snapshot(&top_node, &plan.new_top.node),
             async {
                 match &uri {
                     Some(uri) => qmp.migrate(uri).await,
                     None => Ok(()),
                 }
             },
+            qmp.blockdev_snapshot(&top_node, &plan.new_top.node),
         );
         let sent = t0.elapsed();
         let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok() && uri.is_some());
         let frozen = match (stopped, switched, started) {
-            (Ok(()), Ok(()), Ok(())) if uri.is_some() => memory::wait_flowing(&qmp)
-                .await
-                .and_then(|()| failpoint::check("take.in_pause")),
+            (Ok(()), Ok(()), Ok(())) if uri.is_some() => {
+                memory::wait_flowing(&qmp, &mut migration_events)
+                    .await
+                    .and_then(|()| failpoint::check("take.in_pause"))
+            }
             (Ok(()), Ok(()), Ok(())) => failpoint::check("take.in_pause"),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(Error::from(e)),
         };
