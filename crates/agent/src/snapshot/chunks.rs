@@ -13,6 +13,7 @@
 
 use super::packs::{PackReader, PackStore};
 use crate::error::{Error, Result};
+use cutter::Cutter;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -28,17 +29,23 @@ const MIN_CHUNK: u32 = 2 << 10;
 const AVG_CHUNK: u32 = 8 << 10;
 pub const MAX_CHUNK: u32 = 32 << 10;
 
-/// Chunks queued between the cutter and the storers (about 2 MiB).
-const STORE_QUEUE: usize = 256;
+/// Chunks handed from the cutter to a storer at once: a storer woken per chunk costs a
+/// thread switch per 8 KiB (a second snapshot here: 4,400 switches of the cutter, batched
+/// 300).
+const BATCH: usize = 32;
 
-/// Bytes read from an image at a time.
+/// Batches queued between the cutter and the storers (about 2 MiB).
+const STORE_QUEUE: usize = 8;
+
+/// The cutter's buffer: each read of the image offers at least half of it, so that reads are
+/// large (see `follow::MIN_READ`).
 const READ_BUFFER: usize = 4 << 20;
 
 /// Threads that hash and store the chunks the cutter cuts (see [`ChunkStore::put_stream`]).
 const STORERS: usize = 2;
 
-/// A chunk cut from an image: its number in the stream and its content.
-type Cut = (usize, Vec<u8>);
+/// Chunks cut from an image, in stream order: the first one's number and their contents.
+type Cut = (usize, Vec<Vec<u8>>);
 
 /// A chunk hashed (and stored when new): its number in the stream and its name.
 type Hashed = (usize, ChunkRef);
@@ -141,7 +148,8 @@ impl ChunkStore {
     /// stored; makes them durable once, at the end.
     ///
     /// The image is read while QEMU writes it, so the chunker must keep up with QEMU's
-    /// writer: one thread cuts (FastCDC) and hashes the whole image; [`STORERS`] threads
+    /// writer: one thread cuts (FastCDC, with a second thread when much is in hand, see
+    /// [`cutter`]) and hashes the whole image; [`STORERS`] threads
     /// hash each chunk, look it up and compress and append the new ones (compression is
     /// most of the work of a first snapshot, hashing of a second), so that on a host with
     /// cores to spare a large image is compressed on two. (On the 2-core development
@@ -206,18 +214,24 @@ impl ChunkStore {
     ) -> Result<(u64, String, usize)> {
         let mut whole = blake3::Hasher::new();
         let (mut len, mut count) = (0u64, 0usize);
-        // Large reads: the cutter asks for a chunk's worth at a time (see `follow::MIN_READ`).
-        let from = std::io::BufReader::with_capacity(READ_BUFFER, from);
-        let cutter = fastcdc::v2020::StreamCDC::new(from, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
-        for chunk in cutter {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut cutter = Cutter::new(from, READ_BUFFER);
+        while let Some(chunk) = cutter.next() {
             let chunk = chunk
                 .map_err(|e| Error::Internal(format!("cannot read {}: {e}", image.display())))?;
-            whole.update(&chunk.data);
-            len += chunk.data.len() as u64;
-            if to_store.send((count, chunk.data)).is_err() {
-                return Err(Error::Internal("the chunk storers stopped".into()));
+            whole.update(&chunk);
+            len += chunk.len() as u64;
+            batch.push(chunk);
+            // A batch also goes before the cutter reads (and may wait for QEMU), so that
+            // the storers are never behind by more than what is in hand.
+            if batch.len() == BATCH || !cutter.in_hand() {
+                let first = count;
+                count += batch.len();
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if to_store.send((first, full)).is_err() {
+                    return Err(Error::Internal("the chunk storers stopped".into()));
+                }
             }
-            count += 1;
         }
         Ok((len, whole.finalize().to_hex().to_string(), count))
     }
@@ -251,20 +265,22 @@ impl ChunkStore {
                 Err(_) => return Err(Error::Internal("a chunk storer failed".into())),
             };
             // Closed by the cutter (the image is whole) or by a storer that failed.
-            let Some(Ok((seq, data))) = next else {
+            let Some(Ok((first, batch))) = next else {
                 return Ok(stored);
             };
-            let hash = blake3::hash(&data).to_hex().to_string();
-            if let Some(bytes) = self.put_chunk(&hash, &data)? {
-                stored.new_bytes += bytes;
-                stored.new_chunks += 1;
+            for (seq, data) in (first..).zip(batch) {
+                let hash = blake3::hash(&data).to_hex().to_string();
+                if let Some(bytes) = self.put_chunk(&hash, &data)? {
+                    stored.new_bytes += bytes;
+                    stored.new_chunks += 1;
+                }
+                let chunk = ChunkRef {
+                    hash,
+                    len: data.len() as u32,
+                };
+                // The collector reads once every storer has ended; it never goes first.
+                let _ = results.send((seq, chunk));
             }
-            let chunk = ChunkRef {
-                hash,
-                len: data.len() as u32,
-            };
-            // The collector reads once every storer has ended; it never goes first.
-            let _ = results.send((seq, chunk));
         }
     }
 
@@ -485,5 +501,6 @@ pub fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+mod cutter;
 #[cfg(test)]
 mod tests;
