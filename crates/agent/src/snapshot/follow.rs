@@ -17,7 +17,7 @@
 //! ```
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -60,18 +60,19 @@ impl Drop for FollowSignal {
 pub struct Following {
     path: PathBuf,
     file: Option<File>,
-    /// Bytes read so far.
+    /// Where in the file the next read starts.
     pos: u64,
     state: Arc<AtomicU8>,
 }
 
-/// A follower of `path` (which need not exist yet) and the signal that ends it.
-pub fn follow(path: PathBuf) -> (Following, FollowSignal) {
+/// A follower of `path` (which need not exist yet) from byte `start` on, and the signal
+/// that ends it.
+pub fn follow(path: PathBuf, start: u64) -> (Following, FollowSignal) {
     let state = Arc::new(AtomicU8::new(WRITING));
     let reader = Following {
         path,
         file: None,
-        pos: 0,
+        pos: start,
         state: state.clone(),
     };
     (reader, FollowSignal(state))
@@ -89,7 +90,10 @@ impl Following {
     fn file(&mut self) -> io::Result<Option<&mut File>> {
         if self.file.is_none() {
             match File::open(&self.path) {
-                Ok(f) => self.file = Some(f),
+                Ok(mut f) => {
+                    f.seek(SeekFrom::Start(self.pos))?;
+                    self.file = Some(f);
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             }
@@ -141,7 +145,7 @@ mod tests {
     fn reads_what_is_written_while_it_grows_until_complete() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let path = tmp.path().join("stream");
-        let (mut reader, signal) = follow(path.clone());
+        let (mut reader, signal) = follow(path.clone(), 0);
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             let mut f = File::create(&path).expect("create");
@@ -159,11 +163,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_from_its_start_offset_on() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("stream");
+        let mut data = vec![0u8; 4096];
+        data.extend_from_slice(b"QEVM and the rest");
+        std::fs::write(&path, &data).expect("write");
+        let (mut reader, signal) = follow(path, 4096);
+        signal.complete();
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).expect("read");
+        assert_eq!(all, b"QEVM and the rest");
+    }
+
+    #[test]
     fn an_abandoned_image_fails_the_reader() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let path = tmp.path().join("stream");
         std::fs::write(&path, b"partial").expect("write");
-        let (mut reader, signal) = follow(path);
+        let (mut reader, signal) = follow(path, 0);
         let dropper = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             drop(signal);
@@ -176,7 +194,7 @@ mod tests {
     #[test]
     fn a_complete_image_never_written_is_an_error() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (mut reader, signal) = follow(tmp.path().join("never"));
+        let (mut reader, signal) = follow(tmp.path().join("never"), 0);
         signal.complete();
         assert!(reader.read_to_end(&mut Vec::new()).is_err());
     }

@@ -34,6 +34,18 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest a memory image may take to load.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Where in its file QEMU writes a memory image (`file:` URI's `offset`): not at 0, because
+/// QEMU truncates the file to that offset first, and on ext4 a file truncated to nothing is
+/// written out to disk when its first descriptor closes (`auto_da_alloc`). The chunker's
+/// close paid that, 30-60 ms for an idle 512 MiB guest's image, to write out a file that is
+/// deleted once stored. (Images assembled for a restore are plain streams from 0.)
+pub const IMAGE_OFFSET: u64 = 4096;
+
+/// The migration URI that writes a memory image to `path` (see [`IMAGE_OFFSET`]).
+pub fn image_uri(path: &Path) -> String {
+    format!("file:{},offset={IMAGE_OFFSET}", path.display())
+}
+
 /// Turns the background snapshot capability on or off (and what conflicts with it off).
 pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
     let mut caps: Vec<(&str, bool)> = INCOMPATIBLE.iter().map(|c| (*c, false)).collect();
@@ -52,27 +64,37 @@ pub async fn set_background(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
 
 /// Waits, on a VM we paused, until the background snapshot started by `migrate` has saved
 /// the device state and write-protected RAM (pages are being written), so that the VM may
-/// resume. `events` must have been subscribed before the `migrate`.
+/// resume. `events` must have been subscribed before the `migrate`. Answers how long QEMU
+/// took from `setup` to `active` (touching RAM), when its events said.
 ///
 /// QEMU's migration thread first touches every page of RAM without QEMU's big lock, then
 /// announces `active` and, under the lock, saves the device state and write-protects RAM.
 /// Asking `query-migrate` over and over meanwhile would take a core and the lock from that
 /// thread (the host may have two cores), so the asking starts at `active`: the first answer
 /// then comes once the lock is released, when pages are about to flow.
-pub async fn wait_flowing(qmp: &Qmp, events: &mut broadcast::Receiver<QmpEvent>) -> Result<()> {
+pub async fn wait_flowing(
+    qmp: &Qmp,
+    events: &mut broadcast::Receiver<QmpEvent>,
+) -> Result<Option<Duration>> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut announced = false;
+    let (mut setup, mut preparation) = (None, None);
     loop {
-        if !announced {
+        if preparation.is_none() {
             // Events can be missed: without one within 20 ms, QEMU is asked anyway.
-            let status = next_migration_event(events, Duration::from_millis(20)).await;
-            announced = status.is_some_and(|s| s != "setup");
+            match next_migration_event(events, Duration::from_millis(20)).await {
+                Some((status, at)) if status == "setup" => setup = Some(at),
+                Some((_, at)) => {
+                    let micros = setup.map_or(0, |s: i64| (at - s).max(0) as u64);
+                    preparation = Some(Duration::from_micros(micros));
+                }
+                None => {}
+            }
         }
         let info = qmp.query_migrate().await?;
         let status = info.status.as_deref().unwrap_or("");
         let ram = info.ram.unwrap_or_default();
         if ram.normal + ram.duplicate > 0 || status == "completed" {
-            return Ok(());
+            return Ok(preparation);
         }
         if status == "failed" || status == "cancelled" {
             return Err(Error::QemuFailed(format!(
@@ -154,8 +176,8 @@ async fn wait_migration(
         }
         match events.as_deref_mut() {
             Some(events) => {
-                let status = next_migration_event(events, Duration::from_millis(50)).await;
-                if status.as_deref() == Some("completed") {
+                let event = next_migration_event(events, Duration::from_millis(50)).await;
+                if event.is_some_and(|(status, _)| status == "completed") {
                     return Ok(());
                 }
             }
@@ -164,19 +186,19 @@ async fn wait_migration(
     }
 }
 
-/// The status of QEMU's next MIGRATION event, or `None` after `at_most` without one
-/// (events can be missed: the caller polls anyway).
+/// QEMU's next MIGRATION event: its status and timestamp (µs), or `None` after `at_most`
+/// without one (events can be missed: the caller polls anyway).
 async fn next_migration_event(
     events: &mut broadcast::Receiver<QmpEvent>,
     at_most: Duration,
-) -> Option<String> {
+) -> Option<(String, i64)> {
     let next = async {
         loop {
             match events.recv().await {
                 Ok(QmpEvent {
                     kind: EventKind::Migration { status },
-                    ..
-                }) => return status,
+                    timestamp,
+                }) => return (status, timestamp.as_micros()),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             }

@@ -4,7 +4,7 @@
 use super::chunks::{ChunkedImage, Stored};
 use super::manifest::{self, DiskLayer, Manifest, Pending, SnapshotFiles, FORMAT_VERSION};
 use super::SnapshotStore;
-use super::{failpoint, follow, layers};
+use super::{failpoint, follow, layers, memory};
 use crate::error::{Error, Result};
 use crate::instance::{TakePlan, VmHandle};
 use chrono::Utc;
@@ -163,7 +163,7 @@ fn start_chunking(
 ) {
     // A file left by an earlier attempt must not be read as the start of this one.
     let _ = std::fs::remove_file(path);
-    let (reader, signal) = follow::follow(path.to_path_buf());
+    let (reader, signal) = follow::follow(path.to_path_buf(), memory::IMAGE_OFFSET);
     let (store, path) = (store.clone(), path.to_path_buf());
     let task = tokio::spawn(async move { store.put_following(reader, &path).await });
     (task, signal)

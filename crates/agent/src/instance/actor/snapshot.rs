@@ -100,10 +100,7 @@ impl Actor {
         // QEMU needs rather than our round trips. `migrate` before `blockdev-snapshot`: QEMU
         // runs that switch while its migration thread prepares RAM (see [`memory`]); both
         // are as of our `stop`, since a VM we paused stays paused until our `cont`.
-        let uri = plan
-            .stream
-            .as_ref()
-            .map(|s| format!("file:{}", s.display()));
+        let uri = plan.stream.as_deref().map(memory::image_uri);
         let mut migration_events = qmp.events();
         let (stopped, started, switched) = tokio::join!(
             qmp.stop(),
@@ -117,10 +114,12 @@ impl Actor {
         );
         let sent = t0.elapsed();
         let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok() && uri.is_some());
+        let mut preparation = None;
         let frozen = match (stopped, switched, started) {
             (Ok(()), Ok(()), Ok(())) if uri.is_some() => {
                 memory::wait_flowing(&qmp, &mut migration_events)
                     .await
+                    .map(|p| preparation = p)
                     .and_then(|()| failpoint::check("take.in_pause"))
             }
             (Ok(()), Ok(()), Ok(())) => failpoint::check("take.in_pause"),
@@ -129,7 +128,8 @@ impl Actor {
         let flowing = t0.elapsed();
         let resumed = qmp.cont().await;
         let pause_ms = memory::pause_from_events(&mut events).await;
-        tracing::info!(?sent, ?flowing, resumed = ?t0.elapsed(), pause_ms, "snapshot pause");
+        // `preparation`: QEMU touching RAM, from its `setup` to its `active` (inside the pause).
+        tracing::info!(?sent, ?preparation, ?flowing, resumed = ?t0.elapsed(), pause_ms, "snapshot pause");
         if let Err(e) = frozen {
             if started_ok {
                 memory::cancel(&qmp).await;
