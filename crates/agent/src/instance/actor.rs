@@ -85,6 +85,9 @@ struct Run {
     marker: MarkerFollower,
     stop_requested: bool,
     guest_powered_off: bool,
+    /// How long after starting a memory snapshot this QEMU is stopped (a late stop, see
+    /// `memory::migrate_then_stop`): from its last snapshot's RAM preparation.
+    snapshot_lead: Option<std::time::Duration>,
 }
 
 impl Drop for Run {

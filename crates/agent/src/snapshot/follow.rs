@@ -9,7 +9,9 @@
 //! chunking too.
 //!
 //! ```text
-//! take.rs ── Follow::new ──▶ FollowSignal (taker)      Following (chunker, blocking thread)
+//! take.rs ── follow_held ──▶ FollowSignal + Release    Following (chunker, blocking thread)
+//!            held until the VM resumed  ──────────────▶ waits (not to take a core from QEMU)
+//!            release() after the pause ───────────────▶ starts reading
 //!            QEMU writes ─────────────────────────────▶ reads to the current end (1 MiB or more
 //!                                                       at a time), else waits 2 ms
 //!            signal.complete() once QEMU says done  ──▶ reads to the end, then end of stream
@@ -26,6 +28,8 @@ use std::time::Duration;
 const WRITING: u8 = 0;
 const COMPLETE: u8 = 1;
 const ABORTED: u8 = 2;
+/// Writing, but the reader must not start yet (see [`Release`]).
+const HELD: u8 = 3;
 
 /// How long the reader waits when it has caught up with QEMU.
 const CAUGHT_UP_WAIT: Duration = Duration::from_millis(2);
@@ -51,7 +55,22 @@ impl Drop for FollowSignal {
     fn drop(&mut self) {
         let _ = self
             .0
-            .compare_exchange(WRITING, ABORTED, Ordering::AcqRel, Ordering::Acquire);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                matches!(s, WRITING | HELD).then_some(ABORTED)
+            });
+    }
+}
+
+/// Lets a held reader start (see [`follow_held`]).
+#[derive(Debug, Clone)]
+pub struct Release(Arc<AtomicU8>);
+
+impl Release {
+    /// The reader may read from now on.
+    pub fn release(&self) {
+        let _ = self
+            .0
+            .compare_exchange(HELD, WRITING, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -68,7 +87,20 @@ pub struct Following {
 /// A follower of `path` (which need not exist yet) from byte `start` on, and the signal
 /// that ends it.
 pub fn follow(path: PathBuf, start: u64) -> (Following, FollowSignal) {
-    let state = Arc::new(AtomicU8::new(WRITING));
+    follow_from_state(path, start, WRITING)
+}
+
+/// A follower as [`follow`]'s that reads nothing until released (or the file is complete):
+/// a snapshot's chunker, whose threads would otherwise start while the VM is still paused
+/// and take the cores QEMU needs to resume it.
+pub fn follow_held(path: PathBuf, start: u64) -> (Following, FollowSignal, Release) {
+    let (reader, signal) = follow_from_state(path, start, HELD);
+    let release = Release(signal.0.clone());
+    (reader, signal, release)
+}
+
+fn follow_from_state(path: PathBuf, start: u64, initial: u8) -> (Following, FollowSignal) {
+    let state = Arc::new(AtomicU8::new(initial));
     let reader = Following {
         path,
         file: None,
@@ -115,7 +147,9 @@ impl Read for Following {
                 return Err(self.aborted());
             }
             let pos = self.pos;
-            if let Some(file) = self.file()? {
+            if state == HELD {
+                // Not yet: see `follow_held`.
+            } else if let Some(file) = self.file()? {
                 let written = file.metadata()?.len().saturating_sub(pos);
                 let enough = written >= MIN_READ.min(buf.len() as u64);
                 if enough || state == COMPLETE {
@@ -174,6 +208,34 @@ mod tests {
         let mut all = Vec::new();
         reader.read_to_end(&mut all).expect("read");
         assert_eq!(all, b"QEVM and the rest");
+    }
+
+    #[test]
+    fn a_held_reader_reads_nothing_until_released() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("stream");
+        std::fs::write(&path, vec![1u8; (MIN_READ * 2) as usize]).expect("write");
+        let (mut reader, signal, release) = follow_held(path, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = reader.read(&mut buf).expect("read");
+            let _ = tx.send(n);
+            reader
+        });
+        let held = rx.recv_timeout(Duration::from_millis(100));
+        assert!(held.is_err(), "read while held: {held:?}");
+        release.release();
+        let n = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("read once released");
+        assert_eq!(n, 1 << 20);
+        let mut reader = thread.join().expect("reader");
+        drop(signal);
+        assert!(
+            reader.read(&mut [0u8; 16]).is_err(),
+            "aborted once the signal is gone"
+        );
     }
 
     #[test]

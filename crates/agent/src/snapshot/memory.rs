@@ -82,7 +82,10 @@ pub async fn wait_flowing(
         if preparation.is_none() {
             // Events can be missed: without one within 20 ms, QEMU is asked anyway.
             match next_migration_event(events, Duration::from_millis(20)).await {
-                Some((status, at)) if status == "setup" => setup = Some(at),
+                Some((status, at)) if status == "setup" => {
+                    setup = Some(at);
+                    continue;
+                }
                 Some((_, at)) => {
                     let micros = setup.map_or(0, |s: i64| (at - s).max(0) as u64);
                     preparation = Some(Duration::from_micros(micros));
@@ -110,6 +113,28 @@ pub async fn wait_flowing(
         // Once announced, no sleep: the round trip of the next query is the wait (a tokio
         // timer would add a millisecond per turn, all of it inside the VM's pause).
     }
+}
+
+/// Share of QEMU's last RAM preparation (`setup` to `active`) after which a late stop is
+/// sent (see [`migrate_then_stop`]): the rest of the preparation falls inside the pause, and
+/// the margin covers a preparation faster than the last.
+pub const LATE_STOP_SHARE: f64 = 0.6;
+
+/// Starts the memory image of the running VM and stops the VM `lead` later, while QEMU's
+/// migration thread still touches RAM: that part of the preparation is then outside the
+/// pause, as in QEMU's own background snapshot. Answers whether our stop provably came
+/// before the thread's own stop of the VM: `query-migrate`, run after our `stop`, still
+/// says `setup`, and the thread sets `active` before it stops the VM (QEMU 6.0 to 10.0,
+/// `bg_migration_thread`). Then the thread finds the VM paused, saves it as of our stop and
+/// leaves it paused, as when we stop first. Otherwise the thread may have saved the VM as of
+/// its own stop and resumed it: the caller resumes the VM, cancels, and goes again.
+pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<bool, QmpError> {
+    qmp.migrate(uri).await?;
+    // A tokio timer has a millisecond's resolution; a sleeping thread is precise.
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(lead)).await;
+    let (stopped, info) = tokio::join!(qmp.stop(), qmp.query_migrate());
+    stopped?;
+    Ok(info?.status.as_deref() == Some("setup"))
 }
 
 /// Cancels a memory snapshot in progress and waits (bounded) until QEMU has let go of it.

@@ -6,7 +6,7 @@ use super::manifest::{self, DiskLayer, Manifest, Pending, SnapshotFiles, FORMAT_
 use super::SnapshotStore;
 use super::{failpoint, follow, layers, memory};
 use crate::error::{Error, Result};
-use crate::instance::{TakePlan, VmHandle};
+use crate::instance::{TakePlan, Taken, VmHandle};
 use chrono::Utc;
 use nimbus_agent_api::{SnapshotRequest, SnapshotResult};
 use std::path::Path;
@@ -34,43 +34,49 @@ pub async fn take(
     let started = Instant::now();
     let dir = vm.dir();
     let frozen = dir.top_disk();
-    let new_top = layers::new_layer_on(dir, &frozen).await?;
-    files.write_pending(&Pending {
-        layer: frozen.clone(),
-    })?;
-    // QEMU, as the VM's user, writes the memory image there.
-    crate::confine::user::give_new_file(dir.dir(), files.dir())?;
-    if let Err(e) = failpoint::check("take.after_new_layer") {
-        let _ = std::fs::remove_file(&new_top.path);
-        let _ = files.remove();
-        return Err(e);
-    }
-    let stream = req.memory.then(|| files.stream_file());
-    let chunking = stream.as_ref().map(|path| start_chunking(store, path));
-    let prepared = started.elapsed();
-    let plan = TakePlan {
-        new_top: new_top.clone(),
-        stream: stream.clone(),
-    };
-    let (taken, chunking) = match (vm.take_snapshot(plan).await, chunking) {
-        (Ok(t), Some((task, signal))) => {
-            signal.complete();
-            (t, Some(task))
-        }
-        (Ok(t), None) => (t, None),
-        (Err(e), chunking) => {
-            // Dropping the signal ends the chunker; what it stored is garbage the next
-            // collection takes.
-            if let Some((task, signal)) = chunking {
-                drop(signal);
-                let _ = task.await;
-            }
-            if !layers::same_file(&dir.top_disk(), &new_top.path) {
-                // The disk never switched: nothing of this snapshot exists.
-                let _ = std::fs::remove_file(&new_top.path);
-                let _ = files.remove();
-            }
+    // A late stop (see `memory::migrate_then_stop`) that cannot prove it came first is
+    // undone and the snapshot taken again, stopping first.
+    let mut late_stop = true;
+    let (new_top, stream, prepared, taken, chunking) = loop {
+        let new_top = layers::new_layer_on(dir, &frozen).await?;
+        files.write_pending(&Pending {
+            layer: frozen.clone(),
+        })?;
+        // QEMU, as the VM's user, writes the memory image there.
+        crate::confine::user::give_new_file(dir.dir(), files.dir())?;
+        if let Err(e) = failpoint::check("take.after_new_layer") {
+            let _ = std::fs::remove_file(&new_top.path);
+            let _ = files.remove();
             return Err(e);
+        }
+        let stream = req.memory.then(|| files.stream_file());
+        let (chunking, release) = match stream.as_ref().map(|path| start_chunking(store, path)) {
+            Some((chunking, release)) => (Some(chunking), Some(release)),
+            None => (None, None),
+        };
+        let prepared = started.elapsed();
+        let plan = TakePlan {
+            new_top: new_top.clone(),
+            stream: stream.clone(),
+            late_stop,
+            on_resume: release,
+        };
+        match (vm.take_snapshot(plan).await, chunking) {
+            (Ok(Taken::Frozen { pause_ms }), Some((task, signal))) => {
+                signal.complete();
+                break (new_top, stream, prepared, pause_ms, Some(task));
+            }
+            (Ok(Taken::Frozen { pause_ms }), None) => {
+                break (new_top, stream, prepared, pause_ms, None)
+            }
+            (Ok(Taken::Again), chunking) => {
+                abandon(vm, &files, &new_top, chunking).await;
+                late_stop = false;
+            }
+            (Err(e), chunking) => {
+                abandon(vm, &files, &new_top, chunking).await;
+                return Err(e);
+            }
         }
     };
     let written = started.elapsed();
@@ -107,7 +113,7 @@ pub async fn take(
     let result = SnapshotResult {
         snapshot_id: req.snapshot_id,
         memory: req.memory,
-        vm_pause_ms: taken.pause_ms,
+        vm_pause_ms: taken,
         total_ms: started.elapsed().as_millis() as u64,
         disk_layer_bytes,
         memory_bytes,
@@ -152,19 +158,39 @@ pub async fn take(
     Ok(result)
 }
 
-/// Starts cutting the memory image QEMU is about to write to `path` into chunks, as it is
-/// written (see [`follow`]); the signal tells the chunker when the image is whole.
-fn start_chunking(
-    store: &SnapshotStore,
-    path: &Path,
-) -> (
+/// A memory image being cut as QEMU writes it, and the signal that ends the following.
+type Chunking = (
     tokio::task::JoinHandle<Result<(ChunkedImage, Stored)>>,
     follow::FollowSignal,
+);
+
+/// Undoes an attempt that failed or is taken again: the chunker ends (what it stored is
+/// garbage the next collection takes) and, unless the disk switched to `new_top`, nothing
+/// of the attempt is left.
+async fn abandon(
+    vm: &VmHandle,
+    files: &SnapshotFiles,
+    new_top: &layers::NewTop,
+    chunking: Option<Chunking>,
 ) {
+    if let Some((task, signal)) = chunking {
+        drop(signal);
+        let _ = task.await;
+    }
+    if !layers::same_file(&vm.dir().top_disk(), &new_top.path) {
+        let _ = std::fs::remove_file(&new_top.path);
+        let _ = files.remove();
+    }
+}
+
+/// Starts cutting the memory image QEMU is about to write to `path` into chunks, as it is
+/// written (see [`follow`]); the signal tells the chunker when the image is whole.
+/// Held until the VM resumes (see [`follow::follow_held`]).
+fn start_chunking(store: &SnapshotStore, path: &Path) -> (Chunking, follow::Release) {
     // A file left by an earlier attempt must not be read as the start of this one.
     let _ = std::fs::remove_file(path);
-    let (reader, signal) = follow::follow(path.to_path_buf(), memory::IMAGE_OFFSET);
+    let (reader, signal, release) = follow::follow_held(path.to_path_buf(), memory::IMAGE_OFFSET);
     let (store, path) = (store.clone(), path.to_path_buf());
     let task = tokio::spawn(async move { store.put_following(reader, &path).await });
-    (task, signal)
+    ((task, signal), release)
 }

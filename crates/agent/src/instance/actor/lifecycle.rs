@@ -155,6 +155,7 @@ impl Actor {
             qemu,
             stop_requested: false,
             guest_powered_off: false,
+            snapshot_lead: None,
         });
         self.update(|s| {
             // A QEMU waiting for an incoming migration runs no guest yet.

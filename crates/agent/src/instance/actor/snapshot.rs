@@ -16,12 +16,22 @@ use std::time::Duration;
 pub(crate) struct TakePlan {
     pub new_top: NewTop,
     pub stream: Option<PathBuf>,
+    /// Stop the VM late, while QEMU prepares RAM (see [`memory::migrate_then_stop`]), once
+    /// this QEMU's preparation was measured.
+    pub late_stop: bool,
+    /// Released once the VM resumed: the chunker starts then, not to take a core from QEMU
+    /// inside the pause.
+    pub on_resume: Option<crate::snapshot::follow::Release>,
 }
 
-/// What the VM went through.
+/// What became of a snapshot's pause.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Taken {
-    pub pause_ms: f64,
+pub(crate) enum Taken {
+    /// The disk is frozen and the memory image is written; the VM was paused so long.
+    Frozen { pause_ms: f64 },
+    /// A late stop could not prove it came first: nothing was taken, the VM runs on, and the
+    /// snapshot must be taken again without a late stop.
+    Again,
 }
 
 /// Replace the running VM by one on `top`, resumed from `stream` when given (else booted).
@@ -63,7 +73,7 @@ impl Actor {
         if !self.is_running_here() {
             if plan.stream.is_none() && self.is_idle_stopped() {
                 self.dir.set_top_disk(&plan.new_top.path)?;
-                return Ok(Taken { pause_ms: 0.0 });
+                return Ok(Taken::Frozen { pause_ms: 0.0 });
             }
             let state = self.status.borrow().state;
             return Err(Error::Conflict(format!(
@@ -96,22 +106,51 @@ impl Actor {
         // old layer under the new, empty one, which is the same disk.
         self.dir.set_top_disk(&plan.new_top.path)?;
         let t0 = std::time::Instant::now();
-        // The three commands go out together (QMP runs them in order), so the pause is what
-        // QEMU needs rather than our round trips. `migrate` before `blockdev-snapshot`: QEMU
-        // runs that switch while its migration thread prepares RAM (see [`memory`]); both
-        // are as of our `stop`, since a VM we paused stays paused until our `cont`.
         let uri = plan.stream.as_deref().map(memory::image_uri);
         let mut migration_events = qmp.events();
-        let (stopped, started, switched) = tokio::join!(
-            qmp.stop(),
-            async {
-                match &uri {
-                    Some(uri) => qmp.migrate(uri).await,
-                    None => Ok(()),
+        let late_lead = self.run.as_ref().and_then(|r| r.snapshot_lead);
+        let (stopped, started, switched) = match (&uri, late_lead) {
+            (Some(uri), Some(lead)) if plan.late_stop => {
+                match memory::migrate_then_stop(&qmp, uri, lead).await {
+                    Ok(true) => {
+                        let switched = qmp.blockdev_snapshot(&top_node, &plan.new_top.node).await;
+                        (Ok(()), Ok(()), switched)
+                    }
+                    proven_or_failed => {
+                        // QEMU may have stopped (and resumed) the VM itself first, or
+                        // something failed: the VM runs on, nothing was taken.
+                        let _ = qmp.cont().await;
+                        memory::cancel(&qmp).await;
+                        self.dir.set_top_disk(&old_top)?;
+                        let _ = qmp.blockdev_del(&plan.new_top.node).await;
+                        if let Some(run) = self.run.as_mut() {
+                            run.snapshot_lead = None;
+                        }
+                        tracing::info!(
+                            ?lead,
+                            result = ?proven_or_failed.as_ref().map_err(|e| error_chain(e)),
+                            "late stop not proven first; taking the snapshot again"
+                        );
+                        return Ok(Taken::Again);
+                    }
                 }
-            },
-            qmp.blockdev_snapshot(&top_node, &plan.new_top.node),
-        );
+            }
+            // Stop first, then the rest in one batch (QMP runs them in order), so the pause
+            // is what QEMU needs rather than our round trips. `migrate` before
+            // `blockdev-snapshot`: QEMU runs that switch while its migration thread
+            // prepares RAM (see [`memory`]); both are as of our `stop`, since a VM we
+            // paused stays paused until our `cont`.
+            _ => tokio::join!(
+                qmp.stop(),
+                async {
+                    match &uri {
+                        Some(uri) => qmp.migrate(uri).await,
+                        None => Ok(()),
+                    }
+                },
+                qmp.blockdev_snapshot(&top_node, &plan.new_top.node),
+            ),
+        };
         let sent = t0.elapsed();
         let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok() && uri.is_some());
         let mut preparation = None;
@@ -127,8 +166,12 @@ impl Actor {
         };
         let flowing = t0.elapsed();
         let resumed = qmp.cont().await;
+        if let Some(release) = &plan.on_resume {
+            release.release();
+        }
         let pause_ms = memory::pause_from_events(&mut events).await;
-        // `preparation`: QEMU touching RAM, from its `setup` to its `active` (inside the pause).
+        // `preparation`: QEMU touching RAM, `setup` to `active` (after a late stop, partly
+        // before the pause).
         tracing::info!(?sent, ?preparation, ?flowing, resumed = ?t0.elapsed(), pause_ms, "snapshot pause");
         if let Err(e) = frozen {
             if started_ok {
@@ -153,8 +196,12 @@ impl Actor {
             // [`Actor::background_snapshot_off`]).
             memory::wait_written(&qmp, &mut events).await?;
         }
+        if let (Some(run), Some(preparation)) = (self.run.as_mut(), preparation) {
+            let lead = preparation.mul_f64(memory::LATE_STOP_SHARE);
+            run.snapshot_lead = (!lead.is_zero()).then_some(lead);
+        }
         tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
-        Ok(Taken { pause_ms })
+        Ok(Taken::Frozen { pause_ms })
     }
 
     /// After a memory snapshot was answered: the background-snapshot capability off again,
