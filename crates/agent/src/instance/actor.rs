@@ -88,6 +88,8 @@ struct Run {
     /// How long after starting a memory snapshot this QEMU is stopped (a late stop, see
     /// `memory::migrate_then_stop`): from its last snapshot's RAM preparation.
     snapshot_lead: Option<std::time::Duration>,
+    /// The share of that preparation the lead is (halved by each late stop not proven).
+    late_stop_share: f64,
 }
 
 impl Drop for Run {

@@ -77,10 +77,10 @@ pub async fn wait_flowing(
     events: &mut broadcast::Receiver<QmpEvent>,
 ) -> Result<Option<Duration>> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut setup, mut preparation) = (None, None);
+    let (mut setup, mut preparation, mut listening) = (None, None, true);
     loop {
-        if preparation.is_none() {
-            // Events can be missed: without one within 20 ms, QEMU is asked anyway.
+        if listening {
+            // Events can be missed: without one within 20 ms, QEMU is asked from then on.
             match next_migration_event(events, Duration::from_millis(20)).await {
                 Some((status, at)) if status == "setup" => {
                     setup = Some(at);
@@ -92,6 +92,7 @@ pub async fn wait_flowing(
                 }
                 None => {}
             }
+            listening = false;
         }
         let info = qmp.query_migrate().await?;
         let status = info.status.as_deref().unwrap_or("");
@@ -116,9 +117,30 @@ pub async fn wait_flowing(
 }
 
 /// Share of QEMU's last RAM preparation (`setup` to `active`) after which a late stop is
-/// sent (see [`migrate_then_stop`]): the rest of the preparation falls inside the pause, and
-/// the margin covers a preparation faster than the last.
+/// first sent (see [`migrate_then_stop`]): the rest of the preparation falls inside the
+/// pause, and the margin covers a preparation faster than the last. Halved after each late
+/// stop that was not proven first.
 pub const LATE_STOP_SHARE: f64 = 0.6;
+
+/// Below this share, a QEMU gets no more late stops (each one not proven cost the guest an
+/// extra pause and the host a cancelled image).
+pub const LATE_STOP_MIN_SHARE: f64 = 0.1;
+
+/// The longest lead of a late stop: the actor waits that long, and QEMU's event timestamps
+/// (wall clock) could be off by a clock step.
+pub const LATE_STOP_MAX_LEAD: Duration = Duration::from_millis(50);
+
+/// Whether `qemu_version` (`10.0.2`) is one whose migration thread is known to set `active`
+/// before it stops the VM (read in QEMU 10.0's `bg_migration_thread`; the order dates from
+/// background snapshots' start in 6.0): what [`migrate_then_stop`]'s proof rests on. Other
+/// versions stop first.
+pub fn late_stop_proven_on(qemu_version: &str) -> bool {
+    let major = qemu_version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    matches!(major, Some(9 | 10))
+}
 
 /// Starts the memory image of the running VM and stops the VM `lead` later, while QEMU's
 /// migration thread still touches RAM: that part of the preparation is then outside the
@@ -146,7 +168,8 @@ pub async fn cancel(qmp: &Qmp) {
             Ok(Some(s)) if s == "active" || s == "setup" || s == "cancelling" => {}
             _ => return,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Short: a late stop not proven first holds the VM paused while this runs.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -247,4 +270,18 @@ pub async fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f6
         }
     }
     0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_stops_only_on_the_qemu_versions_whose_order_was_read() {
+        assert!(late_stop_proven_on("10.0.2"));
+        assert!(late_stop_proven_on("9.2.0"));
+        assert!(!late_stop_proven_on("11.0.0"));
+        assert!(!late_stop_proven_on("8.2.2"));
+        assert!(!late_stop_proven_on("unknown"));
+    }
 }

@@ -36,7 +36,7 @@ pub async fn take(
     let frozen = dir.top_disk();
     // A late stop (see `memory::migrate_then_stop`) that cannot prove it came first is
     // undone and the snapshot taken again, stopping first.
-    let mut late_stop = true;
+    let mut late_stop = memory::late_stop_proven_on(qemu_version);
     let (new_top, stream, prepared, taken, chunking) = loop {
         let new_top = layers::new_layer_on(dir, &frozen).await?;
         files.write_pending(&Pending {

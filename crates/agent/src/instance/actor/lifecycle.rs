@@ -156,6 +156,7 @@ impl Actor {
             stop_requested: false,
             guest_powered_off: false,
             snapshot_lead: None,
+            late_stop_share: crate::snapshot::memory::LATE_STOP_SHARE,
         });
         self.update(|s| {
             // A QEMU waiting for an incoming migration runs no guest yet.

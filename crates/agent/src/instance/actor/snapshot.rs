@@ -118,19 +118,32 @@ impl Actor {
                     }
                     proven_or_failed => {
                         // QEMU may have stopped (and resumed) the VM itself first, or
-                        // something failed: the VM runs on, nothing was taken.
-                        let _ = qmp.cont().await;
+                        // something failed: nothing is taken. The image is cancelled before
+                        // the VM resumes: QEMU's thread, once gone, can no longer stop the
+                        // VM or set its run state back to the one it found.
+                        let cancelling = std::time::Instant::now();
                         memory::cancel(&qmp).await;
-                        self.dir.set_top_disk(&old_top)?;
+                        let resumed = qmp.cont().await;
+                        // What the guest went through for nothing: the first pause (QEMU's
+                        // own, when its thread stopped first) and, when our stop held, the
+                        // cancellation.
+                        let cancelled = cancelling.elapsed();
+                        let pause_ms = memory::pause_from_events(&mut events).await;
+                        let relinked = self.dir.set_top_disk(&old_top);
                         let _ = qmp.blockdev_del(&plan.new_top.node).await;
                         if let Some(run) = self.run.as_mut() {
                             run.snapshot_lead = None;
+                            run.late_stop_share /= 2.0;
                         }
                         tracing::info!(
                             ?lead,
+                            pause_ms,
+                            ?cancelled,
                             result = ?proven_or_failed.as_ref().map_err(|e| error_chain(e)),
                             "late stop not proven first; taking the snapshot again"
                         );
+                        relinked?;
+                        resumed?;
                         return Ok(Taken::Again);
                     }
                 }
@@ -197,8 +210,11 @@ impl Actor {
             memory::wait_written(&qmp, &mut events).await?;
         }
         if let (Some(run), Some(preparation)) = (self.run.as_mut(), preparation) {
-            let lead = preparation.mul_f64(memory::LATE_STOP_SHARE);
-            run.snapshot_lead = (!lead.is_zero()).then_some(lead);
+            let lead = preparation.mul_f64(run.late_stop_share);
+            let usable = !lead.is_zero()
+                && lead <= memory::LATE_STOP_MAX_LEAD
+                && run.late_stop_share >= memory::LATE_STOP_MIN_SHARE;
+            run.snapshot_lead = usable.then_some(lead);
         }
         tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
         Ok(Taken::Frozen { pause_ms })
