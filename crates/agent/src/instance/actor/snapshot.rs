@@ -116,35 +116,11 @@ impl Actor {
                         let switched = qmp.blockdev_snapshot(&top_node, &plan.new_top.node).await;
                         (Ok(()), Ok(()), switched)
                     }
-                    proven_or_failed => {
-                        // QEMU may have stopped (and resumed) the VM itself first, or
-                        // something failed: nothing is taken. The image is cancelled before
-                        // the VM resumes: QEMU's thread, once gone, can no longer stop the
-                        // VM or set its run state back to the one it found.
-                        let cancelling = std::time::Instant::now();
-                        memory::cancel(&qmp).await;
-                        let resumed = qmp.cont().await;
-                        // What the guest went through for nothing: the first pause (QEMU's
-                        // own, when its thread stopped first) and, when our stop held, the
-                        // cancellation.
-                        let cancelled = cancelling.elapsed();
-                        let pause_ms = memory::pause_from_events(&mut events).await;
-                        let relinked = self.dir.set_top_disk(&old_top);
-                        let _ = qmp.blockdev_del(&plan.new_top.node).await;
-                        if let Some(run) = self.run.as_mut() {
-                            run.snapshot_lead = None;
-                            run.late_stop_share /= 2.0;
-                        }
-                        tracing::info!(
-                            ?lead,
-                            pause_ms,
-                            ?cancelled,
-                            result = ?proven_or_failed.as_ref().map_err(|e| error_chain(e)),
-                            "late stop not proven first; taking the snapshot again"
-                        );
-                        relinked?;
-                        resumed?;
-                        return Ok(Taken::Again);
+                    unproven => {
+                        let node = &plan.new_top.node;
+                        return self
+                            .undo_late_stop(&qmp, node, &old_top, lead, &mut events, unproven)
+                            .await;
                     }
                 }
             }
@@ -218,6 +194,44 @@ impl Actor {
         }
         tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
         Ok(Taken::Frozen { pause_ms })
+    }
+
+    /// Undoes a late stop not proven first (QEMU may have stopped and resumed the VM itself
+    /// first), or failed: nothing is taken. The image is cancelled before the VM resumes:
+    /// QEMU's thread, once gone, can no longer stop the VM or set its run state back to the
+    /// one it found. Then the layer switch is undone and the lead backs off.
+    async fn undo_late_stop(
+        &mut self,
+        qmp: &Qmp,
+        new_top_node: &str,
+        old_top: &std::path::Path,
+        lead: Duration,
+        events: &mut tokio::sync::broadcast::Receiver<nimbus_qemu::qmp::QmpEvent>,
+        unproven: std::result::Result<bool, nimbus_qemu::QmpError>,
+    ) -> Result<Taken> {
+        let cancelling = std::time::Instant::now();
+        memory::cancel(qmp).await;
+        let resumed = qmp.cont().await;
+        // What the guest went through for nothing: the first pause (QEMU's own, when its
+        // thread stopped first) and, when our stop held, the cancellation.
+        let cancelled = cancelling.elapsed();
+        let pause_ms = memory::pause_from_events(events).await;
+        let relinked = self.dir.set_top_disk(old_top);
+        let _ = qmp.blockdev_del(new_top_node).await;
+        if let Some(run) = self.run.as_mut() {
+            run.snapshot_lead = None;
+            run.late_stop_share /= 2.0;
+        }
+        tracing::info!(
+            ?lead,
+            pause_ms,
+            ?cancelled,
+            result = ?unproven.as_ref().map_err(|e| error_chain(e)),
+            "late stop not proven first; taking the snapshot again"
+        );
+        relinked?;
+        resumed?;
+        Ok(Taken::Again)
     }
 
     /// After a memory snapshot was answered: the background-snapshot capability off again,
