@@ -85,12 +85,14 @@ pub struct Following {
 }
 
 /// A follower of `path` (which need not exist yet) from byte `start` on, and the signal
-/// that ends it.
+/// that ends it (tests; snapshots use [`follow_held`]).
+#[cfg(test)]
 pub fn follow(path: PathBuf, start: u64) -> (Following, FollowSignal) {
     follow_from_state(path, start, WRITING)
 }
 
-/// A follower as [`follow`]'s that reads nothing until released (or the file is complete):
+/// A follower of `path` from byte `start` on that reads nothing until released (or the file
+/// is complete), with the signal that ends it:
 /// a snapshot's chunker, whose threads would otherwise start while the VM is still paused
 /// and take the cores QEMU needs to resume it.
 pub fn follow_held(path: PathBuf, start: u64) -> (Following, FollowSignal, Release) {

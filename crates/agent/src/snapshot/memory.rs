@@ -111,8 +111,8 @@ pub async fn wait_flowing(
                 "QEMU did not start writing the memory snapshot".into(),
             ));
         }
-        // Once announced, no sleep: the round trip of the next query is the wait (a tokio
-        // timer would add a millisecond per turn, all of it inside the VM's pause).
+        // No sleep: the round trip of the next query is the wait (a tokio timer would add a
+        // millisecond per turn, all of it inside the VM's pause).
     }
 }
 

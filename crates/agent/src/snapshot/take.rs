@@ -45,8 +45,7 @@ pub async fn take(
         // QEMU, as the VM's user, writes the memory image there.
         crate::confine::user::give_new_file(dir.dir(), files.dir())?;
         if let Err(e) = failpoint::check("take.after_new_layer") {
-            let _ = std::fs::remove_file(&new_top.path);
-            let _ = files.remove();
+            abandon(vm, &files, &new_top, None).await;
             return Err(e);
         }
         let stream = req.memory.then(|| files.stream_file());
