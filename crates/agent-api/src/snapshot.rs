@@ -38,8 +38,9 @@ pub struct SnapshotResult {
     pub snapshot_id: Uuid,
     /// Memory and device state are included.
     pub memory: bool,
-    /// How long the VM's vCPUs were stopped (QEMU STOP to RESUME events), in milliseconds;
-    /// 0 for a stopped VM.
+    /// How long the VM's vCPUs were stopped (QEMU STOP to RESUME events), in milliseconds,
+    /// summed over the pauses of the snapshot (with those of an attempt undone and taken
+    /// again); 0 for a stopped VM.
     pub vm_pause_ms: f64,
     /// From request to snapshot complete on disk, in milliseconds.
     pub total_ms: u64,

@@ -79,7 +79,8 @@ pub struct SnapshotView {
     pub state: SnapshotState,
     /// The host that stores it (snapshots live on their instance's host).
     pub host: String,
-    /// How long the VM's vCPUs were stopped to take it, in milliseconds.
+    /// How long the VM's vCPUs were stopped to take it, in milliseconds (all its pauses,
+    /// summed: one, unless an attempt had to be undone and taken again).
     pub vm_pause_ms: f64,
     /// What the snapshot occupies on its host: its disk layer plus the memory it added.
     pub stored_bytes: u64,

@@ -150,13 +150,41 @@ pub fn late_stop_proven_on(qemu_version: &str) -> bool {
 /// `bg_migration_thread`). Then the thread finds the VM paused, saves it as of our stop and
 /// leaves it paused, as when we stop first. Otherwise the thread may have saved the VM as of
 /// its own stop and resumed it: the caller resumes the VM, cancels, and goes again.
-pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<bool, QmpError> {
+pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<LateStop, QmpError> {
+    let mut events = qmp.events();
     qmp.migrate(uri).await?;
     // A tokio timer has a millisecond's resolution; a sleeping thread is precise.
     let _ = tokio::task::spawn_blocking(move || std::thread::sleep(lead)).await;
     let (stopped, info) = tokio::join!(qmp.stop(), qmp.query_migrate());
     stopped?;
-    Ok(info?.status.as_deref() == Some("setup"))
+    if info?.status.as_deref() == Some("setup") {
+        return Ok(LateStop::First);
+    }
+    // Events come before the answers that follow them, so they are all here.
+    let qemu_resumed = std::iter::from_fn(|| loop {
+        match events.try_recv() {
+            Ok(event) => return Some(event),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return None,
+        }
+    })
+    .any(|event| event.kind == EventKind::Resume);
+    Ok(LateStop::NotProven { qemu_resumed })
+}
+
+/// What became of a late stop ([`migrate_then_stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateStop {
+    /// Our stop provably came before QEMU's thread stopped the VM: the image is as of it.
+    First,
+    /// Not proven. `qemu_resumed`: QEMU resumed the VM before our stop was answered, so its
+    /// thread had stopped the VM itself, saved it and resumed it (it resumes only a VM it
+    /// found running, from the bottom half its thread schedules once RAM is protected). That
+    /// bottom half is all of a background snapshot that sets the run state (QEMU 10.0: not
+    /// its cancellation or clean-up), so the VM may resume before the image is cancelled.
+    /// Otherwise the image must be cancelled first: the bottom half could still set the run
+    /// state back to the one the thread found, behind our `cont`.
+    NotProven { qemu_resumed: bool },
 }
 
 /// Cancels a memory snapshot in progress and waits (bounded) until QEMU has let go of it.
@@ -255,21 +283,38 @@ async fn next_migration_event(
     tokio::time::timeout(at_most, next).await.ok()
 }
 
-/// The VM's pause in milliseconds, from the first STOP to the next RESUME event seen on
-/// `events` (QEMU's timestamps; 0 when they did not arrive within a second).
+/// How long the VM was paused, in milliseconds, once our `cont` was answered: each STOP to
+/// the next RESUME event on `events` (subscribed before the pause; QEMU's timestamps),
+/// summed. Usually one pause; a late stop not proven first can show two (QEMU's own, then
+/// ours). Waits at most a second for the first RESUME (0 when none came); what follows it
+/// was sent before our `cont` was answered, so it is already there.
 pub async fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
-    let mut stop = None;
     let deadline = Instant::now() + Duration::from_secs(1);
-    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+    let (mut paused_us, mut stop, mut resumed) = (0, None, false);
+    loop {
+        let ev = if resumed {
+            match events.try_recv() {
+                Ok(ev) => ev,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        } else {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(ev)) => ev,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                _ => break,
+            }
+        };
         match (&ev.kind, stop) {
             (EventKind::Stop, None) => stop = Some(ev.timestamp.as_micros()),
             (EventKind::Resume, Some(s)) => {
-                return (ev.timestamp.as_micros() - s) as f64 / 1000.0;
+                paused_us += (ev.timestamp.as_micros() - s).max(0);
+                (stop, resumed) = (None, true);
             }
             _ => {}
         }
     }
-    0.0
+    paused_us as f64 / 1000.0
 }
 
 #[cfg(test)]
@@ -283,5 +328,38 @@ mod tests {
         assert!(!late_stop_proven_on("11.0.0"));
         assert!(!late_stop_proven_on("8.2.2"));
         assert!(!late_stop_proven_on("unknown"));
+    }
+
+    fn event(kind: EventKind, micros: i64) -> QmpEvent {
+        QmpEvent {
+            timestamp: nimbus_qemu::qmp::QmpTimestamp {
+                seconds: 1_700_000_000 + micros / 1_000_000,
+                microseconds: micros % 1_000_000,
+            },
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_pause_until_our_resume_counts() {
+        let (tx, mut rx) = broadcast::channel(16);
+        // One pause: STOP to RESUME.
+        for ev in [event(EventKind::Stop, 100), event(EventKind::Resume, 5_100)] {
+            tx.send(ev).expect("send");
+        }
+        assert_eq!(pause_from_events(&mut rx).await, 5.0);
+        // A late stop not proven first: QEMU's own pause, then ours while cancelling.
+        for ev in [
+            event(EventKind::Stop, 1_000_000),
+            event(EventKind::Resume, 1_004_000),
+            event(EventKind::Stop, 1_004_500),
+            event(EventKind::Resume, 1_011_000),
+        ] {
+            tx.send(ev).expect("send");
+        }
+        assert_eq!(pause_from_events(&mut rx).await, 10.5);
+        // No RESUME within the wait: nothing measured.
+        tx.send(event(EventKind::Stop, 2_000_000)).expect("send");
+        assert_eq!(pause_from_events(&mut rx).await, 0.0);
     }
 }

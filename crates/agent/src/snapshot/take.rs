@@ -37,6 +37,8 @@ pub async fn take(
     // A late stop (see `memory::migrate_then_stop`) that cannot prove it came first is
     // undone and the snapshot taken again, stopping first.
     let mut late_stop = memory::late_stop_proven_on(qemu_version);
+    // The pauses of an attempt undone count: the guest went through them.
+    let mut undone_pause_ms = 0.0;
     let (new_top, stream, prepared, taken, chunking) = loop {
         let new_top = layers::new_layer_on(dir, &frozen).await?;
         files.write_pending(&Pending {
@@ -63,13 +65,15 @@ pub async fn take(
         match (vm.take_snapshot(plan).await, chunking) {
             (Ok(Taken::Frozen { pause_ms }), Some((task, signal))) => {
                 signal.complete();
-                break (new_top, stream, prepared, pause_ms, Some(task));
+                let paused = undone_pause_ms + pause_ms;
+                break (new_top, stream, prepared, paused, Some(task));
             }
             (Ok(Taken::Frozen { pause_ms }), None) => {
-                break (new_top, stream, prepared, pause_ms, None)
+                break (new_top, stream, prepared, undone_pause_ms + pause_ms, None)
             }
-            (Ok(Taken::Again), chunking) => {
+            (Ok(Taken::Again { pause_ms }), chunking) => {
                 abandon(vm, &files, &new_top, chunking).await;
+                undone_pause_ms += pause_ms;
                 late_stop = false;
             }
             (Err(e), chunking) => {

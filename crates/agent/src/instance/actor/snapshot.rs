@@ -30,8 +30,9 @@ pub(crate) enum Taken {
     /// The disk is frozen and the memory image is written; the VM was paused so long.
     Frozen { pause_ms: f64 },
     /// A late stop could not prove it came first: nothing was taken, the VM runs on, and the
-    /// snapshot must be taken again without a late stop.
-    Again,
+    /// snapshot must be taken again without a late stop. The VM was paused so long for
+    /// nothing (QEMU's own pause, and ours while the image was cancelled).
+    Again { pause_ms: f64 },
 }
 
 /// Replace the running VM by one on `top`, resumed from `stream` when given (else booted).
@@ -112,7 +113,7 @@ impl Actor {
         let (stopped, started, switched) = match (&uri, late_lead) {
             (Some(uri), Some(lead)) if plan.late_stop => {
                 match memory::migrate_then_stop(&qmp, uri, lead).await {
-                    Ok(true) => {
+                    Ok(memory::LateStop::First) => {
                         let switched = qmp.blockdev_snapshot(&top_node, &plan.new_top.node).await;
                         (Ok(()), Ok(()), switched)
                     }
@@ -197,9 +198,10 @@ impl Actor {
     }
 
     /// Undoes a late stop not proven first (QEMU may have stopped and resumed the VM itself
-    /// first), or failed: nothing is taken. The image is cancelled before the VM resumes:
-    /// QEMU's thread, once gone, can no longer stop the VM or set its run state back to the
-    /// one it found. Then the layer switch is undone and the lead backs off.
+    /// first), or failed: nothing is taken. Unless QEMU is known to have resumed the VM
+    /// already ([`memory::LateStop::NotProven`]), the image is cancelled before the VM
+    /// resumes: QEMU's thread, once gone, can no longer stop the VM or set its run state
+    /// back to the one it found. Then the layer switch is undone and the lead backs off.
     async fn undo_late_stop(
         &mut self,
         qmp: &Qmp,
@@ -207,13 +209,22 @@ impl Actor {
         old_top: &std::path::Path,
         lead: Duration,
         events: &mut tokio::sync::broadcast::Receiver<nimbus_qemu::qmp::QmpEvent>,
-        unproven: std::result::Result<bool, nimbus_qemu::QmpError>,
+        unproven: std::result::Result<memory::LateStop, nimbus_qemu::QmpError>,
     ) -> Result<Taken> {
         let cancelling = std::time::Instant::now();
-        memory::cancel(qmp).await;
-        let resumed = qmp.cont().await;
+        let resumed = match unproven {
+            Ok(memory::LateStop::NotProven { qemu_resumed: true }) => {
+                let resumed = qmp.cont().await;
+                memory::cancel(qmp).await;
+                resumed
+            }
+            _ => {
+                memory::cancel(qmp).await;
+                qmp.cont().await
+            }
+        };
         // What the guest went through for nothing: the first pause (QEMU's own, when its
-        // thread stopped first) and, when our stop held, the cancellation.
+        // thread stopped first) and ours, until the cancellation or only its `cont`.
         let cancelled = cancelling.elapsed();
         let pause_ms = memory::pause_from_events(events).await;
         let relinked = self.dir.set_top_disk(old_top);
@@ -231,7 +242,7 @@ impl Actor {
         );
         relinked?;
         resumed?;
-        Ok(Taken::Again)
+        Ok(Taken::Again { pause_ms })
     }
 
     /// After a memory snapshot was answered: the background-snapshot capability off again,
