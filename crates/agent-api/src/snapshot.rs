@@ -53,6 +53,10 @@ pub struct SnapshotResult {
     pub memory_new_bytes: u64,
     /// What the snapshot occupies: `disk_layer_bytes + memory_new_bytes`.
     pub stored_bytes: u64,
+    /// Attempts undone and taken again (a late stop not proven to come before QEMU's own;
+    /// their pauses are in `vm_pause_ms`).
+    #[serde(default)]
+    pub attempts_undone: u32,
 }
 
 /// Restore a VM to a snapshot.

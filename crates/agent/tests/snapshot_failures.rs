@@ -121,6 +121,33 @@ async fn injected_failures_leave_nothing_behind() {
         sh(&c, id, &format!("echo {point} > /data/write-test; sync")).await;
     }
 
+    // A late stop that cannot come first (s0 measured QEMU's preparation, so this one stops
+    // late; forced to stop after QEMU's own pause): undone, then taken again, stopping
+    // first; the VM runs on in the same QEMU, and the snapshot restores to its instant.
+    let s1 = Uuid::new_v4();
+    sh(&c, id, "echo at-s1 > /data/s1.txt; sync").await;
+    inject(Some("take.late_stop_loses"));
+    let taken = c.snapshot(id, &req(s1)).await;
+    inject(None);
+    let taken = taken.expect("snapshot s1 after a lost late stop");
+    assert_eq!(taken.attempts_undone, 1, "{taken:?}");
+    let now = c.vm(id).await.expect("vm");
+    assert_eq!((now.state, now.pid), (VmRunState::Running, pid));
+    sh(&c, id, "echo after-s1 > /data/s1.txt; sync").await;
+    c.restore_snapshot(id, s1, &RestoreRequest { step_clock: true })
+        .await
+        .expect("restore s1");
+    assert_eq!(
+        sh(&c, id, "cat /data/s1.txt /data/keep.txt").await,
+        "at-s1\nkept"
+    );
+    // Deleting s1 merges its layer into the restored top while the VM runs; the kill below
+    // (restore.after_kill) then finds that data only if the merge was flushed (QEMU's
+    // `block-stream` leaves it in its qcow2 cache).
+    c.delete_snapshot(id, s1).await.expect("delete s1");
+    let pid = c.vm(id).await.expect("vm").pid;
+    let before = footprint(&state, &vm);
+
     // Restore fails before the VM is touched: it runs on, untouched.
     inject(Some("restore.after_assemble"));
     let err = c

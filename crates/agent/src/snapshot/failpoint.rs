@@ -15,6 +15,12 @@ pub fn check(name: &str) -> Result<()> {
     }
 }
 
+/// Whether `name` is among the injected failure points, for a step that does not fail but
+/// goes the hard way (`take.late_stop_loses`: a late stop that cannot come first).
+pub fn is_set(name: &str) -> bool {
+    check(name).is_err()
+}
+
 /// Like [`check`], also failing when `<state_dir>/failpoints` names `name`.
 pub fn check_host(state_dir: &Path, name: &str) -> Result<()> {
     check(name)?;

@@ -38,7 +38,7 @@ pub async fn take(
     // undone and the snapshot taken again, stopping first.
     let mut late_stop = memory::late_stop_proven_on(qemu_version);
     // The pauses of an attempt undone count: the guest went through them.
-    let mut undone_pause_ms = 0.0;
+    let (mut undone_pause_ms, mut attempts_undone) = (0.0, 0);
     let (new_top, stream, prepared, taken, chunking) = loop {
         let new_top = layers::new_layer_on(dir, &frozen).await?;
         files.write_pending(&Pending {
@@ -74,6 +74,7 @@ pub async fn take(
             (Ok(Taken::Again { pause_ms }), chunking) => {
                 abandon(vm, &files, &new_top, chunking).await;
                 undone_pause_ms += pause_ms;
+                attempts_undone += 1;
                 late_stop = false;
             }
             (Err(e), chunking) => {
@@ -122,6 +123,7 @@ pub async fn take(
         memory_bytes,
         memory_new_bytes: stored.new_bytes,
         stored_bytes: disk_layer_bytes + stored.new_bytes,
+        attempts_undone,
     };
     failpoint::check("take.before_manifest")?;
     files.write(&Manifest {

@@ -226,6 +226,7 @@ async fn snapshot(
         memory_bytes: if req.memory { 5000 } else { 0 },
         memory_new_bytes: if req.memory { 2000 } else { 0 },
         stored_bytes: if req.memory { 3000 } else { 1000 },
+        attempts_undone: 0,
     })
     .into_response()
 }

@@ -110,6 +110,11 @@ impl Actor {
         let uri = plan.stream.as_deref().map(memory::image_uri);
         let mut migration_events = qmp.events();
         let late_lead = self.run.as_ref().and_then(|r| r.snapshot_lead);
+        // Tests make a late stop lose: stopped after QEMU's whole pause.
+        let late_lead = late_lead.map(|lead| match failpoint::is_set("take.late_stop_loses") {
+            true => memory::LATE_STOP_MAX_LEAD,
+            false => lead,
+        });
         let (stopped, started, switched) = match (&uri, late_lead) {
             (Some(uri), Some(lead)) if plan.late_stop => {
                 match memory::migrate_then_stop(&qmp, uri, lead).await {
@@ -385,6 +390,21 @@ impl Actor {
                 plan.layer.display()
             )));
         }
-        Ok(())
+        flush_disks(&qmp).await
     }
+}
+
+/// Makes QEMU write out what it holds of the VM's disks (data and qcow2 metadata) and sync
+/// them. QEMU's `block-stream` does not: the clusters it copied stay mapped only in its
+/// qcow2 cache while the layer's header already names its new backing, so once the merged
+/// layer is deleted a QEMU killed before the guest's next flush would lose that data. QMP
+/// has no flush command; `stop` flushes every disk, so a running VM is paused for as long
+/// as that takes.
+async fn flush_disks(qmp: &Qmp) -> Result<()> {
+    let running = qmp.query_status().await?.running;
+    qmp.stop().await?;
+    if running {
+        qmp.cont().await?;
+    }
+    Ok(())
 }

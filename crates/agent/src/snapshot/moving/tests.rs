@@ -54,6 +54,7 @@ async fn snapshot_on(store: &SnapshotStore, dir: &VmDir, layer: &Path, memory: &
             memory_bytes: memory.len() as u64,
             memory_new_bytes: 0,
             stored_bytes: 0,
+            attempts_undone: 0,
         },
     };
     SnapshotFiles::new(dir, id).write(&m).expect("manifest");
