@@ -217,6 +217,10 @@ impl Actor {
                         let r = self.stream_layer(plan).await;
                         let _ = reply.send(r);
                     }
+                    Some(Command::FlushDisks(reply)) => {
+                        let r = self.flush_disks().await;
+                        let _ = reply.send(r);
+                    }
                     None => {
                         self.detach();
                         return;

@@ -84,6 +84,8 @@ enum Command {
     Restore(RestorePlan, Reply),
     /// Merge disk layers of the running VM.
     StreamLayer(StreamPlan, Reply),
+    /// Make QEMU write out and sync what it holds of the VM's disks.
+    FlushDisks(Reply),
 }
 
 /// Requests the actor handles before anything else.
@@ -258,6 +260,12 @@ impl VmHandle {
     /// Merges disk layers of the running VM.
     pub(crate) async fn stream_layer(&self, plan: StreamPlan) -> Result<()> {
         self.ask(|r| Command::StreamLayer(plan, r)).await
+    }
+
+    /// Has the VM's QEMU write out and sync what it holds of its disks (nothing to do
+    /// without a QEMU).
+    pub(crate) async fn flush_disks(&self) -> Result<()> {
+        self.ask(Command::FlushDisks).await
     }
 
     /// The VM runs a QEMU now.

@@ -30,6 +30,11 @@ pub async fn delete(
     if layer.is_file() {
         merge_into_children(vm, &layer).await?;
         failpoint::check("delete.after_merge")?;
+        // What QEMU merged must be on disk before the layer that held it goes (also when a
+        // retry finds the merge done).
+        if vm.has_qemu() {
+            vm.flush_disks().await?;
+        }
         freed += layers::allocated_bytes(&layer);
         std::fs::remove_file(&layer).map_err(Error::io("remove", &layer))?;
     }

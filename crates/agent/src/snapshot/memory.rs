@@ -149,7 +149,8 @@ pub fn late_stop_proven_on(qemu_version: &str) -> bool {
 /// says `setup`, and the thread sets `active` before it stops the VM (QEMU 6.0 to 10.0,
 /// `bg_migration_thread`). Then the thread finds the VM paused, saves it as of our stop and
 /// leaves it paused, as when we stop first. Otherwise the thread may have saved the VM as of
-/// its own stop and resumed it: the caller resumes the VM, cancels, and goes again.
+/// its own stop and resumed it: the caller cancels, resumes the VM (in the order
+/// [`LateStop::NotProven`] allows), and goes again.
 pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<LateStop, QmpError> {
     let mut events = qmp.events();
     qmp.migrate(uri).await?;
@@ -177,7 +178,9 @@ pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<L
 pub enum LateStop {
     /// Our stop provably came before QEMU's thread stopped the VM: the image is as of it.
     First,
-    /// Not proven. `qemu_resumed`: QEMU resumed the VM before our stop was answered, so its
+    /// Not proven. `qemu_resumed`: QEMU resumed the VM before our `stop` and the
+    /// `query-migrate` after it were answered (another QMP client's `cont` would spoil
+    /// this; nimbus is QEMU's only one), so its
     /// thread had stopped the VM itself, saved it and resumed it (it resumes only a VM it
     /// found running, from the bottom half its thread schedules once RAM is protected). That
     /// bottom half is all of a background snapshot that sets the run state (QEMU 10.0: not
@@ -286,30 +289,21 @@ async fn next_migration_event(
 /// How long the VM was paused, in milliseconds, once our `cont` was answered: each STOP to
 /// the next RESUME event on `events` (subscribed before the pause; QEMU's timestamps),
 /// summed. Usually one pause; a late stop not proven first can show two (QEMU's own, then
-/// ours). Waits at most a second for the first RESUME (0 when none came); what follows it
-/// was sent before our `cont` was answered, so it is already there.
-pub async fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let (mut paused_us, mut stop, mut resumed) = (0, None, false);
+/// ours). QEMU sends events before the answers that follow them, so all are here already;
+/// 0 when no pause was seen.
+pub fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
+    let (mut paused_us, mut stop) = (0, None);
     loop {
-        let ev = if resumed {
-            match events.try_recv() {
-                Ok(ev) => ev,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-                Err(_) => break,
-            }
-        } else {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(ev)) => ev,
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-                _ => break,
-            }
+        let ev = match events.try_recv() {
+            Ok(ev) => ev,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
         };
         match (&ev.kind, stop) {
             (EventKind::Stop, None) => stop = Some(ev.timestamp.as_micros()),
             (EventKind::Resume, Some(s)) => {
                 paused_us += (ev.timestamp.as_micros() - s).max(0);
-                (stop, resumed) = (None, true);
+                stop = None;
             }
             _ => {}
         }
@@ -340,14 +334,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn every_pause_until_our_resume_counts() {
+    #[test]
+    fn every_pause_until_our_resume_counts() {
         let (tx, mut rx) = broadcast::channel(16);
         // One pause: STOP to RESUME.
         for ev in [event(EventKind::Stop, 100), event(EventKind::Resume, 5_100)] {
             tx.send(ev).expect("send");
         }
-        assert_eq!(pause_from_events(&mut rx).await, 5.0);
+        assert_eq!(pause_from_events(&mut rx), 5.0);
         // A late stop not proven first: QEMU's own pause, then ours while cancelling.
         for ev in [
             event(EventKind::Stop, 1_000_000),
@@ -357,9 +351,9 @@ mod tests {
         ] {
             tx.send(ev).expect("send");
         }
-        assert_eq!(pause_from_events(&mut rx).await, 10.5);
-        // No RESUME within the wait: nothing measured.
+        assert_eq!(pause_from_events(&mut rx), 10.5);
+        // No RESUME: nothing measured.
         tx.send(event(EventKind::Stop, 2_000_000)).expect("send");
-        assert_eq!(pause_from_events(&mut rx).await, 0.0);
+        assert_eq!(pause_from_events(&mut rx), 0.0);
     }
 }

@@ -109,12 +109,11 @@ impl Actor {
         let t0 = std::time::Instant::now();
         let uri = plan.stream.as_deref().map(memory::image_uri);
         let mut migration_events = qmp.events();
-        let late_lead = self.run.as_ref().and_then(|r| r.snapshot_lead);
         // Tests make a late stop lose: stopped after QEMU's whole pause.
-        let late_lead = late_lead.map(|lead| match failpoint::is_set("take.late_stop_loses") {
-            true => memory::LATE_STOP_MAX_LEAD,
-            false => lead,
-        });
+        let late_lead = match failpoint::is_set("take.late_stop_loses") {
+            true => Some(memory::LATE_STOP_MAX_LEAD),
+            false => self.run.as_ref().and_then(|r| r.snapshot_lead),
+        };
         let (stopped, started, switched) = match (&uri, late_lead) {
             (Some(uri), Some(lead)) if plan.late_stop => {
                 match memory::migrate_then_stop(&qmp, uri, lead).await {
@@ -164,7 +163,7 @@ impl Actor {
         if let Some(release) = &plan.on_resume {
             release.release();
         }
-        let pause_ms = memory::pause_from_events(&mut events).await;
+        let pause_ms = memory::pause_from_events(&mut events);
         // `preparation`: QEMU touching RAM, `setup` to `active` (after a late stop, partly
         // before the pause).
         tracing::info!(?sent, ?preparation, ?flowing, resumed = ?t0.elapsed(), pause_ms, "snapshot pause");
@@ -231,7 +230,7 @@ impl Actor {
         // What the guest went through for nothing: the first pause (QEMU's own, when its
         // thread stopped first) and ours, until the cancellation or only its `cont`.
         let cancelled = cancelling.elapsed();
-        let pause_ms = memory::pause_from_events(events).await;
+        let pause_ms = memory::pause_from_events(events);
         let relinked = self.dir.set_top_disk(old_top);
         let _ = qmp.blockdev_del(new_top_node).await;
         if let Some(run) = self.run.as_mut() {
@@ -337,6 +336,9 @@ impl Actor {
     /// Pulls the data of the layers between `plan.layer` and `plan.base` into `plan.layer`
     /// while the VM runs, so that a layer in between can go.
     pub(super) async fn stream_layer(&mut self, plan: StreamPlan) -> Result<()> {
+        if self.migration_in_flight() {
+            return Err(Error::Conflict(format!("VM {} is migrating", self.id)));
+        }
         let qmp = self.live_qmp().await?;
         let nodes = qmp.block_nodes().await?;
         let node_of = |path: &std::path::Path| {
@@ -390,23 +392,42 @@ impl Actor {
                 plan.layer.display()
             )));
         }
-        flush_disks(&qmp).await
+        Ok(())
     }
-}
 
-/// Makes QEMU write out what it holds of the VM's disks (data and qcow2 metadata) and sync
-/// them. QEMU's `block-stream` does not: the clusters it copied stay mapped only in its
-/// qcow2 cache while the layer's header already names its new backing, so once the merged
-/// layer is deleted a QEMU killed before the guest's next flush would lose that data. QMP
-/// has no flush command; `stop` flushes every disk, so a running VM is paused for as long
-/// as that takes.
-async fn flush_disks(qmp: &Qmp) -> Result<()> {
-    let running = qmp.query_status().await?.running;
-    let started = std::time::Instant::now();
-    qmp.stop().await?;
-    if running {
-        qmp.cont().await?;
+    /// Makes QEMU write out what it holds of the VM's disks (data and qcow2 metadata) and
+    /// sync them; before a merged layer is deleted, since QEMU's `block-stream` does not: once
+    /// the job has rewritten the layer's header, what it copied is mapped only in QEMU's qcow2
+    /// cache, and a QEMU killed before the guest's next flush would lose the data once the
+    /// merged layer is gone. The top layer's file is synced first, without a pause (the copied
+    /// data); QMP has no flush command, so then a `stop` writes QEMU's metadata out and syncs,
+    /// the VM paused meanwhile (QEMU does not report a failed flush there). A VM that ran, or
+    /// was suspended, is resumed whatever `stop` answered.
+    pub(super) async fn flush_disks(&mut self) -> Result<()> {
+        if self.migration_in_flight() {
+            return Err(Error::Conflict(format!("VM {} is migrating", self.id)));
+        }
+        let Some(qmp) = self.qmp().await else {
+            return Ok(());
+        };
+        let top = self.dir.top_disk();
+        crate::snapshot::blocking(move || {
+            std::fs::File::open(&top)
+                .and_then(|f| f.sync_data())
+                .map_err(Error::io("sync", &top))
+        })
+        .await?;
+        let status = qmp.query_status().await?.status;
+        let resume = matches!(status.as_str(), "running" | "suspended");
+        let started = std::time::Instant::now();
+        let stopped = qmp.stop().await;
+        let resumed = match resume {
+            true => qmp.cont().await,
+            false => Ok(()),
+        };
+        tracing::info!(%status, took = ?started.elapsed(), "disks flushed");
+        stopped?;
+        resumed?;
+        Ok(())
     }
-    tracing::info!(running, took = ?started.elapsed(), "disks flushed after a merge");
-    Ok(())
 }
