@@ -180,9 +180,9 @@ pub enum LateStop {
     First,
     /// Not proven. `qemu_resumed`: QEMU resumed the VM before our `stop` and the
     /// `query-migrate` after it were answered (another QMP client's `cont` would spoil
-    /// this; nimbus is QEMU's only one), so its
-    /// thread had stopped the VM itself, saved it and resumed it (it resumes only a VM it
-    /// found running, from the bottom half its thread schedules once RAM is protected). That
+    /// this; nimbus is QEMU's only one), so its thread had stopped the VM itself, saved it
+    /// and resumed it (it resumes only a VM it found running, from the bottom half its
+    /// thread schedules once RAM is protected). That
     /// bottom half is all of a background snapshot that sets the run state (QEMU 10.0: not
     /// its cancellation or clean-up), so the VM may resume before the image is cancelled.
     /// Otherwise the image must be cancelled first: the bottom half could still set the run
