@@ -31,6 +31,8 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the console log is checked for the ready marker.
 const MARKER_POLL: Duration = Duration::from_millis(25);
+/// How long a QEMU's last events may trail its exit (see `Actor::take_last_events`).
+const LAST_EVENTS_WAIT: Duration = Duration::from_millis(500);
 
 pub(super) fn spawn(
     setup: ActorSetup,
@@ -170,7 +172,10 @@ impl Actor {
                     return;
                 }
                 signal = next_signal(&mut self.run) => match signal {
-                    Signal::Exited(exit) => self.on_exit(exit),
+                    Signal::Exited(exit) => {
+                        self.take_last_events().await;
+                        self.on_exit(exit);
+                    }
                     Signal::Event(ev) => self.on_event(ev),
                     Signal::EventsClosed => {
                         if let Some(run) = &mut self.run {
@@ -279,6 +284,28 @@ impl Actor {
             s.console_offset = offset;
             s.booted_unix_ms = ready::unix_ms_now();
         });
+    }
+
+    /// QEMU sends its last events (a guest's power-off) just before it exits, and its exit
+    /// can be seen first: what is still on its way is handled before the exit is judged.
+    /// Waits only for a QEMU that exited unasked and without a power-off seen, until one is
+    /// seen or the events end, at most [`LAST_EVENTS_WAIT`].
+    async fn take_last_events(&mut self) {
+        let deadline = Instant::now() + LAST_EVENTS_WAIT;
+        loop {
+            let Some(run) = self.run.as_mut() else { return };
+            if run.stop_requested || run.guest_powered_off {
+                return;
+            }
+            let Some(rx) = run.events.as_mut() else {
+                return;
+            };
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(ev)) => self.on_event(ev),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return,
+            }
+        }
     }
 
     fn on_exit(&mut self, exit: ExitInfo) {
