@@ -162,14 +162,7 @@ pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<L
         return Ok(LateStop::First);
     }
     // Events come before the answers that follow them, so they are all here.
-    let qemu_resumed = std::iter::from_fn(|| loop {
-        match events.try_recv() {
-            Ok(event) => return Some(event),
-            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-            Err(_) => return None,
-        }
-    })
-    .any(|event| event.kind == EventKind::Resume);
+    let qemu_resumed = received(&mut events).any(|event| event.kind == EventKind::Resume);
     Ok(LateStop::NotProven { qemu_resumed })
 }
 
@@ -182,11 +175,11 @@ pub enum LateStop {
     /// `query-migrate` after it were answered (another QMP client's `cont` would spoil
     /// this; nimbus is QEMU's only one), so its thread had stopped the VM itself, saved it
     /// and resumed it (it resumes only a VM it found running, from the bottom half its
-    /// thread schedules once RAM is protected). That
-    /// bottom half is all of a background snapshot that sets the run state (QEMU 10.0: not
-    /// its cancellation or clean-up), so the VM may resume before the image is cancelled.
-    /// Otherwise the image must be cancelled first: the bottom half could still set the run
-    /// state back to the one the thread found, behind our `cont`.
+    /// thread schedules once RAM is protected). That bottom half is all of a background
+    /// snapshot that sets the run state (QEMU 10.0: not its cancellation or clean-up), so
+    /// the VM may resume before the image is cancelled. Otherwise the image must be
+    /// cancelled first: the bottom half could still set the run state back to the one the
+    /// thread found, behind our `cont`.
     NotProven { qemu_resumed: bool },
 }
 
@@ -293,12 +286,7 @@ async fn next_migration_event(
 /// 0 when no pause was seen.
 pub fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
     let (mut paused_us, mut stop) = (0, None);
-    loop {
-        let ev = match events.try_recv() {
-            Ok(ev) => ev,
-            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-            Err(_) => break,
-        };
+    for ev in received(events) {
         match (&ev.kind, stop) {
             (EventKind::Stop, None) => stop = Some(ev.timestamp.as_micros()),
             (EventKind::Resume, Some(s)) => {
@@ -309,6 +297,17 @@ pub fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
         }
     }
     paused_us as f64 / 1000.0
+}
+
+/// The events already received on `events`, without waiting (those lost to a lag skipped).
+fn received(events: &mut broadcast::Receiver<QmpEvent>) -> impl Iterator<Item = QmpEvent> + '_ {
+    std::iter::from_fn(|| loop {
+        match events.try_recv() {
+            Ok(event) => return Some(event),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return None,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -65,11 +65,10 @@ pub async fn take(
         match (vm.take_snapshot(plan).await, chunking) {
             (Ok(Taken::Frozen { pause_ms }), Some((task, signal))) => {
                 signal.complete();
-                let paused = undone_pause_ms + pause_ms;
-                break (new_top, stream, prepared, paused, Some(task));
+                break (new_top, stream, prepared, pause_ms, Some(task));
             }
             (Ok(Taken::Frozen { pause_ms }), None) => {
-                break (new_top, stream, prepared, undone_pause_ms + pause_ms, None)
+                break (new_top, stream, prepared, pause_ms, None)
             }
             (Ok(Taken::Again { pause_ms }), chunking) => {
                 abandon(vm, &files, &new_top, chunking).await;
@@ -83,6 +82,7 @@ pub async fn take(
             }
         }
     };
+    let taken = taken + undone_pause_ms;
     let written = started.elapsed();
     // The frozen layer is hashed while the chunker finishes the image's tail.
     let layer_path = frozen.clone();

@@ -60,6 +60,13 @@ impl Actor {
         self.run.is_none() && matches!(s, VmRunState::Stopped | VmRunState::Crashed)
     }
 
+    fn refuse_if_migrating(&self) -> Result<()> {
+        match self.migration_in_flight() {
+            true => Err(Error::Conflict(format!("VM {} is migrating", self.id))),
+            false => Ok(()),
+        }
+    }
+
     async fn live_qmp(&mut self) -> Result<Qmp> {
         self.qmp()
             .await
@@ -68,9 +75,7 @@ impl Actor {
 
     /// Freezes the disk (and starts the memory image) in one short pause.
     pub(super) async fn take_snapshot(&mut self, plan: TakePlan) -> Result<Taken> {
-        if self.migration_in_flight() {
-            return Err(Error::Conflict(format!("VM {} is migrating", self.id)));
-        }
+        self.refuse_if_migrating()?;
         if !self.is_running_here() {
             if plan.stream.is_none() && self.is_idle_stopped() {
                 self.dir.set_top_disk(&plan.new_top.path)?;
@@ -336,9 +341,7 @@ impl Actor {
     /// Pulls the data of the layers between `plan.layer` and `plan.base` into `plan.layer`
     /// while the VM runs, so that a layer in between can go.
     pub(super) async fn stream_layer(&mut self, plan: StreamPlan) -> Result<()> {
-        if self.migration_in_flight() {
-            return Err(Error::Conflict(format!("VM {} is migrating", self.id)));
-        }
+        self.refuse_if_migrating()?;
         let qmp = self.live_qmp().await?;
         let nodes = qmp.block_nodes().await?;
         let node_of = |path: &std::path::Path| {
@@ -404,9 +407,7 @@ impl Actor {
     /// the VM paused meanwhile (QEMU does not report a failed flush there). A VM that ran, or
     /// was suspended, is resumed whatever `stop` answered.
     pub(super) async fn flush_disks(&mut self) -> Result<()> {
-        if self.migration_in_flight() {
-            return Err(Error::Conflict(format!("VM {} is migrating", self.id)));
-        }
+        self.refuse_if_migrating()?;
         let Some(qmp) = self.qmp().await else {
             return Ok(());
         };
