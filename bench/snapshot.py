@@ -340,7 +340,7 @@ def print_host_phases(data):
     for host in sorted(os.listdir(hosts)) if os.path.isdir(hosts) else []:
         try:
             for line in open(os.path.join(hosts, host, "agent.log"), errors="replace"):
-                if any(k in line for k in ("snapshot phases", "snapshot pause", "chunking phases", "late stop not proven")):
+                if any(k in line for k in ("snapshot phases", "snapshot pause", "chunking phases", "disk frozen after", "wrote to its disk after")):
                     print(line.rstrip(), file=sys.stderr)
         except OSError:
             pass

@@ -53,8 +53,8 @@ pub struct SnapshotResult {
     pub memory_new_bytes: u64,
     /// What the snapshot occupies: `disk_layer_bytes + memory_new_bytes`.
     pub stored_bytes: u64,
-    /// Attempts undone and taken again (a late stop not proven to come before QEMU's own;
-    /// their pauses are in `vm_pause_ms`).
+    /// Attempts undone and taken again (the guest wrote to its disk after QEMU's pause for
+    /// the memory image; their pauses are in `vm_pause_ms`).
     #[serde(default)]
     pub attempts_undone: u32,
 }

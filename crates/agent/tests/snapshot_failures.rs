@@ -121,22 +121,51 @@ async fn injected_failures_leave_nothing_behind() {
         sh(&c, id, &format!("echo {point} > /data/write-test; sync")).await;
     }
 
-    // A late stop that cannot come first (s0 measured QEMU's preparation, so this one stops
-    // late; forced to stop after QEMU's own pause): undone, then taken again, stopping
-    // first; the VM runs on in the same QEMU, and the snapshot restores to its instant.
+    // A guest that writes to its disk while QEMU takes its memory image (its own pause) is
+    // seen by its disk's write counters: nothing is kept, and the snapshot is taken again,
+    // stopping first; the VM runs on in the same QEMU. Seen before the disk switched (the
+    // window widened by a second here), the switch is not made:
+    let writer =
+        "(while :; do echo w >> /data/busy.txt; sync; done) </dev/null >/dev/null 2>&1 & echo $!";
+    let s2 = Uuid::new_v4();
+    let pid_of_writer = sh(&c, id, writer).await;
+    inject(Some("take.disk_check_late"));
+    let taken = c.snapshot(id, &req(s2)).await;
+    inject(None);
+    sh(&c, id, &format!("kill {pid_of_writer}")).await;
+    let taken = taken.expect("snapshot s2 of a guest writing to its disk");
+    assert_eq!(taken.attempts_undone, 1, "{taken:?}");
+    c.delete_snapshot(id, s2).await.expect("delete s2");
+    // ...seen after it (the guest writing during a second after the switch), the new layer
+    // is merged back while the guest runs: what it wrote there is kept, on disk.
     let s1 = Uuid::new_v4();
     sh(&c, id, "echo at-s1 > /data/s1.txt; sync").await;
-    inject(Some("take.late_stop_loses"));
+    let pid_of_writer = sh(&c, id, writer).await;
+    inject(Some("take.disk_written_at_switch"));
     let taken = c.snapshot(id, &req(s1)).await;
     inject(None);
-    let taken = taken.expect("snapshot s1 after a lost late stop");
+    sh(&c, id, &format!("kill {pid_of_writer}")).await;
+    let taken = taken.expect("snapshot s1 of a guest writing to its disk");
     assert_eq!(taken.attempts_undone, 1, "{taken:?}");
     let now = c.vm(id).await.expect("vm");
     assert_eq!((now.state, now.pid), (VmRunState::Running, pid));
+    let lines = sh(&c, id, "sync; wc -l < /data/busy.txt").await;
+    assert_eq!(
+        sh(
+            &c,
+            id,
+            "echo 3 > /proc/sys/vm/drop_caches; wc -l < /data/busy.txt"
+        )
+        .await,
+        lines,
+        "read back from the disk after the merge"
+    );
     sh(&c, id, "echo after-s1 > /data/s1.txt; sync").await;
     c.restore_snapshot(id, s1, &RestoreRequest { step_clock: true })
         .await
         .expect("restore s1");
+    // The writer ran at s1's instant: it runs again, and is ended again.
+    sh(&c, id, &format!("kill {pid_of_writer}")).await;
     assert_eq!(
         sh(&c, id, "cat /data/s1.txt /data/keep.txt").await,
         "at-s1\nkept"

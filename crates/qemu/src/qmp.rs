@@ -25,6 +25,7 @@ mod layers;
 pub use block::{BlockJobInfo, NbdAddress};
 pub use commands::{MigrateParameters, MigrationInfo, MigrationRam, SocketAddress, StatusInfo};
 pub use events::{EventKind, QmpEvent, QmpTimestamp};
+pub use layers::GuestWrites;
 
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;

@@ -87,11 +87,8 @@ struct Run {
     marker: MarkerFollower,
     stop_requested: bool,
     guest_powered_off: bool,
-    /// How long after starting a memory snapshot this QEMU is stopped (a late stop, see
-    /// `memory::migrate_then_stop`): from its last snapshot's RAM preparation.
-    snapshot_lead: Option<std::time::Duration>,
-    /// The share of that preparation the lead is (halved by each late stop not proven).
-    late_stop_share: f64,
+    /// How this QEMU's next memory snapshot gets its instant (from what its guest did).
+    freeze: crate::snapshot::memory::FreezeChoice,
 }
 
 impl Drop for Run {

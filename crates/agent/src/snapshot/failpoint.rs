@@ -16,7 +16,7 @@ pub fn check(name: &str) -> Result<()> {
 }
 
 /// Whether `name` is among the injected failure points, for a step that does not fail but
-/// goes the hard way (`take.late_stop_loses`: a late stop that cannot come first).
+/// goes the hard way (`take.disk_check_late`: a guest's disk writes looked at a second late).
 pub fn is_set(name: &str) -> bool {
     std::env::var("NIMBUS_FAILPOINTS").is_ok_and(|list| names(&list).any(|p| p == name))
 }

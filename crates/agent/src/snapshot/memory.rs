@@ -5,8 +5,9 @@
 //! state while the VM is stopped, write-protects guest RAM (userfaultfd) and resumes it; RAM
 //! is then written while the guest runs, a page being copied first when the guest is about
 //! to change it. So memory is as of the pause, like the disk layer frozen in the same pause.
-//! We pause the VM ourselves to freeze the disk; QEMU then leaves it paused after its setup,
-//! and we resume it as soon as RAM pages start flowing (write tracking is on by then).
+//! The disk must be frozen as of the same instant: either QEMU pauses the VM itself and the
+//! disk is frozen after, if the guest provably did not write to it meanwhile, or we stop the
+//! VM first and QEMU leaves it paused (see [`FreezeChoice`]).
 //! Measured here (QEMU 10.0, TCG, 512 MiB): the VM pause is a few milliseconds.
 //! (`mapped-ram` would give fixed offsets, but QEMU 10.0 cannot load a background snapshot
 //! written with it: "error while loading state ... kvm-tpr-opt". Content-defined chunks
@@ -116,71 +117,100 @@ pub async fn wait_flowing(
     }
 }
 
-/// Share of QEMU's last RAM preparation (`setup` to `active`) after which a late stop is
-/// first sent (see [`migrate_then_stop`]): the rest of the preparation falls inside the
-/// pause, and the margin covers a preparation faster than the last. Halved after each late
-/// stop that was not proven first.
-pub const LATE_STOP_SHARE: f64 = 0.6;
-
-/// Below this share, a QEMU gets no more late stops (each one not proven cost the guest an
-/// extra pause and the host a cancelled image).
-pub const LATE_STOP_MIN_SHARE: f64 = 0.1;
-
-/// The longest lead of a late stop: the actor waits that long, and QEMU's event timestamps
-/// (wall clock) could be off by a clock step.
-pub const LATE_STOP_MAX_LEAD: Duration = Duration::from_millis(50);
-
-/// Whether `qemu_version` (`10.0.2`) is one whose migration thread is known to set `active`
-/// before it stops the VM (read in QEMU 10.0's `bg_migration_thread`; the order dates from
-/// background snapshots' start in 6.0): what [`migrate_then_stop`]'s proof rests on. Other
-/// versions stop first.
-pub fn late_stop_proven_on(qemu_version: &str) -> bool {
-    let major = qemu_version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok());
-    matches!(major, Some(9 | 10))
-}
-
-/// Starts the memory image of the running VM and stops the VM `lead` later, while QEMU's
-/// migration thread still touches RAM: that part of the preparation is then outside the
-/// pause, as in QEMU's own background snapshot. Answers whether our stop provably came
-/// before the thread's own stop of the VM: `query-migrate`, run after our `stop`, still
-/// says `setup`, and the thread sets `active` before it stops the VM (QEMU 6.0 to 10.0,
-/// `bg_migration_thread`). Then the thread finds the VM paused, saves it as of our stop and
-/// leaves it paused, as when we stop first. Otherwise the thread may have saved the VM as of
-/// its own stop and resumed it: the caller cancels, resumes the VM (in the order
-/// [`LateStop::NotProven`] allows), and goes again.
-pub async fn migrate_then_stop(qmp: &Qmp, uri: &str, lead: Duration) -> Result<LateStop, QmpError> {
-    let mut events = qmp.events();
-    qmp.migrate(uri).await?;
-    // A tokio timer has a millisecond's resolution; a sleeping thread is precise.
-    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(lead)).await;
-    let (stopped, info) = tokio::join!(qmp.stop(), qmp.query_migrate());
-    stopped?;
-    if info?.status.as_deref() == Some("setup") {
-        return Ok(LateStop::First);
+/// Waits, after `migrate` on the running VM, until QEMU's migration thread has paused the
+/// VM itself, saved its state, write-protected RAM and resumed it (its RESUME after its
+/// STOP on `events`, subscribed before the `migrate`): the memory image is then as of that
+/// pause, as in QEMU's own background snapshot. Fails if the snapshot fails first. Events
+/// can be missed, so QEMU is also asked every 20 ms without one: pages flowing means the
+/// thread's pause is over or ending, and the VM running after that means it is over.
+pub async fn wait_qemu_paused_and_resumed(
+    qmp: &Qmp,
+    events: &mut broadcast::Receiver<QmpEvent>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stopped = false;
+    loop {
+        match next_event(events, Duration::from_millis(20))
+            .await
+            .map(|e| e.kind)
+        {
+            Some(EventKind::Stop) => stopped = true,
+            Some(EventKind::Resume) if stopped => return Ok(()),
+            Some(EventKind::Migration { status })
+                if status == "failed" || status == "cancelled" =>
+            {
+                return Err(Error::QemuFailed(format!("the memory snapshot {status}")))
+            }
+            Some(_) => {}
+            None => {
+                let info = qmp.query_migrate().await?;
+                let status = info.status.as_deref().unwrap_or("");
+                if status == "failed" || status == "cancelled" {
+                    return Err(Error::QemuFailed(format!(
+                        "the memory snapshot failed: {}",
+                        info.error_desc.unwrap_or_else(|| status.to_string())
+                    )));
+                }
+                let ram = info.ram.unwrap_or_default();
+                let flowing = ram.normal + ram.duplicate > 0 || status == "completed";
+                if flowing && qmp.query_status().await?.status == "running" {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(
+                "QEMU did not pause and resume the VM for its memory snapshot".into(),
+            ));
+        }
     }
-    // Events come before the answers that follow them, so they are all here.
-    let qemu_resumed = received(&mut events).any(|event| event.kind == EventKind::Resume);
-    Ok(LateStop::NotProven { qemu_resumed })
 }
 
-/// What became of a late stop ([`migrate_then_stop`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LateStop {
-    /// Our stop provably came before QEMU's thread stopped the VM: the image is as of it.
-    First,
-    /// Not proven. `qemu_resumed`: QEMU resumed the VM before our `stop` and the
-    /// `query-migrate` after it were answered (another QMP client's `cont` would spoil
-    /// this; nimbus is QEMU's only one), so its thread had stopped the VM itself, saved it
-    /// and resumed it (it resumes only a VM it found running, from the bottom half its
-    /// thread schedules once RAM is protected). That bottom half is all of a background
-    /// snapshot that sets the run state (QEMU 10.0: not its cancellation or clean-up), so
-    /// the VM may resume before the image is cancelled. Otherwise the image must be
-    /// cancelled first: the bottom half could still set the run state back to the one the
-    /// thread found, behind our `cont`.
-    NotProven { qemu_resumed: bool },
+/// How a memory snapshot of a running VM gets its instant, chosen per QEMU process.
+///
+/// - **Disk after** (preferred): `migrate` on the running VM, so that QEMU pauses the VM
+///   itself, with its preparation of RAM before the pause, as in its own background
+///   snapshot (the anchor); the memory image is as of that pause. Then, the VM running,
+///   the disk is frozen (`blockdev-snapshot`), and that is kept only if the guest wrote
+///   nothing to its disk from before the `migrate` until after the switch (its
+///   [`nimbus_qemu::qmp::GuestWrites`] equal, and no I/O error): the frozen layer then is
+///   the disk of QEMU's instant, and the VM's only pause was QEMU's. Otherwise nothing is
+///   kept (a switch already made is merged back) and the snapshot is taken again,
+///   stopping first.
+/// - **Stop first**: we stop the VM, then `migrate` and `blockdev-snapshot` in one batch;
+///   QEMU leaves a VM it found paused paused, so memory and disk are as of our stop, and
+///   the preparation of RAM falls inside the pause.
+///
+/// A guest seen writing in that window makes the next snapshots of its QEMU stop first:
+/// one after the first time, then 3, 7... (up to 63) while it keeps writing.
+#[derive(Debug, Default)]
+pub struct FreezeChoice {
+    writes_seen: u32,
+    stop_first_left: u32,
+}
+
+impl FreezeChoice {
+    /// Whether the next snapshot freezes the disk after QEMU's pause (else it stops first).
+    pub fn disk_after(&mut self) -> bool {
+        match self.stop_first_left {
+            0 => true,
+            _ => {
+                self.stop_first_left -= 1;
+                false
+            }
+        }
+    }
+
+    /// A snapshot froze the disk after QEMU's pause.
+    pub fn frozen_after(&mut self) {
+        self.writes_seen = 0;
+    }
+
+    /// The guest wrote to its disk in the window: the next snapshots stop first.
+    pub fn writes_seen(&mut self) {
+        self.writes_seen = (self.writes_seen + 1).min(6);
+        self.stop_first_left = (1 << self.writes_seen) - 1;
+    }
 }
 
 /// Cancels a memory snapshot in progress and waits (bounded) until QEMU has let go of it.
@@ -192,7 +222,7 @@ pub async fn cancel(qmp: &Qmp) {
             Ok(Some(s)) if s == "active" || s == "setup" || s == "cancelling" => {}
             _ => return,
         }
-        // Short: a late stop not proven first holds the VM paused while this runs.
+        // Short: a failed snapshot may hold the VM paused while this runs.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -264,14 +294,25 @@ async fn next_migration_event(
     events: &mut broadcast::Receiver<QmpEvent>,
     at_most: Duration,
 ) -> Option<(String, i64)> {
+    let deadline = Instant::now() + at_most;
+    loop {
+        let event = next_event(events, deadline.saturating_duration_since(Instant::now())).await?;
+        if let EventKind::Migration { status } = event.kind {
+            return Some((status, event.timestamp.as_micros()));
+        }
+    }
+}
+
+/// QEMU's next event, or `None` after `at_most` without one (those lost to a lag skipped).
+async fn next_event(
+    events: &mut broadcast::Receiver<QmpEvent>,
+    at_most: Duration,
+) -> Option<QmpEvent> {
     let next = async {
         loop {
             match events.recv().await {
-                Ok(QmpEvent {
-                    kind: EventKind::Migration { status },
-                    timestamp,
-                }) => return (status, timestamp.as_micros()),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(event) => return event,
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             }
         }
@@ -281,8 +322,8 @@ async fn next_migration_event(
 
 /// How long the VM was paused, in milliseconds, once our `cont` was answered: each STOP to
 /// the next RESUME event on `events` (subscribed before the pause; QEMU's timestamps),
-/// summed. Usually one pause; a late stop not proven first can show two (QEMU's own, then
-/// ours). QEMU sends events before the answers that follow them, so all are here already;
+/// summed. Usually one pause; two when a guest seen writing made the snapshot be taken
+/// again. QEMU sends events before the answers that follow them, so all are here already;
 /// 0 when no pause was seen.
 pub fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
     let (mut paused_us, mut stop) = (0, None);
@@ -300,7 +341,7 @@ pub fn pause_from_events(events: &mut broadcast::Receiver<QmpEvent>) -> f64 {
 }
 
 /// The events already received on `events`, without waiting (those lost to a lag skipped).
-fn received(events: &mut broadcast::Receiver<QmpEvent>) -> impl Iterator<Item = QmpEvent> + '_ {
+pub fn received(events: &mut broadcast::Receiver<QmpEvent>) -> impl Iterator<Item = QmpEvent> + '_ {
     std::iter::from_fn(|| loop {
         match events.try_recv() {
             Ok(event) => return Some(event),
@@ -313,15 +354,6 @@ fn received(events: &mut broadcast::Receiver<QmpEvent>) -> impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn late_stops_only_on_the_qemu_versions_whose_order_was_read() {
-        assert!(late_stop_proven_on("10.0.2"));
-        assert!(late_stop_proven_on("9.2.0"));
-        assert!(!late_stop_proven_on("11.0.0"));
-        assert!(!late_stop_proven_on("8.2.2"));
-        assert!(!late_stop_proven_on("unknown"));
-    }
 
     fn event(kind: EventKind, micros: i64) -> QmpEvent {
         QmpEvent {
@@ -341,7 +373,7 @@ mod tests {
             tx.send(ev).expect("send");
         }
         assert_eq!(pause_from_events(&mut rx), 5.0);
-        // A late stop not proven first: QEMU's own pause, then ours while cancelling.
+        // A snapshot taken again: QEMU's own pause, then ours, stopping first.
         for ev in [
             event(EventKind::Stop, 1_000_000),
             event(EventKind::Resume, 1_004_000),
@@ -354,5 +386,30 @@ mod tests {
         // No RESUME: nothing measured.
         tx.send(event(EventKind::Stop, 2_000_000)).expect("send");
         assert_eq!(pause_from_events(&mut rx), 0.0);
+    }
+
+    #[test]
+    fn a_guest_seen_writing_makes_the_next_snapshots_stop_first_for_longer_each_time() {
+        let mut choice = FreezeChoice::default();
+        assert!(choice.disk_after());
+        choice.writes_seen();
+        assert!(!choice.disk_after());
+        assert!(choice.disk_after());
+        choice.writes_seen();
+        assert_eq!(
+            (0..4).map(|_| choice.disk_after()).collect::<Vec<_>>(),
+            [false, false, false, true]
+        );
+        // Once frozen after, a later write backs off from one again.
+        choice.frozen_after();
+        choice.writes_seen();
+        assert_eq!(
+            (0..2).map(|_| choice.disk_after()).collect::<Vec<_>>(),
+            [false, true]
+        );
+        for _ in 0..20 {
+            choice.writes_seen();
+        }
+        assert_eq!((0..64).filter(|_| !choice.disk_after()).count(), 63);
     }
 }

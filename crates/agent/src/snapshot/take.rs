@@ -34,9 +34,9 @@ pub async fn take(
     let started = Instant::now();
     let dir = vm.dir();
     let frozen = dir.top_disk();
-    // A late stop (see `memory::migrate_then_stop`) that cannot prove it came first is
-    // undone and the snapshot taken again, stopping first.
-    let mut late_stop = memory::late_stop_proven_on(qemu_version);
+    // A disk frozen after QEMU's pause (see `memory::FreezeChoice`) that the guest wrote to
+    // meanwhile is not taken: the snapshot is taken again, stopping first.
+    let mut disk_after = true;
     // The pauses of an attempt undone count: the guest went through them.
     let (mut undone_pause_ms, mut attempts_undone) = (0.0, 0);
     let (new_top, stream, prepared, taken, chunking) = loop {
@@ -59,7 +59,7 @@ pub async fn take(
         let plan = TakePlan {
             new_top: new_top.clone(),
             stream: stream.clone(),
-            late_stop,
+            disk_after,
             on_resume: release,
         };
         match (vm.take_snapshot(plan).await, chunking) {
@@ -74,7 +74,7 @@ pub async fn take(
                 abandon(vm, &files, &new_top, chunking).await;
                 undone_pause_ms += pause_ms;
                 attempts_undone += 1;
-                late_stop = false;
+                disk_after = false;
             }
             (Err(e), chunking) => {
                 abandon(vm, &files, &new_top, chunking).await;

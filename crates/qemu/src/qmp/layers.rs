@@ -18,6 +18,45 @@ pub struct BlockNode {
     pub drv: String,
 }
 
+/// A disk device's write counters (from `query-blockstats`), compared to prove that the
+/// guest changed nothing on its disk between two readings. They count every request that
+/// can change the disk's content: writes and write-zeroes (virtio-blk counts both as writes),
+/// failed ones too (a failed write may have written part), and discards (QEMU ignores a
+/// guest's discards on nimbus's disks, opened with the default `discard=ignore`; counted in
+/// case a device reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct GuestWrites {
+    #[serde(rename = "wr_operations")]
+    pub writes: u64,
+    #[serde(rename = "failed_wr_operations", default)]
+    pub failed_writes: u64,
+    #[serde(rename = "unmap_operations", default)]
+    pub discards: u64,
+    #[serde(rename = "failed_unmap_operations", default)]
+    pub failed_discards: u64,
+    #[serde(rename = "wr_bytes")]
+    pub bytes: u64,
+}
+
+/// Whether a `query-block` or `query-blockstats` entry is the device with qdev id
+/// `device_id` (QEMU names it by its QOM path, `/machine/peripheral/vda/virtio-backend`).
+fn is_device(entry: &Value, device_id: &str) -> bool {
+    entry
+        .get("qdev")
+        .and_then(Value::as_str)
+        .is_some_and(|q| q == device_id || q.contains(&format!("/{device_id}/")))
+}
+
+/// The write counters of device `device_id` in a `query-blockstats` answer.
+fn writes_of(blockstats: &Value, device_id: &str) -> Result<GuestWrites, String> {
+    let stats = blockstats
+        .as_array()
+        .and_then(|all| all.iter().find(|d| is_device(d, device_id)))
+        .and_then(|d| d.get("stats"))
+        .ok_or_else(|| format!("no statistics for device {device_id}"))?;
+    serde_json::from_value(stats.clone()).map_err(|e| e.to_string())
+}
+
 impl Qmp {
     /// The block node attached to the device whose qdev id is `device_id` (e.g. `vda`).
     pub async fn top_node(&self, device_id: &str) -> Result<String, QmpError> {
@@ -25,16 +64,22 @@ impl Qmp {
         let devices = v.as_array().cloned().unwrap_or_default();
         devices
             .iter()
-            .filter(|d| {
-                d.get("qdev")
-                    .and_then(Value::as_str)
-                    .is_some_and(|q| q == device_id || q.contains(&format!("/{device_id}/")))
-            })
+            .filter(|d| is_device(d, device_id))
             .find_map(|d| d.pointer("/inserted/node-name")?.as_str().map(String::from))
             .ok_or_else(|| QmpError::Decode {
                 command: "query-block".into(),
                 detail: format!("no medium in device {device_id}"),
             })
+    }
+
+    /// What the guest has written to the disk of device `device_id` so far
+    /// (`query-blockstats`): equal answers mean no write of the guest completed in between.
+    pub async fn guest_writes(&self, device_id: &str) -> Result<GuestWrites, QmpError> {
+        let v = self.execute("query-blockstats", None).await?;
+        writes_of(&v, device_id).map_err(|detail| QmpError::Decode {
+            command: "query-blockstats".into(),
+            detail,
+        })
     }
 
     /// `query-named-block-nodes`: every node of the block graph.
@@ -67,6 +112,25 @@ impl Qmp {
             .map(|_| ())
     }
 
+    /// `block-commit` of `top`, the layer a device writes into, into the layer under it,
+    /// `base`, while the guest runs: once the job is ready, [`Qmp::job_complete`] makes
+    /// `base` the layer the device writes into again (QEMU's active commit).
+    pub async fn block_commit_active(
+        &self,
+        job_id: &str,
+        top: &str,
+        base: &str,
+    ) -> Result<(), QmpError> {
+        let args = json!({"job-id": job_id, "device": top, "base-node": base});
+        self.execute("block-commit", Some(args)).await.map(|_| ())
+    }
+
+    /// `job-complete` of a ready job.
+    pub async fn job_complete(&self, job_id: &str) -> Result<(), QmpError> {
+        let args = json!({ "id": job_id });
+        self.execute("job-complete", Some(args)).await.map(|_| ())
+    }
+
     /// `block-stream` into `node` of the layers between it and `base_node` (the whole chain
     /// when `None`); when done the top's backing is `base_node`, recorded in its header as
     /// `backing_file` (given explicitly: QEMU's own idea of a file's name may be stale).
@@ -85,5 +149,34 @@ impl Qmp {
             args["backing-file"] = json!(file);
         }
         self.execute("block-stream", Some(args)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_devices_write_counters_by_its_qdev_id() {
+        // `query-blockstats` of QEMU 10.0 for a `-blockdev` disk (trimmed).
+        let v = json!([
+            {"device": "", "qdev": "/machine/peripheral/vdb/virtio-backend", "node-name": "x",
+             "stats": {"wr_operations": 1, "failed_wr_operations": 0, "unmap_operations": 0,
+                       "failed_unmap_operations": 0, "wr_bytes": 512}},
+            {"device": "", "qdev": "/machine/peripheral/vda/virtio-backend", "node-name": "disk0",
+             "stats": {"wr_operations": 40, "failed_wr_operations": 1, "unmap_operations": 2,
+                       "failed_unmap_operations": 0, "wr_bytes": 163840, "rd_operations": 9}}
+        ]);
+        assert_eq!(
+            writes_of(&v, "vda").expect("vda"),
+            GuestWrites {
+                writes: 40,
+                failed_writes: 1,
+                discards: 2,
+                failed_discards: 0,
+                bytes: 163840
+            }
+        );
+        assert!(writes_of(&v, "vdc").is_err());
     }
 }

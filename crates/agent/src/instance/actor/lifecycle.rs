@@ -155,8 +155,7 @@ impl Actor {
             qemu,
             stop_requested: false,
             guest_powered_off: false,
-            snapshot_lead: None,
-            late_stop_share: crate::snapshot::memory::LATE_STOP_SHARE,
+            freeze: Default::default(),
         });
         self.update(|s| {
             // A QEMU waiting for an incoming migration runs no guest yet.

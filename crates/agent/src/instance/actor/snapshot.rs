@@ -9,16 +9,16 @@ use crate::snapshot::{failpoint, memory};
 use nimbus_agent_api::VmRunState;
 use nimbus_qemu::Qmp;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Freeze the top disk layer under `new_top`; with `stream`, write memory there too.
 #[derive(Debug)]
 pub(crate) struct TakePlan {
     pub new_top: NewTop,
     pub stream: Option<PathBuf>,
-    /// Stop the VM late, while QEMU prepares RAM (see [`memory::migrate_then_stop`]), once
-    /// this QEMU's preparation was measured.
-    pub late_stop: bool,
+    /// May let QEMU pause the VM for the memory image and freeze the disk after (see
+    /// [`memory::FreezeChoice`]); else the VM is stopped first.
+    pub disk_after: bool,
     /// Released once the VM resumed: the chunker starts then, not to take a core from QEMU
     /// inside the pause.
     pub on_resume: Option<crate::snapshot::follow::Release>,
@@ -29,10 +29,25 @@ pub(crate) struct TakePlan {
 pub(crate) enum Taken {
     /// The disk is frozen and the memory image is written; the VM was paused so long.
     Frozen { pause_ms: f64 },
-    /// A late stop could not prove it came first: nothing was taken, the VM runs on, and the
-    /// snapshot must be taken again without a late stop. The VM was paused so long for
-    /// nothing (QEMU's own pause, and ours while the image was cancelled).
+    /// The guest wrote to its disk after QEMU's pause for the memory image: nothing was
+    /// taken, the VM runs on, and the snapshot must be taken again, stopping first. The VM
+    /// was paused so long for nothing (QEMU's own pause).
     Again { pause_ms: f64 },
+}
+
+/// How a pause ended, and what it left to undo.
+struct Pause {
+    outcome: Result<Paused>,
+    /// The memory image was started (cancelled if the outcome is not [`Paused::Frozen`]).
+    started: bool,
+    /// The disk switched to the new layer (else the switch is undone).
+    switched: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paused {
+    Frozen,
+    WritesSeen,
 }
 
 /// Replace the running VM by one on `top`, resumed from `stream` when given (else booted).
@@ -111,51 +126,99 @@ impl Actor {
         // The link first, before the pause: after a crash from here on, a relaunch finds the
         // old layer under the new, empty one, which is the same disk.
         self.dir.set_top_disk(&plan.new_top.path)?;
-        let t0 = std::time::Instant::now();
         let uri = plan.stream.as_deref().map(memory::image_uri);
-        let mut migration_events = qmp.events();
-        // Tests make a late stop lose: stopped after QEMU's whole pause.
-        let late_lead = match failpoint::is_set("take.late_stop_loses") {
-            true => Some(memory::LATE_STOP_MAX_LEAD),
-            false => self.run.as_ref().and_then(|r| r.snapshot_lead),
+        // Tests that make the guest's writes seen need this way, whatever came before.
+        let forced = failpoint::is_set("take.disk_check_late")
+            || failpoint::is_set("take.disk_written_at_switch");
+        let disk_after = match (&uri, self.run.as_mut()) {
+            (Some(_), Some(run)) if plan.disk_after => run.freeze.disk_after() || forced,
+            _ => false,
         };
-        let (stopped, started, switched) = match (&uri, late_lead) {
-            (Some(uri), Some(lead)) if plan.late_stop => {
-                match memory::migrate_then_stop(&qmp, uri, lead).await {
-                    Ok(memory::LateStop::First) => {
-                        let switched = qmp.blockdev_snapshot(&top_node, &plan.new_top.node).await;
-                        (Ok(()), Ok(()), switched)
-                    }
-                    unproven => {
-                        let node = &plan.new_top.node;
-                        return self
-                            .undo_late_stop(&qmp, node, &old_top, lead, &mut events, unproven)
-                            .await;
-                    }
-                }
+        let pause = match &uri {
+            Some(uri) if disk_after => self.freeze_after_qemu(&qmp, uri, &top_node, &plan).await,
+            _ => {
+                self.freeze_stopped_first(&qmp, uri.as_deref(), &top_node, &plan)
+                    .await
             }
-            // Stop first, then the rest in one batch (QMP runs them in order), so the pause
-            // is what QEMU needs rather than our round trips. `migrate` before
-            // `blockdev-snapshot`: QEMU runs that switch while its migration thread
-            // prepares RAM (see [`memory`]); both are as of our `stop`, since a VM we
-            // paused stays paused until our `cont`.
-            _ => tokio::join!(
-                qmp.stop(),
-                async {
-                    match &uri {
-                        Some(uri) => qmp.migrate(uri).await,
-                        None => Ok(()),
-                    }
-                },
-                qmp.blockdev_snapshot(&top_node, &plan.new_top.node),
-            ),
         };
+        let pause_ms = memory::pause_from_events(&mut events);
+        if !matches!(pause.outcome, Ok(Paused::Frozen)) {
+            self.undo_pause(&qmp, &pause, &plan.new_top.node, &old_top)
+                .await?;
+        }
+        match pause.outcome {
+            Ok(Paused::Frozen) => {}
+            Ok(Paused::WritesSeen) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.freeze.writes_seen();
+                }
+                tracing::info!(pause_ms, "the guest wrote to its disk after QEMU's pause for the memory image; taking the snapshot again, stopping first");
+                return Ok(Taken::Again { pause_ms });
+            }
+            Err(e) => return Err(e),
+        }
+        if let (true, Some(run)) = (disk_after, self.run.as_mut()) {
+            run.freeze.frozen_after();
+        }
+        if plan.stream.is_some() {
+            // The capability goes off once the snapshot is answered (see
+            // [`Actor::background_snapshot_off`]).
+            memory::wait_written(&qmp, &mut events).await?;
+        }
+        tracing::info!(pause_ms, disk_after, layer = %old_top.display(), "snapshot taken");
+        Ok(Taken::Frozen { pause_ms })
+    }
+
+    /// Undoes what a pause that took nothing left: the memory image cancelled, the layer
+    /// switch (if not made) undone.
+    async fn undo_pause(
+        &mut self,
+        qmp: &Qmp,
+        pause: &Pause,
+        new_top_node: &str,
+        old_top: &std::path::Path,
+    ) -> Result<()> {
+        if pause.started {
+            memory::cancel(qmp).await;
+        }
+        if !pause.switched {
+            self.dir.set_top_disk(old_top)?;
+            let _ = qmp.blockdev_del(new_top_node).await;
+        }
+        let _ = memory::set_background(qmp, false).await;
+        Ok(())
+    }
+
+    /// Stops the VM, then `migrate` (with `uri`) and `blockdev-snapshot` in one batch (QMP
+    /// runs them in order), so that the pause is what QEMU needs rather than our round
+    /// trips. `migrate` before `blockdev-snapshot`: QEMU runs that switch while its
+    /// migration thread prepares RAM (see [`memory`]); both are as of our `stop`, since a VM
+    /// we paused stays paused until our `cont`, which comes once RAM pages flow.
+    async fn freeze_stopped_first(
+        &self,
+        qmp: &Qmp,
+        uri: Option<&str>,
+        top_node: &str,
+        plan: &TakePlan,
+    ) -> Pause {
+        let mut migration_events = qmp.events();
+        let t0 = Instant::now();
+        let (stopped, started, switched) = tokio::join!(
+            qmp.stop(),
+            async {
+                match uri {
+                    Some(uri) => qmp.migrate(uri).await,
+                    None => Ok(()),
+                }
+            },
+            qmp.blockdev_snapshot(top_node, &plan.new_top.node),
+        );
         let sent = t0.elapsed();
         let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok() && uri.is_some());
         let mut preparation = None;
         let frozen = match (stopped, switched, started) {
             (Ok(()), Ok(()), Ok(())) if uri.is_some() => {
-                memory::wait_flowing(&qmp, &mut migration_events)
+                memory::wait_flowing(qmp, &mut migration_events)
                     .await
                     .map(|p| preparation = p)
                     .and_then(|()| failpoint::check("take.in_pause"))
@@ -165,93 +228,147 @@ impl Actor {
         };
         let flowing = t0.elapsed();
         let resumed = qmp.cont().await;
-        if let Some(release) = &plan.on_resume {
-            release.release();
+        release_chunker(plan);
+        // `preparation`: QEMU touching RAM, `setup` to `active`, inside the pause.
+        tracing::info!(?sent, ?preparation, ?flowing, resumed = ?t0.elapsed(), "snapshot pause, stopped first");
+        Pause {
+            outcome: resumed_after(frozen.map(|()| Paused::Frozen), resumed),
+            started: started_ok,
+            switched: switched_ok,
         }
-        let pause_ms = memory::pause_from_events(&mut events);
-        // `preparation`: QEMU touching RAM, `setup` to `active` (after a late stop, partly
-        // before the pause).
-        tracing::info!(?sent, ?preparation, ?flowing, resumed = ?t0.elapsed(), pause_ms, "snapshot pause");
-        if let Err(e) = frozen {
-            if started_ok {
-                memory::cancel(&qmp).await;
-            }
-            if !switched_ok {
-                self.dir.set_top_disk(&old_top)?;
-                let _ = qmp.blockdev_del(&plan.new_top.node).await;
-            }
-            let _ = memory::set_background(&qmp, false).await;
-            if let Err(cont) = resumed {
-                tracing::error!(
-                    error = error_chain(&cont),
-                    "cannot resume the VM after a failed snapshot"
-                );
-            }
-            return Err(e);
-        }
-        resumed?;
-        if plan.stream.is_some() {
-            // The capability goes off once the snapshot is answered (see
-            // [`Actor::background_snapshot_off`]).
-            memory::wait_written(&qmp, &mut events).await?;
-        }
-        if let (Some(run), Some(preparation)) = (self.run.as_mut(), preparation) {
-            let lead = preparation.mul_f64(run.late_stop_share);
-            let usable = !lead.is_zero()
-                && lead <= memory::LATE_STOP_MAX_LEAD
-                && run.late_stop_share >= memory::LATE_STOP_MIN_SHARE;
-            run.snapshot_lead = usable.then_some(lead);
-        }
-        tracing::info!(pause_ms, layer = %old_top.display(), "snapshot taken");
-        Ok(Taken::Frozen { pause_ms })
     }
 
-    /// Undoes a late stop not proven first (QEMU may have stopped and resumed the VM itself
-    /// first), or failed: nothing is taken. Unless QEMU is known to have resumed the VM
-    /// already ([`memory::LateStop::NotProven`]), the image is cancelled before the VM
-    /// resumes: QEMU's thread, once gone, can no longer stop the VM or set its run state
-    /// back to the one it found. Then the layer switch is undone and the lead backs off.
-    async fn undo_late_stop(
+    /// Lets QEMU pause the running VM for the memory image itself, then freezes the disk
+    /// while the VM runs, if the guest wrote nothing to it from before the `migrate` until
+    /// after the switch (see [`memory::FreezeChoice`]): the frozen layer is then as of
+    /// QEMU's pause, when the memory image was taken, and the pause is QEMU's alone. The
+    /// writes are looked at before the switch too, so that a guest seen writing is left as
+    /// it is; one that wrote during the switch is undone by merging the new layer back.
+    async fn freeze_after_qemu(
         &mut self,
         qmp: &Qmp,
-        new_top_node: &str,
-        old_top: &std::path::Path,
-        lead: Duration,
-        events: &mut tokio::sync::broadcast::Receiver<nimbus_qemu::qmp::QmpEvent>,
-        unproven: std::result::Result<memory::LateStop, nimbus_qemu::QmpError>,
-    ) -> Result<Taken> {
-        let cancelling = std::time::Instant::now();
-        let resumed = match unproven {
-            Ok(memory::LateStop::NotProven { qemu_resumed: true }) => {
-                let resumed = qmp.cont().await;
-                memory::cancel(qmp).await;
-                resumed
+        uri: &str,
+        top_node: &str,
+        plan: &TakePlan,
+    ) -> Pause {
+        let mut migration_events = qmp.events();
+        let mut io_errors = qmp.events();
+        let t0 = Instant::now();
+        let (before, started) = tokio::join!(qmp.guest_writes(DISK_DEVICE), qmp.migrate(uri));
+        let failed = |e: Error, started, switched| Pause {
+            outcome: Err(e),
+            started,
+            switched,
+        };
+        if let Err(e) = started {
+            return failed(e.into(), false, false);
+        }
+        // Tests make the guest's writes land in the switch (`take.disk_written_at_switch`).
+        let at_switch = failpoint::is_set("take.disk_written_at_switch");
+        let checked = async {
+            let before = before?;
+            memory::wait_qemu_paused_and_resumed(qmp, &mut migration_events).await?;
+            release_chunker(plan);
+            if failpoint::is_set("take.disk_check_late") {
+                // Tests widen the window in which the guest's writes are seen.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            _ => {
+            let quiet = at_switch || qmp.guest_writes(DISK_DEVICE).await? == before;
+            Ok::<_, Error>((before, quiet))
+        }
+        .await;
+        let before = match checked {
+            Ok((before, true)) => before,
+            Ok((_, false)) => {
+                return Pause {
+                    outcome: Ok(Paused::WritesSeen),
+                    started: true,
+                    switched: false,
+                }
+            }
+            Err(e) => {
+                // QEMU's thread may have left the VM paused: once it is gone, the VM runs.
                 memory::cancel(qmp).await;
-                qmp.cont().await
+                release_chunker(plan);
+                if qmp.query_status().await.is_ok_and(|s| s.status == "paused") {
+                    let _ = qmp.cont().await;
+                }
+                return failed(e, true, false);
             }
         };
-        // What the guest went through for nothing: the first pause (QEMU's own, when its
-        // thread stopped first) and ours, until the cancellation or only its `cont`.
-        let cancelled = cancelling.elapsed();
-        let pause_ms = memory::pause_from_events(events);
-        let relinked = self.dir.set_top_disk(old_top);
-        let _ = qmp.blockdev_del(new_top_node).await;
-        if let Some(run) = self.run.as_mut() {
-            run.snapshot_lead = None;
-            run.late_stop_share /= 2.0;
+        let qemu_resumed = t0.elapsed();
+        let switched = qmp.blockdev_snapshot(top_node, &plan.new_top.node).await;
+        if at_switch {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tracing::info!(
-            ?lead,
-            pause_ms,
-            ?cancelled,
-            result = ?unproven.as_ref().map_err(|e| error_chain(e)),
-            "late stop not proven first; taking the snapshot again"
+        let now = qmp.guest_writes(DISK_DEVICE).await;
+        let io_error = memory::received(&mut io_errors).any(|e| e.name() == "BLOCK_IO_ERROR");
+        let quiet = !io_error && now.as_ref().is_ok_and(|now| *now == before);
+        tracing::info!(?qemu_resumed, switched = ?t0.elapsed(), quiet, "disk frozen after QEMU's pause");
+        if let Err(e) = switched {
+            return failed(e.into(), true, false);
+        }
+        if !quiet {
+            // Some write may have reached the frozen layer after QEMU's pause.
+            return match self.merge_back(qmp, &plan.new_top.node, top_node).await {
+                Ok(()) => Pause {
+                    outcome: Ok(Paused::WritesSeen),
+                    started: true,
+                    switched: false,
+                },
+                Err(e) => failed(e, true, true),
+            };
+        }
+        let outcome = failpoint::check("take.in_pause").map(|()| Paused::Frozen);
+        Pause {
+            outcome,
+            started: true,
+            switched: true,
+        }
+    }
+
+    /// Undoes a layer switch while the guest runs: the new layer `top` (maybe written to
+    /// already) is merged into the one under it, `base`, which the guest then writes into
+    /// again (QEMU's active commit; the new layer is nearly empty, so this is quick).
+    async fn merge_back(&mut self, qmp: &Qmp, top: &str, base: &str) -> Result<()> {
+        let job = format!(
+            "merge-back-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        relinked?;
-        resumed?;
-        Ok(Taken::Again { pause_ms })
+        qmp.block_commit_active(&job, top, base).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut completing = false;
+        loop {
+            let jobs = qmp.query_block_jobs().await?;
+            match jobs.iter().find(|j| j.device == job) {
+                None => break,
+                Some(j) if j.io_status.as_deref().is_some_and(|s| s != "ok") => {
+                    return Err(Error::QemuFailed(format!(
+                        "merging the new disk layer back failed ({})",
+                        j.io_status.as_deref().unwrap_or("")
+                    )))
+                }
+                Some(j) if j.ready && !completing => {
+                    qmp.job_complete(&job).await?;
+                    completing = true;
+                }
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(
+                    "merging the new disk layer back took over a minute".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let now = qmp.top_node(DISK_DEVICE).await?;
+        if now != base {
+            return Err(Error::QemuFailed(format!(
+                "after merging the new disk layer back, the disk writes into {now}, not {base}"
+            )));
+        }
+        let _ = qmp.blockdev_del(top).await;
+        Ok(())
     }
 
     /// After a memory snapshot was answered: the background-snapshot capability off again,
@@ -420,7 +537,7 @@ impl Actor {
         .await?;
         let status = qmp.query_status().await?.status;
         let resume = matches!(status.as_str(), "running" | "suspended");
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let stopped = qmp.stop().await;
         let resumed = match resume {
             true => qmp.cont().await,
@@ -430,5 +547,31 @@ impl Actor {
         stopped?;
         resumed?;
         Ok(())
+    }
+}
+
+/// The chunker may start: the VM runs again.
+fn release_chunker(plan: &TakePlan) {
+    if let Some(release) = &plan.on_resume {
+        release.release();
+    }
+}
+
+/// A pause's outcome once the VM was resumed: a failed `cont` fails a pause that went well
+/// (the VM would stay paused); after a failure, it is logged beside the first error.
+fn resumed_after(
+    outcome: Result<Paused>,
+    resumed: std::result::Result<(), nimbus_qemu::QmpError>,
+) -> Result<Paused> {
+    match (outcome, resumed) {
+        (outcome, Ok(())) => outcome,
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), Err(cont)) => {
+            tracing::error!(
+                error = error_chain(&cont),
+                "cannot resume the VM after a failed snapshot"
+            );
+            Err(e)
+        }
     }
 }
