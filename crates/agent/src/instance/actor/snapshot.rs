@@ -136,10 +136,8 @@ impl Actor {
         };
         let pause = match &uri {
             Some(uri) if disk_after => self.freeze_after_qemu(&qmp, uri, &top_node, &plan).await,
-            _ => {
-                self.freeze_stopped_first(&qmp, uri.as_deref(), &top_node, &plan)
-                    .await
-            }
+            Some(uri) => self.freeze_stopped_first(&qmp, uri, &top_node, &plan).await,
+            None => switch_live(&qmp, &top_node, &plan).await,
         };
         let pause_ms = memory::pause_from_events(&mut events);
         if !matches!(pause.outcome, Ok(Paused::Frozen)) {
@@ -189,15 +187,14 @@ impl Actor {
         Ok(())
     }
 
-    /// Stops the VM, then `migrate` (with `uri`) and `blockdev-snapshot` in one batch (QMP
-    /// runs them in order), so that the pause is what QEMU needs rather than our round
-    /// trips. `migrate` before `blockdev-snapshot`: QEMU runs that switch while its
+    /// Stops the VM, then `migrate` to `uri` and `blockdev-snapshot` in one batch (QMP runs
+    /// them in order), so that the pause is what QEMU needs rather than our round trips. `migrate` before `blockdev-snapshot`: QEMU runs that switch while its
     /// migration thread prepares RAM (see [`memory`]); both are as of our `stop`, since a VM
     /// we paused stays paused until our `cont`, which comes once RAM pages flow.
     async fn freeze_stopped_first(
         &self,
         qmp: &Qmp,
-        uri: Option<&str>,
+        uri: &str,
         top_node: &str,
         plan: &TakePlan,
     ) -> Pause {
@@ -205,25 +202,17 @@ impl Actor {
         let t0 = Instant::now();
         let (stopped, started, switched) = tokio::join!(
             qmp.stop(),
-            async {
-                match uri {
-                    Some(uri) => qmp.migrate(uri).await,
-                    None => Ok(()),
-                }
-            },
+            qmp.migrate(uri),
             qmp.blockdev_snapshot(top_node, &plan.new_top.node),
         );
         let sent = t0.elapsed();
-        let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok() && uri.is_some());
+        let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok());
         let mut preparation = None;
         let frozen = match (stopped, switched, started) {
-            (Ok(()), Ok(()), Ok(())) if uri.is_some() => {
-                memory::wait_flowing(qmp, &mut migration_events)
-                    .await
-                    .map(|p| preparation = p)
-                    .and_then(|()| failpoint::check("take.in_pause"))
-            }
-            (Ok(()), Ok(()), Ok(())) => failpoint::check("take.in_pause"),
+            (Ok(()), Ok(()), Ok(())) => memory::wait_flowing(qmp, &mut migration_events)
+                .await
+                .map(|p| preparation = p)
+                .and_then(|()| failpoint::check("take.in_pause")),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(Error::from(e)),
         };
         let flowing = t0.elapsed();
@@ -547,6 +536,23 @@ impl Actor {
         stopped?;
         resumed?;
         Ok(())
+    }
+}
+
+/// A disk-only snapshot of a running VM: the disk switched to the new layer while the guest
+/// runs, no pause needed (`blockdev-snapshot` drains the old layer first, so it holds every
+/// write that completed before the switch and none after: the disk as of that instant).
+async fn switch_live(qmp: &Qmp, top_node: &str, plan: &TakePlan) -> Pause {
+    let switched = qmp.blockdev_snapshot(top_node, &plan.new_top.node).await;
+    let switched_ok = switched.is_ok();
+    let outcome = switched
+        .map_err(Error::from)
+        .and_then(|()| failpoint::check("take.in_pause"))
+        .map(|()| Paused::Frozen);
+    Pause {
+        outcome,
+        started: false,
+        switched: switched_ok,
     }
 }
 
