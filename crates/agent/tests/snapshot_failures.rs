@@ -125,8 +125,10 @@ async fn injected_failures_leave_nothing_behind() {
     // seen by its disk's write counters: nothing is kept, and the snapshot is taken again,
     // stopping first; the VM runs on in the same QEMU. Seen before the disk switched (the
     // window widened by a second here), the switch is not made:
-    let writer =
-        "(while :; do echo w >> /data/busy.txt; sync; done) </dev/null >/dev/null 2>&1 & echo $!";
+    // Each turn a new file of 4 KiB: blocks written once, never rewritten from the cache.
+    let writer = "(i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/data/w.$i bs=4k count=1 \
+         2>/dev/null; sync; done) </dev/null >/dev/null 2>&1 & echo $!";
+    let layers_before = footprint(&state, &vm).layers;
     let s2 = Uuid::new_v4();
     let pid_of_writer = sh(&c, id, writer).await;
     inject(Some("take.disk_check_late"));
@@ -135,6 +137,7 @@ async fn injected_failures_leave_nothing_behind() {
     sh(&c, id, &format!("kill {pid_of_writer}")).await;
     let taken = taken.expect("snapshot s2 of a guest writing to its disk");
     assert_eq!(taken.attempts_undone, 1, "{taken:?}");
+    assert_eq!(footprint(&state, &vm).layers, layers_before + 1);
     c.delete_snapshot(id, s2).await.expect("delete s2");
     // ...seen after it (the guest writing during a second after the switch), the new layer
     // is merged back while the guest runs: what it wrote there is kept, on disk.
@@ -149,16 +152,20 @@ async fn injected_failures_leave_nothing_behind() {
     assert_eq!(taken.attempts_undone, 1, "{taken:?}");
     let now = c.vm(id).await.expect("vm");
     assert_eq!((now.state, now.pid), (VmRunState::Running, pid));
-    let lines = sh(&c, id, "sync; wc -l < /data/busy.txt").await;
+    // The new layer of the undone attempt is gone (one layer more: the retry's), and what the
+    // guest wrote into it is on the disk: read back from it, past the guest's cache.
+    assert_eq!(footprint(&state, &vm).layers, layers_before + 1);
     assert_eq!(
         sh(
             &c,
             id,
-            "echo 3 > /proc/sys/vm/drop_caches; wc -l < /data/busy.txt"
+            "cd /data && md5sum w.* > /tmp/sums && sync && echo 3 > /proc/sys/vm/drop_caches \
+             && md5sum -c /tmp/sums > /dev/null && echo intact $(ls w.* | wc -l)"
         )
-        .await,
-        lines,
-        "read back from the disk after the merge"
+        .await
+        .split(' ')
+        .next(),
+        Some("intact")
     );
     sh(&c, id, "echo after-s1 > /data/s1.txt; sync").await;
     c.restore_snapshot(id, s1, &RestoreRequest { step_clock: true })

@@ -296,9 +296,12 @@ fn disk_args(disk: &DiskSection, out: &mut Vec<String>) {
         "driver=file,filename={},node-name={file_node}",
         opt_path(&disk.path)
     ));
+    // `discard=ignore` (QEMU's default, stated): a guest's discards change nothing, which
+    // a snapshot's proof that the guest did not write relies on (its write counters do
+    // not count discards).
     push(out, "-blockdev");
     out.push(format!(
-        "driver={},file={file_node},node-name={}",
+        "driver={},file={file_node},node-name={},discard=ignore",
         disk.format, disk.node
     ));
     push(out, "-device");

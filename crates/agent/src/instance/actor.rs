@@ -1,5 +1,7 @@
 //! The actor task of one VM; see the parent module for the state machine.
 
+mod block_job;
+mod freeze;
 mod lifecycle;
 mod migrate;
 mod ready;

@@ -60,7 +60,7 @@ fn golden_direct_boot_tcg() {
         "-blockdev",
         "driver=file,filename=/var/lib/nimbus/vms/abc/disk.qcow2,node-name=disk0-file",
         "-blockdev",
-        "driver=qcow2,file=disk0-file,node-name=disk0",
+        "driver=qcow2,file=disk0-file,node-name=disk0,discard=ignore",
         "-device",
         "virtio-blk-pci,drive=disk0,id=vda",
         "-chardev",

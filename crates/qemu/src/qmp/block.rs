@@ -163,6 +163,25 @@ impl Qmp {
         })
     }
 
+    /// `block-commit` of `top`, the layer a device writes into, into the layer under it,
+    /// `base`, while the guest runs: once the job is ready, [`Qmp::job_complete`] makes
+    /// `base` the layer the device writes into again (QEMU's active commit).
+    pub async fn block_commit_active(
+        &self,
+        job_id: &str,
+        top: &str,
+        base: &str,
+    ) -> Result<(), QmpError> {
+        let args = json!({"job-id": job_id, "device": top, "base-node": base});
+        self.run_block("block-commit", args).await
+    }
+
+    /// `job-complete` of a ready job.
+    pub async fn job_complete(&self, job_id: &str) -> Result<(), QmpError> {
+        let args = json!({ "id": job_id });
+        self.run_block("job-complete", args).await
+    }
+
     /// `block-job-cancel` of job `job_id`. On a ready mirror without `force` the job makes
     /// a last pass and ends with `BLOCK_JOB_COMPLETED`: the target is then a consistent
     /// copy as of the cancel. With `force` it ends at once.

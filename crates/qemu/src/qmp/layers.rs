@@ -19,11 +19,12 @@ pub struct BlockNode {
 }
 
 /// A disk device's write counters (from `query-blockstats`), compared to prove that the
-/// guest changed nothing on its disk between two readings. They count every request that
-/// can change the disk's content: writes and write-zeroes (virtio-blk counts both as writes),
-/// failed ones too (a failed write may have written part), and discards (QEMU ignores a
-/// guest's discards on nimbus's disks, opened with the default `discard=ignore`; counted in
-/// case a device reports them).
+/// guest changed nothing on its disk between two readings. virtio-blk counts writes and
+/// write-zeroes as writes, when they complete (failed ones apart: a failed write may have
+/// written part). It does not count discards: nimbus's disks are opened with
+/// `discard=ignore`, so a guest's discard changes nothing. (Discards are read all the same,
+/// for devices that count them.) A write that fails for want of space is not counted at
+/// all: QEMU stops the VM and keeps it to retry, which the caller must look for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct GuestWrites {
     #[serde(rename = "wr_operations")]
@@ -97,6 +98,8 @@ impl Qmp {
         let args = json!({
             "driver": "qcow2",
             "node-name": node,
+            // As the disk it goes on (see the launch's `-blockdev`).
+            "discard": "ignore",
             "file": {"driver": "file", "filename": path},
             "backing": null,
         });
@@ -110,25 +113,6 @@ impl Qmp {
         self.execute("blockdev-snapshot", Some(args))
             .await
             .map(|_| ())
-    }
-
-    /// `block-commit` of `top`, the layer a device writes into, into the layer under it,
-    /// `base`, while the guest runs: once the job is ready, [`Qmp::job_complete`] makes
-    /// `base` the layer the device writes into again (QEMU's active commit).
-    pub async fn block_commit_active(
-        &self,
-        job_id: &str,
-        top: &str,
-        base: &str,
-    ) -> Result<(), QmpError> {
-        let args = json!({"job-id": job_id, "device": top, "base-node": base});
-        self.execute("block-commit", Some(args)).await.map(|_| ())
-    }
-
-    /// `job-complete` of a ready job.
-    pub async fn job_complete(&self, job_id: &str) -> Result<(), QmpError> {
-        let args = json!({ "id": job_id });
-        self.execute("job-complete", Some(args)).await.map(|_| ())
     }
 
     /// `block-stream` into `node` of the layers between it and `base_node` (the whole chain

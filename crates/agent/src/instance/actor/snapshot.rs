@@ -1,7 +1,8 @@
 //! The actor's side of checkpoints: what must happen to the running QEMU. The files
 //! (manifests, chunks, layers) are handled by [`crate::snapshot`].
 
-use super::Actor;
+use super::freeze::{self, Pause, Paused};
+use super::{block_job, Actor};
 use crate::error::{error_chain, Error, Result};
 use crate::migration::disk_mirror::DISK_DEVICE;
 use crate::snapshot::layers::{self, NewTop};
@@ -33,21 +34,6 @@ pub(crate) enum Taken {
     /// taken, the VM runs on, and the snapshot must be taken again, stopping first. The VM
     /// was paused so long for nothing (QEMU's own pause).
     Again { pause_ms: f64 },
-}
-
-/// How a pause ended, and what it left to undo.
-struct Pause {
-    outcome: Result<Paused>,
-    /// The memory image was started (cancelled if the outcome is not [`Paused::Frozen`]).
-    started: bool,
-    /// The disk switched to the new layer (else the switch is undone).
-    switched: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Paused {
-    Frozen,
-    WritesSeen,
 }
 
 /// Replace the running VM by one on `top`, resumed from `stream` when given (else booted).
@@ -135,9 +121,9 @@ impl Actor {
             _ => false,
         };
         let pause = match &uri {
-            Some(uri) if disk_after => self.freeze_after_qemu(&qmp, uri, &top_node, &plan).await,
-            Some(uri) => self.freeze_stopped_first(&qmp, uri, &top_node, &plan).await,
-            None => switch_live(&qmp, &top_node, &plan).await,
+            Some(uri) if disk_after => freeze::after_qemu(&qmp, uri, &top_node, &plan).await,
+            Some(uri) => freeze::stopped_first(&qmp, uri, &top_node, &plan).await,
+            None => freeze::switch_live(&qmp, &top_node, &plan).await,
         };
         let pause_ms = memory::pause_from_events(&mut events);
         if !matches!(pause.outcome, Ok(Paused::Frozen)) {
@@ -167,8 +153,8 @@ impl Actor {
         Ok(Taken::Frozen { pause_ms })
     }
 
-    /// Undoes what a pause that took nothing left: the memory image cancelled, the layer
-    /// switch (if not made) undone.
+    /// Undoes what a freeze that took nothing left: the layer switch (if not made) undone,
+    /// the memory image cancelled.
     async fn undo_pause(
         &mut self,
         qmp: &Qmp,
@@ -176,188 +162,20 @@ impl Actor {
         new_top_node: &str,
         old_top: &std::path::Path,
     ) -> Result<()> {
+        // The link first: a crash while the image is cancelled must find the layer the
+        // guest writes into.
+        let relinked = match pause.switched {
+            true => Ok(()),
+            false => self.dir.set_top_disk(old_top),
+        };
+        if !pause.switched {
+            let _ = qmp.blockdev_del(new_top_node).await;
+        }
         if pause.started {
             memory::cancel(qmp).await;
         }
-        if !pause.switched {
-            self.dir.set_top_disk(old_top)?;
-            let _ = qmp.blockdev_del(new_top_node).await;
-        }
         let _ = memory::set_background(qmp, false).await;
-        Ok(())
-    }
-
-    /// Stops the VM, then `migrate` to `uri` and `blockdev-snapshot` in one batch (QMP runs
-    /// them in order), so that the pause is what QEMU needs rather than our round trips. `migrate` before `blockdev-snapshot`: QEMU runs that switch while its
-    /// migration thread prepares RAM (see [`memory`]); both are as of our `stop`, since a VM
-    /// we paused stays paused until our `cont`, which comes once RAM pages flow.
-    async fn freeze_stopped_first(
-        &self,
-        qmp: &Qmp,
-        uri: &str,
-        top_node: &str,
-        plan: &TakePlan,
-    ) -> Pause {
-        let mut migration_events = qmp.events();
-        let t0 = Instant::now();
-        let (stopped, started, switched) = tokio::join!(
-            qmp.stop(),
-            qmp.migrate(uri),
-            qmp.blockdev_snapshot(top_node, &plan.new_top.node),
-        );
-        let sent = t0.elapsed();
-        let (switched_ok, started_ok) = (switched.is_ok(), started.is_ok());
-        let mut preparation = None;
-        let frozen = match (stopped, switched, started) {
-            (Ok(()), Ok(()), Ok(())) => memory::wait_flowing(qmp, &mut migration_events)
-                .await
-                .map(|p| preparation = p)
-                .and_then(|()| failpoint::check("take.in_pause")),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(Error::from(e)),
-        };
-        let flowing = t0.elapsed();
-        let resumed = qmp.cont().await;
-        release_chunker(plan);
-        // `preparation`: QEMU touching RAM, `setup` to `active`, inside the pause.
-        tracing::info!(?sent, ?preparation, ?flowing, resumed = ?t0.elapsed(), "snapshot pause, stopped first");
-        Pause {
-            outcome: resumed_after(frozen.map(|()| Paused::Frozen), resumed),
-            started: started_ok,
-            switched: switched_ok,
-        }
-    }
-
-    /// Lets QEMU pause the running VM for the memory image itself, then freezes the disk
-    /// while the VM runs, if the guest wrote nothing to it from before the `migrate` until
-    /// after the switch (see [`memory::FreezeChoice`]): the frozen layer is then as of
-    /// QEMU's pause, when the memory image was taken, and the pause is QEMU's alone. The
-    /// writes are looked at before the switch too, so that a guest seen writing is left as
-    /// it is; one that wrote during the switch is undone by merging the new layer back.
-    async fn freeze_after_qemu(
-        &mut self,
-        qmp: &Qmp,
-        uri: &str,
-        top_node: &str,
-        plan: &TakePlan,
-    ) -> Pause {
-        let mut migration_events = qmp.events();
-        let mut io_errors = qmp.events();
-        let t0 = Instant::now();
-        let (before, started) = tokio::join!(qmp.guest_writes(DISK_DEVICE), qmp.migrate(uri));
-        let failed = |e: Error, started, switched| Pause {
-            outcome: Err(e),
-            started,
-            switched,
-        };
-        if let Err(e) = started {
-            return failed(e.into(), false, false);
-        }
-        // Tests make the guest's writes land in the switch (`take.disk_written_at_switch`).
-        let at_switch = failpoint::is_set("take.disk_written_at_switch");
-        let checked = async {
-            let before = before?;
-            memory::wait_qemu_paused_and_resumed(qmp, &mut migration_events).await?;
-            release_chunker(plan);
-            if failpoint::is_set("take.disk_check_late") {
-                // Tests widen the window in which the guest's writes are seen.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            let quiet = at_switch || qmp.guest_writes(DISK_DEVICE).await? == before;
-            Ok::<_, Error>((before, quiet))
-        }
-        .await;
-        let before = match checked {
-            Ok((before, true)) => before,
-            Ok((_, false)) => {
-                return Pause {
-                    outcome: Ok(Paused::WritesSeen),
-                    started: true,
-                    switched: false,
-                }
-            }
-            Err(e) => {
-                // QEMU's thread may have left the VM paused: once it is gone, the VM runs.
-                memory::cancel(qmp).await;
-                release_chunker(plan);
-                if qmp.query_status().await.is_ok_and(|s| s.status == "paused") {
-                    let _ = qmp.cont().await;
-                }
-                return failed(e, true, false);
-            }
-        };
-        let qemu_resumed = t0.elapsed();
-        let switched = qmp.blockdev_snapshot(top_node, &plan.new_top.node).await;
-        if at_switch {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let now = qmp.guest_writes(DISK_DEVICE).await;
-        let io_error = memory::received(&mut io_errors).any(|e| e.name() == "BLOCK_IO_ERROR");
-        let quiet = !io_error && now.as_ref().is_ok_and(|now| *now == before);
-        tracing::info!(?qemu_resumed, switched = ?t0.elapsed(), quiet, "disk frozen after QEMU's pause");
-        if let Err(e) = switched {
-            return failed(e.into(), true, false);
-        }
-        if !quiet {
-            // Some write may have reached the frozen layer after QEMU's pause.
-            return match self.merge_back(qmp, &plan.new_top.node, top_node).await {
-                Ok(()) => Pause {
-                    outcome: Ok(Paused::WritesSeen),
-                    started: true,
-                    switched: false,
-                },
-                Err(e) => failed(e, true, true),
-            };
-        }
-        let outcome = failpoint::check("take.in_pause").map(|()| Paused::Frozen);
-        Pause {
-            outcome,
-            started: true,
-            switched: true,
-        }
-    }
-
-    /// Undoes a layer switch while the guest runs: the new layer `top` (maybe written to
-    /// already) is merged into the one under it, `base`, which the guest then writes into
-    /// again (QEMU's active commit; the new layer is nearly empty, so this is quick).
-    async fn merge_back(&mut self, qmp: &Qmp, top: &str, base: &str) -> Result<()> {
-        let job = format!(
-            "merge-back-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        qmp.block_commit_active(&job, top, base).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut completing = false;
-        loop {
-            let jobs = qmp.query_block_jobs().await?;
-            match jobs.iter().find(|j| j.device == job) {
-                None => break,
-                Some(j) if j.io_status.as_deref().is_some_and(|s| s != "ok") => {
-                    return Err(Error::QemuFailed(format!(
-                        "merging the new disk layer back failed ({})",
-                        j.io_status.as_deref().unwrap_or("")
-                    )))
-                }
-                Some(j) if j.ready && !completing => {
-                    qmp.job_complete(&job).await?;
-                    completing = true;
-                }
-                Some(_) => {}
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Timeout(
-                    "merging the new disk layer back took over a minute".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let now = qmp.top_node(DISK_DEVICE).await?;
-        if now != base {
-            return Err(Error::QemuFailed(format!(
-                "after merging the new disk layer back, the disk writes into {now}, not {base}"
-            )));
-        }
-        let _ = qmp.blockdev_del(top).await;
-        Ok(())
+        relinked
     }
 
     /// After a memory snapshot was answered: the background-snapshot capability off again,
@@ -466,29 +284,18 @@ impl Actor {
                 })?),
                 None => None,
             };
-        let job = format!("stream-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let job = block_job::new_id("stream");
         qmp.block_stream(&job, &node, base.as_deref(), plan.base.as_deref())
             .await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-        loop {
-            let jobs = qmp.query_block_jobs().await?;
-            match jobs.iter().find(|j| j.device == job) {
-                None => break,
-                Some(j) if j.io_status.as_deref().is_some_and(|s| s != "ok") => {
-                    return Err(Error::QemuFailed(format!(
-                        "merging disk layers failed ({})",
-                        j.io_status.as_deref().unwrap_or("")
-                    )))
-                }
-                Some(_) => {}
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Timeout(
-                    "merging disk layers took over an hour".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let hour = Duration::from_secs(3600);
+        block_job::run(
+            &qmp,
+            &job,
+            block_job::Ends::Itself,
+            hour,
+            "merging disk layers",
+        )
+        .await?;
         let now = layers::backing_of(&plan.layer).await?.map(|(b, _)| b);
         let merged = match (&now, &plan.base) {
             (Some(a), Some(b)) => layers::same_file(a, b),
@@ -536,48 +343,5 @@ impl Actor {
         stopped?;
         resumed?;
         Ok(())
-    }
-}
-
-/// A disk-only snapshot of a running VM: the disk switched to the new layer while the guest
-/// runs, no pause needed (`blockdev-snapshot` drains the old layer first, so it holds every
-/// write that completed before the switch and none after: the disk as of that instant).
-async fn switch_live(qmp: &Qmp, top_node: &str, plan: &TakePlan) -> Pause {
-    let switched = qmp.blockdev_snapshot(top_node, &plan.new_top.node).await;
-    let switched_ok = switched.is_ok();
-    let outcome = switched
-        .map_err(Error::from)
-        .and_then(|()| failpoint::check("take.in_pause"))
-        .map(|()| Paused::Frozen);
-    Pause {
-        outcome,
-        started: false,
-        switched: switched_ok,
-    }
-}
-
-/// The chunker may start: the VM runs again.
-fn release_chunker(plan: &TakePlan) {
-    if let Some(release) = &plan.on_resume {
-        release.release();
-    }
-}
-
-/// A pause's outcome once the VM was resumed: a failed `cont` fails a pause that went well
-/// (the VM would stay paused); after a failure, it is logged beside the first error.
-fn resumed_after(
-    outcome: Result<Paused>,
-    resumed: std::result::Result<(), nimbus_qemu::QmpError>,
-) -> Result<Paused> {
-    match (outcome, resumed) {
-        (outcome, Ok(())) => outcome,
-        (Ok(_), Err(e)) => Err(e.into()),
-        (Err(e), Err(cont)) => {
-            tracing::error!(
-                error = error_chain(&cont),
-                "cannot resume the VM after a failed snapshot"
-            );
-            Err(e)
-        }
     }
 }
