@@ -57,6 +57,30 @@ fn inject(point: Option<&str>) {
     }
 }
 
+/// Takes memory snapshot `sid` while the guest writes to its disk in a loop, each turn a new
+/// file of 4 KiB (blocks written once, never rewritten from the guest's cache), with
+/// `failpoint` injected. Answers the snapshot and the writer's pid (ended by then).
+async fn snapshot_while_writing(
+    c: &AgentClient,
+    id: Uuid,
+    sid: Uuid,
+    failpoint: &str,
+) -> (nimbus_agent_api::SnapshotResult, String) {
+    let writer = "(i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/data/w.$i bs=4k count=1 \
+         2>/dev/null; sync; done) </dev/null >/dev/null 2>&1 & echo $!";
+    let pid = sh(c, id, writer).await;
+    inject(Some(failpoint));
+    let request = SnapshotRequest {
+        snapshot_id: sid,
+        memory: true,
+    };
+    let taken = c.snapshot(id, &request).await;
+    inject(None);
+    sh(c, id, &format!("kill {pid}")).await;
+    let taken = taken.unwrap_or_else(|e| panic!("snapshot with {failpoint}: {e}"));
+    (taken, pid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_failures_leave_nothing_behind() {
     let Some(image) = common::default_image("injected_failures_leave_nothing_behind") else {
@@ -125,17 +149,9 @@ async fn injected_failures_leave_nothing_behind() {
     // seen by its disk's write counters: nothing is kept, and the snapshot is taken again,
     // stopping first; the VM runs on in the same QEMU. Seen before the disk switched (the
     // window widened by a second here), the switch is not made:
-    // Each turn a new file of 4 KiB: blocks written once, never rewritten from the cache.
-    let writer = "(i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/data/w.$i bs=4k count=1 \
-         2>/dev/null; sync; done) </dev/null >/dev/null 2>&1 & echo $!";
     let layers_before = footprint(&state, &vm).layers;
     let s2 = Uuid::new_v4();
-    let pid_of_writer = sh(&c, id, writer).await;
-    inject(Some("take.disk_check_late"));
-    let taken = c.snapshot(id, &req(s2)).await;
-    inject(None);
-    sh(&c, id, &format!("kill {pid_of_writer}")).await;
-    let taken = taken.expect("snapshot s2 of a guest writing to its disk");
+    let (taken, _) = snapshot_while_writing(&c, id, s2, "take.disk_check_late").await;
     assert_eq!(taken.attempts_undone, 1, "{taken:?}");
     assert_eq!(footprint(&state, &vm).layers, layers_before + 1);
     c.delete_snapshot(id, s2).await.expect("delete s2");
@@ -143,12 +159,8 @@ async fn injected_failures_leave_nothing_behind() {
     // is merged back while the guest runs: what it wrote there is kept, on disk.
     let s1 = Uuid::new_v4();
     sh(&c, id, "echo at-s1 > /data/s1.txt; sync").await;
-    let pid_of_writer = sh(&c, id, writer).await;
-    inject(Some("take.disk_written_at_switch"));
-    let taken = c.snapshot(id, &req(s1)).await;
-    inject(None);
-    sh(&c, id, &format!("kill {pid_of_writer}")).await;
-    let taken = taken.expect("snapshot s1 of a guest writing to its disk");
+    let (taken, pid_of_writer) =
+        snapshot_while_writing(&c, id, s1, "take.disk_written_at_switch").await;
     assert_eq!(taken.attempts_undone, 1, "{taken:?}");
     let now = c.vm(id).await.expect("vm");
     assert_eq!((now.state, now.pid), (VmRunState::Running, pid));
