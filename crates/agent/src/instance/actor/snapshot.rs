@@ -90,6 +90,7 @@ impl Actor {
             )));
         }
         let qmp = self.live_qmp().await?;
+        refuse_unless_qemu_runs(&qmp).await?;
         let mut events = qmp.events();
         // Independent of each other: sent together, not one round trip after another.
         let (top_node, (), ()) = tokio::try_join!(
@@ -343,5 +344,23 @@ impl Actor {
         stopped?;
         resumed?;
         Ok(())
+    }
+}
+
+/// Refuses a snapshot of a VM that QEMU itself holds stopped (the agent sees it running):
+/// after a disk write failed (`io-error`, e.g. the host's disk is full) QEMU stops the VM to
+/// retry the write once resumed; a snapshot must neither resume it nor wait for it.
+async fn refuse_unless_qemu_runs(qmp: &Qmp) -> Result<()> {
+    let status = qmp.query_status().await?.status;
+    match status.as_str() {
+        "running" => Ok(()),
+        "io-error" => Err(Error::Conflict(
+            "QEMU stopped the VM after a write to its disk failed (is the host's disk full?); \
+             free space on the host, stop and start the instance, then take the snapshot"
+                .into(),
+        )),
+        _ => Err(Error::Conflict(format!(
+            "QEMU reports the VM {status}, not running; a snapshot needs it running"
+        ))),
     }
 }
