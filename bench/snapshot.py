@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Checkpoint benchmark: nimbus snapshots versus QEMU's own, same guest, same run.
 
-For each workload (idle, and a guest dirtying 100 MiB/s of a 256 MiB buffer with
-`memcheck --no-verify 256 100`) and each run, interleaved so that all variants see the same
+For each workload (idle, a guest dirtying 100 MiB/s of a 256 MiB buffer with
+`memcheck --no-verify 256 100`, and with `--rates disk` a guest writing 4 KiB to its disk
+with fsync in a loop) and each run, interleaved so that all variants see the same
 machine load, on a 512 MiB, 1 vCPU TCG guest (flavor `small`):
 
   - nimbus: `POST /v1/snapshots` of a running instance of a `nimbus up` cloud, twice, 3 s
@@ -27,7 +28,7 @@ the migration records, medians and their ratio (goal: at most 1.5x the time, dow
 unchanged).
 
 Usage (as root, after `cargo build --release -p nimbus-cli`):
-  bench/snapshot.py [--bin target/release/nimbus] [--runs 3] [--rates 0,100] [--json FILE]
+  bench/snapshot.py [--bin target/release/nimbus] [--runs 3] [--rates 0,100[,disk]] [--json FILE]
   bench/snapshot.py --migration [--shared] [--runs 3] [--logs DIR]
 Per-run lines go to stderr, the tables to stdout.
 """
@@ -59,12 +60,27 @@ def largest_gap(times, start, end):
     return max((b - a for a, b in zip(window, window[1:])), default=float("nan")) * 1000
 
 
+DISK_WRITER = ("(i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=/data/w.$((i % 64)) bs=4k count=1 "
+               "conv=fsync 2>/dev/null; done) </dev/null >/dev/null 2>&1 &")
+
+
+def start(run_cmd, workload):
+    """Starts `workload` (a memory dirtying rate in MiB/s, or "disk") in the guest."""
+    if workload == "disk":
+        code, out = run_cmd(DISK_WRITER)
+        if code != 0:
+            raise RuntimeError(f"disk writer: {out}")
+        time.sleep(1)
+        return None
+    return start_workload(run_cmd, workload)
+
+
 def nimbus_run(cloud, rate, run):
     name = f"snap{rate}r{run}"
     inst = cloud.create(name)
     vm_dir = os.path.join(cloud.data, "hosts", inst["host"], "vms", inst["id"])
     hb_log = os.path.join(vm_dir, "heartbeat.log")
-    measured = start_workload(lambda c: cloud.api.exec(name, c), rate)
+    measured = start(lambda c: cloud.api.exec(name, c), rate)
     res = {"variant": "nimbus", "rate": rate, "measured_rate": measured}
     for i in (1, 2):
         t0 = time.time()
@@ -78,6 +94,8 @@ def nimbus_run(cloud, rate, run):
         # Where the time went: the host's own measure, and each step of the operation.
         take = next(s for s in op["steps"] if s["name"] == "take")
         res[f"host_s_{i}"] = (take.get("output") or {}).get("total_ms", float("nan")) / 1000
+        # Taken again, stopping first, when the guest wrote to its disk after QEMU's pause.
+        res[f"undone_{i}"] = (take.get("output") or {}).get("attempts_undone", 0)
         res[f"steps_ms_{i}"] = {k: round(v, 1) for k, v in step_ms(op).items()}
         snap = cloud.api.req("GET", f"/v1/snapshots/{name}-s{i}")
         time.sleep(0.5)
@@ -140,7 +158,7 @@ def raw_run(work, rate, run, variant):
     res = {"variant": variant, "rate": rate}
     try:
         vm.wait_ready()
-        res["measured_rate"] = start_workload(vm.exec.run, rate)
+        res["measured_rate"] = start(vm.exec.run, rate)
         if variant == "bgsnap":
             vm.qmp.cmd("migrate-set-capabilities",
                        {"capabilities": [{"capability": "background-snapshot", "state": True}]})
@@ -186,7 +204,7 @@ NAMES = {"nimbus": "nimbus", "savevm": "raw savevm", "bgsnap": "raw bg snapshot"
 
 
 def report(rate, results):
-    label = "idle" if rate == 0 else f"dirtying {rate} MiB/s"
+    label = {0: "idle", "disk": "writing 4 KiB to its disk, fsync, in a loop"}.get(rate, f"dirtying {rate} MiB/s")
     rates = [r.get("measured_rate") for r in results if r.get("measured_rate")]
     print(f"\n## {label}" + (f" (measured {med(rates):.0f} MiB/s)" if rates else ""))
     print("min / median of the runs")
@@ -194,6 +212,7 @@ def report(rate, results):
             ("guest pause 1st (ms)", "guest_pause_ms_1", 1, 0),
             ("total 1st (s)", "total_s_1", 1, 2), ("total 2nd (s)", "total_s_2", 1, 2),
             ("of which on the host 1st (s)", "host_s_1", 1, 2), ("of which on the host 2nd (s)", "host_s_2", 1, 2),
+            ("taken again 1st", "undone_1", 1, 0), ("taken again 2nd", "undone_2", 1, 0),
             ("stored 1st (MiB)", "bytes_1", 1 / MIB, 1), ("stored 2nd (MiB)", "bytes_2", 1 / MIB, 1),
             ("restore to running (s)", "restore_running_s", 1, 2),
             ("restore to heartbeat (s)", "restore_heartbeat_s", 1, 2)]
@@ -318,13 +337,13 @@ def main():
     results = []
     try:
         cloud.wait_up()
-        for rate in [int(r) for r in args.rates.split(",")]:
+        for rate in [int(r) if r.isdigit() else r for r in args.rates.split(",")]:
             for run in range(args.runs):
                 for variant in ("nimbus", "savevm", "bgsnap"):
                     r = nimbus_run(cloud, rate, run) if variant == "nimbus" else raw_run(work, rate, run, variant)
                     print(json.dumps(r), file=sys.stderr)
                     results.append(r)
-        for rate in sorted({r["rate"] for r in results}):
+        for rate in sorted({r["rate"] for r in results}, key=str):
             report(rate, [r for r in results if r["rate"] == rate])
         if args.json:
             json.dump(results, open(args.json, "w"), indent=1)
