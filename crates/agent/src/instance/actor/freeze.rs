@@ -108,7 +108,12 @@ pub(super) async fn after_qemu(qmp: &Qmp, uri: &str, top_node: &str, plan: &Take
             if qmp.query_status().await.is_ok_and(|s| s.status == "paused") {
                 let _ = qmp.cont().await;
             }
-            return not_switched(Err(e));
+            // Cancelled already: nothing more for the undo to cancel.
+            return Pause {
+                outcome: Err(e),
+                started: false,
+                switched: false,
+            };
         }
     };
     let qemu_resumed = t0.elapsed();
@@ -200,10 +205,8 @@ async fn merge_back(qmp: &Qmp, top: &str, base: &str) -> (bool, Result<()>) {
         let _ = qmp.block_job_cancel(&job, true).await;
     }
     let live = qmp.top_node(DISK_DEVICE).await;
+    // The undo of a switch not made removes the node `top` (see `Actor::undo_pause`).
     let undone = matches!(&live, Ok(node) if node == base);
-    if undone {
-        let _ = qmp.blockdev_del(top).await;
-    }
     let merged = match (ran, live) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(e.into()),
